@@ -1,0 +1,6 @@
+//! Placeholder, being written.
+
+/// Placeholder.
+pub struct FileSource;
+/// Placeholder.
+pub enum FileFormat {}

@@ -1,0 +1,37 @@
+//! # tidemill-connectors
+//!
+//! The built-in sources and sinks of Tidemill. Each implements the
+//! engine's contracts ([`tidemill_engine::SourceProvider`] /
+//! [`tidemill_engine::Source`], [`tidemill_engine::Sink`]), and each is run
+//! through the shared [`conformance`] suite.
+//!
+//! Sources:
+//! - [`FileSource`]: a directory of parquet, CSV or JSON-lines files on any
+//!   object store; new files are picked up each trigger.
+//! - [`RateSource`]: generated `timestamp`, `value` rows at a fixed rate,
+//!   for demos and benchmarks.
+//! - [`MemoryStream`]: batches pushed by test code.
+//!
+//! Sinks:
+//! - [`ParquetSink`]: parquet files with a manifest of committed batches,
+//!   exactly-once.
+//! - [`ConsoleSink`]: pretty-printed batches on standard output.
+//! - [`MemorySink`]: results kept in memory, queryable as a table.
+//! - [`ForeachBatchSink`]: a closure called with each batch as a DataFrame.
+
+pub mod conformance;
+mod console_sink;
+mod file_source;
+mod foreach_batch;
+mod memory_sink;
+mod memory_source;
+mod parquet_sink;
+mod rate_source;
+
+pub use console_sink::ConsoleSink;
+pub use file_source::{FileFormat, FileSource};
+pub use foreach_batch::ForeachBatchSink;
+pub use memory_sink::MemorySink;
+pub use memory_source::MemoryStream;
+pub use parquet_sink::ParquetSink;
+pub use rate_source::RateSource;

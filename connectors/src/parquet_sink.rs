@@ -1,0 +1,4 @@
+//! Placeholder, being written.
+
+/// Placeholder.
+pub struct ParquetSink;

@@ -1,0 +1,212 @@
+//! The checkpoint directory of a query: metadata, offset log, commit log,
+//! and the lock that keeps a second query out.
+//!
+//! ```text
+//! <checkpoint>/metadata        query id, engine version, sources, sink
+//! <checkpoint>/offsets/<N>     OffsetEntry, written before batch N runs
+//! <checkpoint>/commits/<N>     CommitEntry, written after its sink commit
+//! <checkpoint>/sources/<i>/…   source-private logs
+//! <checkpoint>/lock            held (flock) while a query runs, local disk only
+//! ```
+//!
+//! Every file is a [`tidemill_state::envelope`]: a header naming its kind
+//! and format version, a JSON body, a CRC-32 trailer.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use tidemill_state::{CheckpointDir, NumberedLog};
+
+use crate::{Location, Offset, OutputMode, Result, TidemillError};
+
+const FORMAT_VERSION: u32 = 1;
+
+/// The `metadata` file: what the checkpoint belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The query's id, kept across restarts.
+    pub query_id: String,
+    /// The Tidemill version that created the checkpoint.
+    pub engine_version: String,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// The sources' descriptions, by index.
+    pub sources: Vec<String>,
+    /// The sink's description.
+    pub sink: String,
+}
+
+/// One source's range in an offset log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceRange {
+    /// The source's description when the batch was planned.
+    pub description: String,
+    /// The end of the previous batch (exclusive start); `None` at the beginning.
+    pub start: Option<Offset>,
+    /// The end of this batch (inclusive); equal to `start` if the source
+    /// contributed nothing.
+    pub end: Option<Offset>,
+}
+
+/// An `offsets/<N>` file: the write-ahead record of batch N.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffsetEntry {
+    /// The batch id N.
+    pub batch_id: u64,
+    /// When the batch was planned, in milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Each source's range, by source index.
+    pub sources: Vec<SourceRange>,
+    /// The event-time watermark the batch runs with, in milliseconds, if any.
+    pub watermark_ms: Option<i64>,
+    /// The output mode.
+    pub output_mode: OutputMode,
+}
+
+/// A `commits/<N>` file: batch N's output and state are committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitEntry {
+    /// The batch id N.
+    pub batch_id: u64,
+    /// When the batch committed, in milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// The watermark computed at the end of the batch, for the next one.
+    pub next_watermark_ms: Option<i64>,
+}
+
+/// An open checkpoint, locked for one query.
+#[derive(Debug)]
+pub(crate) struct Checkpoint {
+    pub location: Location,
+    pub dir: CheckpointDir,
+    pub offsets: NumberedLog<OffsetEntry>,
+    pub commits: NumberedLog<CommitEntry>,
+    _lock: CheckpointLock,
+}
+
+impl Checkpoint {
+    /// Locks the checkpoint at `location`; fails with
+    /// [`TidemillError::CheckpointInUse`] if a running query holds it.
+    pub fn open(location: Location) -> Result<Self> {
+        let lock = CheckpointLock::acquire(&location)?;
+        let dir = location.dir();
+        Ok(Self {
+            offsets: NumberedLog::new(dir.child("offsets"), "offsets", FORMAT_VERSION),
+            commits: NumberedLog::new(dir.child("commits"), "commits", FORMAT_VERSION),
+            dir,
+            location,
+            _lock: lock,
+        })
+    }
+
+    /// Reads the metadata, or writes `fresh` if this is a new checkpoint.
+    /// Refuses a checkpoint made for a query with a different number of
+    /// sources (offsets are recorded by source index).
+    pub async fn load_or_init_metadata(&self, fresh: Metadata) -> Result<Metadata> {
+        let existing: Option<Metadata> = self.dir.read("metadata", "metadata", FORMAT_VERSION).await?;
+        let Some(existing) = existing else {
+            self.dir.create("metadata", "metadata", FORMAT_VERSION, &fresh).await?;
+            return Ok(fresh);
+        };
+        if existing.sources.len() != fresh.sources.len() {
+            return Err(TidemillError::CheckpointMismatch {
+                location: self.location.to_string(),
+                reason: format!(
+                    "it was written by a query with {} source(s) ({}), this query has {} ({}); \
+                     use a new checkpoint location for the changed query",
+                    existing.sources.len(),
+                    existing.sources.join(", "),
+                    fresh.sources.len(),
+                    fresh.sources.join(", ")
+                ),
+            });
+        }
+        for (i, (old, new)) in existing.sources.iter().zip(&fresh.sources).enumerate() {
+            if old != new {
+                tracing::warn!(
+                    "source {i} of checkpoint {} changed from {old} to {new}; resuming from the recorded offsets",
+                    self.location
+                );
+            }
+        }
+        Ok(existing)
+    }
+
+    /// The private directory of source `index`.
+    pub fn source_dir(&self, index: usize) -> CheckpointDir {
+        self.dir.child("sources").child(&index.to_string())
+    }
+}
+
+/// Keeps a second query off a checkpoint while one runs.
+///
+/// Within a process, a registry of open checkpoint URLs; across processes,
+/// for local directories, an OS file lock (`flock`) on `<checkpoint>/lock`,
+/// which the OS releases when the holder dies, so a crashed query never
+/// blocks its own restart.
+#[derive(Debug)]
+struct CheckpointLock {
+    key: String,
+    _file: Option<std::fs::File>,
+}
+
+fn open_checkpoints() -> &'static Mutex<HashSet<String>> {
+    static OPEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    OPEN.get_or_init(Default::default)
+}
+
+impl CheckpointLock {
+    fn acquire(location: &Location) -> Result<Self> {
+        let key = location.url().as_str().trim_end_matches('/').to_string();
+        let in_use = || TidemillError::CheckpointInUse {
+            location: location.to_string(),
+            detail: String::new(),
+        };
+        if !open_checkpoints().lock().expect("lock poisoned").insert(key.clone()) {
+            return Err(in_use());
+        }
+        let release = |key: &str| open_checkpoints().lock().expect("lock poisoned").remove(key);
+        let file = match location.local_path() {
+            None => None,
+            Some(dir) => {
+                let opened = std::fs::create_dir_all(&dir).and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(dir.join("lock"))
+                });
+                let file = match opened {
+                    Ok(file) => file,
+                    Err(e) => {
+                        release(&key);
+                        return Err(TidemillError::Config(format!(
+                            "cannot create checkpoint directory {location}: {e}"
+                        )));
+                    }
+                };
+                if let Err(e) = file.try_lock() {
+                    release(&key);
+                    return Err(match e {
+                        std::fs::TryLockError::WouldBlock => TidemillError::CheckpointInUse {
+                            location: location.to_string(),
+                            detail: " (in another process)".into(),
+                        },
+                        std::fs::TryLockError::Error(e) => {
+                            TidemillError::Config(format!("cannot lock checkpoint {location}: {e}"))
+                        }
+                    });
+                }
+                Some(file)
+            }
+        };
+        Ok(Self { key, _file: file })
+    }
+}
+
+impl Drop for CheckpointLock {
+    fn drop(&mut self) {
+        open_checkpoints().lock().expect("lock poisoned").remove(&self.key);
+    }
+}

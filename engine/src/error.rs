@@ -1,0 +1,137 @@
+//! The engine's error type.
+
+use datafusion::error::DataFusionError;
+use tidemill_state::StateError;
+
+/// Result alias used throughout the engine.
+pub type Result<T, E = TidemillError> = std::result::Result<T, E>;
+
+/// Everything that can stop a streaming query or refuse to start one.
+///
+/// Every variant carries enough context to say *what* failed and *where*:
+/// the source or sink by its description, the file, the batch id, the
+/// operator. Converts into [`DataFusionError`] (as an external error) so it
+/// can cross DataFusion's APIs, and back.
+#[derive(Debug, thiserror::Error)]
+pub enum TidemillError {
+    /// A checkpoint file could not be read or written, or is corrupt.
+    #[error(transparent)]
+    Checkpoint(#[from] StateError),
+    /// Planning or executing a query in DataFusion failed.
+    #[error("{context}: {source}")]
+    DataFusion {
+        /// What the engine was doing.
+        context: String,
+        /// DataFusion's error.
+        #[source]
+        source: DataFusionError,
+    },
+    /// A source failed: reading, listing, decoding or validating its input.
+    #[error("source {source_name}: {message}")]
+    Source {
+        /// The source's description (kind and location).
+        source_name: String,
+        /// What went wrong, naming the file/partition and offset where known.
+        message: String,
+    },
+    /// A sink failed to write or commit a batch.
+    #[error("sink {sink}: {message}")]
+    Sink {
+        /// The sink's description.
+        sink: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The query uses an operator or combination the engine cannot run as
+    /// a stream. Raised by `start()`, never mid-stream.
+    #[error("unsupported streaming query: {operator} {reason}. {fix}")]
+    Unsupported {
+        /// The offending operator, e.g. `Aggregate`.
+        operator: String,
+        /// Why it cannot run.
+        reason: String,
+        /// What the user can do instead.
+        fix: String,
+    },
+    /// Another query is running on the same checkpoint.
+    #[error("checkpoint {location} is in use by another running query{detail}; stop that query first or use another checkpoint")]
+    CheckpointInUse {
+        /// The checkpoint location.
+        location: String,
+        /// Who holds it, when known.
+        detail: String,
+    },
+    /// The checkpoint belongs to a query that differs in a way recovery
+    /// cannot bridge (a different number of sources, say).
+    #[error("checkpoint {location} cannot be used for this query: {reason}")]
+    CheckpointMismatch {
+        /// The checkpoint location.
+        location: String,
+        /// What changed.
+        reason: String,
+    },
+    /// A setting or argument is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The query stopped because of `source`; returned by the handle's
+    /// waiting methods, as Spark's `StreamingQueryException`.
+    #[error("query {query} terminated with error: {source}")]
+    Terminated {
+        /// The query's name or id.
+        query: String,
+        /// The error that stopped it.
+        #[source]
+        source: std::sync::Arc<TidemillError>,
+    },
+    /// The query's background task ended abnormally (a panic).
+    #[error("query task failed: {0}")]
+    Internal(String),
+}
+
+impl TidemillError {
+    /// Wraps a DataFusion error with what the engine was doing.
+    pub fn datafusion(context: impl Into<String>, source: DataFusionError) -> Self {
+        Self::DataFusion {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A source error with the source's description.
+    pub fn source(source_name: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Source {
+            source_name: source_name.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A sink error with the sink's description.
+    pub fn sink(sink: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Sink {
+            sink: sink.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<TidemillError> for DataFusionError {
+    fn from(err: TidemillError) -> Self {
+        match err {
+            TidemillError::DataFusion { source, .. } => source,
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+}
+
+impl From<DataFusionError> for TidemillError {
+    fn from(err: DataFusionError) -> Self {
+        // A Tidemill error that travelled through DataFusion comes back as itself.
+        match err {
+            DataFusionError::External(inner) => match inner.downcast::<TidemillError>() {
+                Ok(ours) => *ours,
+                Err(inner) => Self::datafusion("DataFusion", DataFusionError::External(inner)),
+            },
+            other => Self::datafusion("DataFusion", other),
+        }
+    }
+}

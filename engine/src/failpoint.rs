@@ -1,0 +1,48 @@
+//! Crash-test hooks.
+//!
+//! Tidemill's recovery tests kill a running pipeline with `SIGKILL` at each
+//! step of a micro-batch. To make "each step" exact, the engine (and sinks)
+//! call [`hit`] at named points. Normally this is a single relaxed atomic
+//! load. When the environment variable `TIDEMILL_FAILPOINT` is set to
+//! `<point>@<batch id>` and that point is reached in that batch, the process
+//! prints `TIDEMILL_FAILPOINT_REACHED <point>@<batch id>` on standard output
+//! and then blocks forever, so the test harness can kill it at exactly that
+//! moment.
+//!
+//! The points, in the order a batch passes them:
+//! `before_offset_log`, `after_offset_log`, `before_sink`, `during_sink`
+//! (inside a sink, after some output is written and before the sink records
+//! the batch as done), `after_sink`, `before_commit_log`, `after_commit_log`.
+
+use std::io::Write;
+use std::sync::OnceLock;
+
+/// The environment variable naming the point to stop at.
+pub const ENV_VAR: &str = "TIDEMILL_FAILPOINT";
+
+fn configured() -> Option<&'static (String, u64)> {
+    static POINT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    POINT
+        .get_or_init(|| {
+            let value = std::env::var(ENV_VAR).ok()?;
+            let (point, batch) = value.split_once('@')?;
+            Some((point.to_string(), batch.parse().ok()?))
+        })
+        .as_ref()
+}
+
+/// Marks that `point` of batch `batch_id` was reached; blocks forever if a
+/// test asked to stop there (see the module docs).
+pub fn hit(point: &str, batch_id: u64) {
+    if let Some((want, want_batch)) = configured() {
+        if want == point && *want_batch == batch_id {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "TIDEMILL_FAILPOINT_REACHED {point}@{batch_id}");
+            let _ = out.flush();
+            drop(out);
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}

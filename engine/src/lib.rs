@@ -1,0 +1,52 @@
+//! # tidemill-engine
+//!
+//! The heart of Tidemill: a micro-batch stream processing engine on Apache
+//! Arrow and DataFusion with the semantics of Spark Structured Streaming.
+//!
+//! A tour, in the order a query meets the parts:
+//!
+//! - [`StreamingContext::read_stream`] turns a [`SourceProvider`] into an
+//!   ordinary DataFusion `DataFrame` backed by a [`StreamingTable`]; every
+//!   DataFrame, `Expr` and SQL transformation applies unchanged.
+//! - [`StreamingDataFrame::write_stream`] gives a [`DataStreamWriter`]:
+//!   choose a [`Sink`], an [`OutputMode`], a [`Trigger`] and a checkpoint
+//!   location, then `start()`.
+//! - [`planner`] checks at start that the plan can run incrementally and,
+//!   for each micro-batch, substitutes the batch's rows for the streaming
+//!   scans.
+//! - The trigger loop (`micro_batch`) runs batches: latest offsets → offset
+//!   log (write-ahead) → read → execute → sink (idempotent per batch id) →
+//!   commit log, as laid out in [`checkpoint`].
+//! - [`StreamingQuery`] is the handle: stop, await, progress
+//!   ([`QueryProgress`]), status and the error that stopped the query.
+//!
+//! Sources and sinks implement [`Source`]/[`SourceProvider`] and [`Sink`];
+//! the built-in ones live in `tidemill-connectors`.
+
+pub mod checkpoint;
+mod context_ext;
+mod error;
+pub mod failpoint;
+mod location;
+mod micro_batch;
+mod offset;
+pub mod planner;
+mod progress;
+mod query;
+mod sink;
+mod source;
+mod streaming_table;
+mod trigger;
+mod writer;
+
+pub use context_ext::{StreamingContext, StreamingDataFrame};
+pub use error::{Result, TidemillError};
+pub use location::Location;
+pub use offset::Offset;
+pub use progress::{PhaseDurations, QueryProgress, QueryStatus, SinkProgress, SourceProgress};
+pub use query::StreamingQuery;
+pub use sink::{Sink, SinkContext};
+pub use source::{ReadLimit, Source, SourceContext, SourceProvider};
+pub use streaming_table::StreamingTable;
+pub use trigger::{OutputMode, Trigger};
+pub use writer::{DataStreamWriter, QueryOptions};

@@ -1,0 +1,73 @@
+//! Where checkpoints, input directories and output directories live.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use object_store::{ObjectStore, path::Path};
+use tidemill_state::CheckpointDir;
+use url::Url;
+
+use crate::{Result, TidemillError};
+
+/// A directory on an object store, resolved from what a user typed.
+///
+/// Accepts local paths (relative or absolute), `file://` URLs, and any URL
+/// whose scheme has an object store registered in the session's
+/// [`RuntimeEnv`] (DataFusion registers `file://` and `memory://` by
+/// default; register others, such as `s3://`, the DataFusion way with
+/// `RuntimeEnv::register_object_store`).
+#[derive(Debug, Clone)]
+pub struct Location {
+    url: Url,
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+}
+
+impl Location {
+    /// Resolves `location` against the object stores of `runtime`.
+    pub fn resolve(location: &str, runtime: &RuntimeEnv) -> Result<Self> {
+        let parsed = ListingTableUrl::parse(location)
+            .map_err(|e| TidemillError::Config(format!("invalid location '{location}': {e}")))?;
+        let store = runtime
+            .object_store(parsed.object_store())
+            .map_err(|e| TidemillError::Config(format!("no object store for '{location}': {e}")))?;
+        Ok(Self {
+            url: parsed.get_url().clone(),
+            store,
+            path: parsed.prefix().clone(),
+        })
+    }
+
+    /// The location as a URL (local paths become `file://` URLs).
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The object store holding the location.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The location's path inside its object store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The local directory, for `file://` locations.
+    pub fn local_path(&self) -> Option<PathBuf> {
+        (self.url.scheme() == "file").then(|| self.url.to_file_path().ok()).flatten()
+    }
+
+    /// The location as a checkpoint directory.
+    pub fn dir(&self) -> CheckpointDir {
+        CheckpointDir::new(Arc::clone(&self.store), self.path.clone())
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.url)
+    }
+}

@@ -1,0 +1,324 @@
+//! The trigger loop and the life of one micro-batch (DESIGN §3).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+
+use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
+use crate::progress::{PhaseDurations, SinkProgress, SourceProgress};
+use crate::query::QueryShared;
+use crate::{
+    Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, Sink, Source, TidemillError, Trigger,
+    failpoint, planner,
+};
+
+/// A source opened for this query, with where it stands.
+#[derive(Debug)]
+pub(crate) struct RunningSource {
+    /// The [`crate::StreamingTable::id`] its scans carry in the plan.
+    pub table_id: u64,
+    pub schema: arrow::datatypes::SchemaRef,
+    pub description: String,
+    pub source: Box<dyn Source>,
+    /// The end of the last committed batch.
+    pub committed: Option<Offset>,
+}
+
+/// Drives one query: owns its sources, sink and checkpoint.
+#[derive(Debug)]
+pub(crate) struct Runner {
+    pub session: SessionContext,
+    /// The DataFrame's plan, with streaming scans to substitute per batch.
+    pub plan: LogicalPlan,
+    pub sources: Vec<RunningSource>,
+    pub sink: Arc<dyn Sink>,
+    pub checkpoint: Checkpoint,
+    pub trigger: Trigger,
+    pub output_mode: OutputMode,
+    pub options: QueryOptions,
+    pub shared: Arc<QueryShared>,
+    pub next_batch_id: u64,
+    /// A batch whose offsets were logged but that never committed.
+    pub pending: Option<OffsetEntry>,
+    pub last_trigger_start: Option<Instant>,
+}
+
+/// What a trigger did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// No new data: no batch ran, no batch id was used.
+    Idle,
+    /// A new batch ran.
+    Ran,
+    /// A batch left uncommitted by an earlier run was re-run.
+    Recovered,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Runner {
+    /// Runs triggers until the trigger policy or a stop request ends the
+    /// query, or an error does.
+    pub async fn run(mut self) -> Result<()> {
+        if self.trigger == Trigger::AvailableNow {
+            for s in &mut self.sources {
+                s.source.prepare_for_available_now().await?;
+            }
+        }
+        self.purge_old_batches_on_start().await?;
+        loop {
+            if self.shared.stop_requested() {
+                return Ok(());
+            }
+            let started = Instant::now();
+            let seq = self.shared.trigger_started();
+            let outcome = self.run_trigger(started).await?;
+            let ran = outcome != Outcome::Idle;
+            self.shared.set_status(|s| {
+                s.is_trigger_active = false;
+                s.is_data_available = ran;
+                s.message = if ran {
+                    "Waiting for next trigger".into()
+                } else {
+                    "Waiting for data to arrive".into()
+                };
+            });
+            if !ran {
+                self.shared.trigger_idle(seq);
+            }
+            match self.trigger {
+                // Once: after a recovered batch, one more with new data.
+                Trigger::Once if outcome == Outcome::Recovered => {}
+                Trigger::Once => return Ok(()),
+                Trigger::AvailableNow if !ran => return Ok(()),
+                Trigger::AvailableNow => {}
+                Trigger::ProcessingTime(interval) => {
+                    let mut wait = interval.saturating_sub(started.elapsed());
+                    if !ran {
+                        wait = wait.max(self.options.no_data_polling_delay);
+                    }
+                    self.shared.sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn purge_old_batches_on_start(&self) -> Result<()> {
+        let keep_from = self.next_batch_id.saturating_sub(self.options.min_batches_to_retain);
+        self.checkpoint.offsets.purge_before(keep_from).await?;
+        self.checkpoint.commits.purge_before(keep_from).await?;
+        Ok(())
+    }
+
+    /// One trigger: plan and run a batch if there is new data (or a batch
+    /// to recover).
+    async fn run_trigger(&mut self, started: Instant) -> Result<Outcome> {
+        let timestamp = chrono::Utc::now();
+        if let Some(entry) = self.pending.take() {
+            tracing::info!(
+                "query {}: re-running batch {} left uncommitted by a previous run",
+                self.shared.display_name(),
+                entry.batch_id
+            );
+            self.run_batch(entry, started, timestamp, PhaseDurations::default(), true)
+                .await?;
+            return Ok(Outcome::Recovered);
+        }
+        self.shared.set_status(|s| s.message = "Getting offsets from sources".into());
+        let mut phases = PhaseDurations::default();
+        let t = Instant::now();
+        let mut ranges = Vec::with_capacity(self.sources.len());
+        let mut any_new = false;
+        for s in &mut self.sources {
+            let limit = match self.trigger {
+                Trigger::Once => ReadLimit::All,
+                _ => s.source.default_read_limit(),
+            };
+            let end = s.source.latest_offset(s.committed.as_ref(), limit).await?;
+            if end.is_some() && end != s.committed {
+                any_new = true;
+            }
+            ranges.push(SourceRange {
+                description: s.description.clone(),
+                start: s.committed.clone(),
+                end: end.or_else(|| s.committed.clone()),
+            });
+        }
+        phases.latest_offset = ms(t.elapsed());
+        if !any_new {
+            return Ok(Outcome::Idle);
+        }
+        let entry = OffsetEntry {
+            batch_id: self.next_batch_id,
+            timestamp_ms: timestamp.timestamp_millis(),
+            sources: ranges,
+            watermark_ms: None,
+            output_mode: self.output_mode,
+        };
+        failpoint::hit("before_offset_log", entry.batch_id);
+        let t = Instant::now();
+        self.checkpoint.offsets.add(entry.batch_id, &entry).await?;
+        phases.wal_commit = ms(t.elapsed());
+        failpoint::hit("after_offset_log", entry.batch_id);
+        self.run_batch(entry, started, timestamp, phases, false).await?;
+        Ok(Outcome::Ran)
+    }
+
+    /// Reads, executes, sinks and commits the batch recorded in `entry`.
+    async fn run_batch(
+        &mut self,
+        entry: OffsetEntry,
+        started: Instant,
+        timestamp: chrono::DateTime<chrono::Utc>,
+        mut phases: PhaseDurations,
+        recovered: bool,
+    ) -> Result<()> {
+        let batch_id = entry.batch_id;
+        if entry.sources.len() != self.sources.len() {
+            return Err(TidemillError::CheckpointMismatch {
+                location: self.checkpoint.location.to_string(),
+                reason: format!(
+                    "offsets/{batch_id} records {} source(s), the query has {}",
+                    entry.sources.len(),
+                    self.sources.len()
+                ),
+            });
+        }
+        self.shared
+            .set_status(|s| s.message = format!("Processing batch {batch_id}"));
+
+        // Read each source's range.
+        let t = Instant::now();
+        let partitions = self.session.copied_config().target_partitions().max(1);
+        let mut data = HashMap::new();
+        let mut source_progress = Vec::with_capacity(self.sources.len());
+        let mut num_input_rows = 0;
+        for (s, range) in self.sources.iter_mut().zip(&entry.sources) {
+            let batches = match &range.end {
+                Some(end) if range.start.as_ref() != Some(end) => {
+                    s.source.read(range.start.as_ref(), end).await?
+                }
+                _ => Vec::new(),
+            };
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            num_input_rows += rows as u64;
+            let table = MemTable::try_new(Arc::clone(&s.schema), spread(batches, partitions)).map_err(|e| {
+                TidemillError::source(
+                    &s.description,
+                    format!("batch {batch_id} does not match the source schema: {e}"),
+                )
+            })?;
+            data.insert(s.table_id, Arc::new(table));
+            source_progress.push(SourceProgress {
+                description: s.description.clone(),
+                start_offset: range.start.clone(),
+                end_offset: range.end.clone(),
+                num_input_rows: rows as u64,
+            });
+        }
+        phases.get_batch = ms(t.elapsed());
+
+        // Plan and execute.
+        let t = Instant::now();
+        let plan = planner::substitute(&self.plan, &data)?;
+        let physical = self
+            .session
+            .state()
+            .create_physical_plan(&plan)
+            .await
+            .map_err(|e| TidemillError::datafusion(format!("planning batch {batch_id}"), e))?;
+        phases.query_planning = ms(t.elapsed());
+        let t = Instant::now();
+        let schema = physical.schema();
+        let output = datafusion::physical_plan::collect(physical, self.session.task_ctx())
+            .await
+            .map_err(|e| TidemillError::datafusion(format!("executing batch {batch_id}"), e))?;
+        phases.execution = ms(t.elapsed());
+        let num_output_rows: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
+
+        // Sink: idempotent per batch id.
+        failpoint::hit("before_sink", batch_id);
+        let t = Instant::now();
+        self.sink.add_batch(batch_id, schema, output).await?;
+        phases.add_batch = ms(t.elapsed());
+        failpoint::hit("after_sink", batch_id);
+
+        // Commit.
+        failpoint::hit("before_commit_log", batch_id);
+        let t = Instant::now();
+        let commit = CommitEntry {
+            batch_id,
+            timestamp_ms: chrono::Utc::now().timestamp_millis(),
+            next_watermark_ms: None,
+        };
+        self.checkpoint.commits.add(batch_id, &commit).await?;
+        failpoint::hit("after_commit_log", batch_id);
+        for (s, range) in self.sources.iter_mut().zip(&entry.sources) {
+            if let Some(end) = &range.end {
+                s.source.commit(end).await?;
+            }
+            s.committed = range.end.clone();
+        }
+        if let Some(old) = batch_id.checked_sub(self.options.min_batches_to_retain) {
+            self.checkpoint.offsets.remove(old).await?;
+            self.checkpoint.commits.remove(old).await?;
+        }
+        phases.commit_offsets = ms(t.elapsed());
+        self.next_batch_id = batch_id + 1;
+
+        // Progress.
+        let elapsed = started.elapsed();
+        phases.trigger_execution = ms(elapsed);
+        let since_last = self
+            .last_trigger_start
+            .map(|last| started.duration_since(last))
+            .unwrap_or(elapsed);
+        self.last_trigger_start = Some(started);
+        let rate = |d: Duration| {
+            if d.is_zero() {
+                0.0
+            } else {
+                num_input_rows as f64 / d.as_secs_f64()
+            }
+        };
+        let progress = QueryProgress {
+            id: self.shared.id.clone(),
+            run_id: self.shared.run_id.clone(),
+            name: self.shared.name.clone(),
+            batch_id,
+            timestamp: timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            recovered,
+            num_input_rows,
+            num_output_rows,
+            input_rows_per_second: rate(since_last),
+            processed_rows_per_second: rate(elapsed),
+            duration_ms: phases,
+            sources: source_progress,
+            sink: SinkProgress {
+                description: self.sink.description(),
+                num_output_rows,
+            },
+        };
+        tracing::info!("{}", progress.summary());
+        self.shared.record_progress(progress);
+        Ok(())
+    }
+}
+
+/// Spreads `batches` over up to `n` partitions so the batch executes in
+/// parallel.
+fn spread(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
+    let mut partitions: Vec<Vec<RecordBatch>> = (0..n.min(batches.len()).max(1)).map(|_| Vec::new()).collect();
+    let count = partitions.len();
+    for (i, batch) in batches.into_iter().enumerate() {
+        partitions[i % count].push(batch);
+    }
+    partitions
+}

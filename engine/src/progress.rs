@@ -1,0 +1,121 @@
+//! What a query reports after each batch.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Offset;
+
+/// The report of one micro-batch, as Spark's `StreamingQueryProgress`.
+///
+/// Serializes to JSON (`serde_json::to_string(&progress)`); the engine also
+/// logs a one-line summary of each batch through `tracing` at INFO level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryProgress {
+    /// The query's id, stable across restarts (kept in the checkpoint).
+    pub id: String,
+    /// This run's id, new at every start.
+    pub run_id: String,
+    /// The query's name, if given.
+    pub name: Option<String>,
+    /// The batch id.
+    pub batch_id: u64,
+    /// When the trigger that ran the batch fired (RFC 3339, UTC).
+    pub timestamp: String,
+    /// Whether this batch re-ran a batch left uncommitted by a crash.
+    pub recovered: bool,
+    /// Rows read from all sources.
+    pub num_input_rows: u64,
+    /// Rows written to the sink.
+    pub num_output_rows: u64,
+    /// Input rows per second of wall time since the previous batch started
+    /// (the rate at which data arrived).
+    pub input_rows_per_second: f64,
+    /// Input rows per second of this batch's own duration.
+    pub processed_rows_per_second: f64,
+    /// Time spent in each phase.
+    pub duration_ms: PhaseDurations,
+    /// Per source: range read and rows.
+    pub sources: Vec<SourceProgress>,
+    /// The sink.
+    pub sink: SinkProgress,
+}
+
+/// Milliseconds spent in each phase of a batch (fractions kept: at short
+/// trigger intervals, per-batch overhead is well under a millisecond).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseDurations {
+    /// Asking the sources for their latest offsets.
+    pub latest_offset: f64,
+    /// Writing the offset log entry (the write-ahead log).
+    pub wal_commit: f64,
+    /// Reading the batch's ranges from the sources.
+    pub get_batch: f64,
+    /// Turning the plan into a physical plan for this batch.
+    pub query_planning: f64,
+    /// Executing the plan.
+    pub execution: f64,
+    /// Writing and committing the output in the sink.
+    pub add_batch: f64,
+    /// Writing the commit log entry and committing the sources.
+    pub commit_offsets: f64,
+    /// The whole trigger, start to end.
+    pub trigger_execution: f64,
+}
+
+/// One source's part in a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceProgress {
+    /// The source's description.
+    pub description: String,
+    /// Where the batch started reading (exclusive); `None` for the first batch.
+    pub start_offset: Option<Offset>,
+    /// Where it stopped (inclusive).
+    pub end_offset: Option<Offset>,
+    /// Rows read.
+    pub num_input_rows: u64,
+}
+
+/// The sink's part in a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SinkProgress {
+    /// The sink's description.
+    pub description: String,
+    /// Rows written.
+    pub num_output_rows: u64,
+}
+
+impl QueryProgress {
+    /// The one-line summary logged per batch.
+    pub fn summary(&self) -> String {
+        format!(
+            "batch {} of query {}: {} rows in, {} rows out, {:.0} rows/s processed, {:.1} ms \
+             (offsets {:.1}, wal {:.1}, read {:.1}, plan {:.1}, exec {:.1}, sink {:.1}, commit {:.1}){}",
+            self.batch_id,
+            self.name.as_deref().unwrap_or(&self.id),
+            self.num_input_rows,
+            self.num_output_rows,
+            self.processed_rows_per_second,
+            self.duration_ms.trigger_execution,
+            self.duration_ms.latest_offset,
+            self.duration_ms.wal_commit,
+            self.duration_ms.get_batch,
+            self.duration_ms.query_planning,
+            self.duration_ms.execution,
+            self.duration_ms.add_batch,
+            self.duration_ms.commit_offsets,
+            if self.recovered { " [recovered]" } else { "" },
+        )
+    }
+}
+
+/// What a query is doing right now, as Spark's `StreamingQueryStatus`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryStatus {
+    /// A human-readable description, e.g. "Waiting for data to arrive".
+    pub message: String,
+    /// Whether the last trigger found new data.
+    pub is_data_available: bool,
+    /// Whether a trigger is running now.
+    pub is_trigger_active: bool,
+    /// Whether the query has stopped (finished, stopped or failed).
+    pub is_terminated: bool,
+}

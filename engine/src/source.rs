@@ -1,0 +1,103 @@
+//! The contract between the engine and its sources.
+
+use std::fmt::Debug;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::prelude::SessionContext;
+use tidemill_state::CheckpointDir;
+
+use crate::{Offset, Result};
+
+/// How much a source may admit into one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadLimit {
+    /// Everything available.
+    All,
+    /// At most this many rows.
+    MaxRows(u64),
+    /// At most this many files.
+    MaxFiles(u64),
+}
+
+/// A streaming source as the user configures it: where the data is and how
+/// to read it. Passed to [`crate::StreamingContext::read_stream`].
+///
+/// A provider describes a source; [`SourceProvider::open`] makes the
+/// [`Source`] one query reads from, so one provider can feed several
+/// queries, each with its own checkpoint.
+#[async_trait]
+pub trait SourceProvider: Send + Sync + Debug {
+    /// A short description naming the kind of source and where it reads,
+    /// e.g. `FileSource[json: file:///data/trades]`. Used in progress
+    /// reports and errors.
+    fn description(&self) -> String;
+
+    /// The schema of the rows this source produces. Called once, when the
+    /// streaming DataFrame is created; a source may infer it from data.
+    async fn schema(&self, session: &SessionContext) -> Result<SchemaRef>;
+
+    /// Opens the source for one query.
+    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>>;
+}
+
+/// What a source is given when a query opens it.
+#[derive(Debug, Clone)]
+pub struct SourceContext {
+    /// The session the query runs in (its object stores, configuration).
+    pub session: SessionContext,
+    /// The schema returned by [`SourceProvider::schema`] when the
+    /// DataFrame was made; every batch read must have exactly this schema.
+    pub schema: SchemaRef,
+    /// A directory in the query's checkpoint private to this source
+    /// (`<checkpoint>/sources/<index>`), for logs that make replay
+    /// deterministic, such as the list of files already seen.
+    pub checkpoint: CheckpointDir,
+}
+
+/// A source opened for one query.
+///
+/// The engine drives it: each trigger it asks for the latest offset, records
+/// the range `[start, end)` in the offset log, then reads it. The contract:
+///
+/// - **Deterministic replay.** Reading the same range again, in this
+///   process or after a restart, yields the same rows. Recovery re-runs an
+///   uncommitted batch by reading its recorded range.
+/// - **Offsets are JSON** ([`Offset`]) and survive a round trip through the
+///   offset log unchanged.
+/// - **An empty range** (`start == end`) yields no rows.
+#[async_trait]
+pub trait Source: Send + Debug {
+    /// The source's description, as [`SourceProvider::description`].
+    fn description(&self) -> String;
+
+    /// The read limit the source was configured with (for example
+    /// `max_files_per_trigger`); [`ReadLimit::All`] if none.
+    fn default_read_limit(&self) -> ReadLimit {
+        ReadLimit::All
+    }
+
+    /// The offset up to which data is available now, starting after
+    /// `start` (the end of the last batch, `None` before the first) and
+    /// admitting no more than `limit`. Returns `start` unchanged (or `None`
+    /// before any data) when nothing new is available.
+    async fn latest_offset(&mut self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>>;
+
+    /// Reads the rows in `(start, end]`, i.e. after `start` (from the
+    /// beginning if `None`) up to and including `end`.
+    async fn read(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Vec<RecordBatch>>;
+
+    /// Tells the source that every batch up to `end` is committed, so data
+    /// before it will never be asked for again and may be released.
+    async fn commit(&mut self, _end: &Offset) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called once before an [`crate::Trigger::AvailableNow`] query's
+    /// first batch: from then on, [`Source::latest_offset`] must not go past
+    /// what is available at this moment, so the query ends.
+    async fn prepare_for_available_now(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,264 @@
+//! Configuring and starting a streaming query.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::prelude::{DataFrame, SessionContext};
+use futures::FutureExt;
+
+use crate::checkpoint::{Checkpoint, Metadata};
+use crate::micro_batch::{RunningSource, Runner};
+use crate::query::QueryShared;
+use crate::{
+    Location, OutputMode, Result, Sink, SinkContext, SourceContext, StreamingQuery, StreamingTable, TidemillError,
+    Trigger, planner,
+};
+
+/// Tuning knobs of a streaming query, with Spark's defaults.
+#[derive(Debug, Clone)]
+pub struct QueryOptions {
+    /// How many batches of offset and commit log to keep (Spark's
+    /// `minBatchesToRetain`, 100). Older entries are deleted as batches
+    /// commit.
+    pub min_batches_to_retain: u64,
+    /// How many progress reports [`StreamingQuery::recent_progress`] keeps.
+    pub progress_history: usize,
+    /// How long a processing-time trigger waits after finding no new data
+    /// before asking the sources again (Spark's polling delay, 10 ms).
+    pub no_data_polling_delay: Duration,
+}
+
+impl Default for QueryOptions {
+    fn default() -> Self {
+        Self {
+            min_batches_to_retain: 100,
+            progress_history: 100,
+            no_data_polling_delay: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Describes how to run a streaming DataFrame; made by
+/// [`crate::StreamingDataFrame::write_stream`].
+///
+/// ```no_run
+/// # async fn demo(df: datafusion::prelude::DataFrame, sink: impl tidemill_engine::Sink + 'static)
+/// # -> tidemill_engine::Result<()> {
+/// use std::time::Duration;
+/// use tidemill_engine::{OutputMode, StreamingDataFrame, Trigger};
+///
+/// let query = df
+///     .write_stream()
+///     .sink(sink)
+///     .output_mode(OutputMode::Append)
+///     .trigger(Trigger::ProcessingTime(Duration::from_secs(10)))
+///     .checkpoint("chk/enriched")
+///     .query_name("enriched")
+///     .start()
+///     .await?;
+/// query.await_termination().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct DataStreamWriter {
+    df: DataFrame,
+    sink: Option<Arc<dyn Sink>>,
+    output_mode: OutputMode,
+    trigger: Trigger,
+    checkpoint: Option<String>,
+    name: Option<String>,
+    options: QueryOptions,
+}
+
+impl DataStreamWriter {
+    pub(crate) fn new(df: DataFrame) -> Self {
+        Self {
+            df,
+            sink: None,
+            output_mode: OutputMode::default(),
+            trigger: Trigger::default(),
+            checkpoint: None,
+            name: None,
+            options: QueryOptions::default(),
+        }
+    }
+
+    /// Where results go (required).
+    pub fn sink(mut self, sink: impl Sink + 'static) -> Self {
+        self.sink = Some(Arc::new(sink));
+        self
+    }
+
+    /// Where results go, for a sink shared with other code.
+    pub fn sink_arc(mut self, sink: Arc<dyn Sink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// The output mode (default append).
+    pub fn output_mode(mut self, mode: OutputMode) -> Self {
+        self.output_mode = mode;
+        self
+    }
+
+    /// When batches run (default: back to back).
+    pub fn trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = trigger;
+        self
+    }
+
+    /// The checkpoint location: a local path or an object store URL. A
+    /// query restarted with the same checkpoint resumes exactly where it
+    /// stopped. Without one, the query checkpoints to a fresh in-memory
+    /// location and cannot be resumed after the process ends.
+    pub fn checkpoint(mut self, location: impl Into<String>) -> Self {
+        self.checkpoint = Some(location.into());
+        self
+    }
+
+    /// A name for the query, used in logs and progress and by sinks such as
+    /// the memory sink.
+    pub fn query_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Replaces all tuning options.
+    pub fn options(mut self, options: QueryOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Validates the query, opens (or recovers) its checkpoint, sources and
+    /// sink, and starts the trigger loop on a tokio task.
+    ///
+    /// Fails here, before any batch, if the plan cannot run as a stream in
+    /// the chosen output mode, if no sink was given, if another query holds
+    /// the checkpoint, or if the checkpoint is corrupt or belongs to a
+    /// different query.
+    pub async fn start(self) -> Result<StreamingQuery> {
+        let sink = self
+            .sink
+            .ok_or_else(|| TidemillError::Config("no sink: call .sink(...) before .start()".into()))?;
+        let (state, plan) = self.df.into_parts();
+        let session = SessionContext::new_with_state(state.clone());
+        let optimized = state
+            .optimize(&plan)
+            .map_err(|e| TidemillError::datafusion("optimizing the streaming query", e))?;
+        planner::validate(&optimized, self.output_mode)?;
+        let tables = StreamingTable::all_in(&plan);
+
+        let location = match &self.checkpoint {
+            Some(location) => location.clone(),
+            None => format!("memory:///tidemill/temporary-checkpoints/{}", uuid::Uuid::new_v4()),
+        };
+        let location = Location::resolve(&location, &session.runtime_env())?;
+        let checkpoint = Checkpoint::open(location)?;
+        let metadata = checkpoint
+            .load_or_init_metadata(Metadata {
+                query_id: uuid::Uuid::new_v4().to_string(),
+                engine_version: env!("CARGO_PKG_VERSION").to_string(),
+                created_at: chrono::Utc::now().to_rfc3339(),
+                sources: tables.iter().map(|t| t.provider().description()).collect(),
+                sink: sink.description(),
+            })
+            .await?;
+
+        let mut sources = Vec::with_capacity(tables.len());
+        for (index, table) in tables.iter().enumerate() {
+            let schema = datafusion::catalog::TableProvider::schema(table.as_ref());
+            let ctx = SourceContext {
+                session: session.clone(),
+                schema: Arc::clone(&schema),
+                checkpoint: checkpoint.source_dir(index),
+            };
+            sources.push(RunningSource {
+                table_id: table.id(),
+                schema,
+                description: table.provider().description(),
+                source: table.provider().open(ctx).await?,
+                committed: None,
+            });
+        }
+
+        // Recovery: continue after the last committed batch, or re-run the
+        // last planned one if it never committed.
+        let mut next_batch_id = 0;
+        let mut pending = None;
+        if let Some((id, entry)) = checkpoint.offsets.latest().await? {
+            if entry.sources.len() != sources.len() {
+                return Err(TidemillError::CheckpointMismatch {
+                    location: checkpoint.location.to_string(),
+                    reason: format!(
+                        "offsets/{id} records {} source(s), this query has {}",
+                        entry.sources.len(),
+                        sources.len()
+                    ),
+                });
+            }
+            let committed = checkpoint.commits.contains(id).await?;
+            for (s, range) in sources.iter_mut().zip(&entry.sources) {
+                s.committed = if committed { range.end.clone() } else { range.start.clone() };
+            }
+            if committed {
+                next_batch_id = id + 1;
+            } else {
+                next_batch_id = id;
+                pending = Some(entry);
+            }
+        }
+
+        let df_schema = plan.schema();
+        sink.open(&SinkContext {
+            session: session.clone(),
+            query_name: self.name.clone(),
+            schema: Arc::new(df_schema.as_arrow().clone()),
+            output_mode: self.output_mode,
+        })
+        .await?;
+
+        let shared = Arc::new(QueryShared::new(
+            metadata.query_id,
+            self.name,
+            self.options.progress_history,
+        ));
+        tracing::info!(
+            "starting query {} at batch {next_batch_id} with checkpoint {}",
+            shared.display_name(),
+            checkpoint.location
+        );
+        let runner = Runner {
+            session,
+            plan,
+            sources,
+            sink,
+            checkpoint,
+            trigger: self.trigger,
+            output_mode: self.output_mode,
+            options: self.options,
+            shared: Arc::clone(&shared),
+            next_batch_id,
+            pending,
+            last_trigger_start: None,
+        };
+        let task_shared = Arc::clone(&shared);
+        let task = tokio::spawn(async move {
+            let outcome = std::panic::AssertUnwindSafe(runner.run()).catch_unwind().await;
+            let error = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(panic) => Some(TidemillError::Internal(panic_message(&panic))),
+            };
+            task_shared.terminate(error);
+        });
+        Ok(StreamingQuery::new(shared, task))
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
