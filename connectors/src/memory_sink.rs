@@ -1,4 +1,140 @@
-//! Placeholder, being written.
+//! A sink that keeps results in memory, queryable as a table.
 
-/// Placeholder.
-pub struct MemorySink;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::{MemTable, TableType};
+use datafusion::error::Result as DFResult;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use tidemill_engine::{OutputMode, Result, Sink, SinkContext, TidemillError};
+
+#[derive(Debug, Default)]
+struct Contents {
+    schema: Option<SchemaRef>,
+    mode: OutputMode,
+    /// Output by batch id.
+    batches: BTreeMap<u64, Vec<RecordBatch>>,
+}
+
+/// Keeps every committed batch in memory, as Spark's memory sink.
+///
+/// When the query starts, the sink registers itself in the query's
+/// `SessionContext` as a table named by [`MemorySink::table_name`], or else
+/// by the query's name, so `ctx.sql("SELECT * FROM name")` reads the results
+/// committed so far. Clones share the data. In complete mode each batch
+/// replaces the previous result; otherwise batches accumulate. A batch id
+/// already present is ignored (idempotence).
+#[derive(Debug, Clone, Default)]
+pub struct MemorySink {
+    table_name: Option<String>,
+    contents: Arc<Mutex<Contents>>,
+}
+
+impl MemorySink {
+    /// An empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the results under `name` (default: the query's name).
+    pub fn table_name(mut self, name: impl Into<String>) -> Self {
+        self.table_name = Some(name.into());
+        self
+    }
+
+    /// All committed rows, in batch order.
+    pub fn batches(&self) -> Vec<RecordBatch> {
+        let contents = self.contents.lock().expect("memory sink lock poisoned");
+        contents.batches.values().flatten().cloned().collect()
+    }
+
+    /// The ids of the batches committed so far.
+    pub fn batch_ids(&self) -> Vec<u64> {
+        let contents = self.contents.lock().expect("memory sink lock poisoned");
+        contents.batches.keys().copied().collect()
+    }
+
+    /// The number of committed rows.
+    pub fn num_rows(&self) -> usize {
+        self.batches().iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+#[async_trait]
+impl Sink for MemorySink {
+    fn description(&self) -> String {
+        match &self.table_name {
+            Some(name) => format!("MemorySink[{name}]"),
+            None => "MemorySink".into(),
+        }
+    }
+
+    async fn open(&self, ctx: &SinkContext) -> Result<()> {
+        {
+            let mut contents = self.contents.lock().expect("memory sink lock poisoned");
+            contents.schema = Some(Arc::clone(&ctx.schema));
+            contents.mode = ctx.output_mode;
+        }
+        if let Some(name) = self.table_name.as_ref().or(ctx.query_name.as_ref()) {
+            let table = Arc::new(MemorySinkTable {
+                schema: Arc::clone(&ctx.schema),
+                contents: Arc::clone(&self.contents),
+            });
+            ctx.session
+                .register_table(name.as_str(), table)
+                .map_err(|e| TidemillError::sink(self.description(), format!("cannot register table '{name}': {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn add_batch(&self, batch_id: u64, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<()> {
+        let mut contents = self.contents.lock().expect("memory sink lock poisoned");
+        if contents.batches.contains_key(&batch_id) {
+            return Ok(());
+        }
+        if contents.mode == OutputMode::Complete {
+            contents.batches.clear();
+        }
+        contents.schema.get_or_insert(schema);
+        contents.batches.insert(batch_id, batches);
+        Ok(())
+    }
+}
+
+/// The table a [`MemorySink`] registers: a snapshot of its rows at scan time.
+#[derive(Debug)]
+struct MemorySinkTable {
+    schema: SchemaRef,
+    contents: Arc<Mutex<Contents>>,
+}
+
+#[async_trait]
+impl TableProvider for MemorySinkTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let batches: Vec<RecordBatch> = {
+            let contents = self.contents.lock().expect("memory sink lock poisoned");
+            contents.batches.values().flatten().cloned().collect()
+        };
+        let table = MemTable::try_new(Arc::clone(&self.schema), vec![batches])?;
+        table.scan(state, projection, filters, limit).await
+    }
+}

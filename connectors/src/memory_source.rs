@@ -1,4 +1,174 @@
-//! Placeholder, being written.
+//! A source fed by test code, like Spark's `MemoryStream`.
 
-/// Placeholder.
-pub struct MemoryStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::prelude::SessionContext;
+use tidemill_engine::{Offset, ReadLimit, Result, Source, SourceContext, SourceProvider, TidemillError};
+
+/// An in-memory stream that test code appends record batches to.
+///
+/// Clones share the same data: keep one clone to push batches while the
+/// query reads another. The offset is the number of batches pushed so far;
+/// pushed batches are kept for the life of the stream, so any range can be
+/// replayed. The data lives only in this process: a query restarted in a
+/// new process finds the stream empty.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use arrow::array::Int64Array;
+/// # use arrow::datatypes::{DataType, Field, Schema};
+/// # use arrow::record_batch::RecordBatch;
+/// use tidemill_connectors::MemoryStream;
+///
+/// let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+/// let stream = MemoryStream::new(schema.clone());
+/// let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+/// let offset = stream.push(batch).unwrap();
+/// assert_eq!(offset.as_u64(), Some(1));
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryStream {
+    id: u64,
+    schema: SchemaRef,
+    batches: Arc<Mutex<Vec<RecordBatch>>>,
+    max_rows_per_trigger: Option<u64>,
+}
+
+impl MemoryStream {
+    /// An empty stream of rows with `schema`.
+    pub fn new(schema: SchemaRef) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            schema,
+            batches: Arc::default(),
+            max_rows_per_trigger: None,
+        }
+    }
+
+    /// Admits at most about `n` rows per trigger: whole pushed batches, at
+    /// least one.
+    pub fn max_rows_per_trigger(mut self, n: u64) -> Self {
+        self.max_rows_per_trigger = Some(n);
+        self
+    }
+
+    /// The schema of the stream's rows.
+    pub fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// Appends a batch; returns the offset that covers it. Fails if the
+    /// batch's schema differs from the stream's.
+    pub fn push(&self, batch: RecordBatch) -> Result<Offset> {
+        if batch.schema().fields() != self.schema.fields() {
+            return Err(TidemillError::source(
+                self.describe(),
+                format!(
+                    "pushed batch has schema {:?}, the stream's is {:?}",
+                    batch.schema(),
+                    self.schema
+                ),
+            ));
+        }
+        let mut batches = self.batches.lock().expect("memory stream lock poisoned");
+        batches.push(batch);
+        Ok(Offset::from_u64(batches.len() as u64))
+    }
+
+    /// Appends several batches; returns the offset that covers the last.
+    pub fn push_all(&self, batches: impl IntoIterator<Item = RecordBatch>) -> Result<Offset> {
+        let mut last = Offset::from_u64(self.len() as u64);
+        for batch in batches {
+            last = self.push(batch)?;
+        }
+        Ok(last)
+    }
+
+    /// The number of batches pushed so far.
+    pub fn len(&self) -> usize {
+        self.batches.lock().expect("memory stream lock poisoned").len()
+    }
+
+    /// Whether nothing was pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn describe(&self) -> String {
+        format!("MemoryStream[{}]", self.id)
+    }
+}
+
+#[async_trait]
+impl SourceProvider for MemoryStream {
+    fn description(&self) -> String {
+        self.describe()
+    }
+
+    async fn schema(&self, _session: &SessionContext) -> Result<SchemaRef> {
+        Ok(Arc::clone(&self.schema))
+    }
+
+    async fn open(&self, _ctx: SourceContext) -> Result<Box<dyn Source>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+fn index(source: &MemoryStream, offset: Option<&Offset>) -> Result<usize> {
+    match offset {
+        None => Ok(0),
+        Some(offset) => offset.as_u64().map(|n| n as usize).ok_or_else(|| {
+            TidemillError::source(source.describe(), format!("offset {offset} is not a batch count"))
+        }),
+    }
+}
+
+#[async_trait]
+impl Source for MemoryStream {
+    fn description(&self) -> String {
+        self.describe()
+    }
+
+    fn default_read_limit(&self) -> ReadLimit {
+        self.max_rows_per_trigger.map_or(ReadLimit::All, ReadLimit::MaxRows)
+    }
+
+    async fn latest_offset(&mut self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>> {
+        let from = index(self, start)?;
+        let batches = self.batches.lock().expect("memory stream lock poisoned");
+        let end = match limit {
+            ReadLimit::MaxRows(max) => {
+                let mut end = from;
+                let mut rows = 0u64;
+                while end < batches.len() && (end == from || rows + batches[end].num_rows() as u64 <= max) {
+                    rows += batches[end].num_rows() as u64;
+                    end += 1;
+                }
+                end
+            }
+            ReadLimit::MaxFiles(_) | ReadLimit::All => batches.len(),
+        };
+        Ok((end > 0).then(|| Offset::from_u64(end as u64)))
+    }
+
+    async fn read(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Vec<RecordBatch>> {
+        let (from, to) = (index(self, start)?, index(self, Some(end))?);
+        let batches = self.batches.lock().expect("memory stream lock poisoned");
+        if to > batches.len() || from > to {
+            return Err(TidemillError::source(
+                self.describe(),
+                format!(
+                    "range ({from}, {to}] is not available: the stream holds {} batches \
+                     (memory streams do not survive a restart of the process)",
+                    batches.len()
+                ),
+            ));
+        }
+        Ok(batches[from..to].to_vec())
+    }
+}

@@ -104,9 +104,14 @@ impl Checkpoint {
     /// Refuses a checkpoint made for a query with a different number of
     /// sources (offsets are recorded by source index).
     pub async fn load_or_init_metadata(&self, fresh: Metadata) -> Result<Metadata> {
-        let existing: Option<Metadata> = self.dir.read("metadata", "metadata", FORMAT_VERSION).await?;
+        let existing: Option<Metadata> = self
+            .dir
+            .read("metadata", "metadata", FORMAT_VERSION)
+            .await?;
         let Some(existing) = existing else {
-            self.dir.create("metadata", "metadata", FORMAT_VERSION, &fresh).await?;
+            self.dir
+                .create("metadata", "metadata", FORMAT_VERSION, &fresh)
+                .await?;
             return Ok(fresh);
         };
         if existing.sources.len() != fresh.sources.len() {
@@ -163,10 +168,19 @@ impl CheckpointLock {
             location: location.to_string(),
             detail: String::new(),
         };
-        if !open_checkpoints().lock().expect("lock poisoned").insert(key.clone()) {
+        if !open_checkpoints()
+            .lock()
+            .expect("lock poisoned")
+            .insert(key.clone())
+        {
             return Err(in_use());
         }
-        let release = |key: &str| open_checkpoints().lock().expect("lock poisoned").remove(key);
+        let release = |key: &str| {
+            open_checkpoints()
+                .lock()
+                .expect("lock poisoned")
+                .remove(key)
+        };
         let file = match location.local_path() {
             None => None,
             Some(dir) => {
@@ -207,6 +221,9 @@ impl CheckpointLock {
 
 impl Drop for CheckpointLock {
     fn drop(&mut self) {
-        open_checkpoints().lock().expect("lock poisoned").remove(&self.key);
+        open_checkpoints()
+            .lock()
+            .expect("lock poisoned")
+            .remove(&self.key);
     }
 }

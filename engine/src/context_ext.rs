@@ -28,7 +28,11 @@ pub trait StreamingContext {
 
     /// Registers `source` as a streaming table `name`, for SQL:
     /// `ctx.sql("SELECT … FROM name")` then returns a streaming DataFrame.
-    async fn register_stream<S: SourceProvider + 'static>(&self, name: &str, source: S) -> Result<()>;
+    async fn register_stream<S: SourceProvider + 'static>(
+        &self,
+        name: &str,
+        source: S,
+    ) -> Result<()>;
 }
 
 #[async_trait]
@@ -39,7 +43,11 @@ impl StreamingContext for SessionContext {
             .map_err(|e| TidemillError::datafusion("creating a streaming DataFrame", e))
     }
 
-    async fn register_stream<S: SourceProvider + 'static>(&self, name: &str, source: S) -> Result<()> {
+    async fn register_stream<S: SourceProvider + 'static>(
+        &self,
+        name: &str,
+        source: S,
+    ) -> Result<()> {
         let table = streaming_table(self, source).await?;
         self.register_table(name, table)
             .map_err(|e| TidemillError::datafusion(format!("registering stream '{name}'"), e))?;

@@ -54,7 +54,9 @@ pub enum TidemillError {
         fix: String,
     },
     /// Another query is running on the same checkpoint.
-    #[error("checkpoint {location} is in use by another running query{detail}; stop that query first or use another checkpoint")]
+    #[error(
+        "checkpoint {location} is in use by another running query{detail}; stop that query first or use another checkpoint"
+    )]
     CheckpointInUse {
         /// The checkpoint location.
         location: String,

@@ -57,7 +57,9 @@ impl Location {
 
     /// The local directory, for `file://` locations.
     pub fn local_path(&self) -> Option<PathBuf> {
-        (self.url.scheme() == "file").then(|| self.url.to_file_path().ok()).flatten()
+        (self.url.scheme() == "file")
+            .then(|| self.url.to_file_path().ok())
+            .flatten()
     }
 
     /// The location as a checkpoint directory.

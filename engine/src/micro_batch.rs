@@ -13,8 +13,8 @@ use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
 use crate::progress::{PhaseDurations, SinkProgress, SourceProgress};
 use crate::query::QueryShared;
 use crate::{
-    Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, Sink, Source, TidemillError, Trigger,
-    failpoint, planner,
+    Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, Sink, Source,
+    TidemillError, Trigger, failpoint, planner,
 };
 
 /// A source opened for this query, with where it stands.
@@ -30,7 +30,6 @@ pub(crate) struct RunningSource {
 }
 
 /// Drives one query: owns its sources, sink and checkpoint.
-#[derive(Debug)]
 pub(crate) struct Runner {
     pub session: SessionContext,
     /// The DataFrame's plan, with streaming scans to substitute per batch.
@@ -72,7 +71,11 @@ impl Runner {
                 s.source.prepare_for_available_now().await?;
             }
         }
-        self.purge_old_batches_on_start().await?;
+        let keep_from = self
+            .next_batch_id
+            .saturating_sub(self.options.min_batches_to_retain);
+        self.checkpoint.offsets.purge_before(keep_from).await?;
+        self.checkpoint.commits.purge_before(keep_from).await?;
         loop {
             if self.shared.stop_requested() {
                 return Ok(());
@@ -110,13 +113,6 @@ impl Runner {
         }
     }
 
-    async fn purge_old_batches_on_start(&self) -> Result<()> {
-        let keep_from = self.next_batch_id.saturating_sub(self.options.min_batches_to_retain);
-        self.checkpoint.offsets.purge_before(keep_from).await?;
-        self.checkpoint.commits.purge_before(keep_from).await?;
-        Ok(())
-    }
-
     /// One trigger: plan and run a batch if there is new data (or a batch
     /// to recover).
     async fn run_trigger(&mut self, started: Instant) -> Result<Outcome> {
@@ -131,7 +127,8 @@ impl Runner {
                 .await?;
             return Ok(Outcome::Recovered);
         }
-        self.shared.set_status(|s| s.message = "Getting offsets from sources".into());
+        self.shared
+            .set_status(|s| s.message = "Getting offsets from sources".into());
         let mut phases = PhaseDurations::default();
         let t = Instant::now();
         let mut ranges = Vec::with_capacity(self.sources.len());
@@ -167,7 +164,8 @@ impl Runner {
         self.checkpoint.offsets.add(entry.batch_id, &entry).await?;
         phases.wal_commit = ms(t.elapsed());
         failpoint::hit("after_offset_log", entry.batch_id);
-        self.run_batch(entry, started, timestamp, phases, false).await?;
+        self.run_batch(entry, started, timestamp, phases, false)
+            .await?;
         Ok(Outcome::Ran)
     }
 
@@ -209,12 +207,13 @@ impl Runner {
             };
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
             num_input_rows += rows as u64;
-            let table = MemTable::try_new(Arc::clone(&s.schema), spread(batches, partitions)).map_err(|e| {
-                TidemillError::source(
-                    &s.description,
-                    format!("batch {batch_id} does not match the source schema: {e}"),
-                )
-            })?;
+            let table = MemTable::try_new(Arc::clone(&s.schema), spread(batches, partitions))
+                .map_err(|e| {
+                    TidemillError::source(
+                        &s.description,
+                        format!("batch {batch_id} does not match the source schema: {e}"),
+                    )
+                })?;
             data.insert(s.table_id, Arc::new(table));
             source_progress.push(SourceProgress {
                 description: s.description.clone(),
@@ -315,7 +314,9 @@ impl Runner {
 /// Spreads `batches` over up to `n` partitions so the batch executes in
 /// parallel.
 fn spread(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
-    let mut partitions: Vec<Vec<RecordBatch>> = (0..n.min(batches.len()).max(1)).map(|_| Vec::new()).collect();
+    let mut partitions: Vec<Vec<RecordBatch>> = (0..n.min(batches.len()).max(1))
+        .map(|_| Vec::new())
+        .collect();
     let count = partitions.len();
     for (i, batch) in batches.into_iter().enumerate() {
         partitions[i % count].push(batch);

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::common::JoinType;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::Transformed;
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::logical_expr::LogicalPlan;
 
@@ -32,7 +32,9 @@ pub fn validate(plan: &LogicalPlan, mode: OutputMode) -> Result<()> {
     if mode == OutputMode::Complete {
         return Err(TidemillError::Unsupported {
             operator: "output mode complete".into(),
-            reason: "needs a streaming aggregation to produce a result table, and this query has none".into(),
+            reason:
+                "needs a streaming aggregation to produce a result table, and this query has none"
+                    .into(),
             fix: "Use append or update mode".into(),
         });
     }
@@ -90,8 +92,13 @@ fn check(plan: &LogicalPlan) -> Result<bool> {
             }
             let stream_side_ok = match join.join_type {
                 JoinType::Inner => true,
-                JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => left,
-                JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => right,
+                JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+                    left
+                }
+                JoinType::Right
+                | JoinType::RightSemi
+                | JoinType::RightAnti
+                | JoinType::RightMark => right,
                 JoinType::Full => false,
             };
             if stream_side_ok {

@@ -103,7 +103,10 @@ impl QueryShared {
     /// Records the end of the loop, with the error that ended it, if any.
     pub fn terminate(&self, error: Option<TidemillError>) {
         if let Some(error) = error {
-            tracing::error!("query {} terminated with error: {error}", self.display_name());
+            tracing::error!(
+                "query {} terminated with error: {error}",
+                self.display_name()
+            );
             *self.error.lock().expect("error lock poisoned") = Some(Arc::new(error));
         }
         self.set_status(|s| {
@@ -208,7 +211,12 @@ impl StreamingQuery {
 
     /// The progress report of the latest batch.
     pub fn last_progress(&self) -> Option<QueryProgress> {
-        self.shared.progress.lock().expect("progress lock poisoned").back().cloned()
+        self.shared
+            .progress
+            .lock()
+            .expect("progress lock poisoned")
+            .back()
+            .cloned()
     }
 
     /// The progress reports of recent batches, oldest first (as many as the
@@ -225,12 +233,20 @@ impl StreamingQuery {
 
     /// What the query is doing now.
     pub fn status(&self) -> QueryStatus {
-        self.shared.status.lock().expect("status lock poisoned").clone()
+        self.shared
+            .status
+            .lock()
+            .expect("status lock poisoned")
+            .clone()
     }
 
     /// The error that stopped the query, if it failed.
     pub fn error(&self) -> Option<Arc<TidemillError>> {
-        self.shared.error.lock().expect("error lock poisoned").clone()
+        self.shared
+            .error
+            .lock()
+            .expect("error lock poisoned")
+            .clone()
     }
 
     async fn join_task(&self) {

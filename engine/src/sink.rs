@@ -10,7 +10,7 @@ use datafusion::prelude::SessionContext;
 use crate::{OutputMode, Result};
 
 /// What a sink is told when a query starts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SinkContext {
     /// The session the query runs in.
     pub session: SessionContext,
@@ -44,5 +44,21 @@ pub trait Sink: Send + Sync + Debug {
     /// commits them atomically: after it returns, the batch is durable and
     /// visible to readers; if the process dies inside it, readers see none
     /// of it.
-    async fn add_batch(&self, batch_id: u64, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<()>;
+    async fn add_batch(
+        &self,
+        batch_id: u64,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<()>;
+}
+
+impl std::fmt::Debug for SinkContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkContext")
+            .field("session_id", &self.session.session_id())
+            .field("query_name", &self.query_name)
+            .field("schema", &self.schema)
+            .field("output_mode", &self.output_mode)
+            .finish()
+    }
 }

@@ -43,7 +43,7 @@ pub trait SourceProvider: Send + Sync + Debug {
 }
 
 /// What a source is given when a query opens it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SourceContext {
     /// The session the query runs in (its object stores, configuration).
     pub session: SessionContext,
@@ -82,7 +82,11 @@ pub trait Source: Send + Debug {
     /// `start` (the end of the last batch, `None` before the first) and
     /// admitting no more than `limit`. Returns `start` unchanged (or `None`
     /// before any data) when nothing new is available.
-    async fn latest_offset(&mut self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>>;
+    async fn latest_offset(
+        &mut self,
+        start: Option<&Offset>,
+        limit: ReadLimit,
+    ) -> Result<Option<Offset>>;
 
     /// Reads the rows in `(start, end]`, i.e. after `start` (from the
     /// beginning if `None`) up to and including `end`.
@@ -99,5 +103,15 @@ pub trait Source: Send + Debug {
     /// what is available at this moment, so the query ends.
     async fn prepare_for_available_now(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for SourceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceContext")
+            .field("session_id", &self.session.session_id())
+            .field("schema", &self.schema)
+            .field("checkpoint", &self.checkpoint)
+            .finish()
     }
 }

@@ -7,11 +7,11 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::FutureExt;
 
 use crate::checkpoint::{Checkpoint, Metadata};
-use crate::micro_batch::{RunningSource, Runner};
+use crate::micro_batch::{Runner, RunningSource};
 use crate::query::QueryShared;
 use crate::{
-    Location, OutputMode, Result, Sink, SinkContext, SourceContext, StreamingQuery, StreamingTable, TidemillError,
-    Trigger, planner,
+    Location, OutputMode, Result, Sink, SinkContext, SourceContext, StreamingQuery, StreamingTable,
+    TidemillError, Trigger, planner,
 };
 
 /// Tuning knobs of a streaming query, with Spark's defaults.
@@ -137,9 +137,9 @@ impl DataStreamWriter {
     /// the checkpoint, or if the checkpoint is corrupt or belongs to a
     /// different query.
     pub async fn start(self) -> Result<StreamingQuery> {
-        let sink = self
-            .sink
-            .ok_or_else(|| TidemillError::Config("no sink: call .sink(...) before .start()".into()))?;
+        let sink = self.sink.ok_or_else(|| {
+            TidemillError::Config("no sink: call .sink(...) before .start()".into())
+        })?;
         let (state, plan) = self.df.into_parts();
         let session = SessionContext::new_with_state(state.clone());
         let optimized = state
@@ -150,7 +150,10 @@ impl DataStreamWriter {
 
         let location = match &self.checkpoint {
             Some(location) => location.clone(),
-            None => format!("memory:///tidemill/temporary-checkpoints/{}", uuid::Uuid::new_v4()),
+            None => format!(
+                "memory:///tidemill/temporary-checkpoints/{}",
+                uuid::Uuid::new_v4()
+            ),
         };
         let location = Location::resolve(&location, &session.runtime_env())?;
         let checkpoint = Checkpoint::open(location)?;
@@ -198,7 +201,11 @@ impl DataStreamWriter {
             }
             let committed = checkpoint.commits.contains(id).await?;
             for (s, range) in sources.iter_mut().zip(&entry.sources) {
-                s.committed = if committed { range.end.clone() } else { range.start.clone() };
+                s.committed = if committed {
+                    range.end.clone()
+                } else {
+                    range.start.clone()
+                };
             }
             if committed {
                 next_batch_id = id + 1;
@@ -243,7 +250,9 @@ impl DataStreamWriter {
         };
         let task_shared = Arc::clone(&shared);
         let task = tokio::spawn(async move {
-            let outcome = std::panic::AssertUnwindSafe(runner.run()).catch_unwind().await;
+            let outcome = std::panic::AssertUnwindSafe(runner.run())
+                .catch_unwind()
+                .await;
             let error = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),

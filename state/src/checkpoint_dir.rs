@@ -55,21 +55,39 @@ impl CheckpointDir {
     /// Writes `body` as file `name` unless it exists already, in which case
     /// it fails with [`StateError::AlreadyExists`] and leaves the file as it
     /// was.
-    pub async fn create<T: Serialize>(&self, name: &str, kind: &str, version: u32, body: &T) -> Result<()> {
+    pub async fn create<T: Serialize>(
+        &self,
+        name: &str,
+        kind: &str,
+        version: u32,
+        body: &T,
+    ) -> Result<()> {
         let path = self.path(name);
         let bytes = envelope::encode(&path, kind, version, body)?;
         self.put_bytes(&path, bytes.into(), PutMode::Create).await
     }
 
     /// Writes `body` as file `name`, atomically replacing any previous one.
-    pub async fn overwrite<T: Serialize>(&self, name: &str, kind: &str, version: u32, body: &T) -> Result<()> {
+    pub async fn overwrite<T: Serialize>(
+        &self,
+        name: &str,
+        kind: &str,
+        version: u32,
+        body: &T,
+    ) -> Result<()> {
         let path = self.path(name);
         let bytes = envelope::encode(&path, kind, version, body)?;
-        self.put_bytes(&path, bytes.into(), PutMode::Overwrite).await
+        self.put_bytes(&path, bytes.into(), PutMode::Overwrite)
+            .await
     }
 
     /// Reads and validates file `name`; `Ok(None)` if it does not exist.
-    pub async fn read<T: DeserializeOwned>(&self, name: &str, kind: &str, version: u32) -> Result<Option<T>> {
+    pub async fn read<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        kind: &str,
+        version: u32,
+    ) -> Result<Option<T>> {
         let path = self.path(name);
         match self.get_bytes(&path).await? {
             Some(bytes) => envelope::decode(&path, kind, version, &bytes).map(Some),
@@ -144,9 +162,15 @@ impl CheckpointDir {
             mode,
             ..Default::default()
         };
-        match self.store.put_opts(path, PutPayload::from(bytes), opts).await {
+        match self
+            .store
+            .put_opts(path, PutPayload::from(bytes), opts)
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => Err(StateError::AlreadyExists { path: path.clone() }),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                Err(StateError::AlreadyExists { path: path.clone() })
+            }
             Err(source) => Err(StateError::Io {
                 path: path.clone(),
                 source,
@@ -193,7 +217,11 @@ mod tests {
 
     #[tokio::test]
     async fn works_in_memory() {
-        check_store(CheckpointDir::new(Arc::new(InMemory::new()), Path::from("chk"))).await;
+        check_store(CheckpointDir::new(
+            Arc::new(InMemory::new()),
+            Path::from("chk"),
+        ))
+        .await;
     }
 
     #[tokio::test]

@@ -34,7 +34,12 @@ pub fn encode<T: Serialize>(path: &Path, kind: &str, version: u32, body: &T) -> 
 /// Fails with [`StateError::Incompatible`] if the kind or version differs
 /// and with [`StateError::Corrupt`] if the file is truncated, fails its
 /// checksum or its body does not parse as `T`.
-pub fn decode<T: DeserializeOwned>(path: &Path, kind: &str, version: u32, bytes: &[u8]) -> Result<T> {
+pub fn decode<T: DeserializeOwned>(
+    path: &Path,
+    kind: &str,
+    version: u32,
+    bytes: &[u8],
+) -> Result<T> {
     let corrupt = |reason: String| StateError::Corrupt {
         path: path.clone(),
         reason,
@@ -42,8 +47,12 @@ pub fn decode<T: DeserializeOwned>(path: &Path, kind: &str, version: u32, bytes:
     let text = std::str::from_utf8(bytes).map_err(|e| corrupt(format!("not UTF-8 text ({e})")))?;
     let mut lines = text.split('\n');
     let header = lines.next().unwrap_or_default();
-    let (found_kind, found_version) = parse_header(header)
-        .ok_or_else(|| corrupt(format!("first line is not a Tidemill header: {:?}", truncate(header))))?;
+    let (found_kind, found_version) = parse_header(header).ok_or_else(|| {
+        corrupt(format!(
+            "first line is not a Tidemill header: {:?}",
+            truncate(header)
+        ))
+    })?;
     if found_kind != kind {
         return Err(StateError::Incompatible {
             path: path.clone(),
@@ -58,13 +67,18 @@ pub fn decode<T: DeserializeOwned>(path: &Path, kind: &str, version: u32, bytes:
             ),
         });
     }
-    let body = lines
-        .next()
-        .ok_or_else(|| corrupt(format!("truncated after the header ({} bytes)", bytes.len())))?;
-    let trailer = lines
-        .next()
-        .filter(|l| !l.is_empty())
-        .ok_or_else(|| corrupt(format!("truncated: checksum line missing ({} bytes)", bytes.len())))?;
+    let body = lines.next().ok_or_else(|| {
+        corrupt(format!(
+            "truncated after the header ({} bytes)",
+            bytes.len()
+        ))
+    })?;
+    let trailer = lines.next().filter(|l| !l.is_empty()).ok_or_else(|| {
+        corrupt(format!(
+            "truncated: checksum line missing ({} bytes)",
+            bytes.len()
+        ))
+    })?;
     let expected = trailer
         .strip_prefix("crc32 ")
         .and_then(|h| u32::from_str_radix(h, 16).ok())
@@ -105,7 +119,10 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let body = Body { a: 7, b: "x\ny".into() };
+        let body = Body {
+            a: 7,
+            b: "x\ny".into(),
+        };
         let bytes = encode(&path(), "offsets", 1, &body).unwrap();
         let back: Body = decode(&path(), "offsets", 1, &bytes).unwrap();
         assert_eq!(back, body);
@@ -113,18 +130,39 @@ mod tests {
 
     #[test]
     fn every_truncation_is_detected() {
-        let bytes = encode(&path(), "offsets", 1, &Body { a: 1, b: "b".into() }).unwrap();
+        let bytes = encode(
+            &path(),
+            "offsets",
+            1,
+            &Body {
+                a: 1,
+                b: "b".into(),
+            },
+        )
+        .unwrap();
         // Dropping the final newline alone still leaves a complete file.
         for len in 0..bytes.len() - 1 {
             let err = decode::<Body>(&path(), "offsets", 1, &bytes[..len]).unwrap_err();
-            assert!(matches!(err, StateError::Corrupt { .. }), "len {len}: {err}");
+            assert!(
+                matches!(err, StateError::Corrupt { .. }),
+                "len {len}: {err}"
+            );
             assert!(err.to_string().contains("chk/offsets/3"), "{err}");
         }
     }
 
     #[test]
     fn flipped_body_byte_fails_checksum() {
-        let mut bytes = encode(&path(), "offsets", 1, &Body { a: 1, b: "bbbb".into() }).unwrap();
+        let mut bytes = encode(
+            &path(),
+            "offsets",
+            1,
+            &Body {
+                a: 1,
+                b: "bbbb".into(),
+            },
+        )
+        .unwrap();
         let pos = bytes.iter().position(|&c| c == b'b').unwrap();
         bytes[pos] = b'c';
         let err = decode::<Body>(&path(), "offsets", 1, &bytes).unwrap_err();
@@ -133,10 +171,27 @@ mod tests {
 
     #[test]
     fn wrong_kind_or_version_is_incompatible() {
-        let bytes = encode(&path(), "commits", 2, &Body { a: 1, b: "b".into() }).unwrap();
+        let bytes = encode(
+            &path(),
+            "commits",
+            2,
+            &Body {
+                a: 1,
+                b: "b".into(),
+            },
+        )
+        .unwrap();
         let err = decode::<Body>(&path(), "offsets", 2, &bytes).unwrap_err();
-        assert!(err.to_string().contains("expected a 'offsets' file, found a 'commits' file"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("expected a 'offsets' file, found a 'commits' file"),
+            "{err}"
+        );
         let err = decode::<Body>(&path(), "commits", 1, &bytes).unwrap_err();
-        assert!(err.to_string().contains("format version 2 is not supported"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("format version 2 is not supported"),
+            "{err}"
+        );
     }
 }

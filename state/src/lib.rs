@@ -17,8 +17,8 @@
 //! The dependency direction is `connectors → engine → state`: nothing here
 //! knows about SQL, sources or sinks.
 
-pub mod envelope;
 mod checkpoint_dir;
+pub mod envelope;
 mod error;
 mod numbered_log;
 

@@ -38,12 +38,16 @@ impl<T: Serialize + DeserializeOwned> NumberedLog<T> {
     /// Writes entry `id`. Fails with [`StateError::AlreadyExists`] if it is
     /// already there: log entries are never rewritten.
     pub async fn add(&self, id: u64, entry: &T) -> Result<()> {
-        self.dir.create(&id.to_string(), self.kind, self.version, entry).await
+        self.dir
+            .create(&id.to_string(), self.kind, self.version, entry)
+            .await
     }
 
     /// Reads entry `id`, if present.
     pub async fn get(&self, id: u64) -> Result<Option<T>> {
-        self.dir.read(&id.to_string(), self.kind, self.version).await
+        self.dir
+            .read(&id.to_string(), self.kind, self.version)
+            .await
     }
 
     /// Whether entry `id` exists (without reading it).
@@ -74,7 +78,9 @@ impl<T: Serialize + DeserializeOwned> NumberedLog<T> {
             Some(entry) => Ok(Some((id, entry))),
             None => Err(StateError::Corrupt {
                 path: self.dir.path(&id.to_string()),
-                reason: "listed but vanished while being read (is another query using this checkpoint?)".into(),
+                reason:
+                    "listed but vanished while being read (is another query using this checkpoint?)"
+                        .into(),
             }),
         }
     }
