@@ -1,1 +1,64 @@
-//! placeholder
+//! # Tidemill
+//!
+//! Micro-batch stream processing for Rust on Apache Arrow and Apache
+//! DataFusion, with the semantics of Spark Structured Streaming: a stream is
+//! an unbounded table, a query over it is an ordinary DataFusion plan, and
+//! the engine runs that plan one micro-batch at a time, with exactly-once
+//! output across crashes.
+//!
+//! This crate is the one to depend on; it re-exports the engine
+//! ([`tidemill_engine`]), the connectors ([`tidemill_connectors`]) and the
+//! checkpoint storage ([`tidemill_state`]).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use datafusion::prelude::*;
+//! use tidemill::prelude::*;
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let ctx = SessionContext::new();
+//! let trades = ctx
+//!     .read_stream(FileSource::json("data/trades").max_files_per_trigger(10))
+//!     .await?;
+//! let big = trades.filter(col("quantity").gt(lit(100.0)))?;
+//! let query = big
+//!     .write_stream()
+//!     .sink(ParquetSink::new("out/big_trades"))
+//!     .trigger(Trigger::ProcessingTime(Duration::from_secs(1)))
+//!     .checkpoint("chk/big_trades")
+//!     .start()
+//!     .await?;
+//! query.await_termination().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The same transformation runs as a batch job when given a batch
+//! DataFrame (`ctx.read_json(...)`), and as a stream when given
+//! `ctx.read_stream(...)`.
+
+pub use tidemill_connectors as connectors;
+pub use tidemill_engine as engine;
+pub use tidemill_state as state;
+
+pub use datafusion;
+
+pub use tidemill_connectors::{
+    ConsoleSink, FileFormat, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
+    RateSource,
+};
+pub use tidemill_engine::{
+    DataStreamWriter, Offset, OutputMode, QueryOptions, QueryProgress, QueryStatus, ReadLimit,
+    Result, Sink, Source, SourceProvider, StreamingContext, StreamingDataFrame, StreamingQuery,
+    TidemillError, Trigger,
+};
+
+/// The names most pipelines use, for `use tidemill::prelude::*`.
+pub mod prelude {
+    pub use tidemill_connectors::{
+        ConsoleSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
+        RateSource,
+    };
+    pub use tidemill_engine::{
+        OutputMode, StreamingContext, StreamingDataFrame, StreamingQuery, Trigger,
+    };
+}

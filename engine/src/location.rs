@@ -1,11 +1,11 @@
 //! Where checkpoints, input directories and output directories live.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use object_store::{ObjectStore, path::Path};
+use object_store::{ObjectStore, memory::InMemory, path::Path};
 use tidemill_state::CheckpointDir;
 use url::Url;
 
@@ -27,11 +27,26 @@ pub struct Location {
 
 impl Location {
     /// Resolves `location` against the object stores of `runtime`.
+    ///
+    /// `memory://` needs no registration: the first use registers one
+    /// in-memory store in `runtime`, which every later `memory://` location
+    /// of that runtime shares.
     pub fn resolve(location: &str, runtime: &RuntimeEnv) -> Result<Self> {
         let parsed = ListingTableUrl::parse(location)
             .map_err(|e| TidemillError::Config(format!("invalid location '{location}': {e}")))?;
+        let store_url = parsed.object_store();
+        if parsed.scheme() == "memory" {
+            // Check and register under one lock so two callers never
+            // install two different stores (the second would hide the
+            // first one's files).
+            static REGISTERING: Mutex<()> = Mutex::new(());
+            let _guard = REGISTERING.lock().expect("lock poisoned");
+            if runtime.object_store(&store_url).is_err() {
+                runtime.register_object_store(store_url.as_ref(), Arc::new(InMemory::new()));
+            }
+        }
         let store = runtime
-            .object_store(parsed.object_store())
+            .object_store(&store_url)
             .map_err(|e| TidemillError::Config(format!("no object store for '{location}': {e}")))?;
         Ok(Self {
             url: parsed.get_url().clone(),

@@ -1,1 +1,4 @@
+//! Tidemill's integration tests, in one binary to keep link times down.
 
+mod common;
+mod engine_semantics;

@@ -1,0 +1,457 @@
+//! The engine's behaviour with in-memory sources and sinks: triggers, the
+//! query handle, progress, plan validation and stateless operators.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int64Array, ListArray};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+use datafusion::prelude::*;
+use tidemill::prelude::*;
+use tidemill::{QueryOptions, TidemillError};
+
+use crate::common::{df_rows, events, events_schema, init_tracing, sorted_rows};
+
+/// The transformation used by several tests: a filter, a computed column.
+fn transform(df: DataFrame) -> datafusion::error::Result<DataFrame> {
+    df.filter(col("price").gt(lit(3.0)))?.select(vec![
+        col("id"),
+        col("symbol"),
+        (col("price") * lit(2.0)).alias("doubled"),
+    ])
+}
+
+#[tokio::test]
+async fn processing_time_trigger_processes_pushed_batches() {
+    init_tracing();
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(events_schema());
+    let sink = MemorySink::new();
+    let df = transform(ctx.read_stream(stream.clone()).await.unwrap()).unwrap();
+    let query = df
+        .write_stream()
+        .sink(sink.clone())
+        .query_name("filtered")
+        .trigger(Trigger::ProcessingTime(Duration::ZERO))
+        .start()
+        .await
+        .unwrap();
+
+    stream.push(events(0..5)).unwrap();
+    query.process_all_available().await.unwrap();
+    stream.push(events(5..10)).unwrap();
+    stream.push(events(10..12)).unwrap();
+    query.process_all_available().await.unwrap();
+
+    // The memory sink is queryable as a table named after the query.
+    let rows = df_rows(
+        ctx.sql("SELECT id FROM filtered ORDER BY id")
+            .await
+            .unwrap(),
+    )
+    .await;
+    let expected: Vec<i64> = (0..12).filter(|i| *i as f64 * 1.5 > 3.0).collect();
+    assert_eq!(rows.len(), expected.len());
+    assert_eq!(sink.num_rows(), expected.len());
+
+    let progress = query.recent_progress();
+    assert!(progress.len() >= 2, "{progress:?}");
+    assert_eq!(progress.iter().map(|p| p.num_input_rows).sum::<u64>(), 12);
+    let ids: Vec<u64> = progress.iter().map(|p| p.batch_id).collect();
+    assert_eq!(
+        ids,
+        (0..ids.len() as u64).collect::<Vec<_>>(),
+        "batch ids are consecutive"
+    );
+    let last = query.last_progress().unwrap();
+    assert_eq!(last.sources.len(), 1);
+    assert!(last.sources[0].end_offset.is_some());
+    assert_eq!(last.sink.description, "MemorySink");
+    let json = serde_json::to_string(&last).unwrap();
+    assert!(json.contains("\"num_input_rows\""), "{json}");
+    assert!(json.contains("\"wal_commit\""), "{json}");
+
+    assert!(query.is_active());
+    assert!(!query.status().is_terminated);
+    query.stop().await.unwrap();
+    assert!(!query.is_active());
+    assert!(query.status().is_terminated);
+}
+
+#[tokio::test]
+async fn empty_triggers_consume_no_batch_id() {
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(events_schema());
+    let sink = MemorySink::new();
+    let query = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .start()
+        .await
+        .unwrap();
+    // Several idle triggers pass.
+    query.process_all_available().await.unwrap();
+    query.process_all_available().await.unwrap();
+    assert!(query.last_progress().is_none());
+    assert!(!query.status().is_data_available);
+    stream.push(events(0..3)).unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(sink.batch_ids(), vec![0]);
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn available_now_respects_read_limits_then_stops() {
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(events_schema()).max_rows_per_trigger(4);
+    for i in 0..5 {
+        stream.push(events(i * 4..i * 4 + 4)).unwrap();
+    }
+    let sink = MemorySink::new();
+    let query = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    query.await_termination().await.unwrap();
+    assert_eq!(
+        sink.batch_ids(),
+        vec![0, 1, 2, 3, 4],
+        "one batch per read limit"
+    );
+    assert_eq!(sink.num_rows(), 20);
+    assert!(!query.is_active());
+}
+
+#[tokio::test]
+async fn once_trigger_reads_everything_in_one_batch() {
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(events_schema()).max_rows_per_trigger(4);
+    for i in 0..3 {
+        stream.push(events(i * 4..i * 4 + 4)).unwrap();
+    }
+    let sink = MemorySink::new();
+    let query = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .trigger(Trigger::Once)
+        .start()
+        .await
+        .unwrap();
+    query.await_termination().await.unwrap();
+    assert_eq!(sink.batch_ids(), vec![0]);
+    assert_eq!(sink.num_rows(), 12);
+}
+
+#[tokio::test]
+async fn processing_time_interval_spaces_batches() {
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(events_schema());
+    let sink = MemorySink::new();
+    let query = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .trigger(Trigger::ProcessingTime(Duration::from_millis(200)))
+        .start()
+        .await
+        .unwrap();
+    stream.push(events(0..1)).unwrap();
+    query.process_all_available().await.unwrap();
+    stream.push(events(1..2)).unwrap();
+    query.process_all_available().await.unwrap();
+    let progress = query.recent_progress();
+    assert_eq!(progress.len(), 2);
+    let t0 = chrono::DateTime::parse_from_rfc3339(&progress[0].timestamp).unwrap();
+    let t1 = chrono::DateTime::parse_from_rfc3339(&progress[1].timestamp).unwrap();
+    // Triggers fire on the interval, so two batches are at least one interval apart.
+    assert!((t1 - t0).num_milliseconds() >= 190, "{t0} {t1}");
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn stateful_operators_are_rejected_at_start() {
+    let ctx = SessionContext::new();
+    ctx.register_stream("events", MemoryStream::new(events_schema()))
+        .await
+        .unwrap();
+    let cases = [
+        (
+            "SELECT symbol, count(*) FROM events GROUP BY symbol",
+            "Aggregate",
+        ),
+        ("SELECT DISTINCT symbol FROM events", "Aggregate"),
+        ("SELECT * FROM events ORDER BY id", "Sort"),
+        ("SELECT * FROM events LIMIT 3", "Limit"),
+        (
+            "SELECT id, row_number() OVER (ORDER BY id) FROM events",
+            "Window",
+        ),
+        (
+            "SELECT a.id FROM events a JOIN events b ON a.id = b.id",
+            "Join",
+        ),
+    ];
+    for (sql, operator) in cases {
+        let df = ctx.sql(sql).await.unwrap();
+        let err = df
+            .write_stream()
+            .sink(MemorySink::new())
+            .start()
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, TidemillError::Unsupported { .. }),
+            "{sql}: {msg}"
+        );
+        assert!(msg.contains(operator), "{sql}: {msg}");
+    }
+    // Complete mode needs an aggregation.
+    let df = ctx.sql("SELECT * FROM events").await.unwrap();
+    let err = df
+        .write_stream()
+        .sink(MemorySink::new())
+        .output_mode(OutputMode::Complete)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("complete"), "{err}");
+    // No sink.
+    let df = ctx.sql("SELECT * FROM events").await.unwrap();
+    let err = df.write_stream().start().await.unwrap_err();
+    assert!(err.to_string().contains("no sink"), "{err}");
+}
+
+#[tokio::test]
+async fn collecting_a_streaming_dataframe_explains_what_to_do() {
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_stream(MemoryStream::new(events_schema()))
+        .await
+        .unwrap();
+    assert!(df.is_streaming());
+    let err = df.collect().await.unwrap_err();
+    assert!(err.to_string().contains("write_stream()"), "{err}");
+    assert!(!ctx.read_batch(events(0..1)).unwrap().is_streaming());
+}
+
+#[tokio::test]
+async fn stream_static_join_udf_and_unnest_run_per_batch() {
+    let ctx = SessionContext::new();
+    // A static table of symbol names.
+    ctx.sql(
+        "CREATE TABLE names (symbol VARCHAR, name VARCHAR) AS VALUES ('A', 'Alpha'), ('B', 'Beta')",
+    )
+    .await
+    .unwrap()
+    .collect()
+    .await
+    .unwrap();
+    // A scalar UDF.
+    let triple = create_udf(
+        "triple",
+        vec![DataType::Int64],
+        DataType::Int64,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let ids = arrays[0].as_any().downcast_ref::<Int64Array>().unwrap();
+            let out: Int64Array = ids.iter().map(|v| v.map(|v| v * 3)).collect();
+            Ok(ColumnarValue::Array(Arc::new(out) as ArrayRef))
+        }),
+    );
+    ctx.register_udf(triple);
+    let stream = MemoryStream::new(events_schema());
+    ctx.register_stream("events", stream.clone()).await.unwrap();
+    let sink = MemorySink::new();
+    let query = ctx
+        .sql(
+            "SELECT e.id, n.name, triple(e.id) AS t FROM events e JOIN names n ON e.symbol = n.symbol \
+             WHERE e.id < 100",
+        )
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .start()
+        .await
+        .unwrap();
+    stream.push(events(0..6)).unwrap();
+    query.process_all_available().await.unwrap();
+    stream.push(events(6..9)).unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    // The same SQL over the same rows as a batch table gives the same rows.
+    ctx.register_batch(
+        "events_batch",
+        arrow::compute::concat_batches(&events_schema(), &[events(0..6), events(6..9)]).unwrap(),
+    )
+    .unwrap();
+    let expected = df_rows(
+        ctx.sql(
+            "SELECT e.id, n.name, triple(e.id) AS t FROM events_batch e JOIN names n ON e.symbol = n.symbol \
+             WHERE e.id < 100",
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(expected.len(), 6, "ids 0..9 with symbol A or B");
+    assert_eq!(sorted_rows(&sink.batches()), expected);
+
+    // Unnest: a list column becomes one row per element.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new(
+            "vs",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Int64, true))),
+            true,
+        ),
+    ]));
+    let lists = MemoryStream::new(schema.clone());
+    let sink = MemorySink::new();
+    let query = ctx
+        .read_stream(lists.clone())
+        .await
+        .unwrap()
+        .unnest_columns(&["vs"])
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .start()
+        .await
+        .unwrap();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(vec![
+                Some(vec![Some(10), Some(11)]),
+                Some(vec![Some(20)]),
+            ])),
+        ],
+    )
+    .unwrap();
+    lists.push(batch).unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    assert_eq!(sink.num_rows(), 3);
+}
+
+#[tokio::test]
+async fn stream_on_the_wrong_side_of_an_outer_join_is_rejected() {
+    let ctx = SessionContext::new();
+    ctx.sql("CREATE TABLE names (symbol VARCHAR, name VARCHAR) AS VALUES ('A', 'Alpha')")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    ctx.register_stream("events", MemoryStream::new(events_schema()))
+        .await
+        .unwrap();
+    let ok = ctx
+        .sql("SELECT * FROM events e LEFT JOIN names n ON e.symbol = n.symbol")
+        .await
+        .unwrap();
+    let q = ok
+        .write_stream()
+        .sink(MemorySink::new())
+        .start()
+        .await
+        .unwrap();
+    q.stop().await.unwrap();
+    for sql in [
+        "SELECT * FROM names n LEFT JOIN events e ON e.symbol = n.symbol",
+        "SELECT * FROM events e FULL JOIN names n ON e.symbol = n.symbol",
+    ] {
+        let err = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .write_stream()
+            .sink(MemorySink::new())
+            .start()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("join"), "{sql}: {err}");
+    }
+    let err = ctx
+        .sql("SELECT symbol FROM events UNION ALL SELECT symbol FROM names")
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(MemorySink::new())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Union"), "{err}");
+}
+
+#[tokio::test]
+async fn same_function_runs_as_batch_and_as_stream() {
+    let ctx = SessionContext::new();
+    let all: Vec<RecordBatch> = (0..8).map(|i| events(i * 10..i * 10 + 10)).collect();
+    let batch = transform(ctx.read_batches(all.clone()).unwrap()).unwrap();
+    let expected = df_rows(batch).await;
+
+    let stream = MemoryStream::new(events_schema()).max_rows_per_trigger(25);
+    stream.push_all(all).unwrap();
+    let sink = MemorySink::new();
+    let query = transform(ctx.read_stream(stream).await.unwrap())
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    query.await_termination().await.unwrap();
+    assert!(sink.batch_ids().len() > 1);
+    assert_eq!(sorted_rows(&sink.batches()), expected);
+}
+
+#[tokio::test]
+async fn a_failing_batch_stops_the_query_with_its_error() {
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(events_schema());
+    // Division by zero fails at execution time, inside a batch.
+    let df = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .select(vec![(col("id") / (col("id") - col("id"))).alias("boom")])
+        .unwrap();
+    let query = df
+        .write_stream()
+        .sink(MemorySink::new())
+        .query_name("boom")
+        .options(QueryOptions::default())
+        .start()
+        .await
+        .unwrap();
+    stream.push(events(1..3)).unwrap();
+    let err = query.await_termination().await.unwrap_err();
+    assert!(err.to_string().contains("query boom terminated"), "{err}");
+    assert!(err.to_string().contains("batch 0"), "{err}");
+    assert!(query.error().is_some());
+    assert!(query.status().is_terminated);
+    // process_all_available reports the failure too.
+    assert!(query.process_all_available().await.is_err());
+}
