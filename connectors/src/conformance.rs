@@ -24,7 +24,9 @@ use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use tidemill_engine::{Offset, OutputMode, ReadLimit, Result, Sink, SinkContext, Source, SourceContext, SourceProvider};
+use tidemill_engine::{
+    Offset, OutputMode, ReadLimit, Result, Sink, SinkContext, Source, SourceContext, SourceProvider,
+};
 use tidemill_state::CheckpointDir;
 
 /// Drives one source implementation through the conformance checks.
@@ -69,7 +71,11 @@ pub enum Observed {
     Text(String),
 }
 
-async fn open(provider: &dyn SourceProvider, session: &SessionContext, dir: &CheckpointDir) -> Box<dyn Source> {
+async fn open(
+    provider: &dyn SourceProvider,
+    session: &SessionContext,
+    dir: &CheckpointDir,
+) -> Box<dyn Source> {
     let schema = provider.schema(session).await.expect("schema");
     provider
         .open(SourceContext {
@@ -82,10 +88,12 @@ async fn open(provider: &dyn SourceProvider, session: &SessionContext, dir: &Che
 }
 
 async fn read(source: &mut dyn Source, start: Option<&Offset>, end: &Offset) -> Vec<RecordBatch> {
-    source
-        .read(start, end)
-        .await
-        .unwrap_or_else(|e| panic!("{}: read({start:?}, {end}) failed: {e}", source.description()))
+    source.read(start, end).await.unwrap_or_else(|e| {
+        panic!(
+            "{}: read({start:?}, {end}) failed: {e}",
+            source.description()
+        )
+    })
 }
 
 fn rows(batches: &[RecordBatch]) -> String {
@@ -124,7 +132,11 @@ pub async fn check_source(harness: &mut dyn SourceHarness) {
         .await
         .expect("latest offset")
         .unwrap_or_else(|| panic!("{name}: no offset after data was added"));
-    assert_eq!(round_trip(&end1), end1, "{name}: offset does not survive a JSON round trip");
+    assert_eq!(
+        round_trip(&end1),
+        end1,
+        "{name}: offset does not survive a JSON round trip"
+    );
     let first = read(source.as_mut(), None, &end1).await;
     assert!(
         first.iter().map(RecordBatch::num_rows).sum::<usize>() > 0,
@@ -133,8 +145,15 @@ pub async fn check_source(harness: &mut dyn SourceHarness) {
     check_schema(&name, &schema, &first);
 
     if harness.is_quiescent() {
-        let again = source.latest_offset(Some(&end1), ReadLimit::All).await.expect("latest");
-        assert_eq!(again.as_ref(), Some(&end1), "{name}: offset moved without new data");
+        let again = source
+            .latest_offset(Some(&end1), ReadLimit::All)
+            .await
+            .expect("latest");
+        assert_eq!(
+            again.as_ref(),
+            Some(&end1),
+            "{name}: offset moved without new data"
+        );
     }
 
     harness.add_data(1).await.expect("add data");
@@ -148,7 +167,11 @@ pub async fn check_source(harness: &mut dyn SourceHarness) {
     check_schema(&name, &schema, &second);
 
     // Replay in the same instance.
-    assert_eq!(rows(&read(source.as_mut(), None, &end1).await), rows(&first), "{name}: replay differs");
+    assert_eq!(
+        rows(&read(source.as_mut(), None, &end1).await),
+        rows(&first),
+        "{name}: replay differs"
+    );
     assert_eq!(
         rows(&read(source.as_mut(), Some(&end1), &end2).await),
         rows(&second),
@@ -156,7 +179,11 @@ pub async fn check_source(harness: &mut dyn SourceHarness) {
     );
     // An empty range.
     let empty = read(source.as_mut(), Some(&end2), &end2).await;
-    assert_eq!(empty.iter().map(RecordBatch::num_rows).sum::<usize>(), 0, "{name}: empty range has rows");
+    assert_eq!(
+        empty.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        0,
+        "{name}: empty range has rows"
+    );
     source.commit(&end2).await.expect("commit");
 
     // A restart: a new instance on the same checkpoint replays the logged
@@ -170,8 +197,15 @@ pub async fn check_source(harness: &mut dyn SourceHarness) {
         "{name}: replay after restart differs"
     );
     if harness.is_quiescent() {
-        let latest = reopened.latest_offset(Some(&end2), ReadLimit::All).await.expect("latest");
-        assert_eq!(latest.as_ref(), Some(&end2), "{name}: offset moved after restart without new data");
+        let latest = reopened
+            .latest_offset(Some(&end2), ReadLimit::All)
+            .await
+            .expect("latest");
+        assert_eq!(
+            latest.as_ref(),
+            Some(&end2),
+            "{name}: offset moved after restart without new data"
+        );
     }
 }
 
@@ -184,7 +218,12 @@ fn batch_of(schema: &SchemaRef, source: &[RecordBatch]) -> Vec<RecordBatch> {
 
 /// Runs the sink conformance checks with three distinct, non-empty sets of
 /// rows `a`, `b`, `c` of one schema.
-pub async fn check_sink(harness: &dyn SinkHarness, a: Vec<RecordBatch>, b: Vec<RecordBatch>, c: Vec<RecordBatch>) {
+pub async fn check_sink(
+    harness: &dyn SinkHarness,
+    a: Vec<RecordBatch>,
+    b: Vec<RecordBatch>,
+    c: Vec<RecordBatch>,
+) {
     let sink = harness.sink();
     let name = sink.description();
     let schema = a[0].schema();
@@ -212,7 +251,11 @@ pub async fn check_sink(harness: &dyn SinkHarness, a: Vec<RecordBatch>, b: Vec<R
     if let Observed::Rows(seen) = &after_two {
         let mut expected: Vec<RecordBatch> = a.clone();
         expected.extend(b.iter().cloned());
-        assert_eq!(sorted_rows(seen), sorted_rows(&expected), "{name}: committed rows differ");
+        assert_eq!(
+            sorted_rows(seen),
+            sorted_rows(&expected),
+            "{name}: committed rows differ"
+        );
     }
     // Re-adding committed ids (a recovered batch) changes nothing.
     add(1, batch_of(&schema, &c)).await;
@@ -230,7 +273,11 @@ pub async fn check_sink(harness: &dyn SinkHarness, a: Vec<RecordBatch>, b: Vec<R
         let mut expected: Vec<RecordBatch> = a.clone();
         expected.extend(b.iter().cloned());
         expected.extend(c.iter().cloned());
-        assert_eq!(sorted_rows(&seen), sorted_rows(&expected), "{name}: rows after batch 3 differ");
+        assert_eq!(
+            sorted_rows(&seen),
+            sorted_rows(&expected),
+            "{name}: rows after batch 3 differ"
+        );
     }
 }
 

@@ -87,12 +87,22 @@ impl Sink for MemorySink {
             });
             ctx.session
                 .register_table(name.as_str(), table)
-                .map_err(|e| TidemillError::sink(self.description(), format!("cannot register table '{name}': {e}")))?;
+                .map_err(|e| {
+                    TidemillError::sink(
+                        self.description(),
+                        format!("cannot register table '{name}': {e}"),
+                    )
+                })?;
         }
         Ok(())
     }
 
-    async fn add_batch(&self, batch_id: u64, schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<()> {
+    async fn add_batch(
+        &self,
+        batch_id: u64,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<()> {
         let mut contents = self.contents.lock().expect("memory sink lock poisoned");
         if contents.batches.contains_key(&batch_id) {
             return Ok(());

@@ -7,7 +7,9 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
-use tidemill_engine::{Offset, ReadLimit, Result, Source, SourceContext, SourceProvider, TidemillError};
+use tidemill_engine::{
+    Offset, ReadLimit, Result, Source, SourceContext, SourceProvider, TidemillError,
+};
 
 /// An in-memory stream that test code appends record batches to.
 ///
@@ -91,7 +93,10 @@ impl MemoryStream {
 
     /// The number of batches pushed so far.
     pub fn len(&self) -> usize {
-        self.batches.lock().expect("memory stream lock poisoned").len()
+        self.batches
+            .lock()
+            .expect("memory stream lock poisoned")
+            .len()
     }
 
     /// Whether nothing was pushed yet.
@@ -123,7 +128,10 @@ fn index(source: &MemoryStream, offset: Option<&Offset>) -> Result<usize> {
     match offset {
         None => Ok(0),
         Some(offset) => offset.as_u64().map(|n| n as usize).ok_or_else(|| {
-            TidemillError::source(source.describe(), format!("offset {offset} is not a batch count"))
+            TidemillError::source(
+                source.describe(),
+                format!("offset {offset} is not a batch count"),
+            )
         }),
     }
 }
@@ -135,17 +143,24 @@ impl Source for MemoryStream {
     }
 
     fn default_read_limit(&self) -> ReadLimit {
-        self.max_rows_per_trigger.map_or(ReadLimit::All, ReadLimit::MaxRows)
+        self.max_rows_per_trigger
+            .map_or(ReadLimit::All, ReadLimit::MaxRows)
     }
 
-    async fn latest_offset(&mut self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>> {
+    async fn latest_offset(
+        &mut self,
+        start: Option<&Offset>,
+        limit: ReadLimit,
+    ) -> Result<Option<Offset>> {
         let from = index(self, start)?;
         let batches = self.batches.lock().expect("memory stream lock poisoned");
         let end = match limit {
             ReadLimit::MaxRows(max) => {
                 let mut end = from;
                 let mut rows = 0u64;
-                while end < batches.len() && (end == from || rows + batches[end].num_rows() as u64 <= max) {
+                while end < batches.len()
+                    && (end == from || rows + batches[end].num_rows() as u64 <= max)
+                {
                     rows += batches[end].num_rows() as u64;
                     end += 1;
                 }
