@@ -2,3 +2,4 @@
 
 mod common;
 mod engine_semantics;
+mod recovery;
