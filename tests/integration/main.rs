@@ -1,5 +1,6 @@
 //! Tidemill's integration tests, in one binary to keep link times down.
 
 mod common;
+mod crash;
 mod engine_semantics;
 mod recovery;

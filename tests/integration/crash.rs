@@ -1,0 +1,287 @@
+//! Crash tests: a pipeline runs in a child process (this test binary, run
+//! again with the ignored `crash::crash_child` test as its entry point), is
+//! killed with SIGKILL at each step of the micro-batch lifecycle and at
+//! random moments, and restarted. The committed output must equal a single
+//! clean run: no row lost, none duplicated.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::prelude::*;
+use rand::{Rng, SeedableRng};
+use tidemill::prelude::*;
+use tidemill::{TidemillError, engine::failpoint};
+
+use crate::common::{events_schema, sorted_rows};
+
+/// The pipeline under test, used for the streaming run and the batch
+/// reference alike.
+fn pipeline(df: DataFrame) -> datafusion::error::Result<DataFrame> {
+    df.filter(col("price").gt(lit(3.0)))?.select(vec![
+        col("id"),
+        col("symbol"),
+        (col("price") * lit(2.0)).alias("doubled"),
+    ])
+}
+
+fn schema() -> SchemaRef {
+    events_schema()
+}
+
+/// The child process: runs the pipeline with `AvailableNow` over the
+/// directories named in the environment, then exits.
+#[tokio::test]
+#[ignore = "entry point of the crash tests' child process, not a test by itself"]
+async fn crash_child() -> anyhow::Result<()> {
+    let (Ok(input), Ok(output), Ok(checkpoint)) = (
+        std::env::var("CRASH_INPUT"),
+        std::env::var("CRASH_OUTPUT"),
+        std::env::var("CRASH_CHECKPOINT"),
+    ) else {
+        anyhow::bail!("run by the crash tests only");
+    };
+    let ctx = SessionContext::new();
+    let source = FileSource::json(&input)
+        .schema(schema())
+        .max_files_per_trigger(1);
+    let query = pipeline(ctx.read_stream(source).await?)?
+        .write_stream()
+        .sink(ParquetSink::new(&output))
+        .checkpoint(&checkpoint)
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await;
+    let query = match query {
+        Err(e @ TidemillError::CheckpointInUse { .. }) => {
+            println!("CHILD_REFUSED {e}");
+            return Ok(());
+        }
+        other => other?,
+    };
+    query.await_termination().await?;
+    println!("CHILD_DONE");
+    Ok(())
+}
+
+struct Dirs {
+    _tmp: tempfile::TempDir,
+    input: PathBuf,
+    output: PathBuf,
+    checkpoint: PathBuf,
+}
+
+impl Dirs {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("input");
+        std::fs::create_dir_all(&input).unwrap();
+        Self {
+            input,
+            output: tmp.path().join("output"),
+            checkpoint: tmp.path().join("checkpoint"),
+            _tmp: tmp,
+        }
+    }
+}
+
+/// Writes input file `n` (20 events, ids 20n..20n+20) the way a careful
+/// producer does: under a dot-name, then renamed into place.
+fn write_input(dir: &Path, n: usize) {
+    let mut text = String::new();
+    for id in n * 20..n * 20 + 20 {
+        let symbol = ["A", "B", "C"][id % 3];
+        text.push_str(&format!(
+            "{{\"id\": {id}, \"symbol\": \"{symbol}\", \"price\": {}}}\n",
+            id as f64 * 1.5
+        ));
+    }
+    let tmp = dir.join(format!(".part-{n:04}.json.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("part-{n:04}.json"))).unwrap();
+}
+
+fn spawn_child(dirs: &Dirs, failpoint: Option<&str>) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "crash::crash_child",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("CRASH_INPUT", &dirs.input)
+    .env("CRASH_OUTPUT", &dirs.output)
+    .env("CRASH_CHECKPOINT", &dirs.checkpoint)
+    .env_remove(failpoint::ENV_VAR)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    if let Some(point) = failpoint {
+        cmd.env(failpoint::ENV_VAR, point);
+    }
+    cmd.spawn().expect("spawn child")
+}
+
+/// What a child printed that matters to the harness.
+#[derive(Debug, PartialEq)]
+enum Event {
+    Failpoint,
+    Done,
+    Refused,
+    Exited,
+}
+
+/// Reads the child's output until it reaches its failpoint, finishes or
+/// exits.
+fn wait_for_event(child: &mut Child) -> Event {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Reads to the end (keeping the pipe open so the child never dies
+        // of a broken pipe); the first event found is the one reported.
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let event = if line.contains("TIDEMILL_FAILPOINT_REACHED") {
+                Event::Failpoint
+            } else if line.contains("CHILD_DONE") {
+                Event::Done
+            } else if line.contains("CHILD_REFUSED") {
+                Event::Refused
+            } else {
+                continue;
+            };
+            let _ = tx.send(event);
+        }
+        let _ = tx.send(Event::Exited);
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("child made no progress in 120 s")
+}
+
+fn kill(child: &mut Child) {
+    child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
+    child.wait().unwrap();
+}
+
+/// Runs a child to completion and checks it finished cleanly.
+fn run_to_completion(dirs: &Dirs) {
+    let mut child = spawn_child(dirs, None);
+    assert_eq!(wait_for_event(&mut child), Event::Done);
+    assert!(child.wait().unwrap().success());
+}
+
+async fn committed_rows(dirs: &Dirs) -> Vec<String> {
+    let ctx = SessionContext::new();
+    let df = ParquetSink::read_committed(&ctx, dirs.output.to_str().unwrap())
+        .await
+        .unwrap();
+    sorted_rows(&df.collect().await.unwrap())
+}
+
+/// The reference: the same pipeline as a DataFusion batch job over all input.
+async fn batch_rows(dirs: &Dirs) -> Vec<String> {
+    let ctx = SessionContext::new();
+    let schema = schema();
+    let options = JsonReadOptions::default()
+        .schema(&schema)
+        .file_extension(".json");
+    let df = ctx
+        .read_json(dirs.input.to_str().unwrap(), options)
+        .await
+        .unwrap();
+    sorted_rows(&pipeline(df).unwrap().collect().await.unwrap())
+}
+
+const POINTS: [&str; 7] = [
+    "before_offset_log",
+    "after_offset_log",
+    "before_sink",
+    "during_sink",
+    "after_sink",
+    "before_commit_log",
+    "after_commit_log",
+];
+
+#[tokio::test]
+async fn sigkill_at_each_step_of_a_batch_loses_and_duplicates_nothing() {
+    for point in POINTS {
+        let dirs = Dirs::new();
+        for n in 0..4 {
+            write_input(&dirs.input, n);
+        }
+        // Killed in the middle of batch 1 (of 4: one file per trigger).
+        let mut child = spawn_child(&dirs, Some(&format!("{point}@1")));
+        assert_eq!(wait_for_event(&mut child), Event::Failpoint, "{point}");
+        kill(&mut child);
+        let partial = committed_rows(&dirs).await;
+        // More input arrives before the restart.
+        write_input(&dirs.input, 4);
+        run_to_completion(&dirs);
+        let expected = batch_rows(&dirs).await;
+        assert_eq!(expected.len(), 97, "100 events less ids 0, 1, 2");
+        assert!(
+            partial.len() < expected.len(),
+            "{point}: the kill interrupted the run"
+        );
+        assert_eq!(
+            committed_rows(&dirs).await,
+            expected,
+            "{point}: output differs from a clean run"
+        );
+    }
+}
+
+#[tokio::test]
+async fn randomized_kills_lose_and_duplicate_nothing() {
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("CRASH_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dirs = Dirs::new();
+    let mut files = 0;
+    for _ in 0..10 {
+        for _ in 0..rng.random_range(0..3) {
+            write_input(&dirs.input, files);
+            files += 1;
+        }
+        let mut child = if rng.random_bool(0.5) {
+            let point = POINTS[rng.random_range(0..POINTS.len())];
+            let batch = rng.random_range(0..files.max(1) as u64 + 1);
+            spawn_child(&dirs, Some(&format!("{point}@{batch}")))
+        } else {
+            let child = spawn_child(&dirs, None);
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
+            child
+        };
+        // Kill it wherever it is (it may also have finished already).
+        kill(&mut child);
+    }
+    write_input(&dirs.input, files);
+    run_to_completion(&dirs);
+    assert_eq!(
+        committed_rows(&dirs).await,
+        batch_rows(&dirs).await,
+        "seed {seed}: output differs from a clean run"
+    );
+}
+
+#[tokio::test]
+async fn a_second_process_is_refused_while_the_first_holds_the_checkpoint() {
+    let dirs = Dirs::new();
+    write_input(&dirs.input, 0);
+    // The first child stops (alive) in the middle of batch 0.
+    let mut first = spawn_child(&dirs, Some("after_offset_log@0"));
+    assert_eq!(wait_for_event(&mut first), Event::Failpoint);
+    let mut second = spawn_child(&dirs, None);
+    assert_eq!(wait_for_event(&mut second), Event::Refused);
+    second.wait().unwrap();
+    // A dead holder never blocks a restart.
+    kill(&mut first);
+    run_to_completion(&dirs);
+    assert_eq!(committed_rows(&dirs).await, batch_rows(&dirs).await);
+}
