@@ -30,8 +30,8 @@ mod rate_source;
 
 pub use console_sink::ConsoleSink;
 pub use file_source::{FileFormat, FileSource};
-pub use foreach_batch::ForeachBatchSink;
+pub use foreach_batch::{ForeachBatchError, ForeachBatchSink};
 pub use memory_sink::MemorySink;
 pub use memory_source::MemoryStream;
-pub use parquet_sink::ParquetSink;
+pub use parquet_sink::{ManifestEntry, ManifestFile, ParquetSink};
 pub use rate_source::RateSource;
