@@ -148,3 +148,91 @@ impl TableProvider for MemorySinkTable {
         table.scan(state, projection, filters, limit).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{Observed, SinkHarness, check_sink};
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::prelude::SessionContext;
+
+    fn rows(values: std::ops::Range<i64>) -> Vec<RecordBatch> {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        vec![
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(values))])
+                .unwrap(),
+        ]
+    }
+
+    struct Harness {
+        sink: MemorySink,
+        session: SessionContext,
+    }
+
+    #[async_trait]
+    impl SinkHarness for Harness {
+        fn sink(&self) -> Arc<dyn Sink> {
+            Arc::new(self.sink.clone())
+        }
+        fn session(&self) -> SessionContext {
+            self.session.clone()
+        }
+        async fn observe(&self) -> Result<Observed> {
+            // Read through the registered table, as a user would.
+            let df = self
+                .session
+                .table("conformance")
+                .await
+                .map_err(TidemillError::from)?;
+            Ok(Observed::Rows(
+                df.collect().await.map_err(TidemillError::from)?,
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        let harness = Harness {
+            sink: MemorySink::new(),
+            session: SessionContext::new(),
+        };
+        check_sink(&harness, rows(0..3), rows(3..5), rows(5..9)).await;
+    }
+
+    #[tokio::test]
+    async fn complete_mode_keeps_only_the_latest_batch() {
+        let sink = MemorySink::new().table_name("latest");
+        let session = SessionContext::new();
+        let schema = rows(0..1)[0].schema();
+        sink.open(&SinkContext {
+            session: session.clone(),
+            query_name: None,
+            schema: Arc::clone(&schema),
+            output_mode: OutputMode::Complete,
+        })
+        .await
+        .unwrap();
+        sink.add_batch(0, Arc::clone(&schema), rows(0..3))
+            .await
+            .unwrap();
+        sink.add_batch(1, Arc::clone(&schema), rows(10..12))
+            .await
+            .unwrap();
+        assert_eq!(sink.num_rows(), 2);
+        let counted = session
+            .sql("SELECT count(*) FROM latest")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let count = counted[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(count, 2);
+    }
+}

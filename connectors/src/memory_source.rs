@@ -187,3 +187,84 @@ impl Source for MemoryStream {
         Ok(batches[from..to].to_vec())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{SourceHarness, check_source};
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(schema: &SchemaRef, values: std::ops::Range<i64>) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![Arc::new(Int64Array::from_iter_values(values))],
+        )
+        .unwrap()
+    }
+
+    struct Harness(MemoryStream);
+
+    #[async_trait]
+    impl SourceHarness for Harness {
+        fn provider(&self) -> Arc<dyn SourceProvider> {
+            Arc::new(self.0.clone())
+        }
+        fn session(&self) -> SessionContext {
+            SessionContext::new()
+        }
+        async fn add_data(&mut self, round: usize) -> Result<()> {
+            let start = round as i64 * 10;
+            self.0.push(batch(&self.0.schema(), start..start + 5))?;
+            self.0
+                .push(batch(&self.0.schema(), start + 5..start + 10))?;
+            Ok(())
+        }
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]))
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        check_source(&mut Harness(MemoryStream::new(schema()))).await;
+    }
+
+    #[tokio::test]
+    async fn max_rows_admits_whole_batches_and_at_least_one() {
+        let stream = MemoryStream::new(schema()).max_rows_per_trigger(7);
+        for i in 0..4 {
+            stream
+                .push(batch(&stream.schema(), i * 5..i * 5 + 5))
+                .unwrap();
+        }
+        stream.push(batch(&stream.schema(), 100..120)).unwrap();
+        let mut source = stream.clone();
+        let limit = source.default_read_limit();
+        assert_eq!(limit, ReadLimit::MaxRows(7));
+        let mut ends = Vec::new();
+        let mut start: Option<Offset> = None;
+        loop {
+            let end = source.latest_offset(start.as_ref(), limit).await.unwrap();
+            if end == start {
+                break;
+            }
+            ends.push(end.as_ref().unwrap().as_u64().unwrap());
+            start = end;
+        }
+        // 5 rows fit (5+5 would not), ..., and the 20-row batch alone.
+        assert_eq!(ends, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn wrong_schema_and_missing_range_are_errors() {
+        let stream = MemoryStream::new(schema());
+        let other = Arc::new(Schema::new(vec![Field::new("w", DataType::Int64, false)]));
+        let err = stream.push(batch(&other, 0..1)).unwrap_err();
+        assert!(err.to_string().contains("MemoryStream"), "{err}");
+        let mut source = stream.clone();
+        let err = source.read(None, &Offset::from_u64(3)).await.unwrap_err();
+        assert!(err.to_string().contains("not available"), "{err}");
+    }
+}
