@@ -787,20 +787,22 @@ impl FileReader {
                 file.path
             ))
         })?;
-        let batches = match self.format {
-            FileFormat::Parquet => self.read_parquet(&path, file.seq, schema).await?,
-            FileFormat::Csv => {
-                let bytes = self.fetch(&path, Some(file.seq)).await?;
-                self.check_size(&path, file, &bytes);
-                self.read_csv(&path, &bytes, schema)?
-            }
-            FileFormat::Json => {
-                let bytes = self.fetch(&path, Some(file.seq)).await?;
-                self.check_size(&path, file, &bytes);
-                self.read_json(&path, &bytes, schema)?
-            }
-        };
-        Ok(batches)
+        if self.format == FileFormat::Parquet {
+            return self.read_parquet(&path, file.seq, schema).await;
+        }
+        let bytes = self.fetch(&path, Some(file.seq)).await?;
+        self.check_size(&path, file, &bytes);
+        // Decoding text is CPU-bound: keep it off the async worker threads
+        // (which also lets the files of one batch decode in parallel).
+        let this = self.clone();
+        let schema = Arc::clone(schema);
+        let name = self.display(&path);
+        tokio::task::spawn_blocking(move || match this.format {
+            FileFormat::Csv => this.read_csv(&path, &bytes, &schema),
+            _ => this.read_json(&path, &bytes, &schema),
+        })
+        .await
+        .map_err(|e| self.err(format!("decoding {name} failed: {e}")))?
     }
 
     fn check_size(&self, path: &Path, file: &SeenFile, bytes: &Bytes) {
@@ -2034,6 +2036,55 @@ mod tests {
             err.contains("noid.csv") && err.contains("'id'") && err.contains("missing"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn error_lines_are_right_beyond_the_first_batch() {
+        let session = SessionContext::new();
+        // JSON: 10 000 good lines (two arrow batches), then a line without
+        // the required id; CRLF line ends.
+        let data = tempfile::tempdir().unwrap();
+        let mut json: String = (0..10_000)
+            .map(|i| format!("{{\"id\": {i}}}\r\n"))
+            .collect();
+        json.push_str("{\"name\": \"x\"}\r\n");
+        write(data.path(), "long.json", json.as_bytes());
+        let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+        let chk = tempfile::tempdir().unwrap();
+        let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+        assert!(
+            err.contains("long.json, line 10001") && err.contains("'id'"),
+            "{err}"
+        );
+
+        // CSV: the bad value is on the last line, which has no line break.
+        let data = tempfile::tempdir().unwrap();
+        let mut csv: String = "id,name\n".into();
+        csv.extend((0..9_000).map(|i| format!("{i},n{i}\n")));
+        csv.push_str("x9000,last");
+        write(data.path(), "long.csv", csv.as_bytes());
+        let source = FileSource::csv(data.path().to_str().unwrap()).schema(id_name_schema());
+        let chk = tempfile::tempdir().unwrap();
+        let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+        assert!(
+            err.contains("long.csv, line 9002") && err.contains("x9000"),
+            "{err}"
+        );
+
+        // And the good rows of a long file come in batches of the schema.
+        let data = tempfile::tempdir().unwrap();
+        write(data.path(), "ok.json", &json_rows(0..20_000));
+        let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+        let chk = tempfile::tempdir().unwrap();
+        let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+        let end = s
+            .latest_offset(None, ReadLimit::All)
+            .await
+            .unwrap()
+            .unwrap();
+        let batches = s.read(None, &end).await.unwrap();
+        assert!(batches.len() > 1 && batches.iter().all(|b| b.num_rows() <= 8192));
+        assert_eq!(ids(&batches), (0..20_000).collect::<Vec<_>>());
     }
 
     #[tokio::test]
