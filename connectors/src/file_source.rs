@@ -495,7 +495,7 @@ impl SeenLog {
                         ),
                     )
                 })?;
-            log.append(&name, entry, description)?;
+            log.append(&name, entry)?;
         }
         Ok(log)
     }
@@ -508,7 +508,7 @@ impl SeenLog {
     }
 
     /// Adds the entries of log file `name` to the in-memory log.
-    fn append(&mut self, name: &str, entry: SeenLogFile, _description: &str) -> Result<()> {
+    fn append(&mut self, name: &str, entry: SeenLogFile) -> Result<()> {
         if name.parse::<u64>().ok() != Some(self.len()) {
             return Err(self.corrupt(
                 name,
@@ -570,7 +570,7 @@ impl SeenLog {
             .create(&name, SEEN_KIND, SEEN_VERSION, &entry)
             .await
         {
-            Ok(()) => self.append(&name, entry, description),
+            Ok(()) => self.append(&name, entry),
             Err(StateError::AlreadyExists { .. }) => {
                 // An earlier attempt of ours may have been written although it
                 // reported an error; whatever is on disk is the log's truth.
@@ -584,7 +584,7 @@ impl SeenLog {
                     file = %self.dir.path(&name),
                     "files-seen log file already existed; adopting it (is another query using this checkpoint?)"
                 );
-                self.append(&name, existing, description)
+                self.append(&name, existing)
             }
             Err(e) => Err(e.into()),
         }
