@@ -62,3 +62,8 @@ pub mod prelude {
         OutputMode, StreamingContext, StreamingDataFrame, StreamingQuery, Trigger,
     };
 }
+
+/// The README's code, compiled as a doc test so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -34,15 +34,16 @@ fn configured() -> Option<&'static (String, u64)> {
 /// Marks that `point` of batch `batch_id` was reached; blocks forever if a
 /// test asked to stop there (see the module docs).
 pub fn hit(point: &str, batch_id: u64) {
-    if let Some((want, want_batch)) = configured() {
-        if want == point && *want_batch == batch_id {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "TIDEMILL_FAILPOINT_REACHED {point}@{batch_id}");
-            let _ = out.flush();
-            drop(out);
-            loop {
-                std::thread::park();
-            }
+    if let Some((want, want_batch)) = configured()
+        && want == point
+        && *want_batch == batch_id
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "TIDEMILL_FAILPOINT_REACHED {point}@{batch_id}");
+        let _ = out.flush();
+        drop(out);
+        loop {
+            std::thread::park();
         }
     }
 }

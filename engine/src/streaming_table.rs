@@ -66,12 +66,11 @@ impl StreamingTable {
     pub fn all_in(plan: &LogicalPlan) -> Vec<Arc<StreamingTable>> {
         let mut found: Vec<Arc<StreamingTable>> = Vec::new();
         plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node {
-                if let Some(table) = Self::of_scan(scan) {
-                    if !found.iter().any(|t| t.id == table.id) {
-                        found.push(table);
-                    }
-                }
+            if let LogicalPlan::TableScan(scan) = node
+                && let Some(table) = Self::of_scan(scan)
+                && !found.iter().any(|t| t.id == table.id)
+            {
+                found.push(table);
             }
             Ok(TreeNodeRecursion::Continue)
         })

@@ -64,11 +64,11 @@ async fn json_and_csv_directories_stream_new_files_once() {
     for format in ["json", "csv"] {
         let tmp = tempfile::tempdir().unwrap();
         let input = tmp.path().join("in");
-        let (write, source): (fn(std::ops::Range<i64>) -> String, fn(&str) -> FileSource) =
-            match format {
-                "json" => (json_lines, |p| FileSource::json(p)),
-                _ => (csv_rows, |p| FileSource::csv(p)),
-            };
+        type Writer = fn(std::ops::Range<i64>) -> String;
+        let (write, source): (Writer, fn(&str) -> FileSource) = match format {
+            "json" => (json_lines, |p| FileSource::json(p)),
+            _ => (csv_rows, |p| FileSource::csv(p)),
+        };
         put(&input, &format!("a.{format}"), &write(0..10));
         put(&input, &format!("b.{format}"), &write(10..20));
         // A half-written file (dot-name) is not read.
