@@ -25,7 +25,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use tidemill_engine::{Location, OutputMode, Result, Sink, SinkContext, TidemillError};
-use tidemill_state::{CheckpointDir, StateError};
+use tidemill_state::{NumberedLog, StateError};
 
 /// The sub-directory of the output directory holding the manifest.
 const MANIFEST_DIR: &str = "_tidemill_sink";
@@ -448,9 +448,8 @@ impl Sink for ParquetSink {
         batches: Vec<RecordBatch>,
     ) -> Result<()> {
         let (location, may_have_leftovers) = self.begin(batch_id)?;
-        let manifest = manifest_dir(&location);
-        let name = batch_id.to_string();
-        if manifest.exists(&name).await? {
+        let manifest = manifest_log(&location);
+        if manifest.contains(batch_id).await? {
             tracing::debug!(sink = %self.description(), batch_id, "batch already committed; skipping");
             return Ok(());
         }
@@ -466,10 +465,7 @@ impl Sink for ParquetSink {
             files,
             schema: schema.as_ref().clone(),
         };
-        match manifest
-            .create(&name, MANIFEST_KIND, MANIFEST_VERSION, &entry)
-            .await
-        {
+        match manifest.add(batch_id, &entry).await {
             Ok(()) => Ok(()),
             Err(StateError::AlreadyExists { .. }) => {
                 // Another attempt committed the batch first; its files are
@@ -493,8 +489,13 @@ fn file_prefix(batch_id: u64) -> String {
     format!("part-{batch_id:05}-")
 }
 
-fn manifest_dir(location: &Location) -> CheckpointDir {
-    location.dir().child(MANIFEST_DIR)
+/// The manifest: one entry per committed batch id.
+fn manifest_log(location: &Location) -> NumberedLog<ManifestEntry> {
+    NumberedLog::new(
+        location.dir().child(MANIFEST_DIR),
+        MANIFEST_KIND,
+        MANIFEST_VERSION,
+    )
 }
 
 fn describe(location: &Location) -> String {
@@ -516,36 +517,24 @@ fn directory_url(location: &Location) -> url::Url {
 
 /// Reads every manifest entry in `location`, by increasing batch id.
 async fn read_manifest(location: &Location) -> Result<Vec<ManifestEntry>> {
-    let dir = manifest_dir(location);
-    let mut ids: Vec<u64> = dir
-        .list_names()
-        .await?
-        .iter()
-        // Anything else (a staging file of the local file system) is not an entry.
-        .filter_map(|name| name.parse().ok())
-        .collect();
-    ids.sort_unstable();
-    let mut entries = Vec::with_capacity(ids.len());
-    for id in ids {
-        let name = id.to_string();
-        let entry: ManifestEntry = dir
-            .read(&name, MANIFEST_KIND, MANIFEST_VERSION)
-            .await?
-            .ok_or_else(|| {
-                TidemillError::sink(
-                    describe(location),
-                    format!(
-                        "manifest entry '{}' disappeared while reading",
-                        dir.path(&name)
-                    ),
-                )
-            })?;
+    let log = manifest_log(location);
+    let mut entries = Vec::new();
+    for id in log.ids().await? {
+        let entry = log.get(id).await?.ok_or_else(|| {
+            TidemillError::sink(
+                describe(location),
+                format!(
+                    "manifest entry '{}' disappeared while reading",
+                    log.dir().path(&id.to_string())
+                ),
+            )
+        })?;
         if entry.batch_id != id {
             return Err(TidemillError::sink(
                 describe(location),
                 format!(
                     "manifest entry '{}' records batch id {}, not {id}",
-                    dir.path(&name),
+                    log.dir().path(&id.to_string()),
                     entry.batch_id
                 ),
             ));
