@@ -455,3 +455,57 @@ async fn a_failing_batch_stops_the_query_with_its_error() {
     // process_all_available reports the failure too.
     assert!(query.process_all_available().await.is_err());
 }
+
+#[tokio::test]
+async fn stream_equals_batch_on_random_splits_and_read_limits() {
+    use rand::{Rng, SeedableRng};
+    let seed = std::env::var("SPLIT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("SPLIT_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for round in 0..12 {
+        // Random rows, split into random (possibly empty) batches.
+        let total = rng.random_range(0..400i64);
+        let mut batches = Vec::new();
+        let mut next = 0;
+        while next < total {
+            let size = rng.random_range(0..60).min(total - next);
+            batches.push(events(next..next + size));
+            next += size;
+        }
+        let ctx = SessionContext::new();
+        let expected = if batches.is_empty() {
+            Vec::new()
+        } else {
+            df_rows(transform(ctx.read_batches(batches.clone()).unwrap()).unwrap()).await
+        };
+        let mut stream = MemoryStream::new(events_schema());
+        if rng.random_bool(0.7) {
+            stream = stream.max_rows_per_trigger(rng.random_range(1..150));
+        }
+        stream.push_all(batches).unwrap();
+        let sink = MemorySink::new();
+        let trigger = if rng.random_bool(0.5) {
+            Trigger::AvailableNow
+        } else {
+            Trigger::ProcessingTime(Duration::ZERO)
+        };
+        let query = transform(ctx.read_stream(stream).await.unwrap())
+            .unwrap()
+            .write_stream()
+            .sink(sink.clone())
+            .trigger(trigger)
+            .start()
+            .await
+            .unwrap();
+        query.process_all_available().await.unwrap();
+        query.stop().await.unwrap();
+        assert_eq!(
+            sorted_rows(&sink.batches()),
+            expected,
+            "seed {seed}, round {round}, trigger {trigger:?}"
+        );
+    }
+}
