@@ -267,7 +267,13 @@ async fn rate_source_generates_consecutive_values() {
         .start()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Wait (without a wall-clock bound on the engine) until a few batches ran.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while (sink.num_rows() <= 50 || sink.batch_ids().len() < 2)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     query.stop().await.unwrap();
     let values = ctx
         .read_batches(sink.batches())
