@@ -81,6 +81,25 @@ impl Sink for MemorySink {
             contents.mode = ctx.output_mode;
         }
         if let Some(name) = self.table_name.as_ref().or(ctx.query_name.as_ref()) {
+            // A table left by an earlier run of a memory sink is replaced;
+            // any other table of that name is the user's and stays.
+            if let Ok(existing) = ctx.session.table_provider(name.as_str()).await {
+                let existing: Arc<dyn std::any::Any + Send + Sync> = existing;
+                if existing.downcast::<MemorySinkTable>().is_err() {
+                    return Err(TidemillError::sink(
+                        self.description(),
+                        format!(
+                            "a table named '{name}' already exists; choose another query or table name"
+                        ),
+                    ));
+                }
+                ctx.session.deregister_table(name.as_str()).map_err(|e| {
+                    TidemillError::sink(
+                        self.description(),
+                        format!("cannot replace table '{name}': {e}"),
+                    )
+                })?;
+            }
             let table = Arc::new(MemorySinkTable {
                 schema: Arc::clone(&ctx.schema),
                 contents: Arc::clone(&self.contents),
@@ -198,6 +217,43 @@ mod tests {
             session: SessionContext::new(),
         };
         check_sink(&harness, rows(0..3), rows(3..5), rows(5..9)).await;
+    }
+
+    #[tokio::test]
+    async fn a_restarted_query_replaces_its_table_but_not_a_users() {
+        let session = SessionContext::new();
+        let schema = rows(0..1)[0].schema();
+        let ctx = SinkContext {
+            session: session.clone(),
+            query_name: Some("results".into()),
+            schema: Arc::clone(&schema),
+            output_mode: OutputMode::Append,
+        };
+        MemorySink::new().open(&ctx).await.unwrap();
+        let second = MemorySink::new();
+        second.open(&ctx).await.unwrap();
+        second
+            .add_batch(0, Arc::clone(&schema), rows(0..2))
+            .await
+            .unwrap();
+        let seen = session
+            .table("results")
+            .await
+            .unwrap()
+            .count()
+            .await
+            .unwrap();
+        assert_eq!(seen, 2, "the table shows the new sink's rows");
+
+        session
+            .register_batch("mine", rows(0..1).remove(0))
+            .unwrap();
+        let err = MemorySink::new()
+            .table_name("mine")
+            .open(&ctx)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
     }
 
     #[tokio::test]
