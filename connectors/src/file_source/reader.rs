@@ -1,0 +1,530 @@
+//! Decoding single files into record batches of the source schema.
+
+use std::io::Cursor;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use tidemill_engine::{Location, Result, SourceProvider, TidemillError};
+
+use super::bad_record::{Walk, csv_walk, json_walk, line_at, name_csv_column, strip_arrow_line};
+use super::seen_log::SeenFile;
+use super::{FileFormat, FileSource};
+
+/// Rows per record batch produced by the readers.
+const BATCH_SIZE: usize = 8192;
+
+/// Reads a parquet file on an object store: the parquet crate's
+/// [`AsyncFileReader`] over ranged gets of a file whose size is known.
+#[derive(Debug, Clone)]
+pub(super) struct StoreParquetReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+fn parquet_io_error(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for StoreParquetReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(parquet_io_error)
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(parquet_io_error)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_metadata_options(options.map(|o| o.metadata_options().clone()))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// Reads single files of one format into batches of a given schema.
+#[derive(Debug, Clone)]
+pub(super) struct FileReader {
+    description: String,
+    format: FileFormat,
+    has_header: bool,
+    delimiter: u8,
+    store: Arc<dyn ObjectStore>,
+    /// `scheme://host/`, prefixed to store paths to name files in errors.
+    store_root: String,
+}
+
+/// Why a batch does not fit the source schema.
+enum Misfit {
+    Missing(String),
+    Type {
+        column: String,
+        actual: DataType,
+        expected: DataType,
+    },
+    Null {
+        column: String,
+        row: usize,
+    },
+    Other(String),
+}
+
+impl FileReader {
+    pub(super) fn new(source: &FileSource, location: &Location) -> Self {
+        let url = location.url();
+        Self {
+            description: source.description(),
+            format: source.format,
+            has_header: source.has_header,
+            delimiter: source.delimiter,
+            store: Arc::clone(location.store()),
+            store_root: format!("{}://{}/", url.scheme(), url.host_str().unwrap_or("")),
+        }
+    }
+
+    fn err(&self, message: impl Into<String>) -> TidemillError {
+        TidemillError::source(&self.description, message)
+    }
+
+    /// A file as a URL, for messages.
+    pub(super) fn display(&self, path: &Path) -> String {
+        format!("{}{}", self.store_root, path)
+    }
+
+    pub(super) fn csv_format(&self) -> arrow::csv::reader::Format {
+        arrow::csv::reader::Format::default()
+            .with_header(self.has_header)
+            .with_delimiter(self.delimiter)
+    }
+
+    fn vanished(&self, path: &Path, seq: Option<u64>) -> TidemillError {
+        match seq {
+            Some(seq) => self.err(format!(
+                "file {} (number {seq} in the files-seen log) no longer exists; files must not be removed before the \
+                 batches reading them are committed",
+                self.display(path)
+            )),
+            None => self.err(format!("file {} vanished while being read", self.display(path))),
+        }
+    }
+
+    /// The whole content of a file.
+    pub(super) async fn fetch(&self, path: &Path, seq: Option<u64>) -> Result<Bytes> {
+        let result = match self.store.get(path).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Err(self.vanished(path, seq)),
+            Err(e) => return Err(self.err(format!("cannot read {}: {e}", self.display(path)))),
+        };
+        result
+            .bytes()
+            .await
+            .map_err(|e| self.err(format!("cannot read {}: {e}", self.display(path))))
+    }
+
+    pub(super) async fn parquet_builder(
+        &self,
+        path: &Path,
+        seq: Option<u64>,
+    ) -> Result<ParquetRecordBatchStreamBuilder<StoreParquetReader>> {
+        let meta = match self.store.head(path).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return Err(self.vanished(path, seq)),
+            Err(e) => return Err(self.err(format!("cannot read {}: {e}", self.display(path)))),
+        };
+        let reader = StoreParquetReader {
+            store: Arc::clone(&self.store),
+            path: path.clone(),
+            size: meta.size,
+        };
+        ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(|e| {
+                self.err(format!(
+                    "cannot read parquet file {}: {e}",
+                    self.display(path)
+                ))
+            })
+    }
+
+    /// Reads one logged file into batches of exactly `schema`.
+    pub(super) async fn read(
+        &self,
+        file: &SeenFile,
+        schema: &SchemaRef,
+    ) -> Result<Vec<RecordBatch>> {
+        let path = Path::parse(&file.path).map_err(|e| {
+            self.err(format!(
+                "invalid path {} in the files-seen log: {e}",
+                file.path
+            ))
+        })?;
+        if self.format == FileFormat::Parquet {
+            return self.read_parquet(&path, file.seq, schema).await;
+        }
+        let bytes = self.fetch(&path, Some(file.seq)).await?;
+        self.check_size(&path, file, &bytes);
+        // Decoding text is CPU-bound: keep it off the async worker threads
+        // (which also lets the files of one batch decode in parallel).
+        let this = self.clone();
+        let schema = Arc::clone(schema);
+        let name = self.display(&path);
+        tokio::task::spawn_blocking(move || match this.format {
+            FileFormat::Csv => this.read_csv(&path, &bytes, &schema),
+            _ => this.read_json(&path, &bytes, &schema),
+        })
+        .await
+        .map_err(|e| self.err(format!("decoding {name} failed: {e}")))?
+    }
+
+    fn check_size(&self, path: &Path, file: &SeenFile, bytes: &Bytes) {
+        if bytes.len() as u64 != file.size {
+            tracing::warn!(
+                source = %self.description,
+                file = %self.display(path),
+                logged = file.size,
+                now = bytes.len(),
+                "file changed size after it was logged; files must not change once visible"
+            );
+        }
+    }
+
+    async fn read_parquet(
+        &self,
+        path: &Path,
+        seq: u64,
+        schema: &SchemaRef,
+    ) -> Result<Vec<RecordBatch>> {
+        let name = self.display(path);
+        let builder = self.parquet_builder(path, Some(seq)).await?;
+        let file_schema = Arc::clone(builder.schema());
+        // Check the whole file schema up front, so even an empty file with the
+        // wrong columns is reported.
+        let mut roots = Vec::new();
+        for field in schema.fields() {
+            match file_schema.index_of(field.name()) {
+                Ok(i) => {
+                    let actual = file_schema.field(i).data_type();
+                    if !actual.equals_datatype(field.data_type()) {
+                        return Err(self.misfit(
+                            &name,
+                            None,
+                            Misfit::Type {
+                                column: field.name().clone(),
+                                actual: actual.clone(),
+                                expected: field.data_type().clone(),
+                            },
+                        ));
+                    }
+                    roots.push(i);
+                }
+                Err(_) if field.is_nullable() => {}
+                Err(_) => {
+                    return Err(self.misfit(&name, None, Misfit::Missing(field.name().clone())));
+                }
+            }
+        }
+        roots.sort_unstable();
+        roots.dedup();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let mut stream = builder
+            .with_projection(mask)
+            .with_batch_size(BATCH_SIZE)
+            .build()
+            .map_err(|e| self.err(format!("cannot read parquet file {name}: {e}")))?;
+        let mut out = Vec::new();
+        while let Some(batch) = stream.next().await {
+            let batch =
+                batch.map_err(|e| self.err(format!("cannot read parquet file {name}: {e}")))?;
+            let conformed = conform(&batch, schema).map_err(|m| self.misfit(&name, None, m))?;
+            out.push(conformed);
+        }
+        Ok(out)
+    }
+
+    /// The CSV reader for a file: the schema the file is decoded with (all
+    /// of its columns, nullable) and the projection onto the columns the
+    /// source schema wants.
+    fn csv_layout(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        schema: &SchemaRef,
+    ) -> Result<(SchemaRef, Option<Vec<usize>>)> {
+        let relaxed = |f: &Field| f.clone().with_nullable(true);
+        if !self.has_header {
+            let fields: Vec<Field> = schema.fields().iter().map(|f| relaxed(f)).collect();
+            return Ok((Arc::new(Schema::new(fields)), None));
+        }
+        let (header, _) = self
+            .csv_format()
+            .infer_schema(Cursor::new(bytes), Some(0))
+            .map_err(|e| self.err(format!("{name}, line 1: cannot read the CSV header: {e}")))?;
+        let mut fields = Vec::with_capacity(header.fields().len());
+        let mut projection = Vec::new();
+        for (i, column) in header.fields().iter().enumerate() {
+            match schema.field_with_name(column.name()) {
+                Ok(wanted)
+                    if !projection
+                        .iter()
+                        .any(|&p: &usize| header.field(p).name() == column.name()) =>
+                {
+                    fields.push(relaxed(wanted));
+                    projection.push(i);
+                }
+                _ => fields.push(Field::new(column.name(), DataType::Utf8, true)),
+            }
+        }
+        Ok((Arc::new(Schema::new(fields)), Some(projection)))
+    }
+
+    fn csv_builder(
+        &self,
+        decode_schema: &SchemaRef,
+        projection: &Option<Vec<usize>>,
+    ) -> arrow::csv::ReaderBuilder {
+        let builder = arrow::csv::ReaderBuilder::new(Arc::clone(decode_schema))
+            .with_header(self.has_header)
+            .with_delimiter(self.delimiter)
+            .with_batch_size(BATCH_SIZE);
+        match projection {
+            Some(p) => builder.with_projection(p.clone()),
+            None => builder,
+        }
+    }
+
+    fn read_csv(&self, path: &Path, bytes: &Bytes, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+        let name = self.display(path);
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Vec::new());
+        }
+        let (decode_schema, projection) = self.csv_layout(&name, bytes, schema)?;
+        // Columns the source schema requires that the header lacks.
+        if self.has_header {
+            for field in schema.fields() {
+                if decode_schema.field_with_name(field.name()).is_err() && !field.is_nullable() {
+                    return Err(self.misfit(&name, None, Misfit::Missing(field.name().clone())));
+                }
+            }
+        }
+        let reader = self
+            .csv_builder(&decode_schema, &projection)
+            .build(Cursor::new(&bytes[..]))
+            .map_err(|e| self.err(format!("cannot read CSV file {name}: {e}")))?;
+        let mut out = Vec::new();
+        let mut rows_before = 0;
+        for batch in reader {
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => return Err(self.csv_error(&name, bytes, &decode_schema, &projection, e)),
+            };
+            match conform(&batch, schema) {
+                Ok(conformed) => {
+                    rows_before += batch.num_rows();
+                    out.push(conformed);
+                }
+                Err(misfit) => {
+                    let line = match &misfit {
+                        Misfit::Null { row, .. } => {
+                            match csv_walk(
+                                bytes,
+                                self.csv_builder(&decode_schema, &projection),
+                                self.has_header,
+                                Some(rows_before + row),
+                            ) {
+                                Walk::Row(offset) => Some(line_at(bytes, offset)),
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    };
+                    return Err(self.misfit(&name, line, misfit));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The error for a CSV file arrow could not decode, with the line of the
+    /// first bad record (found by decoding the file again record by record).
+    fn csv_error(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        decode_schema: &SchemaRef,
+        projection: &Option<Vec<usize>>,
+        original: ArrowError,
+    ) -> TidemillError {
+        match csv_walk(
+            bytes,
+            self.csv_builder(decode_schema, projection),
+            self.has_header,
+            None,
+        ) {
+            Walk::Error(offset, e) => self.err(format!(
+                "{name}, line {}: {}",
+                line_at(bytes, offset),
+                name_csv_column(&strip_arrow_line(&e), decode_schema)
+            )),
+            _ => self.err(format!("{name}: {original}")),
+        }
+    }
+
+    fn read_json(
+        &self,
+        path: &Path,
+        bytes: &Bytes,
+        schema: &SchemaRef,
+    ) -> Result<Vec<RecordBatch>> {
+        let name = self.display(path);
+        // Decode with top-level columns nullable, so a missing required
+        // column is reported by name (and line) rather than by arrow.
+        let decode_schema: SchemaRef = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<_>>(),
+        ));
+        let builder = || {
+            arrow::json::ReaderBuilder::new(Arc::clone(&decode_schema)).with_batch_size(BATCH_SIZE)
+        };
+        let reader = builder()
+            .build(Cursor::new(&bytes[..]))
+            .map_err(|e| self.err(format!("cannot read JSON file {name}: {e}")))?;
+        let mut out = Vec::new();
+        let mut rows_before = 0;
+        for batch in reader {
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(original) => {
+                    return Err(match json_walk(bytes, &decode_schema, None) {
+                        Walk::Error(offset, message) => self.err(format!(
+                            "{name}, line {}: {message}",
+                            line_at(bytes, offset)
+                        )),
+                        _ => self.err(format!("{name}: {original}")),
+                    });
+                }
+            };
+            match conform(&batch, schema) {
+                Ok(conformed) => {
+                    rows_before += batch.num_rows();
+                    out.push(conformed);
+                }
+                Err(misfit) => {
+                    let line = match &misfit {
+                        Misfit::Null { row, .. } => {
+                            match json_walk(bytes, &decode_schema, Some(rows_before + row)) {
+                                Walk::Row(offset) => Some(line_at(bytes, offset)),
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    };
+                    return Err(self.misfit(&name, line, misfit));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn misfit(&self, name: &str, line: Option<usize>, misfit: Misfit) -> TidemillError {
+        let at = match line {
+            Some(line) => format!("{name}, line {line}"),
+            None => name.to_string(),
+        };
+        self.err(match misfit {
+            Misfit::Missing(column) => {
+                format!("{at}: column '{column}' is missing, and the source schema says it is not nullable")
+            }
+            Misfit::Type {
+                column,
+                actual,
+                expected,
+            } => format!("{at}: column '{column}' has type {actual}, but the source schema expects {expected}"),
+            Misfit::Null { column, .. } => {
+                format!("{at}: column '{column}' is missing or null, but the source schema says it is not nullable")
+            }
+            Misfit::Other(message) => format!("{at}: does not match the source schema: {message}"),
+        })
+    }
+}
+
+/// Shapes `batch` into exactly `schema`: columns by name, in schema order;
+/// a missing nullable column becomes nulls.
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> std::result::Result<RecordBatch, Misfit> {
+    let rows = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column = match batch.schema().index_of(field.name()) {
+            Ok(i) => {
+                let column = Arc::clone(batch.column(i));
+                if column.data_type() == field.data_type() {
+                    column
+                } else if column.data_type().equals_datatype(field.data_type()) {
+                    arrow::compute::cast(&column, field.data_type()).map_err(|_| Misfit::Type {
+                        column: field.name().clone(),
+                        actual: column.data_type().clone(),
+                        expected: field.data_type().clone(),
+                    })?
+                } else {
+                    return Err(Misfit::Type {
+                        column: field.name().clone(),
+                        actual: column.data_type().clone(),
+                        expected: field.data_type().clone(),
+                    });
+                }
+            }
+            Err(_) if field.is_nullable() => new_null_array(field.data_type(), rows),
+            Err(_) => return Err(Misfit::Missing(field.name().clone())),
+        };
+        if !field.is_nullable() && column.null_count() > 0 {
+            let row = (0..rows).find(|&r| column.is_null(r)).unwrap_or(0);
+            return Err(Misfit::Null {
+                column: field.name().clone(),
+                row,
+            });
+        }
+        columns.push(column);
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)
+        .map_err(|e| Misfit::Other(e.to_string()))
+}

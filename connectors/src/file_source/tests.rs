@@ -1,0 +1,816 @@
+use super::*;
+use arrow::array::{Array, AsArray, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::Int64Type;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use std::path::Path as FsPath;
+use tidemill_state::CheckpointDir;
+
+/// A session, and a checkpoint directory for the source under `chk`.
+fn checkpoint(session: &SessionContext, chk: &FsPath) -> CheckpointDir {
+    Location::resolve(chk.to_str().unwrap(), &session.runtime_env())
+        .unwrap()
+        .dir()
+        .child("sources")
+        .child("0")
+}
+
+async fn open(
+    source: &FileSource,
+    session: &SessionContext,
+    chk: CheckpointDir,
+) -> Box<dyn Source> {
+    let schema = SourceProvider::schema(source, session).await.unwrap();
+    source
+        .open(SourceContext {
+            session: session.clone(),
+            schema,
+            checkpoint: chk,
+        })
+        .await
+        .unwrap()
+}
+
+/// Writes a file the way writers must: under a hidden name, then renamed.
+fn write(dir: &FsPath, name: &str, content: &[u8]) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+fn json_rows(ids: std::ops::Range<i64>) -> Vec<u8> {
+    ids.map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let col = b.column_by_name("id").unwrap().as_primitive::<Int64Type>();
+            col.iter().map(|v| v.unwrap()).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn off(n: u64) -> Offset {
+    Offset::from_u64(n)
+}
+
+fn id_name_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+    ]))
+}
+
+async fn read_err(source: &FileSource, session: &SessionContext, chk: CheckpointDir) -> String {
+    let mut s = open(source, session, chk).await;
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    s.read(None, &end).await.unwrap_err().to_string()
+}
+
+#[tokio::test]
+async fn discovers_new_files_across_calls() {
+    let (data, chk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let session = SessionContext::new();
+    let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    assert_eq!(s.default_read_limit(), ReadLimit::All);
+
+    // Nothing yet: no offset at all.
+    assert_eq!(s.latest_offset(None, ReadLimit::All).await.unwrap(), None);
+
+    write(data.path(), "a.json", &json_rows(0..3));
+    write(data.path(), "b.json", &json_rows(3..5));
+    let first = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, off(2));
+    let batches = s.read(None, &first).await.unwrap();
+    assert_eq!(ids(&batches), vec![0, 1, 2, 3, 4]);
+    assert!(batches.iter().all(|b| b.schema() == id_name_schema()));
+
+    // Unchanged directory: the same offset comes back.
+    assert_eq!(
+        s.latest_offset(Some(&first), ReadLimit::All).await.unwrap(),
+        Some(off(2))
+    );
+
+    write(data.path(), "c.json", &json_rows(5..7));
+    let second = s
+        .latest_offset(Some(&first), ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second, off(3));
+    assert_eq!(
+        ids(&s.read(Some(&first), &second).await.unwrap()),
+        vec![5, 6]
+    );
+    // An empty range yields no rows.
+    assert!(s.read(Some(&second), &second).await.unwrap().is_empty());
+    // Ranges beyond the log are refused.
+    let err = s.read(None, &off(9)).await.unwrap_err().to_string();
+    assert!(err.contains("beyond"), "{err}");
+
+    // Files in sub-directories are found too.
+    std::fs::create_dir(data.path().join("day=2")).unwrap();
+    write(&data.path().join("day=2"), "d.json", &json_rows(7..8));
+    let third = s
+        .latest_offset(Some(&second), ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&s.read(Some(&second), &third).await.unwrap()), vec![7]);
+}
+
+#[tokio::test]
+async fn max_files_per_trigger_bounds_offsets() {
+    let (data, chk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for i in 0..5 {
+        write(
+            data.path(),
+            &format!("f{i}.json"),
+            &json_rows(i * 10..i * 10 + 2),
+        );
+    }
+    let session = SessionContext::new();
+    let source = FileSource::json(data.path().to_str().unwrap())
+        .schema(id_name_schema())
+        .max_files_per_trigger(2);
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let limit = s.default_read_limit();
+    assert_eq!(limit, ReadLimit::MaxFiles(2));
+
+    let mut start: Option<Offset> = None;
+    let mut seen = Vec::new();
+    for expected in [2, 4, 5] {
+        let end = s
+            .latest_offset(start.as_ref(), limit)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(end, off(expected));
+        seen.extend(ids(&s.read(start.as_ref(), &end).await.unwrap()));
+        start = Some(end);
+    }
+    assert_eq!(
+        s.latest_offset(start.as_ref(), limit).await.unwrap(),
+        Some(off(5))
+    );
+    assert_eq!(seen, vec![0, 1, 10, 11, 20, 21, 30, 31, 40, 41]);
+
+    let err = FileSource::json("x")
+        .schema(id_name_schema())
+        .max_files_per_trigger(0)
+        .open(SourceContext {
+            session: session.clone(),
+            schema: id_name_schema(),
+            checkpoint: checkpoint(&session, chk.path()),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at least 1"), "{err}");
+}
+
+#[tokio::test]
+async fn restart_continues_without_rereading_or_skipping() {
+    let (data, chk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let session = SessionContext::new();
+    let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+    write(data.path(), "a.json", &json_rows(0..2));
+    write(data.path(), "b.json", &json_rows(2..4));
+    write(data.path(), "c.json", &json_rows(4..6));
+
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    // Admit one file; the other two are logged but not yet read.
+    let first = s
+        .latest_offset(None, ReadLimit::MaxFiles(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, off(1));
+    let first_rows = s.read(None, &first).await.unwrap();
+    assert_eq!(ids(&first_rows), vec![0, 1]);
+    drop(s);
+
+    // Touch an already logged file (new mtime, same name) and add a new one.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(data.path().join("a.json"), json_rows(0..2)).unwrap();
+    write(data.path(), "d.json", &json_rows(6..8));
+
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    // Replaying the old range gives identical rows.
+    assert_eq!(s.read(None, &first).await.unwrap(), first_rows);
+    let end = s
+        .latest_offset(Some(&first), ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, off(4));
+    assert_eq!(
+        ids(&s.read(Some(&first), &end).await.unwrap()),
+        vec![2, 3, 4, 5, 6, 7]
+    );
+    assert_eq!(
+        s.latest_offset(Some(&end), ReadLimit::All).await.unwrap(),
+        Some(off(4))
+    );
+
+    // The log is on disk, one numbered file per append.
+    let mut names = checkpoint(&session, chk.path())
+        .child("seen")
+        .list_names()
+        .await
+        .unwrap();
+    names.sort();
+    assert_eq!(names, vec!["0".to_string(), "3".to_string()]);
+
+    // The same checkpoint cannot be reused for another directory.
+    let other = tempfile::tempdir().unwrap();
+    let err = FileSource::json(other.path().to_str().unwrap())
+        .schema(id_name_schema())
+        .open(SourceContext {
+            session: session.clone(),
+            schema: id_name_schema(),
+            checkpoint: checkpoint(&session, chk.path()),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TidemillError::CheckpointMismatch { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn hidden_files_are_ignored_until_renamed() {
+    let (data, chk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let session = SessionContext::new();
+    let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+
+    std::fs::write(data.path().join(".part-0.json"), json_rows(0..2)).unwrap();
+    std::fs::write(data.path().join("_part-1.json"), json_rows(2..4)).unwrap();
+    std::fs::create_dir_all(data.path().join("_tidemill_sink")).unwrap();
+    std::fs::write(data.path().join("_tidemill_sink/manifest.json"), b"{}").unwrap();
+    std::fs::create_dir_all(data.path().join(".staging")).unwrap();
+    std::fs::write(data.path().join(".staging/x.json"), json_rows(9..10)).unwrap();
+    assert_eq!(s.latest_offset(None, ReadLimit::All).await.unwrap(), None);
+
+    std::fs::rename(
+        data.path().join(".part-0.json"),
+        data.path().join("part-0.json"),
+    )
+    .unwrap();
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, off(1));
+    assert_eq!(ids(&s.read(None, &end).await.unwrap()), vec![0, 1]);
+
+    std::fs::rename(
+        data.path().join("_part-1.json"),
+        data.path().join("part-1.json"),
+    )
+    .unwrap();
+    let end2 = s
+        .latest_offset(Some(&end), ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&s.read(Some(&end), &end2).await.unwrap()), vec![2, 3]);
+}
+
+#[tokio::test]
+async fn json_schema_explicit_and_inferred() {
+    let data = tempfile::tempdir().unwrap();
+    write(
+        data.path(),
+        "a.json",
+        b"{\"id\": 1, \"name\": \"x\", \"score\": 1.5}\n{\"id\": 2, \"score\": 2}\n",
+    );
+    let session = SessionContext::new();
+
+    let inferred =
+        SourceProvider::schema(&FileSource::json(data.path().to_str().unwrap()), &session)
+            .await
+            .unwrap();
+    let expected = Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("score", DataType::Float64, true),
+    ]);
+    assert_eq!(inferred.as_ref(), &expected);
+
+    let chk = tempfile::tempdir().unwrap();
+    let source = FileSource::json(data.path().to_str().unwrap());
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    let batch = &s.read(None, &end).await.unwrap()[0];
+    assert_eq!(batch.schema(), inferred);
+    let names = batch
+        .column(1)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert_eq!(names.value(0), "x");
+    assert!(names.is_null(1));
+
+    // An explicit schema picks and orders columns by name; a nullable
+    // column the file lacks is all nulls.
+    let explicit = Arc::new(Schema::new(vec![
+        Field::new("score", DataType::Float64, true),
+        Field::new("id", DataType::Int64, false),
+        Field::new("extra", DataType::Utf8, true),
+    ]));
+    let source = FileSource::json(data.path().to_str().unwrap()).schema(Arc::clone(&explicit));
+    assert_eq!(
+        SourceProvider::schema(&source, &session).await.unwrap(),
+        explicit
+    );
+    let chk = tempfile::tempdir().unwrap();
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    let batch = &s.read(None, &end).await.unwrap()[0];
+    assert_eq!(batch.schema(), explicit);
+    let scores = batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    assert_eq!(scores.values().to_vec(), vec![1.5, 2.0]);
+    assert_eq!(batch.column(2).null_count(), 2);
+}
+
+#[tokio::test]
+async fn csv_schema_explicit_and_inferred() {
+    let data = tempfile::tempdir().unwrap();
+    write(
+        data.path(),
+        "a.csv",
+        b"id,name,price\n1,apple,0.5\n2,pear,1\n",
+    );
+    write(data.path(), "b.csv", b"name,id,price\nplum,3,2\n");
+    let session = SessionContext::new();
+    let inferred =
+        SourceProvider::schema(&FileSource::csv(data.path().to_str().unwrap()), &session)
+            .await
+            .unwrap();
+    let expected = Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("price", DataType::Float64, true),
+    ]);
+    assert_eq!(inferred.as_ref(), &expected);
+
+    let chk = tempfile::tempdir().unwrap();
+    let source = FileSource::csv(data.path().to_str().unwrap());
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    let batches = s.read(None, &end).await.unwrap();
+    // Columns are matched by header name, so b.csv's order does not matter.
+    assert_eq!(ids(&batches), vec![1, 2, 3]);
+    assert!(batches.iter().all(|b| b.schema() == inferred));
+
+    // Explicit schema, no header, another delimiter: columns by position.
+    let plain = tempfile::tempdir().unwrap();
+    write(plain.path(), "x.csv", b"7;seven\n8;eight\n");
+    let explicit = id_name_schema();
+    let source = FileSource::csv(plain.path().to_str().unwrap())
+        .has_header(false)
+        .delimiter(b';')
+        .schema(Arc::clone(&explicit));
+    let chk = tempfile::tempdir().unwrap();
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    let batches = s.read(None, &end).await.unwrap();
+    assert_eq!(ids(&batches), vec![7, 8]);
+    assert_eq!(batches[0].schema(), explicit);
+    assert_eq!(batches[0].column(1).as_string::<i32>().value(1), "eight");
+
+    // Inferred without a header: column_1, column_2.
+    let headerless = FileSource::csv(plain.path().to_str().unwrap())
+        .has_header(false)
+        .delimiter(b';');
+    let inferred = SourceProvider::schema(&headerless, &session).await.unwrap();
+    assert_eq!(inferred.field(0).name(), "column_1");
+    assert_eq!(inferred.field(0).data_type(), &DataType::Int64);
+}
+
+fn write_parquet(dir: &FsPath, name: &str, batch: &RecordBatch) {
+    let tmp = dir.join(format!("_{name}"));
+    let file = std::fs::File::create(&tmp).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(batch).unwrap();
+    writer.close().unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+#[tokio::test]
+async fn parquet_schema_explicit_inferred_and_mismatch() {
+    let data = tempfile::tempdir().unwrap();
+    let file_schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("extra", DataType::Float64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&file_schema),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec![Some("a"), None])),
+            Arc::new(Float64Array::from(vec![0.5, 1.5])),
+        ],
+    )
+    .unwrap();
+    write_parquet(data.path(), "p1.parquet", &batch);
+    let session = SessionContext::new();
+
+    // Inferred: from the footer, nullability included.
+    let inferred = SourceProvider::schema(
+        &FileSource::parquet(data.path().to_str().unwrap()),
+        &session,
+    )
+    .await
+    .unwrap();
+    assert_eq!(inferred, file_schema);
+    let chk = tempfile::tempdir().unwrap();
+    let source = FileSource::parquet(data.path().to_str().unwrap());
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.read(None, &end).await.unwrap(), vec![batch.clone()]);
+
+    // Explicit: a subset, reordered.
+    let explicit = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, true),
+        Field::new("id", DataType::Int64, false),
+    ]));
+    let chk = tempfile::tempdir().unwrap();
+    let source = FileSource::parquet(data.path().to_str().unwrap()).schema(Arc::clone(&explicit));
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    let batches = s.read(None, &end).await.unwrap();
+    assert_eq!(batches[0].schema(), explicit);
+    assert_eq!(ids(&batches), vec![1, 2]);
+
+    // Wrong type for a column.
+    let wrong = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
+    let chk = tempfile::tempdir().unwrap();
+    let source = FileSource::parquet(data.path().to_str().unwrap()).schema(wrong);
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(
+        err.contains("p1.parquet") && err.contains("'id'") && err.contains("Utf8"),
+        "{err}"
+    );
+
+    // A required column the file lacks.
+    let missing = Arc::new(Schema::new(vec![Field::new("qty", DataType::Int64, false)]));
+    let chk = tempfile::tempdir().unwrap();
+    let source = FileSource::parquet(data.path().to_str().unwrap()).schema(missing);
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(
+        err.contains("p1.parquet") && err.contains("'qty'") && err.contains("missing"),
+        "{err}"
+    );
+
+    // Not a parquet file at all.
+    write(data.path(), "junk.parquet", b"not parquet");
+    let chk = tempfile::tempdir().unwrap();
+    let source =
+        FileSource::parquet(data.path().to_str().unwrap()).schema(Arc::clone(&file_schema));
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(err.contains("junk.parquet"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_json_line_names_file_and_line() {
+    let data = tempfile::tempdir().unwrap();
+    write(
+        data.path(),
+        "bad.json",
+        b"{\"id\": 1, \"name\": \"a\"}\n{\"id\": 2, \"name\": \"b\"}\n{\"id\": 3, \"name\": \"c\"\n{\"id\": 4}\n",
+    );
+    let session = SessionContext::new();
+    let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+    let chk = tempfile::tempdir().unwrap();
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(err.contains("bad.json, line 3: invalid JSON"), "{err}");
+
+    // A value of the wrong type.
+    let data = tempfile::tempdir().unwrap();
+    write(
+        data.path(),
+        "typed.json",
+        b"{\"id\": 1}\n\n{\"id\": \"two\"}\n",
+    );
+    let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+    let chk = tempfile::tempdir().unwrap();
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(err.contains("typed.json, line 3"), "{err}");
+
+    // A required column missing on one line.
+    let data = tempfile::tempdir().unwrap();
+    write(
+        data.path(),
+        "gap.json",
+        b"{\"id\": 1}\n{\"name\": \"no id\"}\n",
+    );
+    let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+    let chk = tempfile::tempdir().unwrap();
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(
+        err.contains("gap.json, line 2") && err.contains("'id'"),
+        "{err}"
+    );
+
+    // Inference over a bad file names it too.
+    let data = tempfile::tempdir().unwrap();
+    write(data.path(), "worse.json", b"{\"id\": 1}\n{oops}\n");
+    let err = SourceProvider::schema(&FileSource::json(data.path().to_str().unwrap()), &session)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("worse.json, line 2"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_csv_row_names_file_and_line() {
+    let data = tempfile::tempdir().unwrap();
+    write(data.path(), "bad.csv", b"id,name\n1,a\n2,b,extra\n3,c\n");
+    let session = SessionContext::new();
+    let source = FileSource::csv(data.path().to_str().unwrap()).schema(id_name_schema());
+    let chk = tempfile::tempdir().unwrap();
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(
+        err.contains("bad.csv, line 3") && err.contains("number of fields"),
+        "{err}"
+    );
+
+    // Too few fields, a quoted multi-line field before it.
+    let data = tempfile::tempdir().unwrap();
+    write(data.path(), "short.csv", b"id,name\n1,\"two\nlines\"\n2\n");
+    let source = FileSource::csv(data.path().to_str().unwrap()).schema(id_name_schema());
+    let chk = tempfile::tempdir().unwrap();
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(err.contains("short.csv, line 4"), "{err}");
+
+    // A value that does not parse as the column's type.
+    let data = tempfile::tempdir().unwrap();
+    write(data.path(), "typed.csv", b"id,name\n1,a\n2,b\nthree,c\n");
+    let source = FileSource::csv(data.path().to_str().unwrap()).schema(id_name_schema());
+    let chk = tempfile::tempdir().unwrap();
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(
+        err.contains("typed.csv, line 4") && err.contains("three"),
+        "{err}"
+    );
+
+    // A required value left empty.
+    let data = tempfile::tempdir().unwrap();
+    write(data.path(), "empty.csv", b"id,name\n1,a\n,b\n");
+    let source = FileSource::csv(data.path().to_str().unwrap()).schema(id_name_schema());
+    let chk = tempfile::tempdir().unwrap();
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(
+        err.contains("empty.csv, line 3") && err.contains("'id'"),
+        "{err}"
+    );
+
+    // A header without a required column.
+    let data = tempfile::tempdir().unwrap();
+    write(data.path(), "noid.csv", b"name\na\n");
+    let source = FileSource::csv(data.path().to_str().unwrap()).schema(id_name_schema());
+    let chk = tempfile::tempdir().unwrap();
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(
+        err.contains("noid.csv") && err.contains("'id'") && err.contains("missing"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn error_lines_are_right_beyond_the_first_batch() {
+    let session = SessionContext::new();
+    // JSON: 10 000 good lines (two arrow batches), then a line without
+    // the required id; CRLF line ends.
+    let data = tempfile::tempdir().unwrap();
+    let mut json: String = (0..10_000)
+        .map(|i| format!("{{\"id\": {i}}}\r\n"))
+        .collect();
+    json.push_str("{\"name\": \"x\"}\r\n");
+    write(data.path(), "long.json", json.as_bytes());
+    let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+    let chk = tempfile::tempdir().unwrap();
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(
+        err.contains("long.json, line 10001") && err.contains("'id'"),
+        "{err}"
+    );
+
+    // CSV: the bad value is on the last line, which has no line break.
+    let data = tempfile::tempdir().unwrap();
+    let mut csv: String = "id,name\n".into();
+    csv.extend((0..9_000).map(|i| format!("{i},n{i}\n")));
+    csv.push_str("x9000,last");
+    write(data.path(), "long.csv", csv.as_bytes());
+    let source = FileSource::csv(data.path().to_str().unwrap()).schema(id_name_schema());
+    let chk = tempfile::tempdir().unwrap();
+    let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+    assert!(
+        err.contains("long.csv, line 9002") && err.contains("x9000"),
+        "{err}"
+    );
+
+    // And the good rows of a long file come in batches of the schema.
+    let data = tempfile::tempdir().unwrap();
+    write(data.path(), "ok.json", &json_rows(0..20_000));
+    let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+    let chk = tempfile::tempdir().unwrap();
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    let batches = s.read(None, &end).await.unwrap();
+    assert!(batches.len() > 1 && batches.iter().all(|b| b.num_rows() <= 8192));
+    assert_eq!(ids(&batches), (0..20_000).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn vanished_file_is_an_error() {
+    let (data, chk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(data.path(), "gone.json", &json_rows(0..1));
+    let session = SessionContext::new();
+    let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    std::fs::remove_file(data.path().join("gone.json")).unwrap();
+    let err = s.read(None, &end).await.unwrap_err().to_string();
+    assert!(
+        err.contains("gone.json") && err.contains("no longer exists"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn no_files_and_no_schema_is_a_clear_error() {
+    let data = tempfile::tempdir().unwrap();
+    let session = SessionContext::new();
+    let err = SourceProvider::schema(&FileSource::csv(data.path().to_str().unwrap()), &session)
+        .await
+        .unwrap_err()
+        .to_string();
+    let dir = data.path().to_str().unwrap();
+    assert!(err.contains(dir) && err.contains(".schema(...)"), "{err}");
+}
+
+#[tokio::test]
+async fn available_now_caps_at_files_known_when_prepared() {
+    let (data, chk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(data.path(), "a.json", &json_rows(0..1));
+    write(data.path(), "b.json", &json_rows(1..2));
+    let session = SessionContext::new();
+    let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    s.prepare_for_available_now().await.unwrap();
+    write(data.path(), "c.json", &json_rows(2..3));
+
+    let first = s
+        .latest_offset(None, ReadLimit::MaxFiles(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, off(1));
+    let second = s
+        .latest_offset(Some(&first), ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second, off(2));
+    assert_eq!(
+        s.latest_offset(Some(&second), ReadLimit::All)
+            .await
+            .unwrap(),
+        Some(off(2))
+    );
+    assert_eq!(ids(&s.read(None, &second).await.unwrap()), vec![0, 1]);
+}
+
+#[tokio::test]
+async fn works_on_memory_store() {
+    let session = SessionContext::new();
+    // Resolving a memory:// location registers the session's in-memory
+    // store; files written through the runtime's store are then visible.
+    Location::resolve("memory:///", &session.runtime_env()).unwrap();
+    let store = session
+        .runtime_env()
+        .object_store(ObjectStoreUrl::parse("memory://").unwrap())
+        .unwrap();
+    store
+        .put(&Path::from("in/a.json"), PutPayload::from(json_rows(0..2)))
+        .await
+        .unwrap();
+    store
+        .put(
+            &Path::from("in/_tmp/b.json"),
+            PutPayload::from(json_rows(2..4)),
+        )
+        .await
+        .unwrap();
+    let source = FileSource::json("memory:///in");
+    assert_eq!(source.description(), "FileSource[json: memory:///in]");
+    let chk = Location::resolve("memory:///chk/sources/0", &session.runtime_env())
+        .unwrap()
+        .dir();
+    let mut s = open(&source, &session, chk.clone()).await;
+    assert_eq!(s.description(), "FileSource[json: memory:///in]");
+    let first = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&s.read(None, &first).await.unwrap()), vec![0, 1]);
+
+    // "Rename" the hidden file into place.
+    store
+        .copy(&Path::from("in/_tmp/b.json"), &Path::from("in/b.json"))
+        .await
+        .unwrap();
+    store.delete(&Path::from("in/_tmp/b.json")).await.unwrap();
+    let second = s
+        .latest_offset(Some(&first), ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        ids(&s.read(Some(&first), &second).await.unwrap()),
+        vec![2, 3]
+    );
+
+    // The files-seen log lives in the memory store too.
+    let mut reopened = open(&source, &session, chk).await;
+    assert_eq!(
+        reopened
+            .latest_offset(Some(&second), ReadLimit::All)
+            .await
+            .unwrap(),
+        Some(second)
+    );
+}
+
+#[test]
+fn description_names_format_and_absolute_url() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let expected = format!("FileSource[parquet: file://{dir}]");
+    assert_eq!(FileSource::parquet(dir).description(), expected);
+    assert_eq!(
+        FileSource::parquet(format!("{dir}/")).description(),
+        expected
+    );
+    assert_eq!(
+        FileSource::parquet(format!("file://{dir}")).description(),
+        expected
+    );
+}
