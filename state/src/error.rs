@@ -44,6 +44,16 @@ pub enum StateError {
         /// The file concerned.
         path: Path,
     },
+    /// A state store data file could not be encoded as Arrow IPC for
+    /// writing.
+    #[error("cannot encode state file '{path}': {source}")]
+    Encode {
+        /// The file concerned.
+        path: Path,
+        /// Arrow's error.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
     /// A value could not be serialized for writing.
     #[error("cannot serialize checkpoint file '{path}': {source}")]
     Serialize {

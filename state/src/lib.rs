@@ -13,6 +13,18 @@
 //!   create-if-absent and overwrite, validated reads, and listing.
 //! - [`NumberedLog`]: a log of entries named by batch id (`offsets/7`,
 //!   `commits/7`), with lookup of the latest entry and retention.
+//! - [`StateStore`]: the versioned key-value state of stateful operators
+//!   (aggregation, deduplication, stream-stream joins). Keys and values are
+//!   opaque bytes (arrow's row format, described by a [`StateSchema`]),
+//!   hash-partitioned into [`StatePartition`]s by [`partition_for_key`],
+//!   with optional expiry. Batch `N` reads version `N` and
+//!   [`commit`](StateStore::commit)s `N + 1`, which writes an Arrow IPC
+//!   delta per changed partition and, periodically, snapshots; any
+//!   committed version can be [`open`](StateStore::open)ed again after a
+//!   crash, and [`purge`](StateStore::purge) drops what old versions alone
+//!   needed. [`StateStoreConfig`] sets the partition count and snapshot
+//!   interval; [`StateMetrics`] and [`StateCommitMetrics`] report sizes and
+//!   costs.
 //!
 //! The dependency direction is `connectors → engine → state`: nothing here
 //! knows about SQL, sources or sinks.
@@ -21,7 +33,12 @@ mod checkpoint_dir;
 pub mod envelope;
 mod error;
 mod numbered_log;
+mod store;
 
 pub use checkpoint_dir::CheckpointDir;
 pub use error::{Result, StateError};
 pub use numbered_log::NumberedLog;
+pub use store::{
+    StateCommitMetrics, StateEntry, StateMetrics, StatePartition, StateSchema, StateStore,
+    StateStoreConfig, partition_for_key,
+};

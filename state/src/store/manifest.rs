@@ -1,0 +1,366 @@
+//! The store's small JSON files: `_metadata` (what the store holds) and
+//! `<version>.commit` (which data files make up a version).
+//!
+//! Both are [`envelope`](crate::envelope) files written through
+//! [`CheckpointDir`], so they are checksummed and versioned.
+//!
+//! A commit file lists, for every partition that holds anything at its
+//! version, the partition's *chain*: the newest snapshot at or below the
+//! version and the deltas after it, each with its size and CRC-32. Loading a
+//! version therefore reads one commit file and then exactly the files it
+//! lists; a partition it does not list is empty, and a listed file that is
+//! missing or does not match its size and checksum is corruption. The commit
+//! file is written last, after all data files, so it is what makes a version
+//! exist.
+
+use arrow_schema::Schema;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use super::StateSchema;
+use super::files::{FORMAT_VERSION, FileKind};
+use super::schema::schema_changes;
+use crate::{CheckpointDir, Result, StateError};
+
+/// Name of the metadata file.
+pub(crate) const METADATA_FILE: &str = "_metadata";
+/// Envelope kinds of the two files.
+pub(crate) const METADATA_KIND: &str = "state-metadata";
+pub(crate) const COMMIT_KIND: &str = "state-commit";
+
+/// The body of `_metadata`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StoreMetadata {
+    pub format_version: u32,
+    pub num_partitions: usize,
+    pub key_schema: Schema,
+    pub value_schema: Schema,
+}
+
+impl StoreMetadata {
+    pub(crate) fn new(schema: &StateSchema, num_partitions: usize) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            num_partitions,
+            key_schema: schema.key.as_ref().clone(),
+            value_schema: schema.value.as_ref().clone(),
+        }
+    }
+
+    /// Checks that a store recorded as `self` can be opened as `wanted`;
+    /// otherwise [`StateError::Incompatible`] saying what changed.
+    pub(crate) fn check_compatible(&self, wanted: &StoreMetadata, path: &Path) -> Result<()> {
+        if self.format_version != wanted.format_version {
+            return Err(StateError::Incompatible {
+                path: path.clone(),
+                reason: format!(
+                    "state format version {} is not supported (this build reads version {})",
+                    self.format_version, wanted.format_version
+                ),
+            });
+        }
+        let mut changes = Vec::new();
+        if self.num_partitions != wanted.num_partitions {
+            changes.push(format!(
+                "num_partitions changed from {} to {}",
+                self.num_partitions, wanted.num_partitions
+            ));
+        }
+        changes.extend(schema_changes("key", &self.key_schema, &wanted.key_schema));
+        changes.extend(schema_changes(
+            "value",
+            &self.value_schema,
+            &wanted.value_schema,
+        ));
+        if changes.is_empty() {
+            return Ok(());
+        }
+        Err(StateError::Incompatible {
+            path: path.clone(),
+            reason: format!(
+                "the query's state layout differs from the one in the checkpoint: {} \
+                 (start the query from a new checkpoint to use the new layout)",
+                changes.join("; ")
+            ),
+        })
+    }
+}
+
+/// A data file as recorded in a commit file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FileRef {
+    /// The version that wrote it (its file name).
+    pub version: u64,
+    /// Rows in it.
+    pub rows: u64,
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// CRC-32 of its bytes.
+    pub crc32: u32,
+}
+
+/// The files that make up one partition at one version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PartitionChain {
+    /// The newest snapshot at or below the version; `None`: the partition
+    /// starts empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<FileRef>,
+    /// The deltas after the snapshot, ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<FileRef>,
+    /// Live entries in the partition at the version.
+    pub live_rows: u64,
+}
+
+impl PartitionChain {
+    /// Every file of the chain, in the order to apply them.
+    pub(crate) fn files(&self) -> impl Iterator<Item = (FileKind, &FileRef)> + '_ {
+        self.snapshot
+            .iter()
+            .map(|s| (FileKind::Snapshot, s))
+            .chain(self.deltas.iter().map(|d| (FileKind::Delta, d)))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.snapshot.is_none() && self.deltas.is_empty() && self.live_rows == 0
+    }
+}
+
+/// The body of `<version>.commit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CommitRecord {
+    pub version: u64,
+    pub num_partitions: usize,
+    /// The non-empty partitions' chains.
+    pub partitions: Vec<PartitionEntry>,
+}
+
+/// One partition's chain in a [`CommitRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PartitionEntry {
+    pub partition: usize,
+    #[serde(flatten)]
+    pub chain: PartitionChain,
+}
+
+/// The commit file name of `version`: `7.commit`.
+pub(crate) fn commit_file_name(version: u64) -> String {
+    format!("{version}.commit")
+}
+
+/// Parses a name made by [`commit_file_name`].
+pub(crate) fn parse_commit_file_name(name: &str) -> Option<u64> {
+    let version = name.strip_suffix(".commit")?;
+    if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    version.parse().ok()
+}
+
+impl CommitRecord {
+    pub(crate) fn new(version: u64, chains: &[PartitionChain]) -> Self {
+        Self {
+            version,
+            num_partitions: chains.len(),
+            partitions: chains
+                .iter()
+                .enumerate()
+                .filter(|(_, chain)| !chain.is_empty())
+                .map(|(partition, chain)| PartitionEntry {
+                    partition,
+                    chain: chain.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The chains of all `num_partitions` partitions, after checking that
+    /// the record is consistent and belongs to `version`.
+    fn into_chains(
+        self,
+        path: &Path,
+        version: u64,
+        num_partitions: usize,
+    ) -> Result<Vec<PartitionChain>> {
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        if self.version != version {
+            return Err(corrupt(format!(
+                "records version {}, expected {version}",
+                self.version
+            )));
+        }
+        if self.num_partitions != num_partitions {
+            return Err(corrupt(format!(
+                "records {} partitions, but the store's _metadata has {num_partitions}",
+                self.num_partitions
+            )));
+        }
+        let mut chains = vec![PartitionChain::default(); num_partitions];
+        let mut seen = vec![false; num_partitions];
+        for PartitionEntry { partition, chain } in self.partitions {
+            if partition >= num_partitions || std::mem::replace(&mut seen[partition], true) {
+                return Err(corrupt(format!(
+                    "lists partition {partition} twice or out of range"
+                )));
+            }
+            let mut previous = None;
+            for (_, file) in chain.files() {
+                if file.version > version || previous.is_some_and(|p| file.version <= p) {
+                    return Err(corrupt(format!(
+                        "partition {partition} lists files out of order or above version {version}"
+                    )));
+                }
+                previous = Some(file.version);
+            }
+            chains[partition] = chain;
+        }
+        Ok(chains)
+    }
+}
+
+/// Reads the chains of every partition at `version` from its commit file.
+pub(crate) async fn read_commit(
+    dir: &CheckpointDir,
+    version: u64,
+    num_partitions: usize,
+) -> Result<Vec<PartitionChain>> {
+    let name = commit_file_name(version);
+    let path = dir.path(&name);
+    match dir
+        .read::<CommitRecord>(&name, COMMIT_KIND, FORMAT_VERSION)
+        .await?
+    {
+        Some(record) => record.into_chains(&path, version, num_partitions),
+        None => Err(StateError::Corrupt {
+            path,
+            reason: format!(
+                "missing: version {version} of this state store was never committed, or has been purged"
+            ),
+        }),
+    }
+}
+
+/// Writes (or, when a version is re-run, replaces) the commit file of
+/// `version`.
+pub(crate) async fn write_commit(
+    dir: &CheckpointDir,
+    version: u64,
+    chains: &[PartitionChain],
+) -> Result<()> {
+    dir.overwrite(
+        &commit_file_name(version),
+        COMMIT_KIND,
+        FORMAT_VERSION,
+        &CommitRecord::new(version, chains),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use arrow_schema::{DataType, Field};
+
+    fn file(version: u64) -> FileRef {
+        FileRef {
+            version,
+            rows: 1,
+            bytes: 10,
+            crc32: 7,
+        }
+    }
+
+    #[test]
+    fn commit_record_round_trips_and_skips_empty_partitions() {
+        let chains = vec![
+            PartitionChain::default(),
+            PartitionChain {
+                snapshot: Some(file(3)),
+                deltas: vec![file(4), file(6)],
+                live_rows: 5,
+            },
+            PartitionChain {
+                snapshot: None,
+                deltas: vec![file(2)],
+                live_rows: 0,
+            },
+        ];
+        let record = CommitRecord::new(6, &chains);
+        assert_eq!(record.partitions.len(), 2);
+        let json = serde_json::to_string(&record).unwrap();
+        let back: CommitRecord = serde_json::from_str(&json).unwrap();
+        let path = Path::from("s/6.commit");
+        assert_eq!(back.clone().into_chains(&path, 6, 3).unwrap(), chains);
+        let err = back.clone().into_chains(&path, 7, 3).unwrap_err();
+        assert!(err.to_string().contains("records version 6"), "{err}");
+        let err = back.into_chains(&path, 6, 4).unwrap_err();
+        assert!(err.to_string().contains("records 3 partitions"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_chains_are_corrupt() {
+        let path = Path::from("s/6.commit");
+        for chain in [
+            PartitionChain {
+                snapshot: Some(file(5)),
+                deltas: vec![file(5)],
+                live_rows: 1,
+            },
+            PartitionChain {
+                snapshot: None,
+                deltas: vec![file(7)],
+                live_rows: 1,
+            },
+        ] {
+            let record = CommitRecord::new(6, &[chain]);
+            let err = record.into_chains(&path, 6, 1).unwrap_err();
+            assert!(err.to_string().contains("out of order"), "{err}");
+        }
+    }
+
+    #[test]
+    fn commit_file_names() {
+        assert_eq!(commit_file_name(12), "12.commit");
+        assert_eq!(parse_commit_file_name("12.commit"), Some(12));
+        assert_eq!(parse_commit_file_name("_metadata"), None);
+        assert_eq!(parse_commit_file_name(".commit"), None);
+    }
+
+    #[test]
+    fn metadata_compatibility_names_the_change() {
+        let schema = |value_type| {
+            StateSchema::new(
+                Arc::new(Schema::new(vec![Field::new(
+                    "symbol",
+                    DataType::Utf8,
+                    false,
+                )])),
+                Arc::new(Schema::new(vec![Field::new("sum", value_type, true)])),
+            )
+        };
+        let path = Path::from("s/_metadata");
+        let old = StoreMetadata::new(&schema(DataType::Int64), 8);
+        // The metadata survives its JSON round trip.
+        let back: StoreMetadata =
+            serde_json::from_str(&serde_json::to_string(&old).unwrap()).unwrap();
+        assert_eq!(back, old);
+        old.check_compatible(&old.clone(), &path).unwrap();
+        let err = old
+            .check_compatible(&StoreMetadata::new(&schema(DataType::Float64), 4), &path)
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StateError::Incompatible { .. }), "{msg}");
+        assert!(msg.contains("s/_metadata"), "{msg}");
+        assert!(msg.contains("num_partitions changed from 8 to 4"), "{msg}");
+        assert!(
+            msg.contains("value field 'sum' changed type from Int64 to Float64"),
+            "{msg}"
+        );
+    }
+}

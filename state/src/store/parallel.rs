@@ -1,0 +1,58 @@
+//! Running CPU-bound work (encoding and decoding partitions' files) on
+//! several threads.
+
+use std::sync::Mutex;
+use std::thread;
+
+/// Applies `f` to every item, on up to as many scoped threads as the
+/// machine has cores, and returns the results in the items' order. Runs on
+/// the calling thread when `parallel` is false or there is one item.
+///
+/// A panic in `f` is propagated once every thread has finished.
+pub(crate) fn map_parallel<T: Send, R: Send>(
+    items: Vec<T>,
+    parallel: bool,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    let threads = thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    if !parallel || threads <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let len = items.len();
+    let queue = Mutex::new(items.into_iter().enumerate());
+    let results = Mutex::new((0..len).map(|_| None).collect::<Vec<Option<R>>>());
+    thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().expect("queue lock").next();
+                    let Some((index, item)) = next else { break };
+                    let result = f(item);
+                    results.lock().expect("results lock")[index] = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("results lock")
+        .into_iter()
+        .map(|r| r.expect("every item was processed"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_order_either_way() {
+        for parallel in [false, true] {
+            let out = map_parallel((0..100).collect(), parallel, |i: u32| i * 2);
+            assert_eq!(out, (0..100).map(|i| i * 2).collect::<Vec<_>>());
+        }
+        assert!(map_parallel(Vec::<u32>::new(), true, |i| i).is_empty());
+    }
+}

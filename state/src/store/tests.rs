@@ -1,0 +1,708 @@
+//! Tests of the whole store: versions against a model, crashes, expiry,
+//! purging, damaged files, schema changes, partitioning.
+
+use std::collections::BTreeMap;
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema};
+use futures::TryStreamExt;
+use object_store::{ObjectStore, local::LocalFileSystem, memory::InMemory, path::Path};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tempfile::TempDir;
+
+use super::*;
+
+/// What the store should hold: key → (value, expiry).
+type Model = BTreeMap<Vec<u8>, (Vec<u8>, Option<i64>)>;
+
+fn schema_with(key: (&str, DataType), value: (&str, DataType)) -> StateSchema {
+    StateSchema::new(
+        Arc::new(Schema::new(vec![Field::new(key.0, key.1, false)])),
+        Arc::new(Schema::new(vec![Field::new(value.0, value.1, true)])),
+    )
+}
+
+fn schema() -> StateSchema {
+    schema_with(("symbol", DataType::Utf8), ("sum", DataType::Int64))
+}
+
+fn config(num_partitions: usize, snapshot_interval: u64) -> StateStoreConfig {
+    StateStoreConfig {
+        num_partitions: NonZeroUsize::new(num_partitions).unwrap(),
+        snapshot_interval: NonZeroU64::new(snapshot_interval).unwrap(),
+    }
+}
+
+fn memory_dir() -> CheckpointDir {
+    CheckpointDir::new(Arc::new(InMemory::new()), Path::from("chk/state/0"))
+}
+
+fn local_dir() -> (TempDir, CheckpointDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = LocalFileSystem::new_with_prefix(tmp.path()).unwrap();
+    (
+        tmp,
+        CheckpointDir::new(Arc::new(fs), Path::from("chk/state/0")),
+    )
+}
+
+async fn open(dir: &CheckpointDir, config: StateStoreConfig, version: u64) -> Result<StateStore> {
+    StateStore::open(dir.clone(), schema(), config, version).await
+}
+
+/// Every file under the store's directory, relative to it, sorted.
+async fn all_files(dir: &CheckpointDir) -> Vec<String> {
+    let prefix = format!("{}/", dir.root());
+    let mut names: Vec<String> = dir
+        .store()
+        .list(Some(dir.root()))
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.strip_prefix(&prefix).unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn assert_matches(store: &StateStore, model: &Model, context: &str) {
+    let got: Model = store
+        .iter()
+        .map(|e| (e.key.to_vec(), (e.value.to_vec(), e.expires_at_ms)))
+        .collect();
+    assert_eq!(&got, model, "{context}");
+    assert_eq!(store.len(), model.len(), "{context}");
+    assert_eq!(store.metrics().rows_total, model.len() as u64, "{context}");
+    for (key, (value, _)) in model {
+        assert_eq!(store.get(key), Some(&value[..]), "{context}");
+    }
+    let n = store.partitions().len();
+    for partition in store.partitions() {
+        let keys: Vec<&[u8]> = partition.iter().map(|e| e.key).collect();
+        assert!(keys.is_sorted(), "{context}");
+        for key in keys {
+            assert_eq!(partition_for_key(key, n), partition.id(), "{context}");
+        }
+    }
+}
+
+fn random_key(rng: &mut StdRng) -> Vec<u8> {
+    match rng.random_range(0..60u8) {
+        0 => Vec::new(),
+        1 => vec![0, 255, 0],
+        k => format!("key{k}").into_bytes(),
+    }
+}
+
+fn random_value(rng: &mut StdRng) -> Vec<u8> {
+    let len = rng.random_range(0..12);
+    (0..len).map(|_| rng.random()).collect()
+}
+
+/// Drives a store and a model with the same random operations over many
+/// versions (reopening now and then), then opens every version again.
+async fn random_history(dir: CheckpointDir, config: StateStoreConfig, seed: u64, versions: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut store = open(&dir, config, 0).await.unwrap();
+    let mut model = Model::new();
+    let mut models = vec![model.clone()];
+    for version in 1..=versions {
+        let now = version as i64 * 100;
+        let ops = if rng.random_bool(0.15) {
+            0
+        } else {
+            rng.random_range(1..40)
+        };
+        for _ in 0..ops {
+            let key = random_key(&mut rng);
+            match rng.random_range(0..10) {
+                0..=3 => {
+                    let value = random_value(&mut rng);
+                    store.put(&key, &value);
+                    model.insert(key, (value, None));
+                }
+                4..=5 => {
+                    let value = random_value(&mut rng);
+                    let at = now + rng.random_range(0..400);
+                    store.put_with_ttl(&key, &value, at);
+                    model.insert(key, (value, Some(at)));
+                }
+                6..=7 => assert_eq!(store.remove(&key), model.remove(&key).is_some()),
+                8 => {
+                    let before = model.len();
+                    model.retain(|_, (_, at)| at.is_none_or(|at| at > now));
+                    assert_eq!(store.remove_expired(now), before - model.len());
+                }
+                _ => {
+                    // A key added and removed in the same version.
+                    let key = [b"temp".as_slice(), &key].concat();
+                    store.put(&key, b"gone");
+                    assert!(store.remove(&key));
+                }
+            }
+        }
+        assert_matches(
+            &store,
+            &model,
+            &format!("seed {seed}, building version {version}"),
+        );
+        let metrics = store.commit().await.unwrap();
+        assert_eq!((metrics.version, store.version()), (version, version));
+        assert!(!store.has_changes());
+        models.push(model.clone());
+        if rng.random_bool(0.25) {
+            store = open(&dir, config, version).await.unwrap();
+            assert_matches(&store, &model, &format!("seed {seed}, reopened {version}"));
+        }
+    }
+    for (version, expected) in models.iter().enumerate() {
+        let store = open(&dir, config, version as u64).await.unwrap();
+        assert_eq!(store.version(), version as u64);
+        assert_matches(&store, expected, &format!("seed {seed}, version {version}"));
+    }
+    let files = all_files(&dir).await;
+    if config.snapshot_interval.get() < versions {
+        assert!(files.iter().any(|f| f.ends_with(".snapshot")), "{files:?}");
+    }
+}
+
+#[tokio::test]
+async fn every_version_reopens_as_the_model_says_in_memory() {
+    for (seed, config) in [
+        (1, config(4, 3)),
+        (2, config(8, 10)),
+        (3, config(1, 1)),
+        (4, config(3, 5)),
+    ] {
+        random_history(memory_dir(), config, seed, 40).await;
+    }
+}
+
+#[tokio::test]
+async fn every_version_reopens_as_the_model_says_on_local_disk() {
+    let (_tmp, dir) = local_dir();
+    random_history(dir, config(4, 3), 5, 30).await;
+}
+
+#[tokio::test]
+async fn the_snapshot_interval_can_change_between_runs() {
+    let dir = memory_dir();
+    let mut model = Model::new();
+    let mut store = open(&dir, config(2, 100), 0).await.unwrap();
+    for version in 1..=30u64 {
+        let key = format!("k{}", version % 7).into_bytes();
+        store.put(&key, &version.to_le_bytes());
+        model.insert(key, (version.to_le_bytes().to_vec(), None));
+        store.commit().await.unwrap();
+    }
+    // 30 deltas per partition so far; a smaller interval takes over.
+    let mut store = open(&dir, config(2, 4), 30).await.unwrap();
+    store.put(b"k1", b"x");
+    model.insert(b"k1".to_vec(), (b"x".to_vec(), None));
+    let metrics = store.commit().await.unwrap();
+    assert_eq!(metrics.snapshot_files, 2, "{metrics:?}");
+    assert_matches(&open(&dir, config(2, 4), 31).await.unwrap(), &model, "v31");
+}
+
+async fn check_rerun(dir: CheckpointDir, config: StateStoreConfig) {
+    let mut store = open(&dir, config, 0).await.unwrap();
+    store.put(b"a", b"1");
+    store.put(b"b", b"1");
+    store.commit().await.unwrap();
+    store.put(b"c", b"1");
+    store.commit().await.unwrap();
+
+    // First attempt at version 3, touching several partitions.
+    store.put(b"a", b"crashed");
+    store.put(b"x", b"crashed");
+    store.remove(b"b");
+    store.commit().await.unwrap();
+
+    // The batch is re-run from version 2 with different changes.
+    let mut store = open(&dir, config, 2).await.unwrap();
+    store.put(b"c", b"2");
+    store.commit().await.unwrap();
+
+    let model: Model = [("a", "1"), ("b", "1"), ("c", "2")]
+        .into_iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), (v.as_bytes().to_vec(), None)))
+        .collect();
+    let mut store = open(&dir, config, 3).await.unwrap();
+    assert_matches(&store, &model, "re-run version 3");
+
+    // And the store goes on from the re-run version.
+    store.remove(b"a");
+    store.commit().await.unwrap();
+    let mut model = model;
+    model.remove(&b"a"[..]);
+    assert_matches(&open(&dir, config, 4).await.unwrap(), &model, "version 4");
+    assert_matches(
+        &open(&dir, config, 3).await.unwrap(),
+        &[("a", "1"), ("b", "1"), ("c", "2")]
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), (v.as_bytes().to_vec(), None)))
+            .collect(),
+        "version 3 again",
+    );
+}
+
+#[tokio::test]
+async fn a_rerun_version_replaces_the_crashed_attempt() {
+    for config in [config(4, 10), config(2, 1), config(3, 2)] {
+        check_rerun(memory_dir(), config).await;
+        let (_tmp, dir) = local_dir();
+        check_rerun(dir, config).await;
+    }
+}
+
+#[tokio::test]
+async fn a_crash_before_the_commit_file_leaves_the_version_unopenable_until_rerun() {
+    let dir = memory_dir();
+    let config = config(4, 10);
+    let mut store = open(&dir, config, 0).await.unwrap();
+    store.put(b"a", b"1");
+    store.commit().await.unwrap();
+    store.put(b"b", b"crashed");
+    store.commit().await.unwrap();
+    // Simulate a crash after the data files but before the commit file.
+    dir.delete("2.commit").await.unwrap();
+    let err = open(&dir, config, 2).await.unwrap_err();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("chk/state/0/2.commit"), "{err}");
+    assert!(err.to_string().contains("never committed"), "{err}");
+
+    let mut store = open(&dir, config, 1).await.unwrap();
+    store.put(b"c", b"2");
+    store.commit().await.unwrap();
+    let store = open(&dir, config, 2).await.unwrap();
+    assert_eq!(store.get(b"b"), None);
+    assert_eq!(store.get(b"c"), Some(&b"2"[..]));
+    assert_eq!(store.len(), 2);
+}
+
+#[tokio::test]
+async fn entries_expire_only_when_evicted_and_keep_their_ttl_across_versions() {
+    let dir = memory_dir();
+    let config = config(4, 2);
+    let mut store = open(&dir, config, 0).await.unwrap();
+    store.put_with_ttl(b"a", b"1", 100);
+    store.put_with_ttl(b"b", b"1", 200);
+    store.put(b"c", b"1");
+    store.commit().await.unwrap();
+
+    let mut store = open(&dir, config, 1).await.unwrap();
+    assert_eq!(store.get_entry(b"a").unwrap().expires_at_ms, Some(100));
+    assert_eq!(store.get_entry(b"c").unwrap().expires_at_ms, None);
+    // Past its expiry but not evicted yet: still visible.
+    assert_eq!(store.get(b"a"), Some(&b"1"[..]));
+    assert_eq!(store.remove_expired(99), 0);
+    assert_eq!(store.remove_expired(150), 1);
+    assert_eq!(store.get(b"a"), None);
+    assert_eq!(store.metrics().rows_removed, 1);
+    store.commit().await.unwrap();
+
+    let mut store = open(&dir, config, 2).await.unwrap();
+    assert_eq!(store.get(b"a"), None);
+    assert_eq!(store.get_entry(b"b").unwrap().expires_at_ms, Some(200));
+    // A plain put drops the TTL; put_with_ttl moves it.
+    store.put_with_ttl(b"c", b"2", 50);
+    store.put(b"c", b"3");
+    store.put_with_ttl(b"b", b"2", 5000);
+    assert_eq!(store.remove_expired(1000), 0);
+    store.commit().await.unwrap();
+    let mut store = open(&dir, config, 3).await.unwrap();
+    assert_eq!(store.remove_expired(1000), 0);
+    assert_eq!(store.remove_expired(5000), 1);
+    assert_eq!(store.iter().map(|e| e.key).collect::<Vec<_>>(), vec![b"c"]);
+}
+
+/// Commits `versions` versions of changes spread over all partitions and
+/// returns the model of every version.
+async fn build_history(dir: &CheckpointDir, config: StateStoreConfig, versions: u64) -> Vec<Model> {
+    let mut rng = StdRng::seed_from_u64(versions);
+    let mut store = open(dir, config, 0).await.unwrap();
+    let mut model = Model::new();
+    let mut models = vec![model.clone()];
+    for _ in 1..=versions {
+        for _ in 0..10 {
+            let key = random_key(&mut rng);
+            if rng.random_bool(0.7) {
+                let value = random_value(&mut rng);
+                store.put(&key, &value);
+                model.insert(key, (value, None));
+            } else {
+                store.remove(&key);
+                model.remove(&key);
+            }
+        }
+        store.commit().await.unwrap();
+        models.push(model.clone());
+    }
+    models
+}
+
+#[tokio::test]
+async fn purge_keeps_every_later_version_loadable_and_deletes_the_rest() {
+    let dir = memory_dir();
+    let config = config(4, 4);
+    let models = build_history(&dir, config, 30).await;
+    let before = all_files(&dir).await;
+
+    // Purging from an older store reads the commit file of keep_from.
+    let old = open(&dir, config, 20).await.unwrap();
+    let deleted = old.purge(17).await.unwrap();
+    let after = all_files(&dir).await;
+    assert_eq!(before.len() - after.len(), deleted);
+    assert!(deleted > 16, "{deleted}");
+    for version in 17..=30 {
+        let store = open(&dir, config, version).await.unwrap();
+        assert_matches(&store, &models[version as usize], &format!("v{version}"));
+    }
+    for version in 1..17 {
+        let err = open(&dir, config, version).await.unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("{version}.commit")),
+            "{err}"
+        );
+    }
+    // Per partition, what remains at or below 17 is one snapshot and the
+    // deltas after it.
+    for p in 0..4 {
+        let mut old_files: Vec<(u64, FileKind)> = after
+            .iter()
+            .filter_map(|f| f.strip_prefix(&format!("{p}/")))
+            .filter_map(FileKind::parse_file_name)
+            .filter(|(v, _)| *v <= 17)
+            .collect();
+        old_files.sort_unstable_by_key(|(v, _)| *v);
+        let snapshots = old_files
+            .iter()
+            .filter(|(_, k)| *k == FileKind::Snapshot)
+            .count();
+        assert!(snapshots <= 1, "{old_files:?}");
+        if snapshots == 1 {
+            assert_eq!(old_files[0].1, FileKind::Snapshot, "{old_files:?}");
+        }
+        assert!(old_files.len() <= 4, "{old_files:?}");
+    }
+    assert!(after.contains(&"_metadata".to_string()));
+
+    // Idempotent; and capped at the store's version.
+    let store = open(&dir, config, 30).await.unwrap();
+    assert_eq!(store.purge(17).await.unwrap(), 0);
+    store.purge(1000).await.unwrap();
+    assert_matches(&open(&dir, config, 30).await.unwrap(), &models[30], "v30");
+    assert!(open(&dir, config, 29).await.is_err());
+    let files = all_files(&dir).await;
+    assert_eq!(
+        files.iter().filter(|f| f.ends_with(".commit")).count(),
+        1,
+        "{files:?}"
+    );
+}
+
+#[tokio::test]
+async fn purge_on_local_disk() {
+    let (_tmp, dir) = local_dir();
+    let config = config(2, 3);
+    let models = build_history(&dir, config, 12).await;
+    let store = open(&dir, config, 12).await.unwrap();
+    assert!(store.purge(10).await.unwrap() > 0);
+    for version in 10..=12 {
+        let store = open(&dir, config, version).await.unwrap();
+        assert_matches(&store, &models[version as usize], &format!("v{version}"));
+    }
+    assert!(open(&dir, config, 9).await.is_err());
+}
+
+/// Two partitions, both changed in versions 1 to 4 with snapshot interval 3:
+/// partition 1 snapshots at 2, partition 0 at 3; version 4 is made of
+/// `0/3.snapshot, 0/4.delta, 1/2.snapshot, 1/3.delta, 1/4.delta`.
+async fn damaged_setup() -> (CheckpointDir, StateStoreConfig) {
+    let dir = memory_dir();
+    let config = config(2, 3);
+    let keys: Vec<Vec<u8>> = (0u32..)
+        .map(|i| format!("key{i}").into_bytes())
+        .filter(|k| partition_for_key(k, 2) == 0)
+        .take(2)
+        .chain(
+            (0u32..)
+                .map(|i| format!("key{i}").into_bytes())
+                .filter(|k| partition_for_key(k, 2) == 1)
+                .take(2),
+        )
+        .collect();
+    let mut store = open(&dir, config, 0).await.unwrap();
+    for version in 1..=4u64 {
+        for key in &keys {
+            store.put(key, &version.to_le_bytes());
+        }
+        store.commit().await.unwrap();
+    }
+    let files = all_files(&dir).await;
+    for f in [
+        "0/3.snapshot",
+        "0/4.delta",
+        "1/2.snapshot",
+        "1/3.delta",
+        "1/4.delta",
+    ] {
+        assert!(files.contains(&f.to_string()), "{files:?}");
+    }
+    assert!(open(&dir, config, 4).await.is_ok());
+    (dir, config)
+}
+
+async fn damage(dir: &CheckpointDir, name: &str, f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+    let path = match name.split_once('/') {
+        Some((sub, file)) => dir.child(sub).path(file),
+        None => dir.path(name),
+    };
+    let bytes = dir.get_bytes(&path).await.unwrap().unwrap();
+    dir.put_bytes(&path, f(bytes.to_vec()).into(), PutMode::Overwrite)
+        .await
+        .unwrap();
+}
+
+async fn expect_corrupt(
+    dir: &CheckpointDir,
+    config: StateStoreConfig,
+    version: u64,
+    needles: &[&str],
+) {
+    let err = open(dir, config, version).await.unwrap_err();
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    for needle in needles {
+        assert!(err.to_string().contains(needle), "{needle:?} not in: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_truncated_delta_snapshot_or_commit_file_is_named() {
+    for (name, needle) in [
+        ("1/3.delta", "truncated"),
+        ("0/3.snapshot", "truncated"),
+        ("4.commit", "truncated"),
+    ] {
+        let (dir, config) = damaged_setup().await;
+        damage(&dir, name, |mut b| {
+            b.truncate(b.len() * 2 / 3);
+            b
+        })
+        .await;
+        expect_corrupt(&dir, config, 4, &[&format!("chk/state/0/{name}"), needle]).await;
+    }
+}
+
+#[tokio::test]
+async fn an_altered_or_lost_data_file_is_named() {
+    let (dir, config) = damaged_setup().await;
+    damage(&dir, "1/4.delta", |mut b| {
+        let mid = b.len() / 2;
+        b[mid] ^= 0x55;
+        b
+    })
+    .await;
+    expect_corrupt(
+        &dir,
+        config,
+        4,
+        &["chk/state/0/1/4.delta", "checksum mismatch"],
+    )
+    .await;
+    // Version 3 does not need that file.
+    open(&dir, config, 3).await.unwrap();
+
+    let (dir, config) = damaged_setup().await;
+    dir.child("1").delete("2.snapshot").await.unwrap();
+    expect_corrupt(
+        &dir,
+        config,
+        4,
+        &[
+            "chk/state/0/1/2.snapshot",
+            "missing, but listed by 4.commit",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn missing_versions_and_metadata_are_named() {
+    let (dir, config) = damaged_setup().await;
+    expect_corrupt(&dir, config, 9, &["chk/state/0/9.commit", "missing"]).await;
+    dir.delete("_metadata").await.unwrap();
+    expect_corrupt(&dir, config, 4, &["chk/state/0/_metadata", "missing"]).await;
+}
+
+#[tokio::test]
+async fn a_changed_state_layout_is_refused_with_what_changed() {
+    let dir = memory_dir();
+    let mut store = open(&dir, config(4, 10), 0).await.unwrap();
+    store.put(b"a", b"1");
+    store.commit().await.unwrap();
+
+    let incompatible = |schema: StateSchema, config: StateStoreConfig, version: u64| {
+        let dir = dir.clone();
+        async move {
+            let err = StateStore::open(dir, schema, config, version)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StateError::Incompatible { .. }), "{err}");
+            assert!(err.to_string().contains("chk/state/0/_metadata"), "{err}");
+            err.to_string()
+        }
+    };
+    let msg = incompatible(
+        schema_with(("symbol", DataType::Utf8), ("sum", DataType::Float64)),
+        config(4, 10),
+        1,
+    )
+    .await;
+    assert!(
+        msg.contains("value field 'sum' changed type from Int64 to Float64"),
+        "{msg}"
+    );
+    let msg = incompatible(
+        schema_with(("ticker", DataType::Utf8), ("sum", DataType::Int64)),
+        config(4, 10),
+        0,
+    )
+    .await;
+    assert!(msg.contains("key field 'symbol' was removed"), "{msg}");
+    assert!(msg.contains("key field 'ticker' was added"), "{msg}");
+    let msg = incompatible(schema(), config(8, 10), 1).await;
+    assert!(msg.contains("num_partitions changed from 4 to 8"), "{msg}");
+
+    // The snapshot interval is not part of the layout.
+    open(&dir, config(4, 3), 1).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_always_lands_in_the_same_partition() {
+    let dir = memory_dir();
+    let config = config(8, 10);
+    let mut store = open(&dir, config, 0).await.unwrap();
+    let keys: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_be_bytes().to_vec()).collect();
+    for key in &keys {
+        store.put(key, key);
+    }
+    store.commit().await.unwrap();
+    let reopened = open(&dir, config, 1).await.unwrap();
+    for key in &keys {
+        let p = partition_for_key(key, 8);
+        assert_eq!(store.partition_of(key), p);
+        assert_eq!(reopened.partitions()[p].get(key), Some(&key[..]));
+    }
+    assert!(store.partitions().iter().all(|p| !p.is_empty()));
+}
+
+#[tokio::test]
+async fn a_commit_touching_one_key_writes_one_delta_file() {
+    let dir = memory_dir();
+    let config = config(8, 100);
+    let mut store = open(&dir, config, 0).await.unwrap();
+    for i in 0..1000u32 {
+        store.put(&i.to_be_bytes(), &[7; 100]);
+    }
+    let first = store.commit().await.unwrap();
+    assert_eq!((first.delta_files, first.snapshot_files), (8, 0));
+
+    let before = all_files(&dir).await;
+    store.put(&5u32.to_be_bytes(), b"new");
+    let metrics = store.commit().await.unwrap();
+    let after = all_files(&dir).await;
+    let new: Vec<&String> = after.iter().filter(|f| !before.contains(f)).collect();
+    let p = partition_for_key(&5u32.to_be_bytes(), 8);
+    assert_eq!(new, vec![&"2.commit".to_string(), &format!("{p}/2.delta")]);
+    assert_eq!(
+        (
+            metrics.delta_files,
+            metrics.snapshot_files,
+            metrics.rows_updated
+        ),
+        (1, 0, 1)
+    );
+    assert!(
+        metrics.bytes_written * 50 < first.bytes_written,
+        "{metrics:?} {first:?}"
+    );
+
+    // A version without changes writes only its commit file.
+    let before = after;
+    store.commit().await.unwrap();
+    let after = all_files(&dir).await;
+    let new: Vec<&String> = after.iter().filter(|f| !before.contains(f)).collect();
+    assert_eq!(new, vec![&"3.commit".to_string()]);
+    assert_eq!(open(&dir, config, 3).await.unwrap().len(), 1000);
+}
+
+#[tokio::test]
+async fn metrics_describe_the_current_or_last_version() {
+    let dir = memory_dir();
+    let mut store = open(&dir, config(4, 10), 0).await.unwrap();
+    assert_eq!(store.metrics(), StateMetrics::default());
+    store.put(b"a", b"1");
+    store.put(b"a", b"2");
+    store.put(b"b", b"1");
+    let m = store.metrics();
+    assert_eq!((m.rows_total, m.rows_updated, m.rows_removed), (2, 2, 0));
+    assert!(m.memory_bytes > 0);
+    let committed = store.commit().await.unwrap();
+    assert_eq!((committed.rows_updated, committed.rows_removed), (2, 0));
+    // Right after the commit: the committed version's figures.
+    let m = store.metrics();
+    assert_eq!((m.rows_total, m.rows_updated, m.rows_removed), (2, 2, 0));
+    assert_eq!(m.commit_time_ms, committed.commit_time_ms);
+    // A new change starts the next version's figures.
+    store.remove(b"a");
+    let m = store.metrics();
+    assert_eq!((m.rows_total, m.rows_updated, m.rows_removed), (1, 0, 1));
+}
+
+#[tokio::test]
+async fn partitions_can_be_updated_in_parallel() {
+    let dir = memory_dir();
+    let config = config(4, 10);
+    let mut store = open(&dir, config, 0).await.unwrap();
+    let keys: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    let mut routed: Vec<Vec<&Vec<u8>>> = vec![Vec::new(); 4];
+    for key in &keys {
+        routed[store.partition_of(key)].push(key);
+    }
+    std::thread::scope(|s| {
+        for (partition, keys) in store.partitions_mut().iter_mut().zip(&routed) {
+            s.spawn(move || {
+                for key in keys {
+                    partition.put(key, b"v");
+                }
+            });
+        }
+    });
+    assert!(store.has_changes());
+    store.commit().await.unwrap();
+    let store = open(&dir, config, 1).await.unwrap();
+    assert_eq!(store.len(), 100);
+    assert!(keys.iter().all(|k| store.get(k) == Some(&b"v"[..])));
+}
+
+#[tokio::test]
+async fn large_partitions_round_trip_through_parallel_encoding() {
+    let dir = memory_dir();
+    let config = config(4, 1);
+    let mut store = open(&dir, config, 0).await.unwrap();
+    for i in 0..100_000u32 {
+        store.put(&i.to_be_bytes(), &i.to_le_bytes());
+    }
+    let metrics = store.commit().await.unwrap();
+    assert_eq!(metrics.snapshot_files, 4);
+    let store = open(&dir, config, 1).await.unwrap();
+    assert_eq!(store.len(), 100_000);
+    assert_eq!(
+        store.get(&77_777u32.to_be_bytes()),
+        Some(&77_777u32.to_le_bytes()[..])
+    );
+}
