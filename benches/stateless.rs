@@ -43,12 +43,20 @@ fn plan(df: DataFrame) -> datafusion::error::Result<DataFrame> {
 fn generate(dir: &std::path::Path, rows: usize) -> anyhow::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let per_file = rows / FILES;
-    let symbols = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "AMD"];
+    let symbols = [
+        "AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "AMD",
+    ];
     for f in 0..FILES {
         let ids: Vec<i64> = (0..per_file).map(|i| (f * per_file + i) as i64).collect();
-        let sym: Vec<&str> = (0..per_file).map(|_| symbols[rng.random_range(0..symbols.len())]).collect();
-        let price: Vec<f64> = (0..per_file).map(|_| rng.random_range(10.0..500.0)).collect();
-        let qty: Vec<f64> = (0..per_file).map(|_| rng.random_range(1.0..100.0)).collect();
+        let sym: Vec<&str> = (0..per_file)
+            .map(|_| symbols[rng.random_range(0..symbols.len())])
+            .collect();
+        let price: Vec<f64> = (0..per_file)
+            .map(|_| rng.random_range(10.0..500.0))
+            .collect();
+        let qty: Vec<f64> = (0..per_file)
+            .map(|_| rng.random_range(1.0..100.0))
+            .collect();
         let batch = RecordBatch::try_new(
             schema(),
             vec![
@@ -67,33 +75,52 @@ fn generate(dir: &std::path::Path, rows: usize) -> anyhow::Result<()> {
 }
 
 fn machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map(|kib| kib / 1024.0 / 1024.0)
         .unwrap_or(0.0);
-    format!("{cores} cores, {mem_gib:.0} GiB, {} {}", std::env::consts::OS, std::env::consts::ARCH)
+    format!(
+        "{cores} cores, {mem_gib:.0} GiB, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
 }
 
 async fn batch_job(dir: &str) -> anyhow::Result<(usize, Duration)> {
     let ctx = SessionContext::new();
     let t = Instant::now();
-    let out = plan(ctx.read_parquet(dir, ParquetReadOptions::default()).await?)?.collect().await?;
+    let out = plan(ctx.read_parquet(dir, ParquetReadOptions::default()).await?)?
+        .collect()
+        .await?;
     Ok((out.iter().map(RecordBatch::num_rows).sum(), t.elapsed()))
 }
 
-async fn stream_job(dir: &str, max_files: u64, chk: &std::path::Path) -> anyhow::Result<(usize, usize, Duration)> {
+async fn stream_job(
+    dir: &str,
+    max_files: u64,
+    chk: &std::path::Path,
+) -> anyhow::Result<(usize, usize, Duration)> {
     let ctx = SessionContext::new();
     let sink = MemorySink::new();
     let t = Instant::now();
-    let query = plan(ctx.read_stream(FileSource::parquet(dir).max_files_per_trigger(max_files)).await?)?
-        .write_stream()
-        .sink(sink.clone())
-        .trigger(Trigger::AvailableNow)
-        .checkpoint(chk.to_str().unwrap())
-        .start()
-        .await?;
+    let query = plan(
+        ctx.read_stream(FileSource::parquet(dir).max_files_per_trigger(max_files))
+            .await?,
+    )?
+    .write_stream()
+    .sink(sink.clone())
+    .trigger(Trigger::AvailableNow)
+    .checkpoint(chk.to_str().unwrap())
+    .start()
+    .await?;
     query.await_termination().await?;
     Ok((sink.num_rows(), query.recent_progress().len(), t.elapsed()))
 }
@@ -152,7 +179,10 @@ async fn overhead(batches: usize, chk: &std::path::Path) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let rows: usize = std::env::var("TIDEMILL_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(4_000_000);
+    let rows: usize = std::env::var("TIDEMILL_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4_000_000);
     let tmp = tempfile::tempdir()?;
     let input = tmp.path().join("input");
     std::fs::create_dir_all(&input)?;
@@ -167,10 +197,17 @@ async fn main() -> anyhow::Result<()> {
     let batch_rate = rows as f64 / batch_time.as_secs_f64();
     println!("\n| run | batches | rows out | seconds | input rows/s | stream/batch |");
     println!("|---|---|---|---|---|---|");
-    println!("| DataFusion batch job | 1 | {batch_rows} | {:.3} | {batch_rate:.0} | 1.00 |", batch_time.as_secs_f64());
+    println!(
+        "| DataFusion batch job | 1 | {batch_rows} | {:.3} | {batch_rate:.0} | 1.00 |",
+        batch_time.as_secs_f64()
+    );
     for (i, max_files) in [1u64, 5, 20].into_iter().enumerate() {
-        let (out, batches, time) = stream_job(&dir, max_files, &tmp.path().join(format!("chk-{i}"))).await?;
-        anyhow::ensure!(out == batch_rows, "stream produced {out} rows, batch {batch_rows}");
+        let (out, batches, time) =
+            stream_job(&dir, max_files, &tmp.path().join(format!("chk-{i}"))).await?;
+        anyhow::ensure!(
+            out == batch_rows,
+            "stream produced {out} rows, batch {batch_rows}"
+        );
         let rate = rows as f64 / time.as_secs_f64();
         println!(
             "| stream, max_files_per_trigger={max_files} | {batches} | {out} | {:.3} | {rate:.0} | {:.2} |",

@@ -47,9 +47,9 @@ pub use tidemill_connectors::{
     RateSource,
 };
 pub use tidemill_engine::{
-    DataStreamWriter, Offset, OutputMode, QueryOptions, QueryProgress, QueryStatus, ReadLimit,
-    Result, Sink, Source, SourceProvider, StreamingContext, StreamingDataFrame, StreamingQuery,
-    TidemillError, Trigger,
+    DataStreamWriter, EventTimeProgress, MultipleWatermarkPolicy, Offset, OutputMode,
+    PhaseDurations, QueryOptions, QueryProgress, QueryStatus, ReadLimit, Result, Sink, Source,
+    SourceProvider, StreamingContext, StreamingDataFrame, StreamingQuery, TidemillError, Trigger,
 };
 
 /// The names most pipelines use, for `use tidemill::prelude::*`.

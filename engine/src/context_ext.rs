@@ -5,6 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::prelude::{DataFrame, SessionContext};
 
+use crate::watermark::WatermarkNode;
 use crate::{DataStreamWriter, Result, SourceProvider, StreamingTable, TidemillError};
 
 /// Reading streams: an extension of DataFusion's [`SessionContext`].
@@ -71,6 +72,14 @@ pub trait StreamingDataFrame {
     /// Starts describing how to run this streaming DataFrame: sink, output
     /// mode, trigger, checkpoint. See [`DataStreamWriter`].
     fn write_stream(self) -> DataStreamWriter;
+
+    /// Declares `column` (a timestamp) as the event time and `delay` (e.g.
+    /// `"10 minutes"`) as how late rows may arrive, as Spark's
+    /// `withWatermark`. The watermark, the largest event time seen minus
+    /// the delay, is computed at the end of each batch and used by the
+    /// next; it never moves backwards and is reported in progress. On a
+    /// batch DataFrame this is a no-op, so one function serves both.
+    fn with_watermark(self, column: &str, delay: &str) -> Result<DataFrame>;
 }
 
 impl StreamingDataFrame for DataFrame {
@@ -80,5 +89,15 @@ impl StreamingDataFrame for DataFrame {
 
     fn write_stream(self) -> DataStreamWriter {
         DataStreamWriter::new(self)
+    }
+
+    fn with_watermark(self, column: &str, delay: &str) -> Result<DataFrame> {
+        let delay = crate::watermark::parse_delay(delay)?;
+        if !self.is_streaming() {
+            return Ok(self);
+        }
+        let (state, plan) = self.into_parts();
+        let node = WatermarkNode::try_new(plan, column, delay)?;
+        Ok(DataFrame::new(state, node.into_plan()))
     }
 }

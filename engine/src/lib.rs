@@ -37,16 +37,20 @@ mod sink;
 mod source;
 mod streaming_table;
 mod trigger;
+pub mod watermark;
 mod writer;
 
 pub use context_ext::{StreamingContext, StreamingDataFrame};
 pub use error::{Result, TidemillError};
 pub use location::Location;
 pub use offset::Offset;
-pub use progress::{PhaseDurations, QueryProgress, QueryStatus, SinkProgress, SourceProgress};
+pub use progress::{
+    EventTimeProgress, PhaseDurations, QueryProgress, QueryStatus, SinkProgress, SourceProgress,
+};
 pub use query::StreamingQuery;
 pub use sink::{Sink, SinkContext};
 pub use source::{ReadLimit, Source, SourceContext, SourceProvider};
 pub use streaming_table::StreamingTable;
 pub use trigger::{OutputMode, Trigger};
+pub use watermark::MultipleWatermarkPolicy;
 pub use writer::{DataStreamWriter, QueryOptions};

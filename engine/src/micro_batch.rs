@@ -10,8 +10,9 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
-use crate::progress::{PhaseDurations, SinkProgress, SourceProgress};
+use crate::progress::{EventTimeProgress, PhaseDurations, SinkProgress, SourceProgress};
 use crate::query::QueryShared;
+use crate::watermark::{WatermarkPlanner, WatermarkTracker, format_millis};
 use crate::{
     Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, Sink, Source,
     TidemillError, Trigger, failpoint, planner,
@@ -31,7 +32,12 @@ pub(crate) struct RunningSource {
 
 /// Drives one query: owns its sources, sink and checkpoint.
 pub(crate) struct Runner {
+    /// The session batches are planned in (with the streaming planner).
     pub session: SessionContext,
+    /// The query's watermark, advanced at the end of each batch.
+    pub watermarks: WatermarkTracker,
+    /// Where the batch's watermark operators report event times.
+    pub watermark_planner: Arc<WatermarkPlanner>,
     /// The DataFrame's plan, with streaming scans to substitute per batch.
     pub plan: LogicalPlan,
     pub sources: Vec<RunningSource>,
@@ -156,7 +162,7 @@ impl Runner {
             batch_id: self.next_batch_id,
             timestamp_ms: timestamp.timestamp_millis(),
             sources: ranges,
-            watermark_ms: None,
+            watermark_ms: self.watermarks.current(),
             output_mode: self.output_mode,
         };
         failpoint::hit("before_offset_log", entry.batch_id);
@@ -240,6 +246,7 @@ impl Runner {
             .await
             .map_err(|e| TidemillError::datafusion(format!("executing batch {batch_id}"), e))?;
         phases.execution = ms(t.elapsed());
+        let max_event_time = self.watermarks.end_batch(&self.watermark_planner);
         let num_output_rows: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
 
         // Sink: idempotent per batch id.
@@ -255,7 +262,7 @@ impl Runner {
         let commit = CommitEntry {
             batch_id,
             timestamp_ms: chrono::Utc::now().timestamp_millis(),
-            next_watermark_ms: None,
+            next_watermark_ms: self.watermarks.current(),
         };
         self.checkpoint.commits.add(batch_id, &commit).await?;
         failpoint::hit("after_commit_log", batch_id);
@@ -299,6 +306,10 @@ impl Runner {
             input_rows_per_second: rate(since_last),
             processed_rows_per_second: rate(elapsed),
             duration_ms: phases,
+            event_time: EventTimeProgress {
+                watermark: entry.watermark_ms.map(format_millis),
+                max: max_event_time.map(format_millis),
+            },
             sources: source_progress,
             sink: SinkProgress {
                 description: self.sink.description(),

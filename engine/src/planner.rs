@@ -14,6 +14,7 @@ use datafusion::common::tree_node::Transformed;
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::logical_expr::LogicalPlan;
 
+use crate::watermark::WatermarkNode;
 use crate::{OutputMode, Result, StreamingTable, TidemillError};
 
 /// Checks that `plan` can run as a stream in `mode` and returns an error
@@ -70,6 +71,7 @@ fn check(plan: &LogicalPlan) -> Result<bool> {
         | LogicalPlan::Unnest(_)
         | LogicalPlan::TableScan(_)
         | LogicalPlan::Repartition(_) => Ok(true),
+        LogicalPlan::Extension(_) if WatermarkNode::of(plan).is_some() => Ok(true),
         LogicalPlan::Union(_) => {
             if inputs_streaming.iter().all(|s| *s) {
                 Ok(true)

@@ -33,6 +33,8 @@ pub struct QueryProgress {
     pub processed_rows_per_second: f64,
     /// Time spent in each phase.
     pub duration_ms: PhaseDurations,
+    /// Event time, for queries with a watermark.
+    pub event_time: EventTimeProgress,
     /// Per source: range read and rows.
     pub sources: Vec<SourceProgress>,
     /// The sink.
@@ -59,6 +61,17 @@ pub struct PhaseDurations {
     pub commit_offsets: f64,
     /// The whole trigger, start to end.
     pub trigger_execution: f64,
+}
+
+/// Event time in a batch (RFC 3339 timestamps, UTC), as Spark's
+/// `eventTime` progress.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventTimeProgress {
+    /// The watermark the batch ran with; `None` before any event time was
+    /// seen or without a watermark.
+    pub watermark: Option<String>,
+    /// The largest event time in the batch's rows.
+    pub max: Option<String>,
 }
 
 /// One source's part in a batch.
@@ -88,7 +101,7 @@ impl QueryProgress {
     pub fn summary(&self) -> String {
         format!(
             "batch {} of query {}: {} rows in, {} rows out, {:.0} rows/s processed, {:.1} ms \
-             (offsets {:.1}, wal {:.1}, read {:.1}, plan {:.1}, exec {:.1}, sink {:.1}, commit {:.1}){}",
+             (offsets {:.1}, wal {:.1}, read {:.1}, plan {:.1}, exec {:.1}, sink {:.1}, commit {:.1}){}{}",
             self.batch_id,
             self.name.as_deref().unwrap_or(&self.id),
             self.num_input_rows,
@@ -102,6 +115,10 @@ impl QueryProgress {
             self.duration_ms.execution,
             self.duration_ms.add_batch,
             self.duration_ms.commit_offsets,
+            match &self.event_time.watermark {
+                Some(w) => format!(", watermark {w}"),
+                None => String::new(),
+            },
             if self.recovered { " [recovered]" } else { "" },
         )
     }

@@ -3,12 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::FutureExt;
 
 use crate::checkpoint::{Checkpoint, Metadata};
 use crate::micro_batch::{Runner, RunningSource};
 use crate::query::QueryShared;
+use crate::watermark::{
+    MultipleWatermarkPolicy, StreamingQueryPlanner, WatermarkNode, WatermarkPlanner,
+    WatermarkTracker,
+};
 use crate::{
     Location, OutputMode, Result, Sink, SinkContext, SourceContext, StreamingQuery, StreamingTable,
     TidemillError, Trigger, planner,
@@ -26,6 +31,8 @@ pub struct QueryOptions {
     /// How long a processing-time trigger waits after finding no new data
     /// before asking the sources again (Spark's polling delay, 10 ms).
     pub no_data_polling_delay: Duration,
+    /// How the watermarks of several watermarked inputs combine.
+    pub multiple_watermark_policy: MultipleWatermarkPolicy,
 }
 
 impl Default for QueryOptions {
@@ -34,6 +41,7 @@ impl Default for QueryOptions {
             min_batches_to_retain: 100,
             progress_history: 100,
             no_data_polling_delay: Duration::from_millis(10),
+            multiple_watermark_policy: MultipleWatermarkPolicy::Min,
         }
     }
 }
@@ -147,6 +155,16 @@ impl DataStreamWriter {
             .map_err(|e| TidemillError::datafusion("optimizing the streaming query", e))?;
         planner::validate(&optimized, self.output_mode)?;
         let tables = StreamingTable::all_in(&plan);
+        // Batches are planned with Tidemill's streaming operators added to
+        // DataFusion's planner.
+        let watermark_planner = Arc::new(WatermarkPlanner::default());
+        let planning_session = SessionContext::new_with_state(
+            SessionStateBuilder::new_from_existing(state.clone())
+                .with_query_planner(Arc::new(StreamingQueryPlanner::new(Arc::clone(
+                    &watermark_planner,
+                ))))
+                .build(),
+        );
 
         let location = match &self.checkpoint {
             Some(location) => location.clone(),
@@ -188,6 +206,7 @@ impl DataStreamWriter {
         // last planned one if it never committed.
         let mut next_batch_id = 0;
         let mut pending = None;
+        let mut watermark = None;
         if let Some((id, entry)) = checkpoint.offsets.latest().await? {
             if entry.sources.len() != sources.len() {
                 return Err(TidemillError::CheckpointMismatch {
@@ -199,18 +218,20 @@ impl DataStreamWriter {
                     ),
                 });
             }
-            let committed = checkpoint.commits.contains(id).await?;
+            let commit = checkpoint.commits.get(id).await?;
             for (s, range) in sources.iter_mut().zip(&entry.sources) {
-                s.committed = if committed {
+                s.committed = if commit.is_some() {
                     range.end.clone()
                 } else {
                     range.start.clone()
                 };
             }
-            if committed {
+            if let Some(commit) = commit {
                 next_batch_id = id + 1;
+                watermark = commit.next_watermark_ms;
             } else {
                 next_batch_id = id;
+                watermark = entry.watermark_ms;
                 pending = Some(entry);
             }
         }
@@ -234,8 +255,15 @@ impl DataStreamWriter {
             shared.display_name(),
             checkpoint.location
         );
+        let watermarks = WatermarkTracker::new(
+            &WatermarkNode::all_in(&plan),
+            self.options.multiple_watermark_policy,
+            watermark,
+        );
         let runner = Runner {
-            session,
+            session: planning_session,
+            watermarks,
+            watermark_planner,
             plan,
             sources,
             sink,

@@ -6,3 +6,4 @@ mod connectors;
 mod crash;
 mod engine_semantics;
 mod recovery;
+mod watermark;
