@@ -706,3 +706,19 @@ async fn large_partitions_round_trip_through_parallel_encoding() {
         Some(&77_777u32.to_le_bytes()[..])
     );
 }
+
+/// The engine runs queries on a multi-threaded runtime: the store and its
+/// futures must be `Send`.
+#[test]
+fn the_store_and_its_futures_are_send() {
+    fn send<T: Send>(_: &T) {}
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<StateStore>();
+    send_sync::<StatePartition>();
+    send(&StateStore::open(memory_dir(), schema(), config(1, 1), 0));
+    #[allow(dead_code)]
+    fn futures(store: &mut StateStore) {
+        send(&store.purge(1));
+        send(&store.commit());
+    }
+}
