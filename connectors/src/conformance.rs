@@ -71,12 +71,17 @@ pub enum Observed {
     Text(String),
 }
 
-async fn open(
+/// Opens `provider` for a query whose source checkpoint is `dir`, with
+/// the schema the provider declares; panics on failure (a test helper).
+pub async fn open_source(
     provider: &dyn SourceProvider,
     session: &SessionContext,
     dir: &CheckpointDir,
 ) -> Box<dyn Source> {
-    let schema = provider.schema(session).await.expect("schema");
+    let schema = provider
+        .schema(session)
+        .await
+        .unwrap_or_else(|e| panic!("{}: schema failed: {e}", provider.description()));
     provider
         .open(SourceContext {
             session: session.clone(),
@@ -124,7 +129,7 @@ pub async fn check_source(harness: &mut dyn SourceHarness) {
     let name = provider.description();
     let schema = provider.schema(&session).await.expect("schema");
     let dir = CheckpointDir::new(Arc::new(InMemory::new()), Path::from("conformance/source"));
-    let mut source = open(provider.as_ref(), &session, &dir).await;
+    let mut source = open_source(provider.as_ref(), &session, &dir).await;
 
     harness.add_data(0).await.expect("add data");
     let end1 = source
@@ -189,7 +194,7 @@ pub async fn check_source(harness: &mut dyn SourceHarness) {
     // A restart: a new instance on the same checkpoint replays the logged
     // ranges from offsets that went through the offset log.
     drop(source);
-    let mut reopened = open(provider.as_ref(), &session, &dir).await;
+    let mut reopened = open_source(provider.as_ref(), &session, &dir).await;
     let (end1, end2) = (round_trip(&end1), round_trip(&end2));
     assert_eq!(
         rows(&read(reopened.as_mut(), Some(&end1), &end2).await),

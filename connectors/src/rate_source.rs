@@ -303,15 +303,7 @@ mod tests {
         session: &SessionContext,
         chk: CheckpointDir,
     ) -> Box<dyn Source> {
-        let schema = SourceProvider::schema(source, session).await.unwrap();
-        source
-            .open(SourceContext {
-                session: session.clone(),
-                schema,
-                checkpoint: chk,
-            })
-            .await
-            .unwrap()
+        crate::conformance::open_source(source, session, &chk).await
     }
 
     /// (timestamp, value) pairs of some batches.

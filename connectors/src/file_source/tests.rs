@@ -21,15 +21,7 @@ async fn open(
     session: &SessionContext,
     chk: CheckpointDir,
 ) -> Box<dyn Source> {
-    let schema = SourceProvider::schema(source, session).await.unwrap();
-    source
-        .open(SourceContext {
-            session: session.clone(),
-            schema,
-            checkpoint: chk,
-        })
-        .await
-        .unwrap()
+    crate::conformance::open_source(source, session, &chk).await
 }
 
 /// Writes a file the way writers must: under a hidden name, then renamed.
