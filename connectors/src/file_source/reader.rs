@@ -347,38 +347,21 @@ impl FileReader {
             .csv_builder(&decode_schema, &projection)
             .build(Cursor::new(&bytes[..]))
             .map_err(|e| self.err(format!("cannot read CSV file {name}: {e}")))?;
-        let mut out = Vec::new();
-        let mut rows_before = 0;
-        for batch in reader {
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(e) => return Err(self.csv_error(&name, bytes, &decode_schema, &projection, e)),
-            };
-            match conform(&batch, schema) {
-                Ok(conformed) => {
-                    rows_before += batch.num_rows();
-                    out.push(conformed);
-                }
-                Err(misfit) => {
-                    let line = match &misfit {
-                        Misfit::Null { row, .. } => {
-                            match csv_walk(
-                                bytes,
-                                self.csv_builder(&decode_schema, &projection),
-                                self.has_header,
-                                Some(rows_before + row),
-                            ) {
-                                Walk::Row(offset) => Some(line_at(bytes, offset)),
-                                _ => None,
-                            }
-                        }
-                        _ => None,
-                    };
-                    return Err(self.misfit(&name, line, misfit));
-                }
-            }
-        }
-        Ok(out)
+        self.conform_batches(
+            &name,
+            reader,
+            schema,
+            |e| self.csv_error(&name, bytes, &decode_schema, &projection, e),
+            |row| {
+                csv_walk(
+                    bytes,
+                    self.csv_builder(&decode_schema, &projection),
+                    self.has_header,
+                    Some(row),
+                )
+            },
+            bytes,
+        )
     }
 
     /// The error for a CSV file arrow could not decode, with the line of the
@@ -428,21 +411,39 @@ impl FileReader {
         let reader = builder()
             .build(Cursor::new(&bytes[..]))
             .map_err(|e| self.err(format!("cannot read JSON file {name}: {e}")))?;
+        self.conform_batches(
+            &name,
+            reader,
+            schema,
+            |original| match json_walk(bytes, &decode_schema, None) {
+                Walk::Error(offset, message) => self.err(format!(
+                    "{name}, line {}: {message}",
+                    line_at(bytes, offset)
+                )),
+                _ => self.err(format!("{name}: {original}")),
+            },
+            |row| json_walk(bytes, &decode_schema, Some(row)),
+            bytes,
+        )
+    }
+
+    /// Collects the batches a CSV or JSON reader decodes, conformed to
+    /// `schema`. A decoding error becomes `decode_error(e)`; a batch that
+    /// does not fit the schema is reported with the line of the offending
+    /// row, which `walk_to_row(n)` finds by decoding again up to row `n`.
+    fn conform_batches(
+        &self,
+        name: &str,
+        reader: impl Iterator<Item = std::result::Result<RecordBatch, ArrowError>>,
+        schema: &SchemaRef,
+        decode_error: impl Fn(ArrowError) -> TidemillError,
+        walk_to_row: impl Fn(usize) -> Walk,
+        bytes: &[u8],
+    ) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         let mut rows_before = 0;
         for batch in reader {
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(original) => {
-                    return Err(match json_walk(bytes, &decode_schema, None) {
-                        Walk::Error(offset, message) => self.err(format!(
-                            "{name}, line {}: {message}",
-                            line_at(bytes, offset)
-                        )),
-                        _ => self.err(format!("{name}: {original}")),
-                    });
-                }
-            };
+            let batch = batch.map_err(&decode_error)?;
             match conform(&batch, schema) {
                 Ok(conformed) => {
                     rows_before += batch.num_rows();
@@ -450,15 +451,13 @@ impl FileReader {
                 }
                 Err(misfit) => {
                     let line = match &misfit {
-                        Misfit::Null { row, .. } => {
-                            match json_walk(bytes, &decode_schema, Some(rows_before + row)) {
-                                Walk::Row(offset) => Some(line_at(bytes, offset)),
-                                _ => None,
-                            }
-                        }
+                        Misfit::Null { row, .. } => match walk_to_row(rows_before + row) {
+                            Walk::Row(offset) => Some(line_at(bytes, offset)),
+                            _ => None,
+                        },
                         _ => None,
                     };
-                    return Err(self.misfit(&name, line, misfit));
+                    return Err(self.misfit(name, line, misfit));
                 }
             }
         }
