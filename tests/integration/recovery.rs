@@ -299,3 +299,54 @@ async fn a_second_query_on_a_checkpoint_in_use_is_refused() {
     again.stop().await.unwrap();
     mem(MemorySink::new()).await.unwrap().stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn once_and_available_now_finish_a_recovered_batch_then_new_data() {
+    for trigger in [Trigger::Once, Trigger::AvailableNow] {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = SessionContext::new();
+        let stream = MemoryStream::new(events_schema()).max_rows_per_trigger(3);
+        let sink = MemorySink::new();
+        let query = start(&ctx, &stream, &sink, dir.path(), Default::default())
+            .await
+            .unwrap();
+        stream.push(events(0..3)).unwrap();
+        query.process_all_available().await.unwrap();
+        stream.push(events(3..6)).unwrap();
+        query.process_all_available().await.unwrap();
+        query.stop().await.unwrap();
+        std::fs::remove_file(dir.path().join("commits/1")).unwrap();
+        stream.push(events(6..9)).unwrap();
+        stream.push(events(9..12)).unwrap();
+
+        let query = ctx
+            .read_stream(stream.clone())
+            .await
+            .unwrap()
+            .write_stream()
+            .sink(sink.clone())
+            .checkpoint(dir.path().to_str().unwrap())
+            .trigger(trigger)
+            .start()
+            .await
+            .unwrap();
+        query.await_termination().await.unwrap();
+        let progress = query.recent_progress();
+        let ids: Vec<(u64, bool, u64)> = progress
+            .iter()
+            .map(|p| (p.batch_id, p.recovered, p.num_input_rows))
+            .collect();
+        let expected = match trigger {
+            // The recovered batch, then everything new in one batch.
+            Trigger::Once => vec![(1, true, 3), (2, false, 6)],
+            // The recovered batch, then new data within the read limit.
+            _ => vec![(1, true, 3), (2, false, 3), (3, false, 3)],
+        };
+        assert_eq!(ids, expected, "{trigger:?}");
+        assert_eq!(
+            sorted_rows(&sink.batches()),
+            sorted_rows(&[events(0..12)]),
+            "{trigger:?}"
+        );
+    }
+}
