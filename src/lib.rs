@@ -36,6 +36,8 @@
 //! DataFrame (`ctx.read_json(...)`), and as a stream when given
 //! `ctx.read_stream(...)`.
 
+#![warn(missing_docs)]
+
 pub use tidemill_connectors as connectors;
 pub use tidemill_engine as engine;
 pub use tidemill_state as state;

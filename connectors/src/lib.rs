@@ -19,6 +19,8 @@
 //! - [`MemorySink`]: results kept in memory, queryable as a table.
 //! - [`ForeachBatchSink`]: a closure called with each batch as a DataFrame.
 
+#![warn(missing_docs)]
+
 pub mod conformance;
 mod console_sink;
 mod file_source;

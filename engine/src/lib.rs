@@ -23,6 +23,8 @@
 //! Sources and sinks implement [`Source`]/[`SourceProvider`] and [`Sink`];
 //! the built-in ones live in `tidemill-connectors`.
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 mod context_ext;
 mod error;

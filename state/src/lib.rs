@@ -29,6 +29,8 @@
 //! The dependency direction is `connectors → engine → state`: nothing here
 //! knows about SQL, sources or sinks.
 
+#![warn(missing_docs)]
+
 mod checkpoint_dir;
 pub mod envelope;
 mod error;
