@@ -63,3 +63,25 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// Starts a query reading `stream` unchanged into a new memory sink, with
+/// `trigger` and a temporary checkpoint.
+pub async fn stream_to_memory(
+    ctx: &datafusion::prelude::SessionContext,
+    stream: &tidemill::MemoryStream,
+    trigger: tidemill::Trigger,
+) -> (tidemill::MemorySink, tidemill::StreamingQuery) {
+    use tidemill::{StreamingContext, StreamingDataFrame};
+    let sink = tidemill::MemorySink::new();
+    let query = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .trigger(trigger)
+        .start()
+        .await
+        .unwrap();
+    (sink, query)
+}

@@ -12,7 +12,7 @@ use datafusion::prelude::*;
 use tidemill::prelude::*;
 use tidemill::{QueryOptions, TidemillError};
 
-use crate::common::{df_rows, events, events_schema, init_tracing, sorted_rows};
+use crate::common::{df_rows, events, events_schema, init_tracing, sorted_rows, stream_to_memory};
 
 /// The transformation used by several tests: a filter, a computed column.
 fn transform(df: DataFrame) -> datafusion::error::Result<DataFrame> {
@@ -84,16 +84,7 @@ async fn processing_time_trigger_processes_pushed_batches() {
 async fn empty_triggers_consume_no_batch_id() {
     let ctx = SessionContext::new();
     let stream = MemoryStream::new(events_schema());
-    let sink = MemorySink::new();
-    let query = ctx
-        .read_stream(stream.clone())
-        .await
-        .unwrap()
-        .write_stream()
-        .sink(sink.clone())
-        .start()
-        .await
-        .unwrap();
+    let (sink, query) = stream_to_memory(&ctx, &stream, Trigger::default()).await;
     // Several idle triggers pass.
     query.process_all_available().await.unwrap();
     query.process_all_available().await.unwrap();
@@ -112,17 +103,7 @@ async fn available_now_respects_read_limits_then_stops() {
     for i in 0..5 {
         stream.push(events(i * 4..i * 4 + 4)).unwrap();
     }
-    let sink = MemorySink::new();
-    let query = ctx
-        .read_stream(stream.clone())
-        .await
-        .unwrap()
-        .write_stream()
-        .sink(sink.clone())
-        .trigger(Trigger::AvailableNow)
-        .start()
-        .await
-        .unwrap();
+    let (sink, query) = stream_to_memory(&ctx, &stream, Trigger::AvailableNow).await;
     query.await_termination().await.unwrap();
     assert_eq!(
         sink.batch_ids(),
@@ -140,17 +121,7 @@ async fn once_trigger_reads_everything_in_one_batch() {
     for i in 0..3 {
         stream.push(events(i * 4..i * 4 + 4)).unwrap();
     }
-    let sink = MemorySink::new();
-    let query = ctx
-        .read_stream(stream.clone())
-        .await
-        .unwrap()
-        .write_stream()
-        .sink(sink.clone())
-        .trigger(Trigger::Once)
-        .start()
-        .await
-        .unwrap();
+    let (sink, query) = stream_to_memory(&ctx, &stream, Trigger::Once).await;
     query.await_termination().await.unwrap();
     assert_eq!(sink.batch_ids(), vec![0]);
     assert_eq!(sink.num_rows(), 12);
@@ -160,23 +131,19 @@ async fn once_trigger_reads_everything_in_one_batch() {
 async fn processing_time_interval_spaces_batches() {
     let ctx = SessionContext::new();
     let stream = MemoryStream::new(events_schema());
-    let sink = MemorySink::new();
-    let query = ctx
-        .read_stream(stream.clone())
-        .await
-        .unwrap()
-        .write_stream()
-        .sink(sink.clone())
-        .trigger(Trigger::ProcessingTime(Duration::from_millis(200)))
-        .start()
-        .await
-        .unwrap();
+    let (sink, query) = stream_to_memory(
+        &ctx,
+        &stream,
+        Trigger::ProcessingTime(Duration::from_millis(200)),
+    )
+    .await;
     stream.push(events(0..1)).unwrap();
     query.process_all_available().await.unwrap();
     stream.push(events(1..2)).unwrap();
     query.process_all_available().await.unwrap();
     let progress = query.recent_progress();
     assert_eq!(progress.len(), 2);
+    assert_eq!(sink.num_rows(), 2);
     let t0 = chrono::DateTime::parse_from_rfc3339(&progress[0].timestamp).unwrap();
     let t1 = chrono::DateTime::parse_from_rfc3339(&progress[1].timestamp).unwrap();
     // Triggers fire on the interval, so two batches are at least one interval apart.
