@@ -75,6 +75,19 @@ pub struct CommitEntry {
     pub next_watermark_ms: Option<i64>,
 }
 
+/// Where a restarted query resumes; see [`Checkpoint::recovery_point`].
+#[derive(Debug)]
+pub(crate) struct RecoveryPoint {
+    /// The id of the next batch to run (or re-run).
+    pub next_batch_id: u64,
+    /// Each source's end of the last committed batch.
+    pub committed: Vec<Option<Offset>>,
+    /// The batch to re-run, if the last one never committed.
+    pub pending: Option<OffsetEntry>,
+    /// The watermark the next batch runs with.
+    pub watermark_ms: Option<i64>,
+}
+
 /// An open checkpoint, locked for one query.
 #[derive(Debug)]
 pub(crate) struct Checkpoint {
@@ -136,6 +149,44 @@ impl Checkpoint {
             }
         }
         Ok(existing)
+    }
+
+    /// Where a query on this checkpoint resumes: after the last committed
+    /// batch, or at the last planned batch if it never committed (to be
+    /// re-run with exactly its recorded ranges). Refuses an offset log
+    /// written for a different number of sources.
+    pub async fn recovery_point(&self, num_sources: usize) -> Result<RecoveryPoint> {
+        let Some((id, entry)) = self.offsets.latest().await? else {
+            return Ok(RecoveryPoint {
+                next_batch_id: 0,
+                committed: vec![None; num_sources],
+                pending: None,
+                watermark_ms: None,
+            });
+        };
+        if entry.sources.len() != num_sources {
+            return Err(TidemillError::CheckpointMismatch {
+                location: self.location.to_string(),
+                reason: format!(
+                    "offsets/{id} records {} source(s), this query has {num_sources}",
+                    entry.sources.len()
+                ),
+            });
+        }
+        Ok(match self.commits.get(id).await? {
+            Some(commit) => RecoveryPoint {
+                next_batch_id: id + 1,
+                committed: entry.sources.iter().map(|r| r.end.clone()).collect(),
+                pending: None,
+                watermark_ms: commit.next_watermark_ms,
+            },
+            None => RecoveryPoint {
+                next_batch_id: id,
+                committed: entry.sources.iter().map(|r| r.start.clone()).collect(),
+                watermark_ms: entry.watermark_ms,
+                pending: Some(entry),
+            },
+        })
     }
 
     /// The private directory of source `index`.

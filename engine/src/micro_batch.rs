@@ -185,16 +185,6 @@ impl Runner {
         recovered: bool,
     ) -> Result<()> {
         let batch_id = entry.batch_id;
-        if entry.sources.len() != self.sources.len() {
-            return Err(TidemillError::CheckpointMismatch {
-                location: self.checkpoint.location.to_string(),
-                reason: format!(
-                    "offsets/{batch_id} records {} source(s), the query has {}",
-                    entry.sources.len(),
-                    self.sources.len()
-                ),
-            });
-        }
         self.shared
             .set_status(|s| s.message = format!("Processing batch {batch_id}"));
 

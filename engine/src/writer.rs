@@ -202,39 +202,15 @@ impl DataStreamWriter {
             });
         }
 
-        // Recovery: continue after the last committed batch, or re-run the
-        // last planned one if it never committed.
-        let mut next_batch_id = 0;
-        let mut pending = None;
-        let mut watermark = None;
-        if let Some((id, entry)) = checkpoint.offsets.latest().await? {
-            if entry.sources.len() != sources.len() {
-                return Err(TidemillError::CheckpointMismatch {
-                    location: checkpoint.location.to_string(),
-                    reason: format!(
-                        "offsets/{id} records {} source(s), this query has {}",
-                        entry.sources.len(),
-                        sources.len()
-                    ),
-                });
-            }
-            let commit = checkpoint.commits.get(id).await?;
-            for (s, range) in sources.iter_mut().zip(&entry.sources) {
-                s.committed = if commit.is_some() {
-                    range.end.clone()
-                } else {
-                    range.start.clone()
-                };
-            }
-            if let Some(commit) = commit {
-                next_batch_id = id + 1;
-                watermark = commit.next_watermark_ms;
-            } else {
-                next_batch_id = id;
-                watermark = entry.watermark_ms;
-                pending = Some(entry);
-            }
+        let recovery = checkpoint.recovery_point(sources.len()).await?;
+        for (s, offset) in sources.iter_mut().zip(recovery.committed) {
+            s.committed = offset;
         }
+        let (next_batch_id, pending, watermark) = (
+            recovery.next_batch_id,
+            recovery.pending,
+            recovery.watermark_ms,
+        );
 
         let df_schema = plan.schema();
         sink.open(&SinkContext {
