@@ -62,13 +62,16 @@ async fn restart_resumes_after_the_last_committed_batch() {
     );
 }
 
-#[tokio::test]
-async fn an_uncommitted_batch_is_rerun_with_its_recorded_range() {
-    let dir = tempfile::tempdir().unwrap();
-    let ctx = SessionContext::new();
-    let stream = MemoryStream::new(events_schema());
-    let first_sink = MemorySink::new();
-    let query = start(&ctx, &stream, &first_sink, dir.path(), Default::default())
+/// Runs batches 0 (events 0..3) and 1 (events 3..6) into `sink`, stops,
+/// and deletes `commits/1`: as if the process died after the sink wrote
+/// batch 1 but before the commit log did.
+async fn two_batches_then_lose_the_last_commit(
+    ctx: &SessionContext,
+    stream: &MemoryStream,
+    sink: &MemorySink,
+    checkpoint: &Path,
+) {
+    let query = start(ctx, stream, sink, checkpoint, Default::default())
         .await
         .unwrap();
     stream.push(events(0..3)).unwrap();
@@ -76,9 +79,15 @@ async fn an_uncommitted_batch_is_rerun_with_its_recorded_range() {
     stream.push(events(3..6)).unwrap();
     query.process_all_available().await.unwrap();
     query.stop().await.unwrap();
-    // As if the process died after the sink wrote batch 1 but before the
-    // commit log did.
-    std::fs::remove_file(dir.path().join("commits/1")).unwrap();
+    std::fs::remove_file(checkpoint.join("commits/1")).unwrap();
+}
+
+#[tokio::test]
+async fn an_uncommitted_batch_is_rerun_with_its_recorded_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(events_schema());
+    two_batches_then_lose_the_last_commit(&ctx, &stream, &MemorySink::new(), dir.path()).await;
 
     // More data arrives meanwhile; the re-run must not take it.
     stream.push(events(6..10)).unwrap();
@@ -307,15 +316,7 @@ async fn once_and_available_now_finish_a_recovered_batch_then_new_data() {
         let ctx = SessionContext::new();
         let stream = MemoryStream::new(events_schema()).max_rows_per_trigger(3);
         let sink = MemorySink::new();
-        let query = start(&ctx, &stream, &sink, dir.path(), Default::default())
-            .await
-            .unwrap();
-        stream.push(events(0..3)).unwrap();
-        query.process_all_available().await.unwrap();
-        stream.push(events(3..6)).unwrap();
-        query.process_all_available().await.unwrap();
-        query.stop().await.unwrap();
-        std::fs::remove_file(dir.path().join("commits/1")).unwrap();
+        two_batches_then_lose_the_last_commit(&ctx, &stream, &sink, dir.path()).await;
         stream.push(events(6..9)).unwrap();
         stream.push(events(9..12)).unwrap();
 
