@@ -50,8 +50,9 @@ pub use tidemill_connectors::{
 };
 pub use tidemill_engine::{
     DataStreamWriter, EventTimeProgress, MultipleWatermarkPolicy, Offset, OutputMode,
-    PhaseDurations, QueryOptions, QueryProgress, QueryStatus, ReadLimit, Result, Sink, Source,
-    SourceProvider, StreamingContext, StreamingDataFrame, StreamingQuery, TidemillError, Trigger,
+    PhaseDurations, QueryOptions, QueryProgress, QueryStatus, ReadLimit, Result, RetryPolicy, Sink,
+    Source, SourceProvider, StreamingContext, StreamingDataFrame, StreamingQuery, TidemillError,
+    Trigger,
 };
 
 /// The names most pipelines use, for `use tidemill::prelude::*`.

@@ -85,6 +85,11 @@ pub enum TidemillError {
         #[source]
         source: std::sync::Arc<TidemillError>,
     },
+    /// A failure that may pass by itself (a broker restart, an object store
+    /// hiccup). The engine retries the batch with backoff for up to
+    /// [`crate::RetryPolicy::max_elapsed`] before giving up.
+    #[error("{0} (transient)")]
+    Transient(Box<TidemillError>),
     /// The query's background task ended abnormally (a panic).
     #[error("query task failed: {0}")]
     Internal(String),
@@ -104,6 +109,26 @@ impl TidemillError {
         Self::Source {
             source_name: source_name.into(),
             message: message.into(),
+        }
+    }
+
+    /// Marks `error` as transient: worth retrying.
+    pub fn transient(error: TidemillError) -> Self {
+        Self::Transient(Box::new(error))
+    }
+
+    /// Whether retrying may succeed: errors marked
+    /// [`TidemillError::transient`], and I/O errors of the object store
+    /// holding the checkpoint or read by DataFusion. Corrupt files, bad
+    /// input and planning errors are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Transient(_) => true,
+            Self::Checkpoint(StateError::Io { .. }) => true,
+            Self::DataFusion { source, .. } => {
+                matches!(source.find_root(), DataFusionError::ObjectStore(_))
+            }
+            _ => false,
         }
     }
 

@@ -40,6 +40,7 @@ mod source;
 mod streaming_table;
 mod trigger;
 pub mod watermark;
+pub mod window;
 mod writer;
 
 pub use context_ext::{StreamingContext, StreamingDataFrame};
@@ -55,4 +56,4 @@ pub use source::{ReadLimit, Source, SourceContext, SourceProvider};
 pub use streaming_table::StreamingTable;
 pub use trigger::{OutputMode, Trigger};
 pub use watermark::MultipleWatermarkPolicy;
-pub use writer::{DataStreamWriter, QueryOptions};
+pub use writer::{DataStreamWriter, QueryOptions, RetryPolicy};

@@ -50,6 +50,9 @@ pub(crate) struct Runner {
     pub next_batch_id: u64,
     /// A batch whose offsets were logged but that never committed.
     pub pending: Option<OffsetEntry>,
+    /// Whether `pending` was found at start (a crashed run's batch) rather
+    /// than left by a transient failure in this run.
+    pub pending_is_recovery: bool,
     pub last_trigger_start: Option<Instant>,
 }
 
@@ -82,13 +85,40 @@ impl Runner {
             .saturating_sub(self.options.min_batches_to_retain);
         self.checkpoint.offsets.purge_before(keep_from).await?;
         self.checkpoint.commits.purge_before(keep_from).await?;
+        let mut failing_since: Option<Instant> = None;
+        let mut backoff = self.options.retry.initial_backoff;
         loop {
             if self.shared.stop_requested() {
                 return Ok(());
             }
             let started = Instant::now();
             let seq = self.shared.trigger_started();
-            let outcome = self.run_trigger(started).await?;
+            let outcome = match self.run_trigger(started).await {
+                Ok(outcome) => {
+                    failing_since = None;
+                    backoff = self.options.retry.initial_backoff;
+                    outcome
+                }
+                Err(e) if e.is_transient() => {
+                    let since = *failing_since.get_or_insert(started);
+                    if since.elapsed() >= self.options.retry.max_elapsed {
+                        return Err(e);
+                    }
+                    tracing::warn!(
+                        "query {}: {e}; retrying in {backoff:?}",
+                        self.shared.display_name()
+                    );
+                    let message = format!("Retrying after a transient error: {e}");
+                    self.shared.set_status(|s| {
+                        s.is_trigger_active = false;
+                        s.message = message;
+                    });
+                    self.shared.sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.options.retry.max_backoff);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let ran = outcome != Outcome::Idle;
             self.shared.set_status(|s| {
                 s.is_trigger_active = false;
@@ -123,15 +153,27 @@ impl Runner {
     /// to recover).
     async fn run_trigger(&mut self, started: Instant) -> Result<Outcome> {
         let timestamp = chrono::Utc::now();
-        if let Some(entry) = self.pending.take() {
+        // A batch whose offsets are logged but which has not committed: left
+        // by a crashed run, or by a transient failure in this one.
+        if let Some(entry) = self.pending.clone() {
+            let recovery = self.pending_is_recovery;
             tracing::info!(
-                "query {}: re-running batch {} left uncommitted by a previous run",
+                "query {}: re-running batch {} ({})",
                 self.shared.display_name(),
-                entry.batch_id
+                entry.batch_id,
+                if recovery {
+                    "left uncommitted by a previous run"
+                } else {
+                    "after a transient failure"
+                }
             );
             self.run_batch(entry, started, timestamp, PhaseDurations::default(), true)
                 .await?;
-            return Ok(Outcome::Recovered);
+            return Ok(if recovery {
+                Outcome::Recovered
+            } else {
+                Outcome::Ran
+            });
         }
         self.shared
             .set_status(|s| s.message = "Getting offsets from sources".into());
@@ -168,6 +210,8 @@ impl Runner {
         failpoint::hit("before_offset_log", entry.batch_id);
         let t = Instant::now();
         self.checkpoint.offsets.add(entry.batch_id, &entry).await?;
+        self.pending = Some(entry.clone());
+        self.pending_is_recovery = false;
         phases.wal_commit = ms(t.elapsed());
         failpoint::hit("after_offset_log", entry.batch_id);
         self.run_batch(entry, started, timestamp, phases, false)
@@ -255,19 +299,24 @@ impl Runner {
             next_watermark_ms: self.watermarks.current(),
         };
         self.checkpoint.commits.add(batch_id, &commit).await?;
+        // Committed: whatever fails from here on never re-runs this batch.
+        self.pending = None;
+        self.pending_is_recovery = false;
+        self.next_batch_id = batch_id + 1;
+        for (s, range) in self.sources.iter_mut().zip(&entry.sources) {
+            s.committed = range.end.clone();
+        }
         failpoint::hit("after_commit_log", batch_id);
         for (s, range) in self.sources.iter_mut().zip(&entry.sources) {
             if let Some(end) = &range.end {
                 s.source.commit(end).await?;
             }
-            s.committed = range.end.clone();
         }
         if let Some(old) = batch_id.checked_sub(self.options.min_batches_to_retain) {
             self.checkpoint.offsets.remove(old).await?;
             self.checkpoint.commits.remove(old).await?;
         }
         phases.commit_offsets = ms(t.elapsed());
-        self.next_batch_id = batch_id + 1;
 
         // Progress.
         let elapsed = started.elapsed();

@@ -33,6 +33,35 @@ pub struct QueryOptions {
     pub no_data_polling_delay: Duration,
     /// How the watermarks of several watermarked inputs combine.
     pub multiple_watermark_policy: MultipleWatermarkPolicy,
+    /// How batches failing with a transient error are retried.
+    pub retry: RetryPolicy,
+}
+
+/// How a batch that fails with a transient error
+/// ([`TidemillError::is_transient`]) is retried: the same batch, with the
+/// same offsets, after a backoff that doubles from `initial_backoff` up to
+/// `max_backoff`; the query fails once failures have lasted `max_elapsed`.
+/// Retrying is safe because sources replay ranges and sinks are idempotent
+/// per batch id.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// The first wait.
+    pub initial_backoff: Duration,
+    /// The longest wait.
+    pub max_backoff: Duration,
+    /// How long failures may last before the query fails; zero disables
+    /// retries.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            max_elapsed: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for QueryOptions {
@@ -42,6 +71,7 @@ impl Default for QueryOptions {
             progress_history: 100,
             no_data_polling_delay: Duration::from_millis(10),
             multiple_watermark_policy: MultipleWatermarkPolicy::Min,
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -249,6 +279,7 @@ impl DataStreamWriter {
             options: self.options,
             shared: Arc::clone(&shared),
             next_batch_id,
+            pending_is_recovery: pending.is_some(),
             pending,
             last_trigger_start: None,
         };

@@ -6,4 +6,5 @@ mod connectors;
 mod crash;
 mod engine_semantics;
 mod recovery;
+mod retry;
 mod watermark;
