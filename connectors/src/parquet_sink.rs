@@ -377,10 +377,11 @@ impl ParquetSink {
                     .put_opts(&path, PutPayload::from(bytes), opts)
                     .await
                     .map_err(|e| {
-                        TidemillError::sink(
+                        // Storage I/O may recover: the engine retries the batch.
+                        TidemillError::transient(TidemillError::sink(
                             self.description(),
                             format!("batch {batch_id}: writing '{path}' failed: {e}"),
-                        )
+                        ))
                     })?;
                 Ok::<_, TidemillError>(ManifestFile {
                     name: name.clone(),

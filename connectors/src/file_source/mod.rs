@@ -457,9 +457,9 @@ impl FileStream {
 
     /// Lists the directory and logs the files not seen before.
     async fn discover(&mut self) -> Result<()> {
-        let listed = list_visible(&self.location)
-            .await
-            .map_err(|e| self.err(format!("cannot list {}: {e}", self.location.url())))?;
+        let listed = list_visible(&self.location).await.map_err(|e| {
+            TidemillError::transient(self.err(format!("cannot list {}: {e}", self.location.url())))
+        })?;
         let mut new: Vec<ObjectMeta> = listed
             .into_iter()
             .filter(|meta| !self.log.contains(meta.location.as_ref()))

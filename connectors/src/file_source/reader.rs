@@ -150,12 +150,16 @@ impl FileReader {
         let result = match self.store.get(path).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Err(self.vanished(path, seq)),
-            Err(e) => return Err(self.err(format!("cannot read {}: {e}", self.display(path)))),
+            // Storage I/O may recover: the engine retries the batch.
+            Err(e) => {
+                return Err(TidemillError::transient(
+                    self.err(format!("cannot read {}: {e}", self.display(path))),
+                ));
+            }
         };
-        result
-            .bytes()
-            .await
-            .map_err(|e| self.err(format!("cannot read {}: {e}", self.display(path))))
+        result.bytes().await.map_err(|e| {
+            TidemillError::transient(self.err(format!("cannot read {}: {e}", self.display(path))))
+        })
     }
 
     pub(super) async fn parquet_builder(
