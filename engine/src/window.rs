@@ -24,8 +24,19 @@
 //! fixed length and are refused. Mistakes are reported when the query is
 //! planned, naming the function and the argument.
 //!
-//! The functions work the same in batch and in streaming queries; a null
-//! event time gives a null window.
+//! The functions work the same in batch and in streaming queries. A null
+//! event time gives a null window (for `hop`, a null list, which `UNNEST`
+//! drops).
+//!
+//! Boundaries are counted from the Unix epoch in UTC, whatever the column's
+//! time zone (as in Spark): daily windows over a `+05:30` column run from
+//! 05:30 to 05:30 local time. Shift them with the offset, e.g.
+//! `tumble(ts, '1 day', '18.5 hours')` or
+//! `tumble(ts, '1 day', INTERVAL '-5 hours -30 minutes')` for local days.
+//!
+//! In SQL, reach the fields by name on an aliased column (`w.start`,
+//! `w.end`) or by index (`tumble(ts, '1 hour')['start']`); in the DataFrame
+//! API with `get_field(col("w"), "start")`.
 //!
 //! ```
 //! use datafusion::prelude::*;
@@ -1036,6 +1047,39 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn boundaries_are_utc_and_the_offset_aligns_them_to_local_time() {
+        let ctx = context();
+        let ts =
+            "arrow_cast(TIMESTAMP '2024-01-01 10:00:00', 'Timestamp(Second, Some(\"+05:30\"))')";
+        let batches = run(
+            &ctx,
+            &format!(
+                "SELECT tumble({ts}, '1 day') AS utc,
+                        tumble({ts}, '1 day', '18.5 hours') AS a,
+                        tumble({ts}, '1 day', INTERVAL '-5 hours -30 minutes') AS b,
+                        tumble({ts}, '1 day')['start'] AS s"
+            ),
+        )
+        .await
+        .unwrap();
+        let table = arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(
+            table.contains("{start: 2024-01-01T05:30:00+05:30, end: 2024-01-02T05:30:00+05:30}"),
+            "{table}"
+        );
+        assert_eq!(
+            table
+                .matches("{start: 2024-01-01T00:00:00+05:30, end: 2024-01-02T00:00:00+05:30}")
+                .count(),
+            2,
+            "{table}"
+        );
+        assert!(table.contains("| 2024-01-01T05:30:00+05:30 |"), "{table}");
     }
 
     #[tokio::test]
