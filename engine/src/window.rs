@@ -78,7 +78,7 @@ use arrow::datatypes::{
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
 use datafusion::common::{ScalarValue, exec_err, plan_err};
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
@@ -385,14 +385,21 @@ impl WindowFunction {
                 .map(|c| to_unit(name, names[i], duration_nanos(name, names[i], *c)?, unit))
                 .transpose()
         };
-        let size = duration(1)?.expect("argument count checked by coerce_types");
+        let missing = |i: usize| {
+            DataFusionError::Plan(format!(
+                "{name}: missing {}; expected {}",
+                names[i],
+                kind.usage()
+            ))
+        };
+        let size = duration(1)?.ok_or_else(|| missing(1))?;
         if size <= 0 {
             return plan_err!("{name}: {} must be greater than zero", names[1]);
         }
         let (slide, offset) = match kind {
             Kind::Tumble => (size, duration(2)?.unwrap_or(0)),
             Kind::Hop => (
-                duration(2)?.expect("argument count checked by coerce_types"),
+                duration(2)?.ok_or_else(|| missing(2))?,
                 duration(3)?.unwrap_or(0),
             ),
             Kind::Window => {
