@@ -14,7 +14,7 @@ use crate::progress::{EventTimeProgress, PhaseDurations, SinkProgress, SourcePro
 use crate::query::QueryShared;
 use crate::watermark::{WatermarkPlanner, WatermarkTracker, format_millis};
 use crate::{
-    Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, Sink, Source,
+    Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, RetryPolicy, Sink, Source,
     TidemillError, Trigger, failpoint, planner,
 };
 
@@ -67,6 +67,41 @@ enum Outcome {
     Recovered,
 }
 
+/// The waits between retries of a failing batch.
+struct Backoff {
+    policy: RetryPolicy,
+    failing_since: Option<Instant>,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(policy: RetryPolicy) -> Self {
+        Self {
+            next: policy.initial_backoff,
+            failing_since: None,
+            policy,
+        }
+    }
+
+    /// A trigger succeeded: the next failure starts afresh.
+    fn reset(&mut self) {
+        self.failing_since = None;
+        self.next = self.policy.initial_backoff;
+    }
+
+    /// The wait before retrying a trigger that started at `started` and
+    /// failed; `None` once failures have lasted the policy's `max_elapsed`.
+    fn next_wait(&mut self, started: Instant) -> Option<Duration> {
+        let since = *self.failing_since.get_or_insert(started);
+        if since.elapsed() >= self.policy.max_elapsed {
+            return None;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.policy.max_backoff);
+        Some(wait)
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -85,8 +120,7 @@ impl Runner {
             .saturating_sub(self.options.min_batches_to_retain);
         self.checkpoint.offsets.purge_before(keep_from).await?;
         self.checkpoint.commits.purge_before(keep_from).await?;
-        let mut failing_since: Option<Instant> = None;
-        let mut backoff = self.options.retry.initial_backoff;
+        let mut retry = Backoff::new(self.options.retry.clone());
         loop {
             if self.shared.stop_requested() {
                 return Ok(());
@@ -95,17 +129,15 @@ impl Runner {
             let seq = self.shared.trigger_started();
             let outcome = match self.run_trigger(started).await {
                 Ok(outcome) => {
-                    failing_since = None;
-                    backoff = self.options.retry.initial_backoff;
+                    retry.reset();
                     outcome
                 }
                 Err(e) if e.is_transient() => {
-                    let since = *failing_since.get_or_insert(started);
-                    if since.elapsed() >= self.options.retry.max_elapsed {
+                    let Some(wait) = retry.next_wait(started) else {
                         return Err(e);
-                    }
+                    };
                     tracing::warn!(
-                        "query {}: {e}; retrying in {backoff:?}",
+                        "query {}: {e}; retrying in {wait:?}",
                         self.shared.display_name()
                     );
                     let message = format!("Retrying after a transient error: {e}");
@@ -113,8 +145,7 @@ impl Runner {
                         s.is_trigger_active = false;
                         s.message = message;
                     });
-                    self.shared.sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.options.retry.max_backoff);
+                    self.shared.sleep(wait).await;
                     continue;
                 }
                 Err(e) => return Err(e),
