@@ -16,6 +16,16 @@ fn checkpoint(session: &SessionContext, chk: &FsPath) -> CheckpointDir {
         .child("0")
 }
 
+/// Admits everything available and reads it, from the beginning.
+async fn read_all(s: &mut Box<dyn Source>) -> Result<Vec<RecordBatch>> {
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    s.read(None, &end).await
+}
+
 async fn open(
     source: &FileSource,
     session: &SessionContext,
@@ -60,12 +70,7 @@ fn id_name_schema() -> SchemaRef {
 
 async fn read_err(source: &FileSource, session: &SessionContext, chk: CheckpointDir) -> String {
     let mut s = open(source, session, chk).await;
-    let end = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
-    s.read(None, &end).await.unwrap_err().to_string()
+    read_all(&mut s).await.unwrap_err().to_string()
 }
 
 #[tokio::test]
@@ -338,12 +343,7 @@ async fn json_schema_explicit_and_inferred() {
     );
     let chk = tempfile::tempdir().unwrap();
     let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
-    let end = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
-    let batch = &s.read(None, &end).await.unwrap()[0];
+    let batch = &read_all(&mut s).await.unwrap()[0];
     assert_eq!(batch.schema(), explicit);
     let scores = batch
         .column(0)
@@ -398,12 +398,7 @@ async fn csv_schema_explicit_and_inferred() {
         .schema(Arc::clone(&explicit));
     let chk = tempfile::tempdir().unwrap();
     let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
-    let end = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
-    let batches = s.read(None, &end).await.unwrap();
+    let batches = read_all(&mut s).await.unwrap();
     assert_eq!(ids(&batches), vec![7, 8]);
     assert_eq!(batches[0].schema(), explicit);
     assert_eq!(batches[0].column(1).as_string::<i32>().value(1), "eight");
@@ -472,12 +467,7 @@ async fn parquet_schema_explicit_inferred_and_mismatch() {
     let chk = tempfile::tempdir().unwrap();
     let source = FileSource::parquet(data.path().to_str().unwrap()).schema(Arc::clone(&explicit));
     let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
-    let end = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
-    let batches = s.read(None, &end).await.unwrap();
+    let batches = read_all(&mut s).await.unwrap();
     assert_eq!(batches[0].schema(), explicit);
     assert_eq!(ids(&batches), vec![1, 2]);
 
@@ -655,12 +645,7 @@ async fn error_lines_are_right_beyond_the_first_batch() {
     let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
     let chk = tempfile::tempdir().unwrap();
     let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
-    let end = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
-    let batches = s.read(None, &end).await.unwrap();
+    let batches = read_all(&mut s).await.unwrap();
     assert!(batches.len() > 1 && batches.iter().all(|b| b.num_rows() <= 8192));
     assert_eq!(ids(&batches), (0..20_000).collect::<Vec<_>>());
 }
