@@ -286,6 +286,27 @@ impl StateStore {
             .sum()
     }
 
+    /// Removes every entry whose `expires_at_ms <= now_ms` and returns them
+    /// as `(key, value)` pairs, partition by partition (earliest expiry
+    /// first within one); recorded as removals of the current version. Costs
+    /// time in the number of expired entries, not in the size of the state.
+    pub fn take_expired(&mut self, now_ms: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.partitions
+            .iter_mut()
+            .flat_map(|p| p.take_expired(now_ms))
+            .collect()
+    }
+
+    /// The earliest expiry of any entry, if an entry has one: the time at
+    /// which [`take_expired`](StateStore::take_expired) will next find
+    /// something.
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.partitions
+            .iter()
+            .filter_map(StatePartition::next_expiry)
+            .min()
+    }
+
     /// Whether changes were made since the version was opened or committed
     /// (a key added and removed again is no change).
     pub fn has_changes(&self) -> bool {

@@ -192,6 +192,29 @@ impl StatePartition {
     /// partition.
     pub fn remove_expired(&mut self, now_ms: i64) -> usize {
         let mut removed = 0;
+        self.drain_expired(now_ms, |_, _| removed += 1);
+        removed
+    }
+
+    /// Removes every entry whose `expires_at_ms <= now_ms` and returns them
+    /// as `(key, value)` pairs, earliest expiry first (ties by key bytes).
+    ///
+    /// This is how an operator finalizes state: e.g. a windowed aggregation
+    /// gives its windows the window end as expiry and emits what this
+    /// returns once the watermark passes. Costs time in the number of
+    /// expired entries, not in the size of the partition.
+    pub fn take_expired(&mut self, now_ms: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut taken = Vec::new();
+        self.drain_expired(now_ms, |key, value| taken.push((key.to_vec(), value)));
+        taken
+    }
+
+    /// The earliest expiry of any entry, if an entry has one.
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.expiry.first().map(|(at, _)| *at)
+    }
+
+    fn drain_expired(&mut self, now_ms: i64, mut visit: impl FnMut(&[u8], Vec<u8>)) {
         while self.expiry.first().is_some_and(|(at, _)| *at <= now_ms) {
             let Some((_, key)) = self.expiry.pop_first() else {
                 break;
@@ -199,11 +222,10 @@ impl StatePartition {
             self.expiry_bytes -= key.len() + EXPIRY_OVERHEAD;
             if let Some(slot) = self.entries.remove(&key) {
                 self.entry_bytes -= key.len() + slot.value.len() + ENTRY_OVERHEAD;
+                visit(&key, slot.value);
             }
             note_change(&mut self.changed, &mut self.changed_bytes, key, true);
-            removed += 1;
         }
-        removed
     }
 
     /// Estimated bytes held in memory by this partition: entries, expiry

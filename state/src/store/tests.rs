@@ -319,6 +319,46 @@ async fn entries_expire_only_when_evicted_and_keep_their_ttl_across_versions() {
     assert_eq!(store.iter().map(|e| e.key).collect::<Vec<_>>(), vec![b"c"]);
 }
 
+#[tokio::test]
+async fn take_expired_returns_what_it_removes_and_next_expiry_tracks_the_earliest() {
+    let dir = memory_dir();
+    let config = config(4, 2);
+    let mut store = open(&dir, config, 0).await.unwrap();
+    assert_eq!(store.next_expiry(), None);
+    store.put_with_ttl(b"w1", b"one", 100);
+    store.put_with_ttl(b"w2", b"two", 200);
+    store.put_with_ttl(b"w3", b"three", 100);
+    store.put(b"forever", b"x");
+    assert_eq!(store.next_expiry(), Some(100));
+    store.commit().await.unwrap();
+
+    let mut store = open(&dir, config, 1).await.unwrap();
+    assert_eq!(store.next_expiry(), Some(100));
+    assert!(store.take_expired(99).is_empty());
+    let mut taken = store.take_expired(150);
+    taken.sort();
+    assert_eq!(
+        taken,
+        vec![
+            (b"w1".to_vec(), b"one".to_vec()),
+            (b"w3".to_vec(), b"three".to_vec())
+        ]
+    );
+    assert_eq!(store.next_expiry(), Some(200));
+    assert_eq!(store.metrics().rows_removed, 2);
+    store.commit().await.unwrap();
+
+    // The removals are part of version 2.
+    let mut store = open(&dir, config, 2).await.unwrap();
+    assert_eq!(store.len(), 2);
+    assert_eq!(
+        store.take_expired(i64::MAX),
+        vec![(b"w2".to_vec(), b"two".to_vec())]
+    );
+    assert_eq!(store.next_expiry(), None);
+    assert_eq!(store.get(b"forever"), Some(&b"x"[..]));
+}
+
 /// Commits `versions` versions of changes spread over all partitions and
 /// returns the model of every version.
 async fn build_history(dir: &CheckpointDir, config: StateStoreConfig, versions: u64) -> Vec<Model> {
