@@ -25,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+mod aggregate;
 pub mod checkpoint;
 mod context_ext;
 mod error;
@@ -49,6 +50,7 @@ pub use location::Location;
 pub use offset::Offset;
 pub use progress::{
     EventTimeProgress, PhaseDurations, QueryProgress, QueryStatus, SinkProgress, SourceProgress,
+    StateOperatorProgress,
 };
 pub use query::StreamingQuery;
 pub use sink::{Sink, SinkContext};

@@ -9,6 +9,7 @@ use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 
+use crate::aggregate::{self, AggregateOperator};
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
 use crate::progress::{EventTimeProgress, PhaseDurations, SinkProgress, SourceProgress};
 use crate::query::QueryShared;
@@ -42,6 +43,10 @@ pub(crate) struct Runner {
     pub plan: LogicalPlan,
     pub sources: Vec<RunningSource>,
     pub sink: Arc<dyn Sink>,
+    /// Where the aggregation's late rows go, if anywhere.
+    pub late_rows_sink: Option<Arc<dyn Sink>>,
+    /// The query's streaming aggregations (at most one), by operator number.
+    pub aggregates: Vec<Arc<AggregateOperator>>,
     pub checkpoint: Checkpoint,
     pub trigger: Trigger,
     pub output_mode: OutputMode,
@@ -228,7 +233,7 @@ impl Runner {
             });
         }
         phases.latest_offset = ms(t.elapsed());
-        if !any_new {
+        if !any_new && !self.state_to_close().await {
             return Ok(Outcome::Idle);
         }
         let entry = OffsetEntry {
@@ -297,13 +302,10 @@ impl Runner {
 
         // Plan and execute.
         let t = Instant::now();
-        let plan = planner::substitute(&self.plan, &data)?;
-        let physical = self
-            .session
-            .state()
-            .create_physical_plan(&plan)
-            .await
-            .map_err(|e| TidemillError::datafusion(format!("planning batch {batch_id}"), e))?;
+        for operator in &self.aggregates {
+            operator.begin_batch(batch_id, entry.watermark_ms).await?;
+        }
+        let physical = self.plan_batch(batch_id, &data).await?;
         phases.query_planning = ms(t.elapsed());
         let t = Instant::now();
         let schema = physical.schema();
@@ -314,12 +316,28 @@ impl Runner {
         let max_event_time = self.watermarks.end_batch(&self.watermark_planner);
         let num_output_rows: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
 
-        // Sink: idempotent per batch id.
+        // Sinks: idempotent per batch id.
         failpoint::hit("before_sink", batch_id);
         let t = Instant::now();
+        if let (Some(late_sink), Some(operator)) = (&self.late_rows_sink, self.aggregates.first()) {
+            let late = operator.take_late_rows().await;
+            late_sink
+                .add_batch(batch_id, operator.input_schema(), late)
+                .await?;
+        }
         self.sink.add_batch(batch_id, schema, output).await?;
         phases.add_batch = ms(t.elapsed());
         failpoint::hit("after_sink", batch_id);
+
+        // State: version batch_id + 1.
+        failpoint::hit("before_state_commit", batch_id);
+        let t = Instant::now();
+        let mut state_operators = Vec::with_capacity(self.aggregates.len());
+        for operator in &self.aggregates {
+            state_operators.push(operator.commit().await?);
+        }
+        phases.state_commit = ms(t.elapsed());
+        failpoint::hit("after_state_commit", batch_id);
 
         // Commit.
         failpoint::hit("before_commit_log", batch_id);
@@ -346,6 +364,13 @@ impl Runner {
         if let Some(old) = batch_id.checked_sub(self.options.min_batches_to_retain) {
             self.checkpoint.offsets.remove(old).await?;
             self.checkpoint.commits.remove(old).await?;
+        }
+        if batch_id % 10 == 0 {
+            let keep_from =
+                (batch_id + 1).saturating_sub(self.options.min_state_versions_to_retain);
+            for operator in &self.aggregates {
+                operator.purge(keep_from).await?;
+            }
         }
         phases.commit_offsets = ms(t.elapsed());
 
@@ -385,10 +410,49 @@ impl Runner {
                 description: self.sink.description(),
                 num_output_rows,
             },
+            state_operators,
         };
         tracing::info!("{}", progress.summary());
         self.shared.record_progress(progress);
         Ok(())
+    }
+}
+
+impl Runner {
+    /// Whether a batch without new data should run because the watermark
+    /// has closed groups the state holds.
+    async fn state_to_close(&mut self) -> bool {
+        if !self.options.no_data_batches {
+            return false;
+        }
+        for operator in &self.aggregates {
+            if operator.has_closable_state(self.watermarks.current()).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The batch's physical plan: the query's plan optimized for this
+    /// batch, its streaming aggregation replaced by the stateful operator,
+    /// its streaming scans by the batch's rows.
+    async fn plan_batch(
+        &mut self,
+        batch_id: u64,
+        data: &HashMap<u64, Arc<MemTable>>,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        let state = self.session.state();
+        let error = |e| TidemillError::datafusion(format!("planning batch {batch_id}"), e);
+        let mut plan = state.optimize(&self.plan).map_err(error)?;
+        if !self.aggregates.is_empty() {
+            plan = aggregate::replace(plan, 0).map_err(error)?;
+        }
+        let plan = planner::substitute(&plan, data)?;
+        state
+            .query_planner()
+            .create_physical_plan(&plan, &state)
+            .await
+            .map_err(error)
     }
 }
 

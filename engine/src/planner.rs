@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::common::JoinType;
-use datafusion::common::tree_node::Transformed;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::{MemTable, provider_as_source};
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 
+use crate::aggregate;
 use crate::watermark::WatermarkNode;
 use crate::{OutputMode, Result, StreamingTable, TidemillError};
 
@@ -21,25 +22,89 @@ use crate::{OutputMode, Result, StreamingTable, TidemillError};
 /// naming the offending operator and the fix if not.
 ///
 /// `plan` should be the optimized plan, so subqueries are already turned
-/// into joins and the check sees what will run.
-pub fn validate(plan: &LogicalPlan, mode: OutputMode) -> Result<()> {
-    if !check(plan)? {
+/// into joins and the check sees what will run; `unoptimized` is the plan
+/// as written, checked for what the optimizer rewrites away (such as
+/// `count(DISTINCT x)`, which becomes two aggregations).
+pub fn validate(plan: &LogicalPlan, unoptimized: &LogicalPlan, mode: OutputMode) -> Result<()> {
+    reject_distinct_aggregates(unoptimized)?;
+    let flow = check(plan, mode)?;
+    if !flow.streaming {
         return Err(TidemillError::Unsupported {
             operator: "query".into(),
             reason: "reads no streaming source".into(),
             fix: "Run it as a batch job with DataFrame::collect(), or read a source with read_stream()".into(),
         });
     }
-    if mode == OutputMode::Complete {
-        return Err(TidemillError::Unsupported {
-            operator: "output mode complete".into(),
-            reason:
-                "needs a streaming aggregation to produce a result table, and this query has none"
-                    .into(),
-            fix: "Use append or update mode".into(),
-        });
+    match aggregate::find(plan) {
+        None if mode == OutputMode::Complete => Err(unsupported(
+            "output mode complete",
+            "needs a streaming aggregation to produce a result table, and this query has none",
+            "Use append or update mode",
+        )),
+        Some(aggregate) if mode == OutputMode::Append => check_append(&aggregate),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// Append mode emits each group once, when it is final: the aggregation
+/// needs an event-time key and a watermark to know when that is.
+fn check_append(aggregate: &Aggregate) -> Result<()> {
+    let has_watermark = !WatermarkNode::all_in(&aggregate.input).is_empty();
+    match (aggregate::event_time_key(aggregate), has_watermark) {
+        (Some(_), true) => Ok(()),
+        (Some(key), false) => Err(unsupported(
+            "Aggregate in append mode",
+            &format!(
+                "groups by the event-time key '{}' but the input has no watermark, so no group \
+                 ever becomes final",
+                key.name
+            ),
+            "Call with_watermark(\"<event-time column>\", \"<delay>\") on the stream before \
+             aggregating, or use update or complete mode",
+        )),
+        (None, _) => Err(unsupported(
+            "Aggregate in append mode",
+            "has no event-time group key (a window such as tumble(ts, '1 minute'), or the \
+             watermarked column itself), so no group ever becomes final",
+            "Group by a window of the watermarked event-time column, or use update or complete \
+             mode",
+        )),
+    }
+}
+
+/// Refuses `DISTINCT` aggregates over a stream: exact distinct counting
+/// keeps every value ever seen.
+fn reject_distinct_aggregates(plan: &LogicalPlan) -> Result<()> {
+    let mut found = None;
+    plan.apply(|node| {
+        if let LogicalPlan::Aggregate(a) = node
+            && aggregate::reads_stream(&a.input)
+        {
+            found = a.aggr_expr.iter().find(|e| is_distinct(e)).cloned();
+            if found.is_some() {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .expect("visiting a plan without errors cannot fail");
+    match found {
+        None => Ok(()),
+        Some(expr) => Err(unsupported(
+            &format!("Aggregate {expr}"),
+            "is an exact DISTINCT aggregate, which would keep every distinct value of the stream \
+             in state forever",
+            "Use approx_distinct(x) instead of count(DISTINCT x), or deduplicate in a batch job",
+        )),
+    }
+}
+
+fn is_distinct(expr: &Expr) -> bool {
+    match expr {
+        Expr::Alias(alias) => is_distinct(&alias.expr),
+        Expr::AggregateFunction(f) => f.params.distinct,
+        _ => false,
+    }
 }
 
 fn unsupported(operator: &str, reason: &str, fix: &str) -> TidemillError {
@@ -50,31 +115,90 @@ fn unsupported(operator: &str, reason: &str, fix: &str) -> TidemillError {
     }
 }
 
-/// Validates `plan` bottom-up; returns whether it reads a streaming source.
-fn check(plan: &LogicalPlan) -> Result<bool> {
-    let mut inputs_streaming = Vec::new();
+/// What flows out of a plan node.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flow {
+    /// It reads a streaming source.
+    streaming: bool,
+    /// It is (or is above) the streaming aggregation.
+    aggregated: bool,
+}
+
+/// Validates `plan` bottom-up.
+fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
+    let mut inputs = Vec::new();
     for input in plan.inputs() {
-        inputs_streaming.push(check(input)?);
+        inputs.push(check(input, mode)?);
     }
     let streaming = match plan {
         LogicalPlan::TableScan(scan) => StreamingTable::of_scan(scan).is_some(),
-        _ => inputs_streaming.iter().any(|s| *s),
+        _ => inputs.iter().any(|f| f.streaming),
+    };
+    let aggregated = inputs.iter().any(|f| f.aggregated);
+    let flow = Flow {
+        streaming,
+        aggregated,
     };
     if !streaming {
-        return Ok(false);
+        return Ok(flow);
     }
     let stateful = "is stateful: it needs state kept across micro-batches, which streaming does not support yet";
+    let after_aggregation = "after a streaming aggregation";
     match plan {
         LogicalPlan::Projection(_)
         | LogicalPlan::Filter(_)
         | LogicalPlan::SubqueryAlias(_)
-        | LogicalPlan::Unnest(_)
         | LogicalPlan::TableScan(_)
-        | LogicalPlan::Repartition(_) => Ok(true),
-        LogicalPlan::Extension(_) if WatermarkNode::of(plan).is_some() => Ok(true),
+        | LogicalPlan::Repartition(_) => Ok(flow),
+        LogicalPlan::Extension(_) if WatermarkNode::of(plan).is_some() => Ok(flow),
+        LogicalPlan::Unnest(_) if !aggregated => Ok(flow),
+        LogicalPlan::Aggregate(_) if aggregated => Err(unsupported(
+            "Aggregate",
+            &format!("{after_aggregation}: a query may hold one streaming aggregation"),
+            "Aggregate once in the stream, and aggregate its output again in a batch job over the \
+             sink's committed output",
+        )),
+        LogicalPlan::Aggregate(a) => {
+            if let [Expr::GroupingSet(_)] = a.group_expr.as_slice() {
+                return Err(unsupported(
+                    "Aggregate with GROUPING SETS / CUBE / ROLLUP",
+                    "is not supported on a stream",
+                    "Run one aggregation per grouping, each as its own query",
+                ));
+            }
+            Ok(Flow {
+                streaming,
+                aggregated: true,
+            })
+        }
+        LogicalPlan::Sort(_) | LogicalPlan::Limit(_)
+            if aggregated && mode == OutputMode::Complete =>
+        {
+            Ok(flow)
+        }
+        LogicalPlan::Sort(_) if aggregated => Err(unsupported(
+            "Sort (ORDER BY)",
+            &format!(
+                "{after_aggregation} needs the whole result table, which only complete mode emits"
+            ),
+            "Use complete output mode, or remove ORDER BY",
+        )),
+        LogicalPlan::Limit(_) if aggregated => Err(unsupported(
+            "Limit",
+            &format!(
+                "{after_aggregation} needs the whole result table, which only complete mode emits"
+            ),
+            "Use complete output mode, or remove LIMIT",
+        )),
+        _ if aggregated => Err(unsupported(
+            &format!("{} node", plan.display()),
+            &format!("{after_aggregation} is not supported"),
+            "After the aggregation use projections and filters only; join or combine its output \
+             in a batch job over the sink's committed output",
+        )),
         LogicalPlan::Union(_) => {
-            if inputs_streaming.iter().all(|s| *s) {
-                Ok(true)
+            if inputs.iter().all(|f| f.streaming) {
+                Ok(flow)
             } else {
                 Err(unsupported(
                     "Union",
@@ -84,7 +208,7 @@ fn check(plan: &LogicalPlan) -> Result<bool> {
             }
         }
         LogicalPlan::Join(join) => {
-            let (left, right) = (inputs_streaming[0], inputs_streaming[1]);
+            let (left, right) = (inputs[0].streaming, inputs[1].streaming);
             if left && right {
                 return Err(unsupported(
                     "Join",
@@ -104,7 +228,7 @@ fn check(plan: &LogicalPlan) -> Result<bool> {
                 JoinType::Full => false,
             };
             if stream_side_ok {
-                Ok(true)
+                Ok(flow)
             } else {
                 Err(unsupported(
                     &format!("{} join", join.join_type),
@@ -114,15 +238,11 @@ fn check(plan: &LogicalPlan) -> Result<bool> {
                 ))
             }
         }
-        LogicalPlan::Aggregate(_) => Err(unsupported(
-            "Aggregate (GROUP BY / aggregate function)",
-            stateful,
-            "Aggregate the output with a batch job over the sink's committed output",
-        )),
         LogicalPlan::Distinct(_) => Err(unsupported(
             "Distinct",
             stateful,
-            "Deduplicate the output with a batch job over the sink's committed output",
+            "Use GROUP BY over the columns instead (a streaming aggregation), or deduplicate the \
+             sink's committed output in a batch job",
         )),
         LogicalPlan::Window(_) => Err(unsupported(
             "Window function (OVER)",

@@ -39,6 +39,10 @@ pub struct QueryProgress {
     pub sources: Vec<SourceProgress>,
     /// The sink.
     pub sink: SinkProgress,
+    /// Per stateful operator (the streaming aggregation), its state after
+    /// the batch; empty for a stateless query.
+    #[serde(default)]
+    pub state_operators: Vec<StateOperatorProgress>,
 }
 
 /// Milliseconds spent in each phase of a batch (fractions kept: at short
@@ -57,6 +61,9 @@ pub struct PhaseDurations {
     pub execution: f64,
     /// Writing and committing the output in the sink.
     pub add_batch: f64,
+    /// Committing the state of stateful operators.
+    #[serde(default)]
+    pub state_commit: f64,
     /// Writing the commit log entry and committing the sources.
     pub commit_offsets: f64,
     /// The whole trigger, start to end.
@@ -72,6 +79,27 @@ pub struct EventTimeProgress {
     pub watermark: Option<String>,
     /// The largest event time in the batch's rows.
     pub max: Option<String>,
+}
+
+/// A stateful operator's state after a batch, as Spark's
+/// `StateOperatorProgress`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateOperatorProgress {
+    /// What the operator is, e.g. `aggregate`.
+    pub operator_name: String,
+    /// Groups (state rows) held after the batch.
+    pub num_rows_total: u64,
+    /// State rows written by the batch.
+    pub num_rows_updated: u64,
+    /// State rows removed by the batch (evicted by the watermark).
+    pub num_rows_removed: u64,
+    /// Estimated bytes of memory the state holds.
+    pub memory_used_bytes: u64,
+    /// How long committing the state took, in milliseconds.
+    pub commit_time_ms: u64,
+    /// Input rows dropped because the watermark had already closed their
+    /// group (sent to the late-rows sink instead, if the query has one).
+    pub num_rows_dropped_by_watermark: u64,
 }
 
 /// One source's part in a batch.
@@ -101,7 +129,7 @@ impl QueryProgress {
     pub fn summary(&self) -> String {
         format!(
             "batch {} of query {}: {} rows in, {} rows out, {:.0} rows/s processed, {:.1} ms \
-             (offsets {:.1}, wal {:.1}, read {:.1}, plan {:.1}, exec {:.1}, sink {:.1}, commit {:.1}){}{}",
+             (offsets {:.1}, wal {:.1}, read {:.1}, plan {:.1}, exec {:.1}, sink {:.1}, commit {:.1}){}{}{}",
             self.batch_id,
             self.name.as_deref().unwrap_or(&self.id),
             self.num_input_rows,
@@ -119,6 +147,17 @@ impl QueryProgress {
                 Some(w) => format!(", watermark {w}"),
                 None => String::new(),
             },
+            self.state_operators
+                .iter()
+                .map(|s| format!(
+                    ", {} state {} rows ({} updated, {} removed, {} late dropped)",
+                    s.operator_name,
+                    s.num_rows_total,
+                    s.num_rows_updated,
+                    s.num_rows_removed,
+                    s.num_rows_dropped_by_watermark
+                ))
+                .collect::<String>(),
             if self.recovered { " [recovered]" } else { "" },
         )
     }

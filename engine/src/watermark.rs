@@ -388,15 +388,28 @@ impl ExtensionPlanner for WatermarkPlanner {
 
 /// The query planner of a streaming query's batches: DataFusion's, plus
 /// Tidemill's streaming operators.
-#[derive(Debug)]
 pub struct StreamingQueryPlanner {
-    watermarks: Arc<WatermarkPlanner>,
+    extensions: Vec<Arc<dyn ExtensionPlanner + Send + Sync>>,
+}
+
+impl fmt::Debug for StreamingQueryPlanner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamingQueryPlanner")
+            .field("extensions", &self.extensions.len())
+            .finish()
+    }
 }
 
 impl StreamingQueryPlanner {
-    /// A planner whose watermark operators report to `watermarks`.
-    pub fn new(watermarks: Arc<WatermarkPlanner>) -> Self {
-        Self { watermarks }
+    /// A planner whose watermark operators report to `watermarks`, and
+    /// which plans Tidemill's other operators with `others`.
+    pub fn new(
+        watermarks: Arc<WatermarkPlanner>,
+        others: Arc<dyn ExtensionPlanner + Send + Sync>,
+    ) -> Self {
+        Self {
+            extensions: vec![watermarks, others],
+        }
     }
 }
 
@@ -407,10 +420,7 @@ impl QueryPlanner for StreamingQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let planner =
-            DefaultPhysicalPlanner::with_extension_planners(vec![
-                Arc::clone(&self.watermarks) as Arc<dyn ExtensionPlanner + Send + Sync>
-            ]);
+        let planner = DefaultPhysicalPlanner::with_extension_planners(self.extensions.clone());
         planner.create_physical_plan(logical_plan, session).await
     }
 }

@@ -7,6 +7,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::FutureExt;
 
+use crate::aggregate::{self, AggregateLayout, AggregateOperator, AggregatePlanner};
 use crate::checkpoint::{Checkpoint, Metadata};
 use crate::micro_batch::{Runner, RunningSource};
 use crate::query::QueryShared;
@@ -35,6 +36,16 @@ pub struct QueryOptions {
     pub multiple_watermark_policy: MultipleWatermarkPolicy,
     /// How batches failing with a transient error are retried.
     pub retry: RetryPolicy,
+    /// Whether a query with a streaming aggregation runs a batch without
+    /// new data when the watermark has closed groups its state holds, so
+    /// their results are emitted (append mode) and their state evicted
+    /// without waiting for more input (Spark's
+    /// `spark.sql.streaming.noDataMicroBatches.enabled`; default true).
+    pub no_data_batches: bool,
+    /// How many versions of aggregation state to keep for recovery
+    /// (default 100, as `min_batches_to_retain`); older state files are
+    /// deleted every 10 batches.
+    pub min_state_versions_to_retain: u64,
 }
 
 /// How a batch that fails with a transient error
@@ -72,6 +83,8 @@ impl Default for QueryOptions {
             no_data_polling_delay: Duration::from_millis(10),
             multiple_watermark_policy: MultipleWatermarkPolicy::Min,
             retry: RetryPolicy::default(),
+            no_data_batches: true,
+            min_state_versions_to_retain: 100,
         }
     }
 }
@@ -101,6 +114,7 @@ impl Default for QueryOptions {
 pub struct DataStreamWriter {
     df: DataFrame,
     sink: Option<Arc<dyn Sink>>,
+    late_rows_sink: Option<Arc<dyn Sink>>,
     output_mode: OutputMode,
     trigger: Trigger,
     checkpoint: Option<String>,
@@ -113,6 +127,7 @@ impl DataStreamWriter {
         Self {
             df,
             sink: None,
+            late_rows_sink: None,
             output_mode: OutputMode::default(),
             trigger: Trigger::default(),
             checkpoint: None,
@@ -130,6 +145,15 @@ impl DataStreamWriter {
     /// Where results go, for a sink shared with other code.
     pub fn sink_arc(mut self, sink: Arc<dyn Sink>) -> Self {
         self.sink = Some(sink);
+        self
+    }
+
+    /// Where a streaming aggregation sends the input rows it drops as late
+    /// (their group was already closed by the watermark), written with the
+    /// batch's id, before the batch's results; without one they are dropped
+    /// and counted in progress (`num_rows_dropped_by_watermark`).
+    pub fn late_rows_sink(mut self, sink: impl Sink + 'static) -> Self {
+        self.late_rows_sink = Some(Arc::new(sink));
         self
     }
 
@@ -183,18 +207,16 @@ impl DataStreamWriter {
         let optimized = state
             .optimize(&plan)
             .map_err(|e| TidemillError::datafusion("optimizing the streaming query", e))?;
-        planner::validate(&optimized, self.output_mode)?;
+        planner::validate(&optimized, &plan, self.output_mode)?;
         let tables = StreamingTable::all_in(&plan);
-        // Batches are planned with Tidemill's streaming operators added to
-        // DataFusion's planner.
-        let watermark_planner = Arc::new(WatermarkPlanner::default());
-        let planning_session = SessionContext::new_with_state(
-            SessionStateBuilder::new_from_existing(state.clone())
-                .with_query_planner(Arc::new(StreamingQueryPlanner::new(Arc::clone(
-                    &watermark_planner,
-                ))))
-                .build(),
-        );
+        let layout = match aggregate::find(&optimized) {
+            Some(found) => Some(Arc::new(
+                AggregateLayout::plan(&found, &state).await.map_err(|e| {
+                    TidemillError::datafusion("planning the streaming aggregation", e)
+                })?,
+            )),
+            None => None,
+        };
 
         let location = match &self.checkpoint {
             Some(location) => location.clone(),
@@ -242,6 +264,25 @@ impl DataStreamWriter {
             recovery.watermark_ms,
         );
 
+        let mut aggregates = Vec::new();
+        if let Some(layout) = layout {
+            let dir = checkpoint.dir.child("state").child("0");
+            aggregates.push(Arc::new(
+                AggregateOperator::open(layout, self.output_mode, dir, next_batch_id).await?,
+            ));
+        }
+        // Batches are planned with Tidemill's streaming operators added to
+        // DataFusion's planner.
+        let watermark_planner = Arc::new(WatermarkPlanner::default());
+        let planning_session = SessionContext::new_with_state(
+            SessionStateBuilder::new_from_existing(state.clone())
+                .with_query_planner(Arc::new(StreamingQueryPlanner::new(
+                    Arc::clone(&watermark_planner),
+                    Arc::new(AggregatePlanner::new(aggregates.clone())),
+                )))
+                .build(),
+        );
+
         let df_schema = plan.schema();
         sink.open(&SinkContext {
             session: session.clone(),
@@ -250,6 +291,23 @@ impl DataStreamWriter {
             output_mode: self.output_mode,
         })
         .await?;
+
+        if let Some(late) = &self.late_rows_sink {
+            let Some(operator) = aggregates.first() else {
+                return Err(TidemillError::Config(
+                    "late_rows_sink: the query has no streaming aggregation, so no row is ever \
+                     late; remove the late-rows sink"
+                        .into(),
+                ));
+            };
+            late.open(&SinkContext {
+                session: session.clone(),
+                query_name: self.name.as_ref().map(|n| format!("{n}_late_rows")),
+                schema: operator.input_schema(),
+                output_mode: OutputMode::Append,
+            })
+            .await?;
+        }
 
         let shared = Arc::new(QueryShared::new(
             metadata.query_id,
@@ -273,6 +331,8 @@ impl DataStreamWriter {
             plan,
             sources,
             sink,
+            late_rows_sink: self.late_rows_sink,
+            aggregates,
             checkpoint,
             trigger: self.trigger,
             output_mode: self.output_mode,

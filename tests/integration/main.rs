@@ -1,5 +1,6 @@
 //! Tidemill's integration tests, in one binary to keep link times down.
 
+mod aggregation;
 mod common;
 mod conformance;
 mod connectors;

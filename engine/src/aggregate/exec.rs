@@ -1,0 +1,239 @@
+//! The physical operator of a streaming aggregation, and its planner.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use arrow::compute::concat_batches;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNode};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::aggregates::AggregateMode;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
+use futures::{StreamExt, TryStreamExt, stream};
+
+use super::{AggregateLayout, AggregateOperator, StreamingAggregateNode};
+use crate::OutputMode;
+
+/// Runs one batch of a streaming aggregation: the input's rows are
+/// aggregated, merged with the state, stored, and the rows the output mode
+/// emits are returned (one partition).
+#[derive(Debug)]
+pub(crate) struct StreamingAggregateExec {
+    input: Arc<dyn ExecutionPlan>,
+    operator: Arc<AggregateOperator>,
+    layout: Arc<AggregateLayout>,
+    properties: Arc<PlanProperties>,
+}
+
+impl StreamingAggregateExec {
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        operator: Arc<AggregateOperator>,
+        layout: Arc<AggregateLayout>,
+    ) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&layout.output_schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Self {
+            input,
+            operator,
+            layout,
+            properties,
+        }
+    }
+
+    /// The batch's output rows.
+    async fn run(
+        input: Arc<dyn ExecutionPlan>,
+        operator: Arc<AggregateOperator>,
+        layout: Arc<AggregateLayout>,
+        context: Arc<TaskContext>,
+    ) -> DFResult<Vec<RecordBatch>> {
+        let rows = datafusion::physical_plan::collect(input, Arc::clone(&context)).await?;
+        let rows = operator.drop_late_rows(rows).await?;
+        let partial = layout
+            .run(AggregateMode::Partial, rows, Arc::clone(&context))
+            .await?;
+        let mut changed = Vec::new();
+        if !partial.is_empty() {
+            let partial = concat_batches(&layout.partial_schema, &partial)?;
+            let mut states = vec![partial.clone()];
+            if let Some(stored) = operator.lookup(&partial).await? {
+                states.push(stored);
+                changed = layout
+                    .run(AggregateMode::PartialReduce, states, Arc::clone(&context))
+                    .await?;
+            } else {
+                changed = states;
+            }
+            operator.store(&changed).await?;
+        }
+        let closed = operator.take_closed().await?;
+        let emit = match operator.mode {
+            OutputMode::Update => changed,
+            OutputMode::Append => closed,
+            OutputMode::Complete => operator.all().await?,
+        };
+        layout.run(AggregateMode::Final, emit, context).await
+    }
+}
+
+impl DisplayAs for StreamingAggregateExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "StreamingAggregateExec: mode={:?}, keys={}, aggregates={}",
+            self.operator.mode,
+            self.layout.num_keys,
+            self.layout.aggr_expr.len()
+        )
+    }
+}
+
+impl ExecutionPlan for StreamingAggregateExec {
+    fn name(&self) -> &str {
+        "StreamingAggregateExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::new(
+            children.swap_remove(0),
+            Arc::clone(&self.operator),
+            Arc::clone(&self.layout),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "StreamingAggregateExec has one partition, asked for {partition}"
+            )));
+        }
+        let future = Self::run(
+            Arc::clone(&self.input),
+            Arc::clone(&self.operator),
+            Arc::clone(&self.layout),
+            context,
+        );
+        let batches = stream::once(future)
+            .map_ok(|batches| stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            batches.boxed(),
+        )))
+    }
+}
+
+/// Plans [`StreamingAggregateNode`]s as [`StreamingAggregateExec`]s of the
+/// query's aggregation operators.
+#[derive(Debug, Default)]
+pub(crate) struct AggregatePlanner {
+    operators: Vec<Arc<AggregateOperator>>,
+    /// The last layout planned, by the expressions it was planned for:
+    /// batches after the first reuse it.
+    cache: Mutex<Option<(Vec<Expr>, SchemaRef, Arc<AggregateLayout>)>>,
+}
+
+impl AggregatePlanner {
+    /// A planner for the query's operators, by operator number.
+    pub fn new(operators: Vec<Arc<AggregateOperator>>) -> Self {
+        Self {
+            operators,
+            cache: Mutex::new(None),
+        }
+    }
+
+    async fn layout(
+        &self,
+        node: &StreamingAggregateNode,
+        input_schema: SchemaRef,
+        session: &dyn Session,
+    ) -> DFResult<Arc<AggregateLayout>> {
+        let exprs = UserDefinedLogicalNode::expressions(node);
+        if let Some((cached, schema, layout)) = &*self.cache.lock().expect("cache lock poisoned")
+            && *cached == exprs
+            && *schema == input_schema
+        {
+            return Ok(Arc::clone(layout));
+        }
+        let placeholder = LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
+            produce_one_row: false,
+            schema: Arc::clone(node.input.schema()),
+        });
+        let layout =
+            Arc::new(AggregateLayout::plan(&node.aggregate_over(placeholder)?, session).await?);
+        *self.cache.lock().expect("cache lock poisoned") =
+            Some((exprs, input_schema, Arc::clone(&layout)));
+        Ok(layout)
+    }
+}
+
+#[async_trait]
+impl ExtensionPlanner for AggregatePlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
+    ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(node) = node.as_any().downcast_ref::<StreamingAggregateNode>() else {
+            return Ok(None);
+        };
+        let operator = self.operators.get(node.operator).ok_or_else(|| {
+            DataFusionError::Internal(format!("no streaming aggregation {}", node.operator))
+        })?;
+        let input = Arc::clone(&physical_inputs[0]);
+        let layout = self.layout(node, input.schema(), session).await?;
+        if layout.partial_schema != operator.layout.partial_schema {
+            return Err(DataFusionError::Internal(format!(
+                "the aggregation's state changed between batches: {:?} became {:?}",
+                operator.layout.partial_schema, layout.partial_schema
+            )));
+        }
+        Ok(Some(Arc::new(StreamingAggregateExec::new(
+            input,
+            Arc::clone(operator),
+            layout,
+        ))))
+    }
+}

@@ -1,0 +1,188 @@
+//! An aggregation in DataFusion's physical terms: its group and aggregate
+//! expressions, and the schemas of its state and its result.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Aggregate, EmptyRelation, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+
+use super::{EventTimeKey, event_time_key};
+
+/// The physical pieces of one aggregation, planned by DataFusion.
+///
+/// Rows of the aggregation's input become, per group, the *partial* schema:
+/// the group keys, then every aggregate's state fields. That is what the
+/// state store keeps (keys: the group columns; values: the state columns),
+/// and what [`AggregateMode::PartialReduce`] merges and
+/// [`AggregateMode::Final`] turns into the *output* schema.
+#[derive(Debug)]
+pub(crate) struct AggregateLayout {
+    /// The group keys, over the input's columns.
+    pub group_by: Arc<PhysicalGroupBy>,
+    /// The aggregate functions, over the input's columns.
+    pub aggr_expr: Vec<Arc<AggregateFunctionExpr>>,
+    /// Per aggregate, its `FILTER (WHERE …)` clause.
+    pub filter_expr: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// The input's schema.
+    pub input_schema: SchemaRef,
+    /// Group columns, then state columns.
+    pub partial_schema: SchemaRef,
+    /// The result's schema.
+    pub output_schema: SchemaRef,
+    /// The number of group columns.
+    pub num_keys: usize,
+    /// The key that ties groups to event time, if any.
+    pub event_time_key: Option<EventTimeKey>,
+}
+
+impl AggregateLayout {
+    /// Plans `aggregate` with DataFusion's physical planner (over an empty
+    /// input of the same schema) and keeps the expressions of its first
+    /// phase.
+    pub async fn plan(aggregate: &Aggregate, session: &dyn Session) -> DFResult<Self> {
+        let placeholder = LogicalPlan::EmptyRelation(EmptyRelation {
+            produce_one_row: false,
+            schema: Arc::clone(aggregate.input.schema()),
+        });
+        let logical = LogicalPlan::Aggregate(Aggregate::try_new_with_schema(
+            Arc::new(placeholder),
+            aggregate.group_expr.clone(),
+            aggregate.aggr_expr.clone(),
+            Arc::clone(&aggregate.schema),
+        )?);
+        let physical = DefaultPhysicalPlanner::default()
+            .create_physical_plan(&logical, session)
+            .await?;
+        let first = first_phase(&physical).ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "no first-phase aggregate in the physical plan of {}",
+                logical.display_indent()
+            ))
+        })?;
+        let input_schema = first.input_schema();
+        let group_by = Arc::new(first.group_expr().clone());
+        let aggr_expr = first.aggr_expr().to_vec();
+        let filter_expr = first.filter_expr().to_vec();
+        let partial = AggregateExec::try_new(
+            AggregateMode::Partial,
+            Arc::clone(&group_by),
+            aggr_expr.clone(),
+            filter_expr.clone(),
+            Arc::new(EmptyExec::new(Arc::clone(&input_schema))),
+            Arc::clone(&input_schema),
+        )?;
+        let partial_schema = partial.schema();
+        let layout = Self {
+            num_keys: group_by.expr().len(),
+            group_by,
+            aggr_expr,
+            filter_expr,
+            input_schema,
+            output_schema: Arc::clone(&partial_schema),
+            partial_schema,
+            event_time_key: event_time_key(aggregate),
+        };
+        let output_schema = layout
+            .exec(
+                AggregateMode::Final,
+                Vec::new(),
+                Arc::clone(&layout.partial_schema),
+            )?
+            .schema();
+        Ok(Self {
+            output_schema,
+            ..layout
+        })
+    }
+
+    /// The schema of the state store's keys: the group columns.
+    pub fn key_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.partial_schema.fields()[..self.num_keys].to_vec(),
+        ))
+    }
+
+    /// The schema of the state store's values: the state columns.
+    pub fn value_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.partial_schema.fields()[self.num_keys..].to_vec(),
+        ))
+    }
+
+    /// An aggregate in `mode` over `batches` (with `schema`): the input's
+    /// rows for [`AggregateMode::Partial`], partial states otherwise.
+    fn exec(
+        &self,
+        mode: AggregateMode,
+        batches: Vec<RecordBatch>,
+        schema: SchemaRef,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let input = MemorySourceConfig::try_new_exec(&[batches], schema, None)?;
+        let (group_by, filters) = match mode {
+            AggregateMode::Partial => (Arc::clone(&self.group_by), self.filter_expr.clone()),
+            _ => (
+                Arc::new(self.group_by.as_final()),
+                vec![None; self.aggr_expr.len()],
+            ),
+        };
+        Ok(Arc::new(AggregateExec::try_new(
+            mode,
+            group_by,
+            self.aggr_expr.clone(),
+            filters,
+            input,
+            Arc::clone(&self.input_schema),
+        )?))
+    }
+
+    /// Runs the aggregate in `mode` over `batches` and returns its output
+    /// (empty without input rows).
+    pub async fn run(
+        &self,
+        mode: AggregateMode,
+        batches: Vec<RecordBatch>,
+        context: Arc<TaskContext>,
+    ) -> DFResult<Vec<RecordBatch>> {
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(Vec::new());
+        }
+        let schema = match mode {
+            AggregateMode::Partial => Arc::clone(&self.input_schema),
+            _ => Arc::clone(&self.partial_schema),
+        };
+        let plan = self.exec(mode, batches, schema)?;
+        datafusion::physical_plan::collect(plan, context).await
+    }
+}
+
+/// The aggregate reading the raw input: `Partial` (or `Single` when
+/// DataFusion combined the phases).
+fn first_phase(plan: &Arc<dyn ExecutionPlan>) -> Option<AggregateExec> {
+    let mut found = None;
+    plan.apply(|node| {
+        if let Some(aggregate) = node.downcast_ref::<AggregateExec>()
+            && matches!(
+                aggregate.mode(),
+                AggregateMode::Partial | AggregateMode::Single | AggregateMode::SinglePartitioned
+            )
+        {
+            found = Some(aggregate.clone());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .expect("visiting a plan without errors cannot fail");
+    found
+}

@@ -1,0 +1,299 @@
+//! Incremental (stateful) aggregation (DESIGN §5).
+//!
+//! A streaming query may hold one aggregation (`GROUP BY` / aggregate
+//! functions) over its streams. The engine runs it batch by batch with
+//! DataFusion's own aggregate machinery, in three of its aggregate modes:
+//!
+//! 1. **Partial**: the batch's rows become one row of accumulator state per
+//!    group (`sum` and `count` for `avg`, a sketch for `approx_distinct`, …).
+//! 2. **PartialReduce**: those states are merged with the states the
+//!    [state store](tidemill_state::StateStore) holds for the same groups;
+//!    the merged states go back to the store. Only the groups the batch
+//!    touches are read and written, so a batch costs time in the batch, not
+//!    in the state.
+//! 3. **Final**: states become result rows, for the rows the output mode
+//!    emits: in *update* mode the groups changed by the batch; in *complete*
+//!    mode every group; in *append* mode the groups the watermark has
+//!    closed, once each.
+//!
+//! Any aggregate function whose state DataFusion can merge works this way,
+//! user-defined ones included; none is re-implemented here.
+//!
+//! **Event time.** A group key that is a window (a struct of `start` and
+//! `end` timestamps, as [`crate::window`] makes) or the watermarked
+//! event-time column itself is the aggregation's *event-time key*. With a
+//! watermark, a group closes when its window's end (or its event time) is
+//! at or below the watermark: rows that would update a closed group are
+//! late — dropped, counted in progress, or sent to the late-rows sink — and
+//! the store evicts closed groups (after emitting them, in append mode) in
+//! time proportional to what it evicts.
+//!
+//! The parts: [`StreamingAggregateNode`] (the logical node that stands for
+//! the aggregation in each batch's plan), `layout` (the physical aggregate
+//! expressions and the state's key and value schemas), `operator` (the
+//! state store and per-batch figures) and `exec` (the physical operator and
+//! its planner).
+
+mod exec;
+mod layout;
+mod operator;
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, TimeUnit};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchemaRef, Result as DFResult};
+use datafusion::logical_expr::{
+    Aggregate, Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore,
+};
+
+pub(crate) use exec::AggregatePlanner;
+pub(crate) use layout::AggregateLayout;
+pub(crate) use operator::AggregateOperator;
+
+use crate::StreamingTable;
+use crate::watermark::WatermarkNode;
+
+/// Whether `plan` reads a streaming source.
+pub(crate) fn reads_stream(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && StreamingTable::of_scan(scan).is_some()
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .expect("visiting a plan without errors cannot fail");
+    found
+}
+
+/// The aggregation over streaming input in `plan`, if there is one (a
+/// validated plan has at most one).
+pub(crate) fn find(plan: &LogicalPlan) -> Option<Aggregate> {
+    let mut found = None;
+    plan.apply(|node| {
+        if let LogicalPlan::Aggregate(aggregate) = node
+            && reads_stream(&aggregate.input)
+        {
+            found = Some(aggregate.clone());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .expect("visiting a plan without errors cannot fail");
+    found
+}
+
+/// Replaces the aggregation over streaming input in `plan` by a
+/// [`StreamingAggregateNode`] for operator `operator`.
+pub(crate) fn replace(plan: LogicalPlan, operator: usize) -> DFResult<LogicalPlan> {
+    plan.transform_up(|node| match node {
+        LogicalPlan::Aggregate(aggregate) if reads_stream(&aggregate.input) => Ok(
+            Transformed::yes(StreamingAggregateNode::new(aggregate, operator).into_plan()),
+        ),
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+}
+
+/// How the event-time key of an aggregation says when its group closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventTimeKind {
+    /// A window struct: the group closes at the window's `end`.
+    Window,
+    /// The event-time column itself: the group closes at its value.
+    Timestamp,
+}
+
+/// The group key that ties an aggregation to event time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EventTimeKey {
+    /// Its position among the group keys.
+    pub index: usize,
+    /// Window or plain event time.
+    pub kind: EventTimeKind,
+    /// The unit of the timestamps.
+    pub unit: TimeUnit,
+    /// The key's column name, for messages.
+    pub name: String,
+}
+
+/// Whether `data_type` is a window: a struct of exactly `start` and `end`
+/// timestamps.
+pub(crate) fn window_unit(data_type: &DataType) -> Option<TimeUnit> {
+    let DataType::Struct(fields) = data_type else {
+        return None;
+    };
+    if fields.len() != 2 || fields[0].name() != "start" || fields[1].name() != "end" {
+        return None;
+    }
+    match (fields[0].data_type(), fields[1].data_type()) {
+        (DataType::Timestamp(a, _), DataType::Timestamp(b, _)) if a == b => Some(*a),
+        _ => None,
+    }
+}
+
+/// The event-time key of `aggregate`: the first group key that is a
+/// window, or else the first that is a watermarked event-time column.
+pub(crate) fn event_time_key(aggregate: &Aggregate) -> Option<EventTimeKey> {
+    let num_keys = aggregate.group_expr.len();
+    let fields = &aggregate.schema.fields()[..num_keys];
+    if let Some((index, unit)) = fields
+        .iter()
+        .enumerate()
+        .find_map(|(i, f)| window_unit(f.data_type()).map(|u| (i, u)))
+    {
+        return Some(EventTimeKey {
+            index,
+            kind: EventTimeKind::Window,
+            unit,
+            name: fields[index].name().clone(),
+        });
+    }
+    let watermarked: Vec<String> = WatermarkNode::all_in(&aggregate.input)
+        .iter()
+        .map(|w| w.column.name.clone())
+        .collect();
+    aggregate
+        .group_expr
+        .iter()
+        .enumerate()
+        .find_map(|(index, expr)| match (expr, fields[index].data_type()) {
+            (Expr::Column(c), DataType::Timestamp(unit, _)) if watermarked.contains(&c.name) => {
+                Some(EventTimeKey {
+                    index,
+                    kind: EventTimeKind::Timestamp,
+                    unit: *unit,
+                    name: c.name.clone(),
+                })
+            }
+            _ => None,
+        })
+}
+
+/// Stands for a streaming aggregation in a batch's logical plan: the
+/// `Aggregate` it replaces, planned as a stateful physical operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamingAggregateNode {
+    /// The aggregation's input.
+    pub input: LogicalPlan,
+    /// The `GROUP BY` expressions.
+    pub group_expr: Vec<Expr>,
+    /// The aggregate expressions.
+    pub aggr_expr: Vec<Expr>,
+    /// The output schema (the `Aggregate`'s).
+    pub schema: DFSchemaRef,
+    /// Which of the query's stateful operators this is.
+    pub operator: usize,
+}
+
+impl StreamingAggregateNode {
+    fn new(aggregate: Aggregate, operator: usize) -> Self {
+        Self {
+            input: Arc::unwrap_or_clone(aggregate.input),
+            group_expr: aggregate.group_expr,
+            aggr_expr: aggregate.aggr_expr,
+            schema: aggregate.schema,
+            operator,
+        }
+    }
+
+    /// The `Aggregate` this node stands for, over `input`.
+    pub fn aggregate_over(&self, input: LogicalPlan) -> DFResult<Aggregate> {
+        Aggregate::try_new_with_schema(
+            Arc::new(input),
+            self.group_expr.clone(),
+            self.aggr_expr.clone(),
+            Arc::clone(&self.schema),
+        )
+    }
+
+    fn into_plan(self) -> LogicalPlan {
+        LogicalPlan::Extension(Extension {
+            node: Arc::new(self),
+        })
+    }
+}
+
+impl Hash for StreamingAggregateNode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.input.hash(state);
+        self.group_expr.hash(state);
+        self.aggr_expr.hash(state);
+        self.operator.hash(state);
+    }
+}
+
+impl PartialOrd for StreamingAggregateNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match self.operator.partial_cmp(&other.operator) {
+            Some(Ordering::Equal) => {}
+            unequal => return unequal,
+        }
+        match self.group_expr.partial_cmp(&other.group_expr) {
+            Some(Ordering::Equal) => {}
+            unequal => return unequal,
+        }
+        self.aggr_expr.partial_cmp(&other.aggr_expr)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for StreamingAggregateNode {
+    fn name(&self) -> &str {
+        "StreamingAggregate"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        self.group_expr
+            .iter()
+            .chain(&self.aggr_expr)
+            .cloned()
+            .collect()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let list = |exprs: &[Expr]| {
+            exprs
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        write!(
+            f,
+            "StreamingAggregate: operator={} groupBy=[{}], aggr=[{}]",
+            self.operator,
+            list(&self.group_expr),
+            list(&self.aggr_expr)
+        )
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        mut exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> DFResult<Self> {
+        let aggr_expr = exprs.split_off(self.group_expr.len());
+        Ok(Self {
+            input: inputs.swap_remove(0),
+            group_expr: exprs,
+            aggr_expr,
+            schema: Arc::clone(&self.schema),
+            operator: self.operator,
+        })
+    }
+}

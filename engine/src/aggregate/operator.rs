@@ -1,0 +1,374 @@
+//! The state of one streaming aggregation and what it did in a batch.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::kernels::cmp::lt_eq;
+use arrow::compute::{cast, filter_record_batch, not, prep_null_mask_filter, take};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use tidemill_state::{CheckpointDir, StateError, StateSchema, StateStore, StateStoreConfig};
+use tokio::sync::Mutex;
+
+use super::{AggregateLayout, EventTimeKey, EventTimeKind};
+use crate::progress::StateOperatorProgress;
+use crate::{OutputMode, Result, TidemillError};
+
+/// One streaming aggregation of a running query: its state store, the
+/// watermark of the batch being run, and the batch's figures.
+#[derive(Debug)]
+pub(crate) struct AggregateOperator {
+    /// The output mode the query runs in.
+    pub mode: OutputMode,
+    /// The layout the state was opened with.
+    pub layout: Arc<AggregateLayout>,
+    keys: RowConverter,
+    values: RowConverter,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: StateStore,
+    /// The watermark of the running batch, in milliseconds.
+    watermark_ms: Option<i64>,
+    /// Whether the store holds changes of a batch that did not commit.
+    dirty: bool,
+    dropped_by_watermark: u64,
+    late_rows: Vec<RecordBatch>,
+}
+
+impl AggregateOperator {
+    /// Opens the state in `dir` as of `version` (the batch about to run)
+    /// for an aggregation laid out as `layout`.
+    ///
+    /// Refuses a checkpoint whose state was written by an aggregation with
+    /// other keys or other aggregate states, saying what changed.
+    pub async fn open(
+        layout: Arc<AggregateLayout>,
+        mode: OutputMode,
+        dir: CheckpointDir,
+        version: u64,
+    ) -> Result<Self> {
+        let key_schema = layout.key_schema();
+        let value_schema = layout.value_schema();
+        let keys = converter(&key_schema, "group key")?;
+        let values = converter(&value_schema, "aggregate state")?;
+        let schema = StateSchema::new(key_schema, value_schema);
+        let store = StateStore::open(dir.clone(), schema, StateStoreConfig::default(), version)
+            .await
+            .map_err(|e| match e {
+                StateError::Incompatible { .. } => TidemillError::CheckpointMismatch {
+                    location: dir.root().to_string(),
+                    reason: format!(
+                        "the query's aggregation no longer matches its saved state ({e}); \
+                         restore the previous query or start it with a new checkpoint"
+                    ),
+                },
+                other => other.into(),
+            })?;
+        Ok(Self {
+            mode,
+            layout,
+            keys,
+            values,
+            inner: Mutex::new(Inner {
+                store,
+                watermark_ms: None,
+                dirty: false,
+                dropped_by_watermark: 0,
+                late_rows: Vec::new(),
+            }),
+        })
+    }
+
+    /// Gets ready to run batch `version` with `watermark_ms`: reloads the
+    /// state of `version` if a failed attempt left changes behind.
+    pub async fn begin_batch(&self, version: u64, watermark_ms: Option<i64>) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        if inner.dirty || inner.store.version() != version {
+            let store = &inner.store;
+            let reopened = StateStore::open(
+                store.dir().clone(),
+                store.schema().clone(),
+                *store.config(),
+                version,
+            )
+            .await?;
+            inner.store = reopened;
+        }
+        inner.dirty = false;
+        inner.watermark_ms = watermark_ms;
+        inner.dropped_by_watermark = 0;
+        inner.late_rows.clear();
+        Ok(())
+    }
+
+    /// Whether the watermark `watermark_ms` closes a group the state holds,
+    /// so a batch without new data would emit or evict something.
+    pub async fn has_closable_state(&self, watermark_ms: Option<i64>) -> bool {
+        let Some(watermark) = watermark_ms else {
+            return false;
+        };
+        let inner = self.inner.lock().await;
+        inner.store.next_expiry().is_some_and(|at| at <= watermark)
+    }
+
+    /// Splits the batch's input into rows to aggregate and late rows
+    /// (whose group the watermark has closed), keeping the late ones for
+    /// [`take_late_rows`](Self::take_late_rows).
+    pub async fn drop_late_rows(&self, batches: Vec<RecordBatch>) -> DFResult<Vec<RecordBatch>> {
+        let mut inner = self.inner.lock().await;
+        let (Some(key), Some(watermark)) = (&self.layout.event_time_key, inner.watermark_ms) else {
+            return Ok(batches);
+        };
+        let expr = &self.layout.group_by.expr()[key.index].0;
+        let bound = Int64Array::new_scalar(watermark_in_unit(watermark, key.unit));
+        let mut kept = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let value = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
+            let closes_at = closing_time(&value, key)?;
+            // A null time (no window) never closes: not late.
+            let late = lt_eq(&closes_at, &bound)?;
+            let late = match late.null_count() {
+                0 => late,
+                _ => prep_null_mask_filter(&late),
+            };
+            let num_late = late.true_count();
+            if num_late == 0 {
+                kept.push(batch);
+                continue;
+            }
+            inner.dropped_by_watermark += num_late as u64;
+            inner.late_rows.push(filter_record_batch(&batch, &late)?);
+            kept.push(filter_record_batch(&batch, &not(&late)?)?);
+        }
+        Ok(kept)
+    }
+
+    /// The stored states of the groups in `partial` (the batch's partial
+    /// aggregate), as rows of the partial schema.
+    pub async fn lookup(&self, partial: &RecordBatch) -> DFResult<Option<RecordBatch>> {
+        let inner = self.inner.lock().await;
+        let keys = self
+            .keys
+            .convert_columns(&partial.columns()[..self.layout.num_keys])?;
+        let parser = self.values.parser();
+        let mut found = Vec::new();
+        let mut rows = Vec::new();
+        for i in 0..keys.num_rows() {
+            if let Some(value) = inner.store.get(keys.row(i).as_ref()) {
+                found.push(i as u32);
+                rows.push(value.to_vec());
+            }
+        }
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let indices = UInt32Array::from(found);
+        let mut columns = Vec::with_capacity(partial.num_columns());
+        for key in &partial.columns()[..self.layout.num_keys] {
+            columns.push(take(key.as_ref(), &indices, None)?);
+        }
+        columns.extend(
+            self.values
+                .convert_rows(rows.iter().map(|r| parser.parse(r)))?,
+        );
+        Ok(Some(RecordBatch::try_new(
+            Arc::clone(&self.layout.partial_schema),
+            columns,
+        )?))
+    }
+
+    /// Stores the merged states of the batch's groups.
+    pub async fn store(&self, merged: &[RecordBatch]) -> DFResult<()> {
+        let mut inner = self.inner.lock().await;
+        inner.dirty = true;
+        let num_keys = self.layout.num_keys;
+        for batch in merged {
+            let keys = self.keys.convert_columns(&batch.columns()[..num_keys])?;
+            let values = self.values.convert_columns(&batch.columns()[num_keys..])?;
+            let expiry = match (&self.layout.event_time_key, self.mode) {
+                // Complete mode keeps every group: each batch emits them all.
+                (Some(key), OutputMode::Append | OutputMode::Update) => {
+                    let closes_at = closing_time(batch.column(key.index), key)?;
+                    Some(ceil_millis(&closes_at, key.unit))
+                }
+                _ => None,
+            };
+            for i in 0..batch.num_rows() {
+                let (key, value) = (keys.row(i), values.row(i));
+                match expiry.as_ref().filter(|e| e.is_valid(i)) {
+                    Some(at) => inner
+                        .store
+                        .put_with_ttl(key.as_ref(), value.as_ref(), at.value(i)),
+                    None => inner.store.put(key.as_ref(), value.as_ref()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the groups the batch's watermark closes and returns their
+    /// states, as rows of the partial schema.
+    pub async fn take_closed(&self) -> DFResult<Vec<RecordBatch>> {
+        let mut inner = self.inner.lock().await;
+        let Some(watermark) = inner.watermark_ms else {
+            return Ok(Vec::new());
+        };
+        inner.dirty = true;
+        let entries = inner.store.take_expired(watermark);
+        self.decode(entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+    }
+
+    /// Every group's state, as rows of the partial schema.
+    pub async fn all(&self) -> DFResult<Vec<RecordBatch>> {
+        let inner = self.inner.lock().await;
+        self.decode(inner.store.iter().map(|e| (e.key, e.value)))
+    }
+
+    fn decode<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> DFResult<Vec<RecordBatch>> {
+        let (key_parser, value_parser) = (self.keys.parser(), self.values.parser());
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        for (key, value) in entries {
+            keys.push(key_parser.parse(key));
+            values.push(value_parser.parse(value));
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut columns = self.keys.convert_rows(keys)?;
+        columns.extend(self.values.convert_rows(values)?);
+        Ok(vec![RecordBatch::try_new(
+            Arc::clone(&self.layout.partial_schema),
+            columns,
+        )?])
+    }
+
+    /// The rows dropped as late in the running batch.
+    pub async fn take_late_rows(&self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.inner.lock().await.late_rows)
+    }
+
+    /// Commits the batch's state changes as the next version.
+    pub async fn commit(&self) -> Result<StateOperatorProgress> {
+        let mut inner = self.inner.lock().await;
+        let metrics = inner.store.metrics();
+        let commit = inner.store.commit().await?;
+        inner.dirty = false;
+        Ok(StateOperatorProgress {
+            operator_name: "aggregate".into(),
+            num_rows_total: metrics.rows_total,
+            num_rows_updated: commit.rows_updated,
+            num_rows_removed: commit.rows_removed,
+            memory_used_bytes: inner.store.metrics().memory_bytes,
+            commit_time_ms: commit.commit_time_ms,
+            num_rows_dropped_by_watermark: inner.dropped_by_watermark,
+        })
+    }
+
+    /// Deletes state files no version from `keep_from_version` on needs.
+    pub async fn purge(&self, keep_from_version: u64) -> Result<()> {
+        let inner = self.inner.lock().await;
+        inner.store.purge(keep_from_version).await?;
+        Ok(())
+    }
+
+    /// The schema of the input rows (and of late rows).
+    pub fn input_schema(&self) -> SchemaRef {
+        Arc::clone(&self.layout.input_schema)
+    }
+}
+
+fn converter(schema: &SchemaRef, what: &str) -> Result<RowConverter> {
+    let fields: Vec<SortField> = schema
+        .fields()
+        .iter()
+        .map(|f| SortField::new(f.data_type().clone()))
+        .collect();
+    RowConverter::new(fields).map_err(|e| TidemillError::Unsupported {
+        operator: "Aggregate".into(),
+        reason: format!(
+            "keeps a {what} of a type the state store cannot encode ({}): {e}",
+            schema
+                .fields()
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        fix: "Group by and aggregate columns of plain types (numbers, strings, timestamps, \
+              lists and structs of those)"
+            .into(),
+    })
+}
+
+/// When each row's group closes, as integers in the key's time unit.
+fn closing_time(value: &ArrayRef, key: &EventTimeKey) -> DFResult<ArrayRef> {
+    let times = match key.kind {
+        EventTimeKind::Window => value
+            .as_struct_opt()
+            .and_then(|s| s.column_by_name("end"))
+            .cloned()
+            .ok_or_else(|| {
+                DataFusionError::Internal(format!("window key '{}' has no end", key.name))
+            })?,
+        EventTimeKind::Timestamp => Arc::clone(value),
+    };
+    Ok(cast(&times, &DataType::Int64)?)
+}
+
+/// The watermark in `unit`: a time `t` in that unit is at or below the
+/// watermark exactly when `t <= watermark_in_unit(..)`.
+fn watermark_in_unit(watermark_ms: i64, unit: TimeUnit) -> i64 {
+    match unit {
+        TimeUnit::Second => watermark_ms.div_euclid(1000),
+        TimeUnit::Millisecond => watermark_ms,
+        TimeUnit::Microsecond => watermark_ms.saturating_mul(1000),
+        TimeUnit::Nanosecond => watermark_ms.saturating_mul(1_000_000),
+    }
+}
+
+/// Times in `unit` as milliseconds rounded up, so that a group closing at
+/// `t` expires exactly when the watermark (whole milliseconds) reaches `t`.
+fn ceil_millis(times: &ArrayRef, unit: TimeUnit) -> Int64Array {
+    let per_ms: i64 = match unit {
+        TimeUnit::Second => {
+            return times
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .unary(|t| t.saturating_mul(1000));
+        }
+        TimeUnit::Millisecond => 1,
+        TimeUnit::Microsecond => 1000,
+        TimeUnit::Nanosecond => 1_000_000,
+    };
+    times
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .unary(|t| t.div_euclid(per_ms) + i64::from(t.rem_euclid(per_ms) != 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closing_times_round_so_the_watermark_comparison_is_exact() {
+        let ns: ArrayRef = Arc::new(Int64Array::from(vec![1_000_000, 1_000_001, -1]));
+        assert_eq!(
+            ceil_millis(&ns, TimeUnit::Nanosecond).values().to_vec(),
+            vec![1, 2, 0]
+        );
+        let s: ArrayRef = Arc::new(Int64Array::from(vec![3]));
+        assert_eq!(
+            ceil_millis(&s, TimeUnit::Second).values().to_vec(),
+            vec![3000]
+        );
+        assert_eq!(watermark_in_unit(2999, TimeUnit::Second), 2);
+        assert_eq!(watermark_in_unit(-1, TimeUnit::Second), -1);
+        assert_eq!(watermark_in_unit(2, TimeUnit::Microsecond), 2000);
+    }
+}
