@@ -127,3 +127,55 @@ async fn append_mode_emits_each_window_once_when_the_watermark_passes_its_end() 
     );
     query.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn update_mode_emits_changed_groups_and_complete_mode_the_whole_table() {
+    let ctx = SessionContext::new();
+    for mode in [OutputMode::Update, OutputMode::Complete] {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = MemoryStream::new(schema());
+        let sink = MemorySink::new();
+        let df = per_window(stream_df(&ctx, &stream, None).await);
+        let query = start(df, &sink, mode, dir.path()).await;
+        let mut per_batch = Vec::new();
+        for batch in [
+            trades(&[(Some("A"), 1.0, 100), (Some("B"), 2.0, 105)]),
+            trades(&[(Some("A"), 3.0, 109), (None, 7.0, 111)]),
+        ] {
+            stream.push(batch).unwrap();
+            query.process_all_available().await.unwrap();
+            let last = query.last_progress().unwrap();
+            per_batch.push((last.num_output_rows, last.state_operators[0].num_rows_total));
+        }
+        query.stop().await.unwrap();
+        let rows = sorted_rows(&sink.batches());
+        match mode {
+            OutputMode::Update => {
+                assert_eq!(per_batch, vec![(2, 2), (2, 3)]);
+                assert_eq!(
+                    rows,
+                    vec![
+                        "| 100   | A      | 1 | 1.0   | 1.0 | 1.0  | 1.0  |",
+                        "| 100   | A      | 2 | 4.0   | 1.0 | 3.0  | 2.0  |",
+                        "| 100   | B      | 1 | 2.0   | 2.0 | 2.0  | 2.0  |",
+                        "| 110   |        | 1 | 7.0   | 7.0 | 7.0  | 7.0  |",
+                    ],
+                    "{rows:#?}"
+                );
+            }
+            _ => {
+                assert_eq!(per_batch, vec![(2, 2), (3, 3)]);
+                // The memory sink keeps the last complete table.
+                assert_eq!(
+                    rows,
+                    vec![
+                        "| 100   | A      | 2 | 4.0   | 1.0 | 3.0  | 2.0  |",
+                        "| 100   | B      | 1 | 2.0   | 2.0 | 2.0  | 2.0  |",
+                        "| 110   |        | 1 | 7.0   | 7.0 | 7.0  | 7.0  |",
+                    ],
+                    "{rows:#?}"
+                );
+            }
+        }
+    }
+}
