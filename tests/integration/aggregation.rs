@@ -179,3 +179,267 @@ async fn update_mode_emits_changed_groups_and_complete_mode_the_whole_table() {
         }
     }
 }
+
+#[tokio::test]
+async fn late_rows_are_dropped_counted_and_sent_to_the_late_rows_sink() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let late_sink = MemorySink::new();
+    let df = per_window(stream_df(&ctx, &stream, Some("5 seconds")).await);
+    let query = df
+        .write_stream()
+        .sink(sink.clone())
+        .late_rows_sink(late_sink.clone())
+        .output_mode(OutputMode::Append)
+        .checkpoint(dir.path().to_str().unwrap())
+        .start()
+        .await
+        .unwrap();
+    // Watermark after this batch: 125 - 5 = 120.
+    stream
+        .push(trades(&[(Some("A"), 1.0, 112), (Some("A"), 2.0, 125)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    // 119's window [110, 120) ends at 120 <= watermark 120: closed, late.
+    // 120 is exactly at the watermark but its window [120, 130) is open:
+    // kept. 108's window [100, 110) closed long ago: late.
+    stream
+        .push(trades(&[
+            (Some("A"), 10.0, 119),
+            (Some("A"), 20.0, 120),
+            (Some("B"), 30.0, 108),
+        ]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    let progress = query.recent_progress();
+    let late_batch = progress.iter().find(|p| p.num_input_rows == 3).unwrap();
+    assert_eq!(
+        late_batch.state_operators[0].num_rows_dropped_by_watermark,
+        2
+    );
+    let late = sorted_rows(&late_sink.batches());
+    assert_eq!(late.len(), 2, "{late:#?}");
+    assert!(
+        late[0].contains("| A      | 10.0  | 1970-01-01T00:01:59"),
+        "{late:#?}"
+    );
+    assert!(
+        late[1].contains("| B      | 30.0  | 1970-01-01T00:01:48"),
+        "{late:#?}"
+    );
+
+    // Close everything: 200 - 5 = 195.
+    stream.push(trades(&[(Some("C"), 1.0, 200)])).unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        vec![
+            "| 110   | A      | 1 | 1.0   | 1.0 | 1.0  | 1.0  |",
+            "| 120   | A      | 2 | 22.0  | 2.0 | 20.0 | 11.0 |",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn rows_on_window_boundaries_belong_to_the_window_they_start() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let df = per_window(stream_df(&ctx, &stream, Some("0 seconds")).await);
+    let query = start(df, &sink, OutputMode::Append, dir.path()).await;
+    stream
+        .push(trades(&[(Some("A"), 1.0, 100), (Some("A"), 2.0, 110)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    // The watermark is now exactly 110, the end of [100, 110): emitted by
+    // a no-data batch without waiting for more input.
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        vec!["| 100   | A      | 1 | 1.0   | 1.0 | 1.0  | 1.0  |"]
+    );
+    let progress = query.recent_progress();
+    assert_eq!(progress.len(), 2, "one batch with data, one without");
+    assert_eq!(progress[1].num_input_rows, 0);
+    assert_eq!(progress[1].state_operators[0].num_rows_removed, 1);
+    // A row at 110 is not late: [110, 120) is open.
+    stream.push(trades(&[(Some("A"), 4.0, 110)])).unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(
+        query.last_progress().unwrap().state_operators[0].num_rows_dropped_by_watermark,
+        0
+    );
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_data_batches_can_be_turned_off() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let df = per_window(stream_df(&ctx, &stream, Some("0 seconds")).await);
+    let query = df
+        .write_stream()
+        .sink(sink.clone())
+        .output_mode(OutputMode::Append)
+        .checkpoint(dir.path().to_str().unwrap())
+        .options(QueryOptions {
+            no_data_batches: false,
+            ..Default::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    stream
+        .push(trades(&[(Some("A"), 1.0, 100), (Some("A"), 2.0, 110)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(query.recent_progress().len(), 1);
+    assert_eq!(sink.num_rows(), 0, "emitted only by the next batch");
+    stream.push(trades(&[(Some("B"), 1.0, 111)])).unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(sink.num_rows(), 1);
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn state_survives_a_restart_and_a_changed_aggregation_is_refused() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let df = per_window(stream_df(&ctx, &stream, Some("5 seconds")).await);
+    let query = start(df, &sink, OutputMode::Append, dir.path()).await;
+    stream
+        .push(trades(&[(Some("A"), 1.0, 100), (Some("A"), 2.0, 101)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    assert_eq!(sink.num_rows(), 0);
+
+    // Another aggregation on the same checkpoint: refused, saying what changed.
+    let other = stream_df(&ctx, &stream, Some("5 seconds"))
+        .await
+        .aggregate(
+            vec![
+                tumble(col("event_time"), "10 seconds").alias("w"),
+                col("symbol"),
+            ],
+            vec![count(col("price")).alias("n")],
+        )
+        .unwrap();
+    let err = other
+        .write_stream()
+        .sink(MemorySink::new())
+        .checkpoint(dir.path().to_str().unwrap())
+        .start()
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, tidemill::TidemillError::CheckpointMismatch { .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("was removed"), "{msg}");
+
+    // The same query resumes with its state.
+    let df = per_window(stream_df(&ctx, &stream, Some("5 seconds")).await);
+    let query = start(df, &sink, OutputMode::Append, dir.path()).await;
+    stream
+        .push(trades(&[(Some("A"), 4.0, 102), (Some("A"), 1.0, 130)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        vec!["| 100   | A      | 3 | 7.0   | 1.0 | 4.0  | 2.3333333333333335 |"]
+    );
+}
+
+#[tokio::test]
+async fn aggregations_that_cannot_stream_are_refused_at_start() {
+    let ctx = SessionContext::new();
+    tidemill::engine::window::register_window_functions(&ctx);
+    ctx.register_stream("trades", MemoryStream::new(schema()))
+        .await
+        .unwrap();
+    let watermarked = ctx
+        .read_stream(MemoryStream::new(schema()))
+        .await
+        .unwrap()
+        .with_watermark("event_time", "5 seconds")
+        .unwrap();
+    ctx.register_table("wtrades", watermarked.into_view())
+        .unwrap();
+    let cases = [
+        (
+            "SELECT symbol, count(*) FROM trades GROUP BY symbol",
+            OutputMode::Append,
+            "no event-time group key",
+        ),
+        (
+            "SELECT tumble(event_time, '1 minute') AS w, count(*) FROM trades GROUP BY 1",
+            OutputMode::Append,
+            "no watermark",
+        ),
+        (
+            "SELECT symbol, count(*) FROM wtrades GROUP BY symbol",
+            OutputMode::Append,
+            "no event-time group key",
+        ),
+        (
+            "SELECT symbol, count(DISTINCT price) FROM trades GROUP BY symbol",
+            OutputMode::Update,
+            "approx_distinct",
+        ),
+        (
+            "SELECT n, count(*) FROM (SELECT symbol, count(*) AS n FROM trades GROUP BY symbol) GROUP BY n",
+            OutputMode::Update,
+            "one streaming aggregation",
+        ),
+        (
+            "SELECT symbol, count(*) AS n FROM trades GROUP BY symbol ORDER BY n",
+            OutputMode::Update,
+            "complete mode",
+        ),
+        (
+            "SELECT symbol, count(*) FROM trades GROUP BY ROLLUP(symbol)",
+            OutputMode::Update,
+            "GROUPING SETS",
+        ),
+    ];
+    for (sql, mode, expected) in cases {
+        let err = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .write_stream()
+            .sink(MemorySink::new())
+            .output_mode(mode)
+            .start()
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, tidemill::TidemillError::Unsupported { .. }),
+            "{sql}: {msg}"
+        );
+        assert!(msg.contains(expected), "{sql}: {msg}");
+    }
+    // Sorting and limiting the result table is fine in complete mode.
+    let query = ctx
+        .sql("SELECT symbol, count(*) AS n FROM trades GROUP BY symbol ORDER BY n DESC LIMIT 2")
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(MemorySink::new())
+        .output_mode(OutputMode::Complete)
+        .start()
+        .await
+        .unwrap();
+    query.stop().await.unwrap();
+}

@@ -152,17 +152,22 @@ async fn processing_time_interval_spaces_batches() {
 }
 
 #[tokio::test]
-async fn stateful_operators_are_rejected_at_start() {
+async fn operators_that_cannot_stream_are_rejected_at_start() {
     let ctx = SessionContext::new();
     ctx.register_stream("events", MemoryStream::new(events_schema()))
         .await
         .unwrap();
     let cases = [
+        // Append mode (the default) needs a watermarked event-time key;
+        // more aggregation cases are in `aggregation.rs`.
         (
             "SELECT symbol, count(*) FROM events GROUP BY symbol",
-            "Aggregate",
+            "Aggregate in append mode",
         ),
-        ("SELECT DISTINCT symbol FROM events", "Aggregate"),
+        (
+            "SELECT DISTINCT symbol FROM events",
+            "Aggregate in append mode",
+        ),
         ("SELECT * FROM events ORDER BY id", "Sort"),
         ("SELECT * FROM events LIMIT 3", "Limit"),
         (
