@@ -1,6 +1,7 @@
 //! Tidemill's integration tests, in one binary to keep link times down.
 
 mod aggregation;
+mod aggregation_properties;
 mod common;
 mod conformance;
 mod connectors;
