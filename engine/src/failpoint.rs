@@ -12,7 +12,9 @@
 //! The points, in the order a batch passes them:
 //! `before_offset_log`, `after_offset_log`, `before_sink`, `during_sink`
 //! (inside a sink, after some output is written and before the sink records
-//! the batch as done), `after_sink`, `before_commit_log`, `after_commit_log`.
+//! the batch as done), `after_sink`, `before_state_commit`,
+//! `after_state_commit` (around committing the state of a streaming
+//! aggregation), `before_commit_log`, `after_commit_log`.
 
 use std::io::Write;
 use std::sync::OnceLock;

@@ -10,9 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
+use tidemill::engine::window::tumble;
 use tidemill::prelude::*;
 use tidemill::{TidemillError, engine::failpoint};
 
@@ -26,6 +28,39 @@ fn pipeline(df: DataFrame) -> datafusion::error::Result<DataFrame> {
         col("symbol"),
         (col("price") * lit(2.0)).alias("doubled"),
     ])
+}
+
+/// The stateful pipeline under test: event time = id seconds, a 5-second
+/// watermark, 10-second tumbling windows per symbol (append mode).
+fn windowed(df: DataFrame) -> anyhow::Result<DataFrame> {
+    let df = df
+        .select(vec![
+            col("symbol"),
+            col("price"),
+            cast(
+                col("id") * lit(1000),
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+            )
+            .alias("event_time"),
+        ])?
+        .with_watermark("event_time", "5 seconds")?;
+    Ok(df
+        .aggregate(
+            vec![
+                tumble(col("event_time"), "10 seconds").alias("w"),
+                col("symbol"),
+            ],
+            vec![
+                count(col("price")).alias("n"),
+                sum(col("price")).alias("total"),
+            ],
+        )?
+        .select(vec![
+            (cast(get_field(col("w"), "start"), DataType::Int64) / lit(1000)).alias("start"),
+            col("symbol"),
+            col("n"),
+            col("total"),
+        ])?)
 }
 
 fn schema() -> SchemaRef {
@@ -48,7 +83,12 @@ async fn crash_child() -> anyhow::Result<()> {
     let source = FileSource::json(&input)
         .schema(schema())
         .max_files_per_trigger(1);
-    let query = pipeline(ctx.read_stream(source).await?)?
+    let df = ctx.read_stream(source).await?;
+    let df = match std::env::var("CRASH_STATEFUL") {
+        Ok(_) => windowed(df)?,
+        Err(_) => pipeline(df)?,
+    };
+    let query = df
         .write_stream()
         .sink(ParquetSink::new(&output))
         .checkpoint(&checkpoint)
@@ -69,6 +109,8 @@ async fn crash_child() -> anyhow::Result<()> {
 
 struct Dirs {
     _tmp: tempfile::TempDir,
+    /// Whether the child runs the stateful pipeline.
+    stateful: bool,
     input: PathBuf,
     output: PathBuf,
     checkpoint: PathBuf,
@@ -76,10 +118,15 @@ struct Dirs {
 
 impl Dirs {
     fn new() -> Self {
+        Self::with_pipeline(false)
+    }
+
+    fn with_pipeline(stateful: bool) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let input = tmp.path().join("input");
         std::fs::create_dir_all(&input).unwrap();
         Self {
+            stateful,
             input,
             output: tmp.path().join("output"),
             checkpoint: tmp.path().join("checkpoint"),
@@ -121,6 +168,11 @@ fn spawn_child(dirs: &Dirs, failpoint: Option<&str>) -> Child {
     .stderr(Stdio::null());
     if let Some(point) = failpoint {
         cmd.env(failpoint::ENV_VAR, point);
+    }
+    if dirs.stateful {
+        cmd.env("CRASH_STATEFUL", "1");
+    } else {
+        cmd.env_remove("CRASH_STATEFUL");
     }
     cmd.spawn().expect("spawn child")
 }
@@ -192,15 +244,28 @@ async fn batch_rows(dirs: &Dirs) -> Vec<String> {
         .read_json(dirs.input.to_str().unwrap(), options)
         .await
         .unwrap();
-    sorted_rows(&pipeline(df).unwrap().collect().await.unwrap())
+    if !dirs.stateful {
+        return sorted_rows(&pipeline(df).unwrap().collect().await.unwrap());
+    }
+    // Append mode emits the windows the last watermark (the largest
+    // event time less 5 s) has closed.
+    let files = std::fs::read_dir(&dirs.input).unwrap().count() as i64;
+    let watermark = files * 20 - 1 - 5;
+    let closed = windowed(df)
+        .unwrap()
+        .filter((col("start") + lit(10)).lt_eq(lit(watermark)))
+        .unwrap();
+    sorted_rows(&closed.collect().await.unwrap())
 }
 
-const POINTS: [&str; 7] = [
+const POINTS: [&str; 9] = [
     "before_offset_log",
     "after_offset_log",
     "before_sink",
     "during_sink",
     "after_sink",
+    "before_state_commit",
+    "after_state_commit",
     "before_commit_log",
     "after_commit_log",
 ];
@@ -235,6 +300,33 @@ async fn sigkill_at_each_step_of_a_batch_loses_and_duplicates_nothing() {
 }
 
 #[tokio::test]
+async fn sigkill_at_each_step_of_a_stateful_batch_loses_and_duplicates_nothing() {
+    for point in POINTS {
+        let dirs = Dirs::with_pipeline(true);
+        for n in 0..4 {
+            write_input(&dirs.input, n);
+        }
+        // Killed in batch 2, with windows of batches 0 and 1 in the state
+        // and some already emitted.
+        let mut child = spawn_child(&dirs, Some(&format!("{point}@2")));
+        assert_eq!(wait_for_event(&mut child), Event::Failpoint, "{point}");
+        kill(&mut child);
+        let partial = committed_rows(&dirs).await;
+        write_input(&dirs.input, 4);
+        run_to_completion(&dirs);
+        let expected = batch_rows(&dirs).await;
+        // Windows [0, 10) .. [80, 90) closed, three symbols each.
+        assert_eq!(expected.len(), 27, "{expected:#?}");
+        assert!(partial.len() < expected.len(), "{point}: interrupted");
+        assert_eq!(
+            committed_rows(&dirs).await,
+            expected,
+            "{point}: output differs from a clean run"
+        );
+    }
+}
+
+#[tokio::test]
 async fn randomized_kills_lose_and_duplicate_nothing() {
     let seed = std::env::var("CRASH_SEED")
         .ok()
@@ -242,7 +334,8 @@ async fn randomized_kills_lose_and_duplicate_nothing() {
         .unwrap_or_else(rand::random::<u64>);
     println!("CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let dirs = Dirs::new();
+    // Stateless and stateful pipelines alternate between runs.
+    let dirs = Dirs::with_pipeline(seed % 2 == 1);
     let mut files = 0;
     for _ in 0..10 {
         for _ in 0..rng.random_range(0..3) {
