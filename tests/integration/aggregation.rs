@@ -443,3 +443,190 @@ async fn aggregations_that_cannot_stream_are_refused_at_start() {
         .unwrap();
     query.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn state_stays_bounded_as_the_watermark_advances() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let df = per_window(stream_df(&ctx, &stream, Some("10 seconds")).await);
+    let query = start(df, &sink, OutputMode::Append, dir.path()).await;
+    // 200 batches of 50 rows, 5 seconds of event time per batch, 5 symbols.
+    for b in 0..200i64 {
+        let rows: Vec<(Option<&str>, f64, i64)> = (0..50)
+            .map(|i| {
+                let symbol = ["A", "B", "C", "D", "E"][(i % 5) as usize];
+                (Some(symbol), 1.0, b * 5 + i % 5)
+            })
+            .collect();
+        stream.push(trades(&rows)).unwrap();
+        query.process_all_available().await.unwrap();
+    }
+    query.stop().await.unwrap();
+    let progress = query.recent_progress();
+    let late: Vec<_> = progress[progress.len() - 50..]
+        .iter()
+        .map(|p| &p.state_operators[0])
+        .collect();
+    // Open windows: at most the ones within the delay (10 s) of the newest
+    // event plus the current one, for 5 symbols.
+    let max_rows = late.iter().map(|s| s.num_rows_total).max().unwrap();
+    let min_rows = late.iter().map(|s| s.num_rows_total).min().unwrap();
+    assert!(max_rows <= 15, "state rows {max_rows}");
+    assert!(min_rows >= 5, "state rows {min_rows}");
+    let max_memory = late.iter().map(|s| s.memory_used_bytes).max().unwrap();
+    let early_memory = progress[20].state_operators[0].memory_used_bytes;
+    assert!(
+        max_memory <= early_memory * 2,
+        "memory grew from {early_memory} to {max_memory}"
+    );
+    // Every row was counted in exactly one emitted window, except those of
+    // the windows still open: the last watermark is 999 - 10 = 989, so
+    // [980, 990) and [990, 1000) (10 rows a second) are not final yet.
+    let emitted: i64 = sorted_rows(&sink.batches())
+        .iter()
+        .map(|r| r.split('|').nth(3).unwrap().trim().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(emitted, 200 * 50 - 20 * 10);
+}
+
+#[tokio::test]
+async fn grouping_by_the_event_time_column_closes_groups_at_their_time() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let df = stream_df(&ctx, &stream, Some("2 seconds"))
+        .await
+        .aggregate(
+            vec![col("event_time")],
+            vec![count(col("price")).alias("n")],
+        )
+        .unwrap();
+    let query = start(df, &sink, OutputMode::Append, dir.path()).await;
+    stream
+        .push(trades(&[
+            (Some("A"), 1.0, 10),
+            (Some("B"), 1.0, 10),
+            (Some("A"), 1.0, 11),
+        ]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    // Watermark 13: 10 and 11 are final; 9 is late.
+    stream
+        .push(trades(&[(Some("A"), 1.0, 15), (Some("A"), 1.0, 9)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        vec!["| 1970-01-01T00:00:10 | 2 |", "| 1970-01-01T00:00:11 | 1 |",]
+    );
+    let dropped: u64 = query
+        .recent_progress()
+        .iter()
+        .map(|p| p.state_operators[0].num_rows_dropped_by_watermark)
+        .sum();
+    assert_eq!(dropped, 1);
+}
+
+#[tokio::test]
+async fn several_watermarked_inputs_close_windows_at_the_slowest() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (fast, slow) = (MemoryStream::new(schema()), MemoryStream::new(schema()));
+    let df = stream_df(&ctx, &fast, Some("0 seconds"))
+        .await
+        .union(stream_df(&ctx, &slow, Some("0 seconds")).await)
+        .unwrap();
+    let sink = MemorySink::new();
+    let query = start(per_window(df), &sink, OutputMode::Append, dir.path()).await;
+    fast.push(trades(&[(Some("A"), 1.0, 100), (Some("A"), 1.0, 125)]))
+        .unwrap();
+    slow.push(trades(&[(Some("B"), 2.0, 101)])).unwrap();
+    query.process_all_available().await.unwrap();
+    // min(125, 101) = 101: [100, 110) stays open for the slow input.
+    assert_eq!(sink.num_rows(), 0);
+    slow.push(trades(&[(Some("B"), 2.0, 108), (Some("B"), 2.0, 121)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    // min(125, 121) = 121: [100, 110) and [110, 120) closed.
+    query.stop().await.unwrap();
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        vec![
+            "| 100   | A      | 1 | 1.0   | 1.0 | 1.0  | 1.0  |",
+            "| 100   | B      | 2 | 4.0   | 2.0 | 2.0  | 2.0  |",
+        ]
+    );
+}
+
+/// A user-defined aggregate: the sum of squares, with a mergeable state.
+#[derive(Debug, Default)]
+struct SumOfSquares(f64);
+
+impl datafusion::logical_expr::Accumulator for SumOfSquares {
+    fn update_batch(&mut self, values: &[arrow::array::ArrayRef]) -> datafusion::error::Result<()> {
+        use arrow::array::AsArray;
+        let v = values[0].as_primitive::<arrow::datatypes::Float64Type>();
+        self.0 += v.iter().flatten().map(|x| x * x).sum::<f64>();
+        Ok(())
+    }
+
+    fn merge_batch(&mut self, states: &[arrow::array::ArrayRef]) -> datafusion::error::Result<()> {
+        use arrow::array::AsArray;
+        let s = states[0].as_primitive::<arrow::datatypes::Float64Type>();
+        self.0 += s.iter().flatten().sum::<f64>();
+        Ok(())
+    }
+
+    fn state(&mut self) -> datafusion::error::Result<Vec<datafusion::scalar::ScalarValue>> {
+        Ok(vec![datafusion::scalar::ScalarValue::Float64(Some(self.0))])
+    }
+
+    fn evaluate(&mut self) -> datafusion::error::Result<datafusion::scalar::ScalarValue> {
+        Ok(datafusion::scalar::ScalarValue::Float64(Some(self.0)))
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self)
+    }
+}
+
+#[tokio::test]
+async fn user_defined_aggregates_run_incrementally() {
+    use datafusion::logical_expr::{Volatility, create_udaf};
+    let udaf = create_udaf(
+        "sum_of_squares",
+        vec![DataType::Float64],
+        Arc::new(DataType::Float64),
+        Volatility::Immutable,
+        Arc::new(|_| Ok(Box::new(SumOfSquares::default()))),
+        Arc::new(vec![DataType::Float64]),
+    );
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let df = stream_df(&ctx, &stream, None)
+        .await
+        .aggregate(
+            vec![col("symbol")],
+            vec![udaf.call(vec![col("price")]).alias("ss")],
+        )
+        .unwrap();
+    let query = start(df, &sink, OutputMode::Complete, dir.path()).await;
+    for rows in [
+        vec![(Some("A"), 1.0, 1), (Some("A"), 2.0, 2)],
+        vec![(Some("A"), 3.0, 3), (Some("B"), 4.0, 4)],
+    ] {
+        stream.push(trades(&rows)).unwrap();
+        query.process_all_available().await.unwrap();
+    }
+    query.stop().await.unwrap();
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        vec!["| A      | 14.0 |", "| B      | 16.0 |"]
+    );
+}
