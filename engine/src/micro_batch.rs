@@ -365,7 +365,7 @@ impl Runner {
             self.checkpoint.offsets.remove(old).await?;
             self.checkpoint.commits.remove(old).await?;
         }
-        if batch_id % 10 == 0 {
+        if batch_id.is_multiple_of(10) {
             let keep_from =
                 (batch_id + 1).saturating_sub(self.options.min_state_versions_to_retain);
             for operator in &self.aggregates {

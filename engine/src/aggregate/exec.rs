@@ -161,6 +161,9 @@ impl ExecutionPlan for StreamingAggregateExec {
     }
 }
 
+/// A layout with the expressions and input schema it was planned for.
+type CachedLayout = (Vec<Expr>, SchemaRef, Arc<AggregateLayout>);
+
 /// Plans [`StreamingAggregateNode`]s as [`StreamingAggregateExec`]s of the
 /// query's aggregation operators.
 #[derive(Debug, Default)]
@@ -168,7 +171,7 @@ pub(crate) struct AggregatePlanner {
     operators: Vec<Arc<AggregateOperator>>,
     /// The last layout planned, by the expressions it was planned for:
     /// batches after the first reuse it.
-    cache: Mutex<Option<(Vec<Expr>, SchemaRef, Arc<AggregateLayout>)>>,
+    cache: Mutex<Option<CachedLayout>>,
 }
 
 impl AggregatePlanner {
