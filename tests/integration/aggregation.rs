@@ -318,8 +318,15 @@ async fn state_survives_a_restart_and_a_changed_aggregation_is_refused() {
         .push(trades(&[(Some("A"), 1.0, 100), (Some("A"), 2.0, 101)]))
         .unwrap();
     query.process_all_available().await.unwrap();
+    // An empty batch changes nothing.
+    stream.push(trades(&[])).unwrap();
+    query.process_all_available().await.unwrap();
     query.stop().await.unwrap();
     assert_eq!(sink.num_rows(), 0);
+    let last = query.last_progress().unwrap();
+    assert_eq!(last.num_input_rows, 0);
+    assert_eq!(last.state_operators[0].num_rows_total, 1);
+    assert_eq!(last.state_operators[0].num_rows_updated, 0);
 
     // Another aggregation on the same checkpoint: refused, saying what changed.
     let other = stream_df(&ctx, &stream, Some("5 seconds"))
