@@ -5,6 +5,9 @@
 //! <checkpoint>/metadata        query id, engine version, sources, sink
 //! <checkpoint>/offsets/<N>     OffsetEntry, written before batch N runs
 //! <checkpoint>/commits/<N>     CommitEntry, written after its sink commit
+//! <checkpoint>/state/0/…       the streaming aggregation's state store
+//!                              (version N+1 = state after batch N; see
+//!                              tidemill_state::StateStore for its files)
 //! <checkpoint>/sources/<i>/…   source-private logs
 //! <checkpoint>/lock            held (flock) while a query runs, local disk only
 //! ```

@@ -11,12 +11,24 @@
 //! - [`StreamingDataFrame::write_stream`] gives a [`DataStreamWriter`]:
 //!   choose a [`Sink`], an [`OutputMode`], a [`Trigger`] and a checkpoint
 //!   location, then `start()`.
-//! - [`planner`] checks at start that the plan can run incrementally and,
-//!   for each micro-batch, substitutes the batch's rows for the streaming
-//!   scans.
+//! - [`planner`] checks at start that the plan can run incrementally in
+//!   the chosen output mode and, for each micro-batch, substitutes the
+//!   batch's rows for the streaming scans.
+//! - [`watermark`] and [`window`] give event time its meaning: a watermark
+//!   per stream, windows as struct columns.
+//! - A streaming aggregation (`GROUP BY`) runs incrementally on
+//!   DataFusion's own accumulators: each batch's partial states are merged
+//!   with those kept in a versioned state store
+//!   ([`tidemill_state::StateStore`]), and the output mode decides what is
+//!   emitted: changed groups (update), every group (complete), or groups the
+//!   watermark has closed, once each (append). Late rows are dropped and
+//!   counted, or sent to a late-rows sink
+//!   ([`DataStreamWriter::late_rows_sink`]); per-batch state figures are in
+//!   [`StateOperatorProgress`].
 //! - The trigger loop (`micro_batch`) runs batches: latest offsets → offset
 //!   log (write-ahead) → read → execute → sink (idempotent per batch id) →
-//!   commit log, as laid out in [`checkpoint`].
+//!   state commit → commit log, as laid out in [`checkpoint`]; a batch
+//!   without new data runs when the watermark closes groups in the state.
 //! - [`StreamingQuery`] is the handle: stop, await, progress
 //!   ([`QueryProgress`]), status and the error that stopped the query.
 //!
