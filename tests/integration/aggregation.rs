@@ -637,3 +637,35 @@ async fn user_defined_aggregates_run_incrementally() {
         vec!["| A      | 14.0 |", "| B      | 16.0 |"]
     );
 }
+
+#[tokio::test]
+async fn a_global_aggregate_without_keys_keeps_one_running_row() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let df = stream_df(&ctx, &stream, None)
+        .await
+        .aggregate(
+            vec![],
+            vec![
+                count(col("price")).alias("n"),
+                sum(col("price")).alias("total"),
+            ],
+        )
+        .unwrap();
+    let query = start(df, &sink, OutputMode::Complete, dir.path()).await;
+    for rows in [
+        vec![(Some("A"), 1.0, 1), (Some("B"), 2.0, 2)],
+        vec![(None, 4.0, 3)],
+    ] {
+        stream.push(trades(&rows)).unwrap();
+        query.process_all_available().await.unwrap();
+    }
+    query.stop().await.unwrap();
+    assert_eq!(sorted_rows(&sink.batches()), vec!["| 3 | 7.0   |"]);
+    assert_eq!(
+        query.last_progress().unwrap().state_operators[0].num_rows_total,
+        1
+    );
+}

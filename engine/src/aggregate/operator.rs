@@ -6,7 +6,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Arra
 use arrow::compute::kernels::cmp::lt_eq;
 use arrow::compute::{cast, filter_record_batch, not, prep_null_mask_filter, take};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
-use arrow::row::{RowConverter, SortField};
+use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use tidemill_state::{CheckpointDir, StateError, StateSchema, StateStore, StateStoreConfig};
 use tokio::sync::Mutex;
@@ -151,14 +151,12 @@ impl AggregateOperator {
     /// aggregate), as rows of the partial schema.
     pub async fn lookup(&self, partial: &RecordBatch) -> DFResult<Option<RecordBatch>> {
         let inner = self.inner.lock().await;
-        let keys = self
-            .keys
-            .convert_columns(&partial.columns()[..self.layout.num_keys])?;
+        let keys = self.encode_keys(partial)?;
         let parser = self.values.parser();
         let mut found = Vec::new();
         let mut rows = Vec::new();
-        for i in 0..keys.num_rows() {
-            if let Some(value) = inner.store.get(keys.row(i).as_ref()) {
+        for i in 0..partial.num_rows() {
+            if let Some(value) = inner.store.get(keys.get(i)) {
                 found.push(i as u32);
                 rows.push(value.to_vec());
             }
@@ -187,7 +185,7 @@ impl AggregateOperator {
         inner.dirty = true;
         let num_keys = self.layout.num_keys;
         for batch in merged {
-            let keys = self.keys.convert_columns(&batch.columns()[..num_keys])?;
+            let keys = self.encode_keys(batch)?;
             let values = self.values.convert_columns(&batch.columns()[num_keys..])?;
             let expiry = match (&self.layout.event_time_key, self.mode) {
                 // Complete mode keeps every group: each batch emits them all.
@@ -198,12 +196,10 @@ impl AggregateOperator {
                 _ => None,
             };
             for i in 0..batch.num_rows() {
-                let (key, value) = (keys.row(i), values.row(i));
+                let (key, value) = (keys.get(i), values.row(i));
                 match expiry.as_ref().filter(|e| e.is_valid(i)) {
-                    Some(at) => inner
-                        .store
-                        .put_with_ttl(key.as_ref(), value.as_ref(), at.value(i)),
-                    None => inner.store.put(key.as_ref(), value.as_ref()),
+                    Some(at) => inner.store.put_with_ttl(key, value.as_ref(), at.value(i)),
+                    None => inner.store.put(key, value.as_ref()),
                 }
             }
         }
@@ -228,6 +224,15 @@ impl AggregateOperator {
         self.decode(inner.store.iter().map(|e| (e.key, e.value)))
     }
 
+    /// The state-store keys of the groups in `batch` (a partial-schema
+    /// batch).
+    fn encode_keys(&self, batch: &RecordBatch) -> DFResult<Keys> {
+        Ok(match self.layout.num_keys {
+            0 => Keys::Global(batch.num_rows()),
+            n => Keys::Rows(self.keys.convert_columns(&batch.columns()[..n])?),
+        })
+    }
+
     fn decode<'a>(
         &self,
         entries: impl Iterator<Item = (&'a [u8], &'a [u8])>,
@@ -235,13 +240,18 @@ impl AggregateOperator {
         let (key_parser, value_parser) = (self.keys.parser(), self.values.parser());
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for (key, value) in entries {
-            keys.push(key_parser.parse(key));
+            if self.layout.num_keys > 0 {
+                keys.push(key_parser.parse(key));
+            }
             values.push(value_parser.parse(value));
         }
-        if keys.is_empty() {
+        if values.is_empty() {
             return Ok(Vec::new());
         }
-        let mut columns = self.keys.convert_rows(keys)?;
+        let mut columns = match self.layout.num_keys {
+            0 => Vec::new(),
+            _ => self.keys.convert_rows(keys)?,
+        };
         columns.extend(self.values.convert_rows(values)?);
         Ok(vec![RecordBatch::try_new(
             Arc::clone(&self.layout.partial_schema),
@@ -281,6 +291,26 @@ impl AggregateOperator {
     /// The schema of the input rows (and of late rows).
     pub fn input_schema(&self) -> SchemaRef {
         Arc::clone(&self.layout.input_schema)
+    }
+}
+
+/// State-store keys of a batch's groups.
+enum Keys {
+    /// The group columns in arrow's row format.
+    Rows(Rows),
+    /// An aggregation without `GROUP BY` has one group, under the empty key.
+    Global(usize),
+}
+
+impl Keys {
+    fn get(&self, i: usize) -> &[u8] {
+        match self {
+            Keys::Rows(rows) => rows.row(i).data(),
+            Keys::Global(n) => {
+                assert!(i < *n, "group {i} of {n}");
+                &[]
+            }
+        }
     }
 }
 
