@@ -16,6 +16,7 @@ use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 
 use crate::aggregate;
 use crate::watermark::WatermarkNode;
+use crate::window::SESSION_PREFIX;
 use crate::{OutputMode, Result, StreamingTable, TidemillError};
 
 /// Checks that `plan` can run as a stream in `mode` and returns an error
@@ -152,6 +153,18 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
         | LogicalPlan::Repartition(_) => Ok(flow),
         LogicalPlan::Extension(_) if WatermarkNode::of(plan).is_some() => Ok(flow),
         LogicalPlan::Unnest(_) if !aggregated => Ok(flow),
+        // Session windows number their sessions with window functions
+        // within each micro-batch; the aggregation merges them with the
+        // sessions in its state.
+        LogicalPlan::Window(window)
+            if !aggregated
+                && window
+                    .window_expr
+                    .iter()
+                    .all(|e| e.schema_name().to_string().starts_with(SESSION_PREFIX)) =>
+        {
+            Ok(flow)
+        }
         LogicalPlan::Aggregate(_) if aggregated => Err(unsupported(
             "Aggregate",
             &format!("{after_aggregation}: a query may hold one streaming aggregation"),

@@ -15,6 +15,7 @@ use crate::watermark::{
     MultipleWatermarkPolicy, StreamingQueryPlanner, WatermarkNode, WatermarkPlanner,
     WatermarkTracker,
 };
+use crate::window::expand_session_windows;
 use crate::{
     Location, OutputMode, Result, Sink, SinkContext, SourceContext, StreamingQuery, StreamingTable,
     TidemillError, Trigger, planner,
@@ -203,6 +204,10 @@ impl DataStreamWriter {
             TidemillError::Config("no sink: call .sink(...) before .start()".into())
         })?;
         let (state, plan) = self.df.into_parts();
+        // Session windows become window functions plus a session column
+        // (also done by the analyzer where register_window_functions ran).
+        let plan = expand_session_windows(plan)
+            .map_err(|e| TidemillError::datafusion("planning session windows", e))?;
         let session = SessionContext::new_with_state(state.clone());
         let optimized = state
             .optimize(&plan)

@@ -669,3 +669,90 @@ async fn a_global_aggregate_without_keys_keeps_one_running_row() {
         1
     );
 }
+
+/// Per session (10-second gap) and symbol: start and end in seconds, count.
+fn per_session(df: DataFrame) -> DataFrame {
+    use tidemill::engine::window::session_window;
+    let seconds =
+        |field: &str| (cast(get_field(col("s"), field), DataType::Int64) / lit(1000)).alias(field);
+    df.aggregate(
+        vec![
+            col("symbol"),
+            session_window(col("event_time"), "10 seconds").alias("s"),
+        ],
+        vec![count(col("price")).alias("n")],
+    )
+    .unwrap()
+    .select(vec![
+        col("symbol"),
+        seconds("start"),
+        seconds("end"),
+        col("n"),
+    ])
+    .unwrap()
+}
+
+#[tokio::test]
+async fn session_windows_merge_across_batches_and_close_at_their_end() {
+    let ctx = SessionContext::new();
+    for mode in [OutputMode::Append, OutputMode::Update] {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = MemoryStream::new(schema());
+        let sink = MemorySink::new();
+        let df = per_session(stream_df(&ctx, &stream, Some("20 seconds")).await);
+        let query = start(df, &sink, mode, dir.path()).await;
+        let mut outputs = Vec::new();
+        for rows in [
+            // A: [100, 110) and [115, 125), apart. Watermark 95.
+            vec![
+                (Some("A"), 1.0, 100),
+                (Some("A"), 1.0, 115),
+                (Some("B"), 1.0, 100),
+            ],
+            // 108 bridges them: [100, 125). B's 110 starts exactly at the
+            // end of [100, 110): a new session.
+            vec![(Some("A"), 1.0, 108), (Some("B"), 1.0, 110)],
+            // Watermark 180: everything above is final.
+            vec![(Some("C"), 1.0, 200)],
+        ] {
+            stream.push(trades(&rows)).unwrap();
+            query.process_all_available().await.unwrap();
+            outputs.push(sorted_rows(&sink.batches()));
+        }
+        query.stop().await.unwrap();
+        let final_rows = [
+            "| A      | 100   | 125 | 3 |",
+            "| B      | 100   | 110 | 1 |",
+            "| B      | 110   | 120 | 1 |",
+        ];
+        match mode {
+            OutputMode::Append => {
+                assert!(outputs[1].is_empty(), "{:#?}", outputs[1]);
+                assert_eq!(outputs[2], final_rows);
+            }
+            _ => {
+                assert_eq!(
+                    outputs[0],
+                    vec![
+                        "| A      | 100   | 110 | 1 |",
+                        "| A      | 115   | 125 | 1 |",
+                        "| B      | 100   | 110 | 1 |",
+                    ]
+                );
+                // The merged session is the last update of A.
+                assert!(
+                    outputs[1].contains(&final_rows[0].to_string()),
+                    "{:#?}",
+                    outputs[1]
+                );
+                assert!(
+                    outputs[1].contains(&final_rows[2].to_string()),
+                    "{:#?}",
+                    outputs[1]
+                );
+                let state = &query.last_progress().unwrap().state_operators[0];
+                assert_eq!(state.num_rows_total, 1, "only C's session is open");
+            }
+        }
+    }
+}

@@ -77,19 +77,30 @@ fn random_batches(rng: &mut StdRng, events: &[Event]) -> Vec<RecordBatch> {
     batches
 }
 
-/// The plan under test, over a table `t`: tumbling or sliding windows per
-/// symbol with aggregates of every kind whose state merges.
-fn query(sliding: bool) -> String {
-    let window = if sliding {
-        // A row lands in every 40-second window, sliding by 20 seconds,
-        // that contains it.
-        "unnest(hop(event_time, '40 seconds', '20 seconds'))"
-    } else {
-        "tumble(event_time, '20 seconds')"
-    };
-    format!(
-        "SELECT w.start AS start, symbol,
-                count(*) AS n, sum(price) AS total, min(price) AS low, max(price) AS high,
+/// How the plan under test groups rows in time.
+#[derive(Debug, Clone, Copy)]
+enum Windows {
+    /// 20-second tumbling windows.
+    Tumbling,
+    /// 40-second windows sliding by 20 seconds: a row lands in two.
+    Sliding,
+    /// Sessions with a 15-second gap.
+    Sessions,
+    /// Sessions with a gap per row: 5 seconds for A, 20 for the others.
+    SessionsWithGapPerRow,
+}
+
+const ALL_WINDOWS: [Windows; 4] = [
+    Windows::Tumbling,
+    Windows::Sliding,
+    Windows::Sessions,
+    Windows::SessionsWithGapPerRow,
+];
+
+/// The plan under test, over a table `t`: windows per symbol with
+/// aggregates of every kind whose state merges.
+fn query(windows: Windows) -> String {
+    let aggregates = "count(*) AS n, sum(price) AS total, min(price) AS low, max(price) AS high,
                 avg(price) AS mean,
                 -- n * sum(x^2) - sum(x)^2, an integer for whole-number prices:
                 -- compared exactly although merged states round differently.
@@ -100,7 +111,29 @@ fn query(sliding: bool) -> String {
                 approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY price) AS median_ish,
                 array_sort(array_agg(price)) AS prices,
                 first_value(price ORDER BY event_time, price) AS open,
-                last_value(price ORDER BY event_time, price) AS close
+                last_value(price ORDER BY event_time, price) AS close";
+    let window = match windows {
+        Windows::Tumbling => "tumble(event_time, '20 seconds')",
+        Windows::Sliding => "unnest(hop(event_time, '40 seconds', '20 seconds'))",
+        Windows::Sessions => {
+            return format!(
+                "SELECT session_window(event_time, '15 seconds')['start'] AS start, symbol,
+                        {aggregates}
+                 FROM t GROUP BY session_window(event_time, '15 seconds'), symbol"
+            );
+        }
+        Windows::SessionsWithGapPerRow => {
+            let gap = "CASE WHEN symbol = 'A' THEN INTERVAL '5 seconds' \
+                       ELSE INTERVAL '20 seconds' END";
+            return format!(
+                "SELECT session_window(event_time, {gap})['start'] AS start, symbol,
+                        {aggregates}
+                 FROM t GROUP BY session_window(event_time, {gap}), symbol"
+            );
+        }
+    };
+    format!(
+        "SELECT w.start AS start, symbol, {aggregates}
          FROM (SELECT {window} AS w, symbol, price, event_time FROM t)
          GROUP BY w, symbol"
     )
@@ -146,11 +179,11 @@ fn context() -> SessionContext {
     ctx
 }
 
-async fn batch_job(events: &[Event], sliding: bool) -> Vec<Vec<String>> {
+async fn batch_job(events: &[Event], windows: Windows) -> Vec<Vec<String>> {
     let ctx = context();
     ctx.register_batch("t", batch(events)).unwrap();
     let out = ctx
-        .sql(&query(sliding))
+        .sql(&query(windows))
         .await
         .unwrap()
         .collect()
@@ -161,7 +194,7 @@ async fn batch_job(events: &[Event], sliding: bool) -> Vec<Vec<String>> {
 
 async fn stream_job(
     batches: &[RecordBatch],
-    sliding: bool,
+    windows: Windows,
     mode: OutputMode,
 ) -> (MemorySink, Vec<u64>) {
     let ctx = context();
@@ -175,7 +208,7 @@ async fn stream_job(
     ctx.register_table("t", df.into_view()).unwrap();
     let sink = MemorySink::new();
     let query = ctx
-        .sql(&query(sliding))
+        .sql(&query(windows))
         .await
         .unwrap()
         .write_stream()
@@ -204,20 +237,20 @@ async fn stream_job(
 
 #[tokio::test]
 async fn append_mode_stream_equals_batch_job_on_random_splits() {
-    for seed in 0..12u64 {
+    for seed in 0..16u64 {
         let mut rng = StdRng::seed_from_u64(seed);
-        let sliding = seed % 2 == 1;
+        let windows = ALL_WINDOWS[seed as usize % ALL_WINDOWS.len()];
         let events = random_events(&mut rng);
         let batches = random_batches(&mut rng, &events);
-        let expected = batch_job(&events, sliding).await;
-        let (sink, dropped) = stream_job(&batches, sliding, OutputMode::Append).await;
+        let expected = batch_job(&events, windows).await;
+        let (sink, dropped) = stream_job(&batches, windows, OutputMode::Append).await;
         assert!(dropped.iter().all(|d| *d == 0), "seed {seed}: {dropped:?}");
         let streamed = sorted(cells(&sink.batches()));
         assert_same_rows(
             &streamed,
             &expected,
             &format!(
-                "seed {seed}, sliding {sliding}, {} events in {} batches",
+                "seed {seed}, {windows:?}, {} events in {} batches",
                 events.len(),
                 batches.len()
             ),
@@ -229,11 +262,13 @@ async fn append_mode_stream_equals_batch_job_on_random_splits() {
 async fn update_mode_last_rows_equal_complete_mode_final_table() {
     for seed in 100..106u64 {
         let mut rng = StdRng::seed_from_u64(seed);
-        let sliding = seed % 2 == 0;
+        // Windows only: a session's key (its start) changes when sessions
+        // merge, so its earlier updates are not overwritten by later ones.
+        let windows = [Windows::Tumbling, Windows::Sliding][seed as usize % 2];
         let events = random_events(&mut rng);
         let batches = random_batches(&mut rng, &events);
-        let (updates, _) = stream_job(&batches, sliding, OutputMode::Update).await;
-        let (complete, _) = stream_job(&batches, sliding, OutputMode::Complete).await;
+        let (updates, _) = stream_job(&batches, windows, OutputMode::Update).await;
+        let (complete, _) = stream_job(&batches, windows, OutputMode::Complete).await;
         // The last update of each group (window start, symbol).
         let mut last = BTreeMap::new();
         for row in cells(&updates.batches()) {
@@ -246,7 +281,7 @@ async fn update_mode_last_rows_equal_complete_mode_final_table() {
             &format!("seed {seed}"),
         );
         // And both hold the batch job's rows (plus the flush row's group).
-        let mut expected = batch_job(&events, sliding).await;
+        let mut expected = batch_job(&events, windows).await;
         let flush: Vec<Vec<String>> = folded.iter().filter(|r| r[1] == "flush").cloned().collect();
         expected.extend(flush);
         assert_same_rows(&folded, &expected, &format!("seed {seed}, batch job"));

@@ -72,7 +72,14 @@ impl StreamingAggregateExec {
         if !partial.is_empty() {
             let partial = concat_batches(&layout.partial_schema, &partial)?;
             let mut states = vec![partial.clone()];
-            if let Some(stored) = operator.lookup(&partial).await? {
+            if operator.groups_by_session() {
+                // Sessions may merge with stored ones, and batch sessions
+                // with each other through them.
+                let states = operator.merge_sessions(&partial).await?;
+                changed = layout
+                    .run(AggregateMode::PartialReduce, states, Arc::clone(&context))
+                    .await?;
+            } else if let Some(stored) = operator.lookup(&partial).await? {
                 states.push(stored);
                 changed = layout
                     .run(AggregateMode::PartialReduce, states, Arc::clone(&context))

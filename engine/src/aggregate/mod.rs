@@ -37,6 +37,7 @@
 mod exec;
 mod layout;
 mod operator;
+mod session;
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -56,6 +57,7 @@ pub(crate) use operator::AggregateOperator;
 
 use crate::StreamingTable;
 use crate::watermark::WatermarkNode;
+use crate::window::SESSION_COLUMN;
 
 /// Whether `plan` reads a streaming source.
 pub(crate) fn reads_stream(plan: &LogicalPlan) -> bool {
@@ -109,6 +111,9 @@ pub(crate) enum EventTimeKind {
     Window,
     /// The event-time column itself: the group closes at its value.
     Timestamp,
+    /// A session window: a struct like a window, whose sessions merge
+    /// across batches; the group closes at the session's `end`.
+    Session,
 }
 
 /// The group key that ties an aggregation to event time.
@@ -139,11 +144,30 @@ pub(crate) fn window_unit(data_type: &DataType) -> Option<TimeUnit> {
     }
 }
 
-/// The event-time key of `aggregate`: the first group key that is a
-/// window, or else the first that is a watermarked event-time column.
+/// The event-time key of `aggregate`: the session window, else the first
+/// group key that is a window, else the first that is a watermarked
+/// event-time column.
 pub(crate) fn event_time_key(aggregate: &Aggregate) -> Option<EventTimeKey> {
     let num_keys = aggregate.group_expr.len();
     let fields = &aggregate.schema.fields()[..num_keys];
+    if let Some((index, unit)) = aggregate
+        .group_expr
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| match e.clone().unalias() {
+            Expr::Column(c) if c.name == SESSION_COLUMN => {
+                window_unit(fields[i].data_type()).map(|u| (i, u))
+            }
+            _ => None,
+        })
+    {
+        return Some(EventTimeKey {
+            index,
+            kind: EventTimeKind::Session,
+            unit,
+            name: fields[index].name().clone(),
+        });
+    }
     if let Some((index, unit)) = fields
         .iter()
         .enumerate()

@@ -11,6 +11,9 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use tidemill_state::{CheckpointDir, StateError, StateSchema, StateStore, StateStoreConfig};
 use tokio::sync::Mutex;
 
+use std::collections::HashMap;
+
+use super::session::{Member, SessionIndex, Span, plan_merge, session_column, spans};
 use super::{AggregateLayout, EventTimeKey, EventTimeKind};
 use crate::progress::StateOperatorProgress;
 use crate::{OutputMode, Result, TidemillError};
@@ -25,6 +28,9 @@ pub(crate) struct AggregateOperator {
     pub layout: Arc<AggregateLayout>,
     keys: RowConverter,
     values: RowConverter,
+    /// For session windows: the other group keys (the session's owner),
+    /// `None` if the session is the only key.
+    owners: Option<RowConverter>,
     inner: Mutex<Inner>,
 }
 
@@ -37,6 +43,8 @@ struct Inner {
     dirty: bool,
     dropped_by_watermark: u64,
     late_rows: Vec<RecordBatch>,
+    /// For session windows: the stored sessions by owner.
+    sessions: SessionIndex,
 }
 
 impl AggregateOperator {
@@ -68,19 +76,136 @@ impl AggregateOperator {
                 },
                 other => other.into(),
             })?;
-        Ok(Self {
+        let owners = match session_index(&layout) {
+            Some(index) => {
+                let mut fields = key_schema_fields(&layout);
+                fields.remove(index);
+                match fields.is_empty() {
+                    true => None,
+                    false => Some(converter(
+                        &Arc::new(arrow::datatypes::Schema::new(fields)),
+                        "group key",
+                    )?),
+                }
+            }
+            None => None,
+        };
+        let operator = Self {
             mode,
             layout,
             keys,
             values,
+            owners,
             inner: Mutex::new(Inner {
                 store,
                 watermark_ms: None,
                 dirty: false,
                 dropped_by_watermark: 0,
                 late_rows: Vec::new(),
+                sessions: SessionIndex::default(),
             }),
-        })
+        };
+        {
+            let mut inner = operator.inner.lock().await;
+            inner.sessions = operator.index_sessions(&inner.store)?;
+        }
+        Ok(operator)
+    }
+
+    /// The index of the sessions in `store` (empty unless this aggregation
+    /// groups by a session window).
+    fn index_sessions(&self, store: &StateStore) -> DFResult<SessionIndex> {
+        let mut index = SessionIndex::default();
+        let Some(k) = session_index(&self.layout) else {
+            return Ok(index);
+        };
+        let parser = self.keys.parser();
+        let keys: Vec<&[u8]> = store.iter().map(|e| e.key).collect();
+        for chunk in keys.chunks(8192) {
+            let columns = self
+                .keys
+                .convert_rows(chunk.iter().map(|k| parser.parse(k)))?;
+            let owners = self.encode_owners(&columns, k, chunk.len())?;
+            for (i, (key, span)) in chunk.iter().zip(spans(&columns[k])?).enumerate() {
+                if let Some(span) = span {
+                    index.insert(owners.get(i), span, key);
+                }
+            }
+        }
+        Ok(index)
+    }
+
+    /// The owners (group keys other than the session, column `k`) of rows
+    /// with `key_columns`.
+    fn encode_owners(&self, key_columns: &[ArrayRef], k: usize, rows: usize) -> DFResult<Keys> {
+        let Some(owners) = &self.owners else {
+            return Ok(Keys::Global(rows));
+        };
+        let mut columns = key_columns.to_vec();
+        columns.remove(k);
+        Ok(Keys::Rows(owners.convert_columns(&columns)?))
+    }
+
+    /// Merges the sessions of the batch's partial aggregate with the
+    /// stored sessions they overlap or bridge, removing those from the
+    /// state: returns the partial rows and the absorbed stored states, each
+    /// with its merged session, for [`AggregateMode::PartialReduce`]
+    /// (`datafusion::physical_plan::aggregates::AggregateMode`).
+    pub async fn merge_sessions(&self, partial: &RecordBatch) -> DFResult<Vec<RecordBatch>> {
+        let k = session_index(&self.layout).ok_or_else(|| {
+            DataFusionError::Internal("merge_sessions without a session window".into())
+        })?;
+        let num_keys = self.layout.num_keys;
+        let owners = self.encode_owners(&partial.columns()[..num_keys], k, partial.num_rows())?;
+        let mut batch_spans = spans(partial.column(k))?;
+        let mut by_owner: HashMap<&[u8], Vec<(Span, Member)>> = HashMap::new();
+        for (i, span) in batch_spans.iter().enumerate() {
+            if let Some(span) = span {
+                by_owner
+                    .entry(owners.get(i))
+                    .or_default()
+                    .push((*span, Member::Batch(i)));
+            }
+        }
+        let mut inner = self.inner.lock().await;
+        let mut absorbed = Vec::new();
+        for (owner, mut members) in by_owner {
+            members.extend(
+                inner
+                    .sessions
+                    .sessions(owner)
+                    .map(|(key, span)| (*span, Member::Stored(key.clone()))),
+            );
+            for (member, span) in plan_merge(members) {
+                match member {
+                    Member::Batch(i) => batch_spans[i] = Some(span),
+                    Member::Stored(key) => absorbed.push((key, span)),
+                }
+            }
+        }
+        let mut stored = Vec::with_capacity(absorbed.len());
+        for (key, span) in absorbed {
+            let value = inner.store.get(&key).map(<[u8]>::to_vec).ok_or_else(|| {
+                DataFusionError::Internal("a session in the index is not in the state".into())
+            })?;
+            inner.store.remove(&key);
+            inner.sessions.remove(&key);
+            stored.push((key, value, span));
+        }
+        inner.dirty = true;
+        drop(inner);
+
+        let session_type = partial.schema().field(k).data_type().clone();
+        let mut columns = partial.columns().to_vec();
+        columns[k] = session_column(&session_type, &batch_spans)?;
+        let mut out = vec![RecordBatch::try_new(partial.schema(), columns)?];
+        let stored_spans: Vec<Option<Span>> = stored.iter().map(|s| Some(s.2)).collect();
+        for batch in self.decode(stored.iter().map(|(k, v, _)| (k.as_slice(), v.as_slice())))? {
+            let mut columns = batch.columns().to_vec();
+            columns[k] = session_column(&session_type, &stored_spans)?;
+            out.push(RecordBatch::try_new(batch.schema(), columns)?);
+        }
+        Ok(out)
     }
 
     /// Gets ready to run batch `version` with `watermark_ms`: reloads the
@@ -96,6 +221,7 @@ impl AggregateOperator {
                 version,
             )
             .await?;
+            inner.sessions = self.index_sessions(&reopened)?;
             inner.store = reopened;
         }
         inner.dirty = false;
@@ -103,6 +229,11 @@ impl AggregateOperator {
         inner.dropped_by_watermark = 0;
         inner.late_rows.clear();
         Ok(())
+    }
+
+    /// Whether the aggregation groups by a session window.
+    pub fn groups_by_session(&self) -> bool {
+        session_index(&self.layout).is_some()
     }
 
     /// Whether the watermark `watermark_ms` closes a group the state holds,
@@ -195,6 +326,15 @@ impl AggregateOperator {
                 }
                 _ => None,
             };
+            if let Some(k) = session_index(&self.layout) {
+                let owners =
+                    self.encode_owners(&batch.columns()[..num_keys], k, batch.num_rows())?;
+                for (i, span) in spans(batch.column(k))?.into_iter().enumerate() {
+                    if let Some(span) = span {
+                        inner.sessions.insert(owners.get(i), span, keys.get(i));
+                    }
+                }
+            }
             for i in 0..batch.num_rows() {
                 let (key, value) = (keys.get(i), values.row(i));
                 match expiry.as_ref().filter(|e| e.is_valid(i)) {
@@ -215,6 +355,9 @@ impl AggregateOperator {
         };
         inner.dirty = true;
         let entries = inner.store.take_expired(watermark);
+        for (key, _) in &entries {
+            inner.sessions.remove(key);
+        }
         self.decode(entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
     }
 
@@ -294,6 +437,20 @@ impl AggregateOperator {
     }
 }
 
+/// The position of the session window among the group keys, if the
+/// aggregation groups by one.
+fn session_index(layout: &AggregateLayout) -> Option<usize> {
+    layout
+        .event_time_key
+        .as_ref()
+        .filter(|key| key.kind == EventTimeKind::Session)
+        .map(|key| key.index)
+}
+
+fn key_schema_fields(layout: &AggregateLayout) -> Vec<arrow::datatypes::FieldRef> {
+    layout.key_schema().fields().iter().cloned().collect()
+}
+
 /// State-store keys of a batch's groups.
 enum Keys {
     /// The group columns in arrow's row format.
@@ -340,7 +497,7 @@ fn converter(schema: &SchemaRef, what: &str) -> Result<RowConverter> {
 /// When each row's group closes, as integers in the key's time unit.
 fn closing_time(value: &ArrayRef, key: &EventTimeKey) -> DFResult<ArrayRef> {
     let times = match key.kind {
-        EventTimeKind::Window => value
+        EventTimeKind::Window | EventTimeKind::Session => value
             .as_struct_opt()
             .and_then(|s| s.column_by_name("end"))
             .cloned()

@@ -171,7 +171,7 @@ fn time_unit(name: &str, ts_type: &DataType) -> Result<TimeUnit> {
 }
 
 /// Nanoseconds of a constant duration argument.
-fn duration_nanos(name: &str, arg: &str, value: Option<&ScalarValue>) -> Result<i128> {
+pub(super) fn duration_nanos(name: &str, arg: &str, value: Option<&ScalarValue>) -> Result<i128> {
     const DAY_NANOS: i128 = 86_400 * 1_000_000_000;
     let months = || {
         plan_err!(

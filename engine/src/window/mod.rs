@@ -71,6 +71,7 @@
 
 mod function;
 mod kernels;
+mod session;
 #[cfg(test)]
 mod tests;
 
@@ -79,18 +80,25 @@ use std::sync::{Arc, LazyLock};
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Expr, ScalarUDF};
+use datafusion::optimizer::AnalyzerRule;
 use datafusion::prelude::lit;
 
 use function::{Kind, WindowFunction};
+use session::SessionWindowFunction;
+pub use session::{SESSION_COLUMN, SESSION_PREFIX, SessionWindowRule, expand_session_windows};
 
 /// Most windows a single row may fall into with [`hop`] (`size / slide`).
 /// A larger ratio is almost certainly a unit mistake and would multiply
 /// every row that many times.
 pub const MAX_WINDOWS_PER_ROW: i64 = 100_000;
 
-/// Registers `tumble`, `hop` and `window` on `ctx`, for SQL.
+/// Registers `tumble`, `hop`, `window` and `session_window` on `ctx`, for
+/// SQL, and installs [`SessionWindowRule`], which session windows need in
+/// batch queries.
 ///
-/// The DataFrame helpers ([`tumble`], [`hop`]) work without registration.
+/// The DataFrame helpers [`tumble`] and [`hop`] work without
+/// registration; [`session_window`] needs the rule in batch queries
+/// (streaming queries apply it themselves).
 ///
 /// ```
 /// use datafusion::prelude::*;
@@ -112,6 +120,16 @@ pub fn register_window_functions(ctx: &SessionContext) {
     ctx.register_udf(tumble_udf().as_ref().clone());
     ctx.register_udf(hop_udf().as_ref().clone());
     ctx.register_udf(window_udf().as_ref().clone());
+    ctx.register_udf(session_window_udf().as_ref().clone());
+    if !ctx
+        .state()
+        .analyzer()
+        .rules
+        .iter()
+        .any(|rule| rule.name() == SessionWindowRule.name())
+    {
+        ctx.add_analyzer_rule(Arc::new(SessionWindowRule));
+    }
 }
 
 /// A tumbling window of `size` (e.g. `"1 minute"`) over the event-time
@@ -240,6 +258,57 @@ pub fn hop(ts: Expr, size: &str, slide: &str) -> Expr {
 /// ```
 pub fn hop_with_offset(ts: Expr, size: &str, slide: &str, offset: &str) -> Expr {
     call(hop_udf(), vec![ts, lit(size), lit(slide), lit(offset)])
+}
+
+/// A session window over the event-time column `ts` with a constant `gap`
+/// (e.g. `"5 minutes"`), as a `GROUP BY` key: rows of a group whose
+/// sessions `[ts, ts + gap)` overlap or touch fall into one session. Same
+/// as SQL `session_window(ts, gap)`; see [`session_window_with_gap`] for a
+/// gap per row.
+///
+/// ```
+/// use datafusion::functions_aggregate::expr_fn::count;
+/// use datafusion::prelude::*;
+/// use tidemill_engine::window::{register_window_functions, session_window};
+///
+/// # #[tokio::main] async fn main() -> datafusion::error::Result<()> {
+/// let ctx = SessionContext::new();
+/// register_window_functions(&ctx); // installs the session rewrite
+/// let batches = ctx
+///     .sql(
+///         "SELECT * FROM (VALUES ('u1', TIMESTAMP '2024-01-01 10:00:00'),
+///                                ('u1', TIMESTAMP '2024-01-01 10:03:00'),
+///                                ('u1', TIMESTAMP '2024-01-01 10:20:00')) AS t(user_id, ts)",
+///     )
+///     .await?
+///     .aggregate(
+///         vec![col("user_id"), session_window(col("ts"), "5 minutes").alias("s")],
+///         vec![count(lit(1)).alias("clicks")],
+///     )?
+///     .sort(vec![col("s").sort(true, true)])?
+///     .collect()
+///     .await?;
+/// let table = arrow::util::pretty::pretty_format_batches(&batches)?.to_string();
+/// assert!(table.contains("| u1      | {start: 2024-01-01T10:00:00, end: 2024-01-01T10:08:00} | 2      |"));
+/// assert!(table.contains("| u1      | {start: 2024-01-01T10:20:00, end: 2024-01-01T10:25:00} | 1      |"));
+/// # Ok(()) }
+/// ```
+pub fn session_window(ts: Expr, gap: &str) -> Expr {
+    call(session_window_udf(), vec![ts, lit(gap)])
+}
+
+/// A session window whose gap is an interval expression evaluated per row
+/// (e.g. longer sessions for some users). Same as SQL
+/// `session_window(ts, <interval expression>)`.
+pub fn session_window_with_gap(ts: Expr, gap: Expr) -> Expr {
+    call(session_window_udf(), vec![ts, gap])
+}
+
+/// The `session_window` function (see [`session_window`]).
+pub fn session_window_udf() -> &'static Arc<ScalarUDF> {
+    static UDF: LazyLock<Arc<ScalarUDF>> =
+        LazyLock::new(|| Arc::new(ScalarUDF::new_from_impl(SessionWindowFunction::new())));
+    &UDF
 }
 
 fn call(udf: &Arc<ScalarUDF>, args: Vec<Expr>) -> Expr {
