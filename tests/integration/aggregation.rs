@@ -756,3 +756,28 @@ async fn session_windows_merge_across_batches_and_close_at_their_end() {
         }
     }
 }
+
+#[tokio::test]
+async fn session_windows_without_a_watermark_in_complete_mode_keep_every_session() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let df = per_session(stream_df(&ctx, &stream, None).await);
+    let query = start(df, &sink, OutputMode::Complete, dir.path()).await;
+    for rows in [
+        vec![(Some("A"), 1.0, 100), (Some("A"), 1.0, 115)],
+        vec![(Some("A"), 1.0, 108), (Some("A"), 1.0, 500)],
+    ] {
+        stream.push(trades(&rows)).unwrap();
+        query.process_all_available().await.unwrap();
+    }
+    query.stop().await.unwrap();
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        vec![
+            "| A      | 100   | 125 | 3 |",
+            "| A      | 500   | 510 | 1 |"
+        ]
+    );
+}

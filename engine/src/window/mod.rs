@@ -17,6 +17,12 @@
 //!   a tumbling window; a `slide` different from `size` is refused with a
 //!   pointer to `hop` (a scalar function returns one value per row, and a
 //!   sliding window gives several).
+//! - [`session_window`] (SQL `session_window(ts, gap)`) is a `GROUP BY`
+//!   key: the rows of a group whose `[ts, ts + gap)` overlap form one
+//!   session `[first ts, last ts + gap)`; `gap` may differ per row
+//!   ([`session_window_with_gap`]). A session depends on other rows, so
+//!   [`SessionWindowRule`] (installed by [`register_window_functions`])
+//!   rewrites the aggregation into DataFusion window functions.
 //!
 //! Durations (`size`, `slide`, `offset`) must be constants: a string such as
 //! `'10 minutes'` or `'250 ms'` (see [`crate::watermark::parse_delay`]), an
