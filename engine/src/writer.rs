@@ -15,7 +15,7 @@ use crate::watermark::{
     MultipleWatermarkPolicy, StreamingQueryPlanner, WatermarkNode, WatermarkPlanner,
     WatermarkTracker,
 };
-use crate::window::expand_session_windows;
+use crate::window::expand_grouping_windows;
 use crate::{
     Location, OutputMode, Result, Sink, SinkContext, SourceContext, StreamingQuery, StreamingTable,
     TidemillError, Trigger, planner,
@@ -204,10 +204,11 @@ impl DataStreamWriter {
             TidemillError::Config("no sink: call .sink(...) before .start()".into())
         })?;
         let (state, plan) = self.df.into_parts();
-        // Session windows become window functions plus a session column
-        // (also done by the analyzer where register_window_functions ran).
-        let plan = expand_session_windows(plan)
-            .map_err(|e| TidemillError::datafusion("planning session windows", e))?;
+        // Sliding and session windows in GROUP BY become an unnested list
+        // and window functions (the analyzer does it too where
+        // register_window_functions ran).
+        let plan = expand_grouping_windows(plan)
+            .map_err(|e| TidemillError::datafusion("planning grouping windows", e))?;
         let session = SessionContext::new_with_state(state.clone());
         let optimized = state
             .optimize(&plan)

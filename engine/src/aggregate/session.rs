@@ -1,7 +1,7 @@
 //! Merging session windows across micro-batches.
 //!
 //! Each batch's rows are grouped into sessions within the batch (by the
-//! session-window rewrite, [`crate::window::expand_session_windows`]). A
+//! session-window rewrite, [`crate::window::expand_grouping_windows`]). A
 //! batch session may overlap sessions kept in the state for the same other
 //! group keys (its *owner*), or bridge two of them; [`plan_merge`] finds,
 //! per owner, the runs of overlapping or touching sessions and the merged

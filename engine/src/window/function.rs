@@ -104,17 +104,9 @@ impl WindowFunction {
                 duration(2)?.ok_or_else(|| missing(2))?,
                 duration(3)?.unwrap_or(0),
             ),
-            Kind::Window => {
-                let slide = duration(2)?.unwrap_or(size);
-                if slide != size {
-                    return plan_err!(
-                        "window: a slide_duration different from window_duration gives several \
-                         windows per row, which a column cannot hold; use \
-                         UNNEST(hop(ts, size, slide)) for sliding windows"
-                    );
-                }
-                (slide, duration(3)?.unwrap_or(0))
-            }
+            // A slide different from the size is a sliding window: only a
+            // GROUP BY key (see `grouping`); `invoke` refuses it per row.
+            Kind::Window => (duration(2)?.unwrap_or(size), duration(3)?.unwrap_or(0)),
         };
         if slide <= 0 {
             return plan_err!("{name}: {} must be greater than zero", names[2]);
@@ -353,6 +345,14 @@ impl ScalarUDFImpl for WindowFunction {
             ColumnarValue::Array(array) => (Arc::clone(array), false),
             ColumnarValue::Scalar(value) => (value.to_array_of_size(1)?, true),
         };
+        if self.kind == Kind::Window && spec.slide != spec.size {
+            return exec_err!(
+                "window: a slide_duration different from window_duration gives several windows \
+                 per row, which a column cannot hold: GROUP BY window(ts, size, slide) (with \
+                 register_window_functions(&ctx)), or use UNNEST(hop(ts, size, slide)) for one \
+                 row per window"
+            );
+        }
         let result = match self.kind {
             Kind::Tumble | Kind::Window => tumble_array(name, &ts, spec)?,
             Kind::Hop => hop_array(name, &ts, spec)?,

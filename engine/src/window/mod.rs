@@ -13,15 +13,17 @@
 //!   every window of length `size`, starting at a multiple of `slide`
 //!   (shifted by `offset`), that contains the row, ordered by start.
 //!   `UNNEST` it to get one row per window.
-//! - SQL `window(ts, size [, slide [, start_time]])` is Spark's spelling of
-//!   a tumbling window; a `slide` different from `size` is refused with a
-//!   pointer to `hop` (a scalar function returns one value per row, and a
-//!   sliding window gives several).
+//! - SQL `window(ts, size [, slide [, start_time]])` is Spark's: a tumbling
+//!   window, or with a `slide` different from `size` a sliding window, which
+//!   (giving several windows per row) is only a `GROUP BY` key: as in Spark,
+//!   `GROUP BY window(ts, '10 minutes', '5 minutes')` counts each row in
+//!   every window containing it ([`WindowGroupingRule`] rewrites it to an
+//!   `UNNEST` of `hop`).
 //! - [`session_window`] (SQL `session_window(ts, gap)`) is a `GROUP BY`
 //!   key: the rows of a group whose `[ts, ts + gap)` overlap form one
 //!   session `[first ts, last ts + gap)`; `gap` may differ per row
 //!   ([`session_window_with_gap`]). A session depends on other rows, so
-//!   [`SessionWindowRule`] (installed by [`register_window_functions`])
+//!   [`WindowGroupingRule`] (installed by [`register_window_functions`])
 //!   rewrites the aggregation into DataFusion window functions.
 //!
 //! Durations (`size`, `slide`, `offset`) must be constants: a string such as
@@ -76,6 +78,7 @@
 //! ```
 
 mod function;
+mod grouping;
 mod kernels;
 mod session;
 #[cfg(test)]
@@ -90,8 +93,9 @@ use datafusion::optimizer::AnalyzerRule;
 use datafusion::prelude::lit;
 
 use function::{Kind, WindowFunction};
+pub use grouping::{SLIDING_WINDOW_COLUMN, WindowGroupingRule, expand_grouping_windows};
 use session::SessionWindowFunction;
-pub use session::{SESSION_COLUMN, SESSION_PREFIX, SessionWindowRule, expand_session_windows};
+pub use session::{SESSION_COLUMN, SESSION_PREFIX};
 
 /// Most windows a single row may fall into with [`hop`] (`size / slide`).
 /// A larger ratio is almost certainly a unit mistake and would multiply
@@ -99,8 +103,8 @@ pub use session::{SESSION_COLUMN, SESSION_PREFIX, SessionWindowRule, expand_sess
 pub const MAX_WINDOWS_PER_ROW: i64 = 100_000;
 
 /// Registers `tumble`, `hop`, `window` and `session_window` on `ctx`, for
-/// SQL, and installs [`SessionWindowRule`], which session windows need in
-/// batch queries.
+/// SQL, and installs [`WindowGroupingRule`], which sliding `window(…)` and
+/// `session_window` keys need in batch queries.
 ///
 /// The DataFrame helpers [`tumble`] and [`hop`] work without
 /// registration; [`session_window`] needs the rule in batch queries
@@ -132,9 +136,9 @@ pub fn register_window_functions(ctx: &SessionContext) {
         .analyzer()
         .rules
         .iter()
-        .any(|rule| rule.name() == SessionWindowRule.name())
+        .any(|rule| rule.name() == WindowGroupingRule.name())
     {
-        ctx.add_analyzer_rule(Arc::new(SessionWindowRule));
+        ctx.add_analyzer_rule(Arc::new(WindowGroupingRule));
     }
 }
 
@@ -268,7 +272,7 @@ pub fn hop_with_offset(ts: Expr, size: &str, slide: &str, offset: &str) -> Expr 
 
 /// A session window over the event-time column `ts` with a constant `gap`
 /// (e.g. `"5 minutes"`), as a `GROUP BY` key: rows of a group whose
-/// sessions `[ts, ts + gap)` overlap or touch fall into one session. Same
+/// sessions `[ts, ts + gap)` overlap fall into one session. Same
 /// as SQL `session_window(ts, gap)`; see [`session_window_with_gap`] for a
 /// gap per row.
 ///

@@ -10,7 +10,7 @@
 //! event time gets a null session.
 //!
 //! Unlike `tumble`, a session depends on other rows, so `session_window` is
-//! not computed row by row: [`SessionWindowRule`] rewrites an aggregation
+//! not computed row by row: [`super::WindowGroupingRule`] rewrites an aggregation
 //! grouped by it into DataFusion window functions that number the sessions
 //! (per group keys, ordered by event time, a row starts a new session when
 //! it begins after every earlier row's end), and groups by the resulting
@@ -21,8 +21,6 @@
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, FieldRef, IntervalMonthDayNano};
-use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::Transformed;
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::Result;
 use datafusion::functions::core::expr_fn::named_struct;
@@ -34,7 +32,6 @@ use datafusion::logical_expr::{
     ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility, WindowFrame, WindowFrameBound,
     WindowFrameUnits, WindowFunctionDefinition, when,
 };
-use datafusion::optimizer::AnalyzerRule;
 use datafusion::prelude::{col, lit};
 
 use super::function::{duration_nanos, window_type};
@@ -112,40 +109,14 @@ impl ScalarUDFImpl for SessionWindowFunction {
     fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         exec_err!(
             "session_window can only be a GROUP BY key (a session depends on the other rows of \
-             its group); group by it, and make sure the session has Tidemill's rewrite \
-             installed with register_window_functions(&ctx)"
+             its group); group by it, with Tidemill's rewrite installed by \
+             register_window_functions(&ctx)"
         )
     }
 }
 
-/// Rewrites every aggregation grouped by `session_window(ts, gap)` into
-/// window functions that assign sessions (see the module docs). Installed
-/// by [`super::register_window_functions`]; streaming queries apply it
-/// themselves.
-#[derive(Debug, Default)]
-pub struct SessionWindowRule;
-
-impl AnalyzerRule for SessionWindowRule {
-    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        expand_session_windows(plan)
-    }
-
-    fn name(&self) -> &str {
-        "tidemill_session_windows"
-    }
-}
-
-/// Applies [`SessionWindowRule`] to `plan`.
-pub fn expand_session_windows(plan: LogicalPlan) -> Result<LogicalPlan> {
-    plan.transform_up_with_subqueries(|node| match node {
-        LogicalPlan::Aggregate(aggregate) => rewrite(aggregate),
-        other => Ok(Transformed::no(other)),
-    })
-    .map(|t| t.data)
-}
-
 /// The `(ts, gap)` of a `session_window` call.
-fn session_call(expr: &Expr) -> Option<(&Expr, &Expr)> {
+pub(super) fn session_call(expr: &Expr) -> Option<(&Expr, &Expr)> {
     match expr {
         Expr::Alias(alias) => session_call(&alias.expr),
         Expr::ScalarFunction(ScalarFunction { func, args })
@@ -157,22 +128,12 @@ fn session_call(expr: &Expr) -> Option<(&Expr, &Expr)> {
     }
 }
 
-fn rewrite(aggregate: Aggregate) -> Result<Transformed<LogicalPlan>> {
-    let sessions: Vec<usize> = aggregate
-        .group_expr
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| session_call(e).map(|_| i))
-        .collect();
-    let index = match sessions.as_slice() {
-        [] => return Ok(Transformed::no(LogicalPlan::Aggregate(aggregate))),
-        [index] => *index,
-        _ => return plan_err!("session_window: a query may group by one session window"),
+/// Rewrites `aggregate`, whose group key `index` is a `session_window`
+/// call (see the module docs).
+pub(super) fn rewrite(aggregate: Aggregate, index: usize) -> Result<LogicalPlan> {
+    let Some((ts, gap)) = session_call(&aggregate.group_expr[index]) else {
+        return plan_err!("group key {index} is not a session_window call");
     };
-    if let [Expr::GroupingSet(_)] = aggregate.group_expr.as_slice() {
-        return plan_err!("session_window: not supported with GROUPING SETS, CUBE or ROLLUP");
-    }
-    let (ts, gap) = session_call(&aggregate.group_expr[index]).expect("found above");
     let (ts, gap) = (ts.clone(), gap_expr(gap)?);
     let keys: Vec<Expr> = aggregate
         .group_expr
@@ -265,7 +226,7 @@ fn rewrite(aggregate: Aggregate) -> Result<Transformed<LogicalPlan>> {
     let mut group_expr = aggregate.group_expr;
     group_expr[index] = col(SESSION_COLUMN).alias(original_name);
     let rewritten = Aggregate::try_new(Arc::new(input), group_expr, aggregate.aggr_expr)?;
-    Ok(Transformed::yes(LogicalPlan::Aggregate(rewritten)))
+    Ok(LogicalPlan::Aggregate(rewritten))
 }
 
 /// The gap as an interval expression: constants become interval literals.

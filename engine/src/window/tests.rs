@@ -298,10 +298,60 @@ async fn window_is_spark_tumble() {
         windows(a[0].column(0).as_ref()),
         windows(b[0].column(0).as_ref())
     );
-    let err = plan_error(&ctx, "SELECT window(ts, '1 minute', '30 seconds') FROM t").await;
+    // A sliding window is a GROUP BY key only.
+    let err = run(&ctx, "SELECT window(ts, '1 minute', '30 seconds') FROM t")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
-        err.contains("window: a slide_duration different") && err.contains("hop"),
+        err.contains("window: a slide_duration different") && err.contains("GROUP BY"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn group_by_a_sliding_window_counts_each_row_in_every_window() {
+    let ctx = context();
+    let ts_type = DataType::Timestamp(TimeUnit::Second, None);
+    register(
+        &ctx,
+        &ts_type,
+        &[Some(0), Some(29), Some(30), Some(75), None],
+    );
+    let spark = run(
+        &ctx,
+        "SELECT window(ts, '1 minute', '30 seconds')['start'] AS start, count(*) AS n
+         FROM t GROUP BY window(ts, '1 minute', '30 seconds') ORDER BY start",
+    )
+    .await
+    .unwrap();
+    let unnested = run(
+        &ctx,
+        "SELECT w.start AS start, count(*) AS n
+         FROM (SELECT unnest(hop(ts, '1 minute', '30 seconds')) AS w FROM t)
+         GROUP BY w ORDER BY start",
+    )
+    .await
+    .unwrap();
+    let table = |b: &[RecordBatch]| {
+        arrow::util::pretty::pretty_format_batches(b)
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(table(&spark), table(&unnested));
+    assert_eq!(
+        table(&spark),
+        [
+            "+---------------------+---+",
+            "| start               | n |",
+            "+---------------------+---+",
+            "| 1969-12-31T23:59:30 | 2 |",
+            "| 1970-01-01T00:00:00 | 3 |",
+            "| 1970-01-01T00:00:30 | 2 |",
+            "| 1970-01-01T00:01:00 | 1 |",
+            "+---------------------+---+",
+        ]
+        .join("\n")
     );
 }
 
