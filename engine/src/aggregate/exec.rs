@@ -68,25 +68,30 @@ impl StreamingAggregateExec {
         let partial = layout
             .run(AggregateMode::Partial, rows, Arc::clone(&context))
             .await?;
+        // The merged states of the groups this batch changed.
         let mut changed = Vec::new();
         if !partial.is_empty() {
             let partial = concat_batches(&layout.partial_schema, &partial)?;
-            let mut states = vec![partial.clone()];
-            if operator.groups_by_session() {
-                // Sessions may merge with stored ones, and batch sessions
-                // with each other through them.
-                let states = operator.merge_sessions(&partial).await?;
-                changed = layout
-                    .run(AggregateMode::PartialReduce, states, Arc::clone(&context))
-                    .await?;
-            } else if let Some(stored) = operator.lookup(&partial).await? {
-                states.push(stored);
-                changed = layout
-                    .run(AggregateMode::PartialReduce, states, Arc::clone(&context))
-                    .await?;
+            let states = if operator.groups_by_session() {
+                // Batch sessions may merge with stored ones, and with each
+                // other through them: always re-aggregate.
+                Some(operator.merge_sessions(&partial).await?)
             } else {
-                changed = states;
-            }
+                operator
+                    .lookup(&partial)
+                    .await?
+                    .map(|stored| vec![partial.clone(), stored])
+            };
+            changed = match states {
+                Some(states) => {
+                    layout
+                        .run(AggregateMode::PartialReduce, states, Arc::clone(&context))
+                        .await?
+                }
+                // No group was in the state: the partial states are the
+                // merged ones.
+                None => vec![partial],
+            };
             operator.store(&changed).await?;
         }
         let closed = operator.take_closed().await?;
