@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::FutureExt;
 
@@ -192,6 +193,72 @@ impl DataStreamWriter {
         self
     }
 
+    /// Describes how the query would run, without starting it: the output
+    /// mode, the watermarks, the stateful operator and the plan each
+    /// micro-batch runs (DataFusion's optimized plan, with the streaming
+    /// aggregation as `StreamingAggregate`). Fails with the same error as
+    /// [`start`](Self::start) if the query cannot run as a stream.
+    ///
+    /// ```no_run
+    /// # fn demo(df: datafusion::prelude::DataFrame) -> tidemill_engine::Result<()> {
+    /// use tidemill_engine::{OutputMode, StreamingDataFrame};
+    ///
+    /// let text = df.write_stream().output_mode(OutputMode::Append).explain()?;
+    /// println!("{text}");
+    /// # Ok(()) }
+    /// ```
+    pub fn explain(self) -> Result<String> {
+        let mode = self.output_mode;
+        let (_, _, optimized) = prepare(self.df, mode)?;
+        let mut text = format!("output mode: {mode}\n");
+        let watermarks = WatermarkNode::all_in(&optimized);
+        if watermarks.is_empty() {
+            text.push_str("watermarks: none\n");
+        }
+        for w in &watermarks {
+            text.push_str(&format!(
+                "watermark: on {} with delay {} ms (max event time seen - delay, applied from \
+                 the next micro-batch)\n",
+                w.column.flat_name(),
+                w.delay_ms
+            ));
+        }
+        match aggregate::find(&optimized) {
+            None => {
+                text.push_str("stateful operators: none (each micro-batch runs on its own rows)\n")
+            }
+            Some(found) => {
+                let keys: Vec<String> = found.group_expr.iter().map(|e| e.to_string()).collect();
+                text.push_str(&format!(
+                    "stateful operator: StreamingAggregate, state keyed by [{}]\n",
+                    keys.join(", ")
+                ));
+                match aggregate::event_time_key(&found) {
+                    Some(key) => text.push_str(&format!(
+                        "  event-time key: {} ({:?}); with a watermark, a group closes when the \
+                         watermark reaches its end: late rows are dropped, closed groups are \
+                         evicted{}\n",
+                        key.name,
+                        key.kind,
+                        if mode == OutputMode::Append {
+                            " after being emitted once"
+                        } else {
+                            ""
+                        }
+                    )),
+                    None => text
+                        .push_str("  no event-time key: state grows with the number of groups\n"),
+                }
+            }
+        }
+        let per_batch = aggregate::replace(optimized, 0)
+            .map_err(|e| TidemillError::datafusion("explaining the streaming query", e))?;
+        text.push_str("plan of each micro-batch:\n");
+        text.push_str(&per_batch.display_indent().to_string());
+        text.push('\n');
+        Ok(text)
+    }
+
     /// Validates the query, opens (or recovers) its checkpoint, sources and
     /// sink, and starts the trigger loop on a tokio task.
     ///
@@ -203,17 +270,8 @@ impl DataStreamWriter {
         let sink = self.sink.ok_or_else(|| {
             TidemillError::Config("no sink: call .sink(...) before .start()".into())
         })?;
-        let (state, plan) = self.df.into_parts();
-        // Sliding and session windows in GROUP BY become an unnested list
-        // and window functions (the analyzer does it too where
-        // register_window_functions ran).
-        let plan = expand_grouping_windows(plan)
-            .map_err(|e| TidemillError::datafusion("planning grouping windows", e))?;
+        let (state, plan, optimized) = prepare(self.df, self.output_mode)?;
         let session = SessionContext::new_with_state(state.clone());
-        let optimized = state
-            .optimize(&plan)
-            .map_err(|e| TidemillError::datafusion("optimizing the streaming query", e))?;
-        planner::validate(&optimized, &plan, self.output_mode)?;
         let tables = StreamingTable::all_in(&plan);
         let layout = match aggregate::find(&optimized) {
             Some(found) => Some(Arc::new(
@@ -363,6 +421,30 @@ impl DataStreamWriter {
         });
         Ok(StreamingQuery::new(shared, task))
     }
+}
+
+/// The query's plan ready to stream: grouping windows expanded, optimized
+/// and validated for `mode`. Returns the session state, the plan and the
+/// optimized plan.
+fn prepare(
+    df: DataFrame,
+    mode: OutputMode,
+) -> Result<(
+    datafusion::execution::SessionState,
+    LogicalPlan,
+    LogicalPlan,
+)> {
+    let (state, plan) = df.into_parts();
+    // Sliding and session windows in GROUP BY become an unnested list and
+    // window functions (the analyzer does it too where
+    // register_window_functions ran).
+    let plan = expand_grouping_windows(plan)
+        .map_err(|e| TidemillError::datafusion("planning grouping windows", e))?;
+    let optimized = state
+        .optimize(&plan)
+        .map_err(|e| TidemillError::datafusion("optimizing the streaming query", e))?;
+    planner::validate(&optimized, &plan, mode)?;
+    Ok((state, plan, optimized))
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

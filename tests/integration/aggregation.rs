@@ -781,3 +781,35 @@ async fn session_windows_without_a_watermark_in_complete_mode_keep_every_session
         ]
     );
 }
+
+#[tokio::test]
+async fn explain_names_the_stateful_operator_the_watermark_and_the_mode() {
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(schema());
+    let df = per_window(stream_df(&ctx, &stream, Some("5 seconds")).await);
+    let text = df
+        .write_stream()
+        .output_mode(OutputMode::Append)
+        .explain()
+        .unwrap();
+    for expected in [
+        "output mode: append",
+        "watermark: on event_time with delay 5000 ms",
+        "stateful operator: StreamingAggregate",
+        "event-time key: w (Window)",
+        "StreamingAggregate: operator=0",
+        "Watermark: event_time",
+    ] {
+        assert!(text.contains(expected), "{expected} not in:\n{text}");
+    }
+    let unwindowed = stream_df(&ctx, &stream, None)
+        .await
+        .aggregate(vec![col("symbol")], vec![count(col("price"))])
+        .unwrap();
+    let err = unwindowed
+        .write_stream()
+        .output_mode(OutputMode::Append)
+        .explain()
+        .unwrap_err();
+    assert!(err.to_string().contains("no event-time group key"), "{err}");
+}
