@@ -44,6 +44,8 @@ pub use tidemill_state as state;
 
 pub use datafusion;
 
+pub mod sql;
+
 pub use tidemill_connectors::{
     ConsoleSink, FileFormat, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
     RateSource,
@@ -51,8 +53,8 @@ pub use tidemill_connectors::{
 pub use tidemill_engine::{
     DataStreamWriter, EventTimeProgress, MultipleWatermarkPolicy, Offset, OutputMode,
     PhaseDurations, QueryOptions, QueryProgress, QueryStatus, ReadLimit, Result, RetryPolicy, Sink,
-    Source, SourceProvider, StreamingContext, StreamingDataFrame, StreamingQuery, TidemillError,
-    Trigger,
+    Source, SourceProvider, StateOperatorProgress, StreamingContext, StreamingDataFrame,
+    StreamingQuery, TidemillError, Trigger,
 };
 
 /// The names most pipelines use, for `use tidemill::prelude::*`.

@@ -2,6 +2,7 @@
 
 mod aggregation;
 mod aggregation_properties;
+mod cli;
 mod common;
 mod conformance;
 mod connectors;

@@ -1,0 +1,247 @@
+//! The `tidemill` command: run, batch and explain a SQL pipeline file.
+//!
+//! ```text
+//! tidemill run FILE [--trigger available-now|once|<interval>] [--checkpoint DIR]
+//!                   [--progress-json PATH]
+//! tidemill batch FILE
+//! tidemill explain FILE
+//! ```
+//!
+//! Exit codes: 0 on success, 1 with one message on standard error when the
+//! pipeline fails or a query is rejected, 2 for a usage mistake.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use datafusion::prelude::SessionContext;
+use tidemill::sql::{Pipeline, RunOptions};
+use tidemill::{QueryProgress, Trigger};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidemill",
+    version,
+    about = "Run a SQL pipeline (CREATE STREAM / CREATE SINK / INSERT INTO) as a stream, as a batch job, or explain it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start every INSERT INTO of FILE as a streaming query and print one
+    /// line per micro-batch. Ctrl-C stops after the current batch; a
+    /// restart with the same checkpoint resumes exactly where it stopped.
+    Run {
+        /// The pipeline file.
+        file: PathBuf,
+        /// When batches run: `available-now` (everything available, then
+        /// exit), `once` (one batch, then exit), or an interval such as
+        /// `0s` (back to back, the default), `500ms`, `10s`.
+        #[arg(long, default_value = "0s")]
+        trigger: String,
+        /// The checkpoint directory (one subdirectory per sink). Default:
+        /// FILE with `.checkpoint` in place of its extension.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Append each batch's progress to PATH as one JSON object per
+        /// line.
+        #[arg(long, value_name = "PATH")]
+        progress_json: Option<PathBuf>,
+    },
+    /// Run FILE once as a batch job over everything the streams' files
+    /// hold now; each sink receives the whole result.
+    Batch {
+        /// The pipeline file.
+        file: PathBuf,
+    },
+    /// Print how each INSERT INTO would run as a stream: output mode,
+    /// watermarks, stateful operators and the plan, or why it cannot.
+    Explain {
+        /// The pipeline file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_pipeline(file: &Path) -> anyhow::Result<Pipeline> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    Pipeline::parse(&text).with_context(|| file.display().to_string())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = SessionContext::new();
+    match cli.command {
+        Command::Run {
+            file,
+            trigger,
+            checkpoint,
+            progress_json,
+        } => {
+            let trigger = parse_trigger(&trigger)?;
+            let pipeline = read_pipeline(&file)?;
+            let checkpoint = checkpoint.unwrap_or_else(|| file.with_extension("checkpoint"));
+            let options = RunOptions {
+                trigger,
+                checkpoint: checkpoint.display().to_string(),
+            };
+            let queries = pipeline
+                .start(&ctx, &options)
+                .await
+                .with_context(|| file.display().to_string())?;
+            if queries.is_empty() {
+                bail!(
+                    "{}: no INSERT INTO statement, nothing to run",
+                    file.display()
+                );
+            }
+            let mut progress_file = match &progress_json {
+                Some(path) => Some(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .with_context(|| format!("cannot open {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let mut printed = vec![None::<u64>; queries.len()];
+            let ctrl_c = tokio::signal::ctrl_c();
+            tokio::pin!(ctrl_c);
+            let mut stopping = false;
+            loop {
+                for (q, last) in queries.iter().zip(printed.iter_mut()) {
+                    for progress in q.query.recent_progress() {
+                        if last.is_some_and(|l| progress.batch_id <= l) {
+                            continue;
+                        }
+                        *last = Some(progress.batch_id);
+                        println!("{}", progress_line(&q.sink, &progress));
+                        if let Some(out) = progress_file.as_mut() {
+                            writeln!(out, "{}", serde_json::to_string(&progress)?)?;
+                        }
+                    }
+                }
+                if queries.iter().all(|q| !q.query.is_active()) {
+                    break;
+                }
+                tokio::select! {
+                    _ = &mut ctrl_c, if !stopping => {
+                        stopping = true;
+                        eprintln!("stopping after the current batch…");
+                        for q in &queries {
+                            q.query.stop().await.ok();
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+            for q in &queries {
+                if let Some(error) = q.query.error() {
+                    bail!("query {} failed: {error}", q.sink);
+                }
+            }
+            Ok(())
+        }
+        Command::Batch { file } => {
+            let pipeline = read_pipeline(&file)?;
+            let outputs = pipeline
+                .run_batch(&ctx)
+                .await
+                .with_context(|| file.display().to_string())?;
+            for output in outputs {
+                println!("{}: {} rows", output.sink, output.rows);
+            }
+            Ok(())
+        }
+        Command::Explain { file } => {
+            let pipeline = read_pipeline(&file)?;
+            let explained = pipeline
+                .explain(&ctx)
+                .await
+                .with_context(|| file.display().to_string())?;
+            let mut rejected = Vec::new();
+            for e in explained {
+                println!("== INSERT INTO {}", e.sink);
+                match e.plan {
+                    Ok(text) => println!("{text}"),
+                    Err(error) => {
+                        println!("rejected: {error}\n");
+                        rejected.push(e.sink);
+                    }
+                }
+            }
+            if !rejected.is_empty() {
+                bail!(
+                    "{}: cannot run as a stream: INSERT INTO {}",
+                    file.display(),
+                    rejected.join(", ")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_trigger(text: &str) -> anyhow::Result<Trigger> {
+    match text {
+        "available-now" => Ok(Trigger::AvailableNow),
+        "once" => Ok(Trigger::Once),
+        interval => {
+            let duration = tidemill::engine::watermark::parse_delay(interval).map_err(|_| {
+                anyhow::anyhow!(
+                    "invalid --trigger '{interval}': expected available-now, once, or an interval such as 0s, 500ms, 10s"
+                )
+            })?;
+            Ok(Trigger::ProcessingTime(duration))
+        }
+    }
+}
+
+/// One line per batch: rows in, rows/s, duration, watermark, state rows.
+fn progress_line(sink: &str, p: &QueryProgress) -> String {
+    let state: u64 = p.state_operators.iter().map(|s| s.num_rows_total).sum();
+    let late: u64 = p
+        .state_operators
+        .iter()
+        .map(|s| s.num_rows_dropped_by_watermark)
+        .sum();
+    format!(
+        "{sink}: batch {} | {} rows in | {:.0} rows/s | {:.1} ms | watermark {} | state {} rows{}{}",
+        p.batch_id,
+        p.num_input_rows,
+        p.processed_rows_per_second,
+        p.duration_ms.trigger_execution,
+        p.event_time.watermark.as_deref().unwrap_or("-"),
+        state,
+        if late > 0 {
+            format!(" | {late} late rows dropped")
+        } else {
+            String::new()
+        },
+        if p.recovered { " | recovered" } else { "" },
+    )
+}

@@ -1,0 +1,489 @@
+//! Pipelines written in SQL: streams, sinks and queries in one file, run as
+//! streaming queries or as one batch job (see `docs/sql.md`).
+//!
+//! ```sql
+//! CREATE STREAM trades (
+//!   symbol VARCHAR, price DOUBLE, quantity DOUBLE, event_time TIMESTAMP,
+//!   WATERMARK FOR event_time AS event_time - INTERVAL '10' SECOND
+//! ) WITH (connector = 'files', path = 'data/trades', format = 'json');
+//!
+//! CREATE SINK per_minute WITH (connector = 'files', path = 'out/per_minute',
+//!                              output_mode = 'append');
+//!
+//! INSERT INTO per_minute
+//! SELECT window.start AS minute, symbol, count(*) AS trades
+//! FROM trades GROUP BY window(event_time, '1 minute'), symbol;
+//! ```
+//!
+//! [`Pipeline::parse`] reads the file with DataFusion's SQL parser, extended
+//! with `CREATE STREAM` and `CREATE SINK` ([`parser`]); every other
+//! statement (`CREATE EXTERNAL TABLE` for static tables, `CREATE VIEW`,
+//! `SET`, …) is DataFusion's. [`Pipeline::start`] starts one streaming query
+//! per `INSERT INTO`; [`Pipeline::run_batch`] runs the same statements once
+//! over everything the streams' files hold now; [`Pipeline::explain`]
+//! describes how each query would run. The `tidemill` command is a thin
+//! shell around these.
+
+mod connectors;
+pub mod parser;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::execution::options::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement as SQLStatement;
+use datafusion::sql::sqlparser::parser::ParserError;
+use tidemill_connectors::{ConsoleSink, FileFormat, FileSource, ParquetSink, RateSource};
+use tidemill_engine::window::register_window_functions;
+use tidemill_engine::{
+    OutputMode, Sink, SinkContext, StreamingContext, StreamingDataFrame, StreamingQuery,
+    TidemillError, Trigger,
+};
+
+use connectors::{SinkConnector, SinkSpec, StreamConnector, sink_spec, stream_connector};
+use parser::{Located, PipelineStatement, StreamDef, parse_pipeline};
+
+/// What went wrong with a pipeline file, saying where.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A mistake at a line and column of the file.
+    #[error("{line}:{column}: {message}")]
+    At {
+        /// 1-based line.
+        line: u64,
+        /// 1-based column.
+        column: u64,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+    /// An error from DataFusion's SQL parser or planner (its message names
+    /// the line and column where it knows them).
+    #[error("{0}")]
+    Sql(String),
+    /// The engine refused or stopped a query.
+    #[error(transparent)]
+    Engine(#[from] TidemillError),
+}
+
+impl From<DataFusionError> for PipelineError {
+    fn from(error: DataFusionError) -> Self {
+        if let Some(span) = error.diagnostic().and_then(|d| d.span) {
+            return PipelineError::At {
+                line: span.start.line,
+                column: span.start.column,
+                message: error.strip_backtrace().to_string(),
+            };
+        }
+        PipelineError::Sql(error.strip_backtrace().to_string())
+    }
+}
+
+impl From<ParserError> for PipelineError {
+    fn from(error: ParserError) -> Self {
+        PipelineError::Sql(format!("SQL syntax error: {error}"))
+    }
+}
+
+/// How [`Pipeline::start`] runs the queries.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// When batches run.
+    pub trigger: Trigger,
+    /// The checkpoint root: each query checkpoints to `<root>/<sink name>`.
+    pub checkpoint: String,
+}
+
+/// A started query of a pipeline.
+#[derive(Debug)]
+pub struct PipelineQuery {
+    /// The sink it writes to (also the query's name).
+    pub sink: String,
+    /// The running query.
+    pub query: StreamingQuery,
+}
+
+/// What [`Pipeline::run_batch`] wrote to a sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutput {
+    /// The sink.
+    pub sink: String,
+    /// Rows written.
+    pub rows: usize,
+}
+
+/// How a query of the pipeline would run, from [`Pipeline::explain`].
+#[derive(Debug)]
+pub struct Explanation {
+    /// The sink of the query.
+    pub sink: String,
+    /// The engine's description, or why the query cannot run as a stream.
+    pub plan: Result<String, TidemillError>,
+}
+
+/// A parsed pipeline file.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    statements: Vec<Located<PipelineStatement>>,
+}
+
+/// An `INSERT INTO` ready to run: its sink and its query.
+struct Prepared {
+    sink: String,
+    spec: SinkSpec,
+    df: DataFrame,
+}
+
+impl Pipeline {
+    /// Parses `text`; syntax errors name the line and column.
+    pub fn parse(text: &str) -> Result<Self, PipelineError> {
+        Ok(Self {
+            statements: parse_pipeline(text)?,
+        })
+    }
+
+    /// The statements, in file order.
+    pub fn statements(&self) -> &[Located<PipelineStatement>] {
+        &self.statements
+    }
+
+    /// Starts one streaming query per `INSERT INTO`, checkpointed under
+    /// `options.checkpoint`. A restart with the same checkpoint resumes
+    /// each query exactly where it stopped.
+    pub async fn start(
+        &self,
+        ctx: &SessionContext,
+        options: &RunOptions,
+    ) -> Result<Vec<PipelineQuery>, PipelineError> {
+        let mut queries = Vec::new();
+        for prepared in self.prepare(ctx, false).await? {
+            let checkpoint = format!(
+                "{}/{}",
+                options.checkpoint.trim_end_matches('/'),
+                prepared.sink
+            );
+            let query = prepared
+                .df
+                .write_stream()
+                .sink_arc(streaming_sink(&prepared.spec))
+                .output_mode(prepared.spec.output_mode)
+                .trigger(options.trigger)
+                .checkpoint(checkpoint)
+                .query_name(prepared.sink.clone())
+                .start()
+                .await;
+            match query {
+                Ok(query) => queries.push(PipelineQuery {
+                    sink: prepared.sink,
+                    query,
+                }),
+                Err(e) => {
+                    for started in &queries {
+                        let _ = started.query.stop().await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(queries)
+    }
+
+    /// Runs the pipeline as one batch job over everything the streams'
+    /// files hold now: each `INSERT INTO` writes its whole result to its
+    /// sink as batch 0 (watermarks do nothing; every window is final).
+    pub async fn run_batch(&self, ctx: &SessionContext) -> Result<Vec<BatchOutput>, PipelineError> {
+        let mut outputs = Vec::new();
+        for prepared in self.prepare(ctx, true).await? {
+            let schema: SchemaRef = Arc::new(prepared.df.schema().as_arrow().clone());
+            let batches = prepared.df.collect().await?;
+            let rows = batches.iter().map(|b| b.num_rows()).sum();
+            let sink = streaming_sink(&prepared.spec);
+            if let SinkConnector::Files { path, .. } = &prepared.spec.connector
+                && !ParquetSink::committed_batches(ctx, path).await?.is_empty()
+            {
+                return Err(TidemillError::sink(
+                    sink.description(),
+                    format!(
+                        "'{path}' already holds committed output; a batch run writes a fresh \
+                         result: remove it or point the sink elsewhere"
+                    ),
+                )
+                .into());
+            }
+            sink.open(&SinkContext {
+                session: ctx.clone(),
+                query_name: Some(prepared.sink.clone()),
+                schema: Arc::clone(&schema),
+                output_mode: OutputMode::Append,
+            })
+            .await?;
+            sink.add_batch(0, schema, batches).await?;
+            outputs.push(BatchOutput {
+                sink: prepared.sink,
+                rows,
+            });
+        }
+        Ok(outputs)
+    }
+
+    /// How each `INSERT INTO` would run as a stream: its output mode,
+    /// watermarks, stateful operator and per-batch plan, or why it cannot
+    /// run.
+    pub async fn explain(&self, ctx: &SessionContext) -> Result<Vec<Explanation>, PipelineError> {
+        let mut explained = Vec::new();
+        for prepared in self.prepare(ctx, false).await? {
+            explained.push(Explanation {
+                sink: prepared.sink,
+                plan: prepared
+                    .df
+                    .write_stream()
+                    .output_mode(prepared.spec.output_mode)
+                    .explain(),
+            });
+        }
+        Ok(explained)
+    }
+
+    /// Registers streams (as streams, or as batch tables over the same
+    /// files), runs DataFusion statements, and plans every `INSERT INTO`.
+    async fn prepare(
+        &self,
+        ctx: &SessionContext,
+        batch: bool,
+    ) -> Result<Vec<Prepared>, PipelineError> {
+        register_window_functions(ctx);
+        let mut sinks: HashMap<String, SinkSpec> = HashMap::new();
+        let mut prepared: Vec<Prepared> = Vec::new();
+        for statement in &self.statements {
+            let at = |message: String| PipelineError::At {
+                line: statement.line,
+                column: statement.column,
+                message,
+            };
+            match &statement.item {
+                PipelineStatement::CreateStream(def) => {
+                    let located = Located {
+                        line: statement.line,
+                        column: statement.column,
+                        item: def.clone(),
+                    };
+                    let connector = stream_connector(&located)?;
+                    register_stream(ctx, def, &connector, batch)
+                        .await
+                        .map_err(|e| at(format!("stream {}: {e}", def.name)))?;
+                }
+                PipelineStatement::CreateSink(def) => {
+                    let located = Located {
+                        line: statement.line,
+                        column: statement.column,
+                        item: def.clone(),
+                    };
+                    if sinks
+                        .insert(def.name.clone(), sink_spec(&located)?)
+                        .is_some()
+                    {
+                        return Err(at(format!("sink {} is declared twice", def.name)));
+                    }
+                }
+                PipelineStatement::Insert(insert) => {
+                    let spec = sinks.get(&insert.sink).cloned().ok_or_else(|| {
+                        at(format!(
+                            "INSERT INTO {}: no such sink; declare it first with CREATE SINK {} WITH (…){}",
+                            insert.sink,
+                            insert.sink,
+                            if sinks.is_empty() {
+                                String::new()
+                            } else {
+                                let mut names: Vec<&String> = sinks.keys().collect();
+                                names.sort();
+                                format!(" (sinks: {})", names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+                            }
+                        ))
+                    })?;
+                    if prepared.iter().any(|p| p.sink == insert.sink) {
+                        return Err(at(format!(
+                            "sink {} already receives another INSERT INTO; give each query its own sink",
+                            insert.sink
+                        )));
+                    }
+                    let statement =
+                        DFStatement::Statement(Box::new(SQLStatement::Query(insert.query.clone())));
+                    let state = ctx.state();
+                    let plan = state.statement_to_plan(statement).await?;
+                    prepared.push(Prepared {
+                        sink: insert.sink.clone(),
+                        spec,
+                        df: DataFrame::new(state, plan),
+                    });
+                }
+                PipelineStatement::Sql(statement) => {
+                    let state = ctx.state();
+                    let plan = state.statement_to_plan(statement.as_ref().clone()).await?;
+                    ctx.execute_logical_plan(plan).await?.collect().await?;
+                }
+            }
+        }
+        Ok(prepared)
+    }
+}
+
+/// The Arrow schema of a stream's declared columns, typed by DataFusion's
+/// SQL type rules.
+async fn declared_schema(
+    ctx: &SessionContext,
+    def: &StreamDef,
+) -> Result<SchemaRef, DataFusionError> {
+    let columns: Vec<String> = def.columns.iter().map(|c| c.to_string()).collect();
+    let probe = format!("CREATE TABLE __tidemill_schema ({})", columns.join(", "));
+    match ctx.state().create_logical_plan(&probe).await? {
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(table)) => {
+            Ok(Arc::new(table.input.schema().as_arrow().clone()))
+        }
+        other => Err(DataFusionError::Internal(format!(
+            "unexpected plan for a column list: {}",
+            other.display()
+        ))),
+    }
+}
+
+async fn register_stream(
+    ctx: &SessionContext,
+    def: &StreamDef,
+    connector: &StreamConnector,
+    batch: bool,
+) -> Result<(), PipelineError> {
+    let declared = if def.columns.is_empty() {
+        None
+    } else {
+        Some(declared_schema(ctx, def).await?)
+    };
+    match (connector, batch) {
+        (
+            StreamConnector::Files {
+                path,
+                format,
+                max_files_per_trigger,
+                header,
+                delimiter,
+            },
+            false,
+        ) => {
+            let mut source = FileSource::new(path.clone(), *format);
+            if let Some(schema) = &declared {
+                source = source.schema(Arc::clone(schema));
+            }
+            if let Some(n) = max_files_per_trigger {
+                source = source.max_files_per_trigger(*n);
+            }
+            if let Some(h) = header {
+                source = source.has_header(*h);
+            }
+            if let Some(d) = delimiter {
+                source = source.delimiter(*d);
+            }
+            let df = ctx.read_stream(source).await?;
+            register_view(ctx, def, df)?;
+        }
+        (
+            StreamConnector::Files {
+                path,
+                format,
+                header,
+                delimiter,
+                ..
+            },
+            true,
+        ) => {
+            let df = match format {
+                FileFormat::Json => {
+                    let mut options = JsonReadOptions::default().file_extension("");
+                    if let Some(schema) = &declared {
+                        options = options.schema(schema);
+                    }
+                    ctx.read_json(path.clone(), options).await?
+                }
+                FileFormat::Csv => {
+                    let mut options = CsvReadOptions::new()
+                        .file_extension("")
+                        .has_header(header.unwrap_or(true))
+                        .delimiter(delimiter.unwrap_or(b','));
+                    if let Some(schema) = &declared {
+                        options = options.schema(schema);
+                    }
+                    ctx.read_csv(path.clone(), options).await?
+                }
+                FileFormat::Parquet => {
+                    let mut options = ParquetReadOptions::default();
+                    options.file_extension = "";
+                    if let Some(schema) = &declared {
+                        options = options.schema(schema);
+                    }
+                    ctx.read_parquet(path.clone(), options).await?
+                }
+            };
+            register_view(ctx, def, df)?;
+        }
+        (
+            StreamConnector::Rate {
+                rows_per_second,
+                max_rows_per_trigger,
+            },
+            false,
+        ) => {
+            let mut source = RateSource::new(*rows_per_second);
+            if let Some(n) = max_rows_per_trigger {
+                source = source.max_rows_per_trigger(*n);
+            }
+            let df = ctx.read_stream(source).await?;
+            register_view(ctx, def, df)?;
+        }
+        (StreamConnector::Rate { .. }, true) => {
+            return Err(PipelineError::Sql(
+                "a rate stream generates rows as time passes and has no batch form; \
+                 run this pipeline with `tidemill run`"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Registers `df` (with the stream's watermark) under the stream's name.
+fn register_view(
+    ctx: &SessionContext,
+    def: &StreamDef,
+    df: DataFrame,
+) -> Result<(), PipelineError> {
+    let df = match &def.watermark {
+        Some(w) => df.with_watermark(&w.column, &format!("{} ms", w.delay.as_millis()))?,
+        None => df,
+    };
+    ctx.register_table(def.name.as_str(), df.into_view())?;
+    Ok(())
+}
+
+fn streaming_sink(spec: &SinkSpec) -> Arc<dyn Sink> {
+    match &spec.connector {
+        SinkConnector::Files {
+            path,
+            max_rows_per_file,
+        } => {
+            let mut sink = ParquetSink::new(path.clone());
+            if let Some(n) = max_rows_per_file {
+                sink = sink.max_rows_per_file(*n);
+            }
+            Arc::new(sink)
+        }
+        SinkConnector::Console { num_rows } => {
+            let mut sink = ConsoleSink::new();
+            if let Some(n) = num_rows {
+                sink = sink.num_rows(*n);
+            }
+            Arc::new(sink)
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The `tidemill` command, driven as a user would: SQL pipeline files run as
+//! streams, as batch jobs, explained; restarts; errors and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use datafusion::prelude::*;
+use tidemill::ParquetSink;
+
+use crate::common::sorted_rows;
+
+fn tidemill(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .args(args)
+        .output()
+        .expect("run tidemill")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A pipeline over `<dir>/trades` (JSON lines) writing per-minute metrics
+/// to `<dir>/<out>`, as in the README.
+fn pipeline(dir: &Path, out: &str, mode: &str) -> PathBuf {
+    let file = dir.join(format!("{out}.sql"));
+    std::fs::write(
+        &file,
+        format!(
+            "-- per-minute metrics
+CREATE STREAM trades (
+  symbol VARCHAR, exchange VARCHAR, price DOUBLE, quantity DOUBLE,
+  event_time TIMESTAMP,
+  WATERMARK FOR event_time AS event_time - INTERVAL '10' SECOND
+) WITH (connector = 'files', path = '{input}', format = 'json', max_files_per_trigger = 1);
+
+CREATE SINK per_minute WITH (connector = 'files', path = '{output}',
+                             format = 'parquet', output_mode = '{mode}');
+
+INSERT INTO per_minute
+SELECT window(event_time, '1 minute')['start'] AS window_start, symbol,
+       count(*) AS trades, sum(quantity) AS volume,
+       sum(price * quantity) / sum(quantity) AS vwap
+FROM trades
+GROUP BY window(event_time, '1 minute'), symbol;
+",
+            input = dir.join("trades").display(),
+            output = dir.join(out).display(),
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// Writes trades file `n`: 10 trades a few seconds apart, minute `n`.
+fn write_trades(dir: &Path, n: usize) {
+    let input = dir.join("trades");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut lines = String::new();
+    for i in 0..10 {
+        let symbol = ["AAPL", "MSFT"][i % 2];
+        lines.push_str(&format!(
+            "{{\"symbol\": \"{symbol}\", \"exchange\": \"XNAS\", \"price\": {}, \"quantity\": {}, \"event_time\": \"2024-01-01T10:{:02}:{:02}\"}}\n",
+            100 + i,
+            1 + i,
+            n,
+            i * 5
+        ));
+    }
+    let tmp = input.join(format!(".{n}.tmp"));
+    std::fs::write(&tmp, lines).unwrap();
+    std::fs::rename(tmp, input.join(format!("part-{n:03}.json"))).unwrap();
+}
+
+async fn committed(dir: &Path, out: &str) -> Vec<String> {
+    let ctx = SessionContext::new();
+    let df = ParquetSink::read_committed(&ctx, dir.join(out).to_str().unwrap())
+        .await
+        .unwrap();
+    sorted_rows(&df.collect().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_same_pipeline_streamed_and_batched_gives_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in 0..4 {
+        write_trades(dir.path(), n);
+    }
+    let streaming = pipeline(dir.path(), "streamed", "append");
+    let progress = dir.path().join("progress.jsonl");
+    let run = tidemill(&[
+        "run",
+        streaming.to_str().unwrap(),
+        "--trigger",
+        "available-now",
+        "--progress-json",
+        progress.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    assert!(
+        stdout.contains("per_minute: batch 0 | 10 rows in"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("watermark 2024-01-01T10:03:35.000Z"),
+        "{stdout}"
+    );
+    let lines = std::fs::read_to_string(&progress).unwrap();
+    let batches: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(batches.len() >= 4, "{lines}");
+    assert_eq!(batches[0]["num_input_rows"], 10);
+
+    let batch = pipeline(dir.path(), "batched", "append");
+    let run = tidemill(&["batch", batch.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert_eq!(text(&run.stdout), "per_minute: 8 rows\n");
+    // The stream has emitted the minutes its watermark (10:03:35) closed:
+    // all but the last; the batch job has them all.
+    let streamed = committed(dir.path(), "streamed").await;
+    let batched = committed(dir.path(), "batched").await;
+    assert_eq!(streamed.len(), 6);
+    let closed: Vec<String> = batched
+        .iter()
+        .filter(|r| !r.contains("10:03:00"))
+        .cloned()
+        .collect();
+    assert_eq!(streamed, closed);
+
+    // A second batch run refuses to mix its result with the first.
+    let again = tidemill(&["batch", batch.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("already holds committed output"));
+}
+
+#[tokio::test]
+async fn a_killed_run_resumes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in 0..3 {
+        write_trades(dir.path(), n);
+    }
+    let file = pipeline(dir.path(), "out", "append");
+    // Back-to-back triggers: killed once the first batch is reported.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .args(["run", file.to_str().unwrap(), "--trigger", "0s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(first.contains("batch 0"), "{first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for n in 3..5 {
+        write_trades(dir.path(), n);
+    }
+    let run = tidemill(&["run", file.to_str().unwrap(), "--trigger", "available-now"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let batch = pipeline(dir.path(), "reference", "append");
+    assert!(
+        tidemill(&["batch", batch.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let expected: Vec<String> = committed(dir.path(), "reference")
+        .await
+        .into_iter()
+        .filter(|r| !r.contains("10:04:00"))
+        .collect();
+    assert_eq!(committed(dir.path(), "out").await, expected);
+}
+
+#[test]
+fn explain_shows_the_incremental_plan_and_why_a_query_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = pipeline(dir.path(), "out", "append");
+    let run = tidemill(&["explain", file.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    for expected in [
+        "== INSERT INTO per_minute",
+        "output mode: append",
+        "watermark: on event_time with delay 10000 ms",
+        "StreamingAggregate",
+    ] {
+        assert!(stdout.contains(expected), "{expected}:\n{stdout}");
+    }
+    let rejected = dir.path().join("rejected.sql");
+    std::fs::write(
+        &rejected,
+        "CREATE STREAM t (symbol VARCHAR) WITH (connector = 'files', path = 'in', format = 'json');
+CREATE SINK s WITH (connector = 'files', path = 'out', output_mode = 'append');
+INSERT INTO s SELECT symbol, count(*) FROM t GROUP BY symbol;",
+    )
+    .unwrap();
+    let run = tidemill(&["explain", rejected.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(text(&run.stdout).contains("rejected: unsupported streaming query"));
+    assert!(text(&run.stdout).contains("use update or complete"));
+    assert!(text(&run.stderr).contains("cannot run as a stream: INSERT INTO s"));
+}
+
+#[test]
+fn errors_say_where_and_exit_non_zero_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, sql: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, sql).unwrap();
+        path
+    };
+    let cases = [
+        (
+            write(
+                "syntax.sql",
+                "CREATE SINK s WITH (connector = 'console');\nINSERT INTO s SELEC 1;",
+            ),
+            "Line: 2",
+        ),
+        (
+            write(
+                "option.sql",
+                "CREATE STREAM t (a INT)\n  WITH (connector = 'files', pth = 'x', format = 'json');",
+            ),
+            "2:30: unknown option 'pth' for a files stream (stream t); valid options: connector, path, format",
+        ),
+        (
+            write(
+                "connector.sql",
+                "CREATE SINK s WITH (connector = 'kafkaa');",
+            ),
+            "unknown connector 'kafkaa' for sink s; valid connectors:",
+        ),
+        (
+            write(
+                "sink.sql",
+                "CREATE STREAM t (a INT) WITH (connector = 'files', path = 'x', format = 'json');\nINSERT INTO nowhere SELECT a FROM t;",
+            ),
+            "2:1: INSERT INTO nowhere: no such sink",
+        ),
+        (
+            write(
+                "watermark.sql",
+                "CREATE STREAM t (ts TIMESTAMP, WATERMARK FOR ts AS ts + INTERVAL '1' SECOND)\n  WITH (connector = 'files', path = 'x', format = 'json');",
+            ),
+            "must be 'ts' or 'ts - INTERVAL …'",
+        ),
+    ];
+    for (file, expected) in &cases {
+        for command in ["run", "batch", "explain"] {
+            let out = tidemill(&[command, file.to_str().unwrap()]);
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command} {file:?}: {stderr}");
+            assert!(
+                stderr.contains(expected),
+                "{command}: {expected} not in {stderr}"
+            );
+            assert!(stderr.starts_with("error: "), "{stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            assert_eq!(stderr.lines().count(), 1, "one message: {stderr}");
+        }
+    }
+    let missing = tidemill(&["run", "/no/such/file.sql"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("cannot read /no/such/file.sql"));
+    let trigger = tidemill(&["run", cases[0].0.to_str().unwrap(), "--trigger", "soon"]);
+    assert_eq!(trigger.status.code(), Some(1));
+    assert!(text(&trigger.stderr).contains("invalid --trigger 'soon'"));
+    assert_eq!(tidemill(&["frobnicate"]).status.code(), Some(2));
+    for command in ["run", "batch", "explain"] {
+        let help = tidemill(&[command, "--help"]);
+        assert!(help.status.success());
+        assert!(text(&help.stdout).contains("Usage: tidemill"), "{command}");
+    }
+}
