@@ -373,7 +373,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("2:23:"), "{err}");
+        assert!(err.starts_with("2:22:"), "{err}");
         assert!(err.contains("t - INTERVAL"), "{err}");
     }
 }
