@@ -417,8 +417,10 @@ async fn register_stream(
                     ctx.read_csv(path.clone(), options).await?
                 }
                 FileFormat::Parquet => {
-                    let mut options = ParquetReadOptions::default();
-                    options.file_extension = "";
+                    let mut options = ParquetReadOptions {
+                        file_extension: "",
+                        ..Default::default()
+                    };
                     if let Some(schema) = &declared {
                         options = options.schema(schema);
                     }
