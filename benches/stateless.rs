@@ -2,12 +2,20 @@
 //! batch job, and the fixed per-batch overhead of the engine.
 //!
 //! ```sh
-//! cargo bench --bench stateless            # 4 million rows
+//! cargo bench --bench stateless            # full mode: 4 million rows
 //! TIDEMILL_BENCH_ROWS=200000 cargo bench --bench stateless
+//! cargo test --bench stateless             # short mode, a few seconds
 //! ```
 //!
 //! Figures are printed with the workload and the machine; the ratio
 //! stream/batch is the figure that travels between machines.
+//!
+//! `cargo bench` passes `--bench`: that runs the full mode
+//! (`TIDEMILL_BENCH_ROWS` rows, default 4 000 000, and 500 overhead
+//! batches). Without it (as `cargo test` runs this file, `test = true` in
+//! Cargo.toml) a short mode runs 20 000 rows and 50 overhead batches,
+//! ignores `TIDEMILL_BENCH_ROWS`, still checks that the stream's rows equal
+//! the batch job's, and never asserts on time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -179,10 +187,27 @@ async fn overhead(batches: usize, chk: &std::path::Path) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let rows: usize = std::env::var("TIDEMILL_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4_000_000);
+    // `cargo bench` passes `--bench`; `cargo test` does not.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (rows, overhead_batches) = if full {
+        let rows = std::env::var("TIDEMILL_BENCH_ROWS")
+            .ok()
+            .and_then(|v| v.replace('_', "").parse().ok())
+            .unwrap_or(4_000_000);
+        (rows, 500)
+    } else {
+        (20_000, 50)
+    };
+    println!(
+        "mode: {}",
+        if full {
+            "full (cargo bench)"
+        } else {
+            "short (no --bench argument: tiny sizes, results checked, times not meaningful)"
+        }
+    );
+    // Every file holds the same number of rows.
+    let rows = rows / FILES * FILES;
     let tmp = tempfile::tempdir()?;
     let input = tmp.path().join("input");
     std::fs::create_dir_all(&input)?;
@@ -215,6 +240,6 @@ async fn main() -> anyhow::Result<()> {
             rate / batch_rate
         );
     }
-    overhead(500, &tmp.path().join("chk-overhead")).await?;
+    overhead(overhead_batches, &tmp.path().join("chk-overhead")).await?;
     Ok(())
 }

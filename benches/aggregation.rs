@@ -1,0 +1,885 @@
+//! Streaming aggregation: windowed throughput against the same plan as a
+//! DataFusion batch job, and the cost of a batch as the state grows.
+//!
+//! ```sh
+//! cargo bench --bench aggregation                  # full mode (below)
+//! TIDEMILL_BENCH_ROWS=1000000 cargo bench --bench aggregation
+//! TIDEMILL_BENCH_STATE_KEYS=10000,1000000 cargo bench --bench aggregation
+//! TIDEMILL_BENCH_ONLY=window cargo bench --bench aggregation   # or =state
+//! cargo test --bench aggregation                   # short mode, a few seconds
+//! ```
+//!
+//! Environment variables (full mode only; short mode ignores them):
+//!
+//! - `TIDEMILL_BENCH_ROWS`: trades for the windowed run (default 4 000 000,
+//!   in 20 parquet files).
+//! - `TIDEMILL_BENCH_STATE_KEYS`: comma-separated state sizes in keys
+//!   (default `10000,1000000,10000000`).
+//! - `TIDEMILL_BENCH_BATCH_ROWS`: rows per timed batch (default 10 000).
+//! - `TIDEMILL_BENCH_BATCHES`: timed batches per state size (default 30).
+//! - `TIDEMILL_BENCH_ONLY`: `window` or `state` to run one part.
+//!
+//! **Part 1, windowed aggregation.** Seeded trades (100 symbols × 5
+//! exchanges, one hour of event time, each row up to 5 s out of order) as
+//! parquet files; per one-minute tumbling window, symbol and exchange:
+//! count, sum(quantity), vwap = sum(price·quantity)/sum(quantity), max and
+//! min price. Run once as a DataFusion batch job over the files, then as a
+//! stream (`FileSource`, watermark 10 s, append mode, `MemorySink`, local
+//! checkpoint, `Trigger::AvailableNow`) at several `max_files_per_trigger`.
+//! In append mode a window is emitted once the watermark passes its end, so
+//! the last windows of the data would never close: the stream's directory
+//! holds one more file, written last, with a single trade a day later. Its
+//! watermark closes every real window and its own window stays open, so the
+//! stream's output must equal the batch job's result row for row (vwap
+//! compared to 1e-9 relative, since summation order differs).
+//!
+//! **Part 2, state scaling.** `count` and `sum` per key in update mode
+//! (no window), fed by a `MemoryStream`. For each state size the state is
+//! first built with batches of up to a million new keys; then batches of
+//! `TIDEMILL_BENCH_BATCH_ROWS` rows, half on random existing keys and half
+//! on new keys, are timed from the query's progress (`trigger_execution`).
+//! The figures: median per-batch time per state size, the ratio of the
+//! largest size to the smallest, state memory per key and the process's
+//! peak RSS (VmHWM).
+//!
+//! `cargo bench` passes `--bench`: that runs the full mode. Without it (as
+//! `cargo test` runs this file, `test = true` in Cargo.toml) a short mode
+//! with tiny sizes checks the results and never asserts on time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayRef, AsArray, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
+use datafusion::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tidemill::engine::window::tumble;
+use tidemill::prelude::*;
+use tidemill::{PhaseDurations, QueryOptions, QueryProgress, Sink};
+
+const FILES: usize = 20;
+/// Timed runs of each windowed job; the median is reported.
+const RUNS: usize = 3;
+const SYMBOLS: usize = 100;
+const EXCHANGES: [&str; 5] = ["NASDAQ", "NYSE", "ARCA", "BATS", "IEX"];
+/// 2024-01-01T00:00:00Z.
+const START_MS: i64 = 1_704_067_200_000;
+/// The event time the trades span.
+const SPAN_MS: i64 = 3_600_000;
+/// How far a trade may be behind the newest one (below the watermark delay,
+/// so no row is late).
+const DISORDER_MS: i64 = 5_000;
+
+/// Sizes of one run.
+struct Config {
+    full: bool,
+    rows: usize,
+    state_keys: Vec<usize>,
+    batch_rows: usize,
+    batches: usize,
+    window: bool,
+    state: bool,
+}
+
+impl Config {
+    fn from_env(full: bool) -> Self {
+        let only = std::env::var("TIDEMILL_BENCH_ONLY").ok();
+        let (window, state) = match only.as_deref() {
+            Some("window") if full => (true, false),
+            Some("state") if full => (false, true),
+            _ => (true, true),
+        };
+        if !full {
+            return Self {
+                full,
+                rows: 40_000,
+                state_keys: vec![1_000, 20_000],
+                batch_rows: 1_000,
+                batches: 5,
+                window,
+                state,
+            };
+        }
+        let env = |name: &str| std::env::var(name).ok();
+        let num = |name: &str, default: usize| {
+            env(name)
+                .and_then(|v| v.replace('_', "").parse().ok())
+                .unwrap_or(default)
+        };
+        Self {
+            full,
+            rows: num("TIDEMILL_BENCH_ROWS", 4_000_000),
+            state_keys: env("TIDEMILL_BENCH_STATE_KEYS")
+                .map(|v| {
+                    v.split(',')
+                        .filter_map(|s| s.trim().replace('_', "").parse().ok())
+                        .collect()
+                })
+                .unwrap_or_else(|| vec![10_000, 1_000_000, 10_000_000]),
+            batch_rows: num("TIDEMILL_BENCH_BATCH_ROWS", 10_000),
+            batches: num("TIDEMILL_BENCH_BATCHES", 30),
+            window,
+            state,
+        }
+    }
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    format!(
+        "{cores} cores, {mem_gib:.0} GiB, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+/// A `/proc/self/status` figure in MiB (`VmHWM`: peak RSS, `VmRSS`: now).
+fn proc_status_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn mib(field: &str) -> String {
+    proc_status_mib(field).map_or_else(|| "n/a".into(), |m| format!("{m:.0} MiB"))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Per phase, the sum (or with `median`, the median) over `progress`.
+fn phases(progress: &[QueryProgress], how: fn(&mut [f64]) -> f64) -> String {
+    let phase = |f: fn(&PhaseDurations) -> f64| {
+        let mut v: Vec<f64> = progress.iter().map(|p| f(&p.duration_ms)).collect();
+        how(&mut v)
+    };
+    format!(
+        "offsets {:.1}, wal {:.1}, read {:.1}, plan {:.1}, execute {:.1}, sink {:.1}, \
+         state commit {:.1}, commit {:.1}, total {:.1}",
+        phase(|d| d.latest_offset),
+        phase(|d| d.wal_commit),
+        phase(|d| d.get_batch),
+        phase(|d| d.query_planning),
+        phase(|d| d.execution),
+        phase(|d| d.add_batch),
+        phase(|d| d.state_commit),
+        phase(|d| d.commit_offsets),
+        phase(|d| d.trigger_execution),
+    )
+}
+
+fn total(values: &mut [f64]) -> f64 {
+    values.iter().sum()
+}
+
+// ---------------------------------------------------------------------------
+// Part 1: windowed aggregation throughput.
+
+fn trade_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("exchange", DataType::Utf8, false),
+        Field::new("price", DataType::Float64, false),
+        Field::new("quantity", DataType::Int64, false),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]))
+}
+
+/// The plan measured: per one-minute window, symbol and exchange.
+fn per_minute(df: DataFrame) -> datafusion::error::Result<DataFrame> {
+    df.aggregate(
+        vec![
+            tumble(col("event_time"), "1 minute").alias("window"),
+            col("symbol"),
+            col("exchange"),
+        ],
+        vec![
+            count(col("price")).alias("trades"),
+            sum(col("quantity")).alias("volume"),
+            sum(col("price") * cast_to(col("quantity"), DataType::Float64)).alias("notional"),
+            max(col("price")).alias("high"),
+            min(col("price")).alias("low"),
+        ],
+    )?
+    .select(vec![
+        get_field(col("window"), "start").alias("window_start"),
+        col("symbol"),
+        col("exchange"),
+        col("trades"),
+        col("volume"),
+        (col("notional") / cast_to(col("volume"), DataType::Float64)).alias("vwap"),
+        col("high"),
+        col("low"),
+    ])
+}
+
+fn cast_to(e: Expr, t: DataType) -> Expr {
+    datafusion::prelude::cast(e, t)
+}
+
+fn write_parquet(path: &std::path::Path, batch: &RecordBatch) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)?;
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
+    writer.write(batch)?;
+    writer.close()?;
+    Ok(())
+}
+
+fn trades_batch(
+    symbol: Vec<String>,
+    exchange: Vec<&str>,
+    price: Vec<f64>,
+    quantity: Vec<i64>,
+    time: Vec<i64>,
+) -> anyhow::Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        trade_schema(),
+        vec![
+            Arc::new(StringArray::from(symbol)),
+            Arc::new(StringArray::from(exchange)),
+            Arc::new(Float64Array::from(price)),
+            Arc::new(Int64Array::from(quantity)),
+            Arc::new(TimestampMillisecondArray::from(time)),
+        ],
+    )?)
+}
+
+/// Writes `rows` trades as [`FILES`] parquet files in `dir`, then the
+/// flush file (one trade a day later). Returns the paths of the trade
+/// files (without the flush file).
+fn generate(dir: &std::path::Path, rows: usize) -> anyhow::Result<Vec<String>> {
+    let mut rng = StdRng::seed_from_u64(42);
+    let symbols: Vec<String> = (0..SYMBOLS).map(|i| format!("S{i:03}")).collect();
+    let mut paths = Vec::with_capacity(FILES);
+    let mut i = 0usize;
+    for f in 0..FILES {
+        let n = rows / FILES + usize::from(f < rows % FILES);
+        let (mut sym, mut exch, mut price, mut qty, mut time) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for _ in 0..n {
+            let s = rng.random_range(0..SYMBOLS);
+            sym.push(symbols[s].clone());
+            exch.push(EXCHANGES[rng.random_range(0..EXCHANGES.len())]);
+            // Whole cents around a per-symbol level.
+            let level = 20.0 + 5.0 * s as f64;
+            price.push((level * rng.random_range(0.95..1.05) * 100.0).round() / 100.0);
+            qty.push(rng.random_range(1..=1000));
+            let nominal = START_MS + (i as i128 * SPAN_MS as i128 / rows as i128) as i64;
+            time.push(nominal - rng.random_range(0..=DISORDER_MS));
+            i += 1;
+        }
+        let batch = trades_batch(sym, exch, price, qty, time)?;
+        let path = dir.join(format!("part-{f:03}.parquet"));
+        write_parquet(&path, &batch)?;
+        paths.push(path.display().to_string());
+    }
+    // Written last, so the source (which orders files by modification
+    // time, then path) admits it last.
+    std::thread::sleep(Duration::from_millis(20));
+    let flush = trades_batch(
+        vec!["FLUSH".into()],
+        vec!["NONE"],
+        vec![1.0],
+        vec![1],
+        vec![START_MS + SPAN_MS + 86_400_000],
+    )?;
+    write_parquet(&dir.join("part-999-flush.parquet"), &flush)?;
+    Ok(paths)
+}
+
+/// One result row: `(window start ms, symbol, exchange)` →
+/// `(trades, volume, vwap, high, low)`.
+type Windows = BTreeMap<(i64, String, String), (i64, i64, f64, f64, f64)>;
+
+fn column(batch: &RecordBatch, name: &str, to: &DataType) -> anyhow::Result<ArrayRef> {
+    Ok(cast(batch.column_by_name(name).expect(name), to)?)
+}
+
+fn windows(batches: &[RecordBatch]) -> anyhow::Result<Windows> {
+    let mut out = Windows::new();
+    for b in batches {
+        let start = column(b, "window_start", &DataType::Int64)?;
+        let symbol = column(b, "symbol", &DataType::Utf8)?;
+        let exchange = column(b, "exchange", &DataType::Utf8)?;
+        let trades = column(b, "trades", &DataType::Int64)?;
+        let volume = column(b, "volume", &DataType::Int64)?;
+        let vwap = column(b, "vwap", &DataType::Float64)?;
+        let high = column(b, "high", &DataType::Float64)?;
+        let low = column(b, "low", &DataType::Float64)?;
+        let (start, trades, volume) = (
+            start.as_primitive::<Int64Type>(),
+            trades.as_primitive::<Int64Type>(),
+            volume.as_primitive::<Int64Type>(),
+        );
+        let (symbol, exchange) = (symbol.as_string::<i32>(), exchange.as_string::<i32>());
+        let (vwap, high, low) = (
+            vwap.as_primitive::<Float64Type>(),
+            high.as_primitive::<Float64Type>(),
+            low.as_primitive::<Float64Type>(),
+        );
+        for i in 0..b.num_rows() {
+            let key = (
+                start.value(i),
+                symbol.value(i).to_string(),
+                exchange.value(i).to_string(),
+            );
+            let value = (
+                trades.value(i),
+                volume.value(i),
+                vwap.value(i),
+                high.value(i),
+                low.value(i),
+            );
+            anyhow::ensure!(
+                out.insert(key.clone(), value).is_none(),
+                "window {key:?} emitted twice"
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the stream's windows against the batch job's.
+fn same_windows(stream: &Windows, batch: &Windows) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        stream.len() == batch.len(),
+        "the stream emitted {} windows, the batch job {}",
+        stream.len(),
+        batch.len()
+    );
+    for (key, b) in batch {
+        let s = stream
+            .get(key)
+            .ok_or_else(|| anyhow::anyhow!("the stream did not emit window {key:?}"))?;
+        let close = (s.2 - b.2).abs() <= 1e-9 * b.2.abs().max(1.0);
+        anyhow::ensure!(
+            s.0 == b.0 && s.1 == b.1 && close && s.3 == b.3 && s.4 == b.4,
+            "window {key:?}: stream {s:?}, batch {b:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The plan as a DataFusion batch job over the trade files, with
+/// `partitions` target partitions (`None`: DataFusion's default, one per
+/// core).
+async fn windowed_batch_job(
+    files: &[String],
+    partitions: Option<usize>,
+) -> anyhow::Result<(Vec<RecordBatch>, Duration)> {
+    let ctx = match partitions {
+        Some(n) => SessionContext::new_with_config(SessionConfig::new().with_target_partitions(n)),
+        None => SessionContext::new(),
+    };
+    let t = Instant::now();
+    let out = per_minute(
+        ctx.read_parquet(files.to_vec(), ParquetReadOptions::default())
+            .await?,
+    )?
+    .collect()
+    .await?;
+    Ok((out, t.elapsed()))
+}
+
+/// The median time of [`RUNS`] batch jobs, checked against `expected`
+/// (or setting it when empty).
+async fn timed_batch_job(
+    files: &[String],
+    partitions: Option<usize>,
+    expected: &mut Windows,
+) -> anyhow::Result<f64> {
+    let mut times = Vec::new();
+    for _ in 0..RUNS {
+        let (out, time) = windowed_batch_job(files, partitions).await?;
+        let got = windows(&out)?;
+        if expected.is_empty() {
+            *expected = got;
+        } else {
+            same_windows(&got, expected)?;
+        }
+        times.push(time.as_secs_f64());
+    }
+    Ok(median(&mut times))
+}
+
+struct StreamRun {
+    batches: Vec<RecordBatch>,
+    progress: Vec<QueryProgress>,
+    elapsed: Duration,
+}
+
+async fn windowed_stream_job(
+    dir: &str,
+    max_files: Option<u64>,
+    chk: &std::path::Path,
+) -> anyhow::Result<StreamRun> {
+    let ctx = SessionContext::new();
+    let sink = MemorySink::new();
+    let source = match max_files {
+        Some(n) => FileSource::parquet(dir).max_files_per_trigger(n),
+        None => FileSource::parquet(dir),
+    };
+    let t = Instant::now();
+    let query = per_minute(
+        ctx.read_stream(source)
+            .await?
+            .with_watermark("event_time", "10 seconds")?,
+    )?
+    .write_stream()
+    .sink(sink.clone())
+    .output_mode(OutputMode::Append)
+    .trigger(Trigger::AvailableNow)
+    .checkpoint(chk.to_str().unwrap())
+    .options(QueryOptions {
+        progress_history: 10_000,
+        ..Default::default()
+    })
+    .start()
+    .await?;
+    query.await_termination().await?;
+    let elapsed = t.elapsed();
+    Ok(StreamRun {
+        batches: sink.batches(),
+        progress: query.recent_progress(),
+        elapsed,
+    })
+}
+
+async fn windowed(config: &Config, tmp: &std::path::Path) -> anyhow::Result<()> {
+    let rows = config.rows;
+    let input = tmp.join("trades");
+    std::fs::create_dir_all(&input)?;
+    let files = generate(&input, rows)?;
+    let dir = format!("{}/", input.display());
+    println!(
+        "\n## Windowed aggregation\n\nworkload: {rows} trades ({SYMBOLS} symbols x {} exchanges, \
+         {} min of event time, up to {} s out of order) in {FILES} parquet files (seed 42); \
+         per 1-minute tumbling window, symbol and exchange: count, sum(quantity), vwap, max(price), \
+         min(price). Stream: FileSource, watermark 10 s, append mode, MemorySink, local \
+         checkpoint, AvailableNow, plus one flush file (1 trade a day later) so every window closes.",
+        EXCHANGES.len(),
+        SPAN_MS / 60_000,
+        DISORDER_MS / 1000
+    );
+
+    // Warm up the page cache and the allocator.
+    windowed_batch_job(&files, None).await?;
+    let mut expected = Windows::new();
+    let batch_secs = timed_batch_job(&files, None, &mut expected).await?;
+    let batch_rate = rows as f64 / batch_secs;
+    // For reference: the same job on one thread.
+    let single_secs = timed_batch_job(&files, Some(1), &mut expected).await?;
+    println!(
+        "\nseconds: median of {RUNS} runs (each stream run from a new checkpoint)\n\n\
+         | run | batches | windows out | seconds | input rows/s | stream/batch |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| DataFusion batch job | 1 | {} | {batch_secs:.3} | {batch_rate:.0} | 1.00 |",
+        expected.len(),
+    );
+    println!(
+        "| DataFusion batch job, target_partitions=1 (reference) | 1 | {} | {single_secs:.3} | {:.0} | {:.2} |",
+        expected.len(),
+        rows as f64 / single_secs,
+        batch_secs / single_secs
+    );
+    let mut breakdown = Vec::new();
+    for (i, max_files) in [Some(1u64), Some(5), None].into_iter().enumerate() {
+        let mut runs = Vec::new();
+        for r in 0..RUNS {
+            let chk = tmp.join(format!("chk-window-{i}-{r}"));
+            let run = windowed_stream_job(&dir, max_files, &chk).await?;
+            let late: u64 = run
+                .progress
+                .iter()
+                .flat_map(|p| &p.state_operators)
+                .map(|s| s.num_rows_dropped_by_watermark)
+                .sum();
+            anyhow::ensure!(late == 0, "{late} rows dropped as late");
+            same_windows(&windows(&run.batches)?, &expected)?;
+            runs.push(run);
+        }
+        runs.sort_by_key(|r| r.elapsed);
+        let run = runs.swap_remove(RUNS / 2);
+        let rate = rows as f64 / run.elapsed.as_secs_f64();
+        let label = max_files.map_or_else(|| "all".to_string(), |n| n.to_string());
+        println!(
+            "| stream, max_files_per_trigger={label} | {} | {} | {:.3} | {rate:.0} | {:.2} |",
+            run.progress.len(),
+            expected.len(),
+            run.elapsed.as_secs_f64(),
+            rate / batch_rate
+        );
+        let peak_state = run
+            .progress
+            .iter()
+            .flat_map(|p| &p.state_operators)
+            .map(|s| s.num_rows_total)
+            .max()
+            .unwrap_or(0);
+        breakdown.push(format!(
+            "  max_files_per_trigger={label}: {}; peak state {peak_state} groups",
+            phases(&run.progress, total)
+        ));
+    }
+    println!("\nstream windows == batch windows: yes (every run)");
+    println!("time per phase of the median run, ms summed over its batches:");
+    for line in breakdown {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Part 2: state scaling.
+
+fn keyed_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Int64, false),
+        Field::new("value", DataType::Int64, false),
+    ]))
+}
+
+fn keyed_batch(keys: Vec<i64>) -> anyhow::Result<RecordBatch> {
+    let values = Int64Array::from_iter_values(keys.iter().map(|k| k % 7));
+    Ok(RecordBatch::try_new(
+        keyed_schema(),
+        vec![Arc::new(Int64Array::from(keys)), Arc::new(values)],
+    )?)
+}
+
+/// A sink that only counts rows: the state benchmark measures the
+/// aggregation, not a sink keeping millions of output rows.
+#[derive(Debug, Default)]
+struct CountingSink(Arc<AtomicUsize>);
+
+#[async_trait::async_trait]
+impl Sink for CountingSink {
+    fn description(&self) -> String {
+        "CountingSink".into()
+    }
+
+    async fn add_batch(
+        &self,
+        _batch_id: u64,
+        _schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> tidemill::Result<()> {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        self.0.fetch_add(rows, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+struct StateRun {
+    keys: usize,
+    build: Duration,
+    median_ms: f64,
+    mean_ms: f64,
+    max_ms: f64,
+    phases: String,
+    snapshots: String,
+    rows_total: u64,
+    memory_bytes: u64,
+    hwm: String,
+    /// RSS growth while building the state, per key.
+    rss_per_key: String,
+    /// How long stopping the query (and dropping its state) took.
+    stop: Duration,
+}
+
+async fn state_run(
+    config: &Config,
+    keys: usize,
+    chk: &std::path::Path,
+) -> anyhow::Result<StateRun> {
+    const BUILD_CHUNK: usize = 1_000_000;
+    let rss_before = proc_status_mib("VmRSS");
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(keyed_schema());
+    let out_rows = Arc::new(AtomicUsize::new(0));
+    let query = ctx
+        .read_stream(stream.clone())
+        .await?
+        .aggregate(
+            vec![col("key")],
+            vec![
+                count(col("value")).alias("n"),
+                sum(col("value")).alias("total"),
+            ],
+        )?
+        .write_stream()
+        .sink(CountingSink(Arc::clone(&out_rows)))
+        .output_mode(OutputMode::Update)
+        .checkpoint(chk.to_str().unwrap())
+        .options(QueryOptions {
+            progress_history: 10_000,
+            ..Default::default()
+        })
+        .start()
+        .await?;
+
+    // Build: every key 0..keys once, in batches of up to a million.
+    let t = Instant::now();
+    let mut next = 0usize;
+    while next < keys {
+        let end = (next + BUILD_CHUNK).min(keys);
+        stream.push(keyed_batch((next as i64..end as i64).collect())?)?;
+        query.process_all_available().await?;
+        next = end;
+    }
+    let build = t.elapsed();
+    let rss_built = proc_status_mib("VmRSS");
+    let built = query.last_progress().expect("built");
+    anyhow::ensure!(
+        built.state_operators[0].num_rows_total == keys as u64,
+        "state holds {} keys, expected {keys}",
+        built.state_operators[0].num_rows_total
+    );
+    let first_timed = built.batch_id + 1;
+
+    // Timed: half random existing keys, half new ones.
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut new_key = keys as i64;
+    let mut expected_total = keys as u64;
+    for _ in 0..config.batches {
+        let mut batch = Vec::with_capacity(config.batch_rows);
+        for j in 0..config.batch_rows {
+            if j % 2 == 0 {
+                batch.push(rng.random_range(0..keys as i64));
+            } else {
+                batch.push(new_key);
+                new_key += 1;
+            }
+        }
+        expected_total += (config.batch_rows / 2) as u64;
+        stream.push(keyed_batch(batch)?)?;
+        query.process_all_available().await?;
+    }
+    let progress: Vec<QueryProgress> = query
+        .recent_progress()
+        .into_iter()
+        .filter(|p| p.batch_id >= first_timed && p.num_input_rows > 0)
+        .collect();
+    let t = Instant::now();
+    query.stop().await?;
+    drop(query);
+    let stop = t.elapsed();
+    anyhow::ensure!(
+        progress.len() == config.batches,
+        "expected {} timed batches, got {}",
+        config.batches,
+        progress.len()
+    );
+    let last = &progress.last().expect("timed batches").state_operators[0];
+    anyhow::ensure!(
+        last.num_rows_total == expected_total,
+        "state holds {} keys, expected {expected_total}",
+        last.num_rows_total
+    );
+    for p in &progress {
+        // Update mode emits each changed key once.
+        let distinct = p.state_operators[0].num_rows_updated;
+        anyhow::ensure!(
+            p.num_output_rows == distinct,
+            "batch {}: {} rows out, {distinct} keys updated",
+            p.batch_id,
+            p.num_output_rows
+        );
+    }
+    // Which timed batches wrote a state snapshot (batch `b` commits state
+    // version `b + 1`), to split their times from the others'.
+    let snapshots = snapshot_bytes(&chk.join("state").join("0"));
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let mut snapshot_mib = Vec::new();
+    for p in &progress {
+        match snapshots.get(&(p.batch_id + 1)) {
+            Some(&bytes) => {
+                with.push(p.clone());
+                snapshot_mib.push(bytes as f64 / 1048576.0);
+            }
+            None => without.push(p.clone()),
+        }
+    }
+    let split = |group: &[QueryProgress]| {
+        let phase = |f: fn(&PhaseDurations) -> f64| {
+            median(&mut group.iter().map(|p| f(&p.duration_ms)).collect::<Vec<_>>())
+        };
+        format!(
+            "{} batches, median total {:.1} ms (execute {:.1}, state commit {:.1})",
+            group.len(),
+            phase(|d| d.trigger_execution),
+            phase(|d| d.execution),
+            phase(|d| d.state_commit)
+        )
+    };
+    let mut times: Vec<f64> = progress
+        .iter()
+        .map(|p| p.duration_ms.trigger_execution)
+        .collect();
+    let mean_ms = times.iter().sum::<f64>() / times.len() as f64;
+    let max_ms = times.iter().copied().fold(0.0, f64::max);
+    Ok(StateRun {
+        keys,
+        build,
+        median_ms: median(&mut times),
+        mean_ms,
+        max_ms,
+        phases: phases(&progress, median),
+        snapshots: format!(
+            "with a snapshot (median {:.1} MiB): {}; without: {}",
+            median(&mut snapshot_mib),
+            split(&with),
+            split(&without),
+        ),
+        rows_total: last.num_rows_total,
+        memory_bytes: last.memory_used_bytes,
+        hwm: mib("VmHWM"),
+        // Below 100k keys the growth is lost in the allocator's noise.
+        rss_per_key: match (rss_before, rss_built) {
+            (Some(a), Some(b)) if keys >= 100_000 => {
+                format!("{:.0}", (b - a) * 1048576.0 / keys as f64)
+            }
+            _ => "n/a".into(),
+        },
+        stop,
+    })
+}
+
+/// Bytes of state snapshot files per version, from the store's files
+/// (`<dir>/<partition>/<version>.snapshot`); empty if the layout differs.
+fn snapshot_bytes(dir: &std::path::Path) -> BTreeMap<u64, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(partitions) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for partition in partitions.flatten() {
+        let Ok(files) = std::fs::read_dir(partition.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let name = file.file_name().to_string_lossy().into_owned();
+            if let Some(version) = name
+                .strip_suffix(".snapshot")
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                let len = file.metadata().map_or(0, |m| m.len());
+                *out.entry(version).or_default() += len;
+            }
+        }
+    }
+    out
+}
+
+async fn state_scaling(config: &Config, tmp: &std::path::Path) -> anyhow::Result<()> {
+    println!(
+        "\n## State scaling\n\nworkload: count(value), sum(value) group by key (Int64), update mode, \
+         MemoryStream, counting sink, local checkpoint; state built with batches of up to 1M new \
+         keys, then {} timed batches of {} rows (half random existing keys, half new keys); \
+         per-batch time = progress trigger_execution",
+        config.batches, config.batch_rows
+    );
+    println!(
+        "\n| state keys | build s | median ms/batch | mean ms | max ms | state bytes/key \
+         (memory_used_bytes) | RSS growth/key (build) | stop s | peak RSS so far |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut runs = Vec::new();
+    for (i, &keys) in config.state_keys.iter().enumerate() {
+        let run = state_run(config, keys, &tmp.join(format!("chk-state-{i}"))).await?;
+        println!(
+            "| {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {:.2} | {} |",
+            run.keys,
+            run.build.as_secs_f64(),
+            run.median_ms,
+            run.mean_ms,
+            run.max_ms,
+            run.memory_bytes as f64 / run.rows_total.max(1) as f64,
+            run.rss_per_key,
+            run.stop.as_secs_f64(),
+            run.hwm
+        );
+        runs.push(run);
+    }
+    println!("\nmedian ms per phase:");
+    for run in &runs {
+        println!("  {} keys: {}", run.keys, run.phases);
+    }
+    println!("\nstate snapshots (a partition writes its whole content every 10 versions):");
+    for run in &runs {
+        println!("  {} keys: {}", run.keys, run.snapshots);
+    }
+    if let (Some(small), Some(large)) = (runs.first(), runs.last())
+        && runs.len() > 1
+    {
+        println!(
+            "\nper-batch time ratio {} keys / {} keys: {:.2} (target <= 1.5)",
+            large.keys,
+            small.keys,
+            large.median_ms / small.median_ms
+        );
+    }
+    println!("peak RSS (VmHWM): {}", mib("VmHWM"));
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test` does not.
+    let full = std::env::args().any(|a| a == "--bench");
+    let config = Config::from_env(full);
+    println!(
+        "mode: {} ({})",
+        if config.full { "full" } else { "short" },
+        if config.full {
+            "cargo bench"
+        } else {
+            "no --bench argument: tiny sizes, results checked, times not meaningful"
+        }
+    );
+    println!("machine: {}", machine());
+    let tmp = tempfile::tempdir()?;
+    if config.window {
+        windowed(&config, tmp.path()).await?;
+    }
+    if config.state {
+        state_scaling(&config, tmp.path()).await?;
+    }
+    Ok(())
+}
