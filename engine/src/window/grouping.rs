@@ -130,15 +130,8 @@ fn rewrite_sliding(aggregate: Aggregate, index: usize) -> Result<LogicalPlan> {
         args.to_vec(),
     ))
     .alias(SLIDING_WINDOW_COLUMN);
-    let mut projection: Vec<Expr> = aggregate
-        .input
-        .schema()
-        .columns()
-        .into_iter()
-        .map(Expr::Column)
-        .collect();
-    projection.push(windows);
-    let input = LogicalPlanBuilder::from(Arc::unwrap_or_clone(aggregate.input))
+    let projection = input_columns_and(&aggregate.input, windows);
+    let input = LogicalPlanBuilder::from(Arc::clone(&aggregate.input))
         .project(projection)?
         // As SQL's UNNEST: a row without event time is in no window.
         .unnest_column_with_options(
@@ -146,9 +139,32 @@ fn rewrite_sliding(aggregate: Aggregate, index: usize) -> Result<LogicalPlan> {
             UnnestOptions::new().with_preserve_nulls(false),
         )?
         .build()?;
+    group_by_column(aggregate, index, input, SLIDING_WINDOW_COLUMN)
+}
+
+/// Every column of `input`, then `extra`.
+pub(super) fn input_columns_and(input: &LogicalPlan, extra: Expr) -> Vec<Expr> {
+    let mut columns: Vec<Expr> = input
+        .schema()
+        .columns()
+        .into_iter()
+        .map(Expr::Column)
+        .collect();
+    columns.push(extra);
+    columns
+}
+
+/// `aggregate` over `input`, with group key `index` replaced by `column`
+/// under the key's original name, so the output schema is unchanged.
+pub(super) fn group_by_column(
+    aggregate: Aggregate,
+    index: usize,
+    input: LogicalPlan,
+    column: &str,
+) -> Result<LogicalPlan> {
     let original_name = aggregate.schema.field(index).name().clone();
     let mut group_expr = aggregate.group_expr;
-    group_expr[index] = col(SLIDING_WINDOW_COLUMN).alias(original_name);
+    group_expr[index] = col(column).alias(original_name);
     Ok(LogicalPlan::Aggregate(Aggregate::try_new(
         Arc::new(input),
         group_expr,

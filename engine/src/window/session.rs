@@ -35,6 +35,7 @@ use datafusion::logical_expr::{
 use datafusion::prelude::{col, lit};
 
 use super::function::{duration_nanos, window_type};
+use super::grouping::{group_by_column, input_columns_and};
 
 /// Columns the rewrite adds start with this prefix.
 pub const SESSION_PREFIX: &str = "__tidemill_session_";
@@ -199,13 +200,6 @@ pub(super) fn rewrite(aggregate: Aggregate, index: usize) -> Result<LogicalPlan>
         whole,
     )
     .alias(name("end"));
-    let input_columns: Vec<Expr> = aggregate
-        .input
-        .schema()
-        .columns()
-        .into_iter()
-        .map(Expr::Column)
-        .collect();
     let session = when(ts.is_null(), lit(ScalarValue::Null))
         .otherwise(named_struct(vec![
             lit("start"),
@@ -214,19 +208,14 @@ pub(super) fn rewrite(aggregate: Aggregate, index: usize) -> Result<LogicalPlan>
             col(name("end")),
         ]))?
         .alias(SESSION_COLUMN);
-    let mut projection = input_columns;
-    projection.push(session);
-    let input = LogicalPlanBuilder::from(Arc::unwrap_or_clone(aggregate.input))
+    let projection = input_columns_and(&aggregate.input, session);
+    let input = LogicalPlanBuilder::from(Arc::clone(&aggregate.input))
         .window(vec![previous_end])?
         .window(vec![number])?
         .window(vec![start_of, end_of])?
         .project(projection)?
         .build()?;
-    let original_name = aggregate.schema.field(index).name().clone();
-    let mut group_expr = aggregate.group_expr;
-    group_expr[index] = col(SESSION_COLUMN).alias(original_name);
-    let rewritten = Aggregate::try_new(Arc::new(input), group_expr, aggregate.aggr_expr)?;
-    Ok(LogicalPlan::Aggregate(rewritten))
+    group_by_column(aggregate, index, input, SESSION_COLUMN)
 }
 
 /// The gap as an interval expression: constants become interval literals.
