@@ -47,8 +47,8 @@ pub use datafusion;
 pub mod sql;
 
 pub use tidemill_connectors::{
-    ConsoleSink, FileFormat, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
-    RateSource,
+    ConsoleSink, FileFormat, FileSource, ForeachBatchSink, KafkaSink, KafkaSource, MemorySink,
+    MemoryStream, ParquetSink, RateSource,
 };
 pub use tidemill_engine::{
     DataStreamWriter, EventTimeProgress, MultipleWatermarkPolicy, Offset, OutputMode,
@@ -59,9 +59,10 @@ pub use tidemill_engine::{
 
 /// The names most pipelines use, for `use tidemill::prelude::*`.
 pub mod prelude {
+    pub use tidemill_connectors::kafka::StartingOffsets;
     pub use tidemill_connectors::{
-        ConsoleSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
-        RateSource,
+        ConsoleSink, FileSource, ForeachBatchSink, KafkaSink, KafkaSource, MemorySink,
+        MemoryStream, ParquetSink, RateSource,
     };
     pub use tidemill_engine::{
         OutputMode, StreamingContext, StreamingDataFrame, StreamingQuery, Trigger,

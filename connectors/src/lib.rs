@@ -11,6 +11,8 @@
 //! - [`RateSource`]: generated `timestamp`, `value` rows at a fixed rate,
 //!   for demos and benchmarks.
 //! - [`MemoryStream`]: batches pushed by test code.
+//! - [`KafkaSource`]: Kafka topics, as a stream or a
+//!   bounded batch (see [`kafka`]).
 //!
 //! Sinks:
 //! - [`ParquetSink`]: parquet files with a manifest of committed batches,
@@ -18,6 +20,8 @@
 //! - [`ConsoleSink`]: pretty-printed batches on standard output.
 //! - [`MemorySink`]: results kept in memory, queryable as a table.
 //! - [`ForeachBatchSink`]: a closure called with each batch as a DataFrame.
+//! - [`KafkaSink`]: Kafka messages, at-least-once or
+//!   exactly-once.
 
 #![warn(missing_docs)]
 
@@ -25,6 +29,7 @@ pub mod conformance;
 mod console_sink;
 mod file_source;
 mod foreach_batch;
+pub mod kafka;
 mod memory_sink;
 mod memory_source;
 mod parquet_sink;
@@ -33,6 +38,7 @@ mod rate_source;
 pub use console_sink::ConsoleSink;
 pub use file_source::{FileFormat, FileSource};
 pub use foreach_batch::{ForeachBatchError, ForeachBatchSink};
+pub use kafka::{KafkaSink, KafkaSource};
 pub use memory_sink::MemorySink;
 pub use memory_source::MemoryStream;
 pub use parquet_sink::{ManifestEntry, ManifestFile, ParquetSink};
