@@ -410,15 +410,17 @@ impl AggregateOperator {
     /// Commits the batch's state changes as the next version.
     pub async fn commit(&self) -> Result<StateOperatorProgress> {
         let mut inner = self.inner.lock().await;
-        let metrics = inner.store.metrics();
         let commit = inner.store.commit().await?;
         inner.dirty = false;
+        // After the commit: the entries are the same, and the memory no
+        // longer counts the change records.
+        let metrics = inner.store.metrics();
         Ok(StateOperatorProgress {
             operator_name: "aggregate".into(),
             num_rows_total: metrics.rows_total,
             num_rows_updated: commit.rows_updated,
             num_rows_removed: commit.rows_removed,
-            memory_used_bytes: inner.store.metrics().memory_bytes,
+            memory_used_bytes: metrics.memory_bytes,
             commit_time_ms: commit.commit_time_ms,
             num_rows_dropped_by_watermark: inner.dropped_by_watermark,
         })
