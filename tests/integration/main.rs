@@ -8,6 +8,7 @@ mod conformance;
 mod connectors;
 mod crash;
 mod engine_semantics;
+mod kafka;
 mod recovery;
 mod retry;
 mod watermark;

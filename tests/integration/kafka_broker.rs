@@ -1,0 +1,497 @@
+//! A real Kafka-protocol broker for the Kafka tests, the `kafka_trades`
+//! example and the `kafka` benchmark: [Tansu](https://github.com/tansu-io/tansu)
+//! 0.6.0 with its SQLite storage engine, started on a free port of
+//! 127.0.0.1 in a temporary directory, stopped when dropped.
+//!
+//! **Installing Tansu.** The first use in a process finds `tansu` 0.6.0:
+//! `$TANSU_BIN` if set, else `tansu` on the `PATH`, else
+//! `<workspace>/target/tools/bin/tansu`; if none is version 0.6.0 it runs
+//! `cargo install tansu@0.6.0 --locked --features libsql --root
+//! <workspace>/target/tools` (about 12 minutes on 2 cores, once per
+//! machine and target directory), holding a file lock so that parallel
+//! tests and processes wait for one install instead of racing.
+//!
+//! Shared by `#[path]` with the example and the benchmark, so it uses only
+//! the standard library, `tempfile`, tokio and the rdkafka the connectors
+//! re-export.
+#![allow(dead_code)]
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use tidemill::connectors::kafka::rdkafka;
+
+/// The Tansu version the fixture runs.
+pub const TANSU_VERSION: &str = "0.6.0";
+/// The bound on every Kafka operation the helpers do.
+pub const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long installing Tansu may take (12 minutes on 2 idle cores).
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(45 * 60);
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn version_of(binary: &Path) -> Option<String> {
+    let output = Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+fn is_wanted(binary: &Path) -> bool {
+    version_of(binary).is_some_and(|v| v.split_whitespace().any(|w| w == TANSU_VERSION))
+}
+
+/// The `tansu` 0.6.0 binary, installed into `<workspace>/target/tools`
+/// first if there is none (see the module docs).
+pub fn tansu_binary() -> PathBuf {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(find_or_install)
+        .clone()
+        .unwrap_or_else(|e| panic!("cannot provide the Tansu broker: {e}"))
+}
+
+fn find_or_install() -> Result<PathBuf, String> {
+    if let Ok(bin) = std::env::var("TANSU_BIN") {
+        let bin = PathBuf::from(bin);
+        return if is_wanted(&bin) {
+            Ok(bin)
+        } else {
+            Err(format!(
+                "TANSU_BIN={} is not tansu {TANSU_VERSION}",
+                bin.display()
+            ))
+        };
+    }
+    if is_wanted(Path::new("tansu")) {
+        return Ok(PathBuf::from("tansu"));
+    }
+    let root = workspace_root().join("target").join("tools");
+    let bin = root.join("bin").join("tansu");
+    if is_wanted(&bin) {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+    // One install at a time, across test threads and processes.
+    let lock_path = root.join(".tansu-install.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    if is_wanted(&bin) {
+        return Ok(bin);
+    }
+    let log_path = root.join("tansu-install.log");
+    eprintln!(
+        "installing tansu {TANSU_VERSION} into {} for the Kafka tests (about 12 minutes on 2 cores, once); log: {}",
+        root.display(),
+        log_path.display()
+    );
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args([
+            "install",
+            &format!("tansu@{TANSU_VERSION}"),
+            "--locked",
+            "--features",
+            "libsql",
+            "--root",
+        ])
+        .arg(&root)
+        // Build in cargo's own temporary directory, not a shared target
+        // directory a running `cargo test` may hold.
+        .env_remove("CARGO_TARGET_DIR")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("running cargo install: {e}"))?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if started.elapsed() > INSTALL_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "cargo install tansu@{TANSU_VERSION} did not finish in {INSTALL_TIMEOUT:?}; see {}",
+                log_path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    if !status.success() || !is_wanted(&bin) {
+        return Err(format!(
+            "cargo install tansu@{TANSU_VERSION} failed ({status}); see {}",
+            log_path.display()
+        ));
+    }
+    eprintln!("installed tansu {TANSU_VERSION} in {:?}", started.elapsed());
+    Ok(bin)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// A running Tansu broker on 127.0.0.1, stopped on drop.
+pub struct Broker {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    binary: PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker on a free port in a new temporary directory and
+    /// waits until it accepts connections.
+    pub fn start() -> Self {
+        let binary = tansu_binary();
+        let dir = tempfile::Builder::new()
+            .prefix("tansu-")
+            .tempdir()
+            .expect("temporary directory");
+        let mut broker = Self {
+            port: free_port(),
+            dir,
+            child: None,
+            binary,
+        };
+        broker.launch();
+        broker
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's working directory (its SQLite database and log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Whether the broker process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the broker (SIGKILL, as a crash); its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    fn launch(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join("tansu.log"))
+                .expect("broker log");
+            let mut child = Command::new(&self.binary)
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
+                .args(["--storage-engine", "sqlite://tansu.db"])
+                .current_dir(self.dir.path())
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", self.binary.display()));
+            let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().expect("address");
+            let started = Instant::now();
+            let mut up = false;
+            while started.elapsed() < Duration::from_secs(20) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: the port may still be in use
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    up = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if up {
+                self.child = Some(child);
+                return;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            if Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
+                panic!("tansu did not start on {url}; its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client")
+}
+
+fn admin_options() -> AdminOptions {
+    AdminOptions::new()
+        .request_timeout(Some(KAFKA_TIMEOUT))
+        .operation_timeout(Some(KAFKA_TIMEOUT))
+}
+
+/// Creates `topic` with `partitions` partitions and the topic configs
+/// `configs`.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let admin = admin(bootstrap);
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (key, value) in configs {
+        new = new.set(key, value);
+    }
+    let results =
+        tokio::time::timeout(KAFKA_TIMEOUT, admin.create_topics([&new], &admin_options()))
+            .await
+            .unwrap_or_else(|_| panic!("creating topic {topic} timed out"))
+            .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+    for result in results {
+        result.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// Grows `topic` to `total` partitions.
+pub async fn add_partitions(bootstrap: &str, topic: &str, total: usize) {
+    let admin = admin(bootstrap);
+    let new = NewPartitions::new(topic, total);
+    let results = tokio::time::timeout(
+        KAFKA_TIMEOUT,
+        admin.create_partitions([&new], &admin_options()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("adding partitions to {topic} timed out"))
+    .unwrap_or_else(|e| panic!("adding partitions to {topic}: {e}"));
+    for result in results {
+        result.unwrap_or_else(|(t, e)| panic!("adding partitions to {t}: {e}"));
+    }
+}
+
+/// One message to produce.
+#[derive(Debug, Clone, Default)]
+pub struct Out {
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub timestamp: Option<i64>,
+}
+
+impl Out {
+    /// A value for `partition`.
+    pub fn to(partition: i32, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            partition: Some(partition),
+            value: Some(value.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Produces `messages` to `topic` and waits until all are acknowledged.
+pub fn produce(bootstrap: &str, topic: &str, messages: &[Out]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", KAFKA_TIMEOUT.as_millis().to_string())
+        .create()
+        .expect("producer");
+    for message in messages {
+        let mut headers = OwnedHeaders::new();
+        for (key, value) in &message.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+        if let Some(p) = message.partition {
+            record = record.partition(p);
+        }
+        if let Some(k) = &message.key {
+            record = record.key(k);
+        }
+        if let Some(v) = &message.value {
+            record = record.payload(v);
+        }
+        if let Some(t) = message.timestamp {
+            record = record.timestamp(t);
+        }
+        let deadline = Instant::now() + KAFKA_TIMEOUT;
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, back)) => {
+                    assert!(Instant::now() < deadline, "producing to {topic}: {e}");
+                    record = back;
+                    producer.poll(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    producer
+        .flush(KAFKA_TIMEOUT)
+        .unwrap_or_else(|e| panic!("producing to {topic}: {e}"));
+}
+
+/// The end offset of each partition of `topic`, by partition.
+pub fn end_offsets(bootstrap: &str, topic: &str) -> Vec<i64> {
+    let consumer = consumer(bootstrap);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, KAFKA_TIMEOUT)
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+/// The earliest offset of each partition of `topic`, by partition.
+pub fn earliest_offsets(bootstrap: &str, topic: &str) -> Vec<i64> {
+    let consumer = consumer(bootstrap);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+        .expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, KAFKA_TIMEOUT)
+                .expect("watermarks")
+                .0
+        })
+        .collect()
+}
+
+fn consumer(bootstrap: &str) -> BaseConsumer {
+    // librdkafka wants a group id to assign partitions; it is never joined.
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "tidemill-tests")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer")
+}
+
+/// Every message in `topic` now, in (partition, offset) order. Assigns
+/// the partitions (no consumer group) and reads each to its end offset.
+pub fn consume_all(bootstrap: &str, topic: &str) -> Vec<OwnedMessage> {
+    let consumer = consumer(bootstrap);
+    let ends = end_offsets(bootstrap, topic);
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..ends.len() as i32 {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut next = vec![0i64; ends.len()];
+    let mut out: Vec<OwnedMessage> = Vec::new();
+    let mut last_progress = Instant::now();
+    while next.iter().zip(&ends).any(|(n, e)| n < e) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let p = message.partition() as usize;
+                if message.offset() < ends[p] {
+                    next[p] = message.offset() + 1;
+                    out.push(message.detach());
+                } else {
+                    next[p] = ends[p];
+                }
+                last_progress = Instant::now();
+            }
+            Some(Err(e)) => {
+                let _ = writeln!(std::io::stderr(), "consume_all({topic}): {e}");
+            }
+            None => {}
+        }
+        assert!(
+            last_progress.elapsed() < KAFKA_TIMEOUT,
+            "consuming {topic} stalled at {next:?} of {ends:?}"
+        );
+    }
+    out.sort_by_key(|m| (m.partition(), m.offset()));
+    out
+}
+
+/// The values of `messages` as UTF-8 strings.
+pub fn values(messages: &[OwnedMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned())
+        .collect()
+}
