@@ -26,6 +26,7 @@
 
 mod connectors;
 pub mod parser;
+pub mod spark_window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use datafusion::execution::options::{CsvReadOptions, JsonReadOptions, ParquetRea
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::Statement as SQLStatement;
+use datafusion::sql::sqlparser::ast::{CreateView, Query, Statement as SQLStatement};
 use datafusion::sql::sqlparser::parser::ParserError;
 use tidemill_connectors::{ConsoleSink, FileFormat, FileSource, ParquetSink, RateSource};
 use tidemill_engine::window::register_window_functions;
@@ -310,8 +311,9 @@ impl Pipeline {
                             insert.sink
                         )));
                     }
-                    let statement =
-                        DFStatement::Statement(Box::new(SQLStatement::Query(insert.query.clone())));
+                    let mut query = insert.query.clone();
+                    rewrite_windows(ctx, &mut query).await?;
+                    let statement = DFStatement::Statement(Box::new(SQLStatement::Query(query)));
                     let state = ctx.state();
                     let plan = state.statement_to_plan(statement).await?;
                     prepared.push(Prepared {
@@ -321,14 +323,43 @@ impl Pipeline {
                     });
                 }
                 PipelineStatement::Sql(statement) => {
+                    let mut statement = statement.as_ref().clone();
+                    if let DFStatement::Statement(inner) = &mut statement
+                        && let SQLStatement::Query(query)
+                        | SQLStatement::CreateView(CreateView { query, .. }) = inner.as_mut()
+                    {
+                        rewrite_windows(ctx, query).await?;
+                    }
                     let state = ctx.state();
-                    let plan = state.statement_to_plan(statement.as_ref().clone()).await?;
+                    let plan = state.statement_to_plan(statement).await?;
                     ctx.execute_logical_plan(plan).await?.collect().await?;
                 }
             }
         }
         Ok(prepared)
     }
+}
+
+/// Rewrites Spark's `window.start` / `window.end` / `window` references
+/// (see [`spark_window`]), knowing the columns of the tables and views the
+/// query reads.
+async fn rewrite_windows(ctx: &SessionContext, query: &mut Query) -> Result<(), PipelineError> {
+    let mut known: HashMap<String, Vec<String>> = HashMap::new();
+    for name in spark_window::referenced_relations(query) {
+        let key = name.to_string();
+        if let Ok(provider) = ctx.table_provider(key.as_str()).await {
+            let columns = provider
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            known.insert(key, columns);
+        }
+    }
+    spark_window::rewrite_query(query, &|name| {
+        known.get(&name.to_string()).cloned().unwrap_or_default()
+    })
 }
 
 /// The Arrow schema of a stream's declared columns, typed by DataFusion's
