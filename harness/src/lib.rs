@@ -1,0 +1,72 @@
+//! # tidemill-harness
+//!
+//! Tidemill's benchmark harness, usable on your own pipeline.
+//!
+//! **The trigger-interval study** ([`TriggerStudy`]) answers the two
+//! questions that pick a micro-batch engine and its trigger interval: how
+//! low does latency go, and how much input does the query sustain, as the
+//! interval shrinks? Point it at a plan — a function from a DataFrame to a
+//! DataFrame, the same one you run as a batch job — and it streams a source
+//! driven at fixed input rates through it at each interval, measuring per
+//! row the time from "available to the source" to "committed by the sink"
+//! (p50, p95, p99, max), batches/s, rows/s, CPU seconds per million rows,
+//! and each interval's maximum sustainable rate. The report is a Markdown
+//! table, a JSON file and an SVG plot ([`StudyReport::write_to`]).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use datafusion::prelude::*;
+//! use tidemill_connectors::ParquetSink;
+//! use tidemill_engine::{OutputMode, Sink};
+//! use tidemill_harness::{Pipeline, TriggerStudy, trades};
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let report = TriggerStudy::new()
+//!     // The source's rows: trades (see `trades`), or your own `RowGenerator`.
+//!     .pipeline(Pipeline::new("big trades", trades::big_trades))
+//!     .pipeline(
+//!         Pipeline::new("per minute", trades::per_minute_stamped)
+//!             .output_mode(OutputMode::Update),
+//!     )
+//!     .intervals([Duration::ZERO, Duration::from_millis(100), Duration::from_secs(1)])
+//!     .rates([10_000, 100_000])
+//!     // Measure with your sink (default: one that discards rows).
+//!     .sink(|dir| Arc::new(ParquetSink::new(dir.display().to_string())) as Arc<dyn Sink>)
+//!     .run()
+//!     .await?;
+//! report.write_to("target/study".as_ref())?;
+//! # Ok(()) }
+//! ```
+//!
+//! The standard study (both pipelines above, intervals 0, 10 ms, 50 ms,
+//! 100 ms, 500 ms and 1 s) is the `trigger_study` bench:
+//! `cargo bench -p tidemill-harness --bench trigger_study`.
+//!
+//! **Results** ([`results`]): every Tidemill bench writes its figures as a
+//! [`results::BenchResult`] to `target/bench-results/<name>.json`;
+//! `cargo run --release -p tidemill-harness --bin bench-report` renders them
+//! all into `BENCHMARKS.md`.
+//!
+//! **Workloads** ([`trades`]): the seeded trade files the streaming-vs-batch
+//! and Spark comparisons read, the study's trade rows, and the standard
+//! plans.
+
+#![warn(missing_docs)]
+
+mod histogram;
+pub mod machine;
+mod report;
+pub mod results;
+mod sink;
+mod source;
+mod study;
+pub mod trades;
+
+pub use histogram::{LatencyHistogram, LatencySummary};
+pub use sink::DiscardSink;
+pub use source::{AVAILABLE_AT, RowGenerator};
+pub use study::{
+    MaxRate, Pipeline, PlanFn, RateSearch, RunResult, SearchStep, SinkFactory, StudyReport,
+    StudySettings, TriggerStudy, format_interval, format_interval_ms, standard_intervals,
+};

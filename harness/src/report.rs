@@ -1,0 +1,319 @@
+//! A study's report as Markdown, JSON and an SVG plot.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::results::{Table, trim};
+use crate::study::{StudyReport, format_interval_ms};
+
+const PERCENTILE_COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(214, 39, 40),
+    RGBColor(90, 90, 90),
+];
+const PIPELINE_COLORS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+impl StudyReport {
+    /// The report's tables: the fixed-rate runs, and the maximum
+    /// sustainable rates (if searched).
+    pub fn tables(&self) -> Vec<Table> {
+        let mut tables = vec![Table::new(
+            "Latency (row available → batch committed by the sink), throughput and CPU at \
+             fixed input rates, after the warm-up:",
+            [
+                "pipeline",
+                "interval",
+                "input rows/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "max ms",
+                "batches/s",
+                "rows/s committed",
+                "CPU s / M rows",
+                "kept up",
+            ],
+            self.runs
+                .iter()
+                .map(|r| {
+                    let l = |f: fn(&crate::LatencySummary) -> f64| {
+                        r.latency.as_ref().map_or("–".into(), |l| trim(f(l)))
+                    };
+                    vec![
+                        r.pipeline.clone(),
+                        format_interval_ms(r.interval_ms),
+                        r.input_rows_per_s.to_string(),
+                        l(|l| l.p50_ms),
+                        l(|l| l.p95_ms),
+                        l(|l| l.p99_ms),
+                        l(|l| l.max_ms),
+                        trim(r.batches_per_s),
+                        trim(r.sustained_rows_per_s),
+                        trim(r.cpu_s_per_million_rows),
+                        if r.kept_up { "yes" } else { "**no**" }.into(),
+                    ]
+                })
+                .collect(),
+        )];
+        if !self.max_rates.is_empty() {
+            tables.push(Table::new(
+                "Maximum sustainable input rate (highest rate whose backlog stayed bounded; \
+                 doubling, then bisection):",
+                [
+                    "pipeline",
+                    "interval",
+                    "max rows/s",
+                    "first failing rows/s",
+                    "trials (rows/s: kept up?)",
+                ],
+                self.max_rates
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.pipeline.clone(),
+                            format_interval_ms(m.interval_ms),
+                            if m.capped {
+                                format!("≥ {}", m.max_rows_per_s)
+                            } else {
+                                m.max_rows_per_s.to_string()
+                            },
+                            m.first_failing_rows_per_s
+                                .map_or("–".into(), |r| r.to_string()),
+                            m.steps
+                                .iter()
+                                .map(|s| {
+                                    format!("{}: {}", s.rate, if s.kept_up { "✓" } else { "✗" })
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        ]
+                    })
+                    .collect(),
+            ));
+        }
+        tables
+    }
+
+    /// The report as Markdown: settings, machine, tables.
+    pub fn to_markdown(&self) -> String {
+        let s = &self.settings;
+        let mut out = format!(
+            "Trigger-interval study: {}; input rates {} rows/s; runs of {} s ({} s warm-up); \
+             machine: {} (load average at start {:.2}).\n\n",
+            s.pipelines.join(", "),
+            s.rates
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            s.run_for_s,
+            s.warmup_s,
+            self.machine.summary(),
+            self.load_at_start[0],
+        );
+        for t in self.tables() {
+            out.push_str(&t.to_markdown());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> anyhow::Result<String> {
+        Ok(serde_json::to_string_pretty(self)?)
+    }
+
+    /// Writes `study.md`, `study.json` and `study.svg` into `dir`; returns
+    /// their paths.
+    pub fn write_to(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir)?;
+        let (md, json, svg) = (
+            dir.join("study.md"),
+            dir.join("study.json"),
+            dir.join("study.svg"),
+        );
+        std::fs::write(&md, self.to_markdown())?;
+        std::fs::write(&json, self.to_json()?)?;
+        self.write_svg(&svg)?;
+        Ok(vec![md, json, svg])
+    }
+
+    /// Plots, per pipeline, the latency percentiles at the first input rate
+    /// against the trigger interval, and the maximum sustainable rate of
+    /// every pipeline against the interval (log scales), as an SVG file.
+    pub fn write_svg(&self, path: &Path) -> anyhow::Result<()> {
+        self.draw(path)
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))
+    }
+
+    fn draw(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+        let intervals = &self.settings.intervals_ms;
+        let pipelines: Vec<String> = {
+            let mut names: Vec<String> = Vec::new();
+            for r in &self.runs {
+                if !names.contains(&r.pipeline) {
+                    names.push(r.pipeline.clone());
+                }
+            }
+            for m in &self.max_rates {
+                if !names.contains(&m.pipeline) {
+                    names.push(m.pipeline.clone());
+                }
+            }
+            names
+        };
+        let rate = self.settings.rates.first().copied();
+        let panels = pipelines.len() + usize::from(!self.max_rates.is_empty());
+        let panels = panels.max(1);
+        let root = SVGBackend::new(path, (440 * panels as u32, 400)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let areas = root.split_evenly((1, panels));
+        let x_range = -0.3f64..(intervals.len().max(1) as f64 - 0.7);
+        let x_label = |x: &f64| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < intervals.len() {
+                format_interval_ms(intervals[i as usize])
+            } else {
+                String::new()
+            }
+        };
+        let index = |ms: f64| intervals.iter().position(|&i| i == ms).map(|i| i as f64);
+
+        for (p, name) in pipelines.iter().enumerate() {
+            let runs: Vec<_> = self
+                .runs
+                .iter()
+                .filter(|r| &r.pipeline == name && Some(r.input_rows_per_s) == rate)
+                .filter_map(|r| Some((index(r.interval_ms)?, r.latency?)))
+                .collect();
+            let values: Vec<f64> = runs
+                .iter()
+                .flat_map(|(_, l)| [l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms])
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .collect();
+            let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = values.iter().copied().fold(0.0, f64::max);
+            let (lo, hi) = if values.is_empty() {
+                (0.1, 1000.0)
+            } else {
+                (lo / 2.0, hi * 2.0)
+            };
+            let mut chart = ChartBuilder::on(&areas[p])
+                .caption(
+                    format!(
+                        "{name}: latency at {} rows/s",
+                        rate.map_or("?".into(), |r| r.to_string())
+                    ),
+                    ("sans-serif", 16),
+                )
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d(x_range.clone(), (lo..hi).log_scale())?;
+            chart
+                .configure_mesh()
+                .x_labels(intervals.len() + 1)
+                .x_label_formatter(&x_label)
+                .y_label_formatter(&|v: &f64| trim(*v))
+                .x_desc("trigger interval")
+                .y_desc("latency (ms)")
+                .draw()?;
+            let series: [(&str, fn(&crate::LatencySummary) -> f64); 4] = [
+                ("p50", |l| l.p50_ms),
+                ("p95", |l| l.p95_ms),
+                ("p99", |l| l.p99_ms),
+                ("max", |l| l.max_ms),
+            ];
+            for (k, (label, f)) in series.iter().enumerate() {
+                let color = PERCENTILE_COLORS[k];
+                let points: Vec<(f64, f64)> = runs
+                    .iter()
+                    .map(|(x, l)| (*x, f(l)))
+                    .filter(|(_, y)| y.is_finite() && *y > 0.0)
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                    .label(*label)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
+                chart.draw_series(
+                    points
+                        .iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+                )?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
+        }
+
+        if !self.max_rates.is_empty() {
+            let values: Vec<f64> = self
+                .max_rates
+                .iter()
+                .map(|m| m.max_rows_per_s as f64)
+                .filter(|v| *v > 0.0)
+                .collect();
+            let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = values.iter().copied().fold(0.0, f64::max);
+            let (lo, hi) = if values.is_empty() {
+                (1.0, 1e6)
+            } else {
+                (lo / 2.0, hi * 2.0)
+            };
+            let mut chart = ChartBuilder::on(&areas[panels - 1])
+                .caption("maximum sustainable input rate", ("sans-serif", 16))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(70)
+                .build_cartesian_2d(x_range, (lo..hi).log_scale())?;
+            chart
+                .configure_mesh()
+                .x_labels(intervals.len() + 1)
+                .x_label_formatter(&x_label)
+                .y_label_formatter(&|v: &f64| trim(*v))
+                .x_desc("trigger interval")
+                .y_desc("rows/s")
+                .draw()?;
+            for (p, name) in pipelines.iter().enumerate() {
+                let color = PIPELINE_COLORS[p % PIPELINE_COLORS.len()];
+                let points: Vec<(f64, f64)> = self
+                    .max_rates
+                    .iter()
+                    .filter(|m| &m.pipeline == name && m.max_rows_per_s > 0)
+                    .filter_map(|m| Some((index(m.interval_ms)?, m.max_rows_per_s as f64)))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                    .label(name.as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
+                chart.draw_series(
+                    points
+                        .iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+                )?;
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
+    }
+}

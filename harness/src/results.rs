@@ -1,0 +1,244 @@
+//! The results convention: every benchmark writes one JSON file,
+//! `target/bench-results/<name>.json` (short modes:
+//! `target/bench-results/short/<name>.json`), holding a [`BenchResult`];
+//! `bench-report` turns them into `BENCHMARKS.md`.
+//!
+//! ```no_run
+//! use tidemill_harness::results::{BenchResult, Table, Target};
+//!
+//! # fn demo() -> anyhow::Result<()> {
+//! let full = std::env::args().any(|a| a == "--bench");
+//! let mut result = BenchResult::new("my_bench", "My benchmark", "cargo bench --bench my_bench", full);
+//! result.workload = "1 million rows in 20 parquet files (seed 42)".into();
+//! result.tables.push(Table::new(
+//!     "Throughput",
+//!     ["run", "rows/s", "stream/batch"],
+//!     vec![vec!["batch".into(), "1000000".into(), "1.00".into()]],
+//! ));
+//! result.targets.push(Target::at_least("stream/batch", 0.93, 0.9, ""));
+//! let path = result.write()?; // target/bench-results/my_bench.json
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::machine::Machine;
+
+/// The version of the JSON shape (in [`BenchResult::format`]).
+pub const FORMAT: u32 = 1;
+
+/// Where benchmark results go: `$TIDEMILL_BENCH_RESULTS` if set, else
+/// `$CARGO_TARGET_DIR/bench-results`, else `target/bench-results` in the
+/// workspace.
+pub fn results_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TIDEMILL_BENCH_RESULTS") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return workspace_root().join(dir).join("bench-results");
+    }
+    workspace_root().join("target").join("bench-results")
+}
+
+/// The workspace's root directory (the harness crate's parent).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// One benchmark's results: what `bench-report` renders as a section of
+/// `BENCHMARKS.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchResult {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// The file name stem, e.g. `stateless` (the section's anchor).
+    pub bench: String,
+    /// The section heading.
+    pub title: String,
+    /// The exact command that produced the result.
+    pub command: String,
+    /// Full mode (`cargo bench`) or the short mode `cargo test` runs.
+    pub full: bool,
+    /// When the run ended (RFC 3339, UTC).
+    pub generated_at: String,
+    /// The machine, with its load average when the run ended.
+    pub machine: Machine,
+    /// The load average when the run started.
+    pub load_at_start: [f64; 3],
+    /// What was measured (rows, files, plan, sink, checkpoint).
+    pub workload: String,
+    /// Tables of figures, rendered in order.
+    pub tables: Vec<Table>,
+    /// Targets against the figures measured.
+    pub targets: Vec<Target>,
+    /// Free-form notes (Markdown), rendered after the tables.
+    pub notes: Vec<String>,
+    /// Plots: file names relative to the results directory.
+    pub figures: Vec<String>,
+    /// Any bench-specific raw data.
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl BenchResult {
+    /// An empty result for `bench`; the machine and the load are taken now
+    /// (as the load at start) and again by [`BenchResult::write`].
+    pub fn new(bench: &str, title: &str, command: &str, full: bool) -> Self {
+        let machine = Machine::current();
+        Self {
+            format: FORMAT,
+            bench: bench.into(),
+            title: title.into(),
+            command: command.into(),
+            full,
+            generated_at: now_rfc3339(),
+            load_at_start: machine.load_average,
+            machine,
+            workload: String::new(),
+            tables: Vec::new(),
+            targets: Vec::new(),
+            notes: Vec::new(),
+            figures: Vec::new(),
+            data: serde_json::Value::Null,
+        }
+    }
+
+    /// Where [`BenchResult::write`] puts this result.
+    pub fn path(&self) -> PathBuf {
+        let dir = results_dir();
+        let dir = if self.full { dir } else { dir.join("short") };
+        dir.join(format!("{}.json", self.bench))
+    }
+
+    /// Stamps the end time and the machine's load, and writes the JSON
+    /// file (atomically: a temporary file, then a rename). Returns its
+    /// path.
+    pub fn write(&mut self) -> anyhow::Result<PathBuf> {
+        self.generated_at = now_rfc3339();
+        self.machine = Machine::current();
+        let path = self.path();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    /// Reads a result file.
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a bench result: {e}", path.display()))
+    }
+}
+
+/// A table of figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Table {
+    /// A line above the table.
+    pub caption: String,
+    /// Column headings.
+    pub columns: Vec<String>,
+    /// Rows of cells, already formatted.
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table.
+    pub fn new<S: Into<String>>(
+        caption: &str,
+        columns: impl IntoIterator<Item = S>,
+        rows: Vec<Vec<String>>,
+    ) -> Self {
+        Self {
+            caption: caption.into(),
+            columns: columns.into_iter().map(Into::into).collect(),
+            rows,
+        }
+    }
+
+    /// The table as Markdown (caption, then the table).
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        if !self.caption.is_empty() {
+            out.push_str(&self.caption);
+            out.push_str("\n\n");
+        }
+        out.push_str(&format!("| {} |\n", self.columns.join(" | ")));
+        out.push_str(&format!(
+            "|{}\n",
+            self.columns.iter().map(|_| "---|").collect::<String>()
+        ));
+        for row in &self.rows {
+            out.push_str(&format!("| {} |\n", row.join(" | ")));
+        }
+        out
+    }
+}
+
+/// A target and the figure measured against it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    /// What is measured, e.g. `stream/batch, stateless`.
+    pub name: String,
+    /// The target, e.g. `≥ 0.9`.
+    pub target: String,
+    /// The figure measured, formatted.
+    pub measured: String,
+    /// Whether the target is met (`None`: not measured in this run).
+    pub met: Option<bool>,
+    /// Why it is missed and what would fix it, or any remark.
+    pub note: String,
+}
+
+impl Target {
+    /// A target `measured ≥ target`.
+    pub fn at_least(name: &str, measured: f64, target: f64, note: &str) -> Self {
+        Self {
+            name: name.into(),
+            target: format!("≥ {}", trim(target)),
+            measured: trim(measured),
+            met: Some(measured >= target),
+            note: note.into(),
+        }
+    }
+
+    /// A target `measured ≤ target`.
+    pub fn at_most(name: &str, measured: f64, target: f64, note: &str) -> Self {
+        Self {
+            name: name.into(),
+            target: format!("≤ {}", trim(target)),
+            measured: trim(measured),
+            met: Some(measured <= target),
+            note: note.into(),
+        }
+    }
+}
+
+/// A figure with three significant digits (integers above 1000 as is).
+pub fn trim(v: f64) -> String {
+    if !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    if a >= 1000.0 {
+        format!("{v:.0}")
+    } else if a >= 100.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
