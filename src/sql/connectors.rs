@@ -1,7 +1,11 @@
 //! The connectors a pipeline file can name, and their options.
 
+use std::time::Duration;
+
 use tidemill_connectors::FileFormat;
+use tidemill_connectors::kafka::{EndingOffsets, StartingOffsets};
 use tidemill_engine::OutputMode;
+use tidemill_engine::watermark::parse_delay;
 
 use super::PipelineError;
 use super::parser::{Located, SinkDef, StreamDef};
@@ -22,6 +26,35 @@ pub(super) enum StreamConnector {
         rows_per_second: u64,
         max_rows_per_trigger: Option<u64>,
     },
+    /// `connector = 'kafka'`: records of Kafka topics.
+    Kafka(KafkaStream),
+}
+
+/// The options of a Kafka stream.
+#[derive(Debug, Clone)]
+pub(super) struct KafkaStream {
+    pub bootstrap_servers: String,
+    /// `topic` (a comma-separated list) or `topic_pattern`.
+    pub topics: KafkaTopics,
+    pub starting_offsets: Option<StartingOffsets>,
+    pub ending_offsets: Option<EndingOffsets>,
+    pub max_offsets_per_trigger: Option<u64>,
+    pub fail_on_data_loss: Option<bool>,
+    /// `format = 'json'`: values decoded by the declared columns.
+    pub json: bool,
+    pub metadata_columns: Option<bool>,
+    pub dead_letter_path: Option<String>,
+    pub commit_offsets_to_group: Option<String>,
+    pub timeout: Option<Duration>,
+    /// `kafka.<setting>` options, prefix removed.
+    pub client_options: Vec<(String, String)>,
+}
+
+/// The topics a Kafka stream reads.
+#[derive(Debug, Clone)]
+pub(super) enum KafkaTopics {
+    List(Vec<String>),
+    Pattern(String),
 }
 
 /// A sink's connector and output mode, from `CREATE SINK … WITH (…)`.
@@ -41,10 +74,248 @@ pub(super) enum SinkConnector {
     },
     /// `connector = 'console'`: printed tables.
     Console { num_rows: Option<usize> },
+    /// `connector = 'kafka'`: messages to a Kafka topic.
+    Kafka(KafkaOut),
 }
 
-const STREAM_CONNECTORS: &str = "'files', 'rate'";
-const SINK_CONNECTORS: &str = "'files', 'console'";
+/// The options of a Kafka sink.
+#[derive(Debug, Clone)]
+pub(super) struct KafkaOut {
+    pub bootstrap_servers: String,
+    pub topic: Option<String>,
+    /// `format = 'json'`: each row is one JSON object value.
+    pub json: bool,
+    pub key_column: Option<String>,
+    /// Exactly once through a log kept in the query's checkpoint (default),
+    /// or at least once.
+    pub exactly_once: bool,
+    pub timeout: Option<Duration>,
+    /// `kafka.<setting>` options, prefix removed.
+    pub client_options: Vec<(String, String)>,
+}
+
+const STREAM_CONNECTORS: &str = "'files', 'rate', 'kafka'";
+const SINK_CONNECTORS: &str = "'files', 'console', 'kafka'";
+
+/// The prefix of librdkafka settings passed through to the client.
+pub(super) const KAFKA_PREFIX: &str = "kafka.";
+
+fn boolean(
+    options: &super::parser::Options,
+    key: &str,
+    fallback: (u64, u64),
+) -> Result<Option<bool>, PipelineError> {
+    match options.get(key) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(invalid(
+            options.position(key).unwrap_or(fallback),
+            format!("option '{key}' must be true or false, got '{other}'"),
+        )),
+    }
+}
+
+fn duration(
+    options: &super::parser::Options,
+    key: &str,
+    fallback: (u64, u64),
+) -> Result<Option<Duration>, PipelineError> {
+    let Some(text) = options.get(key) else {
+        return Ok(None);
+    };
+    parse_delay(text).map(Some).map_err(|e| {
+        invalid(
+            options.position(key).unwrap_or(fallback),
+            format!("option '{key}': {e}"),
+        )
+    })
+}
+
+/// `format` of a Kafka stream or sink: `json`, or `raw` (the default).
+fn kafka_format(
+    options: &super::parser::Options,
+    what: &str,
+    fallback: (u64, u64),
+) -> Result<bool, PipelineError> {
+    match options.get("format") {
+        None | Some("raw") => Ok(false),
+        Some("json") => Ok(true),
+        Some(other) => Err(invalid(
+            options.position("format").unwrap_or(fallback),
+            format!("unknown format '{other}' for {what}; valid formats: json, raw"),
+        )),
+    }
+}
+
+fn client_options(options: &super::parser::Options) -> Vec<(String, String)> {
+    options
+        .prefixed(KAFKA_PREFIX)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn kafka_stream(def: &Located<StreamDef>, what: &str) -> Result<KafkaStream, PipelineError> {
+    let options = &def.item.options;
+    options.check_known_with_prefix(
+        &[
+            "connector",
+            "bootstrap_servers",
+            "topic",
+            "topic_pattern",
+            "starting_offsets",
+            "ending_offsets",
+            "max_offsets_per_trigger",
+            "fail_on_data_loss",
+            "format",
+            "metadata_columns",
+            "dead_letter_path",
+            "commit_offsets_to_group",
+            "timeout",
+        ],
+        KAFKA_PREFIX,
+        &format!("a kafka stream ({what})"),
+    )?;
+    let bootstrap_servers = options
+        .require("bootstrap_servers", what, at(def))?
+        .to_string();
+    let topics = match (options.get("topic"), options.get("topic_pattern")) {
+        (Some(list), None) => {
+            let topics: Vec<String> = list
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
+            if topics.is_empty() {
+                return Err(invalid(
+                    options.position("topic").unwrap_or(at(def)),
+                    format!("{what}: option 'topic' names no topic"),
+                ));
+            }
+            KafkaTopics::List(topics)
+        }
+        (None, Some(pattern)) => KafkaTopics::Pattern(pattern.to_string()),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                options.position("topic_pattern").unwrap_or(at(def)),
+                format!("{what}: give either 'topic' or 'topic_pattern', not both"),
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                at(def),
+                format!(
+                    "{what} needs the option 'topic' (a name or a comma-separated list) or 'topic_pattern'"
+                ),
+            ));
+        }
+    };
+    let starting_offsets = match options.get("starting_offsets") {
+        None => None,
+        Some(text) => Some(StartingOffsets::parse(text).map_err(|e| {
+            invalid(
+                options.position("starting_offsets").unwrap_or(at(def)),
+                format!(
+                    "option 'starting_offsets' must be earliest, latest or offsets JSON such as \
+                     {{\"topic\": {{\"0\": 42}}}}: {e}"
+                ),
+            )
+        })?),
+    };
+    let ending_offsets = match options.get("ending_offsets") {
+        None => None,
+        Some(text) => Some(EndingOffsets::parse(text).map_err(|e| {
+            invalid(
+                options.position("ending_offsets").unwrap_or(at(def)),
+                format!(
+                    "option 'ending_offsets' must be latest or offsets JSON such as \
+                     {{\"topic\": {{\"0\": 42}}}}: {e}"
+                ),
+            )
+        })?),
+    };
+    let max_offsets_per_trigger: Option<u64> = number(options, "max_offsets_per_trigger", at(def))?;
+    if max_offsets_per_trigger == Some(0) {
+        return Err(invalid(
+            options
+                .position("max_offsets_per_trigger")
+                .unwrap_or(at(def)),
+            "option 'max_offsets_per_trigger' must be at least 1".into(),
+        ));
+    }
+    let json = kafka_format(options, what, at(def))?;
+    if json && def.item.columns.is_empty() {
+        return Err(invalid(
+            options.position("format").unwrap_or(at(def)),
+            format!(
+                "{what}: format 'json' decodes each value into the declared columns; declare them: \
+                 CREATE STREAM {} (name TYPE, …)",
+                def.item.name
+            ),
+        ));
+    }
+    if !json && !def.item.columns.is_empty() {
+        return Err(invalid(
+            at(def),
+            format!(
+                "{what} declares columns but reads raw records (key, value, topic, partition, offset, \
+                 timestamp, timestamp_type, headers); add format = 'json' to decode each value into the \
+                 declared columns"
+            ),
+        ));
+    }
+    for key in ["metadata_columns", "dead_letter_path"] {
+        if !json && options.get(key).is_some() {
+            return Err(invalid(
+                options.position(key).unwrap_or(at(def)),
+                format!("option '{key}' applies to format = 'json' only"),
+            ));
+        }
+    }
+    Ok(KafkaStream {
+        bootstrap_servers,
+        topics,
+        starting_offsets,
+        ending_offsets,
+        max_offsets_per_trigger,
+        fail_on_data_loss: boolean(options, "fail_on_data_loss", at(def))?,
+        json,
+        metadata_columns: boolean(options, "metadata_columns", at(def))?,
+        dead_letter_path: options.get("dead_letter_path").map(str::to_string),
+        commit_offsets_to_group: options.get("commit_offsets_to_group").map(str::to_string),
+        timeout: duration(options, "timeout", at(def))?,
+        client_options: client_options(options),
+    })
+}
+
+fn kafka_sink(def: &Located<SinkDef>, what: &str) -> Result<KafkaOut, PipelineError> {
+    let options = &def.item.options;
+    options.check_known_with_prefix(
+        &[
+            "connector",
+            "output_mode",
+            "bootstrap_servers",
+            "topic",
+            "format",
+            "key_column",
+            "exactly_once",
+            "timeout",
+        ],
+        KAFKA_PREFIX,
+        &format!("a kafka sink ({what})"),
+    )?;
+    Ok(KafkaOut {
+        bootstrap_servers: options
+            .require("bootstrap_servers", what, at(def))?
+            .to_string(),
+        topic: options.get("topic").map(str::to_string),
+        json: kafka_format(options, what, at(def))?,
+        key_column: options.get("key_column").map(str::to_string),
+        exactly_once: boolean(options, "exactly_once", at(def))?.unwrap_or(true),
+        timeout: duration(options, "timeout", at(def))?,
+        client_options: client_options(options),
+    })
+}
 
 fn at<T>(def: &Located<T>) -> (u64, u64) {
     (def.line, def.column)
@@ -105,17 +376,7 @@ pub(super) fn stream_connector(def: &Located<StreamDef>) -> Result<StreamConnect
                     ));
                 }
             };
-            let header = match options.get("header") {
-                None => None,
-                Some("true") => Some(true),
-                Some("false") => Some(false),
-                Some(other) => {
-                    return Err(invalid(
-                        options.position("header").unwrap_or(at(def)),
-                        format!("option 'header' must be true or false, got '{other}'"),
-                    ));
-                }
-            };
+            let header = boolean(options, "header", at(def))?;
             let delimiter = match options.get("delimiter") {
                 None => None,
                 Some(d) if d.len() == 1 => Some(d.as_bytes()[0]),
@@ -151,6 +412,7 @@ pub(super) fn stream_connector(def: &Located<StreamDef>) -> Result<StreamConnect
                 max_rows_per_trigger: number(options, "max_rows_per_trigger", at(def))?,
             })
         }
+        Some("kafka") => Ok(StreamConnector::Kafka(kafka_stream(def, &what)?)),
         Some(other) => Err(invalid(
             options.position("connector").unwrap_or(at(def)),
             format!(
@@ -215,6 +477,7 @@ pub(super) fn sink_spec(def: &Located<SinkDef>) -> Result<SinkSpec, PipelineErro
                 num_rows: number(options, "num_rows", at(def))?,
             }
         }
+        Some("kafka") => SinkConnector::Kafka(kafka_sink(def, &what)?),
         Some(other) => {
             return Err(invalid(
                 options.position("connector").unwrap_or(at(def)),

@@ -39,6 +39,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{CreateView, Query, Statement as SQLStatement};
 use datafusion::sql::sqlparser::parser::ParserError;
+use tidemill_connectors::kafka::{BadRecordPolicy, KafkaSink, KafkaSource};
 use tidemill_connectors::{ConsoleSink, FileFormat, FileSource, ParquetSink, RateSource};
 use tidemill_engine::window::register_window_functions;
 use tidemill_engine::{
@@ -46,7 +47,9 @@ use tidemill_engine::{
     TidemillError, Trigger,
 };
 
-use connectors::{SinkConnector, SinkSpec, StreamConnector, sink_spec, stream_connector};
+use connectors::{
+    KafkaStream, KafkaTopics, SinkConnector, SinkSpec, StreamConnector, sink_spec, stream_connector,
+};
 use parser::{Located, PipelineStatement, StreamDef, parse_pipeline};
 
 /// What went wrong with a pipeline file, saying where.
@@ -170,7 +173,7 @@ impl Pipeline {
             let query = prepared
                 .df
                 .write_stream()
-                .sink_arc(streaming_sink(&prepared.spec))
+                .sink_arc(streaming_sink(&prepared.spec, Some(&checkpoint)))
                 .output_mode(prepared.spec.output_mode)
                 .trigger(options.trigger)
                 .checkpoint(checkpoint)
@@ -202,7 +205,7 @@ impl Pipeline {
             let schema: SchemaRef = Arc::new(prepared.df.schema().as_arrow().clone());
             let batches = prepared.df.collect().await?;
             let rows = batches.iter().map(|b| b.num_rows()).sum();
-            let sink = streaming_sink(&prepared.spec);
+            let sink = streaming_sink(&prepared.spec, None);
             if let SinkConnector::Files { path, .. } = &prepared.spec.connector
                 && !ParquetSink::committed_batches(ctx, path).await?.is_empty()
             {
@@ -474,6 +477,15 @@ async fn register_stream(
             let df = ctx.read_stream(source).await?;
             register_view(ctx, def, df)?;
         }
+        (StreamConnector::Kafka(kafka), batch) => {
+            let source = kafka_source(kafka, declared)?;
+            let df = if batch {
+                source.read_batch(ctx).await?
+            } else {
+                ctx.read_stream(source).await?
+            };
+            register_view(ctx, def, df)?;
+        }
         (StreamConnector::Rate { .. }, true) => {
             return Err(PipelineError::Sql(
                 "a rate stream generates rows as time passes and has no batch form; \
@@ -499,8 +511,78 @@ fn register_view(
     Ok(())
 }
 
-fn streaming_sink(spec: &SinkSpec) -> Arc<dyn Sink> {
+/// The Kafka source a `connector = 'kafka'` stream describes.
+fn kafka_source(
+    kafka: &KafkaStream,
+    declared: Option<SchemaRef>,
+) -> Result<KafkaSource, PipelineError> {
+    let mut source = KafkaSource::new(kafka.bootstrap_servers.clone());
+    source = match &kafka.topics {
+        KafkaTopics::List(topics) => source.topics(topics.clone()),
+        KafkaTopics::Pattern(pattern) => source.topic_pattern(pattern.clone()),
+    };
+    if let Some(offsets) = &kafka.starting_offsets {
+        source = source.starting_offsets(offsets.clone());
+    }
+    if let Some(offsets) = &kafka.ending_offsets {
+        source = source.ending_offsets(offsets.clone());
+    }
+    if let Some(n) = kafka.max_offsets_per_trigger {
+        source = source.max_offsets_per_trigger(n);
+    }
+    if let Some(fail) = kafka.fail_on_data_loss {
+        source = source.fail_on_data_loss(fail);
+    }
+    if let (true, Some(schema)) = (kafka.json, declared) {
+        source = source.json_values(schema);
+    }
+    if let Some(include) = kafka.metadata_columns {
+        source = source.metadata_columns(include);
+    }
+    if let Some(path) = &kafka.dead_letter_path {
+        source = source.on_bad_record(BadRecordPolicy::DeadLetter(Arc::new(ParquetSink::new(
+            path.clone(),
+        ))));
+    }
+    if let Some(group) = &kafka.commit_offsets_to_group {
+        source = source.commit_offsets_to_group(group.clone());
+    }
+    if let Some(timeout) = kafka.timeout {
+        source = source.timeout(timeout);
+    }
+    for (key, value) in &kafka.client_options {
+        source = source.option(key.clone(), value.clone());
+    }
+    Ok(source)
+}
+
+/// The sink of `spec`. `checkpoint` is the query's checkpoint directory
+/// (a streaming run), where an exactly-once Kafka sink keeps its log, in
+/// `<checkpoint>/sink`; a batch run has none and produces at least once.
+fn streaming_sink(spec: &SinkSpec, checkpoint: Option<&str>) -> Arc<dyn Sink> {
     match &spec.connector {
+        SinkConnector::Kafka(kafka) => {
+            let mut sink = KafkaSink::new(kafka.bootstrap_servers.clone());
+            if let Some(topic) = &kafka.topic {
+                sink = sink.topic(topic.clone());
+            }
+            if kafka.json {
+                sink = sink.json_values();
+            }
+            if let Some(key) = &kafka.key_column {
+                sink = sink.key_column(key.clone());
+            }
+            if let (true, Some(checkpoint)) = (kafka.exactly_once, checkpoint) {
+                sink = sink.exactly_once(format!("{checkpoint}/sink"));
+            }
+            if let Some(timeout) = kafka.timeout {
+                sink = sink.timeout(timeout);
+            }
+            for (key, value) in &kafka.client_options {
+                sink = sink.option(key.clone(), value.clone());
+            }
+            Arc::new(sink)
+        }
         SinkConnector::Files {
             path,
             max_rows_per_file,

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, ColumnDef, Expr, Ident, Query, SqlOption, Statement as SQLStatement,
-    TableObject, Value,
+    BinaryOperator, ColumnDef, Expr, Ident, Query, Statement as SQLStatement, TableObject, Value,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -122,6 +121,39 @@ impl Options {
             }
         }
         Ok(())
+    }
+
+    /// Refuses any option not in `valid` and not starting with `prefix`
+    /// (pass-through settings such as `kafka.security.protocol`), naming
+    /// the valid ones.
+    pub fn check_known_with_prefix(
+        &self,
+        valid: &[&str],
+        prefix: &str,
+        what: &str,
+    ) -> Result<(), PipelineError> {
+        for (key, _, at) in &self.entries {
+            let passed_through = key.starts_with(prefix) && key.len() > prefix.len();
+            if !passed_through && !valid.contains(&key.as_str()) {
+                return Err(PipelineError::At {
+                    line: at.line,
+                    column: at.column,
+                    message: format!(
+                        "unknown option '{key}' for {what}; valid options: {}, and {prefix}<setting>",
+                        valid.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The options whose key starts with `prefix`, the prefix removed, in
+    /// the order written.
+    pub fn prefixed<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.entries
+            .iter()
+            .filter_map(move |(k, v, _)| k.strip_prefix(prefix).map(|rest| (rest, v.as_str())))
     }
 
     /// Where option `key` was written, for messages.
@@ -240,7 +272,7 @@ fn parse_stream(parser: &mut Parser) -> Result<StreamDef, PipelineError> {
             break;
         }
     }
-    let options = options(parser.parse_options(Keyword::WITH)?);
+    let options = parse_with_options(parser)?;
     Ok(StreamDef {
         name,
         columns,
@@ -254,7 +286,7 @@ fn parse_sink(parser: &mut Parser) -> Result<SinkDef, PipelineError> {
     parser.expect_keyword(Keyword::CREATE)?;
     parser.next_token(); // SINK
     let name = parser.parse_object_name(false)?.to_string();
-    let options = options(parser.parse_options(Keyword::WITH)?);
+    let options = parse_with_options(parser)?;
     Ok(SinkDef { name, options })
 }
 
@@ -303,24 +335,77 @@ fn watermark_def(column: &Ident, expr: &Expr, at: Location) -> Result<WatermarkD
     })
 }
 
-fn options(raw: Vec<SqlOption>) -> Options {
+/// `WITH (key = value, …)`: a key is an identifier, a dotted name
+/// (`kafka.security.protocol`) or a quoted string (`'connector'`, as in
+/// Flink); a value is a literal or an identifier. Keys are lower-cased.
+fn parse_with_options(parser: &mut Parser) -> Result<Options, PipelineError> {
     let mut entries = Vec::new();
-    for option in raw {
-        if let SqlOption::KeyValue { key, value } = option {
-            let text = match &value {
-                Expr::Value(v) => match &v.value {
-                    Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
-                    Value::Number(n, _) => n.clone(),
-                    Value::Boolean(b) => b.to_string(),
-                    other => other.to_string(),
-                },
-                Expr::Identifier(i) => i.value.clone(),
-                other => other.to_string(),
-            };
-            entries.push((key.value.to_ascii_lowercase(), text, key.span.start));
-        }
+    if !parser.parse_keyword(Keyword::WITH) {
+        return Ok(Options { entries });
     }
-    Options { entries }
+    parser.expect_token(&Token::LParen)?;
+    if parser.consume_token(&Token::RParen) {
+        return Ok(Options { entries });
+    }
+    loop {
+        let first = parser.next_token();
+        let mut key = match &first.token {
+            Token::Word(w) => w.value.clone(),
+            Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => s.clone(),
+            other => {
+                return Err(error_at(
+                    (first.span.start.line, first.span.start.column),
+                    format!("expected an option name, found {other}"),
+                ));
+            }
+        };
+        if matches!(first.token, Token::Word(_)) {
+            while parser.consume_token(&Token::Period) {
+                let part = parser.next_token();
+                match &part.token {
+                    Token::Word(w) => {
+                        key.push('.');
+                        key.push_str(&w.value);
+                    }
+                    other => {
+                        return Err(error_at(
+                            (part.span.start.line, part.span.start.column),
+                            format!("expected the rest of the option name {key}., found {other}"),
+                        ));
+                    }
+                }
+            }
+        }
+        parser.expect_token(&Token::Eq)?;
+        let value = parser.parse_expr()?;
+        let text = match &value {
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+                Value::Number(n, _) => n.clone(),
+                Value::Boolean(b) => b.to_string(),
+                other => other.to_string(),
+            },
+            Expr::Identifier(i) => i.value.clone(),
+            other => other.to_string(),
+        };
+        let key = key.to_ascii_lowercase();
+        if entries
+            .iter()
+            .any(|(k, _, _): &(String, String, Location)| *k == key)
+        {
+            return Err(error_at(
+                (first.span.start.line, first.span.start.column),
+                format!("option '{key}' is given twice"),
+            ));
+        }
+        entries.push((key, text, first.span.start));
+        if parser.consume_token(&Token::Comma) {
+            continue;
+        }
+        parser.expect_token(&Token::RParen)?;
+        break;
+    }
+    Ok(Options { entries })
 }
 
 #[cfg(test)]
@@ -375,5 +460,48 @@ mod tests {
         .to_string();
         assert!(err.starts_with("2:22:"), "{err}");
         assert!(err.contains("t - INTERVAL"), "{err}");
+    }
+
+    #[test]
+    fn option_keys_may_be_dotted_or_quoted_and_are_given_once() {
+        let statements = parse_pipeline(
+            "CREATE SINK s WITH ('connector' = 'kafka', kafka.security.protocol = 'PLAINTEXT',\n\
+             \"kafka.Client.Id\" = x, max = 3)",
+        )
+        .unwrap();
+        let PipelineStatement::CreateSink(sink) = &statements[0].item else {
+            panic!("{:?}", statements[0]);
+        };
+        assert_eq!(sink.options.get("connector"), Some("kafka"));
+        assert_eq!(
+            sink.options.get("kafka.security.protocol"),
+            Some("PLAINTEXT")
+        );
+        assert_eq!(
+            sink.options.position("kafka.security.protocol"),
+            Some((1, 44))
+        );
+        assert_eq!(sink.options.get("max"), Some("3"));
+        let prefixed: Vec<(&str, &str)> = sink.options.prefixed("kafka.").collect();
+        assert_eq!(
+            prefixed,
+            [("security.protocol", "PLAINTEXT"), ("client.id", "x")]
+        );
+        sink.options
+            .check_known_with_prefix(&["connector", "max"], "kafka.", "a sink")
+            .unwrap();
+        let err = sink
+            .options
+            .check_known(&["connector", "max"], "a sink")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "1:44: unknown option 'kafka.security.protocol' for a sink; valid options: connector, max"
+        );
+        let err = parse_pipeline("CREATE SINK s WITH (a = 1,\n  A = 2)")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "2:3: option 'a' is given twice");
     }
 }

@@ -10,14 +10,16 @@ use tidemill::ParquetSink;
 
 use crate::common::sorted_rows;
 
-fn tidemill(args: &[&str]) -> Output {
+/// Runs the `tidemill` binary with `args` and waits for it.
+pub(crate) fn tidemill(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tidemill"))
         .args(args)
         .output()
         .expect("run tidemill")
 }
 
-fn text(bytes: &[u8]) -> String {
+/// Output bytes as text.
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

@@ -11,4 +11,5 @@ mod engine_semantics;
 mod kafka;
 mod recovery;
 mod retry;
+mod sql_kafka;
 mod watermark;
