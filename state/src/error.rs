@@ -54,6 +54,15 @@ pub enum StateError {
         #[source]
         source: arrow::error::ArrowError,
     },
+    /// A background snapshot task stopped without a result (it panicked
+    /// or was cancelled).
+    #[error("background state snapshot '{path}' did not finish: {reason}")]
+    Snapshot {
+        /// The snapshot file it was writing.
+        path: Path,
+        /// Why it stopped.
+        reason: String,
+    },
     /// A value could not be serialized for writing.
     #[error("cannot serialize checkpoint file '{path}': {source}")]
     Serialize {

@@ -21,14 +21,16 @@ pub struct StateStoreConfig {
     /// updated and written independently. The count is recorded in the
     /// store's `_metadata` and cannot change for an existing store.
     pub num_partitions: NonZeroUsize,
-    /// A partition writes a snapshot of its whole content once every this
-    /// many versions (default 10), and deltas in between; loading a version
-    /// thus reads at most one snapshot and `snapshot_interval - 1` deltas
-    /// per partition. Partition `p` takes its snapshot at the versions `v`
-    /// with `(v + p) % snapshot_interval == 0`, so the partitions' snapshot
-    /// costs are spread over the versions rather than all falling on one.
-    /// A partition that has not changed since its last snapshot writes
-    /// none. Can change between runs of the same store.
+    /// Once a partition's chain holds this many deltas (default 10), a
+    /// snapshot of its whole content is written in the background and
+    /// listed by a later commit in place of the files it replaces; loading
+    /// thus reads one snapshot and about `snapshot_interval` deltas per
+    /// partition (up to twice that while snapshots are being written).
+    /// Partition `p` starts its snapshot at a version `v` with
+    /// `(v + p) % snapshot_interval == 0`, so the partitions' snapshots are
+    /// spread over the versions rather than all falling on one. Commits
+    /// never write snapshots themselves. Can change between runs of the
+    /// same store.
     pub snapshot_interval: NonZeroU64,
 }
 

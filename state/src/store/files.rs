@@ -5,12 +5,15 @@
 //!
 //! - `<version>.delta`: the keys of the partition that changed in
 //!   `version`, with their new value, or a null value for a removed key;
-//! - `<version>.snapshot`: the whole content of the partition as of
-//!   `version` (never a null value).
+//! - `<version>.snapshot` or `<version>-<tag>.snapshot`: the whole
+//!   content of the partition as of `version` (never a null value). A
+//!   snapshot written in the background carries a tag (16 hex digits)
+//!   unique to the store instance that wrote it, so two runs compacting
+//!   the same version never write the same file.
 //!
 //! Both have the columns `key: Binary` (non-null), `value: Binary`
-//! (nullable) and `expires_at_ms: Int64` (nullable), rows sorted by key,
-//! and carry in their schema metadata the format version, the kind of file,
+//! (nullable) and `expires_at_ms: Int64` (nullable), one row per key in no
+//! particular order, and carry in their schema metadata the format version, the kind of file,
 //! the partition and the version, so a file that was moved or copied to the
 //! wrong name is caught instead of being replayed.
 
@@ -44,7 +47,7 @@ const BATCH_ROWS: usize = 64 * 1024;
 const BATCH_BYTES: usize = 64 * 1024 * 1024;
 
 /// The two kinds of data file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum FileKind {
     /// The changes of one version.
@@ -61,24 +64,38 @@ impl FileKind {
         }
     }
 
-    /// The file name of this kind of file for `version`: `7.delta`.
-    pub(crate) fn file_name(self, version: u64) -> String {
-        format!("{version}.{}", self.as_str())
+    /// The file name of this kind of file for `version`, with the writer's
+    /// `tag` if it has one: `7.delta`, `7-00000000000000ff.snapshot`.
+    pub(crate) fn file_name(self, version: u64, tag: Option<u64>) -> String {
+        match tag {
+            None => format!("{version}.{}", self.as_str()),
+            Some(tag) => format!("{version}-{tag:016x}.{}", self.as_str()),
+        }
     }
 
-    /// Parses a file name made by [`FileKind::file_name`]; `None` for any
-    /// other name (a temporary file of an interrupted write, say).
-    pub(crate) fn parse_file_name(name: &str) -> Option<(u64, FileKind)> {
-        let (version, ext) = name.split_once('.')?;
+    /// Parses a file name made by [`FileKind::file_name`] into version,
+    /// kind and tag; `None` for any other name (a temporary file of an
+    /// interrupted write, say).
+    pub(crate) fn parse_file_name(name: &str) -> Option<(u64, FileKind, Option<u64>)> {
+        let (stem, ext) = name.split_once('.')?;
         let kind = match ext {
             "delta" => FileKind::Delta,
             "snapshot" => FileKind::Snapshot,
             _ => return None,
         };
-        if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        Some((version.parse().ok()?, kind))
+        let digits = |s: &str, radix: u32| {
+            (!s.is_empty() && s.chars().all(|c| c.is_digit(radix))).then_some(())
+        };
+        let (version, tag) = match stem.split_once('-') {
+            Some((version, tag)) if tag.len() == 16 => {
+                digits(tag, 16)?;
+                (version, Some(u64::from_str_radix(tag, 16).ok()?))
+            }
+            Some(_) => return None,
+            None => (stem, None),
+        };
+        digits(version, 10)?;
+        Some((version.parse().ok()?, kind, tag))
     }
 }
 
@@ -180,6 +197,16 @@ pub(crate) fn encode<'a>(
 /// holds a removal in a snapshot; with [`StateError::Incompatible`] if it
 /// was written by another format version.
 pub(crate) fn decode(id: &FileId, bytes: &[u8], mut apply: impl FnMut(Row<'_>)) -> Result<u64> {
+    let mut total = 0u64;
+    for batch in read(id, bytes)? {
+        total += batch.len() as u64;
+        batch.rows().for_each(&mut apply);
+    }
+    Ok(total)
+}
+
+/// The record batches of a data file, checked as [`decode`] checks them.
+pub(crate) fn read(id: &FileId, bytes: &[u8]) -> Result<Vec<Columns>> {
     let corrupt = |reason: String| StateError::Corrupt {
         path: id.path.clone(),
         reason,
@@ -187,7 +214,7 @@ pub(crate) fn decode(id: &FileId, bytes: &[u8], mut apply: impl FnMut(Row<'_>)) 
     let reader = FileReader::try_new(Cursor::new(bytes), None)
         .map_err(|e| corrupt(format!("not a readable Arrow IPC file ({e})")))?;
     check_schema(id, &reader.schema())?;
-    let mut total = 0u64;
+    let mut out = Vec::new();
     for (index, batch) in reader.enumerate() {
         let batch =
             batch.map_err(|e| corrupt(format!("record batch {index} is unreadable ({e})")))?;
@@ -209,16 +236,36 @@ pub(crate) fn decode(id: &FileId, bytes: &[u8], mut apply: impl FnMut(Row<'_>)) 
                 "record batch {index} has a null value, which a snapshot cannot hold"
             )));
         }
-        for i in 0..batch.num_rows() {
-            apply(Row {
-                key: keys.value(i),
-                value: values.is_valid(i).then(|| values.value(i)),
-                expires_at_ms: expiries.is_valid(i).then(|| expiries.value(i)),
-            });
-        }
-        total += batch.num_rows() as u64;
+        out.push(Columns {
+            keys: keys.clone(),
+            values: values.clone(),
+            expiries: expiries.clone(),
+        });
     }
-    Ok(total)
+    Ok(out)
+}
+
+/// The columns of one record batch of a data file.
+pub(crate) struct Columns {
+    keys: BinaryArray,
+    values: BinaryArray,
+    expiries: Int64Array,
+}
+
+impl Columns {
+    /// Rows in the batch.
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The batch's rows, in order.
+    pub(crate) fn rows(&self) -> impl Iterator<Item = Row<'_>> + '_ {
+        (0..self.len()).map(|i| Row {
+            key: self.keys.value(i),
+            value: self.values.is_valid(i).then(|| self.values.value(i)),
+            expires_at_ms: self.expiries.is_valid(i).then(|| self.expiries.value(i)),
+        })
+    }
 }
 
 fn check_schema(id: &FileId, schema: &Schema) -> Result<()> {
@@ -369,10 +416,23 @@ mod tests {
 
     #[test]
     fn file_names() {
-        assert_eq!(FileKind::Delta.file_name(12), "12.delta");
+        assert_eq!(FileKind::Delta.file_name(12, None), "12.delta");
+        assert_eq!(
+            FileKind::Snapshot.file_name(12, Some(255)),
+            "12-00000000000000ff.snapshot"
+        );
         assert_eq!(
             FileKind::parse_file_name("12.snapshot"),
-            Some((12, FileKind::Snapshot))
+            Some((12, FileKind::Snapshot, None))
+        );
+        assert_eq!(
+            FileKind::parse_file_name("12-00000000000000ff.snapshot"),
+            Some((12, FileKind::Snapshot, Some(255)))
+        );
+        assert_eq!(FileKind::parse_file_name("12-ff.snapshot"), None);
+        assert_eq!(
+            FileKind::parse_file_name("-00000000000000ff.snapshot"),
+            None
         );
         assert_eq!(FileKind::parse_file_name("12.delta#1"), None);
         assert_eq!(FileKind::parse_file_name("+1.delta"), None);

@@ -97,6 +97,10 @@ pub(crate) struct FileRef {
     pub bytes: u64,
     /// CRC-32 of its bytes.
     pub crc32: u32,
+    /// The writer's tag in the file name, for snapshots written in the
+    /// background (see [`FileKind::file_name`](super::files::FileKind::file_name)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<u64>,
 }
 
 /// The files that make up one partition at one version.
@@ -273,6 +277,7 @@ mod tests {
             rows: 1,
             bytes: 10,
             crc32: 7,
+            tag: None,
         }
     }
 

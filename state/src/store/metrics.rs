@@ -15,8 +15,8 @@ pub struct StateMetrics {
     /// Keys removed (explicitly or by expiry) in the current version,
     /// counted as `rows_updated`.
     pub rows_removed: u64,
-    /// Estimated bytes of memory held by the entries, the expiry index and
-    /// the change records.
+    /// Estimated bytes of memory held by the entry tables, the keys and
+    /// values, the expiry index and the change records.
     pub memory_bytes: u64,
     /// How long the last commit took, in milliseconds (0 before the first).
     pub commit_time_ms: u64,
@@ -31,12 +31,17 @@ pub struct StateCommitMetrics {
     pub rows_updated: u64,
     /// Keys removed in this version.
     pub rows_removed: u64,
-    /// Delta files written (one per partition with changes that did not
-    /// take a snapshot).
+    /// Delta files written (one per partition with changes).
     pub delta_files: usize,
-    /// Snapshot files written.
-    pub snapshot_files: usize,
-    /// Bytes of data files written (the commit file not included).
+    /// Snapshots written in the background since the previous commit that
+    /// this version's partitions start from (replacing their older
+    /// snapshot and deltas).
+    pub snapshots_adopted: usize,
+    /// Background snapshots started after this commit (partitions whose
+    /// chain of deltas reached the snapshot interval).
+    pub snapshots_started: usize,
+    /// Bytes of delta files written (the commit file and background
+    /// snapshots not included).
     pub bytes_written: u64,
     /// Wall-clock duration of the commit, in milliseconds.
     pub commit_time_ms: u64,

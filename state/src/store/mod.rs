@@ -20,7 +20,9 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -33,7 +35,7 @@ pub use partition::{StateEntry, StatePartition, partition_for_key};
 pub use schema::StateSchema;
 
 use crate::{CheckpointDir, Result, StateError};
-use files::{FileId, FileKind};
+use files::{FileId, FileKind, Row};
 use manifest::{
     FileRef, METADATA_FILE, METADATA_KIND, PartitionChain, StoreMetadata, commit_file_name,
     parse_commit_file_name, read_commit, write_commit,
@@ -85,13 +87,23 @@ const PARALLEL_COMMIT_ROWS: usize = 64 * 1024;
 ///                             exists once its commit file does
 /// <partition>/<v>.delta       Arrow IPC: the keys of the partition changed in v
 ///                             (a null value for a removed key)
-/// <partition>/<v>.snapshot    Arrow IPC: the whole partition as of v
+/// <partition>/<v>-<tag>.snapshot
+///                             Arrow IPC: the whole partition as of v, written in
+///                             the background by the store instance tagged <tag>
 /// ```
 ///
-/// A commit writes one delta per partition *with changes* (its cost grows
-/// with the changed keys, not with the state), except that every
-/// [`snapshot_interval`](StateStoreConfig::snapshot_interval) versions a
-/// partition writes a snapshot instead, which bounds the files a load reads.
+/// A commit writes one delta per partition *with changes*, so its cost
+/// grows with the changed keys, not with the state. Snapshots are written
+/// off the commit path: once a partition's chain holds
+/// [`snapshot_interval`](StateStoreConfig::snapshot_interval) deltas, a
+/// background task (on the tokio runtime, its CPU work on the blocking
+/// pool) merges the chain's files into a snapshot of the version just
+/// committed, and a later commit that finds it done lists the snapshot in
+/// place of the files it replaces. That bounds the files a load reads
+/// without a commit ever rewriting the state. (Spark's state store
+/// maintenance task does the same.) An error of a background snapshot
+/// fails the next commit.
+///
 /// Loading reads one commit file and exactly the data files it lists; a
 /// missing, truncated or altered file is reported as
 /// [`StateError::Corrupt`] naming the file.
@@ -140,6 +152,56 @@ pub struct StateStore {
     /// The files making up each partition at `version`.
     chains: Vec<PartitionChain>,
     last_commit: Option<StateCommitMetrics>,
+    /// This instance's tag in the names of the snapshots it writes.
+    tag: u64,
+    /// Snapshots being written in the background, at most one per
+    /// partition.
+    compactions: Vec<Compaction>,
+}
+
+/// A snapshot of one partition written in the background.
+struct Compaction {
+    partition: usize,
+    /// The version whose chain it merges (and its file's version).
+    version: u64,
+    /// Its file, as it will be listed.
+    id: FileId,
+    progress: Progress,
+}
+
+enum Progress {
+    Running(tokio::task::JoinHandle<Result<FileRef>>),
+    Done(Result<FileRef>),
+}
+
+impl Compaction {
+    /// Waits for the task (if `wait` or it has finished) and keeps its
+    /// result.
+    async fn settle(&mut self, wait: bool) {
+        if let Progress::Running(task) = &mut self.progress
+            && (wait || task.is_finished())
+        {
+            let result = task.await.unwrap_or_else(|e| {
+                Err(StateError::Snapshot {
+                    path: self.id.path.clone(),
+                    reason: e.to_string(),
+                })
+            });
+            self.progress = Progress::Done(result);
+        }
+    }
+}
+
+impl Drop for StateStore {
+    fn drop(&mut self) {
+        // Nobody will adopt these snapshots; a file already written is
+        // purged later like any file no version lists.
+        for compaction in &self.compactions {
+            if let Progress::Running(task) = &compaction.progress {
+                task.abort();
+            }
+        }
+    }
 }
 
 impl fmt::Debug for StateStore {
@@ -188,6 +250,10 @@ impl StateStore {
             partitions,
             chains,
             last_commit: None,
+            // Random per instance (the standard library seeds each
+            // RandomState differently).
+            tag: std::collections::hash_map::RandomState::new().hash_one(version),
+            compactions: Vec::new(),
         })
     }
 
@@ -342,48 +408,33 @@ impl StateStore {
     /// Makes the changes since the last commit durable as version
     /// `version() + 1` and moves the store to that version.
     ///
-    /// Each partition with changes writes a delta (or, when due, a
-    /// snapshot), all in parallel; a partition without changes writes
-    /// nothing. The commit file is written last. Files left for the same
-    /// version by a crashed attempt are overwritten. On error the store
-    /// stays at its version with its changes pending, and `commit` can be
-    /// retried.
+    /// Each partition with changes writes a delta, all in parallel; a
+    /// partition without changes writes nothing. The commit file is written
+    /// last. Snapshots finished in the background since the last commit are
+    /// listed in place of the files they replace, and partitions whose
+    /// chain has grown to the snapshot interval start a new one. Files left
+    /// for the same version by a crashed attempt are overwritten. On error
+    /// the store stays at its version with its changes pending, and
+    /// `commit` can be retried.
     pub async fn commit(&mut self) -> Result<StateCommitMetrics> {
         let started = Instant::now();
         let version = self.version + 1;
-        let interval = self.config.snapshot_interval.get();
         let mut chains = self.chains.clone();
+        let snapshots_adopted = self.adopt_finished(&mut chains).await?;
         let (mut rows_updated, mut rows_removed) = (0, 0);
         let mut jobs = Vec::new();
         let mut work_rows = 0;
-        for (p, (part, chain)) in self.partitions.iter().zip(&mut chains).enumerate() {
+        for (p, part) in self.partitions.iter().enumerate() {
             let (updated, removed) = part.change_counts();
             (rows_updated, rows_removed) = (rows_updated + updated, rows_removed + removed);
-            let changed = updated + removed > 0;
-            let due = (version + p as u64).is_multiple_of(interval)
-                || chain.deltas.len() as u64 >= interval;
-            let kind = if due && (changed || !chain.deltas.is_empty()) {
-                if part.is_empty() {
-                    // Nothing to snapshot: the partition simply starts empty.
-                    *chain = PartitionChain::default();
-                    continue;
-                }
-                work_rows += part.len();
-                FileKind::Snapshot
-            } else if changed {
+            if updated + removed > 0 {
                 work_rows += (updated + removed) as usize;
-                FileKind::Delta
-            } else {
-                continue;
-            };
-            jobs.push((part, file_id(&self.dir, p, kind, version)));
+                jobs.push((part, file_id(&self.dir, p, FileKind::Delta, version, None)));
+            }
         }
         let encoded =
             parallel::map_parallel(jobs, work_rows >= PARALLEL_COMMIT_ROWS, |(part, id)| {
-                let (bytes, rows) = match id.kind {
-                    FileKind::Snapshot => files::encode(&id, part.snapshot_rows())?,
-                    FileKind::Delta => files::encode(&id, part.changes())?,
-                };
+                let (bytes, rows) = files::encode(&id, part.changes())?;
                 Ok((id, bytes, rows))
             })
             .into_iter()
@@ -393,6 +444,7 @@ impl StateStore {
             version,
             rows_updated,
             rows_removed,
+            snapshots_adopted,
             ..Default::default()
         };
         for (id, bytes, rows) in &encoded {
@@ -401,23 +453,18 @@ impl StateStore {
                 rows: *rows,
                 bytes: bytes.len() as u64,
                 crc32: crc32fast::hash(bytes),
+                tag: None,
             };
-            let chain = &mut chains[id.partition];
-            match id.kind {
-                FileKind::Snapshot => {
-                    metrics.snapshot_files += 1;
-                    chain.snapshot = Some(file);
-                    chain.deltas.clear();
-                }
-                FileKind::Delta => {
-                    metrics.delta_files += 1;
-                    chain.deltas.push(file);
-                }
-            }
+            chains[id.partition].deltas.push(file);
+            metrics.delta_files += 1;
             metrics.bytes_written += file.bytes;
         }
         for (chain, part) in chains.iter_mut().zip(&self.partitions) {
             chain.live_rows = part.len() as u64;
+            if chain.live_rows == 0 {
+                // Nothing to replay: the partition simply starts empty.
+                *chain = PartitionChain::default();
+            }
         }
 
         try_join_all(encoded.iter().map(|(id, bytes, _)| {
@@ -432,17 +479,92 @@ impl StateStore {
         for part in &mut self.partitions {
             part.clear_changes();
         }
+        metrics.snapshots_started = self.start_snapshots();
         metrics.commit_time_ms = started.elapsed().as_millis() as u64;
         self.last_commit = Some(metrics);
         Ok(metrics)
     }
 
+    /// Starts a background snapshot of every partition whose chain at the
+    /// current version holds `snapshot_interval` deltas or more and is not
+    /// being snapshotted already. Partition `p` starts at versions `v` with
+    /// `(v + p) % snapshot_interval == 0` (or once its chain is twice that
+    /// long), so the partitions' snapshots spread over the versions.
+    /// Returns how many started.
+    fn start_snapshots(&mut self) -> usize {
+        let interval = self.config.snapshot_interval.get();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return 0;
+        };
+        let mut started = 0;
+        for (p, chain) in self.chains.iter().enumerate() {
+            let deltas = chain.deltas.len() as u64;
+            let due = deltas >= interval
+                && ((self.version + p as u64).is_multiple_of(interval) || deltas >= 2 * interval);
+            if !due || self.compactions.iter().any(|c| c.partition == p) {
+                continue;
+            }
+            let id = file_id(
+                &self.dir,
+                p,
+                FileKind::Snapshot,
+                self.version,
+                Some(self.tag),
+            );
+            let task = runtime.spawn(snapshot(self.dir.clone(), id.clone(), chain.clone()));
+            self.compactions.push(Compaction {
+                partition: p,
+                version: self.version,
+                id,
+                progress: Progress::Running(task),
+            });
+            started += 1;
+        }
+        started
+    }
+
+    /// Lists the finished background snapshots in `chains` in place of the
+    /// files they replace. Returns how many were adopted; fails with the
+    /// first failed snapshot's error.
+    async fn adopt_finished(&mut self, chains: &mut [PartitionChain]) -> Result<usize> {
+        let mut adopted = 0;
+        for mut compaction in std::mem::take(&mut self.compactions) {
+            compaction.settle(false).await;
+            match compaction.progress {
+                Progress::Running(_) => self.compactions.push(compaction),
+                Progress::Done(result) => {
+                    let chain = &mut chains[compaction.partition];
+                    chain.snapshot = Some(result?);
+                    chain.deltas.retain(|d| d.version > compaction.version);
+                    adopted += 1;
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// Waits for the snapshots being written in the background (the next
+    /// commit lists them). Returns how many there are.
+    pub async fn finish_snapshots(&mut self) -> Result<usize> {
+        for compaction in &mut self.compactions {
+            compaction.settle(true).await;
+            if let Progress::Done(Err(e)) = &compaction.progress {
+                return Err(StateError::Snapshot {
+                    path: compaction.id.path.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Ok(self.compactions.len())
+    }
+
     /// Deletes the files no longer needed to load any version at or above
     /// `keep_from_version` (which is capped at [`version`](StateStore::version)):
     /// the commit files of older versions, and every data file at or below
-    /// `keep_from_version` that is not part of it (older snapshots, the
-    /// deltas before them, files of crashed attempts). Returns how many
-    /// files were deleted.
+    /// `keep_from_version` that no remaining version lists (older
+    /// snapshots, the deltas before them, files of crashed attempts and of
+    /// abandoned background snapshots). Returns how many files were
+    /// deleted.
     ///
     /// Versions below `keep_from_version` can no longer be opened
     /// afterwards; opening one fails naming its missing commit file.
@@ -451,32 +573,57 @@ impl StateStore {
         if keep == 0 {
             return Ok(0);
         }
-        let chains = if keep == self.version {
-            self.chains.clone()
-        } else {
-            read_commit(&self.dir, keep, self.partitions.len()).await?
-        };
+        let names = self.dir.list_names().await?;
+        let versions: Vec<u64> = names
+            .iter()
+            .filter_map(|name| parse_commit_file_name(name))
+            .collect();
+        // Every file a version from `keep` on lists (a snapshot written in
+        // the background is listed from a later version than its own), and
+        // the snapshots being written.
+        let num_partitions = self.partitions.len();
+        let listed: Vec<Vec<PartitionChain>> = stream::iter(
+            versions
+                .iter()
+                .copied()
+                .filter(|v| *v >= keep && *v != self.version),
+        )
+        .map(|v| read_commit(&self.dir, v, num_partitions))
+        .buffered(LOAD_CONCURRENCY)
+        .try_collect()
+        .await?;
+        let mut needed: BTreeSet<(usize, u64, FileKind, Option<u64>)> = BTreeSet::new();
+        for chains in listed.iter().chain([&self.chains]) {
+            for (p, chain) in chains.iter().enumerate() {
+                needed.extend(
+                    chain
+                        .files()
+                        .map(|(kind, file)| (p, file.version, kind, file.tag)),
+                );
+            }
+        }
+        needed.extend(
+            self.compactions
+                .iter()
+                .map(|c| (c.partition, c.version, FileKind::Snapshot, Some(self.tag))),
+        );
         // Commit files first: a version is then either loadable or clearly
         // gone, never listing files that were deleted.
         let mut deleted = 0;
-        for name in self.dir.list_names().await? {
-            if parse_commit_file_name(&name).is_some_and(|v| v < keep) {
-                self.dir.delete(&name).await?;
-                deleted += 1;
-            }
+        for v in versions.into_iter().filter(|v| *v < keep) {
+            self.dir.delete(&commit_file_name(v)).await?;
+            deleted += 1;
         }
-        let per_partition = try_join_all(chains.iter().enumerate().map(|(p, chain)| {
+        let needed = &needed;
+        let per_partition = try_join_all((0..num_partitions).map(|p| {
             let dir = self.dir.child(&p.to_string());
             async move {
                 let mut deleted = 0;
                 for name in dir.list_names().await? {
-                    let Some((version, kind)) = FileKind::parse_file_name(&name) else {
+                    let Some((version, kind, tag)) = FileKind::parse_file_name(&name) else {
                         continue;
                     };
-                    let needed = chain
-                        .files()
-                        .any(|(k, file)| k == kind && file.version == version);
-                    if version <= keep && !needed {
+                    if version <= keep && !needed.contains(&(p, version, kind, tag)) {
                         dir.delete(&name).await?;
                         deleted += 1;
                     }
@@ -526,15 +673,112 @@ async fn check_metadata(dir: &CheckpointDir, wanted: &StoreMetadata, version: u6
 
 /// The identity of partition `partition`'s data file of `kind` for
 /// `version`.
-fn file_id(dir: &CheckpointDir, partition: usize, kind: FileKind, version: u64) -> FileId {
+fn file_id(
+    dir: &CheckpointDir,
+    partition: usize,
+    kind: FileKind,
+    version: u64,
+    tag: Option<u64>,
+) -> FileId {
     FileId {
         path: dir
             .child(&partition.to_string())
-            .path(&kind.file_name(version)),
+            .path(&kind.file_name(version, tag)),
         kind,
         partition,
         version,
     }
+}
+
+/// Writes the snapshot `id` of a partition: the merge of the files of
+/// `chain` (the partition at `id.version`). Runs in the background; the
+/// decoding, merging and encoding run on the blocking thread pool.
+async fn snapshot(dir: CheckpointDir, id: FileId, chain: PartitionChain) -> Result<FileRef> {
+    let commit_name = commit_file_name(id.version);
+    let mut inputs = Vec::new();
+    for (kind, file) in chain.files() {
+        let input = file_id(&dir, id.partition, kind, file.version, file.tag);
+        let bytes = fetch(&dir, &input, file, &commit_name).await?;
+        inputs.push((input, *file, bytes));
+    }
+    let merge_id = id.clone();
+    let commit_path = dir.path(&commit_name);
+    let (bytes, rows) = tokio::task::spawn_blocking(move || {
+        merge_chain(&merge_id, &inputs, chain.live_rows, &commit_path)
+    })
+    .await
+    .map_err(|e| StateError::Snapshot {
+        path: id.path.clone(),
+        reason: e.to_string(),
+    })??;
+    let file = FileRef {
+        version: id.version,
+        rows,
+        bytes: bytes.len() as u64,
+        crc32: crc32fast::hash(&bytes),
+        tag: file_tag(&id),
+    };
+    dir.put_bytes(&id.path, bytes, PutMode::Overwrite).await?;
+    Ok(file)
+}
+
+/// The tag in a file's name.
+fn file_tag(id: &FileId) -> Option<u64> {
+    let name = id.path.filename()?;
+    FileKind::parse_file_name(name).and_then(|(_, _, tag)| tag)
+}
+
+/// Encodes as snapshot `id` what the data files `inputs` (a snapshot, if
+/// any, then deltas in order) add up to: one row per live key, the last
+/// file's row winning. Checks each file's row count and the result's
+/// against what `commit_name` recorded (`live_rows`).
+fn merge_chain(
+    id: &FileId,
+    inputs: &[(FileId, FileRef, Bytes)],
+    live_rows: u64,
+    commit_path: &object_store::path::Path,
+) -> Result<(Bytes, u64)> {
+    let commit_name = commit_path.filename().unwrap_or_default();
+    let mut read = Vec::with_capacity(inputs.len());
+    for (input, file, bytes) in inputs {
+        let batches = files::read(input, bytes)?;
+        let rows: u64 = batches.iter().map(|b| b.len() as u64).sum();
+        if rows != file.rows {
+            return Err(StateError::Corrupt {
+                path: input.path.clone(),
+                reason: format!(
+                    "holds {rows} rows, but {commit_name} recorded {}",
+                    file.rows
+                ),
+            });
+        }
+        read.push((input.kind, batches));
+    }
+    // The deltas' last word per key; then the snapshot's rows they do not
+    // override, then the keys only the deltas set.
+    let mut latest: HashMap<&[u8], Row<'_>> = HashMap::new();
+    for (_, batches) in read.iter().filter(|(kind, _)| *kind == FileKind::Delta) {
+        for row in batches.iter().flat_map(files::Columns::rows) {
+            latest.insert(row.key, row);
+        }
+    }
+    let base = read
+        .iter()
+        .filter(|(kind, _)| *kind == FileKind::Snapshot)
+        .flat_map(|(_, batches)| batches.iter().flat_map(files::Columns::rows));
+    let kept = base.filter(|row| !latest.contains_key(row.key));
+    let from_deltas = latest.values().filter(|row| row.value.is_some()).copied();
+    let (bytes, rows) = files::encode(id, kept.chain(from_deltas))?;
+    if rows != live_rows {
+        return Err(StateError::Corrupt {
+            path: commit_path.clone(),
+            reason: format!(
+                "the files of partition {} at version {} add up to {rows} entries, but {commit_name} recorded {live_rows}",
+                id.partition, id.version
+            ),
+        });
+    }
+    Ok((bytes, rows))
 }
 
 /// Loads every partition at `version` from the files of `chains`.
@@ -551,7 +795,7 @@ async fn load_partitions(
         .flat_map(|(p, chain)| {
             chain
                 .files()
-                .map(move |(kind, file)| (file_id(dir, p, kind, file.version), *file))
+                .map(move |(kind, file)| (file_id(dir, p, kind, file.version, file.tag), *file))
         })
         .collect();
     let fetched: Vec<(FileId, FileRef, Bytes)> = stream::iter(wanted)
@@ -574,6 +818,7 @@ async fn load_partitions(
     let jobs: Vec<_> = per_partition.into_iter().enumerate().collect();
     parallel::map_parallel(jobs, total_bytes >= PARALLEL_LOAD_BYTES, |(p, files)| {
         let mut part = StatePartition::new(p, num_partitions);
+        part.reserve(chains[p].live_rows as usize);
         for (id, file, bytes) in files {
             let rows = files::decode(&id, &bytes, |row| part.apply_loaded(row))?;
             if rows != file.rows {

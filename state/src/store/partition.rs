@@ -1,18 +1,40 @@
 //! One hash partition of a state store: its entries in memory, their expiry
 //! index, and the keys changed since the last commit.
+//!
+//! Entries live in a hash table whose slots hold the key and the value in
+//! one allocation, so a lookup costs one hash and (usually) one probe
+//! whatever the partition's size.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::hash::BuildHasher;
+
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 
 use super::files::Row;
 
-/// Estimated bytes a map entry costs beyond its key and value (tree node
-/// share, vector headers, expiry field).
-const ENTRY_OVERHEAD: usize = 64;
-/// Estimated bytes a changed-key record costs beyond its key.
-const CHANGE_OVERHEAD: usize = 40;
-/// Estimated bytes an expiry index record costs beyond its key.
+/// Estimated bytes an expiry index record costs beyond its key's
+/// allocation (tree node share and the record itself).
 const EXPIRY_OVERHEAD: usize = 48;
+/// Estimated bytes a changed-key record costs beyond its key's allocation
+/// and its share of the table.
+const CHANGE_OVERHEAD: usize = 8;
+
+/// Bytes the allocator takes for a heap block of `len` bytes (a common
+/// malloc: 8 bytes of header, rounded up to 16, at least 32).
+fn heap_bytes(len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    ((len + 8 + 15) & !15).max(32)
+}
+
+/// The hash of a key in a partition's tables (fixed seed: the same
+/// operations give the same layout in every run).
+fn hash_key(key: &[u8]) -> u64 {
+    FixedState::default().hash_one(key)
+}
 
 /// The partition a key belongs to among `num_partitions`: the CRC-32 of the
 /// key bytes modulo the partition count.
@@ -53,10 +75,49 @@ pub struct StateEntry<'a> {
     pub expires_at_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone)]
+/// An entry in the table: key and value in one allocation.
 struct Slot {
-    value: Vec<u8>,
+    /// The key bytes followed by the value bytes.
+    data: Box<[u8]>,
+    key_len: u32,
     expires_at_ms: Option<i64>,
+}
+
+impl Slot {
+    fn new(key: &[u8], value: &[u8], expires_at_ms: Option<i64>) -> Self {
+        let key_len = u32::try_from(key.len()).expect("a state key is shorter than 4 GiB");
+        Self {
+            data: [key, value].concat().into_boxed_slice(),
+            key_len,
+            expires_at_ms,
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len as usize]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.data[self.key_len as usize..]
+    }
+
+    /// Replaces the value, in place when the length is unchanged.
+    fn set_value(&mut self, value: &[u8]) {
+        let key_len = self.key_len as usize;
+        if self.data.len() - key_len == value.len() {
+            self.data[key_len..].copy_from_slice(value);
+        } else {
+            self.data = [self.key(), value].concat().into_boxed_slice();
+        }
+    }
+
+    fn entry(&self) -> StateEntry<'_> {
+        StateEntry {
+            key: self.key(),
+            value: self.value(),
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
 }
 
 /// One hash partition of a [`StateStore`](super::StateStore).
@@ -82,18 +143,19 @@ struct Slot {
 /// }
 /// ```
 ///
-/// Entries are kept ordered by key bytes. Changes are recorded per key
-/// (the last write wins), so the delta a commit writes has one row per
+/// Entries are kept in a hash table (no order). Changes are recorded per
+/// key (the last write wins), so the delta a commit writes has one row per
 /// changed key however often it changed.
 pub struct StatePartition {
     id: usize,
     num_partitions: usize,
-    entries: BTreeMap<Vec<u8>, Slot>,
+    entries: HashTable<Slot>,
     /// Keys changed since the last commit, each with whether it existed at
     /// the last committed version.
-    changed: BTreeMap<Vec<u8>, bool>,
+    changed: HashMap<Box<[u8]>, bool, FixedState>,
     /// `(expires_at_ms, key)` of every entry with a time to live.
-    expiry: BTreeSet<(i64, Vec<u8>)>,
+    expiry: BTreeSet<(i64, Box<[u8]>)>,
+    /// Heap bytes of the entries' slots.
     entry_bytes: usize,
     changed_bytes: usize,
     expiry_bytes: usize,
@@ -115,8 +177,8 @@ impl StatePartition {
         Self {
             id,
             num_partitions,
-            entries: BTreeMap::new(),
-            changed: BTreeMap::new(),
+            entries: HashTable::new(),
+            changed: HashMap::default(),
             expiry: BTreeSet::new(),
             entry_bytes: 0,
             changed_bytes: 0,
@@ -139,21 +201,23 @@ impl StatePartition {
         self.entries.is_empty()
     }
 
+    fn slot(&self, key: &[u8]) -> Option<&Slot> {
+        self.entries.find(hash_key(key), |slot| slot.key() == key)
+    }
+
     /// The value of `key`, if present.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.entries.get(key).map(|slot| slot.value.as_slice())
+        self.slot(key).map(Slot::value)
     }
 
     /// The entry of `key` with its expiry, if present.
     pub fn get_entry(&self, key: &[u8]) -> Option<StateEntry<'_>> {
-        self.entries
-            .get_key_value(key)
-            .map(|(key, slot)| entry(key, slot))
+        self.slot(key).map(Slot::entry)
     }
 
-    /// All live entries, ordered by key bytes.
+    /// All live entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = StateEntry<'_>> + '_ {
-        self.entries.iter().map(|(key, slot)| entry(key, slot))
+        self.entries.iter().map(Slot::entry)
     }
 
     /// Sets `key` to `value` with no expiry (dropping any previous one).
@@ -219,19 +283,28 @@ impl StatePartition {
             let Some((_, key)) = self.expiry.pop_first() else {
                 break;
             };
-            self.expiry_bytes -= key.len() + EXPIRY_OVERHEAD;
-            if let Some(slot) = self.entries.remove(&key) {
-                self.entry_bytes -= key.len() + slot.value.len() + ENTRY_OVERHEAD;
-                visit(&key, slot.value);
+            self.expiry_bytes -= heap_bytes(key.len()) + EXPIRY_OVERHEAD;
+            if let Ok(found) = self
+                .entries
+                .find_entry(hash_key(&key), |slot| slot.key() == &key[..])
+            {
+                let (slot, _) = found.remove();
+                self.entry_bytes -= heap_bytes(slot.data.len());
+                visit(&key, slot.value().to_vec());
             }
-            note_change(&mut self.changed, &mut self.changed_bytes, key, true);
+            self.note_change(&key, true);
         }
     }
 
-    /// Estimated bytes held in memory by this partition: entries, expiry
-    /// index and change records.
+    /// Estimated bytes held in memory by this partition: the entry table
+    /// and the entries' keys and values, the expiry index and the change
+    /// records.
     pub fn memory_bytes(&self) -> usize {
-        self.entry_bytes + self.expiry_bytes + self.changed_bytes
+        self.entries.allocation_size()
+            + self.entry_bytes
+            + self.expiry_bytes
+            + self.changed.capacity() * (std::mem::size_of::<(Box<[u8]>, bool)>() + 1)
+            + self.changed_bytes
     }
 
     /// Whether the partition has changes not committed yet (a key added and
@@ -257,103 +330,103 @@ impl StatePartition {
 
     /// Sets `key` without checking that it belongs here.
     pub(crate) fn upsert(&mut self, key: &[u8], value: &[u8], expires_at_ms: Option<i64>) {
-        let existed = match self.entries.get_mut(key) {
+        let hash = hash_key(key);
+        let existed = match self.entries.find_mut(hash, |slot| slot.key() == key) {
             Some(slot) => {
-                self.entry_bytes = self.entry_bytes + value.len() - slot.value.len();
-                slot.value.clear();
-                slot.value.extend_from_slice(value);
+                let before = heap_bytes(slot.data.len());
+                slot.set_value(value);
+                self.entry_bytes = self.entry_bytes + heap_bytes(slot.data.len()) - before;
                 let old = std::mem::replace(&mut slot.expires_at_ms, expires_at_ms);
                 if old != expires_at_ms {
                     if let Some(at) = old {
-                        self.expiry.remove(&(at, key.to_vec()));
-                        self.expiry_bytes -= key.len() + EXPIRY_OVERHEAD;
+                        self.expiry.remove(&(at, Box::from(key)));
+                        self.expiry_bytes -= heap_bytes(key.len()) + EXPIRY_OVERHEAD;
                     }
                     if let Some(at) = expires_at_ms {
-                        self.expiry.insert((at, key.to_vec()));
-                        self.expiry_bytes += key.len() + EXPIRY_OVERHEAD;
+                        self.expiry.insert((at, Box::from(key)));
+                        self.expiry_bytes += heap_bytes(key.len()) + EXPIRY_OVERHEAD;
                     }
                 }
                 true
             }
             None => {
-                self.insert_new(key.to_vec(), value.to_vec(), expires_at_ms);
+                self.insert_new(hash, Slot::new(key, value, expires_at_ms));
                 false
             }
         };
-        if !self.changed.contains_key(key) {
-            note_change(
-                &mut self.changed,
-                &mut self.changed_bytes,
-                key.to_vec(),
-                existed,
-            );
-        }
+        self.note_change(key, existed);
     }
 
     /// Removes `key` without checking that it belongs here.
     pub(crate) fn remove_key(&mut self, key: &[u8]) -> bool {
-        let Some((key, slot)) = self.entries.remove_entry(key) else {
+        let Some(slot) = self.take_slot(key) else {
             return false;
         };
-        self.entry_bytes -= key.len() + slot.value.len() + ENTRY_OVERHEAD;
-        let key = match slot.expires_at_ms {
-            Some(at) => {
-                let probe = (at, key);
-                let indexed = self.expiry.remove(&probe);
-                debug_assert!(indexed, "entry with a TTL missing from the expiry index");
-                self.expiry_bytes -= probe.1.len() + EXPIRY_OVERHEAD;
-                probe.1
-            }
-            None => key,
-        };
-        note_change(&mut self.changed, &mut self.changed_bytes, key, true);
+        if let Some(at) = slot.expires_at_ms {
+            let indexed = self.expiry.remove(&(at, Box::from(key)));
+            debug_assert!(indexed, "entry with a TTL missing from the expiry index");
+            self.expiry_bytes -= heap_bytes(key.len()) + EXPIRY_OVERHEAD;
+        }
+        self.note_change(key, true);
         true
     }
 
-    fn insert_new(&mut self, key: Vec<u8>, value: Vec<u8>, expires_at_ms: Option<i64>) {
-        self.entry_bytes += key.len() + value.len() + ENTRY_OVERHEAD;
-        if let Some(at) = expires_at_ms {
-            self.expiry_bytes += key.len() + EXPIRY_OVERHEAD;
-            self.expiry.insert((at, key.clone()));
+    fn take_slot(&mut self, key: &[u8]) -> Option<Slot> {
+        let found = self
+            .entries
+            .find_entry(hash_key(key), |slot| slot.key() == key)
+            .ok()?;
+        let (slot, _) = found.remove();
+        self.entry_bytes -= heap_bytes(slot.data.len());
+        Some(slot)
+    }
+
+    fn insert_new(&mut self, hash: u64, slot: Slot) {
+        self.entry_bytes += heap_bytes(slot.data.len());
+        if let Some(at) = slot.expires_at_ms {
+            self.expiry_bytes += heap_bytes(slot.key_len as usize) + EXPIRY_OVERHEAD;
+            self.expiry.insert((at, Box::from(slot.key())));
         }
-        self.entries.insert(
-            key,
-            Slot {
-                value,
-                expires_at_ms,
-            },
-        );
+        self.entries
+            .insert_unique(hash, slot, |slot| hash_key(slot.key()));
     }
 
     /// Applies one row of a data file while loading: no change is recorded.
     pub(crate) fn apply_loaded(&mut self, row: Row<'_>) {
-        match row.value {
-            Some(value) => {
-                self.discard_loaded(row.key);
-                self.insert_new(row.key.to_vec(), value.to_vec(), row.expires_at_ms);
-            }
-            None => self.discard_loaded(row.key),
+        self.discard_loaded(row.key);
+        if let Some(value) = row.value {
+            self.insert_new(
+                hash_key(row.key),
+                Slot::new(row.key, value, row.expires_at_ms),
+            );
         }
     }
 
     fn discard_loaded(&mut self, key: &[u8]) {
-        if let Some(slot) = self.entries.remove(key) {
-            self.entry_bytes -= key.len() + slot.value.len() + ENTRY_OVERHEAD;
-            if let Some(at) = slot.expires_at_ms {
-                self.expiry.remove(&(at, key.to_vec()));
-                self.expiry_bytes -= key.len() + EXPIRY_OVERHEAD;
-            }
+        if let Some(slot) = self.take_slot(key)
+            && let Some(at) = slot.expires_at_ms
+        {
+            self.expiry.remove(&(at, Box::from(key)));
+            self.expiry_bytes -= heap_bytes(key.len()) + EXPIRY_OVERHEAD;
         }
     }
 
-    /// The rows of the delta for the uncommitted changes, ordered by key.
+    /// Makes room for `additional` more entries (e.g. before loading a
+    /// snapshot of known size).
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.entries
+            .reserve(additional, |slot| hash_key(slot.key()));
+    }
+
+    /// The rows of the delta for the uncommitted changes, in no particular
+    /// order.
     pub(crate) fn changes(&self) -> impl Iterator<Item = Row<'_>> + '_ {
         self.changed
             .iter()
-            .filter_map(|(key, &existed)| match self.entries.get(key) {
+            .filter_map(|(key, &existed)| match self.slot(key) {
                 Some(slot) => Some(Row {
-                    key,
-                    value: Some(&slot.value),
+                    key: slot.key(),
+                    value: Some(slot.value()),
                     expires_at_ms: slot.expires_at_ms,
                 }),
                 None if existed => Some(Row {
@@ -373,40 +446,22 @@ impl StatePartition {
         })
     }
 
-    /// The rows of a snapshot of the whole partition, ordered by key.
-    pub(crate) fn snapshot_rows(&self) -> impl Iterator<Item = Row<'_>> + '_ {
-        self.entries.iter().map(|(key, slot)| Row {
-            key,
-            value: Some(&slot.value),
-            expires_at_ms: slot.expires_at_ms,
-        })
-    }
-
     /// Forgets the change records once they are committed.
     pub(crate) fn clear_changes(&mut self) {
-        self.changed.clear();
+        // Keep the table for the next batch unless a big one left it huge.
+        if self.changed.capacity() > 1 << 16 {
+            self.changed = HashMap::default();
+        } else {
+            self.changed.clear();
+        }
         self.changed_bytes = 0;
     }
-}
 
-fn entry<'a>(key: &'a [u8], slot: &'a Slot) -> StateEntry<'a> {
-    StateEntry {
-        key,
-        value: &slot.value,
-        expires_at_ms: slot.expires_at_ms,
-    }
-}
-
-fn note_change(
-    changed: &mut BTreeMap<Vec<u8>, bool>,
-    changed_bytes: &mut usize,
-    key: Vec<u8>,
-    existed: bool,
-) {
-    let len = key.len();
-    if let std::collections::btree_map::Entry::Vacant(vacant) = changed.entry(key) {
-        vacant.insert(existed);
-        *changed_bytes += len + CHANGE_OVERHEAD;
+    fn note_change(&mut self, key: &[u8], existed: bool) {
+        if !self.changed.contains_key(key) {
+            self.changed.insert(Box::from(key), existed);
+            self.changed_bytes += heap_bytes(key.len()) + CHANGE_OVERHEAD;
+        }
     }
 }
 
@@ -415,9 +470,12 @@ mod tests {
     use super::*;
 
     fn changes(p: &StatePartition) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        p.changes()
+        let mut changes: Vec<_> = p
+            .changes()
             .map(|r| (r.key.to_vec(), r.value.map(<[u8]>::to_vec)))
-            .collect()
+            .collect();
+        changes.sort();
+        changes
     }
 
     #[test]
@@ -495,13 +553,26 @@ mod tests {
     }
 
     #[test]
-    fn memory_estimate_returns_to_zero() {
+    fn memory_estimate_counts_entries_and_releases_them() {
         let mut p = StatePartition::new(0, 1);
+        let tables = |p: &StatePartition| {
+            p.entries.allocation_size()
+                + p.changed.capacity() * (std::mem::size_of::<(Box<[u8]>, bool)>() + 1)
+        };
         for i in 0..100u32 {
             let key = i.to_be_bytes();
             p.put_with_ttl(&key, &vec![0; i as usize], i64::from(i));
         }
-        assert!(p.memory_bytes() > 100 * ENTRY_OVERHEAD);
+        // Every entry's block, its expiry record and its change record.
+        let keys_and_values: usize = (0..100).map(|i| heap_bytes(4 + i)).sum();
+        assert_eq!(
+            p.memory_bytes(),
+            tables(&p)
+                + keys_and_values
+                + 100 * (heap_bytes(4) + EXPIRY_OVERHEAD)
+                + 100 * (heap_bytes(4) + CHANGE_OVERHEAD)
+        );
+        assert!(p.entries.allocation_size() >= 100 * std::mem::size_of::<Slot>());
         for i in 0..50u32 {
             p.put(&i.to_be_bytes(), b"");
         }
@@ -510,7 +581,7 @@ mod tests {
             p.remove(&i.to_be_bytes());
         }
         p.clear_changes();
-        assert_eq!(p.memory_bytes(), 0);
+        assert_eq!(p.memory_bytes(), tables(&p));
         assert!(p.is_empty());
     }
 

@@ -81,9 +81,7 @@ fn assert_matches(store: &StateStore, model: &Model, context: &str) {
     }
     let n = store.partitions().len();
     for partition in store.partitions() {
-        let keys: Vec<&[u8]> = partition.iter().map(|e| e.key).collect();
-        assert!(keys.is_sorted(), "{context}");
-        for key in keys {
+        for key in partition.iter().map(|e| e.key) {
             assert_eq!(partition_for_key(key, n), partition.id(), "{context}");
         }
     }
@@ -109,6 +107,7 @@ async fn random_history(dir: CheckpointDir, config: StateStoreConfig, seed: u64,
     let mut store = open(&dir, config, 0).await.unwrap();
     let mut model = Model::new();
     let mut models = vec![model.clone()];
+    let mut adopted = 0;
     for version in 1..=versions {
         let now = version as i64 * 100;
         let ops = if rng.random_bool(0.15) {
@@ -150,8 +149,12 @@ async fn random_history(dir: CheckpointDir, config: StateStoreConfig, seed: u64,
             &format!("seed {seed}, building version {version}"),
         );
         let metrics = store.commit().await.unwrap();
+        adopted += metrics.snapshots_adopted;
         assert_eq!((metrics.version, store.version()), (version, version));
         assert!(!store.has_changes());
+        if rng.random_bool(0.5) {
+            store.finish_snapshots().await.unwrap();
+        }
         models.push(model.clone());
         if rng.random_bool(0.25) {
             store = open(&dir, config, version).await.unwrap();
@@ -163,9 +166,8 @@ async fn random_history(dir: CheckpointDir, config: StateStoreConfig, seed: u64,
         assert_eq!(store.version(), version as u64);
         assert_matches(&store, expected, &format!("seed {seed}, version {version}"));
     }
-    let files = all_files(&dir).await;
     if config.snapshot_interval.get() < versions {
-        assert!(files.iter().any(|f| f.ends_with(".snapshot")), "{files:?}");
+        assert!(adopted > 0, "seed {seed}: no snapshot was ever listed");
     }
 }
 
@@ -203,8 +205,12 @@ async fn the_snapshot_interval_can_change_between_runs() {
     store.put(b"k1", b"x");
     model.insert(b"k1".to_vec(), (b"x".to_vec(), None));
     let metrics = store.commit().await.unwrap();
-    assert_eq!(metrics.snapshot_files, 2, "{metrics:?}");
+    assert_eq!(metrics.snapshots_started, 2, "{metrics:?}");
+    assert_eq!(store.finish_snapshots().await.unwrap(), 2);
+    let metrics = store.commit().await.unwrap();
+    assert_eq!(metrics.snapshots_adopted, 2, "{metrics:?}");
     assert_matches(&open(&dir, config(2, 4), 31).await.unwrap(), &model, "v31");
+    assert_matches(&open(&dir, config(2, 4), 32).await.unwrap(), &model, "v32");
 }
 
 async fn check_rerun(dir: CheckpointDir, config: StateStoreConfig) {
@@ -379,6 +385,8 @@ async fn build_history(dir: &CheckpointDir, config: StateStoreConfig, versions: 
             }
         }
         store.commit().await.unwrap();
+        // As if the background snapshots kept up with the commits.
+        store.finish_snapshots().await.unwrap();
         models.push(model.clone());
     }
     models
@@ -408,26 +416,42 @@ async fn purge_keeps_every_later_version_loadable_and_deletes_the_rest() {
             "{err}"
         );
     }
-    // Per partition, what remains at or below 17 is one snapshot and the
-    // deltas after it.
-    for p in 0..4 {
-        let mut old_files: Vec<(u64, FileKind)> = after
+    // What remains at or below 17 is exactly what versions 17 to 30 list:
+    // per partition, the snapshots they start from and the deltas after.
+    let mut listed = BTreeMap::new();
+    for version in 17..=30 {
+        for (p, chain) in read_commit(&dir, version, 4)
+            .await
+            .unwrap()
             .iter()
-            .filter_map(|f| f.strip_prefix(&format!("{p}/")))
-            .filter_map(FileKind::parse_file_name)
-            .filter(|(v, _)| *v <= 17)
-            .collect();
-        old_files.sort_unstable_by_key(|(v, _)| *v);
-        let snapshots = old_files
-            .iter()
-            .filter(|(_, k)| *k == FileKind::Snapshot)
-            .count();
-        assert!(snapshots <= 1, "{old_files:?}");
-        if snapshots == 1 {
-            assert_eq!(old_files[0].1, FileKind::Snapshot, "{old_files:?}");
+            .enumerate()
+        {
+            for (kind, file) in chain.files() {
+                listed.insert(
+                    format!("{p}/{}", kind.file_name(file.version, file.tag)),
+                    file.version,
+                );
+            }
         }
-        assert!(old_files.len() <= 4, "{old_files:?}");
     }
+    let old_files: Vec<&String> = after
+        .iter()
+        .filter(|f| {
+            f.split_once('/')
+                .and_then(|(_, name)| FileKind::parse_file_name(name))
+                .is_some_and(|(v, _, _)| v <= 17)
+        })
+        .collect();
+    let expected: Vec<&String> = listed
+        .iter()
+        .filter(|(_, v)| **v <= 17)
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(old_files, expected);
+    assert!(
+        expected.iter().any(|f| f.ends_with(".snapshot")),
+        "{expected:?}"
+    );
     assert!(after.contains(&"_metadata".to_string()));
 
     // Idempotent; and capped at the store's version.
@@ -458,12 +482,15 @@ async fn purge_on_local_disk() {
     assert!(open(&dir, config, 9).await.is_err());
 }
 
-/// Two partitions, both changed in versions 1 to 4 with snapshot interval 3:
-/// partition 1 snapshots at 2, partition 0 at 3; version 4 is made of
-/// `0/3.snapshot, 0/4.delta, 1/2.snapshot, 1/3.delta, 1/4.delta`.
-async fn damaged_setup() -> (CheckpointDir, StateStoreConfig) {
+/// Two partitions, both changed in versions 1 to 4 with snapshot interval
+/// 2, waiting for the background snapshots after the first three commits:
+/// partition 0 snapshots version 2 (listed from version 3 on), partition 1
+/// version 3 (listed from 4 on), so version 4 is made of
+/// `0/2-<tag>.snapshot, 0/3.delta, 0/4.delta, 1/3-<tag>.snapshot,
+/// 1/4.delta`. Returns the two snapshots' names.
+async fn damaged_setup() -> (CheckpointDir, StateStoreConfig, [String; 2]) {
     let dir = memory_dir();
-    let config = config(2, 3);
+    let config = config(2, 2);
     let keys: Vec<Vec<u8>> = (0u32..)
         .map(|i| format!("key{i}").into_bytes())
         .filter(|k| partition_for_key(k, 2) == 0)
@@ -480,20 +507,42 @@ async fn damaged_setup() -> (CheckpointDir, StateStoreConfig) {
         for key in &keys {
             store.put(key, &version.to_le_bytes());
         }
-        store.commit().await.unwrap();
+        let metrics = store.commit().await.unwrap();
+        let expected = match version {
+            3 | 4 => 1,
+            _ => 0,
+        };
+        assert_eq!(metrics.snapshots_adopted, expected, "{metrics:?}");
+        if version < 4 {
+            store.finish_snapshots().await.unwrap();
+        }
     }
     let files = all_files(&dir).await;
+    let snapshot = |p: usize, v: u64| {
+        files
+            .iter()
+            .find(|f| {
+                f.strip_prefix(&format!("{p}/"))
+                    .and_then(FileKind::parse_file_name)
+                    .is_some_and(|(version, kind, tag)| {
+                        (version, kind) == (v, FileKind::Snapshot) && tag.is_some()
+                    })
+            })
+            .unwrap_or_else(|| panic!("no snapshot {p}/{v}: {files:?}"))
+            .clone()
+    };
+    let snapshots = [snapshot(0, 2), snapshot(1, 3)];
     for f in [
-        "0/3.snapshot",
+        &snapshots[0],
+        "0/3.delta",
         "0/4.delta",
-        "1/2.snapshot",
-        "1/3.delta",
+        &snapshots[1],
         "1/4.delta",
     ] {
         assert!(files.contains(&f.to_string()), "{files:?}");
     }
     assert!(open(&dir, config, 4).await.is_ok());
-    (dir, config)
+    (dir, config, snapshots)
 }
 
 async fn damage(dir: &CheckpointDir, name: &str, f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
@@ -522,12 +571,13 @@ async fn expect_corrupt(
 
 #[tokio::test]
 async fn a_truncated_delta_snapshot_or_commit_file_is_named() {
-    for (name, needle) in [
-        ("1/3.delta", "truncated"),
-        ("0/3.snapshot", "truncated"),
-        ("4.commit", "truncated"),
-    ] {
-        let (dir, config) = damaged_setup().await;
+    for (which, needle) in [(0, "truncated"), (1, "truncated"), (2, "truncated")] {
+        let (dir, config, snapshots) = damaged_setup().await;
+        let name = match which {
+            0 => "0/3.delta",
+            1 => &snapshots[0],
+            _ => "4.commit",
+        };
         damage(&dir, name, |mut b| {
             b.truncate(b.len() * 2 / 3);
             b
@@ -539,7 +589,7 @@ async fn a_truncated_delta_snapshot_or_commit_file_is_named() {
 
 #[tokio::test]
 async fn an_altered_or_lost_data_file_is_named() {
-    let (dir, config) = damaged_setup().await;
+    let (dir, config, _) = damaged_setup().await;
     damage(&dir, "1/4.delta", |mut b| {
         let mid = b.len() / 2;
         b[mid] ^= 0x55;
@@ -556,14 +606,15 @@ async fn an_altered_or_lost_data_file_is_named() {
     // Version 3 does not need that file.
     open(&dir, config, 3).await.unwrap();
 
-    let (dir, config) = damaged_setup().await;
-    dir.child("1").delete("2.snapshot").await.unwrap();
+    let (dir, config, snapshots) = damaged_setup().await;
+    let lost = snapshots[1].strip_prefix("1/").unwrap();
+    dir.child("1").delete(lost).await.unwrap();
     expect_corrupt(
         &dir,
         config,
         4,
         &[
-            "chk/state/0/1/2.snapshot",
+            &format!("chk/state/0/{}", snapshots[1]),
             "missing, but listed by 4.commit",
         ],
     )
@@ -572,7 +623,7 @@ async fn an_altered_or_lost_data_file_is_named() {
 
 #[tokio::test]
 async fn missing_versions_and_metadata_are_named() {
-    let (dir, config) = damaged_setup().await;
+    let (dir, config, _) = damaged_setup().await;
     expect_corrupt(&dir, config, 9, &["chk/state/0/9.commit", "missing"]).await;
     dir.delete("_metadata").await.unwrap();
     expect_corrupt(&dir, config, 4, &["chk/state/0/_metadata", "missing"]).await;
@@ -649,7 +700,7 @@ async fn a_commit_touching_one_key_writes_one_delta_file() {
         store.put(&i.to_be_bytes(), &[7; 100]);
     }
     let first = store.commit().await.unwrap();
-    assert_eq!((first.delta_files, first.snapshot_files), (8, 0));
+    assert_eq!((first.delta_files, first.snapshots_started), (8, 0));
 
     let before = all_files(&dir).await;
     store.put(&5u32.to_be_bytes(), b"new");
@@ -661,7 +712,7 @@ async fn a_commit_touching_one_key_writes_one_delta_file() {
     assert_eq!(
         (
             metrics.delta_files,
-            metrics.snapshot_files,
+            metrics.snapshots_started,
             metrics.rows_updated
         ),
         (1, 0, 1)
@@ -738,9 +789,15 @@ async fn large_partitions_round_trip_through_parallel_encoding() {
         store.put(&i.to_be_bytes(), &i.to_le_bytes());
     }
     let metrics = store.commit().await.unwrap();
-    assert_eq!(metrics.snapshot_files, 4);
-    let store = open(&dir, config, 1).await.unwrap();
+    assert_eq!(metrics.delta_files, 4);
+    assert_eq!(metrics.snapshots_started, 4);
+    assert_eq!(store.finish_snapshots().await.unwrap(), 4);
+    store.put(&1u32.to_be_bytes(), b"one");
+    let metrics = store.commit().await.unwrap();
+    assert_eq!(metrics.snapshots_adopted, 4);
+    let store = open(&dir, config, 2).await.unwrap();
     assert_eq!(store.len(), 100_000);
+    assert_eq!(store.get(&1u32.to_be_bytes()), Some(&b"one"[..]));
     assert_eq!(
         store.get(&77_777u32.to_be_bytes()),
         Some(&77_777u32.to_le_bytes()[..])
@@ -761,4 +818,67 @@ fn the_store_and_its_futures_are_send() {
         send(&store.purge(1));
         send(&store.commit());
     }
+}
+
+#[tokio::test]
+async fn a_snapshot_of_an_abandoned_attempt_is_never_listed_and_is_purged() {
+    let dir = memory_dir();
+    let config = config(1, 2);
+    let mut first = open(&dir, config, 0).await.unwrap();
+    first.put(b"a", b"1");
+    first.commit().await.unwrap();
+    first.put(b"a", b"crashed");
+    // Version 2 of an attempt whose batch then fails: its snapshot of
+    // version 2 is written, never listed.
+    assert_eq!(first.commit().await.unwrap().snapshots_started, 1);
+    assert_eq!(first.finish_snapshots().await.unwrap(), 1);
+    drop(first);
+
+    // The batch is re-run from version 1 and snapshots version 2 again,
+    // under its own name.
+    let mut rerun = open(&dir, config, 1).await.unwrap();
+    rerun.put(b"a", b"2");
+    rerun.commit().await.unwrap();
+    assert_eq!(rerun.finish_snapshots().await.unwrap(), 1);
+    rerun.put(b"b", b"1");
+    assert_eq!(rerun.commit().await.unwrap().snapshots_adopted, 1);
+
+    let v3 = open(&dir, config, 3).await.unwrap();
+    assert_eq!(v3.get(b"a"), Some(&b"2"[..]));
+    assert_eq!(v3.get(b"b"), Some(&b"1"[..]));
+    let snapshots = |files: Vec<String>| {
+        files
+            .into_iter()
+            .filter(|f| f.starts_with("0/2-") && f.ends_with(".snapshot"))
+            .count()
+    };
+    assert_eq!(snapshots(all_files(&dir).await), 2);
+    // Purging drops the abandoned snapshot and keeps the listed one.
+    rerun.purge(3).await.unwrap();
+    assert_eq!(snapshots(all_files(&dir).await), 1);
+    let v3 = open(&dir, config, 3).await.unwrap();
+    assert_eq!(v3.get(b"a"), Some(&b"2"[..]));
+}
+
+#[tokio::test]
+async fn a_failed_background_snapshot_fails_the_next_commit_naming_the_file() {
+    let dir = memory_dir();
+    let config = config(1, 2);
+    let mut store = open(&dir, config, 0).await.unwrap();
+    store.put(b"a", b"1");
+    store.commit().await.unwrap();
+    // Damaged before the snapshot of version 2 reads it.
+    damage(&dir, "0/1.delta", |mut b| {
+        b.truncate(b.len() / 2);
+        b
+    })
+    .await;
+    store.put(b"a", b"2");
+    assert_eq!(store.commit().await.unwrap().snapshots_started, 1);
+    let err = store.finish_snapshots().await.unwrap_err();
+    assert!(err.to_string().contains("chk/state/0/0/1.delta"), "{err}");
+    store.put(b"a", b"3");
+    let err = store.commit().await.unwrap_err();
+    assert!(err.to_string().contains("chk/state/0/0/1.delta"), "{err}");
+    assert!(err.to_string().contains("truncated"), "{err}");
 }
