@@ -1,21 +1,38 @@
 //! Stateless streaming throughput against the same plan as a DataFusion
-//! batch job, and the fixed per-batch overhead of the engine.
+//! batch job, and the engine's fixed per-batch overhead.
 //!
 //! ```sh
-//! cargo bench --bench stateless            # full mode: 4 million rows
-//! TIDEMILL_BENCH_ROWS=200000 cargo bench --bench stateless
+//! cargo bench --bench stateless            # full mode: 10 million rows
+//! TIDEMILL_BENCH_ROWS=1000000 cargo bench --bench stateless
 //! cargo test --bench stateless             # short mode, a few seconds
 //! ```
 //!
-//! Figures are printed with the workload and the machine; the ratio
-//! stream/batch is the figure that travels between machines.
+//! **Part 1, streaming vs batch.** `TIDEMILL_BENCH_ROWS` rows (default
+//! 10 000 000) from a seeded generator (seed 42) in 20 parquet files; a
+//! filter and a projection with arithmetic, run as one DataFusion batch job
+//! and as a stream (`FileSource`, `MemorySink`, local checkpoint,
+//! `Trigger::AvailableNow`) with `max_files_per_trigger` 1, 5 and 20; the
+//! median of 3 runs each. The stream's rows must equal the batch job's.
+//! Target: stream/batch ≥ 0.9.
 //!
-//! `cargo bench` passes `--bench`: that runs the full mode
-//! (`TIDEMILL_BENCH_ROWS` rows, default 4 000 000, and 500 overhead
-//! batches). Without it (as `cargo test` runs this file, `test = true` in
-//! Cargo.toml) a short mode runs 20 000 rows and 50 overhead batches,
-//! ignores `TIDEMILL_BENCH_ROWS`, still checks that the stream's rows equal
-//! the batch job's, and never asserts on time.
+//! **Part 2, fixed per-batch overhead.** 500 batches of 5 rows each
+//! (`MemoryStream`, back to back), with a local checkpoint, once into a
+//! `MemorySink` and once into the exactly-once `ParquetSink` on local disk:
+//! batches/s and mean time per phase. Target: ≥ 200 batches/s with the
+//! parquet sink.
+//!
+//! **Part 3, latency floor.** The trigger-interval harness
+//! (`tidemill_harness::TriggerStudy`) at interval 0 with 10 000 rows/s for
+//! 10 s (1 s warm-up): trade rows through a filter and projection into the
+//! `ParquetSink`, local checkpoint; per-row latency from "available to the
+//! source" to "committed by the sink". Target: p99 < 20 ms.
+//!
+//! Results go to `target/bench-results/stateless.json` (see
+//! `tidemill_harness::results`). `cargo bench` passes `--bench`: that runs
+//! the full mode. Without it (as `cargo test` runs this file, `test = true`
+//! in Cargo.toml) a short mode runs 20 000 rows, 50 overhead batches and a
+//! 1-second latency run, ignores `TIDEMILL_BENCH_ROWS`, still checks that
+//! the stream's rows equal the batch job's, and never asserts on time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,10 +42,14 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
-use tidemill::QueryOptions;
 use tidemill::prelude::*;
+use tidemill::{PhaseDurations, QueryOptions, Sink};
+use tidemill_harness::results::{BenchResult, Table, Target, trim};
+use tidemill_harness::{Pipeline, TriggerStudy, trades};
 
 const FILES: usize = 20;
+/// Timed runs of each throughput job; the median is reported.
+const RUNS: usize = 3;
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -48,6 +69,7 @@ fn plan(df: DataFrame) -> datafusion::error::Result<DataFrame> {
     ])
 }
 
+/// `rows` seeded rows (seed 42) in [`FILES`] parquet files.
 fn generate(dir: &std::path::Path, rows: usize) -> anyhow::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let per_file = rows / FILES;
@@ -82,40 +104,46 @@ fn generate(dir: &std::path::Path, rows: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn machine() -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0 / 1024.0)
-        .unwrap_or(0.0);
-    format!(
-        "{cores} cores, {mem_gib:.0} GiB, {} {}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    )
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
-async fn batch_job(dir: &str) -> anyhow::Result<(usize, Duration)> {
+/// The output ids, sorted (to compare stream and batch).
+fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+    let mut ids: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("id column")
+                .values()
+                .to_vec()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+async fn batch_job(dir: &str) -> anyhow::Result<(Vec<RecordBatch>, Duration)> {
     let ctx = SessionContext::new();
     let t = Instant::now();
     let out = plan(ctx.read_parquet(dir, ParquetReadOptions::default()).await?)?
         .collect()
         .await?;
-    Ok((out.iter().map(RecordBatch::num_rows).sum(), t.elapsed()))
+    Ok((out, t.elapsed()))
 }
 
 async fn stream_job(
     dir: &str,
     max_files: u64,
     chk: &std::path::Path,
-) -> anyhow::Result<(usize, usize, Duration)> {
+) -> anyhow::Result<(Vec<RecordBatch>, usize, Duration)> {
     let ctx = SessionContext::new();
     let sink = MemorySink::new();
     let t = Instant::now();
@@ -130,11 +158,142 @@ async fn stream_job(
     .start()
     .await?;
     query.await_termination().await?;
-    Ok((sink.num_rows(), query.recent_progress().len(), t.elapsed()))
+    let elapsed = t.elapsed();
+    Ok((sink.batches(), query.recent_progress().len(), elapsed))
 }
 
-/// Many tiny batches back to back: the engine's fixed cost per batch.
-async fn overhead(batches: usize, chk: &std::path::Path) -> anyhow::Result<()> {
+/// Part 1: the batch job and the stream at several `max_files_per_trigger`.
+async fn throughput(
+    rows: usize,
+    runs: usize,
+    tmp: &std::path::Path,
+    result: &mut BenchResult,
+) -> anyhow::Result<()> {
+    let input = tmp.join("input");
+    std::fs::create_dir_all(&input)?;
+    generate(&input, rows)?;
+    let dir = format!("{}/", input.display());
+    println!("workload: filter + projection over {rows} rows in {FILES} parquet files (seed 42)");
+
+    // Warm up the page cache and the allocator.
+    let (expected, _) = batch_job(&dir).await?;
+    let expected = ids(&expected);
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let (out, time) = batch_job(&dir).await?;
+        anyhow::ensure!(ids(&out) == expected, "batch jobs disagree");
+        times.push(time.as_secs_f64());
+    }
+    let batch_secs = median(&mut times);
+    let batch_rate = rows as f64 / batch_secs;
+    let mut table = vec![vec![
+        "DataFusion batch job".to_string(),
+        "1".into(),
+        expected.len().to_string(),
+        format!("{batch_secs:.3}"),
+        format!("{batch_rate:.0}"),
+        "1.00".into(),
+    ]];
+    let mut data = Vec::new();
+    for max_files in [1u64, 5, 20] {
+        let mut times = Vec::new();
+        let mut batches = 0;
+        for r in 0..runs {
+            let chk = tmp.join(format!("chk-{max_files}-{r}"));
+            let (out, n, time) = stream_job(&dir, max_files, &chk).await?;
+            anyhow::ensure!(
+                ids(&out) == expected,
+                "the stream (max_files_per_trigger={max_files}) produced {} rows, not the \
+                 batch job's {}",
+                out.iter().map(RecordBatch::num_rows).sum::<usize>(),
+                expected.len()
+            );
+            batches = n;
+            times.push(time.as_secs_f64());
+        }
+        let secs = median(&mut times);
+        let rate = rows as f64 / secs;
+        let ratio = rate / batch_rate;
+        table.push(vec![
+            format!("stream, max_files_per_trigger={max_files}"),
+            batches.to_string(),
+            expected.len().to_string(),
+            format!("{secs:.3}"),
+            format!("{rate:.0}"),
+            format!("{ratio:.2}"),
+        ]);
+        result.targets.push(Target::at_least(
+            &format!("stateless stream/batch, max_files_per_trigger={max_files}"),
+            ratio,
+            0.9,
+            "",
+        ));
+        data.push(serde_json::json!({
+            "max_files_per_trigger": max_files, "batches": batches, "seconds": secs,
+            "rows_per_s": rate, "ratio": ratio,
+        }));
+    }
+    let table = Table::new(
+        &format!("Streaming vs batch, {rows} rows, median of {runs} runs:"),
+        [
+            "run",
+            "batches",
+            "rows out",
+            "seconds",
+            "input rows/s",
+            "stream/batch",
+        ],
+        table,
+    );
+    println!("\n{}", table.to_markdown());
+    result.tables.push(table);
+    result.data["throughput"] = serde_json::json!({
+        "rows": rows, "batch_seconds": batch_secs, "batch_rows_per_s": batch_rate,
+        "streams": data,
+    });
+    Ok(())
+}
+
+fn phase_cells(d: &PhaseDurations) -> Vec<String> {
+    [
+        d.latest_offset,
+        d.wal_commit,
+        d.get_batch,
+        d.query_planning,
+        d.execution,
+        d.add_batch,
+        d.commit_offsets,
+        d.trigger_execution,
+    ]
+    .into_iter()
+    .map(|v| format!("{v:.3}"))
+    .collect()
+}
+
+fn mean_phases(progress: &[tidemill::QueryProgress]) -> PhaseDurations {
+    let n = progress.len().max(1) as f64;
+    let mean =
+        |f: fn(&PhaseDurations) -> f64| progress.iter().map(|p| f(&p.duration_ms)).sum::<f64>() / n;
+    PhaseDurations {
+        latest_offset: mean(|d| d.latest_offset),
+        wal_commit: mean(|d| d.wal_commit),
+        get_batch: mean(|d| d.get_batch),
+        query_planning: mean(|d| d.query_planning),
+        execution: mean(|d| d.execution),
+        add_batch: mean(|d| d.add_batch),
+        state_commit: mean(|d| d.state_commit),
+        commit_offsets: mean(|d| d.commit_offsets),
+        trigger_execution: mean(|d| d.trigger_execution),
+    }
+}
+
+/// Part 2: many tiny batches back to back, into `sink`: batches/s and the
+/// mean phases.
+async fn overhead(
+    batches: usize,
+    chk: &std::path::Path,
+    sink: Arc<dyn Sink>,
+) -> anyhow::Result<(f64, PhaseDurations)> {
     let ctx = SessionContext::new();
     let stream = MemoryStream::new(schema()).max_rows_per_trigger(5);
     for i in 0..batches as i64 {
@@ -151,7 +310,7 @@ async fn overhead(batches: usize, chk: &std::path::Path) -> anyhow::Result<()> {
     let t = Instant::now();
     let query = plan(ctx.read_stream(stream).await?)?
         .write_stream()
-        .sink(MemorySink::new())
+        .sink_arc(sink)
         .trigger(Trigger::AvailableNow)
         .checkpoint(chk.to_str().unwrap())
         .options(QueryOptions {
@@ -163,25 +322,97 @@ async fn overhead(batches: usize, chk: &std::path::Path) -> anyhow::Result<()> {
     query.await_termination().await?;
     let elapsed = t.elapsed();
     let progress = query.recent_progress();
-    let mean = |f: fn(&tidemill::PhaseDurations) -> f64| {
-        progress.iter().map(|p| f(&p.duration_ms)).sum::<f64>() / progress.len() as f64
+    anyhow::ensure!(
+        progress.len() == batches,
+        "{} batches ran, expected {batches}",
+        progress.len()
+    );
+    Ok((
+        progress.len() as f64 / elapsed.as_secs_f64(),
+        mean_phases(&progress),
+    ))
+}
+
+/// Part 3: latency at interval 0, 10 000 rows/s, into the parquet sink.
+async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
+    let (rate, run_for, warmup) = if full {
+        (10_000, Duration::from_secs(10), Duration::from_secs(1))
+    } else {
+        (
+            1_000,
+            Duration::from_millis(1200),
+            Duration::from_millis(300),
+        )
     };
-    println!(
-        "\nper-batch overhead: {} batches of 5 rows, local checkpoint, memory sink: {:.0} batches/s",
-        progress.len(),
-        progress.len() as f64 / elapsed.as_secs_f64()
+    let report = TriggerStudy::new()
+        .pipeline(Pipeline::new("stateless", trades::big_trades))
+        .intervals([Duration::ZERO])
+        .rates([rate])
+        .run_for(run_for)
+        .warmup(warmup)
+        .no_max_rate_search()
+        .verify(!full)
+        .sink(|dir| Arc::new(ParquetSink::new(dir.display().to_string())) as Arc<dyn Sink>)
+        .log(false)
+        .run()
+        .await?;
+    let run = &report.runs[0];
+    anyhow::ensure!(
+        run.rows_committed == run.rows_generated,
+        "{} of {} rows committed",
+        run.rows_committed,
+        run.rows_generated
     );
-    println!(
-        "  mean ms per phase: offsets {:.3}, wal {:.3}, read {:.3}, plan {:.3}, execute {:.3}, sink {:.3}, commit {:.3}, total {:.3}",
-        mean(|d| d.latest_offset),
-        mean(|d| d.wal_commit),
-        mean(|d| d.get_batch),
-        mean(|d| d.query_planning),
-        mean(|d| d.execution),
-        mean(|d| d.add_batch),
-        mean(|d| d.commit_offsets),
-        mean(|d| d.trigger_execution),
+    let l = run.latency.expect("rows after the warm-up");
+    let table = Table::new(
+        &format!(
+            "Latency at trigger interval 0, {rate} rows/s for {} s after {} s of warm-up; \
+             trade rows, filter + projection, `ParquetSink` and checkpoint on local disk \
+             (latency = batch committed by the sink − row available to the source):",
+            (run_for - warmup).as_secs_f64(),
+            warmup.as_secs_f64()
+        ),
+        [
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max ms",
+            "batches/s",
+            "rows/s",
+            "CPU s / M rows",
+        ],
+        vec![vec![
+            trim(l.p50_ms),
+            trim(l.p95_ms),
+            trim(l.p99_ms),
+            trim(l.max_ms),
+            trim(run.batches_per_s),
+            trim(run.sustained_rows_per_s),
+            trim(run.cpu_s_per_million_rows),
+        ]],
     );
+    println!("\n{}", table.to_markdown());
+    result.tables.push(table);
+    if let Some(d) = &run.phases_ms {
+        let mut row = vec![format!("{rate} rows/s, parquet sink")];
+        row.extend(phase_cells(d));
+        let table = Table::new(
+            "Mean ms per phase of the batches of that run:",
+            [
+                "run", "offsets", "wal", "read", "plan", "execute", "sink", "commit", "total",
+            ],
+            vec![row],
+        );
+        println!("\n{}", table.to_markdown());
+        result.tables.push(table);
+    }
+    result.targets.push(Target::at_most(
+        &format!("p99 latency (ms), interval 0, {rate} rows/s, parquet sink"),
+        l.p99_ms,
+        20.0,
+        "",
+    ));
+    result.data["latency"] = serde_json::to_value(run)?;
     Ok(())
 }
 
@@ -189,14 +420,14 @@ async fn overhead(batches: usize, chk: &std::path::Path) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; `cargo test` does not.
     let full = std::env::args().any(|a| a == "--bench");
-    let (rows, overhead_batches) = if full {
+    let (rows, runs, overhead_batches) = if full {
         let rows = std::env::var("TIDEMILL_BENCH_ROWS")
             .ok()
             .and_then(|v| v.replace('_', "").parse().ok())
-            .unwrap_or(4_000_000);
-        (rows, 500)
+            .unwrap_or(10_000_000);
+        (rows, RUNS, 500)
     } else {
-        (20_000, 50)
+        (20_000, 1, 50)
     };
     println!(
         "mode: {}",
@@ -208,38 +439,88 @@ async fn main() -> anyhow::Result<()> {
     );
     // Every file holds the same number of rows.
     let rows = rows / FILES * FILES;
-    let tmp = tempfile::tempdir()?;
-    let input = tmp.path().join("input");
-    std::fs::create_dir_all(&input)?;
-    generate(&input, rows)?;
-    let dir = format!("{}/", input.display());
-    println!("machine: {}", machine());
-    println!("workload: filter + projection over {rows} rows in {FILES} parquet files (seed 42)");
-
-    // Warm up the page cache and the allocator.
-    batch_job(&dir).await?;
-    let (batch_rows, batch_time) = batch_job(&dir).await?;
-    let batch_rate = rows as f64 / batch_time.as_secs_f64();
-    println!("\n| run | batches | rows out | seconds | input rows/s | stream/batch |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| DataFusion batch job | 1 | {batch_rows} | {:.3} | {batch_rate:.0} | 1.00 |",
-        batch_time.as_secs_f64()
+    let mut result = BenchResult::new(
+        "stateless",
+        "Stateless: streaming vs batch, per-batch overhead, latency floor",
+        "cargo bench --bench stateless",
+        full,
     );
-    for (i, max_files) in [1u64, 5, 20].into_iter().enumerate() {
-        let (out, batches, time) =
-            stream_job(&dir, max_files, &tmp.path().join(format!("chk-{i}"))).await?;
-        anyhow::ensure!(
-            out == batch_rows,
-            "stream produced {out} rows, batch {batch_rows}"
-        );
-        let rate = rows as f64 / time.as_secs_f64();
+    result.data = serde_json::json!({});
+    println!("machine: {}", result.machine.summary());
+    result.workload = format!(
+        "Throughput: filter (quantity > 10) and projection (id, symbol, price·quantity) over \
+         {rows} seeded rows (seed 42) in {FILES} parquet files, as one DataFusion batch job \
+         (collect) and as a stream (FileSource, MemorySink, local checkpoint, AvailableNow). \
+         Overhead: {overhead_batches} batches of 5 rows (MemoryStream, back to back, local \
+         checkpoint). Latency: the trigger-interval harness at interval 0."
+    );
+    let tmp = tempfile::tempdir()?;
+
+    throughput(rows, runs, tmp.path(), &mut result).await?;
+
+    let mut phase_rows = Vec::new();
+    let mut parquet_rate = 0.0;
+    for (label, parquet) in [("MemorySink", false), ("ParquetSink, local disk", true)] {
+        let out = tmp.path().join(format!("overhead-out-{parquet}"));
+        let sink: Arc<dyn Sink> = if parquet {
+            Arc::new(ParquetSink::new(out.display().to_string()))
+        } else {
+            Arc::new(MemorySink::new())
+        };
+        let chk = tmp.path().join(format!("chk-overhead-{parquet}"));
+        let (rate, phases) = overhead(overhead_batches, &chk, sink).await?;
+        if parquet {
+            parquet_rate = rate;
+        }
+        let mut row = vec![label.to_string(), format!("{rate:.0}")];
+        row.extend(phase_cells(&phases));
+        phase_rows.push(row);
+    }
+    let table = Table::new(
+        &format!(
+            "Fixed per-batch overhead: {overhead_batches} batches of 5 rows back to back, local \
+             checkpoint; mean ms per phase:"
+        ),
+        [
+            "sink",
+            "batches/s",
+            "offsets",
+            "wal",
+            "read",
+            "plan",
+            "execute",
+            "sink",
+            "commit",
+            "total",
+        ],
+        phase_rows,
+    );
+    println!("\n{}", table.to_markdown());
+    result.tables.push(table);
+    result.targets.push(Target::at_least(
+        "batches/s, 5 rows each, checkpoint + parquet sink on local disk",
+        parquet_rate,
+        200.0,
+        "",
+    ));
+
+    latency(full, &mut result).await?;
+
+    println!("\n| target | goal | measured | met |\n|---|---|---|---|");
+    for t in &result.targets {
         println!(
-            "| stream, max_files_per_trigger={max_files} | {batches} | {out} | {:.3} | {rate:.0} | {:.2} |",
-            time.as_secs_f64(),
-            rate / batch_rate
+            "| {} | {} | {} | {} |",
+            t.name,
+            t.target,
+            t.measured,
+            match t.met {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "–",
+            }
         );
     }
-    overhead(overhead_batches, &tmp.path().join("chk-overhead")).await?;
+    let path = result.write()?;
+    println!("\nresults: {}", path.display());
     Ok(())
 }

@@ -62,6 +62,45 @@ impl StudyReport {
                 })
                 .collect(),
         )];
+        tables.push(Table::new(
+            "Mean time per batch by phase (ms) in the same runs: offsets (latest_offset), wal \
+             (offset log), read, plan, execute, sink (add_batch), state (state commit), commit \
+             (commit log), total (the whole trigger):",
+            [
+                "pipeline",
+                "interval",
+                "input rows/s",
+                "offsets",
+                "wal",
+                "read",
+                "plan",
+                "execute",
+                "sink",
+                "state",
+                "commit",
+                "total",
+            ],
+            self.runs
+                .iter()
+                .filter_map(|r| {
+                    let d = r.phases_ms.as_ref()?;
+                    Some(vec![
+                        r.pipeline.clone(),
+                        format_interval_ms(r.interval_ms),
+                        r.input_rows_per_s.to_string(),
+                        trim(d.latest_offset),
+                        trim(d.wal_commit),
+                        trim(d.get_batch),
+                        trim(d.query_planning),
+                        trim(d.execution),
+                        trim(d.add_batch),
+                        trim(d.state_commit),
+                        trim(d.commit_offsets),
+                        trim(d.trigger_execution),
+                    ])
+                })
+                .collect(),
+        ));
         if !self.max_rates.is_empty() {
             tables.push(Table::new(
                 "Maximum sustainable input rate (highest rate whose backlog stayed bounded; \
@@ -221,6 +260,7 @@ impl StudyReport {
                 .configure_mesh()
                 .x_labels(intervals.len() + 1)
                 .x_label_formatter(&x_label)
+                .y_labels(8)
                 .y_label_formatter(&|v: &f64| trim(*v))
                 .x_desc("trigger interval")
                 .y_desc("latency (ms)")
@@ -282,6 +322,7 @@ impl StudyReport {
                 .configure_mesh()
                 .x_labels(intervals.len() + 1)
                 .x_label_formatter(&x_label)
+                .y_labels(8)
                 .y_label_formatter(&|v: &f64| trim(*v))
                 .x_desc("trigger interval")
                 .y_desc("rows/s")

@@ -203,7 +203,7 @@ impl Target {
     pub fn at_least(name: &str, measured: f64, target: f64, note: &str) -> Self {
         Self {
             name: name.into(),
-            target: format!("≥ {}", trim(target)),
+            target: format!("≥ {target}"),
             measured: trim(measured),
             met: Some(measured >= target),
             note: note.into(),
@@ -214,7 +214,7 @@ impl Target {
     pub fn at_most(name: &str, measured: f64, target: f64, note: &str) -> Self {
         Self {
             name: name.into(),
-            target: format!("≤ {}", trim(target)),
+            target: format!("≤ {target}"),
             measured: trim(measured),
             met: Some(measured <= target),
             note: note.into(),

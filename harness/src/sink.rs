@@ -34,6 +34,8 @@ impl Sink for DiscardSink {
 /// One batch the sink committed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CommitRecord {
+    /// The batch id.
+    pub(crate) batch_id: u64,
     /// When `add_batch` of the wrapped sink returned, after the clock start.
     pub(crate) at: Duration,
     /// The end (exclusive row number) of the input the batch covered.
@@ -159,6 +161,7 @@ impl Sink for TimingSink {
         }
         recorded.last_batch = Some(batch_id);
         recorded.commits.push(CommitRecord {
+            batch_id,
             at: now.duration_since(t0),
             end_row,
         });

@@ -15,7 +15,8 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::{DataFrame, SessionContext};
 use serde::{Deserialize, Serialize};
 use tidemill_engine::{
-    OutputMode, QueryOptions, Sink, StreamingContext, StreamingDataFrame, Trigger,
+    OutputMode, PhaseDurations, QueryOptions, QueryProgress, Sink, StreamingContext,
+    StreamingDataFrame, Trigger,
 };
 
 use crate::histogram::{LatencyHistogram, LatencySummary};
@@ -521,7 +522,8 @@ impl TriggerStudy {
         let ctx = SessionContext::new();
         let df = (pipeline.plan)(ctx.read_stream(source).await?)?;
         let mut options = self.options.clone();
-        options.progress_history = options.progress_history.max(1);
+        // Enough history for the phases of every batch after the warm-up.
+        options.progress_history = options.progress_history.max(100_000);
         let query = df
             .write_stream()
             .sink_arc(Arc::clone(&timing) as Arc<dyn Sink>)
@@ -562,6 +564,7 @@ impl TriggerStudy {
         query.stop().await?;
 
         let commits = timing.commits();
+        let phases_ms = mean_phases(&query.recent_progress(), &commits, warmup);
         let stats = Stats::new(&commits, &shared.clock, warmup, run_for, interval);
         let cpu_rows = rows1.saturating_sub(rows0);
         let cpu_s = (cpu1.saturating_sub(cpu0)).as_secs_f64();
@@ -593,6 +596,7 @@ impl TriggerStudy {
             lag_end_s: stats.lag_end_s,
             kept_up: false,
             verified: None,
+            phases_ms,
         };
         let slack = 0.05f64.max(ms(interval) / 1e3 / 4.0);
         run.kept_up = run.lag_last_s <= run.lag_middle_s + slack
@@ -610,6 +614,36 @@ impl TriggerStudy {
         }
         Ok(run)
     }
+}
+
+/// The mean of each phase over the batches committed after the warm-up.
+fn mean_phases(
+    progress: &[QueryProgress],
+    commits: &[CommitRecord],
+    warmup: Duration,
+) -> Option<PhaseDurations> {
+    let first = commits.iter().find(|c| c.at >= warmup)?.batch_id;
+    let measured: Vec<&PhaseDurations> = progress
+        .iter()
+        .filter(|p| p.batch_id >= first)
+        .map(|p| &p.duration_ms)
+        .collect();
+    if measured.is_empty() {
+        return None;
+    }
+    let n = measured.len() as f64;
+    let mean = |f: fn(&PhaseDurations) -> f64| measured.iter().map(|d| f(d)).sum::<f64>() / n;
+    Some(PhaseDurations {
+        latest_offset: mean(|d| d.latest_offset),
+        wal_commit: mean(|d| d.wal_commit),
+        get_batch: mean(|d| d.get_batch),
+        query_planning: mean(|d| d.query_planning),
+        execution: mean(|d| d.execution),
+        add_batch: mean(|d| d.add_batch),
+        state_commit: mean(|d| d.state_commit),
+        commit_offsets: mean(|d| d.commit_offsets),
+        trigger_execution: mean(|d| d.trigger_execution),
+    })
 }
 
 /// Figures derived from the commit log of one run.
@@ -845,6 +879,10 @@ pub struct RunResult {
     pub kept_up: bool,
     /// `Some(true)` when the output was checked against a batch job.
     pub verified: Option<bool>,
+    /// Mean milliseconds per phase of the batches committed after the
+    /// warm-up (from the query's progress reports).
+    #[serde(default)]
+    pub phases_ms: Option<PhaseDurations>,
 }
 
 impl RunResult {
