@@ -24,6 +24,7 @@
 //! describes how each query would run. The `tidemill` command is a thin
 //! shell around these.
 
+mod batch_files;
 mod connectors;
 pub mod parser;
 pub mod spark_window;
@@ -31,6 +32,7 @@ pub mod spark_window;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::options::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
@@ -432,13 +434,28 @@ async fn register_stream(
             },
             true,
         ) => {
+            // The same files the stream would read: not DataFusion's
+            // listing, which would include hidden (`.`/`_`) files.
+            let files = batch_files::visible_files(ctx, path).await?;
+            if files.is_empty() {
+                let Some(schema) = &declared else {
+                    return Err(PipelineError::Sql(format!(
+                        "no files in '{path}' to infer the columns from; declare them \
+                         (CREATE STREAM {} (name TYPE, …))",
+                        def.name
+                    )));
+                };
+                let empty = RecordBatch::new_empty(Arc::clone(schema));
+                register_view(ctx, def, ctx.read_batch(empty)?)?;
+                return Ok(());
+            }
             let df = match format {
                 FileFormat::Json => {
                     let mut options = JsonReadOptions::default().file_extension("");
                     if let Some(schema) = &declared {
                         options = options.schema(schema);
                     }
-                    ctx.read_json(path.clone(), options).await?
+                    ctx.read_json(files, options).await?
                 }
                 FileFormat::Csv => {
                     let mut options = CsvReadOptions::new()
@@ -448,7 +465,7 @@ async fn register_stream(
                     if let Some(schema) = &declared {
                         options = options.schema(schema);
                     }
-                    ctx.read_csv(path.clone(), options).await?
+                    ctx.read_csv(files, options).await?
                 }
                 FileFormat::Parquet => {
                     let mut options = ParquetReadOptions {
@@ -458,7 +475,7 @@ async fn register_stream(
                     if let Some(schema) = &declared {
                         options = options.schema(schema);
                     }
-                    ctx.read_parquet(path.clone(), options).await?
+                    ctx.read_parquet(files, options).await?
                 }
             };
             register_view(ctx, def, df)?;
