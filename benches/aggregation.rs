@@ -613,8 +613,11 @@ struct StateRun {
     median_ms: f64,
     mean_ms: f64,
     max_ms: f64,
+    p90_ms: f64,
     phases: String,
-    snapshots: String,
+    /// State files written during the timed batches (deltas by commits,
+    /// snapshots in the background).
+    files: String,
     rows_total: u64,
     memory_bytes: u64,
     hwm: String,
@@ -723,51 +726,27 @@ async fn state_run(
             p.num_output_rows
         );
     }
-    // Which timed batches wrote a state snapshot (batch `b` commits state
-    // version `b + 1`), to split their times from the others'.
-    let snapshots = snapshot_bytes(&chk.join("state").join("0"));
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    let mut snapshot_mib = Vec::new();
-    for p in &progress {
-        match snapshots.get(&(p.batch_id + 1)) {
-            Some(&bytes) => {
-                with.push(p.clone());
-                snapshot_mib.push(bytes as f64 / 1048576.0);
-            }
-            None => without.push(p.clone()),
-        }
-    }
-    let split = |group: &[QueryProgress]| {
-        let phase = |f: fn(&PhaseDurations) -> f64| {
-            median(&mut group.iter().map(|p| f(&p.duration_ms)).collect::<Vec<_>>())
-        };
-        format!(
-            "{} batches, median total {:.1} ms (execute {:.1}, state commit {:.1})",
-            group.len(),
-            phase(|d| d.trigger_execution),
-            phase(|d| d.execution),
-            phase(|d| d.state_commit)
-        )
-    };
+    let files = state_files(&chk.join("state").join("0"), first_timed + 1);
     let mut times: Vec<f64> = progress
         .iter()
         .map(|p| p.duration_ms.trigger_execution)
         .collect();
     let mean_ms = times.iter().sum::<f64>() / times.len() as f64;
     let max_ms = times.iter().copied().fold(0.0, f64::max);
+    let p90_ms = {
+        let mut sorted = times.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)]
+    };
     Ok(StateRun {
         keys,
         build,
         median_ms: median(&mut times),
         mean_ms,
         max_ms,
+        p90_ms,
         phases: phases(&progress, median),
-        snapshots: format!(
-            "with a snapshot (median {:.1} MiB): {}; without: {}",
-            median(&mut snapshot_mib),
-            split(&with),
-            split(&without),
-        ),
+        files,
         rows_total: last.num_rows_total,
         memory_bytes: last.memory_used_bytes,
         hwm: mib("VmHWM"),
@@ -782,29 +761,42 @@ async fn state_run(
     })
 }
 
-/// Bytes of state snapshot files per version, from the store's files
-/// (`<dir>/<partition>/<version>.snapshot`); empty if the layout differs.
-fn snapshot_bytes(dir: &std::path::Path) -> BTreeMap<u64, u64> {
-    let mut out = BTreeMap::new();
-    let Ok(partitions) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for partition in partitions.flatten() {
-        let Ok(files) = std::fs::read_dir(partition.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
+/// The state store's data files from version `from` on
+/// (`<dir>/<partition>/<version>[-<tag>].<delta|snapshot>`): how many of
+/// each kind and their MiB.
+fn state_files(dir: &std::path::Path, from: u64) -> String {
+    let (mut deltas, mut snapshots) = ((0, 0u64), (0, 0u64));
+    for partition in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(partition.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = file.file_name().to_string_lossy().into_owned();
-            if let Some(version) = name
-                .strip_suffix(".snapshot")
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                let len = file.metadata().map_or(0, |m| m.len());
-                *out.entry(version).or_default() += len;
+            let Some((stem, kind)) = name.split_once('.') else {
+                continue;
+            };
+            let version = stem.split('-').next().and_then(|v| v.parse::<u64>().ok());
+            if version.is_none_or(|v| v < from) {
+                continue;
             }
+            let len = file.metadata().map_or(0, |m| m.len());
+            let slot = match kind {
+                "delta" => &mut deltas,
+                "snapshot" => &mut snapshots,
+                _ => continue,
+            };
+            *slot = (slot.0 + 1, slot.1 + len);
         }
     }
-    out
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    format!(
+        "{} deltas ({:.1} MiB, written by commits), {} snapshots ({:.1} MiB, written in the background)",
+        deltas.0,
+        mib(deltas.1),
+        snapshots.0,
+        mib(snapshots.1)
+    )
 }
 
 async fn state_scaling(config: &Config, tmp: &std::path::Path) -> anyhow::Result<()> {
@@ -816,19 +808,20 @@ async fn state_scaling(config: &Config, tmp: &std::path::Path) -> anyhow::Result
         config.batches, config.batch_rows
     );
     println!(
-        "\n| state keys | build s | median ms/batch | mean ms | max ms | state bytes/key \
+        "\n| state keys | build s | median ms/batch | mean ms | p90 ms | max ms | state bytes/key \
          (memory_used_bytes) | RSS growth/key (build) | stop s | peak RSS so far |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut runs = Vec::new();
     for (i, &keys) in config.state_keys.iter().enumerate() {
         let run = state_run(config, keys, &tmp.join(format!("chk-state-{i}"))).await?;
         println!(
-            "| {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {:.2} | {} |",
+            "| {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {:.2} | {} |",
             run.keys,
             run.build.as_secs_f64(),
             run.median_ms,
             run.mean_ms,
+            run.p90_ms,
             run.max_ms,
             run.memory_bytes as f64 / run.rows_total.max(1) as f64,
             run.rss_per_key,
@@ -841,9 +834,9 @@ async fn state_scaling(config: &Config, tmp: &std::path::Path) -> anyhow::Result
     for run in &runs {
         println!("  {} keys: {}", run.keys, run.phases);
     }
-    println!("\nstate snapshots (a partition writes its whole content every 10 versions):");
+    println!("\nstate files written during the timed batches:");
     for run in &runs {
-        println!("  {} keys: {}", run.keys, run.snapshots);
+        println!("  {} keys: {}", run.keys, run.files);
     }
     if let (Some(small), Some(large)) = (runs.first(), runs.last())
         && runs.len() > 1

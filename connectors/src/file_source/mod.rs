@@ -520,11 +520,19 @@ impl Source for FileStream {
             )));
         }
         let files = self.log.files[from as usize..to as usize].to_vec();
+        // Each file is read as its own task, so files decode on several
+        // threads (parquet decoding runs inside the read future).
+        let this = &*self;
         let per_file: Vec<Vec<RecordBatch>> = futures::stream::iter(files)
             .map(|file| {
-                let reader = self.reader.clone();
-                let schema = Arc::clone(&self.schema);
-                async move { reader.read(&file, &schema).await }
+                let reader = this.reader.clone();
+                let schema = Arc::clone(&this.schema);
+                let path = file.path.clone();
+                let task = tokio::spawn(async move { reader.read(&file, &schema).await });
+                async move {
+                    task.await
+                        .map_err(|e| this.err(format!("reading {path} stopped: {e}")))?
+                }
             })
             .buffered(READ_CONCURRENCY)
             .try_collect()

@@ -63,10 +63,18 @@ impl StreamingAggregateExec {
         layout: Arc<AggregateLayout>,
         context: Arc<TaskContext>,
     ) -> DFResult<Vec<RecordBatch>> {
-        let rows = datafusion::physical_plan::collect(input, Arc::clone(&context)).await?;
+        // Each input partition is read, split from its late rows and
+        // aggregated into partial states in parallel.
+        let rows =
+            datafusion::physical_plan::collect_partitioned(input, Arc::clone(&context)).await?;
         let rows = operator.drop_late_rows(rows).await?;
+        let several = rows
+            .iter()
+            .filter(|p| p.iter().any(|b| b.num_rows() > 0))
+            .count()
+            > 1;
         let partial = layout
-            .run(AggregateMode::Partial, rows, Arc::clone(&context))
+            .run_partitioned(AggregateMode::Partial, rows, Arc::clone(&context))
             .await?;
         // The merged states of the groups this batch changed.
         let mut changed = Vec::new();
@@ -77,10 +85,12 @@ impl StreamingAggregateExec {
                 // other through them: always re-aggregate.
                 Some(operator.merge_sessions(&partial).await?)
             } else {
-                operator
-                    .lookup(&partial)
-                    .await?
-                    .map(|stored| vec![partial.clone(), stored])
+                match operator.lookup(&partial).await? {
+                    Some(stored) => Some(vec![partial.clone(), stored]),
+                    // Groups split over input partitions still merge.
+                    None if several => Some(vec![partial.clone()]),
+                    None => None,
+                }
             };
             changed = match states {
                 Some(states) => {
@@ -88,8 +98,8 @@ impl StreamingAggregateExec {
                         .run(AggregateMode::PartialReduce, states, Arc::clone(&context))
                         .await?
                 }
-                // No group was in the state: the partial states are the
-                // merged ones.
+                // No group was in the state nor in two partitions: the
+                // partial states are the merged ones.
                 None => vec![partial],
             };
             operator.store(&changed).await?;

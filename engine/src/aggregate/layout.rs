@@ -97,7 +97,7 @@ impl AggregateLayout {
         let output_schema = layout
             .exec(
                 AggregateMode::Final,
-                Vec::new(),
+                &[Vec::new()],
                 Arc::clone(&layout.partial_schema),
             )?
             .schema();
@@ -121,15 +121,16 @@ impl AggregateLayout {
         ))
     }
 
-    /// An aggregate in `mode` over `batches` (with `schema`): the input's
-    /// rows for [`AggregateMode::Partial`], partial states otherwise.
+    /// An aggregate in `mode` over `partitions` (with `schema`): the
+    /// input's rows for [`AggregateMode::Partial`], partial states
+    /// otherwise.
     fn exec(
         &self,
         mode: AggregateMode,
-        batches: Vec<RecordBatch>,
+        partitions: &[Vec<RecordBatch>],
         schema: SchemaRef,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let input = MemorySourceConfig::try_new_exec(&[batches], schema, None)?;
+        let input = MemorySourceConfig::try_new_exec(partitions, schema, None)?;
         let (group_by, filters) = match mode {
             AggregateMode::Partial => (Arc::clone(&self.group_by), self.filter_expr.clone()),
             _ => (
@@ -155,14 +156,30 @@ impl AggregateLayout {
         batches: Vec<RecordBatch>,
         context: Arc<TaskContext>,
     ) -> DFResult<Vec<RecordBatch>> {
-        if batches.iter().all(|b| b.num_rows() == 0) {
+        self.run_partitioned(mode, vec![batches], context).await
+    }
+
+    /// Runs the aggregate in `mode` over each partition of `partitions`,
+    /// the partitions in parallel, and returns all their output: a group
+    /// has one row per partition that holds it (empty without input rows).
+    pub async fn run_partitioned(
+        &self,
+        mode: AggregateMode,
+        partitions: Vec<Vec<RecordBatch>>,
+        context: Arc<TaskContext>,
+    ) -> DFResult<Vec<RecordBatch>> {
+        let partitions: Vec<Vec<RecordBatch>> = partitions
+            .into_iter()
+            .filter(|p| p.iter().any(|b| b.num_rows() > 0))
+            .collect();
+        if partitions.is_empty() {
             return Ok(Vec::new());
         }
         let schema = match mode {
             AggregateMode::Partial => Arc::clone(&self.input_schema),
             _ => Arc::clone(&self.partial_schema),
         };
-        let plan = self.exec(mode, batches, schema)?;
+        let plan = self.exec(mode, &partitions, schema)?;
         datafusion::physical_plan::collect(plan, context).await
     }
 }

@@ -8,6 +8,7 @@ use arrow::compute::{cast, filter_record_batch, not, prep_null_mask_filter, take
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::physical_expr::PhysicalExpr;
 use tidemill_state::{CheckpointDir, StateError, StateSchema, StateStore, StateStoreConfig};
 use tokio::sync::Mutex;
 
@@ -246,48 +247,58 @@ impl AggregateOperator {
         inner.store.next_expiry().is_some_and(|at| at <= watermark)
     }
 
-    /// Splits the batch's input into rows to aggregate and late rows
-    /// (whose group the watermark has closed), keeping the late ones for
-    /// [`take_late_rows`](Self::take_late_rows).
-    pub async fn drop_late_rows(&self, batches: Vec<RecordBatch>) -> DFResult<Vec<RecordBatch>> {
-        let mut inner = self.inner.lock().await;
-        let (Some(key), Some(watermark)) = (&self.layout.event_time_key, inner.watermark_ms) else {
-            return Ok(batches);
+    /// Splits the batch's input (per input partition) into rows to
+    /// aggregate and late rows (whose group the watermark has closed),
+    /// keeping the late ones for [`take_late_rows`](Self::take_late_rows).
+    /// The partitions are split in parallel.
+    pub async fn drop_late_rows(
+        &self,
+        partitions: Vec<Vec<RecordBatch>>,
+    ) -> DFResult<Vec<Vec<RecordBatch>>> {
+        let watermark = self.inner.lock().await.watermark_ms;
+        let (Some(key), Some(watermark)) = (&self.layout.event_time_key, watermark) else {
+            return Ok(partitions);
         };
-        let expr = &self.layout.group_by.expr()[key.index].0;
-        let bound = Int64Array::new_scalar(watermark_in_unit(watermark, key.unit));
-        let mut kept = Vec::with_capacity(batches.len());
-        for batch in batches {
-            let value = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
-            let closes_at = closing_time(&value, key)?;
-            // A null time (no window) never closes: not late.
-            let late = lt_eq(&closes_at, &bound)?;
-            let late = match late.null_count() {
-                0 => late,
-                _ => prep_null_mask_filter(&late),
-            };
-            let num_late = late.true_count();
-            if num_late == 0 {
-                kept.push(batch);
-                continue;
-            }
-            inner.dropped_by_watermark += num_late as u64;
-            inner.late_rows.push(filter_record_batch(&batch, &late)?);
-            kept.push(filter_record_batch(&batch, &not(&late)?)?);
+        let expr = Arc::clone(&self.layout.group_by.expr()[key.index].0);
+        let tasks = partitions.into_iter().map(|batches| {
+            let (expr, key) = (Arc::clone(&expr), key.clone());
+            tokio::task::spawn_blocking(move || split_late(batches, &expr, &key, watermark))
+        });
+        let mut kept = Vec::new();
+        let mut late = Vec::new();
+        for task in futures::future::try_join_all(tasks)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+        {
+            let (k, l) = task?;
+            kept.push(k);
+            late.extend(l);
+        }
+        if !late.is_empty() {
+            let mut inner = self.inner.lock().await;
+            inner.dropped_by_watermark += late.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+            inner.late_rows.extend(late);
         }
         Ok(kept)
     }
 
     /// The stored states of the groups in `partial` (the batch's partial
-    /// aggregate), as rows of the partial schema.
+    /// aggregate, where a group may have several rows), once per group, as
+    /// rows of the partial schema.
     pub async fn lookup(&self, partial: &RecordBatch) -> DFResult<Option<RecordBatch>> {
         let inner = self.inner.lock().await;
         let keys = self.encode_keys(partial)?;
         let parser = self.values.parser();
         let mut found = Vec::new();
         let mut rows = Vec::new();
+        // A group may have a row per input partition: its stored state is
+        // taken once.
+        let mut seen = std::collections::HashSet::new();
         for i in 0..partial.num_rows() {
-            if let Some(value) = inner.store.get(keys.get(i)) {
+            let key = keys.get(i);
+            if let Some(value) = inner.store.get(key)
+                && seen.insert(key)
+            {
                 found.push(i as u32);
                 rows.push(value.to_vec());
             }
@@ -437,6 +448,35 @@ impl AggregateOperator {
     pub fn input_schema(&self) -> SchemaRef {
         Arc::clone(&self.layout.input_schema)
     }
+}
+
+/// Splits `batches` into the rows whose group (the event-time key `key`,
+/// evaluated by `expr`) is still open at `watermark_ms` and the late ones.
+fn split_late(
+    batches: Vec<RecordBatch>,
+    expr: &Arc<dyn PhysicalExpr>,
+    key: &EventTimeKey,
+    watermark_ms: i64,
+) -> DFResult<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+    let bound = Int64Array::new_scalar(watermark_in_unit(watermark_ms, key.unit));
+    let (mut kept, mut late_rows) = (Vec::with_capacity(batches.len()), Vec::new());
+    for batch in batches {
+        let value = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
+        let closes_at = closing_time(&value, key)?;
+        // A null time (no window) never closes: not late.
+        let late = lt_eq(&closes_at, &bound)?;
+        let late = match late.null_count() {
+            0 => late,
+            _ => prep_null_mask_filter(&late),
+        };
+        if late.true_count() == 0 {
+            kept.push(batch);
+            continue;
+        }
+        late_rows.push(filter_record_batch(&batch, &late)?);
+        kept.push(filter_record_batch(&batch, &not(&late)?)?);
+    }
+    Ok((kept, late_rows))
 }
 
 /// The position of the session window among the group keys, if the
