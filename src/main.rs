@@ -7,12 +7,15 @@
 //! tidemill explain FILE
 //! ```
 //!
-//! Exit codes: 0 on success, 1 with one message on standard error when the
-//! pipeline fails or a query is rejected, 2 for a usage mistake.
+//! Exit codes: 0 on success (for `run`, also when Ctrl-C stopped it after
+//! the current batch), 1 with one message on standard error when the
+//! pipeline fails or a query is rejected, 2 for a usage mistake, 130 when
+//! a second Ctrl-C interrupts the stop. See `docs/sql.md`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -108,10 +111,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 trigger,
                 checkpoint: checkpoint.display().to_string(),
             };
-            let queries = pipeline
-                .start(&ctx, &options)
-                .await
-                .with_context(|| file.display().to_string())?;
+            // Listen for Ctrl-C before the queries start, so that an early
+            // one also stops them cleanly.
+            let mut interrupts = Interrupts::new()?;
+            let queries = Arc::new(
+                pipeline
+                    .start(&ctx, &options)
+                    .await
+                    .with_context(|| file.display().to_string())?,
+            );
             if queries.is_empty() {
                 bail!(
                     "{}: no INSERT INTO statement, nothing to run",
@@ -129,8 +137,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let mut printed = vec![None::<u64>; queries.len()];
-            let ctrl_c = tokio::signal::ctrl_c();
-            tokio::pin!(ctrl_c);
             let mut stopping = false;
             loop {
                 for (q, last) in queries.iter().zip(printed.iter_mut()) {
@@ -139,9 +145,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             continue;
                         }
                         *last = Some(progress.batch_id);
-                        println!("{}", progress_line(&q.sink, &progress));
-                        if let Some(out) = progress_file.as_mut() {
-                            writeln!(out, "{}", serde_json::to_string(&progress)?)?;
+                        let written = say(&progress_line(&q.sink, &progress)).and_then(|()| {
+                            match progress_file.as_mut() {
+                                Some(out) => writeln!(out, "{}", serde_json::to_string(&progress)?)
+                                    .context("cannot append to the --progress-json file"),
+                                None => Ok(()),
+                            }
+                        });
+                        if let Err(e) = written {
+                            for q in queries.iter() {
+                                q.query.stop().await.ok();
+                            }
+                            return Err(e);
                         }
                     }
                 }
@@ -149,17 +164,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     break;
                 }
                 tokio::select! {
-                    _ = &mut ctrl_c, if !stopping => {
+                    () = interrupts.recv() => {
+                        if stopping {
+                            eprintln!(
+                                "interrupted again: exiting now; a batch in progress is re-run on restart"
+                            );
+                            std::process::exit(130);
+                        }
                         stopping = true;
-                        eprintln!("stopping after the current batch…");
-                        for q in &queries {
-                            q.query.stop().await.ok();
+                        eprintln!("stopping after the current batch… (Ctrl-C again to exit now)");
+                        // Every query stops after its batch in progress, in
+                        // parallel; the loop goes on printing their progress.
+                        for i in 0..queries.len() {
+                            let queries = Arc::clone(&queries);
+                            tokio::spawn(async move { queries[i].query.stop().await.ok() });
                         }
                     }
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
             }
-            for q in &queries {
+            for q in queries.iter() {
                 if let Some(error) = q.query.error() {
                     bail!("query {} failed: {error}", q.sink);
                 }
@@ -173,7 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| file.display().to_string())?;
             for output in outputs {
-                println!("{}: {} rows", output.sink, output.rows);
+                say(&format!("{}: {} rows", output.sink, output.rows))?;
             }
             Ok(())
         }
@@ -185,11 +209,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| file.display().to_string())?;
             let mut rejected = Vec::new();
             for e in explained {
-                println!("== INSERT INTO {}", e.sink);
+                say(&format!("== INSERT INTO {}", e.sink))?;
                 match e.plan {
-                    Ok(text) => println!("{text}"),
+                    Ok(text) => say(&text)?,
                     Err(error) => {
-                        println!("rejected: {error}\n");
+                        say(&format!("rejected: {error}\n"))?;
                         rejected.push(e.sink);
                     }
                 }
@@ -204,6 +228,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Ctrl-C (SIGINT), listened for from creation on.
+struct Interrupts {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("cannot listen for Ctrl-C")?,
+        })
+    }
+
+    /// Waits for the next Ctrl-C.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            if self.signal.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Prints one line on standard output; a closed output (`| head`) is an
+/// error, not a panic.
+fn say(line: &str) -> anyhow::Result<()> {
+    writeln!(std::io::stdout().lock(), "{line}").context("cannot write to standard output")
 }
 
 fn parse_trigger(text: &str) -> anyhow::Result<Trigger> {

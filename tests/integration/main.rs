@@ -11,5 +11,6 @@ mod engine_semantics;
 mod kafka;
 mod recovery;
 mod retry;
+mod sql_docs;
 mod sql_kafka;
 mod watermark;
