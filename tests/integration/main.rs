@@ -13,4 +13,5 @@ mod recovery;
 mod retry;
 mod sql_docs;
 mod sql_kafka;
+mod sql_semantics;
 mod watermark;
