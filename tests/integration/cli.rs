@@ -370,3 +370,206 @@ INSERT INTO s SELECT a FROM t;",
         text(&run.stdout)
     );
 }
+
+/// Sends SIGINT (Ctrl-C) to `child`.
+fn interrupt(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+/// Starts `tidemill` with `args` (and `env`), its standard output and
+/// error read line by line into channels.
+fn spawn_tidemill(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = |reader: Box<dyn std::io::Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(reader)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let stdout = lines(Box::new(child.stdout.take().unwrap()));
+    let stderr = lines(Box::new(child.stderr.take().unwrap()));
+    (child, stdout, stderr)
+}
+
+/// Waits (at most a minute) for a line containing `wanted`; returns the
+/// lines read up to and including it.
+fn wait_for(lines: &std::sync::mpsc::Receiver<String>, wanted: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("no line with '{wanted}' ({e}); read: {seen:#?}"));
+        seen.push(line);
+        if seen.last().unwrap().contains(wanted) {
+            return seen;
+        }
+    }
+}
+
+/// The batch ids of a query's checkpoint log (`offsets` or `commits`).
+fn logged(checkpoint: &Path, log: &str) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(checkpoint.join(log))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The committed rows of `<dir>/reference` after a batch run over the same
+/// input, without the windows at `open` (not yet closed by the stream).
+async fn reference(dir: &Path, open: &str) -> Vec<String> {
+    let batch = pipeline(dir, "reference", "append");
+    let run = tidemill(&["batch", batch.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    committed(dir, "reference")
+        .await
+        .into_iter()
+        .filter(|r| !r.starts_with(&format!("| 2024-01-01T{open}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_after_the_current_batch_and_a_restart_resumes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in 0..4 {
+        write_trades(dir.path(), n);
+    }
+    let file = pipeline(dir.path(), "out", "append");
+    let checkpoint = dir.path().join("chk");
+    // A processing-time trigger, one file per batch: interrupted once the
+    // first batch is reported.
+    let (mut child, stdout, stderr) = spawn_tidemill(
+        &[
+            "run",
+            file.to_str().unwrap(),
+            "--trigger",
+            "200ms",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let mut printed = wait_for(&stdout, "per_minute: batch 0 |");
+    interrupt(&child);
+    let status = child.wait().unwrap();
+    // Both streams end with the process: read them to the end.
+    let errors: Vec<String> = stderr.iter().collect();
+    assert_eq!(status.code(), Some(0), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("stopping after the current batch")),
+        "{errors:?}"
+    );
+    printed.extend(stdout.iter());
+    // The batch in progress finished: every batch started is committed,
+    // to the checkpoint and to the sink, and each was reported.
+    let query = checkpoint.join("per_minute");
+    let offsets = logged(&query, "offsets");
+    assert_eq!(offsets, logged(&query, "commits"));
+    assert_eq!(
+        offsets,
+        logged(&dir.path().join("out"), "_tidemill_sink"),
+        "the sink's manifest"
+    );
+    for id in &offsets {
+        assert!(
+            printed
+                .iter()
+                .any(|l| l.starts_with(&format!("per_minute: batch {id} |"))),
+            "batch {id} not reported: {printed:#?}"
+        );
+    }
+    assert!(
+        offsets.len() < 5,
+        "stopped before reading everything: {offsets:?}"
+    );
+
+    // The restart goes on from there, exactly once.
+    write_trades(dir.path(), 4);
+    let run = tidemill(&[
+        "run",
+        file.to_str().unwrap(),
+        "--trigger",
+        "available-now",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    assert!(!stdout.contains("recovered"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("per_minute: batch {} |", offsets.len())),
+        "{stdout}"
+    );
+    assert_eq!(
+        committed(dir.path(), "out").await,
+        reference(dir.path(), "10:04:00").await
+    );
+}
+
+#[tokio::test]
+async fn a_second_ctrl_c_exits_at_once_and_the_batch_is_rerun_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in 0..3 {
+        write_trades(dir.path(), n);
+    }
+    let file = pipeline(dir.path(), "out", "append");
+    // Batch 1 blocks inside the sink (a test failpoint): the first Ctrl-C
+    // waits for it, the second exits.
+    let (mut child, stdout, stderr) = spawn_tidemill(
+        &["run", file.to_str().unwrap(), "--trigger", "0s"],
+        &[("TIDEMILL_FAILPOINT", "during_sink@1")],
+    );
+    wait_for(&stdout, "TIDEMILL_FAILPOINT_REACHED during_sink@1");
+    interrupt(&child);
+    wait_for(&stderr, "stopping after the current batch");
+    interrupt(&child);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let errors: Vec<String> = stderr.iter().collect();
+    assert!(
+        errors.iter().any(|l| l.contains("interrupted again")),
+        "{errors:?}"
+    );
+    let query = file.with_extension("checkpoint").join("per_minute");
+    assert_eq!(logged(&query, "offsets"), [0, 1]);
+    assert_eq!(logged(&query, "commits"), [0]);
+
+    let run = tidemill(&["run", file.to_str().unwrap(), "--trigger", "available-now"]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stdout).contains("per_minute: batch 1 | 10 rows in"),
+        "{}",
+        text(&run.stdout)
+    );
+    assert_eq!(
+        committed(dir.path(), "out").await,
+        reference(dir.path(), "10:02:00").await
+    );
+}

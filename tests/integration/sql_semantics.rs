@@ -102,11 +102,14 @@ fn expected(name: &str) -> Expected {
     expected
 }
 
+/// A printed batch: its id, header and sorted rows.
+type Printed = (u64, String, Vec<String>);
+
 /// The console sink's tables in `stdout` (`Batch: N`, then a table), as
 /// `(batch id, header, sorted rows)`, cells joined by ` | `; and the late
 /// rows of each batch from the progress lines of `sink`.
-fn printed(stdout: &str, sink: &str) -> (Vec<(u64, String, Vec<String>)>, BTreeMap<u64, u64>) {
-    let mut batches: Vec<(u64, String, Vec<String>)> = Vec::new();
+fn printed(stdout: &str, sink: &str) -> (Vec<Printed>, BTreeMap<u64, u64>) {
+    let mut batches: Vec<Printed> = Vec::new();
     let mut late = BTreeMap::new();
     for line in stdout.lines() {
         if let Some(id) = line.strip_prefix("Batch: ") {
