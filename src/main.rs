@@ -38,8 +38,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start every INSERT INTO of FILE as a streaming query and print one
-    /// line per micro-batch. Ctrl-C stops after the current batch; a
-    /// restart with the same checkpoint resumes exactly where it stopped.
+    /// line per micro-batch. Ctrl-C stops after the current batch (a
+    /// second Ctrl-C exits at once, with code 130); a restart with the
+    /// same checkpoint resumes exactly where it stopped.
     Run {
         /// The pipeline file.
         file: PathBuf,
@@ -57,8 +58,8 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         progress_json: Option<PathBuf>,
     },
-    /// Run FILE once as a batch job over everything the streams' files
-    /// hold now; each sink receives the whole result.
+    /// Run FILE once as a batch job over everything the streams hold now
+    /// (files, Kafka topics); each sink receives the whole result.
     Batch {
         /// The pipeline file.
         file: PathBuf,

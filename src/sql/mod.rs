@@ -18,11 +18,17 @@
 //! [`Pipeline::parse`] reads the file with DataFusion's SQL parser, extended
 //! with `CREATE STREAM` and `CREATE SINK` ([`parser`]); every other
 //! statement (`CREATE EXTERNAL TABLE` for static tables, `CREATE VIEW`,
-//! `SET`, …) is DataFusion's. [`Pipeline::start`] starts one streaming query
-//! per `INSERT INTO`; [`Pipeline::run_batch`] runs the same statements once
-//! over everything the streams' files hold now; [`Pipeline::explain`]
-//! describes how each query would run. The `tidemill` command is a thin
-//! shell around these.
+//! `SET`, …) is DataFusion's. Before a query is planned, Spark's implicit
+//! grouping-window column (`window.start`, `session_window.end`, …) is
+//! rewritten to the `GROUP BY`'s call ([`spark_window`]). Streams read files,
+//! generated rows (`rate`) or Kafka topics; sinks write parquet files with a
+//! manifest, the console, or Kafka topics.
+//!
+//! [`Pipeline::start`] starts one streaming query per `INSERT INTO`;
+//! [`Pipeline::run_batch`] runs the same statements once over everything the
+//! streams hold now (the same files the stream would read, a bounded read
+//! of Kafka topics); [`Pipeline::explain`] describes how each query would
+//! run. The `tidemill` command is a thin shell around these.
 
 mod batch_files;
 mod connectors;
