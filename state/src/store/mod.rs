@@ -12,6 +12,7 @@
 
 mod config;
 mod files;
+mod maintenance;
 mod manifest;
 mod metrics;
 mod parallel;
@@ -99,7 +100,9 @@ const PARALLEL_COMMIT_ROWS: usize = 64 * 1024;
 /// background task (on the tokio runtime, its CPU work on the blocking
 /// pool) merges the chain's files into a snapshot of the version just
 /// committed, and a later commit that finds it done lists the snapshot in
-/// place of the files it replaces. That bounds the files a load reads
+/// place of the files it replaces. The merging runs on one maintenance
+/// thread per process at a lower scheduling priority, so it takes the CPU
+/// batches leave idle. That bounds the files a load reads
 /// without a commit ever rewriting the state. (Spark's state store
 /// maintenance task does the same.) An error of a background snapshot
 /// fails the next commit.
@@ -692,7 +695,8 @@ fn file_id(
 
 /// Writes the snapshot `id` of a partition: the merge of the files of
 /// `chain` (the partition at `id.version`). Runs in the background; the
-/// decoding, merging and encoding run on the blocking thread pool.
+/// decoding, merging and encoding run on the low-priority maintenance
+/// thread.
 async fn snapshot(dir: CheckpointDir, id: FileId, chain: PartitionChain) -> Result<FileRef> {
     let commit_name = commit_file_name(id.version);
     let mut inputs = Vec::new();
@@ -703,14 +707,13 @@ async fn snapshot(dir: CheckpointDir, id: FileId, chain: PartitionChain) -> Resu
     }
     let merge_id = id.clone();
     let commit_path = dir.path(&commit_name);
-    let (bytes, rows) = tokio::task::spawn_blocking(move || {
-        merge_chain(&merge_id, &inputs, chain.live_rows, &commit_path)
-    })
-    .await
-    .map_err(|e| StateError::Snapshot {
-        path: id.path.clone(),
-        reason: e.to_string(),
-    })??;
+    let (bytes, rows) =
+        maintenance::run(move || merge_chain(&merge_id, &inputs, chain.live_rows, &commit_path))
+            .await
+            .map_err(|_| StateError::Snapshot {
+                path: id.path.clone(),
+                reason: "merging the partition's files panicked".into(),
+            })??;
     let file = FileRef {
         version: id.version,
         rows,
