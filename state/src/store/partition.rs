@@ -120,6 +120,22 @@ impl Slot {
     }
 }
 
+/// A key changed since the last commit.
+struct Change {
+    /// Whether the key existed at the last committed version.
+    existed: bool,
+    /// Its value and expiry now; `None` if removed.
+    now: Option<(Box<[u8]>, Option<i64>)>,
+}
+
+impl Change {
+    fn heap_bytes(&self) -> usize {
+        self.now
+            .as_ref()
+            .map_or(0, |(value, _)| heap_bytes(value.len()))
+    }
+}
+
 /// One hash partition of a [`StateStore`](super::StateStore).
 ///
 /// A partition holds the keys whose [`partition_for_key`] is its
@@ -150,9 +166,10 @@ pub struct StatePartition {
     id: usize,
     num_partitions: usize,
     entries: HashTable<Slot>,
-    /// Keys changed since the last commit, each with whether it existed at
-    /// the last committed version.
-    changed: HashMap<Box<[u8]>, bool, FixedState>,
+    /// Keys changed since the last commit, with what the delta records for
+    /// them: a commit encodes its delta from here without probing the
+    /// (much larger) entry table.
+    changed: HashMap<Box<[u8]>, Change, FixedState>,
     /// `(expires_at_ms, key)` of every entry with a time to live.
     expiry: BTreeSet<(i64, Box<[u8]>)>,
     /// Heap bytes of the entries' slots.
@@ -292,7 +309,7 @@ impl StatePartition {
                 self.entry_bytes -= heap_bytes(slot.data.len());
                 visit(&key, slot.value().to_vec());
             }
-            self.note_change(&key, true);
+            self.note_change(&key, true, None);
         }
     }
 
@@ -303,7 +320,7 @@ impl StatePartition {
         self.entries.allocation_size()
             + self.entry_bytes
             + self.expiry_bytes
-            + self.changed.capacity() * (std::mem::size_of::<(Box<[u8]>, bool)>() + 1)
+            + self.changed.capacity() * (std::mem::size_of::<(Box<[u8]>, Change)>() + 1)
             + self.changed_bytes
     }
 
@@ -354,7 +371,7 @@ impl StatePartition {
                 false
             }
         };
-        self.note_change(key, existed);
+        self.note_change(key, existed, Some((value, expires_at_ms)));
     }
 
     /// Removes `key` without checking that it belongs here.
@@ -367,7 +384,7 @@ impl StatePartition {
             debug_assert!(indexed, "entry with a TTL missing from the expiry index");
             self.expiry_bytes -= heap_bytes(key.len()) + EXPIRY_OVERHEAD;
         }
-        self.note_change(key, true);
+        self.note_change(key, true, None);
         true
     }
 
@@ -423,13 +440,13 @@ impl StatePartition {
     pub(crate) fn changes(&self) -> impl Iterator<Item = Row<'_>> + '_ {
         self.changed
             .iter()
-            .filter_map(|(key, &existed)| match self.slot(key) {
-                Some(slot) => Some(Row {
-                    key: slot.key(),
-                    value: Some(slot.value()),
-                    expires_at_ms: slot.expires_at_ms,
+            .filter_map(|(key, change)| match &change.now {
+                Some((value, expires_at_ms)) => Some(Row {
+                    key,
+                    value: Some(value),
+                    expires_at_ms: *expires_at_ms,
                 }),
-                None if existed => Some(Row {
+                None if change.existed => Some(Row {
                     key,
                     value: None,
                     expires_at_ms: None,
@@ -440,9 +457,12 @@ impl StatePartition {
 
     /// `(updated, removed)` keys among the uncommitted changes.
     pub(crate) fn change_counts(&self) -> (u64, u64) {
-        self.changes().fold((0, 0), |(u, r), row| match row.value {
-            Some(_) => (u + 1, r),
-            None => (u, r + 1),
+        self.changed.values().fold((0, 0), |(u, r), change| {
+            match (&change.now, change.existed) {
+                (Some(_), _) => (u + 1, r),
+                (None, true) => (u, r + 1),
+                (None, false) => (u, r),
+            }
         })
     }
 
@@ -457,10 +477,21 @@ impl StatePartition {
         self.changed_bytes = 0;
     }
 
-    fn note_change(&mut self, key: &[u8], existed: bool) {
-        if !self.changed.contains_key(key) {
-            self.changed.insert(Box::from(key), existed);
-            self.changed_bytes += heap_bytes(key.len()) + CHANGE_OVERHEAD;
+    /// Records that `key` (which `existed` before this change) now has
+    /// `now` (`None`: removed).
+    fn note_change(&mut self, key: &[u8], existed: bool, now: Option<(&[u8], Option<i64>)>) {
+        let now = now.map(|(value, at)| (Box::from(value), at));
+        match self.changed.get_mut(key) {
+            Some(change) => {
+                self.changed_bytes -= change.heap_bytes();
+                change.now = now;
+                self.changed_bytes += change.heap_bytes();
+            }
+            None => {
+                let change = Change { existed, now };
+                self.changed_bytes += heap_bytes(key.len()) + CHANGE_OVERHEAD + change.heap_bytes();
+                self.changed.insert(Box::from(key), change);
+            }
         }
     }
 }
@@ -557,20 +588,23 @@ mod tests {
         let mut p = StatePartition::new(0, 1);
         let tables = |p: &StatePartition| {
             p.entries.allocation_size()
-                + p.changed.capacity() * (std::mem::size_of::<(Box<[u8]>, bool)>() + 1)
+                + p.changed.capacity() * (std::mem::size_of::<(Box<[u8]>, Change)>() + 1)
         };
         for i in 0..100u32 {
             let key = i.to_be_bytes();
             p.put_with_ttl(&key, &vec![0; i as usize], i64::from(i));
         }
-        // Every entry's block, its expiry record and its change record.
+        // Every entry's block, its expiry record and its change record
+        // (with a copy of the value).
         let keys_and_values: usize = (0..100).map(|i| heap_bytes(4 + i)).sum();
+        let values: usize = (0..100).map(heap_bytes).sum();
         assert_eq!(
             p.memory_bytes(),
             tables(&p)
                 + keys_and_values
                 + 100 * (heap_bytes(4) + EXPIRY_OVERHEAD)
                 + 100 * (heap_bytes(4) + CHANGE_OVERHEAD)
+                + values
         );
         assert!(p.entries.allocation_size() >= 100 * std::mem::size_of::<Slot>());
         for i in 0..50u32 {
