@@ -29,7 +29,10 @@ const DEFAULT_NUM_ROWS: usize = 20;
 ///
 /// followed by `only showing top 20 of 35 rows (15 omitted)` when the batch
 /// has more rows than [`ConsoleSink::num_rows`] allows. An empty batch is
-/// printed as its header and column names.
+/// printed as its header and column names. A sink given a name with
+/// [`ConsoleSink::name`] says it in the header, so that the tables of
+/// several console sinks sharing standard output can be told apart:
+/// `Batch: 3 (sink per_minute)`.
 ///
 /// The sink is idempotent within a process: it remembers the highest batch
 /// id it printed and ignores calls with that id or a lower one. (A batch
@@ -39,11 +42,12 @@ const DEFAULT_NUM_ROWS: usize = 20;
 /// ```
 /// use tidemill_connectors::ConsoleSink;
 ///
-/// let sink = ConsoleSink::new().num_rows(50);
+/// let sink = ConsoleSink::new().num_rows(50).name("per_minute");
 /// # let _ = sink;
 /// ```
 pub struct ConsoleSink {
     num_rows: usize,
+    name: Option<String>,
     out: Mutex<Output>,
 }
 
@@ -57,6 +61,7 @@ impl std::fmt::Debug for ConsoleSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsoleSink")
             .field("num_rows", &self.num_rows)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +83,7 @@ impl ConsoleSink {
     pub fn with_writer(writer: Box<dyn Write + Send>) -> Self {
         Self {
             num_rows: DEFAULT_NUM_ROWS,
+            name: None,
             out: Mutex::new(Output {
                 writer,
                 last_printed: None,
@@ -89,6 +95,14 @@ impl ConsoleSink {
     /// were left out.
     pub fn num_rows(mut self, n: usize) -> Self {
         self.num_rows = n;
+        self
+    }
+
+    /// Names the sink in each batch's header: `Batch: 3 (sink <name>)`
+    /// instead of `Batch: 3` (a SQL pipeline passes its `CREATE SINK`
+    /// name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 
@@ -114,7 +128,11 @@ impl ConsoleSink {
             )
         })?;
         let rule = "-------------------------------------------";
-        let mut text = format!("{rule}\nBatch: {batch_id}\n{rule}\n{table}\n");
+        let header = match &self.name {
+            Some(name) => format!("Batch: {batch_id} (sink {name})"),
+            None => format!("Batch: {batch_id}"),
+        };
+        let mut text = format!("{rule}\n{header}\n{rule}\n{table}\n");
         if total > self.num_rows {
             text.push_str(&format!(
                 "only showing top {} of {total} rows ({} omitted)\n",
@@ -130,7 +148,10 @@ impl ConsoleSink {
 #[async_trait]
 impl Sink for ConsoleSink {
     fn description(&self) -> String {
-        "ConsoleSink".to_string()
+        match &self.name {
+            Some(name) => format!("ConsoleSink[{name}]"),
+            None => "ConsoleSink".to_string(),
+        }
     }
 
     async fn add_batch(
@@ -227,6 +248,27 @@ Batch: 0
 | 1  | name1 |
 | 2  | name2 |
 | 3  | name3 |
++----+-------+
+
+";
+        assert_eq!(out.text(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_named_sink_says_its_name_in_the_header() {
+        let out = Shared::default();
+        let sink = ConsoleSink::with_writer(Box::new(out.clone())).name("per_minute");
+        sink.add_batch(3, schema(), vec![batch(1..2)])
+            .await
+            .unwrap();
+        let expected = "\
+-------------------------------------------
+Batch: 3 (sink per_minute)
+-------------------------------------------
++----+-------+
+| id | name  |
++----+-------+
+| 1  | name1 |
 +----+-------+
 
 ";

@@ -26,11 +26,11 @@
 //!
 //! [`Pipeline::start`] starts one streaming query per `INSERT INTO`;
 //! [`Pipeline::run_batch`] runs the same statements once over everything the
-//! streams hold now (the same files the stream would read, a bounded read
-//! of Kafka topics); [`Pipeline::explain`] describes how each query would
-//! run. The `tidemill` command is a thin shell around these.
+//! streams hold now (every file the stream would read, through the stream's
+//! own reader; a bounded read of Kafka topics); [`Pipeline::explain`]
+//! describes how each query would run. The `tidemill` command is a thin
+//! shell around these.
 
-mod batch_files;
 mod connectors;
 pub mod parser;
 pub mod spark_window;
@@ -38,17 +38,15 @@ pub mod spark_window;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
-use datafusion::execution::options::{CsvReadOptions, JsonReadOptions, ParquetReadOptions};
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{CreateView, Query, Statement as SQLStatement};
 use datafusion::sql::sqlparser::parser::ParserError;
 use tidemill_connectors::kafka::{BadRecordPolicy, KafkaSink, KafkaSource};
-use tidemill_connectors::{ConsoleSink, FileFormat, FileSource, ParquetSink, RateSource};
+use tidemill_connectors::{ConsoleSink, FileSource, ParquetSink, RateSource};
 use tidemill_engine::window::register_window_functions;
 use tidemill_engine::{
     OutputMode, Sink, SinkContext, StreamingContext, StreamingDataFrame, StreamingQuery,
@@ -80,6 +78,16 @@ pub enum PipelineError {
     /// The engine refused or stopped a query.
     #[error(transparent)]
     Engine(#[from] TidemillError),
+    /// A query of a batch run failed while it ran: reading malformed input
+    /// (the source's error names the file, line and column), or writing
+    /// its sink. Said as `tidemill run` says a failed query.
+    #[error("query {sink} failed: {error}")]
+    Query {
+        /// The query's sink (also its name).
+        sink: String,
+        /// What stopped it.
+        error: TidemillError,
+    },
 }
 
 impl From<DataFusionError> for PipelineError {
@@ -181,7 +189,11 @@ impl Pipeline {
             let query = prepared
                 .df
                 .write_stream()
-                .sink_arc(streaming_sink(&prepared.spec, Some(&checkpoint)))
+                .sink_arc(streaming_sink(
+                    &prepared.sink,
+                    &prepared.spec,
+                    Some(&checkpoint),
+                ))
                 .output_mode(prepared.spec.output_mode)
                 .trigger(options.trigger)
                 .checkpoint(checkpoint)
@@ -204,16 +216,28 @@ impl Pipeline {
         Ok(queries)
     }
 
-    /// Runs the pipeline as one batch job over everything the streams'
-    /// files hold now: each `INSERT INTO` writes its whole result to its
-    /// sink as batch 0 (watermarks do nothing; every window is final).
+    /// Runs the pipeline as one batch job over everything the streams hold
+    /// now: each `INSERT INTO` writes its whole result to its sink as batch
+    /// 0 (watermarks do nothing; every window is final). A `files` stream is
+    /// [`FileSource::read_batch`]: the files, columns, options and errors of
+    /// the stream. A query that fails while it runs (malformed input, a
+    /// sink's failure) is [`PipelineError::Query`], worded as the stream's
+    /// failure; queries before it have written their output.
     pub async fn run_batch(&self, ctx: &SessionContext) -> Result<Vec<BatchOutput>, PipelineError> {
         let mut outputs = Vec::new();
         for prepared in self.prepare(ctx, true).await? {
+            let failed = |error: TidemillError| PipelineError::Query {
+                sink: prepared.sink.clone(),
+                error,
+            };
             let schema: SchemaRef = Arc::new(prepared.df.schema().as_arrow().clone());
-            let batches = prepared.df.collect().await?;
+            let batches = prepared
+                .df
+                .collect()
+                .await
+                .map_err(|e| failed(execution_error(e)))?;
             let rows = batches.iter().map(|b| b.num_rows()).sum();
-            let sink = streaming_sink(&prepared.spec, None);
+            let sink = streaming_sink(&prepared.sink, &prepared.spec, None);
             if let SinkConnector::Files { path, .. } = &prepared.spec.connector
                 && !ParquetSink::committed_batches(ctx, path).await?.is_empty()
             {
@@ -232,8 +256,9 @@ impl Pipeline {
                 schema: Arc::clone(&schema),
                 output_mode: OutputMode::Append,
             })
-            .await?;
-            sink.add_batch(0, schema, batches).await?;
+            .await
+            .map_err(failed)?;
+            sink.add_batch(0, schema, batches).await.map_err(failed)?;
             outputs.push(BatchOutput {
                 sink: prepared.sink,
                 rows,
@@ -412,7 +437,7 @@ async fn register_stream(
                 header,
                 delimiter,
             },
-            false,
+            batch,
         ) => {
             let mut source = FileSource::new(path.clone(), *format);
             if let Some(schema) = &declared {
@@ -427,62 +452,13 @@ async fn register_stream(
             if let Some(d) = delimiter {
                 source = source.delimiter(*d);
             }
-            let df = ctx.read_stream(source).await?;
-            register_view(ctx, def, df)?;
-        }
-        (
-            StreamConnector::Files {
-                path,
-                format,
-                header,
-                delimiter,
-                ..
-            },
-            true,
-        ) => {
-            // The same files the stream would read: not DataFusion's
-            // listing, which would include hidden (`.`/`_`) files.
-            let files = batch_files::visible_files(ctx, path).await?;
-            if files.is_empty() {
-                let Some(schema) = &declared else {
-                    return Err(PipelineError::Sql(format!(
-                        "no files in '{path}' to infer the columns from; declare them \
-                         (CREATE STREAM {} (name TYPE, …))",
-                        def.name
-                    )));
-                };
-                let empty = RecordBatch::new_empty(Arc::clone(schema));
-                register_view(ctx, def, ctx.read_batch(empty)?)?;
-                return Ok(());
-            }
-            let df = match format {
-                FileFormat::Json => {
-                    let mut options = JsonReadOptions::default().file_extension("");
-                    if let Some(schema) = &declared {
-                        options = options.schema(schema);
-                    }
-                    ctx.read_json(files, options).await?
-                }
-                FileFormat::Csv => {
-                    let mut options = CsvReadOptions::new()
-                        .file_extension("")
-                        .has_header(header.unwrap_or(true))
-                        .delimiter(delimiter.unwrap_or(b','));
-                    if let Some(schema) = &declared {
-                        options = options.schema(schema);
-                    }
-                    ctx.read_csv(files, options).await?
-                }
-                FileFormat::Parquet => {
-                    let mut options = ParquetReadOptions {
-                        file_extension: "",
-                        ..Default::default()
-                    };
-                    if let Some(schema) = &declared {
-                        options = options.schema(schema);
-                    }
-                    ctx.read_parquet(files, options).await?
-                }
+            // A batch job reads the files the stream would, through the
+            // stream's reader: the same hidden-file rule, schema, options
+            // and errors for malformed input.
+            let df = if batch {
+                source.read_batch(ctx).await?
+            } else {
+                ctx.read_stream(source).await?
             };
             register_view(ctx, def, df)?;
         }
@@ -579,10 +555,38 @@ fn kafka_source(
     Ok(source)
 }
 
-/// The sink of `spec`. `checkpoint` is the query's checkpoint directory
-/// (a streaming run), where an exactly-once Kafka sink keeps its log, in
-/// `<checkpoint>/sink`; a batch run has none and produces at least once.
-fn streaming_sink(spec: &SinkSpec, checkpoint: Option<&str>) -> Arc<dyn Sink> {
+/// The error that stopped a batch query. A Tidemill error (a source's
+/// error for malformed input, naming the file, line and column) travels
+/// through DataFusion as an external error, possibly wrapped (in context, or
+/// shared between the partitions of a repartition); it is said as itself,
+/// exactly as the same failure in a stream.
+fn execution_error(error: DataFusionError) -> TidemillError {
+    /// A copy of the errors a query's execution can carry.
+    fn copy(error: &TidemillError) -> Option<TidemillError> {
+        Some(match error {
+            TidemillError::Source {
+                source_name,
+                message,
+            } => TidemillError::source(source_name, message),
+            TidemillError::Sink { sink, message } => TidemillError::sink(sink, message),
+            TidemillError::Config(message) => TidemillError::Config(message.clone()),
+            TidemillError::Transient(inner) => TidemillError::transient(copy(inner)?),
+            _ => return None,
+        })
+    }
+    if let DataFusionError::External(inner) = error.find_root()
+        && let Some(ours) = inner.downcast_ref::<TidemillError>().and_then(copy)
+    {
+        return ours;
+    }
+    TidemillError::from(error)
+}
+
+/// The sink of `spec`, which the pipeline calls `name`. `checkpoint` is the
+/// query's checkpoint directory (a streaming run), where an exactly-once
+/// Kafka sink keeps its log, in `<checkpoint>/sink`; a batch run has none
+/// and produces at least once.
+fn streaming_sink(name: &str, spec: &SinkSpec, checkpoint: Option<&str>) -> Arc<dyn Sink> {
     match &spec.connector {
         SinkConnector::Kafka(kafka) => {
             let mut sink = KafkaSink::new(kafka.bootstrap_servers.clone());
@@ -617,7 +621,9 @@ fn streaming_sink(spec: &SinkSpec, checkpoint: Option<&str>) -> Arc<dyn Sink> {
             Arc::new(sink)
         }
         SinkConnector::Console { num_rows } => {
-            let mut sink = ConsoleSink::new();
+            // Several console sinks share standard output: each batch's
+            // header names its sink.
+            let mut sink = ConsoleSink::new().name(name);
             if let Some(n) = num_rows {
                 sink = sink.num_rows(*n);
             }

@@ -3,6 +3,7 @@
 mod aggregation;
 mod aggregation_properties;
 mod cli;
+mod cli_input;
 mod common;
 mod conformance;
 mod connectors;

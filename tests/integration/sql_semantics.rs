@@ -105,15 +105,18 @@ fn expected(name: &str) -> Expected {
 /// A printed batch: its id, header and sorted rows.
 type Printed = (u64, String, Vec<String>);
 
-/// The console sink's tables in `stdout` (`Batch: N`, then a table), as
-/// `(batch id, header, sorted rows)`, cells joined by ` | `; and the late
-/// rows of each batch from the progress lines of `sink`.
+/// The console sink's tables in `stdout` (`Batch: N (sink <sink>)`, then
+/// a table), as `(batch id, header, sorted rows)`, cells joined by ` | `;
+/// and the late rows of each batch from the progress lines of `sink`.
 fn printed(stdout: &str, sink: &str) -> (Vec<Printed>, BTreeMap<u64, u64>) {
     let mut batches: Vec<Printed> = Vec::new();
     let mut late = BTreeMap::new();
     for line in stdout.lines() {
-        if let Some(id) = line.strip_prefix("Batch: ") {
-            batches.push((id.trim().parse().unwrap(), String::new(), Vec::new()));
+        if let Some(header) = line.strip_prefix("Batch: ") {
+            let id = header
+                .strip_suffix(&format!(" (sink {sink})"))
+                .unwrap_or_else(|| panic!("a header naming sink {sink}: {line}"));
+            batches.push((id.parse().unwrap(), String::new(), Vec::new()));
         } else if line.starts_with('|') {
             let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
             let (_, header, rows) = batches.last_mut().expect("a table after 'Batch: N'");

@@ -40,7 +40,14 @@
 //! columns are nullable). Columns are matched by name (CSV files without a
 //! header: by position); a missing nullable column is filled with nulls, a
 //! missing non-nullable column or a column of another type is an error
-//! naming the file and the column.
+//! naming the file and the column (strings in another Arrow encoding, such
+//! as `Utf8` for `Utf8View`, are cast).
+//!
+//! # Bounded reads
+//!
+//! [`FileSource::read_batch`] reads every visible file once, as a batch
+//! DataFrame, through the same reader: the same files, schema, options and
+//! errors as the stream, for running the same query as a batch job.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -48,8 +55,14 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::listing::ListingTableUrl;
-use datafusion::prelude::SessionContext;
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::prelude::{DataFrame, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 use tidemill_engine::{
@@ -210,6 +223,78 @@ impl FileSource {
     /// The location as the user gave it.
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Reads every file the directory holds now as one batch [`DataFrame`]
+    /// with the stream's columns: the bounded counterpart of the stream,
+    /// for running the same query as a batch job.
+    ///
+    /// It reads exactly what the stream would read, the same way: the same
+    /// files (a name below the directory starting with `.` or `_` is
+    /// skipped), the same schema (given, or inferred from the same first
+    /// files), the same decoding through the stream's reader, with the same
+    /// options (CSV header and delimiter). So malformed input is the same
+    /// error as in the stream, naming the source, the file, and the line
+    /// and column where known; executing the DataFrame fails with it (a
+    /// [`TidemillError`] inside DataFusion's external error, which
+    /// `TidemillError::from` recovers). [`FileSource::max_files_per_trigger`]
+    /// does not apply: the read is one batch.
+    ///
+    /// The directory is listed when this is called; files are read lazily
+    /// when the DataFrame executes, in (last modified, path) order within
+    /// each of up to `target_partitions` partitions of the scan. A file
+    /// removed in between is an error. A missing or empty directory is an
+    /// empty table when the schema is given (and an error otherwise, as no
+    /// schema can be inferred).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> tidemill_engine::Result<()> {
+    /// use datafusion::prelude::SessionContext;
+    /// use tidemill_connectors::FileSource;
+    ///
+    /// let ctx = SessionContext::new();
+    /// let trades = FileSource::json("data/trades/").read_batch(&ctx).await?;
+    /// let rows = trades.count().await?;
+    /// # let _ = rows;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn read_batch(&self, ctx: &SessionContext) -> Result<DataFrame> {
+        let schema = SourceProvider::schema(self, ctx).await?;
+        let location = self.resolve(ctx)?;
+        let mut files = list_visible(&location)
+            .await
+            .map_err(|e| self.err(format!("cannot list {}: {e}", location.url())))?;
+        sort_files(&mut files);
+        let reader = FileReader::new(self, &location);
+        let partitions = ctx
+            .state()
+            .config()
+            .target_partitions()
+            .clamp(1, files.len().max(1));
+        let per_partition = files.len().div_ceil(partitions).max(1);
+        let mut scans: Vec<Arc<dyn PartitionStream>> = files
+            .chunks(per_partition)
+            .map(|chunk| {
+                Arc::new(BoundedFiles {
+                    reader: reader.clone(),
+                    schema: Arc::clone(&schema),
+                    files: chunk.to_vec(),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        if scans.is_empty() {
+            scans.push(Arc::new(BoundedFiles {
+                reader,
+                schema: Arc::clone(&schema),
+                files: Vec::new(),
+            }));
+        }
+        let context = || format!("{}: bounded read", self.description());
+        let table = StreamingTable::try_new(schema, scans)
+            .map_err(|e| TidemillError::datafusion(context(), e))?;
+        ctx.read_table(Arc::new(table))
+            .map_err(|e| TidemillError::datafusion(context(), e))
     }
 
     /// The location as a URL, without a trailing `/`, when it parses.
@@ -544,5 +629,40 @@ impl Source for FileStream {
         self.discover().await?;
         self.available_now_cap = Some(self.log.len());
         Ok(())
+    }
+}
+
+/// One partition of [`FileSource::read_batch`]'s scan: files read one
+/// after the other by the stream's reader.
+#[derive(Debug)]
+struct BoundedFiles {
+    reader: FileReader,
+    schema: SchemaRef,
+    files: Vec<ObjectMeta>,
+}
+
+impl PartitionStream for BoundedFiles {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let reader = self.reader.clone();
+        let schema = Arc::clone(&self.schema);
+        let batches = futures::stream::iter(self.files.clone())
+            .then(move |file| {
+                let reader = reader.clone();
+                let schema = Arc::clone(&schema);
+                async move { reader.read_listed(&file, &schema).await }
+            })
+            .map_err(DataFusionError::from)
+            .map_ok(|batches| {
+                futures::stream::iter(batches.into_iter().map(Ok::<_, DataFusionError>))
+            })
+            .try_flatten();
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            batches,
+        ))
     }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
@@ -199,11 +199,35 @@ impl FileReader {
                 file.path
             ))
         })?;
+        self.read_path(path, Some(file.seq), file.size, schema)
+            .await
+    }
+
+    /// Reads one file just listed (a bounded read, no files-seen log) into
+    /// batches of exactly `schema`.
+    pub(super) async fn read_listed(
+        &self,
+        file: &ObjectMeta,
+        schema: &SchemaRef,
+    ) -> Result<Vec<RecordBatch>> {
+        self.read_path(file.location.clone(), None, file.size, schema)
+            .await
+    }
+
+    /// Reads the file at `path` (number `seq` in the files-seen log, if
+    /// logged; `size` bytes when it was listed).
+    async fn read_path(
+        &self,
+        path: Path,
+        seq: Option<u64>,
+        size: u64,
+        schema: &SchemaRef,
+    ) -> Result<Vec<RecordBatch>> {
         if self.format == FileFormat::Parquet {
-            return self.read_parquet(&path, file.seq, schema).await;
+            return self.read_parquet(&path, seq, schema).await;
         }
-        let bytes = self.fetch(&path, Some(file.seq)).await?;
-        self.check_size(&path, file, &bytes);
+        let bytes = self.fetch(&path, seq).await?;
+        self.check_size(&path, size, &bytes);
         // Decoding text is CPU-bound: keep it off the async worker threads
         // (which also lets the files of one batch decode in parallel).
         let this = self.clone();
@@ -217,14 +241,14 @@ impl FileReader {
         .map_err(|e| self.err(format!("decoding {name} failed: {e}")))?
     }
 
-    fn check_size(&self, path: &Path, file: &SeenFile, bytes: &Bytes) {
-        if bytes.len() as u64 != file.size {
+    fn check_size(&self, path: &Path, size: u64, bytes: &Bytes) {
+        if bytes.len() as u64 != size {
             tracing::warn!(
                 source = %self.description,
                 file = %self.display(path),
-                logged = file.size,
+                listed = size,
                 now = bytes.len(),
-                "file changed size after it was logged; files must not change once visible"
+                "file changed size after it was listed; files must not change once visible"
             );
         }
     }
@@ -232,11 +256,11 @@ impl FileReader {
     async fn read_parquet(
         &self,
         path: &Path,
-        seq: u64,
+        seq: Option<u64>,
         schema: &SchemaRef,
     ) -> Result<Vec<RecordBatch>> {
         let name = self.display(path);
-        let builder = self.parquet_builder(path, Some(seq)).await?;
+        let builder = self.parquet_builder(path, seq).await?;
         let file_schema = Arc::clone(builder.schema());
         // Check the whole file schema up front, so even an empty file with the
         // wrong columns is reported.
@@ -245,7 +269,7 @@ impl FileReader {
             match file_schema.index_of(field.name()) {
                 Ok(i) => {
                     let actual = file_schema.field(i).data_type();
-                    if !actual.equals_datatype(field.data_type()) {
+                    if !same_values(actual, field.data_type()) {
                         return Err(self.misfit(
                             &name,
                             None,
@@ -490,6 +514,23 @@ impl FileReader {
     }
 }
 
+/// Whether a column of type `actual` holds values of type `expected`, to
+/// be cast: the same type (field names and metadata aside), or another
+/// encoding of strings (`Utf8`, `LargeUtf8`, `Utf8View`; SQL's `VARCHAR` is
+/// `Utf8View`, most parquet writers write `Utf8`) or of binary values.
+fn same_values(actual: &DataType, expected: &DataType) -> bool {
+    use DataType::{Binary, BinaryView, LargeBinary, LargeUtf8, Utf8, Utf8View};
+    actual.equals_datatype(expected)
+        || matches!(
+            (actual, expected),
+            (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View)
+                | (
+                    Binary | LargeBinary | BinaryView,
+                    Binary | LargeBinary | BinaryView
+                )
+        )
+}
+
 /// Shapes `batch` into exactly `schema`: columns by name, in schema order;
 /// a missing nullable column becomes nulls.
 fn conform(batch: &RecordBatch, schema: &SchemaRef) -> std::result::Result<RecordBatch, Misfit> {
@@ -501,7 +542,7 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> std::result::Result<Recor
                 let column = Arc::clone(batch.column(i));
                 if column.data_type() == field.data_type() {
                     column
-                } else if column.data_type().equals_datatype(field.data_type()) {
+                } else if same_values(column.data_type(), field.data_type()) {
                     arrow::compute::cast(&column, field.data_type()).map_err(|_| Misfit::Type {
                         column: field.name().clone(),
                         actual: column.data_type().clone(),

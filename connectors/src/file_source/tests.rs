@@ -471,6 +471,27 @@ async fn parquet_schema_explicit_inferred_and_mismatch() {
     assert_eq!(batches[0].schema(), explicit);
     assert_eq!(ids(&batches), vec![1, 2]);
 
+    // Strings in another encoding (SQL's VARCHAR is Utf8View; the file
+    // has Utf8): read and cast.
+    let view = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8View, true),
+    ]));
+    let chk = tempfile::tempdir().unwrap();
+    let source = FileSource::parquet(data.path().to_str().unwrap()).schema(Arc::clone(&view));
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let batches = read_all(&mut s).await.unwrap();
+    assert_eq!(batches[0].schema(), view);
+    let names: Vec<Option<&str>> = batches[0].column(1).as_string_view().iter().collect();
+    assert_eq!(
+        names,
+        batch
+            .column(1)
+            .as_string::<i32>()
+            .iter()
+            .collect::<Vec<_>>()
+    );
+
     // Wrong type for a column.
     let wrong = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
     let chk = tempfile::tempdir().unwrap();
@@ -790,4 +811,90 @@ fn description_names_format_and_absolute_url() {
         FileSource::parquet(format!("file://{dir}")).description(),
         expected
     );
+}
+
+#[tokio::test]
+async fn read_batch_reads_what_the_stream_reads_and_fails_as_it_does() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    for i in 0..5 {
+        write(
+            data.path(),
+            &format!("f{i}.json"),
+            &json_rows(i * 2..i * 2 + 2),
+        );
+    }
+    // Hidden from the stream, so from the bounded read: a half-written
+    // file and a metadata directory.
+    std::fs::write(data.path().join(".half.json.tmp"), b"{\"id\": 99").unwrap();
+    std::fs::create_dir(data.path().join("_meta")).unwrap();
+    std::fs::write(data.path().join("_meta/m.json"), json_rows(100..101)).unwrap();
+    let session = SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_target_partitions(3),
+    );
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+    ]));
+    let source = FileSource::json(dir).schema(Arc::clone(&schema));
+
+    let df = source.read_batch(&session).await.unwrap();
+    assert_eq!(df.schema().as_arrow(), schema.as_ref());
+    let plan = df.clone().create_physical_plan().await.unwrap();
+    assert_eq!(
+        datafusion::physical_plan::ExecutionPlanProperties::output_partitioning(&plan)
+            .partition_count(),
+        3
+    );
+    let mut batched = ids(&df.collect().await.unwrap());
+    batched.sort_unstable();
+    assert_eq!(batched, (0..10).collect::<Vec<_>>());
+    let chk = tempfile::tempdir().unwrap();
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let mut streamed = ids(&read_all(&mut s).await.unwrap());
+    streamed.sort_unstable();
+    assert_eq!(batched, streamed);
+
+    // A malformed file: the same error, naming the file and line, comes
+    // back out of DataFusion as the source's error.
+    write(data.path(), "g.json", b"{\"id\": 1}\n{\"id\": x}\n");
+    let failed = source
+        .read_batch(&session)
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap_err();
+    let batch_error = TidemillError::from(failed);
+    assert!(
+        matches!(batch_error, TidemillError::Source { .. }),
+        "{batch_error:?}"
+    );
+    let chk = tempfile::tempdir().unwrap();
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let stream_error = read_all(&mut s).await.unwrap_err();
+    assert_eq!(batch_error.to_string(), stream_error.to_string());
+    assert!(
+        batch_error
+            .to_string()
+            .contains("g.json, line 2: invalid JSON at column 8"),
+        "{batch_error}"
+    );
+
+    // A missing directory: an empty table with a given schema; without
+    // one, the stream's inference error.
+    let missing = data.path().join("missing");
+    let missing = missing.to_str().unwrap();
+    let df = FileSource::json(missing)
+        .schema(Arc::clone(&schema))
+        .read_batch(&session)
+        .await
+        .unwrap();
+    assert_eq!(df.count().await.unwrap(), 0);
+    let err = FileSource::json(missing)
+        .read_batch(&session)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot infer the schema"), "{err}");
 }
