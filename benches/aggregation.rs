@@ -51,32 +51,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::{
-    ArrayRef, AsArray, Float64Array, Int64Array, StringArray, TimestampMillisecondArray,
-};
+use arrow::array::{ArrayRef, AsArray, Int64Array};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
+use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tidemill::engine::window::tumble;
 use tidemill::prelude::*;
 use tidemill::{PhaseDurations, QueryOptions, QueryProgress, Sink};
+// The trades and the plan measured are the harness's, shared with the
+// trigger-interval study and the Spark comparison.
+use tidemill_harness::trades::{self, DISORDER_MS, EXCHANGES, FILES, SPAN_MS, SYMBOLS, per_minute};
 
-const FILES: usize = 20;
 /// Timed runs of each windowed job; the median is reported.
 const RUNS: usize = 3;
-const SYMBOLS: usize = 100;
-const EXCHANGES: [&str; 5] = ["NASDAQ", "NYSE", "ARCA", "BATS", "IEX"];
-/// 2024-01-01T00:00:00Z.
-const START_MS: i64 = 1_704_067_200_000;
-/// The event time the trades span.
-const SPAN_MS: i64 = 3_600_000;
-/// How far a trade may be behind the newest one (below the watermark delay,
-/// so no row is late).
-const DISORDER_MS: i64 = 5_000;
 
 /// Sizes of one run.
 struct Config {
@@ -200,127 +190,6 @@ fn total(values: &mut [f64]) -> f64 {
 
 // ---------------------------------------------------------------------------
 // Part 1: windowed aggregation throughput.
-
-fn trade_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("symbol", DataType::Utf8, false),
-        Field::new("exchange", DataType::Utf8, false),
-        Field::new("price", DataType::Float64, false),
-        Field::new("quantity", DataType::Int64, false),
-        Field::new(
-            "event_time",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-    ]))
-}
-
-/// The plan measured: per one-minute window, symbol and exchange.
-fn per_minute(df: DataFrame) -> datafusion::error::Result<DataFrame> {
-    df.aggregate(
-        vec![
-            tumble(col("event_time"), "1 minute").alias("window"),
-            col("symbol"),
-            col("exchange"),
-        ],
-        vec![
-            count(col("price")).alias("trades"),
-            sum(col("quantity")).alias("volume"),
-            sum(col("price") * cast_to(col("quantity"), DataType::Float64)).alias("notional"),
-            max(col("price")).alias("high"),
-            min(col("price")).alias("low"),
-        ],
-    )?
-    .select(vec![
-        get_field(col("window"), "start").alias("window_start"),
-        col("symbol"),
-        col("exchange"),
-        col("trades"),
-        col("volume"),
-        (col("notional") / cast_to(col("volume"), DataType::Float64)).alias("vwap"),
-        col("high"),
-        col("low"),
-    ])
-}
-
-fn cast_to(e: Expr, t: DataType) -> Expr {
-    datafusion::prelude::cast(e, t)
-}
-
-fn write_parquet(path: &std::path::Path, batch: &RecordBatch) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path)?;
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
-    writer.write(batch)?;
-    writer.close()?;
-    Ok(())
-}
-
-fn trades_batch(
-    symbol: Vec<String>,
-    exchange: Vec<&str>,
-    price: Vec<f64>,
-    quantity: Vec<i64>,
-    time: Vec<i64>,
-) -> anyhow::Result<RecordBatch> {
-    Ok(RecordBatch::try_new(
-        trade_schema(),
-        vec![
-            Arc::new(StringArray::from(symbol)),
-            Arc::new(StringArray::from(exchange)),
-            Arc::new(Float64Array::from(price)),
-            Arc::new(Int64Array::from(quantity)),
-            Arc::new(TimestampMillisecondArray::from(time)),
-        ],
-    )?)
-}
-
-/// Writes `rows` trades as [`FILES`] parquet files in `dir`, then the
-/// flush file (one trade a day later). Returns the paths of the trade
-/// files (without the flush file).
-fn generate(dir: &std::path::Path, rows: usize) -> anyhow::Result<Vec<String>> {
-    let mut rng = StdRng::seed_from_u64(42);
-    let symbols: Vec<String> = (0..SYMBOLS).map(|i| format!("S{i:03}")).collect();
-    let mut paths = Vec::with_capacity(FILES);
-    let mut i = 0usize;
-    for f in 0..FILES {
-        let n = rows / FILES + usize::from(f < rows % FILES);
-        let (mut sym, mut exch, mut price, mut qty, mut time) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for _ in 0..n {
-            let s = rng.random_range(0..SYMBOLS);
-            sym.push(symbols[s].clone());
-            exch.push(EXCHANGES[rng.random_range(0..EXCHANGES.len())]);
-            // Whole cents around a per-symbol level.
-            let level = 20.0 + 5.0 * s as f64;
-            price.push((level * rng.random_range(0.95..1.05) * 100.0).round() / 100.0);
-            qty.push(rng.random_range(1..=1000));
-            let nominal = START_MS + (i as i128 * SPAN_MS as i128 / rows as i128) as i64;
-            time.push(nominal - rng.random_range(0..=DISORDER_MS));
-            i += 1;
-        }
-        let batch = trades_batch(sym, exch, price, qty, time)?;
-        let path = dir.join(format!("part-{f:03}.parquet"));
-        write_parquet(&path, &batch)?;
-        paths.push(path.display().to_string());
-    }
-    // Written last, so the source (which orders files by modification
-    // time, then path) admits it last.
-    std::thread::sleep(Duration::from_millis(20));
-    let flush = trades_batch(
-        vec!["FLUSH".into()],
-        vec!["NONE"],
-        vec![1.0],
-        vec![1],
-        vec![START_MS + SPAN_MS + 86_400_000],
-    )?;
-    write_parquet(&dir.join("part-999-flush.parquet"), &flush)?;
-    Ok(paths)
-}
 
 /// One result row: `(window start ms, symbol, exchange)` →
 /// `(trades, volume, vwap, high, low)`.
@@ -484,7 +353,7 @@ async fn windowed(config: &Config, tmp: &std::path::Path) -> anyhow::Result<()> 
     let rows = config.rows;
     let input = tmp.join("trades");
     std::fs::create_dir_all(&input)?;
-    let files = generate(&input, rows)?;
+    let files = trades::write_trade_files(&input, rows, true)?;
     let dir = format!("{}/", input.display());
     println!(
         "\n## Windowed aggregation\n\nworkload: {rows} trades ({SYMBOLS} symbols x {} exchanges, \
