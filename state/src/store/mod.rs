@@ -169,6 +169,9 @@ struct Compaction {
     version: u64,
     /// Its file, as it will be listed.
     id: FileId,
+    /// The files it merges: it replaces them only in a chain that still
+    /// starts with them.
+    inputs: Vec<FileRef>,
     progress: Progress,
 }
 
@@ -519,6 +522,7 @@ impl StateStore {
                 partition: p,
                 version: self.version,
                 id,
+                inputs: chain.files().map(|(_, file)| *file).collect(),
                 progress: Progress::Running(task),
             });
             started += 1;
@@ -536,10 +540,20 @@ impl StateStore {
             match compaction.progress {
                 Progress::Running(_) => self.compactions.push(compaction),
                 Progress::Done(result) => {
+                    let file = result?;
                     let chain = &mut chains[compaction.partition];
-                    chain.snapshot = Some(result?);
-                    chain.deltas.retain(|d| d.version > compaction.version);
-                    adopted += 1;
+                    // A partition emptied meanwhile starts over without
+                    // files: the snapshot no longer applies (purge drops it).
+                    let starts_with_inputs = chain
+                        .files()
+                        .map(|(_, f)| *f)
+                        .take(compaction.inputs.len())
+                        .eq(compaction.inputs.iter().copied());
+                    if starts_with_inputs {
+                        chain.snapshot = Some(file);
+                        chain.deltas.retain(|d| d.version > compaction.version);
+                        adopted += 1;
+                    }
                 }
             }
         }

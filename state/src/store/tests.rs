@@ -882,3 +882,25 @@ async fn a_failed_background_snapshot_fails_the_next_commit_naming_the_file() {
     assert!(err.to_string().contains("chk/state/0/0/1.delta"), "{err}");
     assert!(err.to_string().contains("truncated"), "{err}");
 }
+
+#[tokio::test]
+async fn a_snapshot_of_a_partition_emptied_meanwhile_is_not_listed() {
+    let dir = memory_dir();
+    let config = config(1, 2);
+    let mut store = open(&dir, config, 0).await.unwrap();
+    store.put(b"a", b"1");
+    store.commit().await.unwrap();
+    store.put(b"b", b"1");
+    assert_eq!(store.commit().await.unwrap().snapshots_started, 1);
+    // The partition empties before the snapshot of version 2 is listed.
+    store.remove(b"a");
+    store.remove(b"b");
+    store.commit().await.unwrap();
+    store.finish_snapshots().await.unwrap();
+    store.put(b"c", b"1");
+    assert_eq!(store.commit().await.unwrap().snapshots_adopted, 0);
+    let v4 = open(&dir, config, 4).await.unwrap();
+    assert_eq!(v4.len(), 1);
+    assert_eq!(v4.get(b"c"), Some(&b"1"[..]));
+    assert_eq!(v4.get(b"a"), None);
+}
