@@ -146,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         report.settings.run_for_s - report.settings.warmup_s,
         report.settings.warmup_s
     );
+    result.load_at_start = report.load_at_start;
     result.tables = report.tables();
     result.figures = vec!["trigger_study/study.svg".into()];
     result.notes.push(

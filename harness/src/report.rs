@@ -20,6 +20,17 @@ const PIPELINE_COLORS: [RGBColor; 4] = [
     RGBColor(140, 86, 75),
 ];
 
+/// Rows/s for an axis: `12 M`, `500 k`.
+fn si(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{} M", trim(v / 1e6))
+    } else if v >= 1e3 {
+        format!("{} k", trim(v / 1e3))
+    } else {
+        trim(v)
+    }
+}
+
 impl StudyReport {
     /// The report's tables: the fixed-rate runs, and the maximum
     /// sustainable rates (if searched).
@@ -185,8 +196,8 @@ impl StudyReport {
     }
 
     /// Plots, per pipeline, the latency percentiles at the first input rate
-    /// against the trigger interval, and the maximum sustainable rate of
-    /// every pipeline against the interval (log scales), as an SVG file.
+    /// against the trigger interval (log scale), and the maximum sustainable
+    /// rate of every pipeline against the interval, as an SVG file.
     pub fn write_svg(&self, path: &Path) -> anyhow::Result<()> {
         self.draw(path)
             .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))
@@ -305,25 +316,20 @@ impl StudyReport {
                 .map(|m| m.max_rows_per_s as f64)
                 .filter(|v| *v > 0.0)
                 .collect();
-            let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = values.iter().copied().fold(0.0, f64::max);
-            let (lo, hi) = if values.is_empty() {
-                (1.0, 1e6)
-            } else {
-                (lo / 2.0, hi * 2.0)
-            };
+            let hi = if hi > 0.0 { hi * 1.25 } else { 1e6 };
             let mut chart = ChartBuilder::on(&areas[panels - 1])
                 .caption("maximum sustainable input rate", ("sans-serif", 16))
                 .margin(12)
                 .x_label_area_size(40)
                 .y_label_area_size(70)
-                .build_cartesian_2d(x_range, (lo..hi).log_scale())?;
+                .build_cartesian_2d(x_range, 0.0..hi)?;
             chart
                 .configure_mesh()
                 .x_labels(intervals.len() + 1)
                 .x_label_formatter(&x_label)
                 .y_labels(8)
-                .y_label_formatter(&|v: &f64| trim(*v))
+                .y_label_formatter(&|v: &f64| si(*v))
                 .x_desc("trigger interval")
                 .y_desc("rows/s")
                 .draw()?;
