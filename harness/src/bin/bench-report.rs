@@ -2,7 +2,8 @@
 //!
 //! ```sh
 //! cargo run --release -p tidemill-harness --bin bench-report            # full results
-//! cargo run --release -p tidemill-harness --bin bench-report -- --short # short-mode results
+//! cargo run --release -p tidemill-harness --bin bench-report -- --short # short-mode results,
+//!                                                                        # into target/bench-results/short/
 //! ```
 //!
 //! Reads every `<name>.json` in `target/bench-results/` (`--short`: its
@@ -32,19 +33,27 @@ const ORDER: [&str; 5] = [
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut dir = results_dir();
-    let mut out = workspace_root().join("BENCHMARKS.md");
+    let mut out = None;
     let mut short = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--short" => short = true,
             "--results" => dir = PathBuf::from(args.next().ok_or_else(usage)?),
-            "--out" => out = PathBuf::from(args.next().ok_or_else(usage)?),
+            "--out" => out = Some(PathBuf::from(args.next().ok_or_else(usage)?)),
             _ => return Err(usage()),
         }
     }
     if short {
         dir = dir.join("short");
     }
+    // Short-mode results never overwrite the real report.
+    let out = out.unwrap_or_else(|| {
+        if short {
+            dir.join("BENCHMARKS.md")
+        } else {
+            workspace_root().join("BENCHMARKS.md")
+        }
+    });
     let mut results = Vec::new();
     for entry in std::fs::read_dir(&dir)
         .map_err(|e| anyhow::anyhow!("{}: {e} (run the benches first)", dir.display()))?
