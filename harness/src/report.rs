@@ -20,6 +20,9 @@ const PIPELINE_COLORS: [RGBColor; 4] = [
     RGBColor(140, 86, 75),
 ];
 
+/// Picks one percentile out of a summary.
+type Percentile = fn(&crate::LatencySummary) -> f64;
+
 /// Rows/s for an axis: `12 M`, `500 k`.
 fn si(v: f64) -> String {
     if v >= 1e6 {
@@ -276,7 +279,7 @@ impl StudyReport {
                 .x_desc("trigger interval")
                 .y_desc("latency (ms)")
                 .draw()?;
-            let series: [(&str, fn(&crate::LatencySummary) -> f64); 4] = [
+            let series: [(&str, Percentile); 4] = [
                 ("p50", |l| l.p50_ms),
                 ("p95", |l| l.p95_ms),
                 ("p99", |l| l.p99_ms),
