@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use datafusion::prelude::SessionContext;
-use tidemill::sql::{Pipeline, RunOptions};
+use tidemill::sql::{Pipeline, PipelineError, PipelineQuery, RunOptions};
 use tidemill::{QueryProgress, Trigger};
 
 #[derive(Debug, Parser)]
@@ -84,7 +84,14 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // One message on one line, whatever the errors it is made of.
+            let message = format!("{e:#}");
+            let lines: Vec<&str> = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("error: {}", lines.join(" "));
             ExitCode::FAILURE
         }
     }
@@ -93,7 +100,16 @@ fn main() -> ExitCode {
 fn read_pipeline(file: &Path) -> anyhow::Result<Pipeline> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    Pipeline::parse(&text).with_context(|| file.display().to_string())
+    Pipeline::parse(&text).map_err(|e| in_file(file, e))
+}
+
+/// `error` said with the pipeline file first: `FILE:LINE:COLUMN: …` where
+/// the error knows its position, as compilers say it, `FILE: …` otherwise.
+fn in_file(file: &Path, error: PipelineError) -> anyhow::Error {
+    match error.position() {
+        Some(_) => anyhow::anyhow!("{}:{error}", file.display()),
+        None => anyhow::Error::new(error).context(file.display().to_string()),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -119,7 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 pipeline
                     .start(&ctx, &options)
                     .await
-                    .with_context(|| file.display().to_string())?,
+                    .map_err(|e| in_file(&file, e))?,
             );
             if queries.is_empty() {
                 bail!(
@@ -139,30 +155,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let mut printed = vec![None::<u64>; queries.len()];
             let mut stopping = false;
+            let mut failed = None::<usize>;
             loop {
-                for (q, last) in queries.iter().zip(printed.iter_mut()) {
-                    for progress in q.query.recent_progress() {
-                        if last.is_some_and(|l| progress.batch_id <= l) {
-                            continue;
-                        }
-                        *last = Some(progress.batch_id);
-                        let written = say(&progress_line(&q.sink, &progress)).and_then(|()| {
-                            match progress_file.as_mut() {
-                                Some(out) => writeln!(out, "{}", serde_json::to_string(&progress)?)
-                                    .context("cannot append to the --progress-json file"),
-                                None => Ok(()),
-                            }
-                        });
-                        if let Err(e) = written {
-                            for q in queries.iter() {
-                                q.query.stop().await.ok();
-                            }
-                            return Err(e);
-                        }
+                // Whether every query had stopped is read before their
+                // progress: the pass that sees them all stopped still
+                // prints the batches they finished last.
+                let all_stopped = queries.iter().all(|q| !q.query.is_active());
+                if let Err(e) = print_progress(&queries, &mut printed, progress_file.as_mut()) {
+                    request_stop(&queries);
+                    for q in queries.iter() {
+                        q.query.await_termination().await.ok();
                     }
+                    return Err(e);
                 }
-                if queries.iter().all(|q| !q.query.is_active()) {
+                if all_stopped {
                     break;
+                }
+                // A query that failed stops the run: the others stop after
+                // their batch in progress (their progress still printed),
+                // and the command exits with the failed query's error.
+                if failed.is_none()
+                    && let Some(i) = queries.iter().position(|q| q.query.error().is_some())
+                {
+                    failed = Some(i);
+                    stopping = true;
+                    request_stop(&queries);
                 }
                 tokio::select! {
                     () = interrupts.recv() => {
@@ -176,18 +193,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         eprintln!("stopping after the current batch… (Ctrl-C again to exit now)");
                         // Every query stops after its batch in progress, in
                         // parallel; the loop goes on printing their progress.
-                        for i in 0..queries.len() {
-                            let queries = Arc::clone(&queries);
-                            tokio::spawn(async move { queries[i].query.stop().await.ok() });
-                        }
+                        request_stop(&queries);
                     }
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
             }
-            for q in queries.iter() {
-                if let Some(error) = q.query.error() {
-                    bail!("query {} failed: {error}", q.sink);
-                }
+            // The query that failed first, or any that failed as it stopped.
+            if let Some(i) =
+                failed.or_else(|| queries.iter().position(|q| q.query.error().is_some()))
+            {
+                return Err(query_failed(&queries[i]));
             }
             Ok(())
         }
@@ -196,7 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let outputs = pipeline
                 .run_batch(&ctx)
                 .await
-                .with_context(|| file.display().to_string())?;
+                .map_err(|e| in_file(&file, e))?;
             for output in outputs {
                 say(&format!("{}: {} rows", output.sink, output.rows))?;
             }
@@ -207,7 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let explained = pipeline
                 .explain(&ctx)
                 .await
-                .with_context(|| file.display().to_string())?;
+                .map_err(|e| in_file(&file, e))?;
             let mut rejected = Vec::new();
             for e in explained {
                 say(&format!("== INSERT INTO {}", e.sink))?;
@@ -228,6 +243,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Prints the progress of the batches each query finished since the last
+/// call (`printed` holds the last batch id printed per query): one line on
+/// standard output, and one JSON object in `progress_file` if given.
+fn print_progress(
+    queries: &[PipelineQuery],
+    printed: &mut [Option<u64>],
+    mut progress_file: Option<&mut std::fs::File>,
+) -> anyhow::Result<()> {
+    for (q, last) in queries.iter().zip(printed.iter_mut()) {
+        for progress in q.query.recent_progress() {
+            if last.is_some_and(|l| progress.batch_id <= l) {
+                continue;
+            }
+            *last = Some(progress.batch_id);
+            say(&progress_line(&q.sink, &progress))?;
+            if let Some(out) = progress_file.as_mut() {
+                writeln!(out, "{}", serde_json::to_string(&progress)?)
+                    .context("cannot append to the --progress-json file")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Asks every query to stop after its batch in progress, in parallel,
+/// without waiting.
+fn request_stop(queries: &Arc<Vec<PipelineQuery>>) {
+    for i in 0..queries.len() {
+        let queries = Arc::clone(queries);
+        tokio::spawn(async move { queries[i].query.stop().await.ok() });
+    }
+}
+
+/// The error of a query that failed, naming it.
+fn query_failed(q: &PipelineQuery) -> anyhow::Error {
+    match q.query.error() {
+        Some(error) => anyhow::anyhow!("query {} failed: {error}", q.sink),
+        None => anyhow::anyhow!("query {} stopped", q.sink),
     }
 }
 

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use tidemill_connectors::FileFormat;
 use tidemill_connectors::kafka::{EndingOffsets, StartingOffsets};
-use tidemill_engine::OutputMode;
 use tidemill_engine::watermark::parse_delay;
+use tidemill_engine::{OutputMode, TidemillError};
 
 use super::PipelineError;
 use super::parser::{Located, SinkDef, StreamDef};
@@ -62,6 +62,35 @@ pub(super) enum KafkaTopics {
 pub(super) struct SinkSpec {
     pub connector: SinkConnector,
     pub output_mode: OutputMode,
+}
+
+impl SinkSpec {
+    /// Refuses an output mode the sink's connector cannot write, saying
+    /// which modes it can and which sinks take the others. A `files` sink
+    /// never rewrites committed files, so it takes `append` only; `console`
+    /// and `kafka` sinks take every mode (update and complete rows are
+    /// printed or produced as they come).
+    pub fn check_output_mode(&self, sink: &str) -> Result<(), TidemillError> {
+        match (&self.connector, self.output_mode) {
+            (SinkConnector::Files { .. }, OutputMode::Update | OutputMode::Complete) => {
+                Err(TidemillError::Unsupported {
+                    operator: format!("files sink {sink}"),
+                    reason: format!(
+                        "supports output_mode = 'append' only, not '{}' (committed parquet files \
+                         are never rewritten)",
+                        self.output_mode
+                    ),
+                    fix: format!(
+                        "Use output_mode = 'append' (for an aggregation: a watermark on the \
+                         stream and a window among the group keys), or a console or kafka sink \
+                         for {} mode",
+                        self.output_mode
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Where a sink writes.

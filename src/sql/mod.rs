@@ -39,7 +39,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::source_as_provider;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
@@ -50,7 +53,7 @@ use tidemill_connectors::{ConsoleSink, FileSource, ParquetSink, RateSource};
 use tidemill_engine::window::register_window_functions;
 use tidemill_engine::{
     OutputMode, Sink, SinkContext, StreamingContext, StreamingDataFrame, StreamingQuery,
-    TidemillError, Trigger,
+    StreamingTable, TidemillError, Trigger,
 };
 
 use connectors::{
@@ -71,10 +74,23 @@ pub enum PipelineError {
         /// What is wrong and what is expected.
         message: String,
     },
-    /// An error from DataFusion's SQL parser or planner (its message names
-    /// the line and column where it knows them).
+    /// An error from DataFusion's SQL parser or planner that knows no
+    /// position in the file.
     #[error("{0}")]
     Sql(String),
+    /// An `INSERT INTO` that cannot run as a stream (or could not start),
+    /// said with the statement's position and its sink.
+    #[error("{line}:{column}: INSERT INTO {sink}: {error}")]
+    Rejected {
+        /// 1-based line of the `INSERT INTO`.
+        line: u64,
+        /// 1-based column of the `INSERT INTO`.
+        column: u64,
+        /// The query's sink (also its name).
+        sink: String,
+        /// Why it cannot run, and what would fix it.
+        error: Box<TidemillError>,
+    },
     /// The engine refused or stopped a query.
     #[error(transparent)]
     Engine(#[from] TidemillError),
@@ -90,23 +106,91 @@ pub enum PipelineError {
     },
 }
 
+impl PipelineError {
+    /// Where in the pipeline file the mistake is, as a 1-based line and
+    /// column, when known. The error's message then starts with
+    /// `LINE:COLUMN: `, so `format!("{file}:{error}")` says it as compilers
+    /// do: `per_minute.sql:4:3: …`.
+    pub fn position(&self) -> Option<(u64, u64)> {
+        match self {
+            PipelineError::At { line, column, .. }
+            | PipelineError::Rejected { line, column, .. } => Some((*line, *column)),
+            _ => None,
+        }
+    }
+}
+
 impl From<DataFusionError> for PipelineError {
+    /// Planner errors carry the position of the offending identifier,
+    /// table or function as a diagnostic (columns only when the session
+    /// collects spans, as the pipeline's planning session does); parser
+    /// errors end with sqlparser's ` at Line: L, Column: C`.
     fn from(error: DataFusionError) -> Self {
-        if let Some(span) = error.diagnostic().and_then(|d| d.span) {
+        let span = error.diagnostic().and_then(|d| d.span);
+        if let DataFusionError::SQL(parser_error, _) = error.find_root() {
+            return match (PipelineError::from(parser_error.as_ref().clone()), span) {
+                (PipelineError::Sql(message), Some(span)) => PipelineError::At {
+                    line: span.start.line,
+                    column: span.start.column,
+                    message,
+                },
+                (located, _) => located,
+            };
+        }
+        let message = one_line(&error.strip_backtrace());
+        if let Some(span) = span {
             return PipelineError::At {
                 line: span.start.line,
                 column: span.start.column,
-                message: error.strip_backtrace().to_string(),
+                message: without_sqlparser_location(&message).0.to_string(),
             };
         }
-        PipelineError::Sql(error.strip_backtrace().to_string())
+        located_or_sql(message)
     }
 }
 
 impl From<ParserError> for PipelineError {
     fn from(error: ParserError) -> Self {
-        PipelineError::Sql(format!("SQL syntax error: {error}"))
+        located_or_sql(format!(
+            "SQL syntax error: {}",
+            one_line(&error.to_string())
+        ))
     }
+}
+
+/// `message` at the position sqlparser appended to it, if it did.
+fn located_or_sql(message: String) -> PipelineError {
+    match without_sqlparser_location(&message) {
+        (text, Some((line, column))) => PipelineError::At {
+            line,
+            column,
+            message: text.to_string(),
+        },
+        (_, None) => PipelineError::Sql(message),
+    }
+}
+
+/// Splits sqlparser's ` at Line: L, Column: C` off the end of `message`.
+fn without_sqlparser_location(message: &str) -> (&str, Option<(u64, u64)>) {
+    let parsed = message.rsplit_once(" at Line: ").and_then(|(text, at)| {
+        let (line, column) = at.split_once(", Column: ")?;
+        Some((text, (line.parse().ok()?, column.parse().ok()?)))
+    });
+    match parsed {
+        Some((text, at)) => (text, Some(at)),
+        None => (message, None),
+    }
+}
+
+/// A message on one line: DataFusion puts hints (`Did you mean …?`) on
+/// lines of their own.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// How [`Pipeline::start`] runs the queries.
@@ -156,6 +240,67 @@ struct Prepared {
     sink: String,
     spec: SinkSpec,
     df: DataFrame,
+    /// The line where the `INSERT INTO` starts in the file.
+    line: u64,
+    /// The column where the `INSERT INTO` starts in the file.
+    column: u64,
+}
+
+impl Prepared {
+    /// `error` said of this `INSERT INTO`, at its position.
+    fn rejected(&self, error: TidemillError) -> PipelineError {
+        PipelineError::Rejected {
+            line: self.line,
+            column: self.column,
+            sink: self.sink.clone(),
+            error: Box::new(error),
+        }
+    }
+
+    /// How the query would run as a stream, or why it cannot: first what
+    /// the pipeline knows (its sink's output modes, whether it reads a
+    /// stream at all), said in the file's terms, then the engine's checks.
+    fn explain(&self) -> Result<String, TidemillError> {
+        self.spec.check_output_mode(&self.sink)?;
+        if !reads_stream(self.df.logical_plan()) {
+            return Err(TidemillError::Unsupported {
+                operator: format!("INSERT INTO {}", self.sink),
+                reason: "reads no stream, only tables and values, so it has nothing to process \
+                         incrementally"
+                    .into(),
+                fix: "Read a stream declared with CREATE STREAM (directly or through a view), \
+                      or use `tidemill batch` for static tables"
+                    .into(),
+            });
+        }
+        self.df
+            .clone()
+            .write_stream()
+            .output_mode(self.spec.output_mode)
+            .explain()
+            .map_err(in_sql_terms)
+    }
+}
+
+/// The engine's refusal with its fix said in the pipeline file's terms
+/// where the engine says it in Rust's (a watermark is declared in
+/// `CREATE STREAM`, not with `with_watermark`).
+fn in_sql_terms(error: TidemillError) -> TidemillError {
+    match error {
+        TidemillError::Unsupported {
+            operator,
+            reason,
+            fix,
+        } if fix.starts_with("Call with_watermark(") => TidemillError::Unsupported {
+            operator,
+            reason,
+            fix: "Declare a watermark on the stream's event-time column (CREATE STREAM name (…, \
+                  WATERMARK FOR <column> AS <column> - INTERVAL '10' SECOND) WITH (…)), or use \
+                  output_mode = 'update' or 'complete'"
+                .into(),
+        },
+        other => other,
+    }
 }
 
 impl Pipeline {
@@ -173,14 +318,23 @@ impl Pipeline {
 
     /// Starts one streaming query per `INSERT INTO`, checkpointed under
     /// `options.checkpoint`. A restart with the same checkpoint resumes
-    /// each query exactly where it stopped.
+    /// each query exactly where it stopped. Every query is checked as
+    /// [`Pipeline::explain`] checks it before any starts; one that cannot
+    /// run (or start) is [`PipelineError::Rejected`], naming its
+    /// `INSERT INTO`.
     pub async fn start(
         &self,
         ctx: &SessionContext,
         options: &RunOptions,
     ) -> Result<Vec<PipelineQuery>, PipelineError> {
+        let prepared = self.prepare(ctx, false).await?;
+        // Every query is checked before any starts, so that a rejected one
+        // does not leave the others running or writing.
+        for query in &prepared {
+            query.explain().map_err(|e| query.rejected(e))?;
+        }
         let mut queries = Vec::new();
-        for prepared in self.prepare(ctx, false).await? {
+        for prepared in prepared {
             let checkpoint = format!(
                 "{}/{}",
                 options.checkpoint.trim_end_matches('/'),
@@ -209,7 +363,12 @@ impl Pipeline {
                     for started in &queries {
                         let _ = started.query.stop().await;
                     }
-                    return Err(e.into());
+                    return Err(PipelineError::Rejected {
+                        line: prepared.line,
+                        column: prepared.column,
+                        sink: prepared.sink,
+                        error: Box::new(e),
+                    });
                 }
             }
         }
@@ -269,17 +428,15 @@ impl Pipeline {
 
     /// How each `INSERT INTO` would run as a stream: its output mode,
     /// watermarks, stateful operator and per-batch plan, or why it cannot
-    /// run.
+    /// run: its sink does not take its output mode (a `files` sink takes
+    /// `append` only), it reads no stream, or the engine cannot run it
+    /// incrementally.
     pub async fn explain(&self, ctx: &SessionContext) -> Result<Vec<Explanation>, PipelineError> {
         let mut explained = Vec::new();
         for prepared in self.prepare(ctx, false).await? {
             explained.push(Explanation {
+                plan: prepared.explain(),
                 sink: prepared.sink,
-                plan: prepared
-                    .df
-                    .write_stream()
-                    .output_mode(prepared.spec.output_mode)
-                    .explain(),
             });
         }
         Ok(explained)
@@ -296,6 +453,7 @@ impl Pipeline {
         let mut sinks: HashMap<String, SinkSpec> = HashMap::new();
         let mut prepared: Vec<Prepared> = Vec::new();
         for statement in &self.statements {
+            let (statement_line, statement_column) = (statement.line, statement.column);
             let at = |message: String| PipelineError::At {
                 line: statement.line,
                 column: statement.column,
@@ -350,12 +508,14 @@ impl Pipeline {
                     let mut query = insert.query.clone();
                     rewrite_windows(ctx, &mut query).await?;
                     let statement = DFStatement::Statement(Box::new(SQLStatement::Query(query)));
-                    let state = ctx.state();
+                    let state = planning_state(ctx);
                     let plan = state.statement_to_plan(statement).await?;
                     prepared.push(Prepared {
                         sink: insert.sink.clone(),
                         spec,
                         df: DataFrame::new(state, plan),
+                        line: statement_line,
+                        column: statement_column,
                     });
                 }
                 PipelineStatement::Sql(statement) => {
@@ -366,14 +526,42 @@ impl Pipeline {
                     {
                         rewrite_windows(ctx, query).await?;
                     }
-                    let state = ctx.state();
-                    let plan = state.statement_to_plan(statement).await?;
+                    let plan = planning_state(ctx).statement_to_plan(statement).await?;
                     ctx.execute_logical_plan(plan).await?.collect().await?;
                 }
             }
         }
         Ok(prepared)
     }
+}
+
+/// The state the pipeline's statements are planned with: `ctx`'s, also
+/// collecting the spans of identifiers, so that an unknown column's error
+/// says where the column is written.
+fn planning_state(ctx: &SessionContext) -> SessionState {
+    let mut state = ctx.state();
+    state.config_mut().options_mut().sql_parser.collect_spans = true;
+    state
+}
+
+/// Whether `plan` reads a stream: a streaming scan, directly or inside a
+/// view (which the plan as written keeps as a scan of the view).
+fn reads_stream(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let inner = source_as_provider(&scan.source)
+                .ok()
+                .and_then(|provider| provider.get_logical_plan().map(|p| reads_stream(&p)));
+            if StreamingTable::of_scan(scan).is_some() || inner == Some(true) {
+                found = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .expect("visiting a plan without errors cannot fail");
+    found
 }
 
 /// Rewrites Spark's `window.start` / `window.end` / `window` references

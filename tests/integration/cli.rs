@@ -115,7 +115,24 @@ async fn the_same_pipeline_streamed_and_batched_gives_the_same_rows() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(batches.len() >= 4, "{lines}");
+    // Every committed batch has its progress line and JSON object, the
+    // last ones too (printed after the query stopped).
+    let commits = logged(
+        &dir.path().join("streamed.checkpoint/per_minute"),
+        "commits",
+    );
+    assert!(commits.len() >= 4, "{commits:?}");
+    let reported: Vec<u64> = batches
+        .iter()
+        .map(|b| b["batch_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(reported, commits, "{lines}");
+    for id in &commits {
+        assert!(
+            stdout.contains(&format!("per_minute: batch {id} |")),
+            "batch {id}: {stdout}"
+        );
+    }
     assert_eq!(batches[0]["num_input_rows"], 10);
 
     let batch = pipeline(dir.path(), "batched", "append");
@@ -232,7 +249,7 @@ fn errors_say_where_and_exit_non_zero_without_a_panic() {
                 "syntax.sql",
                 "CREATE SINK s WITH (connector = 'console');\nINSERT INTO s SELEC 1;",
             ),
-            "Line: 2",
+            "syntax.sql:2:15: SQL syntax error: ",
         ),
         (
             write(
@@ -267,7 +284,30 @@ fn errors_say_where_and_exit_non_zero_without_a_panic() {
                 "window.sql",
                 "CREATE STREAM t (a INT, ts TIMESTAMP) WITH (connector = 'files', path = 'x', format = 'json');\nCREATE SINK s WITH (connector = 'console', output_mode = 'update');\nINSERT INTO s SELECT a,\n  window.start FROM t GROUP BY a;",
             ),
-            "4:3: window.start refers to the grouping window of the query, but its GROUP BY has no window(…) call",
+            "window.sql:4:3: window.start refers to the grouping window of the query, but its GROUP BY has no window(…) call",
+        ),
+        // The planner's errors say where the unknown column, table or
+        // function is written.
+        (
+            write(
+                "column.sql",
+                "CREATE STREAM t (a INT) WITH (connector = 'files', path = 'x', format = 'json');\nCREATE SINK s WITH (connector = 'console');\nINSERT INTO s\nSELECT a,\n  nope FROM t;",
+            ),
+            "column.sql:5:3: Schema error: No field named nope.",
+        ),
+        (
+            write(
+                "table.sql",
+                "CREATE SINK s WITH (connector = 'console');\nINSERT INTO s SELECT a\n  FROM nowhere;",
+            ),
+            "table.sql:3:8: Error during planning: table 'datafusion.public.nowhere' not found",
+        ),
+        (
+            write(
+                "function.sql",
+                "CREATE STREAM t (a INT) WITH (connector = 'files', path = 'x', format = 'json');\nCREATE SINK s WITH (connector = 'console');\nINSERT INTO s SELECT a,\n   cont(a) FROM t;",
+            ),
+            "function.sql:4:4: Error during planning: Invalid function 'cont'. Did you mean",
         ),
     ];
     for (file, expected) in &cases {
@@ -572,4 +612,216 @@ async fn a_second_ctrl_c_exits_at_once_and_the_batch_is_rerun_on_restart() {
         committed(dir.path(), "out").await,
         reference(dir.path(), "10:02:00").await
     );
+}
+
+/// Writes `sql` to `<dir>/<name>` and returns its path.
+fn write_sql(dir: &Path, name: &str, sql: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, sql).unwrap();
+    path
+}
+
+/// Checks that `out` failed with exit code 1 and one message on standard
+/// error, without a panic, and returns the message.
+fn one_error(out: &Output) -> String {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one message: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn run_names_the_rejected_query_its_line_and_the_fix_and_starts_none() {
+    let dir = tempfile::tempdir().unwrap();
+    write_trades(dir.path(), 0);
+    let file = write_sql(
+        dir.path(),
+        "rejected.sql",
+        &format!(
+            "CREATE STREAM t (symbol VARCHAR, quantity DOUBLE)
+  WITH (connector = 'files', path = '{input}', format = 'json');
+CREATE SINK fine WITH (connector = 'files', path = '{fine}');
+CREATE SINK totals WITH (connector = 'files', path = '{totals}', output_mode = 'append');
+INSERT INTO fine SELECT symbol FROM t;
+
+INSERT INTO totals SELECT symbol, sum(quantity) FROM t GROUP BY symbol;
+",
+            input = dir.path().join("trades").display(),
+            fine = dir.path().join("fine").display(),
+            totals = dir.path().join("totals").display(),
+        ),
+    );
+    let run = tidemill(&["run", file.to_str().unwrap(), "--trigger", "available-now"]);
+    let stderr = one_error(&run);
+    for expected in [
+        "rejected.sql:7:1: INSERT INTO totals: unsupported streaming query: Aggregate in append mode",
+        "Group by a window of the watermarked event-time column, or use update or complete mode",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    // Every query is checked before any starts: the valid one ran no batch.
+    assert_eq!(text(&run.stdout), "");
+    assert!(!dir.path().join("rejected.checkpoint/fine/commits").exists());
+}
+
+#[test]
+fn sink_restrictions_and_streamless_queries_are_said_in_sql_terms() {
+    let dir = tempfile::tempdir().unwrap();
+    let update = write_sql(
+        dir.path(),
+        "update.sql",
+        "CREATE STREAM t (symbol VARCHAR) WITH (connector = 'files', path = 'in', format = 'json');
+CREATE SINK counts WITH (connector = 'files', path = 'out', output_mode = 'update');
+INSERT INTO counts SELECT symbol, count(*) AS n FROM t GROUP BY symbol;",
+    );
+    let explain = tidemill(&["explain", update.to_str().unwrap()]);
+    let stdout = text(&explain.stdout);
+    let stderr = one_error(&explain);
+    assert!(
+        stdout.contains(
+            "rejected: unsupported streaming query: files sink counts supports output_mode = \
+             'append' only, not 'update'"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("or a console or kafka sink for update mode"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("cannot run as a stream: INSERT INTO counts"),
+        "{stderr}"
+    );
+    let run = tidemill(&["run", update.to_str().unwrap(), "--trigger", "once"]);
+    let stderr = one_error(&run);
+    assert!(
+        stderr.contains("update.sql:3:1: INSERT INTO counts: unsupported streaming query: files sink counts supports output_mode = 'append' only"),
+        "{stderr}"
+    );
+    for rust in ["OutputMode::", "MemorySink", "ForeachBatchSink"] {
+        assert!(
+            !stdout.contains(rust) && !stderr.contains(rust),
+            "{rust}: {stdout}{stderr}"
+        );
+    }
+
+    let streamless = write_sql(
+        dir.path(),
+        "streamless.sql",
+        "CREATE SINK constants WITH (connector = 'console');
+INSERT INTO constants SELECT 1 AS one;",
+    );
+    let explain = tidemill(&["explain", streamless.to_str().unwrap()]);
+    let stdout = text(&explain.stdout);
+    one_error(&explain);
+    assert!(
+        stdout.contains(
+            "rejected: unsupported streaming query: INSERT INTO constants reads no stream"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("use `tidemill batch` for static tables"),
+        "{stdout}"
+    );
+    let run = tidemill(&["run", streamless.to_str().unwrap(), "--trigger", "once"]);
+    let stderr = one_error(&run);
+    assert!(
+        stderr.contains("streamless.sql:2:1: INSERT INTO constants: unsupported streaming query: INSERT INTO constants reads no stream"),
+        "{stderr}"
+    );
+    for rust in ["collect()", "read_stream()"] {
+        assert!(
+            !stdout.contains(rust) && !stderr.contains(rust),
+            "{rust}: {stdout}{stderr}"
+        );
+    }
+    // As a batch job it runs.
+    let batch = tidemill(&["batch", streamless.to_str().unwrap()]);
+    assert!(batch.status.success(), "{}", text(&batch.stderr));
+    assert!(
+        text(&batch.stdout).ends_with("constants: 1 rows\n"),
+        "{}",
+        text(&batch.stdout)
+    );
+
+    // A window in append mode over a stream without a watermark: the fix
+    // is a WATERMARK FOR clause, not the Rust API's with_watermark.
+    let unwatermarked = write_sql(
+        dir.path(),
+        "unwatermarked.sql",
+        "CREATE STREAM t (symbol VARCHAR, ts TIMESTAMP) WITH (connector = 'files', path = 'in', format = 'json');
+CREATE SINK per_minute WITH (connector = 'console');
+INSERT INTO per_minute SELECT window.start, count(*) AS n FROM t GROUP BY window(ts, '1 minute');",
+    );
+    let explain = tidemill(&["explain", unwatermarked.to_str().unwrap()]);
+    let stdout = text(&explain.stdout);
+    one_error(&explain);
+    assert!(
+        stdout.contains("but the input has no watermark"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("WATERMARK FOR <column> AS <column> - INTERVAL '10' SECOND"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("with_watermark("), "{stdout}");
+}
+
+#[test]
+fn a_failed_query_stops_the_others_and_the_run_exits_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write_trades(dir.path(), 0);
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(
+        bad.join("part-000.json"),
+        "{\"symbol\": \"AAPL\", \"price\": 1.5}\nnot json\n",
+    )
+    .unwrap();
+    let file = write_sql(
+        dir.path(),
+        "two.sql",
+        &format!(
+            "CREATE STREAM trades (symbol VARCHAR, price DOUBLE)
+  WITH (connector = 'files', path = '{trades}', format = 'json');
+CREATE STREAM bad (symbol VARCHAR, price DOUBLE)
+  WITH (connector = 'files', path = '{bad}', format = 'json');
+CREATE SINK copied WITH (connector = 'files', path = '{copied}');
+CREATE SINK broken WITH (connector = 'files', path = '{broken}');
+INSERT INTO copied SELECT symbol, price FROM trades;
+INSERT INTO broken SELECT symbol, price FROM bad;
+",
+            trades = dir.path().join("trades").display(),
+            bad = bad.display(),
+            copied = dir.path().join("copied").display(),
+            broken = dir.path().join("broken").display(),
+        ),
+    );
+    // Under a processing-time trigger the valid query would run forever:
+    // the failed one must end the run.
+    let (mut child, _stdout, stderr) =
+        spawn_tidemill(&["run", file.to_str().unwrap(), "--trigger", "100ms"], &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!("tidemill run kept running after query broken failed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1));
+    let stderr: Vec<String> = stderr.iter().collect();
+    assert_eq!(stderr.len(), 1, "one message: {stderr:#?}");
+    assert!(
+        stderr[0].starts_with("error: query broken failed: source FileSource[json: "),
+        "{stderr:#?}"
+    );
+    assert!(stderr[0].contains("part-000.json, line 2"), "{stderr:#?}");
 }

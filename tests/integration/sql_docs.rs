@@ -168,6 +168,46 @@ fn write_example(dir: &Path, example: &Example) -> PathBuf {
     file
 }
 
+/// The document's words on mistakes in `WITH (…)` options are what the
+/// command says: each quoted message is in the document and in the error
+/// of a file making that mistake, at the documented place.
+#[test]
+fn option_mistakes_are_reported_as_documented() {
+    let doc = std::fs::read_to_string(doc_path()).unwrap();
+    // The document's text, with its line breaks as spaces.
+    let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "CREATE STREAM t (a INT)\n  WITH (connector = 'files', path = 'x', format = 'json', path = 'y');",
+            "option 'path' is given twice",
+            ":2:59: ",
+        ),
+        (
+            "CREATE STREAM t (a INT)\n  WITH (connector = 'files', pth = 'x', format = 'json');",
+            "unknown option 'pth' for a files stream (stream t); valid options: connector, path,",
+            ":2:30: ",
+        ),
+        (
+            "CREATE STREAM t (a INT)\n  WITH (connector = 'files', format = 'json');",
+            "stream t needs the option 'path'",
+            ":1:1: ",
+        ),
+    ];
+    for (sql, message, at) in cases {
+        assert!(doc.contains(message), "docs/sql.md does not say: {message}");
+        let file = dir.path().join("options.sql");
+        std::fs::write(&file, sql).unwrap();
+        let out = tidemill(&["explain", file.to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("options.sql{at}{message}")),
+            "{at}{message}\nnot in\n{stderr}"
+        );
+    }
+}
+
 #[test]
 fn every_sql_example_is_marked() {
     let examples = examples();
