@@ -459,6 +459,57 @@ async fn a_bounded_batch_read_equals_the_stream_over_the_same_range() {
     );
 }
 
+#[tokio::test]
+async fn processed_offsets_can_be_committed_to_a_group_for_monitoring() {
+    use tidemill::connectors::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+    let broker = Broker::start();
+    let b = broker.bootstrap();
+    let topic = unique_topic("group");
+    create_topic(&b, &topic, 2, &[]).await;
+    produce_events(&b, &topic, 2, 0..11);
+    let group = unique_topic("monitor");
+    let ctx = SessionContext::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let source = events_source(&b, &topic).commit_offsets_to_group(&group);
+    let (sink, _) = run_available_now(
+        ctx.read_stream(source).await.unwrap(),
+        &tmp.path().join("chk"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sink.num_rows(), 11);
+    // A lag monitor reading the group sees the query's position.
+    let (b2, t2, g2) = (b.clone(), topic.clone(), group.clone());
+    let committed = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = tidemill::connectors::kafka::rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &b2)
+            .set("group.id", &g2)
+            .create()
+            .unwrap();
+        let mut tpl = tidemill::connectors::kafka::rdkafka::TopicPartitionList::new();
+        tpl.add_partition(&t2, 0);
+        tpl.add_partition(&t2, 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = consumer
+                .committed_offsets(tpl.clone(), Duration::from_secs(5))
+                .unwrap();
+            let offsets: Vec<i64> = found
+                .elements()
+                .iter()
+                .map(|e| e.offset().to_raw().unwrap_or(-1))
+                .collect();
+            if offsets == vec![6, 5] || std::time::Instant::now() > deadline {
+                return offsets;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(committed, vec![6, 5]);
+}
+
 /// Values 0..10 with 3 and 7 malformed (not JSON, a string where a number
 /// belongs), all in partition 0.
 fn produce_with_bad_values(bootstrap: &str, topic: &str) {

@@ -198,6 +198,11 @@ impl Broker {
         self.dir.path()
     }
 
+    /// The broker process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the broker process is running.
     pub fn is_running(&self) -> bool {
         self.child.is_some()

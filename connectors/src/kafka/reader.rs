@@ -24,8 +24,14 @@ use super::schema::RecordsBuilder;
 
 /// Rows per record batch a read produces.
 const BATCH_ROWS: usize = 8192;
-/// Records kept per partition beyond the end of a read, for the next one.
-const LOOKAHEAD_CAP: usize = 20_000;
+/// Records kept per partition beyond the end of a read, for the next one:
+/// at most as many, and as many bytes of keys and values, as librdkafka
+/// prefetches by default (`queued.min.messages`,
+/// `queued.max.messages.kbytes`). A broker may answer one fetch with more
+/// than that (Tansu ignores the per-partition fetch size); what does not
+/// fit is fetched again.
+const LOOKAHEAD_RECORDS: usize = 100_000;
+const LOOKAHEAD_BYTES: usize = 64 << 20;
 /// How long one poll waits.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -72,11 +78,70 @@ struct Cursor {
     /// here on are in `buffer` or still to come from the consumer.
     read_upto: i64,
     buffer: VecDeque<OwnedMessage>,
+    /// The bytes of keys and values in `buffer`.
+    buffered_bytes: usize,
+}
+
+impl Cursor {
+    fn at(read_upto: i64) -> Self {
+        Self {
+            read_upto,
+            ..Self::default()
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<OwnedMessage> {
+        let message = self.buffer.pop_front()?;
+        self.buffered_bytes -= size(&message);
+        Some(message)
+    }
+
+    fn clear(&mut self) {
+        self.buffer.clear();
+        self.buffered_bytes = 0;
+    }
+}
+
+/// The bytes of a record's key and value.
+fn size<M: Message>(message: &M) -> usize {
+    message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len)
+}
+
+/// A consumer closed on a blocking thread when dropped. rdkafka's
+/// `BaseConsumer` drop waits for librdkafka to close the consumer in polls
+/// of 100 ms, which would otherwise hold up the async runtime's worker (and
+/// the end of a query) for that long.
+struct ClosedInBackground(Option<BaseConsumer>);
+
+impl std::ops::Deref for ClosedInBackground {
+    type Target = BaseConsumer;
+
+    fn deref(&self) -> &BaseConsumer {
+        self.0.as_ref().expect("consumer present until dropped")
+    }
+}
+
+impl Drop for ClosedInBackground {
+    fn drop(&mut self) {
+        let Some(consumer) = self.0.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || drop(consumer));
+            }
+            Err(_) => drop(consumer),
+        }
+    }
 }
 
 /// One assigned consumer and where it stands in each partition.
 pub(crate) struct Reader {
-    consumer: BaseConsumer,
+    consumer: ClosedInBackground,
+    /// A second client for metadata and offset queries: a broker answers
+    /// the requests of one connection in order, so on the fetching
+    /// consumer's connection they would wait behind its fetches.
+    queries: ClosedInBackground,
     timeout: Duration,
     cursors: HashMap<(String, i32), Cursor>,
     needs_assign: bool,
@@ -97,8 +162,10 @@ impl Reader {
             ("socket.timeout.ms", options.timeout_ms()),
         ]);
         let consumer: BaseConsumer = config.create()?;
+        let queries: BaseConsumer = config.create()?;
         Ok(Self {
-            consumer,
+            consumer: ClosedInBackground(Some(consumer)),
+            queries: ClosedInBackground(Some(queries)),
             timeout: options.timeout,
             cursors: HashMap::new(),
             needs_assign: false,
@@ -107,12 +174,12 @@ impl Reader {
 
     /// Metadata of `topic`, or of every topic.
     pub(crate) fn metadata(&self, topic: Option<&str>) -> Result<Metadata, KafkaError> {
-        self.consumer.fetch_metadata(topic, self.timeout)
+        self.queries.fetch_metadata(topic, self.timeout)
     }
 
     /// The earliest and the end offset of a partition.
     pub(crate) fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), KafkaError> {
-        self.consumer
+        self.queries
             .fetch_watermarks(topic, partition, self.timeout)
     }
 
@@ -126,7 +193,7 @@ impl Reader {
         for (topic, partition, ts) in partitions {
             tpl.add_partition_offset(topic, *partition, KafkaOffset::Offset(*ts))?;
         }
-        let found = self.consumer.offsets_for_times(tpl, self.timeout)?;
+        let found = self.queries.offsets_for_times(tpl, self.timeout)?;
         partitions
             .iter()
             .map(|(topic, partition, _)| {
@@ -167,13 +234,7 @@ impl Reader {
             match self.cursors.get(&range.key()) {
                 Some(cursor) if cursor.read_upto == range.start => {}
                 _ => {
-                    self.cursors.insert(
-                        range.key(),
-                        Cursor {
-                            read_upto: range.start,
-                            buffer: VecDeque::new(),
-                        },
-                    );
+                    self.cursors.insert(range.key(), Cursor::at(range.start));
                     self.needs_assign = true;
                 }
             }
@@ -181,7 +242,7 @@ impl Reader {
         if self.needs_assign {
             let mut tpl = TopicPartitionList::new();
             for ((topic, partition), cursor) in &mut self.cursors {
-                cursor.buffer.clear();
+                cursor.clear();
                 tpl.add_partition_offset(topic, *partition, KafkaOffset::Offset(cursor.read_upto))
                     .map_err(|e| ReadError::Kafka(e, "assigning partitions".into()))?;
             }
@@ -211,7 +272,7 @@ impl Reader {
             while let Some(message) = cursor.buffer.front() {
                 let offset = message.offset();
                 if offset < range.start {
-                    cursor.buffer.pop_front();
+                    cursor.pop_front();
                     continue;
                 }
                 if offset >= range.end {
@@ -220,7 +281,7 @@ impl Reader {
                     incomplete -= 1;
                     break;
                 }
-                let message = cursor.buffer.pop_front().expect("front");
+                let message = cursor.pop_front().expect("front");
                 take(&mut builders[i], &mut batches[i], &mut first[i], &message);
                 if offset + 1 >= range.end {
                     next[i] = None;
@@ -345,12 +406,15 @@ impl Reader {
         if message.offset() < cursor.read_upto {
             return;
         }
-        if cursor.buffer.len() >= LOOKAHEAD_CAP {
+        if cursor.buffer.len() >= LOOKAHEAD_RECORDS
+            || cursor.buffered_bytes + size(&message) > LOOKAHEAD_BYTES
+        {
             // Too far ahead: forget it all and assign afresh next time.
-            cursor.buffer.clear();
+            cursor.clear();
             self.needs_assign = true;
             return;
         }
+        cursor.buffered_bytes += size(&message);
         cursor.buffer.push_back(message);
     }
 }

@@ -589,6 +589,30 @@ fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
+/// Waits until every message sent is acknowledged (or failed), serving
+/// the delivery reports as they come and sleeping 1 ms between looks.
+/// rdkafka's own `flush` waits in polls of 100 ms that do not return early
+/// (`BaseProducer::poll` runs to its deadline), and shorter polls spin on
+/// the clock once a report has been served.
+fn flush(
+    producer: &BaseProducer<Delivery>,
+    timeout: Duration,
+) -> std::result::Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // A zero-timeout poll serves at most one event (a delivery report
+        // covers a whole produce response).
+        producer.poll(Duration::ZERO);
+        if producer.in_flight_count() == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// How a batch's messages are tagged.
 #[derive(Clone)]
 struct Tag {
@@ -626,8 +650,7 @@ fn produce(
             && row == halfway
             && row > 0
         {
-            producer
-                .flush(timeout)
+            flush(producer, timeout)
                 .map_err(|e| (e, "waiting for acknowledgements".to_string()))?;
             failpoint::hit("during_sink", batch_id);
         }
@@ -693,9 +716,7 @@ fn produce(
             producer.poll(Duration::ZERO);
         }
     }
-    producer
-        .flush(timeout)
-        .map_err(|e| (e, "waiting for acknowledgements".to_string()))?;
+    flush(producer, timeout).map_err(|e| (e, "waiting for acknowledgements".to_string()))?;
     if context.failed.load(Ordering::Relaxed) > 0 {
         let error = context
             .first_error

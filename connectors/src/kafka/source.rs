@@ -965,7 +965,16 @@ impl Source for KafkaStream {
         limit: ReadLimit,
     ) -> Result<Option<Offset>> {
         let from = self.start_offsets(start).await?;
-        let now = self.ends_now().await?;
+        let now = match &self.available_now_cap {
+            // The ends were taken when the AvailableNow query started and
+            // bound every batch: as Spark, the source does not ask the
+            // broker again (the earliest offsets are not used here).
+            Some(cap) => cap
+                .iter()
+                .map(|(topic, partition, end)| (topic.to_string(), partition, 0, end))
+                .collect(),
+            None => self.ends_now().await?,
+        };
         let explicit_ends = match &self.spec.ending_offsets {
             Some(EndingOffsets::Offsets(ends)) => Some(ends.clone()),
             _ => None,
