@@ -11,7 +11,7 @@
 //!
 //! Environment variables (full mode only; short mode ignores them):
 //!
-//! - `TIDEMILL_BENCH_ROWS`: trades for the windowed run (default 4 000 000,
+//! - `TIDEMILL_BENCH_ROWS`: trades for the windowed run (default 10 000 000,
 //!   in 20 parquet files).
 //! - `TIDEMILL_BENCH_STATE_KEYS`: comma-separated state sizes in keys
 //!   (default `10000,1000000,10000000`).
@@ -61,6 +61,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tidemill::prelude::*;
 use tidemill::{PhaseDurations, QueryOptions, QueryProgress, Sink};
+use tidemill_harness::results::{BenchResult, Table, Target};
 // The trades and the plan measured are the harness's, shared with the
 // trigger-interval study and the Spark comparison.
 use tidemill_harness::trades::{self, DISORDER_MS, EXCHANGES, FILES, SPAN_MS, SYMBOLS, per_minute};
@@ -106,7 +107,7 @@ impl Config {
         };
         Self {
             full,
-            rows: num("TIDEMILL_BENCH_ROWS", 4_000_000),
+            rows: num("TIDEMILL_BENCH_ROWS", 10_000_000),
             state_keys: env("TIDEMILL_BENCH_STATE_KEYS")
                 .map(|v| {
                     v.split(',')
@@ -120,26 +121,6 @@ impl Config {
             state,
         }
     }
-}
-
-fn machine() -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0 / 1024.0)
-        .unwrap_or(0.0);
-    format!(
-        "{cores} cores, {mem_gib:.0} GiB, {} {}",
-        std::env::consts::OS,
-        std::env::consts::ARCH
-    )
 }
 
 /// A `/proc/self/status` figure in MiB (`VmHWM`: peak RSS, `VmRSS`: now).
@@ -163,15 +144,27 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// Per phase, the sum (or with `median`, the median) over `progress`.
-fn phases(progress: &[QueryProgress], how: fn(&mut [f64]) -> f64) -> String {
+/// The phase columns of [`phase_cells`].
+const PHASES: [&str; 9] = [
+    "offsets",
+    "wal",
+    "read",
+    "plan",
+    "execute",
+    "sink",
+    "state commit",
+    "commit",
+    "total",
+];
+
+/// Per phase ([`PHASES`]), the sum (or with `median`, the median) over
+/// `progress`, in ms.
+fn phase_cells(progress: &[QueryProgress], how: fn(&mut [f64]) -> f64) -> Vec<String> {
     let phase = |f: fn(&PhaseDurations) -> f64| {
         let mut v: Vec<f64> = progress.iter().map(|p| f(&p.duration_ms)).collect();
-        how(&mut v)
+        format!("{:.1}", how(&mut v))
     };
-    format!(
-        "offsets {:.1}, wal {:.1}, read {:.1}, plan {:.1}, execute {:.1}, sink {:.1}, \
-         state commit {:.1}, commit {:.1}, total {:.1}",
+    vec![
         phase(|d| d.latest_offset),
         phase(|d| d.wal_commit),
         phase(|d| d.get_batch),
@@ -181,7 +174,7 @@ fn phases(progress: &[QueryProgress], how: fn(&mut [f64]) -> f64) -> String {
         phase(|d| d.state_commit),
         phase(|d| d.commit_offsets),
         phase(|d| d.trigger_execution),
-    )
+    ]
 }
 
 fn total(values: &mut [f64]) -> f64 {
@@ -349,22 +342,30 @@ async fn windowed_stream_job(
     })
 }
 
-async fn windowed(config: &Config, tmp: &std::path::Path) -> anyhow::Result<()> {
+async fn windowed(
+    config: &Config,
+    tmp: &std::path::Path,
+    result: &mut BenchResult,
+) -> anyhow::Result<()> {
     let rows = config.rows;
     let input = tmp.join("trades");
     std::fs::create_dir_all(&input)?;
     let files = trades::write_trade_files(&input, rows, true)?;
     let dir = format!("{}/", input.display());
-    println!(
-        "\n## Windowed aggregation\n\nworkload: {rows} trades ({SYMBOLS} symbols x {} exchanges, \
-         {} min of event time, up to {} s out of order) in {FILES} parquet files (seed 42); \
-         per 1-minute tumbling window, symbol and exchange: count, sum(quantity), vwap, max(price), \
-         min(price). Stream: FileSource, watermark 10 s, append mode, MemorySink, local \
-         checkpoint, AvailableNow, plus one flush file (1 trade a day later) so every window closes.",
+    let workload = format!(
+        "Windowed aggregation: {rows} trades ({SYMBOLS} symbols × {} exchanges, {} min of event \
+         time, up to {} s out of order) in {FILES} parquet files (seed 42); per 1-minute tumbling \
+         window, symbol and exchange: count, sum(quantity), vwap, max(price), min(price). Run as \
+         one DataFusion batch job (collect) and as a stream (FileSource, watermark 10 s, append \
+         mode, MemorySink, local checkpoint, AvailableNow, plus one flush file with 1 trade a day \
+         later so every window closes; the stream's windows are checked equal to the batch \
+         job's).",
         EXCHANGES.len(),
         SPAN_MS / 60_000,
         DISORDER_MS / 1000
     );
+    println!("\n## Windowed aggregation\n\nworkload: {workload}");
+    result.workload.push_str(&workload);
 
     // Warm up the page cache and the allocator.
     windowed_batch_job(&files, None).await?;
@@ -373,21 +374,24 @@ async fn windowed(config: &Config, tmp: &std::path::Path) -> anyhow::Result<()> 
     let batch_rate = rows as f64 / batch_secs;
     // For reference: the same job on one thread.
     let single_secs = timed_batch_job(&files, Some(1), &mut expected).await?;
-    println!(
-        "\nseconds: median of {RUNS} runs (each stream run from a new checkpoint)\n\n\
-         | run | batches | windows out | seconds | input rows/s | stream/batch |"
-    );
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| DataFusion batch job | 1 | {} | {batch_secs:.3} | {batch_rate:.0} | 1.00 |",
-        expected.len(),
-    );
-    println!(
-        "| DataFusion batch job, target_partitions=1 (reference) | 1 | {} | {single_secs:.3} | {:.0} | {:.2} |",
-        expected.len(),
-        rows as f64 / single_secs,
-        batch_secs / single_secs
-    );
+    let mut table = vec![
+        vec![
+            "DataFusion batch job".to_string(),
+            "1".into(),
+            expected.len().to_string(),
+            format!("{batch_secs:.3}"),
+            format!("{batch_rate:.0}"),
+            "1.00".into(),
+        ],
+        vec![
+            "DataFusion batch job, target_partitions=1 (reference)".to_string(),
+            "1".into(),
+            expected.len().to_string(),
+            format!("{single_secs:.3}"),
+            format!("{:.0}", rows as f64 / single_secs),
+            format!("{:.2}", batch_secs / single_secs),
+        ],
+    ];
     let mut breakdown = Vec::new();
     for (i, max_files) in [Some(1u64), Some(5), None].into_iter().enumerate() {
         let mut runs = Vec::new();
@@ -408,13 +412,20 @@ async fn windowed(config: &Config, tmp: &std::path::Path) -> anyhow::Result<()> 
         let run = runs.swap_remove(RUNS / 2);
         let rate = rows as f64 / run.elapsed.as_secs_f64();
         let label = max_files.map_or_else(|| "all".to_string(), |n| n.to_string());
-        println!(
-            "| stream, max_files_per_trigger={label} | {} | {} | {:.3} | {rate:.0} | {:.2} |",
-            run.progress.len(),
-            expected.len(),
-            run.elapsed.as_secs_f64(),
-            rate / batch_rate
-        );
+        table.push(vec![
+            format!("stream, max_files_per_trigger={label}"),
+            run.progress.len().to_string(),
+            expected.len().to_string(),
+            format!("{:.3}", run.elapsed.as_secs_f64()),
+            format!("{rate:.0}"),
+            format!("{:.2}", rate / batch_rate),
+        ]);
+        result.targets.push(Target::at_least(
+            &format!("aggregation stream/batch, max_files_per_trigger={label}"),
+            rate / batch_rate,
+            0.8,
+            "",
+        ));
         let peak_state = run
             .progress
             .iter()
@@ -422,16 +433,39 @@ async fn windowed(config: &Config, tmp: &std::path::Path) -> anyhow::Result<()> 
             .map(|s| s.num_rows_total)
             .max()
             .unwrap_or(0);
-        breakdown.push(format!(
-            "  max_files_per_trigger={label}: {}; peak state {peak_state} groups",
-            phases(&run.progress, total)
-        ));
+        let mut row = vec![format!("max_files_per_trigger={label}")];
+        row.extend(phase_cells(&run.progress, total));
+        row.push(peak_state.to_string());
+        breakdown.push(row);
     }
-    println!("\nstream windows == batch windows: yes (every run)");
-    println!("time per phase of the median run, ms summed over its batches:");
-    for line in breakdown {
-        println!("{line}");
-    }
+    let table = Table::new(
+        &format!(
+            "Windowed aggregation, {rows} trades, median of {RUNS} runs (each stream run from a \
+             new checkpoint, timed from `start()` to termination; its windows equal the batch \
+             job's in every run):"
+        ),
+        [
+            "run",
+            "batches",
+            "windows out",
+            "seconds",
+            "input rows/s",
+            "stream/batch",
+        ],
+        table,
+    );
+    println!("\n{}", table.to_markdown());
+    result.tables.push(table);
+    let mut columns = vec!["stream".to_string()];
+    columns.extend(PHASES.iter().map(|p| p.to_string()));
+    columns.push("peak state groups".into());
+    let table = Table::new(
+        "Where the median stream run's time goes: ms per phase, summed over its batches:",
+        columns,
+        breakdown,
+    );
+    println!("\n{}", table.to_markdown());
+    result.tables.push(table);
     Ok(())
 }
 
@@ -483,7 +517,7 @@ struct StateRun {
     mean_ms: f64,
     max_ms: f64,
     p90_ms: f64,
-    phases: String,
+    phases: Vec<String>,
     /// State files written during the timed batches (deltas by commits,
     /// snapshots in the background).
     files: String,
@@ -614,7 +648,7 @@ async fn state_run(
         mean_ms,
         max_ms,
         p90_ms,
-        phases: phases(&progress, median),
+        phases: phase_cells(&progress, median),
         files,
         rows_total: last.num_rows_total,
         memory_bytes: last.memory_used_bytes,
@@ -668,55 +702,107 @@ fn state_files(dir: &std::path::Path, from: u64) -> String {
     )
 }
 
-async fn state_scaling(config: &Config, tmp: &std::path::Path) -> anyhow::Result<()> {
-    println!(
-        "\n## State scaling\n\nworkload: count(value), sum(value) group by key (Int64), update mode, \
-         MemoryStream, counting sink, local checkpoint; state built with batches of up to 1M new \
-         keys, then {} timed batches of {} rows (half random existing keys, half new keys); \
-         per-batch time = progress trigger_execution",
+async fn state_scaling(
+    config: &Config,
+    tmp: &std::path::Path,
+    result: &mut BenchResult,
+) -> anyhow::Result<()> {
+    let workload = format!(
+        "State scaling: count(value), sum(value) group by key (Int64), update mode, \
+         MemoryStream, a sink counting rows, local checkpoint; the state is built with batches \
+         of up to 1 million new keys, then {} timed batches of {} rows (half random existing \
+         keys, half new keys); per-batch time = the progress's trigger_execution.",
         config.batches, config.batch_rows
     );
-    println!(
-        "\n| state keys | build s | median ms/batch | mean ms | p90 ms | max ms | state bytes/key \
-         (memory_used_bytes) | RSS growth/key (build) | stop s | peak RSS so far |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n## State scaling\n\nworkload: {workload}");
+    if !result.workload.is_empty() {
+        result.workload.push(' ');
+    }
+    result.workload.push_str(&workload);
+    let mut rows = Vec::new();
+    let mut phase_rows = Vec::new();
+    let mut file_rows = Vec::new();
     let mut runs = Vec::new();
     for (i, &keys) in config.state_keys.iter().enumerate() {
         let run = state_run(config, keys, &tmp.join(format!("chk-state-{i}"))).await?;
-        println!(
-            "| {} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {:.2} | {} |",
-            run.keys,
-            run.build.as_secs_f64(),
-            run.median_ms,
-            run.mean_ms,
-            run.p90_ms,
-            run.max_ms,
-            run.memory_bytes as f64 / run.rows_total.max(1) as f64,
-            run.rss_per_key,
-            run.stop.as_secs_f64(),
-            run.hwm
-        );
+        println!("  {keys} keys: median {:.2} ms per batch", run.median_ms);
+        rows.push(vec![
+            run.keys.to_string(),
+            format!("{:.1}", run.build.as_secs_f64()),
+            format!("{:.2}", run.median_ms),
+            format!("{:.2}", run.mean_ms),
+            format!("{:.2}", run.p90_ms),
+            format!("{:.2}", run.max_ms),
+            format!("{:.0}", run.memory_bytes as f64 / run.rows_total.max(1) as f64),
+            run.rss_per_key.clone(),
+            format!("{:.2}", run.stop.as_secs_f64()),
+            run.hwm.clone(),
+        ]);
+        let mut row = vec![run.keys.to_string()];
+        row.extend(run.phases.iter().cloned());
+        phase_rows.push(row);
+        file_rows.push(vec![run.keys.to_string(), run.files.clone()]);
         runs.push(run);
     }
-    println!("\nmedian ms per phase:");
-    for run in &runs {
-        println!("  {} keys: {}", run.keys, run.phases);
-    }
-    println!("\nstate files written during the timed batches:");
-    for run in &runs {
-        println!("  {} keys: {}", run.keys, run.files);
+    let tables = [
+        Table::new(
+            &format!(
+                "State scaling: {} timed batches of {} rows against the state size (the peak \
+                 RSS column is the process's high-water mark after that run):",
+                config.batches, config.batch_rows
+            ),
+            [
+                "state keys",
+                "build s",
+                "median ms/batch",
+                "mean ms",
+                "p90 ms",
+                "max ms",
+                "state bytes/key (memory_used_bytes)",
+                "RSS growth/key while building",
+                "stop s",
+                "peak RSS so far",
+            ],
+            rows,
+        ),
+        Table::new(
+            "Median ms per phase of the timed batches:",
+            std::iter::once("state keys").chain(PHASES),
+            phase_rows,
+        ),
+        Table::new(
+            "State files written during the timed batches:",
+            ["state keys", "files"],
+            file_rows,
+        ),
+    ];
+    for table in tables {
+        println!("\n{}", table.to_markdown());
+        result.tables.push(table);
     }
     if let (Some(small), Some(large)) = (runs.first(), runs.last())
         && runs.len() > 1
     {
-        println!(
-            "\nper-batch time ratio {} keys / {} keys: {:.2} (target <= 1.5)",
-            large.keys,
-            small.keys,
-            large.median_ms / small.median_ms
-        );
+        let ratio = large.median_ms / small.median_ms;
+        result.targets.push(Target::at_most(
+            &format!(
+                "per-batch time, {} keys / {} keys of state ({}-row batches)",
+                large.keys, small.keys, config.batch_rows
+            ),
+            ratio,
+            1.5,
+            "",
+        ));
     }
+    result.data["state"] = serde_json::json!(
+        runs.iter()
+            .map(|r| serde_json::json!({
+                "keys": r.keys, "median_ms": r.median_ms, "mean_ms": r.mean_ms,
+                "p90_ms": r.p90_ms, "max_ms": r.max_ms,
+                "memory_used_bytes": r.memory_bytes, "rows_total": r.rows_total,
+            }))
+            .collect::<Vec<_>>()
+    );
     println!("peak RSS (VmHWM): {}", mib("VmHWM"));
     Ok(())
 }
@@ -735,13 +821,28 @@ async fn main() -> anyhow::Result<()> {
             "no --bench argument: tiny sizes, results checked, times not meaningful"
         }
     );
-    println!("machine: {}", machine());
+    let mut result = BenchResult::new(
+        "aggregation",
+        "Streaming aggregation: windowed stream vs batch, state scaling",
+        "cargo bench --bench aggregation",
+        config.full,
+    );
+    result.data = serde_json::json!({});
+    println!("machine: {}", result.machine.summary());
     let tmp = tempfile::tempdir()?;
     if config.window {
-        windowed(&config, tmp.path()).await?;
+        windowed(&config, tmp.path(), &mut result).await?;
     }
     if config.state {
-        state_scaling(&config, tmp.path()).await?;
+        state_scaling(&config, tmp.path(), &mut result).await?;
+    }
+    for t in &result.targets {
+        println!("target: {} {} — measured {}", t.name, t.target, t.measured);
+    }
+    // A run of one part only would replace the other part's figures.
+    if config.window && config.state {
+        let path = result.write()?;
+        println!("\nresults: {}", path.display());
     }
     Ok(())
 }
