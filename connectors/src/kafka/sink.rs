@@ -905,15 +905,27 @@ impl Sink for KafkaSink {
                             })
                             .collect();
                         let producer = Arc::clone(producer);
+                        // One query per partition, all at once: each is a
+                        // round trip to the broker.
                         let starts = blocking(move || {
-                            let mut starts = Vec::with_capacity(targets.len());
-                            for (topic, partition) in targets {
-                                let (_, high) = producer
-                                    .client()
-                                    .fetch_watermarks(&topic, partition, timeout)?;
-                                starts.push((topic, partition, high));
-                            }
-                            Ok::<_, KafkaError>(starts)
+                            std::thread::scope(|scope| {
+                                let queries: Vec<_> = targets
+                                    .into_iter()
+                                    .map(|(topic, partition)| {
+                                        let producer = &producer;
+                                        scope.spawn(move || {
+                                            let (_, high) = producer.client().fetch_watermarks(
+                                                &topic, partition, timeout,
+                                            )?;
+                                            Ok::<_, KafkaError>((topic, partition, high))
+                                        })
+                                    })
+                                    .collect();
+                                queries
+                                    .into_iter()
+                                    .map(|q| q.join().expect("end-offset query panicked"))
+                                    .collect::<std::result::Result<Vec<_>, KafkaError>>()
+                            })
                         })
                         .await?
                         .map_err(|e| {
