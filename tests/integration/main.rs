@@ -14,5 +14,6 @@ mod recovery;
 mod retry;
 mod sql_docs;
 mod sql_kafka;
+mod sql_options;
 mod sql_semantics;
 mod watermark;
