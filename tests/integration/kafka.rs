@@ -806,13 +806,21 @@ fn trade_schema() -> SchemaRef {
 /// Per 10-second window and symbol: trade count and price sum, with a
 /// 5-second watermark; `start` in seconds.
 fn windowed(df: DataFrame) -> anyhow::Result<DataFrame> {
+    windowed_with_delay(df, WATERMARK_DELAY_S)
+}
+
+/// The watermark delay of [`windowed`], in seconds.
+const WATERMARK_DELAY_S: i64 = 5;
+
+/// [`windowed`] with a watermark `delay_s` seconds behind.
+fn windowed_with_delay(df: DataFrame, delay_s: i64) -> anyhow::Result<DataFrame> {
     let df = df
         .select(vec![
             col("symbol"),
             col("price"),
             cast(col("ts"), DataType::Timestamp(TimeUnit::Millisecond, None)).alias("event_time"),
         ])?
-        .with_watermark("event_time", "5 seconds")?;
+        .with_watermark("event_time", &format!("{delay_s} seconds"))?;
     Ok(df
         .aggregate(
             vec![
@@ -970,6 +978,11 @@ impl Pipeline {
 /// What the closed windows of trades `0..n` are (see `produce_trades`):
 /// those whose end is at most the final watermark, max event time - 5 s.
 fn expected_results(n: i64) -> BTreeMap<(i64, String), Vec<(i64, f64)>> {
+    expected_results_with_delay(n, WATERMARK_DELAY_S)
+}
+
+/// [`expected_results`] for a watermark `delay_s` seconds behind.
+fn expected_results_with_delay(n: i64, delay_s: i64) -> BTreeMap<(i64, String), Vec<(i64, f64)>> {
     let mut all: BTreeMap<(i64, String), (i64, f64)> = BTreeMap::new();
     let mut max_ts = 0;
     for i in 0..n {
@@ -981,7 +994,7 @@ fn expected_results(n: i64) -> BTreeMap<(i64, String), Vec<(i64, f64)>> {
         entry.0 += 1;
         entry.1 += i as f64;
     }
-    let watermark = max_ts - 5;
+    let watermark = max_ts - delay_s;
     all.into_iter()
         .filter(|((start, _), _)| start + 10 <= watermark)
         .map(|(k, v)| (k, vec![v]))
@@ -1134,7 +1147,11 @@ fn fast_retries(max_elapsed: Duration) -> QueryOptions {
     }
 }
 
-async fn start_through_query(p: &Pipeline, options: QueryOptions) -> StreamingQuery {
+async fn start_through_query(
+    p: &Pipeline,
+    options: QueryOptions,
+    watermark_delay_s: i64,
+) -> StreamingQuery {
     let source = KafkaSource::new(&p.bootstrap)
         .topic(&p.input)
         .starting_offsets(StartingOffsets::Earliest)
@@ -1148,7 +1165,7 @@ async fn start_through_query(p: &Pipeline, options: QueryOptions) -> StreamingQu
         .exactly_once(p.dir.path().join("sink-log").to_str().unwrap())
         .timeout(Duration::from_secs(2));
     let ctx = SessionContext::new();
-    windowed(ctx.read_stream(source).await.unwrap())
+    windowed_with_delay(ctx.read_stream(source).await.unwrap(), watermark_delay_s)
         .unwrap()
         .write_stream()
         .sink(sink)
@@ -1165,9 +1182,16 @@ async fn a_broker_restart_mid_stream_is_retried_without_loss_or_duplicates() {
     let mut broker = Broker::start();
     let pipeline = Pipeline::new(&broker).await;
     produce_trades(&pipeline.bootstrap, &pipeline.input, 3, 0..60);
-    let query = start_through_query(&pipeline, fast_retries(Duration::from_secs(60))).await;
+    // The query runs while the second wave is produced: a batch may see
+    // one partition's new records before another's. The wave is produced
+    // in steps of one record per partition, so the partitions' ends stay
+    // within a few seconds of event time of each other, and the watermark
+    // trails by more than that: no record of a lagging partition is late.
+    const DELAY_S: i64 = 10;
+    let query =
+        start_through_query(&pipeline, fast_retries(Duration::from_secs(60)), DELAY_S).await;
     query.process_all_available().await.unwrap();
-    assert_eq!(pipeline.results(), expected_results(60));
+    assert_eq!(pipeline.results(), expected_results_with_delay(60, DELAY_S));
 
     // Down for a few seconds: triggers fail (transiently) and are retried.
     broker.stop();
@@ -1183,14 +1207,17 @@ async fn a_broker_restart_mid_stream_is_retried_without_loss_or_duplicates() {
     assert!(retried, "no trigger failed while the broker was down");
     assert!(query.is_active(), "{:?}", query.error());
     broker.restart();
-    produce_trades(&pipeline.bootstrap, &pipeline.input, 3, 60..120);
+    for first in (60..120).step_by(3) {
+        produce_trades(&pipeline.bootstrap, &pipeline.input, 3, first..first + 3);
+    }
+    let expected = expected_results_with_delay(120, DELAY_S);
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while pipeline.results() != expected_results(120) && std::time::Instant::now() < deadline {
+    while pipeline.results() != expected && std::time::Instant::now() < deadline {
         assert!(query.is_active(), "{:?}", query.error());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     query.stop().await.unwrap();
-    assert_eq!(pipeline.results(), expected_results(120));
+    assert_eq!(pipeline.results(), expected);
 }
 
 #[tokio::test]
@@ -1198,7 +1225,12 @@ async fn a_broker_down_too_long_fails_the_query_and_a_restart_resumes_exactly_on
     let mut broker = Broker::start();
     let pipeline = Pipeline::new(&broker).await;
     produce_trades(&pipeline.bootstrap, &pipeline.input, 3, 0..60);
-    let query = start_through_query(&pipeline, fast_retries(Duration::from_secs(3))).await;
+    let query = start_through_query(
+        &pipeline,
+        fast_retries(Duration::from_secs(3)),
+        WATERMARK_DELAY_S,
+    )
+    .await;
     query.process_all_available().await.unwrap();
     broker.stop();
     let err = tokio::time::timeout(Duration::from_secs(60), query.await_termination())
@@ -1214,7 +1246,12 @@ async fn a_broker_down_too_long_fails_the_query_and_a_restart_resumes_exactly_on
 
     broker.restart();
     produce_trades(&pipeline.bootstrap, &pipeline.input, 3, 60..120);
-    let query = start_through_query(&pipeline, fast_retries(Duration::from_secs(60))).await;
+    let query = start_through_query(
+        &pipeline,
+        fast_retries(Duration::from_secs(60)),
+        WATERMARK_DELAY_S,
+    )
+    .await;
     query.process_all_available().await.unwrap();
     query.stop().await.unwrap();
     assert_eq!(pipeline.results(), expected_results(120));
