@@ -22,6 +22,7 @@ use datafusion::physical_plan::{
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use futures::{StreamExt, TryStreamExt, stream};
 
+use super::late_rows::{InputTally, LateRowsExec};
 use super::{AggregateLayout, AggregateOperator, StreamingAggregateNode};
 use crate::OutputMode;
 
@@ -63,19 +64,26 @@ impl StreamingAggregateExec {
         layout: Arc<AggregateLayout>,
         context: Arc<TaskContext>,
     ) -> DFResult<Vec<RecordBatch>> {
-        // Each input partition is read, split from its late rows and
-        // aggregated into partial states in parallel.
-        let rows =
-            datafusion::physical_plan::collect_partitioned(input, Arc::clone(&context)).await?;
-        let rows = operator.drop_late_rows(rows).await?;
-        let several = rows
-            .iter()
-            .filter(|p| p.iter().any(|b| b.num_rows() > 0))
-            .count()
-            > 1;
-        let partial = layout
-            .run_partitioned(AggregateMode::Partial, rows, Arc::clone(&context))
-            .await?;
+        // Each input partition streams through the late-row split into the
+        // partial aggregate, the partitions in parallel: the input is
+        // never collected in memory.
+        let tally = Arc::new(InputTally::new(
+            input.properties().partitioning.partition_count(),
+        ));
+        let rule = operator.late_row_rule().await;
+        let gated = Arc::new(LateRowsExec::new(input, rule, Arc::clone(&tally)));
+        let mut partial =
+            datafusion::physical_plan::collect(layout.partial_over(gated)?, Arc::clone(&context))
+                .await?;
+        operator.record_late_rows(tally.take_late()).await;
+        let with_rows = tally.partitions_with_rows();
+        // Without input rows there is no group to change (a global
+        // aggregate's first phase still emits its empty state).
+        if with_rows == 0 {
+            partial.clear();
+        }
+        partial.retain(|b| b.num_rows() > 0);
+        let several = with_rows > 1;
         // The merged states of the groups this batch changed.
         let mut changed = Vec::new();
         if !partial.is_empty() {

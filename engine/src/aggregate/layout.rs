@@ -148,6 +148,20 @@ impl AggregateLayout {
         )?))
     }
 
+    /// The first phase ([`AggregateMode::Partial`]) over `input`, one
+    /// output partition per input partition: a group has a row in each
+    /// partition that holds it.
+    pub fn partial_over(&self, input: Arc<dyn ExecutionPlan>) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(AggregateExec::try_new(
+            AggregateMode::Partial,
+            Arc::clone(&self.group_by),
+            self.aggr_expr.clone(),
+            self.filter_expr.clone(),
+            input,
+            Arc::clone(&self.input_schema),
+        )?))
+    }
+
     /// Runs the aggregate in `mode` over `batches` and returns its output
     /// (empty without input rows).
     pub async fn run(

@@ -35,6 +35,7 @@
 //! its planner).
 
 mod exec;
+mod late_rows;
 mod layout;
 mod operator;
 mod session;

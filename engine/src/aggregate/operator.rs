@@ -3,17 +3,16 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
-use arrow::compute::kernels::cmp::lt_eq;
-use arrow::compute::{cast, filter_record_batch, not, prep_null_mask_filter, take};
+use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::error::{DataFusionError, Result as DFResult};
-use datafusion::physical_expr::PhysicalExpr;
 use tidemill_state::{CheckpointDir, StateError, StateSchema, StateStore, StateStoreConfig};
 use tokio::sync::Mutex;
 
 use std::collections::HashMap;
 
+use super::late_rows::LateRowRule;
 use super::session::{Member, SessionIndex, Span, plan_merge, session_column, spans};
 use super::{AggregateLayout, EventTimeKey, EventTimeKind};
 use crate::progress::StateOperatorProgress;
@@ -247,39 +246,28 @@ impl AggregateOperator {
         inner.store.next_expiry().is_some_and(|at| at <= watermark)
     }
 
-    /// Splits the batch's input (per input partition) into rows to
-    /// aggregate and late rows (whose group the watermark has closed),
-    /// keeping the late ones for [`take_late_rows`](Self::take_late_rows).
-    /// The partitions are split in parallel.
-    pub async fn drop_late_rows(
-        &self,
-        partitions: Vec<Vec<RecordBatch>>,
-    ) -> DFResult<Vec<Vec<RecordBatch>>> {
-        let watermark = self.inner.lock().await.watermark_ms;
-        let (Some(key), Some(watermark)) = (&self.layout.event_time_key, watermark) else {
-            return Ok(partitions);
-        };
-        let expr = Arc::clone(&self.layout.group_by.expr()[key.index].0);
-        let tasks = partitions.into_iter().map(|batches| {
-            let (expr, key) = (Arc::clone(&expr), key.clone());
-            tokio::task::spawn_blocking(move || split_late(batches, &expr, &key, watermark))
-        });
-        let mut kept = Vec::new();
-        let mut late = Vec::new();
-        for task in futures::future::try_join_all(tasks)
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
-        {
-            let (k, l) = task?;
-            kept.push(k);
-            late.extend(l);
+    /// The rule that tells the running batch's late rows (whose group the
+    /// watermark has closed), or `None` without a watermark or an
+    /// event-time key.
+    pub async fn late_row_rule(&self) -> Option<LateRowRule> {
+        let watermark_ms = self.inner.lock().await.watermark_ms?;
+        let key = self.layout.event_time_key.clone()?;
+        Some(LateRowRule {
+            expr: Arc::clone(&self.layout.group_by.expr()[key.index].0),
+            key,
+            watermark_ms,
+        })
+    }
+
+    /// Counts the batch's late rows as dropped and keeps them for
+    /// [`take_late_rows`](Self::take_late_rows).
+    pub async fn record_late_rows(&self, late: Vec<RecordBatch>) {
+        if late.is_empty() {
+            return;
         }
-        if !late.is_empty() {
-            let mut inner = self.inner.lock().await;
-            inner.dropped_by_watermark += late.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-            inner.late_rows.extend(late);
-        }
-        Ok(kept)
+        let mut inner = self.inner.lock().await;
+        inner.dropped_by_watermark += late.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        inner.late_rows.extend(late);
     }
 
     /// The stored states of the groups in `partial` (the batch's partial
@@ -452,33 +440,6 @@ impl AggregateOperator {
 
 /// Splits `batches` into the rows whose group (the event-time key `key`,
 /// evaluated by `expr`) is still open at `watermark_ms` and the late ones.
-fn split_late(
-    batches: Vec<RecordBatch>,
-    expr: &Arc<dyn PhysicalExpr>,
-    key: &EventTimeKey,
-    watermark_ms: i64,
-) -> DFResult<(Vec<RecordBatch>, Vec<RecordBatch>)> {
-    let bound = Int64Array::new_scalar(watermark_in_unit(watermark_ms, key.unit));
-    let (mut kept, mut late_rows) = (Vec::with_capacity(batches.len()), Vec::new());
-    for batch in batches {
-        let value = expr.evaluate(&batch)?.into_array(batch.num_rows())?;
-        let closes_at = closing_time(&value, key)?;
-        // A null time (no window) never closes: not late.
-        let late = lt_eq(&closes_at, &bound)?;
-        let late = match late.null_count() {
-            0 => late,
-            _ => prep_null_mask_filter(&late),
-        };
-        if late.true_count() == 0 {
-            kept.push(batch);
-            continue;
-        }
-        late_rows.push(filter_record_batch(&batch, &late)?);
-        kept.push(filter_record_batch(&batch, &not(&late)?)?);
-    }
-    Ok((kept, late_rows))
-}
-
 /// The position of the session window among the group keys, if the
 /// aggregation groups by one.
 fn session_index(layout: &AggregateLayout) -> Option<usize> {
@@ -537,7 +498,7 @@ fn converter(schema: &SchemaRef, what: &str) -> Result<RowConverter> {
 }
 
 /// When each row's group closes, as integers in the key's time unit.
-fn closing_time(value: &ArrayRef, key: &EventTimeKey) -> DFResult<ArrayRef> {
+pub(super) fn closing_time(value: &ArrayRef, key: &EventTimeKey) -> DFResult<ArrayRef> {
     let times = match key.kind {
         EventTimeKind::Window | EventTimeKind::Session => value
             .as_struct_opt()
@@ -553,7 +514,7 @@ fn closing_time(value: &ArrayRef, key: &EventTimeKey) -> DFResult<ArrayRef> {
 
 /// The watermark in `unit`: a time `t` in that unit is at or below the
 /// watermark exactly when `t <= watermark_in_unit(..)`.
-fn watermark_in_unit(watermark_ms: i64, unit: TimeUnit) -> i64 {
+pub(super) fn watermark_in_unit(watermark_ms: i64, unit: TimeUnit) -> i64 {
     match unit {
         TimeUnit::Second => watermark_ms.div_euclid(1000),
         TimeUnit::Millisecond => watermark_ms,

@@ -1,0 +1,179 @@
+//! Late rows split from a streaming aggregation's input while it streams
+//! into the partial aggregate, batch by batch, so the input is never
+//! collected in memory first.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::compute::kernels::cmp::lt_eq;
+use arrow::compute::{filter_record_batch, not, prep_null_mask_filter};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::Result as DFResult;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::StreamExt;
+
+use super::EventTimeKey;
+use super::operator::{closing_time, watermark_in_unit};
+
+/// Which input rows are late: those whose group (the value of the
+/// event-time key) the watermark has already closed.
+#[derive(Debug)]
+pub(crate) struct LateRowRule {
+    /// The event-time key's expression over the input.
+    pub expr: Arc<dyn PhysicalExpr>,
+    pub key: EventTimeKey,
+    pub watermark_ms: i64,
+}
+
+impl LateRowRule {
+    /// Splits `batch` into the rows to aggregate and the late rows (`None`
+    /// when there are none).
+    pub fn split(&self, batch: RecordBatch) -> DFResult<(RecordBatch, Option<RecordBatch>)> {
+        let bound = Int64Array::new_scalar(watermark_in_unit(self.watermark_ms, self.key.unit));
+        let value = self.expr.evaluate(&batch)?.into_array(batch.num_rows())?;
+        let closes_at = closing_time(&value, &self.key)?;
+        // A null time (no window) never closes: not late.
+        let late = lt_eq(&closes_at, &bound)?;
+        let late = match late.null_count() {
+            0 => late,
+            _ => prep_null_mask_filter(&late),
+        };
+        if late.true_count() == 0 {
+            return Ok((batch, None));
+        }
+        let late_rows = filter_record_batch(&batch, &late)?;
+        Ok((filter_record_batch(&batch, &not(&late)?)?, Some(late_rows)))
+    }
+}
+
+/// What a [`LateRowsExec`] saw: the late rows it took out and, per input
+/// partition, the rows it let through.
+#[derive(Debug)]
+pub(crate) struct InputTally {
+    late: Mutex<Vec<RecordBatch>>,
+    kept: Vec<AtomicU64>,
+}
+
+impl InputTally {
+    pub fn new(partitions: usize) -> Self {
+        Self {
+            late: Mutex::new(Vec::new()),
+            kept: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The late rows, taken out.
+    pub fn take_late(&self) -> Vec<RecordBatch> {
+        std::mem::take(&mut *self.late.lock().expect("late rows lock poisoned"))
+    }
+
+    /// How many input partitions had rows to aggregate.
+    pub fn partitions_with_rows(&self) -> usize {
+        self.kept
+            .iter()
+            .filter(|n| n.load(Ordering::Relaxed) > 0)
+            .count()
+    }
+}
+
+/// Passes its input through, less the late rows (with a [`LateRowRule`]),
+/// counting what it passes in an [`InputTally`].
+#[derive(Debug)]
+pub(crate) struct LateRowsExec {
+    input: Arc<dyn ExecutionPlan>,
+    rule: Option<Arc<LateRowRule>>,
+    tally: Arc<InputTally>,
+}
+
+impl LateRowsExec {
+    pub fn new(
+        input: Arc<dyn ExecutionPlan>,
+        rule: Option<LateRowRule>,
+        tally: Arc<InputTally>,
+    ) -> Self {
+        Self {
+            input,
+            rule: rule.map(Arc::new),
+            tally,
+        }
+    }
+}
+
+impl DisplayAs for LateRowsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        match &self.rule {
+            Some(rule) => write!(
+                f,
+                "LateRowsExec: drops rows of '{}' closed by watermark {} ms",
+                rule.key.name, rule.watermark_ms
+            ),
+            None => write!(f, "LateRowsExec: no watermark"),
+        }
+    }
+}
+
+impl ExecutionPlan for LateRowsExec {
+    fn name(&self) -> &str {
+        "LateRowsExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self {
+            input: children.swap_remove(0),
+            rule: self.rule.clone(),
+            tally: Arc::clone(&self.tally),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        let (rule, tally) = (self.rule.clone(), Arc::clone(&self.tally));
+        let batches = self.input.execute(partition, context)?.map(move |batch| {
+            let (kept, late) = match &rule {
+                Some(rule) => rule.split(batch?)?,
+                None => (batch?, None),
+            };
+            if let Some(late) = late {
+                tally
+                    .late
+                    .lock()
+                    .expect("late rows lock poisoned")
+                    .push(late);
+            }
+            if let Some(n) = tally.kept.get(partition) {
+                n.fetch_add(kept.num_rows() as u64, Ordering::Relaxed);
+            }
+            Ok(kept)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.input.schema(),
+            batches,
+        )))
+    }
+}
