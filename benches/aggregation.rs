@@ -733,7 +733,10 @@ async fn state_scaling(
             format!("{:.2}", run.mean_ms),
             format!("{:.2}", run.p90_ms),
             format!("{:.2}", run.max_ms),
-            format!("{:.0}", run.memory_bytes as f64 / run.rows_total.max(1) as f64),
+            format!(
+                "{:.0}",
+                run.memory_bytes as f64 / run.rows_total.max(1) as f64
+            ),
             run.rss_per_key.clone(),
             format!("{:.2}", run.stop.as_secs_f64()),
             run.hwm.clone(),

@@ -112,7 +112,6 @@ fn per_second(df: DataFrame) -> datafusion::error::Result<DataFrame> {
     ])
 }
 
-
 fn produce_trades(bootstrap: &str, topic: &str, rows: usize) -> usize {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut bytes = 0;
@@ -543,7 +542,13 @@ async fn main() -> anyhow::Result<()> {
             "Best of {rounds} rounds (plain consume and pipelines alternate; every round's time \
              in brackets):"
         ),
-        ["run", "micro-batches", "seconds", "rows/s", "pipeline / plain"],
+        [
+            "run",
+            "micro-batches",
+            "seconds",
+            "rows/s",
+            "pipeline / plain",
+        ],
         table,
     );
     println!("\n{}", table.to_markdown());

@@ -914,9 +914,9 @@ impl Sink for KafkaSink {
                                     .map(|(topic, partition)| {
                                         let producer = &producer;
                                         scope.spawn(move || {
-                                            let (_, high) = producer.client().fetch_watermarks(
-                                                &topic, partition, timeout,
-                                            )?;
+                                            let (_, high) = producer
+                                                .client()
+                                                .fetch_watermarks(&topic, partition, timeout)?;
                                             Ok::<_, KafkaError>((topic, partition, high))
                                         })
                                     })
