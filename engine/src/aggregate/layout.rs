@@ -95,11 +95,7 @@ impl AggregateLayout {
             event_time_key: event_time_key(aggregate),
         };
         let output_schema = layout
-            .exec(
-                AggregateMode::Final,
-                &[Vec::new()],
-                Arc::clone(&layout.partial_schema),
-            )?
+            .merge_exec(AggregateMode::Final, Vec::new())?
             .schema();
         Ok(Self {
             output_schema,
@@ -121,28 +117,20 @@ impl AggregateLayout {
         ))
     }
 
-    /// An aggregate in `mode` over `partitions` (with `schema`): the
-    /// input's rows for [`AggregateMode::Partial`], partial states
-    /// otherwise.
-    fn exec(
+    /// A merging phase ([`AggregateMode::PartialReduce`] or
+    /// [`AggregateMode::Final`]) over partial states in `batches`.
+    fn merge_exec(
         &self,
         mode: AggregateMode,
-        partitions: &[Vec<RecordBatch>],
-        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let input = MemorySourceConfig::try_new_exec(partitions, schema, None)?;
-        let (group_by, filters) = match mode {
-            AggregateMode::Partial => (Arc::clone(&self.group_by), self.filter_expr.clone()),
-            _ => (
-                Arc::new(self.group_by.as_final()),
-                vec![None; self.aggr_expr.len()],
-            ),
-        };
+        let input =
+            MemorySourceConfig::try_new_exec(&[batches], Arc::clone(&self.partial_schema), None)?;
         Ok(Arc::new(AggregateExec::try_new(
             mode,
-            group_by,
+            Arc::new(self.group_by.as_final()),
             self.aggr_expr.clone(),
-            filters,
+            vec![None; self.aggr_expr.len()],
             input,
             Arc::clone(&self.input_schema),
         )?))
@@ -162,39 +150,19 @@ impl AggregateLayout {
         )?))
     }
 
-    /// Runs the aggregate in `mode` over `batches` and returns its output
-    /// (empty without input rows).
+    /// Runs a merging phase ([`AggregateMode::PartialReduce`] or
+    /// [`AggregateMode::Final`]) over the partial states in `batches` and
+    /// returns its output (empty without input rows).
     pub async fn run(
         &self,
         mode: AggregateMode,
         batches: Vec<RecordBatch>,
         context: Arc<TaskContext>,
     ) -> DFResult<Vec<RecordBatch>> {
-        self.run_partitioned(mode, vec![batches], context).await
-    }
-
-    /// Runs the aggregate in `mode` over each partition of `partitions`,
-    /// the partitions in parallel, and returns all their output: a group
-    /// has one row per partition that holds it (empty without input rows).
-    pub async fn run_partitioned(
-        &self,
-        mode: AggregateMode,
-        partitions: Vec<Vec<RecordBatch>>,
-        context: Arc<TaskContext>,
-    ) -> DFResult<Vec<RecordBatch>> {
-        let partitions: Vec<Vec<RecordBatch>> = partitions
-            .into_iter()
-            .filter(|p| p.iter().any(|b| b.num_rows() > 0))
-            .collect();
-        if partitions.is_empty() {
+        if batches.iter().all(|b| b.num_rows() == 0) {
             return Ok(Vec::new());
         }
-        let schema = match mode {
-            AggregateMode::Partial => Arc::clone(&self.input_schema),
-            _ => Arc::clone(&self.partial_schema),
-        };
-        let plan = self.exec(mode, &partitions, schema)?;
-        datafusion::physical_plan::collect(plan, context).await
+        datafusion::physical_plan::collect(self.merge_exec(mode, batches)?, context).await
     }
 }
 
