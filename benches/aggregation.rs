@@ -61,7 +61,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tidemill::prelude::*;
 use tidemill::{PhaseDurations, QueryOptions, QueryProgress, Sink};
-use tidemill_harness::results::{BenchResult, Table, Target};
+use tidemill_harness::results::{BenchResult, Table, Target, median};
 // The trades and the plan measured are the harness's, shared with the
 // trigger-interval study and the Spark comparison.
 use tidemill_harness::trades::{self, DISORDER_MS, EXCHANGES, FILES, SPAN_MS, SYMBOLS, per_minute};
@@ -133,15 +133,6 @@ fn proc_status_mib(field: &str) -> Option<f64> {
 
 fn mib(field: &str) -> String {
     proc_status_mib(field).map_or_else(|| "n/a".into(), |m| format!("{m:.0} MiB"))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 /// The phase columns of [`phase_cells`].

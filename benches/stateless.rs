@@ -44,7 +44,7 @@ use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
 use tidemill::prelude::*;
 use tidemill::{PhaseDurations, QueryOptions, Sink};
-use tidemill_harness::results::{BenchResult, Table, Target, trim};
+use tidemill_harness::results::{BenchResult, Table, Target, median, trim};
 use tidemill_harness::{Pipeline, TriggerStudy, trades};
 
 const FILES: usize = 20;
@@ -102,15 +102,6 @@ fn generate(dir: &std::path::Path, rows: usize) -> anyhow::Result<()> {
         writer.close()?;
     }
     Ok(())
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 /// The output ids, sorted (to compare stream and batch).

@@ -222,6 +222,17 @@ impl Target {
     }
 }
 
+/// The median of `values` (sorted in place; NaN when empty): benches
+/// report the median of repeated runs.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 /// A figure with three significant digits (integers above 1000 as is).
 pub fn trim(v: f64) -> String {
     if !v.is_finite() {
