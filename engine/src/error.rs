@@ -104,6 +104,39 @@ impl TidemillError {
         }
     }
 
+    /// The error a batch's plan failed with: a Tidemill error that
+    /// travelled through DataFusion (such as a source's partition failing
+    /// to read a file) comes back as itself, so its message and whether it
+    /// is transient are kept; any other error is wrapped with `context`.
+    pub fn from_execution(context: impl Into<String>, err: DataFusionError) -> Self {
+        let ours = matches!(
+            err.find_root(),
+            DataFusionError::External(inner) if inner.is::<TidemillError>()
+        );
+        if !ours {
+            return Self::datafusion(context, err);
+        }
+        let mut err = err;
+        loop {
+            err = match err {
+                DataFusionError::Context(_, inner) => *inner,
+                DataFusionError::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
+                    Ok(inner) => inner,
+                    Err(shared) => {
+                        return Self::datafusion(context, DataFusionError::Shared(shared));
+                    }
+                },
+                DataFusionError::External(inner) => match inner.downcast::<TidemillError>() {
+                    Ok(ours) => return *ours,
+                    Err(inner) => {
+                        return Self::datafusion(context, DataFusionError::External(inner));
+                    }
+                },
+                other => return Self::datafusion(context, other),
+            };
+        }
+    }
+
     /// A source error with the source's description.
     pub fn source(source_name: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Source {
@@ -125,9 +158,13 @@ impl TidemillError {
         match self {
             Self::Transient(_) => true,
             Self::Checkpoint(StateError::Io { .. }) => true,
-            Self::DataFusion { source, .. } => {
-                matches!(source.find_root(), DataFusionError::ObjectStore(_))
-            }
+            Self::DataFusion { source, .. } => match source.find_root() {
+                DataFusionError::ObjectStore(_) => true,
+                DataFusionError::External(inner) => inner
+                    .downcast_ref::<TidemillError>()
+                    .is_some_and(TidemillError::is_transient),
+                _ => false,
+            },
             _ => false,
         }
     }
@@ -160,5 +197,56 @@ impl From<DataFusionError> for TidemillError {
             },
             other => Self::datafusion("DataFusion", other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_tidemill_error_returns_as_itself_from_execution() {
+        let ours = TidemillError::transient(TidemillError::source(
+            "FileSource[csv: file:///in]",
+            "file:///in/a.csv, line 3: invalid number",
+        ));
+        let message = ours.to_string();
+        // As DataFusion hands it back: wrapped in context, shared between
+        // partitions.
+        let travelled = DataFusionError::Shared(Arc::new(DataFusionError::Context(
+            "reading partition 1".into(),
+            Box::new(DataFusionError::from(ours)),
+        )));
+        let back = TidemillError::from_execution("executing batch 4", travelled);
+        assert_eq!(back.to_string(), message);
+        assert!(back.is_transient());
+    }
+
+    #[test]
+    fn other_execution_errors_keep_their_context() {
+        let err = TidemillError::from_execution(
+            "executing batch 4",
+            DataFusionError::Execution("division by zero".into()),
+        );
+        assert!(matches!(err, TidemillError::DataFusion { .. }));
+        assert_eq!(
+            err.to_string(),
+            "executing batch 4: Execution error: division by zero"
+        );
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn a_transient_error_still_shared_elsewhere_stays_transient() {
+        let shared = Arc::new(DataFusionError::from(TidemillError::transient(
+            TidemillError::source("KafkaSource[t]", "broker unavailable"),
+        )));
+        let _other_holder = Arc::clone(&shared);
+        let err =
+            TidemillError::from_execution("executing batch 1", DataFusionError::Shared(shared));
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains("broker unavailable"), "{err}");
     }
 }

@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+mod batch_input;
 pub mod checkpoint;
 mod context_ext;
 mod error;
@@ -66,7 +67,7 @@ pub use progress::{
 };
 pub use query::StreamingQuery;
 pub use sink::{Sink, SinkContext};
-pub use source::{ReadLimit, Source, SourceContext, SourceProvider};
+pub use source::{BatchInput, ReadLimit, Source, SourceContext, SourceProvider};
 pub use streaming_table::StreamingTable;
 pub use trigger::{OutputMode, Trigger};
 pub use watermark::MultipleWatermarkPolicy;

@@ -4,19 +4,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::record_batch::RecordBatch;
-use datafusion::datasource::MemTable;
+use datafusion::catalog::TableProvider;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 
 use crate::aggregate::{self, AggregateOperator};
+use crate::batch_input::BatchTable;
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
 use crate::progress::{EventTimeProgress, PhaseDurations, SinkProgress, SourceProgress};
 use crate::query::QueryShared;
 use crate::watermark::{WatermarkPlanner, WatermarkTracker, format_millis};
 use crate::{
-    Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, RetryPolicy, Sink, Source,
-    TidemillError, Trigger, failpoint, planner,
+    BatchInput, Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, RetryPolicy,
+    Sink, Source, TidemillError, Trigger, failpoint, planner,
 };
 
 /// A source opened for this query, with where it stands.
@@ -268,35 +268,29 @@ impl Runner {
         self.shared
             .set_status(|s| s.message = format!("Processing batch {batch_id}"));
 
-        // Read each source's range.
+        // Each source's range: rows in memory, or partitions the plan reads
+        // while it runs.
         let t = Instant::now();
         let partitions = self.session.copied_config().target_partitions().max(1);
         let mut data = HashMap::new();
-        let mut source_progress = Vec::with_capacity(self.sources.len());
-        let mut num_input_rows = 0;
+        let mut tables = Vec::with_capacity(self.sources.len());
         for (s, range) in self.sources.iter_mut().zip(&entry.sources) {
-            let batches = match &range.end {
+            let input = match &range.end {
                 Some(end) if range.start.as_ref() != Some(end) => {
-                    s.source.read(range.start.as_ref(), end).await?
+                    s.source
+                        .read_input(range.start.as_ref(), end, partitions)
+                        .await?
                 }
-                _ => Vec::new(),
+                _ => BatchInput::Rows(Vec::new()),
             };
-            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            num_input_rows += rows as u64;
-            let table = MemTable::try_new(Arc::clone(&s.schema), spread(batches, partitions))
-                .map_err(|e| {
-                    TidemillError::source(
-                        &s.description,
-                        format!("batch {batch_id} does not match the source schema: {e}"),
-                    )
-                })?;
-            data.insert(s.table_id, Arc::new(table));
-            source_progress.push(SourceProgress {
-                description: s.description.clone(),
-                start_offset: range.start.clone(),
-                end_offset: range.end.clone(),
-                num_input_rows: rows as u64,
-            });
+            let table = BatchTable::new(input, Arc::clone(&s.schema), partitions).map_err(|e| {
+                TidemillError::source(
+                    &s.description,
+                    format!("batch {batch_id} does not match the source schema: {e}"),
+                )
+            })?;
+            data.insert(s.table_id, Arc::clone(&table.table));
+            tables.push(table);
         }
         phases.get_batch = ms(t.elapsed());
 
@@ -311,8 +305,19 @@ impl Runner {
         let schema = physical.schema();
         let output = datafusion::physical_plan::collect(physical, self.session.task_ctx())
             .await
-            .map_err(|e| TidemillError::datafusion(format!("executing batch {batch_id}"), e))?;
+            .map_err(|e| TidemillError::from_execution(format!("executing batch {batch_id}"), e))?;
         phases.execution = ms(t.elapsed());
+        let mut num_input_rows = 0;
+        let mut source_progress = Vec::with_capacity(self.sources.len());
+        for ((s, range), table) in self.sources.iter().zip(&entry.sources).zip(&tables) {
+            num_input_rows += table.rows();
+            source_progress.push(SourceProgress {
+                description: s.description.clone(),
+                start_offset: range.start.clone(),
+                end_offset: range.end.clone(),
+                num_input_rows: table.rows(),
+            });
+        }
         let max_event_time = self.watermarks.end_batch(&self.watermark_planner);
         let num_output_rows: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
 
@@ -439,7 +444,7 @@ impl Runner {
     async fn plan_batch(
         &mut self,
         batch_id: u64,
-        data: &HashMap<u64, Arc<MemTable>>,
+        data: &HashMap<u64, Arc<dyn TableProvider>>,
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
         let state = self.session.state();
         let error = |e| TidemillError::datafusion(format!("planning batch {batch_id}"), e);
@@ -454,17 +459,4 @@ impl Runner {
             .await
             .map_err(error)
     }
-}
-
-/// Spreads `batches` over up to `n` partitions so the batch executes in
-/// parallel.
-fn spread(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
-    let mut partitions: Vec<Vec<RecordBatch>> = (0..n.min(batches.len()).max(1))
-        .map(|_| Vec::new())
-        .collect();
-    let count = partitions.len();
-    for (i, batch) in batches.into_iter().enumerate() {
-        partitions[i % count].push(batch);
-    }
-    partitions
 }

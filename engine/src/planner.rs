@@ -9,9 +9,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use datafusion::catalog::TableProvider;
 use datafusion::common::JoinType;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::datasource::{MemTable, provider_as_source};
+use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 
 use crate::aggregate;
@@ -283,7 +284,10 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
 /// Replaces every streaming scan in `plan` by a scan of that source's rows
 /// for this batch (`data`, keyed by [`StreamingTable::id`]), keeping the
 /// scan's projection and filters.
-pub fn substitute(plan: &LogicalPlan, data: &HashMap<u64, Arc<MemTable>>) -> Result<LogicalPlan> {
+pub fn substitute(
+    plan: &LogicalPlan,
+    data: &HashMap<u64, Arc<dyn TableProvider>>,
+) -> Result<LogicalPlan> {
     let transformed = plan
         .clone()
         .transform_up_with_subqueries(|node| {
@@ -300,7 +304,7 @@ pub fn substitute(plan: &LogicalPlan, data: &HashMap<u64, Arc<MemTable>>) -> Res
                 ))
             })?;
             let mut scan = scan.clone();
-            scan.source = provider_as_source(Arc::clone(rows) as _);
+            scan.source = provider_as_source(Arc::clone(rows));
             Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
         })
         .map_err(|e| TidemillError::datafusion("preparing the batch plan", e))?;

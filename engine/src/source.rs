@@ -2,9 +2,12 @@
 
 use std::fmt::Debug;
 
+use std::sync::Arc;
+
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::SessionContext;
 use tidemill_state::CheckpointDir;
 
@@ -19,6 +22,23 @@ pub enum ReadLimit {
     MaxRows(u64),
     /// At most this many files.
     MaxFiles(u64),
+}
+
+/// One source's rows for one batch, as [`Source::read_input`] hands them
+/// to the engine.
+#[derive(Debug)]
+pub enum BatchInput {
+    /// Rows already read into memory; the engine spreads them over its
+    /// partitions.
+    Rows(Vec<RecordBatch>),
+    /// Partitions the batch's plan reads while it runs: decoding overlaps
+    /// the batch's other work and the partitions run in parallel. Each
+    /// stream yields rows of exactly the source schema; executing a
+    /// partition again reads the same rows again. Errors a stream yields
+    /// should be [`crate::TidemillError`]s (converted with `into()`) naming
+    /// what failed and where, as [`Source::read`]'s do: the engine reports
+    /// them as the batch's error.
+    Partitions(Vec<Arc<dyn PartitionStream>>),
 }
 
 /// A streaming source as the user configures it: where the data is and how
@@ -91,6 +111,26 @@ pub trait Source: Send + Debug {
     /// Reads the rows in `(start, end]`, i.e. after `start` (from the
     /// beginning if `None`) up to and including `end`.
     async fn read(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Vec<RecordBatch>>;
+
+    /// Reads the rows in `(start, end]` as the engine runs a batch: the same
+    /// rows as [`Source::read`], either already in memory or as up to
+    /// `partitions` streams read while the batch executes. The default
+    /// reads them with [`Source::read`]; a source whose decoding is costly
+    /// (files) returns streams, so the batch does not wait for all of its
+    /// input before starting.
+    ///
+    /// Whatever can be checked without decoding the rows (that the data
+    /// exists, its schema) should be checked here, so such errors surface
+    /// before the batch starts.
+    async fn read_input(
+        &mut self,
+        start: Option<&Offset>,
+        end: &Offset,
+        partitions: usize,
+    ) -> Result<BatchInput> {
+        let _ = partitions;
+        Ok(BatchInput::Rows(self.read(start, end).await?))
+    }
 
     /// Tells the source that every batch up to `end` is committed, so data
     /// before it will never be asked for again and may be released.

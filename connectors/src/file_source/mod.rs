@@ -66,16 +66,20 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 use tidemill_engine::{
-    Location, Offset, ReadLimit, Result, Source, SourceContext, SourceProvider, TidemillError,
+    BatchInput, Location, Offset, ReadLimit, Result, Source, SourceContext, SourceProvider,
+    TidemillError,
 };
 use tidemill_state::StateError;
 
 use self::bad_record::strip_serde_position;
 use self::reader::FileReader;
-use self::seen_log::{META_KIND, META_VERSION, SeenLog, SourceMetadata, list_visible, sort_files};
+use self::seen_log::{
+    META_KIND, META_VERSION, SeenFile, SeenLog, SourceMetadata, list_visible, sort_files,
+};
 
 mod bad_record;
 mod reader;
+mod scan;
 mod seen_log;
 #[cfg(test)]
 mod tests;
@@ -540,6 +544,27 @@ impl FileStream {
         Ok(n)
     }
 
+    /// The logged files in `(start, end]`.
+    fn range(&self, start: Option<&Offset>, end: &Offset) -> Result<Vec<SeenFile>> {
+        let from = self.parse_offset(start)?;
+        let to = self.parse_offset(Some(end))?;
+        if to < from {
+            return Err(self.err(format!(
+                "invalid range: end offset {to} is before start offset {from}"
+            )));
+        }
+        self.log
+            .files
+            .get(from as usize..to as usize)
+            .map(<[SeenFile]>::to_vec)
+            .ok_or_else(|| {
+                self.err(format!(
+                    "offsets {from}..{to} are beyond the {} files in the files-seen log",
+                    self.log.files.len()
+                ))
+            })
+    }
+
     /// Lists the directory and logs the files not seen before.
     async fn discover(&mut self) -> Result<()> {
         let listed = list_visible(&self.location).await.map_err(|e| {
@@ -597,14 +622,7 @@ impl Source for FileStream {
     }
 
     async fn read(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Vec<RecordBatch>> {
-        let from = self.parse_offset(start)?;
-        let to = self.parse_offset(Some(end))?;
-        if to < from {
-            return Err(self.err(format!(
-                "invalid range: end offset {to} is before start offset {from}"
-            )));
-        }
-        let files = self.log.files[from as usize..to as usize].to_vec();
+        let files = self.range(start, end)?;
         // Each file is read as its own task, so files decode on several
         // threads (parquet decoding runs inside the read future).
         let this = &*self;
@@ -623,6 +641,17 @@ impl Source for FileStream {
             .try_collect()
             .await?;
         Ok(per_file.into_iter().flatten().collect())
+    }
+
+    async fn read_input(
+        &mut self,
+        start: Option<&Offset>,
+        end: &Offset,
+        partitions: usize,
+    ) -> Result<BatchInput> {
+        let files = self.range(start, end)?;
+        let parts = scan::partitions(&self.reader, &self.schema, files, partitions).await?;
+        Ok(BatchInput::Partitions(parts))
     }
 
     async fn prepare_for_available_now(&mut self) -> Result<()> {

@@ -9,11 +9,12 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
@@ -79,6 +80,27 @@ impl AsyncFileReader for StoreParquetReader {
     }
 }
 
+/// A parquet file's footer, read and checked against the source schema.
+#[derive(Debug, Clone)]
+pub(super) struct ParquetFooter {
+    reader: StoreParquetReader,
+    metadata: ArrowReaderMetadata,
+    /// The file's top-level columns the source schema reads.
+    roots: Vec<usize>,
+}
+
+impl ParquetFooter {
+    /// Rows per row group.
+    pub(super) fn row_group_rows(&self) -> Vec<u64> {
+        self.metadata
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|rg| rg.num_rows().max(0) as u64)
+            .collect()
+    }
+}
+
 /// Reads single files of one format into batches of a given schema.
 #[derive(Debug, Clone)]
 pub(super) struct FileReader {
@@ -121,6 +143,11 @@ impl FileReader {
 
     fn err(&self, message: impl Into<String>) -> TidemillError {
         TidemillError::source(&self.description, message)
+    }
+
+    /// The format of the files this reader decodes.
+    pub(super) fn format(&self) -> FileFormat {
+        self.format
     }
 
     /// A file as a URL, for messages.
@@ -193,14 +220,19 @@ impl FileReader {
         file: &SeenFile,
         schema: &SchemaRef,
     ) -> Result<Vec<RecordBatch>> {
-        let path = Path::parse(&file.path).map_err(|e| {
+        let path = self.logged_path(file)?;
+        self.read_path(path, Some(file.seq), file.size, schema)
+            .await
+    }
+
+    /// The store path of a logged file.
+    pub(super) fn logged_path(&self, file: &SeenFile) -> Result<Path> {
+        Path::parse(&file.path).map_err(|e| {
             self.err(format!(
                 "invalid path {} in the files-seen log: {e}",
                 file.path
             ))
-        })?;
-        self.read_path(path, Some(file.seq), file.size, schema)
-            .await
+        })
     }
 
     /// Reads one file just listed (a bounded read, no files-seen log) into
@@ -259,11 +291,36 @@ impl FileReader {
         seq: Option<u64>,
         schema: &SchemaRef,
     ) -> Result<Vec<RecordBatch>> {
+        let footer = self.parquet_footer(path, seq, schema).await?;
+        self.parquet_stream(&footer, None, schema)?
+            .try_collect()
+            .await
+    }
+
+    /// Reads a parquet file's footer (number `seq` in the files-seen log, if
+    /// logged) and checks the whole file schema against `schema` up front, so
+    /// even an empty file with the wrong columns is reported.
+    pub(super) async fn parquet_footer(
+        &self,
+        path: &Path,
+        seq: Option<u64>,
+        schema: &SchemaRef,
+    ) -> Result<ParquetFooter> {
         let name = self.display(path);
-        let builder = self.parquet_builder(path, seq).await?;
-        let file_schema = Arc::clone(builder.schema());
-        // Check the whole file schema up front, so even an empty file with the
-        // wrong columns is reported.
+        let meta = match self.store.head(path).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return Err(self.vanished(path, seq)),
+            Err(e) => return Err(self.err(format!("cannot read {name}: {e}"))),
+        };
+        let mut reader = StoreParquetReader {
+            store: Arc::clone(&self.store),
+            path: path.clone(),
+            size: meta.size,
+        };
+        let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+            .await
+            .map_err(|e| self.err(format!("cannot read parquet file {name}: {e}")))?;
+        let file_schema = Arc::clone(metadata.schema());
         let mut roots = Vec::new();
         for field in schema.fields() {
             match file_schema.index_of(field.name()) {
@@ -290,20 +347,44 @@ impl FileReader {
         }
         roots.sort_unstable();
         roots.dedup();
-        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let mut stream = builder
-            .with_projection(mask)
-            .with_batch_size(BATCH_SIZE)
+        Ok(ParquetFooter {
+            reader,
+            metadata,
+            roots,
+        })
+    }
+
+    /// Decodes a parquet file whose footer was read (its `row_groups`, or all
+    /// of them) into batches of exactly `schema`, as a stream: rows are
+    /// decoded as the stream is polled.
+    pub(super) fn parquet_stream(
+        &self,
+        footer: &ParquetFooter,
+        row_groups: Option<Vec<usize>>,
+        schema: &SchemaRef,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+        let name = self.display(&footer.reader.path);
+        let mask = ProjectionMask::roots(footer.metadata.parquet_schema(), footer.roots.clone());
+        let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+            footer.reader.clone(),
+            footer.metadata.clone(),
+        )
+        .with_projection(mask)
+        .with_batch_size(BATCH_SIZE);
+        if let Some(row_groups) = row_groups {
+            builder = builder.with_row_groups(row_groups);
+        }
+        let stream = builder
             .build()
             .map_err(|e| self.err(format!("cannot read parquet file {name}: {e}")))?;
-        let mut out = Vec::new();
-        while let Some(batch) = stream.next().await {
-            let batch =
-                batch.map_err(|e| self.err(format!("cannot read parquet file {name}: {e}")))?;
-            let conformed = conform(&batch, schema).map_err(|m| self.misfit(&name, None, m))?;
-            out.push(conformed);
-        }
-        Ok(out)
+        let (this, schema) = (self.clone(), Arc::clone(schema));
+        Ok(stream
+            .map(move |batch| {
+                let batch =
+                    batch.map_err(|e| this.err(format!("cannot read parquet file {name}: {e}")))?;
+                conform(&batch, &schema).map_err(|m| this.misfit(&name, None, m))
+            })
+            .boxed())
     }
 
     /// The CSV reader for a file: the schema the file is decoded with (all
