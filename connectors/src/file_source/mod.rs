@@ -37,11 +37,16 @@
 //! Either given with [`FileSource::schema`], or inferred when the streaming
 //! DataFrame is created: from the footer of the first parquet file, or from
 //! the first rows of the first CSV / JSON files (inferred CSV and JSON
-//! columns are nullable). Columns are matched by name (CSV files without a
-//! header: by position); a missing nullable column is filled with nulls, a
-//! missing non-nullable column or a column of another type is an error
-//! naming the file and the column (strings in another Arrow encoding, such
-//! as `Utf8` for `Utf8View`, are cast).
+//! columns are nullable). Parquet strings and binary values are inferred as
+//! `Utf8View` / `BinaryView` when the session's
+//! `datafusion.execution.parquet.schema_force_view_types` is on (its
+//! default), as DataFusion's own parquet reads do, so a batch query over
+//! the same files sees the same schema. Columns are matched by name (CSV
+//! files without a header: by position); a missing nullable column is
+//! filled with nulls, a missing non-nullable column or a column of another
+//! type is an error naming the file and the column (strings in another
+//! Arrow encoding, such as `Utf8` for `Utf8View`, are cast; parquet
+//! decodes them straight into the source's encoding).
 //!
 //! # Bounded reads
 //!
@@ -57,6 +62,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::datasource::physical_plan::parquet::transform_schema_to_view;
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::SendableRecordBatchStream;
@@ -451,7 +457,21 @@ impl SourceProvider for FileSource {
             return Ok(Arc::clone(schema));
         }
         let location = self.resolve(session)?;
-        self.infer_schema(&location).await
+        let schema = self.infer_schema(&location).await?;
+        // Strings and binary values in parquet files read as view types
+        // when the session says so (DataFusion's default), as DataFusion's
+        // own parquet reads do: a batch read of the same files has the
+        // same schema.
+        let view_types = session
+            .copied_config()
+            .options()
+            .execution
+            .parquet
+            .schema_force_view_types;
+        Ok(match self.format {
+            FileFormat::Parquet if view_types => Arc::new(transform_schema_to_view(&schema)),
+            _ => schema,
+        })
     }
 
     async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {

@@ -347,6 +347,7 @@ impl FileReader {
         }
         roots.sort_unstable();
         roots.dedup();
+        let metadata = decode_as(metadata, schema);
         Ok(ParquetFooter {
             reader,
             metadata,
@@ -593,6 +594,42 @@ impl FileReader {
             Misfit::Other(message) => format!("{at}: does not match the source schema: {message}"),
         })
     }
+}
+
+/// The footer `metadata` set to decode each string or binary column the
+/// source `schema` holds in another encoding (`Utf8View` for the file's
+/// `Utf8`, say) straight into the source's, instead of decoding and then
+/// casting. Left as it is if the parquet reader cannot decode the file's
+/// columns that way (the batches are then cast).
+fn decode_as(metadata: ArrowReaderMetadata, schema: &SchemaRef) -> ArrowReaderMetadata {
+    let file_schema = metadata.schema();
+    let mut changed = false;
+    let fields: Vec<Field> = file_schema
+        .fields()
+        .iter()
+        .map(|field| match schema.field_with_name(field.name()) {
+            Ok(wanted)
+                if wanted.data_type() != field.data_type()
+                    && same_values(field.data_type(), wanted.data_type()) =>
+            {
+                changed = true;
+                field
+                    .as_ref()
+                    .clone()
+                    .with_data_type(wanted.data_type().clone())
+            }
+            _ => field.as_ref().clone(),
+        })
+        .collect();
+    if !changed {
+        return metadata;
+    }
+    let hint = Arc::new(Schema::new_with_metadata(
+        fields,
+        file_schema.metadata().clone(),
+    ));
+    let options = ArrowReaderOptions::new().with_schema(hint);
+    ArrowReaderMetadata::try_new(Arc::clone(metadata.metadata()), options).unwrap_or(metadata)
 }
 
 /// Whether a column of type `actual` holds values of type `expected`, to

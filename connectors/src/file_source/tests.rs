@@ -441,17 +441,71 @@ async fn parquet_schema_explicit_inferred_and_mismatch() {
     write_parquet(data.path(), "p1.parquet", &batch);
     let session = SessionContext::new();
 
-    // Inferred: from the footer, nullability included.
+    // Inferred: from the footer, nullability included; strings as
+    // `Utf8View`, exactly as DataFusion's own parquet read of the files.
     let inferred = SourceProvider::schema(
         &FileSource::parquet(data.path().to_str().unwrap()),
         &session,
     )
     .await
     .unwrap();
-    assert_eq!(inferred, file_schema);
+    let view_schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8View, true),
+        Field::new("extra", DataType::Float64, true),
+    ]));
+    assert_eq!(inferred, view_schema);
+    let batch_read = session
+        .read_parquet(
+            data.path().to_str().unwrap(),
+            datafusion::prelude::ParquetReadOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(batch_read.schema().as_arrow(), view_schema.as_ref());
     let chk = tempfile::tempdir().unwrap();
     let source = FileSource::parquet(data.path().to_str().unwrap());
     let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    let as_views = arrow::compute::cast(batch.column(1), &DataType::Utf8View).unwrap();
+    let expected = RecordBatch::try_new(
+        Arc::clone(&view_schema),
+        vec![
+            Arc::clone(batch.column(0)),
+            as_views,
+            Arc::clone(batch.column(2)),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.read(None, &end).await.unwrap(), vec![expected]);
+
+    // A session that reads parquet strings as `Utf8` infers them so.
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
+    let plain_session = SessionContext::new_with_config(config);
+    let inferred = SourceProvider::schema(
+        &FileSource::parquet(data.path().to_str().unwrap()),
+        &plain_session,
+    )
+    .await
+    .unwrap();
+    assert_eq!(inferred, file_schema);
+    let chk = tempfile::tempdir().unwrap();
+    let source = FileSource::parquet(data.path().to_str().unwrap());
+    let mut s = open(
+        &source,
+        &plain_session,
+        checkpoint(&plain_session, chk.path()),
+    )
+    .await;
     let end = s
         .latest_offset(None, ReadLimit::All)
         .await
