@@ -96,7 +96,8 @@ const PARALLEL_COMMIT_ROWS: usize = 64 * 1024;
 /// A commit writes one delta per partition *with changes*, so its cost
 /// grows with the changed keys, not with the state. Snapshots are written
 /// off the commit path: once a partition's chain holds
-/// [`snapshot_interval`](StateStoreConfig::snapshot_interval) deltas, a
+/// [`snapshot_interval`](StateStoreConfig::snapshot_interval) deltas (and,
+/// for a partition that has a snapshot, rows worth rewriting it for), a
 /// background task (on the tokio runtime, its CPU work on the blocking
 /// pool) merges the chain's files into a snapshot of the version just
 /// committed, and a later commit that finds it done lists the snapshot in
@@ -491,22 +492,16 @@ impl StateStore {
         Ok(metrics)
     }
 
-    /// Starts a background snapshot of every partition whose chain at the
-    /// current version holds `snapshot_interval` deltas or more and is not
-    /// being snapshotted already. Partition `p` starts at versions `v` with
-    /// `(v + p) % snapshot_interval == 0` (or once its chain is twice that
-    /// long), so the partitions' snapshots spread over the versions.
-    /// Returns how many started.
+    /// Starts a background snapshot of every partition that is due one
+    /// (see [`StateStoreConfig::snapshot_interval`]) and is not being
+    /// snapshotted already. Returns how many started.
     fn start_snapshots(&mut self) -> usize {
-        let interval = self.config.snapshot_interval.get();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return 0;
         };
         let mut started = 0;
         for (p, chain) in self.chains.iter().enumerate() {
-            let deltas = chain.deltas.len() as u64;
-            let due = deltas >= interval
-                && ((self.version + p as u64).is_multiple_of(interval) || deltas >= 2 * interval);
+            let due = snapshot_due(chain, &self.config, self.version, p);
             if !due || self.compactions.iter().any(|c| c.partition == p) {
                 continue;
             }
@@ -705,6 +700,30 @@ fn file_id(
         partition,
         version,
     }
+}
+
+/// A snapshot's rows for each row its deltas must hold before the next
+/// snapshot (unless the chain reaches the maximum interval).
+const SNAPSHOT_ROWS_PER_DELTA_ROW: u64 = 10;
+
+/// Whether partition `p`, whose files at `version` are `chain`, is due a
+/// snapshot: its chain holds at least `snapshot_interval` deltas, it is the
+/// partition's turn (`(version + p) % snapshot_interval == 0`, or the chain
+/// has grown to twice the interval), and its deltas hold a tenth of the
+/// last snapshot's rows or the chain has reached `max_snapshot_interval`.
+fn snapshot_due(chain: &PartitionChain, config: &StateStoreConfig, version: u64, p: usize) -> bool {
+    let interval = config.snapshot_interval.get();
+    let deltas = chain.deltas.len() as u64;
+    let turn = (version + p as u64).is_multiple_of(interval) || deltas >= 2 * interval;
+    let delta_rows: u64 = chain.deltas.iter().map(|d| d.rows).sum();
+    let worth_it = match &chain.snapshot {
+        None => true,
+        Some(snapshot) => {
+            delta_rows.saturating_mul(SNAPSHOT_ROWS_PER_DELTA_ROW) >= snapshot.rows
+                || deltas >= config.max_snapshot_interval.get()
+        }
+    };
+    deltas >= interval && turn && worth_it
 }
 
 /// Writes the snapshot `id` of a partition: the merge of the files of

@@ -31,6 +31,7 @@ fn config(num_partitions: usize, snapshot_interval: u64) -> StateStoreConfig {
     StateStoreConfig {
         num_partitions: NonZeroUsize::new(num_partitions).unwrap(),
         snapshot_interval: NonZeroU64::new(snapshot_interval).unwrap(),
+        ..Default::default()
     }
 }
 
@@ -903,4 +904,54 @@ async fn a_snapshot_of_a_partition_emptied_meanwhile_is_not_listed() {
     assert_eq!(v4.len(), 1);
     assert_eq!(v4.get(b"c"), Some(&b"1"[..]));
     assert_eq!(v4.get(b"a"), None);
+}
+
+/// The versions (from 3 on) at which a one-partition store with snapshot
+/// interval 2 and `max` as the maximum interval starts a snapshot, when
+/// version 1 writes 100 keys, version 2 is snapshotted and every later
+/// version changes `per_version` keys.
+async fn snapshot_versions(max: u64, per_version: u32) -> Vec<u64> {
+    let dir = memory_dir();
+    let config = StateStoreConfig {
+        max_snapshot_interval: NonZeroU64::new(max).unwrap(),
+        ..config(1, 2)
+    };
+    let mut store = open(&dir, config, 0).await.unwrap();
+    for i in 0..100u32 {
+        store.put(&i.to_be_bytes(), b"v1");
+    }
+    assert_eq!(store.commit().await.unwrap().snapshots_started, 0);
+    store.put(&0u32.to_be_bytes(), b"v2");
+    assert_eq!(store.commit().await.unwrap().snapshots_started, 1);
+    store.finish_snapshots().await.unwrap();
+    let mut started = Vec::new();
+    for version in 3..=30u64 {
+        for i in 0..per_version {
+            store.put(&i.to_be_bytes(), &version.to_le_bytes());
+        }
+        let metrics = store.commit().await.unwrap();
+        if metrics.snapshots_started > 0 {
+            started.push(version);
+        }
+        store.finish_snapshots().await.unwrap();
+    }
+    started
+}
+
+#[tokio::test]
+async fn a_large_partition_is_snapshotted_once_its_deltas_are_worth_it() {
+    // One changed key per version: the deltas hold a tenth of the 100-row
+    // snapshot after ten versions.
+    assert_eq!(snapshot_versions(100, 1).await, vec![12, 22]);
+    // ... unless the chain reaches the maximum interval first.
+    assert_eq!(
+        snapshot_versions(4, 1).await,
+        vec![6, 10, 14, 18, 22, 26, 30]
+    );
+    // Ten changed keys per version are a tenth of the partition at once:
+    // every snapshot interval, as for a small partition.
+    assert_eq!(
+        snapshot_versions(100, 10).await,
+        vec![4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]
+    );
 }
