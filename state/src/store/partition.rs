@@ -1,9 +1,10 @@
 //! One hash partition of a state store: its entries in memory, their expiry
 //! index, and the keys changed since the last commit.
 //!
-//! Entries live in a hash table whose slots hold the key and the value in
-//! one allocation, so a lookup costs one hash and (usually) one probe
-//! whatever the partition's size.
+//! Entries live in a hash table whose slots hold the key and the value
+//! (inline when together they are short, as most aggregation keys and
+//! states are; else in one allocation), so a lookup costs one hash and
+//! (usually) one probe whatever the partition's size.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -75,10 +76,60 @@ pub struct StateEntry<'a> {
     pub expires_at_ms: Option<i64>,
 }
 
-/// An entry in the table: key and value in one allocation.
+/// Bytes of key and value an entry holds in its table slot; longer ones
+/// take a heap allocation.
+const INLINE_BYTES: usize = 30;
+
+/// An entry's key bytes followed by its value bytes: in the table slot
+/// when short (a lookup then touches no other memory and an insert
+/// allocates nothing), else in one heap allocation.
+enum SlotBytes {
+    Inline { len: u8, bytes: [u8; INLINE_BYTES] },
+    Heap(Box<[u8]>),
+}
+
+impl SlotBytes {
+    fn new(key: &[u8], value: &[u8]) -> Self {
+        let len = key.len() + value.len();
+        if len <= INLINE_BYTES {
+            let mut bytes = [0; INLINE_BYTES];
+            bytes[..key.len()].copy_from_slice(key);
+            bytes[key.len()..len].copy_from_slice(value);
+            Self::Inline {
+                len: len as u8,
+                bytes,
+            }
+        } else {
+            Self::Heap([key, value].concat().into_boxed_slice())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..*len as usize],
+            Self::Heap(bytes) => bytes,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        match self {
+            Self::Inline { len, bytes } => &mut bytes[..*len as usize],
+            Self::Heap(bytes) => bytes,
+        }
+    }
+
+    /// Heap bytes held beyond the slot.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Inline { .. } => 0,
+            Self::Heap(bytes) => heap_bytes(bytes.len()),
+        }
+    }
+}
+
+/// An entry in the table.
 struct Slot {
-    /// The key bytes followed by the value bytes.
-    data: Box<[u8]>,
+    data: SlotBytes,
     key_len: u32,
     expires_at_ms: Option<i64>,
 }
@@ -87,28 +138,34 @@ impl Slot {
     fn new(key: &[u8], value: &[u8], expires_at_ms: Option<i64>) -> Self {
         let key_len = u32::try_from(key.len()).expect("a state key is shorter than 4 GiB");
         Self {
-            data: [key, value].concat().into_boxed_slice(),
+            data: SlotBytes::new(key, value),
             key_len,
             expires_at_ms,
         }
     }
 
     fn key(&self) -> &[u8] {
-        &self.data[..self.key_len as usize]
+        &self.data.as_slice()[..self.key_len as usize]
     }
 
     fn value(&self) -> &[u8] {
-        &self.data[self.key_len as usize..]
+        &self.data.as_slice()[self.key_len as usize..]
     }
 
     /// Replaces the value, in place when the length is unchanged.
     fn set_value(&mut self, value: &[u8]) {
         let key_len = self.key_len as usize;
-        if self.data.len() - key_len == value.len() {
-            self.data[key_len..].copy_from_slice(value);
+        let data = self.data.as_mut_slice();
+        if data.len() - key_len == value.len() {
+            data[key_len..].copy_from_slice(value);
         } else {
-            self.data = [self.key(), value].concat().into_boxed_slice();
+            self.data = SlotBytes::new(self.key(), value);
         }
+    }
+
+    /// Heap bytes the entry holds beyond its slot.
+    fn heap_bytes(&self) -> usize {
+        self.data.heap_bytes()
     }
 
     fn entry(&self) -> StateEntry<'_> {
@@ -306,7 +363,7 @@ impl StatePartition {
                 .find_entry(hash_key(&key), |slot| slot.key() == &key[..])
             {
                 let (slot, _) = found.remove();
-                self.entry_bytes -= heap_bytes(slot.data.len());
+                self.entry_bytes -= slot.heap_bytes();
                 visit(&key, slot.value().to_vec());
             }
             self.note_change(&key, true, None);
@@ -350,9 +407,9 @@ impl StatePartition {
         let hash = hash_key(key);
         let existed = match self.entries.find_mut(hash, |slot| slot.key() == key) {
             Some(slot) => {
-                let before = heap_bytes(slot.data.len());
+                let before = slot.heap_bytes();
                 slot.set_value(value);
-                self.entry_bytes = self.entry_bytes + heap_bytes(slot.data.len()) - before;
+                self.entry_bytes = self.entry_bytes + slot.heap_bytes() - before;
                 let old = std::mem::replace(&mut slot.expires_at_ms, expires_at_ms);
                 if old != expires_at_ms {
                     if let Some(at) = old {
@@ -394,12 +451,12 @@ impl StatePartition {
             .find_entry(hash_key(key), |slot| slot.key() == key)
             .ok()?;
         let (slot, _) = found.remove();
-        self.entry_bytes -= heap_bytes(slot.data.len());
+        self.entry_bytes -= slot.heap_bytes();
         Some(slot)
     }
 
     fn insert_new(&mut self, hash: u64, slot: Slot) {
-        self.entry_bytes += heap_bytes(slot.data.len());
+        self.entry_bytes += slot.heap_bytes();
         if let Some(at) = slot.expires_at_ms {
             self.expiry_bytes += heap_bytes(slot.key_len as usize) + EXPIRY_OVERHEAD;
             self.expiry.insert((at, Box::from(slot.key())));
@@ -510,6 +567,33 @@ mod tests {
     }
 
     #[test]
+    fn short_and_long_entries_round_trip_as_their_values_change_length() {
+        let mut p = StatePartition::new(0, 1);
+        let long = vec![7u8; INLINE_BYTES + 1];
+        p.put(b"short", b"v");
+        p.put(&long, b"long key");
+        assert_eq!(p.get(b"short"), Some(&b"v"[..]));
+        assert_eq!(p.get(&long), Some(&b"long key"[..]));
+        let inline_only = p.entry_bytes;
+        // Growing past the inline size moves the entry to the heap, and
+        // shrinking moves it back; the memory estimate follows.
+        p.put(b"short", &long);
+        assert_eq!(p.get(b"short"), Some(&long[..]));
+        assert!(p.entry_bytes > inline_only);
+        p.put(b"short", b"w");
+        assert_eq!(p.get(b"short"), Some(&b"w"[..]));
+        assert_eq!(p.entry_bytes, inline_only);
+        // A key and value of exactly the inline size stay inline.
+        let exact = vec![1u8; INLINE_BYTES - 2];
+        p.put(b"k2", &exact);
+        assert_eq!(p.get(b"k2"), Some(&exact[..]));
+        assert_eq!(p.entry_bytes, inline_only);
+        assert!(p.remove(&long));
+        assert_eq!(p.entry_bytes, 0);
+        assert_eq!(p.len(), 2);
+    }
+
+    #[test]
     fn partition_of_a_key_is_fixed_by_crc32() {
         // Values from any CRC-32 (IEEE) implementation, e.g. Python's
         // zlib.crc32: they must never change, or old checkpoints would load
@@ -594,9 +678,15 @@ mod tests {
             let key = i.to_be_bytes();
             p.put_with_ttl(&key, &vec![0; i as usize], i64::from(i));
         }
-        // Every entry's block, its expiry record and its change record
-        // (with a copy of the value).
-        let keys_and_values: usize = (0..100).map(|i| heap_bytes(4 + i)).sum();
+        // Every entry's block (none for entries short enough to sit in
+        // their slot), its expiry record and its change record (with a
+        // copy of the value).
+        let keys_and_values: usize = (0..100)
+            .map(|i| match 4 + i {
+                n if n <= INLINE_BYTES => 0,
+                n => heap_bytes(n),
+            })
+            .sum();
         let values: usize = (0..100).map(heap_bytes).sum();
         assert_eq!(
             p.memory_bytes(),
