@@ -70,11 +70,14 @@ impl StreamingAggregateExec {
         let tally = Arc::new(InputTally::new(
             input.properties().partitioning.partition_count(),
         ));
-        let rule = operator.late_row_rule().await;
-        let gated = Arc::new(LateRowsExec::new(input, rule, Arc::clone(&tally)));
-        let mut partial =
-            datafusion::physical_plan::collect(layout.partial_over(gated)?, Arc::clone(&context))
-                .await?;
+        let rule = operator.late_row_rule().await.map(Arc::new);
+        let keyed = rule.is_some();
+        let gated = Arc::new(LateRowsExec::new(input, rule, Arc::clone(&tally))?);
+        let mut partial = datafusion::physical_plan::collect(
+            layout.partial_over(gated, keyed)?,
+            Arc::clone(&context),
+        )
+        .await?;
         operator.record_late_rows(tally.take_late()).await;
         let with_rows = tally.partitions_with_rows();
         // Without input rows there is no group to change (a global

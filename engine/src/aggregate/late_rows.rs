@@ -6,13 +6,14 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::array::{Array, Int64Array, RecordBatch, RecordBatchOptions};
 use arrow::compute::kernels::cmp::lt_eq;
 use arrow::compute::{filter_record_batch, not, prep_null_mask_filter};
+use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
@@ -31,12 +32,37 @@ pub(crate) struct LateRowRule {
 }
 
 impl LateRowRule {
-    /// Splits `batch` into the rows to aggregate and the late rows (`None`
-    /// when there are none).
-    pub fn split(&self, batch: RecordBatch) -> DFResult<(RecordBatch, Option<RecordBatch>)> {
+    /// The input's schema with the event-time key's value appended as
+    /// [`EVENT_TIME_KEY_COLUMN`], as [`split`](Self::split) returns the rows
+    /// to aggregate.
+    pub fn keyed_schema(&self, input: &Schema) -> DFResult<SchemaRef> {
+        let key = self.expr.return_field(input)?;
+        let mut fields: Vec<FieldRef> = input.fields().iter().cloned().collect();
+        fields.push(Arc::new(
+            key.as_ref().clone().with_name(EVENT_TIME_KEY_COLUMN),
+        ));
+        Ok(Arc::new(Schema::new_with_metadata(
+            fields,
+            input.metadata().clone(),
+        )))
+    }
+
+    /// Splits `batch` into the rows to aggregate, with the event-time key's
+    /// value appended (schema: [`keyed_schema`](Self::keyed_schema)), so
+    /// the aggregate groups by it without evaluating the key again, and the
+    /// late rows as they came (`None` when there are none).
+    pub fn split(
+        &self,
+        batch: RecordBatch,
+        keyed_schema: &SchemaRef,
+    ) -> DFResult<(RecordBatch, Option<RecordBatch>)> {
         let bound = Int64Array::new_scalar(watermark_in_unit(self.watermark_ms, self.key.unit));
         let value = self.expr.evaluate(&batch)?.into_array(batch.num_rows())?;
         let closes_at = closing_time(&value, &self.key)?;
+        let mut columns = batch.columns().to_vec();
+        columns.push(value);
+        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        let keyed = RecordBatch::try_new_with_options(Arc::clone(keyed_schema), columns, &options)?;
         // A null time (no window) never closes: not late.
         let late = lt_eq(&closes_at, &bound)?;
         let late = match late.null_count() {
@@ -44,12 +70,16 @@ impl LateRowRule {
             _ => prep_null_mask_filter(&late),
         };
         if late.true_count() == 0 {
-            return Ok((batch, None));
+            return Ok((keyed, None));
         }
         let late_rows = filter_record_batch(&batch, &late)?;
-        Ok((filter_record_batch(&batch, &not(&late)?)?, Some(late_rows)))
+        Ok((filter_record_batch(&keyed, &not(&late)?)?, Some(late_rows)))
     }
 }
+
+/// The column [`LateRowsExec`] appends to the rows it passes on: the value
+/// of the event-time key, which the partial aggregate then groups by.
+pub(crate) const EVENT_TIME_KEY_COLUMN: &str = "__tidemill_event_time_key";
 
 /// What a [`LateRowsExec`] saw: the late rows it took out and, per input
 /// partition, the rows it let through.
@@ -81,26 +111,41 @@ impl InputTally {
     }
 }
 
-/// Passes its input through, less the late rows (with a [`LateRowRule`]),
-/// counting what it passes in an [`InputTally`].
+/// Passes its input through, less the late rows and with the event-time
+/// key's value appended (with a [`LateRowRule`]), counting what it passes
+/// in an [`InputTally`].
 #[derive(Debug)]
 pub(crate) struct LateRowsExec {
     input: Arc<dyn ExecutionPlan>,
     rule: Option<Arc<LateRowRule>>,
     tally: Arc<InputTally>,
+    properties: Arc<PlanProperties>,
 }
 
 impl LateRowsExec {
     pub fn new(
         input: Arc<dyn ExecutionPlan>,
-        rule: Option<LateRowRule>,
+        rule: Option<Arc<LateRowRule>>,
         tally: Arc<InputTally>,
-    ) -> Self {
-        Self {
+    ) -> DFResult<Self> {
+        let properties = match &rule {
+            None => Arc::clone(input.properties()),
+            Some(rule) => {
+                let of_input = input.properties();
+                Arc::new(PlanProperties::new(
+                    EquivalenceProperties::new(rule.keyed_schema(&input.schema())?),
+                    of_input.partitioning.clone(),
+                    of_input.emission_type,
+                    of_input.boundedness,
+                ))
+            }
+        };
+        Ok(Self {
             input,
-            rule: rule.map(Arc::new),
+            rule,
             tally,
-        }
+            properties,
+        })
     }
 }
 
@@ -123,7 +168,7 @@ impl ExecutionPlan for LateRowsExec {
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
+        &self.properties
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -141,11 +186,11 @@ impl ExecutionPlan for LateRowsExec {
         self: Arc<Self>,
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(Self {
-            input: children.swap_remove(0),
-            rule: self.rule.clone(),
-            tally: Arc::clone(&self.tally),
-        }))
+        Ok(Arc::new(Self::new(
+            children.swap_remove(0),
+            self.rule.clone(),
+            Arc::clone(&self.tally),
+        )?))
     }
 
     fn execute(
@@ -154,9 +199,11 @@ impl ExecutionPlan for LateRowsExec {
         context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
         let (rule, tally) = (self.rule.clone(), Arc::clone(&self.tally));
+        let schema = self.schema();
+        let keyed_schema = Arc::clone(&schema);
         let batches = self.input.execute(partition, context)?.map(move |batch| {
             let (kept, late) = match &rule {
-                Some(rule) => rule.split(batch?)?,
+                Some(rule) => rule.split(batch?, &keyed_schema)?,
                 None => (batch?, None),
             };
             if let Some(late) = late {
@@ -171,9 +218,6 @@ impl ExecutionPlan for LateRowsExec {
             }
             Ok(kept)
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.input.schema(),
-            batches,
-        )))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 }

@@ -13,11 +13,13 @@ use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Aggregate, EmptyRelation, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
+use super::late_rows::EVENT_TIME_KEY_COLUMN;
 use super::{EventTimeKey, event_time_key};
 
 /// The physical pieces of one aggregation, planned by DataFusion.
@@ -138,11 +140,32 @@ impl AggregateLayout {
 
     /// The first phase ([`AggregateMode::Partial`]) over `input`, one
     /// output partition per input partition: a group has a row in each
-    /// partition that holds it.
-    pub fn partial_over(&self, input: Arc<dyn ExecutionPlan>) -> DFResult<Arc<dyn ExecutionPlan>> {
+    /// partition that holds it. If `keyed`, `input` holds the value of the
+    /// event-time key in its last column (as
+    /// [`LateRowsExec`](super::late_rows::LateRowsExec) appends it), and
+    /// the aggregate groups by that column instead of evaluating the key.
+    pub fn partial_over(
+        &self,
+        input: Arc<dyn ExecutionPlan>,
+        keyed: bool,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let group_by = match (&self.event_time_key, keyed) {
+            (Some(key), true) => {
+                let column = input.schema().fields().len() - 1;
+                let mut expr = self.group_by.expr().to_vec();
+                expr[key.index].0 = Arc::new(Column::new(EVENT_TIME_KEY_COLUMN, column));
+                Arc::new(PhysicalGroupBy::new(
+                    expr,
+                    self.group_by.null_expr().to_vec(),
+                    self.group_by.groups().to_vec(),
+                    self.group_by.has_grouping_set(),
+                ))
+            }
+            _ => Arc::clone(&self.group_by),
+        };
         Ok(Arc::new(AggregateExec::try_new(
             AggregateMode::Partial,
-            Arc::clone(&self.group_by),
+            group_by,
             self.aggr_expr.clone(),
             self.filter_expr.clone(),
             input,
