@@ -207,7 +207,7 @@ impl Checkpoint {
 #[derive(Debug)]
 struct CheckpointLock {
     key: String,
-    _file: Option<std::fs::File>,
+    file: Option<std::fs::File>,
 }
 
 fn open_checkpoints() -> &'static Mutex<HashSet<String>> {
@@ -269,12 +269,19 @@ impl CheckpointLock {
                 Some(file)
             }
         };
-        Ok(Self { key, _file: file })
+        Ok(Self { key, file })
     }
 }
 
 impl Drop for CheckpointLock {
     fn drop(&mut self) {
+        // Unlocked explicitly rather than by closing the file: a process
+        // spawned meanwhile (a sink's helper, a test's child) holds a copy
+        // of the descriptor until it execs, and the lock would outlive this
+        // query until then, refusing its own restart.
+        if let Some(file) = &self.file {
+            let _ = file.unlock();
+        }
         open_checkpoints()
             .lock()
             .expect("lock poisoned")
