@@ -282,10 +282,10 @@ impl AggregateOperator {
         // A group may have a row per input partition: its stored state is
         // taken once.
         let mut seen = std::collections::HashSet::new();
-        for i in 0..partial.num_rows() {
-            let key = keys.get(i);
-            if let Some(value) = inner.store.get(key)
-                && seen.insert(key)
+        let all: Vec<&[u8]> = (0..partial.num_rows()).map(|i| keys.get(i)).collect();
+        for (i, value) in inner.store.get_many(&all).into_iter().enumerate() {
+            if let Some(value) = value
+                && seen.insert(all[i])
             {
                 found.push(i as u32);
                 rows.push(value.to_vec());
@@ -334,13 +334,16 @@ impl AggregateOperator {
                     }
                 }
             }
-            for i in 0..batch.num_rows() {
-                let (key, value) = (keys.get(i), values.row(i));
-                match expiry.as_ref().filter(|e| e.is_valid(i)) {
-                    Some(at) => inner.store.put_with_ttl(key, value.as_ref(), at.value(i)),
-                    None => inner.store.put(key, value.as_ref()),
-                }
-            }
+            let entries: Vec<(&[u8], &[u8], Option<i64>)> = (0..batch.num_rows())
+                .map(|i| {
+                    let at = expiry
+                        .as_ref()
+                        .filter(|e| e.is_valid(i))
+                        .map(|e| e.value(i));
+                    (keys.get(i), values.row(i).data(), at)
+                })
+                .collect();
+            inner.store.put_many(&entries);
         }
         Ok(())
     }
@@ -438,8 +441,6 @@ impl AggregateOperator {
     }
 }
 
-/// Splits `batches` into the rows whose group (the event-time key `key`,
-/// evaluated by `expr`) is still open at `watermark_ms` and the late ones.
 /// The position of the session window among the group keys, if the
 /// aggregation groups by one.
 fn session_index(layout: &AggregateLayout) -> Option<usize> {

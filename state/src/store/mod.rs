@@ -48,6 +48,9 @@ const LOAD_CONCURRENCY: usize = 32;
 const PARALLEL_LOAD_BYTES: u64 = 4 * 1024 * 1024;
 /// A commit encodes partitions on several threads from this many rows on.
 const PARALLEL_COMMIT_ROWS: usize = 64 * 1024;
+/// [`StateStore::get_many`] and [`StateStore::put_many`] work on several
+/// threads from this many keys on.
+const PARALLEL_ACCESS_KEYS: usize = 4096;
 
 /// A versioned, hash-partitioned key-value store for the state of
 /// stateful operators (streaming aggregation, deduplication, stream-stream
@@ -324,6 +327,59 @@ impl StateStore {
     pub fn put_with_ttl(&mut self, key: &[u8], value: &[u8], expires_at_ms: i64) {
         let p = self.partition_of(key);
         self.partitions[p].upsert(key, value, Some(expires_at_ms));
+    }
+
+    /// The values of `keys` (`None` for an absent key), in their order:
+    /// [`get`](StateStore::get) for many keys at once, the partitions
+    /// searched on several threads when there are many keys (random
+    /// lookups in a large state wait on memory, and threads wait together).
+    pub fn get_many<'a>(&'a self, keys: &[&[u8]]) -> Vec<Option<&'a [u8]>> {
+        let routed = self.route(keys.iter().copied());
+        let parallel = keys.len() >= PARALLEL_ACCESS_KEYS;
+        let found = parallel::map_parallel(
+            self.partitions.iter().zip(routed).collect(),
+            parallel,
+            |(part, indices)| {
+                indices
+                    .into_iter()
+                    .map(|i| (i, part.get(keys[i])))
+                    .collect::<Vec<_>>()
+            },
+        );
+        let mut values = vec![None; keys.len()];
+        for (i, value) in found.into_iter().flatten() {
+            values[i] = value;
+        }
+        values
+    }
+
+    /// Sets each `(key, value, expires_at_ms)` of `entries` in order, as
+    /// [`put`](StateStore::put) (no expiry) or
+    /// [`put_with_ttl`](StateStore::put_with_ttl) would; for a key given
+    /// twice the later entry wins. The partitions are updated on several
+    /// threads when there are many entries.
+    pub fn put_many(&mut self, entries: &[(&[u8], &[u8], Option<i64>)]) {
+        let routed = self.route(entries.iter().map(|(key, _, _)| *key));
+        let parallel = entries.len() >= PARALLEL_ACCESS_KEYS;
+        parallel::map_parallel(
+            self.partitions.iter_mut().zip(routed).collect(),
+            parallel,
+            |(part, indices)| {
+                for i in indices {
+                    let (key, value, expires_at_ms) = entries[i];
+                    part.upsert(key, value, expires_at_ms);
+                }
+            },
+        );
+    }
+
+    /// The positions of `keys` per partition, in order.
+    fn route<'k>(&self, keys: impl Iterator<Item = &'k [u8]>) -> Vec<Vec<usize>> {
+        let mut routed = vec![Vec::new(); self.partitions.len()];
+        for (i, key) in keys.enumerate() {
+            routed[self.partition_of(key)].push(i);
+        }
+        routed
     }
 
     /// Removes `key`; returns whether it was present.

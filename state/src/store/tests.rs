@@ -955,3 +955,42 @@ async fn a_large_partition_is_snapshotted_once_its_deltas_are_worth_it() {
         vec![4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]
     );
 }
+
+#[tokio::test]
+async fn get_many_and_put_many_match_one_key_at_a_time() {
+    // Below and above the size at which they use several threads.
+    for n in [10u32, 10_000] {
+        let dir = memory_dir();
+        let mut many = open(&dir, config(8, 10), 0).await.unwrap();
+        let mut single = StateStore::open(memory_dir(), schema(), config(8, 10), 0)
+            .await
+            .unwrap();
+        let keys: Vec<Vec<u8>> = (0..n).map(|i| i.to_be_bytes().to_vec()).collect();
+        // Every key twice: the later entry wins; odd keys expire.
+        let mut entries: Vec<(&[u8], &[u8], Option<i64>)> = Vec::new();
+        for key in &keys {
+            entries.push((key, b"first", None));
+        }
+        for (i, key) in keys.iter().enumerate() {
+            let ttl = (i % 2 == 1).then_some(i as i64);
+            entries.push((key, key, ttl));
+        }
+        many.put_many(&entries);
+        for &(key, value, ttl) in &entries {
+            match ttl {
+                Some(at) => single.put_with_ttl(key, value, at),
+                None => single.put(key, value),
+            }
+        }
+        let absent = b"absent".to_vec();
+        let mut asked: Vec<&[u8]> = keys.iter().map(Vec::as_slice).rev().collect();
+        asked.push(&absent);
+        let got = many.get_many(&asked);
+        let expected: Vec<Option<&[u8]>> = asked.iter().map(|k| single.get(k)).collect();
+        assert_eq!(got, expected, "{n} keys");
+        assert_eq!(got[0], Some(&keys[n as usize - 1][..]));
+        assert_eq!(got[n as usize], None);
+        assert_eq!(many.remove_expired(i64::MAX), n as usize / 2);
+        assert_eq!(many.commit().await.unwrap().rows_updated, n as u64 / 2);
+    }
+}
