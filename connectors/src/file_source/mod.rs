@@ -349,8 +349,8 @@ impl FileSource {
         files.truncate(INFER_MAX_FILES);
         match self.format {
             FileFormat::Parquet => {
-                let builder = reader.parquet_builder(&files[0].location, None).await?;
-                let fields = builder.schema().fields().clone();
+                let (_, metadata) = reader.parquet_metadata(&files[0].location, None).await?;
+                let fields = metadata.schema().fields().clone();
                 Ok(Arc::new(Schema::new(fields)))
             }
             FileFormat::Csv => {

@@ -189,29 +189,28 @@ impl FileReader {
         })
     }
 
-    pub(super) async fn parquet_builder(
+    /// Opens a parquet file (number `seq` in the files-seen log, if logged)
+    /// and reads its footer.
+    pub(super) async fn parquet_metadata(
         &self,
         path: &Path,
         seq: Option<u64>,
-    ) -> Result<ParquetRecordBatchStreamBuilder<StoreParquetReader>> {
+    ) -> Result<(StoreParquetReader, ArrowReaderMetadata)> {
+        let name = self.display(path);
         let meta = match self.store.head(path).await {
             Ok(meta) => meta,
             Err(object_store::Error::NotFound { .. }) => return Err(self.vanished(path, seq)),
-            Err(e) => return Err(self.err(format!("cannot read {}: {e}", self.display(path)))),
+            Err(e) => return Err(self.err(format!("cannot read {name}: {e}"))),
         };
-        let reader = StoreParquetReader {
+        let mut reader = StoreParquetReader {
             store: Arc::clone(&self.store),
             path: path.clone(),
             size: meta.size,
         };
-        ParquetRecordBatchStreamBuilder::new(reader)
+        let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
             .await
-            .map_err(|e| {
-                self.err(format!(
-                    "cannot read parquet file {}: {e}",
-                    self.display(path)
-                ))
-            })
+            .map_err(|e| self.err(format!("cannot read parquet file {name}: {e}")))?;
+        Ok((reader, metadata))
     }
 
     /// Reads one logged file into batches of exactly `schema`.
@@ -307,19 +306,7 @@ impl FileReader {
         schema: &SchemaRef,
     ) -> Result<ParquetFooter> {
         let name = self.display(path);
-        let meta = match self.store.head(path).await {
-            Ok(meta) => meta,
-            Err(object_store::Error::NotFound { .. }) => return Err(self.vanished(path, seq)),
-            Err(e) => return Err(self.err(format!("cannot read {name}: {e}"))),
-        };
-        let mut reader = StoreParquetReader {
-            store: Arc::clone(&self.store),
-            path: path.clone(),
-            size: meta.size,
-        };
-        let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
-            .await
-            .map_err(|e| self.err(format!("cannot read parquet file {name}: {e}")))?;
+        let (reader, metadata) = self.parquet_metadata(path, seq).await?;
         let file_schema = Arc::clone(metadata.schema());
         let mut roots = Vec::new();
         for field in schema.fields() {
