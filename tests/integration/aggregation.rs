@@ -813,3 +813,80 @@ async fn explain_names_the_stateful_operator_the_watermark_and_the_mode() {
         .unwrap_err();
     assert!(err.to_string().contains("no event-time group key"), "{err}");
 }
+
+#[tokio::test]
+async fn a_window_over_a_nullable_time_keeps_its_null_window_as_one_group() {
+    // The watermark is on `event_time`; the window is over `settled_at`,
+    // which may be null: those rows form one group with a null window,
+    // never late, merged across batches through the state.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new(
+            "settled_at",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+    ]));
+    let batch = |rows: &[(i64, Option<i64>)]| {
+        RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| r.0 * 1000),
+                )),
+                Arc::new(TimestampMillisecondArray::from_iter(
+                    rows.iter().map(|r| r.1.map(|s| s * 1000)),
+                )),
+            ],
+        )
+        .unwrap()
+    };
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(Arc::clone(&schema));
+    let sink = MemorySink::new();
+    let df = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .with_watermark("event_time", "5 seconds")
+        .unwrap()
+        .aggregate(
+            vec![tumble(col("settled_at"), "10 seconds").alias("w")],
+            vec![count(lit(1)).alias("n")],
+        )
+        .unwrap()
+        .select(vec![
+            (cast(get_field(col("w"), "start"), DataType::Int64) / lit(1000)).alias("start"),
+            col("w").is_null().alias("no_window"),
+            col("n"),
+        ])
+        .unwrap();
+    let query = start(df, &sink, OutputMode::Update, dir.path()).await;
+    for rows in [
+        vec![(100, Some(101)), (101, None)],
+        vec![(102, None), (103, Some(104)), (104, Some(111))],
+    ] {
+        stream.push(batch(&rows)).unwrap();
+        query.process_all_available().await.unwrap();
+    }
+    let last = query.last_progress().unwrap();
+    query.stop().await.unwrap();
+    assert_eq!(last.state_operators[0].num_rows_total, 3);
+    let rows = sorted_rows(&sink.batches());
+    assert_eq!(
+        rows,
+        vec![
+            "|       | true      | 1 |",
+            "|       | true      | 2 |",
+            "| 100   | false     | 1 |",
+            "| 100   | false     | 2 |",
+            "| 110   | false     | 1 |",
+        ],
+        "{rows:#?}"
+    );
+}

@@ -77,7 +77,10 @@ impl StreamingAggregateExec {
             layout.partial_over(gated, keyed)?,
             Arc::clone(&context),
         )
-        .await?;
+        .await?
+        .into_iter()
+        .map(|batch| layout.restore_window(batch, keyed))
+        .collect::<DFResult<Vec<_>>>()?;
         operator.record_late_rows(tally.take_late()).await;
         let with_rows = tally.partitions_with_rows();
         // Without input rows there is no group to change (a global

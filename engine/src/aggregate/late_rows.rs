@@ -6,10 +6,11 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, Int64Array, RecordBatch, RecordBatchOptions};
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch, RecordBatchOptions, make_array};
+use arrow::buffer::NullBuffer;
 use arrow::compute::kernels::cmp::lt_eq;
 use arrow::compute::{filter_record_batch, not, prep_null_mask_filter};
-use arrow::datatypes::{FieldRef, Schema, SchemaRef};
+use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -29,18 +30,34 @@ pub(crate) struct LateRowRule {
     pub expr: Arc<dyn PhysicalExpr>,
     pub key: EventTimeKey,
     pub watermark_ms: i64,
+    /// Whether the key is a window passed on as its `start` and `end`
+    /// columns rather than as one struct (see
+    /// [`AggregateLayout::groups_by_window_bounds`](super::AggregateLayout::groups_by_window_bounds)).
+    pub window_bounds: bool,
 }
 
 impl LateRowRule {
     /// The input's schema with the event-time key's value appended as
-    /// [`EVENT_TIME_KEY_COLUMN`], as [`split`](Self::split) returns the rows
-    /// to aggregate.
+    /// [`EVENT_TIME_KEY_COLUMN`] (or, with
+    /// [`window_bounds`](Self::window_bounds), the window's `start` and `end`
+    /// as [`WINDOW_START_COLUMN`] and [`WINDOW_END_COLUMN`]), as
+    /// [`split`](Self::split) returns the rows to aggregate.
     pub fn keyed_schema(&self, input: &Schema) -> DFResult<SchemaRef> {
         let key = self.expr.return_field(input)?;
         let mut fields: Vec<FieldRef> = input.fields().iter().cloned().collect();
-        fields.push(Arc::new(
-            key.as_ref().clone().with_name(EVENT_TIME_KEY_COLUMN),
-        ));
+        match key.data_type() {
+            DataType::Struct(bounds) if self.window_bounds => {
+                for (bound, name) in bounds.iter().zip([WINDOW_START_COLUMN, WINDOW_END_COLUMN]) {
+                    // Null where the window is.
+                    fields.push(Arc::new(
+                        bound.as_ref().clone().with_name(name).with_nullable(true),
+                    ));
+                }
+            }
+            _ => fields.push(Arc::new(
+                key.as_ref().clone().with_name(EVENT_TIME_KEY_COLUMN),
+            )),
+        }
         Ok(Arc::new(Schema::new_with_metadata(
             fields,
             input.metadata().clone(),
@@ -60,7 +77,16 @@ impl LateRowRule {
         let value = self.expr.evaluate(&batch)?.into_array(batch.num_rows())?;
         let closes_at = closing_time(&value, &self.key)?;
         let mut columns = batch.columns().to_vec();
-        columns.push(value);
+        match value.as_struct_opt() {
+            Some(window) if self.window_bounds => {
+                for bound in window.columns() {
+                    let nulls = NullBuffer::union(window.nulls(), bound.nulls());
+                    let data = bound.to_data().into_builder().nulls(nulls).build()?;
+                    columns.push(make_array(data));
+                }
+            }
+            _ => columns.push(value),
+        }
         let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         let keyed = RecordBatch::try_new_with_options(Arc::clone(keyed_schema), columns, &options)?;
         // A null time (no window) never closes: not late.
@@ -80,6 +106,15 @@ impl LateRowRule {
 /// The column [`LateRowsExec`] appends to the rows it passes on: the value
 /// of the event-time key, which the partial aggregate then groups by.
 pub(crate) const EVENT_TIME_KEY_COLUMN: &str = "__tidemill_event_time_key";
+
+/// The column [`LateRowsExec`] appends for a window's `start`, in place of
+/// [`EVENT_TIME_KEY_COLUMN`], when the aggregate groups by the window's
+/// bounds.
+pub(crate) const WINDOW_START_COLUMN: &str = "__tidemill_window_start";
+
+/// The column appended for a window's `end` beside
+/// [`WINDOW_START_COLUMN`].
+pub(crate) const WINDOW_END_COLUMN: &str = "__tidemill_window_end";
 
 /// What a [`LateRowsExec`] saw: the late rows it took out and, per input
 /// partition, the rows it let through.

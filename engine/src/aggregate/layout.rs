@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::array::{Array, ArrayRef, RecordBatchOptions, StructArray};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -19,8 +20,8 @@ use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, Physic
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 
-use super::late_rows::EVENT_TIME_KEY_COLUMN;
-use super::{EventTimeKey, event_time_key};
+use super::late_rows::{EVENT_TIME_KEY_COLUMN, WINDOW_END_COLUMN, WINDOW_START_COLUMN};
+use super::{EventTimeKey, EventTimeKind, event_time_key};
 
 /// The physical pieces of one aggregation, planned by DataFusion.
 ///
@@ -138,12 +139,29 @@ impl AggregateLayout {
         )?))
     }
 
+    /// Whether the first phase, over rows with the event-time key appended
+    /// (`keyed` in [`partial_over`](Self::partial_over)), groups a window by
+    /// its `start` and `end` as two timestamp columns rather than by the
+    /// window struct: DataFusion compares primitive group columns
+    /// column-wise, where a struct is row-encoded.
+    /// [`restore_window`](Self::restore_window) turns the two back into the
+    /// struct. Not with grouping sets, whose null masks follow the
+    /// expressions one to one.
+    pub fn groups_by_window_bounds(&self) -> bool {
+        matches!(&self.event_time_key, Some(key) if key.kind == EventTimeKind::Window)
+            && !self.group_by.has_grouping_set()
+    }
+
     /// The first phase ([`AggregateMode::Partial`]) over `input`, one
     /// output partition per input partition: a group has a row in each
     /// partition that holds it. If `keyed`, `input` holds the value of the
     /// event-time key in its last column (as
-    /// [`LateRowsExec`](super::late_rows::LateRowsExec) appends it), and
-    /// the aggregate groups by that column instead of evaluating the key.
+    /// [`LateRowsExec`](super::late_rows::LateRowsExec) appends it), or a
+    /// window's bounds in its last two (see
+    /// [`groups_by_window_bounds`](Self::groups_by_window_bounds)), and the
+    /// aggregate groups by those columns instead of evaluating the key;
+    /// pass its output batches through
+    /// [`restore_window`](Self::restore_window).
     pub fn partial_over(
         &self,
         input: Arc<dyn ExecutionPlan>,
@@ -151,13 +169,28 @@ impl AggregateLayout {
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let group_by = match (&self.event_time_key, keyed) {
             (Some(key), true) => {
-                let column = input.schema().fields().len() - 1;
+                let schema = input.schema();
+                let last = schema.fields().len() - 1;
                 let mut expr = self.group_by.expr().to_vec();
-                expr[key.index].0 = Arc::new(Column::new(EVENT_TIME_KEY_COLUMN, column));
+                let mut null_expr = self.group_by.null_expr().to_vec();
+                let mut groups = self.group_by.groups().to_vec();
+                if self.groups_by_window_bounds() {
+                    let (name, _) = expr.remove(key.index);
+                    let end: Arc<dyn PhysicalExpr> = Arc::new(Column::new(WINDOW_END_COLUMN, last));
+                    let start: Arc<dyn PhysicalExpr> =
+                        Arc::new(Column::new(WINDOW_START_COLUMN, last - 1));
+                    expr.insert(key.index, (end, format!("{name}.end")));
+                    expr.insert(key.index, (start, format!("{name}.start")));
+                    // Without grouping sets: one group of all expressions.
+                    null_expr.clear();
+                    groups = vec![vec![false; expr.len()]];
+                } else {
+                    expr[key.index].0 = Arc::new(Column::new(EVENT_TIME_KEY_COLUMN, last));
+                }
                 Arc::new(PhysicalGroupBy::new(
                     expr,
-                    self.group_by.null_expr().to_vec(),
-                    self.group_by.groups().to_vec(),
+                    null_expr,
+                    groups,
                     self.group_by.has_grouping_set(),
                 ))
             }
@@ -171,6 +204,35 @@ impl AggregateLayout {
             input,
             Arc::clone(&self.input_schema),
         )?))
+    }
+
+    /// A batch of [`partial_over`](Self::partial_over)'s output as rows of
+    /// the partial schema: when it grouped by a window's bounds, the two
+    /// columns become the window struct again (null where `start` is).
+    pub fn restore_window(&self, batch: RecordBatch, keyed: bool) -> DFResult<RecordBatch> {
+        let Some(key) = &self.event_time_key else {
+            return Ok(batch);
+        };
+        if !keyed || !self.groups_by_window_bounds() {
+            return Ok(batch);
+        }
+        let DataType::Struct(fields) = self.partial_schema.field(key.index).data_type() else {
+            return Err(DataFusionError::Internal(format!(
+                "window key '{}' is not a struct in {:?}",
+                key.name, self.partial_schema
+            )));
+        };
+        let mut columns = batch.columns().to_vec();
+        let bounds: Vec<ArrayRef> = columns.drain(key.index..key.index + 2).collect();
+        let nulls = bounds[0].logical_nulls();
+        let window = StructArray::try_new(fields.clone(), bounds, nulls)?;
+        columns.insert(key.index, Arc::new(window));
+        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(&self.partial_schema),
+            columns,
+            &options,
+        )?)
     }
 
     /// Runs a merging phase ([`AggregateMode::PartialReduce`] or

@@ -256,6 +256,7 @@ impl AggregateOperator {
             expr: Arc::clone(&self.layout.group_by.expr()[key.index].0),
             key,
             watermark_ms,
+            window_bounds: self.layout.groups_by_window_bounds(),
         })
     }
 
