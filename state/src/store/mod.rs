@@ -18,6 +18,7 @@ mod metrics;
 mod parallel;
 mod partition;
 mod schema;
+mod table_alloc;
 #[cfg(test)]
 mod tests;
 

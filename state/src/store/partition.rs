@@ -14,6 +14,7 @@ use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
 use super::files::Row;
+use super::table_alloc::TableAlloc;
 
 /// Estimated bytes an expiry index record costs beyond its key's
 /// allocation (tree node share and the record itself).
@@ -222,7 +223,8 @@ impl Change {
 pub struct StatePartition {
     id: usize,
     num_partitions: usize,
-    entries: HashTable<Slot>,
+    /// On huge pages when large (see [`TableAlloc`]).
+    entries: HashTable<Slot, TableAlloc>,
     /// Keys changed since the last commit, with what the delta records for
     /// them: a commit encodes its delta from here without probing the
     /// (much larger) entry table.
@@ -251,7 +253,7 @@ impl StatePartition {
         Self {
             id,
             num_partitions,
-            entries: HashTable::new(),
+            entries: HashTable::new_in(TableAlloc),
             changed: HashMap::default(),
             expiry: BTreeSet::new(),
             entry_bytes: 0,
