@@ -10,7 +10,7 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use tidemill_state::{CheckpointDir, StateError, StateSchema, StateStore, StateStoreConfig};
 use tokio::sync::Mutex;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::late_rows::LateRowRule;
 use super::session::{Member, SessionIndex, Span, plan_merge, session_column, spans};
@@ -282,7 +282,7 @@ impl AggregateOperator {
         let mut rows = Vec::new();
         // A group may have a row per input partition: its stored state is
         // taken once.
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::with_hasher(foldhash::fast::RandomState::default());
         let all: Vec<&[u8]> = (0..partial.num_rows()).map(|i| keys.get(i)).collect();
         for (i, value) in inner.store.get_many(&all).into_iter().enumerate() {
             if let Some(value) = value

@@ -420,10 +420,21 @@ impl StateStore {
     /// as `(key, value)` pairs, partition by partition (earliest expiry
     /// first within one); recorded as removals of the current version. Costs
     /// time in the number of expired entries, not in the size of the state.
+    ///
+    /// Partitions with entries due are drained on several threads when
+    /// their expiry indexes are large (e.g. a watermark closing the windows
+    /// of many groups at once).
     pub fn take_expired(&mut self, now_ms: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.partitions
+        let due: Vec<&mut StatePartition> = self
+            .partitions
             .iter_mut()
-            .flat_map(|p| p.take_expired(now_ms))
+            .filter(|p| p.next_expiry().is_some_and(|at| at <= now_ms))
+            .collect();
+        let parallel = due.len() > 1
+            && due.iter().map(|p| p.expiring()).sum::<usize>() >= PARALLEL_ACCESS_KEYS;
+        parallel::map_parallel(due, parallel, |p| p.take_expired(now_ms))
+            .into_iter()
+            .flatten()
             .collect()
     }
 
@@ -849,7 +860,7 @@ fn merge_chain(
     }
     // The deltas' last word per key; then the snapshot's rows they do not
     // override, then the keys only the deltas set.
-    let mut latest: HashMap<&[u8], Row<'_>> = HashMap::new();
+    let mut latest: HashMap<&[u8], Row<'_>, foldhash::fast::RandomState> = HashMap::default();
     for (_, batches) in read.iter().filter(|(kind, _)| *kind == FileKind::Delta) {
         for row in batches.iter().flat_map(files::Columns::rows) {
             latest.insert(row.key, row);

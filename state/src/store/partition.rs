@@ -354,6 +354,11 @@ impl StatePartition {
         self.expiry.first().map(|(at, _)| *at)
     }
 
+    /// How many entries have an expiry.
+    pub(crate) fn expiring(&self) -> usize {
+        self.expiry.len()
+    }
+
     fn drain_expired(&mut self, now_ms: i64, mut visit: impl FnMut(&[u8], Vec<u8>)) {
         while self.expiry.first().is_some_and(|(at, _)| *at <= now_ms) {
             let Some((_, key)) = self.expiry.pop_first() else {

@@ -994,3 +994,39 @@ async fn get_many_and_put_many_match_one_key_at_a_time() {
         assert_eq!(many.commit().await.unwrap().rows_updated, n as u64 / 2);
     }
 }
+
+#[tokio::test]
+async fn take_expired_returns_each_due_entry_once_earliest_first_per_partition() {
+    // Below and above the size at which partitions drain on several threads.
+    for n in [10i64, 10_000] {
+        let mut store = open(&memory_dir(), config(8, 10), 0).await.unwrap();
+        for i in 0..n {
+            store.put_with_ttl(&i.to_be_bytes(), &(i * 2).to_be_bytes(), i % 100);
+        }
+        let taken = store.take_expired(49);
+        let due = (0..n).filter(|i| i % 100 <= 49).count();
+        assert_eq!(taken.len(), due, "{n} keys");
+        assert_eq!(store.len(), n as usize - due);
+        let mut last: Option<(usize, i64)> = None;
+        for (key, value) in &taken {
+            let i = i64::from_be_bytes(key[..].try_into().unwrap());
+            assert!(i % 100 <= 49, "{i} was not due");
+            assert_eq!(value[..], (i * 2).to_be_bytes());
+            assert_eq!(store.get(key), None);
+            // Partition by partition, earliest expiry first within one.
+            let at = (store.partition_of(key), i % 100);
+            if let Some(prev) = last {
+                assert!(
+                    prev.0 < at.0 || (prev.0 == at.0 && prev.1 <= at.1),
+                    "{prev:?} then {at:?}"
+                );
+            }
+            last = Some(at);
+        }
+        let mut keys: Vec<&Vec<u8>> = taken.iter().map(|(k, _)| k).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), due);
+        assert!(store.take_expired(49).is_empty());
+    }
+}
