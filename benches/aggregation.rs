@@ -17,6 +17,7 @@
 //!   (default `10000,1000000,10000000`).
 //! - `TIDEMILL_BENCH_BATCH_ROWS`: rows per timed batch (default 10 000).
 //! - `TIDEMILL_BENCH_BATCHES`: timed batches per state size (default 30).
+//! - `TIDEMILL_BENCH_STATE_ROUNDS`: rounds of the state part (default 3).
 //! - `TIDEMILL_BENCH_ONLY`: `window` or `state` to run one part.
 //!
 //! **Part 1, windowed aggregation.** Seeded trades (100 symbols × 5
@@ -38,9 +39,12 @@
 //! first built with batches of up to a million new keys; then batches of
 //! `TIDEMILL_BENCH_BATCH_ROWS` rows, half on random existing keys and half
 //! on new keys, are timed from the query's progress (`trigger_execution`).
-//! The figures: median per-batch time per state size, the ratio of the
-//! largest size to the smallest, state memory per key and the process's
-//! peak RSS (VmHWM).
+//! The sizes are measured in rounds (each size once per round, from a new
+//! state), so that the sizes of one round see the same machine; the
+//! figures: median per-batch time per state size and round, the ratio of
+//! the largest size to the smallest per round and its median over the
+//! rounds (the target), state memory per key and the process's peak RSS
+//! (VmHWM).
 //!
 //! `cargo bench` passes `--bench`: that runs the full mode. Without it (as
 //! `cargo test` runs this file, `test = true` in Cargo.toml) a short mode
@@ -76,6 +80,8 @@ struct Config {
     state_keys: Vec<usize>,
     batch_rows: usize,
     batches: usize,
+    /// Rounds of the state part.
+    state_rounds: usize,
     window: bool,
     state: bool,
 }
@@ -95,6 +101,7 @@ impl Config {
                 state_keys: vec![1_000, 20_000],
                 batch_rows: 1_000,
                 batches: 5,
+                state_rounds: 1,
                 window,
                 state,
             };
@@ -117,6 +124,7 @@ impl Config {
                 .unwrap_or_else(|| vec![10_000, 1_000_000, 10_000_000]),
             batch_rows: num("TIDEMILL_BENCH_BATCH_ROWS", 10_000),
             batches: num("TIDEMILL_BENCH_BATCHES", 30),
+            state_rounds: num("TIDEMILL_BENCH_STATE_ROUNDS", 3).max(1),
             window,
             state,
         }
@@ -713,30 +721,46 @@ async fn state_scaling(
     let mut rows = Vec::new();
     let mut phase_rows = Vec::new();
     let mut file_rows = Vec::new();
-    let mut runs = Vec::new();
-    for (i, &keys) in config.state_keys.iter().enumerate() {
-        let run = state_run(config, keys, &tmp.join(format!("chk-state-{i}"))).await?;
-        println!("  {keys} keys: median {:.2} ms per batch", run.median_ms);
-        rows.push(vec![
-            run.keys.to_string(),
-            format!("{:.1}", run.build.as_secs_f64()),
-            format!("{:.2}", run.median_ms),
-            format!("{:.2}", run.mean_ms),
-            format!("{:.2}", run.p90_ms),
-            format!("{:.2}", run.max_ms),
-            format!(
-                "{:.0}",
-                run.memory_bytes as f64 / run.rows_total.max(1) as f64
-            ),
-            run.rss_per_key.clone(),
-            format!("{:.2}", run.stop.as_secs_f64()),
-            run.hwm.clone(),
-        ]);
-        let mut row = vec![run.keys.to_string()];
-        row.extend(run.phases.iter().cloned());
-        phase_rows.push(row);
-        file_rows.push(vec![run.keys.to_string(), run.files.clone()]);
-        runs.push(run);
+    // Per round, its runs in the order of `config.state_keys`.
+    let mut rounds: Vec<Vec<StateRun>> = Vec::new();
+    for round in 1..=config.state_rounds {
+        let mut runs = Vec::new();
+        for (i, &keys) in config.state_keys.iter().enumerate() {
+            let chk = tmp.join(format!("chk-state-{round}-{i}"));
+            let run = state_run(config, keys, &chk).await?;
+            // Each round starts from new states: free this one's files.
+            std::fs::remove_dir_all(&chk)?;
+            println!(
+                "  round {round}, {keys} keys: median {:.2} ms per batch",
+                run.median_ms
+            );
+            rows.push(vec![
+                round.to_string(),
+                run.keys.to_string(),
+                format!("{:.1}", run.build.as_secs_f64()),
+                format!("{:.2}", run.median_ms),
+                format!("{:.2}", run.mean_ms),
+                format!("{:.2}", run.p90_ms),
+                format!("{:.2}", run.max_ms),
+                format!(
+                    "{:.0}",
+                    run.memory_bytes as f64 / run.rows_total.max(1) as f64
+                ),
+                run.rss_per_key.clone(),
+                format!("{:.2}", run.stop.as_secs_f64()),
+                run.hwm.clone(),
+            ]);
+            let mut row = vec![round.to_string(), run.keys.to_string()];
+            row.extend(run.phases.iter().cloned());
+            phase_rows.push(row);
+            file_rows.push(vec![
+                round.to_string(),
+                run.keys.to_string(),
+                run.files.clone(),
+            ]);
+            runs.push(run);
+        }
+        rounds.push(runs);
     }
     let tables = [
         Table::new(
@@ -746,6 +770,7 @@ async fn state_scaling(
                 config.batches, config.batch_rows
             ),
             [
+                "round",
                 "state keys",
                 "build s",
                 "median ms/batch",
@@ -761,12 +786,12 @@ async fn state_scaling(
         ),
         Table::new(
             "Median ms per phase of the timed batches:",
-            std::iter::once("state keys").chain(PHASES),
+            ["round", "state keys"].into_iter().chain(PHASES),
             phase_rows,
         ),
         Table::new(
             "State files written during the timed batches:",
-            ["state keys", "files"],
+            ["round", "state keys", "files"],
             file_rows,
         ),
     ];
@@ -774,27 +799,42 @@ async fn state_scaling(
         println!("\n{}", table.to_markdown());
         result.tables.push(table);
     }
-    if let (Some(small), Some(large)) = (runs.first(), runs.last())
-        && runs.len() > 1
+    // Per round: the largest state's median over the smallest's.
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .filter(|runs| runs.len() > 1)
+        .map(|runs| runs[runs.len() - 1].median_ms / runs[0].median_ms)
+        .collect();
+    if let Some(runs) = rounds.first()
+        && !ratios.is_empty()
     {
-        let ratio = large.median_ms / small.median_ms;
+        let per_round = ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (small, large) = (runs[0].keys, runs[runs.len() - 1].keys);
         result.targets.push(Target::at_most(
             &format!(
-                "per-batch time, {} keys / {} keys of state ({}-row batches)",
-                large.keys, small.keys, config.batch_rows
+                "per-batch time, {large} keys / {small} keys of state ({}-row batches), median \
+                 over {} rounds",
+                config.batch_rows,
+                ratios.len()
             ),
-            ratio,
+            median(&mut ratios),
             1.5,
-            "",
+            &format!("per round: {per_round}"),
         ));
     }
     result.data["state"] = serde_json::json!(
-        runs.iter()
-            .map(|r| serde_json::json!({
-                "keys": r.keys, "median_ms": r.median_ms, "mean_ms": r.mean_ms,
-                "p90_ms": r.p90_ms, "max_ms": r.max_ms,
+        rounds
+            .iter()
+            .enumerate()
+            .flat_map(|(round, runs)| runs.iter().map(move |r| serde_json::json!({
+                "round": round + 1, "keys": r.keys, "median_ms": r.median_ms,
+                "mean_ms": r.mean_ms, "p90_ms": r.p90_ms, "max_ms": r.max_ms,
                 "memory_used_bytes": r.memory_bytes, "rows_total": r.rows_total,
-            }))
+            })))
             .collect::<Vec<_>>()
     );
     println!("peak RSS (VmHWM): {}", mib("VmHWM"));
