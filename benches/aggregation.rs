@@ -40,10 +40,11 @@
 //! `TIDEMILL_BENCH_BATCH_ROWS` rows, half on random existing keys and half
 //! on new keys, are timed from the query's progress (`trigger_execution`).
 //! The sizes are measured in rounds (each size once per round, from a new
-//! state), so that the sizes of one round see the same machine; the
+//! state, each run in a process of its own so that no run inherits the heap
+//! of a larger one), so that the sizes of one round see the same machine; the
 //! figures: median per-batch time per state size and round, the ratio of
 //! the largest size to the smallest per round and its median over the
-//! rounds (the target), state memory per key and the process's peak RSS
+//! rounds (the target), state memory per key and the run's peak RSS
 //! (VmHWM).
 //!
 //! `cargo bench` passes `--bench`: that runs the full mode. Without it (as
@@ -529,6 +530,95 @@ struct StateRun {
     stop: Duration,
 }
 
+/// Set (to a state size) in the child process that measures one state run.
+const STATE_CHILD_ENV: &str = "TIDEMILL_BENCH_STATE_CHILD";
+/// The child's checkpoint directory.
+const STATE_CHILD_CHECKPOINT_ENV: &str = "TIDEMILL_BENCH_STATE_CHECKPOINT";
+/// Prefixes the line on which the child prints its run.
+const STATE_CHILD_LINE: &str = "state run: ";
+
+impl StateRun {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "keys": self.keys, "build_s": self.build.as_secs_f64(),
+            "median_ms": self.median_ms, "mean_ms": self.mean_ms, "max_ms": self.max_ms,
+            "p90_ms": self.p90_ms, "phases": self.phases, "files": self.files,
+            "rows_total": self.rows_total, "memory_bytes": self.memory_bytes,
+            "hwm": self.hwm, "rss_per_key": self.rss_per_key,
+            "stop_s": self.stop.as_secs_f64(),
+        })
+    }
+
+    fn from_json(v: &serde_json::Value) -> anyhow::Result<Self> {
+        let num = |k: &str| {
+            v[k].as_f64()
+                .ok_or_else(|| anyhow::anyhow!("state run: no number {k} in {v}"))
+        };
+        let text = |k: &str| {
+            v[k].as_str()
+                .map(String::from)
+                .ok_or_else(|| anyhow::anyhow!("state run: no text {k} in {v}"))
+        };
+        Ok(Self {
+            keys: num("keys")? as usize,
+            build: Duration::from_secs_f64(num("build_s")?),
+            median_ms: num("median_ms")?,
+            mean_ms: num("mean_ms")?,
+            max_ms: num("max_ms")?,
+            p90_ms: num("p90_ms")?,
+            phases: serde_json::from_value(v["phases"].clone())?,
+            files: text("files")?,
+            rows_total: num("rows_total")? as u64,
+            memory_bytes: num("memory_bytes")? as u64,
+            hwm: text("hwm")?,
+            rss_per_key: text("rss_per_key")?,
+            stop: Duration::from_secs_f64(num("stop_s")?),
+        })
+    }
+}
+
+/// One state run in a child process of this bench (the same binary, with
+/// [`STATE_CHILD_ENV`] set): every run starts from a fresh process, so a
+/// run is not slowed by the heap an earlier, larger one left behind.
+fn state_run_isolated(
+    config: &Config,
+    keys: usize,
+    chk: &std::path::Path,
+) -> anyhow::Result<StateRun> {
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    if config.full {
+        command.arg("--bench");
+    }
+    let output = command
+        .env(STATE_CHILD_ENV, keys.to_string())
+        .env(STATE_CHILD_CHECKPOINT_ENV, chk)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "the state run with {keys} keys failed ({}):\n{stdout}",
+        output.status
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(STATE_CHILD_LINE))
+        .ok_or_else(|| {
+            anyhow::anyhow!("the state run with {keys} keys printed no result:\n{stdout}")
+        })?;
+    StateRun::from_json(&serde_json::from_str(line)?)
+}
+
+/// In a child started by [`state_run_isolated`]: runs and prints its run.
+async fn state_child(config: &Config, keys: &str) -> anyhow::Result<()> {
+    let keys: usize = keys.parse()?;
+    let chk = std::env::var_os(STATE_CHILD_CHECKPOINT_ENV)
+        .ok_or_else(|| anyhow::anyhow!("{STATE_CHILD_CHECKPOINT_ENV} is not set"))?;
+    let run = state_run(config, keys, std::path::Path::new(&chk)).await?;
+    println!("{STATE_CHILD_LINE}{}", run.to_json());
+    Ok(())
+}
+
 async fn state_run(
     config: &Config,
     keys: usize,
@@ -710,8 +800,10 @@ async fn state_scaling(
         "State scaling: count(value), sum(value) group by key (Int64), update mode, \
          MemoryStream, a sink counting rows, local checkpoint; the state is built with batches \
          of up to 1 million new keys, then {} timed batches of {} rows (half random existing \
-         keys, half new keys); per-batch time = the progress's trigger_execution.",
-        config.batches, config.batch_rows
+         keys, half new keys); per-batch time = the progress's trigger_execution; {} rounds, \
+         each size once per round in a process of its own; the ratio is the median of the \
+         rounds' ratios.",
+        config.batches, config.batch_rows, config.state_rounds
     );
     println!("\n## State scaling\n\nworkload: {workload}");
     if !result.workload.is_empty() {
@@ -727,7 +819,7 @@ async fn state_scaling(
         let mut runs = Vec::new();
         for (i, &keys) in config.state_keys.iter().enumerate() {
             let chk = tmp.join(format!("chk-state-{round}-{i}"));
-            let run = state_run(config, keys, &chk).await?;
+            let run = state_run_isolated(config, keys, &chk)?;
             // Each round starts from new states: free this one's files.
             std::fs::remove_dir_all(&chk)?;
             println!(
@@ -765,8 +857,8 @@ async fn state_scaling(
     let tables = [
         Table::new(
             &format!(
-                "State scaling: {} timed batches of {} rows against the state size (the peak \
-                 RSS column is the process's high-water mark after that run):",
+                "State scaling: {} timed batches of {} rows against the state size (each run \
+                 is a process of its own, from a new state; peak RSS is its high-water mark):",
                 config.batches, config.batch_rows
             ),
             [
@@ -780,7 +872,7 @@ async fn state_scaling(
                 "state bytes/key (memory_used_bytes)",
                 "RSS growth/key while building",
                 "stop s",
-                "peak RSS so far",
+                "peak RSS of the run",
             ],
             rows,
         ),
@@ -837,7 +929,6 @@ async fn state_scaling(
             })))
             .collect::<Vec<_>>()
     );
-    println!("peak RSS (VmHWM): {}", mib("VmHWM"));
     Ok(())
 }
 
@@ -846,6 +937,9 @@ async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; `cargo test` does not.
     let full = std::env::args().any(|a| a == "--bench");
     let config = Config::from_env(full);
+    if let Ok(keys) = std::env::var(STATE_CHILD_ENV) {
+        return state_child(&config, &keys).await;
+    }
     println!(
         "mode: {} ({})",
         if config.full { "full" } else { "short" },
