@@ -510,6 +510,7 @@ impl Sink for CountingSink {
     }
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct StateRun {
     keys: usize,
     build: Duration,
@@ -536,46 +537,6 @@ const STATE_CHILD_ENV: &str = "TIDEMILL_BENCH_STATE_CHILD";
 const STATE_CHILD_CHECKPOINT_ENV: &str = "TIDEMILL_BENCH_STATE_CHECKPOINT";
 /// Prefixes the line on which the child prints its run.
 const STATE_CHILD_LINE: &str = "state run: ";
-
-impl StateRun {
-    fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "keys": self.keys, "build_s": self.build.as_secs_f64(),
-            "median_ms": self.median_ms, "mean_ms": self.mean_ms, "max_ms": self.max_ms,
-            "p90_ms": self.p90_ms, "phases": self.phases, "files": self.files,
-            "rows_total": self.rows_total, "memory_bytes": self.memory_bytes,
-            "hwm": self.hwm, "rss_per_key": self.rss_per_key,
-            "stop_s": self.stop.as_secs_f64(),
-        })
-    }
-
-    fn from_json(v: &serde_json::Value) -> anyhow::Result<Self> {
-        let num = |k: &str| {
-            v[k].as_f64()
-                .ok_or_else(|| anyhow::anyhow!("state run: no number {k} in {v}"))
-        };
-        let text = |k: &str| {
-            v[k].as_str()
-                .map(String::from)
-                .ok_or_else(|| anyhow::anyhow!("state run: no text {k} in {v}"))
-        };
-        Ok(Self {
-            keys: num("keys")? as usize,
-            build: Duration::from_secs_f64(num("build_s")?),
-            median_ms: num("median_ms")?,
-            mean_ms: num("mean_ms")?,
-            max_ms: num("max_ms")?,
-            p90_ms: num("p90_ms")?,
-            phases: serde_json::from_value(v["phases"].clone())?,
-            files: text("files")?,
-            rows_total: num("rows_total")? as u64,
-            memory_bytes: num("memory_bytes")? as u64,
-            hwm: text("hwm")?,
-            rss_per_key: text("rss_per_key")?,
-            stop: Duration::from_secs_f64(num("stop_s")?),
-        })
-    }
-}
 
 /// One state run in a child process of this bench (the same binary, with
 /// [`STATE_CHILD_ENV`] set): every run starts from a fresh process, so a
@@ -606,7 +567,7 @@ fn state_run_isolated(
         .ok_or_else(|| {
             anyhow::anyhow!("the state run with {keys} keys printed no result:\n{stdout}")
         })?;
-    StateRun::from_json(&serde_json::from_str(line)?)
+    Ok(serde_json::from_str(line)?)
 }
 
 /// In a child started by [`state_run_isolated`]: runs and prints its run.
@@ -615,7 +576,7 @@ async fn state_child(config: &Config, keys: &str) -> anyhow::Result<()> {
     let chk = std::env::var_os(STATE_CHILD_CHECKPOINT_ENV)
         .ok_or_else(|| anyhow::anyhow!("{STATE_CHILD_CHECKPOINT_ENV} is not set"))?;
     let run = state_run(config, keys, std::path::Path::new(&chk)).await?;
-    println!("{STATE_CHILD_LINE}{}", run.to_json());
+    println!("{STATE_CHILD_LINE}{}", serde_json::to_string(&run)?);
     Ok(())
 }
 
