@@ -47,7 +47,7 @@ const BATCH_ROWS: usize = 64 * 1024;
 const BATCH_BYTES: usize = 64 * 1024 * 1024;
 
 /// The two kinds of data file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum FileKind {
     /// The changes of one version.

@@ -12,6 +12,7 @@
 
 mod config;
 mod files;
+mod listings;
 mod maintenance;
 mod manifest;
 mod metrics;
@@ -22,9 +23,10 @@ mod table_alloc;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -38,6 +40,7 @@ pub use schema::StateSchema;
 
 use crate::{CheckpointDir, Result, StateError};
 use files::{FileId, FileKind, Row};
+use listings::Listings;
 use manifest::{
     FileRef, METADATA_FILE, METADATA_KIND, PartitionChain, StoreMetadata, commit_file_name,
     parse_commit_file_name, read_commit, write_commit,
@@ -165,6 +168,9 @@ pub struct StateStore {
     /// Snapshots being written in the background, at most one per
     /// partition.
     compactions: Vec<Compaction>,
+    /// The files the versions from the opened one on list, for
+    /// [`purge`](StateStore::purge).
+    listings: Mutex<Listings>,
 }
 
 /// A snapshot of one partition written in the background.
@@ -253,6 +259,7 @@ impl StateStore {
             read_commit(&dir, version, num_partitions).await?
         };
         let partitions = load_partitions(&dir, &chains, version).await?;
+        let listings = Mutex::new(Listings::new(version, &chains));
         Ok(Self {
             dir,
             schema,
@@ -265,6 +272,7 @@ impl StateStore {
             // RandomState differently).
             tag: std::collections::hash_map::RandomState::new().hash_one(version),
             compactions: Vec::new(),
+            listings,
         })
     }
 
@@ -548,6 +556,7 @@ impl StateStore {
         }))
         .await?;
         write_commit(&self.dir, version, &chains).await?;
+        self.listings().record(version, &chains);
 
         self.version = version;
         self.chains = chains;
@@ -638,6 +647,10 @@ impl StateStore {
         Ok(self.compactions.len())
     }
 
+    fn listings(&self) -> std::sync::MutexGuard<'_, Listings> {
+        self.listings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Deletes the files no longer needed to load any version at or above
     /// `keep_from_version` (which is capped at [`version`](StateStore::version)):
     /// the commit files of older versions, and every data file at or below
@@ -648,6 +661,12 @@ impl StateStore {
     ///
     /// Versions below `keep_from_version` can no longer be opened
     /// afterwards; opening one fails naming its missing commit file.
+    ///
+    /// The store remembers what the versions it opened and committed list,
+    /// so a purge reads only the commit files of kept versions older than
+    /// the one it opened (on its first purge) and of newer ones left by an
+    /// unfinished attempt: its cost does not grow with the length of the
+    /// partitions' chains.
     pub async fn purge(&self, keep_from_version: u64) -> Result<usize> {
         let keep = keep_from_version.min(self.version);
         if keep == 0 {
@@ -660,27 +679,33 @@ impl StateStore {
             .collect();
         // Every file a version from `keep` on lists (a snapshot written in
         // the background is listed from a later version than its own), and
-        // the snapshots being written.
+        // the snapshots being written. The versions this store opened or
+        // committed are recorded; only the others' commit files are read:
+        // older kept ones (once, after opening), and newer ones left by an
+        // attempt that did not finish (kept until overwritten).
+        let recorded = self.listings().from()..=self.version;
         let num_partitions = self.partitions.len();
-        let listed: Vec<Vec<PartitionChain>> = stream::iter(
+        let unrecorded: Vec<(u64, Vec<PartitionChain>)> = stream::iter(
             versions
                 .iter()
                 .copied()
-                .filter(|v| *v >= keep && *v != self.version),
+                .filter(|v| *v >= keep && !recorded.contains(v)),
         )
-        .map(|v| read_commit(&self.dir, v, num_partitions))
+        .map(|v| async move {
+            Ok::<_, StateError>((v, read_commit(&self.dir, v, num_partitions).await?))
+        })
         .buffered(LOAD_CONCURRENCY)
         .try_collect()
         .await?;
-        let mut needed: BTreeSet<(usize, u64, FileKind, Option<u64>)> = BTreeSet::new();
-        for chains in listed.iter().chain([&self.chains]) {
-            for (p, chain) in chains.iter().enumerate() {
-                needed.extend(
-                    chain
-                        .files()
-                        .map(|(kind, file)| (p, file.version, kind, file.tag)),
-                );
+        let mut needed = {
+            let mut listings = self.listings();
+            for (v, chains) in unrecorded.iter().filter(|(v, _)| *v < self.version) {
+                listings.record(*v, chains);
             }
+            listings.needed_from(keep)
+        };
+        for (_, chains) in unrecorded.iter().filter(|(v, _)| *v > self.version) {
+            needed.extend(listings::keys(chains));
         }
         needed.extend(
             self.compactions
@@ -712,6 +737,7 @@ impl StateStore {
             }
         }))
         .await?;
+        self.listings().forget_before(keep);
         Ok(deleted + per_partition.into_iter().sum::<usize>())
     }
 }
@@ -860,7 +886,13 @@ fn merge_chain(
     }
     // The deltas' last word per key; then the snapshot's rows they do not
     // override, then the keys only the deltas set.
-    let mut latest: HashMap<&[u8], Row<'_>, foldhash::fast::RandomState> = HashMap::default();
+    let delta_rows: usize = read
+        .iter()
+        .filter(|(kind, _)| *kind == FileKind::Delta)
+        .flat_map(|(_, batches)| batches.iter().map(files::Columns::len))
+        .sum();
+    let mut latest: HashMap<&[u8], Row<'_>, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(delta_rows, Default::default());
     for (_, batches) in read.iter().filter(|(kind, _)| *kind == FileKind::Delta) {
         for row in batches.iter().flat_map(files::Columns::rows) {
             latest.insert(row.key, row);

@@ -1,7 +1,7 @@
 //! Tests of the whole store: versions against a model, crashes, expiry,
 //! purging, damaged files, schema changes, partitioning.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::sync::Arc;
 
@@ -419,36 +419,8 @@ async fn purge_keeps_every_later_version_loadable_and_deletes_the_rest() {
     }
     // What remains at or below 17 is exactly what versions 17 to 30 list:
     // per partition, the snapshots they start from and the deltas after.
-    let mut listed = BTreeMap::new();
-    for version in 17..=30 {
-        for (p, chain) in read_commit(&dir, version, 4)
-            .await
-            .unwrap()
-            .iter()
-            .enumerate()
-        {
-            for (kind, file) in chain.files() {
-                listed.insert(
-                    format!("{p}/{}", kind.file_name(file.version, file.tag)),
-                    file.version,
-                );
-            }
-        }
-    }
-    let old_files: Vec<&String> = after
-        .iter()
-        .filter(|f| {
-            f.split_once('/')
-                .and_then(|(_, name)| FileKind::parse_file_name(name))
-                .is_some_and(|(v, _, _)| v <= 17)
-        })
-        .collect();
-    let expected: Vec<&String> = listed
-        .iter()
-        .filter(|(_, v)| **v <= 17)
-        .map(|(name, _)| name)
-        .collect();
-    assert_eq!(old_files, expected);
+    let expected = listed_at_or_below(&dir, 4, 17, 30).await;
+    assert_eq!(old_files_at_or_below(&after, 17), expected);
     assert!(
         expected.iter().any(|f| f.ends_with(".snapshot")),
         "{expected:?}"
@@ -467,6 +439,90 @@ async fn purge_keeps_every_later_version_loadable_and_deletes_the_rest() {
         1,
         "{files:?}"
     );
+}
+
+/// The data files at or below version `keep` among `files`.
+fn old_files_at_or_below(files: &[String], keep: u64) -> Vec<String> {
+    files
+        .iter()
+        .filter(|f| {
+            f.split_once('/')
+                .and_then(|(_, name)| FileKind::parse_file_name(name))
+                .is_some_and(|(v, _, _)| v <= keep)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The data files at or below version `keep` that the commit files of
+/// versions `keep..=to` list, sorted.
+async fn listed_at_or_below(
+    dir: &CheckpointDir,
+    num_partitions: usize,
+    keep: u64,
+    to: u64,
+) -> Vec<String> {
+    let mut listed = BTreeSet::new();
+    for version in keep..=to {
+        let chains = read_commit(dir, version, num_partitions).await.unwrap();
+        for (p, chain) in chains.iter().enumerate() {
+            for (kind, file) in chain.files().filter(|(_, f)| f.version <= keep) {
+                listed.insert(format!("{p}/{}", kind.file_name(file.version, file.tag)));
+            }
+        }
+    }
+    listed.into_iter().collect()
+}
+
+#[tokio::test]
+async fn a_store_purging_as_it_commits_keeps_exactly_what_later_versions_list() {
+    // The store remembers what the versions it committed list; what it
+    // keeps must match what their commit files say.
+    let dir = memory_dir();
+    let config = config(3, 3);
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut store = open(&dir, config, 0).await.unwrap();
+    let mut models = vec![Model::new()];
+    let mut model = Model::new();
+    let mut snapshots_kept = 0;
+    for version in 1..=40u64 {
+        for _ in 0..8 {
+            let key = random_key(&mut rng);
+            if rng.random_bool(0.8) {
+                let value = random_value(&mut rng);
+                store.put(&key, &value);
+                model.insert(key, (value, None));
+            } else {
+                store.remove(&key);
+                model.remove(&key);
+            }
+        }
+        store.commit().await.unwrap();
+        models.push(model.clone());
+        if version % 4 == 0 {
+            store.finish_snapshots().await.unwrap();
+        }
+        if version % 5 == 0 {
+            let keep = version - 4;
+            store.purge(keep).await.unwrap();
+            let files = all_files(&dir).await;
+            let expected = listed_at_or_below(&dir, 3, keep, version).await;
+            assert_eq!(old_files_at_or_below(&files, keep), expected, "v{version}");
+            snapshots_kept += expected.iter().filter(|f| f.ends_with(".snapshot")).count();
+            for v in keep..=version {
+                let at = open(&dir, config, v).await.unwrap();
+                assert_matches(
+                    &at,
+                    &models[v as usize],
+                    &format!("v{v} after purge at {version}"),
+                );
+            }
+            if keep > 1 {
+                assert!(open(&dir, config, keep - 1).await.is_err());
+            }
+        }
+    }
+    assert!(snapshots_kept > 0);
 }
 
 #[tokio::test]
