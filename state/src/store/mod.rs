@@ -18,6 +18,7 @@ mod manifest;
 mod metrics;
 mod parallel;
 mod partition;
+mod probe_ahead;
 mod schema;
 mod table_alloc;
 #[cfg(test)]
@@ -55,6 +56,12 @@ const PARALLEL_COMMIT_ROWS: usize = 64 * 1024;
 /// [`StateStore::get_many`] and [`StateStore::put_many`] work on several
 /// threads from this many keys on.
 const PARALLEL_ACCESS_KEYS: usize = 4096;
+/// How many keys ahead [`StateStore::get_many`] and
+/// [`StateStore::put_many`] prefetch the memory a key's probe reads.
+const PROBE_AHEAD: usize = 12;
+/// [`StateStore::put_many`] reads the table's layout again after this many
+/// keys (an insert may have grown it).
+const PROBE_AHEAD_REFRESH: usize = 64;
 
 /// A versioned, hash-partitioned key-value store for the state of
 /// stateful operators (streaming aggregation, deduplication, stream-stream
@@ -349,9 +356,20 @@ impl StateStore {
             self.partitions.iter().zip(routed).collect(),
             parallel,
             |(part, indices)| {
+                let hashes: Vec<u64> = indices
+                    .iter()
+                    .map(|&i| partition::hash_key(keys[i]))
+                    .collect();
+                let ahead = part.probe_ahead();
                 indices
-                    .into_iter()
-                    .map(|i| (i, part.get(keys[i])))
+                    .iter()
+                    .enumerate()
+                    .map(|(n, &i)| {
+                        if let (Some(ahead), Some(&later)) = (&ahead, hashes.get(n + PROBE_AHEAD)) {
+                            ahead.prefetch(later);
+                        }
+                        (i, part.get_hashed(hashes[n], keys[i]))
+                    })
                     .collect::<Vec<_>>()
             },
         );
@@ -374,9 +392,22 @@ impl StateStore {
             self.partitions.iter_mut().zip(routed).collect(),
             parallel,
             |(part, indices)| {
-                for i in indices {
+                let hashes: Vec<u64> = indices
+                    .iter()
+                    .map(|&i| partition::hash_key(entries[i].0))
+                    .collect();
+                let mut ahead = None;
+                for (n, &i) in indices.iter().enumerate() {
+                    // Inserts may grow the table: its layout is read again
+                    // every so often.
+                    if n % PROBE_AHEAD_REFRESH == 0 {
+                        ahead = part.probe_ahead();
+                    }
+                    if let (Some(ahead), Some(&later)) = (&ahead, hashes.get(n + PROBE_AHEAD)) {
+                        ahead.prefetch(later);
+                    }
                     let (key, value, expires_at_ms) = entries[i];
-                    part.upsert(key, value, expires_at_ms);
+                    part.upsert_hashed(hashes[n], key, value, expires_at_ms);
                 }
             },
         );

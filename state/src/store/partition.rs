@@ -14,6 +14,7 @@ use foldhash::fast::FixedState;
 use hashbrown::HashTable;
 
 use super::files::Row;
+use super::probe_ahead::ProbeAhead;
 use super::table_alloc::TableAlloc;
 
 /// Estimated bytes an expiry index record costs beyond its key's
@@ -34,7 +35,7 @@ fn heap_bytes(len: usize) -> usize {
 
 /// The hash of a key in a partition's tables (fixed seed: the same
 /// operations give the same layout in every run).
-fn hash_key(key: &[u8]) -> u64 {
+pub(crate) fn hash_key(key: &[u8]) -> u64 {
     FixedState::default().hash_one(key)
 }
 
@@ -253,7 +254,7 @@ impl StatePartition {
         Self {
             id,
             num_partitions,
-            entries: HashTable::new_in(TableAlloc),
+            entries: HashTable::new_in(TableAlloc::default()),
             changed: HashMap::default(),
             expiry: BTreeSet::new(),
             entry_bytes: 0,
@@ -279,6 +280,23 @@ impl StatePartition {
 
     fn slot(&self, key: &[u8]) -> Option<&Slot> {
         self.entries.find(hash_key(key), |slot| slot.key() == key)
+    }
+
+    /// Where the probes into the entry table start, to prefetch a batch's
+    /// probes ahead of its lookups; `None` when that is not known.
+    pub(crate) fn probe_ahead(&self) -> Option<ProbeAhead> {
+        ProbeAhead::new(
+            self.entries.allocator().block(),
+            std::mem::size_of::<Slot>(),
+            std::mem::align_of::<Slot>(),
+        )
+    }
+
+    /// [`get`](Self::get) of a key whose [`hash_key`] is `hash`.
+    pub(crate) fn get_hashed(&self, hash: u64, key: &[u8]) -> Option<&[u8]> {
+        self.entries
+            .find(hash, |slot| slot.key() == key)
+            .map(Slot::value)
     }
 
     /// The value of `key`, if present.
@@ -411,7 +429,17 @@ impl StatePartition {
 
     /// Sets `key` without checking that it belongs here.
     pub(crate) fn upsert(&mut self, key: &[u8], value: &[u8], expires_at_ms: Option<i64>) {
-        let hash = hash_key(key);
+        self.upsert_hashed(hash_key(key), key, value, expires_at_ms);
+    }
+
+    /// [`upsert`](Self::upsert) of a key whose [`hash_key`] is `hash`.
+    pub(crate) fn upsert_hashed(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<i64>,
+    ) {
         let existed = match self.entries.find_mut(hash, |slot| slot.key() == key) {
             Some(slot) => {
                 let before = slot.heap_bytes();
@@ -714,6 +742,44 @@ mod tests {
         p.clear_changes();
         assert_eq!(p.memory_bytes(), tables(&p));
         assert!(p.is_empty());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn probes_are_prefetched_where_the_table_puts_the_keys() {
+        let mut p = StatePartition::new(0, 1);
+        assert!(p.probe_ahead().is_none(), "no table yet");
+        // Small tables come from the global allocator, large ones (from 2
+        // MiB) from their own mapping: the layout is found for both.
+        for n in [1_000u32, 60_000] {
+            for i in p.len() as u32..n {
+                p.upsert(&i.to_be_bytes(), b"value", None);
+            }
+            let ahead = p.probe_ahead().expect("the layout is found");
+            let mut near_home = 0;
+            for i in 0..n {
+                let key = i.to_be_bytes();
+                let hash = hash_key(&key);
+                let slot = p.entries.find(hash, |s| s.key() == key).unwrap();
+                let address = slot as *const Slot as usize;
+                // Every key sits in a bucket of the computed layout...
+                let from_end = ahead.slot_address(0) + std::mem::size_of::<Slot>() - address;
+                assert_eq!(from_end % std::mem::size_of::<Slot>(), 0);
+                let bucket = from_end / std::mem::size_of::<Slot>() - 1;
+                assert!(bucket <= ahead.home(u64::MAX), "{bucket}");
+                // ...and most in the first group its probe reads.
+                let distance = bucket.wrapping_sub(ahead.home(hash)) & ahead.home(u64::MAX);
+                near_home += usize::from(distance < 16);
+            }
+            assert!(
+                near_home as u32 * 10 >= n * 9,
+                "{near_home} of {n} near home"
+            );
+            assert_eq!(
+                p.get_hashed(hash_key(&7u32.to_be_bytes()), &7u32.to_be_bytes()),
+                Some(&b"value"[..])
+            );
+        }
     }
 
     #[test]

@@ -7,9 +7,14 @@
 //! 2 MiB pages (`madvise(MADV_HUGEPAGE)`, honoured when transparent huge
 //! pages are `always` or `madvise`), so that the TLB covers the whole
 //! table. Smaller tables, and other systems, use the global allocator.
+//!
+//! The allocator also remembers the table's block (a table holds one at a
+//! time), so that a batch of lookups can compute where each key's probe
+//! will land and prefetch it (see [`super::probe_ahead`]).
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use allocator_api2::alloc::{AllocError, Allocator, Global};
 
@@ -20,9 +25,24 @@ const HUGE_PAGE: usize = 2 << 20;
 
 /// Allocates entry tables: from [`HUGE_PAGE`] bytes on, an anonymous
 /// mapping aligned to huge pages and advised to use them (Linux); else the
-/// global allocator.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct TableAlloc;
+/// global allocator. One allocator serves one table and records its
+/// current block.
+#[derive(Debug, Default)]
+pub(crate) struct TableAlloc {
+    /// Address and requested size of the block allocated last and not
+    /// freed yet (0 when none).
+    start: AtomicUsize,
+    size: AtomicUsize,
+}
+
+impl TableAlloc {
+    /// Start and size (as requested) of the table's current block, if it
+    /// has one.
+    pub(crate) fn block(&self) -> Option<(*const u8, usize)> {
+        let start = self.start.load(Ordering::Relaxed);
+        (start != 0).then(|| (start as *const u8, self.size.load(Ordering::Relaxed)))
+    }
+}
 
 #[cfg(target_os = "linux")]
 fn mapped(layout: Layout) -> bool {
@@ -109,14 +129,25 @@ unsafe fn unmap(_ptr: NonNull<u8>, _layout: Layout) {}
 // depends on the layout only).
 unsafe impl Allocator for TableAlloc {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        if mapped(layout) {
+        let block = if mapped(layout) {
             map(layout)
         } else {
             Global.allocate(layout)
-        }
+        }?;
+        // A table allocates its new block before it frees the old one.
+        self.start
+            .store(block.cast::<u8>().as_ptr() as usize, Ordering::Relaxed);
+        self.size.store(layout.size(), Ordering::Relaxed);
+        Ok(block)
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        let _ = self.start.compare_exchange(
+            ptr.as_ptr() as usize,
+            0,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         if mapped(layout) {
             // SAFETY: `allocate` mapped blocks of this layout.
             unsafe { unmap(ptr, layout) }
@@ -135,15 +166,18 @@ mod tests {
     fn small_and_large_blocks_are_writable_and_freed() {
         for size in [64, 3 << 20, (5 << 20) + 123] {
             let layout = Layout::from_size_align(size, 16).unwrap();
-            let block = TableAlloc.allocate(layout).unwrap();
+            let alloc = TableAlloc::default();
+            let block = alloc.allocate(layout).unwrap();
             assert!(block.len() >= size);
             let ptr = block.cast::<u8>();
+            assert_eq!(alloc.block(), Some((ptr.as_ptr() as *const u8, size)));
             // SAFETY: the block is at least `size` bytes and ours.
             unsafe {
                 ptr.as_ptr().write_bytes(0xAB, size);
                 assert_eq!(*ptr.as_ptr().add(size - 1), 0xAB);
-                TableAlloc.deallocate(ptr, layout);
+                alloc.deallocate(ptr, layout);
             }
+            assert_eq!(alloc.block(), None);
         }
     }
 
@@ -151,11 +185,12 @@ mod tests {
     #[test]
     fn large_blocks_start_on_a_huge_page() {
         let layout = Layout::from_size_align(3 << 20, 16).unwrap();
-        let block = TableAlloc.allocate(layout).unwrap();
+        let alloc = TableAlloc::default();
+        let block = alloc.allocate(layout).unwrap();
         let ptr = block.cast::<u8>();
         assert_eq!(ptr.as_ptr() as usize % HUGE_PAGE, 0);
         assert_eq!(block.len(), 4 << 20);
         // SAFETY: allocated just above with this layout.
-        unsafe { TableAlloc.deallocate(ptr, layout) };
+        unsafe { alloc.deallocate(ptr, layout) };
     }
 }
