@@ -260,11 +260,21 @@ impl Columns {
 
     /// The batch's rows, in order.
     pub(crate) fn rows(&self) -> impl Iterator<Item = Row<'_>> + '_ {
-        (0..self.len()).map(|i| Row {
+        (0..self.len()).map(|i| self.row(i))
+    }
+
+    /// Row `i` of the batch.
+    pub(crate) fn row(&self, i: usize) -> Row<'_> {
+        Row {
             key: self.keys.value(i),
             value: self.values.is_valid(i).then(|| self.values.value(i)),
             expires_at_ms: self.expiries.is_valid(i).then(|| self.expiries.value(i)),
-        })
+        }
+    }
+
+    /// The key of row `i`.
+    pub(crate) fn key(&self, i: usize) -> &[u8] {
+        self.keys.value(i)
     }
 }
 

@@ -24,7 +24,6 @@ mod table_alloc;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
@@ -40,7 +39,7 @@ pub use partition::{StateEntry, StatePartition, partition_for_key};
 pub use schema::StateSchema;
 
 use crate::{CheckpointDir, Result, StateError};
-use files::{FileId, FileKind, Row};
+use files::{FileId, FileKind};
 use listings::Listings;
 use manifest::{
     FileRef, METADATA_FILE, METADATA_KIND, PartitionChain, StoreMetadata, commit_file_name,
@@ -916,25 +915,48 @@ fn merge_chain(
         read.push((input.kind, batches));
     }
     // The deltas' last word per key; then the snapshot's rows they do not
-    // override, then the keys only the deltas set.
-    let delta_rows: usize = read
+    // override, then the keys only the deltas set. The table holds
+    // positions (batch, row) of delta rows, 8 bytes an entry, so that it
+    // stays in cache longer than one of keys and rows would.
+    let deltas: Vec<&files::Columns> = read
         .iter()
         .filter(|(kind, _)| *kind == FileKind::Delta)
-        .flat_map(|(_, batches)| batches.iter().map(files::Columns::len))
-        .sum();
-    let mut latest: HashMap<&[u8], Row<'_>, foldhash::fast::RandomState> =
-        HashMap::with_capacity_and_hasher(delta_rows, Default::default());
-    for (_, batches) in read.iter().filter(|(kind, _)| *kind == FileKind::Delta) {
-        for row in batches.iter().flat_map(files::Columns::rows) {
-            latest.insert(row.key, row);
+        .flat_map(|(_, batches)| batches)
+        .collect();
+    let delta_key = |&(b, r): &(u32, u32)| deltas[b as usize].key(r as usize);
+    let hasher = foldhash::fast::FixedState::default();
+    let delta_rows: usize = deltas.iter().map(|c| c.len()).sum();
+    let mut latest: hashbrown::HashTable<(u32, u32)> =
+        hashbrown::HashTable::with_capacity(delta_rows);
+    for (b, columns) in deltas.iter().enumerate() {
+        for r in 0..columns.len() {
+            let key = columns.key(r);
+            let at = (b as u32, r as u32);
+            match latest.entry(
+                hasher.hash_one(key),
+                |p| delta_key(p) == key,
+                |p| hasher.hash_one(delta_key(p)),
+            ) {
+                hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = at,
+                hashbrown::hash_table::Entry::Vacant(e) => {
+                    e.insert(at);
+                }
+            }
         }
     }
     let base = read
         .iter()
         .filter(|(kind, _)| *kind == FileKind::Snapshot)
         .flat_map(|(_, batches)| batches.iter().flat_map(files::Columns::rows));
-    let kept = base.filter(|row| !latest.contains_key(row.key));
-    let from_deltas = latest.values().filter(|row| row.value.is_some()).copied();
+    let kept = base.filter(|row| {
+        latest
+            .find(hasher.hash_one(row.key), |p| delta_key(p) == row.key)
+            .is_none()
+    });
+    let from_deltas = latest
+        .iter()
+        .map(|&(b, r)| deltas[b as usize].row(r as usize))
+        .filter(|row| row.value.is_some());
     let (bytes, rows) = files::encode(id, kept.chain(from_deltas))?;
     if rows != live_rows {
         return Err(StateError::Corrupt {
