@@ -17,7 +17,7 @@
 //!   (default `10000,1000000,10000000`).
 //! - `TIDEMILL_BENCH_BATCH_ROWS`: rows per timed batch (default 10 000).
 //! - `TIDEMILL_BENCH_BATCHES`: timed batches per state size (default 30).
-//! - `TIDEMILL_BENCH_STATE_ROUNDS`: rounds of the state part (default 3).
+//! - `TIDEMILL_BENCH_STATE_ROUNDS`: rounds of the state part (default 5).
 //! - `TIDEMILL_BENCH_ONLY`: `window` or `state` to run one part.
 //!
 //! **Part 1, windowed aggregation.** Seeded trades (100 symbols × 5
@@ -125,7 +125,7 @@ impl Config {
                 .unwrap_or_else(|| vec![10_000, 1_000_000, 10_000_000]),
             batch_rows: num("TIDEMILL_BENCH_BATCH_ROWS", 10_000),
             batches: num("TIDEMILL_BENCH_BATCHES", 30),
-            state_rounds: num("TIDEMILL_BENCH_STATE_ROUNDS", 3).max(1),
+            state_rounds: num("TIDEMILL_BENCH_STATE_ROUNDS", 5).max(1),
             window,
             state,
         }
@@ -621,6 +621,9 @@ async fn state_run(
         next = end;
     }
     let build = t.elapsed();
+    // The build wrote up to gigabytes of deltas; flushed now, their
+    // writeback does not fall into the timed batches.
+    flush_file_writes();
     let rss_built = proc_status_mib("VmRSS");
     let built = query.last_progress().expect("built");
     anyhow::ensure!(
@@ -714,6 +717,13 @@ async fn state_run(
     })
 }
 
+/// Flushes the file system's pending writes (`sync`), so that a run's
+/// timed batches do not share the disk with the writeback of files written
+/// before them. Best effort: where `sync` is missing, nothing happens.
+fn flush_file_writes() {
+    let _ = std::process::Command::new("sync").status();
+}
+
 /// The state store's data files from version `from` on
 /// (`<dir>/<partition>/<version>[-<tag>].<delta|snapshot>`): how many of
 /// each kind and their MiB.
@@ -783,6 +793,7 @@ async fn state_scaling(
             let run = state_run_isolated(config, keys, &chk)?;
             // Each round starts from new states: free this one's files.
             std::fs::remove_dir_all(&chk)?;
+            flush_file_writes();
             println!(
                 "  round {round}, {keys} keys: median {:.2} ms per batch",
                 run.median_ms

@@ -115,8 +115,11 @@ const PROBE_AHEAD_REFRESH: usize = 64;
 /// pool) merges the chain's files into a snapshot of the version just
 /// committed, and a later commit that finds it done lists the snapshot in
 /// place of the files it replaces. The merging runs on one maintenance
-/// thread per process at a lower scheduling priority, so it takes the CPU
-/// batches leave idle. That bounds the files a load reads
+/// thread per process, on the CPU time batches leave idle (Linux
+/// `SCHED_IDLE`); a partition whose chain has grown to twice
+/// [`max_snapshot_interval`](StateStoreConfig::max_snapshot_interval)
+/// because no idle time came gets a snapshot at a normal priority on the
+/// blocking pool. That bounds the files a load reads
 /// without a commit ever rewriting the state. (Spark's state store
 /// maintenance task does the same.) An error of a background snapshot
 /// fails the next commit.
@@ -182,6 +185,9 @@ pub struct StateStore {
 /// A snapshot of one partition written in the background.
 struct Compaction {
     partition: usize,
+    /// Started because the partition's chain was overdue (see
+    /// [`overdue`]): runs at a normal priority.
+    urgent: bool,
     /// The version whose chain it merges (and its file's version).
     version: u64,
     /// Its file, as it will be listed.
@@ -601,7 +607,8 @@ impl StateStore {
 
     /// Starts a background snapshot of every partition that is due one
     /// (see [`StateStoreConfig::snapshot_interval`]) and is not being
-    /// snapshotted already. Returns how many started.
+    /// snapshotted already, or whose chain is [`overdue`] while its
+    /// snapshot waits for idle CPU time. Returns how many started.
     fn start_snapshots(&mut self) -> usize {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return 0;
@@ -609,7 +616,13 @@ impl StateStore {
         let mut started = 0;
         for (p, chain) in self.chains.iter().enumerate() {
             let due = snapshot_due(chain, &self.config, self.version, p);
-            if !due || self.compactions.iter().any(|c| c.partition == p) {
+            let urgent = overdue(chain, &self.config);
+            let running = self.compactions.iter().filter(|c| c.partition == p);
+            let busy = match urgent {
+                false => running.count() > 0,
+                true => running.filter(|c| c.urgent).count() > 0,
+            };
+            if !due || busy {
                 continue;
             }
             let id = file_id(
@@ -619,9 +632,15 @@ impl StateStore {
                 self.version,
                 Some(self.tag),
             );
-            let task = runtime.spawn(snapshot(self.dir.clone(), id.clone(), chain.clone()));
+            let task = runtime.spawn(snapshot(
+                self.dir.clone(),
+                id.clone(),
+                chain.clone(),
+                urgent,
+            ));
             self.compactions.push(Compaction {
                 partition: p,
+                urgent,
                 version: self.version,
                 id,
                 inputs: chain.files().map(|(_, file)| *file).collect(),
@@ -850,11 +869,25 @@ fn snapshot_due(chain: &PartitionChain, config: &StateStoreConfig, version: u64,
     deltas >= interval && turn && worth_it
 }
 
+/// Whether partition `chain`'s snapshot is overdue: its chain has grown to
+/// twice [`StateStoreConfig::max_snapshot_interval`], as when a machine
+/// busy with batches leaves the maintenance thread no idle time. Its
+/// snapshot then runs at a normal priority, so that loads and commit files
+/// stay bounded.
+fn overdue(chain: &PartitionChain, config: &StateStoreConfig) -> bool {
+    chain.deltas.len() as u64 >= 2 * config.max_snapshot_interval.get()
+}
+
 /// Writes the snapshot `id` of a partition: the merge of the files of
 /// `chain` (the partition at `id.version`). Runs in the background; the
-/// decoding, merging and encoding run on the low-priority maintenance
-/// thread.
-async fn snapshot(dir: CheckpointDir, id: FileId, chain: PartitionChain) -> Result<FileRef> {
+/// decoding, merging and encoding run on the maintenance thread, on idle
+/// CPU time, or when `urgent` on the blocking pool at a normal priority.
+async fn snapshot(
+    dir: CheckpointDir,
+    id: FileId,
+    chain: PartitionChain,
+    urgent: bool,
+) -> Result<FileRef> {
     let commit_name = commit_file_name(id.version);
     let mut inputs = Vec::new();
     for (kind, file) in chain.files() {
@@ -864,13 +897,15 @@ async fn snapshot(dir: CheckpointDir, id: FileId, chain: PartitionChain) -> Resu
     }
     let merge_id = id.clone();
     let commit_path = dir.path(&commit_name);
-    let (bytes, rows) =
-        maintenance::run(move || merge_chain(&merge_id, &inputs, chain.live_rows, &commit_path))
-            .await
-            .map_err(|_| StateError::Snapshot {
-                path: id.path.clone(),
-                reason: "merging the partition's files panicked".into(),
-            })??;
+    let merge = move || merge_chain(&merge_id, &inputs, chain.live_rows, &commit_path);
+    let merged = match urgent {
+        false => maintenance::run(merge).await.ok(),
+        true => tokio::task::spawn_blocking(merge).await.ok(),
+    };
+    let (bytes, rows) = merged.ok_or_else(|| StateError::Snapshot {
+        path: id.path.clone(),
+        reason: "merging the partition's files panicked".into(),
+    })??;
     let file = FileRef {
         version: id.version,
         rows,

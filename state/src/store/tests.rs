@@ -1086,3 +1086,60 @@ async fn take_expired_returns_each_due_entry_once_earliest_first_per_partition()
         assert!(store.take_expired(49).is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_snapshot_does_not_wait_for_idle_time() {
+    // The maintenance thread gets no time (here: it is held by a job
+    // that waits for the end of the test; dropping `release`, even on a
+    // panic, lets it go).
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let holding = maintenance::run(move || {
+        let _ = held.recv();
+    });
+    let dir = memory_dir();
+    let config = StateStoreConfig {
+        max_snapshot_interval: NonZeroU64::new(2).unwrap(),
+        ..config(1, 1)
+    };
+    let mut store = open(&dir, config, 0).await.unwrap();
+    let mut model = Model::new();
+    let mut adopted_at = None;
+    for version in 1..=200u64 {
+        let key = format!("k{version}").into_bytes();
+        store.put(&key, b"v");
+        model.insert(key, (b"v".to_vec(), None));
+        let commit = store.commit().await.unwrap();
+        // Version 1 starts a snapshot that waits for idle time; at four
+        // deltas (twice the maximum interval) one starts at a normal
+        // priority, and a later commit lists it.
+        assert!(commit.snapshots_started <= 1, "v{version}");
+        if commit.snapshots_adopted > 0 {
+            adopted_at = Some(version);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let adopted_at = adopted_at.expect("the overdue snapshot is listed");
+    let snapshot = store.chains[0].snapshot.expect("a snapshot");
+    assert_eq!(snapshot.version, 4, "adopted at v{adopted_at}");
+    assert_matches(
+        &open(&dir, config, adopted_at).await.unwrap(),
+        &model,
+        "with the overdue snapshot",
+    );
+
+    // Once the held snapshot runs, it replaces nothing: the chain no
+    // longer starts with its files.
+    drop(release);
+    holding.await.unwrap();
+    store.finish_snapshots().await.unwrap();
+    store.put(b"last", b"v");
+    model.insert(b"last".to_vec(), (b"v".to_vec(), None));
+    store.commit().await.unwrap();
+    assert_eq!(store.chains[0].snapshot.unwrap().version, 4);
+    assert_matches(
+        &open(&dir, config, store.version()).await.unwrap(),
+        &model,
+        "after the held snapshot",
+    );
+}
