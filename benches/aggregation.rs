@@ -770,8 +770,8 @@ async fn state_scaling(
     let workload = format!(
         "State scaling: count(value), sum(value) group by key (Int64), update mode, \
          MemoryStream, a sink counting rows, local checkpoint; the state is built with batches \
-         of up to 1 million new keys, then {} timed batches of {} rows (half random existing \
-         keys, half new keys); per-batch time = the progress's trigger_execution; {} rounds, \
+         of up to 1 million new keys and the file system's writes flushed (`sync`), then {} \
+         timed batches of {} rows (half random existing keys, half new keys); per-batch time = the progress's trigger_execution; {} rounds, \
          each size once per round in a process of its own; the ratio is the median of the \
          rounds' ratios.",
         config.batches, config.batch_rows, config.state_rounds
