@@ -82,17 +82,7 @@ pub(crate) fn keys(chains: &[PartitionChain]) -> impl Iterator<Item = FileKey> +
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::manifest::FileRef;
-
-    fn file(version: u64) -> FileRef {
-        FileRef {
-            version,
-            rows: 1,
-            bytes: 1,
-            crc32: 0,
-            tag: None,
-        }
-    }
+    use crate::store::manifest::{FileRef, tests::file};
 
     fn chain(snapshot: Option<u64>, deltas: &[u64]) -> PartitionChain {
         PartitionChain {

@@ -265,13 +265,14 @@ pub(crate) async fn write_commit(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Arc;
 
     use arrow_schema::{DataType, Field};
 
-    fn file(version: u64) -> FileRef {
+    /// A file of `version` with made-up figures.
+    pub(crate) fn file(version: u64) -> FileRef {
         FileRef {
             version,
             rows: 1,

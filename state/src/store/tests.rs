@@ -366,6 +366,28 @@ async fn take_expired_returns_what_it_removes_and_next_expiry_tracks_the_earlies
     assert_eq!(store.get(b"forever"), Some(&b"x"[..]));
 }
 
+/// Makes `n` random changes to `store` and `model` alike: a put with
+/// probability `put`, else a removal.
+fn change_randomly(
+    store: &mut StateStore,
+    model: &mut Model,
+    rng: &mut StdRng,
+    n: usize,
+    put: f64,
+) {
+    for _ in 0..n {
+        let key = random_key(rng);
+        if rng.random_bool(put) {
+            let value = random_value(rng);
+            store.put(&key, &value);
+            model.insert(key, (value, None));
+        } else {
+            store.remove(&key);
+            model.remove(&key);
+        }
+    }
+}
+
 /// Commits `versions` versions of changes spread over all partitions and
 /// returns the model of every version.
 async fn build_history(dir: &CheckpointDir, config: StateStoreConfig, versions: u64) -> Vec<Model> {
@@ -374,17 +396,7 @@ async fn build_history(dir: &CheckpointDir, config: StateStoreConfig, versions: 
     let mut model = Model::new();
     let mut models = vec![model.clone()];
     for _ in 1..=versions {
-        for _ in 0..10 {
-            let key = random_key(&mut rng);
-            if rng.random_bool(0.7) {
-                let value = random_value(&mut rng);
-                store.put(&key, &value);
-                model.insert(key, (value, None));
-            } else {
-                store.remove(&key);
-                model.remove(&key);
-            }
-        }
+        change_randomly(&mut store, &mut model, &mut rng, 10, 0.7);
         store.commit().await.unwrap();
         // As if the background snapshots kept up with the commits.
         store.finish_snapshots().await.unwrap();
@@ -486,17 +498,7 @@ async fn a_store_purging_as_it_commits_keeps_exactly_what_later_versions_list() 
     let mut model = Model::new();
     let mut snapshots_kept = 0;
     for version in 1..=40u64 {
-        for _ in 0..8 {
-            let key = random_key(&mut rng);
-            if rng.random_bool(0.8) {
-                let value = random_value(&mut rng);
-                store.put(&key, &value);
-                model.insert(key, (value, None));
-            } else {
-                store.remove(&key);
-                model.remove(&key);
-            }
-        }
+        change_randomly(&mut store, &mut model, &mut rng, 8, 0.8);
         store.commit().await.unwrap();
         models.push(model.clone());
         if version % 4 == 0 {
