@@ -617,11 +617,12 @@ impl StateStore {
         for (p, chain) in self.chains.iter().enumerate() {
             let due = snapshot_due(chain, &self.config, self.version, p);
             let urgent = overdue(chain, &self.config);
-            let running = self.compactions.iter().filter(|c| c.partition == p);
-            let busy = match urgent {
-                false => running.count() > 0,
-                true => running.filter(|c| c.urgent).count() > 0,
-            };
+            // An urgent snapshot may start beside one waiting for idle
+            // time, never beside another urgent one.
+            let busy = self
+                .compactions
+                .iter()
+                .any(|c| c.partition == p && (c.urgent || !urgent));
             if !due || busy {
                 continue;
             }
@@ -898,9 +899,10 @@ async fn snapshot(
     let merge_id = id.clone();
     let commit_path = dir.path(&commit_name);
     let merge = move || merge_chain(&merge_id, &inputs, chain.live_rows, &commit_path);
-    let merged = match urgent {
-        false => maintenance::run(merge).await.ok(),
-        true => tokio::task::spawn_blocking(merge).await.ok(),
+    let merged = if urgent {
+        tokio::task::spawn_blocking(merge).await.ok()
+    } else {
+        maintenance::run(merge).await.ok()
     };
     let (bytes, rows) = merged.ok_or_else(|| StateError::Snapshot {
         path: id.path.clone(),
