@@ -55,9 +55,6 @@ const PARALLEL_COMMIT_ROWS: usize = 64 * 1024;
 /// [`StateStore::get_many`] and [`StateStore::put_many`] work on several
 /// threads from this many keys on.
 const PARALLEL_ACCESS_KEYS: usize = 4096;
-/// How many keys ahead [`StateStore::get_many`] and
-/// [`StateStore::put_many`] prefetch the memory a key's probe reads.
-const PROBE_AHEAD: usize = 12;
 /// [`StateStore::put_many`] reads the table's layout again after this many
 /// keys (an insert may have grown it).
 const PROBE_AHEAD_REFRESH: usize = 64;
@@ -174,8 +171,8 @@ pub struct StateStore {
     last_commit: Option<StateCommitMetrics>,
     /// This instance's tag in the names of the snapshots it writes.
     tag: u64,
-    /// Snapshots being written in the background, at most one per
-    /// partition.
+    /// Snapshots being written in the background, per partition at most
+    /// one waiting for idle time and one [`overdue`] one.
     compactions: Vec<Compaction>,
     /// The files the versions from the opened one on list, for
     /// [`purge`](StateStore::purge).
@@ -370,8 +367,8 @@ impl StateStore {
                     .iter()
                     .enumerate()
                     .map(|(n, &i)| {
-                        if let (Some(ahead), Some(&later)) = (&ahead, hashes.get(n + PROBE_AHEAD)) {
-                            ahead.prefetch(later);
+                        if let Some(ahead) = &ahead {
+                            ahead.prefetch_ahead_of(&hashes, n);
                         }
                         (i, part.get_hashed(hashes[n], keys[i]))
                     })
@@ -408,8 +405,8 @@ impl StateStore {
                     if n % PROBE_AHEAD_REFRESH == 0 {
                         ahead = part.probe_ahead();
                     }
-                    if let (Some(ahead), Some(&later)) = (&ahead, hashes.get(n + PROBE_AHEAD)) {
-                        ahead.prefetch(later);
+                    if let Some(ahead) = &ahead {
+                        ahead.prefetch_ahead_of(&hashes, n);
                     }
                     let (key, value, expires_at_ms) = entries[i];
                     part.upsert_hashed(hashes[n], key, value, expires_at_ms);
@@ -961,7 +958,7 @@ fn merge_chain(
         .flat_map(|(_, batches)| batches)
         .collect();
     let delta_key = |&(b, r): &(u32, u32)| deltas[b as usize].key(r as usize);
-    let hasher = foldhash::fast::FixedState::default();
+    let hash = partition::hash_key;
     let delta_rows: usize = deltas.iter().map(|c| c.len()).sum();
     let mut latest: hashbrown::HashTable<(u32, u32)> =
         hashbrown::HashTable::with_capacity(delta_rows);
@@ -969,11 +966,7 @@ fn merge_chain(
         for r in 0..columns.len() {
             let key = columns.key(r);
             let at = (b as u32, r as u32);
-            match latest.entry(
-                hasher.hash_one(key),
-                |p| delta_key(p) == key,
-                |p| hasher.hash_one(delta_key(p)),
-            ) {
+            match latest.entry(hash(key), |p| delta_key(p) == key, |p| hash(delta_key(p))) {
                 hashbrown::hash_table::Entry::Occupied(mut e) => *e.get_mut() = at,
                 hashbrown::hash_table::Entry::Vacant(e) => {
                     e.insert(at);
@@ -987,7 +980,7 @@ fn merge_chain(
         .flat_map(|(_, batches)| batches.iter().flat_map(files::Columns::rows));
     let kept = base.filter(|row| {
         latest
-            .find(hasher.hash_one(row.key), |p| delta_key(p) == row.key)
+            .find(hash(row.key), |p| delta_key(p) == row.key)
             .is_none()
     });
     let from_deltas = latest
