@@ -23,13 +23,16 @@ use super::EventTimeKey;
 use super::operator::{closing_time, watermark_in_unit};
 
 /// Which input rows are late: those whose group (the value of the
-/// event-time key) the watermark has already closed.
+/// event-time key) the watermark has already closed. Before the first
+/// watermark no row is late, but the key is still evaluated once and passed
+/// on, so the partial aggregate groups the same way in every batch.
 #[derive(Debug)]
 pub(crate) struct LateRowRule {
     /// The event-time key's expression over the input.
     pub expr: Arc<dyn PhysicalExpr>,
     pub key: EventTimeKey,
-    pub watermark_ms: i64,
+    /// The watermark the batch runs with (`None`: none yet).
+    pub watermark_ms: Option<i64>,
     /// Whether the key is a window passed on as its `start` and `end`
     /// columns rather than as one struct (see
     /// [`AggregateLayout::groups_by_window_bounds`](super::AggregateLayout::groups_by_window_bounds)).
@@ -73,9 +76,12 @@ impl LateRowRule {
         batch: RecordBatch,
         keyed_schema: &SchemaRef,
     ) -> DFResult<(RecordBatch, Option<RecordBatch>)> {
-        let bound = Int64Array::new_scalar(watermark_in_unit(self.watermark_ms, self.key.unit));
         let value = self.expr.evaluate(&batch)?.into_array(batch.num_rows())?;
-        let closes_at = closing_time(&value, &self.key)?;
+        // When the rows' groups close; only needed against a watermark.
+        let closes_at = match self.watermark_ms {
+            Some(watermark_ms) => Some((closing_time(&value, &self.key)?, watermark_ms)),
+            None => None,
+        };
         let mut columns = batch.columns().to_vec();
         match value.as_struct_opt() {
             Some(window) if self.window_bounds => {
@@ -89,6 +95,10 @@ impl LateRowRule {
         }
         let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         let keyed = RecordBatch::try_new_with_options(Arc::clone(keyed_schema), columns, &options)?;
+        let Some((closes_at, watermark_ms)) = closes_at else {
+            return Ok((keyed, None));
+        };
+        let bound = Int64Array::new_scalar(watermark_in_unit(watermark_ms, self.key.unit));
         // A null time (no window) never closes: not late.
         let late = lt_eq(&closes_at, &bound)?;
         let late = match late.null_count() {
@@ -186,13 +196,22 @@ impl LateRowsExec {
 
 impl DisplayAs for LateRowsExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        match &self.rule {
+        match self.rule.as_deref() {
+            Some(LateRowRule {
+                key,
+                watermark_ms: Some(watermark_ms),
+                ..
+            }) => write!(
+                f,
+                "LateRowsExec: drops rows of '{}' closed by watermark {watermark_ms} ms",
+                key.name
+            ),
             Some(rule) => write!(
                 f,
-                "LateRowsExec: drops rows of '{}' closed by watermark {} ms",
-                rule.key.name, rule.watermark_ms
+                "LateRowsExec: no watermark yet; passes on '{}'",
+                rule.key.name
             ),
-            None => write!(f, "LateRowsExec: no watermark"),
+            None => write!(f, "LateRowsExec: no event-time key"),
         }
     }
 }
@@ -254,5 +273,100 @@ impl ExecutionPlan for LateRowsExec {
             Ok(kept)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::TimestampMillisecondArray;
+    use arrow::datatypes::{Field, TimeUnit};
+    use datafusion::common::DFSchema;
+    use datafusion::execution::context::ExecutionProps;
+    use datafusion::logical_expr::col;
+    use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+    use datafusion::physical_expr::create_physical_expr;
+
+    use super::*;
+    use crate::aggregate::EventTimeKind;
+    use crate::window::tumble;
+
+    /// A rule for a one-minute tumbling window over `t`, and a batch of
+    /// times at and around the first two windows' bounds, one null.
+    fn rule_and_batch(watermark_ms: Option<i64>) -> (LateRowRule, RecordBatch) {
+        let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let schema = Arc::new(Schema::new(vec![Field::new("t", ms, true)]));
+        let df_schema = DFSchema::try_from(schema.as_ref().clone()).unwrap();
+        let expr = create_physical_expr(
+            &tumble(col("t"), "1 minute"),
+            &df_schema,
+            &ExecutionProps::new(),
+            &PhysicalPlanningContext::default(),
+        )
+        .unwrap();
+        let rule = LateRowRule {
+            expr,
+            key: EventTimeKey {
+                index: 0,
+                kind: EventTimeKind::Window,
+                unit: TimeUnit::Millisecond,
+                name: "window".into(),
+            },
+            watermark_ms,
+            window_bounds: true,
+        };
+        let times = TimestampMillisecondArray::from(vec![
+            Some(0),
+            Some(59_999),
+            Some(60_000),
+            None,
+            Some(125_000),
+        ]);
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(times)]).unwrap();
+        (rule, batch)
+    }
+
+    fn millis(batch: &RecordBatch, column: &str) -> Vec<Option<i64>> {
+        let column = batch.column_by_name(column).unwrap();
+        column
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+            .iter()
+            .collect()
+    }
+
+    #[test]
+    fn before_the_first_watermark_no_row_is_late_and_the_bounds_are_passed_on() {
+        let (rule, batch) = rule_and_batch(None);
+        let schema = rule.keyed_schema(&batch.schema()).unwrap();
+        let (kept, late) = rule.split(batch, &schema).unwrap();
+        assert!(late.is_none());
+        assert_eq!(kept.schema(), schema);
+        assert_eq!(
+            millis(&kept, WINDOW_START_COLUMN),
+            [Some(0), Some(0), Some(60_000), None, Some(120_000)]
+        );
+        assert_eq!(
+            millis(&kept, WINDOW_END_COLUMN),
+            [
+                Some(60_000),
+                Some(60_000),
+                Some(120_000),
+                None,
+                Some(180_000)
+            ]
+        );
+    }
+
+    #[test]
+    fn rows_of_windows_the_watermark_closed_are_split_off() {
+        // The first window ends at 60 000: a watermark there closes it.
+        let (rule, batch) = rule_and_batch(Some(60_000));
+        let schema = rule.keyed_schema(&batch.schema()).unwrap();
+        let (kept, late) = rule.split(batch, &schema).unwrap();
+        assert_eq!(millis(&late.unwrap(), "t"), [Some(0), Some(59_999)]);
+        assert_eq!(millis(&kept, "t"), [Some(60_000), None, Some(125_000)]);
+        assert_eq!(
+            millis(&kept, WINDOW_START_COLUMN),
+            [Some(60_000), None, Some(120_000)]
+        );
     }
 }

@@ -247,11 +247,11 @@ impl AggregateOperator {
     }
 
     /// The rule that tells the running batch's late rows (whose group the
-    /// watermark has closed), or `None` without a watermark or an
-    /// event-time key.
+    /// watermark has closed; none before the first watermark), or `None`
+    /// without an event-time key.
     pub async fn late_row_rule(&self) -> Option<LateRowRule> {
-        let watermark_ms = self.inner.lock().await.watermark_ms?;
         let key = self.layout.event_time_key.clone()?;
+        let watermark_ms = self.inner.lock().await.watermark_ms;
         Some(LateRowRule {
             expr: Arc::clone(&self.layout.group_by.expr()[key.index].0),
             key,
