@@ -952,3 +952,62 @@ async fn read_batch_reads_what_the_stream_reads_and_fails_as_it_does() {
         .to_string();
     assert!(err.contains("cannot infer the schema"), "{err}");
 }
+
+#[tokio::test]
+async fn a_row_group_too_big_for_one_partition_is_read_as_row_ranges() {
+    let data = tempfile::tempdir().unwrap();
+    // One row group of 300 000 rows (names null on every seventh), with
+    // pages of at most 20 000 rows, and a small file after it.
+    let rows = |ids: std::ops::Range<i64>| {
+        let names: StringArray = ids
+            .clone()
+            .map(|i| (i % 7 != 0).then(|| format!("n{i}")))
+            .collect();
+        RecordBatch::try_new(
+            id_name_schema(),
+            vec![Arc::new(Int64Array::from_iter_values(ids)), Arc::new(names)],
+        )
+        .unwrap()
+    };
+    write_parquet(data.path(), "a-big.parquet", &rows(0..300_000));
+    write_parquet(data.path(), "b-small.parquet", &rows(300_000..301_000));
+    let session = SessionContext::new();
+    let source = FileSource::parquet(data.path().to_str().unwrap());
+    let chk = tempfile::tempdir().unwrap();
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let end = s
+        .latest_offset(None, ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    let BatchInput::Partitions(parts) = s.read_input(None, &end, 4).await.unwrap() else {
+        panic!("a parquet batch is read as partitions");
+    };
+    // 301 000 rows over four partitions: the big group is cut in four.
+    assert_eq!(parts.len(), 4);
+    let mut all = Vec::new();
+    for part in &parts {
+        let batches: Vec<RecordBatch> = part
+            .execute(session.task_ctx())
+            .try_collect()
+            .await
+            .unwrap();
+        let ids = ids(&batches);
+        // Each partition reads a run of rows, in order, of about a quarter.
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{:?}", &ids[..3]);
+        assert!((70_000..=80_000).contains(&ids.len()), "{}", ids.len());
+        // Each row's columns belong together, across page boundaries.
+        for batch in &batches {
+            let id = batch.column(0).as_primitive::<Int64Type>();
+            let name = batch.column(1).as_string_view();
+            for i in 0..batch.num_rows() {
+                let id = id.value(i);
+                let expected = (id % 7 != 0).then(|| format!("n{id}"));
+                assert_eq!(name.is_valid(i).then(|| name.value(i)), expected.as_deref());
+            }
+        }
+        all.extend(ids);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..301_000).collect::<Vec<_>>());
+}
