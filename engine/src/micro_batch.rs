@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::catalog::TableProvider;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::prelude::SessionContext;
 
 use crate::aggregate::{self, AggregateOperator};
@@ -41,6 +42,10 @@ pub(crate) struct Runner {
     pub watermark_planner: Arc<WatermarkPlanner>,
     /// The DataFrame's plan, with streaming scans to substitute per batch.
     pub plan: LogicalPlan,
+    /// `plan` optimized and with its streaming aggregation replaced, kept
+    /// from the first batch when every batch would plan it alike (see
+    /// [`plans_alike_every_batch`]).
+    pub optimized: Option<LogicalPlan>,
     pub sources: Vec<RunningSource>,
     pub sink: Arc<dyn Sink>,
     /// Where the aggregation's late rows go, if anywhere.
@@ -448,15 +453,54 @@ impl Runner {
     ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
         let state = self.session.state();
         let error = |e| TidemillError::datafusion(format!("planning batch {batch_id}"), e);
-        let mut plan = state.optimize(&self.plan).map_err(error)?;
-        if !self.aggregates.is_empty() {
-            plan = aggregate::replace(plan, 0).map_err(error)?;
-        }
-        let plan = planner::substitute(&plan, data)?;
+        let optimized = match &self.optimized {
+            Some(plan) => plan.clone(),
+            None => {
+                let mut plan = state.optimize(&self.plan).map_err(error)?;
+                if !self.aggregates.is_empty() {
+                    plan = aggregate::replace(plan, 0).map_err(error)?;
+                }
+                if plans_alike_every_batch(&self.plan) {
+                    self.optimized = Some(plan.clone());
+                }
+                plan
+            }
+        };
+        let plan = planner::substitute(&optimized, data)?;
         state
             .query_planner()
             .create_physical_plan(&plan, &state)
             .await
             .map_err(error)
     }
+}
+
+/// Whether optimizing `plan` gives the same plan in every batch: no
+/// function in it depends on when it is planned. DataFusion's optimizer
+/// folds functions such as `now()` into constants of the time it runs, so
+/// a plan calling one is optimized again for each batch (as Spark's
+/// `current_timestamp()` takes each batch's time).
+fn plans_alike_every_batch(plan: &LogicalPlan) -> bool {
+    let mut alike = true;
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                let timely = match e {
+                    Expr::ScalarFunction(f) => {
+                        f.func.signature().volatility != Volatility::Immutable
+                    }
+                    Expr::ScalarVariable(..) | Expr::Placeholder(_) => true,
+                    _ => false,
+                };
+                alike &= !timely;
+                Ok(if timely {
+                    TreeNodeRecursion::Stop
+                } else {
+                    TreeNodeRecursion::Continue
+                })
+            })
+        })
+    })
+    .expect("visiting a plan without errors cannot fail");
+    alike
 }

@@ -393,6 +393,7 @@ impl DataStreamWriter {
             watermarks,
             watermark_planner,
             plan,
+            optimized: None,
             sources,
             sink,
             late_rows_sink: self.late_rows_sink,

@@ -481,3 +481,53 @@ async fn stream_equals_batch_on_random_splits_and_read_limits() {
         );
     }
 }
+
+#[tokio::test]
+async fn now_is_each_batch_planning_time() {
+    // DataFusion folds `now()` into a constant when it optimizes a plan;
+    // a stream's plan is optimized for each batch, as Spark's
+    // `current_timestamp()` takes each batch's time.
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(events_schema());
+    let sink = MemorySink::new();
+    let df = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .select(vec![
+            col("id"),
+            cast(now(), DataType::Int64).alias("planned_at"),
+        ])
+        .unwrap();
+    let query = df
+        .write_stream()
+        .sink(sink.clone())
+        .trigger(Trigger::ProcessingTime(Duration::ZERO))
+        .start()
+        .await
+        .unwrap();
+    stream.push(events(0..3)).unwrap();
+    query.process_all_available().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stream.push(events(3..6)).unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+
+    let batches = sink.batches();
+    let times: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            let t = b.column_by_name("planned_at").unwrap();
+            t.as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(times.len(), 6);
+    // One time per batch, later in the later batch.
+    assert!(times[..3].iter().all(|&t| t == times[0]), "{times:?}");
+    assert!(times[3..].iter().all(|&t| t == times[3]), "{times:?}");
+    assert!(times[3] >= times[0] + 20_000_000, "{times:?}");
+}
