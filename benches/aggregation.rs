@@ -351,6 +351,7 @@ async fn windowed(
     let input = tmp.join("trades");
     std::fs::create_dir_all(&input)?;
     let files = trades::write_trade_files(&input, rows, true)?;
+    flush_file_writes();
     let dir = format!("{}/", input.display());
     let workload = format!(
         "Windowed aggregation: {rows} trades ({SYMBOLS} symbols × {} exchanges, {} min of event \
@@ -359,7 +360,8 @@ async fn windowed(
          one DataFusion batch job (collect) and as a stream (FileSource, watermark 10 s, append \
          mode, MemorySink, local checkpoint, AvailableNow, plus one flush file with 1 trade a day \
          later so every window closes; the stream's windows are checked equal to the batch \
-         job's).",
+         job's). File writes are flushed (`sync`) after the files are written and before each \
+         stream run.",
         EXCHANGES.len(),
         SPAN_MS / 60_000,
         DISORDER_MS / 1000
@@ -397,6 +399,7 @@ async fn windowed(
         let mut runs = Vec::new();
         for r in 0..RUNS {
             let chk = tmp.join(format!("chk-window-{i}-{r}"));
+            flush_file_writes();
             let run = windowed_stream_job(&dir, max_files, &chk).await?;
             let late: u64 = run
                 .progress

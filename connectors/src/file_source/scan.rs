@@ -1,11 +1,11 @@
 //! A batch's files as partitions the engine reads while the batch runs.
 //!
-//! The batch's files are cut into pieces (whole files, or, when there are
-//! fewer files than partitions, the row groups of parquet files, and row
-//! ranges of row groups too big for one partition) and the pieces into
-//! contiguous runs of about equal rows (parquet) or bytes (text), one run
-//! per partition. A row range is read with a row selection over the file's
-//! offset index, so each partition decodes only the pages its rows are on. Parquet footers are read and checked
+//! The batch's files are cut into contiguous runs of about equal size,
+//! one run per partition: text files whole, by bytes; parquet files by
+//! rows, a run starting or ending inside a row group where that evens the
+//! runs out. A run's rows inside a row group are read with a row selection
+//! over the file's offset index, so each partition decodes only the pages
+//! its rows are on. Parquet footers are read and checked
 //! before the batch starts, so a missing file, a file that is not parquet
 //! or one with the wrong columns fails the batch up front, naming the file;
 //! the rows are decoded as the plan pulls them.
@@ -33,32 +33,33 @@ const FOOTER_CONCURRENCY: usize = 8;
 /// partition: a cut costs each column one page decoded on both sides.
 const MIN_RANGE_ROWS: u64 = 65_536;
 
-/// Part of a batch: a whole file, or some row groups of a parquet file.
+/// Part of a batch: a whole file, or rows of a parquet file.
 #[derive(Debug, Clone)]
 enum Piece {
     /// A text file, decoded whole.
     Text(SeenFile),
-    /// Row groups of a parquet file whose footer was read (`None`: all).
+    /// Rows of a parquet file whose footer was read: its row groups
+    /// `row_groups`, and of their rows only `rows` (counted from the first
+    /// group's first row) when the piece starts or ends inside a group.
     Parquet {
         footer: Arc<ParquetFooter>,
-        row_groups: Option<Vec<usize>>,
-    },
-    /// A range of the rows of one row group of a parquet file.
-    ParquetRows {
-        footer: Arc<ParquetFooter>,
-        row_group: usize,
-        rows: Range<u64>,
+        row_groups: Vec<usize>,
+        rows: Option<Range<u64>>,
     },
 }
 
-/// A unit the partitions are cut from, with its weight.
+/// A text file the partitions are cut from, with its weight (bytes).
 struct Unit {
     file: usize,
-    /// The parquet row group, when files are split into row groups.
-    row_group: Option<usize>,
-    /// The range of the row group's rows, when it is cut into ranges.
-    rows: Option<Range<u64>>,
     weight: u64,
+}
+
+/// Rows of one row group of a parquet file, in a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Slice {
+    file: usize,
+    row_group: usize,
+    rows: Range<u64>,
 }
 
 /// The partitions reading `files` (in log order) as up to `partitions`
@@ -86,36 +87,9 @@ pub(super) async fn partitions(
             .try_collect()
             .await?;
         let rows: Vec<Vec<u64>> = footers.iter().map(|f| f.row_group_rows()).collect();
-        let split = files.len() < partitions;
-        // A partition's share of the rows, when row groups are split.
-        let share = rows
+        parquet_runs(&rows, partitions)
             .iter()
-            .flatten()
-            .sum::<u64>()
-            .div_ceil(partitions as u64);
-        let units: Vec<Unit> = rows
-            .iter()
-            .enumerate()
-            .flat_map(|(file, groups)| {
-                if split {
-                    groups
-                        .iter()
-                        .enumerate()
-                        .flat_map(|(g, &n)| row_group_units(file, g, n, share))
-                        .collect::<Vec<_>>()
-                } else {
-                    vec![Unit {
-                        file,
-                        row_group: None,
-                        rows: None,
-                        weight: groups.iter().sum(),
-                    }]
-                }
-            })
-            .collect();
-        cut(&units, partitions)
-            .into_iter()
-            .map(|run| parquet_pieces(run, &footers))
+            .map(|run| parquet_pieces(run, &rows, &footers))
             .collect()
     } else {
         let units: Vec<Unit> = files
@@ -123,8 +97,6 @@ pub(super) async fn partitions(
             .enumerate()
             .map(|(file, f)| Unit {
                 file,
-                row_group: None,
-                rows: None,
                 weight: f.size.max(1),
             })
             .collect();
@@ -150,30 +122,53 @@ pub(super) async fn partitions(
         .collect())
 }
 
-/// The units of row group `g` of `file`, of `n` rows: the whole group, or,
-/// when it holds more than a partition's `share` of the batch's rows, about
-/// `n / share` ranges of it (of at least [`MIN_RANGE_ROWS`] rows each).
-fn row_group_units(file: usize, g: usize, n: u64, share: u64) -> Vec<Unit> {
-    let ranges = n.div_ceil(share.max(1)).min(n / MIN_RANGE_ROWS).max(1);
-    if ranges == 1 {
-        return vec![Unit {
-            file,
-            row_group: Some(g),
-            rows: None,
-            weight: n,
-        }];
-    }
-    (0..ranges)
-        .map(|i| {
-            let rows = n * i / ranges..n * (i + 1) / ranges;
-            Unit {
-                file,
-                row_group: Some(g),
-                weight: rows.end - rows.start,
-                rows: Some(rows),
+/// Cuts the rows of parquet files (`rows[file][row group]`: rows per row
+/// group, files in order) into up to `n` contiguous runs of about equal
+/// rows. Run `k` ends near row `k/n` of the total: inside a row group when
+/// both sides keep at least [`MIN_RANGE_ROWS`] rows, else at the nearer
+/// edge of the group's rest. Empty row groups are dropped.
+fn parquet_runs(rows: &[Vec<u64>], n: usize) -> Vec<Vec<Slice>> {
+    let total: u64 = rows.iter().flatten().sum();
+    let n = n.max(1);
+    let mut runs: Vec<Vec<Slice>> = vec![Vec::new()];
+    let mut placed = 0u64;
+    for (file, groups) in rows.iter().enumerate() {
+        for (row_group, &len) in groups.iter().enumerate() {
+            let mut start = 0;
+            while start < len {
+                // Where the current run ends; the last one takes the rest.
+                let end_of_run = match runs.len() {
+                    k if k < n => total * k as u64 / n as u64,
+                    _ => u64::MAX,
+                };
+                let room = end_of_run.saturating_sub(placed);
+                let left = len - start;
+                let take = if left <= room
+                    || (room < MIN_RANGE_ROWS || left - room < MIN_RANGE_ROWS) && 2 * room >= left
+                {
+                    left
+                } else if room >= MIN_RANGE_ROWS && left - room >= MIN_RANGE_ROWS {
+                    room
+                } else {
+                    0
+                };
+                if take > 0 {
+                    let run = runs.last_mut().expect("there is always a run");
+                    run.push(Slice {
+                        file,
+                        row_group,
+                        rows: start..start + take,
+                    });
+                    (start, placed) = (start + take, placed + take);
+                }
+                if take < left || placed >= end_of_run {
+                    runs.push(Vec::new());
+                }
             }
-        })
-        .collect()
+        }
+    }
+    runs.retain(|run| !run.is_empty());
+    runs
 }
 
 /// Cuts `units` (in order) into up to `n` contiguous runs of about equal
@@ -198,48 +193,26 @@ fn cut(units: &[Unit], n: usize) -> Vec<&[Unit]> {
     runs
 }
 
-/// The pieces of a run of parquet units: consecutive whole row groups of one
-/// file become one piece, a range of a row group a piece of its own.
-fn parquet_pieces(run: &[Unit], footers: &[Arc<ParquetFooter>]) -> Vec<Piece> {
-    let mut pieces: Vec<Piece> = Vec::new();
-    let mut current: Option<(usize, Vec<usize>)> = None;
-    let flush = |current: &mut Option<(usize, Vec<usize>)>, pieces: &mut Vec<Piece>| {
-        if let Some((file, groups)) = current.take() {
-            pieces.push(Piece::Parquet {
-                footer: Arc::clone(&footers[file]),
-                row_groups: Some(groups),
-            });
-        }
-    };
-    for unit in run.iter().filter(|u| u.weight > 0) {
-        if let (Some(row_group), Some(rows)) = (unit.row_group, &unit.rows) {
-            flush(&mut current, &mut pieces);
-            pieces.push(Piece::ParquetRows {
-                footer: Arc::clone(&footers[unit.file]),
-                row_group,
-                rows: rows.clone(),
-            });
-            continue;
-        }
-        match unit.row_group {
-            None => {
-                flush(&mut current, &mut pieces);
-                pieces.push(Piece::Parquet {
-                    footer: Arc::clone(&footers[unit.file]),
-                    row_groups: None,
-                });
+/// The pieces of a run of parquet rows: one per file, its row groups and,
+/// when the run starts or ends inside one, the range of their rows.
+fn parquet_pieces(run: &[Slice], rows: &[Vec<u64>], footers: &[Arc<ParquetFooter>]) -> Vec<Piece> {
+    run.chunk_by(|a, b| a.file == b.file)
+        .map(|slices| {
+            let (first, last) = (&slices[0], &slices[slices.len() - 1]);
+            let in_groups = &rows[first.file];
+            // Rows of the piece's groups before its last one.
+            let before_last: u64 = slices[..slices.len() - 1]
+                .iter()
+                .map(|s| in_groups[s.row_group])
+                .sum();
+            let whole = first.rows.start == 0 && last.rows.end == in_groups[last.row_group];
+            Piece::Parquet {
+                footer: Arc::clone(&footers[first.file]),
+                row_groups: slices.iter().map(|s| s.row_group).collect(),
+                rows: (!whole).then(|| first.rows.start..before_last + last.rows.end),
             }
-            Some(g) => match &mut current {
-                Some((file, groups)) if *file == unit.file => groups.push(g),
-                _ => {
-                    flush(&mut current, &mut pieces);
-                    current = Some((unit.file, vec![g]));
-                }
-            },
-        }
-    }
-    flush(&mut current, &mut pieces);
-    pieces
+        })
+        .collect()
 }
 
 /// One partition of a batch: its pieces, read one after another.
@@ -273,19 +246,11 @@ impl PartitionStream for FilesPartition {
                             let batches = reader.read(&file, &schema).await?;
                             Ok(futures::stream::iter(batches.into_iter().map(Ok)).boxed())
                         }
-                        Piece::Parquet { footer, row_groups } => {
-                            reader.parquet_stream(&footer, row_groups, None, &schema)
-                        }
-                        Piece::ParquetRows {
+                        Piece::Parquet {
                             footer,
-                            row_group,
+                            row_groups,
                             rows,
-                        } => reader.parquet_stream(
-                            &footer,
-                            Some(vec![row_group]),
-                            Some(rows),
-                            &schema,
-                        ),
+                        } => reader.parquet_stream(&footer, Some(row_groups), rows, &schema),
                     }
                 }
             })
@@ -306,12 +271,7 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(file, &weight)| Unit {
-                file,
-                row_group: None,
-                rows: None,
-                weight,
-            })
+            .map(|(file, &weight)| Unit { file, weight })
             .collect()
     }
 
@@ -347,28 +307,75 @@ mod tests {
         assert_eq!(all, vec![0, 1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
-    fn ranges(units: &[Unit]) -> Vec<Option<Range<u64>>> {
-        units.iter().map(|u| u.rows.clone()).collect()
+    /// Rows per run of `parquet_runs`.
+    fn run_rows(runs: &[Vec<Slice>]) -> Vec<u64> {
+        runs.iter()
+            .map(|run| run.iter().map(|s| s.rows.end - s.rows.start).sum())
+            .collect()
     }
 
     #[test]
-    fn row_groups_bigger_than_a_share_are_cut_into_ranges() {
-        // Within a partition's share: whole.
-        assert_eq!(ranges(&row_group_units(0, 3, 250_000, 250_000)), [None]);
-        // Twice a share: two halves, weighed by their rows.
-        let halves = row_group_units(1, 3, 500_000, 250_000);
-        assert_eq!(ranges(&halves), [Some(0..250_000), Some(250_000..500_000)]);
-        assert!(halves.iter().all(|u| u.file == 1 && u.row_group == Some(3)));
-        assert!(halves.iter().all(|u| u.weight == 250_000));
-        // Never into ranges of fewer than MIN_RANGE_ROWS rows.
-        assert_eq!(ranges(&row_group_units(0, 0, 100_000, 10_000)), [None]);
-        let cut = row_group_units(0, 0, 4 * MIN_RANGE_ROWS + 3, 1000);
-        assert_eq!(cut.len(), 4);
-        // The ranges cover the group once, in order.
-        let bounds: Vec<Range<u64>> = ranges(&cut).into_iter().flatten().collect();
-        assert_eq!(bounds[0].start, 0);
-        assert!(bounds.windows(2).all(|w| w[0].end == w[1].start));
-        assert_eq!(bounds[3].end, 4 * MIN_RANGE_ROWS + 3);
+    fn parquet_rows_are_cut_into_even_runs_inside_row_groups() {
+        const M: u64 = MIN_RANGE_ROWS;
+        // One big group on two partitions: its two halves.
+        let runs = parquet_runs(&[vec![8 * M]], 2);
+        assert_eq!(
+            runs,
+            [
+                vec![Slice {
+                    file: 0,
+                    row_group: 0,
+                    rows: 0..4 * M
+                }],
+                vec![Slice {
+                    file: 0,
+                    row_group: 0,
+                    rows: 4 * M..8 * M
+                }],
+            ]
+        );
+        // Five one-group files on two partitions: the third is shared.
+        let five = vec![vec![8 * M]; 5];
+        let runs = parquet_runs(&five, 2);
+        assert_eq!(run_rows(&runs), [20 * M, 20 * M]);
+        assert_eq!(runs[0][2].rows, 0..4 * M);
+        assert_eq!(runs[1][0].rows, 4 * M..8 * M);
+        // Many files fall on run boundaries: none is cut.
+        let runs = parquet_runs(&vec![vec![M]; 20], 2);
+        assert!(runs.iter().flatten().all(|s| s.rows == (0..M)));
+        assert_eq!(run_rows(&runs), [10 * M, 10 * M]);
+        // A cut never leaves fewer than MIN_RANGE_ROWS on a side: the
+        // boundary moves to the nearer edge.
+        let runs = parquet_runs(&[vec![M / 2], vec![M]], 2);
+        assert_eq!(run_rows(&runs), [M / 2, M]);
+        let runs = parquet_runs(&[vec![M], vec![M / 2]], 2);
+        assert_eq!(run_rows(&runs), [M, M / 2]);
+        let runs = parquet_runs(&[vec![10, 20, 30]], 8);
+        assert!(runs.iter().flatten().all(|s| s.rows.start == 0));
+        // Every row lands in exactly one run, in order; empty groups are
+        // dropped; never more runs than partitions.
+        let rows = vec![vec![3 * M, 0, 5 * M + 7], vec![0], vec![M + 1, 9 * M]];
+        for n in 1..=6 {
+            let runs = parquet_runs(&rows, n);
+            assert!(runs.len() <= n && runs.iter().all(|r| !r.is_empty()));
+            let slices: Vec<Slice> = runs.concat();
+            let mut expected = (0, 0, 0);
+            for s in &slices {
+                if (s.file, s.row_group) != (expected.0, expected.1) {
+                    assert_eq!(expected.2, 0, "{s:?} after a partial group");
+                }
+                assert_eq!(s.rows.start, expected.2, "{s:?}");
+                let len = rows[s.file][s.row_group];
+                expected = match s.rows.end {
+                    end if end == len => (s.file, s.row_group + 1, 0),
+                    end => (s.file, s.row_group, end),
+                };
+            }
+            assert_eq!(
+                run_rows(&runs).iter().sum::<u64>(),
+                rows.iter().flatten().sum::<u64>()
+            );
+        }
     }
 
     #[test]
