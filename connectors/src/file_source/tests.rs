@@ -16,13 +16,17 @@ fn checkpoint(session: &SessionContext, chk: &FsPath) -> CheckpointDir {
         .child("0")
 }
 
-/// Admits everything available and reads it, from the beginning.
-async fn read_all(s: &mut Box<dyn Source>) -> Result<Vec<RecordBatch>> {
-    let end = s
-        .latest_offset(None, ReadLimit::All)
+/// The offset admitting everything available, from the beginning.
+async fn end_of_all(s: &mut Box<dyn Source>) -> Offset {
+    s.latest_offset(None, ReadLimit::All)
         .await
         .unwrap()
-        .unwrap();
+        .expect("files are available")
+}
+
+/// Admits everything available and reads it, from the beginning.
+async fn read_all(s: &mut Box<dyn Source>) -> Result<Vec<RecordBatch>> {
+    let end = end_of_all(s).await;
     s.read(None, &end).await
 }
 
@@ -86,11 +90,7 @@ async fn discovers_new_files_across_calls() {
 
     write(data.path(), "a.json", &json_rows(0..3));
     write(data.path(), "b.json", &json_rows(3..5));
-    let first = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
+    let first = end_of_all(&mut s).await;
     assert_eq!(first, off(2));
     let batches = s.read(None, &first).await.unwrap();
     assert_eq!(ids(&batches), vec![0, 1, 2, 3, 4]);
@@ -269,11 +269,7 @@ async fn hidden_files_are_ignored_until_renamed() {
         data.path().join("part-0.json"),
     )
     .unwrap();
-    let end = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
+    let end = end_of_all(&mut s).await;
     assert_eq!(end, off(1));
     assert_eq!(ids(&s.read(None, &end).await.unwrap()), vec![0, 1]);
 
@@ -314,11 +310,7 @@ async fn json_schema_explicit_and_inferred() {
     let chk = tempfile::tempdir().unwrap();
     let source = FileSource::json(data.path().to_str().unwrap());
     let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
-    let end = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
+    let end = end_of_all(&mut s).await;
     let batch = &s.read(None, &end).await.unwrap()[0];
     assert_eq!(batch.schema(), inferred);
     let names = batch
@@ -378,11 +370,7 @@ async fn csv_schema_explicit_and_inferred() {
     let chk = tempfile::tempdir().unwrap();
     let source = FileSource::csv(data.path().to_str().unwrap());
     let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
-    let end = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
+    let end = end_of_all(&mut s).await;
     let batches = s.read(None, &end).await.unwrap();
     // Columns are matched by header name, so b.csv's order does not matter.
     assert_eq!(ids(&batches), vec![1, 2, 3]);
@@ -466,11 +454,7 @@ async fn parquet_schema_explicit_inferred_and_mismatch() {
     let chk = tempfile::tempdir().unwrap();
     let source = FileSource::parquet(data.path().to_str().unwrap());
     let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
-    let end = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
+    let end = end_of_all(&mut s).await;
     let as_views = arrow::compute::cast(batch.column(1), &DataType::Utf8View).unwrap();
     let expected = RecordBatch::try_new(
         Arc::clone(&view_schema),
@@ -506,11 +490,7 @@ async fn parquet_schema_explicit_inferred_and_mismatch() {
         checkpoint(&plain_session, chk.path()),
     )
     .await;
-    let end = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
+    let end = end_of_all(&mut s).await;
     assert_eq!(s.read(None, &end).await.unwrap(), vec![batch.clone()]);
 
     // Explicit: a subset, reordered.
@@ -732,11 +712,7 @@ async fn vanished_file_is_an_error() {
     let session = SessionContext::new();
     let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
     let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
-    let end = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
+    let end = end_of_all(&mut s).await;
     std::fs::remove_file(data.path().join("gone.json")).unwrap();
     let err = s.read(None, &end).await.unwrap_err().to_string();
     assert!(
@@ -817,11 +793,7 @@ async fn works_on_memory_store() {
         .dir();
     let mut s = open(&source, &session, chk.clone()).await;
     assert_eq!(s.description(), "FileSource[json: memory:///in]");
-    let first = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
+    let first = end_of_all(&mut s).await;
     assert_eq!(ids(&s.read(None, &first).await.unwrap()), vec![0, 1]);
 
     // "Rename" the hidden file into place.
@@ -975,11 +947,7 @@ async fn a_row_group_too_big_for_one_partition_is_read_as_row_ranges() {
     let source = FileSource::parquet(data.path().to_str().unwrap());
     let chk = tempfile::tempdir().unwrap();
     let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
-    let end = s
-        .latest_offset(None, ReadLimit::All)
-        .await
-        .unwrap()
-        .unwrap();
+    let end = end_of_all(&mut s).await;
     let BatchInput::Partitions(parts) = s.read_input(None, &end, 4).await.unwrap() else {
         panic!("a parquet batch is read as partitions");
     };
