@@ -143,12 +143,13 @@ fn parquet_runs(rows: &[Vec<u64>], n: usize) -> Vec<Vec<Slice>> {
                 };
                 let room = end_of_run.saturating_sub(placed);
                 let left = len - start;
-                let take = if left <= room
-                    || (room < MIN_RANGE_ROWS || left - room < MIN_RANGE_ROWS) && 2 * room >= left
-                {
+                let take = if left <= room {
                     left
                 } else if room >= MIN_RANGE_ROWS && left - room >= MIN_RANGE_ROWS {
+                    // The boundary falls inside the group: cut it there.
                     room
+                } else if 2 * room >= left {
+                    left
                 } else {
                     0
                 };
