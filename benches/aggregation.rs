@@ -727,33 +727,38 @@ fn flush_file_writes() {
     let _ = std::process::Command::new("sync").status();
 }
 
-/// The state store's data files from version `from` on
-/// (`<dir>/<partition>/<version>[-<tag>].<delta|snapshot>`): how many of
-/// each kind and their MiB.
+/// The state store's data files from version `from` on (`<dir>/<version>.delta`,
+/// `<dir>/<partition>/<version>-<tag>.snapshot`): how many of each kind and
+/// their MiB.
 fn state_files(dir: &std::path::Path, from: u64) -> String {
     let (mut deltas, mut snapshots) = ((0, 0u64), (0, 0u64));
-    for partition in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        for file in std::fs::read_dir(partition.path())
+    let files_in = |dir: &std::path::Path| {
+        std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
-        {
-            let name = file.file_name().to_string_lossy().into_owned();
-            let Some((stem, kind)) = name.split_once('.') else {
-                continue;
-            };
-            let version = stem.split('-').next().and_then(|v| v.parse::<u64>().ok());
-            if version.is_none_or(|v| v < from) {
-                continue;
-            }
-            let len = file.metadata().map_or(0, |m| m.len());
-            let slot = match kind {
-                "delta" => &mut deltas,
-                "snapshot" => &mut snapshots,
-                _ => continue,
-            };
-            *slot = (slot.0 + 1, slot.1 + len);
+            .collect::<Vec<_>>()
+    };
+    let partition_dirs = files_in(dir).into_iter().filter(|e| e.path().is_dir());
+    let files = files_in(dir)
+        .into_iter()
+        .chain(partition_dirs.flat_map(|d| files_in(&d.path())));
+    for file in files {
+        let name = file.file_name().to_string_lossy().into_owned();
+        let Some((stem, kind)) = name.split_once('.') else {
+            continue;
+        };
+        let version = stem.split('-').next().and_then(|v| v.parse::<u64>().ok());
+        if version.is_none_or(|v| v < from) {
+            continue;
         }
+        let len = file.metadata().map_or(0, |m| m.len());
+        let slot = match kind {
+            "delta" => &mut deltas,
+            "snapshot" => &mut snapshots,
+            _ => continue,
+        };
+        *slot = (slot.0 + 1, slot.1 + len);
     }
     let mib = |bytes: u64| bytes as f64 / 1048576.0;
     format!(

@@ -1,10 +1,13 @@
 //! A directory of checkpoint files on an object store.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, path::Path};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, path::Path,
+};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{Result, StateError, envelope};
@@ -64,7 +67,7 @@ impl CheckpointDir {
     ) -> Result<()> {
         let path = self.path(name);
         let bytes = envelope::encode(&path, kind, version, body)?;
-        self.put_bytes(&path, bytes.into(), PutMode::Create).await
+        self.put_bytes(&path, bytes, PutMode::Create).await
     }
 
     /// Writes `body` as file `name`, atomically replacing any previous one.
@@ -77,8 +80,7 @@ impl CheckpointDir {
     ) -> Result<()> {
         let path = self.path(name);
         let bytes = envelope::encode(&path, kind, version, body)?;
-        self.put_bytes(&path, bytes.into(), PutMode::Overwrite)
-            .await
+        self.put_bytes(&path, bytes, PutMode::Overwrite).await
     }
 
     /// Reads and validates file `name`; `Ok(None)` if it does not exist.
@@ -156,17 +158,20 @@ impl CheckpointDir {
         Ok(())
     }
 
-    /// Writes raw bytes at `path` with the given put mode.
-    pub async fn put_bytes(&self, path: &Path, bytes: Bytes, mode: PutMode) -> Result<()> {
+    /// Writes raw bytes at `path` with the given put mode: one buffer
+    /// ([`Bytes`]) or several written one after the other (a
+    /// [`PutPayload`] collected from them).
+    pub async fn put_bytes(
+        &self,
+        path: &Path,
+        bytes: impl Into<PutPayload>,
+        mode: PutMode,
+    ) -> Result<()> {
         let opts = PutOptions {
             mode,
             ..Default::default()
         };
-        match self
-            .store
-            .put_opts(path, PutPayload::from(bytes), opts)
-            .await
-        {
+        match self.store.put_opts(path, bytes.into(), opts).await {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
                 Err(StateError::AlreadyExists { path: path.clone() })
@@ -187,6 +192,37 @@ impl CheckpointDir {
         match self.store.get(path).await {
             Ok(result) => result.bytes().await.map(Some).map_err(io),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(io(source)),
+        }
+    }
+
+    /// Reads bytes `range` of the file at `path`, with the file's whole
+    /// length; `Ok(None)` if there is no such file. A file that ends before
+    /// `range` does gives fewer bytes (none if it ends before the range
+    /// starts): the caller compares the length.
+    pub async fn get_range(&self, path: &Path, range: Range<u64>) -> Result<Option<(Bytes, u64)>> {
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(range.clone())),
+            ..Default::default()
+        };
+        match self.store.get_opts(path, opts).await {
+            Ok(result) => {
+                let len = result.meta.size;
+                result.bytes().await.map(|b| Some((b, len))).map_err(io)
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            // A range starting at or past the end: say how long the file
+            // is instead.
+            Err(source) if range.end > range.start => match self.store.head(path).await {
+                Ok(meta) if meta.size <= range.start => Ok(Some((Bytes::new(), meta.size))),
+                Ok(_) => Err(io(source)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(_) => Err(io(source)),
+            },
             Err(source) => Err(io(source)),
         }
     }

@@ -1,23 +1,29 @@
 //! The data files of a state store: per-partition deltas and snapshots,
 //! written as Arrow IPC files.
 //!
-//! A partition's files live in `<dir>/<partition>/`:
+//! - `<dir>/<version>.delta`: the changes of `version`, one part per
+//!   partition with changes, the parts one after the other. Each part is
+//!   a whole Arrow IPC file of its own: the keys of the partition that
+//!   changed in `version`, with their new value, or a null value for a
+//!   removed key. The commit file records where each part starts.
+//!   (Stores written before deltas were shared have one delta file per
+//!   partition instead, `<dir>/<partition>/<version>.delta`; they are
+//!   still read.)
+//! - `<dir>/<partition>/<version>-<tag>.snapshot` (or
+//!   `<version>.snapshot`): the whole content of the partition as of
+//!   `version` (never a null value). A snapshot written in the background
+//!   carries a tag (16 hex digits) unique to the store instance that wrote
+//!   it, so two runs compacting the same version never write the same
+//!   file.
 //!
-//! - `<version>.delta`: the keys of the partition that changed in
-//!   `version`, with their new value, or a null value for a removed key;
-//! - `<version>.snapshot` or `<version>-<tag>.snapshot`: the whole
-//!   content of the partition as of `version` (never a null value). A
-//!   snapshot written in the background carries a tag (16 hex digits)
-//!   unique to the store instance that wrote it, so two runs compacting
-//!   the same version never write the same file.
-//!
-//! Both have the columns `key: Binary` (non-null), `value: Binary`
+//! Both kinds of IPC file have the columns `key: Binary` (non-null), `value: Binary`
 //! (nullable) and `expires_at_ms: Int64` (nullable), one row per key in no
 //! particular order, and carry in their schema metadata the format version, the kind of file,
 //! the partition and the version, so a file that was moved or copied to the
 //! wrong name is caught instead of being replayed.
 
 use std::io::Cursor;
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, BinaryArray, BinaryBuilder, Int64Array, Int64Builder, RecordBatch};
@@ -108,14 +114,38 @@ pub(crate) struct Row<'a> {
     pub expires_at_ms: Option<i64>,
 }
 
-/// What identifies a data file: its path (for messages), kind, partition
-/// and version.
+/// What identifies a data file: where it is (for messages), kind,
+/// partition and version.
 #[derive(Debug, Clone)]
 pub(crate) struct FileId {
     pub path: Path,
+    /// For a part of a version's shared delta file: its bytes in the file.
+    pub part: Option<Range<u64>>,
     pub kind: FileKind,
     pub partition: usize,
     pub version: u64,
+}
+
+impl FileId {
+    /// `reason`, prefixed with which part of the file it concerns when the
+    /// file is shared by several partitions.
+    pub(crate) fn describe(&self, reason: impl std::fmt::Display) -> String {
+        match &self.part {
+            None => reason.to_string(),
+            Some(bytes) => format!(
+                "partition {}'s part (bytes {}..{}): {reason}",
+                self.partition, bytes.start, bytes.end
+            ),
+        }
+    }
+
+    /// A [`StateError::Corrupt`] naming this file (and part) and `reason`.
+    pub(crate) fn corrupt(&self, reason: impl std::fmt::Display) -> StateError {
+        StateError::Corrupt {
+            path: self.path.clone(),
+            reason: self.describe(reason),
+        }
+    }
 }
 
 fn file_schema(id: &FileId) -> SchemaRef {
@@ -207,10 +237,7 @@ pub(crate) fn decode(id: &FileId, bytes: &[u8], mut apply: impl FnMut(Row<'_>)) 
 
 /// The record batches of a data file, checked as [`decode`] checks them.
 pub(crate) fn read(id: &FileId, bytes: &[u8]) -> Result<Vec<Columns>> {
-    let corrupt = |reason: String| StateError::Corrupt {
-        path: id.path.clone(),
-        reason,
-    };
+    let corrupt = |reason: String| id.corrupt(reason);
     let reader = FileReader::try_new(Cursor::new(bytes), None)
         .map_err(|e| corrupt(format!("not a readable Arrow IPC file ({e})")))?;
     check_schema(id, &reader.schema())?;
@@ -283,17 +310,17 @@ fn check_schema(id: &FileId, schema: &Schema) -> Result<()> {
     let Some(format) = meta(META_FORMAT_VERSION) else {
         return Err(StateError::Incompatible {
             path: id.path.clone(),
-            reason: format!(
+            reason: id.describe(format_args!(
                 "not a Tidemill state file: its schema metadata has no '{META_FORMAT_VERSION}'"
-            ),
+            )),
         });
     };
     if format != FORMAT_VERSION.to_string() {
         return Err(StateError::Incompatible {
             path: id.path.clone(),
-            reason: format!(
+            reason: id.describe(format_args!(
                 "format version {format} is not supported (this build reads version {FORMAT_VERSION})"
-            ),
+            )),
         });
     }
     let expected = file_schema(id);
@@ -304,9 +331,7 @@ fn check_schema(id: &FileId, schema: &Schema) -> Result<()> {
         Some(id.version.to_string()),
     );
     if found.0 != wanted.0 || found.1 != wanted.1.as_deref() || found.2 != wanted.2.as_deref() {
-        return Err(StateError::Corrupt {
-            path: id.path.clone(),
-            reason: format!(
+        return Err(id.corrupt(format_args!(
                 "holds the {} of partition {} at version {}, expected the {} of partition {} at version {}",
                 found.0.unwrap_or("?"),
                 found.1.unwrap_or("?"),
@@ -314,21 +339,17 @@ fn check_schema(id: &FileId, schema: &Schema) -> Result<()> {
                 id.kind.as_str(),
                 id.partition,
                 id.version
-            ),
-        });
+        )));
     }
     if schema.fields() != expected.fields() {
-        return Err(StateError::Corrupt {
-            path: id.path.clone(),
-            reason: format!(
-                "unexpected columns {:?} (expected key: Binary, value: Binary, expires_at_ms: Int64)",
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| format!("{}: {}", f.name(), f.data_type()))
-                    .collect::<Vec<_>>()
-            ),
-        });
+        return Err(id.corrupt(format_args!(
+            "unexpected columns {:?} (expected key: Binary, value: Binary, expires_at_ms: Int64)",
+            schema
+                .fields()
+                .iter()
+                .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+        )));
     }
     Ok(())
 }
@@ -340,6 +361,7 @@ mod tests {
     fn id(kind: FileKind) -> FileId {
         FileId {
             path: Path::from("chk/state/3/7.delta"),
+            part: None,
             kind,
             partition: 3,
             version: 7,

@@ -13,9 +13,10 @@ use std::collections::{HashMap, HashSet};
 use super::files::FileKind;
 use super::manifest::PartitionChain;
 
-/// A data file: partition, version, kind and (for a snapshot) the tag of
-/// the store instance that wrote it.
-pub(crate) type FileKey = (usize, u64, FileKind, Option<u64>);
+/// A data file: the partition whose directory holds it (`None` for a
+/// version's shared delta file, in the store's directory), version, kind
+/// and (for a snapshot) the tag of the store instance that wrote it.
+pub(crate) type FileKey = (Option<usize>, u64, FileKind, Option<u64>);
 
 /// For every file listed by a version in `from..=` the store's version, the
 /// newest such version that lists it.
@@ -73,9 +74,14 @@ impl Listings {
 /// The key of every file of `chains`.
 pub(crate) fn keys(chains: &[PartitionChain]) -> impl Iterator<Item = FileKey> + '_ {
     chains.iter().enumerate().flat_map(|(p, chain)| {
-        chain
-            .files()
-            .map(move |(kind, file)| (p, file.version, kind, file.tag))
+        chain.files().map(move |(kind, file)| {
+            (
+                file.offset.is_none().then_some(p),
+                file.version,
+                kind,
+                file.tag,
+            )
+        })
     })
 }
 
@@ -90,7 +96,13 @@ mod tests {
                 tag: Some(9),
                 ..file(v)
             }),
-            deltas: deltas.iter().copied().map(file).collect(),
+            deltas: deltas
+                .iter()
+                .map(|&v| FileRef {
+                    offset: Some(0),
+                    ..file(v)
+                })
+                .collect(),
             live_rows: 1,
         }
     }
@@ -108,23 +120,24 @@ mod tests {
             v.sort();
             v
         };
-        let delta = |v| (0, v, FileKind::Delta, None);
-        let snapshot = (0, 3, FileKind::Snapshot, Some(9));
+        // Shared delta files belong to no partition's directory.
+        let delta = |v| (None, v, FileKind::Delta, None);
+        let snapshot = (Some(0), 3, FileKind::Snapshot, Some(9));
         assert_eq!(
             needed(&listings, 3),
-            vec![delta(1), delta(2), delta(3), snapshot, delta(4)]
+            vec![delta(1), delta(2), delta(3), delta(4), snapshot]
         );
-        assert_eq!(needed(&listings, 4), vec![snapshot, delta(4)]);
+        assert_eq!(needed(&listings, 4), vec![delta(4), snapshot]);
 
         listings.forget_before(4);
         assert_eq!(listings.from(), 4);
-        assert_eq!(needed(&listings, 0), vec![snapshot, delta(4)]);
+        assert_eq!(needed(&listings, 0), vec![delta(4), snapshot]);
         // An older version read back widens the record again.
         listings.record(2, &[chain(None, &[1, 2])]);
         assert_eq!(listings.from(), 2);
         assert_eq!(
             needed(&listings, 2),
-            vec![delta(1), delta(2), snapshot, delta(4)]
+            vec![delta(1), delta(2), delta(4), snapshot]
         );
     }
 }

@@ -101,6 +101,13 @@ pub(crate) struct FileRef {
     /// background (see [`FileKind::file_name`](super::files::FileKind::file_name)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<u64>,
+    /// For a delta written as a part of its version's shared delta file
+    /// (`<version>.delta` in the store's directory): where its bytes start
+    /// in that file. `None` for a file of its own: a snapshot, or a delta
+    /// of a store written before deltas were shared
+    /// (`<partition>/<version>.delta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 /// The files that make up one partition at one version.
@@ -279,6 +286,7 @@ pub(crate) mod tests {
             bytes: 10,
             crc32: 7,
             tag: None,
+            offset: None,
         }
     }
 

@@ -31,8 +31,9 @@ pub struct StateCommitMetrics {
     pub rows_updated: u64,
     /// Keys removed in this version.
     pub rows_removed: u64,
-    /// Delta files written (one per partition with changes).
-    pub delta_files: usize,
+    /// Partitions whose changes were written: each is a part of the
+    /// version's one delta file.
+    pub partitions_written: usize,
     /// Snapshots written in the background since the previous commit that
     /// this version's partitions start from (replacing their older
     /// snapshot and deltas).
@@ -40,7 +41,7 @@ pub struct StateCommitMetrics {
     /// Background snapshots started after this commit (partitions whose
     /// chain of deltas reached the snapshot interval).
     pub snapshots_started: usize,
-    /// Bytes of delta files written (the commit file and background
+    /// Bytes of the delta file written (the commit file and background
     /// snapshots not included).
     pub bytes_written: u64,
     /// Wall-clock duration of the commit, in milliseconds.

@@ -4,13 +4,15 @@
 //!   committing the next version, purging old files.
 //! - [`partition`]: one hash partition in memory ([`StatePartition`]) and
 //!   the stable key-to-partition hash ([`partition_for_key`]).
-//! - [`files`]: the Arrow IPC delta and snapshot files.
+//! - [`files`]: the Arrow IPC delta and snapshot files; [`fetch`]: where
+//!   they live and reading them back checked.
 //! - [`manifest`]: the JSON `_metadata` and per-version commit files.
 //! - [`schema`]: the key/value layout ([`StateSchema`]) and how a change of
 //!   it is described.
 //! - [`config`], [`metrics`]: settings and reported figures.
 
 mod config;
+mod fetch;
 mod files;
 mod listings;
 mod maintenance;
@@ -31,7 +33,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, future::try_join_all, stream};
-use object_store::PutMode;
+use object_store::{PutMode, PutPayload};
 
 pub use config::StateStoreConfig;
 pub use metrics::{StateCommitMetrics, StateMetrics};
@@ -39,6 +41,7 @@ pub use partition::{StateEntry, StatePartition, partition_for_key};
 pub use schema::StateSchema;
 
 use crate::{CheckpointDir, Result, StateError};
+use fetch::{fetch_all, locate, shared_delta_path};
 use files::{FileId, FileKind};
 use listings::Listings;
 use manifest::{
@@ -46,7 +49,7 @@ use manifest::{
     parse_commit_file_name, read_commit, write_commit,
 };
 
-/// Data files fetched at once while loading a version.
+/// Commit files read at once by a purge.
 const LOAD_CONCURRENCY: usize = 32;
 /// Loading decodes partitions on several threads from this many bytes on.
 const PARALLEL_LOAD_BYTES: u64 = 4 * 1024 * 1024;
@@ -96,15 +99,18 @@ const PROBE_AHEAD_REFRESH: usize = 64;
 ///                             and deltas that make up this version, with their
 ///                             sizes and CRC-32s; written last, so a version
 ///                             exists once its commit file does
-/// <partition>/<v>.delta       Arrow IPC: the keys of the partition changed in v
-///                             (a null value for a removed key)
+/// <v>.delta                   the changes of v: for each partition with changes,
+///                             an Arrow IPC file of its changed keys (a null value
+///                             for a removed key), one after the other; the commit
+///                             file records where each starts
 /// <partition>/<v>-<tag>.snapshot
 ///                             Arrow IPC: the whole partition as of v, written in
 ///                             the background by the store instance tagged <tag>
 /// ```
 ///
-/// A commit writes one delta per partition *with changes*, so its cost
-/// grows with the changed keys, not with the state. Snapshots are written
+/// A commit writes one delta file holding the partitions *with changes*,
+/// so its cost grows with the changed keys, not with the state, and its
+/// number of files stays one whatever the partition count. Snapshots are written
 /// off the commit path: once a partition's chain holds
 /// [`snapshot_interval`](StateStoreConfig::snapshot_interval) deltas (and,
 /// for a partition that has a snapshot, rows worth rewriting it for), a
@@ -121,9 +127,11 @@ const PROBE_AHEAD_REFRESH: usize = 64;
 /// maintenance task does the same.) An error of a background snapshot
 /// fails the next commit.
 ///
-/// Loading reads one commit file and exactly the data files it lists; a
+/// Loading reads one commit file and exactly the data files it lists (of
+/// a shared delta file, the span of the parts it needs, in one read); a
 /// missing, truncated or altered file is reported as
-/// [`StateError::Corrupt`] naming the file.
+/// [`StateError::Corrupt`] naming the file (and the partition whose part
+/// is damaged).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -524,9 +532,11 @@ impl StateStore {
     /// Makes the changes since the last commit durable as version
     /// `version() + 1` and moves the store to that version.
     ///
-    /// Each partition with changes writes a delta, all in parallel; a
-    /// partition without changes writes nothing. The commit file is written
-    /// last. Snapshots finished in the background since the last commit are
+    /// Each partition with changes is encoded as a delta, all in
+    /// parallel, and the deltas are written one after the other as the
+    /// version's delta file; a partition without changes writes nothing,
+    /// and a version without changes no delta file. The commit file is
+    /// written last. Snapshots finished in the background since the last commit are
     /// listed in place of the files they replace, and partitions whose
     /// chain has grown to the snapshot interval start a new one. Files left
     /// for the same version by a crashed attempt are overwritten. On error
@@ -540,12 +550,20 @@ impl StateStore {
         let (mut rows_updated, mut rows_removed) = (0, 0);
         let mut jobs = Vec::new();
         let mut work_rows = 0;
+        let delta_path = shared_delta_path(&self.dir, version);
         for (p, part) in self.partitions.iter().enumerate() {
             let (updated, removed) = part.change_counts();
             (rows_updated, rows_removed) = (rows_updated + updated, rows_removed + removed);
             if updated + removed > 0 {
                 work_rows += (updated + removed) as usize;
-                jobs.push((part, file_id(&self.dir, p, FileKind::Delta, version, None)));
+                let id = FileId {
+                    path: delta_path.clone(),
+                    part: None,
+                    kind: FileKind::Delta,
+                    partition: p,
+                    version,
+                };
+                jobs.push((part, id));
             }
         }
         let encoded =
@@ -563,17 +581,22 @@ impl StateStore {
             snapshots_adopted,
             ..Default::default()
         };
-        for (id, bytes, rows) in &encoded {
+        // One file for the version: the partitions' parts one after the
+        // other.
+        let mut parts = Vec::with_capacity(encoded.len());
+        for (id, bytes, rows) in encoded {
             let file = FileRef {
                 version,
-                rows: *rows,
+                rows,
                 bytes: bytes.len() as u64,
-                crc32: crc32fast::hash(bytes),
+                crc32: crc32fast::hash(&bytes),
                 tag: None,
+                offset: Some(metrics.bytes_written),
             };
             chains[id.partition].deltas.push(file);
-            metrics.delta_files += 1;
+            metrics.partitions_written += 1;
             metrics.bytes_written += file.bytes;
+            parts.push(bytes);
         }
         for (chain, part) in chains.iter_mut().zip(&self.partitions) {
             chain.live_rows = part.len() as u64;
@@ -583,11 +606,15 @@ impl StateStore {
             }
         }
 
-        try_join_all(encoded.iter().map(|(id, bytes, _)| {
+        if !parts.is_empty() {
             self.dir
-                .put_bytes(&id.path, bytes.clone(), PutMode::Overwrite)
-        }))
-        .await?;
+                .put_bytes(
+                    &delta_path,
+                    PutPayload::from_iter(parts),
+                    PutMode::Overwrite,
+                )
+                .await?;
+        }
         write_commit(&self.dir, version, &chains).await?;
         self.listings().record(version, &chains);
 
@@ -623,13 +650,7 @@ impl StateStore {
             if !due || busy {
                 continue;
             }
-            let id = file_id(
-                &self.dir,
-                p,
-                FileKind::Snapshot,
-                self.version,
-                Some(self.tag),
-            );
+            let id = snapshot_id(&self.dir, p, self.version, self.tag);
             let task = runtime.spawn(snapshot(
                 self.dir.clone(),
                 id.clone(),
@@ -754,17 +775,30 @@ impl StateStore {
         for (_, chains) in unrecorded.iter().filter(|(v, _)| *v > self.version) {
             needed.extend(listings::keys(chains));
         }
-        needed.extend(
-            self.compactions
-                .iter()
-                .map(|c| (c.partition, c.version, FileKind::Snapshot, Some(self.tag))),
-        );
+        needed.extend(self.compactions.iter().map(|c| {
+            (
+                Some(c.partition),
+                c.version,
+                FileKind::Snapshot,
+                Some(self.tag),
+            )
+        }));
         // Commit files first: a version is then either loadable or clearly
         // gone, never listing files that were deleted.
         let mut deleted = 0;
         for v in versions.into_iter().filter(|v| *v < keep) {
             self.dir.delete(&commit_file_name(v)).await?;
             deleted += 1;
+        }
+        // The versions' shared delta files, then the partitions' own files.
+        for name in &names {
+            let Some((version, kind, tag)) = FileKind::parse_file_name(name) else {
+                continue;
+            };
+            if version <= keep && !needed.contains(&(None, version, kind, tag)) {
+                self.dir.delete(name).await?;
+                deleted += 1;
+            }
         }
         let needed = &needed;
         let per_partition = try_join_all((0..num_partitions).map(|p| {
@@ -775,7 +809,7 @@ impl StateStore {
                     let Some((version, kind, tag)) = FileKind::parse_file_name(&name) else {
                         continue;
                     };
-                    if version <= keep && !needed.contains(&(p, version, kind, tag)) {
+                    if version <= keep && !needed.contains(&(Some(p), version, kind, tag)) {
                         dir.delete(&name).await?;
                         deleted += 1;
                     }
@@ -824,20 +858,15 @@ async fn check_metadata(dir: &CheckpointDir, wanted: &StoreMetadata, version: u6
     found.check_compatible(wanted, &path)
 }
 
-/// The identity of partition `partition`'s data file of `kind` for
-/// `version`.
-fn file_id(
-    dir: &CheckpointDir,
-    partition: usize,
-    kind: FileKind,
-    version: u64,
-    tag: Option<u64>,
-) -> FileId {
+/// The identity of the snapshot of partition `partition` at `version`
+/// written by the store instance tagged `tag`.
+fn snapshot_id(dir: &CheckpointDir, partition: usize, version: u64, tag: u64) -> FileId {
     FileId {
         path: dir
             .child(&partition.to_string())
-            .path(&kind.file_name(version, tag)),
-        kind,
+            .path(&FileKind::Snapshot.file_name(version, Some(tag))),
+        part: None,
+        kind: FileKind::Snapshot,
         partition,
         version,
     }
@@ -887,12 +916,16 @@ async fn snapshot(
     urgent: bool,
 ) -> Result<FileRef> {
     let commit_name = commit_file_name(id.version);
-    let mut inputs = Vec::new();
-    for (kind, file) in chain.files() {
-        let input = file_id(&dir, id.partition, kind, file.version, file.tag);
-        let bytes = fetch(&dir, &input, file, &commit_name).await?;
-        inputs.push((input, *file, bytes));
-    }
+    let wanted: Vec<(FileId, FileRef)> = chain
+        .files()
+        .map(|(kind, file)| (locate(&dir, id.partition, kind, file), *file))
+        .collect();
+    let fetched = fetch_all(&dir, &wanted, &commit_name).await?;
+    let inputs: Vec<(FileId, FileRef, Bytes)> = wanted
+        .into_iter()
+        .zip(fetched)
+        .map(|((input, file), bytes)| (input, file, bytes))
+        .collect();
     let merge_id = id.clone();
     let commit_path = dir.path(&commit_name);
     let merge = move || merge_chain(&merge_id, &inputs, chain.live_rows, &commit_path);
@@ -911,6 +944,7 @@ async fn snapshot(
         bytes: bytes.len() as u64,
         crc32: crc32fast::hash(&bytes),
         tag: file_tag(&id),
+        offset: None,
     };
     dir.put_bytes(&id.path, bytes, PutMode::Overwrite).await?;
     Ok(file)
@@ -938,13 +972,10 @@ fn merge_chain(
         let batches = files::read(input, bytes)?;
         let rows: u64 = batches.iter().map(|b| b.len() as u64).sum();
         if rows != file.rows {
-            return Err(StateError::Corrupt {
-                path: input.path.clone(),
-                reason: format!(
-                    "holds {rows} rows, but {commit_name} recorded {}",
-                    file.rows
-                ),
-            });
+            return Err(input.corrupt(format!(
+                "holds {rows} rows, but {commit_name} recorded {}",
+                file.rows
+            )));
         }
         read.push((input.kind, batches));
     }
@@ -1014,25 +1045,15 @@ async fn load_partitions(
         .flat_map(|(p, chain)| {
             chain
                 .files()
-                .map(move |(kind, file)| (file_id(dir, p, kind, file.version, file.tag), *file))
+                .map(move |(kind, file)| (locate(dir, p, kind, file), *file))
         })
         .collect();
-    let fetched: Vec<(FileId, FileRef, Bytes)> = stream::iter(wanted)
-        .map(|(id, file)| {
-            let commit_name = &commit_name;
-            async move {
-                let bytes = fetch(dir, &id, &file, commit_name).await?;
-                Ok::<_, StateError>((id, file, bytes))
-            }
-        })
-        .buffered(LOAD_CONCURRENCY)
-        .try_collect()
-        .await?;
-    let total_bytes: u64 = fetched.iter().map(|(_, file, _)| file.bytes).sum();
+    let fetched = fetch_all(dir, &wanted, &commit_name).await?;
+    let total_bytes: u64 = wanted.iter().map(|(_, file)| file.bytes).sum();
     let mut per_partition: Vec<Vec<(FileId, FileRef, Bytes)>> =
         (0..num_partitions).map(|_| Vec::new()).collect();
-    for item in fetched {
-        per_partition[item.0.partition].push(item);
+    for ((id, file), bytes) in wanted.into_iter().zip(fetched) {
+        per_partition[id.partition].push((id, file, bytes));
     }
     let jobs: Vec<_> = per_partition.into_iter().enumerate().collect();
     parallel::map_parallel(jobs, total_bytes >= PARALLEL_LOAD_BYTES, |(p, files)| {
@@ -1041,10 +1062,10 @@ async fn load_partitions(
         for (id, file, bytes) in files {
             let rows = files::decode(&id, &bytes, |row| part.apply_loaded(row))?;
             if rows != file.rows {
-                return Err(StateError::Corrupt {
-                    path: id.path,
-                    reason: format!("holds {rows} rows, but {commit_name} recorded {}", file.rows),
-                });
+                return Err(id.corrupt(format!(
+                    "holds {rows} rows, but {commit_name} recorded {}",
+                    file.rows
+                )));
             }
         }
         if part.len() as u64 != chains[p].live_rows {
@@ -1061,43 +1082,4 @@ async fn load_partitions(
     })
     .into_iter()
     .collect()
-}
-
-/// Reads a data file and checks it against its record in the commit file.
-async fn fetch(
-    dir: &CheckpointDir,
-    id: &FileId,
-    file: &FileRef,
-    commit_name: &str,
-) -> Result<Bytes> {
-    let corrupt = |reason: String| StateError::Corrupt {
-        path: id.path.clone(),
-        reason,
-    };
-    let Some(bytes) = dir.get_bytes(&id.path).await? else {
-        return Err(corrupt(format!(
-            "missing, but listed by {commit_name} (deleted or lost?)"
-        )));
-    };
-    let len = bytes.len() as u64;
-    if len < file.bytes {
-        return Err(corrupt(format!(
-            "truncated: {len} bytes, but {commit_name} recorded {}",
-            file.bytes
-        )));
-    }
-    if len > file.bytes {
-        return Err(corrupt(format!(
-            "{len} bytes, but {commit_name} recorded {} (overwritten by another run?)",
-            file.bytes
-        )));
-    }
-    let crc = crc32fast::hash(&bytes);
-    if crc != file.crc32 {
-        return Err(corrupt(format!(
-            "checksum mismatch (recorded {:08x} in {commit_name}, computed {crc:08x})",
-            file.crc32
-        )));
-    }
-    Ok(bytes)
 }

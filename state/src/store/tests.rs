@@ -458,9 +458,8 @@ fn old_files_at_or_below(files: &[String], keep: u64) -> Vec<String> {
     files
         .iter()
         .filter(|f| {
-            f.split_once('/')
-                .and_then(|(_, name)| FileKind::parse_file_name(name))
-                .is_some_and(|(v, _, _)| v <= keep)
+            let name = f.rsplit('/').next().unwrap_or(f);
+            FileKind::parse_file_name(name).is_some_and(|(v, _, _)| v <= keep)
         })
         .cloned()
         .collect()
@@ -479,7 +478,9 @@ async fn listed_at_or_below(
         let chains = read_commit(dir, version, num_partitions).await.unwrap();
         for (p, chain) in chains.iter().enumerate() {
             for (kind, file) in chain.files().filter(|(_, f)| f.version <= keep) {
-                listed.insert(format!("{p}/{}", kind.file_name(file.version, file.tag)));
+                let path = fetch::locate(dir, p, kind, file).path;
+                let prefix = format!("{}/", dir.root());
+                listed.insert(path.as_ref().strip_prefix(&prefix).unwrap().to_string());
             }
         }
     }
@@ -545,8 +546,10 @@ async fn purge_on_local_disk() {
 /// 2, waiting for the background snapshots after the first three commits:
 /// partition 0 snapshots version 2 (listed from version 3 on), partition 1
 /// version 3 (listed from 4 on), so version 4 is made of
-/// `0/2-<tag>.snapshot, 0/3.delta, 0/4.delta, 1/3-<tag>.snapshot,
-/// 1/4.delta`. Returns the two snapshots' names.
+/// `0/2-<tag>.snapshot`, partition 0's parts of `3.delta` and `4.delta`,
+/// `1/3-<tag>.snapshot` and partition 1's part of `4.delta` (each delta
+/// file holds partition 0's part, then partition 1's). Returns the two
+/// snapshots' names.
 async fn damaged_setup() -> (CheckpointDir, StateStoreConfig, [String; 2]) {
     let dir = memory_dir();
     let config = config(2, 2);
@@ -591,13 +594,7 @@ async fn damaged_setup() -> (CheckpointDir, StateStoreConfig, [String; 2]) {
             .clone()
     };
     let snapshots = [snapshot(0, 2), snapshot(1, 3)];
-    for f in [
-        &snapshots[0],
-        "0/3.delta",
-        "0/4.delta",
-        &snapshots[1],
-        "1/4.delta",
-    ] {
+    for f in [&snapshots[0], "3.delta", "4.delta", &snapshots[1]] {
         assert!(files.contains(&f.to_string()), "{files:?}");
     }
     assert!(open(&dir, config, 4).await.is_ok());
@@ -610,7 +607,7 @@ async fn damage(dir: &CheckpointDir, name: &str, f: impl FnOnce(Vec<u8>) -> Vec<
         None => dir.path(name),
     };
     let bytes = dir.get_bytes(&path).await.unwrap().unwrap();
-    dir.put_bytes(&path, f(bytes.to_vec()).into(), PutMode::Overwrite)
+    dir.put_bytes(&path, f(bytes.to_vec()), PutMode::Overwrite)
         .await
         .unwrap();
 }
@@ -630,28 +627,60 @@ async fn expect_corrupt(
 
 #[tokio::test]
 async fn a_truncated_delta_snapshot_or_commit_file_is_named() {
-    for (which, needle) in [(0, "truncated"), (1, "truncated"), (2, "truncated")] {
+    for which in 0..3 {
         let (dir, config, snapshots) = damaged_setup().await;
-        let name = match which {
-            0 => "0/3.delta",
-            1 => &snapshots[0],
-            _ => "4.commit",
+        let (name, keep, part) = match which {
+            // Into partition 0's part, which version 4 needs.
+            0 => ("3.delta", 1, "partition 0's part"),
+            1 => (snapshots[0].as_str(), 2, ""),
+            _ => ("4.commit", 2, ""),
         };
         damage(&dir, name, |mut b| {
-            b.truncate(b.len() * 2 / 3);
+            b.truncate(b.len() * keep / 4);
             b
         })
         .await;
-        expect_corrupt(&dir, config, 4, &[&format!("chk/state/0/{name}"), needle]).await;
+        expect_corrupt(
+            &dir,
+            config,
+            4,
+            &[&format!("chk/state/0/{name}"), part, "truncated"],
+        )
+        .await;
     }
+}
+
+#[tokio::test]
+async fn a_version_reads_only_its_parts_of_a_shared_delta_file() {
+    // Version 4 needs partition 0's part of 3.delta but not partition 1's
+    // (partition 1 starts from its snapshot of version 3).
+    let (dir, config, _) = damaged_setup().await;
+    damage(&dir, "3.delta", |mut b| {
+        let last = b.len() - 1;
+        b[last] ^= 0x55;
+        b
+    })
+    .await;
+    open(&dir, config, 4).await.unwrap();
+    expect_corrupt(
+        &dir,
+        config,
+        3,
+        &[
+            "chk/state/0/3.delta",
+            "partition 1's part",
+            "checksum mismatch",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn an_altered_or_lost_data_file_is_named() {
     let (dir, config, _) = damaged_setup().await;
-    damage(&dir, "1/4.delta", |mut b| {
-        let mid = b.len() / 2;
-        b[mid] ^= 0x55;
+    damage(&dir, "4.delta", |mut b| {
+        let at = b.len() * 3 / 4;
+        b[at] ^= 0x55;
         b
     })
     .await;
@@ -659,7 +688,11 @@ async fn an_altered_or_lost_data_file_is_named() {
         &dir,
         config,
         4,
-        &["chk/state/0/1/4.delta", "checksum mismatch"],
+        &[
+            "chk/state/0/4.delta",
+            "partition 1's part",
+            "checksum mismatch",
+        ],
     )
     .await;
     // Version 3 does not need that file.
@@ -759,18 +792,19 @@ async fn a_commit_touching_one_key_writes_one_delta_file() {
         store.put(&i.to_be_bytes(), &[7; 100]);
     }
     let first = store.commit().await.unwrap();
-    assert_eq!((first.delta_files, first.snapshots_started), (8, 0));
+    assert_eq!((first.partitions_written, first.snapshots_started), (8, 0));
+    // One delta file for all eight partitions.
+    assert_eq!(all_files(&dir).await, ["1.commit", "1.delta", "_metadata"]);
 
     let before = all_files(&dir).await;
     store.put(&5u32.to_be_bytes(), b"new");
     let metrics = store.commit().await.unwrap();
     let after = all_files(&dir).await;
     let new: Vec<&String> = after.iter().filter(|f| !before.contains(f)).collect();
-    let p = partition_for_key(&5u32.to_be_bytes(), 8);
-    assert_eq!(new, vec![&"2.commit".to_string(), &format!("{p}/2.delta")]);
+    assert_eq!(new, ["2.commit", "2.delta"]);
     assert_eq!(
         (
-            metrics.delta_files,
+            metrics.partitions_written,
             metrics.snapshots_started,
             metrics.rows_updated
         ),
@@ -788,6 +822,50 @@ async fn a_commit_touching_one_key_writes_one_delta_file() {
     let new: Vec<&String> = after.iter().filter(|f| !before.contains(f)).collect();
     assert_eq!(new, vec![&"3.commit".to_string()]);
     assert_eq!(open(&dir, config, 3).await.unwrap().len(), 1000);
+}
+
+#[tokio::test]
+async fn deltas_written_one_file_per_partition_are_still_read() {
+    // Stores written before deltas were shared have one delta file per
+    // partition, `<partition>/<version>.delta`, listed without an offset.
+    let dir = memory_dir();
+    let config = config(4, 100);
+    let mut models = build_history(&dir, config, 3).await;
+    for version in 1..=3 {
+        let mut chains = read_commit(&dir, version, 4).await.unwrap();
+        for (p, chain) in chains.iter_mut().enumerate() {
+            for delta in &mut chain.deltas {
+                let offset = delta.offset.take().unwrap();
+                let shared = fetch::shared_delta_path(&dir, delta.version);
+                let bytes = dir.get_bytes(&shared).await.unwrap().unwrap();
+                let own = bytes.slice(offset as usize..(offset + delta.bytes) as usize);
+                let path = dir
+                    .child(&p.to_string())
+                    .path(&format!("{}.delta", delta.version));
+                dir.put_bytes(&path, own, PutMode::Overwrite).await.unwrap();
+            }
+        }
+        write_commit(&dir, version, &chains).await.unwrap();
+    }
+    for version in 1..=3 {
+        dir.delete(&format!("{version}.delta")).await.unwrap();
+    }
+    for version in 1..=3 {
+        let store = open(&dir, config, version).await.unwrap();
+        assert_matches(&store, &models[version as usize], &format!("v{version}"));
+    }
+    // A version on top mixes both layouts, and purging keeps what it needs.
+    let mut store = open(&dir, config, 3).await.unwrap();
+    let mut model = models[3].clone();
+    store.put(b"new", b"1");
+    model.insert(b"new".to_vec(), (b"1".to_vec(), None));
+    store.commit().await.unwrap();
+    models.push(model);
+    store.purge(4).await.unwrap();
+    let files = all_files(&dir).await;
+    assert!(files.contains(&"4.delta".to_string()), "{files:?}");
+    assert!(files.contains(&"0/1.delta".to_string()), "{files:?}");
+    assert_matches(&open(&dir, config, 4).await.unwrap(), &models[4], "v4");
 }
 
 #[tokio::test]
@@ -848,7 +926,7 @@ async fn large_partitions_round_trip_through_parallel_encoding() {
         store.put(&i.to_be_bytes(), &i.to_le_bytes());
     }
     let metrics = store.commit().await.unwrap();
-    assert_eq!(metrics.delta_files, 4);
+    assert_eq!(metrics.partitions_written, 4);
     assert_eq!(metrics.snapshots_started, 4);
     assert_eq!(store.finish_snapshots().await.unwrap(), 4);
     store.put(&1u32.to_be_bytes(), b"one");
@@ -927,7 +1005,7 @@ async fn a_failed_background_snapshot_fails_the_next_commit_naming_the_file() {
     store.put(b"a", b"1");
     store.commit().await.unwrap();
     // Damaged before the snapshot of version 2 reads it.
-    damage(&dir, "0/1.delta", |mut b| {
+    damage(&dir, "1.delta", |mut b| {
         b.truncate(b.len() / 2);
         b
     })
@@ -935,10 +1013,10 @@ async fn a_failed_background_snapshot_fails_the_next_commit_naming_the_file() {
     store.put(b"a", b"2");
     assert_eq!(store.commit().await.unwrap().snapshots_started, 1);
     let err = store.finish_snapshots().await.unwrap_err();
-    assert!(err.to_string().contains("chk/state/0/0/1.delta"), "{err}");
+    assert!(err.to_string().contains("chk/state/0/1.delta"), "{err}");
     store.put(b"a", b"3");
     let err = store.commit().await.unwrap_err();
-    assert!(err.to_string().contains("chk/state/0/0/1.delta"), "{err}");
+    assert!(err.to_string().contains("chk/state/0/1.delta"), "{err}");
     assert!(err.to_string().contains("truncated"), "{err}");
 }
 
