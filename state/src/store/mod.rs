@@ -438,8 +438,8 @@ impl StateStore {
         self.partitions[p].remove_key(key)
     }
 
-    /// All live entries: partition by partition, and by key bytes within a
-    /// partition. Entries past their expiry that were not removed by
+    /// All live entries: partition by partition, in no particular order
+    /// within one. Entries past their expiry that were not removed by
     /// [`remove_expired`](StateStore::remove_expired) yet are included.
     pub fn iter(&self) -> impl Iterator<Item = StateEntry<'_>> + '_ {
         self.partitions.iter().flat_map(StatePartition::iter)

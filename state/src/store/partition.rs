@@ -6,9 +6,10 @@
 //! states are; else in one allocation), so a lookup costs one hash and
 //! (usually) one probe whatever the partition's size.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::BuildHasher;
+use std::ops::Range;
 
 use foldhash::fast::FixedState;
 use hashbrown::HashTable;
@@ -17,12 +18,9 @@ use super::files::Row;
 use super::probe_ahead::ProbeAhead;
 use super::table_alloc::TableAlloc;
 
-/// Estimated bytes an expiry index record costs beyond its key's
-/// allocation (tree node share and the record itself).
-const EXPIRY_OVERHEAD: usize = 48;
-/// Estimated bytes a changed-key record costs beyond its key's allocation
-/// and its share of the table.
-const CHANGE_OVERHEAD: usize = 8;
+/// Estimated bytes an expiry index record costs (the record and its share
+/// of a tree node).
+const EXPIRY_OVERHEAD: usize = 32;
 
 /// Bytes the allocator takes for a heap block of `len` bytes (a common
 /// malloc: 8 bytes of header, rounded up to 16, at least 32).
@@ -179,20 +177,18 @@ impl Slot {
     }
 }
 
-/// A key changed since the last commit.
+/// A key changed since the last commit. Its bytes (and its value's) are
+/// in the partition's change arena, so recording a change allocates
+/// nothing once the arena has grown to a batch's size.
 struct Change {
+    /// The key's [`hash_key`].
+    hash: u64,
+    /// The key in the arena.
+    key: Range<usize>,
     /// Whether the key existed at the last committed version.
     existed: bool,
-    /// Its value and expiry now; `None` if removed.
-    now: Option<(Box<[u8]>, Option<i64>)>,
-}
-
-impl Change {
-    fn heap_bytes(&self) -> usize {
-        self.now
-            .as_ref()
-            .map_or(0, |(value, _)| heap_bytes(value.len()))
-    }
+    /// Its value (in the arena) and expiry now; `None` if removed.
+    now: Option<(Range<usize>, Option<i64>)>,
 }
 
 /// One hash partition of a [`StateStore`](super::StateStore).
@@ -229,13 +225,17 @@ pub struct StatePartition {
     /// Keys changed since the last commit, with what the delta records for
     /// them: a commit encodes its delta from here without probing the
     /// (much larger) entry table.
-    changed: HashMap<Box<[u8]>, Change, FixedState>,
-    /// `(expires_at_ms, key)` of every entry with a time to live.
-    expiry: BTreeSet<(i64, Box<[u8]>)>,
+    changed: HashTable<Change>,
+    /// The bytes of the changed keys and their values, back to back.
+    change_arena: Vec<u8>,
+    /// How many entries expire at each `(expires_at_ms, key hash)`: the
+    /// entries with a time to live, indexed without a copy of their keys
+    /// (two keys of one hash and expiry share a record).
+    expiry: BTreeMap<(i64, u64), u32>,
+    /// Entries with a time to live.
+    expiring: usize,
     /// Heap bytes of the entries' slots.
     entry_bytes: usize,
-    changed_bytes: usize,
-    expiry_bytes: usize,
 }
 
 impl fmt::Debug for StatePartition {
@@ -255,11 +255,11 @@ impl StatePartition {
             id,
             num_partitions,
             entries: HashTable::new_in(TableAlloc::default()),
-            changed: HashMap::default(),
-            expiry: BTreeSet::new(),
+            changed: HashTable::new(),
+            change_arena: Vec::new(),
+            expiry: BTreeMap::new(),
+            expiring: 0,
             entry_bytes: 0,
-            changed_bytes: 0,
-            expiry_bytes: 0,
         }
     }
 
@@ -355,7 +355,8 @@ impl StatePartition {
     }
 
     /// Removes every entry whose `expires_at_ms <= now_ms` and returns them
-    /// as `(key, value)` pairs, earliest expiry first (ties by key bytes).
+    /// as `(key, value)` pairs, earliest expiry first (ties in a fixed
+    /// order: by key hash).
     ///
     /// This is how an operator finalizes state: e.g. a windowed aggregation
     /// gives its windows the window end as expiry and emits what this
@@ -363,36 +364,66 @@ impl StatePartition {
     /// expired entries, not in the size of the partition.
     pub fn take_expired(&mut self, now_ms: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut taken = Vec::new();
-        self.drain_expired(now_ms, |key, value| taken.push((key.to_vec(), value)));
+        self.drain_expired(now_ms, |key, value| {
+            taken.push((key.to_vec(), value.to_vec()))
+        });
         taken
     }
 
     /// The earliest expiry of any entry, if an entry has one.
     pub fn next_expiry(&self) -> Option<i64> {
-        self.expiry.first().map(|(at, _)| *at)
+        self.expiry.first_key_value().map(|((at, _), _)| *at)
     }
 
     /// How many entries have an expiry.
     pub(crate) fn expiring(&self) -> usize {
-        self.expiry.len()
+        self.expiring
     }
 
-    fn drain_expired(&mut self, now_ms: i64, mut visit: impl FnMut(&[u8], Vec<u8>)) {
-        while self.expiry.first().is_some_and(|(at, _)| *at <= now_ms) {
-            let Some((_, key)) = self.expiry.pop_first() else {
+    /// Removes the entries due at `now_ms`, earliest first (ties by key
+    /// hash), handing each to `visit`.
+    fn drain_expired(&mut self, now_ms: i64, mut visit: impl FnMut(&[u8], &[u8])) {
+        while let Some(record) = self.expiry.first_entry() {
+            let (at, hash) = *record.key();
+            if at > now_ms {
                 break;
-            };
-            self.expiry_bytes -= heap_bytes(key.len()) + EXPIRY_OVERHEAD;
-            if let Ok(found) = self
-                .entries
-                .find_entry(hash_key(&key), |slot| slot.key() == &key[..])
-            {
-                let (slot, _) = found.remove();
-                self.entry_bytes -= slot.heap_bytes();
-                visit(&key, slot.value().to_vec());
             }
-            self.note_change(&key, true, None);
+            let count = record.remove();
+            for _ in 0..count {
+                let due =
+                    |slot: &Slot| slot.expires_at_ms == Some(at) && hash_key(slot.key()) == hash;
+                let Ok(found) = self.entries.find_entry(hash, due) else {
+                    debug_assert!(false, "an expiry record without its entry");
+                    break;
+                };
+                let (slot, _) = found.remove();
+                self.expiring -= 1;
+                self.entry_bytes -= slot.heap_bytes();
+                visit(slot.key(), slot.value());
+                self.note_change(hash, slot.key(), true, None);
+            }
         }
+    }
+
+    /// Indexes an entry of `hash` expiring at `at`.
+    fn index_expiry(&mut self, at: i64, hash: u64) {
+        *self.expiry.entry((at, hash)).or_insert(0) += 1;
+        self.expiring += 1;
+    }
+
+    /// Drops an entry of `hash` expiring at `at` from the expiry index.
+    fn unindex_expiry(&mut self, at: i64, hash: u64) {
+        match self.expiry.get_mut(&(at, hash)) {
+            Some(1) => {
+                self.expiry.remove(&(at, hash));
+            }
+            Some(count) => *count -= 1,
+            None => {
+                debug_assert!(false, "entry with a TTL missing from the expiry index");
+                return;
+            }
+        }
+        self.expiring -= 1;
     }
 
     /// Estimated bytes held in memory by this partition: the entry table
@@ -401,9 +432,9 @@ impl StatePartition {
     pub fn memory_bytes(&self) -> usize {
         self.entries.allocation_size()
             + self.entry_bytes
-            + self.expiry_bytes
-            + self.changed.capacity() * (std::mem::size_of::<(Box<[u8]>, Change)>() + 1)
-            + self.changed_bytes
+            + self.expiry.len() * EXPIRY_OVERHEAD
+            + self.changed.allocation_size()
+            + self.change_arena.capacity()
     }
 
     /// Whether the partition has changes not committed yet (a key added and
@@ -448,12 +479,10 @@ impl StatePartition {
                 let old = std::mem::replace(&mut slot.expires_at_ms, expires_at_ms);
                 if old != expires_at_ms {
                     if let Some(at) = old {
-                        self.expiry.remove(&(at, Box::from(key)));
-                        self.expiry_bytes -= heap_bytes(key.len()) + EXPIRY_OVERHEAD;
+                        self.unindex_expiry(at, hash);
                     }
                     if let Some(at) = expires_at_ms {
-                        self.expiry.insert((at, Box::from(key)));
-                        self.expiry_bytes += heap_bytes(key.len()) + EXPIRY_OVERHEAD;
+                        self.index_expiry(at, hash);
                     }
                 }
                 true
@@ -463,38 +492,37 @@ impl StatePartition {
                 false
             }
         };
-        self.note_change(key, existed, Some((value, expires_at_ms)));
+        self.note_change(hash, key, existed, Some((value, expires_at_ms)));
     }
 
     /// Removes `key` without checking that it belongs here.
     pub(crate) fn remove_key(&mut self, key: &[u8]) -> bool {
-        let Some(slot) = self.take_slot(key) else {
+        let hash = hash_key(key);
+        if !self.take_slot(hash, key) {
             return false;
-        };
-        if let Some(at) = slot.expires_at_ms {
-            let indexed = self.expiry.remove(&(at, Box::from(key)));
-            debug_assert!(indexed, "entry with a TTL missing from the expiry index");
-            self.expiry_bytes -= heap_bytes(key.len()) + EXPIRY_OVERHEAD;
         }
-        self.note_change(key, true, None);
+        self.note_change(hash, key, true, None);
         true
     }
 
-    fn take_slot(&mut self, key: &[u8]) -> Option<Slot> {
-        let found = self
-            .entries
-            .find_entry(hash_key(key), |slot| slot.key() == key)
-            .ok()?;
+    /// Removes the entry of `key` (whose hash is `hash`) and its expiry
+    /// record; returns whether there was one.
+    fn take_slot(&mut self, hash: u64, key: &[u8]) -> bool {
+        let Ok(found) = self.entries.find_entry(hash, |slot| slot.key() == key) else {
+            return false;
+        };
         let (slot, _) = found.remove();
         self.entry_bytes -= slot.heap_bytes();
-        Some(slot)
+        if let Some(at) = slot.expires_at_ms {
+            self.unindex_expiry(at, hash);
+        }
+        true
     }
 
     fn insert_new(&mut self, hash: u64, slot: Slot) {
         self.entry_bytes += slot.heap_bytes();
         if let Some(at) = slot.expires_at_ms {
-            self.expiry_bytes += heap_bytes(slot.key_len as usize) + EXPIRY_OVERHEAD;
-            self.expiry.insert((at, Box::from(slot.key())));
+            self.index_expiry(at, hash);
         }
         self.entries
             .insert_unique(hash, slot, |slot| hash_key(slot.key()));
@@ -502,21 +530,10 @@ impl StatePartition {
 
     /// Applies one row of a data file while loading: no change is recorded.
     pub(crate) fn apply_loaded(&mut self, row: Row<'_>) {
-        self.discard_loaded(row.key);
+        let hash = hash_key(row.key);
+        self.take_slot(hash, row.key);
         if let Some(value) = row.value {
-            self.insert_new(
-                hash_key(row.key),
-                Slot::new(row.key, value, row.expires_at_ms),
-            );
-        }
-    }
-
-    fn discard_loaded(&mut self, key: &[u8]) {
-        if let Some(slot) = self.take_slot(key)
-            && let Some(at) = slot.expires_at_ms
-        {
-            self.expiry.remove(&(at, Box::from(key)));
-            self.expiry_bytes -= heap_bytes(key.len()) + EXPIRY_OVERHEAD;
+            self.insert_new(hash, Slot::new(row.key, value, row.expires_at_ms));
         }
     }
 
@@ -530,12 +547,13 @@ impl StatePartition {
     /// The rows of the delta for the uncommitted changes, in no particular
     /// order.
     pub(crate) fn changes(&self) -> impl Iterator<Item = Row<'_>> + '_ {
-        self.changed
-            .iter()
-            .filter_map(|(key, change)| match &change.now {
+        let arena = &self.change_arena;
+        self.changed.iter().filter_map(move |change| {
+            let key = &arena[change.key.clone()];
+            match &change.now {
                 Some((value, expires_at_ms)) => Some(Row {
                     key,
-                    value: Some(value),
+                    value: Some(&arena[value.clone()]),
                     expires_at_ms: *expires_at_ms,
                 }),
                 None if change.existed => Some(Row {
@@ -544,12 +562,13 @@ impl StatePartition {
                     expires_at_ms: None,
                 }),
                 None => None,
-            })
+            }
+        })
     }
 
     /// `(updated, removed)` keys among the uncommitted changes.
     pub(crate) fn change_counts(&self) -> (u64, u64) {
-        self.changed.values().fold((0, 0), |(u, r), change| {
+        self.changed.iter().fold((0, 0), |(u, r), change| {
             match (&change.now, change.existed) {
                 (Some(_), _) => (u + 1, r),
                 (None, true) => (u, r + 1),
@@ -560,32 +579,66 @@ impl StatePartition {
 
     /// Forgets the change records once they are committed.
     pub(crate) fn clear_changes(&mut self) {
-        // Keep the table for the next batch unless a big one left it huge.
+        // Keep the table and arena for the next batch unless a big one
+        // left them huge.
         if self.changed.capacity() > 1 << 16 {
-            self.changed = HashMap::default();
+            self.changed = HashTable::new();
         } else {
             self.changed.clear();
         }
-        self.changed_bytes = 0;
+        if self.change_arena.capacity() > 1 << 24 {
+            self.change_arena = Vec::new();
+        } else {
+            self.change_arena.clear();
+        }
     }
 
-    /// Records that `key` (which `existed` before this change) now has
-    /// `now` (`None`: removed).
-    fn note_change(&mut self, key: &[u8], existed: bool, now: Option<(&[u8], Option<i64>)>) {
-        let now = now.map(|(value, at)| (Box::from(value), at));
-        match self.changed.get_mut(key) {
-            Some(change) => {
-                self.changed_bytes -= change.heap_bytes();
-                change.now = now;
-                self.changed_bytes += change.heap_bytes();
-            }
+    /// Records that `key` (whose hash is `hash`, and which `existed` before
+    /// this change) now has `now` (`None`: removed).
+    fn note_change(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        existed: bool,
+        now: Option<(&[u8], Option<i64>)>,
+    ) {
+        let arena = &mut self.change_arena;
+        let found = self
+            .changed
+            .find_mut(hash, |c| c.hash == hash && arena[c.key.clone()] == *key);
+        let previous = found
+            .as_ref()
+            .and_then(|c| c.now.as_ref().map(|(v, _)| v.clone()));
+        let now = now.map(|(value, at)| {
+            // A value of the same length overwrites the previous one.
+            let range = match previous {
+                Some(range) if range.len() == value.len() => range,
+                _ => append(arena, value),
+            };
+            arena[range.clone()].copy_from_slice(value);
+            (range, at)
+        });
+        match found {
+            Some(change) => change.now = now,
             None => {
-                let change = Change { existed, now };
-                self.changed_bytes += heap_bytes(key.len()) + CHANGE_OVERHEAD + change.heap_bytes();
-                self.changed.insert(Box::from(key), change);
+                let key = append(arena, key);
+                let change = Change {
+                    hash,
+                    key,
+                    existed,
+                    now,
+                };
+                self.changed.insert_unique(hash, change, |c| c.hash);
             }
         }
     }
+}
+
+/// Appends `bytes` to `arena`; returns where they are.
+fn append(arena: &mut Vec<u8>, bytes: &[u8]) -> Range<usize> {
+    let start = arena.len();
+    arena.extend_from_slice(bytes);
+    start..arena.len()
 }
 
 #[cfg(test)]
@@ -706,31 +759,26 @@ mod tests {
     fn memory_estimate_counts_entries_and_releases_them() {
         let mut p = StatePartition::new(0, 1);
         let tables = |p: &StatePartition| {
-            p.entries.allocation_size()
-                + p.changed.capacity() * (std::mem::size_of::<(Box<[u8]>, Change)>() + 1)
+            p.entries.allocation_size() + p.changed.allocation_size() + p.change_arena.capacity()
         };
         for i in 0..100u32 {
             let key = i.to_be_bytes();
             p.put_with_ttl(&key, &vec![0; i as usize], i64::from(i));
         }
         // Every entry's block (none for entries short enough to sit in
-        // their slot), its expiry record and its change record (with a
-        // copy of the value).
+        // their slot) and its expiry record; the change records' keys and
+        // values are in the arena.
         let keys_and_values: usize = (0..100)
             .map(|i| match 4 + i {
                 n if n <= INLINE_BYTES => 0,
                 n => heap_bytes(n),
             })
             .sum();
-        let values: usize = (0..100).map(heap_bytes).sum();
         assert_eq!(
             p.memory_bytes(),
-            tables(&p)
-                + keys_and_values
-                + 100 * (heap_bytes(4) + EXPIRY_OVERHEAD)
-                + 100 * (heap_bytes(4) + CHANGE_OVERHEAD)
-                + values
+            tables(&p) + keys_and_values + 100 * EXPIRY_OVERHEAD
         );
+        assert!(p.change_arena.len() >= 100 * 4 + (0..100).sum::<usize>());
         assert!(p.entries.allocation_size() >= 100 * std::mem::size_of::<Slot>());
         for i in 0..50u32 {
             p.put(&i.to_be_bytes(), b"");
@@ -742,6 +790,20 @@ mod tests {
         p.clear_changes();
         assert_eq!(p.memory_bytes(), tables(&p));
         assert!(p.is_empty());
+        assert!(p.expiry.is_empty());
+        assert_eq!(p.expiring(), 0);
+    }
+
+    #[test]
+    fn a_value_changed_again_in_one_version_is_recorded_once() {
+        let mut p = StatePartition::new(0, 1);
+        p.put(b"k", b"aa");
+        p.put(b"k", b"bb"); // same length: in place
+        p.put(b"k", b"ccc"); // longer: appended
+        p.put_with_ttl(b"k", b"dd", 5);
+        assert_eq!(changes(&p), vec![(b"k".to_vec(), Some(b"dd".to_vec()))]);
+        assert_eq!(p.changes().next().unwrap().expires_at_ms, Some(5));
+        assert!(p.change_arena.len() <= 1 + 2 + 3 + 2);
     }
 
     #[cfg(target_arch = "x86_64")]
