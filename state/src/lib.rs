@@ -42,5 +42,5 @@ pub use error::{Result, StateError};
 pub use numbered_log::NumberedLog;
 pub use store::{
     StateCommitMetrics, StateEntry, StateMetrics, StatePartition, StateSchema, StateStore,
-    StateStoreConfig, partition_for_key,
+    StateStoreConfig, TakenEntries, partition_for_key,
 };

@@ -289,7 +289,7 @@ impl AggregateOperator {
                 && seen.insert(all[i])
             {
                 found.push(i as u32);
-                rows.push(value.to_vec());
+                rows.push(value);
             }
         }
         if found.is_empty() {
@@ -358,10 +358,12 @@ impl AggregateOperator {
         };
         inner.dirty = true;
         let entries = inner.store.take_expired(watermark);
-        for (key, _) in &entries {
-            inner.sessions.remove(key);
+        if self.groups_by_session() {
+            for (key, _) in entries.iter() {
+                inner.sessions.remove(key);
+            }
         }
-        self.decode(entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+        self.decode(entries.iter())
     }
 
     /// Every group's state, as rows of the partial schema.

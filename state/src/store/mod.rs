@@ -23,6 +23,7 @@ mod partition;
 mod probe_ahead;
 mod schema;
 mod table_alloc;
+mod taken;
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +40,7 @@ pub use config::StateStoreConfig;
 pub use metrics::{StateCommitMetrics, StateMetrics};
 pub use partition::{StateEntry, StatePartition, partition_for_key};
 pub use schema::StateSchema;
+pub use taken::TakenEntries;
 
 use crate::{CheckpointDir, Result, StateError};
 use fetch::{fetch_all, locate, shared_delta_path};
@@ -57,7 +59,7 @@ const PARALLEL_LOAD_BYTES: u64 = 4 * 1024 * 1024;
 const PARALLEL_COMMIT_ROWS: usize = 64 * 1024;
 /// [`StateStore::get_many`] and [`StateStore::put_many`] work on several
 /// threads from this many keys on.
-const PARALLEL_ACCESS_KEYS: usize = 4096;
+const PARALLEL_ACCESS_KEYS: usize = 2048;
 /// [`StateStore::put_many`] reads the table's layout again after this many
 /// keys (an insert may have grown it).
 const PROBE_AHEAD_REFRESH: usize = 64;
@@ -466,14 +468,14 @@ impl StateStore {
     }
 
     /// Removes every entry whose `expires_at_ms <= now_ms` and returns them
-    /// as `(key, value)` pairs, partition by partition (earliest expiry
+    /// (keys and values), partition by partition (earliest expiry
     /// first within one); recorded as removals of the current version. Costs
     /// time in the number of expired entries, not in the size of the state.
     ///
     /// Partitions with entries due are drained on several threads when
     /// their expiry indexes are large (e.g. a watermark closing the windows
     /// of many groups at once).
-    pub fn take_expired(&mut self, now_ms: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub fn take_expired(&mut self, now_ms: i64) -> TakenEntries {
         let due: Vec<&mut StatePartition> = self
             .partitions
             .iter_mut()
@@ -481,10 +483,18 @@ impl StateStore {
             .collect();
         let parallel = due.len() > 1
             && due.iter().map(|p| p.expiring()).sum::<usize>() >= PARALLEL_ACCESS_KEYS;
-        parallel::map_parallel(due, parallel, |p| p.take_expired(now_ms))
-            .into_iter()
-            .flatten()
-            .collect()
+        let mut taken = parallel::map_parallel(due, parallel, |p| p.take_expired(now_ms));
+        match taken.len() {
+            0 => TakenEntries::default(),
+            1 => taken.swap_remove(0),
+            _ => {
+                let mut all = TakenEntries::default();
+                for part in &taken {
+                    all.append(part);
+                }
+                all
+            }
+        }
     }
 
     /// The earliest expiry of any entry, if an entry has one: the time at

@@ -4,9 +4,10 @@
 use std::sync::Mutex;
 use std::thread;
 
-/// Applies `f` to every item, on up to as many scoped threads as the
-/// machine has cores, and returns the results in the items' order. Runs on
-/// the calling thread when `parallel` is false or there is one item.
+/// Applies `f` to every item, on up to as many threads as the machine has
+/// cores (the calling thread and scoped ones), and returns the results in
+/// the items' order. Runs on the calling thread alone when `parallel` is
+/// false or there is one item.
 ///
 /// A panic in `f` is propagated once every thread has finished.
 pub(crate) fn map_parallel<T: Send, R: Send>(
@@ -23,17 +24,20 @@ pub(crate) fn map_parallel<T: Send, R: Send>(
     let len = items.len();
     let queue = Mutex::new(items.into_iter().enumerate());
     let results = Mutex::new((0..len).map(|_| None).collect::<Vec<Option<R>>>());
-    thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    let next = queue.lock().expect("queue lock").next();
-                    let Some((index, item)) = next else { break };
-                    let result = f(item);
-                    results.lock().expect("results lock")[index] = Some(result);
-                }
-            });
+    let work = || {
+        loop {
+            let next = queue.lock().expect("queue lock").next();
+            let Some((index, item)) = next else { break };
+            let result = f(item);
+            results.lock().expect("results lock")[index] = Some(result);
         }
+    };
+    // The calling thread works too, beside `threads - 1` others.
+    thread::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(work);
+        }
+        work();
     });
     results
         .into_inner()

@@ -17,6 +17,7 @@ use hashbrown::HashTable;
 use super::files::Row;
 use super::probe_ahead::ProbeAhead;
 use super::table_alloc::TableAlloc;
+use super::taken::TakenEntries;
 
 /// Estimated bytes an expiry index record costs (the record and its share
 /// of a tree node).
@@ -355,18 +356,16 @@ impl StatePartition {
     }
 
     /// Removes every entry whose `expires_at_ms <= now_ms` and returns them
-    /// as `(key, value)` pairs, earliest expiry first (ties in a fixed
+    /// (keys and values), earliest expiry first (ties in a fixed
     /// order: by key hash).
     ///
     /// This is how an operator finalizes state: e.g. a windowed aggregation
     /// gives its windows the window end as expiry and emits what this
     /// returns once the watermark passes. Costs time in the number of
     /// expired entries, not in the size of the partition.
-    pub fn take_expired(&mut self, now_ms: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut taken = Vec::new();
-        self.drain_expired(now_ms, |key, value| {
-            taken.push((key.to_vec(), value.to_vec()))
-        });
+    pub fn take_expired(&mut self, now_ms: i64) -> TakenEntries {
+        let mut taken = TakenEntries::default();
+        self.drain_expired(now_ms, |key, value| taken.push(key, value));
         taken
     }
 

@@ -342,7 +342,7 @@ async fn take_expired_returns_what_it_removes_and_next_expiry_tracks_the_earlies
     let mut store = open(&dir, config, 1).await.unwrap();
     assert_eq!(store.next_expiry(), Some(100));
     assert!(store.take_expired(99).is_empty());
-    let mut taken = store.take_expired(150);
+    let mut taken = store.take_expired(150).to_vec();
     taken.sort();
     assert_eq!(
         taken,
@@ -359,7 +359,7 @@ async fn take_expired_returns_what_it_removes_and_next_expiry_tracks_the_earlies
     let mut store = open(&dir, config, 2).await.unwrap();
     assert_eq!(store.len(), 2);
     assert_eq!(
-        store.take_expired(i64::MAX),
+        store.take_expired(i64::MAX).to_vec(),
         vec![(b"w2".to_vec(), b"two".to_vec())]
     );
     assert_eq!(store.next_expiry(), None);
@@ -1144,8 +1144,8 @@ async fn take_expired_returns_each_due_entry_once_earliest_first_per_partition()
         assert_eq!(taken.len(), due, "{n} keys");
         assert_eq!(store.len(), n as usize - due);
         let mut last: Option<(usize, i64)> = None;
-        for (key, value) in &taken {
-            let i = i64::from_be_bytes(key[..].try_into().unwrap());
+        for (key, value) in taken.iter() {
+            let i = i64::from_be_bytes(key.try_into().unwrap());
             assert!(i % 100 <= 49, "{i} was not due");
             assert_eq!(value[..], (i * 2).to_be_bytes());
             assert_eq!(store.get(key), None);
@@ -1159,7 +1159,7 @@ async fn take_expired_returns_each_due_entry_once_earliest_first_per_partition()
             }
             last = Some(at);
         }
-        let mut keys: Vec<&Vec<u8>> = taken.iter().map(|(k, _)| k).collect();
+        let mut keys: Vec<&[u8]> = taken.iter().map(|(k, _)| k).collect();
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), due);
