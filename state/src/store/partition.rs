@@ -609,12 +609,14 @@ impl StatePartition {
             .as_ref()
             .and_then(|c| c.now.as_ref().map(|(v, _)| v.clone()));
         let now = now.map(|(value, at)| {
-            // A value of the same length overwrites the previous one.
             let range = match previous {
-                Some(range) if range.len() == value.len() => range,
+                // A value of the same length overwrites the previous one.
+                Some(range) if range.len() == value.len() => {
+                    arena[range.clone()].copy_from_slice(value);
+                    range
+                }
                 _ => append(arena, value),
             };
-            arena[range.clone()].copy_from_slice(value);
             (range, at)
         });
         match found {
