@@ -119,7 +119,9 @@ async fn fetch_group(
         .map(|i| {
             let (id, file) = &wanted[i];
             let part = id.part.clone().unwrap_or(span.clone());
-            if part.end > file_len {
+            // What was read ends at the file's end or the span's.
+            let read_to = span.start + bytes.len() as u64;
+            if part.end > file_len.min(read_to) {
                 return Err(id.corrupt(format!(
                     "truncated: the file has {file_len} bytes, but {commit_name} recorded this part up to byte {}",
                     part.end
