@@ -739,10 +739,11 @@ fn state_files(dir: &std::path::Path, from: u64) -> String {
             .flatten()
             .collect::<Vec<_>>()
     };
-    let partition_dirs = files_in(dir).into_iter().filter(|e| e.path().is_dir());
-    let files = files_in(dir)
+    let (partition_dirs, top): (Vec<_>, Vec<_>) =
+        files_in(dir).into_iter().partition(|e| e.path().is_dir());
+    let files = top
         .into_iter()
-        .chain(partition_dirs.flat_map(|d| files_in(&d.path())));
+        .chain(partition_dirs.iter().flat_map(|d| files_in(&d.path())));
     for file in files {
         let name = file.file_name().to_string_lossy().into_owned();
         let Some((stem, kind)) = name.split_once('.') else {

@@ -28,23 +28,35 @@ pub(crate) fn locate(
     kind: FileKind,
     file: &FileRef,
 ) -> FileId {
-    let (path, part) = match file.offset {
-        Some(offset) => (
-            shared_delta_path(dir, file.version),
-            Some(offset..offset + file.bytes),
-        ),
-        None => (
-            dir.child(&partition.to_string())
-                .path(&kind.file_name(file.version, file.tag)),
-            None,
-        ),
-    };
+    match file.offset {
+        Some(offset) => FileId {
+            path: shared_delta_path(dir, file.version),
+            part: Some(offset..offset + file.bytes),
+            kind,
+            partition,
+            version: file.version,
+        },
+        None => own_file(dir, partition, kind, file.version, file.tag),
+    }
+}
+
+/// The identity of a data file of its own in partition `partition`'s
+/// directory: `<dir>/<partition>/<version>[-<tag>].<kind>`.
+pub(crate) fn own_file(
+    dir: &CheckpointDir,
+    partition: usize,
+    kind: FileKind,
+    version: u64,
+    tag: Option<u64>,
+) -> FileId {
     FileId {
-        path,
-        part,
+        path: dir
+            .child(&partition.to_string())
+            .path(&kind.file_name(version, tag)),
+        part: None,
         kind,
         partition,
-        version: file.version,
+        version,
     }
 }
 
@@ -76,7 +88,11 @@ pub(crate) async fn fetch_all(
     for (i, bytes) in fetched.into_iter().flatten() {
         out[i] = Some(bytes);
     }
-    Ok(out.into_iter().map(|b| b.unwrap_or_default()).collect())
+    // Every index is in exactly one group.
+    Ok(out
+        .into_iter()
+        .map(|b| b.expect("every wanted file was fetched"))
+        .collect())
 }
 
 /// Reads the entries `group` of `wanted`, all in one file.

@@ -43,7 +43,7 @@ pub use schema::StateSchema;
 pub use taken::TakenEntries;
 
 use crate::{CheckpointDir, Result, StateError};
-use fetch::{fetch_all, locate, shared_delta_path};
+use fetch::{fetch_all, locate, own_file, shared_delta_path};
 use files::{FileId, FileKind};
 use listings::Listings;
 use manifest::{
@@ -660,7 +660,13 @@ impl StateStore {
             if !due || busy {
                 continue;
             }
-            let id = snapshot_id(&self.dir, p, self.version, self.tag);
+            let id = own_file(
+                &self.dir,
+                p,
+                FileKind::Snapshot,
+                self.version,
+                Some(self.tag),
+            );
             let task = runtime.spawn(snapshot(
                 self.dir.clone(),
                 id.clone(),
@@ -866,20 +872,6 @@ async fn check_metadata(dir: &CheckpointDir, wanted: &StoreMetadata, version: u6
         }
     };
     found.check_compatible(wanted, &path)
-}
-
-/// The identity of the snapshot of partition `partition` at `version`
-/// written by the store instance tagged `tag`.
-fn snapshot_id(dir: &CheckpointDir, partition: usize, version: u64, tag: u64) -> FileId {
-    FileId {
-        path: dir
-            .child(&partition.to_string())
-            .path(&FileKind::Snapshot.file_name(version, Some(tag))),
-        part: None,
-        kind: FileKind::Snapshot,
-        partition,
-        version,
-    }
 }
 
 /// A snapshot's rows for each row its deltas must hold before the next
