@@ -348,8 +348,13 @@ fn progress_line(sink: &str, p: &QueryProgress) -> String {
         .iter()
         .map(|s| s.num_rows_dropped_by_watermark)
         .sum();
+    let without_time: u64 = p
+        .state_operators
+        .iter()
+        .map(|s| s.num_rows_without_event_time)
+        .sum();
     format!(
-        "{sink}: batch {} | {} rows in | {:.0} rows/s | {:.1} ms | watermark {} | state {} rows{}{}",
+        "{sink}: batch {} | {} rows in | {:.0} rows/s | {:.1} ms | watermark {} | state {} rows{}{}{}",
         p.batch_id,
         p.num_input_rows,
         p.processed_rows_per_second,
@@ -358,6 +363,11 @@ fn progress_line(sink: &str, p: &QueryProgress) -> String {
         state,
         if late > 0 {
             format!(" | {late} late rows dropped")
+        } else {
+            String::new()
+        },
+        if without_time > 0 {
+            format!(" | {without_time} rows without event time left out")
         } else {
             String::new()
         },

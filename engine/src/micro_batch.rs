@@ -8,6 +8,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::prelude::SessionContext;
+use futures::FutureExt;
 
 use crate::aggregate::{self, AggregateOperator};
 use crate::batch_input::BatchTable;
@@ -308,9 +309,21 @@ impl Runner {
         phases.query_planning = ms(t.elapsed());
         let t = Instant::now();
         let schema = physical.schema();
-        let output = datafusion::physical_plan::collect(physical, self.session.task_ctx())
-            .await
-            .map_err(|e| TidemillError::from_execution(format!("executing batch {batch_id}"), e))?;
+        // A panic inside an operator is a bug, but it fails the batch with
+        // an error naming it, not the process.
+        let output = std::panic::AssertUnwindSafe(datafusion::physical_plan::collect(
+            physical,
+            self.session.task_ctx(),
+        ))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Err(datafusion::error::DataFusionError::Execution(format!(
+                "an operator panicked: {}",
+                crate::error::panic_message(&*panic)
+            )))
+        })
+        .map_err(|e| TidemillError::from_execution(format!("executing batch {batch_id}"), e))?;
         phases.execution = ms(t.elapsed());
         let mut num_input_rows = 0;
         let mut source_progress = Vec::with_capacity(self.sources.len());

@@ -100,6 +100,11 @@ pub struct StateOperatorProgress {
     /// Input rows dropped because the watermark had already closed their
     /// group (sent to the late-rows sink instead, if the query has one).
     pub num_rows_dropped_by_watermark: u64,
+    /// Input rows left out because their event time is null (such a row is
+    /// in no window, as Spark's `window()` has it; sent to the late-rows
+    /// sink too, if the query has one).
+    #[serde(default)]
+    pub num_rows_without_event_time: u64,
 }
 
 /// One source's part in a batch.
@@ -150,12 +155,16 @@ impl QueryProgress {
             self.state_operators
                 .iter()
                 .map(|s| format!(
-                    ", {} state {} rows ({} updated, {} removed, {} late dropped)",
+                    ", {} state {} rows ({} updated, {} removed, {} late dropped{})",
                     s.operator_name,
                     s.num_rows_total,
                     s.num_rows_updated,
                     s.num_rows_removed,
-                    s.num_rows_dropped_by_watermark
+                    s.num_rows_dropped_by_watermark,
+                    match s.num_rows_without_event_time {
+                        0 => String::new(),
+                        n => format!(", {n} without event time"),
+                    }
                 ))
                 .collect::<String>(),
             if self.recovered { " [recovered]" } else { "" },

@@ -254,12 +254,8 @@ impl WatermarkExec {
                 "watermark column '{name}' is not a timestamp"
             )));
         };
-        if column.null_count() > 0 {
-            return Err(DataFusionError::Execution(format!(
-                "watermark column '{name}' has {} null event time(s) in this batch; every row needs an event time",
-                column.null_count()
-            )));
-        }
+        // A null event time is not an error (as Spark): the watermark
+        // ignores it (`max` skips nulls), windows put the row in none.
         let values = arrow::compute::cast(column, &DataType::Int64)?;
         let values = values
             .as_any()

@@ -416,7 +416,9 @@ impl DataStreamWriter {
             let error = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
-                Err(panic) => Some(TidemillError::Internal(panic_message(&panic))),
+                Err(panic) => Some(TidemillError::Internal(crate::error::panic_message(
+                    &*panic,
+                ))),
             };
             task_shared.terminate(error);
         });
@@ -446,12 +448,4 @@ fn prepare(
         .map_err(|e| TidemillError::datafusion("optimizing the streaming query", e))?;
     planner::validate(&optimized, &plan, mode)?;
     Ok((state, plan, optimized))
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
 }

@@ -710,7 +710,8 @@ async fn session_windows_merge_across_batches_and_close_at_their_end() {
                 (Some("B"), 1.0, 100),
             ],
             // 108 bridges them: [100, 125). B's 110 starts exactly at the
-            // end of [100, 110): a new session.
+            // end of [100, 110): the sessions touch and merge, as Spark's
+            // and Flink's do, into [100, 120).
             vec![(Some("A"), 1.0, 108), (Some("B"), 1.0, 110)],
             // Watermark 180: everything above is final.
             vec![(Some("C"), 1.0, 200)],
@@ -722,8 +723,7 @@ async fn session_windows_merge_across_batches_and_close_at_their_end() {
         query.stop().await.unwrap();
         let final_rows = [
             "| A      | 100   | 125 | 3 |",
-            "| B      | 100   | 110 | 1 |",
-            "| B      | 110   | 120 | 1 |",
+            "| B      | 100   | 120 | 2 |",
         ];
         match mode {
             OutputMode::Append => {
@@ -746,7 +746,7 @@ async fn session_windows_merge_across_batches_and_close_at_their_end() {
                     outputs[1]
                 );
                 assert!(
-                    outputs[1].contains(&final_rows[2].to_string()),
+                    outputs[1].contains(&final_rows[1].to_string()),
                     "{:#?}",
                     outputs[1]
                 );
@@ -815,10 +815,10 @@ async fn explain_names_the_stateful_operator_the_watermark_and_the_mode() {
 }
 
 #[tokio::test]
-async fn a_window_over_a_nullable_time_keeps_its_null_window_as_one_group() {
+async fn a_window_over_a_nullable_time_leaves_out_rows_in_no_window() {
     // The watermark is on `event_time`; the window is over `settled_at`,
-    // which may be null: those rows form one group with a null window,
-    // never late, merged across batches through the state.
+    // which may be null: as Spark's `window()`, a null time is in no
+    // window, so those rows are left out (and counted), not grouped.
     let schema = Arc::new(Schema::new(vec![
         Field::new(
             "event_time",
@@ -876,17 +876,83 @@ async fn a_window_over_a_nullable_time_keeps_its_null_window_as_one_group() {
     }
     let last = query.last_progress().unwrap();
     query.stop().await.unwrap();
-    assert_eq!(last.state_operators[0].num_rows_total, 3);
+    assert_eq!(last.state_operators[0].num_rows_total, 2);
+    assert_eq!(last.state_operators[0].num_rows_without_event_time, 1);
     let rows = sorted_rows(&sink.batches());
     assert_eq!(
         rows,
         vec![
-            "|       | true      | 1 |",
-            "|       | true      | 2 |",
             "| 100   | false     | 1 |",
             "| 100   | false     | 2 |",
             "| 110   | false     | 1 |",
         ],
         "{rows:#?}"
     );
+}
+
+/// Spark's complete mode keeps the whole result table: a watermark neither
+/// drops rows behind it nor evicts windows there.
+#[tokio::test]
+async fn complete_mode_with_a_watermark_keeps_late_rows_and_every_window() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let df = per_window(stream_df(&ctx, &stream, Some("5 seconds")).await);
+    let query = start(df, &sink, OutputMode::Complete, dir.path()).await;
+    // Watermark after: 121 - 5 = 116, past the end of [100, 110).
+    stream
+        .push(trades(&[(Some("A"), 1.0, 102), (Some("A"), 2.0, 121)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    stream.push(trades(&[(Some("A"), 3.0, 103)])).unwrap();
+    query.process_all_available().await.unwrap();
+    let progress = query.last_progress().unwrap();
+    assert_eq!(progress.state_operators[0].num_rows_dropped_by_watermark, 0);
+    assert_eq!(progress.state_operators[0].num_rows_total, 2);
+    // A complete-mode memory sink holds the last batch's table.
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        vec![
+            "| 100   | A      | 2 | 4.0   | 1.0 | 3.0  | 2.0  |",
+            "| 120   | A      | 1 | 2.0   | 2.0 | 2.0  | 2.0  |",
+        ]
+    );
+    query.stop().await.unwrap();
+}
+
+/// `distinct()` (SQL `SELECT DISTINCT`) is an aggregation without
+/// aggregate functions: in update mode each batch emits the distinct rows
+/// it touched, as Spark's does.
+#[tokio::test]
+async fn distinct_in_update_mode_emits_the_rows_each_batch_touched() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let df = stream_df(&ctx, &stream, None)
+        .await
+        .select(vec![col("symbol")])
+        .unwrap()
+        .distinct()
+        .unwrap();
+    let query = start(df, &sink, OutputMode::Update, dir.path()).await;
+    stream
+        .push(trades(&[
+            (Some("A"), 1.0, 1),
+            (Some("B"), 1.0, 2),
+            (Some("A"), 1.0, 3),
+        ]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    let first = sink.batches();
+    assert_eq!(sorted_rows(&first), vec!["| A      |", "| B      |"]);
+    stream
+        .push(trades(&[(Some("A"), 1.0, 4), (None, 1.0, 5)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(sink.batch_ids(), vec![0, 1]);
+    let second = sink.batches().split_off(first.len());
+    assert_eq!(sorted_rows(&second), vec!["|        |", "| A      |"]);
+    query.stop().await.unwrap();
 }

@@ -2,6 +2,7 @@
 
 mod aggregation;
 mod aggregation_properties;
+mod aggregation_race;
 mod cli;
 mod cli_input;
 mod common;
@@ -10,6 +11,7 @@ mod connectors;
 mod crash;
 mod engine_semantics;
 mod kafka;
+mod no_panic_properties;
 mod recovery;
 mod retry;
 mod sql_docs;

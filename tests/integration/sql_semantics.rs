@@ -254,6 +254,21 @@ fn complete_mode_running_word_count() {
 }
 
 #[test]
+fn session_windows_merge_when_they_touch() {
+    scenario("session_touching");
+}
+
+#[test]
+fn complete_mode_keeps_rows_behind_the_watermark() {
+    scenario("complete_late");
+}
+
+#[test]
+fn select_distinct_in_update_mode_emits_the_rows_each_batch_touched() {
+    scenario("distinct_update");
+}
+
+#[test]
 fn every_scenario_file_has_a_test() {
     let source = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/sql_semantics.rs"),

@@ -185,8 +185,24 @@ async fn bad_watermark_declarations_are_explained() {
     assert!(err.contains("invalid delay 'soon'"), "{err}");
 }
 
+/// A batch of `(id, event time in seconds or null)`.
+fn with_nulls(rows: &[(i64, Option<i64>)]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(TimestampMillisecondArray::from_iter(
+                rows.iter().map(|r| r.1.map(|s| s * 1000)),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// As Spark: the watermark ignores a null event time and a stateless query
+/// passes the row through; the query goes on.
 #[tokio::test]
-async fn a_null_event_time_fails_the_batch_with_a_clear_error() {
+async fn a_null_event_time_is_passed_through_by_a_stateless_query_and_ignored_by_the_watermark() {
     let ctx = SessionContext::new();
     let stream = MemoryStream::new(schema());
     let df = ctx
@@ -195,24 +211,103 @@ async fn a_null_event_time_fails_the_batch_with_a_clear_error() {
         .unwrap()
         .with_watermark("event_time", "1 minute")
         .unwrap();
-    let query = df
-        .write_stream()
-        .sink(MemorySink::new())
-        .start()
-        .await
+    let sink = MemorySink::new();
+    let query = df.write_stream().sink(sink.clone()).start().await.unwrap();
+    stream
+        .push(with_nulls(&[(1, Some(1000)), (2, None)]))
         .unwrap();
-    let batch = RecordBatch::try_new(
-        schema(),
-        vec![
-            Arc::new(Int64Array::from(vec![1, 2])),
-            Arc::new(TimestampMillisecondArray::from(vec![Some(1000), None])),
-        ],
-    )
-    .unwrap();
-    stream.push(batch).unwrap();
-    let err = query.await_termination().await.unwrap_err().to_string();
-    assert!(
-        err.contains("null event time") && err.contains("event_time"),
-        "{err}"
+    query.process_all_available().await.unwrap();
+    stream.push(with_nulls(&[(3, None)])).unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(
+        sink.batches().iter().map(|b| b.num_rows()).sum::<usize>(),
+        3
     );
+    let progress = query.recent_progress();
+    // Batch 1 ran with the watermark of batch 0's only time, 1000 s - 60 s;
+    // batch 1's null did not move it.
+    assert_eq!(
+        secs(&progress.last().unwrap().event_time.watermark),
+        Some(940)
+    );
+    assert_eq!(progress.last().unwrap().event_time.max, None);
+    query.stop().await.unwrap();
+}
+
+/// As Spark's `window()`: a row with a null event time is in no window, so
+/// a windowed aggregation leaves it out; progress counts it and the
+/// late-rows sink receives it.
+#[tokio::test]
+async fn a_windowed_aggregation_leaves_out_rows_without_event_time_and_counts_them() {
+    use datafusion::functions_aggregate::expr_fn::count;
+    use tidemill::engine::window::tumble;
+    for mode in [OutputMode::Append, OutputMode::Update, OutputMode::Complete] {
+        let ctx = SessionContext::new();
+        let dir = tempfile::tempdir().unwrap();
+        let stream = MemoryStream::new(schema());
+        let df = ctx
+            .read_stream(stream.clone())
+            .await
+            .unwrap()
+            .with_watermark("event_time", "1 second")
+            .unwrap()
+            .aggregate(
+                vec![tumble(col("event_time"), "10 seconds").alias("w")],
+                vec![count(col("id")).alias("n")],
+            )
+            .unwrap()
+            .select(vec![
+                (cast(get_field(col("w"), "start"), DataType::Int64) / lit(1000)).alias("start"),
+                col("n"),
+            ])
+            .unwrap();
+        let (sink, late) = (MemorySink::new(), MemorySink::new());
+        let query = df
+            .write_stream()
+            .sink(sink.clone())
+            .late_rows_sink(late.clone())
+            .output_mode(mode)
+            .checkpoint(dir.path().to_str().unwrap())
+            .start()
+            .await
+            .unwrap();
+        stream
+            .push(with_nulls(&[
+                (1, Some(100)),
+                (2, None),
+                (3, Some(101)),
+                (4, None),
+            ]))
+            .unwrap();
+        query.process_all_available().await.unwrap();
+        let first = query.last_progress().unwrap();
+        assert_eq!(
+            first.state_operators[0].num_rows_without_event_time, 2,
+            "{mode:?}"
+        );
+        assert_eq!(
+            first.state_operators[0].num_rows_dropped_by_watermark, 0,
+            "{mode:?}"
+        );
+        assert!(
+            first.summary().contains("2 without event time"),
+            "{}",
+            first.summary()
+        );
+        // Closes [100, 110) for append mode.
+        stream.push(with_nulls(&[(5, Some(200))])).unwrap();
+        query.process_all_available().await.unwrap();
+        let rows = sorted_rows(&sink.batches());
+        assert!(
+            rows.iter().any(|r| r.replace(' ', "") == "|100|2|"),
+            "{mode:?}: {rows:#?}"
+        );
+        assert!(
+            rows.iter().all(|r| !r.replace(' ', "").starts_with("||")),
+            "no null window: {mode:?}: {rows:#?}"
+        );
+        let late_ids = sorted_rows(&late.batches());
+        assert_eq!(late_ids.len(), 2, "{mode:?}: {late_ids:#?}");
+        query.stop().await.unwrap();
+    }
 }

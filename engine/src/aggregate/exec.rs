@@ -20,9 +20,10 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{FutureExt, StreamExt, TryStreamExt, stream};
 
 use super::late_rows::{InputTally, LateRowsExec};
+use super::operator::Lookup;
 use super::{AggregateLayout, AggregateOperator, StreamingAggregateNode};
 use crate::OutputMode;
 
@@ -82,6 +83,9 @@ impl StreamingAggregateExec {
         .map(|batch| layout.restore_window(batch, keyed))
         .collect::<DFResult<Vec<_>>>()?;
         operator.record_late_rows(tally.take_late()).await;
+        operator
+            .record_rows_without_event_time(tally.take_no_time())
+            .await;
         let with_rows = tally.partitions_with_rows();
         // Without input rows there is no group to change (a global
         // aggregate's first phase still emits its empty state).
@@ -89,7 +93,6 @@ impl StreamingAggregateExec {
             partial.clear();
         }
         partial.retain(|b| b.num_rows() > 0);
-        let several = with_rows > 1;
         // The merged states of the groups this batch changed.
         let mut changed = Vec::new();
         if !partial.is_empty() {
@@ -99,11 +102,17 @@ impl StreamingAggregateExec {
                 // other through them: always re-aggregate.
                 Some(operator.merge_sessions(&partial).await?)
             } else {
-                match operator.lookup(&partial).await? {
-                    Some(stored) => Some(vec![partial.clone(), stored]),
-                    // Groups split over input partitions still merge.
-                    None if several => Some(vec![partial.clone()]),
-                    None => None,
+                // Rows from several partitions merge anyway: no need to
+                // look for repeated groups.
+                let merges_anyway = with_rows > 1;
+                match operator.lookup(&partial, !merges_anyway).await? {
+                    Lookup::Stored(stored) => Some(vec![partial.clone(), stored]),
+                    // A group with several rows (from several partitions,
+                    // or an empty global state beside the real one) still
+                    // merges.
+                    Lookup::NoneStored { repeats: true } => Some(vec![partial.clone()]),
+                    Lookup::NoneStored { .. } if merges_anyway => Some(vec![partial.clone()]),
+                    Lookup::NoneStored { repeats: false } => None,
                 }
             };
             changed = match states {
@@ -125,6 +134,17 @@ impl StreamingAggregateExec {
             OutputMode::Complete => operator.all().await?,
         };
         layout.run(AggregateMode::Final, emit, context).await
+    }
+}
+
+impl StreamingAggregateExec {
+    /// The operator as errors name it.
+    fn layout_name(&self) -> String {
+        format!(
+            "StreamingAggregateExec (the query's streaming aggregation, {} keys, {} aggregates)",
+            self.layout.num_keys,
+            self.layout.aggr_expr.len()
+        )
     }
 }
 
@@ -181,12 +201,22 @@ impl ExecutionPlan for StreamingAggregateExec {
                 "StreamingAggregateExec has one partition, asked for {partition}"
             )));
         }
-        let future = Self::run(
+        let operator = self.layout_name();
+        let future = std::panic::AssertUnwindSafe(Self::run(
             Arc::clone(&self.input),
             Arc::clone(&self.operator),
             Arc::clone(&self.layout),
             context,
-        );
+        ))
+        .catch_unwind()
+        .map(move |outcome| {
+            outcome.unwrap_or_else(|panic| {
+                Err(DataFusionError::Execution(format!(
+                    "{operator} panicked: {}",
+                    crate::error::panic_message(&*panic)
+                )))
+            })
+        });
         let batches = stream::once(future)
             .map_ok(|batches| stream::iter(batches.into_iter().map(Ok)))
             .try_flatten();

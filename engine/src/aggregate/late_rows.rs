@@ -6,10 +6,12 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, AsArray, Int64Array, RecordBatch, RecordBatchOptions, make_array};
+use arrow::array::{
+    Array, AsArray, BooleanArray, Int64Array, RecordBatch, RecordBatchOptions, make_array,
+};
 use arrow::buffer::NullBuffer;
 use arrow::compute::kernels::cmp::lt_eq;
-use arrow::compute::{filter_record_batch, not, prep_null_mask_filter};
+use arrow::compute::{filter_record_batch, not, or, prep_null_mask_filter};
 use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
@@ -19,8 +21,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
 
-use super::EventTimeKey;
 use super::operator::{closing_time, watermark_in_unit};
+use super::{EventTimeKey, EventTimeKind};
 
 /// Which input rows are late: those whose group (the value of the
 /// event-time key) the watermark has already closed. Before the first
@@ -69,18 +71,25 @@ impl LateRowRule {
 
     /// Splits `batch` into the rows to aggregate, with the event-time key's
     /// value appended (schema: [`keyed_schema`](Self::keyed_schema)), so
-    /// the aggregate groups by it without evaluating the key again, and the
-    /// late rows as they came (`None` when there are none).
-    pub fn split(
-        &self,
-        batch: RecordBatch,
-        keyed_schema: &SchemaRef,
-    ) -> DFResult<(RecordBatch, Option<RecordBatch>)> {
+    /// the aggregate groups by it without evaluating the key again; the
+    /// late rows as they came; and the rows without an event time.
+    ///
+    /// A row whose window or session is null (its event time is null) is in
+    /// no window, as Spark's `window()` puts it: it is left out of the
+    /// aggregation, not an error. A null plain event-time key is a group of
+    /// its own, as in Spark, and never late.
+    pub fn split(&self, batch: RecordBatch, keyed_schema: &SchemaRef) -> DFResult<Split> {
         let value = self.expr.evaluate(&batch)?.into_array(batch.num_rows())?;
-        // When the rows' groups close; only needed against a watermark.
-        let closes_at = match self.watermark_ms {
-            Some(watermark_ms) => Some((closing_time(&value, &self.key)?, watermark_ms)),
-            None => None,
+        let closing = closing_time(&value, &self.key)?;
+        // Rows in no window: the window (or its end) is null.
+        let no_time = match self.key.kind {
+            EventTimeKind::Window | EventTimeKind::Session => {
+                let nulls = NullBuffer::union(value.logical_nulls().as_ref(), closing.nulls());
+                nulls
+                    .filter(|n| n.null_count() > 0)
+                    .map(|n| BooleanArray::new(!n.inner(), None))
+            }
+            EventTimeKind::Timestamp => None,
         };
         let mut columns = batch.columns().to_vec();
         match value.as_struct_opt() {
@@ -95,22 +104,56 @@ impl LateRowRule {
         }
         let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         let keyed = RecordBatch::try_new_with_options(Arc::clone(keyed_schema), columns, &options)?;
-        let Some((closes_at, watermark_ms)) = closes_at else {
-            return Ok((keyed, None));
+        // Late: the group closes at or below the watermark (only against a
+        // watermark; a null time never closes).
+        let late = match self.watermark_ms {
+            Some(watermark_ms) => {
+                let bound = Int64Array::new_scalar(watermark_in_unit(watermark_ms, self.key.unit));
+                let late = lt_eq(&closing, &bound)?;
+                let late = match late.null_count() {
+                    0 => late,
+                    _ => prep_null_mask_filter(&late),
+                };
+                (late.true_count() > 0).then_some(late)
+            }
+            None => None,
         };
-        let bound = Int64Array::new_scalar(watermark_in_unit(watermark_ms, self.key.unit));
-        // A null time (no window) never closes: not late.
-        let late = lt_eq(&closes_at, &bound)?;
-        let late = match late.null_count() {
-            0 => late,
-            _ => prep_null_mask_filter(&late),
+        let dropped = match (&late, &no_time) {
+            (None, None) => {
+                return Ok(Split {
+                    kept: keyed,
+                    late: None,
+                    no_time: None,
+                });
+            }
+            (Some(late), None) => late.clone(),
+            (None, Some(no_time)) => no_time.clone(),
+            (Some(late), Some(no_time)) => or(late, no_time)?,
         };
-        if late.true_count() == 0 {
-            return Ok((keyed, None));
-        }
-        let late_rows = filter_record_batch(&batch, &late)?;
-        Ok((filter_record_batch(&keyed, &not(&late)?)?, Some(late_rows)))
+        let pick = |mask: &Option<BooleanArray>| -> DFResult<Option<RecordBatch>> {
+            Ok(match mask {
+                Some(mask) => Some(filter_record_batch(&batch, mask)?),
+                None => None,
+            })
+        };
+        Ok(Split {
+            kept: filter_record_batch(&keyed, &not(&dropped)?)?,
+            late: pick(&late)?,
+            no_time: pick(&no_time)?,
+        })
     }
+}
+
+/// A batch of input split by [`LateRowRule::split`].
+#[derive(Debug)]
+pub(crate) struct Split {
+    /// The rows to aggregate, the key appended.
+    pub kept: RecordBatch,
+    /// The late rows, as they came; `None` when there are none.
+    pub late: Option<RecordBatch>,
+    /// The rows in no window (a null event time), as they came; `None`
+    /// when there are none.
+    pub no_time: Option<RecordBatch>,
 }
 
 /// The column [`LateRowsExec`] appends to the rows it passes on: the value
@@ -131,6 +174,7 @@ pub(crate) const WINDOW_END_COLUMN: &str = "__tidemill_window_end";
 #[derive(Debug)]
 pub(crate) struct InputTally {
     late: Mutex<Vec<RecordBatch>>,
+    no_time: Mutex<Vec<RecordBatch>>,
     kept: Vec<AtomicU64>,
 }
 
@@ -138,6 +182,7 @@ impl InputTally {
     pub fn new(partitions: usize) -> Self {
         Self {
             late: Mutex::new(Vec::new()),
+            no_time: Mutex::new(Vec::new()),
             kept: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -145,6 +190,11 @@ impl InputTally {
     /// The late rows, taken out.
     pub fn take_late(&self) -> Vec<RecordBatch> {
         std::mem::take(&mut *self.late.lock().expect("late rows lock poisoned"))
+    }
+
+    /// The rows in no window (a null event time), taken out.
+    pub fn take_no_time(&self) -> Vec<RecordBatch> {
+        std::mem::take(&mut *self.no_time.lock().expect("rows lock poisoned"))
     }
 
     /// How many input partitions had rows to aggregate.
@@ -256,9 +306,12 @@ impl ExecutionPlan for LateRowsExec {
         let schema = self.schema();
         let keyed_schema = Arc::clone(&schema);
         let batches = self.input.execute(partition, context)?.map(move |batch| {
-            let (kept, late) = match &rule {
-                Some(rule) => rule.split(batch?, &keyed_schema)?,
-                None => (batch?, None),
+            let (kept, late, no_time) = match &rule {
+                Some(rule) => {
+                    let split = rule.split(batch?, &keyed_schema)?;
+                    (split.kept, split.late, split.no_time)
+                }
+                None => (batch?, None, None),
             };
             if let Some(late) = late {
                 tally
@@ -266,6 +319,13 @@ impl ExecutionPlan for LateRowsExec {
                     .lock()
                     .expect("late rows lock poisoned")
                     .push(late);
+            }
+            if let Some(no_time) = no_time {
+                tally
+                    .no_time
+                    .lock()
+                    .expect("rows lock poisoned")
+                    .push(no_time);
             }
             if let Some(n) = tally.kept.get(partition) {
                 n.fetch_add(kept.num_rows() as u64, Ordering::Relaxed);
@@ -337,22 +397,22 @@ mod tests {
     fn before_the_first_watermark_no_row_is_late_and_the_bounds_are_passed_on() {
         let (rule, batch) = rule_and_batch(None);
         let schema = rule.keyed_schema(&batch.schema()).unwrap();
-        let (kept, late) = rule.split(batch, &schema).unwrap();
+        let Split {
+            kept,
+            late,
+            no_time,
+        } = rule.split(batch, &schema).unwrap();
         assert!(late.is_none());
+        // The row without a time is in no window: left out.
+        assert_eq!(millis(&no_time.unwrap(), "t"), [None]);
         assert_eq!(kept.schema(), schema);
         assert_eq!(
             millis(&kept, WINDOW_START_COLUMN),
-            [Some(0), Some(0), Some(60_000), None, Some(120_000)]
+            [Some(0), Some(0), Some(60_000), Some(120_000)]
         );
         assert_eq!(
             millis(&kept, WINDOW_END_COLUMN),
-            [
-                Some(60_000),
-                Some(60_000),
-                Some(120_000),
-                None,
-                Some(180_000)
-            ]
+            [Some(60_000), Some(60_000), Some(120_000), Some(180_000)]
         );
     }
 
@@ -361,12 +421,13 @@ mod tests {
         // The first window ends at 60 000: a watermark there closes it.
         let (rule, batch) = rule_and_batch(Some(60_000));
         let schema = rule.keyed_schema(&batch.schema()).unwrap();
-        let (kept, late) = rule.split(batch, &schema).unwrap();
-        assert_eq!(millis(&late.unwrap(), "t"), [Some(0), Some(59_999)]);
-        assert_eq!(millis(&kept, "t"), [Some(60_000), None, Some(125_000)]);
+        let split = rule.split(batch, &schema).unwrap();
+        assert_eq!(millis(&split.late.unwrap(), "t"), [Some(0), Some(59_999)]);
+        assert_eq!(millis(&split.no_time.unwrap(), "t"), [None]);
+        assert_eq!(millis(&split.kept, "t"), [Some(60_000), Some(125_000)]);
         assert_eq!(
-            millis(&kept, WINDOW_START_COLUMN),
-            [Some(60_000), None, Some(120_000)]
+            millis(&split.kept, WINDOW_START_COLUMN),
+            [Some(60_000), Some(120_000)]
         );
     }
 }

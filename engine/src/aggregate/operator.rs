@@ -42,6 +42,10 @@ struct Inner {
     /// Whether the store holds changes of a batch that did not commit.
     dirty: bool,
     dropped_by_watermark: u64,
+    /// Rows left out for a null event time (in no window).
+    without_event_time: u64,
+    /// The rows for the late-rows side output: late ones, and those
+    /// without an event time.
     late_rows: Vec<RecordBatch>,
     /// For session windows: the stored sessions by owner.
     sessions: SessionIndex,
@@ -101,6 +105,7 @@ impl AggregateOperator {
                 watermark_ms: None,
                 dirty: false,
                 dropped_by_watermark: 0,
+                without_event_time: 0,
                 late_rows: Vec::new(),
                 sessions: SessionIndex::default(),
             }),
@@ -227,6 +232,7 @@ impl AggregateOperator {
         inner.dirty = false;
         inner.watermark_ms = watermark_ms;
         inner.dropped_by_watermark = 0;
+        inner.without_event_time = 0;
         inner.late_rows.clear();
         Ok(())
     }
@@ -239,7 +245,7 @@ impl AggregateOperator {
     /// Whether the watermark `watermark_ms` closes a group the state holds,
     /// so a batch without new data would emit or evict something.
     pub async fn has_closable_state(&self, watermark_ms: Option<i64>) -> bool {
-        let Some(watermark) = watermark_ms else {
+        let Some(watermark) = watermark_ms.filter(|_| self.mode != OutputMode::Complete) else {
             return false;
         };
         let inner = self.inner.lock().await;
@@ -251,7 +257,12 @@ impl AggregateOperator {
     /// without an event-time key.
     pub async fn late_row_rule(&self) -> Option<LateRowRule> {
         let key = self.layout.event_time_key.clone()?;
-        let watermark_ms = self.inner.lock().await.watermark_ms;
+        // Complete mode keeps the whole result table, as Spark's does: the
+        // watermark neither drops late rows nor evicts groups there.
+        let watermark_ms = match self.mode {
+            OutputMode::Complete => None,
+            OutputMode::Append | OutputMode::Update => self.inner.lock().await.watermark_ms,
+        };
         Some(LateRowRule {
             expr: Arc::clone(&self.layout.group_by.expr()[key.index].0),
             key,
@@ -271,17 +282,38 @@ impl AggregateOperator {
         inner.late_rows.extend(late);
     }
 
+    /// Counts the batch's rows without an event time (in no window, so
+    /// left out of the aggregation) and keeps them for
+    /// [`take_late_rows`](Self::take_late_rows).
+    pub async fn record_rows_without_event_time(&self, rows: Vec<RecordBatch>) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock().await;
+        inner.without_event_time += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        inner.late_rows.extend(rows);
+    }
+
     /// The stored states of the groups in `partial` (the batch's partial
     /// aggregate, where a group may have several rows), once per group, as
-    /// rows of the partial schema.
-    pub async fn lookup(&self, partial: &RecordBatch) -> DFResult<Option<RecordBatch>> {
+    /// rows of the partial schema; and, when no group is stored and
+    /// `check_repeats` is set, whether a group has more than one row in
+    /// `partial` (`repeats` is `false` when not checked).
+    ///
+    /// Rows of one group must merge before they are stored, or the last
+    /// would overwrite the others. A group repeats when it came from
+    /// several input partitions, when an aggregation without `GROUP BY`
+    /// emitted its empty state from a partition without rows, and also
+    /// within one partition: DataFusion's partial aggregate may pass rows
+    /// through unmerged (it skips aggregating high-cardinality input) or
+    /// emit its groups early under memory pressure.
+    pub async fn lookup(&self, partial: &RecordBatch, check_repeats: bool) -> DFResult<Lookup> {
         let inner = self.inner.lock().await;
         let keys = self.encode_keys(partial)?;
         let parser = self.values.parser();
         let mut found = Vec::new();
         let mut rows = Vec::new();
-        // A group may have a row per input partition: its stored state is
-        // taken once.
+        // A group may have several rows: its stored state is taken once.
         let mut seen = HashSet::with_hasher(foldhash::fast::RandomState::default());
         let all: Vec<&[u8]> = (0..partial.num_rows()).map(|i| keys.get(i)).collect();
         for (i, value) in inner.store.get_many(&all).into_iter().enumerate() {
@@ -293,7 +325,18 @@ impl AggregateOperator {
             }
         }
         if found.is_empty() {
-            return Ok(None);
+            let repeats = match keys {
+                _ if !check_repeats => false,
+                Keys::Global(n) => n > 1,
+                Keys::Rows(_) => {
+                    let mut distinct = HashSet::with_capacity_and_hasher(
+                        all.len(),
+                        foldhash::fast::RandomState::default(),
+                    );
+                    !all.iter().all(|key| distinct.insert(*key))
+                }
+            };
+            return Ok(Lookup::NoneStored { repeats });
         }
         let indices = UInt32Array::from(found);
         let mut columns = Vec::with_capacity(partial.num_columns());
@@ -304,7 +347,7 @@ impl AggregateOperator {
             self.values
                 .convert_rows(rows.iter().map(|r| parser.parse(r)))?,
         );
-        Ok(Some(RecordBatch::try_new(
+        Ok(Lookup::Stored(RecordBatch::try_new(
             Arc::clone(&self.layout.partial_schema),
             columns,
         )?))
@@ -317,7 +360,18 @@ impl AggregateOperator {
         let num_keys = self.layout.num_keys;
         for batch in merged {
             let keys = self.encode_keys(batch)?;
-            let values = self.values.convert_columns(&batch.columns()[num_keys..])?;
+            // An aggregation without aggregate functions (`SELECT
+            // DISTINCT`) keeps its keys only: every value is empty.
+            let values = match self.layout.num_keys == batch.num_columns() {
+                true => None,
+                false => Some(self.values.convert_columns(&batch.columns()[num_keys..])?),
+            };
+            let total: usize = merged.iter().map(RecordBatch::num_rows).sum();
+            if matches!(keys, Keys::Global(_)) && total > 1 {
+                return Err(DataFusionError::Internal(format!(
+                    "an aggregation without GROUP BY was to store {total} states for its one group"
+                )));
+            }
             let expiry = match (&self.layout.event_time_key, self.mode) {
                 // Complete mode keeps every group: each batch emits them all.
                 (Some(key), OutputMode::Append | OutputMode::Update) => {
@@ -341,7 +395,8 @@ impl AggregateOperator {
                         .as_ref()
                         .filter(|e| e.is_valid(i))
                         .map(|e| e.value(i));
-                    (keys.get(i), values.row(i).data(), at)
+                    let value = values.as_ref().map_or(&[][..], |v| v.row(i).data());
+                    (keys.get(i), value, at)
                 })
                 .collect();
             inner.store.put_many(&entries);
@@ -353,7 +408,10 @@ impl AggregateOperator {
     /// states, as rows of the partial schema.
     pub async fn take_closed(&self) -> DFResult<Vec<RecordBatch>> {
         let mut inner = self.inner.lock().await;
-        let Some(watermark) = inner.watermark_ms else {
+        let Some(watermark) = inner
+            .watermark_ms
+            .filter(|_| self.mode != OutputMode::Complete)
+        else {
             return Ok(Vec::new());
         };
         inner.dirty = true;
@@ -407,7 +465,8 @@ impl AggregateOperator {
         )?])
     }
 
-    /// The rows dropped as late in the running batch.
+    /// The rows dropped as late in the running batch, and those left out
+    /// for a null event time.
     pub async fn take_late_rows(&self) -> Vec<RecordBatch> {
         std::mem::take(&mut self.inner.lock().await.late_rows)
     }
@@ -428,6 +487,7 @@ impl AggregateOperator {
             memory_used_bytes: metrics.memory_bytes,
             commit_time_ms: commit.commit_time_ms,
             num_rows_dropped_by_watermark: inner.dropped_by_watermark,
+            num_rows_without_event_time: inner.without_event_time,
         })
     }
 
@@ -456,6 +516,16 @@ fn session_index(layout: &AggregateLayout) -> Option<usize> {
 
 fn key_schema_fields(layout: &AggregateLayout) -> Vec<arrow::datatypes::FieldRef> {
     layout.key_schema().fields().iter().cloned().collect()
+}
+
+/// What [`AggregateOperator::lookup`] found for a batch's groups.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// The stored states of the groups the state holds, one row each.
+    Stored(RecordBatch),
+    /// The state holds none of the groups; `repeats` tells whether a group
+    /// has more than one row in the batch's partial aggregate.
+    NoneStored { repeats: bool },
 }
 
 /// State-store keys of a batch's groups.

@@ -67,8 +67,8 @@ pub(crate) enum Member {
 }
 
 /// The merged session of every member of a run that holds a batch session:
-/// runs are maximal sets of overlapping sessions (one starting exactly
-/// where another ends does not continue it). Stored sessions in runs
+/// runs are maximal sets of overlapping or touching sessions (one starting
+/// exactly where another ends continues it, as Spark and Flink merge them). Stored sessions in runs
 /// without a batch session are unaffected and not returned.
 pub(crate) fn plan_merge(mut members: Vec<(Span, Member)>) -> Vec<(Member, Span)> {
     members.sort_by_key(|((start, end), _)| (*start, *end));
@@ -84,7 +84,7 @@ pub(crate) fn plan_merge(mut members: Vec<(Span, Member)>) -> Vec<(Member, Span)
     };
     for ((start, end), member) in members {
         match span {
-            Some((s, e)) if start < e => span = Some((s, e.max(end))),
+            Some((s, e)) if start <= e => span = Some((s, e.max(end))),
             Some(done) => {
                 flush(&mut run, done);
                 span = Some((start, end));
@@ -172,9 +172,28 @@ mod tests {
     }
 
     #[test]
-    fn touching_sessions_stay_apart() {
+    fn touching_sessions_merge_and_a_gap_keeps_them_apart() {
         let merged = plan_merge(vec![((0, 10), stored("a")), ((10, 12), Member::Batch(0))]);
-        assert_eq!(merged, vec![(Member::Batch(0), (10, 12))]);
+        assert_eq!(
+            merged,
+            vec![(stored("a"), (0, 12)), (Member::Batch(0), (0, 12))]
+        );
+        let merged = plan_merge(vec![((0, 10), stored("a")), ((11, 12), Member::Batch(0))]);
+        assert_eq!(merged, vec![(Member::Batch(0), (11, 12))]);
+        // A batch session touching two stored ones bridges them.
+        let merged = plan_merge(vec![
+            ((0, 10), stored("a")),
+            ((15, 20), stored("b")),
+            ((10, 15), Member::Batch(0)),
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                (stored("a"), (0, 20)),
+                (Member::Batch(0), (0, 20)),
+                (stored("b"), (0, 20)),
+            ]
+        );
     }
 
     #[test]

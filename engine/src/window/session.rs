@@ -1,9 +1,11 @@
 //! Session windows: `session_window(ts, gap)` as a `GROUP BY` key.
 //!
 //! Each row opens the session `[ts, ts + gap)`; sessions of the same group
-//! keys that overlap merge into one, `[first start, last end)`. A row
-//! exactly `gap` after the previous one starts a new session, so a session
-//! is final once the watermark reaches its end, as a window is.
+//! keys that overlap or touch merge into one, `[first start, last end)`, as
+//! in Spark and Flink: a row exactly `gap` after the previous one continues
+//! its session. A session is final once the watermark reaches its end, as
+//! a window is (a row at that end is then late for it: its own session
+//! `[end, end + gap)` starts a new one, as in Spark).
 //! `gap` is a constant (`'5 minutes'`, `INTERVAL '5' MINUTE`) or, for a gap
 //! per row, an interval expression (e.g. `CASE WHEN symbol = 'A' THEN
 //! INTERVAL '1' MINUTE ELSE INTERVAL '5' MINUTE END`). A row with a null
@@ -165,11 +167,12 @@ pub(super) fn rewrite(aggregate: Aggregate, index: usize) -> Result<LogicalPlan>
     )
     .alias(name("previous_end"));
     // Sessions numbered in time order: a row begins one when it starts
-    // when or after every earlier row has ended.
+    // after every earlier row has ended (one starting exactly at an end
+    // continues that session, as Spark and Flink merge touching sessions).
     let starts_session = when(
         col(name("previous_end"))
             .is_null()
-            .or(ts.clone().gt_eq(col(name("previous_end")))),
+            .or(ts.clone().gt(col(name("previous_end")))),
         lit(1i64),
     )
     .otherwise(lit(0i64))?;
