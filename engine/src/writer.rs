@@ -151,9 +151,11 @@ impl DataStreamWriter {
     }
 
     /// Where a streaming aggregation sends the input rows it drops as late
-    /// (their group was already closed by the watermark), written with the
+    /// (their group was already closed by the watermark) and the rows it
+    /// leaves out for a null event time (in no window), written with the
     /// batch's id, before the batch's results; without one they are dropped
-    /// and counted in progress (`num_rows_dropped_by_watermark`).
+    /// and counted in progress (`num_rows_dropped_by_watermark`,
+    /// `num_rows_without_event_time`).
     pub fn late_rows_sink(mut self, sink: impl Sink + 'static) -> Self {
         self.late_rows_sink = Some(Arc::new(sink));
         self

@@ -426,3 +426,72 @@ async fn json_files_aggregated_many_times_over_several_partition_counts_lose_no_
         }
     }
 }
+
+/// DataFusion's partial aggregate stops merging rows once a partition has
+/// seen enough rows of mostly distinct groups (by default 100 000 rows, 80 %
+/// distinct) and passes the rest through one row each: a group may then have several partial rows from one
+/// partition, which must merge before they are stored.
+#[tokio::test]
+async fn groups_repeated_within_one_partition_still_merge() {
+    // DataFusion's thresholds for giving up on partial aggregation, made
+    // explicit (and lower than the defaults, so the test stays small).
+    let mut config = SessionConfig::new().with_target_partitions(1);
+    let execution = &mut config.options_mut().execution;
+    execution.skip_partial_aggregation_probe_rows_threshold = 10_000;
+    execution.skip_partial_aggregation_probe_ratio_threshold = 0.5;
+    let ctx = SessionContext::new_with_config(config);
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+    let stream = MemoryStream::new(Arc::clone(&schema));
+    let sink = MemorySink::new();
+    let query = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .aggregate(vec![col("k")], vec![count(lit(1)).alias("n")])
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        // Complete mode emits the stored states: each must hold every row.
+        .output_mode(OutputMode::Complete)
+        .checkpoint(dir.path().to_str().unwrap())
+        .start()
+        .await
+        .unwrap();
+    // 50 000 rows, 45 000 groups: every tenth row repeats the next key,
+    // and most repeats come after the partial aggregate stopped merging.
+    let total = 50_000i64;
+    let keys: Vec<i64> = (0..total)
+        .map(|i| if i % 10 == 0 { i + 1 } else { i })
+        .collect();
+    let batches: Vec<RecordBatch> = keys
+        .chunks(8192)
+        .map(|chunk| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(Int64Array::from(chunk.to_vec()))],
+            )
+            .unwrap()
+        })
+        .collect();
+    stream.push_all(batches).unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    let out = sink.batches();
+    let groups: usize = out.iter().map(RecordBatch::num_rows).sum();
+    let counted: i64 = out
+        .iter()
+        .map(|b| {
+            arrow::compute::sum(
+                b.column_by_name("n")
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap(),
+            )
+            .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(groups, 45_000);
+    assert_eq!(counted, total, "every row is counted once");
+}

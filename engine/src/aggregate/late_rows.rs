@@ -21,7 +21,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
 
-use super::operator::{closing_time, watermark_in_unit};
+use super::event_time::{closing_time, watermark_in_unit};
 use super::{EventTimeKey, EventTimeKind};
 
 /// Which input rows are late: those whose group (the value of the

@@ -31,9 +31,11 @@
 //! The parts: [`StreamingAggregateNode`] (the logical node that stands for
 //! the aggregation in each batch's plan), `layout` (the physical aggregate
 //! expressions and the state's key and value schemas), `operator` (the
-//! state store and per-batch figures) and `exec` (the physical operator and
-//! its planner).
+//! state store and per-batch figures), `late_rows` (the split of late rows
+//! and rows without event time from the input), `event_time` (when a group
+//! closes) and `exec` (the physical operator and its planner).
 
+mod event_time;
 mod exec;
 mod late_rows;
 mod layout;
