@@ -11,9 +11,11 @@
 //! - [`StreamingDataFrame::write_stream`] gives a [`DataStreamWriter`]:
 //!   choose a [`Sink`], an [`OutputMode`], a [`Trigger`] and a checkpoint
 //!   location, then `start()`.
-//! - [`planner`] checks at start that the plan can run incrementally in
-//!   the chosen output mode and, for each micro-batch, substitutes the
-//!   batch's rows for the streaming scans.
+//! - [`plan`] checks at start that the plan can run incrementally in the
+//!   chosen output mode and, for each micro-batch, substitutes the batch's
+//!   rows for the streaming scans and plans the stateful operators; its
+//!   module docs draw the path from logical plan to each batch's physical
+//!   plan.
 //! - [`watermark`] and [`window`] give event time its meaning: a watermark
 //!   per stream, windows as struct columns.
 //! - A streaming aggregation (`GROUP BY`) runs incrementally on
@@ -46,7 +48,7 @@ pub mod failpoint;
 mod location;
 mod micro_batch;
 mod offset;
-pub mod planner;
+pub mod plan;
 mod progress;
 mod query;
 mod sink;

@@ -4,21 +4,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datafusion::catalog::TableProvider;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::prelude::SessionContext;
 use futures::FutureExt;
 
-use crate::aggregate::{self, AggregateOperator};
+use crate::aggregate::AggregateOperator;
 use crate::batch_input::BatchTable;
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
+use crate::plan::{BatchPlanner, WatermarkPlanner};
 use crate::progress::{EventTimeProgress, PhaseDurations, SinkProgress, SourceProgress};
 use crate::query::QueryShared;
-use crate::watermark::{WatermarkPlanner, WatermarkTracker, format_millis};
+use crate::watermark::{WatermarkTracker, format_millis};
 use crate::{
     BatchInput, Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, RetryPolicy,
-    Sink, Source, TidemillError, Trigger, failpoint, planner,
+    Sink, Source, TidemillError, Trigger, failpoint,
 };
 
 /// A source opened for this query, with where it stands.
@@ -41,12 +39,8 @@ pub(crate) struct Runner {
     pub watermarks: WatermarkTracker,
     /// Where the batch's watermark operators report event times.
     pub watermark_planner: Arc<WatermarkPlanner>,
-    /// The DataFrame's plan, with streaming scans to substitute per batch.
-    pub plan: LogicalPlan,
-    /// `plan` optimized and with its streaming aggregation replaced, kept
-    /// from the first batch when every batch would plan it alike (see
-    /// [`plans_alike_every_batch`]).
-    pub optimized: Option<LogicalPlan>,
+    /// Plans each batch's physical plan.
+    pub planner: BatchPlanner,
     pub sources: Vec<RunningSource>,
     pub sink: Arc<dyn Sink>,
     /// Where the aggregation's late rows go, if anywhere.
@@ -305,7 +299,7 @@ impl Runner {
         for operator in &self.aggregates {
             operator.begin_batch(batch_id, entry.watermark_ms).await?;
         }
-        let physical = self.plan_batch(batch_id, &data).await?;
+        let physical = self.planner.plan_batch(batch_id, &data).await?;
         phases.query_planning = ms(t.elapsed());
         let t = Instant::now();
         let schema = physical.schema();
@@ -455,65 +449,4 @@ impl Runner {
         }
         false
     }
-
-    /// The batch's physical plan: the query's plan optimized for this
-    /// batch, its streaming aggregation replaced by the stateful operator,
-    /// its streaming scans by the batch's rows.
-    async fn plan_batch(
-        &mut self,
-        batch_id: u64,
-        data: &HashMap<u64, Arc<dyn TableProvider>>,
-    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        let state = self.session.state();
-        let error = |e| TidemillError::datafusion(format!("planning batch {batch_id}"), e);
-        let optimized = match &self.optimized {
-            Some(plan) => plan.clone(),
-            None => {
-                let mut plan = state.optimize(&self.plan).map_err(error)?;
-                if !self.aggregates.is_empty() {
-                    plan = aggregate::replace(plan, 0).map_err(error)?;
-                }
-                if plans_alike_every_batch(&self.plan) {
-                    self.optimized = Some(plan.clone());
-                }
-                plan
-            }
-        };
-        let plan = planner::substitute(&optimized, data)?;
-        state
-            .query_planner()
-            .create_physical_plan(&plan, &state)
-            .await
-            .map_err(error)
-    }
-}
-
-/// Whether optimizing `plan` gives the same plan in every batch: no
-/// function in it depends on when it is planned. DataFusion's optimizer
-/// folds functions such as `now()` into constants of the time it runs, so
-/// a plan calling one is optimized again for each batch (as Spark's
-/// `current_timestamp()` takes each batch's time).
-fn plans_alike_every_batch(plan: &LogicalPlan) -> bool {
-    let mut alike = true;
-    plan.apply_with_subqueries(|node| {
-        node.apply_expressions(|expr| {
-            expr.apply(|e| {
-                let timely = match e {
-                    Expr::ScalarFunction(f) => {
-                        f.func.signature().volatility != Volatility::Immutable
-                    }
-                    Expr::ScalarVariable(..) | Expr::Placeholder(_) => true,
-                    _ => false,
-                };
-                alike &= !timely;
-                Ok(if timely {
-                    TreeNodeRecursion::Stop
-                } else {
-                    TreeNodeRecursion::Continue
-                })
-            })
-        })
-    })
-    .expect("visiting a plan without errors cannot fail");
-    alike
 }

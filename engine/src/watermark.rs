@@ -10,7 +10,6 @@
 //! watermark is recorded in the offset and commit logs, so a restart resumes
 //! with it.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,20 +19,14 @@ use std::time::Duration;
 use arrow::array::{Array, Int64Array};
 use arrow::compute::kernels::aggregate::max;
 use arrow::datatypes::{DataType, TimeUnit};
-use async_trait::async_trait;
-use datafusion::catalog::Session;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchemaRef, ExprSchema};
 use datafusion::error::{DataFusionError, Result as DFResult};
-use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{
-    Expr, Extension, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
-};
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
-use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -248,6 +241,22 @@ pub struct WatermarkExec {
 }
 
 impl WatermarkExec {
+    /// Passes `input` through, recording the largest value of column
+    /// `column_index` (named `column_name`) in `stats`.
+    pub(crate) fn new(
+        input: Arc<dyn ExecutionPlan>,
+        column_index: usize,
+        column_name: String,
+        stats: Arc<EventTimeStats>,
+    ) -> Self {
+        Self {
+            input,
+            column_index,
+            column_name,
+            stats,
+        }
+    }
+
     fn max_millis(column: &dyn Array, name: &str) -> DFResult<Option<i64>> {
         let DataType::Timestamp(unit, _) = column.data_type() else {
             return Err(DataFusionError::Execution(format!(
@@ -337,90 +346,6 @@ impl ExecutionPlan for WatermarkExec {
     }
 }
 
-/// Plans [`WatermarkNode`]s as [`WatermarkExec`]s reporting to the
-/// statistics registered for their ids.
-#[derive(Debug, Default)]
-pub struct WatermarkPlanner {
-    stats: Mutex<HashMap<u64, Arc<EventTimeStats>>>,
-}
-
-impl WatermarkPlanner {
-    /// The statistics of node `id`, created on first use.
-    pub fn stats(&self, id: u64) -> Arc<EventTimeStats> {
-        Arc::clone(
-            self.stats
-                .lock()
-                .expect("planner lock poisoned")
-                .entry(id)
-                .or_default(),
-        )
-    }
-}
-
-#[async_trait]
-impl ExtensionPlanner for WatermarkPlanner {
-    async fn plan_extension(
-        &self,
-        _planner: &dyn PhysicalPlanner,
-        node: &dyn UserDefinedLogicalNode,
-        _logical_inputs: &[&LogicalPlan],
-        physical_inputs: &[Arc<dyn ExecutionPlan>],
-        _session: &dyn Session,
-        _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
-    ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
-        let Some(node) = node.as_any().downcast_ref::<WatermarkNode>() else {
-            return Ok(None);
-        };
-        let input = Arc::clone(&physical_inputs[0]);
-        let column_index = node.input.schema().index_of_column(&node.column)?;
-        Ok(Some(Arc::new(WatermarkExec {
-            input,
-            column_index,
-            column_name: node.column.flat_name(),
-            stats: self.stats(node.id),
-        })))
-    }
-}
-
-/// The query planner of a streaming query's batches: DataFusion's, plus
-/// Tidemill's streaming operators.
-pub struct StreamingQueryPlanner {
-    extensions: Vec<Arc<dyn ExtensionPlanner + Send + Sync>>,
-}
-
-impl fmt::Debug for StreamingQueryPlanner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamingQueryPlanner")
-            .field("extensions", &self.extensions.len())
-            .finish()
-    }
-}
-
-impl StreamingQueryPlanner {
-    /// A planner whose watermark operators report to `watermarks`, and
-    /// which plans Tidemill's other operators with `others`.
-    pub fn new(
-        watermarks: Arc<WatermarkPlanner>,
-        others: Arc<dyn ExtensionPlanner + Send + Sync>,
-    ) -> Self {
-        Self {
-            extensions: vec![watermarks, others],
-        }
-    }
-}
-
-#[async_trait]
-impl QueryPlanner for StreamingQueryPlanner {
-    async fn create_physical_plan(
-        &self,
-        logical_plan: &LogicalPlan,
-        session: &dyn Session,
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let planner = DefaultPhysicalPlanner::with_extension_planners(self.extensions.clone());
-        planner.create_physical_plan(logical_plan, session).await
-    }
-}
-
 /// Turns the event times seen by a query's watermark operators into its
 /// watermark, batch after batch.
 #[derive(Debug)]
@@ -453,7 +378,7 @@ impl WatermarkTracker {
 
     /// Records the batch's maxima (from `planner`) and advances the
     /// watermark; returns the largest event time of the batch, if any.
-    pub fn end_batch(&mut self, planner: &WatermarkPlanner) -> Option<i64> {
+    pub fn end_batch(&mut self, planner: &crate::plan::WatermarkPlanner) -> Option<i64> {
         let mut batch_max = None;
         for (id, _, seen) in &mut self.nodes {
             if let Some(m) = planner.stats(*id).take() {

@@ -8,18 +8,19 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::FutureExt;
 
-use crate::aggregate::{self, AggregateLayout, AggregateOperator, AggregatePlanner};
+use crate::aggregate::{AggregateLayout, AggregateOperator};
 use crate::checkpoint::{Checkpoint, Metadata};
 use crate::micro_batch::{Runner, RunningSource};
-use crate::query::QueryShared;
-use crate::watermark::{
-    MultipleWatermarkPolicy, StreamingQueryPlanner, WatermarkNode, WatermarkPlanner,
-    WatermarkTracker,
+use crate::plan::{
+    self, AggregatePlanner, BatchPlanner, StreamingQueryPlanner, WatermarkPlanner,
+    find_aggregation, replace_aggregation,
 };
+use crate::query::QueryShared;
+use crate::watermark::{MultipleWatermarkPolicy, WatermarkNode, WatermarkTracker};
 use crate::window::expand_grouping_windows;
 use crate::{
     Location, OutputMode, Result, Sink, SinkContext, SourceContext, StreamingQuery, StreamingTable,
-    TidemillError, Trigger, planner,
+    TidemillError, Trigger,
 };
 
 /// Tuning knobs of a streaming query, with Spark's defaults.
@@ -225,7 +226,7 @@ impl DataStreamWriter {
                 w.delay_ms
             ));
         }
-        match aggregate::find(&optimized) {
+        match find_aggregation(&optimized) {
             None => {
                 text.push_str("stateful operators: none (each micro-batch runs on its own rows)\n")
             }
@@ -235,7 +236,7 @@ impl DataStreamWriter {
                     "stateful operator: StreamingAggregate, state keyed by [{}]\n",
                     keys.join(", ")
                 ));
-                match aggregate::event_time_key(&found) {
+                match crate::aggregate::event_time_key(&found) {
                     Some(key) => text.push_str(&format!(
                         "  event-time key: {} ({:?}); with a watermark, a group closes when the \
                          watermark reaches its end: late rows are dropped, closed groups are \
@@ -253,7 +254,7 @@ impl DataStreamWriter {
                 }
             }
         }
-        let per_batch = aggregate::replace(optimized, 0)
+        let per_batch = replace_aggregation(optimized, 0)
             .map_err(|e| TidemillError::datafusion("explaining the streaming query", e))?;
         text.push_str("plan of each micro-batch:\n");
         text.push_str(&per_batch.display_indent().to_string());
@@ -275,7 +276,7 @@ impl DataStreamWriter {
         let (state, plan, optimized) = prepare(self.df, self.output_mode)?;
         let session = SessionContext::new_with_state(state.clone());
         let tables = StreamingTable::all_in(&plan);
-        let layout = match aggregate::find(&optimized) {
+        let layout = match find_aggregation(&optimized) {
             Some(found) => Some(Arc::new(
                 AggregateLayout::plan(&found, &state).await.map_err(|e| {
                     TidemillError::datafusion("planning the streaming aggregation", e)
@@ -390,12 +391,12 @@ impl DataStreamWriter {
             self.options.multiple_watermark_policy,
             watermark,
         );
+        let planner = BatchPlanner::new(planning_session.clone(), plan, !aggregates.is_empty());
         let runner = Runner {
             session: planning_session,
             watermarks,
             watermark_planner,
-            plan,
-            optimized: None,
+            planner,
             sources,
             sink,
             late_rows_sink: self.late_rows_sink,
@@ -448,6 +449,6 @@ fn prepare(
     let optimized = state
         .optimize(&plan)
         .map_err(|e| TidemillError::datafusion("optimizing the streaming query", e))?;
-    planner::validate(&optimized, &plan, mode)?;
+    plan::validate(&optimized, &plan, mode)?;
     Ok((state, plan, optimized))
 }

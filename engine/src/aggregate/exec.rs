@@ -1,17 +1,13 @@
 //! The physical operator of a streaming aggregation, and its planner.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow::compute::concat_batches;
-use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use async_trait::async_trait;
-use datafusion::catalog::Session;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Expr, LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::aggregates::AggregateMode;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -19,12 +15,11 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
 use futures::{FutureExt, StreamExt, TryStreamExt, stream};
 
 use super::late_rows::{InputTally, LateRowsExec};
 use super::operator::Lookup;
-use super::{AggregateLayout, AggregateOperator, StreamingAggregateNode};
+use super::{AggregateLayout, AggregateOperator};
 use crate::OutputMode;
 
 /// Runs one batch of a streaming aggregation: the input's rows are
@@ -39,7 +34,9 @@ pub(crate) struct StreamingAggregateExec {
 }
 
 impl StreamingAggregateExec {
-    fn new(
+    /// The operator over `input` for aggregation `operator`, laid out as
+    /// `layout`.
+    pub(crate) fn new(
         input: Arc<dyn ExecutionPlan>,
         operator: Arc<AggregateOperator>,
         layout: Arc<AggregateLayout>,
@@ -224,85 +221,5 @@ impl ExecutionPlan for StreamingAggregateExec {
             self.schema(),
             batches.boxed(),
         )))
-    }
-}
-
-/// A layout with the expressions and input schema it was planned for.
-type CachedLayout = (Vec<Expr>, SchemaRef, Arc<AggregateLayout>);
-
-/// Plans [`StreamingAggregateNode`]s as [`StreamingAggregateExec`]s of the
-/// query's aggregation operators.
-#[derive(Debug, Default)]
-pub(crate) struct AggregatePlanner {
-    operators: Vec<Arc<AggregateOperator>>,
-    /// The last layout planned, by the expressions it was planned for:
-    /// batches after the first reuse it.
-    cache: Mutex<Option<CachedLayout>>,
-}
-
-impl AggregatePlanner {
-    /// A planner for the query's operators, by operator number.
-    pub fn new(operators: Vec<Arc<AggregateOperator>>) -> Self {
-        Self {
-            operators,
-            cache: Mutex::new(None),
-        }
-    }
-
-    async fn layout(
-        &self,
-        node: &StreamingAggregateNode,
-        input_schema: SchemaRef,
-        session: &dyn Session,
-    ) -> DFResult<Arc<AggregateLayout>> {
-        let exprs = UserDefinedLogicalNode::expressions(node);
-        if let Some((cached, schema, layout)) = &*self.cache.lock().expect("cache lock poisoned")
-            && *cached == exprs
-            && *schema == input_schema
-        {
-            return Ok(Arc::clone(layout));
-        }
-        let placeholder = LogicalPlan::EmptyRelation(datafusion::logical_expr::EmptyRelation {
-            produce_one_row: false,
-            schema: Arc::clone(node.input.schema()),
-        });
-        let layout =
-            Arc::new(AggregateLayout::plan(&node.aggregate_over(placeholder)?, session).await?);
-        *self.cache.lock().expect("cache lock poisoned") =
-            Some((exprs, input_schema, Arc::clone(&layout)));
-        Ok(layout)
-    }
-}
-
-#[async_trait]
-impl ExtensionPlanner for AggregatePlanner {
-    async fn plan_extension(
-        &self,
-        _planner: &dyn PhysicalPlanner,
-        node: &dyn UserDefinedLogicalNode,
-        _logical_inputs: &[&LogicalPlan],
-        physical_inputs: &[Arc<dyn ExecutionPlan>],
-        session: &dyn Session,
-        _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
-    ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
-        let Some(node) = node.as_any().downcast_ref::<StreamingAggregateNode>() else {
-            return Ok(None);
-        };
-        let operator = self.operators.get(node.operator).ok_or_else(|| {
-            DataFusionError::Internal(format!("no streaming aggregation {}", node.operator))
-        })?;
-        let input = Arc::clone(&physical_inputs[0]);
-        let layout = self.layout(node, input.schema(), session).await?;
-        if layout.partial_schema != operator.layout.partial_schema {
-            return Err(DataFusionError::Internal(format!(
-                "the aggregation's state changed between batches: {:?} became {:?}",
-                operator.layout.partial_schema, layout.partial_schema
-            )));
-        }
-        Ok(Some(Arc::new(StreamingAggregateExec::new(
-            input,
-            Arc::clone(operator),
-            layout,
-        ))))
     }
 }

@@ -48,64 +48,17 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, TimeUnit};
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchemaRef, Result as DFResult};
 use datafusion::logical_expr::{
     Aggregate, Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore,
 };
 
-pub(crate) use exec::AggregatePlanner;
+pub(crate) use exec::StreamingAggregateExec;
 pub(crate) use layout::AggregateLayout;
 pub(crate) use operator::AggregateOperator;
 
-use crate::StreamingTable;
 use crate::watermark::WatermarkNode;
 use crate::window::SESSION_COLUMN;
-
-/// Whether `plan` reads a streaming source.
-pub(crate) fn reads_stream(plan: &LogicalPlan) -> bool {
-    let mut found = false;
-    plan.apply(|node| {
-        if let LogicalPlan::TableScan(scan) = node
-            && StreamingTable::of_scan(scan).is_some()
-        {
-            found = true;
-            return Ok(TreeNodeRecursion::Stop);
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })
-    .expect("visiting a plan without errors cannot fail");
-    found
-}
-
-/// The aggregation over streaming input in `plan`, if there is one (a
-/// validated plan has at most one).
-pub(crate) fn find(plan: &LogicalPlan) -> Option<Aggregate> {
-    let mut found = None;
-    plan.apply(|node| {
-        if let LogicalPlan::Aggregate(aggregate) = node
-            && reads_stream(&aggregate.input)
-        {
-            found = Some(aggregate.clone());
-            return Ok(TreeNodeRecursion::Stop);
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })
-    .expect("visiting a plan without errors cannot fail");
-    found
-}
-
-/// Replaces the aggregation over streaming input in `plan` by a
-/// [`StreamingAggregateNode`] for operator `operator`.
-pub(crate) fn replace(plan: LogicalPlan, operator: usize) -> DFResult<LogicalPlan> {
-    plan.transform_up(|node| match node {
-        LogicalPlan::Aggregate(aggregate) if reads_stream(&aggregate.input) => Ok(
-            Transformed::yes(StreamingAggregateNode::new(aggregate, operator).into_plan()),
-        ),
-        other => Ok(Transformed::no(other)),
-    })
-    .map(|t| t.data)
-}
 
 /// How the event-time key of an aggregation says when its group closes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +174,7 @@ pub struct StreamingAggregateNode {
 }
 
 impl StreamingAggregateNode {
-    fn new(aggregate: Aggregate, operator: usize) -> Self {
+    pub(crate) fn new(aggregate: Aggregate, operator: usize) -> Self {
         Self {
             input: Arc::unwrap_or_clone(aggregate.input),
             group_expr: aggregate.group_expr,
@@ -241,7 +194,7 @@ impl StreamingAggregateNode {
         )
     }
 
-    fn into_plan(self) -> LogicalPlan {
+    pub(crate) fn into_plan(self) -> LogicalPlan {
         LogicalPlan::Extension(Extension {
             node: Arc::new(self),
         })

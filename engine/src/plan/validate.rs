@@ -1,21 +1,11 @@
-//! Turning a streaming DataFrame's plan into per-batch plans.
-//!
-//! A streaming DataFrame is an ordinary DataFusion [`LogicalPlan`] with
-//! [`StreamingTable`] scans. At `start()` the engine checks the plan can run
-//! incrementally ([`validate`]); for each micro-batch it substitutes the
-//! batch's rows for every streaming scan ([`substitute`]) and hands the
-//! result to DataFusion to optimize, plan and execute like any batch query.
+//! The checks made when a query starts: can its plan run incrementally in
+//! the chosen output mode?
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use datafusion::catalog::TableProvider;
 use datafusion::common::JoinType;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::datasource::provider_as_source;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 
-use crate::aggregate;
+use super::substitute;
 use crate::watermark::WatermarkNode;
 use crate::window::SESSION_PREFIX;
 use crate::{OutputMode, Result, StreamingTable, TidemillError};
@@ -37,7 +27,7 @@ pub fn validate(plan: &LogicalPlan, unoptimized: &LogicalPlan, mode: OutputMode)
             fix: "Run it as a batch job with DataFrame::collect(), or read a source with read_stream()".into(),
         });
     }
-    match aggregate::find(plan) {
+    match substitute::find_aggregation(plan) {
         None if mode == OutputMode::Complete => Err(unsupported(
             "output mode complete",
             "needs a streaming aggregation to produce a result table, and this query has none",
@@ -52,7 +42,7 @@ pub fn validate(plan: &LogicalPlan, unoptimized: &LogicalPlan, mode: OutputMode)
 /// needs an event-time key and a watermark to know when that is.
 fn check_append(aggregate: &Aggregate) -> Result<()> {
     let has_watermark = !WatermarkNode::all_in(&aggregate.input).is_empty();
-    match (aggregate::event_time_key(aggregate), has_watermark) {
+    match (crate::aggregate::event_time_key(aggregate), has_watermark) {
         (Some(_), true) => Ok(()),
         (Some(key), false) => Err(unsupported(
             "Aggregate in append mode",
@@ -80,7 +70,7 @@ fn reject_distinct_aggregates(plan: &LogicalPlan) -> Result<()> {
     let mut found = None;
     plan.apply(|node| {
         if let LogicalPlan::Aggregate(a) = node
-            && aggregate::reads_stream(&a.input)
+            && substitute::reads_stream(&a.input)
         {
             found = a.aggr_expr.iter().find(|e| is_distinct(e)).cloned();
             if found.is_some() {
@@ -279,34 +269,4 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
             "Use filters, projections, unnest, unions of streams and stream-static joins",
         )),
     }
-}
-
-/// Replaces every streaming scan in `plan` by a scan of that source's rows
-/// for this batch (`data`, keyed by [`StreamingTable::id`]), keeping the
-/// scan's projection and filters.
-pub fn substitute(
-    plan: &LogicalPlan,
-    data: &HashMap<u64, Arc<dyn TableProvider>>,
-) -> Result<LogicalPlan> {
-    let transformed = plan
-        .clone()
-        .transform_up_with_subqueries(|node| {
-            let LogicalPlan::TableScan(scan) = &node else {
-                return Ok(Transformed::no(node));
-            };
-            let Some(table) = StreamingTable::of_scan(scan) else {
-                return Ok(Transformed::no(node));
-            };
-            let rows = data.get(&table.id()).ok_or_else(|| {
-                datafusion::error::DataFusionError::Internal(format!(
-                    "no data for streaming source {}",
-                    table.provider().description()
-                ))
-            })?;
-            let mut scan = scan.clone();
-            scan.source = provider_as_source(Arc::clone(rows));
-            Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
-        })
-        .map_err(|e| TidemillError::datafusion("preparing the batch plan", e))?;
-    Ok(transformed.data)
 }

@@ -1,0 +1,38 @@
+//! Planning: how a streaming query's plan becomes each batch's physical
+//! plan.
+//!
+//! A streaming DataFrame is an ordinary DataFusion [`LogicalPlan`] with
+//! [`StreamingTable`](crate::StreamingTable) scans and, where
+//! `with_watermark` was called, [`WatermarkNode`](crate::watermark::WatermarkNode)s.
+//! Its path, start to batch:
+//!
+//! ```text
+//! DataFrame's logical plan
+//!   │  at start(): grouping windows expanded, optimized, then
+//!   ├─ validate           can it run incrementally in the output mode?  (validate.rs)
+//!   │  every batch (optimized once when every batch would plan alike):
+//!   ├─ replace_aggregation the aggregation over streaming input becomes
+//!   │                      a StreamingAggregateNode                   (substitute.rs)
+//!   ├─ substitute          the batch's rows stand in for each streaming
+//!   │                      scan                                        (substitute.rs)
+//!   └─ physical planning   DataFusion's planner, with extensions:     (physical.rs)
+//!        WatermarkNode          → WatermarkExec                        (watermark.rs)
+//!        StreamingAggregateNode → StreamingAggregateExec                (aggregate.rs)
+//! ```
+//!
+//! A new stateful operator adds its node's replacement to `substitute.rs`,
+//! its checks to `validate.rs` and a planner file beside `aggregate.rs`.
+
+mod aggregate;
+mod physical;
+mod substitute;
+mod validate;
+mod watermark;
+
+pub(crate) use aggregate::AggregatePlanner;
+pub(crate) use physical::BatchPlanner;
+pub use physical::StreamingQueryPlanner;
+pub use substitute::substitute;
+pub(crate) use substitute::{find_aggregation, replace_aggregation};
+pub use validate::validate;
+pub use watermark::WatermarkPlanner;
