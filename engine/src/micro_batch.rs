@@ -11,9 +11,9 @@ use crate::aggregate::AggregateOperator;
 use crate::batch_input::BatchTable;
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
 use crate::plan::{BatchPlanner, WatermarkPlanner};
-use crate::progress::{EventTimeProgress, PhaseDurations, SinkProgress, SourceProgress};
+use crate::progress::{BatchFigures, PhaseDurations, SourceProgress};
 use crate::query::QueryShared;
-use crate::watermark::{WatermarkTracker, format_millis};
+use crate::watermark::WatermarkTracker;
 use crate::{
     BatchInput, Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, RetryPolicy,
     Sink, Source, TidemillError, Trigger, failpoint,
@@ -393,42 +393,31 @@ impl Runner {
 
         // Progress.
         let elapsed = started.elapsed();
-        phases.trigger_execution = ms(elapsed);
-        let since_last = self
+        let since_last_trigger = self
             .last_trigger_start
             .map(|last| started.duration_since(last))
             .unwrap_or(elapsed);
         self.last_trigger_start = Some(started);
-        let rate = |d: Duration| {
-            if d.is_zero() {
-                0.0
-            } else {
-                num_input_rows as f64 / d.as_secs_f64()
-            }
-        };
-        let progress = QueryProgress {
-            id: self.shared.id.clone(),
-            run_id: self.shared.run_id.clone(),
-            name: self.shared.name.clone(),
-            batch_id,
-            timestamp: timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            recovered,
-            num_input_rows,
-            num_output_rows,
-            input_rows_per_second: rate(since_last),
-            processed_rows_per_second: rate(elapsed),
-            duration_ms: phases,
-            event_time: EventTimeProgress {
-                watermark: entry.watermark_ms.map(format_millis),
-                max: max_event_time.map(format_millis),
-            },
-            sources: source_progress,
-            sink: SinkProgress {
-                description: self.sink.description(),
+        let progress = QueryProgress::of_batch(
+            &self.shared.id,
+            &self.shared.run_id,
+            self.shared.name.as_deref(),
+            BatchFigures {
+                batch_id,
+                timestamp,
+                recovered,
+                num_input_rows,
                 num_output_rows,
+                elapsed,
+                since_last_trigger,
+                phases,
+                watermark_ms: entry.watermark_ms,
+                max_event_time_ms: max_event_time,
+                sources: source_progress,
+                sink_description: self.sink.description(),
+                state_operators,
             },
-            state_operators,
-        };
+        );
         tracing::info!("{}", progress.summary());
         self.shared.record_progress(progress);
         Ok(())

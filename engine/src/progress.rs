@@ -1,8 +1,11 @@
 //! What a query reports after each batch.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::Offset;
+use crate::watermark::format_millis;
 
 /// The report of one micro-batch, as Spark's `StreamingQueryProgress`.
 ///
@@ -129,7 +132,76 @@ pub struct SinkProgress {
     pub num_output_rows: u64,
 }
 
+/// What the trigger loop measured of one batch, for
+/// [`QueryProgress::of_batch`].
+#[derive(Debug)]
+pub(crate) struct BatchFigures {
+    pub batch_id: u64,
+    /// When the trigger that ran the batch fired.
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+    pub recovered: bool,
+    pub num_input_rows: u64,
+    pub num_output_rows: u64,
+    /// The whole trigger, start to end.
+    pub elapsed: Duration,
+    /// From the previous trigger's start to this one's (`elapsed` for the
+    /// first).
+    pub since_last_trigger: Duration,
+    /// The phases' durations; `trigger_execution` is set from `elapsed`.
+    pub phases: PhaseDurations,
+    /// The watermark the batch ran with.
+    pub watermark_ms: Option<i64>,
+    /// The largest event time in the batch's rows.
+    pub max_event_time_ms: Option<i64>,
+    pub sources: Vec<SourceProgress>,
+    pub sink_description: String,
+    pub state_operators: Vec<StateOperatorProgress>,
+}
+
 impl QueryProgress {
+    /// The report of a batch of query `id` (run `run_id`, named `name`).
+    pub(crate) fn of_batch(
+        id: &str,
+        run_id: &str,
+        name: Option<&str>,
+        batch: BatchFigures,
+    ) -> Self {
+        let rate = |d: Duration| {
+            if d.is_zero() {
+                0.0
+            } else {
+                batch.num_input_rows as f64 / d.as_secs_f64()
+            }
+        };
+        let mut phases = batch.phases;
+        phases.trigger_execution = batch.elapsed.as_secs_f64() * 1000.0;
+        Self {
+            id: id.to_string(),
+            run_id: run_id.to_string(),
+            name: name.map(str::to_string),
+            batch_id: batch.batch_id,
+            timestamp: batch
+                .timestamp
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            recovered: batch.recovered,
+            num_input_rows: batch.num_input_rows,
+            num_output_rows: batch.num_output_rows,
+            input_rows_per_second: rate(batch.since_last_trigger),
+            processed_rows_per_second: rate(batch.elapsed),
+            duration_ms: phases,
+            event_time: EventTimeProgress {
+                watermark: batch.watermark_ms.map(format_millis),
+                max: batch.max_event_time_ms.map(format_millis),
+            },
+            sources: batch.sources,
+            sink: SinkProgress {
+                description: batch.sink_description,
+                num_output_rows: batch.num_output_rows,
+            },
+            state_operators: batch.state_operators,
+        }
+    }
+
     /// The one-line summary logged per batch.
     pub fn summary(&self) -> String {
         format!(
