@@ -41,6 +41,7 @@
 
 mod aggregate;
 mod batch_input;
+mod boot;
 pub mod checkpoint;
 mod context_ext;
 mod error;

@@ -3,25 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::execution::SessionStateBuilder;
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::{DataFrame, SessionContext};
-use futures::FutureExt;
+use datafusion::prelude::DataFrame;
 
-use crate::aggregate::{AggregateLayout, AggregateOperator};
-use crate::checkpoint::{Checkpoint, Metadata};
-use crate::micro_batch::{Runner, RunningSource};
-use crate::plan::{
-    self, AggregatePlanner, BatchPlanner, StreamingQueryPlanner, WatermarkPlanner,
-    find_aggregation, replace_aggregation,
-};
-use crate::query::QueryShared;
-use crate::watermark::{MultipleWatermarkPolicy, WatermarkNode, WatermarkTracker};
-use crate::window::expand_grouping_windows;
-use crate::{
-    Location, OutputMode, Result, Sink, SinkContext, SourceContext, StreamingQuery, StreamingTable,
-    TidemillError, Trigger,
-};
+use crate::plan::{find_aggregation, prepare, replace_aggregation};
+use crate::watermark::{MultipleWatermarkPolicy, WatermarkNode};
+use crate::{OutputMode, Result, Sink, StreamingQuery, TidemillError, Trigger};
 
 /// Tuning knobs of a streaming query, with Spark's defaults.
 #[derive(Debug, Clone)]
@@ -115,14 +101,14 @@ impl Default for QueryOptions {
 /// ```
 #[derive(Debug)]
 pub struct DataStreamWriter {
-    df: DataFrame,
-    sink: Option<Arc<dyn Sink>>,
-    late_rows_sink: Option<Arc<dyn Sink>>,
-    output_mode: OutputMode,
-    trigger: Trigger,
-    checkpoint: Option<String>,
-    name: Option<String>,
-    options: QueryOptions,
+    pub(crate) df: DataFrame,
+    pub(crate) sink: Option<Arc<dyn Sink>>,
+    pub(crate) late_rows_sink: Option<Arc<dyn Sink>>,
+    pub(crate) output_mode: OutputMode,
+    pub(crate) trigger: Trigger,
+    pub(crate) checkpoint: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) options: QueryOptions,
 }
 
 impl DataStreamWriter {
@@ -269,186 +255,10 @@ impl DataStreamWriter {
     /// the chosen output mode, if no sink was given, if another query holds
     /// the checkpoint, or if the checkpoint is corrupt or belongs to a
     /// different query.
-    pub async fn start(self) -> Result<StreamingQuery> {
-        let sink = self.sink.ok_or_else(|| {
+    pub async fn start(mut self) -> Result<StreamingQuery> {
+        let sink = self.sink.take().ok_or_else(|| {
             TidemillError::Config("no sink: call .sink(...) before .start()".into())
         })?;
-        let (state, plan, optimized) = prepare(self.df, self.output_mode)?;
-        let session = SessionContext::new_with_state(state.clone());
-        let tables = StreamingTable::all_in(&plan);
-        let layout = match find_aggregation(&optimized) {
-            Some(found) => Some(Arc::new(
-                AggregateLayout::plan(&found, &state).await.map_err(|e| {
-                    TidemillError::datafusion("planning the streaming aggregation", e)
-                })?,
-            )),
-            None => None,
-        };
-
-        let location = match &self.checkpoint {
-            Some(location) => location.clone(),
-            None => format!(
-                "memory:///tidemill/temporary-checkpoints/{}",
-                uuid::Uuid::new_v4()
-            ),
-        };
-        let location = Location::resolve(&location, &session.runtime_env())?;
-        let checkpoint = Checkpoint::open(location)?;
-        let metadata = checkpoint
-            .load_or_init_metadata(Metadata {
-                query_id: uuid::Uuid::new_v4().to_string(),
-                engine_version: env!("CARGO_PKG_VERSION").to_string(),
-                created_at: chrono::Utc::now().to_rfc3339(),
-                sources: tables.iter().map(|t| t.provider().description()).collect(),
-                sink: sink.description(),
-            })
-            .await?;
-
-        let mut sources = Vec::with_capacity(tables.len());
-        for (index, table) in tables.iter().enumerate() {
-            let schema = datafusion::catalog::TableProvider::schema(table.as_ref());
-            let ctx = SourceContext {
-                session: session.clone(),
-                schema: Arc::clone(&schema),
-                checkpoint: checkpoint.source_dir(index),
-            };
-            sources.push(RunningSource {
-                table_id: table.id(),
-                schema,
-                description: table.provider().description(),
-                source: table.provider().open(ctx).await?,
-                committed: None,
-            });
-        }
-
-        let recovery = checkpoint.recovery_point(sources.len()).await?;
-        for (s, offset) in sources.iter_mut().zip(recovery.committed) {
-            s.committed = offset;
-        }
-        let (next_batch_id, pending, watermark) = (
-            recovery.next_batch_id,
-            recovery.pending,
-            recovery.watermark_ms,
-        );
-
-        let mut aggregates = Vec::new();
-        if let Some(layout) = layout {
-            let dir = checkpoint.dir.child("state").child("0");
-            aggregates.push(Arc::new(
-                AggregateOperator::open(layout, self.output_mode, dir, next_batch_id).await?,
-            ));
-        }
-        // Batches are planned with Tidemill's streaming operators added to
-        // DataFusion's planner.
-        let watermark_planner = Arc::new(WatermarkPlanner::default());
-        let planning_session = SessionContext::new_with_state(
-            SessionStateBuilder::new_from_existing(state.clone())
-                .with_query_planner(Arc::new(StreamingQueryPlanner::new(
-                    Arc::clone(&watermark_planner),
-                    Arc::new(AggregatePlanner::new(aggregates.clone())),
-                )))
-                .build(),
-        );
-
-        let df_schema = plan.schema();
-        sink.open(&SinkContext {
-            session: session.clone(),
-            query_name: self.name.clone(),
-            schema: Arc::new(df_schema.as_arrow().clone()),
-            output_mode: self.output_mode,
-        })
-        .await?;
-
-        if let Some(late) = &self.late_rows_sink {
-            let Some(operator) = aggregates.first() else {
-                return Err(TidemillError::Config(
-                    "late_rows_sink: the query has no streaming aggregation, so no row is ever \
-                     late; remove the late-rows sink"
-                        .into(),
-                ));
-            };
-            late.open(&SinkContext {
-                session: session.clone(),
-                query_name: self.name.as_ref().map(|n| format!("{n}_late_rows")),
-                schema: operator.input_schema(),
-                output_mode: OutputMode::Append,
-            })
-            .await?;
-        }
-
-        let shared = Arc::new(QueryShared::new(
-            metadata.query_id,
-            self.name,
-            self.options.progress_history,
-        ));
-        tracing::info!(
-            "starting query {} at batch {next_batch_id} with checkpoint {}",
-            shared.display_name(),
-            checkpoint.location
-        );
-        let watermarks = WatermarkTracker::new(
-            &WatermarkNode::all_in(&plan),
-            self.options.multiple_watermark_policy,
-            watermark,
-        );
-        let planner = BatchPlanner::new(planning_session.clone(), plan, !aggregates.is_empty());
-        let runner = Runner {
-            session: planning_session,
-            watermarks,
-            watermark_planner,
-            planner,
-            sources,
-            sink,
-            late_rows_sink: self.late_rows_sink,
-            aggregates,
-            checkpoint,
-            trigger: self.trigger,
-            output_mode: self.output_mode,
-            options: self.options,
-            shared: Arc::clone(&shared),
-            next_batch_id,
-            pending_is_recovery: pending.is_some(),
-            pending,
-            last_trigger_start: None,
-        };
-        let task_shared = Arc::clone(&shared);
-        let task = tokio::spawn(async move {
-            let outcome = std::panic::AssertUnwindSafe(runner.run())
-                .catch_unwind()
-                .await;
-            let error = match outcome {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e),
-                Err(panic) => Some(TidemillError::Internal(crate::error::panic_message(
-                    &*panic,
-                ))),
-            };
-            task_shared.terminate(error);
-        });
-        Ok(StreamingQuery::new(shared, task))
+        crate::boot::start(self, sink).await
     }
-}
-
-/// The query's plan ready to stream: grouping windows expanded, optimized
-/// and validated for `mode`. Returns the session state, the plan and the
-/// optimized plan.
-fn prepare(
-    df: DataFrame,
-    mode: OutputMode,
-) -> Result<(
-    datafusion::execution::SessionState,
-    LogicalPlan,
-    LogicalPlan,
-)> {
-    let (state, plan) = df.into_parts();
-    // Sliding and session windows in GROUP BY become an unnested list and
-    // window functions (the analyzer does it too where
-    // register_window_functions ran).
-    let plan = expand_grouping_windows(plan)
-        .map_err(|e| TidemillError::datafusion("planning grouping windows", e))?;
-    let optimized = state
-        .optimize(&plan)
-        .map_err(|e| TidemillError::datafusion("optimizing the streaming query", e))?;
-    plan::validate(&optimized, &plan, mode)?;
-    Ok((state, plan, optimized))
 }

@@ -36,3 +36,33 @@ pub use substitute::substitute;
 pub(crate) use substitute::{find_aggregation, replace_aggregation};
 pub use validate::validate;
 pub use watermark::WatermarkPlanner;
+
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::DataFrame;
+
+use crate::window::expand_grouping_windows;
+use crate::{OutputMode, Result, TidemillError};
+
+/// The query's plan ready to stream: grouping windows expanded, optimized
+/// and validated for `mode`. Returns the session state, the plan and the
+/// optimized plan.
+pub(crate) fn prepare(
+    df: DataFrame,
+    mode: OutputMode,
+) -> Result<(
+    datafusion::execution::SessionState,
+    LogicalPlan,
+    LogicalPlan,
+)> {
+    let (state, plan) = df.into_parts();
+    // Sliding and session windows in GROUP BY become an unnested list and
+    // window functions (the analyzer does it too where
+    // register_window_functions ran).
+    let plan = expand_grouping_windows(plan)
+        .map_err(|e| TidemillError::datafusion("planning grouping windows", e))?;
+    let optimized = state
+        .optimize(&plan)
+        .map_err(|e| TidemillError::datafusion("optimizing the streaming query", e))?;
+    validate(&optimized, &plan, mode)?;
+    Ok((state, plan, optimized))
+}
