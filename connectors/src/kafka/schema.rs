@@ -11,6 +11,18 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use rdkafka::message::{Headers, Message, Timestamp};
 
+/// The schema of the messages of one batch, as the Kafka sink
+/// produces and logs them.
+pub(crate) fn messages_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("key", DataType::Binary, true),
+        Field::new("value", DataType::Binary, true),
+        Field::new("headers", headers_type(), true),
+    ]))
+}
+
 /// The columns of every record a Kafka source reads, in order.
 pub const KAFKA_COLUMNS: [&str; 8] = [
     "key",

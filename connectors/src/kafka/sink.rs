@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, AsArray, Int32Array, ListArray, RecordBatch, StringArray};
 use arrow::compute::concat_batches;
-use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Int32Type, Schema, SchemaRef};
 use async_trait::async_trait;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -19,7 +19,7 @@ use tidemill_engine::{Location, Result, Sink, SinkContext, TidemillError, failpo
 use super::client::{ClientOptions, blocking, is_transient};
 use super::json::{as_binary, encode_json_rows};
 use super::reader::{PartitionRange, Reader};
-use super::schema::headers_type;
+use super::schema::{headers_type, messages_schema};
 use super::sink_log::{PendingBatch, SinkLog};
 
 /// Header naming the sink (its exactly-once log's id) that wrote a message.
@@ -152,17 +152,6 @@ impl ProducerContext for Delivery {
             }
         }
     }
-}
-
-/// The schema of the messages of one batch, as the sink logs them.
-pub(crate) fn messages_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("topic", DataType::Utf8, false),
-        Field::new("partition", DataType::Int32, false),
-        Field::new("key", DataType::Binary, true),
-        Field::new("value", DataType::Binary, true),
-        Field::new("headers", headers_type(), true),
-    ]))
 }
 
 impl KafkaSink {
@@ -981,6 +970,7 @@ impl Sink for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::datatypes::Field;
 
     #[test]
     fn murmur2_matches_the_java_client() {

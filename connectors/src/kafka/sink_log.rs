@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tidemill_engine::{Result, TidemillError};
 use tidemill_state::{CheckpointDir, NumberedLog, StateError};
 
-use super::sink::messages_schema;
+use super::schema::messages_schema;
 
 const META_KIND: &str = "kafka-sink-metadata";
 const PENDING_KIND: &str = "kafka-sink-pending";

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, FieldRef, Fields, TimeUnit};
+use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
 use datafusion::common::{ScalarValue, exec_err, plan_err};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{
@@ -10,7 +10,7 @@ use datafusion::logical_expr::{
 };
 
 use super::MAX_WINDOWS_PER_ROW;
-use super::kernels::{hop_array, tumble_array};
+use super::kernels::{Spec, hop_array, tumble_array, window_type};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Kind {
@@ -132,27 +132,6 @@ impl WindowFunction {
             Kind::Hop => DataType::new_list(window, true),
         }
     }
-}
-
-/// Window length, slide and offset (`0 <= offset < slide`), in units of the
-/// event-time column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Spec {
-    pub(super) size: i64,
-    pub(super) slide: i64,
-    pub(super) offset: i64,
-}
-
-/// `Struct{start, end}`, both of the event-time type.
-pub(super) fn window_type(ts_type: &DataType) -> DataType {
-    DataType::Struct(window_fields(ts_type))
-}
-
-pub(super) fn window_fields(ts_type: &DataType) -> Fields {
-    Fields::from(vec![
-        Field::new("start", ts_type.clone(), true),
-        Field::new("end", ts_type.clone(), true),
-    ])
 }
 
 fn time_unit(name: &str, ts_type: &DataType) -> Result<TimeUnit> {

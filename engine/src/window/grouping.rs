@@ -23,9 +23,9 @@ use datafusion::error::Result;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::optimizer::AnalyzerRule;
-use datafusion::prelude::col;
 
 use super::hop_udf;
+use super::regroup::{group_by_column, input_columns_and};
 use super::session::{self, session_call};
 
 /// The column holding each row's sliding window after the rewrite.
@@ -140,34 +140,4 @@ fn rewrite_sliding(aggregate: Aggregate, index: usize) -> Result<LogicalPlan> {
         )?
         .build()?;
     group_by_column(aggregate, index, input, SLIDING_WINDOW_COLUMN)
-}
-
-/// Every column of `input`, then `extra`.
-pub(super) fn input_columns_and(input: &LogicalPlan, extra: Expr) -> Vec<Expr> {
-    let mut columns: Vec<Expr> = input
-        .schema()
-        .columns()
-        .into_iter()
-        .map(Expr::Column)
-        .collect();
-    columns.push(extra);
-    columns
-}
-
-/// `aggregate` over `input`, with group key `index` replaced by `column`
-/// under the key's original name, so the output schema is unchanged.
-pub(super) fn group_by_column(
-    aggregate: Aggregate,
-    index: usize,
-    input: LogicalPlan,
-    column: &str,
-) -> Result<LogicalPlan> {
-    let original_name = aggregate.schema.field(index).name().clone();
-    let mut group_expr = aggregate.group_expr;
-    group_expr[index] = col(column).alias(original_name);
-    Ok(LogicalPlan::Aggregate(Aggregate::try_new(
-        Arc::new(input),
-        group_expr,
-        aggregate.aggr_expr,
-    )?))
 }

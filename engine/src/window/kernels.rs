@@ -5,13 +5,32 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, ListArray, StructArray, make_array};
 use arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{
-    DataType, Field, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    DataType, Field, Fields, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType,
 };
 use datafusion::common::exec_err;
 use datafusion::error::Result;
 
-use super::function::{Spec, window_fields};
+/// Window length, slide and offset (`0 <= offset < slide`), in units of the
+/// event-time column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Spec {
+    pub(super) size: i64,
+    pub(super) slide: i64,
+    pub(super) offset: i64,
+}
+
+/// `Struct{start, end}`, both of the event-time type.
+pub(super) fn window_type(ts_type: &DataType) -> DataType {
+    DataType::Struct(window_fields(ts_type))
+}
+
+pub(super) fn window_fields(ts_type: &DataType) -> Fields {
+    Fields::from(vec![
+        Field::new("start", ts_type.clone(), true),
+        Field::new("end", ts_type.clone(), true),
+    ])
+}
 
 /// The raw `i64` values of a timestamp array (any unit).
 fn timestamp_values(array: &ArrayRef) -> Result<&[i64]> {

@@ -80,6 +80,7 @@
 mod function;
 mod grouping;
 mod kernels;
+mod regroup;
 mod session;
 #[cfg(test)]
 mod tests;

@@ -36,8 +36,9 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::{col, lit};
 
-use super::function::{duration_nanos, window_type};
-use super::grouping::{group_by_column, input_columns_and};
+use super::function::duration_nanos;
+use super::kernels::window_type;
+use super::regroup::{group_by_column, input_columns_and};
 
 /// Columns the rewrite adds start with this prefix.
 pub const SESSION_PREFIX: &str = "__tidemill_session_";

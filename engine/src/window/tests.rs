@@ -1,4 +1,4 @@
-use super::function::window_type;
+use super::kernels::window_type;
 use super::kernels::{floor_start, timestamp_array};
 use super::*;
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
