@@ -79,7 +79,8 @@ pub struct SourceContext {
 /// A source opened for one query.
 ///
 /// The engine drives it: each trigger it asks for the latest offset, records
-/// the range `[start, end)` in the offset log, then reads it. The contract:
+/// the range `(start, end]` in the offset log (after the last committed
+/// offset, up to and including the new one), then reads it. The contract:
 ///
 /// - **Deterministic replay.** Reading the same range again, in this
 ///   process or after a restart, yields the same rows. Recovery re-runs an

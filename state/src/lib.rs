@@ -18,8 +18,10 @@
 //!   opaque bytes (arrow's row format, described by a [`StateSchema`]),
 //!   hash-partitioned into [`StatePartition`]s by [`partition_for_key`],
 //!   with optional expiry. Batch `N` reads version `N` and
-//!   [`commit`](StateStore::commit)s `N + 1`, which writes an Arrow IPC
-//!   delta per changed partition and, periodically, snapshots; any
+//!   [`commit`](StateStore::commit)s `N + 1`, which writes one delta file
+//!   holding an Arrow IPC part per changed partition (`<version>.delta`,
+//!   located by the version's commit file) and, in the background,
+//!   per-partition snapshots, staggered across partitions; any
 //!   committed version can be [`open`](StateStore::open)ed again after a
 //!   crash, and [`purge`](StateStore::purge) drops what old versions alone
 //!   needed. [`StateStoreConfig`] sets the partition count and snapshot

@@ -92,48 +92,16 @@ const PROBE_AHEAD_REFRESH: usize = 64;
 /// [`partitions_mut`](StateStore::partitions_mut), and are encoded and
 /// written in parallel on commit.
 ///
-/// **Files**, all through `object_store` under the store's directory:
-///
-/// ```text
-/// _metadata                   checksummed JSON: format version, partition count,
-///                             key and value schemas
-/// <version>.commit            checksummed JSON: for each partition, the snapshot
-///                             and deltas that make up this version, with their
-///                             sizes and CRC-32s; written last, so a version
-///                             exists once its commit file does
-/// <v>.delta                   the changes of v: for each partition with changes,
-///                             an Arrow IPC file of its changed keys (a null value
-///                             for a removed key), one after the other; the commit
-///                             file records where each starts
-/// <partition>/<v>-<tag>.snapshot
-///                             Arrow IPC: the whole partition as of v, written in
-///                             the background by the store instance tagged <tag>
-/// ```
-///
-/// A commit writes one delta file holding the partitions *with changes*,
-/// so its cost grows with the changed keys, not with the state, and its
-/// number of files stays one whatever the partition count. Snapshots are written
-/// off the commit path: once a partition's chain holds
-/// [`snapshot_interval`](StateStoreConfig::snapshot_interval) deltas (and,
-/// for a partition that has a snapshot, rows worth rewriting it for), a
-/// background task (on the tokio runtime, its CPU work on the blocking
-/// pool) merges the chain's files into a snapshot of the version just
-/// committed, and a later commit that finds it done lists the snapshot in
-/// place of the files it replaces. The merging runs on one maintenance
-/// thread per process, on the CPU time batches leave idle (Linux
-/// `SCHED_IDLE`); a partition whose chain has grown to twice
-/// [`max_snapshot_interval`](StateStoreConfig::max_snapshot_interval)
-/// because no idle time came gets a snapshot at a normal priority on the
-/// blocking pool. That bounds the files a load reads
-/// without a commit ever rewriting the state. (Spark's state store
-/// maintenance task does the same.) An error of a background snapshot
-/// fails the next commit.
-///
-/// Loading reads one commit file and exactly the data files it lists (of
-/// a shared delta file, the span of the parts it needs, in one read); a
-/// missing, truncated or altered file is reported as
-/// [`StateError::Corrupt`] naming the file (and the partition whose part
-/// is damaged).
+/// **Files**, all through `object_store` under the store's directory: a
+/// `_metadata` file (format version, partition count, schemas), one
+/// `<version>.commit` per version (written last: a version exists once it
+/// does), one `<version>.delta` holding the changes of every partition that
+/// changed, and per-partition snapshots written in the background (the
+/// layout is in `files.rs`). A commit's cost grows with the changed keys,
+/// not with the state. Loading reads one commit file and exactly the data
+/// files it lists; a missing, truncated or altered file is reported as
+/// [`StateError::Corrupt`] naming the file (and the partition whose part is
+/// damaged). An error of a background snapshot fails the next commit.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -643,6 +611,19 @@ impl StateStore {
     /// (see [`StateStoreConfig::snapshot_interval`]) and is not being
     /// snapshotted already, or whose chain is [`overdue`] while its
     /// snapshot waits for idle CPU time. Returns how many started.
+    ///
+    /// Snapshots are written off the commit path: once a partition's chain
+    /// holds `snapshot_interval` deltas (and, for a partition that has a
+    /// snapshot, rows worth rewriting it for), a background task (on the
+    /// tokio runtime, its CPU work on the blocking pool) merges the chain's
+    /// files into a snapshot of the version just committed, and a later
+    /// commit that finds it done lists the snapshot in place of the files
+    /// it replaces. The merging runs on the process's maintenance thread,
+    /// on CPU time batches leave idle; a partition whose chain has grown to
+    /// twice [`StateStoreConfig::max_snapshot_interval`] because no idle
+    /// time came gets a snapshot at a normal priority on the blocking pool.
+    /// That bounds the files a load reads without a commit ever rewriting
+    /// the state (Spark's state store maintenance task does the same).
     fn start_snapshots(&mut self) -> usize {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return 0;
