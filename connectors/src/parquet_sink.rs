@@ -307,12 +307,13 @@ impl ParquetSink {
             Ok(listing) => listing,
             Err(object_store::Error::NotFound { .. }) => return Ok(()),
             Err(e) => {
-                return Err(TidemillError::sink(
+                let error = TidemillError::sink(
                     self.description(),
                     format!(
                         "batch {batch_id}: cannot list the output directory for leftovers: {e}"
                     ),
-                ));
+                );
+                return Err(TidemillError::storage(error, &e));
             }
         };
         for meta in listing.objects {
@@ -377,11 +378,13 @@ impl ParquetSink {
                     .put_opts(&path, PutPayload::from(bytes), opts)
                     .await
                     .map_err(|e| {
-                        // Storage I/O may recover: the engine retries the batch.
-                        TidemillError::transient(TidemillError::sink(
+                        // Storage I/O may recover (the engine then retries
+                        // the batch); "Not a directory" and the like do not.
+                        let error = TidemillError::sink(
                             self.description(),
                             format!("batch {batch_id}: writing '{path}' failed: {e}"),
-                        ))
+                        );
+                        TidemillError::storage(error, &e)
                     })?;
                 Ok::<_, TidemillError>(ManifestFile {
                     name: name.clone(),
@@ -399,6 +402,26 @@ impl ParquetSink {
             }
         }
         Ok(written)
+    }
+
+    /// A failed read or write of batch `batch_id`'s manifest entry, as the
+    /// sink's error: it names the sink (so its path) rather than reading as
+    /// a failure of the query's checkpoint. Transient only when the storage
+    /// error behind it may pass by itself; a sink path that is a regular
+    /// file ("Not a directory") or that may not be written fails at once.
+    fn manifest_error(&self, batch_id: u64, doing: &str, error: StateError) -> TidemillError {
+        match error {
+            StateError::Io { path, source } => {
+                let error = TidemillError::sink(
+                    self.description(),
+                    format!(
+                        "batch {batch_id}: {doing} the manifest entry '{path}' failed: {source}"
+                    ),
+                );
+                TidemillError::storage(error, &source)
+            }
+            other => other.into(),
+        }
     }
 
     /// Best-effort removal of files of a failed or superseded attempt.
@@ -450,7 +473,11 @@ impl Sink for ParquetSink {
     ) -> Result<()> {
         let (location, may_have_leftovers) = self.begin(batch_id)?;
         let manifest = manifest_log(&location);
-        if manifest.contains(batch_id).await? {
+        let committed = manifest
+            .contains(batch_id)
+            .await
+            .map_err(|e| self.manifest_error(batch_id, "reading", e))?;
+        if committed {
             tracing::debug!(sink = %self.description(), batch_id, "batch already committed; skipping");
             return Ok(());
         }
@@ -477,7 +504,7 @@ impl Sink for ParquetSink {
             }
             Err(e) => {
                 self.delete_files(&location, &entry.files).await;
-                Err(e.into())
+                Err(self.manifest_error(batch_id, "writing", e))
             }
         }
     }
@@ -958,6 +985,34 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn a_sink_path_that_is_a_regular_file_fails_at_once_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        std::fs::write(&out, b"not a directory").unwrap();
+        let ctx = SessionContext::new();
+        let sink = ParquetSink::new(out.to_str().unwrap());
+        open(&ctx, &sink).await;
+        let err = sink
+            .add_batch(0, schema(), vec![batch(&[1])])
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        // The sink and its path, not "checkpoint I/O failed".
+        assert!(
+            message.starts_with(&format!(
+                "sink ParquetSink[file://{}]: batch 0: ",
+                out.display()
+            )),
+            "{message}"
+        );
+        assert!(message.contains("Not a directory"), "{message}");
+        assert!(!message.contains("checkpoint"), "{message}");
+        // Retrying cannot help, so the engine does not retry.
+        assert!(!err.is_transient(), "{message}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"not a directory");
     }
 
     #[tokio::test]

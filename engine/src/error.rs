@@ -150,16 +150,56 @@ impl TidemillError {
         Self::Transient(Box::new(error))
     }
 
+    /// `error`, caused by the object store error `cause`, marked
+    /// [`TidemillError::transient`] when `cause` may pass by itself (see
+    /// [`TidemillError::is_transient_store_error`]) and left as it is when
+    /// retrying cannot help.
+    pub fn storage(error: TidemillError, cause: &object_store::Error) -> Self {
+        if Self::is_transient_store_error(cause) {
+            Self::transient(error)
+        } else {
+            error
+        }
+    }
+
+    /// Whether an object store error may pass by itself: a dropped
+    /// connection, a timeout, a server error. Not transient: a missing
+    /// object or bucket, refused permission or credentials, an invalid path,
+    /// an unsupported operation, a failed precondition, and local file
+    /// system errors that stay until someone acts: "Not a directory", "Is a
+    /// directory", "Permission denied", a read-only file system, an invalid
+    /// file name.
+    pub fn is_transient_store_error(error: &object_store::Error) -> bool {
+        use object_store::Error as E;
+        match error {
+            E::NotFound { .. }
+            | E::InvalidPath { .. }
+            | E::NotSupported { .. }
+            | E::AlreadyExists { .. }
+            | E::Precondition { .. }
+            | E::NotModified { .. }
+            | E::NotImplemented { .. }
+            | E::PermissionDenied { .. }
+            | E::Unauthenticated { .. }
+            | E::UnknownConfigurationKey { .. } => false,
+            _ => !has_permanent_io_cause(error),
+        }
+    }
+
     /// Whether retrying may succeed: errors marked
     /// [`TidemillError::transient`], and I/O errors of the object store
-    /// holding the checkpoint or read by DataFusion. Corrupt files, bad
-    /// input and planning errors are not transient.
+    /// holding the checkpoint or read by DataFusion that may pass by
+    /// themselves ([`TidemillError::is_transient_store_error`]). Corrupt
+    /// files, bad input, planning errors and permanent storage errors (such
+    /// as "Not a directory" or "Permission denied") are not transient.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Transient(_) => true,
-            Self::Checkpoint(StateError::Io { .. }) => true,
+            Self::Checkpoint(StateError::Io { source, .. }) => {
+                Self::is_transient_store_error(source)
+            }
             Self::DataFusion { source, .. } => match source.find_root() {
-                DataFusionError::ObjectStore(_) => true,
+                DataFusionError::ObjectStore(e) => Self::is_transient_store_error(e),
                 DataFusionError::External(inner) => inner
                     .downcast_ref::<TidemillError>()
                     .is_some_and(TidemillError::is_transient),
@@ -176,6 +216,31 @@ impl TidemillError {
             message: message.into(),
         }
     }
+}
+
+/// Whether an operating system error behind `error` (anywhere in its chain
+/// of sources) is one that retrying cannot cure.
+fn has_permanent_io_cause(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                K::NotFound
+                    | K::NotADirectory
+                    | K::IsADirectory
+                    | K::PermissionDenied
+                    | K::ReadOnlyFilesystem
+                    | K::InvalidInput
+                    | K::InvalidFilename
+                    | K::Unsupported
+                    | K::AlreadyExists
+            );
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl From<TidemillError> for DataFusionError {
@@ -236,6 +301,66 @@ mod tests {
             "executing batch 4: Execution error: division by zero"
         );
         assert!(!err.is_transient());
+    }
+
+    /// The error the local file system gives for reading `<file>/x` when
+    /// `<file>` is a regular file.
+    async fn not_a_directory() -> object_store::Error {
+        use object_store::ObjectStoreExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap();
+        store
+            .put(
+                &"file/x".into(),
+                object_store::PutPayload::from_static(b"y"),
+            )
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn permanent_storage_errors_are_not_retried() {
+        let cause = not_a_directory().await;
+        assert!(!TidemillError::is_transient_store_error(&cause), "{cause}");
+        let err = TidemillError::Checkpoint(StateError::Io {
+            path: "out/_tidemill_sink/0".into(),
+            source: not_a_directory().await,
+        });
+        assert!(!err.is_transient(), "{err}");
+        let err = TidemillError::storage(
+            TidemillError::sink("ParquetSink[file:///out]", "writing failed"),
+            &cause,
+        );
+        assert!(matches!(err, TidemillError::Sink { .. }), "{err:?}");
+        assert!(!err.is_transient());
+        let missing = object_store::Error::NotFound {
+            path: "bucket/x".into(),
+            source: "NoSuchBucket".into(),
+        };
+        assert!(!TidemillError::is_transient_store_error(&missing));
+        let via_datafusion =
+            TidemillError::datafusion("reading", DataFusionError::ObjectStore(Box::new(cause)));
+        assert!(!via_datafusion.is_transient(), "{via_datafusion}");
+    }
+
+    #[test]
+    fn other_storage_errors_are_retried() {
+        let reset = || object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        };
+        assert!(TidemillError::is_transient_store_error(&reset()));
+        let err = TidemillError::storage(
+            TidemillError::sink("ParquetSink[s3://b/out]", "x"),
+            &reset(),
+        );
+        assert!(matches!(err, TidemillError::Transient(_)) && err.is_transient());
+        let err = TidemillError::Checkpoint(StateError::Io {
+            path: "chk/offsets/3".into(),
+            source: reset(),
+        });
+        assert!(err.is_transient());
     }
 
     #[test]

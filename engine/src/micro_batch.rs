@@ -77,6 +77,8 @@ struct Backoff {
     policy: RetryPolicy,
     failing_since: Option<Instant>,
     next: Duration,
+    /// Failed attempts since the last success.
+    failures: u32,
 }
 
 impl Backoff {
@@ -84,6 +86,7 @@ impl Backoff {
         Self {
             next: policy.initial_backoff,
             failing_since: None,
+            failures: 0,
             policy,
         }
     }
@@ -92,12 +95,14 @@ impl Backoff {
     fn reset(&mut self) {
         self.failing_since = None;
         self.next = self.policy.initial_backoff;
+        self.failures = 0;
     }
 
     /// The wait before retrying a trigger that started at `started` and
     /// failed; `None` once failures have lasted the policy's `max_elapsed`.
     fn next_wait(&mut self, started: Instant) -> Option<Duration> {
         let since = *self.failing_since.get_or_insert(started);
+        self.failures += 1;
         if since.elapsed() >= self.policy.max_elapsed {
             return None;
         }
@@ -141,10 +146,22 @@ impl Runner {
                     let Some(wait) = retry.next_wait(started) else {
                         return Err(e);
                     };
-                    tracing::warn!(
-                        "query {}: {e}; retrying in {wait:?}",
-                        self.shared.display_name()
+                    // Said on standard error, whether or not a tracing
+                    // subscriber is installed: a query that retries must
+                    // not look idle.
+                    let what = match &self.pending {
+                        Some(entry) => format!("batch {}", entry.batch_id),
+                        None => "a trigger".to_string(),
+                    };
+                    let notice = format!(
+                        "query {}: {what} failed (attempt {}) with a transient error: {e}; next try in {wait:?} \
+                         (giving up once failures have lasted {:?})",
+                        self.shared.display_name(),
+                        retry.failures,
+                        retry.policy.max_elapsed,
                     );
+                    tracing::warn!("{notice}");
+                    eprintln!("warning: {notice}");
                     let message = format!("Retrying after a transient error: {e}");
                     self.shared.set_status(|s| {
                         s.is_trigger_active = false;

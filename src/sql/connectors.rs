@@ -20,6 +20,8 @@ pub(super) enum StreamConnector {
         max_files_per_trigger: Option<u64>,
         header: Option<bool>,
         delimiter: Option<u8>,
+        /// `listing_margin`: see `FileSource::listing_margin`.
+        listing_margin: Option<Duration>,
     },
     /// `connector = 'rate'`: generated `(timestamp, value)` rows.
     Rate {
@@ -388,6 +390,7 @@ pub(super) fn stream_connector(def: &Located<StreamDef>) -> Result<StreamConnect
                     "max_files_per_trigger",
                     "header",
                     "delimiter",
+                    "listing_margin",
                 ],
                 &format!("a files stream ({what})"),
             )?;
@@ -422,6 +425,7 @@ pub(super) fn stream_connector(def: &Located<StreamDef>) -> Result<StreamConnect
                 max_files_per_trigger: number(options, "max_files_per_trigger", at(def))?,
                 header,
                 delimiter,
+                listing_margin: duration(options, "listing_margin", at(def))?,
             })
         }
         Some("rate") => {

@@ -624,6 +624,7 @@ async fn register_stream(
                 max_files_per_trigger,
                 header,
                 delimiter,
+                listing_margin,
             },
             batch,
         ) => {
@@ -639,6 +640,9 @@ async fn register_stream(
             }
             if let Some(d) = delimiter {
                 source = source.delimiter(*d);
+            }
+            if let Some(margin) = listing_margin {
+                source = source.listing_margin(*margin);
             }
             // A batch job reads the files the stream would, through the
             // stream's reader: the same hidden-file rule, schema, options

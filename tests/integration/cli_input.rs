@@ -411,3 +411,132 @@ INSERT INTO dear SELECT symbol FROM quotes WHERE price >= 2;
         );
     }
 }
+
+/// A parquet file as Spark and pyarrow write trades: `event_time` in
+/// microseconds, UTC; `quantity` as `qty_type` (one row of 7, one of
+/// `big`); `price` as a 32-bit float.
+fn spark_trades(qty_type: DataType) -> Vec<u8> {
+    use arrow::array::{ArrayRef, Float32Array, Int32Array, Int64Array, TimestampMicrosecondArray};
+    // 2024-03-04T14:30:00.250Z and 2024-03-04T14:31:00Z
+    let at = 1_709_562_600_000_000_i64;
+    let quantity: ArrayRef = match qty_type {
+        DataType::Int64 => Arc::new(Int64Array::from(vec![7, 5_000_000_000])),
+        _ => Arc::new(Int32Array::from(vec![7, 2_000_000_000])),
+    };
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "symbol",
+            Arc::new(StringArray::from(vec!["AAPL", "MSFT"])) as ArrayRef,
+        ),
+        ("quantity", quantity),
+        ("price", Arc::new(Float32Array::from(vec![1.5_f32, 2.25]))),
+        (
+            "event_time",
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![at + 250_000, at + 60_000_000])
+                    .with_timezone("UTC"),
+            ),
+        ),
+    ])
+    .unwrap();
+    let mut bytes = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    bytes
+}
+
+/// A pipeline reading `<dir>/<input>` as parquet with declared columns
+/// (`quantity` as `qty_sql`) into a files sink at `<dir>/<output>`.
+fn typed_pipeline(dir: &Path, input: &str, qty_sql: &str, output: &str) -> PathBuf {
+    let file = dir.join(format!("{output}.sql"));
+    std::fs::write(
+        &file,
+        format!(
+            "CREATE STREAM trades (symbol VARCHAR, quantity {qty_sql}, price DOUBLE, event_time TIMESTAMP)
+  WITH (connector = 'files', path = '{input}', format = 'parquet');
+
+CREATE SINK copied WITH (connector = 'files', path = '{output}');
+
+INSERT INTO copied SELECT symbol, quantity, price, event_time FROM trades;
+",
+            input = dir.join(input).display(),
+            output = dir.join(output).display(),
+        ),
+    )
+    .unwrap();
+    file
+}
+
+#[tokio::test]
+async fn parquet_written_by_spark_reads_against_declared_sql_types_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    write_input(
+        dir.path(),
+        "spark",
+        "part-0.parquet",
+        &spark_trades(DataType::Int32),
+    );
+    let expected = vec![
+        "| AAPL   | 7          | 1.5   | 2024-03-04T14:30:00.250 |",
+        "| MSFT   | 2000000000 | 2.25  | 2024-03-04T14:31:00     |",
+    ];
+    for mode in ["run", "batch"] {
+        let output = format!("typed_{mode}");
+        let pipeline = typed_pipeline(dir.path(), "spark", "BIGINT", &output);
+        let checkpoint = dir.path().join(format!("typed_{mode}.checkpoint"));
+        let out = match mode {
+            "run" => tidemill(&[
+                "run",
+                pipeline.to_str().unwrap(),
+                "--trigger",
+                "available-now",
+                "--checkpoint",
+                checkpoint.to_str().unwrap(),
+            ]),
+            _ => tidemill(&["batch", pipeline.to_str().unwrap()]),
+        };
+        assert!(out.status.success(), "{mode}: {}", text(&out.stderr));
+        // The declared types, written out as such.
+        let ctx = SessionContext::new();
+        let df = ParquetSink::read_committed(&ctx, dir.path().join(&output).to_str().unwrap())
+            .await
+            .unwrap();
+        let schema = df.schema().as_arrow().clone();
+        assert_eq!(schema.field(1).data_type(), &DataType::Int64, "{mode}");
+        assert_eq!(schema.field(2).data_type(), &DataType::Float64, "{mode}");
+        assert_eq!(
+            schema.field(3).data_type(),
+            &DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None),
+            "{mode}"
+        );
+        assert_eq!(
+            sorted_rows(&df.collect().await.unwrap()),
+            expected,
+            "{mode}"
+        );
+    }
+
+    // A column the declared type cannot hold without loss: refused in
+    // both modes, naming the file and the column.
+    write_input(
+        dir.path(),
+        "wide",
+        "part-0.parquet",
+        &spark_trades(DataType::Int64),
+    );
+    let pipeline = typed_pipeline(dir.path(), "wide", "INT", "narrow");
+    let (run, batch) = fail_both_ways(dir.path(), &pipeline, "narrow");
+    let file = format!(
+        "file://{}",
+        dir.path().join("wide/part-0.parquet").display()
+    );
+    for message in [run, batch] {
+        assert!(
+            message.contains(&format!(
+                "{file}: column 'quantity' has type Int64, but the source schema expects Int32"
+            )),
+            "{message}"
+        );
+    }
+}

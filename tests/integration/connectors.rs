@@ -376,3 +376,91 @@ async fn errors_keep_their_type_through_the_query_handle() {
     assert!(matches!(err, TidemillError::Source { .. }), "{err}");
     assert!(err.to_string().contains("schema"), "{err}");
 }
+
+#[tokio::test]
+async fn parquet_timestamps_of_another_unit_and_zone_read_as_the_declared_type() {
+    use arrow::array::{Int32Array, RecordBatch, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    // As Spark and pyarrow write them: microseconds, UTC; a 32-bit id.
+    let at = 1_709_562_600_000_000_i64; // 2024-03-04T14:30:00Z
+    let batch = RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            Arc::new(Int32Array::from(vec![1, 2])) as arrow::array::ArrayRef,
+        ),
+        (
+            "event_time",
+            Arc::new(TimestampMicrosecondArray::from(vec![at, at + 1]).with_timezone("UTC")),
+        ),
+    ])
+    .unwrap();
+    let file = std::fs::File::create(input.join("_part-0.parquet")).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    std::fs::rename(input.join("_part-0.parquet"), input.join("part-0.parquet")).unwrap();
+
+    let declared = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            false,
+        ),
+    ]));
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_stream(FileSource::parquet(input.to_str().unwrap()).schema(declared))
+        .await
+        .unwrap()
+        .with_watermark("event_time", "1 minute")
+        .unwrap();
+    let (sink, _query) = run_available_now(df, &tmp.path().join("chk"))
+        .await
+        .unwrap();
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        vec![
+            "| 1  | 2024-03-04T14:30:00        |",
+            "| 2  | 2024-03-04T14:30:00.000001 |"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_files_sink_on_a_regular_file_fails_at_once_naming_its_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    put(&input, "a.json", &json_lines(0..3));
+    let out = tmp.path().join("out");
+    std::fs::write(&out, "a regular file").unwrap();
+    let ctx = SessionContext::new();
+    let query = ctx
+        .read_stream(FileSource::json(input.to_str().unwrap()).schema(events_schema()))
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(ParquetSink::new(out.to_str().unwrap()))
+        .trigger(Trigger::AvailableNow)
+        .checkpoint(tmp.path().join("chk").to_str().unwrap())
+        .start()
+        .await
+        .unwrap();
+    // The default retry policy retries transient errors for 60 s; this one
+    // is not transient, so the query fails at once.
+    let result = tokio::time::timeout(Duration::from_secs(30), query.await_termination())
+        .await
+        .expect("the query fails at once instead of retrying");
+    let err = result.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "sink ParquetSink[file://{}]: batch 0: ",
+            out.display()
+        )) && err.contains("Not a directory"),
+        "{err}"
+    );
+    assert!(!err.contains("(transient)"), "{err}");
+}

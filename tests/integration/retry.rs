@@ -196,3 +196,67 @@ async fn permanent_errors_are_not_retried() {
         "tried exactly once"
     );
 }
+
+/// Run by [`transient_retries_are_said_on_standard_error`] as a child
+/// process, whose standard error it reads: a query whose sink fails
+/// transiently twice, then succeeds.
+#[tokio::test]
+#[ignore = "run as a child process by transient_retries_are_said_on_standard_error"]
+async fn child_query_with_two_transient_failures() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(events_schema());
+    let flaky = FlakySink {
+        inner: MemorySink::new(),
+        failures: AtomicUsize::new(2),
+        transient: true,
+    };
+    let options = QueryOptions {
+        retry: RetryPolicy {
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_secs(1),
+            max_elapsed: Duration::from_secs(60),
+        },
+        ..Default::default()
+    };
+    let (sink, query) = start(&ctx, &stream, flaky, options, dir.path()).await;
+    stream.push(events(0..2)).unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    assert_eq!(sink.inner.batch_ids(), vec![0]);
+}
+
+#[test]
+fn transient_retries_are_said_on_standard_error() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "retry::child_query_with_two_transient_failures",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "the child ran: {stdout}");
+    let notices: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(notices.len(), 2, "{stderr}");
+    for (i, (attempt, wait)) in [(1, "5ms"), (2, "10ms")].into_iter().enumerate() {
+        let notice = notices[i];
+        assert!(
+            notice.contains(&format!(
+                "batch 0 failed (attempt {attempt}) with a transient error"
+            )) && notice.contains("sink FlakySink: connection reset writing batch 0")
+                && notice.contains(&format!(
+                    "next try in {wait} (giving up once failures have lasted 60s)"
+                )),
+            "{notice}"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! through the `tidemill` binary and checked by its effect, so that an
 //! option that was parsed but not passed on would fail a test: the CSV
 //! options of a `files` stream (`header`, `delimiter`), its
-//! `max_files_per_trigger`, a `rate` stream run for real (and refused by
+//! `max_files_per_trigger` and `listing_margin`, a `rate` stream run for real (and refused by
 //! `tidemill batch`) with its `max_rows_per_trigger`, and the `files` sink's
 //! `max_rows_per_file`.
 
@@ -155,6 +155,50 @@ async fn csv_header_false_and_semicolon_delimiter_and_max_files_per_trigger() {
     let (names, got) = rows(&committed_batches(&batched).await);
     assert_eq!(names, ["symbol", "bid", "size"]);
     assert_eq!(got, SEMICOLON_QUOTES);
+}
+
+/// `listing_margin` holds back files modified less than that long before
+/// a listing started: a file written just now is read once it is old
+/// enough, by the same trigger (so about two seconds later with `'2
+/// seconds'`, where the default margin of 50 ms would read it at once).
+/// A value that is not a duration is refused at its place.
+#[test]
+fn files_stream_listing_margin_holds_back_recent_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    write_input(&input, "a.json", "{\"id\": 1}\n");
+    let sql = |margin: &str| {
+        format!(
+            "CREATE STREAM t (id BIGINT)
+  WITH (connector = 'files', path = '{}', format = 'json', listing_margin = '{margin}');
+CREATE SINK shown WITH (connector = 'console');
+INSERT INTO shown SELECT id FROM t;
+",
+            input.display()
+        )
+    };
+    let file = write_pipeline(dir.path(), "margin.sql", &sql("2 seconds"));
+    let started = std::time::Instant::now();
+    let run = tidemill(&["run", &file, "--trigger", "available-now"]);
+    let elapsed = started.elapsed();
+    let stdout = text(&run.stdout);
+    assert!(run.status.success(), "{}\n{stdout}", text(&run.stderr));
+    assert_eq!(rows_in_per_batch(&stdout, "shown"), vec![1], "{stdout}");
+    assert!(
+        elapsed >= std::time::Duration::from_millis(1500),
+        "the file was read after {elapsed:?}, before it was 2 seconds old"
+    );
+
+    let file = write_pipeline(dir.path(), "bad.sql", &sql("soon"));
+    let out = tidemill(&["explain", &file]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bad.sql:2:")
+            && stderr.contains("option 'listing_margin': ")
+            && stderr.contains("invalid delay 'soon'"),
+        "{stderr}"
+    );
 }
 
 /// With a header (the default, here given explicitly) columns are matched

@@ -19,6 +19,12 @@
 //!
 //! # The files-seen log
 //!
+//! A listing admits only the files last modified before it started, less a
+//! margin ([`FileSource::listing_margin`], 50 ms by default), so that files
+//! are admitted in the order they were written even when a listing races
+//! with a writer's renames; a newer file waits for the next listing (the
+//! same call lists again once such files are old enough).
+//!
 //! New files are ordered by (last modified, path) and appended to a
 //! **files-seen log** in the source's private checkpoint directory
 //! (`<checkpoint>/sources/<i>/seen/<first sequence number>`) *before* an
@@ -43,10 +49,18 @@
 //! default), as DataFusion's own parquet reads do, so a batch query over
 //! the same files sees the same schema. Columns are matched by name (CSV
 //! files without a header: by position); a missing nullable column is
-//! filled with nulls, a missing non-nullable column or a column of another
-//! type is an error naming the file and the column (strings in another
-//! Arrow encoding, such as `Utf8` for `Utf8View`, are cast; parquet
-//! decodes them straight into the source's encoding).
+//! filled with nulls, a missing non-nullable column is an error naming the
+//! file and the column. A column of another type is converted to the
+//! declared one where no value can be lost: timestamps of any unit and
+//! zone (the instant is kept; zone-less values are taken as UTC), integers
+//! and floats into wider ones, strings in another Arrow encoding (parquet
+//! decodes those straight into the source's encoding). Any other type is
+//! an error naming the file and the column, and so is a value the declared
+//! type cannot hold (a timestamp beyond the nanosecond range, 1677–2262,
+//! say), naming its row or line too. CSV and JSON timestamps are parsed
+//! into the declared type with or without a UTC offset
+//! (`2024-03-04T14:30:00Z`, `2024-03-04T14:30:00+01:00`,
+//! `2024-03-04 14:30:00`); one without an offset is taken as UTC.
 //!
 //! # Bounded reads
 //!
@@ -56,6 +70,7 @@
 
 use std::io::Cursor;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -84,6 +99,7 @@ use self::seen_log::{
 };
 
 mod bad_record;
+mod convert;
 mod reader;
 mod scan;
 mod seen_log;
@@ -147,9 +163,15 @@ impl std::fmt::Display for FileFormat {
 /// streaming DataFrame is made (parquet: the first file's footer; CSV and
 /// JSON: the first rows of the first files, all columns nullable). Columns
 /// are matched by name (headerless CSV: by position); a missing nullable
-/// column reads as nulls, a missing non-nullable one or a column of another
-/// type is an error naming the file and column. Malformed records are
-/// errors naming the file and line.
+/// column reads as nulls, a missing non-nullable one is an error naming
+/// the file and column. A column of another type is converted where no
+/// value can be lost (timestamps of any unit or zone, wider integers and
+/// floats, other string encodings), else it is an error naming the file
+/// and column. Malformed records are errors naming the file and line.
+///
+/// **Order.** Each listing admits only files last modified at least
+/// [`FileSource::listing_margin`] before it started, so files are admitted
+/// in the order they were written even when a listing races with renames.
 ///
 /// ```no_run
 /// # use tidemill_connectors::FileSource;
@@ -164,9 +186,14 @@ pub struct FileSource {
     max_files_per_trigger: Option<u64>,
     has_header: bool,
     delimiter: u8,
+    listing_margin: Duration,
 }
 
 impl FileSource {
+    /// The default of [`FileSource::listing_margin`]: a listing admits the
+    /// files last modified at least this long before it started.
+    pub const DEFAULT_LISTING_MARGIN: Duration = Duration::from_millis(50);
+
     /// A source of `format` files in the directory `location` (a local
     /// path, a `file://` URL, or a URL of any object store registered in
     /// the session, such as `memory://`).
@@ -178,6 +205,7 @@ impl FileSource {
             max_files_per_trigger: None,
             has_header: true,
             delimiter: b',',
+            listing_margin: Self::DEFAULT_LISTING_MARGIN,
         }
     }
 
@@ -222,6 +250,38 @@ impl FileSource {
     /// CSV only: the field delimiter (default `b','`).
     pub fn delimiter(mut self, delimiter: u8) -> Self {
         self.delimiter = delimiter;
+        self
+    }
+
+    /// Admits, per directory listing, only the files last modified at
+    /// least `margin` before the listing started (default
+    /// [`FileSource::DEFAULT_LISTING_MARGIN`], 50 ms); newer files wait for the next
+    /// listing.
+    ///
+    /// A directory listing may miss a file added while it runs and yet see
+    /// one added after it (POSIX leaves open whether `readdir` returns
+    /// entries added during it; object store listings are not snapshots
+    /// either). A writer that renames file `k` into place before writing
+    /// file `k + 1` would then see `k + 1` admitted, and perhaps move the
+    /// watermark, before `k`. With the margin, a file is admitted only
+    /// once every file renamed into place before it was written existed
+    /// when a listing started, so it is admitted in the same listing or a
+    /// later one than those: files are admitted in the order they were
+    /// written (ties in modification time go by path).
+    ///
+    /// The margin must cover the difference between the clock that stamps
+    /// modification times and this process's clock: on a local file system
+    /// the kernel's coarse clock (a few milliseconds); on an object store
+    /// its clock skew and the granularity of its times (S3's are whole
+    /// seconds, so give it more than a second).
+    ///
+    /// A listing that finds files too new to admit waits until they are
+    /// old enough and lists once more, so a file written just before a
+    /// trigger is read by that trigger (and by `process_all_available` or
+    /// an available-now run): the margin delays such files by about its
+    /// length, never to a later trigger.
+    pub fn listing_margin(mut self, margin: Duration) -> Self {
+        self.listing_margin = margin;
         self
     }
 
@@ -523,6 +583,7 @@ impl SourceProvider for FileSource {
             schema: ctx.schema,
             log,
             max_files_per_trigger: self.max_files_per_trigger,
+            listing_margin: self.listing_margin,
             available_now_cap: None,
         }))
     }
@@ -537,8 +598,17 @@ struct FileStream {
     schema: SchemaRef,
     log: SeenLog,
     max_files_per_trigger: Option<u64>,
+    listing_margin: Duration,
     /// After `prepare_for_available_now`: the log length not to go past.
     available_now_cap: Option<u64>,
+}
+
+/// What one listing of the directory found that the log does not hold.
+struct Listing {
+    /// Files last modified before the listing started, less the margin.
+    admitted: Vec<ObjectMeta>,
+    /// The latest modification time of the files too new to admit.
+    held_back_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl FileStream {
@@ -585,20 +655,65 @@ impl FileStream {
             })
     }
 
-    /// Lists the directory and logs the files not seen before.
+    /// Lists the directory and logs the files not seen before that were
+    /// last modified before the listing started, less the listing margin
+    /// (see [`FileSource::listing_margin`]). When some files were too new,
+    /// waits until they are old enough and lists again, so that a file
+    /// written before this call is logged by it.
     async fn discover(&mut self) -> Result<()> {
-        let listed = list_visible(&self.location).await.map_err(|e| {
-            TidemillError::transient(self.err(format!("cannot list {}: {e}", self.location.url())))
-        })?;
-        let mut new: Vec<ObjectMeta> = listed
-            .into_iter()
-            .filter(|meta| !self.log.contains(meta.location.as_ref()))
-            .collect();
+        let mut listing = self.list_new().await?;
+        if let Some(newest) = listing.held_back_until {
+            let ready_at = newest
+                .checked_add_signed(self.margin())
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+            let wait = (ready_at - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(self.listing_margin)
+                + Duration::from_millis(1);
+            tokio::time::sleep(wait).await;
+            listing = self.list_new().await?;
+        }
+        let mut new = listing.admitted;
         if new.is_empty() {
             return Ok(());
         }
         sort_files(&mut new);
         self.log.add(new, &self.description).await
+    }
+
+    /// The listing margin as a time difference.
+    fn margin(&self) -> chrono::TimeDelta {
+        chrono::TimeDelta::from_std(self.listing_margin).unwrap_or(chrono::TimeDelta::MAX)
+    }
+
+    /// One listing: the files the log does not hold, split by whether they
+    /// were last modified before the listing started, less the margin.
+    async fn list_new(&self) -> Result<Listing> {
+        let started = chrono::Utc::now();
+        let cutoff = started
+            .checked_sub_signed(self.margin())
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let listed = list_visible(&self.location).await.map_err(|e| {
+            let error = self.err(format!("cannot list {}: {e}", self.location.url()));
+            TidemillError::storage(error, &e)
+        })?;
+        let mut listing = Listing {
+            admitted: Vec::new(),
+            held_back_until: None,
+        };
+        for meta in listed {
+            if self.log.contains(meta.location.as_ref()) {
+                continue;
+            }
+            if meta.last_modified < cutoff {
+                listing.admitted.push(meta);
+            } else {
+                let newest = listing.held_back_until.get_or_insert(meta.last_modified);
+                *newest = (*newest).max(meta.last_modified);
+            }
+        }
+        Ok(listing)
     }
 }
 

@@ -23,6 +23,7 @@ use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataR
 use tidemill_engine::{Location, Result, SourceProvider, TidemillError};
 
 use super::bad_record::{Walk, csv_walk, json_walk, line_at, name_csv_column, strip_arrow_line};
+use super::convert::{convert, readable_as, same_values};
 use super::seen_log::SeenFile;
 use super::{FileFormat, FileSource};
 
@@ -132,7 +133,36 @@ enum Misfit {
         column: String,
         row: usize,
     },
+    /// A value the declared type cannot hold without loss (a timestamp
+    /// beyond its unit's range, say), at `row` of the batch.
+    Value {
+        column: String,
+        row: usize,
+        detail: String,
+    },
     Other(String),
+}
+
+impl Misfit {
+    /// The same misfit with its row counted `rows_before` rows later.
+    fn after(self, rows_before: usize) -> Self {
+        match self {
+            Misfit::Null { column, row } => Misfit::Null {
+                column,
+                row: row + rows_before,
+            },
+            Misfit::Value {
+                column,
+                row,
+                detail,
+            } => Misfit::Value {
+                column,
+                row: row + rows_before,
+                detail,
+            },
+            other => other,
+        }
+    }
 }
 
 impl FileReader {
@@ -323,7 +353,7 @@ impl FileReader {
             match file_schema.index_of(field.name()) {
                 Ok(i) => {
                     let actual = file_schema.field(i).data_type();
-                    if !same_values(actual, field.data_type()) {
+                    if !readable_as(actual, field.data_type()) {
                         return Err(self.misfit(
                             &name,
                             None,
@@ -365,6 +395,14 @@ impl FileReader {
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
         let name = self.display(&footer.reader.path);
         let mask = ProjectionMask::roots(footer.metadata.parquet_schema(), footer.roots.clone());
+        // The first row read, counted in the whole file.
+        let in_groups = footer.row_group_rows();
+        let first_group = row_groups
+            .as_ref()
+            .and_then(|groups| groups.first().copied())
+            .unwrap_or(0);
+        let first_row = in_groups.iter().take(first_group).sum::<u64>()
+            + rows.as_ref().map_or(0, |rows| rows.start);
         let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
             footer.reader.clone(),
             footer.metadata.clone(),
@@ -372,7 +410,6 @@ impl FileReader {
         .with_projection(mask)
         .with_batch_size(BATCH_SIZE);
         if let Some(rows) = rows {
-            let in_groups = footer.row_group_rows();
             let total: u64 = match &row_groups {
                 Some(groups) => groups.iter().filter_map(|&g| in_groups.get(g)).sum(),
                 None => in_groups.iter().sum(),
@@ -391,11 +428,15 @@ impl FileReader {
             .build()
             .map_err(|e| self.err(format!("cannot read parquet file {name}: {e}")))?;
         let (this, schema) = (self.clone(), Arc::clone(schema));
+        // The file's rows before the next batch, to name a bad value's row.
+        let mut rows_before = first_row as usize;
         Ok(stream
             .map(move |batch| {
                 let batch =
                     batch.map_err(|e| this.err(format!("cannot read parquet file {name}: {e}")))?;
-                conform(&batch, &schema).map_err(|m| this.misfit(&name, None, m))
+                let at = rows_before;
+                rows_before += batch.num_rows();
+                conform(&batch, &schema).map_err(|m| this.misfit(&name, None, m.after(at)))
             })
             .boxed())
     }
@@ -572,11 +613,14 @@ impl FileReader {
                     out.push(conformed);
                 }
                 Err(misfit) => {
+                    let misfit = misfit.after(rows_before);
                     let line = match &misfit {
-                        Misfit::Null { row, .. } => match walk_to_row(rows_before + row) {
-                            Walk::Row(offset) => Some(line_at(bytes, offset)),
-                            _ => None,
-                        },
+                        Misfit::Null { row, .. } | Misfit::Value { row, .. } => {
+                            match walk_to_row(*row) {
+                                Walk::Row(offset) => Some(line_at(bytes, offset)),
+                                _ => None,
+                            }
+                        }
                         _ => None,
                     };
                     return Err(self.misfit(name, line, misfit));
@@ -586,10 +630,14 @@ impl FileReader {
         Ok(out)
     }
 
+    /// The error for a file `name` that does not fit the source schema, at
+    /// `line` of a text file where known (else a bad value is placed by its
+    /// row in the file, counted from 1).
     fn misfit(&self, name: &str, line: Option<usize>, misfit: Misfit) -> TidemillError {
-        let at = match line {
-            Some(line) => format!("{name}, line {line}"),
-            None => name.to_string(),
+        let at = match (line, &misfit) {
+            (Some(line), _) => format!("{name}, line {line}"),
+            (None, Misfit::Value { row, .. }) => format!("{name}, row {}", row + 1),
+            (None, _) => name.to_string(),
         };
         self.err(match misfit {
             Misfit::Missing(column) => {
@@ -599,7 +647,12 @@ impl FileReader {
                 column,
                 actual,
                 expected,
-            } => format!("{at}: column '{column}' has type {actual}, but the source schema expects {expected}"),
+            } => format!(
+                "{at}: column '{column}' has type {actual}, but the source schema expects {expected} (columns are \
+                 converted only where no value can be lost: timestamps of any unit or zone, wider integers and \
+                 floats, other string encodings)"
+            ),
+            Misfit::Value { column, detail, .. } => format!("{at}: column '{column}': {detail}"),
             Misfit::Null { column, .. } => {
                 format!("{at}: column '{column}' is missing or null, but the source schema says it is not nullable")
             }
@@ -644,25 +697,9 @@ fn decode_as(metadata: ArrowReaderMetadata, schema: &SchemaRef) -> ArrowReaderMe
     ArrowReaderMetadata::try_new(Arc::clone(metadata.metadata()), options).unwrap_or(metadata)
 }
 
-/// Whether a column of type `actual` holds values of type `expected`, to
-/// be cast: the same type (field names and metadata aside), or another
-/// encoding of strings (`Utf8`, `LargeUtf8`, `Utf8View`; SQL's `VARCHAR` is
-/// `Utf8View`, most parquet writers write `Utf8`) or of binary values.
-fn same_values(actual: &DataType, expected: &DataType) -> bool {
-    use DataType::{Binary, BinaryView, LargeBinary, LargeUtf8, Utf8, Utf8View};
-    actual.equals_datatype(expected)
-        || matches!(
-            (actual, expected),
-            (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View)
-                | (
-                    Binary | LargeBinary | BinaryView,
-                    Binary | LargeBinary | BinaryView
-                )
-        )
-}
-
-/// Shapes `batch` into exactly `schema`: columns by name, in schema order;
-/// a missing nullable column becomes nulls.
+/// Shapes `batch` into exactly `schema`: columns by name, in schema order,
+/// converted to the schema's types where no value is lost (see
+/// [`super::convert`]); a missing nullable column becomes nulls.
 fn conform(batch: &RecordBatch, schema: &SchemaRef) -> std::result::Result<RecordBatch, Misfit> {
     let rows = batch.num_rows();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
@@ -672,11 +709,16 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> std::result::Result<Recor
                 let column = Arc::clone(batch.column(i));
                 if column.data_type() == field.data_type() {
                     column
-                } else if same_values(column.data_type(), field.data_type()) {
-                    arrow::compute::cast(&column, field.data_type()).map_err(|_| Misfit::Type {
-                        column: field.name().clone(),
-                        actual: column.data_type().clone(),
-                        expected: field.data_type().clone(),
+                } else if readable_as(column.data_type(), field.data_type()) {
+                    convert(&column, field.data_type()).map_err(|loss| match loss.row {
+                        Some(row) => Misfit::Value {
+                            column: field.name().clone(),
+                            row,
+                            detail: loss.detail,
+                        },
+                        None => {
+                            Misfit::Other(format!("column '{}': {}", field.name(), loss.detail))
+                        }
                     })?
                 } else {
                     return Err(Misfit::Type {

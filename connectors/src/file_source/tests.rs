@@ -1,6 +1,11 @@
 use super::*;
-use arrow::array::{Array, AsArray, Float64Array, Int64Array, StringArray};
-use arrow::datatypes::Int64Type;
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float32Array, Float64Array, Int32Array, Int64Array, StringArray,
+    TimestampMicrosecondArray, TimestampMillisecondArray, TimestampSecondArray,
+};
+use arrow::datatypes::{
+    Float64Type, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampNanosecondType,
+};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
@@ -978,4 +983,451 @@ async fn a_row_group_too_big_for_one_partition_is_read_as_row_ranges() {
     }
     all.sort_unstable();
     assert_eq!(all, (0..301_000).collect::<Vec<_>>());
+}
+
+/// A parquet file `name` in `dir` holding `columns` (one row group per
+/// `rows_per_group` rows).
+fn write_parquet_columns(
+    dir: &FsPath,
+    name: &str,
+    columns: Vec<(&str, ArrayRef)>,
+    rows_per_group: usize,
+) {
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    let tmp = dir.join(format!("_{name}"));
+    let file = std::fs::File::create(&tmp).unwrap();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rows_per_group))
+        .build();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// 2024-03-04T14:30:00Z, in seconds.
+const AT_1430: i64 = 1_709_562_600;
+
+fn ns_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            false,
+        ),
+        Field::new("qty", DataType::Int64, true),
+        Field::new("price", DataType::Float64, true),
+    ]))
+}
+
+fn event_times(batches: &[RecordBatch]) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let col = b.column_by_name("event_time").unwrap();
+            col.as_primitive::<TimestampNanosecondType>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn parquet_columns_are_widened_to_the_declared_types_without_loss() {
+    let data = tempfile::tempdir().unwrap();
+    // As Spark and pyarrow write them: microseconds, UTC.
+    write_parquet_columns(
+        data.path(),
+        "a-micros-utc.parquet",
+        vec![
+            (
+                "event_time",
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![AT_1430 * 1_000_000 + 123_456])
+                        .with_timezone("UTC"),
+                ),
+            ),
+            ("qty", Arc::new(Int32Array::from(vec![i32::MAX]))),
+            ("price", Arc::new(Float32Array::from(vec![2.5_f32]))),
+        ],
+        1024,
+    );
+    // Milliseconds without a zone, and a column the schema does not read.
+    write_parquet_columns(
+        data.path(),
+        "b-millis.parquet",
+        vec![
+            ("note", Arc::new(StringArray::from(vec!["x", "y"]))),
+            (
+                "event_time",
+                Arc::new(TimestampMillisecondArray::from(vec![
+                    AT_1430 * 1_000 + 7,
+                    -1_000,
+                ])),
+            ),
+            ("qty", Arc::new(Int32Array::from(vec![Some(-3), None]))),
+            ("price", Arc::new(Float32Array::from(vec![0.1_f32, -1.0]))),
+        ],
+        1024,
+    );
+    // Seconds, UTC, and 64-bit numbers already of the declared types.
+    write_parquet_columns(
+        data.path(),
+        "c-seconds.parquet",
+        vec![
+            (
+                "event_time",
+                Arc::new(TimestampSecondArray::from(vec![AT_1430]).with_timezone("UTC")),
+            ),
+            ("qty", Arc::new(Int64Array::from(vec![i64::MAX]))),
+            ("price", Arc::new(Float64Array::from(vec![1e300]))),
+        ],
+        1024,
+    );
+    let session = SessionContext::new();
+    let source = FileSource::parquet(data.path().to_str().unwrap()).schema(ns_schema());
+    let chk = tempfile::tempdir().unwrap();
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let streamed = read_all(&mut s).await.unwrap();
+    assert!(streamed.iter().all(|b| b.schema() == ns_schema()));
+    let ns = AT_1430 * 1_000_000_000;
+    assert_eq!(
+        event_times(&streamed),
+        vec![ns + 123_456_000, ns + 7_000_000, -1_000_000_000, ns]
+    );
+    let qty: Vec<Option<i64>> = streamed
+        .iter()
+        .flat_map(|b| {
+            b.column(1)
+                .as_primitive::<Int64Type>()
+                .iter()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        qty,
+        vec![Some(i32::MAX as i64), Some(-3), None, Some(i64::MAX)]
+    );
+    let price: Vec<f64> = streamed
+        .iter()
+        .flat_map(|b| b.column(2).as_primitive::<Float64Type>().values().to_vec())
+        .collect();
+    assert_eq!(price, vec![2.5, 0.1_f32 as f64, -1.0, 1e300]);
+
+    // The partitions of a batch and the bounded read convert the same way.
+    let end = end_of_all(&mut s).await;
+    let BatchInput::Partitions(parts) = s.read_input(None, &end, 2).await.unwrap() else {
+        panic!("a parquet batch is read as partitions");
+    };
+    let mut partitioned = Vec::new();
+    for part in &parts {
+        let batches: Vec<RecordBatch> = part
+            .execute(session.task_ctx())
+            .try_collect()
+            .await
+            .unwrap();
+        partitioned.extend(batches);
+    }
+    assert_eq!(event_times(&partitioned), event_times(&streamed));
+    let bounded = source.read_batch(&session).await.unwrap();
+    assert_eq!(bounded.schema().as_arrow(), ns_schema().as_ref());
+    let mut times = event_times(&bounded.collect().await.unwrap());
+    times.sort_unstable();
+    let mut expected = event_times(&streamed);
+    expected.sort_unstable();
+    assert_eq!(times, expected);
+
+    // Declared with a zone and in microseconds: the same instants.
+    let utc_micros = Arc::new(Schema::new(vec![Field::new(
+        "event_time",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    )]));
+    let source = FileSource::parquet(data.path().to_str().unwrap()).schema(Arc::clone(&utc_micros));
+    let chk = tempfile::tempdir().unwrap();
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let batches = read_all(&mut s).await.unwrap();
+    assert_eq!(batches[0].schema(), utc_micros);
+    let micros: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<TimestampMicrosecondType>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    let us = AT_1430 * 1_000_000;
+    assert_eq!(micros, vec![us + 123_456, us + 7_000, -1_000_000, us]);
+}
+
+#[tokio::test]
+async fn lossy_parquet_columns_are_refused_naming_file_column_and_row() {
+    let session = SessionContext::new();
+    let read = |dir: &FsPath, schema: SchemaRef| {
+        let source = FileSource::parquet(dir.to_str().unwrap()).schema(schema);
+        let session = session.clone();
+        async move {
+            let chk = tempfile::tempdir().unwrap();
+            read_err(&source, &session, checkpoint(&session, chk.path())).await
+        }
+    };
+    let declared = |name: &str, data_type: DataType| {
+        Arc::new(Schema::new(vec![Field::new(name, data_type, true)]))
+    };
+
+    // Narrower numbers than the file's.
+    let data = tempfile::tempdir().unwrap();
+    write_parquet_columns(
+        data.path(),
+        "wide.parquet",
+        vec![
+            ("qty", Arc::new(Int64Array::from(vec![1]))),
+            ("price", Arc::new(Float64Array::from(vec![1.5]))),
+        ],
+        1024,
+    );
+    let file = format!("file://{}", data.path().join("wide.parquet").display());
+    for (column, declared_type, message) in [
+        (
+            "qty",
+            DataType::Int32,
+            "column 'qty' has type Int64, but the source schema expects Int32",
+        ),
+        (
+            "price",
+            DataType::Float32,
+            "column 'price' has type Float64, but the source schema expects Float32",
+        ),
+        (
+            "qty",
+            DataType::Float64,
+            "column 'qty' has type Int64, but the source schema expects Float64",
+        ),
+    ] {
+        let err = read(data.path(), declared(column, declared_type)).await;
+        assert!(err.contains(&format!("{file}: {message}")), "{err}");
+    }
+
+    // A timestamp beyond the nanosecond range, in the third row group.
+    let data = tempfile::tempdir().unwrap();
+    let mut micros: Vec<i64> = (0..10).map(|i| (AT_1430 + i) * 1_000_000).collect();
+    // 2300-01-01T00:00:00Z
+    micros[7] = 10_413_792_000_000_000;
+    write_parquet_columns(
+        data.path(),
+        "far.parquet",
+        vec![(
+            "event_time",
+            Arc::new(TimestampMicrosecondArray::from(micros).with_timezone("UTC")),
+        )],
+        3,
+    );
+    let err = read(
+        data.path(),
+        declared(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+        ),
+    )
+    .await;
+    let file = format!("file://{}", data.path().join("far.parquet").display());
+    assert!(
+        err.contains(&format!(
+            "{file}, row 8: column 'event_time': 2300-01-01T00:00:00Z is outside the range Timestamp(ns) can \
+             hold (1677-09-21 to 2262-04-11)"
+        )),
+        "{err}"
+    );
+    // Read as microseconds, the same file is fine.
+    let source = FileSource::parquet(data.path().to_str().unwrap()).schema(declared(
+        "event_time",
+        DataType::Timestamp(TimeUnit::Microsecond, None),
+    ));
+    let chk = tempfile::tempdir().unwrap();
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let rows: usize = read_all(&mut s)
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 10);
+}
+
+#[tokio::test]
+async fn text_timestamps_parse_with_and_without_utc_offsets() {
+    let session = SessionContext::new();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("t", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
+    ]));
+    let ns = AT_1430 * 1_000_000_000;
+    let expected = vec![
+        ns,
+        ns - 3_600_000_000_000,
+        ns,
+        ns + 123_456_789,
+        ns + 5_400_000_000_000,
+    ];
+    let values = [
+        "2024-03-04T14:30:00Z",
+        "2024-03-04T14:30:00+01:00",
+        "2024-03-04 14:30:00",
+        "2024-03-04T14:30:00.123456789",
+        "2024-03-04T14:30:00-01:30",
+    ];
+    let json: String = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{{\"id\": {i}, \"t\": \"{v}\"}}\n"))
+        .collect();
+    let csv: String = std::iter::once("id,t\n".to_string())
+        .chain(values.iter().enumerate().map(|(i, v)| format!("{i},{v}\n")))
+        .collect();
+    for (format, content) in [(FileFormat::Json, json), (FileFormat::Csv, csv)] {
+        let data = tempfile::tempdir().unwrap();
+        write(data.path(), &format!("t.{format}"), content.as_bytes());
+        let source =
+            FileSource::new(data.path().to_str().unwrap(), format).schema(Arc::clone(&schema));
+        let chk = tempfile::tempdir().unwrap();
+        let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+        let batches = read_all(&mut s).await.unwrap();
+        let times: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(1)
+                    .as_primitive::<TimestampNanosecondType>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(times, expected, "{format}");
+
+        // Beyond the nanosecond range: an error naming file and line.
+        let data = tempfile::tempdir().unwrap();
+        let far = match format {
+            FileFormat::Json => {
+                "{\"id\": 0, \"t\": \"2024-03-04T14:30:00Z\"}\n{\"id\": 1, \"t\": \"2300-01-01T00:00:00Z\"}\n"
+            }
+            _ => "id,t\n0,2024-03-04T14:30:00Z\n1,2300-01-01T00:00:00Z\n",
+        };
+        write(data.path(), &format!("far.{format}"), far.as_bytes());
+        let source =
+            FileSource::new(data.path().to_str().unwrap(), format).schema(Arc::clone(&schema));
+        let chk = tempfile::tempdir().unwrap();
+        let err = read_err(&source, &session, checkpoint(&session, chk.path())).await;
+        let line = if format == FileFormat::Json { 2 } else { 3 };
+        assert!(
+            err.contains(&format!("far.{format}, line {line}:"))
+                && err.contains("would overflow 64-bit signed nanoseconds"),
+            "{format}: {err}"
+        );
+    }
+}
+
+/// Sets the modification time of `path` to `at`.
+fn set_modified(path: &FsPath, at: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(at)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_listing_admits_only_files_modified_before_it_started_less_the_margin() {
+    let (data, chk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let session = SessionContext::new();
+    let source = FileSource::json(data.path().to_str().unwrap())
+        .schema(id_name_schema())
+        .listing_margin(std::time::Duration::from_millis(200));
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let now = std::time::SystemTime::now();
+    write(data.path(), "a.json", &json_rows(0..1));
+    set_modified(
+        &data.path().join("a.json"),
+        now - std::time::Duration::from_secs(1),
+    );
+    // Modified "later" than any listing of this call can start, less the
+    // margin (as a file stamped by a clock ahead of ours).
+    write(data.path(), "b.json", &json_rows(1..2));
+    set_modified(
+        &data.path().join("b.json"),
+        now + std::time::Duration::from_secs(60),
+    );
+    let first = end_of_all(&mut s).await;
+    assert_eq!(first, off(1));
+    assert_eq!(ids(&s.read(None, &first).await.unwrap()), vec![0]);
+
+    // Once old enough, the file is admitted by the next listing.
+    set_modified(
+        &data.path().join("b.json"),
+        now - std::time::Duration::from_secs(1),
+    );
+    let second = s
+        .latest_offset(Some(&first), ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&s.read(Some(&first), &second).await.unwrap()), vec![1]);
+
+    // A file written just before a call is admitted by that call: the
+    // listing waits until it is old enough and lists again.
+    write(data.path(), "c.json", &json_rows(2..3));
+    let started = std::time::Instant::now();
+    let third = s
+        .latest_offset(Some(&second), ReadLimit::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+    assert_eq!(ids(&s.read(Some(&second), &third).await.unwrap()), vec![2]);
+}
+
+#[tokio::test]
+async fn files_renamed_into_place_while_listing_are_admitted_in_the_order_written() {
+    const FILES: usize = 3000;
+    let (data, chk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let session = SessionContext::new();
+    let source = FileSource::json(data.path().to_str().unwrap()).schema(id_name_schema());
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    // The producer writes file i (holding id i) under a hidden name and
+    // renames it into place before writing file i + 1, as fast as it can.
+    let dir = data.path().to_path_buf();
+    let producer = std::thread::spawn(move || {
+        for i in 0..FILES as i64 {
+            write(&dir, &format!("f{i:06}.json"), &json_rows(i..i + 1));
+        }
+    });
+    let mut admitted: Vec<i64> = Vec::new();
+    let mut start: Option<Offset> = None;
+    let mut listings = 0;
+    while admitted.len() < FILES {
+        let end = s
+            .latest_offset(start.as_ref(), ReadLimit::All)
+            .await
+            .unwrap();
+        listings += 1;
+        if let Some(end) = end.filter(|end| Some(end) != start.as_ref()) {
+            admitted.extend(ids(&s.read(start.as_ref(), &end).await.unwrap()));
+            start = Some(end);
+        }
+        assert!(listings < 100_000, "admitted {} of {FILES}", admitted.len());
+    }
+    producer.join().unwrap();
+    // Every file once, in the order it was written: no file is admitted
+    // after one written later.
+    let out_of_order: Vec<(i64, i64)> = admitted
+        .windows(2)
+        .filter(|w| w[1] < w[0])
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(
+        out_of_order.is_empty(),
+        "admitted after a later file: {out_of_order:?}"
+    );
+    assert_eq!(admitted, (0..FILES as i64).collect::<Vec<_>>());
 }
