@@ -825,3 +825,63 @@ INSERT INTO broken SELECT symbol, price FROM bad;
     );
     assert!(stderr[0].contains("part-000.json, line 2"), "{stderr:#?}");
 }
+
+/// Issue 24: one record with a null event time no longer stops the query.
+/// Through the SQL command, as Spark: a stateless query passes the row
+/// through, a windowed aggregation leaves it out (in no window) and the
+/// progress line counts it.
+#[test]
+fn a_null_event_time_is_left_out_of_windows_and_counted_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(
+        input.join("01.json"),
+        concat!(
+            r#"{"word": "dog", "ts": "2024-01-01T12:01:00"}"#,
+            "\n",
+            r#"{"word": "cat", "ts": null}"#,
+            "\n",
+            r#"{"word": "owl"}"#,
+            "\n",
+            r#"{"word": "dog", "ts": "2024-01-01T12:02:00"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let sql = write_sql(
+        dir.path(),
+        "nulls.sql",
+        "CREATE STREAM words (word VARCHAR, ts TIMESTAMP, \
+           WATERMARK FOR ts AS ts - INTERVAL '1' MINUTE) \
+         WITH (connector = 'files', path = 'input', format = 'json');
+         CREATE SINK counts WITH (connector = 'console', output_mode = 'update');
+         CREATE SINK all_words WITH (connector = 'console');
+         INSERT INTO counts SELECT to_char(window.start, '%H:%M') AS start, word, count(*) AS n \
+           FROM words GROUP BY window(ts, '10 minutes'), word;
+         INSERT INTO all_words SELECT word FROM words;",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .args(["run", "nulls.sql", "--trigger", "available-now"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", text(&out.stderr));
+    // The windowed count has dog's two rows only, no null window.
+    let counts: Vec<String> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 12:00"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(counts, vec!["| 12:00 | dog | 2 |"], "{stdout}");
+    assert!(
+        stdout.contains("counts: batch 0 |")
+            && stdout.contains("| 2 rows without event time left out"),
+        "{stdout}"
+    );
+    // The stateless query passes all four rows through.
+    for word in ["| cat", "| owl"] {
+        assert!(stdout.contains(word), "{word}: {stdout}");
+    }
+}
