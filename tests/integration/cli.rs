@@ -849,7 +849,7 @@ fn a_null_event_time_is_left_out_of_windows_and_counted_not_an_error() {
         ),
     )
     .unwrap();
-    let sql = write_sql(
+    write_sql(
         dir.path(),
         "nulls.sql",
         "CREATE STREAM words (word VARCHAR, ts TIMESTAMP, \

@@ -5,6 +5,7 @@
 //! Also: console sinks name themselves in their batch headers.
 
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::sync::Arc;
 
 use arrow::array::{Float64Array, RecordBatch, StringArray};
@@ -273,17 +274,7 @@ async fn batch_reads_csv_by_header_names_and_infers_columns_as_the_stream_does()
         let output = format!("by_name_{mode}");
         let pipeline = copy_pipeline(dir.path(), "quotes", "csv", &output);
         let checkpoint = dir.path().join(format!("{mode}.checkpoint"));
-        let out = match mode {
-            "run" => tidemill(&[
-                "run",
-                pipeline.to_str().unwrap(),
-                "--trigger",
-                "available-now",
-                "--checkpoint",
-                checkpoint.to_str().unwrap(),
-            ]),
-            _ => tidemill(&["batch", pipeline.to_str().unwrap()]),
-        };
+        let out = run_or_batch(mode, &pipeline, &checkpoint);
         assert!(out.status.success(), "{mode}: {}", text(&out.stderr));
         rows.push(committed_rows(dir.path(), &output).await);
     }
@@ -485,17 +476,7 @@ async fn parquet_written_by_spark_reads_against_declared_sql_types_without_loss(
         let output = format!("typed_{mode}");
         let pipeline = typed_pipeline(dir.path(), "spark", "BIGINT", &output);
         let checkpoint = dir.path().join(format!("typed_{mode}.checkpoint"));
-        let out = match mode {
-            "run" => tidemill(&[
-                "run",
-                pipeline.to_str().unwrap(),
-                "--trigger",
-                "available-now",
-                "--checkpoint",
-                checkpoint.to_str().unwrap(),
-            ]),
-            _ => tidemill(&["batch", pipeline.to_str().unwrap()]),
-        };
+        let out = run_or_batch(mode, &pipeline, &checkpoint);
         assert!(out.status.success(), "{mode}: {}", text(&out.stderr));
         // The declared types, written out as such.
         let ctx = SessionContext::new();
@@ -538,5 +519,21 @@ async fn parquet_written_by_spark_reads_against_declared_sql_types_without_loss(
             )),
             "{message}"
         );
+    }
+}
+
+/// Runs `pipeline` as `tidemill run --trigger available-now` on
+/// `checkpoint` (mode `run`) or as `tidemill batch` (any other mode).
+fn run_or_batch(mode: &str, pipeline: &Path, checkpoint: &Path) -> Output {
+    match mode {
+        "run" => tidemill(&[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--trigger",
+            "available-now",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+        ]),
+        _ => tidemill(&["batch", pipeline.to_str().unwrap()]),
     }
 }
