@@ -40,7 +40,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
-mod batch_input;
+mod batch_table;
 mod boot;
 pub mod checkpoint;
 mod context_ext;

@@ -8,7 +8,7 @@ use datafusion::prelude::SessionContext;
 use futures::FutureExt;
 
 use crate::aggregate::AggregateOperator;
-use crate::batch_input::BatchTable;
+use crate::batch_table::BatchTable;
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
 use crate::plan::{BatchPlanner, WatermarkPlanner};
 use crate::progress::{BatchFigures, PhaseDurations, SourceProgress};
