@@ -107,9 +107,10 @@ impl StreamingAggregateExec {
                     // A group with several rows (from several partitions,
                     // or an empty global state beside the real one) still
                     // merges.
-                    Lookup::NoneStored { repeats: true } => Some(vec![partial.clone()]),
-                    Lookup::NoneStored { .. } if merges_anyway => Some(vec![partial.clone()]),
-                    Lookup::NoneStored { repeats: false } => None,
+                    Lookup::NoneStored { repeats } if repeats || merges_anyway => {
+                        Some(vec![partial.clone()])
+                    }
+                    Lookup::NoneStored { .. } => None,
                 }
             };
             changed = match states {

@@ -80,11 +80,14 @@ impl LateRowRule {
     /// its own, as in Spark, and never late.
     pub fn split(&self, batch: RecordBatch, keyed_schema: &SchemaRef) -> DFResult<Split> {
         let value = self.expr.evaluate(&batch)?.into_array(batch.num_rows())?;
-        let closing = closing_time(&value, &self.key)?;
         // Rows in no window: the window (or its end) is null.
         let no_time = match self.key.kind {
             EventTimeKind::Window | EventTimeKind::Session => {
-                let nulls = NullBuffer::union(value.logical_nulls().as_ref(), closing.nulls());
+                let end = value.as_struct_opt().and_then(|s| s.column_by_name("end"));
+                let nulls = NullBuffer::union(
+                    value.logical_nulls().as_ref(),
+                    end.and_then(|end| end.nulls()),
+                );
                 nulls
                     .filter(|n| n.null_count() > 0)
                     .map(|n| BooleanArray::new(!n.inner(), None))
@@ -100,7 +103,7 @@ impl LateRowRule {
                     columns.push(make_array(data));
                 }
             }
-            _ => columns.push(value),
+            _ => columns.push(Arc::clone(&value)),
         }
         let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
         let keyed = RecordBatch::try_new_with_options(Arc::clone(keyed_schema), columns, &options)?;
@@ -108,6 +111,7 @@ impl LateRowRule {
         // watermark; a null time never closes).
         let late = match self.watermark_ms {
             Some(watermark_ms) => {
+                let closing = closing_time(&value, &self.key)?;
                 let bound = Int64Array::new_scalar(watermark_in_unit(watermark_ms, self.key.unit));
                 let late = lt_eq(&closing, &bound)?;
                 let late = match late.null_count() {
