@@ -34,6 +34,7 @@ mod memory_sink;
 mod memory_source;
 mod parquet_sink;
 mod rate_source;
+pub mod registry;
 
 pub use console_sink::ConsoleSink;
 pub use file_source::{FileFormat, FileSource};
@@ -43,3 +44,7 @@ pub use memory_sink::MemorySink;
 pub use memory_source::MemoryStream;
 pub use parquet_sink::{ManifestEntry, ManifestFile, ParquetSink};
 pub use rate_source::RateSource;
+pub use registry::{
+    ConnectorOptions, ConnectorRegistry, DeclaredSink, OptionError, Position, SinkConnector,
+    SinkDeclaration, StreamConnector, StreamDeclaration,
+};

@@ -265,6 +265,15 @@ impl From<DataFusionError> for TidemillError {
     }
 }
 
+/// The message a panic was raised with (`"panic"` if it is not text).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -374,13 +383,4 @@ mod tests {
         assert!(err.is_transient(), "{err}");
         assert!(err.to_string().contains("broker unavailable"), "{err}");
     }
-}
-
-/// The message a panic was raised with (`"panic"` if it is not text).
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
 }

@@ -8,10 +8,10 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{DataFrame, SessionContext};
 use tidemill_state::CheckpointDir;
 
-use crate::{Offset, Result};
+use crate::{Offset, Result, TidemillError};
 
 /// How much a source may admit into one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +60,38 @@ pub trait SourceProvider: Send + Sync + Debug {
 
     /// Opens the source for one query.
     async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>>;
+
+    /// The source's batch form: everything it holds now, read as an
+    /// ordinary DataFusion `DataFrame` with the same columns as the stream,
+    /// so the same plan runs as a batch job (Spark's `read` beside
+    /// `readStream`). The default refuses: the source has no batch form.
+    async fn read_batch(&self, session: &SessionContext) -> Result<DataFrame> {
+        let _ = session;
+        Err(TidemillError::Config(format!(
+            "{} has no batch form; read it as a stream",
+            self.description()
+        )))
+    }
+}
+
+/// A shared provider is a provider (what a connector registry hands out).
+#[async_trait]
+impl<P: SourceProvider + ?Sized> SourceProvider for Arc<P> {
+    fn description(&self) -> String {
+        (**self).description()
+    }
+
+    async fn schema(&self, session: &SessionContext) -> Result<SchemaRef> {
+        (**self).schema(session).await
+    }
+
+    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {
+        (**self).open(ctx).await
+    }
+
+    async fn read_batch(&self, session: &SessionContext) -> Result<DataFrame> {
+        (**self).read_batch(session).await
+    }
 }
 
 /// What a source is given when a query opens it.

@@ -31,7 +31,6 @@
 //! describes how each query would run. The `tidemill` command is a thin
 //! shell around these.
 
-mod connectors;
 pub mod parser;
 pub mod spark_window;
 
@@ -48,18 +47,17 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{CreateView, Query, Statement as SQLStatement};
 use datafusion::sql::sqlparser::parser::ParserError;
-use tidemill_connectors::kafka::{BadRecordPolicy, KafkaSink, KafkaSource};
-use tidemill_connectors::{ConsoleSink, FileSource, ParquetSink, RateSource};
+use tidemill_connectors::{
+    ConnectorOptions, ConnectorRegistry, DeclaredSink, OptionError, SinkDeclaration,
+    StreamDeclaration,
+};
 use tidemill_engine::window::register_window_functions;
 use tidemill_engine::{
-    OutputMode, Sink, SinkContext, StreamingContext, StreamingDataFrame, StreamingQuery,
+    OutputMode, SinkContext, SourceProvider, StreamingContext, StreamingDataFrame, StreamingQuery,
     StreamingTable, TidemillError, Trigger,
 };
 
-use connectors::{
-    KafkaStream, KafkaTopics, SinkConnector, SinkSpec, StreamConnector, sink_spec, stream_connector,
-};
-use parser::{Located, PipelineStatement, StreamDef, parse_pipeline};
+use parser::{Located, PipelineStatement, SinkDef, StreamDef, parse_pipeline};
 
 /// What went wrong with a pipeline file, saying where.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +147,16 @@ impl From<DataFusionError> for PipelineError {
     }
 }
 
+impl From<OptionError> for PipelineError {
+    fn from(error: OptionError) -> Self {
+        PipelineError::At {
+            line: error.position.line,
+            column: error.position.column,
+            message: error.message,
+        }
+    }
+}
+
 impl From<ParserError> for PipelineError {
     fn from(error: ParserError) -> Self {
         located_or_sql(format!(
@@ -229,10 +237,20 @@ pub struct Explanation {
     pub plan: Result<String, TidemillError>,
 }
 
-/// A parsed pipeline file.
+/// A parsed pipeline file, and the connectors its streams and sinks may
+/// name.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     statements: Vec<Located<PipelineStatement>>,
+    connectors: ConnectorRegistry,
+}
+
+/// A declared sink: its output mode and what its connector made of its
+/// options.
+#[derive(Debug, Clone)]
+struct SinkSpec {
+    output_mode: OutputMode,
+    declared: Arc<dyn DeclaredSink>,
 }
 
 /// An `INSERT INTO` ready to run: its sink and its query.
@@ -261,7 +279,9 @@ impl Prepared {
     /// the pipeline knows (its sink's output modes, whether it reads a
     /// stream at all), said in the file's terms, then the engine's checks.
     fn explain(&self) -> Result<String, TidemillError> {
-        self.spec.check_output_mode(&self.sink)?;
+        self.spec
+            .declared
+            .check_output_mode(self.spec.output_mode)?;
         if !reads_stream(self.df.logical_plan()) {
             return Err(TidemillError::Unsupported {
                 operator: format!("INSERT INTO {}", self.sink),
@@ -304,11 +324,22 @@ fn in_sql_terms(error: TidemillError) -> TidemillError {
 }
 
 impl Pipeline {
-    /// Parses `text`; syntax errors name the line and column.
+    /// Parses `text`; syntax errors name the line and column. Its streams
+    /// and sinks may name the built-in connectors
+    /// ([`ConnectorRegistry::builtin`]).
     pub fn parse(text: &str) -> Result<Self, PipelineError> {
         Ok(Self {
             statements: parse_pipeline(text)?,
+            connectors: ConnectorRegistry::builtin(),
         })
+    }
+
+    /// The connectors the pipeline's streams and sinks may name, instead
+    /// of the built-in ones: for example the built-in ones and one of your
+    /// own (see `examples/custom_source.rs`).
+    pub fn with_connectors(mut self, connectors: ConnectorRegistry) -> Self {
+        self.connectors = connectors;
+        self
     }
 
     /// The statements, in file order.
@@ -343,11 +374,7 @@ impl Pipeline {
             let query = prepared
                 .df
                 .write_stream()
-                .sink_arc(streaming_sink(
-                    &prepared.sink,
-                    &prepared.spec,
-                    Some(&checkpoint),
-                ))
+                .sink_arc(prepared.spec.declared.sink(Some(&checkpoint)))
                 .output_mode(prepared.spec.output_mode)
                 .trigger(options.trigger)
                 .checkpoint(checkpoint)
@@ -378,8 +405,8 @@ impl Pipeline {
     /// Runs the pipeline as one batch job over everything the streams hold
     /// now: each `INSERT INTO` writes its whole result to its sink as batch
     /// 0 (watermarks do nothing; every window is final). A `files` stream is
-    /// [`FileSource::read_batch`]: the files, columns, options and errors of
-    /// the stream. A query that fails while it runs (malformed input, a
+    /// [`SourceProvider::read_batch`]: for a `files` stream, the files,
+    /// columns, options and errors of the stream. A query that fails while it runs (malformed input, a
     /// sink's failure) is [`PipelineError::Query`], worded as the stream's
     /// failure; queries before it have written their output.
     pub async fn run_batch(&self, ctx: &SessionContext) -> Result<Vec<BatchOutput>, PipelineError> {
@@ -396,19 +423,8 @@ impl Pipeline {
                 .await
                 .map_err(|e| failed(execution_error(e)))?;
             let rows = batches.iter().map(|b| b.num_rows()).sum();
-            let sink = streaming_sink(&prepared.sink, &prepared.spec, None);
-            if let SinkConnector::Files { path, .. } = &prepared.spec.connector
-                && !ParquetSink::committed_batches(ctx, path).await?.is_empty()
-            {
-                return Err(TidemillError::sink(
-                    sink.description(),
-                    format!(
-                        "'{path}' already holds committed output; a batch run writes a fresh \
-                         result: remove it or point the sink elsewhere"
-                    ),
-                )
-                .into());
-            }
+            let sink = prepared.spec.declared.sink(None);
+            prepared.spec.declared.check_batch_run(ctx).await?;
             sink.open(&SinkContext {
                 session: ctx.clone(),
                 query_name: Some(prepared.sink.clone()),
@@ -461,24 +477,11 @@ impl Pipeline {
             };
             match &statement.item {
                 PipelineStatement::CreateStream(def) => {
-                    let located = Located {
-                        line: statement.line,
-                        column: statement.column,
-                        item: def.clone(),
-                    };
-                    let connector = stream_connector(&located)?;
-                    register_stream(ctx, def, &connector, batch)
-                        .await
-                        .map_err(|e| at(format!("stream {}: {e}", def.name)))?;
+                    self.register_stream(ctx, def, batch, &at).await?;
                 }
                 PipelineStatement::CreateSink(def) => {
-                    let located = Located {
-                        line: statement.line,
-                        column: statement.column,
-                        item: def.clone(),
-                    };
                     if sinks
-                        .insert(def.name.clone(), sink_spec(&located)?)
+                        .insert(def.name.clone(), self.declare_sink(def)?)
                         .is_some()
                     {
                         return Err(at(format!("sink {} is declared twice", def.name)));
@@ -533,6 +536,109 @@ impl Pipeline {
         }
         Ok(prepared)
     }
+
+    /// Registers a declared stream under its name: its connector's source,
+    /// read as a stream or (`batch`) in its batch form, with its watermark.
+    async fn register_stream(
+        &self,
+        ctx: &SessionContext,
+        def: &StreamDef,
+        batch: bool,
+        at: &impl Fn(String) -> PipelineError,
+    ) -> Result<(), PipelineError> {
+        let options = &def.options;
+        let names = self.connectors.stream_names();
+        let connector = connector_named(options, &names, |name| self.connectors.stream(name))?;
+        let in_stream = |e: PipelineError| at(format!("stream {}: {e}", def.name));
+        let schema = if def.columns.is_empty() {
+            None
+        } else {
+            Some(
+                declared_schema(ctx, def)
+                    .await
+                    .map_err(|e| in_stream(e.into()))?,
+            )
+        };
+        let source = connector.source(&StreamDeclaration {
+            name: def.name.clone(),
+            schema,
+            options: options.clone(),
+        })?;
+        // A batch job reads what the stream would, through the stream's
+        // own reader: for files, the same hidden-file rule, schema, options
+        // and errors for malformed input.
+        let df = if batch {
+            source.read_batch(ctx).await
+        } else {
+            ctx.read_stream(source).await
+        };
+        let df = df.map_err(|e| in_stream(e.into()))?;
+        register_view(ctx, def, df).map_err(in_stream)
+    }
+
+    /// A declared sink: its output mode and its connector's checked
+    /// declaration.
+    fn declare_sink(&self, def: &SinkDef) -> Result<SinkSpec, PipelineError> {
+        let options = &def.options;
+        let output_mode = match options.get("output_mode").unwrap_or("append") {
+            "append" => OutputMode::Append,
+            "update" => OutputMode::Update,
+            "complete" => OutputMode::Complete,
+            other => {
+                return Err(options
+                    .error(
+                        "output_mode",
+                        format!(
+                            "unknown output_mode '{other}' for sink {}; valid modes: append, \
+                             update, complete",
+                            def.name
+                        ),
+                    )
+                    .into());
+            }
+        };
+        let names = self.connectors.sink_names();
+        let connector = connector_named(options, &names, |name| self.connectors.sink(name))?;
+        let declared = connector.declare(&SinkDeclaration {
+            name: def.name.clone(),
+            output_mode,
+            options: options.clone(),
+        })?;
+        Ok(SinkSpec {
+            output_mode,
+            declared: Arc::from(declared),
+        })
+    }
+}
+
+/// The connector `options` name (`connector = '…'`), looked up with
+/// `lookup`; an unknown or missing name is refused, listing `names`.
+fn connector_named<'a, C: ?Sized>(
+    options: &ConnectorOptions,
+    names: &[&str],
+    lookup: impl Fn(&str) -> Option<&'a Arc<C>>,
+) -> Result<&'a Arc<C>, PipelineError> {
+    let valid = names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let what = options.subject();
+    let Some(name) = options.get("connector") else {
+        return Err(options
+            .error_at_declaration(format!(
+                "{what} needs WITH (connector = …); valid connectors: {valid}"
+            ))
+            .into());
+    };
+    lookup(name).ok_or_else(|| {
+        options
+            .error(
+                "connector",
+                format!("unknown connector '{name}' for {what}; valid connectors: {valid}"),
+            )
+            .into()
+    })
 }
 
 /// The state the pipeline's statements are planned with: `ctx`'s, also
@@ -605,89 +711,6 @@ async fn declared_schema(
     }
 }
 
-async fn register_stream(
-    ctx: &SessionContext,
-    def: &StreamDef,
-    connector: &StreamConnector,
-    batch: bool,
-) -> Result<(), PipelineError> {
-    let declared = if def.columns.is_empty() {
-        None
-    } else {
-        Some(declared_schema(ctx, def).await?)
-    };
-    match (connector, batch) {
-        (
-            StreamConnector::Files {
-                path,
-                format,
-                max_files_per_trigger,
-                header,
-                delimiter,
-                listing_margin,
-            },
-            batch,
-        ) => {
-            let mut source = FileSource::new(path.clone(), *format);
-            if let Some(schema) = &declared {
-                source = source.schema(Arc::clone(schema));
-            }
-            if let Some(n) = max_files_per_trigger {
-                source = source.max_files_per_trigger(*n);
-            }
-            if let Some(h) = header {
-                source = source.has_header(*h);
-            }
-            if let Some(d) = delimiter {
-                source = source.delimiter(*d);
-            }
-            if let Some(margin) = listing_margin {
-                source = source.listing_margin(*margin);
-            }
-            // A batch job reads the files the stream would, through the
-            // stream's reader: the same hidden-file rule, schema, options
-            // and errors for malformed input.
-            let df = if batch {
-                source.read_batch(ctx).await?
-            } else {
-                ctx.read_stream(source).await?
-            };
-            register_view(ctx, def, df)?;
-        }
-        (
-            StreamConnector::Rate {
-                rows_per_second,
-                max_rows_per_trigger,
-            },
-            false,
-        ) => {
-            let mut source = RateSource::new(*rows_per_second);
-            if let Some(n) = max_rows_per_trigger {
-                source = source.max_rows_per_trigger(*n);
-            }
-            let df = ctx.read_stream(source).await?;
-            register_view(ctx, def, df)?;
-        }
-        (StreamConnector::Kafka(kafka), batch) => {
-            let source = kafka_source(kafka, declared)?;
-            let df = if batch {
-                source.read_batch(ctx).await?
-            } else {
-                ctx.read_stream(source).await?
-            };
-            register_view(ctx, def, df)?;
-        }
-        (StreamConnector::Rate { .. }, true) => {
-            return Err(PipelineError::Sql(
-                "a rate stream generates rows as time passes and has no batch form; \
-                 run this pipeline with `tidemill run`"
-                    .into(),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Registers `df` (with the stream's watermark) under the stream's name.
 fn register_view(
     ctx: &SessionContext,
@@ -700,51 +723,6 @@ fn register_view(
     };
     ctx.register_table(def.name.as_str(), df.into_view())?;
     Ok(())
-}
-
-/// The Kafka source a `connector = 'kafka'` stream describes.
-fn kafka_source(
-    kafka: &KafkaStream,
-    declared: Option<SchemaRef>,
-) -> Result<KafkaSource, PipelineError> {
-    let mut source = KafkaSource::new(kafka.bootstrap_servers.clone());
-    source = match &kafka.topics {
-        KafkaTopics::List(topics) => source.topics(topics.clone()),
-        KafkaTopics::Pattern(pattern) => source.topic_pattern(pattern.clone()),
-    };
-    if let Some(offsets) = &kafka.starting_offsets {
-        source = source.starting_offsets(offsets.clone());
-    }
-    if let Some(offsets) = &kafka.ending_offsets {
-        source = source.ending_offsets(offsets.clone());
-    }
-    if let Some(n) = kafka.max_offsets_per_trigger {
-        source = source.max_offsets_per_trigger(n);
-    }
-    if let Some(fail) = kafka.fail_on_data_loss {
-        source = source.fail_on_data_loss(fail);
-    }
-    if let (true, Some(schema)) = (kafka.json, declared) {
-        source = source.json_values(schema);
-    }
-    if let Some(include) = kafka.metadata_columns {
-        source = source.metadata_columns(include);
-    }
-    if let Some(path) = &kafka.dead_letter_path {
-        source = source.on_bad_record(BadRecordPolicy::DeadLetter(Arc::new(ParquetSink::new(
-            path.clone(),
-        ))));
-    }
-    if let Some(group) = &kafka.commit_offsets_to_group {
-        source = source.commit_offsets_to_group(group.clone());
-    }
-    if let Some(timeout) = kafka.timeout {
-        source = source.timeout(timeout);
-    }
-    for (key, value) in &kafka.client_options {
-        source = source.option(key.clone(), value.clone());
-    }
-    Ok(source)
 }
 
 /// The error that stopped a batch query. A Tidemill error (a source's
@@ -772,54 +750,4 @@ fn execution_error(error: DataFusionError) -> TidemillError {
         return ours;
     }
     TidemillError::from(error)
-}
-
-/// The sink of `spec`, which the pipeline calls `name`. `checkpoint` is the
-/// query's checkpoint directory (a streaming run), where an exactly-once
-/// Kafka sink keeps its log, in `<checkpoint>/sink`; a batch run has none
-/// and produces at least once.
-fn streaming_sink(name: &str, spec: &SinkSpec, checkpoint: Option<&str>) -> Arc<dyn Sink> {
-    match &spec.connector {
-        SinkConnector::Kafka(kafka) => {
-            let mut sink = KafkaSink::new(kafka.bootstrap_servers.clone());
-            if let Some(topic) = &kafka.topic {
-                sink = sink.topic(topic.clone());
-            }
-            if kafka.json {
-                sink = sink.json_values();
-            }
-            if let Some(key) = &kafka.key_column {
-                sink = sink.key_column(key.clone());
-            }
-            if let (true, Some(checkpoint)) = (kafka.exactly_once, checkpoint) {
-                sink = sink.exactly_once(format!("{checkpoint}/sink"));
-            }
-            if let Some(timeout) = kafka.timeout {
-                sink = sink.timeout(timeout);
-            }
-            for (key, value) in &kafka.client_options {
-                sink = sink.option(key.clone(), value.clone());
-            }
-            Arc::new(sink)
-        }
-        SinkConnector::Files {
-            path,
-            max_rows_per_file,
-        } => {
-            let mut sink = ParquetSink::new(path.clone());
-            if let Some(n) = max_rows_per_file {
-                sink = sink.max_rows_per_file(*n);
-            }
-            Arc::new(sink)
-        }
-        SinkConnector::Console { num_rows } => {
-            // Several console sinks share standard output: each batch's
-            // header names its sink.
-            let mut sink = ConsoleSink::new().name(name);
-            if let Some(n) = num_rows {
-                sink = sink.num_rows(*n);
-            }
-            Arc::new(sink)
-        }
-    }
 }

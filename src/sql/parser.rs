@@ -11,6 +11,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan};
+use tidemill_connectors::{ConnectorOptions, Position};
 use tidemill_engine::watermark::parse_delay;
 
 use super::PipelineError;
@@ -50,8 +51,8 @@ pub struct StreamDef {
     pub columns: Vec<ColumnDef>,
     /// The watermark, if declared.
     pub watermark: Option<WatermarkDef>,
-    /// The `WITH (…)` options.
-    pub options: Options,
+    /// The `WITH (…)` options, read by the stream's or sink's connector.
+    pub options: ConnectorOptions,
 }
 
 /// `WATERMARK FOR column AS column - INTERVAL '…'`.
@@ -68,8 +69,8 @@ pub struct WatermarkDef {
 pub struct SinkDef {
     /// The name `INSERT INTO` writes to.
     pub name: String,
-    /// The `WITH (…)` options.
-    pub options: Options,
+    /// The `WITH (…)` options, read by the stream's or sink's connector.
+    pub options: ConnectorOptions,
 }
 
 /// `INSERT INTO sink <query>`.
@@ -79,90 +80,6 @@ pub struct InsertDef {
     pub sink: String,
     /// The query whose results go to the sink.
     pub query: Box<Query>,
-}
-
-/// `WITH (key = value, …)` options, keys lower-cased, each with where it
-/// was written.
-#[derive(Debug, Clone, Default)]
-pub struct Options {
-    entries: Vec<(String, String, Location)>,
-}
-
-impl Options {
-    /// The value of `key`, if given.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(k, _, _)| k == key)
-            .map(|(_, v, _)| v.as_str())
-    }
-
-    /// The value of `key`, or an error naming `what` needs it.
-    pub fn require(&self, key: &str, what: &str, at: (u64, u64)) -> Result<&str, PipelineError> {
-        self.get(key).ok_or_else(|| PipelineError::At {
-            line: at.0,
-            column: at.1,
-            message: format!("{what} needs the option '{key}'"),
-        })
-    }
-
-    /// Refuses any option not in `valid`, naming the valid ones.
-    pub fn check_known(&self, valid: &[&str], what: &str) -> Result<(), PipelineError> {
-        for (key, _, at) in &self.entries {
-            if !valid.contains(&key.as_str()) {
-                return Err(PipelineError::At {
-                    line: at.line,
-                    column: at.column,
-                    message: format!(
-                        "unknown option '{key}' for {what}; valid options: {}",
-                        valid.join(", ")
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Refuses any option not in `valid` and not starting with `prefix`
-    /// (pass-through settings such as `kafka.security.protocol`), naming
-    /// the valid ones.
-    pub fn check_known_with_prefix(
-        &self,
-        valid: &[&str],
-        prefix: &str,
-        what: &str,
-    ) -> Result<(), PipelineError> {
-        for (key, _, at) in &self.entries {
-            let passed_through = key.starts_with(prefix) && key.len() > prefix.len();
-            if !passed_through && !valid.contains(&key.as_str()) {
-                return Err(PipelineError::At {
-                    line: at.line,
-                    column: at.column,
-                    message: format!(
-                        "unknown option '{key}' for {what}; valid options: {}, and {prefix}<setting>",
-                        valid.join(", ")
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// The options whose key starts with `prefix`, the prefix removed, in
-    /// the order written.
-    pub fn prefixed<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
-        self.entries
-            .iter()
-            .filter_map(move |(k, v, _)| k.strip_prefix(prefix).map(|rest| (rest, v.as_str())))
-    }
-
-    /// Where option `key` was written, for messages.
-    pub fn position(&self, key: &str) -> Option<(u64, u64)> {
-        self.entries
-            .iter()
-            .find(|(k, _, _)| k == key)
-            .map(|(_, _, at)| (at.line, at.column))
-    }
 }
 
 /// Parses a pipeline file into its statements.
@@ -179,9 +96,9 @@ pub fn parse_pipeline(text: &str) -> Result<Vec<Located<PipelineStatement>>, Pip
         let at = (first.span.start.line, first.span.start.column);
         let second = parser.parser.peek_nth_token(1);
         let item = if is_word(&first, "CREATE") && is_word(&second, "STREAM") {
-            PipelineStatement::CreateStream(parse_stream(&mut parser.parser)?)
+            PipelineStatement::CreateStream(parse_stream(&mut parser.parser, at)?)
         } else if is_word(&first, "CREATE") && is_word(&second, "SINK") {
-            PipelineStatement::CreateSink(parse_sink(&mut parser.parser)?)
+            PipelineStatement::CreateSink(parse_sink(&mut parser.parser, at)?)
         } else {
             match parser.parse_statement()? {
                 DFStatement::Statement(statement) => match *statement {
@@ -239,7 +156,7 @@ fn is_word(token: &TokenWithSpan, word: &str) -> bool {
 
 /// `CREATE STREAM name [(column, …, [WATERMARK FOR c AS c - INTERVAL …])]
 /// WITH (…)`.
-fn parse_stream(parser: &mut Parser) -> Result<StreamDef, PipelineError> {
+fn parse_stream(parser: &mut Parser, at: (u64, u64)) -> Result<StreamDef, PipelineError> {
     parser.expect_keyword(Keyword::CREATE)?;
     parser.next_token(); // STREAM
     let name = parser.parse_object_name(false)?.to_string();
@@ -272,7 +189,9 @@ fn parse_stream(parser: &mut Parser) -> Result<StreamDef, PipelineError> {
             break;
         }
     }
-    let options = parse_with_options(parser)?;
+    let declared = ConnectorOptions::new(format!("stream {name}"), Position::new(at.0, at.1))
+        .with_reserved(&["connector"]);
+    let options = parse_with_options(parser, declared)?;
     Ok(StreamDef {
         name,
         columns,
@@ -282,11 +201,13 @@ fn parse_stream(parser: &mut Parser) -> Result<StreamDef, PipelineError> {
 }
 
 /// `CREATE SINK name WITH (…)`.
-fn parse_sink(parser: &mut Parser) -> Result<SinkDef, PipelineError> {
+fn parse_sink(parser: &mut Parser, at: (u64, u64)) -> Result<SinkDef, PipelineError> {
     parser.expect_keyword(Keyword::CREATE)?;
     parser.next_token(); // SINK
     let name = parser.parse_object_name(false)?.to_string();
-    let options = parse_with_options(parser)?;
+    let declared = ConnectorOptions::new(format!("sink {name}"), Position::new(at.0, at.1))
+        .with_reserved(&["connector", "output_mode"]);
+    let options = parse_with_options(parser, declared)?;
     Ok(SinkDef { name, options })
 }
 
@@ -338,14 +259,17 @@ fn watermark_def(column: &Ident, expr: &Expr, at: Location) -> Result<WatermarkD
 /// `WITH (key = value, …)`: a key is an identifier, a dotted name
 /// (`kafka.security.protocol`) or a quoted string (`'connector'`, as in
 /// Flink); a value is a literal or an identifier. Keys are lower-cased.
-fn parse_with_options(parser: &mut Parser) -> Result<Options, PipelineError> {
-    let mut entries = Vec::new();
+/// The options are added to `options`.
+fn parse_with_options(
+    parser: &mut Parser,
+    mut options: ConnectorOptions,
+) -> Result<ConnectorOptions, PipelineError> {
     if !parser.parse_keyword(Keyword::WITH) {
-        return Ok(Options { entries });
+        return Ok(options);
     }
     parser.expect_token(&Token::LParen)?;
     if parser.consume_token(&Token::RParen) {
-        return Ok(Options { entries });
+        return Ok(options);
     }
     loop {
         let first = parser.next_token();
@@ -388,24 +312,15 @@ fn parse_with_options(parser: &mut Parser) -> Result<Options, PipelineError> {
             Expr::Identifier(i) => i.value.clone(),
             other => other.to_string(),
         };
-        let key = key.to_ascii_lowercase();
-        if entries
-            .iter()
-            .any(|(k, _, _): &(String, String, Location)| *k == key)
-        {
-            return Err(error_at(
-                (first.span.start.line, first.span.start.column),
-                format!("option '{key}' is given twice"),
-            ));
-        }
-        entries.push((key, text, first.span.start));
+        let at = Position::new(first.span.start.line, first.span.start.column);
+        options.insert(&key, text, at)?;
         if parser.consume_token(&Token::Comma) {
             continue;
         }
         parser.expect_token(&Token::RParen)?;
         break;
     }
-    Ok(Options { entries })
+    Ok(options)
 }
 
 #[cfg(test)]
@@ -480,7 +395,7 @@ mod tests {
         );
         assert_eq!(
             sink.options.position("kafka.security.protocol"),
-            Some((1, 44))
+            Some(Position::new(1, 44))
         );
         assert_eq!(sink.options.get("max"), Some("3"));
         let prefixed: Vec<(&str, &str)> = sink.options.prefixed("kafka.").collect();
@@ -489,16 +404,17 @@ mod tests {
             [("security.protocol", "PLAINTEXT"), ("client.id", "x")]
         );
         sink.options
-            .check_known_with_prefix(&["connector", "max"], "kafka.", "a sink")
+            .check_known("a sink", &["max"], Some("kafka."))
             .unwrap();
         let err = sink
             .options
-            .check_known(&["connector", "max"], "a sink")
+            .check_known("a sink", &["max"], None)
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
-            "1:44: unknown option 'kafka.security.protocol' for a sink; valid options: connector, max"
+            "1:44: unknown option 'kafka.security.protocol' for a sink (sink s); valid options: \
+             connector, output_mode, max"
         );
         let err = parse_pipeline("CREATE SINK s WITH (a = 1,\n  A = 2)")
             .unwrap_err()

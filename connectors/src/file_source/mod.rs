@@ -93,12 +93,14 @@ use tidemill_engine::{
 use tidemill_state::StateError;
 
 use self::bad_record::strip_serde_position;
+pub(crate) use self::connector::FilesConnector;
 use self::reader::FileReader;
 use self::seen_log::{
     META_KIND, META_VERSION, SeenFile, SeenLog, SourceMetadata, list_visible, sort_files,
 };
 
 mod bad_record;
+mod connector;
 mod convert;
 mod reader;
 mod scan;
@@ -510,6 +512,10 @@ fn merge_csv_fields(merged: &mut Vec<Field>, schema: &Schema) {
 impl SourceProvider for FileSource {
     fn description(&self) -> String {
         format!("FileSource[{}: {}]", self.format, self.url_string())
+    }
+
+    async fn read_batch(&self, session: &SessionContext) -> Result<DataFrame> {
+        FileSource::read_batch(self, session).await
     }
 
     async fn schema(&self, session: &SessionContext) -> Result<SchemaRef> {

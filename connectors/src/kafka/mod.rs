@@ -63,6 +63,7 @@
 pub use rdkafka;
 
 mod client;
+mod connector;
 mod json;
 mod offsets;
 mod reader;
@@ -72,6 +73,7 @@ mod sink_log;
 mod source;
 
 pub use client::{DEFAULT_TIMEOUT, is_transient};
+pub(crate) use connector::KafkaConnector;
 pub use json::{
     BadRecordPolicy, JsonDecoded, dead_letter_schema, decode_json_values, encode_json_rows,
 };

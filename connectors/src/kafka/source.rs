@@ -748,6 +748,10 @@ impl SourceProvider for KafkaSource {
         self.output_schema()
     }
 
+    async fn read_batch(&self, session: &SessionContext) -> Result<DataFrame> {
+        KafkaSource::read_batch(self, session).await
+    }
+
     async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {
         self.validate()?;
         let dead_letters = DeadLetterLog::load(ctx.checkpoint.child("dead_letter")).await?;

@@ -1,5 +1,9 @@
 //! Pretty-printed batches on standard output, like Spark's console sink.
 
+mod connector;
+
+pub(crate) use connector::ConsoleConnector;
+
 use std::io::Write;
 use std::sync::Mutex;
 

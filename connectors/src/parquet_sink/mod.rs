@@ -5,6 +5,10 @@
 //! batch wrote, and only files listed in a manifest entry are part of the
 //! output.
 
+mod connector;
+
+pub(crate) use connector::FilesSinkConnector;
+
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::{Schema, SchemaRef};

@@ -6,12 +6,16 @@
 //! in the source's checkpoint directory, so a restarted query continues the
 //! same sequence and a replayed range yields exactly the same rows.
 
+mod connector;
+
+pub(crate) use connector::RateConnector;
+
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{DataFrame, SessionContext};
 use serde::{Deserialize, Serialize};
 use tidemill_engine::{
     Offset, ReadLimit, Result, Source, SourceContext, SourceProvider, TidemillError,
@@ -108,6 +112,14 @@ impl SourceProvider for RateSource {
     async fn schema(&self, _session: &SessionContext) -> Result<SchemaRef> {
         self.check()?;
         Ok(Self::output_schema())
+    }
+
+    async fn read_batch(&self, _session: &SessionContext) -> Result<DataFrame> {
+        Err(TidemillError::Config(
+            "a rate stream generates rows as time passes and has no batch form; \
+             run this pipeline with `tidemill run`"
+                .into(),
+        ))
     }
 
     async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {
