@@ -14,6 +14,7 @@ mod kafka;
 mod no_panic_properties;
 mod recovery;
 mod retry;
+mod sql_connectors;
 mod sql_docs;
 mod sql_kafka;
 mod sql_options;
