@@ -84,7 +84,7 @@ pub trait StreamingDataFrame {
 
 impl StreamingDataFrame for DataFrame {
     fn is_streaming(&self) -> bool {
-        !StreamingTable::all_in(self.logical_plan()).is_empty()
+        StreamingTable::any_in(self.logical_plan())
     }
 
     fn write_stream(self) -> DataStreamWriter {

@@ -60,6 +60,27 @@ impl StreamingTable {
         any.downcast::<StreamingTable>().ok()
     }
 
+    /// Whether `plan` reads a streaming table: directly, in a subquery, or
+    /// inside a view (which a plan as written keeps as a scan of the view;
+    /// optimizing inlines it).
+    pub fn any_in(plan: &LogicalPlan) -> bool {
+        let mut found = false;
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                let in_view = source_as_provider(&scan.source)
+                    .ok()
+                    .and_then(|provider| provider.get_logical_plan().map(|p| Self::any_in(&p)));
+                if Self::of_scan(scan).is_some() || in_view == Some(true) {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .expect("visiting a plan without errors cannot fail");
+        found
+    }
+
     /// The distinct streaming tables in `plan`, in the order a depth-first
     /// walk meets them. This order is the source index used in the
     /// checkpoint, so it must not depend on anything but the plan's shape.

@@ -38,8 +38,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::datasource::source_as_provider;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
@@ -54,7 +52,7 @@ use tidemill_connectors::{
 use tidemill_engine::window::register_window_functions;
 use tidemill_engine::{
     OutputMode, SinkContext, SourceProvider, StreamingContext, StreamingDataFrame, StreamingQuery,
-    StreamingTable, TidemillError, Trigger,
+    TidemillError, Trigger,
 };
 
 use parser::{Located, PipelineStatement, SinkDef, StreamDef, parse_pipeline};
@@ -282,7 +280,7 @@ impl Prepared {
         self.spec
             .declared
             .check_output_mode(self.spec.output_mode)?;
-        if !reads_stream(self.df.logical_plan()) {
+        if !self.df.is_streaming() {
             return Err(TidemillError::Unsupported {
                 operator: format!("INSERT INTO {}", self.sink),
                 reason: "reads no stream, only tables and values, so it has nothing to process \
@@ -648,26 +646,6 @@ fn planning_state(ctx: &SessionContext) -> SessionState {
     let mut state = ctx.state();
     state.config_mut().options_mut().sql_parser.collect_spans = true;
     state
-}
-
-/// Whether `plan` reads a stream: a streaming scan, directly or inside a
-/// view (which the plan as written keeps as a scan of the view).
-fn reads_stream(plan: &LogicalPlan) -> bool {
-    let mut found = false;
-    plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::TableScan(scan) = node {
-            let inner = source_as_provider(&scan.source)
-                .ok()
-                .and_then(|provider| provider.get_logical_plan().map(|p| reads_stream(&p)));
-            if StreamingTable::of_scan(scan).is_some() || inner == Some(true) {
-                found = true;
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })
-    .expect("visiting a plan without errors cannot fail");
-    found
 }
 
 /// Rewrites Spark's `window.start` / `window.end` / `window` references

@@ -531,3 +531,37 @@ async fn now_is_each_batch_planning_time() {
     assert!(times[3..].iter().all(|&t| t == times[3]), "{times:?}");
     assert!(times[3] >= times[0] + 20_000_000, "{times:?}");
 }
+
+/// A query over a view of a stream is a stream: `is_streaming` sees
+/// through the view (as written, the plan keeps it as a scan of the view),
+/// so `with_watermark` on it is not silently a no-op.
+#[tokio::test]
+async fn a_view_of_a_stream_is_streaming() {
+    let ctx = SessionContext::new();
+    let stream = ctx
+        .read_stream(MemoryStream::new(events_schema()))
+        .await
+        .unwrap();
+    ctx.register_table(
+        "cheap",
+        stream
+            .filter(col("price").lt(lit(10.0)))
+            .unwrap()
+            .into_view(),
+    )
+    .unwrap();
+    let df = ctx.sql("SELECT id FROM cheap").await.unwrap();
+    assert!(df.is_streaming());
+    let in_subquery = ctx
+        .sql("SELECT 1 AS one WHERE EXISTS (SELECT id FROM cheap)")
+        .await
+        .unwrap();
+    assert!(in_subquery.is_streaming());
+    ctx.register_batch("static_events", events(0..3)).unwrap();
+    assert!(
+        !ctx.sql("SELECT id FROM static_events")
+            .await
+            .unwrap()
+            .is_streaming()
+    );
+}

@@ -14,29 +14,13 @@ use datafusion::logical_expr::{Aggregate, LogicalPlan};
 
 use crate::{Result, StreamingTable, TidemillError};
 
-/// Whether `plan` reads a streaming source.
-pub(crate) fn reads_stream(plan: &LogicalPlan) -> bool {
-    let mut found = false;
-    plan.apply(|node| {
-        if let LogicalPlan::TableScan(scan) = node
-            && StreamingTable::of_scan(scan).is_some()
-        {
-            found = true;
-            return Ok(TreeNodeRecursion::Stop);
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })
-    .expect("visiting a plan without errors cannot fail");
-    found
-}
-
 /// The aggregation over streaming input in `plan`, if there is one (a
 /// validated plan has at most one).
 pub(crate) fn find_aggregation(plan: &LogicalPlan) -> Option<Aggregate> {
     let mut found = None;
     plan.apply(|node| {
         if let LogicalPlan::Aggregate(aggregate) = node
-            && reads_stream(&aggregate.input)
+            && StreamingTable::any_in(&aggregate.input)
         {
             found = Some(aggregate.clone());
             return Ok(TreeNodeRecursion::Stop);
@@ -52,7 +36,7 @@ pub(crate) fn find_aggregation(plan: &LogicalPlan) -> Option<Aggregate> {
 /// operator `operator`.
 pub(crate) fn replace_aggregation(plan: LogicalPlan, operator: usize) -> DFResult<LogicalPlan> {
     plan.transform_up(|node| match node {
-        LogicalPlan::Aggregate(aggregate) if reads_stream(&aggregate.input) => {
+        LogicalPlan::Aggregate(aggregate) if StreamingTable::any_in(&aggregate.input) => {
             Ok(Transformed::yes(
                 crate::aggregate::StreamingAggregateNode::new(aggregate, operator).into_plan(),
             ))

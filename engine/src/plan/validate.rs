@@ -70,7 +70,7 @@ fn reject_distinct_aggregates(plan: &LogicalPlan) -> Result<()> {
     let mut found = None;
     plan.apply(|node| {
         if let LogicalPlan::Aggregate(a) = node
-            && substitute::reads_stream(&a.input)
+            && crate::StreamingTable::any_in(&a.input)
         {
             found = a.aggr_expr.iter().find(|e| is_distinct(e)).cloned();
             if found.is_some() {
