@@ -45,7 +45,7 @@ use rand::{Rng, SeedableRng};
 use tidemill::prelude::*;
 use tidemill::{PhaseDurations, QueryOptions, Sink};
 use tidemill_harness::results::{BenchResult, Table, Target, median, trim};
-use tidemill_harness::{Pipeline, TriggerStudy, trades};
+use tidemill_harness::{StudyPipeline, TriggerStudy, trades};
 
 const FILES: usize = 20;
 /// Timed runs of each throughput job; the median is reported.
@@ -373,7 +373,7 @@ async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
         )
     };
     let report = TriggerStudy::new()
-        .pipeline(Pipeline::new("stateless", trades::big_trades))
+        .pipeline(StudyPipeline::new("stateless", trades::big_trades))
         .intervals([Duration::ZERO])
         .rates([rate])
         .run_for(run_for)

@@ -22,15 +22,15 @@ use crate::plan::{
 use crate::query::QueryShared;
 use crate::watermark::{WatermarkNode, WatermarkTracker};
 use crate::{
-    DataStreamWriter, Location, OutputMode, Result, Sink, SinkContext, SourceContext,
-    StreamingQuery, StreamingTable, TidemillError,
+    DataStreamWriter, Location, OutputMode, Result, Sink, SinkContext, SourceContext, SourceTable,
+    StreamingQuery, TidemillError,
 };
 
 /// Starts the query `writer` configures, writing to `sink`.
 pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Result<StreamingQuery> {
     let (state, plan, optimized) = prepare(writer.df, writer.output_mode)?;
     let session = SessionContext::new_with_state(state.clone());
-    let tables = StreamingTable::all_in(&plan);
+    let tables = SourceTable::all_in(&plan);
     let layout = match find_aggregation(&optimized) {
         Some(found) => Some(Arc::new(
             AggregateLayout::plan(&found, &state)

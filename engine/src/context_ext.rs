@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::watermark::WatermarkNode;
-use crate::{DataStreamWriter, Result, SourceProvider, StreamingTable, TidemillError};
+use crate::{DataStreamWriter, Result, SourceProvider, SourceTable, TidemillError};
 
 /// Reading streams: an extension of DataFusion's [`SessionContext`].
 ///
@@ -59,9 +59,9 @@ impl StreamingContext for SessionContext {
 async fn streaming_table<S: SourceProvider + 'static>(
     ctx: &SessionContext,
     source: S,
-) -> Result<Arc<StreamingTable>> {
+) -> Result<Arc<SourceTable>> {
     let schema = source.schema(ctx).await?;
-    Ok(Arc::new(StreamingTable::new(Arc::new(source), schema)))
+    Ok(Arc::new(SourceTable::new(Arc::new(source), schema)))
 }
 
 /// Writing streams: an extension of DataFusion's [`DataFrame`].
@@ -84,7 +84,7 @@ pub trait StreamingDataFrame {
 
 impl StreamingDataFrame for DataFrame {
     fn is_streaming(&self) -> bool {
-        StreamingTable::any_in(self.logical_plan())
+        SourceTable::any_in(self.logical_plan())
     }
 
     fn write_stream(self) -> DataStreamWriter {

@@ -6,7 +6,7 @@
 //! A tour, in the order a query meets the parts:
 //!
 //! - [`StreamingContext::read_stream`] turns a [`SourceProvider`] into an
-//!   ordinary DataFusion `DataFrame` backed by a [`StreamingTable`]; every
+//!   ordinary DataFusion `DataFrame` backed by a [`SourceTable`]; every
 //!   DataFrame, `Expr` and SQL transformation applies unchanged.
 //! - [`StreamingDataFrame::write_stream`] gives a [`DataStreamWriter`]:
 //!   choose a [`Sink`], an [`OutputMode`], a [`Trigger`] and a checkpoint
@@ -54,7 +54,7 @@ mod progress;
 mod query;
 mod sink;
 mod source;
-mod streaming_table;
+mod source_table;
 mod trigger;
 pub mod watermark;
 pub mod window;
@@ -71,7 +71,7 @@ pub use progress::{
 pub use query::StreamingQuery;
 pub use sink::{Sink, SinkContext};
 pub use source::{BatchInput, ReadLimit, Source, SourceContext, SourceProvider};
-pub use streaming_table::StreamingTable;
+pub use source_table::SourceTable;
 pub use trigger::{OutputMode, Trigger};
 pub use watermark::MultipleWatermarkPolicy;
 pub use writer::{DataStreamWriter, QueryOptions, RetryPolicy};

@@ -22,7 +22,7 @@ use crate::{
 /// A source opened for this query, with where it stands.
 #[derive(Debug)]
 pub(crate) struct RunningSource {
-    /// The [`crate::StreamingTable::id`] its scans carry in the plan.
+    /// The [`crate::SourceTable::id`] its scans carry in the plan.
     pub table_id: u64,
     pub schema: arrow::datatypes::SchemaRef,
     pub description: String,

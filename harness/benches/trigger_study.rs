@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tidemill_engine::OutputMode;
 use tidemill_harness::results::BenchResult;
-use tidemill_harness::{AVAILABLE_AT, Pipeline, RateSearch, TriggerStudy, trades};
+use tidemill_harness::{AVAILABLE_AT, RateSearch, StudyPipeline, TriggerStudy, trades};
 
 fn list<T: std::str::FromStr>(name: &str) -> Option<Vec<T>> {
     let v = std::env::var(name).ok()?;
@@ -39,10 +39,10 @@ fn list<T: std::str::FromStr>(name: &str) -> Option<Vec<T>> {
     )
 }
 
-fn pipelines() -> [Pipeline; 2] {
+fn pipelines() -> [StudyPipeline; 2] {
     [
-        Pipeline::new("stateless", trades::big_trades),
-        Pipeline::new("windowed", trades::per_minute_stamped)
+        StudyPipeline::new("stateless", trades::big_trades),
+        StudyPipeline::new("windowed", trades::per_minute_stamped)
             .output_mode(OutputMode::Update)
             .key_columns(["window_start", "symbol", "exchange"]),
     ]

@@ -19,14 +19,14 @@
 //! use datafusion::prelude::*;
 //! use tidemill_connectors::ParquetSink;
 //! use tidemill_engine::{OutputMode, Sink};
-//! use tidemill_harness::{Pipeline, TriggerStudy, trades};
+//! use tidemill_harness::{StudyPipeline, TriggerStudy, trades};
 //!
 //! # async fn demo() -> anyhow::Result<()> {
 //! let report = TriggerStudy::new()
 //!     // The source's rows: trades (see `trades`), or your own `RowGenerator`.
-//!     .pipeline(Pipeline::new("big trades", trades::big_trades))
+//!     .pipeline(StudyPipeline::new("big trades", trades::big_trades))
 //!     .pipeline(
-//!         Pipeline::new("per minute", trades::per_minute_stamped)
+//!         StudyPipeline::new("per minute", trades::per_minute_stamped)
 //!             .output_mode(OutputMode::Update),
 //!     )
 //!     .intervals([Duration::ZERO, Duration::from_millis(100), Duration::from_secs(1)])
@@ -67,6 +67,6 @@ pub use histogram::{LatencyHistogram, LatencySummary};
 pub use sink::DiscardSink;
 pub use source::{AVAILABLE_AT, RowGenerator};
 pub use study::{
-    MaxRate, Pipeline, PlanFn, RateSearch, RunResult, SearchStep, SinkFactory, StudyReport,
+    MaxRate, PlanFn, RateSearch, RunResult, SearchStep, SinkFactory, StudyPipeline, StudyReport,
     StudySettings, TriggerStudy, format_interval, format_interval_ms, standard_intervals,
 };

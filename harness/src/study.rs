@@ -34,16 +34,16 @@ pub type SinkFactory = Arc<dyn Fn(&Path) -> Arc<dyn Sink> + Send + Sync>;
 
 /// A named pipeline and how its output is written.
 #[derive(Clone)]
-pub struct Pipeline {
+pub struct StudyPipeline {
     name: String,
     plan: PlanFn,
     output_mode: OutputMode,
     key_columns: Option<Vec<String>>,
 }
 
-impl std::fmt::Debug for Pipeline {
+impl std::fmt::Debug for StudyPipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline")
+        f.debug_struct("StudyPipeline")
             .field("name", &self.name)
             .field("output_mode", &self.output_mode)
             .field("key_columns", &self.key_columns)
@@ -51,7 +51,7 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
-impl Pipeline {
+impl StudyPipeline {
     /// A pipeline named `name` (append mode). `plan` receives the study
     /// source's DataFrame: the generator's columns plus
     /// [`AVAILABLE_AT`](crate::AVAILABLE_AT).
@@ -149,13 +149,13 @@ impl Default for RateSearch {
 /// ```no_run
 /// use std::time::Duration;
 /// use datafusion::prelude::*;
-/// use tidemill_harness::{Pipeline, TriggerStudy};
+/// use tidemill_harness::{StudyPipeline, TriggerStudy};
 ///
 /// # async fn demo() -> anyhow::Result<()> {
 /// // Your plan, over the default trade rows (symbol, exchange, price,
 /// // quantity, event_time, available_at).
 /// let study = TriggerStudy::new()
-///     .pipeline(Pipeline::new("big trades", |df: DataFrame| {
+///     .pipeline(StudyPipeline::new("big trades", |df: DataFrame| {
 ///         df.filter(col("quantity").gt(lit(900i64)))
 ///     }))
 ///     .intervals([Duration::ZERO, Duration::from_millis(100), Duration::from_secs(1)])
@@ -167,7 +167,7 @@ impl Default for RateSearch {
 /// ```
 #[derive(Clone)]
 pub struct TriggerStudy {
-    pipelines: Vec<Pipeline>,
+    pipelines: Vec<StudyPipeline>,
     intervals: Vec<Duration>,
     rates: Vec<u64>,
     run_for: Duration,
@@ -235,7 +235,7 @@ impl TriggerStudy {
     }
 
     /// Adds a pipeline.
-    pub fn pipeline(mut self, pipeline: Pipeline) -> Self {
+    pub fn pipeline(mut self, pipeline: StudyPipeline) -> Self {
         self.pipelines.push(pipeline);
         self
     }
@@ -317,7 +317,7 @@ impl TriggerStudy {
     /// DataFusion batch job over the same rows (keeps every output row in
     /// memory: for small runs). Stateless plans compare all rows;
     /// update/complete mode compares the last version of each key (see
-    /// [`Pipeline::key_columns`]). Floats are compared to 7 significant
+    /// [`StudyPipeline::key_columns`]). Floats are compared to 7 significant
     /// digits.
     pub fn verify(mut self, verify: bool) -> Self {
         self.verify = verify;
@@ -434,7 +434,7 @@ impl TriggerStudy {
 
     async fn search_max_rate(
         &self,
-        pipeline: &Pipeline,
+        pipeline: &StudyPipeline,
         interval: Duration,
         search: &RateSearch,
         work: &Path,
@@ -492,7 +492,7 @@ impl TriggerStudy {
     #[allow(clippy::too_many_arguments)]
     async fn run_once(
         &self,
-        pipeline: &Pipeline,
+        pipeline: &StudyPipeline,
         interval: Duration,
         rate: u64,
         run_for: Duration,
@@ -730,7 +730,7 @@ impl Stats {
 
 /// Checks the stream's output against the plan run as a batch job.
 async fn verify_output(
-    pipeline: &Pipeline,
+    pipeline: &StudyPipeline,
     shared: &RunShared,
     total: u64,
     output: Vec<(u64, Vec<RecordBatch>)>,

@@ -2,7 +2,7 @@
 //! plan.
 //!
 //! A streaming DataFrame is an ordinary DataFusion [`LogicalPlan`] with
-//! [`StreamingTable`](crate::StreamingTable) scans and, where
+//! [`SourceTable`](crate::SourceTable) scans and, where
 //! `with_watermark` was called, [`WatermarkNode`](crate::watermark::WatermarkNode)s.
 //! Its path, start to batch:
 //!

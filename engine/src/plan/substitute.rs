@@ -12,7 +12,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::{Aggregate, LogicalPlan};
 
-use crate::{Result, StreamingTable, TidemillError};
+use crate::{Result, SourceTable, TidemillError};
 
 /// The aggregation over streaming input in `plan`, if there is one (a
 /// validated plan has at most one).
@@ -20,7 +20,7 @@ pub(crate) fn find_aggregation(plan: &LogicalPlan) -> Option<Aggregate> {
     let mut found = None;
     plan.apply(|node| {
         if let LogicalPlan::Aggregate(aggregate) = node
-            && StreamingTable::any_in(&aggregate.input)
+            && SourceTable::any_in(&aggregate.input)
         {
             found = Some(aggregate.clone());
             return Ok(TreeNodeRecursion::Stop);
@@ -36,7 +36,7 @@ pub(crate) fn find_aggregation(plan: &LogicalPlan) -> Option<Aggregate> {
 /// operator `operator`.
 pub(crate) fn replace_aggregation(plan: LogicalPlan, operator: usize) -> DFResult<LogicalPlan> {
     plan.transform_up(|node| match node {
-        LogicalPlan::Aggregate(aggregate) if StreamingTable::any_in(&aggregate.input) => {
+        LogicalPlan::Aggregate(aggregate) if SourceTable::any_in(&aggregate.input) => {
             Ok(Transformed::yes(
                 crate::aggregate::StreamingAggregateNode::new(aggregate, operator).into_plan(),
             ))
@@ -47,7 +47,7 @@ pub(crate) fn replace_aggregation(plan: LogicalPlan, operator: usize) -> DFResul
 }
 
 /// Replaces every streaming scan in `plan` by a scan of that source's rows
-/// for this batch (`data`, keyed by [`StreamingTable::id`]), keeping the
+/// for this batch (`data`, keyed by [`SourceTable::id`]), keeping the
 /// scan's projection and filters.
 pub fn substitute(
     plan: &LogicalPlan,
@@ -59,7 +59,7 @@ pub fn substitute(
             let LogicalPlan::TableScan(scan) = &node else {
                 return Ok(Transformed::no(node));
             };
-            let Some(table) = StreamingTable::of_scan(scan) else {
+            let Some(table) = SourceTable::of_scan(scan) else {
                 return Ok(Transformed::no(node));
             };
             let rows = data.get(&table.id()).ok_or_else(|| {

@@ -8,7 +8,7 @@ use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 use super::substitute;
 use crate::watermark::WatermarkNode;
 use crate::window::SESSION_PREFIX;
-use crate::{OutputMode, Result, StreamingTable, TidemillError};
+use crate::{OutputMode, Result, SourceTable, TidemillError};
 
 /// Checks that `plan` can run as a stream in `mode` and returns an error
 /// naming the offending operator and the fix if not.
@@ -70,7 +70,7 @@ fn reject_distinct_aggregates(plan: &LogicalPlan) -> Result<()> {
     let mut found = None;
     plan.apply(|node| {
         if let LogicalPlan::Aggregate(a) = node
-            && crate::StreamingTable::any_in(&a.input)
+            && crate::SourceTable::any_in(&a.input)
         {
             found = a.aggr_expr.iter().find(|e| is_distinct(e)).cloned();
             if found.is_some() {
@@ -123,7 +123,7 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
         inputs.push(check(input, mode)?);
     }
     let streaming = match plan {
-        LogicalPlan::TableScan(scan) => StreamingTable::of_scan(scan).is_some(),
+        LogicalPlan::TableScan(scan) => SourceTable::of_scan(scan).is_some(),
         _ => inputs.iter().any(|f| f.streaming),
     };
     let aggregated = inputs.iter().any(|f| f.aggregated);

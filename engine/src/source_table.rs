@@ -18,20 +18,20 @@ use crate::SourceProvider;
 /// A streaming source placed in a DataFusion plan.
 ///
 /// [`crate::StreamingContext::read_stream`] wraps a [`SourceProvider`] in
-/// a `StreamingTable` and returns an ordinary DataFrame scanning it, so
+/// a `SourceTable` and returns an ordinary DataFrame scanning it, so
 /// every DataFrame, `Expr` and SQL transformation applies unchanged. The
 /// table itself holds no data: when the query runs, each micro-batch
 /// substitutes the rows of that batch's offset range for the scan. Running
 /// such a DataFrame as a batch job (`collect()`) fails with an error saying
 /// to start it with `write_stream()`, as in Spark.
 #[derive(Debug)]
-pub struct StreamingTable {
+pub struct SourceTable {
     id: u64,
     provider: Arc<dyn SourceProvider>,
     schema: SchemaRef,
 }
 
-impl StreamingTable {
+impl SourceTable {
     /// Wraps `provider`, whose rows have `schema`.
     pub fn new(provider: Arc<dyn SourceProvider>, schema: SchemaRef) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -54,10 +54,10 @@ impl StreamingTable {
     }
 
     /// The streaming table scanned by `scan`, if it is one.
-    pub fn of_scan(scan: &TableScan) -> Option<Arc<StreamingTable>> {
+    pub fn of_scan(scan: &TableScan) -> Option<Arc<SourceTable>> {
         let provider = source_as_provider(&scan.source).ok()?;
         let any: Arc<dyn std::any::Any + Send + Sync> = provider;
-        any.downcast::<StreamingTable>().ok()
+        any.downcast::<SourceTable>().ok()
     }
 
     /// Whether `plan` reads a streaming table: directly, in a subquery, or
@@ -84,8 +84,8 @@ impl StreamingTable {
     /// The distinct streaming tables in `plan`, in the order a depth-first
     /// walk meets them. This order is the source index used in the
     /// checkpoint, so it must not depend on anything but the plan's shape.
-    pub fn all_in(plan: &LogicalPlan) -> Vec<Arc<StreamingTable>> {
-        let mut found: Vec<Arc<StreamingTable>> = Vec::new();
+    pub fn all_in(plan: &LogicalPlan) -> Vec<Arc<SourceTable>> {
+        let mut found: Vec<Arc<SourceTable>> = Vec::new();
         plan.apply_with_subqueries(|node| {
             if let LogicalPlan::TableScan(scan) = node
                 && let Some(table) = Self::of_scan(scan)
@@ -101,7 +101,7 @@ impl StreamingTable {
 }
 
 #[async_trait]
-impl TableProvider for StreamingTable {
+impl TableProvider for SourceTable {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
