@@ -31,8 +31,8 @@
 //! offset covering them is returned: the log is write-ahead. Each log file
 //! lists, for a run of consecutive sequence numbers, the file's path, size
 //! and modification time. An offset `k` means "the first `k` files of the
-//! log", so a batch's range `[start, end)` names exactly the same files on
-//! every replay, in this process or after a restart. On open the whole log
+//! log", so a batch's range `(start, end]` (the files after the first
+//! `start`, up to the `end`-th) names exactly the same files on every replay, in this process or after a restart. On open the whole log
 //! is loaded, so a restarted query neither re-reads nor skips a file.
 //!
 //! A file that vanished after being logged is an error when its batch is
