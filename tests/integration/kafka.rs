@@ -11,11 +11,9 @@
 //! (`retention.ms`), which Tansu applies when it starts.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -32,11 +30,11 @@ use tidemill::connectors::kafka::{
     BadRecordPolicy, EndingOffsets, KafkaSink, KafkaSource, PartitionOffsets, StartingOffsets,
     decode_json_values, kafka_schema,
 };
-use tidemill::engine::failpoint;
 use tidemill::engine::window::tumble;
 use tidemill::prelude::*;
-use tidemill::{QueryOptions, RetryPolicy, Sink, SourceProvider, TidemillError};
+use tidemill::{QueryOptions, RetryPolicy, Sink, SourceProvider};
 
+use crate::child::{self, Child, Event};
 use crate::common::{events, events_schema, sorted_rows};
 
 /// The broker fixture (shared with the example and the benchmark).
@@ -875,16 +873,7 @@ async fn kafka_child() -> anyhow::Result<()> {
         .trigger(Trigger::AvailableNow)
         .start()
         .await;
-    let query = match query {
-        Err(e @ TidemillError::CheckpointInUse { .. }) => {
-            println!("CHILD_REFUSED {e}");
-            return Ok(());
-        }
-        other => other?,
-    };
-    query.await_termination().await?;
-    println!("CHILD_DONE");
-    Ok(())
+    child::report(query).await
 }
 
 struct Pipeline {
@@ -909,32 +898,22 @@ impl Pipeline {
         }
     }
 
-    fn spawn(&self, failpoint_at: Option<&str>) -> Running {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--exact",
-            "kafka::kafka_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("KAFKA_CHILD_BOOTSTRAP", &self.bootstrap)
-        .env("KAFKA_CHILD_IN", &self.input)
-        .env("KAFKA_CHILD_OUT", &self.output)
-        .env("KAFKA_CHILD_DIR", self.dir.path())
-        .env_remove(failpoint::ENV_VAR)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-        if let Some(point) = failpoint_at {
-            cmd.env(failpoint::ENV_VAR, point);
-        }
-        Running(cmd.spawn().expect("spawn child"))
+    /// The child running the pipeline, stopping at `failpoint`.
+    fn command(&self, failpoint: Option<&str>) -> Command {
+        let mut cmd = child::command("kafka::kafka_child", failpoint);
+        cmd.env("KAFKA_CHILD_BOOTSTRAP", &self.bootstrap)
+            .env("KAFKA_CHILD_IN", &self.input)
+            .env("KAFKA_CHILD_OUT", &self.output)
+            .env("KAFKA_CHILD_DIR", self.dir.path());
+        cmd
+    }
+
+    fn spawn(&self, failpoint: Option<&str>) -> Child {
+        Child::spawn(&mut self.command(failpoint))
     }
 
     fn run_to_completion(&self) {
-        let mut child = self.spawn(None);
-        assert_eq!(wait_for_event(&mut child), ChildEvent::Done);
-        assert!(child.0.wait().unwrap().success());
+        Child::run_to_completion(&mut self.command(None));
     }
 
     /// How many messages in the output topic batch `batch_id` wrote.
@@ -1001,53 +980,6 @@ fn expected_results_with_delay(n: i64, delay_s: i64) -> BTreeMap<(i64, String), 
         .collect()
 }
 
-#[derive(Debug, PartialEq)]
-enum ChildEvent {
-    Failpoint,
-    Done,
-    Refused,
-    Exited,
-}
-
-fn wait_for_event(child: &mut Running) -> ChildEvent {
-    let stdout = child.0.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let event = if line.contains("TIDEMILL_FAILPOINT_REACHED") {
-                ChildEvent::Failpoint
-            } else if line.contains("CHILD_DONE") {
-                ChildEvent::Done
-            } else if line.contains("CHILD_REFUSED") {
-                ChildEvent::Refused
-            } else {
-                continue;
-            };
-            let _ = tx.send(event);
-        }
-        let _ = tx.send(ChildEvent::Exited);
-    });
-    rx.recv_timeout(Duration::from_secs(180))
-        .expect("child made no progress in 180 s")
-}
-
-/// A child process, killed (SIGKILL) when dropped, so that a failing test
-/// leaves none behind.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kill(child: &mut Running) {
-    let _ = child.0.kill();
-    let _ = child.0.wait();
-}
-
 #[tokio::test]
 async fn sigkill_inside_the_kafka_sink_duplicates_nothing() {
     let broker = Broker::start();
@@ -1056,14 +988,14 @@ async fn sigkill_inside_the_kafka_sink_duplicates_nothing() {
     // Killed halfway through writing batch 2's results, then after the
     // sink wrote batch 3 but before the engine committed it.
     let mut child = pipeline.spawn(Some("during_sink@2"));
-    assert_eq!(wait_for_event(&mut child), ChildEvent::Failpoint);
-    kill(&mut child);
+    assert_eq!(child.wait_for_event(), Event::Failpoint);
+    child.kill();
     // Half of batch 2's results are in the topic.
     let partial = pipeline.messages_of_batch(2);
     assert!(partial > 0);
     let mut child = pipeline.spawn(Some("before_commit_log@3"));
-    assert_eq!(wait_for_event(&mut child), ChildEvent::Failpoint);
-    kill(&mut child);
+    assert_eq!(child.wait_for_event(), Event::Failpoint);
+    child.kill();
     pipeline.run_to_completion();
     // The re-run wrote only the other half, and batch 3 (written before
     // the kill, re-run after it) was not written again.
@@ -1109,14 +1041,14 @@ async fn randomized_sigkills_give_every_result_exactly_once() {
             let batch = rng.random_range(0..12);
             let mut child = pipeline.spawn(Some(&format!("{point}@{batch}")));
             // Reaches the point, or finishes first.
-            let _ = wait_for_event(&mut child);
+            let _ = child.wait_for_event();
             child
         } else {
             let child = pipeline.spawn(None);
             std::thread::sleep(Duration::from_millis(rng.random_range(200..2500)));
             child
         };
-        kill(&mut child);
+        child.kill();
     }
     produce_trades(
         &pipeline.bootstrap,
