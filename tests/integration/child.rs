@@ -8,13 +8,19 @@
 //! (the `failpoints` feature, on in the test build); the entry point prints
 //! `CHILD_REFUSED …` if the checkpoint is held by another process and
 //! `CHILD_DONE` when its query has ended ([`report`]).
+//!
+//! The stateful pipeline the children run is [`ten_second_totals`].
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use arrow::datatypes::DataType;
+use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::prelude::*;
 use tidemill::engine::failpoint;
+use tidemill::engine::window::tumble;
 use tidemill::{StreamingQuery, TidemillError};
 
 /// How long a child may go without an [`Event`] before the test fails.
@@ -68,6 +74,29 @@ pub async fn report(query: tidemill::Result<StreamingQuery>) -> anyhow::Result<(
     query.await_termination().await?;
     println!("CHILD_DONE");
     Ok(())
+}
+
+/// The children's stateful pipeline: per 10-second tumbling window of
+/// `event_time` (which has a watermark) and `symbol`, the number of rows
+/// `n` and the sum of `price` `total`, with the window's `start` in
+/// seconds.
+pub fn ten_second_totals(df: DataFrame) -> datafusion::error::Result<DataFrame> {
+    df.aggregate(
+        vec![
+            tumble(col("event_time"), "10 seconds").alias("w"),
+            col("symbol"),
+        ],
+        vec![
+            count(col("price")).alias("n"),
+            sum(col("price")).alias("total"),
+        ],
+    )?
+    .select(vec![
+        (cast(get_field(col("w"), "start"), DataType::Int64) / lit(1000)).alias("start"),
+        col("symbol"),
+        col("n"),
+        col("total"),
+    ])
 }
 
 /// A running child process, killed (SIGKILL) when dropped, so that a

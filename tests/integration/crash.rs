@@ -9,10 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
-use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
-use tidemill::engine::window::tumble;
 use tidemill::prelude::*;
 
 use crate::child::{self, Child, Event};
@@ -42,23 +40,7 @@ fn windowed(df: DataFrame) -> anyhow::Result<DataFrame> {
             .alias("event_time"),
         ])?
         .with_watermark("event_time", "5 seconds")?;
-    Ok(df
-        .aggregate(
-            vec![
-                tumble(col("event_time"), "10 seconds").alias("w"),
-                col("symbol"),
-            ],
-            vec![
-                count(col("price")).alias("n"),
-                sum(col("price")).alias("total"),
-            ],
-        )?
-        .select(vec![
-            (cast(get_field(col("w"), "start"), DataType::Int64) / lit(1000)).alias("start"),
-            col("symbol"),
-            col("n"),
-            col("total"),
-        ])?)
+    Ok(child::ten_second_totals(df)?)
 }
 
 fn schema() -> SchemaRef {

@@ -1,5 +1,5 @@
 //! The Kafka source and sink against a real Kafka-protocol broker (Tansu
-//! 0.6.0, started per test by `kafka_broker`): multi-partition topics,
+//! 0.6.0, started per test by `tidemill_harness::kafka_broker`): multi-partition topics,
 //! resuming after a restart, read limits, discovery, bounded reads, bad
 //! records, deleted records, the conformance suite, exactly-once output
 //! under SIGKILL, and a broker that stops mid-stream.
@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{Int32Type, Int64Type};
 use async_trait::async_trait;
-use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
 use tidemill::connectors::conformance::{
@@ -30,17 +29,14 @@ use tidemill::connectors::kafka::{
     BadRecordPolicy, EndingOffsets, KafkaSink, KafkaSource, PartitionOffsets, StartingOffsets,
     decode_json_values, kafka_schema,
 };
-use tidemill::engine::window::tumble;
 use tidemill::prelude::*;
 use tidemill::{QueryOptions, RetryPolicy, Sink, SourceProvider};
+use tidemill_harness::trades::trade_schema;
 
 use crate::child::{self, Child, Event};
 use crate::common::{events, events_schema, sorted_rows};
 
-/// The broker fixture (shared with the example and the benchmark).
-#[path = "kafka_broker.rs"]
-pub mod kafka_broker;
-use self::kafka_broker::{
+use tidemill_harness::kafka_broker::{
     Broker, Out, consume_all, create_topic, earliest_offsets, end_offsets, produce, unique_topic,
     values,
 };
@@ -769,8 +765,8 @@ async fn the_kafka_sink_conforms_in_both_modes() {
 // ---------------------------------------------------------------------
 // Exactly-once under SIGKILL
 
-/// Trades `i` in 0..n: symbol A/B/C, price i, event time i seconds (a few
-/// out of order), in `partitions` partitions.
+/// Trades `i` in 0..n ([`trade_schema`]): symbol A/B/C, price i, quantity
+/// 1, event time i seconds (a few out of order), in `partitions` partitions.
 fn produce_trades(bootstrap: &str, topic: &str, partitions: i32, ids: std::ops::Range<i64>) {
     let messages: Vec<Out> = ids
         .map(|i| {
@@ -780,7 +776,7 @@ fn produce_trades(bootstrap: &str, topic: &str, partitions: i32, ids: std::ops::
                 partition: Some((i % partitions as i64) as i32),
                 value: Some(
                     format!(
-                        r#"{{"symbol":"{}","price":{i},"ts":{}}}"#,
+                        r#"{{"symbol":"{}","exchange":"X","price":{i},"quantity":1,"event_time":{}}}"#,
                         ["A", "B", "C"][(i % 3) as usize],
                         ts * 1000
                     )
@@ -791,14 +787,6 @@ fn produce_trades(bootstrap: &str, topic: &str, partitions: i32, ids: std::ops::
         })
         .collect();
     produce(bootstrap, topic, &messages);
-}
-
-fn trade_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("symbol", DataType::Utf8, false),
-        Field::new("price", DataType::Float64, false),
-        Field::new("ts", DataType::Int64, false),
-    ]))
 }
 
 /// Per 10-second window and symbol: trade count and price sum, with a
@@ -812,30 +800,8 @@ const WATERMARK_DELAY_S: i64 = 5;
 
 /// [`windowed`] with a watermark `delay_s` seconds behind.
 fn windowed_with_delay(df: DataFrame, delay_s: i64) -> anyhow::Result<DataFrame> {
-    let df = df
-        .select(vec![
-            col("symbol"),
-            col("price"),
-            cast(col("ts"), DataType::Timestamp(TimeUnit::Millisecond, None)).alias("event_time"),
-        ])?
-        .with_watermark("event_time", &format!("{delay_s} seconds"))?;
-    Ok(df
-        .aggregate(
-            vec![
-                tumble(col("event_time"), "10 seconds").alias("w"),
-                col("symbol"),
-            ],
-            vec![
-                count(col("price")).alias("n"),
-                sum(col("price")).alias("total"),
-            ],
-        )?
-        .select(vec![
-            (cast(get_field(col("w"), "start"), DataType::Int64) / lit(1000)).alias("start"),
-            col("symbol"),
-            col("n"),
-            col("total"),
-        ])?)
+    let df = df.with_watermark("event_time", &format!("{delay_s} seconds"))?;
+    Ok(child::ten_second_totals(df)?)
 }
 
 /// The child process of the exactly-once tests: Kafka → windowed
