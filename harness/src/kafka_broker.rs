@@ -412,23 +412,16 @@ pub fn produce(bootstrap: &str, topic: &str, messages: &[Out]) {
 
 /// The end offset of each partition of `topic`, by partition.
 pub fn end_offsets(bootstrap: &str, topic: &str) -> Vec<i64> {
-    let consumer = consumer(bootstrap);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
-        .expect("metadata");
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    (0..partitions)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, KAFKA_TIMEOUT)
-                .expect("watermarks")
-                .1
-        })
-        .collect()
+    watermarks(bootstrap, topic).into_iter().map(|w| w.1).collect()
 }
 
 /// The earliest offset of each partition of `topic`, by partition.
 pub fn earliest_offsets(bootstrap: &str, topic: &str) -> Vec<i64> {
+    watermarks(bootstrap, topic).into_iter().map(|w| w.0).collect()
+}
+
+/// The (earliest, end) offsets of each partition of `topic`.
+fn watermarks(bootstrap: &str, topic: &str) -> Vec<(i64, i64)> {
     let consumer = consumer(bootstrap);
     let metadata = consumer
         .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
@@ -439,7 +432,6 @@ pub fn earliest_offsets(bootstrap: &str, topic: &str) -> Vec<i64> {
             consumer
                 .fetch_watermarks(topic, p, KAFKA_TIMEOUT)
                 .expect("watermarks")
-                .0
         })
         .collect()
 }

@@ -11,7 +11,7 @@
 //! (`retention.ms`), which Tansu applies when it starts.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,7 @@ use tidemill::{QueryOptions, RetryPolicy, Sink, SourceProvider};
 use tidemill_harness::trades::trade_schema;
 
 use crate::child::{self, Child, Event};
-use crate::common::{events, events_schema, sorted_rows};
+use crate::common::{events, events_schema, run_available_now, sorted_rows};
 
 use tidemill_harness::kafka_broker::{
     Broker, Out, consume_all, create_topic, earliest_offsets, end_offsets, produce, unique_topic,
@@ -85,22 +85,6 @@ fn event_rows(batches: &[RecordBatch]) -> Vec<String> {
 
 fn expected_events(ids: std::ops::Range<i64>) -> Vec<String> {
     sorted_rows(&[events(ids)])
-}
-
-async fn run_available_now(
-    df: DataFrame,
-    checkpoint: &Path,
-) -> tidemill::Result<(MemorySink, StreamingQuery)> {
-    let sink = MemorySink::new();
-    let query = df
-        .write_stream()
-        .sink(sink.clone())
-        .trigger(Trigger::AvailableNow)
-        .checkpoint(checkpoint.to_str().unwrap())
-        .start()
-        .await?;
-    query.await_termination().await?;
-    Ok((sink, query))
 }
 
 fn column_i64(batch: &RecordBatch, name: &str) -> Vec<i64> {
