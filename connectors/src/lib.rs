@@ -23,7 +23,6 @@
 //! - [`ForeachBatchSink`]: a closure called with each batch as a DataFrame.
 //! - [`KafkaSink`]: Kafka messages, at-least-once or
 //!   exactly-once.
-
 //!
 //! Cargo features (all off by default; Tidemill's own tests turn them on):
 //! - `conformance`: the module `conformance`, the checks every source and
