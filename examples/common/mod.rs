@@ -67,10 +67,15 @@ pub fn minute_metrics(df: DataFrame) -> Result<DataFrame> {
 /// One generated trade.
 #[derive(Clone, Copy)]
 pub struct Trade {
+    /// One of [`SYMBOLS`].
     pub symbol: &'static str,
+    /// One of [`EXCHANGES`].
     pub exchange: &'static str,
+    /// The price, in whole cents.
     pub price: f64,
+    /// The shares traded.
     pub quantity: i64,
+    /// When the trade happened, in milliseconds since the epoch.
     pub event_time_ms: i64,
 }
 
@@ -105,10 +110,15 @@ pub type Key = (i64, String, String);
 /// The metric values of one row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Metrics {
+    /// The number of trades.
     pub trades: i64,
+    /// The shares traded.
     pub volume: i64,
+    /// The volume-weighted average price.
     pub vwap: f64,
+    /// The highest price.
     pub high: f64,
+    /// The lowest price.
     pub low: f64,
 }
 
