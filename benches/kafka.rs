@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The benchmark starts two brokers (Tansu 0.6.0 with SQLite storage, on
-//! 127.0.0.1; see `tests/integration/kafka_broker.rs`): one holds the
+//! 127.0.0.1; see `tidemill_harness::kafka_broker`): one holds the
 //! input topic, the other the pipeline's output. Tansu keeps every topic's
 //! record headers in one unindexed table and scans it for each record it
 //! fetches, so the sink's output (which carries headers) on the input's
@@ -50,13 +50,9 @@
 //! pipeline's output against the same aggregation run as a batch job over
 //! the topic, and never asserts on time.
 
-#[path = "../tests/integration/kafka_broker.rs"]
-mod kafka_broker;
-
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::DataType;
 use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -64,9 +60,11 @@ use tidemill::connectors::kafka::rdkafka;
 use tidemill::connectors::kafka::{KafkaSink, KafkaSource, StartingOffsets};
 use tidemill::engine::window::tumble;
 use tidemill::prelude::*;
+use tidemill_harness::kafka_broker::{
+    self, Broker, KAFKA_TIMEOUT, Out, create_topic, end_offsets, produce,
+};
 use tidemill_harness::results::{BenchResult, Table, Target};
-
-use kafka_broker::{Broker, KAFKA_TIMEOUT, Out, create_topic, end_offsets, produce};
+use tidemill_harness::trades::{EXCHANGES, trade_schema};
 
 const INPUT: &str = "bench-trades";
 /// The output topics' prefix: one topic per run of the pipeline.
@@ -79,24 +77,11 @@ const SYMBOLS: [&str; 8] = [
     "AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "AMD",
 ];
 
-fn trade_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("symbol", DataType::Utf8, false),
-        Field::new("price", DataType::Float64, false),
-        Field::new("quantity", DataType::Int64, false),
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-    ]))
-}
-
 /// The plan measured: per 1-second window and symbol, trades, volume and
 /// VWAP.
 fn per_second(df: DataFrame) -> datafusion::error::Result<DataFrame> {
     df.aggregate(
-        vec![tumble(col("ts"), "1 second").alias("w"), col("symbol")],
+        vec![tumble(col("event_time"), "1 second").alias("w"), col("symbol")],
         vec![
             count(lit(1)).alias("trades"),
             sum(col("quantity")).alias("volume"),
@@ -118,8 +103,9 @@ fn produce_trades(bootstrap: &str, topic: &str, rows: usize) -> usize {
     let mut chunk = Vec::with_capacity(10_000);
     for i in 0..rows {
         let symbol = SYMBOLS[rng.random_range(0..SYMBOLS.len())];
+        let exchange = EXCHANGES[i % EXCHANGES.len()];
         let value = format!(
-            r#"{{"symbol":"{symbol}","price":{:.2},"quantity":{},"ts":{}}}"#,
+            r#"{{"symbol":"{symbol}","exchange":"{exchange}","price":{:.2},"quantity":{},"event_time":{}}}"#,
             rng.random_range(10.0..500.0),
             rng.random_range(1..100) * 10,
             START_MS + i as i64 * MS_PER_TRADE
@@ -316,7 +302,7 @@ async fn pipeline(
     let query = per_second(
         ctx.read_stream(source)
             .await?
-            .with_watermark("ts", "10 seconds")?,
+            .with_watermark("event_time", "10 seconds")?,
     )?
     .write_stream()
     .sink(sink)

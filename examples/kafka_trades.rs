@@ -15,7 +15,8 @@
 //! 2. **Stream**: `KafkaSource` decodes the JSON values, a 10-second
 //!    watermark on `event_time` says when a minute is complete, and
 //!    [`minute_metrics`] (trades, volume, VWAP, high, low per minute,
-//!    symbol and exchange) is written once per minute, when complete, to
+//!    symbol and exchange; the main example's, in `examples/common/mod.rs`)
+//!    is written once per minute, when complete, to
 //!    the topic `minute-bars` by the exactly-once `KafkaSink`. A second
 //!    query archives `minute-bars` to parquet. Both run with
 //!    `Trigger::AvailableNow` twice, with the second wave of trades in
@@ -28,32 +29,23 @@
 //! that the parquet archive holds the same bars, and that each equals the
 //! batch report's row unless late trades fell into its minute.
 
-#[path = "../tests/integration/kafka_broker.rs"]
-mod kafka_broker;
+mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::ensure;
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::{
-    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
-};
-use datafusion::error::Result;
-use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
 use tidemill::QueryProgress;
 use tidemill::connectors::kafka::{KafkaSink, KafkaSource, StartingOffsets};
-use tidemill::engine::window::tumble;
 use tidemill::prelude::*;
+use tidemill_harness::kafka_broker::{self, Broker, Out, consume_all, create_topic, produce};
 
-use kafka_broker::{Broker, Out, consume_all, create_topic, produce};
+use common::{MINUTE_MS, START_MS, Trade, metrics_by_key, minute_metrics, trade_schema};
 
-/// 2026-03-02 14:30:00 UTC, the first trade's minute.
-const START_MS: i64 = 1_772_461_800_000;
-const MINUTE_MS: i64 = 60_000;
 /// Minutes of trading in each wave, and trades per second.
 const FIRST_WAVE_MINUTES: i64 = 5;
 const SECOND_WAVE_MINUTES: i64 = 3;
@@ -61,61 +53,13 @@ const TRADES_PER_SECOND: i64 = 4;
 /// The watermark delay exceeds the largest disorder of on-time trades.
 const MAX_DISORDER_MS: i64 = 8_000;
 const LATE_TRADES: usize = 12;
-const SYMBOLS: [(&str, f64); 3] = [("AAPL", 231.40), ("MSFT", 412.80), ("NVDA", 118.25)];
-const EXCHANGES: [&str; 2] = ["XNAS", "XNYS"];
-
-/// The metrics, used by the stream and the batch job alike: per one-minute
-/// window, symbol and exchange, the number of trades, the volume, the VWAP,
-/// and the high and low price.
-fn minute_metrics(df: DataFrame) -> Result<DataFrame> {
-    df.aggregate(
-        vec![
-            tumble(col("event_time"), "1 minute").alias("window"),
-            col("symbol"),
-            col("exchange"),
-        ],
-        vec![
-            count(lit(1)).alias("trades"),
-            sum(col("quantity")).alias("volume"),
-            sum(col("price") * cast(col("quantity"), DataType::Float64)).alias("notional"),
-            max(col("price")).alias("high"),
-            min(col("price")).alias("low"),
-        ],
-    )?
-    .select(vec![
-        get_field(col("window"), "start").alias("minute"),
-        col("symbol"),
-        col("exchange"),
-        col("trades"),
-        col("volume"),
-        (col("notional") / cast(col("volume"), DataType::Float64)).alias("vwap"),
-        col("high"),
-        col("low"),
-    ])
-}
-
-fn trade_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("symbol", DataType::Utf8, false),
-        Field::new("exchange", DataType::Utf8, false),
-        Field::new("price", DataType::Float64, false),
-        Field::new("quantity", DataType::Int64, false),
-        Field::new(
-            "event_time",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-    ]))
-}
 
 /// The schema of the bars in `minute-bars` (the JSON the sink writes).
 fn bar_schema() -> SchemaRef {
+    let time = || DataType::Timestamp(TimeUnit::Millisecond, None);
     Arc::new(Schema::new(vec![
-        Field::new(
-            "minute",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
+        Field::new("window_start", time(), false),
+        Field::new("window_end", time(), false),
         Field::new("symbol", DataType::Utf8, false),
         Field::new("exchange", DataType::Utf8, false),
         Field::new("trades", DataType::Int64, false),
@@ -137,18 +81,22 @@ fn trades(rng: &mut rand::rngs::StdRng, from: i64, to: i64) -> Vec<(Out, i64)> {
             // earlier than its neighbours.
             let event_ms =
                 (true_ms - rng.random_range(0..MAX_DISORDER_MS)).max(START_MS + from * MINUTE_MS);
-            out.push((trade_message(rng, event_ms), event_ms));
+            out.push((message(&Trade::random(rng, event_ms)), event_ms));
         }
     }
     out
 }
 
-fn trade_message(rng: &mut rand::rngs::StdRng, event_ms: i64) -> Out {
-    let (symbol, base) = SYMBOLS[rng.random_range(0..SYMBOLS.len())];
-    let exchange = EXCHANGES[rng.random_range(0..EXCHANGES.len())];
-    let price = (base * (1.0 + rng.random_range(-0.002..0.002)) * 100.0).round() / 100.0;
-    let quantity = rng.random_range(1..50) * 10;
-    let time = chrono::DateTime::from_timestamp_millis(event_ms)
+/// `trade` as a message: its JSON, keyed by symbol.
+fn message(trade: &Trade) -> Out {
+    let Trade {
+        symbol,
+        exchange,
+        price,
+        quantity,
+        event_time_ms,
+    } = *trade;
+    let time = chrono::DateTime::from_timestamp_millis(event_time_ms)
         .expect("time")
         .format("%Y-%m-%dT%H:%M:%S%.3f");
     Out {
@@ -178,64 +126,6 @@ fn print_progress(label: &str, progress: &[QueryProgress]) {
     }
 }
 
-/// Bars keyed by (minute ms, symbol, exchange), with their metrics.
-type Bars = BTreeMap<(i64, String, String), (i64, i64, f64, f64, f64)>;
-
-fn bars(batches: &[RecordBatch]) -> Bars {
-    let mut out = Bars::new();
-    for b in batches {
-        let minute = b
-            .column_by_name("minute")
-            .unwrap()
-            .as_primitive::<TimestampMillisecondType>();
-        let symbol = b.column_by_name("symbol").unwrap().as_string::<i32>();
-        let exchange = b.column_by_name("exchange").unwrap().as_string::<i32>();
-        let trades = b
-            .column_by_name("trades")
-            .unwrap()
-            .as_primitive::<Int64Type>();
-        let volume = b
-            .column_by_name("volume")
-            .unwrap()
-            .as_primitive::<Int64Type>();
-        let vwap = b
-            .column_by_name("vwap")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        let high = b
-            .column_by_name("high")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        let low = b
-            .column_by_name("low")
-            .unwrap()
-            .as_primitive::<Float64Type>();
-        for r in 0..b.num_rows() {
-            let key = (
-                minute.value(r),
-                symbol.value(r).to_string(),
-                exchange.value(r).to_string(),
-            );
-            let value = (
-                trades.value(r),
-                volume.value(r),
-                vwap.value(r),
-                high.value(r),
-                low.value(r),
-            );
-            assert!(
-                out.insert(key.clone(), value).is_none(),
-                "bar {key:?} twice"
-            );
-        }
-    }
-    out
-}
-
-fn same(a: &(i64, i64, f64, f64, f64), b: &(i64, i64, f64, f64, f64)) -> bool {
-    a.0 == b.0 && a.1 == b.1 && (a.2 - b.2).abs() < 1e-9 && a.3 == b.3 && a.4 == b.4
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -262,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..LATE_TRADES {
         let event_ms = START_MS + (i as i64 % 3) * MINUTE_MS + rng.random_range(0..MINUTE_MS);
         late_minutes.insert(event_ms / MINUTE_MS * MINUTE_MS);
-        let message = trade_message(&mut rng, event_ms);
+        let message = message(&Trade::random(&mut rng, event_ms));
         second.insert(second.len() / 2 + i, (message, event_ms));
     }
     let send = |wave: &[(Out, i64)]| {
@@ -364,13 +254,8 @@ async fn main() -> anyhow::Result<()> {
         "bars that do not decode: {:?}",
         decoded.errors
     );
-    let streamed = bars(&[decoded.batch]);
-    let archived = bars(
-        &ParquetSink::read_committed(&ctx, &path("archive"))
-            .await?
-            .collect()
-            .await?,
-    );
+    let streamed = metrics_by_key(ctx.read_batch(decoded.batch)?).await?;
+    let archived = metrics_by_key(ParquetSink::read_committed(&ctx, &path("archive")).await?).await?;
     ensure!(
         streamed == archived,
         "the parquet archive differs from the topic"
@@ -384,12 +269,12 @@ async fn main() -> anyhow::Result<()> {
         .read_batch(&ctx)
         .await?;
     let report = minute_metrics(all_trades)?.sort(vec![
-        col("minute").sort(true, false),
+        col("window_start").sort(true, false),
         col("symbol").sort(true, false),
         col("exchange").sort(true, false),
     ])?;
     let report_batches = report.clone().collect().await?;
-    let final_report = bars(&report_batches);
+    let final_report = metrics_by_key(ctx.read_batches(report_batches.clone())?).await?;
     println!(
         "{}",
         arrow::util::pretty::pretty_format_batches(&report_batches)?
@@ -402,7 +287,7 @@ async fn main() -> anyhow::Result<()> {
         let full = final_report
             .get(key)
             .ok_or_else(|| anyhow::anyhow!("streamed bar {key:?} not in the report"))?;
-        if same(bar, full) {
+        if bar.same_as(full) {
             equal += 1;
         } else {
             ensure!(

@@ -5,7 +5,8 @@
 //! (`symbol`, `exchange`, `price`, `quantity`, `event_time`). The desk
 //! wants, per minute, symbol and exchange: the number of trades, the volume
 //! (shares traded), the VWAP (volume-weighted average price) and the high
-//! and low price. These metrics are defined once, in [`minute_metrics`], and
+//! and low price. These metrics are defined once, in [`minute_metrics`]
+//! (`examples/common/mod.rs`, shared with the `kafka_trades` example), and
 //! computed twice:
 //!
 //! 1. **As a stream**: a `FileSource` reads the files a few at a time, the
@@ -37,25 +38,23 @@
 //! Run it with `cargo run --example trades`
 //! (`RUST_LOG=tidemill_engine=info` also shows the engine's own log).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
-use arrow::array::{
-    AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-};
-use arrow::datatypes::{
-    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
-};
-use datafusion::error::Result;
-use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
 use tidemill::QueryProgress;
-use tidemill::engine::window::tumble;
 use tidemill::prelude::*;
+
+use common::{
+    Key, MINUTE_MS, START_MS, Trade, metrics_by_key, minute_metrics, trade_schema,
+};
 
 /// Files in the input directory, each covering `SECONDS_PER_FILE` seconds
 /// of trading; the first `FIRST_RUN_FILES` exist when the stream first
@@ -76,91 +75,6 @@ const _: () = assert!(MAX_DISORDER_MS < WATERMARK_DELAY_SECONDS * 1000);
 const LATE_FILES: usize = 2;
 const LATE_PER_FILE: usize = 12;
 const LATE_MINUTES: i64 = 3;
-/// 2026-03-02 14:30:00 UTC, the first trade's minute.
-const START_MS: i64 = 1_772_461_800_000;
-const MINUTE_MS: i64 = 60_000;
-
-const SYMBOLS: [(&str, f64); 3] = [("AAPL", 231.40), ("MSFT", 412.80), ("NVDA", 118.25)];
-const EXCHANGES: [&str; 2] = ["XNAS", "XNYS"];
-
-/// The metrics, written once and used by the stream and the batch report
-/// alike: per one-minute tumbling window, symbol and exchange, the number
-/// of trades, the volume, the VWAP, and the high and low price.
-fn minute_metrics(df: DataFrame) -> Result<DataFrame> {
-    df.aggregate(
-        vec![
-            tumble(col("event_time"), "1 minute").alias("window"),
-            col("symbol"),
-            col("exchange"),
-        ],
-        vec![
-            count(lit(1)).alias("trades"),
-            sum(col("quantity")).alias("volume"),
-            sum(col("price") * cast(col("quantity"), DataType::Float64)).alias("notional"),
-            max(col("price")).alias("high"),
-            min(col("price")).alias("low"),
-        ],
-    )?
-    .select(vec![
-        get_field(col("window"), "start").alias("window_start"),
-        get_field(col("window"), "end").alias("window_end"),
-        col("symbol"),
-        col("exchange"),
-        col("trades"),
-        col("volume"),
-        (col("notional") / cast(col("volume"), DataType::Float64)).alias("vwap"),
-        col("high"),
-        col("low"),
-    ])
-}
-
-fn trade_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("symbol", DataType::Utf8, false),
-        Field::new("exchange", DataType::Utf8, false),
-        Field::new("price", DataType::Float64, false),
-        Field::new("quantity", DataType::Int64, false),
-        Field::new(
-            "event_time",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-    ]))
-}
-
-/// One generated trade.
-#[derive(Clone, Copy)]
-struct Trade {
-    symbol: &'static str,
-    exchange: &'static str,
-    price: f64,
-    quantity: i64,
-    event_time_ms: i64,
-}
-
-impl Trade {
-    fn random(rng: &mut impl Rng, event_time_ms: i64) -> Self {
-        let (symbol, base_price) = SYMBOLS[rng.random_range(0..SYMBOLS.len())];
-        // Prices in whole cents within 1% of the symbol's base price.
-        let cents = (base_price * 100.0 * rng.random_range(0.99..1.01)).round();
-        Trade {
-            symbol,
-            exchange: EXCHANGES[rng.random_range(0..EXCHANGES.len())],
-            price: cents / 100.0,
-            quantity: rng.random_range(1..=50) * 10,
-            event_time_ms,
-        }
-    }
-
-    /// The trade's minute, symbol and exchange: a row of the metrics.
-    fn key(&self) -> Key {
-        (
-            self.event_time_ms - self.event_time_ms.rem_euclid(MINUTE_MS),
-            self.symbol.to_string(),
-            self.exchange.to_string(),
-        )
-    }
-}
 
 /// The trades of file `n`: on time, each up to `MAX_DISORDER_MS` earlier
 /// than its place in the file (so rows are out of order, by less than the
@@ -255,78 +169,6 @@ async fn run_stream(
         );
     }
     Ok(progress)
-}
-
-/// A row of the metrics: (window start in ms, symbol, exchange).
-type Key = (i64, String, String);
-
-/// The metric values of one row.
-#[derive(Debug, Clone, Copy)]
-struct Metrics {
-    trades: i64,
-    volume: i64,
-    vwap: f64,
-    high: f64,
-    low: f64,
-}
-
-impl Metrics {
-    /// Equal, allowing for the last bits of the VWAP: its sum adds the same
-    /// numbers in another order in the stream (batch by batch) than in the
-    /// batch report. Counts, volumes, highs and lows are exact.
-    fn same_as(&self, other: &Metrics) -> bool {
-        self.trades == other.trades
-            && self.volume == other.volume
-            && self.high == other.high
-            && self.low == other.low
-            && (self.vwap - other.vwap).abs() <= 1e-9 * self.vwap.abs()
-    }
-}
-
-/// The metrics in `df` (the output of [`minute_metrics`]) by key; fails if
-/// a key appears twice.
-async fn metrics_by_key(df: DataFrame) -> anyhow::Result<BTreeMap<Key, Metrics>> {
-    // Strings may come back as Utf8View from DataFusion's parquet reader.
-    let df = df.select(vec![
-        col("window_start"),
-        cast(col("symbol"), DataType::Utf8).alias("symbol"),
-        cast(col("exchange"), DataType::Utf8).alias("exchange"),
-        col("trades"),
-        col("volume"),
-        col("vwap"),
-        col("high"),
-        col("low"),
-    ])?;
-    let mut map = BTreeMap::new();
-    for batch in df.collect().await? {
-        let start = batch.column(0).as_primitive::<TimestampMillisecondType>();
-        let symbol = batch.column(1).as_string::<i32>();
-        let exchange = batch.column(2).as_string::<i32>();
-        let trades = batch.column(3).as_primitive::<Int64Type>();
-        let volume = batch.column(4).as_primitive::<Int64Type>();
-        let vwap = batch.column(5).as_primitive::<Float64Type>();
-        let high = batch.column(6).as_primitive::<Float64Type>();
-        let low = batch.column(7).as_primitive::<Float64Type>();
-        for i in 0..batch.num_rows() {
-            let key = (
-                start.value(i),
-                symbol.value(i).to_string(),
-                exchange.value(i).to_string(),
-            );
-            let metrics = Metrics {
-                trades: trades.value(i),
-                volume: volume.value(i),
-                vwap: vwap.value(i),
-                high: high.value(i),
-                low: low.value(i),
-            };
-            ensure!(
-                map.insert(key.clone(), metrics).is_none(),
-                "two rows for {key:?}"
-            );
-        }
-    }
-    Ok(map)
 }
 
 /// Prints `df` sorted by window, symbol and exchange, VWAP rounded.

@@ -35,6 +35,12 @@
 //! The same transformation runs as a batch job when given a batch
 //! DataFrame (`ctx.read_json(...)`), and as a stream when given
 //! `ctx.read_stream(...)`.
+//!
+//! Cargo feature `failpoints` (off by default): the crash-test hooks of the
+//! engine and the sinks (see `tidemill-engine`), for a `tidemill` command
+//! that tests can stop at a named step of a batch. Tidemill's own tests
+//! turn it on, and the connectors' `conformance` feature, through their
+//! dev-dependencies.
 
 #![warn(missing_docs)]
 

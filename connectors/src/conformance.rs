@@ -10,6 +10,12 @@
 //!   and in a new instance opened on the same checkpoint (a restart);
 //! - hand out offsets that survive a JSON round trip through the offset log;
 //! - return no rows for an empty range;
+//! - give the engine, through [`Source::read_input`] (the path a batch
+//!   really runs), the same rows as [`Source::read`] for the same range,
+//!   whatever the number of partitions asked for (1, 2, 3 and 8 are tried):
+//!   rows in memory, or partition streams that together yield those rows
+//!   (in any order), have the declared schema, and yield the same rows
+//!   when executed again;
 //! - produce batches with exactly the schema it declared;
 //! - report no new offset when nothing new arrived.
 //!
@@ -21,11 +27,14 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use tidemill_engine::{
-    Offset, OutputMode, ReadLimit, Result, Sink, SinkContext, Source, SourceContext, SourceProvider,
+    BatchInput, Offset, OutputMode, ReadLimit, Result, Sink, SinkContext, Source, SourceContext,
+    SourceProvider,
 };
 use tidemill_state::CheckpointDir;
 
@@ -101,6 +110,78 @@ async fn read(source: &mut dyn Source, start: Option<&Offset>, end: &Offset) -> 
     })
 }
 
+/// The partition counts [`check_read_input`] asks `read_input` for.
+const PARTITION_COUNTS: [usize; 4] = [1, 2, 3, 8];
+
+/// Checks that [`Source::read_input`] for `(start, end]` gives the rows
+/// `expected` (what [`Source::read`] returned for that range) in each of
+/// [`PARTITION_COUNTS`] partitions, executing partition streams as the
+/// engine does, in `session`'s task context.
+async fn check_read_input(
+    source: &mut dyn Source,
+    session: &SessionContext,
+    schema: &SchemaRef,
+    (start, end): (Option<&Offset>, &Offset),
+    expected: &[RecordBatch],
+) {
+    let name = source.description();
+    for partitions in PARTITION_COUNTS {
+        let input = source
+            .read_input(start, end, partitions)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{name}: read_input({start:?}, {end}, {partitions}) failed: {e}")
+            });
+        let batches = match input {
+            BatchInput::Rows(batches) => batches,
+            BatchInput::Partitions(streams) => {
+                assert!(
+                    streams.len() <= partitions,
+                    "{name}: read_input asked for {partitions} partitions returned {}",
+                    streams.len()
+                );
+                let mut all = Vec::new();
+                for stream in &streams {
+                    assert_eq!(
+                        stream.schema().fields(),
+                        schema.fields(),
+                        "{name}: a partition's schema differs from the declared schema"
+                    );
+                    let once = execute(&name, stream.as_ref(), session).await;
+                    assert_eq!(
+                        sorted_rows(&execute(&name, stream.as_ref(), session).await),
+                        sorted_rows(&once),
+                        "{name}: a partition of read_input({start:?}, {end}) executed again \
+                         yields other rows"
+                    );
+                    all.extend(once);
+                }
+                all
+            }
+        };
+        check_schema(&name, schema, &batches);
+        assert_eq!(
+            sorted_rows(&batches),
+            sorted_rows(expected),
+            "{name}: read_input({start:?}, {end}) in {partitions} partitions gives other rows \
+             than read"
+        );
+    }
+}
+
+/// Every batch `partition` yields, executed in `session`'s task context.
+async fn execute(
+    name: &str,
+    partition: &dyn PartitionStream,
+    session: &SessionContext,
+) -> Vec<RecordBatch> {
+    partition
+        .execute(session.task_ctx())
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("{name}: executing a partition of read_input failed: {e}"))
+}
+
 fn rows(batches: &[RecordBatch]) -> String {
     arrow::util::pretty::pretty_format_batches(batches)
         .expect("format")
@@ -148,6 +229,7 @@ pub async fn check_source(harness: &mut dyn SourceHarness) {
         "{name}: first range read no rows"
     );
     check_schema(&name, &schema, &first);
+    check_read_input(source.as_mut(), &session, &schema, (None, &end1), &first).await;
 
     if harness.is_quiescent() {
         let again = source
@@ -170,6 +252,14 @@ pub async fn check_source(harness: &mut dyn SourceHarness) {
     assert_ne!(end2, end1, "{name}: new data did not move the offset");
     let second = read(source.as_mut(), Some(&end1), &end2).await;
     check_schema(&name, &schema, &second);
+    check_read_input(
+        source.as_mut(),
+        &session,
+        &schema,
+        (Some(&end1), &end2),
+        &second,
+    )
+    .await;
 
     // Replay in the same instance.
     assert_eq!(
@@ -189,6 +279,7 @@ pub async fn check_source(harness: &mut dyn SourceHarness) {
         0,
         "{name}: empty range has rows"
     );
+    check_read_input(source.as_mut(), &session, &schema, (Some(&end2), &end2), &[]).await;
     source.commit(&end2).await.expect("commit");
 
     // A restart: a new instance on the same checkpoint replays the logged
@@ -201,6 +292,14 @@ pub async fn check_source(harness: &mut dyn SourceHarness) {
         rows(&second),
         "{name}: replay after restart differs"
     );
+    check_read_input(
+        reopened.as_mut(),
+        &session,
+        &schema,
+        (Some(&end1), &end2),
+        &second,
+    )
+    .await;
     if harness.is_quiescent() {
         let latest = reopened
             .latest_offset(Some(&end2), ReadLimit::All)

@@ -3,7 +3,8 @@
 //! The built-in sources and sinks of Tidemill. Each implements the
 //! engine's contracts ([`tidemill_engine::SourceProvider`] /
 //! [`tidemill_engine::Source`], [`tidemill_engine::Sink`]), and each is run
-//! through the shared [`conformance`] suite.
+//! through the shared conformance suite (module `conformance`, with the
+//! `conformance` feature).
 //!
 //! Sources:
 //! - [`FileSource`]: a directory of parquet, CSV or JSON-lines files on any
@@ -22,11 +23,20 @@
 //! - [`ForeachBatchSink`]: a closure called with each batch as a DataFrame.
 //! - [`KafkaSink`]: Kafka messages, at-least-once or
 //!   exactly-once.
+//!
+//! Cargo features (all off by default; Tidemill's own tests turn them on):
+//! - `conformance`: the module `conformance`, the checks every source and
+//!   sink passes, for testing a connector of your own the same way.
+//! - `failpoints`: the crash-test hooks in the sinks (and, forwarded, in
+//!   the engine: see `tidemill-engine`'s `failpoints` feature); without it
+//!   they compile to nothing.
 
 #![warn(missing_docs)]
 
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod console_sink;
+mod failpoint;
 mod file_source;
 mod foreach_batch;
 pub mod kafka;

@@ -36,6 +36,14 @@
 //!
 //! Sources and sinks implement [`Source`]/[`SourceProvider`] and [`Sink`];
 //! the built-in ones live in `tidemill-connectors`.
+//!
+//! ## Cargo features
+//!
+//! - `failpoints` (off by default): the crash-test hooks, the module
+//!   `failpoint`, through which a test stops the process at a named step of
+//!   a batch (`TIDEMILL_FAILPOINT=<point>@<batch id>`) to kill it there.
+//!   Tidemill's own test build turns it on; without it the hooks compile to
+//!   nothing and the module does not exist.
 
 #![warn(missing_docs)]
 
@@ -45,7 +53,16 @@ mod boot;
 pub mod checkpoint;
 mod context_ext;
 mod error;
+#[cfg(feature = "failpoints")]
 pub mod failpoint;
+#[cfg(not(feature = "failpoints"))]
+mod failpoint {
+    //! Without the `failpoints` feature, the crash-test hooks are empty.
+
+    /// Does nothing (see the `failpoints` feature).
+    #[inline(always)]
+    pub(crate) fn hit(_point: &str, _batch_id: u64) {}
+}
 mod location;
 mod micro_batch;
 mod offset;

@@ -48,13 +48,19 @@
 //! `cargo run --release -p tidemill-harness --bin bench-report` renders them
 //! all into `BENCHMARKS.md`.
 //!
-//! **Workloads** ([`trades`]): the seeded trade files the streaming-vs-batch
-//! and Spark comparisons read, the study's trade rows, and the standard
-//! plans.
+//! **Workloads** ([`trades`]): the trade schema, the seeded trade files
+//! the streaming-vs-batch and Spark comparisons read, the study's trade
+//! rows, and the standard plans.
+//!
+//! **A Kafka broker** ([`kafka_broker`]): a Kafka-protocol broker (Tansu)
+//! started on 127.0.0.1 for the Kafka tests, example and benchmark,
+//! installed on first use, with helpers to create topics, produce and
+//! consume.
 
 #![warn(missing_docs)]
 
 mod histogram;
+pub mod kafka_broker;
 pub mod machine;
 mod report;
 pub mod results;

@@ -43,7 +43,8 @@ pub const DISORDER_MS: i64 = 5_000;
 /// The watermark delay of the windowed pipelines.
 pub const WATERMARK_DELAY: &str = "10 seconds";
 
-/// The trade schema.
+/// The trade schema (see the module docs), also that of the examples and
+/// of the Kafka tests and benchmark.
 pub fn trade_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("symbol", DataType::Utf8, false),

@@ -85,3 +85,22 @@ pub async fn stream_to_memory(
         .unwrap();
     (sink, query)
 }
+
+/// Runs `df` into a new memory sink with `Trigger::AvailableNow` and the
+/// checkpoint `checkpoint`, until the query ends.
+pub async fn run_available_now(
+    df: DataFrame,
+    checkpoint: &std::path::Path,
+) -> tidemill::Result<(tidemill::MemorySink, tidemill::StreamingQuery)> {
+    use tidemill::StreamingDataFrame;
+    let sink = tidemill::MemorySink::new();
+    let query = df
+        .write_stream()
+        .sink(sink.clone())
+        .trigger(tidemill::Trigger::AvailableNow)
+        .checkpoint(checkpoint.to_str().unwrap())
+        .start()
+        .await?;
+    query.await_termination().await?;
+    Ok((sink, query))
+}

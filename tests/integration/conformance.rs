@@ -1,7 +1,10 @@
 //! Every connector through the shared conformance suite
-//! (`tidemill::connectors::conformance`). Connectors whose own unit tests
-//! already run it (memory source and sink, parquet and console sinks) are
-//! not repeated here.
+//! (`tidemill::connectors::conformance`, the `conformance` feature the
+//! tests turn on), which includes the check that the path the engine runs,
+//! `Source::read_input`, gives the rows of `Source::read` in any number of
+//! partitions. Connectors whose own unit tests already run it (memory
+//! source and sink, parquet and console sinks) are not repeated here; the
+//! Kafka source and sink run it in `kafka.rs`.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -18,7 +21,8 @@ use tidemill::{Sink, SourceProvider};
 
 use crate::common::{events, events_schema};
 
-/// A file-source harness: each round adds one file of 10 events.
+/// A file-source harness: each round adds 10 events in three files (so
+/// that a range spans several files and `read_input` several partitions).
 struct Files {
     format: &'static str,
     dir: PathBuf,
@@ -33,6 +37,33 @@ impl Files {
             dir: tmp.path().join("input"),
             _tmp: tmp,
         }
+    }
+
+    /// Writes `batch` as the file `<name>.<format>`: under a dot-name
+    /// first, then renamed into place.
+    fn write_file(&self, name: &str, batch: RecordBatch) {
+        let name = format!("{name}.{}", self.format);
+        let tmp = self.dir.join(format!(".{name}"));
+        match self.format {
+            "json" => {
+                let mut writer =
+                    arrow::json::LineDelimitedWriter::new(std::fs::File::create(&tmp).unwrap());
+                writer.write(&batch).unwrap();
+                writer.finish().unwrap();
+            }
+            "csv" => {
+                let mut writer = arrow::csv::Writer::new(std::fs::File::create(&tmp).unwrap());
+                writer.write(&batch).unwrap();
+            }
+            _ => {
+                let file = std::fs::File::create(&tmp).unwrap();
+                let mut writer =
+                    parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+                writer.write(&batch).unwrap();
+                writer.close().unwrap();
+            }
+        }
+        std::fs::rename(&tmp, self.dir.join(name)).unwrap();
     }
 }
 
@@ -54,30 +85,13 @@ impl SourceHarness for Files {
 
     async fn add_data(&mut self, round: usize) -> tidemill::Result<()> {
         std::fs::create_dir_all(&self.dir).unwrap();
-        let ids = round as i64 * 10..round as i64 * 10 + 10;
-        let name = format!("part-{round}.{}", self.format);
-        let tmp = self.dir.join(format!(".{name}"));
-        let batch = events(ids);
-        match self.format {
-            "json" => {
-                let mut writer =
-                    arrow::json::LineDelimitedWriter::new(std::fs::File::create(&tmp).unwrap());
-                writer.write(&batch).unwrap();
-                writer.finish().unwrap();
-            }
-            "csv" => {
-                let mut writer = arrow::csv::Writer::new(std::fs::File::create(&tmp).unwrap());
-                writer.write(&batch).unwrap();
-            }
-            _ => {
-                let file = std::fs::File::create(&tmp).unwrap();
-                let mut writer =
-                    parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
-                writer.write(&batch).unwrap();
-                writer.close().unwrap();
-            }
+        let first = round as i64 * 10;
+        for (part, ids) in [first..first + 4, first + 4..first + 7, first + 7..first + 10]
+            .into_iter()
+            .enumerate()
+        {
+            self.write_file(&format!("part-{round}-{part}"), events(ids));
         }
-        std::fs::rename(&tmp, self.dir.join(name)).unwrap();
         Ok(())
     }
 }

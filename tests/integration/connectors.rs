@@ -10,7 +10,7 @@ use datafusion::prelude::*;
 use tidemill::TidemillError;
 use tidemill::prelude::*;
 
-use crate::common::{events, events_schema, sorted_rows};
+use crate::common::{events, events_schema, run_available_now, sorted_rows};
 
 /// Writes `text` as `dir/name` through a dot-named temporary file.
 fn put(dir: &Path, name: &str, text: &str) {
@@ -41,22 +41,6 @@ fn csv_rows(ids: std::ops::Range<i64>) -> String {
         ));
     }
     text
-}
-
-async fn run_available_now(
-    df: DataFrame,
-    checkpoint: &Path,
-) -> tidemill::Result<(MemorySink, StreamingQuery)> {
-    let sink = MemorySink::new();
-    let query = df
-        .write_stream()
-        .sink(sink.clone())
-        .trigger(Trigger::AvailableNow)
-        .checkpoint(checkpoint.to_str().unwrap())
-        .start()
-        .await?;
-    query.await_termination().await?;
-    Ok((sink, query))
 }
 
 #[tokio::test]

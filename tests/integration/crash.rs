@@ -4,20 +4,16 @@
 //! random moments, and restarted. The committed output must equal a single
 //! clean run: no row lost, none duplicated.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
-use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
-use tidemill::engine::window::tumble;
 use tidemill::prelude::*;
-use tidemill::{TidemillError, engine::failpoint};
 
+use crate::child::{self, Child, Event};
 use crate::common::{events_schema, sorted_rows};
 
 /// The pipeline under test, used for the streaming run and the batch
@@ -44,23 +40,7 @@ fn windowed(df: DataFrame) -> anyhow::Result<DataFrame> {
             .alias("event_time"),
         ])?
         .with_watermark("event_time", "5 seconds")?;
-    Ok(df
-        .aggregate(
-            vec![
-                tumble(col("event_time"), "10 seconds").alias("w"),
-                col("symbol"),
-            ],
-            vec![
-                count(col("price")).alias("n"),
-                sum(col("price")).alias("total"),
-            ],
-        )?
-        .select(vec![
-            (cast(get_field(col("w"), "start"), DataType::Int64) / lit(1000)).alias("start"),
-            col("symbol"),
-            col("n"),
-            col("total"),
-        ])?)
+    Ok(child::ten_second_totals(df)?)
 }
 
 fn schema() -> SchemaRef {
@@ -95,16 +75,7 @@ async fn crash_child() -> anyhow::Result<()> {
         .trigger(Trigger::AvailableNow)
         .start()
         .await;
-    let query = match query {
-        Err(e @ TidemillError::CheckpointInUse { .. }) => {
-            println!("CHILD_REFUSED {e}");
-            return Ok(());
-        }
-        other => other?,
-    };
-    query.await_termination().await?;
-    println!("CHILD_DONE");
-    Ok(())
+    child::report(query).await
 }
 
 struct Dirs {
@@ -151,78 +122,27 @@ fn write_input(dir: &Path, n: usize) {
     std::fs::rename(&tmp, dir.join(format!("part-{n:04}.json"))).unwrap();
 }
 
-fn spawn_child(dirs: &Dirs, failpoint: Option<&str>) -> Child {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "crash::crash_child",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("CRASH_INPUT", &dirs.input)
-    .env("CRASH_OUTPUT", &dirs.output)
-    .env("CRASH_CHECKPOINT", &dirs.checkpoint)
-    .env_remove(failpoint::ENV_VAR)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
-    if let Some(point) = failpoint {
-        cmd.env(failpoint::ENV_VAR, point);
-    }
+/// The child running the pipeline over `dirs`, stopping at `failpoint`.
+fn child_command(dirs: &Dirs, failpoint: Option<&str>) -> Command {
+    let mut cmd = child::command("crash::crash_child", failpoint);
+    cmd.env("CRASH_INPUT", &dirs.input)
+        .env("CRASH_OUTPUT", &dirs.output)
+        .env("CRASH_CHECKPOINT", &dirs.checkpoint);
     if dirs.stateful {
         cmd.env("CRASH_STATEFUL", "1");
     } else {
         cmd.env_remove("CRASH_STATEFUL");
     }
-    cmd.spawn().expect("spawn child")
+    cmd
 }
 
-/// What a child printed that matters to the harness.
-#[derive(Debug, PartialEq)]
-enum Event {
-    Failpoint,
-    Done,
-    Refused,
-    Exited,
-}
-
-/// Reads the child's output until it reaches its failpoint, finishes or
-/// exits.
-fn wait_for_event(child: &mut Child) -> Event {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Reads to the end (keeping the pipe open so the child never dies
-        // of a broken pipe); the first event found is the one reported.
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let event = if line.contains("TIDEMILL_FAILPOINT_REACHED") {
-                Event::Failpoint
-            } else if line.contains("CHILD_DONE") {
-                Event::Done
-            } else if line.contains("CHILD_REFUSED") {
-                Event::Refused
-            } else {
-                continue;
-            };
-            let _ = tx.send(event);
-        }
-        let _ = tx.send(Event::Exited);
-    });
-    rx.recv_timeout(Duration::from_secs(120))
-        .expect("child made no progress in 120 s")
-}
-
-fn kill(child: &mut Child) {
-    child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
-    child.wait().unwrap();
+fn spawn_child(dirs: &Dirs, failpoint: Option<&str>) -> Child {
+    Child::spawn(&mut child_command(dirs, failpoint))
 }
 
 /// Runs a child to completion and checks it finished cleanly.
 fn run_to_completion(dirs: &Dirs) {
-    let mut child = spawn_child(dirs, None);
-    assert_eq!(wait_for_event(&mut child), Event::Done);
-    assert!(child.wait().unwrap().success());
+    Child::run_to_completion(&mut child_command(dirs, None));
 }
 
 async fn committed_rows(dirs: &Dirs) -> Vec<String> {
@@ -279,8 +199,8 @@ async fn sigkill_at_each_step_of_a_batch_loses_and_duplicates_nothing() {
         }
         // Killed in the middle of batch 1 (of 4: one file per trigger).
         let mut child = spawn_child(&dirs, Some(&format!("{point}@1")));
-        assert_eq!(wait_for_event(&mut child), Event::Failpoint, "{point}");
-        kill(&mut child);
+        assert_eq!(child.wait_for_event(), Event::Failpoint, "{point}");
+        child.kill();
         let partial = committed_rows(&dirs).await;
         // More input arrives before the restart.
         write_input(&dirs.input, 4);
@@ -309,8 +229,8 @@ async fn sigkill_at_each_step_of_a_stateful_batch_loses_and_duplicates_nothing()
         // Killed in batch 2, with windows of batches 0 and 1 in the state
         // and some already emitted.
         let mut child = spawn_child(&dirs, Some(&format!("{point}@2")));
-        assert_eq!(wait_for_event(&mut child), Event::Failpoint, "{point}");
-        kill(&mut child);
+        assert_eq!(child.wait_for_event(), Event::Failpoint, "{point}");
+        child.kill();
         let partial = committed_rows(&dirs).await;
         write_input(&dirs.input, 4);
         run_to_completion(&dirs);
@@ -352,7 +272,7 @@ async fn randomized_kills_lose_and_duplicate_nothing() {
             child
         };
         // Kill it wherever it is (it may also have finished already).
-        kill(&mut child);
+        child.kill();
     }
     write_input(&dirs.input, files);
     run_to_completion(&dirs);
@@ -369,12 +289,12 @@ async fn a_second_process_is_refused_while_the_first_holds_the_checkpoint() {
     write_input(&dirs.input, 0);
     // The first child stops (alive) in the middle of batch 0.
     let mut first = spawn_child(&dirs, Some("after_offset_log@0"));
-    assert_eq!(wait_for_event(&mut first), Event::Failpoint);
+    assert_eq!(first.wait_for_event(), Event::Failpoint);
     let mut second = spawn_child(&dirs, None);
-    assert_eq!(wait_for_event(&mut second), Event::Refused);
-    second.wait().unwrap();
+    assert_eq!(second.wait_for_event(), Event::Refused);
+    second.wait();
     // A dead holder never blocks a restart.
-    kill(&mut first);
+    first.kill();
     run_to_completion(&dirs);
     assert_eq!(committed_rows(&dirs).await, batch_rows(&dirs).await);
 }

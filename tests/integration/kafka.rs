@@ -1,5 +1,5 @@
 //! The Kafka source and sink against a real Kafka-protocol broker (Tansu
-//! 0.6.0, started per test by `kafka_broker`): multi-partition topics,
+//! 0.6.0, started per test by `tidemill_harness::kafka_broker`): multi-partition topics,
 //! resuming after a restart, read limits, discovery, bounded reads, bad
 //! records, deleted records, the conformance suite, exactly-once output
 //! under SIGKILL, and a broker that stops mid-stream.
@@ -11,17 +11,14 @@
 //! (`retention.ms`), which Tansu applies when it starts.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{Int32Type, Int64Type};
 use async_trait::async_trait;
-use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
 use tidemill::connectors::conformance::{
@@ -32,17 +29,14 @@ use tidemill::connectors::kafka::{
     BadRecordPolicy, EndingOffsets, KafkaSink, KafkaSource, PartitionOffsets, StartingOffsets,
     decode_json_values, kafka_schema,
 };
-use tidemill::engine::failpoint;
-use tidemill::engine::window::tumble;
 use tidemill::prelude::*;
-use tidemill::{QueryOptions, RetryPolicy, Sink, SourceProvider, TidemillError};
+use tidemill::{QueryOptions, RetryPolicy, Sink, SourceProvider};
+use tidemill_harness::trades::trade_schema;
 
-use crate::common::{events, events_schema, sorted_rows};
+use crate::child::{self, Child, Event};
+use crate::common::{events, events_schema, run_available_now, sorted_rows};
 
-/// The broker fixture (shared with the example and the benchmark).
-#[path = "kafka_broker.rs"]
-pub mod kafka_broker;
-use self::kafka_broker::{
+use tidemill_harness::kafka_broker::{
     Broker, Out, consume_all, create_topic, earliest_offsets, end_offsets, produce, unique_topic,
     values,
 };
@@ -91,22 +85,6 @@ fn event_rows(batches: &[RecordBatch]) -> Vec<String> {
 
 fn expected_events(ids: std::ops::Range<i64>) -> Vec<String> {
     sorted_rows(&[events(ids)])
-}
-
-async fn run_available_now(
-    df: DataFrame,
-    checkpoint: &Path,
-) -> tidemill::Result<(MemorySink, StreamingQuery)> {
-    let sink = MemorySink::new();
-    let query = df
-        .write_stream()
-        .sink(sink.clone())
-        .trigger(Trigger::AvailableNow)
-        .checkpoint(checkpoint.to_str().unwrap())
-        .start()
-        .await?;
-    query.await_termination().await?;
-    Ok((sink, query))
 }
 
 fn column_i64(batch: &RecordBatch, name: &str) -> Vec<i64> {
@@ -771,8 +749,8 @@ async fn the_kafka_sink_conforms_in_both_modes() {
 // ---------------------------------------------------------------------
 // Exactly-once under SIGKILL
 
-/// Trades `i` in 0..n: symbol A/B/C, price i, event time i seconds (a few
-/// out of order), in `partitions` partitions.
+/// Trades `i` in 0..n ([`trade_schema`]): symbol A/B/C, price i, quantity
+/// 1, event time i seconds (a few out of order), in `partitions` partitions.
 fn produce_trades(bootstrap: &str, topic: &str, partitions: i32, ids: std::ops::Range<i64>) {
     let messages: Vec<Out> = ids
         .map(|i| {
@@ -782,7 +760,7 @@ fn produce_trades(bootstrap: &str, topic: &str, partitions: i32, ids: std::ops::
                 partition: Some((i % partitions as i64) as i32),
                 value: Some(
                     format!(
-                        r#"{{"symbol":"{}","price":{i},"ts":{}}}"#,
+                        r#"{{"symbol":"{}","exchange":"X","price":{i},"quantity":1,"event_time":{}}}"#,
                         ["A", "B", "C"][(i % 3) as usize],
                         ts * 1000
                     )
@@ -793,14 +771,6 @@ fn produce_trades(bootstrap: &str, topic: &str, partitions: i32, ids: std::ops::
         })
         .collect();
     produce(bootstrap, topic, &messages);
-}
-
-fn trade_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("symbol", DataType::Utf8, false),
-        Field::new("price", DataType::Float64, false),
-        Field::new("ts", DataType::Int64, false),
-    ]))
 }
 
 /// Per 10-second window and symbol: trade count and price sum, with a
@@ -814,30 +784,8 @@ const WATERMARK_DELAY_S: i64 = 5;
 
 /// [`windowed`] with a watermark `delay_s` seconds behind.
 fn windowed_with_delay(df: DataFrame, delay_s: i64) -> anyhow::Result<DataFrame> {
-    let df = df
-        .select(vec![
-            col("symbol"),
-            col("price"),
-            cast(col("ts"), DataType::Timestamp(TimeUnit::Millisecond, None)).alias("event_time"),
-        ])?
-        .with_watermark("event_time", &format!("{delay_s} seconds"))?;
-    Ok(df
-        .aggregate(
-            vec![
-                tumble(col("event_time"), "10 seconds").alias("w"),
-                col("symbol"),
-            ],
-            vec![
-                count(col("price")).alias("n"),
-                sum(col("price")).alias("total"),
-            ],
-        )?
-        .select(vec![
-            (cast(get_field(col("w"), "start"), DataType::Int64) / lit(1000)).alias("start"),
-            col("symbol"),
-            col("n"),
-            col("total"),
-        ])?)
+    let df = df.with_watermark("event_time", &format!("{delay_s} seconds"))?;
+    Ok(child::ten_second_totals(df)?)
 }
 
 /// The child process of the exactly-once tests: Kafka → windowed
@@ -875,16 +823,7 @@ async fn kafka_child() -> anyhow::Result<()> {
         .trigger(Trigger::AvailableNow)
         .start()
         .await;
-    let query = match query {
-        Err(e @ TidemillError::CheckpointInUse { .. }) => {
-            println!("CHILD_REFUSED {e}");
-            return Ok(());
-        }
-        other => other?,
-    };
-    query.await_termination().await?;
-    println!("CHILD_DONE");
-    Ok(())
+    child::report(query).await
 }
 
 struct Pipeline {
@@ -909,32 +848,22 @@ impl Pipeline {
         }
     }
 
-    fn spawn(&self, failpoint_at: Option<&str>) -> Running {
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--exact",
-            "kafka::kafka_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("KAFKA_CHILD_BOOTSTRAP", &self.bootstrap)
-        .env("KAFKA_CHILD_IN", &self.input)
-        .env("KAFKA_CHILD_OUT", &self.output)
-        .env("KAFKA_CHILD_DIR", self.dir.path())
-        .env_remove(failpoint::ENV_VAR)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-        if let Some(point) = failpoint_at {
-            cmd.env(failpoint::ENV_VAR, point);
-        }
-        Running(cmd.spawn().expect("spawn child"))
+    /// The child running the pipeline, stopping at `failpoint`.
+    fn command(&self, failpoint: Option<&str>) -> Command {
+        let mut cmd = child::command("kafka::kafka_child", failpoint);
+        cmd.env("KAFKA_CHILD_BOOTSTRAP", &self.bootstrap)
+            .env("KAFKA_CHILD_IN", &self.input)
+            .env("KAFKA_CHILD_OUT", &self.output)
+            .env("KAFKA_CHILD_DIR", self.dir.path());
+        cmd
+    }
+
+    fn spawn(&self, failpoint: Option<&str>) -> Child {
+        Child::spawn(&mut self.command(failpoint))
     }
 
     fn run_to_completion(&self) {
-        let mut child = self.spawn(None);
-        assert_eq!(wait_for_event(&mut child), ChildEvent::Done);
-        assert!(child.0.wait().unwrap().success());
+        Child::run_to_completion(&mut self.command(None));
     }
 
     /// How many messages in the output topic batch `batch_id` wrote.
@@ -1001,53 +930,6 @@ fn expected_results_with_delay(n: i64, delay_s: i64) -> BTreeMap<(i64, String), 
         .collect()
 }
 
-#[derive(Debug, PartialEq)]
-enum ChildEvent {
-    Failpoint,
-    Done,
-    Refused,
-    Exited,
-}
-
-fn wait_for_event(child: &mut Running) -> ChildEvent {
-    let stdout = child.0.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let event = if line.contains("TIDEMILL_FAILPOINT_REACHED") {
-                ChildEvent::Failpoint
-            } else if line.contains("CHILD_DONE") {
-                ChildEvent::Done
-            } else if line.contains("CHILD_REFUSED") {
-                ChildEvent::Refused
-            } else {
-                continue;
-            };
-            let _ = tx.send(event);
-        }
-        let _ = tx.send(ChildEvent::Exited);
-    });
-    rx.recv_timeout(Duration::from_secs(180))
-        .expect("child made no progress in 180 s")
-}
-
-/// A child process, killed (SIGKILL) when dropped, so that a failing test
-/// leaves none behind.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kill(child: &mut Running) {
-    let _ = child.0.kill();
-    let _ = child.0.wait();
-}
-
 #[tokio::test]
 async fn sigkill_inside_the_kafka_sink_duplicates_nothing() {
     let broker = Broker::start();
@@ -1056,14 +938,14 @@ async fn sigkill_inside_the_kafka_sink_duplicates_nothing() {
     // Killed halfway through writing batch 2's results, then after the
     // sink wrote batch 3 but before the engine committed it.
     let mut child = pipeline.spawn(Some("during_sink@2"));
-    assert_eq!(wait_for_event(&mut child), ChildEvent::Failpoint);
-    kill(&mut child);
+    assert_eq!(child.wait_for_event(), Event::Failpoint);
+    child.kill();
     // Half of batch 2's results are in the topic.
     let partial = pipeline.messages_of_batch(2);
     assert!(partial > 0);
     let mut child = pipeline.spawn(Some("before_commit_log@3"));
-    assert_eq!(wait_for_event(&mut child), ChildEvent::Failpoint);
-    kill(&mut child);
+    assert_eq!(child.wait_for_event(), Event::Failpoint);
+    child.kill();
     pipeline.run_to_completion();
     // The re-run wrote only the other half, and batch 3 (written before
     // the kill, re-run after it) was not written again.
@@ -1109,14 +991,14 @@ async fn randomized_sigkills_give_every_result_exactly_once() {
             let batch = rng.random_range(0..12);
             let mut child = pipeline.spawn(Some(&format!("{point}@{batch}")));
             // Reaches the point, or finishes first.
-            let _ = wait_for_event(&mut child);
+            let _ = child.wait_for_event();
             child
         } else {
             let child = pipeline.spawn(None);
             std::thread::sleep(Duration::from_millis(rng.random_range(200..2500)));
             child
         };
-        kill(&mut child);
+        child.kill();
     }
     produce_trades(
         &pipeline.bootstrap,

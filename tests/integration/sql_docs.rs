@@ -17,7 +17,7 @@ use tidemill::ParquetSink;
 
 use crate::cli::{text, tidemill};
 use crate::common::sorted_rows;
-use crate::kafka::kafka_broker::{Broker, Out, consume_all, create_topic, produce};
+use tidemill_harness::kafka_broker::{Broker, Out, consume_all, create_topic, produce};
 
 const MARKERS: [&str; 4] = ["run", "explain", "rejected", "kafka"];
 

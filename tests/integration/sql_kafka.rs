@@ -1,5 +1,5 @@
 //! SQL pipelines on Kafka, through the `tidemill` binary and a real broker
-//! (Tansu on 127.0.0.1, see `kafka_broker`): JSON trades from a topic,
+//! (Tansu on 127.0.0.1, see `tidemill_harness::kafka_broker`): JSON trades from a topic,
 //! aggregated per minute with a watermark, written as JSON messages to
 //! another topic exactly once across runs; the same file as a batch job.
 
@@ -9,7 +9,7 @@ use std::path::Path;
 use tidemill::connectors::kafka::rdkafka::message::{Headers, Message};
 
 use crate::cli::{text, tidemill};
-use crate::kafka::kafka_broker::{Broker, Out, consume_all, create_topic, produce, unique_topic};
+use tidemill_harness::kafka_broker::{Broker, Out, consume_all, create_topic, produce, unique_topic};
 
 /// Six trades in minute `minute` (10:0m:00 … 10:0m:50, ten seconds apart),
 /// alternating AAPL (partition 0) and MSFT (partition 1), quantity 1..=6:

@@ -465,7 +465,7 @@ async fn kafka_stream_and_sink_options() {
     use tidemill::connectors::kafka::rdkafka::message::{Headers, Message};
     use tidemill::connectors::kafka::rdkafka::{ClientConfig, TopicPartitionList};
 
-    use crate::kafka::kafka_broker::{
+    use tidemill_harness::kafka_broker::{
         Broker, Out, consume_all, create_topic, produce, unique_topic,
     };
 
@@ -605,7 +605,7 @@ INSERT INTO copied SELECT id, name, topic FROM events;
 /// default; with `fail_on_data_loss = false` it goes on with what is left.
 #[tokio::test]
 async fn kafka_fail_on_data_loss_false_goes_on_after_deleted_records() {
-    use crate::kafka::kafka_broker::{
+    use tidemill_harness::kafka_broker::{
         Broker, Out, create_topic, earliest_offsets, end_offsets, produce, unique_topic,
     };
 

@@ -14,13 +14,14 @@ use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use tidemill_engine::{Location, Result, Sink, SinkContext, TidemillError, failpoint};
+use tidemill_engine::{Location, Result, Sink, SinkContext, TidemillError};
 
 use super::client::{ClientOptions, blocking, is_transient};
 use super::json::{as_binary, encode_json_rows};
 use super::reader::{PartitionRange, Reader};
 use super::schema::{headers_type, messages_schema};
 use super::sink_log::{PendingBatch, SinkLog};
+use crate::failpoint;
 
 /// Header naming the sink (its exactly-once log's id) that wrote a message.
 pub const HEADER_SINK: &str = "tidemill.sink";
@@ -841,9 +842,7 @@ impl Sink for KafkaSink {
             return Ok(());
         }
         let timeout = self.client.timeout;
-        let stop_halfway = std::env::var(failpoint::ENV_VAR)
-            .is_ok_and(|v| v.starts_with("during_sink@"))
-            .then_some(batch_id);
+        let stop_halfway = failpoint::armed("during_sink", batch_id).then_some(batch_id);
 
         // The messages and what an earlier attempt may have written.
         let (messages, skip, tag) = match &*log {

@@ -491,7 +491,7 @@ impl Sink for ParquetSink {
         let files = self
             .write_files(&location, batch_id, &schema, batches)
             .await?;
-        tidemill_engine::failpoint::hit("during_sink", batch_id);
+        crate::failpoint::hit("during_sink", batch_id);
         let entry = ManifestEntry {
             batch_id,
             files,

@@ -1,5 +1,5 @@
-//! A real Kafka-protocol broker for the Kafka tests, the `kafka_trades`
-//! example and the `kafka` benchmark: [Tansu](https://github.com/tansu-io/tansu)
+//! A real Kafka-protocol broker for Tidemill's Kafka tests, the
+//! `kafka_trades` example and the `kafka` benchmark: [Tansu](https://github.com/tansu-io/tansu)
 //! 0.6.0 with its SQLite storage engine, started on a free port of
 //! 127.0.0.1 in a temporary directory, stopped when dropped.
 //!
@@ -11,10 +11,10 @@
 //! machine and target directory), holding a file lock so that parallel
 //! tests and processes wait for one install instead of racing.
 //!
-//! Shared by `#[path]` with the example and the benchmark, so it uses only
-//! the standard library, `tempfile`, tokio and the rdkafka the connectors
-//! re-export.
-#![allow(dead_code)]
+//! Besides the standard library it uses only `tempfile`, tokio and the
+//! rdkafka the connectors re-export. `<workspace>` is the directory of
+//! Tidemill's workspace (the parent of this crate's), whatever the current
+//! directory of the process using it.
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -29,7 +29,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use tidemill::connectors::kafka::rdkafka;
+use tidemill_connectors::kafka::rdkafka;
+
+use crate::results::workspace_root;
 
 /// The Tansu version the fixture runs.
 pub const TANSU_VERSION: &str = "0.6.0";
@@ -37,10 +39,6 @@ pub const TANSU_VERSION: &str = "0.6.0";
 pub const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long installing Tansu may take (12 minutes on 2 idle cores).
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(45 * 60);
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn version_of(binary: &Path) -> Option<String> {
     let output = Command::new(binary)
@@ -343,10 +341,15 @@ pub async fn add_partitions(bootstrap: &str, topic: &str, total: usize) {
 /// One message to produce.
 #[derive(Debug, Clone, Default)]
 pub struct Out {
+    /// The partition; the producer's partitioner chooses if `None`.
     pub partition: Option<i32>,
+    /// The key, if any.
     pub key: Option<Vec<u8>>,
+    /// The value, if any.
     pub value: Option<Vec<u8>>,
+    /// The headers, names and values.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The timestamp in milliseconds; the producer's clock if `None`.
     pub timestamp: Option<i64>,
 }
 
@@ -409,23 +412,16 @@ pub fn produce(bootstrap: &str, topic: &str, messages: &[Out]) {
 
 /// The end offset of each partition of `topic`, by partition.
 pub fn end_offsets(bootstrap: &str, topic: &str) -> Vec<i64> {
-    let consumer = consumer(bootstrap);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
-        .expect("metadata");
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    (0..partitions)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, KAFKA_TIMEOUT)
-                .expect("watermarks")
-                .1
-        })
-        .collect()
+    watermarks(bootstrap, topic).into_iter().map(|w| w.1).collect()
 }
 
 /// The earliest offset of each partition of `topic`, by partition.
 pub fn earliest_offsets(bootstrap: &str, topic: &str) -> Vec<i64> {
+    watermarks(bootstrap, topic).into_iter().map(|w| w.0).collect()
+}
+
+/// The (earliest, end) offsets of each partition of `topic`.
+fn watermarks(bootstrap: &str, topic: &str) -> Vec<(i64, i64)> {
     let consumer = consumer(bootstrap);
     let metadata = consumer
         .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
@@ -436,7 +432,6 @@ pub fn earliest_offsets(bootstrap: &str, topic: &str) -> Vec<i64> {
             consumer
                 .fetch_watermarks(topic, p, KAFKA_TIMEOUT)
                 .expect("watermarks")
-                .0
         })
         .collect()
 }
