@@ -11,8 +11,8 @@
 //! - [`RateSource`]: generated `timestamp`, `value` rows at a fixed rate,
 //!   for demos and benchmarks.
 //! - [`MemoryStream`]: batches pushed by test code.
-//! - [`KafkaSource`]: Kafka topics, as a stream or a
-//!   bounded batch (see [`kafka`]).
+//! - [`KafkaSource`]: Kafka topics, as a stream or a bounded batch (see
+//!   [`kafka`]; with the `kafka` feature).
 //!
 //! Sinks:
 //! - [`ParquetSink`]: parquet files with a manifest of committed batches,
@@ -20,8 +20,16 @@
 //! - [`ConsoleSink`]: pretty-printed batches on standard output.
 //! - [`MemorySink`]: results kept in memory, queryable as a table.
 //! - [`ForeachBatchSink`]: a closure called with each batch as a DataFrame.
-//! - [`KafkaSink`]: Kafka messages, at-least-once or
-//!   exactly-once.
+//! - [`KafkaSink`]: Kafka messages, at-least-once or exactly-once (with the
+//!   `kafka` feature).
+//!
+//! # Features
+//!
+//! - `kafka` (default): the `kafka` module, `KafkaSource` and `KafkaSink`,
+//!   on librdkafka (the `rdkafka` crate), which is built from its C
+//!   sources. Without it (`default-features = false`) the crate has the
+//!   other connectors only and builds no librdkafka. The `tidemill` crate
+//!   has a `kafka` feature of its own (default) that turns this one on.
 
 #![warn(missing_docs)]
 
@@ -29,6 +37,7 @@ pub mod conformance;
 mod console_sink;
 mod file_source;
 mod foreach_batch;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 mod memory_sink;
 mod memory_source;
@@ -38,6 +47,7 @@ mod rate_source;
 pub use console_sink::ConsoleSink;
 pub use file_source::{FileFormat, FileSource};
 pub use foreach_batch::{ForeachBatchError, ForeachBatchSink};
+#[cfg(feature = "kafka")]
 pub use kafka::{KafkaSink, KafkaSource};
 pub use memory_sink::MemorySink;
 pub use memory_source::MemoryStream;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use tidemill_connectors::FileFormat;
+#[cfg(feature = "kafka")]
 use tidemill_connectors::kafka::{EndingOffsets, StartingOffsets};
 use tidemill_engine::watermark::parse_delay;
 use tidemill_engine::{OutputMode, TidemillError};
@@ -29,10 +30,12 @@ pub(super) enum StreamConnector {
         max_rows_per_trigger: Option<u64>,
     },
     /// `connector = 'kafka'`: records of Kafka topics.
+    #[cfg(feature = "kafka")]
     Kafka(KafkaStream),
 }
 
 /// The options of a Kafka stream.
+#[cfg(feature = "kafka")]
 #[derive(Debug, Clone)]
 pub(super) struct KafkaStream {
     pub bootstrap_servers: String,
@@ -53,6 +56,7 @@ pub(super) struct KafkaStream {
 }
 
 /// The topics a Kafka stream reads.
+#[cfg(feature = "kafka")]
 #[derive(Debug, Clone)]
 pub(super) enum KafkaTopics {
     List(Vec<String>),
@@ -106,10 +110,12 @@ pub(super) enum SinkConnector {
     /// `connector = 'console'`: printed tables.
     Console { num_rows: Option<usize> },
     /// `connector = 'kafka'`: messages to a Kafka topic.
+    #[cfg(feature = "kafka")]
     Kafka(KafkaOut),
 }
 
 /// The options of a Kafka sink.
+#[cfg(feature = "kafka")]
 #[derive(Debug, Clone)]
 pub(super) struct KafkaOut {
     pub bootstrap_servers: String,
@@ -129,6 +135,7 @@ const STREAM_CONNECTORS: &str = "'files', 'rate', 'kafka'";
 const SINK_CONNECTORS: &str = "'files', 'console', 'kafka'";
 
 /// The prefix of librdkafka settings passed through to the client.
+#[cfg(feature = "kafka")]
 pub(super) const KAFKA_PREFIX: &str = "kafka.";
 
 fn boolean(
@@ -164,6 +171,7 @@ fn duration(
 }
 
 /// `format` of a Kafka stream or sink: `json`, or `raw` (the default).
+#[cfg(feature = "kafka")]
 fn kafka_format(
     options: &super::parser::Options,
     what: &str,
@@ -179,6 +187,7 @@ fn kafka_format(
     }
 }
 
+#[cfg(feature = "kafka")]
 fn client_options(options: &super::parser::Options) -> Vec<(String, String)> {
     options
         .prefixed(KAFKA_PREFIX)
@@ -186,6 +195,7 @@ fn client_options(options: &super::parser::Options) -> Vec<(String, String)> {
         .collect()
 }
 
+#[cfg(feature = "kafka")]
 fn kafka_stream(def: &Located<StreamDef>, what: &str) -> Result<KafkaStream, PipelineError> {
     let options = &def.item.options;
     options.check_known_with_prefix(
@@ -319,6 +329,7 @@ fn kafka_stream(def: &Located<StreamDef>, what: &str) -> Result<KafkaStream, Pip
     })
 }
 
+#[cfg(feature = "kafka")]
 fn kafka_sink(def: &Located<SinkDef>, what: &str) -> Result<KafkaOut, PipelineError> {
     let options = &def.item.options;
     options.check_known_with_prefix(
@@ -346,6 +357,17 @@ fn kafka_sink(def: &Located<SinkDef>, what: &str) -> Result<KafkaOut, PipelineEr
         timeout: duration(options, "timeout", at(def))?,
         client_options: client_options(options),
     })
+}
+
+/// `connector = 'kafka'` in a build without the `kafka` feature.
+#[cfg(not(feature = "kafka"))]
+fn kafka_not_built_in(options: &super::parser::Options, fallback: (u64, u64)) -> PipelineError {
+    invalid(
+        options.position("connector").unwrap_or(fallback),
+        "the kafka connector is not built in: build tidemill with the `kafka` feature \
+         (on by default)"
+            .into(),
+    )
 }
 
 fn at<T>(def: &Located<T>) -> (u64, u64) {
@@ -445,7 +467,10 @@ pub(super) fn stream_connector(def: &Located<StreamDef>) -> Result<StreamConnect
                 max_rows_per_trigger: number(options, "max_rows_per_trigger", at(def))?,
             })
         }
+        #[cfg(feature = "kafka")]
         Some("kafka") => Ok(StreamConnector::Kafka(kafka_stream(def, &what)?)),
+        #[cfg(not(feature = "kafka"))]
+        Some("kafka") => Err(kafka_not_built_in(options, at(def))),
         Some(other) => Err(invalid(
             options.position("connector").unwrap_or(at(def)),
             format!(
@@ -510,7 +535,10 @@ pub(super) fn sink_spec(def: &Located<SinkDef>) -> Result<SinkSpec, PipelineErro
                 num_rows: number(options, "num_rows", at(def))?,
             }
         }
+        #[cfg(feature = "kafka")]
         Some("kafka") => SinkConnector::Kafka(kafka_sink(def, &what)?),
+        #[cfg(not(feature = "kafka"))]
+        Some("kafka") => return Err(kafka_not_built_in(options, at(def))),
         Some(other) => {
             return Err(invalid(
                 options.position("connector").unwrap_or(at(def)),

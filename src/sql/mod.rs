@@ -48,6 +48,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{CreateView, Query, Statement as SQLStatement};
 use datafusion::sql::sqlparser::parser::ParserError;
+#[cfg(feature = "kafka")]
 use tidemill_connectors::kafka::{BadRecordPolicy, KafkaSink, KafkaSource};
 use tidemill_connectors::{ConsoleSink, FileSource, ParquetSink, RateSource};
 use tidemill_engine::window::register_window_functions;
@@ -56,9 +57,9 @@ use tidemill_engine::{
     StreamingTable, TidemillError, Trigger,
 };
 
-use connectors::{
-    KafkaStream, KafkaTopics, SinkConnector, SinkSpec, StreamConnector, sink_spec, stream_connector,
-};
+#[cfg(feature = "kafka")]
+use connectors::{KafkaStream, KafkaTopics};
+use connectors::{SinkConnector, SinkSpec, StreamConnector, sink_spec, stream_connector};
 use parser::{Located, PipelineStatement, StreamDef, parse_pipeline};
 
 /// What went wrong with a pipeline file, saying where.
@@ -668,6 +669,7 @@ async fn register_stream(
             let df = ctx.read_stream(source).await?;
             register_view(ctx, def, df)?;
         }
+        #[cfg(feature = "kafka")]
         (StreamConnector::Kafka(kafka), batch) => {
             let source = kafka_source(kafka, declared)?;
             let df = if batch {
@@ -703,6 +705,7 @@ fn register_view(
 }
 
 /// The Kafka source a `connector = 'kafka'` stream describes.
+#[cfg(feature = "kafka")]
 fn kafka_source(
     kafka: &KafkaStream,
     declared: Option<SchemaRef>,
@@ -778,8 +781,10 @@ fn execution_error(error: DataFusionError) -> TidemillError {
 /// query's checkpoint directory (a streaming run), where an exactly-once
 /// Kafka sink keeps its log, in `<checkpoint>/sink`; a batch run has none
 /// and produces at least once.
+#[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
 fn streaming_sink(name: &str, spec: &SinkSpec, checkpoint: Option<&str>) -> Arc<dyn Sink> {
     match &spec.connector {
+        #[cfg(feature = "kafka")]
         SinkConnector::Kafka(kafka) => {
             let mut sink = KafkaSink::new(kafka.bootstrap_servers.clone());
             if let Some(topic) = &kafka.topic {

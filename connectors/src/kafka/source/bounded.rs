@@ -250,3 +250,165 @@ async fn flush_dead_letters(state: &mut BoundedState) -> Result<()> {
     sink.add_batch(state.index, dead_letter_schema(), rows)
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::TryStreamExt;
+
+    use super::super::super::offsets::PartitionOffsets;
+    use super::super::testing::{config_error, records, trade_schema, unreachable};
+    use super::*;
+    use crate::MemorySink;
+
+    fn range(start: i64, end: i64) -> PartitionRange {
+        PartitionRange {
+            topic: "trades".into(),
+            partition: 0,
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn a_bounded_read_ends_at_the_partition_end_by_default() {
+        let source = unreachable();
+        assert_eq!(
+            source.bounded_range("trades", 0, 3, 10).unwrap(),
+            range(3, 10)
+        );
+        let latest = source.ending_offsets(EndingOffsets::Latest);
+        assert_eq!(
+            latest.bounded_range("trades", 0, 3, 10).unwrap(),
+            range(3, 10)
+        );
+    }
+
+    /// An explicit ending offset ends the read; `LATEST` or a partition not
+    /// named means the partition's end.
+    #[test]
+    fn explicit_ending_offsets_end_the_read() {
+        let ends = PartitionOffsets::new()
+            .with("trades", 0, 7)
+            .with("trades", 1, LATEST);
+        let source = unreachable().ending_offsets(EndingOffsets::Offsets(ends));
+        assert_eq!(
+            source.bounded_range("trades", 0, 2, 10).unwrap(),
+            range(2, 7)
+        );
+        let p1 = source.bounded_range("trades", 1, 2, 10).unwrap();
+        assert_eq!((p1.partition, p1.start, p1.end), (1, 2, 10));
+        let p2 = source.bounded_range("trades", 2, 0, 4).unwrap();
+        assert_eq!((p2.partition, p2.start, p2.end), (2, 0, 4));
+        // Up to the end: an empty range, not an error.
+        assert_eq!(
+            source.bounded_range("trades", 0, 7, 10).unwrap(),
+            range(7, 7)
+        );
+    }
+
+    #[test]
+    fn an_ending_offset_before_the_start_is_an_error() {
+        let ends = PartitionOffsets::new().with("trades", 0, 2);
+        let source = unreachable().ending_offsets(EndingOffsets::Offsets(ends));
+        let message = source
+            .bounded_range("trades", 0, 5, 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(
+                "topic trades partition 0: the ending offset 2 is before the starting offset 5"
+            ),
+            "{message}"
+        );
+    }
+
+    /// Mistakes are said before any broker is asked.
+    #[tokio::test]
+    async fn read_batch_validates_first() {
+        let ctx = SessionContext::new();
+        let message = config_error(KafkaSource::new("127.0.0.1:1").read_batch(&ctx).await);
+        assert!(message.contains("no topics"), "{message}");
+    }
+
+    /// A partition with nothing to read yields no rows and never creates a
+    /// consumer (the source's broker does not exist).
+    #[tokio::test]
+    async fn an_empty_partition_reads_nothing() {
+        let session = SessionContext::new();
+        let spec = Arc::new(unreachable());
+        let partition = BoundedPartition {
+            schema: spec.output_schema().unwrap(),
+            spec,
+            range: range(4, 4),
+            index: 0,
+            session: session.clone(),
+        };
+        let batches: Vec<RecordBatch> = partition
+            .execute(session.task_ctx())
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(batches.is_empty());
+    }
+
+    fn bounded_state(policy: BadRecordPolicy, dead: Vec<RecordBatch>, index: u64) -> BoundedState {
+        BoundedState {
+            spec: Arc::new(
+                unreachable()
+                    .json_values(trade_schema())
+                    .on_bad_record(policy),
+            ),
+            reader: None,
+            next: 0,
+            range: range(0, 2),
+            dead,
+            index,
+            session: SessionContext::new(),
+            done: true,
+        }
+    }
+
+    fn bad_rows() -> RecordBatch {
+        let batch = records(&[("trades", 0, 0, "x"), ("trades", 0, 1, "y")]);
+        let mut dead = Vec::new();
+        let spec = unreachable()
+            .json_values(trade_schema())
+            .on_bad_record(BadRecordPolicy::DeadLetter(Arc::new(MemorySink::new())));
+        assert!(spec.decode(&batch, &mut dead).unwrap().is_none());
+        dead.remove(0)
+    }
+
+    /// The bad records of the i-th topic-partition go to the sink as batch
+    /// id i, once.
+    #[tokio::test]
+    async fn dead_letters_go_under_the_partition_index() {
+        let sink = MemorySink::new();
+        let mut state = bounded_state(
+            BadRecordPolicy::DeadLetter(Arc::new(sink.clone())),
+            vec![bad_rows()],
+            3,
+        );
+        flush_dead_letters(&mut state).await.unwrap();
+        assert_eq!(sink.batch_ids(), [3]);
+        assert_eq!(sink.num_rows(), 2);
+        assert_eq!(sink.batches()[0].schema(), dead_letter_schema());
+        assert!(state.dead.is_empty());
+        flush_dead_letters(&mut state).await.unwrap();
+        assert_eq!(sink.num_rows(), 2);
+    }
+
+    #[tokio::test]
+    async fn no_bad_records_write_no_dead_letter_batch() {
+        let sink = MemorySink::new();
+        let mut state = bounded_state(
+            BadRecordPolicy::DeadLetter(Arc::new(sink.clone())),
+            vec![],
+            0,
+        );
+        flush_dead_letters(&mut state).await.unwrap();
+        assert!(sink.batch_ids().is_empty());
+        let mut failing = bounded_state(BadRecordPolicy::Fail, vec![bad_rows()], 0);
+        flush_dead_letters(&mut failing).await.unwrap();
+        assert_eq!(failing.dead.len(), 1);
+    }
+}

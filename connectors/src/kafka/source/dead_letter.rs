@@ -96,3 +96,106 @@ impl DeadLetterLog {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::SessionContext;
+    use serde_json::{Value, json};
+
+    use super::super::testing::checkpoint;
+    use super::*;
+
+    /// A dead-letter log in the checkpoint under `dir`, as a stream opens
+    /// it.
+    async fn load(dir: &tempfile::TempDir) -> (DeadLetterLog, CheckpointDir) {
+        let chk = checkpoint(&SessionContext::new(), dir.path()).child("dead_letter");
+        (DeadLetterLog::load(chk.clone()).await.unwrap(), chk)
+    }
+
+    fn end(offset: i64) -> Value {
+        json!({"trades": {"0": offset}})
+    }
+
+    async fn names(chk: &CheckpointDir) -> Vec<String> {
+        let mut names = chk.list_names().await.unwrap();
+        names.sort();
+        names
+    }
+
+    /// A range gets the next id the first time, and the same id again.
+    #[tokio::test]
+    async fn ranges_get_ids_in_order_and_keep_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, chk) = load(&dir).await;
+        assert_eq!(log.id_for(Value::Null, end(5)).await.unwrap(), 0);
+        assert_eq!(log.id_for(end(5), end(9)).await.unwrap(), 1);
+        assert_eq!(log.id_for(Value::Null, end(5)).await.unwrap(), 0);
+        assert_eq!(log.id_for(end(5), end(9)).await.unwrap(), 1);
+        // Same end, other start: another range.
+        assert_eq!(log.id_for(end(4), end(9)).await.unwrap(), 2);
+        assert_eq!(names(&chk).await, ["0", "1", "2"]);
+    }
+
+    /// A restarted query finds the ids of the ranges it logged.
+    #[tokio::test]
+    async fn the_log_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = load(&dir).await;
+        log.id_for(Value::Null, end(5)).await.unwrap();
+        log.id_for(end(5), end(9)).await.unwrap();
+        drop(log);
+        let (mut log, _) = load(&dir).await;
+        assert_eq!(log.id_for(end(5), end(9)).await.unwrap(), 1);
+        assert_eq!(log.id_for(Value::Null, end(5)).await.unwrap(), 0);
+        assert_eq!(log.id_for(end(9), end(12)).await.unwrap(), 2);
+    }
+
+    /// Committed ranges are forgotten, but the newest entry stays so that
+    /// ids are never reused.
+    #[tokio::test]
+    async fn purge_forgets_committed_ranges_but_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, chk) = load(&dir).await;
+        log.id_for(Value::Null, end(5)).await.unwrap();
+        log.id_for(end(5), end(9)).await.unwrap();
+        log.id_for(end(9), end(12)).await.unwrap();
+        let committed = |offset| PartitionOffsets::new().with("trades", 0, offset);
+        log.purge(&committed(8)).await.unwrap();
+        assert_eq!(names(&chk).await, ["1", "2"]);
+        log.purge(&committed(100)).await.unwrap();
+        assert_eq!(names(&chk).await, ["2"]);
+        assert_eq!(log.id_for(end(12), end(20)).await.unwrap(), 3);
+        let (mut reloaded, _) = load(&dir).await;
+        assert_eq!(reloaded.id_for(end(9), end(12)).await.unwrap(), 2);
+        assert_eq!(reloaded.id_for(end(12), end(20)).await.unwrap(), 3);
+    }
+
+    /// A range ends committed only when every partition of its end is.
+    #[tokio::test]
+    async fn purge_keeps_a_range_with_a_partition_not_yet_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, chk) = load(&dir).await;
+        let two = json!({"trades": {"0": 5, "1": 7}});
+        log.id_for(Value::Null, two.clone()).await.unwrap();
+        log.id_for(two, end(9)).await.unwrap();
+        let partly = PartitionOffsets::new().with("trades", 0, 9);
+        log.purge(&partly).await.unwrap();
+        assert_eq!(names(&chk).await, ["0", "1"]);
+        log.purge(&partly.with("trades", 1, 7)).await.unwrap();
+        assert_eq!(names(&chk).await, ["1"]);
+    }
+
+    /// Other files in the directory are not entries.
+    #[tokio::test]
+    async fn names_that_are_not_ids_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, chk) = load(&dir).await;
+        chk.create("notes", "other", 1, &json!({"id": 0}))
+            .await
+            .unwrap();
+        let (mut log, _) = load(&dir).await;
+        assert!(log.entries.is_empty());
+        assert_eq!(log.id_for(Value::Null, end(1)).await.unwrap(), 0);
+        assert_eq!(names(&chk).await, ["0", "notes"]);
+    }
+}

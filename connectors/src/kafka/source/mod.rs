@@ -33,6 +33,8 @@ mod dead_letter;
 mod decode;
 mod read;
 mod stream;
+#[cfg(test)]
+mod testing;
 
 /// Which topics a [`KafkaSource`] reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,5 +335,162 @@ impl SourceProvider for KafkaSource {
     async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {
         self.validate()?;
         Ok(Box::new(stream::KafkaStream::open(self, ctx).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::testing::{config_error, trade_schema, unreachable};
+    use super::*;
+    use crate::MemorySink;
+
+    #[test]
+    fn a_source_without_topics_is_refused() {
+        let message = config_error(KafkaSource::new("broker:9092").validate());
+        assert!(
+            message.starts_with("KafkaSource[broker:9092: topics ]: no topics"),
+            "{message}"
+        );
+        assert!(unreachable().validate().is_ok());
+    }
+
+    #[test]
+    fn an_invalid_topic_pattern_is_refused() {
+        let message = config_error(KafkaSource::new("b:1").topic_pattern("trades-(").validate());
+        assert!(message.contains("invalid topic pattern"), "{message}");
+        assert!(
+            KafkaSource::new("b:1")
+                .topic_pattern("trades-.*")
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_zero_read_limit_is_refused() {
+        let message = config_error(unreachable().max_offsets_per_trigger(0).validate());
+        assert!(
+            message.ends_with("max_offsets_per_trigger must be at least 1"),
+            "{message}"
+        );
+        assert!(unreachable().max_offsets_per_trigger(1).validate().is_ok());
+    }
+
+    #[test]
+    fn a_dead_letter_sink_needs_json_values() {
+        let dead_letter = || BadRecordPolicy::DeadLetter(Arc::new(MemorySink::new()));
+        let message = config_error(unreachable().on_bad_record(dead_letter()).validate());
+        assert!(message.contains("needs .json_values(schema)"), "{message}");
+        let decoding = unreachable()
+            .json_values(trade_schema())
+            .on_bad_record(dead_letter());
+        assert!(decoding.validate().is_ok());
+    }
+
+    /// `topic` adds to a list but replaces a pattern; `topics` and
+    /// `topic_pattern` replace whatever was chosen; the description says
+    /// the brokers and the choice.
+    #[test]
+    fn topic_choices_replace_or_add_as_documented() {
+        let source = KafkaSource::new("h1:9092,h2:9092")
+            .topic_pattern("old-.*")
+            .topic("a")
+            .topic("b");
+        assert_eq!(
+            source.describe(),
+            "KafkaSource[h1:9092,h2:9092: topics a,b]"
+        );
+        assert_eq!(
+            source.subscription,
+            Subscription::Topics(vec!["a".into(), "b".into()])
+        );
+        let source = source.topics(["c"]);
+        assert_eq!(source.describe(), "KafkaSource[h1:9092,h2:9092: topics c]");
+        let source = source.topic_pattern("t-[0-9]+");
+        assert_eq!(
+            source.describe(),
+            "KafkaSource[h1:9092,h2:9092: pattern t-[0-9]+]"
+        );
+        assert_eq!(SourceProvider::description(&source), source.describe());
+    }
+
+    #[test]
+    fn raw_rows_have_the_kafka_columns() {
+        assert_eq!(unreachable().output_schema().unwrap(), kafka_schema());
+    }
+
+    /// Decoded columns come first, then the Kafka columns but `value`;
+    /// without metadata columns, the decoded ones alone.
+    #[test]
+    fn json_rows_have_the_decoded_columns_then_the_kafka_columns() {
+        let schema = unreachable()
+            .json_values(trade_schema())
+            .output_schema()
+            .unwrap();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "symbol",
+                "price",
+                "key",
+                "topic",
+                "partition",
+                "offset",
+                "timestamp",
+                "timestamp_type",
+                "headers"
+            ]
+        );
+        let schema = unreachable()
+            .json_values(trade_schema())
+            .metadata_columns(false)
+            .output_schema()
+            .unwrap();
+        assert_eq!(schema, trade_schema());
+    }
+
+    #[test]
+    fn a_json_column_named_as_a_kafka_column_is_refused_unless_they_are_dropped() {
+        let values = Arc::new(Schema::new(vec![
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("offset", DataType::Int64, false),
+        ]));
+        let source = unreachable().json_values(Arc::clone(&values));
+        let message = config_error(source.output_schema());
+        assert!(
+            message.contains("the JSON schema has a column 'offset'")
+                && message.contains(".metadata_columns(false)"),
+            "{message}"
+        );
+        let schema = source.metadata_columns(false).output_schema().unwrap();
+        assert_eq!(schema, values);
+    }
+
+    /// The provider validates before it reports a schema or opens a
+    /// stream, so a mistake is said when the query is defined.
+    #[tokio::test]
+    async fn the_provider_validates_before_schema_and_open() {
+        let session = SessionContext::new();
+        let no_topics = KafkaSource::new("b:1");
+        let message = config_error(SourceProvider::schema(&no_topics, &session).await);
+        assert!(message.contains("no topics"), "{message}");
+        let dir = tempfile::tempdir().unwrap();
+        let opened = no_topics
+            .open(SourceContext {
+                session: session.clone(),
+                schema: kafka_schema(),
+                checkpoint: super::testing::checkpoint(&session, dir.path()),
+            })
+            .await;
+        assert!(config_error(opened).contains("no topics"));
+        let schema = SourceProvider::schema(&unreachable().json_values(trade_schema()), &session)
+            .await
+            .unwrap();
+        assert_eq!(schema.field(0).name(), "symbol");
     }
 }

@@ -425,3 +425,256 @@ fn ranges_to_read(
     }
     Ok(ranges)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::testing::{checkpoint, records, trade_schema, unreachable};
+    use super::*;
+    use crate::MemorySink;
+
+    fn offsets(entries: &[(&str, i32, i64)]) -> PartitionOffsets {
+        let mut out = PartitionOffsets::new();
+        for (topic, partition, offset) in entries {
+            out.insert(*topic, *partition, *offset);
+        }
+        out
+    }
+
+    /// Partition ends now: (topic, partition, earliest, end).
+    fn now(ends: &[(&str, i32, i64)]) -> Vec<(String, i32, i64, i64)> {
+        ends.iter()
+            .map(|(t, p, end)| (t.to_string(), *p, 0, *end))
+            .collect()
+    }
+
+    /// Every partition to its end; a new partition enters the offsets
+    /// once it has records, from offset 0.
+    #[test]
+    fn a_batch_reads_every_partition_to_its_end() {
+        let from = offsets(&[("t", 0, 2)]);
+        let ends = now(&[("t", 0, 10), ("t", 1, 0), ("t", 2, 4)]);
+        let next = batch_end(&unreachable(), &from, &ends, None, ReadLimit::All).unwrap();
+        assert_eq!(next, offsets(&[("t", 0, 10), ("t", 2, 4)]));
+        // Nothing new: the same offsets.
+        let again = batch_end(&unreachable(), &next, &ends, None, ReadLimit::All).unwrap();
+        assert_eq!(again, next);
+    }
+
+    /// A row limit is spread in proportion to the partitions' lag.
+    #[test]
+    fn a_row_limit_is_spread_across_partitions() {
+        let from = offsets(&[("t", 0, 0), ("t", 1, 100)]);
+        let ends = now(&[("t", 0, 10), ("t", 1, 130)]);
+        let next = batch_end(&unreachable(), &from, &ends, None, ReadLimit::MaxRows(8)).unwrap();
+        assert_eq!(next, offsets(&[("t", 0, 2), ("t", 1, 106)]));
+        // More than the lag: everything.
+        let all = batch_end(&unreachable(), &from, &ends, None, ReadLimit::MaxRows(1000));
+        assert_eq!(all.unwrap(), offsets(&[("t", 0, 10), ("t", 1, 130)]));
+    }
+
+    /// The AvailableNow cap and explicit ending offsets bound the batch; a
+    /// partition the cap does not know is not read.
+    #[test]
+    fn the_available_now_cap_and_explicit_ends_bound_a_batch() {
+        let from = offsets(&[("t", 0, 1), ("t", 1, 1)]);
+        let ends = now(&[("t", 0, 10), ("t", 1, 10), ("t", 2, 10)]);
+        let cap = offsets(&[("t", 0, 5), ("t", 1, 20)]);
+        let next = batch_end(&unreachable(), &from, &ends, Some(&cap), ReadLimit::All).unwrap();
+        assert_eq!(next, offsets(&[("t", 0, 5), ("t", 1, 10)]));
+        let explicit = offsets(&[("t", 0, 3), ("t", 1, LATEST)]);
+        let source = unreachable().ending_offsets(EndingOffsets::Offsets(explicit));
+        let next = batch_end(&source, &from, &ends, None, ReadLimit::All).unwrap();
+        assert_eq!(next, offsets(&[("t", 0, 3), ("t", 1, 10), ("t", 2, 10)]));
+    }
+
+    /// A partition whose end is before where the query is (the topic
+    /// recreated or truncated) fails the query, or with
+    /// `fail_on_data_loss(false)` is read on from its new end.
+    #[test]
+    fn an_end_that_moved_back_is_data_loss() {
+        let from = offsets(&[("t", 0, 8)]);
+        let ends = now(&[("t", 0, 5)]);
+        let message = batch_end(&unreachable(), &from, &ends, None, ReadLimit::All)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(
+                "topic t partition 0: the query has read up to offset 8 but the partition now ends at 5"
+            ) && message.contains("fail_on_data_loss(false)"),
+            "{message}"
+        );
+        let lenient = unreachable().fail_on_data_loss(false);
+        let next = batch_end(&lenient, &from, &ends, None, ReadLimit::All).unwrap();
+        assert_eq!(next, offsets(&[("t", 0, 5)]));
+    }
+
+    #[test]
+    fn a_batch_reads_from_where_the_last_one_ended() {
+        let from = offsets(&[("t", 0, 3)]);
+        let until = offsets(&[("t", 0, 7), ("t", 1, 2)]);
+        let ranges = ranges_to_read(&unreachable(), &from, &until).unwrap();
+        let spans: Vec<(i32, i64, i64)> = ranges
+            .iter()
+            .map(|r| (r.partition, r.start, r.end))
+            .collect();
+        assert_eq!(spans, [(0, 3, 7), (1, 0, 2)]);
+        assert!(ranges.iter().all(|r| r.topic == "t"));
+    }
+
+    #[test]
+    fn a_batch_ending_before_its_start_is_data_loss() {
+        let from = offsets(&[("t", 0, 9), ("t", 1, 0)]);
+        let until = offsets(&[("t", 0, 4), ("t", 1, 3)]);
+        let message = ranges_to_read(&unreachable(), &from, &until)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("the batch was to read from offset 9 but the partition ended at 4"),
+            "{message}"
+        );
+        let lenient = unreachable().fail_on_data_loss(false);
+        let ranges = ranges_to_read(&lenient, &from, &until).unwrap();
+        assert_eq!(ranges.len(), 1);
+        assert_eq!(
+            (ranges[0].partition, ranges[0].start, ranges[0].end),
+            (1, 0, 3)
+        );
+    }
+
+    async fn open(spec: &KafkaSource, dir: &tempfile::TempDir) -> KafkaStream {
+        let session = SessionContext::new();
+        KafkaStream::open(
+            spec,
+            SourceContext {
+                schema: spec.output_schema().unwrap(),
+                checkpoint: checkpoint(&session, dir.path()),
+                session,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_read_limit_is_max_offsets_per_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = open(&unreachable(), &dir).await;
+        assert_eq!(stream.default_read_limit(), ReadLimit::All);
+        assert_eq!(
+            stream.description(),
+            "KafkaSource[127.0.0.1:1: topics trades]"
+        );
+        let limited = open(&unreachable().max_offsets_per_trigger(500), &dir).await;
+        assert_eq!(limited.default_read_limit(), ReadLimit::MaxRows(500));
+    }
+
+    /// Starting offsets resolved by an earlier run are read from the
+    /// checkpoint, not asked of the broker (which does not exist here).
+    #[tokio::test]
+    async fn starting_offsets_kept_in_the_checkpoint_are_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stream = open(&unreachable(), &dir).await;
+        let initial = offsets(&[("trades", 0, 5)]);
+        stream
+            .checkpoint
+            .create("initial", INITIAL_KIND, INITIAL_VERSION, &initial.to_json())
+            .await
+            .unwrap();
+        let batches = stream.read(None, &initial.to_offset()).await.unwrap();
+        assert!(batches.is_empty());
+        assert_eq!(stream.initial, Some(initial));
+    }
+
+    #[tokio::test]
+    async fn corrupt_starting_offsets_are_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stream = open(&unreachable(), &dir).await;
+        stream
+            .checkpoint
+            .create("initial", INITIAL_KIND, INITIAL_VERSION, &json!([1, 2]))
+            .await
+            .unwrap();
+        let end = offsets(&[("trades", 0, 5)]).to_offset();
+        match stream.read(None, &end).await {
+            Err(TidemillError::Checkpoint(StateError::Corrupt { path, .. })) => {
+                assert!(path.as_ref().ends_with("initial"), "{path}")
+            }
+            other => panic!(
+                "expected a corrupt checkpoint, got {:?}",
+                other.map(|b| b.len())
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_offset_of_another_source_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stream = open(&unreachable(), &dir).await;
+        let other = Offset(json!({"files": ["a.json"]}));
+        let message = stream
+            .latest_offset(Some(&other), ReadLimit::All)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("(is the checkpoint of another source?)"),
+            "{message}"
+        );
+    }
+
+    /// A replayed batch writes its bad records under the id it had, also
+    /// after a restart; a committed batch's entry is forgotten.
+    #[tokio::test]
+    async fn dead_letters_of_a_replayed_batch_keep_their_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = MemorySink::new();
+        let spec = unreachable()
+            .json_values(trade_schema())
+            .on_bad_record(BadRecordPolicy::DeadLetter(Arc::new(sink.clone())));
+        let first = offsets(&[("trades", 0, 2)]).to_offset();
+        let second = offsets(&[("trades", 0, 4)]).to_offset();
+        let bad = |offset| {
+            let mut dead = Vec::new();
+            let batch = records(&[("trades", 0, offset, "not json")]);
+            spec.decode(&batch, &mut dead).unwrap();
+            dead
+        };
+        let mut stream = open(&spec, &dir).await;
+        stream
+            .write_dead_letters(None, &first, bad(1))
+            .await
+            .unwrap();
+        stream
+            .write_dead_letters(Some(&first), &second, bad(3))
+            .await
+            .unwrap();
+        stream
+            .write_dead_letters(None, &first, bad(1))
+            .await
+            .unwrap();
+        assert_eq!(sink.batch_ids(), [0, 1]);
+        assert_eq!(sink.num_rows(), 2);
+
+        let mut restarted = open(&spec, &dir).await;
+        assert_eq!(
+            restarted
+                .dead_letter_id(Some(&first), &second)
+                .await
+                .unwrap(),
+            1
+        );
+        restarted.commit(&second).await.unwrap();
+        let log = restarted.checkpoint.child("dead_letter");
+        assert_eq!(log.list_names().await.unwrap(), ["1"]);
+        let third = offsets(&[("trades", 0, 6)]).to_offset();
+        assert_eq!(
+            restarted
+                .dead_letter_id(Some(&second), &third)
+                .await
+                .unwrap(),
+            2
+        );
+    }
+}
