@@ -81,7 +81,10 @@ const SYMBOLS: [&str; 8] = [
 /// VWAP.
 fn per_second(df: DataFrame) -> datafusion::error::Result<DataFrame> {
     df.aggregate(
-        vec![tumble(col("event_time"), "1 second").alias("w"), col("symbol")],
+        vec![
+            tumble(col("event_time"), "1 second").alias("w"),
+            col("symbol"),
+        ],
         vec![
             count(lit(1)).alias("trades"),
             sum(col("quantity")).alias("volume"),

@@ -255,7 +255,8 @@ async fn main() -> anyhow::Result<()> {
         decoded.errors
     );
     let streamed = metrics_by_key(ctx.read_batch(decoded.batch)?).await?;
-    let archived = metrics_by_key(ParquetSink::read_committed(&ctx, &path("archive")).await?).await?;
+    let archived =
+        metrics_by_key(ParquetSink::read_committed(&ctx, &path("archive")).await?).await?;
     ensure!(
         streamed == archived,
         "the parquet archive differs from the topic"

@@ -52,9 +52,7 @@ use rand::{Rng, SeedableRng};
 use tidemill::QueryProgress;
 use tidemill::prelude::*;
 
-use common::{
-    Key, MINUTE_MS, START_MS, Trade, metrics_by_key, minute_metrics, trade_schema,
-};
+use common::{Key, MINUTE_MS, START_MS, Trade, metrics_by_key, minute_metrics, trade_schema};
 
 /// Files in the input directory, each covering `SECONDS_PER_FILE` seconds
 /// of trading; the first `FIRST_RUN_FILES` exist when the stream first

@@ -53,9 +53,11 @@ pub use datafusion;
 pub mod sql;
 
 pub use tidemill_connectors::{
-    ConsoleSink, FileFormat, FileSource, ForeachBatchSink, KafkaSink, KafkaSource, MemorySink,
-    MemoryStream, ParquetSink, RateSource,
+    ConsoleSink, FileFormat, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
+    RateSource,
 };
+#[cfg(feature = "kafka")]
+pub use tidemill_connectors::{KafkaSink, KafkaSource};
 pub use tidemill_engine::{
     DataStreamWriter, EventTimeProgress, MultipleWatermarkPolicy, Offset, OutputMode,
     PhaseDurations, QueryOptions, QueryProgress, QueryStatus, ReadLimit, Result, RetryPolicy, Sink,
@@ -65,11 +67,14 @@ pub use tidemill_engine::{
 
 /// The names most pipelines use, for `use tidemill::prelude::*`.
 pub mod prelude {
+    #[cfg(feature = "kafka")]
     pub use tidemill_connectors::kafka::StartingOffsets;
     pub use tidemill_connectors::{
-        ConsoleSink, FileSource, ForeachBatchSink, KafkaSink, KafkaSource, MemorySink,
-        MemoryStream, ParquetSink, RateSource,
+        ConsoleSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
+        RateSource,
     };
+    #[cfg(feature = "kafka")]
+    pub use tidemill_connectors::{KafkaSink, KafkaSource};
     pub use tidemill_engine::{
         OutputMode, StreamingContext, StreamingDataFrame, StreamingQuery, Trigger,
     };

@@ -279,7 +279,14 @@ pub async fn check_source(harness: &mut dyn SourceHarness) {
         0,
         "{name}: empty range has rows"
     );
-    check_read_input(source.as_mut(), &session, &schema, (Some(&end2), &end2), &[]).await;
+    check_read_input(
+        source.as_mut(),
+        &session,
+        &schema,
+        (Some(&end2), &end2),
+        &[],
+    )
+    .await;
     source.commit(&end2).await.expect("commit");
 
     // A restart: a new instance on the same checkpoint replays the logged

@@ -12,8 +12,8 @@
 //! - [`RateSource`]: generated `timestamp`, `value` rows at a fixed rate,
 //!   for demos and benchmarks.
 //! - [`MemoryStream`]: batches pushed by test code.
-//! - [`KafkaSource`]: Kafka topics, as a stream or a
-//!   bounded batch (see [`kafka`]).
+//! - [`KafkaSource`]: Kafka topics, as a stream or a bounded batch (see
+//!   [`kafka`]; with the `kafka` feature).
 //!
 //! Sinks:
 //! - [`ParquetSink`]: parquet files with a manifest of committed batches,
@@ -21,15 +21,22 @@
 //! - [`ConsoleSink`]: pretty-printed batches on standard output.
 //! - [`MemorySink`]: results kept in memory, queryable as a table.
 //! - [`ForeachBatchSink`]: a closure called with each batch as a DataFrame.
-//! - [`KafkaSink`]: Kafka messages, at-least-once or
-//!   exactly-once.
+//! - [`KafkaSink`]: Kafka messages, at-least-once or exactly-once (with the
+//!   `kafka` feature).
 //!
-//! Cargo features (all off by default; Tidemill's own tests turn them on):
-//! - `conformance`: the module `conformance`, the checks every source and
-//!   sink passes, for testing a connector of your own the same way.
-//! - `failpoints`: the crash-test hooks in the sinks (and, forwarded, in
-//!   the engine: see `tidemill-engine`'s `failpoints` feature); without it
-//!   they compile to nothing.
+//! # Features
+//!
+//! - `kafka` (default): the `kafka` module, `KafkaSource` and `KafkaSink`,
+//!   on librdkafka (the `rdkafka` crate), which is built from its C
+//!   sources. Without it (`default-features = false`) the crate has the
+//!   other connectors only and builds no librdkafka. The `tidemill` crate
+//!   has a `kafka` feature of its own (default) that turns this one on.
+//! - `conformance` (off): the module `conformance`, the checks every
+//!   source and sink passes, for testing a connector of your own the same
+//!   way. Tidemill's own tests turn it on.
+//! - `failpoints` (off): the crash-test hooks in the sinks (and, forwarded,
+//!   in the engine: see `tidemill-engine`'s `failpoints` feature); without
+//!   it they compile to nothing. Tidemill's own tests turn it on.
 
 #![warn(missing_docs)]
 
@@ -39,6 +46,7 @@ mod console_sink;
 mod failpoint;
 mod file_source;
 mod foreach_batch;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 mod memory_sink;
 mod memory_source;
@@ -49,6 +57,7 @@ pub mod registry;
 pub use console_sink::ConsoleSink;
 pub use file_source::{FileFormat, FileSource};
 pub use foreach_batch::{ForeachBatchError, ForeachBatchSink};
+#[cfg(feature = "kafka")]
 pub use kafka::{KafkaSink, KafkaSource};
 pub use memory_sink::MemorySink;
 pub use memory_source::MemoryStream;

@@ -412,12 +412,18 @@ pub fn produce(bootstrap: &str, topic: &str, messages: &[Out]) {
 
 /// The end offset of each partition of `topic`, by partition.
 pub fn end_offsets(bootstrap: &str, topic: &str) -> Vec<i64> {
-    watermarks(bootstrap, topic).into_iter().map(|w| w.1).collect()
+    watermarks(bootstrap, topic)
+        .into_iter()
+        .map(|w| w.1)
+        .collect()
 }
 
 /// The earliest offset of each partition of `topic`, by partition.
 pub fn earliest_offsets(bootstrap: &str, topic: &str) -> Vec<i64> {
-    watermarks(bootstrap, topic).into_iter().map(|w| w.0).collect()
+    watermarks(bootstrap, topic)
+        .into_iter()
+        .map(|w| w.0)
+        .collect()
 }
 
 /// The (earliest, end) offsets of each partition of `topic`.

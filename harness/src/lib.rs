@@ -60,6 +60,7 @@
 #![warn(missing_docs)]
 
 mod histogram;
+#[cfg(feature = "kafka")]
 pub mod kafka_broker;
 pub mod machine;
 mod report;

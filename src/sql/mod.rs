@@ -630,12 +630,14 @@ fn connector_named<'a, C: ?Sized>(
             .into());
     };
     lookup(name).ok_or_else(|| {
-        options
-            .error(
-                "connector",
-                format!("unknown connector '{name}' for {what}; valid connectors: {valid}"),
-            )
-            .into()
+        let message = if name.eq_ignore_ascii_case("kafka") && !cfg!(feature = "kafka") {
+            "the kafka connector is not built in: build tidemill with the `kafka` feature (on \
+             by default)"
+                .to_string()
+        } else {
+            format!("unknown connector '{name}' for {what}; valid connectors: {valid}")
+        };
+        options.error("connector", message).into()
     })
 }
 

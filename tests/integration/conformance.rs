@@ -86,9 +86,13 @@ impl SourceHarness for Files {
     async fn add_data(&mut self, round: usize) -> tidemill::Result<()> {
         std::fs::create_dir_all(&self.dir).unwrap();
         let first = round as i64 * 10;
-        for (part, ids) in [first..first + 4, first + 4..first + 7, first + 7..first + 10]
-            .into_iter()
-            .enumerate()
+        for (part, ids) in [
+            first..first + 4,
+            first + 4..first + 7,
+            first + 7..first + 10,
+        ]
+        .into_iter()
+        .enumerate()
         {
             self.write_file(&format!("part-{round}-{part}"), events(ids));
         }

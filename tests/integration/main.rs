@@ -11,13 +11,17 @@ mod conformance;
 mod connectors;
 mod crash;
 mod engine_semantics;
+#[cfg(feature = "kafka")]
 mod kafka;
 mod no_panic_properties;
 mod recovery;
 mod retry;
 mod sql_connectors;
 mod sql_docs;
+#[cfg(feature = "kafka")]
 mod sql_kafka;
 mod sql_options;
 mod sql_semantics;
 mod watermark;
+#[cfg(not(feature = "kafka"))]
+mod without_kafka;

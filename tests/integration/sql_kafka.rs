@@ -9,7 +9,9 @@ use std::path::Path;
 use tidemill::connectors::kafka::rdkafka::message::{Headers, Message};
 
 use crate::cli::{text, tidemill};
-use tidemill_harness::kafka_broker::{Broker, Out, consume_all, create_topic, produce, unique_topic};
+use tidemill_harness::kafka_broker::{
+    Broker, Out, consume_all, create_topic, produce, unique_topic,
+};
 
 /// Six trades in minute `minute` (10:0m:00 … 10:0m:50, ten seconds apart),
 /// alternating AAPL (partition 0) and MSFT (partition 1), quantity 1..=6:

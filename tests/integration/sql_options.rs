@@ -459,6 +459,7 @@ fn a_rate_stream_has_no_batch_form() {
 /// Topics `<base>-a` and `<base>-b` match the pattern, `<base>-c` does not;
 /// `ending_offsets` stops `-b` after its first record; the one malformed
 /// value of `-a` goes to the dead letter sink.
+#[cfg(feature = "kafka")]
 #[tokio::test]
 async fn kafka_stream_and_sink_options() {
     use tidemill::connectors::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
@@ -603,6 +604,7 @@ INSERT INTO copied SELECT id, name, topic FROM events;
 /// `fail_on_data_loss`: records a query still needed deleted by retention
 /// (Tansu applies `retention.ms` when it starts) fail the query by
 /// default; with `fail_on_data_loss = false` it goes on with what is left.
+#[cfg(feature = "kafka")]
 #[tokio::test]
 async fn kafka_fail_on_data_loss_false_goes_on_after_deleted_records() {
     use tidemill_harness::kafka_broker::{

@@ -113,9 +113,11 @@ impl ConnectorRegistry {
         let mut registry = Self::empty();
         registry.register_stream("files", Arc::new(crate::file_source::FilesConnector));
         registry.register_stream("rate", Arc::new(crate::rate_source::RateConnector));
+        #[cfg(feature = "kafka")]
         registry.register_stream("kafka", Arc::new(crate::kafka::KafkaConnector));
         registry.register_sink("files", Arc::new(crate::parquet_sink::FilesSinkConnector));
         registry.register_sink("console", Arc::new(crate::console_sink::ConsoleConnector));
+        #[cfg(feature = "kafka")]
         registry.register_sink("kafka", Arc::new(crate::kafka::KafkaConnector));
         registry
     }
