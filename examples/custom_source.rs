@@ -1,6 +1,6 @@
 //! A source of your own, usable from Rust and from a pipeline file: a
 //! `sequence` source that yields the numbers `1..=count`, a few per
-//! trigger, implemented on the engine's [`SourceProvider`] / [`Source`]
+//! trigger, implemented on the engine's [`Source`] / [`SourceStream`]
 //! contract and registered by name in a [`ConnectorRegistry`], so that
 //! `CREATE STREAM … WITH (connector = 'sequence', …)` reads it.
 //!
@@ -19,7 +19,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use tidemill::connectors::{ConnectorRegistry, OptionError, StreamConnector, StreamDeclaration};
 use tidemill::engine::SourceContext;
 use tidemill::sql::{Pipeline, RunOptions};
-use tidemill::{Offset, ReadLimit, Result, Source, SourceProvider, TidemillError, Trigger};
+use tidemill::{Offset, ReadLimit, Result, SourceStream, Source, TidemillError, Trigger};
 
 /// The numbers `1..=count` in one column `n`, `rows_per_trigger` per batch.
 #[derive(Debug, Clone)]
@@ -42,7 +42,7 @@ impl SequenceSource {
 }
 
 #[async_trait]
-impl SourceProvider for SequenceSource {
+impl Source for SequenceSource {
     fn description(&self) -> String {
         format!("SequenceSource[1..={}]", self.count)
     }
@@ -51,7 +51,7 @@ impl SourceProvider for SequenceSource {
         Ok(Self::schema())
     }
 
-    async fn open(&self, _ctx: SourceContext) -> Result<Box<dyn Source>> {
+    async fn open(&self, _ctx: SourceContext) -> Result<Box<dyn SourceStream>> {
         Ok(Box::new(SequenceStream { spec: self.clone() }))
     }
 
@@ -70,7 +70,7 @@ struct SequenceStream {
 }
 
 #[async_trait]
-impl Source for SequenceStream {
+impl SourceStream for SequenceStream {
     fn description(&self) -> String {
         self.spec.description()
     }
@@ -106,7 +106,7 @@ impl StreamConnector for SequenceConnector {
     fn source(
         &self,
         stream: &StreamDeclaration,
-    ) -> std::result::Result<Arc<dyn SourceProvider>, OptionError> {
+    ) -> std::result::Result<Arc<dyn Source>, OptionError> {
         let options = &stream.options;
         options.check_known("a sequence stream", &["count", "rows_per_trigger"], None)?;
         let count = options

@@ -10,8 +10,8 @@
 //!   and in a new instance opened on the same checkpoint (a restart);
 //! - hand out offsets that survive a JSON round trip through the offset log;
 //! - return no rows for an empty range;
-//! - give the engine, through [`Source::read_input`] (the path a batch
-//!   really runs), the same rows as [`Source::read`] for the same range,
+//! - give the engine, through [`SourceStream::read_input`] (the path a batch
+//!   really runs), the same rows as [`SourceStream::read`] for the same range,
 //!   whatever the number of partitions asked for (1, 2, 3 and 8 are tried):
 //!   rows in memory, or partition streams that together yield those rows
 //!   (in any order), have the declared schema, and yield the same rows
@@ -33,8 +33,8 @@ use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use tidemill_engine::{
-    BatchInput, Offset, OutputMode, ReadLimit, Result, Sink, SinkContext, Source, SourceContext,
-    SourceProvider,
+    BatchInput, Offset, OutputMode, ReadLimit, Result, Sink, SinkContext, SourceStream, SourceContext,
+    Source,
 };
 use tidemill_state::CheckpointDir;
 
@@ -42,7 +42,7 @@ use tidemill_state::CheckpointDir;
 #[async_trait]
 pub trait SourceHarness: Send {
     /// The source under test.
-    fn provider(&self) -> Arc<dyn SourceProvider>;
+    fn provider(&self) -> Arc<dyn Source>;
 
     /// The session the source reads through (its object stores).
     fn session(&self) -> SessionContext;
@@ -83,10 +83,10 @@ pub enum Observed {
 /// Opens `provider` for a query whose source checkpoint is `dir`, with
 /// the schema the provider declares; panics on failure (a test helper).
 pub async fn open_source(
-    provider: &dyn SourceProvider,
+    provider: &dyn Source,
     session: &SessionContext,
     dir: &CheckpointDir,
-) -> Box<dyn Source> {
+) -> Box<dyn SourceStream> {
     let schema = provider
         .schema(session)
         .await
@@ -101,7 +101,7 @@ pub async fn open_source(
         .unwrap_or_else(|e| panic!("{}: open failed: {e}", provider.description()))
 }
 
-async fn read(source: &mut dyn Source, start: Option<&Offset>, end: &Offset) -> Vec<RecordBatch> {
+async fn read(source: &mut dyn SourceStream, start: Option<&Offset>, end: &Offset) -> Vec<RecordBatch> {
     source.read(start, end).await.unwrap_or_else(|e| {
         panic!(
             "{}: read({start:?}, {end}) failed: {e}",
@@ -113,12 +113,12 @@ async fn read(source: &mut dyn Source, start: Option<&Offset>, end: &Offset) -> 
 /// The partition counts [`check_read_input`] asks `read_input` for.
 const PARTITION_COUNTS: [usize; 4] = [1, 2, 3, 8];
 
-/// Checks that [`Source::read_input`] for `(start, end]` gives the rows
-/// `expected` (what [`Source::read`] returned for that range) in each of
+/// Checks that [`SourceStream::read_input`] for `(start, end]` gives the rows
+/// `expected` (what [`SourceStream::read`] returned for that range) in each of
 /// [`PARTITION_COUNTS`] partitions, executing partition streams as the
 /// engine does, in `session`'s task context.
 async fn check_read_input(
-    source: &mut dyn Source,
+    source: &mut dyn SourceStream,
     session: &SessionContext,
     schema: &SchemaRef,
     (start, end): (Option<&Offset>, &Offset),

@@ -1,7 +1,7 @@
 //! # tidemill-connectors
 //!
 //! The built-in sources and sinks of Tidemill. Each implements the
-//! engine's contracts ([`tidemill_engine::SourceProvider`] /
+//! engine's contracts ([`tidemill_engine::Source`] /
 //! [`tidemill_engine::Source`], [`tidemill_engine::Sink`]), and each is run
 //! through the shared conformance suite (module `conformance`, with the
 //! `conformance` feature).

@@ -8,7 +8,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use tidemill_engine::{
-    Offset, ReadLimit, Result, Source, SourceContext, SourceProvider, TidemillError,
+    Offset, ReadLimit, Result, SourceStream, SourceContext, Source, TidemillError,
 };
 
 /// An in-memory stream that test code appends record batches to.
@@ -110,7 +110,7 @@ impl MemoryStream {
 }
 
 #[async_trait]
-impl SourceProvider for MemoryStream {
+impl Source for MemoryStream {
     fn description(&self) -> String {
         self.describe()
     }
@@ -119,7 +119,7 @@ impl SourceProvider for MemoryStream {
         Ok(Arc::clone(&self.schema))
     }
 
-    async fn open(&self, _ctx: SourceContext) -> Result<Box<dyn Source>> {
+    async fn open(&self, _ctx: SourceContext) -> Result<Box<dyn SourceStream>> {
         Ok(Box::new(self.clone()))
     }
 }
@@ -137,7 +137,7 @@ fn index(source: &MemoryStream, offset: Option<&Offset>) -> Result<usize> {
 }
 
 #[async_trait]
-impl Source for MemoryStream {
+impl SourceStream for MemoryStream {
     fn description(&self) -> String {
         self.describe()
     }
@@ -207,7 +207,7 @@ mod tests {
 
     #[async_trait]
     impl SourceHarness for Harness {
-        fn provider(&self) -> Arc<dyn SourceProvider> {
+        fn provider(&self) -> Arc<dyn Source> {
             Arc::new(self.0.clone())
         }
         fn session(&self) -> SessionContext {

@@ -54,7 +54,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
             query_id: uuid::Uuid::new_v4().to_string(),
             engine_version: env!("CARGO_PKG_VERSION").to_string(),
             created_at: chrono::Utc::now().to_rfc3339(),
-            sources: tables.iter().map(|t| t.provider().description()).collect(),
+            sources: tables.iter().map(|t| t.source().description()).collect(),
             sink: sink.description(),
         })
         .await?;
@@ -70,8 +70,8 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         sources.push(RunningSource {
             table_id: table.id(),
             schema,
-            description: table.provider().description(),
-            source: table.provider().open(ctx).await?,
+            description: table.source().description(),
+            source: table.source().open(ctx).await?,
             committed: None,
         });
     }

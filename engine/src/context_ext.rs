@@ -6,12 +6,12 @@ use async_trait::async_trait;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::watermark::WatermarkNode;
-use crate::{DataStreamWriter, Result, SourceProvider, SourceTable, TidemillError};
+use crate::{DataStreamWriter, Result, Source, SourceTable, TidemillError};
 
 /// Reading streams: an extension of DataFusion's [`SessionContext`].
 ///
 /// ```no_run
-/// # async fn demo(source: impl tidemill_engine::SourceProvider + 'static) -> tidemill_engine::Result<()> {
+/// # async fn demo(source: impl tidemill_engine::Source + 'static) -> tidemill_engine::Result<()> {
 /// use datafusion::prelude::*;
 /// use tidemill_engine::StreamingContext;
 ///
@@ -25,11 +25,11 @@ pub trait StreamingContext {
     /// A DataFrame reading `source` as an unbounded stream. It supports every
     /// DataFrame transformation; run it with
     /// [`StreamingDataFrame::write_stream`].
-    async fn read_stream<S: SourceProvider + 'static>(&self, source: S) -> Result<DataFrame>;
+    async fn read_stream<S: Source + 'static>(&self, source: S) -> Result<DataFrame>;
 
     /// Registers `source` as a streaming table `name`, for SQL:
     /// `ctx.sql("SELECT … FROM name")` then returns a streaming DataFrame.
-    async fn register_stream<S: SourceProvider + 'static>(
+    async fn register_stream<S: Source + 'static>(
         &self,
         name: &str,
         source: S,
@@ -38,13 +38,13 @@ pub trait StreamingContext {
 
 #[async_trait]
 impl StreamingContext for SessionContext {
-    async fn read_stream<S: SourceProvider + 'static>(&self, source: S) -> Result<DataFrame> {
+    async fn read_stream<S: Source + 'static>(&self, source: S) -> Result<DataFrame> {
         let table = streaming_table(self, source).await?;
         self.read_table(table)
             .map_err(|e| TidemillError::datafusion("creating a streaming DataFrame", e))
     }
 
-    async fn register_stream<S: SourceProvider + 'static>(
+    async fn register_stream<S: Source + 'static>(
         &self,
         name: &str,
         source: S,
@@ -56,7 +56,7 @@ impl StreamingContext for SessionContext {
     }
 }
 
-async fn streaming_table<S: SourceProvider + 'static>(
+async fn streaming_table<S: Source + 'static>(
     ctx: &SessionContext,
     source: S,
 ) -> Result<Arc<SourceTable>> {

@@ -5,7 +5,7 @@
 //!
 //! A tour, in the order a query meets the parts:
 //!
-//! - [`StreamingContext::read_stream`] turns a [`SourceProvider`] into an
+//! - [`StreamingContext::read_stream`] turns a [`Source`] into an
 //!   ordinary DataFusion `DataFrame` backed by a [`SourceTable`]; every
 //!   DataFrame, `Expr` and SQL transformation applies unchanged.
 //! - [`StreamingDataFrame::write_stream`] gives a [`DataStreamWriter`]:
@@ -34,7 +34,7 @@
 //! - [`StreamingQuery`] is the handle: stop, await, progress
 //!   ([`QueryProgress`]), status and the error that stopped the query.
 //!
-//! Sources and sinks implement [`Source`]/[`SourceProvider`] and [`Sink`];
+//! Sources and sinks implement [`SourceStream`]/[`Source`] and [`Sink`];
 //! the built-in ones live in `tidemill-connectors`.
 //!
 //! ## Cargo features
@@ -87,7 +87,7 @@ pub use progress::{
 };
 pub use query::StreamingQuery;
 pub use sink::{Sink, SinkContext};
-pub use source::{BatchInput, ReadLimit, Source, SourceContext, SourceProvider};
+pub use source::{BatchInput, ReadLimit, SourceStream, SourceContext, Source};
 pub use source_table::SourceTable;
 pub use trigger::{OutputMode, Trigger};
 pub use watermark::MultipleWatermarkPolicy;

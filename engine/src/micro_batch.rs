@@ -16,7 +16,7 @@ use crate::query::QueryShared;
 use crate::watermark::WatermarkTracker;
 use crate::{
     BatchInput, Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, RetryPolicy,
-    Sink, Source, TidemillError, Trigger, failpoint,
+    Sink, SourceStream, TidemillError, Trigger, failpoint,
 };
 
 /// A source opened for this query, with where it stands.
@@ -26,7 +26,7 @@ pub(crate) struct RunningSource {
     pub table_id: u64,
     pub schema: arrow::datatypes::SchemaRef,
     pub description: String,
-    pub source: Box<dyn Source>,
+    pub source: Box<dyn SourceStream>,
     /// The end of the last committed batch.
     pub committed: Option<Offset>,
 }

@@ -24,7 +24,7 @@ pub enum ReadLimit {
     MaxFiles(u64),
 }
 
-/// One source's rows for one batch, as [`Source::read_input`] hands them
+/// One source's rows for one batch, as [`SourceStream::read_input`] hands them
 /// to the engine.
 #[derive(Debug)]
 pub enum BatchInput {
@@ -36,7 +36,7 @@ pub enum BatchInput {
     /// stream yields rows of exactly the source schema; executing a
     /// partition again reads the same rows again. Errors a stream yields
     /// should be [`crate::TidemillError`]s (converted with `into()`) naming
-    /// what failed and where, as [`Source::read`]'s do: the engine reports
+    /// what failed and where, as [`SourceStream::read`]'s do: the engine reports
     /// them as the batch's error.
     Partitions(Vec<Arc<dyn PartitionStream>>),
 }
@@ -44,11 +44,11 @@ pub enum BatchInput {
 /// A streaming source as the user configures it: where the data is and how
 /// to read it. Passed to [`crate::StreamingContext::read_stream`].
 ///
-/// A provider describes a source; [`SourceProvider::open`] makes the
-/// [`Source`] one query reads from, so one provider can feed several
+/// A source describes where and how to read; [`Source::open`] makes the
+/// [`SourceStream`] one query reads from, so one source can feed several
 /// queries, each with its own checkpoint.
 #[async_trait]
-pub trait SourceProvider: Send + Sync + Debug {
+pub trait Source: Send + Sync + Debug {
     /// A short description naming the kind of source and where it reads,
     /// e.g. `FileSource[json: file:///data/trades]`. Used in progress
     /// reports and errors.
@@ -59,7 +59,7 @@ pub trait SourceProvider: Send + Sync + Debug {
     async fn schema(&self, session: &SessionContext) -> Result<SchemaRef>;
 
     /// Opens the source for one query.
-    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>>;
+    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn SourceStream>>;
 
     /// The source's batch form: everything it holds now, read as an
     /// ordinary DataFusion `DataFrame` with the same columns as the stream,
@@ -74,9 +74,9 @@ pub trait SourceProvider: Send + Sync + Debug {
     }
 }
 
-/// A shared provider is a provider (what a connector registry hands out).
+/// A shared source is a source (what a connector registry hands out).
 #[async_trait]
-impl<P: SourceProvider + ?Sized> SourceProvider for Arc<P> {
+impl<P: Source + ?Sized> Source for Arc<P> {
     fn description(&self) -> String {
         (**self).description()
     }
@@ -85,7 +85,7 @@ impl<P: SourceProvider + ?Sized> SourceProvider for Arc<P> {
         (**self).schema(session).await
     }
 
-    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {
+    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn SourceStream>> {
         (**self).open(ctx).await
     }
 
@@ -99,7 +99,7 @@ impl<P: SourceProvider + ?Sized> SourceProvider for Arc<P> {
 pub struct SourceContext {
     /// The session the query runs in (its object stores, configuration).
     pub session: SessionContext,
-    /// The schema returned by [`SourceProvider::schema`] when the
+    /// The schema returned by [`Source::schema`] when the
     /// DataFrame was made; every batch read must have exactly this schema.
     pub schema: SchemaRef,
     /// A directory in the query's checkpoint private to this source
@@ -108,7 +108,7 @@ pub struct SourceContext {
     pub checkpoint: CheckpointDir,
 }
 
-/// A source opened for one query.
+/// A [`Source`] opened for one query: its stream of offset ranges.
 ///
 /// The engine drives it: each trigger it asks for the latest offset, records
 /// the range `(start, end]` in the offset log (after the last committed
@@ -121,8 +121,8 @@ pub struct SourceContext {
 ///   offset log unchanged.
 /// - **An empty range** (`start == end`) yields no rows.
 #[async_trait]
-pub trait Source: Send + Debug {
-    /// The source's description, as [`SourceProvider::description`].
+pub trait SourceStream: Send + Debug {
+    /// The source's description, as [`Source::description`].
     fn description(&self) -> String;
 
     /// The read limit the source was configured with (for example
@@ -146,9 +146,9 @@ pub trait Source: Send + Debug {
     async fn read(&mut self, start: Option<&Offset>, end: &Offset) -> Result<Vec<RecordBatch>>;
 
     /// Reads the rows in `(start, end]` as the engine runs a batch: the same
-    /// rows as [`Source::read`], either already in memory or as up to
+    /// rows as [`SourceStream::read`], either already in memory or as up to
     /// `partitions` streams read while the batch executes. The default
-    /// reads them with [`Source::read`]; a source whose decoding is costly
+    /// reads them with [`SourceStream::read`]; a source whose decoding is costly
     /// (files) returns streams, so the batch does not wait for all of its
     /// input before starting.
     ///
@@ -172,7 +172,7 @@ pub trait Source: Send + Debug {
     }
 
     /// Called once before an [`crate::Trigger::AvailableNow`] query's
-    /// first batch: from then on, [`Source::latest_offset`] must not go past
+    /// first batch: from then on, [`SourceStream::latest_offset`] must not go past
     /// what is available at this moment, so the query ends.
     async fn prepare_for_available_now(&mut self) -> Result<()> {
         Ok(())

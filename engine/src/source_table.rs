@@ -13,11 +13,11 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::{Expr, LogicalPlan, TableScan};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::SourceProvider;
+use crate::Source;
 
 /// A streaming source placed in a DataFusion plan.
 ///
-/// [`crate::StreamingContext::read_stream`] wraps a [`SourceProvider`] in
+/// [`crate::StreamingContext::read_stream`] wraps a [`Source`] in
 /// a `SourceTable` and returns an ordinary DataFrame scanning it, so
 /// every DataFrame, `Expr` and SQL transformation applies unchanged. The
 /// table itself holds no data: when the query runs, each micro-batch
@@ -27,17 +27,17 @@ use crate::SourceProvider;
 #[derive(Debug)]
 pub struct SourceTable {
     id: u64,
-    provider: Arc<dyn SourceProvider>,
+    source: Arc<dyn Source>,
     schema: SchemaRef,
 }
 
 impl SourceTable {
-    /// Wraps `provider`, whose rows have `schema`.
-    pub fn new(provider: Arc<dyn SourceProvider>, schema: SchemaRef) -> Self {
+    /// Wraps `source`, whose rows have `schema`.
+    pub fn new(source: Arc<dyn Source>, schema: SchemaRef) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            provider,
+            source,
             schema,
         }
     }
@@ -48,9 +48,9 @@ impl SourceTable {
         self.id
     }
 
-    /// The source provider.
-    pub fn provider(&self) -> &Arc<dyn SourceProvider> {
-        &self.provider
+    /// The source.
+    pub fn source(&self) -> &Arc<dyn Source> {
+        &self.source
     }
 
     /// The streaming table scanned by `scan`, if it is one.
@@ -121,7 +121,7 @@ impl TableProvider for SourceTable {
             "queries with streaming source {} must be started with write_stream()...start(); \
              to run the same transformation as a batch job, build the DataFrame from a batch read \
              (e.g. SessionContext::read_parquet) instead",
-            self.provider.description()
+            self.source.description()
         )))
     }
 }

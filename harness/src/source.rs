@@ -13,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use tidemill_engine::{
-    Offset, ReadLimit, Result, Source, SourceContext, SourceProvider, TidemillError,
+    Offset, ReadLimit, Result, SourceStream, SourceContext, Source, TidemillError,
 };
 
 /// The column the study's source appends to every row: the wall-clock
@@ -196,7 +196,7 @@ impl StudySource {
 }
 
 #[async_trait]
-impl SourceProvider for StudySource {
+impl Source for StudySource {
     fn description(&self) -> String {
         self.describe()
     }
@@ -205,13 +205,13 @@ impl SourceProvider for StudySource {
         Ok(Arc::clone(&self.shared.schema))
     }
 
-    async fn open(&self, _ctx: SourceContext) -> Result<Box<dyn Source>> {
+    async fn open(&self, _ctx: SourceContext) -> Result<Box<dyn SourceStream>> {
         Ok(Box::new(self.clone()))
     }
 }
 
 #[async_trait]
-impl Source for StudySource {
+impl SourceStream for StudySource {
     fn description(&self) -> String {
         self.describe()
     }

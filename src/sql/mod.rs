@@ -51,7 +51,7 @@ use tidemill_connectors::{
 };
 use tidemill_engine::window::register_window_functions;
 use tidemill_engine::{
-    OutputMode, SinkContext, SourceProvider, StreamingContext, StreamingDataFrame, StreamingQuery,
+    OutputMode, SinkContext, Source, StreamingContext, StreamingDataFrame, StreamingQuery,
     TidemillError, Trigger,
 };
 
@@ -403,7 +403,7 @@ impl Pipeline {
     /// Runs the pipeline as one batch job over everything the streams hold
     /// now: each `INSERT INTO` writes its whole result to its sink as batch
     /// 0 (watermarks do nothing; every window is final). A `files` stream is
-    /// [`SourceProvider::read_batch`]: for a `files` stream, the files,
+    /// [`Source::read_batch`]: for a `files` stream, the files,
     /// columns, options and errors of the stream. A query that fails while it runs (malformed input, a
     /// sink's failure) is [`PipelineError::Query`], worded as the stream's
     /// failure; queries before it have written their output.

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use tidemill::engine::window::{session_window, tumble};
 use tidemill::engine::{BatchInput, SourceContext};
 use tidemill::prelude::*;
-use tidemill::{Offset, Source, SourceProvider};
+use tidemill::{Offset, SourceStream, Source};
 
 use crate::common::sorted_rows;
 
@@ -96,7 +96,7 @@ impl SkewedSource {
 }
 
 #[async_trait]
-impl SourceProvider for SkewedSource {
+impl Source for SkewedSource {
     fn description(&self) -> String {
         format!(
             "SkewedSource[{} partitions, {:?}]",
@@ -106,15 +106,15 @@ impl SourceProvider for SkewedSource {
     async fn schema(&self, _session: &SessionContext) -> tidemill::Result<SchemaRef> {
         Ok(schema())
     }
-    async fn open(&self, _ctx: SourceContext) -> tidemill::Result<Box<dyn Source>> {
+    async fn open(&self, _ctx: SourceContext) -> tidemill::Result<Box<dyn SourceStream>> {
         Ok(Box::new(self.clone()))
     }
 }
 
 #[async_trait]
-impl Source for SkewedSource {
+impl SourceStream for SkewedSource {
     fn description(&self) -> String {
-        SourceProvider::description(self)
+        Source::description(self)
     }
 
     async fn latest_offset(

@@ -1,7 +1,7 @@
 //! Every connector through the shared conformance suite
 //! (`tidemill::connectors::conformance`, the `conformance` feature the
 //! tests turn on), which includes the check that the path the engine runs,
-//! `Source::read_input`, gives the rows of `Source::read` in any number of
+//! `SourceStream::read_input`, gives the rows of `SourceStream::read` in any number of
 //! partitions. Connectors whose own unit tests already run it (memory
 //! source and sink, parquet and console sinks) are not repeated here; the
 //! Kafka source and sink run it in `kafka.rs`.
@@ -17,7 +17,7 @@ use tidemill::connectors::conformance::{
     Observed, SinkHarness, SourceHarness, check_sink, check_source,
 };
 use tidemill::prelude::*;
-use tidemill::{Sink, SourceProvider};
+use tidemill::{Sink, Source};
 
 use crate::common::{events, events_schema};
 
@@ -69,7 +69,7 @@ impl Files {
 
 #[async_trait]
 impl SourceHarness for Files {
-    fn provider(&self) -> Arc<dyn SourceProvider> {
+    fn provider(&self) -> Arc<dyn Source> {
         let dir = self.dir.to_str().unwrap();
         let source = match self.format {
             "json" => FileSource::json(dir),
@@ -112,7 +112,7 @@ struct Rate;
 
 #[async_trait]
 impl SourceHarness for Rate {
-    fn provider(&self) -> Arc<dyn SourceProvider> {
+    fn provider(&self) -> Arc<dyn Source> {
         Arc::new(RateSource::new(10_000))
     }
 

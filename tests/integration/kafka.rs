@@ -30,7 +30,7 @@ use tidemill::connectors::kafka::{
     decode_json_values, kafka_schema,
 };
 use tidemill::prelude::*;
-use tidemill::{QueryOptions, RetryPolicy, Sink, SourceProvider};
+use tidemill::{QueryOptions, RetryPolicy, Sink, Source};
 use tidemill_harness::trades::trade_schema;
 
 use crate::child::{self, Child, Event};
@@ -660,7 +660,7 @@ struct SourceTopic {
 
 #[async_trait]
 impl SourceHarness for SourceTopic {
-    fn provider(&self) -> Arc<dyn SourceProvider> {
+    fn provider(&self) -> Arc<dyn Source> {
         Arc::new(events_source(&self.bootstrap, &self.topic))
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tidemill_engine::SourceProvider;
+use tidemill_engine::Source;
 
 use super::{FileFormat, FileSource};
 use crate::registry::{OptionError, StreamConnector, StreamDeclaration};
@@ -15,7 +15,7 @@ use crate::registry::{OptionError, StreamConnector, StreamDeclaration};
 pub(crate) struct FilesConnector;
 
 impl StreamConnector for FilesConnector {
-    fn source(&self, stream: &StreamDeclaration) -> Result<Arc<dyn SourceProvider>, OptionError> {
+    fn source(&self, stream: &StreamDeclaration) -> Result<Arc<dyn Source>, OptionError> {
         let options = &stream.options;
         options.check_known(
             "a files stream",

@@ -87,7 +87,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 use tidemill_engine::{
-    BatchInput, Location, Offset, ReadLimit, Result, Source, SourceContext, SourceProvider,
+    BatchInput, Location, Offset, ReadLimit, Result, SourceStream, SourceContext, Source,
     TidemillError,
 };
 use tidemill_state::StateError;
@@ -332,7 +332,7 @@ impl FileSource {
     /// # }
     /// ```
     pub async fn read_batch(&self, ctx: &SessionContext) -> Result<DataFrame> {
-        let schema = SourceProvider::schema(self, ctx).await?;
+        let schema = Source::schema(self, ctx).await?;
         let location = self.resolve(ctx)?;
         let mut files = list_visible(&location)
             .await
@@ -509,7 +509,7 @@ fn merge_csv_fields(merged: &mut Vec<Field>, schema: &Schema) {
 }
 
 #[async_trait]
-impl SourceProvider for FileSource {
+impl Source for FileSource {
     fn description(&self) -> String {
         format!("FileSource[{}: {}]", self.format, self.url_string())
     }
@@ -540,7 +540,7 @@ impl SourceProvider for FileSource {
         })
     }
 
-    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {
+    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn SourceStream>> {
         if self.max_files_per_trigger == Some(0) {
             return Err(TidemillError::Config(format!(
                 "{}: max_files_per_trigger must be at least 1",
@@ -724,7 +724,7 @@ impl FileStream {
 }
 
 #[async_trait]
-impl Source for FileStream {
+impl SourceStream for FileStream {
     fn description(&self) -> String {
         self.description.clone()
     }

@@ -20,7 +20,7 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
-use tidemill_engine::{Location, Result, SourceProvider, TidemillError};
+use tidemill_engine::{Location, Result, Source, TidemillError};
 
 use super::bad_record::{Walk, csv_walk, json_walk, line_at, name_csv_column, strip_arrow_line};
 use super::convert::{convert, readable_as, same_values};

@@ -22,7 +22,7 @@ fn checkpoint(session: &SessionContext, chk: &FsPath) -> CheckpointDir {
 }
 
 /// The offset admitting everything available, from the beginning.
-async fn end_of_all(s: &mut Box<dyn Source>) -> Offset {
+async fn end_of_all(s: &mut Box<dyn SourceStream>) -> Offset {
     s.latest_offset(None, ReadLimit::All)
         .await
         .unwrap()
@@ -30,7 +30,7 @@ async fn end_of_all(s: &mut Box<dyn Source>) -> Offset {
 }
 
 /// Admits everything available and reads it, from the beginning.
-async fn read_all(s: &mut Box<dyn Source>) -> Result<Vec<RecordBatch>> {
+async fn read_all(s: &mut Box<dyn SourceStream>) -> Result<Vec<RecordBatch>> {
     let end = end_of_all(s).await;
     s.read(None, &end).await
 }
@@ -39,7 +39,7 @@ async fn open(
     source: &FileSource,
     session: &SessionContext,
     chk: CheckpointDir,
-) -> Box<dyn Source> {
+) -> Box<dyn SourceStream> {
     crate::conformance::open_source(source, session, &chk).await
 }
 
@@ -302,7 +302,7 @@ async fn json_schema_explicit_and_inferred() {
     let session = SessionContext::new();
 
     let inferred =
-        SourceProvider::schema(&FileSource::json(data.path().to_str().unwrap()), &session)
+        Source::schema(&FileSource::json(data.path().to_str().unwrap()), &session)
             .await
             .unwrap();
     let expected = Schema::new(vec![
@@ -335,7 +335,7 @@ async fn json_schema_explicit_and_inferred() {
     ]));
     let source = FileSource::json(data.path().to_str().unwrap()).schema(Arc::clone(&explicit));
     assert_eq!(
-        SourceProvider::schema(&source, &session).await.unwrap(),
+        Source::schema(&source, &session).await.unwrap(),
         explicit
     );
     let chk = tempfile::tempdir().unwrap();
@@ -362,7 +362,7 @@ async fn csv_schema_explicit_and_inferred() {
     write(data.path(), "b.csv", b"name,id,price\nplum,3,2\n");
     let session = SessionContext::new();
     let inferred =
-        SourceProvider::schema(&FileSource::csv(data.path().to_str().unwrap()), &session)
+        Source::schema(&FileSource::csv(data.path().to_str().unwrap()), &session)
             .await
             .unwrap();
     let expected = Schema::new(vec![
@@ -400,7 +400,7 @@ async fn csv_schema_explicit_and_inferred() {
     let headerless = FileSource::csv(plain.path().to_str().unwrap())
         .has_header(false)
         .delimiter(b';');
-    let inferred = SourceProvider::schema(&headerless, &session).await.unwrap();
+    let inferred = Source::schema(&headerless, &session).await.unwrap();
     assert_eq!(inferred.field(0).name(), "column_1");
     assert_eq!(inferred.field(0).data_type(), &DataType::Int64);
 }
@@ -436,7 +436,7 @@ async fn parquet_schema_explicit_inferred_and_mismatch() {
 
     // Inferred: from the footer, nullability included; strings as
     // `Utf8View`, exactly as DataFusion's own parquet read of the files.
-    let inferred = SourceProvider::schema(
+    let inferred = Source::schema(
         &FileSource::parquet(data.path().to_str().unwrap()),
         &session,
     )
@@ -480,7 +480,7 @@ async fn parquet_schema_explicit_inferred_and_mismatch() {
         .parquet
         .schema_force_view_types = false;
     let plain_session = SessionContext::new_with_config(config);
-    let inferred = SourceProvider::schema(
+    let inferred = Source::schema(
         &FileSource::parquet(data.path().to_str().unwrap()),
         &plain_session,
     )
@@ -604,7 +604,7 @@ async fn bad_json_line_names_file_and_line() {
     // Inference over a bad file names it too.
     let data = tempfile::tempdir().unwrap();
     write(data.path(), "worse.json", b"{\"id\": 1}\n{oops}\n");
-    let err = SourceProvider::schema(&FileSource::json(data.path().to_str().unwrap()), &session)
+    let err = Source::schema(&FileSource::json(data.path().to_str().unwrap()), &session)
         .await
         .unwrap_err()
         .to_string();
@@ -730,7 +730,7 @@ async fn vanished_file_is_an_error() {
 async fn no_files_and_no_schema_is_a_clear_error() {
     let data = tempfile::tempdir().unwrap();
     let session = SessionContext::new();
-    let err = SourceProvider::schema(&FileSource::csv(data.path().to_str().unwrap()), &session)
+    let err = Source::schema(&FileSource::csv(data.path().to_str().unwrap()), &session)
         .await
         .unwrap_err()
         .to_string();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidemill_engine::{Sink, SourceProvider};
+use tidemill_engine::{Sink, Source};
 
 use super::{BadRecordPolicy, EndingOffsets, KafkaSink, KafkaSource, StartingOffsets};
 use crate::ParquetSink;
@@ -22,7 +22,7 @@ const CLIENT_PREFIX: &str = "kafka.";
 pub(crate) struct KafkaConnector;
 
 impl StreamConnector for KafkaConnector {
-    fn source(&self, stream: &StreamDeclaration) -> Result<Arc<dyn SourceProvider>, OptionError> {
+    fn source(&self, stream: &StreamDeclaration) -> Result<Arc<dyn Source>, OptionError> {
         let options = &stream.options;
         let what = options.subject();
         options.check_known(

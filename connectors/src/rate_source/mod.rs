@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use datafusion::prelude::{DataFrame, SessionContext};
 use serde::{Deserialize, Serialize};
 use tidemill_engine::{
-    Offset, ReadLimit, Result, Source, SourceContext, SourceProvider, TidemillError,
+    Offset, ReadLimit, Result, SourceStream, SourceContext, Source, TidemillError,
 };
 use tidemill_state::StateError;
 
@@ -104,7 +104,7 @@ struct StartRecord {
 }
 
 #[async_trait]
-impl SourceProvider for RateSource {
+impl Source for RateSource {
     fn description(&self) -> String {
         format!("RateSource[rows_per_second={}]", self.rows_per_second)
     }
@@ -122,7 +122,7 @@ impl SourceProvider for RateSource {
         ))
     }
 
-    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {
+    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn SourceStream>> {
         self.check()?;
         let description = self.description();
         let fresh = StartRecord {
@@ -223,7 +223,7 @@ impl RateStream {
 }
 
 #[async_trait]
-impl Source for RateStream {
+impl SourceStream for RateStream {
     fn description(&self) -> String {
         self.description.clone()
     }
@@ -314,7 +314,7 @@ mod tests {
         source: &RateSource,
         session: &SessionContext,
         chk: CheckpointDir,
-    ) -> Box<dyn Source> {
+    ) -> Box<dyn SourceStream> {
         crate::conformance::open_source(source, session, &chk).await
     }
 
@@ -336,7 +336,7 @@ mod tests {
     }
 
     /// Waits until at least `n` rows are available (offsets from `All`).
-    async fn wait_for_rows(s: &mut Box<dyn Source>, n: u64) -> Offset {
+    async fn wait_for_rows(s: &mut Box<dyn SourceStream>, n: u64) -> Offset {
         loop {
             if let Some(end) = s.latest_offset(None, ReadLimit::All).await.unwrap()
                 && end.as_u64().unwrap() >= n
@@ -521,7 +521,7 @@ mod tests {
     #[tokio::test]
     async fn zero_rate_is_refused() {
         let session = SessionContext::new();
-        let err = SourceProvider::schema(&RateSource::new(0), &session)
+        let err = Source::schema(&RateSource::new(0), &session)
             .await
             .unwrap_err();
         assert!(

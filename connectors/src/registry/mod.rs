@@ -21,7 +21,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
-use tidemill_engine::{OutputMode, Result, Sink, SourceProvider};
+use tidemill_engine::{OutputMode, Result, Sink, Source};
 
 pub use options::{ConnectorOptions, OptionError, Position};
 
@@ -54,11 +54,11 @@ pub trait StreamConnector: Send + Sync {
     /// Reads and checks the declaration's options and returns the source
     /// they describe. Does no I/O: every mistake in the options is found
     /// before any query starts. Its batch form (for `tidemill batch`) is
-    /// [`SourceProvider::read_batch`].
+    /// [`Source::read_batch`].
     fn source(
         &self,
         stream: &StreamDeclaration,
-    ) -> std::result::Result<Arc<dyn SourceProvider>, OptionError>;
+    ) -> std::result::Result<Arc<dyn Source>, OptionError>;
 }
 
 /// Makes sinks from a sink's declaration.

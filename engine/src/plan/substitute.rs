@@ -65,7 +65,7 @@ pub fn substitute(
             let rows = data.get(&table.id()).ok_or_else(|| {
                 datafusion::error::DataFusionError::Internal(format!(
                     "no data for streaming source {}",
-                    table.provider().description()
+                    table.source().description()
                 ))
             })?;
             let mut scan = scan.clone();

@@ -2,7 +2,7 @@
 //! log) and a bounded batch read of the same records.
 //!
 //! This module holds the builder ([`KafkaSource`], its options and
-//! validation) and the [`SourceProvider`] that opens it as a stream. The
+//! validation) and the [`Source`] that opens it as a stream. The
 //! rest is in:
 //! - `read`: what the stream and the bounded read share: discovering the
 //!   partitions, resolving starting offsets, reading exact offset ranges,
@@ -11,7 +11,7 @@
 //!   records set aside for the dead-letter sink);
 //! - `bounded`: [`KafkaSource::read_batch`], one DataFusion partition per
 //!   topic-partition;
-//! - `stream`: the streaming [`Source`] a query opens;
+//! - `stream`: the streaming [`SourceStream`] a query opens;
 //! - `dead_letter`: the checkpointed log of dead-letter batch ids.
 
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::prelude::{DataFrame, SessionContext};
 use rdkafka::error::KafkaError;
-use tidemill_engine::{Result, Source, SourceContext, SourceProvider, TidemillError};
+use tidemill_engine::{Result, SourceStream, SourceContext, Source, TidemillError};
 
 use super::client::{ClientOptions, is_transient};
 use super::json::BadRecordPolicy;
@@ -322,7 +322,7 @@ impl KafkaSource {
 }
 
 #[async_trait]
-impl SourceProvider for KafkaSource {
+impl Source for KafkaSource {
     fn description(&self) -> String {
         self.describe()
     }
@@ -336,7 +336,7 @@ impl SourceProvider for KafkaSource {
         KafkaSource::read_batch(self, session).await
     }
 
-    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn Source>> {
+    async fn open(&self, ctx: SourceContext) -> Result<Box<dyn SourceStream>> {
         self.validate()?;
         Ok(Box::new(stream::KafkaStream::open(self, ctx).await?))
     }
@@ -419,7 +419,7 @@ mod tests {
             source.describe(),
             "KafkaSource[h1:9092,h2:9092: pattern t-[0-9]+]"
         );
-        assert_eq!(SourceProvider::description(&source), source.describe());
+        assert_eq!(Source::description(&source), source.describe());
     }
 
     #[test]
@@ -481,7 +481,7 @@ mod tests {
     async fn the_provider_validates_before_schema_and_open() {
         let session = SessionContext::new();
         let no_topics = KafkaSource::new("b:1");
-        let message = config_error(SourceProvider::schema(&no_topics, &session).await);
+        let message = config_error(Source::schema(&no_topics, &session).await);
         assert!(message.contains("no topics"), "{message}");
         let dir = tempfile::tempdir().unwrap();
         let opened = no_topics
@@ -492,7 +492,7 @@ mod tests {
             })
             .await;
         assert!(config_error(opened).contains("no topics"));
-        let schema = SourceProvider::schema(&unreachable().json_values(trade_schema()), &session)
+        let schema = Source::schema(&unreachable().json_values(trade_schema()), &session)
             .await
             .unwrap();
         assert_eq!(schema.field(0).name(), "symbol");

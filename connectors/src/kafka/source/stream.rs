@@ -1,4 +1,4 @@
-//! The streaming [`Source`] a query opens from a [`KafkaSource`]: offsets
+//! The streaming [`SourceStream`] a query opens from a [`KafkaSource`]: offsets
 //! `{"topic": {"partition": next offset}}` in the engine's offset log, the
 //! starting offsets resolved once and kept in the checkpoint, bad records
 //! to the dead-letter sink under ids from the [`DeadLetterLog`], and
@@ -11,7 +11,7 @@ use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use tidemill_engine::{
-    Offset, OutputMode, ReadLimit, Result, SinkContext, Source, SourceContext, TidemillError,
+    Offset, OutputMode, ReadLimit, Result, SinkContext, SourceStream, SourceContext, TidemillError,
 };
 use tidemill_state::{CheckpointDir, StateError};
 
@@ -227,7 +227,7 @@ impl KafkaStream {
 }
 
 #[async_trait]
-impl Source for KafkaStream {
+impl SourceStream for KafkaStream {
     fn description(&self) -> String {
         self.description.clone()
     }
