@@ -19,7 +19,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use tidemill::connectors::{ConnectorRegistry, OptionError, StreamConnector, StreamDeclaration};
 use tidemill::engine::SourceContext;
 use tidemill::sql::{Pipeline, RunOptions};
-use tidemill::{Offset, ReadLimit, Result, SourceStream, Source, TidemillError, Trigger};
+use tidemill::{Offset, ReadLimit, Result, Source, SourceStream, TidemillError, Trigger};
 
 /// The numbers `1..=count` in one column `n`, `rows_per_trigger` per batch.
 #[derive(Debug, Clone)]

@@ -61,7 +61,7 @@ pub use tidemill_connectors::{KafkaSink, KafkaSource};
 pub use tidemill_engine::{
     DataStreamWriter, EventTimeProgress, MultipleWatermarkPolicy, Offset, OutputMode,
     PhaseDurations, QueryOptions, QueryProgress, QueryStatus, ReadLimit, Result, RetryPolicy, Sink,
-    SourceStream, Source, StateOperatorProgress, StreamingContext, StreamingDataFrame,
+    Source, SourceStream, StateOperatorProgress, StreamingContext, StreamingDataFrame,
     StreamingQuery, TidemillError, Trigger,
 };
 

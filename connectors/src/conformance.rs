@@ -33,8 +33,8 @@ use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use tidemill_engine::{
-    BatchInput, Offset, OutputMode, ReadLimit, Result, Sink, SinkContext, SourceStream, SourceContext,
-    Source,
+    BatchInput, Offset, OutputMode, ReadLimit, Result, Sink, SinkContext, Source, SourceContext,
+    SourceStream,
 };
 use tidemill_state::CheckpointDir;
 
@@ -101,7 +101,11 @@ pub async fn open_source(
         .unwrap_or_else(|e| panic!("{}: open failed: {e}", provider.description()))
 }
 
-async fn read(source: &mut dyn SourceStream, start: Option<&Offset>, end: &Offset) -> Vec<RecordBatch> {
+async fn read(
+    source: &mut dyn SourceStream,
+    start: Option<&Offset>,
+    end: &Offset,
+) -> Vec<RecordBatch> {
     source.read(start, end).await.unwrap_or_else(|e| {
         panic!(
             "{}: read({start:?}, {end}) failed: {e}",

@@ -8,7 +8,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use tidemill_engine::{
-    Offset, ReadLimit, Result, SourceStream, SourceContext, Source, TidemillError,
+    Offset, ReadLimit, Result, Source, SourceContext, SourceStream, TidemillError,
 };
 
 /// An in-memory stream that test code appends record batches to.

@@ -29,11 +29,7 @@ pub trait StreamingContext {
 
     /// Registers `source` as a streaming table `name`, for SQL:
     /// `ctx.sql("SELECT … FROM name")` then returns a streaming DataFrame.
-    async fn register_stream<S: Source + 'static>(
-        &self,
-        name: &str,
-        source: S,
-    ) -> Result<()>;
+    async fn register_stream<S: Source + 'static>(&self, name: &str, source: S) -> Result<()>;
 }
 
 #[async_trait]
@@ -44,11 +40,7 @@ impl StreamingContext for SessionContext {
             .map_err(|e| TidemillError::datafusion("creating a streaming DataFrame", e))
     }
 
-    async fn register_stream<S: Source + 'static>(
-        &self,
-        name: &str,
-        source: S,
-    ) -> Result<()> {
+    async fn register_stream<S: Source + 'static>(&self, name: &str, source: S) -> Result<()> {
         let table = streaming_table(self, source).await?;
         self.register_table(name, table)
             .map_err(|e| TidemillError::datafusion(format!("registering stream '{name}'"), e))?;

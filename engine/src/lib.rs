@@ -87,7 +87,7 @@ pub use progress::{
 };
 pub use query::StreamingQuery;
 pub use sink::{Sink, SinkContext};
-pub use source::{BatchInput, ReadLimit, SourceStream, SourceContext, Source};
+pub use source::{BatchInput, ReadLimit, Source, SourceContext, SourceStream};
 pub use source_table::SourceTable;
 pub use trigger::{OutputMode, Trigger};
 pub use watermark::MultipleWatermarkPolicy;

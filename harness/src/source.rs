@@ -13,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use tidemill_engine::{
-    Offset, ReadLimit, Result, SourceStream, SourceContext, Source, TidemillError,
+    Offset, ReadLimit, Result, Source, SourceContext, SourceStream, TidemillError,
 };
 
 /// The column the study's source appends to every row: the wall-clock

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use tidemill::engine::window::{session_window, tumble};
 use tidemill::engine::{BatchInput, SourceContext};
 use tidemill::prelude::*;
-use tidemill::{Offset, SourceStream, Source};
+use tidemill::{Offset, Source, SourceStream};
 
 use crate::common::sorted_rows;
 

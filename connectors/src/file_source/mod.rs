@@ -87,7 +87,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 use tidemill_engine::{
-    BatchInput, Location, Offset, ReadLimit, Result, SourceStream, SourceContext, Source,
+    BatchInput, Location, Offset, ReadLimit, Result, Source, SourceContext, SourceStream,
     TidemillError,
 };
 use tidemill_state::StateError;

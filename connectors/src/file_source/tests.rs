@@ -301,10 +301,9 @@ async fn json_schema_explicit_and_inferred() {
     );
     let session = SessionContext::new();
 
-    let inferred =
-        Source::schema(&FileSource::json(data.path().to_str().unwrap()), &session)
-            .await
-            .unwrap();
+    let inferred = Source::schema(&FileSource::json(data.path().to_str().unwrap()), &session)
+        .await
+        .unwrap();
     let expected = Schema::new(vec![
         Field::new("id", DataType::Int64, true),
         Field::new("name", DataType::Utf8, true),
@@ -334,10 +333,7 @@ async fn json_schema_explicit_and_inferred() {
         Field::new("extra", DataType::Utf8, true),
     ]));
     let source = FileSource::json(data.path().to_str().unwrap()).schema(Arc::clone(&explicit));
-    assert_eq!(
-        Source::schema(&source, &session).await.unwrap(),
-        explicit
-    );
+    assert_eq!(Source::schema(&source, &session).await.unwrap(), explicit);
     let chk = tempfile::tempdir().unwrap();
     let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
     let batch = &read_all(&mut s).await.unwrap()[0];
@@ -361,10 +357,9 @@ async fn csv_schema_explicit_and_inferred() {
     );
     write(data.path(), "b.csv", b"name,id,price\nplum,3,2\n");
     let session = SessionContext::new();
-    let inferred =
-        Source::schema(&FileSource::csv(data.path().to_str().unwrap()), &session)
-            .await
-            .unwrap();
+    let inferred = Source::schema(&FileSource::csv(data.path().to_str().unwrap()), &session)
+        .await
+        .unwrap();
     let expected = Schema::new(vec![
         Field::new("id", DataType::Int64, true),
         Field::new("name", DataType::Utf8, true),

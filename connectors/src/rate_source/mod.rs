@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use datafusion::prelude::{DataFrame, SessionContext};
 use serde::{Deserialize, Serialize};
 use tidemill_engine::{
-    Offset, ReadLimit, Result, SourceStream, SourceContext, Source, TidemillError,
+    Offset, ReadLimit, Result, Source, SourceContext, SourceStream, TidemillError,
 };
 use tidemill_state::StateError;
 

@@ -21,7 +21,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::prelude::{DataFrame, SessionContext};
 use rdkafka::error::KafkaError;
-use tidemill_engine::{Result, SourceStream, SourceContext, Source, TidemillError};
+use tidemill_engine::{Result, Source, SourceContext, SourceStream, TidemillError};
 
 use super::client::{ClientOptions, is_transient};
 use super::json::BadRecordPolicy;

@@ -11,7 +11,7 @@ use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use tidemill_engine::{
-    Offset, OutputMode, ReadLimit, Result, SinkContext, SourceStream, SourceContext, TidemillError,
+    Offset, OutputMode, ReadLimit, Result, SinkContext, SourceContext, SourceStream, TidemillError,
 };
 use tidemill_state::{CheckpointDir, StateError};
 
