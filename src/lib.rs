@@ -80,7 +80,8 @@ pub mod prelude {
     };
 }
 
-/// The README's code, compiled as a doc test so the README stays true.
-#[cfg(doctest)]
+/// The README's code, compiled as a doc test so the README stays true
+/// (it uses the Kafka connector, so only with the `kafka` feature).
+#[cfg(all(doctest, feature = "kafka"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
