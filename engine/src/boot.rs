@@ -20,6 +20,7 @@ use crate::plan::{
     prepare,
 };
 use crate::query::QueryShared;
+use crate::stateful::StatefulOperator;
 use crate::watermark::{WatermarkNode, WatermarkTracker};
 use crate::{
     DataStreamWriter, Location, OutputMode, Result, Sink, SinkContext, SourceContext, SourceTable,
@@ -147,6 +148,10 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         watermark,
     );
     let planner = BatchPlanner::new(planning_session.clone(), plan, !aggregates.is_empty());
+    let operators: Vec<Arc<dyn StatefulOperator>> = aggregates
+        .into_iter()
+        .map(|a| a as Arc<dyn StatefulOperator>)
+        .collect();
     let runner = Runner {
         session: planning_session,
         watermarks,
@@ -155,7 +160,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         sources,
         sink,
         late_rows_sink: writer.late_rows_sink,
-        aggregates,
+        operators,
         checkpoint,
         trigger: writer.trigger,
         output_mode: writer.output_mode,

@@ -72,6 +72,7 @@ mod query;
 mod sink;
 mod source;
 mod source_table;
+mod stateful;
 mod trigger;
 pub mod watermark;
 pub mod window;

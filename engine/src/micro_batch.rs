@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use datafusion::prelude::SessionContext;
 use futures::FutureExt;
 
-use crate::aggregate::AggregateOperator;
 use crate::batch_table::BatchTable;
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
 use crate::plan::{BatchPlanner, WatermarkPlanner};
 use crate::progress::{BatchFigures, PhaseDurations, SourceProgress};
 use crate::query::QueryShared;
+use crate::stateful::StatefulOperator;
 use crate::watermark::WatermarkTracker;
 use crate::{
     BatchInput, Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, RetryPolicy,
@@ -45,8 +45,9 @@ pub(crate) struct Runner {
     pub sink: Arc<dyn Sink>,
     /// Where the aggregation's late rows go, if anywhere.
     pub late_rows_sink: Option<Arc<dyn Sink>>,
-    /// The query's streaming aggregations (at most one), by operator number.
-    pub aggregates: Vec<Arc<AggregateOperator>>,
+    /// The query's stateful operators, by operator number (today at most
+    /// one, a streaming aggregation).
+    pub operators: Vec<Arc<dyn StatefulOperator>>,
     pub checkpoint: Checkpoint,
     pub trigger: Trigger,
     pub output_mode: OutputMode,
@@ -313,7 +314,7 @@ impl Runner {
 
         // Plan and execute.
         let t = Instant::now();
-        for operator in &self.aggregates {
+        for operator in &self.operators {
             operator.begin_batch(batch_id, entry.watermark_ms).await?;
         }
         let physical = self.planner.plan_batch(batch_id, &data).await?;
@@ -353,11 +354,12 @@ impl Runner {
         // Sinks: idempotent per batch id.
         failpoint::hit("before_sink", batch_id);
         let t = Instant::now();
-        if let (Some(late_sink), Some(operator)) = (&self.late_rows_sink, self.aggregates.first()) {
-            let late = operator.take_late_rows().await;
-            late_sink
-                .add_batch(batch_id, operator.input_schema(), late)
-                .await?;
+        if let Some(late_sink) = &self.late_rows_sink {
+            for operator in &self.operators {
+                if let Some((schema, late)) = operator.take_late_rows().await {
+                    late_sink.add_batch(batch_id, schema, late).await?;
+                }
+            }
         }
         self.sink.add_batch(batch_id, schema, output).await?;
         phases.add_batch = ms(t.elapsed());
@@ -366,8 +368,8 @@ impl Runner {
         // State: version batch_id + 1.
         failpoint::hit("before_state_commit", batch_id);
         let t = Instant::now();
-        let mut state_operators = Vec::with_capacity(self.aggregates.len());
-        for operator in &self.aggregates {
+        let mut state_operators = Vec::with_capacity(self.operators.len());
+        for operator in &self.operators {
             state_operators.push(operator.commit().await?);
         }
         phases.state_commit = ms(t.elapsed());
@@ -402,7 +404,7 @@ impl Runner {
         if batch_id.is_multiple_of(10) {
             let keep_from =
                 (batch_id + 1).saturating_sub(self.options.min_state_versions_to_retain);
-            for operator in &self.aggregates {
+            for operator in &self.operators {
                 operator.purge(keep_from).await?;
             }
         }
@@ -448,7 +450,7 @@ impl Runner {
         if !self.options.no_data_batches {
             return false;
         }
-        for operator in &self.aggregates {
+        for operator in &self.operators {
             if operator.has_closable_state(self.watermarks.current()).await {
                 return true;
             }

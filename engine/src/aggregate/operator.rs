@@ -6,6 +6,7 @@ use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::take;
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, Rows, SortField};
+use async_trait::async_trait;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use tidemill_state::{CheckpointDir, StateError, StateSchema, StateStore, StateStoreConfig};
 use tokio::sync::Mutex;
@@ -17,6 +18,7 @@ use super::late_rows::LateRowRule;
 use super::session::{Member, SessionIndex, Span, plan_merge, session_column, spans};
 use super::{AggregateLayout, EventTimeKind};
 use crate::progress::StateOperatorProgress;
+use crate::stateful::StatefulOperator;
 use crate::{OutputMode, Result, TidemillError};
 
 /// One streaming aggregation of a running query: its state store, the
@@ -214,43 +216,9 @@ impl AggregateOperator {
         Ok(out)
     }
 
-    /// Gets ready to run batch `version` with `watermark_ms`: reloads the
-    /// state of `version` if a failed attempt left changes behind.
-    pub async fn begin_batch(&self, version: u64, watermark_ms: Option<i64>) -> Result<()> {
-        let mut inner = self.inner.lock().await;
-        if inner.dirty || inner.store.version() != version {
-            let store = &inner.store;
-            let reopened = StateStore::open(
-                store.dir().clone(),
-                store.schema().clone(),
-                *store.config(),
-                version,
-            )
-            .await?;
-            inner.sessions = self.index_sessions(&reopened)?;
-            inner.store = reopened;
-        }
-        inner.dirty = false;
-        inner.watermark_ms = watermark_ms;
-        inner.dropped_by_watermark = 0;
-        inner.without_event_time = 0;
-        inner.late_rows.clear();
-        Ok(())
-    }
-
     /// Whether the aggregation groups by a session window.
     pub fn groups_by_session(&self) -> bool {
         session_index(&self.layout).is_some()
-    }
-
-    /// Whether the watermark `watermark_ms` closes a group the state holds,
-    /// so a batch without new data would emit or evict something.
-    pub async fn has_closable_state(&self, watermark_ms: Option<i64>) -> bool {
-        let Some(watermark) = watermark_ms.filter(|_| self.mode != OutputMode::Complete) else {
-            return false;
-        };
-        let inner = self.inner.lock().await;
-        inner.store.next_expiry().is_some_and(|at| at <= watermark)
     }
 
     /// The rule that tells the running batch's late rows (whose group the
@@ -466,14 +434,44 @@ impl AggregateOperator {
         )?])
     }
 
-    /// The rows dropped as late in the running batch, and those left out
-    /// for a null event time.
-    pub async fn take_late_rows(&self) -> Vec<RecordBatch> {
-        std::mem::take(&mut self.inner.lock().await.late_rows)
+    /// The schema of the input rows (and of late rows).
+    pub fn input_schema(&self) -> SchemaRef {
+        Arc::clone(&self.layout.input_schema)
+    }
+}
+
+#[async_trait]
+impl StatefulOperator for AggregateOperator {
+    async fn begin_batch(&self, version: u64, watermark_ms: Option<i64>) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        if inner.dirty || inner.store.version() != version {
+            let store = &inner.store;
+            let reopened = StateStore::open(
+                store.dir().clone(),
+                store.schema().clone(),
+                *store.config(),
+                version,
+            )
+            .await?;
+            inner.sessions = self.index_sessions(&reopened)?;
+            inner.store = reopened;
+        }
+        inner.dirty = false;
+        inner.watermark_ms = watermark_ms;
+        inner.dropped_by_watermark = 0;
+        inner.without_event_time = 0;
+        inner.late_rows.clear();
+        Ok(())
     }
 
-    /// Commits the batch's state changes as the next version.
-    pub async fn commit(&self) -> Result<StateOperatorProgress> {
+    /// The rows dropped as late in the running batch, and those left out
+    /// for a null event time, with the input's schema.
+    async fn take_late_rows(&self) -> Option<(SchemaRef, Vec<RecordBatch>)> {
+        let rows = std::mem::take(&mut self.inner.lock().await.late_rows);
+        Some((self.input_schema(), rows))
+    }
+
+    async fn commit(&self) -> Result<StateOperatorProgress> {
         let mut inner = self.inner.lock().await;
         let commit = inner.store.commit().await?;
         inner.dirty = false;
@@ -492,16 +490,18 @@ impl AggregateOperator {
         })
     }
 
-    /// Deletes state files no version from `keep_from_version` on needs.
-    pub async fn purge(&self, keep_from_version: u64) -> Result<()> {
+    async fn purge(&self, keep_from_version: u64) -> Result<()> {
         let inner = self.inner.lock().await;
         inner.store.purge(keep_from_version).await?;
         Ok(())
     }
 
-    /// The schema of the input rows (and of late rows).
-    pub fn input_schema(&self) -> SchemaRef {
-        Arc::clone(&self.layout.input_schema)
+    async fn has_closable_state(&self, watermark_ms: Option<i64>) -> bool {
+        let Some(watermark) = watermark_ms.filter(|_| self.mode != OutputMode::Complete) else {
+            return false;
+        };
+        let inner = self.inner.lock().await;
+        inner.store.next_expiry().is_some_and(|at| at <= watermark)
     }
 }
 

@@ -21,7 +21,9 @@
 //! ```
 //!
 //! A new stateful operator adds its node's replacement to `substitute.rs`,
-//! its checks to `validate.rs` and a planner file beside `aggregate.rs`.
+//! its checks to `validate.rs` and a planner file beside `aggregate.rs`;
+//! the trigger loop drives it through the `StatefulOperator` trait
+//! (`stateful.rs`), as it drives the aggregation.
 
 mod aggregate;
 mod physical;
