@@ -956,3 +956,43 @@ async fn distinct_in_update_mode_emits_the_rows_each_batch_touched() {
     assert_eq!(sorted_rows(&second), vec!["|        |", "| A      |"]);
     query.stop().await.unwrap();
 }
+
+/// `window_time(w)` on an aggregated window is its last instant (the end
+/// less one unit of the event-time column: here a millisecond), in a
+/// stream's output as in the same plan run as a batch job.
+#[tokio::test]
+async fn window_time_is_the_last_instant_of_an_aggregated_window() {
+    use tidemill::engine::window::window_time;
+    fn last_instants(df: DataFrame) -> DataFrame {
+        df.aggregate(
+            vec![tumble(col("event_time"), "10 seconds").alias("w")],
+            vec![count(col("price")).alias("n")],
+        )
+        .unwrap()
+        .select(vec![
+            cast(window_time(col("w")), DataType::Int64).alias("last_ms"),
+            col("n"),
+        ])
+        .unwrap()
+    }
+    let input = trades(&[
+        (Some("A"), 1.0, 100),
+        (Some("B"), 2.0, 109),
+        (Some("A"), 3.0, 121),
+    ]);
+    let expected = vec!["| 109999  | 2 |", "| 129999  | 1 |"];
+
+    let ctx = SessionContext::new();
+    let batch = last_instants(ctx.read_batch(input.clone()).unwrap());
+    assert_eq!(sorted_rows(&batch.collect().await.unwrap()), expected);
+
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let df = last_instants(stream_df(&ctx, &stream, Some("5 seconds")).await);
+    let query = start(df, &sink, OutputMode::Update, dir.path()).await;
+    stream.push(input).unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(sorted_rows(&sink.batches()), expected);
+    query.stop().await.unwrap();
+}

@@ -84,6 +84,7 @@ mod regroup;
 mod session;
 #[cfg(test)]
 mod tests;
+mod window_time;
 
 use std::sync::{Arc, LazyLock};
 
@@ -103,7 +104,7 @@ pub use session::{SESSION_COLUMN, SESSION_PREFIX};
 /// every row that many times.
 pub const MAX_WINDOWS_PER_ROW: i64 = 100_000;
 
-/// Registers `tumble`, `hop`, `window` and `session_window` on `ctx`, for
+/// Registers `tumble`, `hop`, `window`, `session_window` and `window_time` on `ctx`, for
 /// SQL, and installs [`WindowGroupingRule`], which sliding `window(…)` and
 /// `session_window` keys need in batch queries.
 ///
@@ -132,6 +133,7 @@ pub fn register_window_functions(ctx: &SessionContext) {
     ctx.register_udf(hop_udf().as_ref().clone());
     ctx.register_udf(window_udf().as_ref().clone());
     ctx.register_udf(session_window_udf().as_ref().clone());
+    ctx.register_udf(window_time_udf().as_ref().clone());
     if !ctx
         .state()
         .analyzer()
@@ -313,6 +315,35 @@ pub fn session_window(ts: Expr, gap: &str) -> Expr {
 /// `session_window(ts, <interval expression>)`.
 pub fn session_window_with_gap(ts: Expr, gap: Expr) -> Expr {
     call(session_window_udf(), vec![ts, gap])
+}
+
+/// The event time of window `w`: its end less one unit of its timestamp
+/// type (one microsecond for microsecond timestamps, as Spark's
+/// `window_time`), the latest event time a row of the window can have.
+/// Same as SQL `window_time(w)`; a null window gives null.
+///
+/// ```
+/// use datafusion::prelude::*;
+/// use tidemill_engine::window::{register_window_functions, tumble, window_time};
+///
+/// # #[tokio::main] async fn main() -> datafusion::error::Result<()> {
+/// let ctx = SessionContext::new();
+/// register_window_functions(&ctx);
+/// let df = ctx.sql("SELECT TIMESTAMP '2024-01-01 10:07:30' AS ts").await?;
+/// let df = df.select(vec![window_time(tumble(col("ts"), "5 minutes")).alias("t")])?;
+/// let table = arrow::util::pretty::pretty_format_batches(&df.collect().await?)?.to_string();
+/// assert!(table.contains("2024-01-01T10:09:59.999999999"), "{table}");
+/// # Ok(()) }
+/// ```
+pub fn window_time(w: Expr) -> Expr {
+    call(window_time_udf(), vec![w])
+}
+
+/// The `window_time` function (see [`window_time()`]).
+pub fn window_time_udf() -> &'static Arc<ScalarUDF> {
+    static UDF: LazyLock<Arc<ScalarUDF>> =
+        LazyLock::new(|| Arc::new(ScalarUDF::new_from_impl(window_time::WindowTime::new())));
+    &UDF
 }
 
 /// The `session_window` function (see [`session_window`]).
