@@ -9,15 +9,17 @@
 use std::sync::Arc;
 
 use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_planner::ExtensionPlanner;
 use datafusion::prelude::SessionContext;
 use futures::FutureExt;
 
 use crate::aggregate::{AggregateLayout, AggregateOperator};
 use crate::checkpoint::{Checkpoint, Metadata};
+use crate::dedup::{DedupOperator, DeduplicateNode};
 use crate::micro_batch::{Runner, RunningSource};
 use crate::plan::{
-    AggregatePlanner, BatchPlanner, StreamingQueryPlanner, WatermarkPlanner, find_aggregation,
-    prepare,
+    AggregatePlanner, BatchPlanner, DedupPlanner, StreamingQueryPlanner, WatermarkPlanner,
+    find_aggregation, prepare,
 };
 use crate::query::QueryShared;
 use crate::stateful::StatefulOperator;
@@ -87,12 +89,35 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         recovery.watermark_ms,
     );
 
+    // The query's stateful operator (validation allows one), its state in
+    // `state/0`.
+    let state_dir = checkpoint.dir.child("state").child("0");
     let mut aggregates = Vec::new();
+    let mut stateful_planners: Vec<Arc<dyn ExtensionPlanner + Send + Sync>> = Vec::new();
+    let mut operators: Vec<Arc<dyn StatefulOperator>> = Vec::new();
     if let Some(layout) = layout {
-        let dir = checkpoint.dir.child("state").child("0");
-        aggregates.push(Arc::new(
-            AggregateOperator::open(layout, writer.output_mode, dir, next_batch_id).await?,
-        ));
+        let operator = Arc::new(
+            AggregateOperator::open(layout, writer.output_mode, state_dir.clone(), next_batch_id)
+                .await?,
+        );
+        aggregates.push(Arc::clone(&operator));
+        operators.push(operator);
+        stateful_planners.push(Arc::new(AggregatePlanner::new(aggregates.clone())));
+    }
+    if let Some(dedup) = DeduplicateNode::first_in(&optimized) {
+        let keys = dedup.keys.iter().map(|k| k.name.clone()).collect();
+        let operator = Arc::new(
+            DedupOperator::open(
+                dedup.input.schema().as_arrow(),
+                keys,
+                dedup.event_time_key(),
+                state_dir,
+                next_batch_id,
+            )
+            .await?,
+        );
+        operators.push(Arc::clone(&operator) as Arc<dyn StatefulOperator>);
+        stateful_planners.push(Arc::new(DedupPlanner::new(operator)));
     }
     // Batches are planned with Tidemill's streaming operators added to
     // DataFusion's planner.
@@ -101,7 +126,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         SessionStateBuilder::new_from_existing(state.clone())
             .with_query_planner(Arc::new(StreamingQueryPlanner::new(
                 Arc::clone(&watermark_planner),
-                Arc::new(AggregatePlanner::new(aggregates.clone())),
+                stateful_planners,
             )))
             .build(),
     );
@@ -148,10 +173,6 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         watermark,
     );
     let planner = BatchPlanner::new(planning_session.clone(), plan, !aggregates.is_empty());
-    let operators: Vec<Arc<dyn StatefulOperator>> = aggregates
-        .into_iter()
-        .map(|a| a as Arc<dyn StatefulOperator>)
-        .collect();
     let runner = Runner {
         session: planning_session,
         watermarks,

@@ -3,8 +3,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::common::Column;
+use datafusion::logical_expr::Expr;
 use datafusion::prelude::{DataFrame, SessionContext};
 
+use crate::dedup::DeduplicateNode;
 use crate::watermark::WatermarkNode;
 use crate::{DataStreamWriter, Result, Source, SourceTable, TidemillError};
 
@@ -72,6 +75,19 @@ pub trait StreamingDataFrame {
     /// next; it never moves backwards and is reported in progress. On a
     /// batch DataFrame this is a no-op, so one function serves both.
     fn with_watermark(self, column: &str, delay: &str) -> Result<DataFrame>;
+
+    /// Keeps the first row of each distinct value of `columns` (every
+    /// column if empty) and drops the rest, as Spark's `dropDuplicates`.
+    ///
+    /// On a stream this is stateful: the keys seen are kept in the
+    /// checkpointed state, so a key is emitted once across micro-batches
+    /// and restarts. With a watermarked event-time column among `columns`,
+    /// a row at or below the watermark is dropped as late and a key is
+    /// forgotten once the watermark passes its time; otherwise keys are
+    /// kept forever. Nulls are equal to nulls. On a batch DataFrame it is
+    /// DataFusion's `DISTINCT ON` over `columns`: one row per key, which one
+    /// unspecified, as in Spark's batch `dropDuplicates`.
+    fn drop_duplicates(self, columns: &[&str]) -> Result<DataFrame>;
 }
 
 impl StreamingDataFrame for DataFrame {
@@ -90,6 +106,40 @@ impl StreamingDataFrame for DataFrame {
         }
         let (state, plan) = self.into_parts();
         let node = WatermarkNode::try_new(plan, column, delay)?;
+        Ok(DataFrame::new(state, node.into_plan()))
+    }
+
+    fn drop_duplicates(self, columns: &[&str]) -> Result<DataFrame> {
+        let keys = if columns.is_empty() {
+            self.schema().columns()
+        } else {
+            let mut keys = Vec::with_capacity(columns.len());
+            for name in columns {
+                let column = self
+                    .schema()
+                    .qualified_field_with_unqualified_name(name)
+                    .map(Column::from)
+                    .map_err(|e| {
+                        TidemillError::datafusion(format!("drop_duplicates: column '{name}'"), e)
+                    })?;
+                keys.push(column);
+            }
+            keys
+        };
+        if !self.is_streaming() {
+            let all = self
+                .schema()
+                .columns()
+                .into_iter()
+                .map(Expr::Column)
+                .collect();
+            let on = keys.into_iter().map(Expr::Column).collect();
+            return self
+                .distinct_on(on, all, None)
+                .map_err(|e| TidemillError::datafusion("drop_duplicates", e));
+        }
+        let (state, plan) = self.into_parts();
+        let node = DeduplicateNode { input: plan, keys };
         Ok(DataFrame::new(state, node.into_plan()))
     }
 }

@@ -52,6 +52,7 @@ mod batch_table;
 mod boot;
 pub mod checkpoint;
 mod context_ext;
+mod dedup;
 mod error;
 #[cfg(feature = "failpoints")]
 pub mod failpoint;

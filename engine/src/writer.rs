@@ -212,7 +212,23 @@ impl DataStreamWriter {
                 w.delay_ms
             ));
         }
+        let dedup = crate::dedup::DeduplicateNode::first_in(&optimized);
+        if let Some(dedup) = &dedup {
+            let keys: Vec<&str> = dedup.keys.iter().map(|k| k.name.as_str()).collect();
+            text.push_str(&format!(
+                "stateful operator: Deduplicate, state keyed by [{}]\n",
+                keys.join(", ")
+            ));
+            match dedup.event_time_key() {
+                Some(key) => text.push_str(&format!(
+                    "  event-time key: {key}; rows at or below the watermark are dropped as \
+                     late, keys the watermark has passed are evicted\n"
+                )),
+                None => text.push_str("  no event-time key: every key is kept forever\n"),
+            }
+        }
         match find_aggregation(&optimized) {
+            None if dedup.is_some() => {}
             None => {
                 text.push_str("stateful operators: none (each micro-batch runs on its own rows)\n")
             }

@@ -10,6 +10,7 @@ mod common;
 mod conformance;
 mod connectors;
 mod crash;
+mod dedup;
 mod engine_semantics;
 #[cfg(feature = "kafka")]
 mod kafka;

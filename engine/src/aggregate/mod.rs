@@ -35,7 +35,7 @@
 //! and rows without event time from the input), `event_time` (when a group
 //! closes) and `exec` (the physical operator and its planner).
 
-mod event_time;
+pub(crate) mod event_time;
 mod exec;
 mod late_rows;
 mod layout;

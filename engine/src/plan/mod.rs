@@ -26,12 +26,14 @@
 //! (`stateful.rs`), as it drives the aggregation.
 
 mod aggregate;
+mod dedup;
 mod physical;
 mod substitute;
 mod validate;
 mod watermark;
 
 pub(crate) use aggregate::AggregatePlanner;
+pub(crate) use dedup::DedupPlanner;
 pub(crate) use physical::BatchPlanner;
 pub use physical::StreamingQueryPlanner;
 pub use substitute::substitute;

@@ -35,14 +35,15 @@ impl fmt::Debug for StreamingQueryPlanner {
 
 impl StreamingQueryPlanner {
     /// A planner whose watermark operators report to `watermarks`, and
-    /// which plans Tidemill's other operators with `others`.
+    /// which plans Tidemill's stateful operators with `stateful` (a planner
+    /// per kind of operator).
     pub fn new(
         watermarks: Arc<WatermarkPlanner>,
-        others: Arc<dyn ExtensionPlanner + Send + Sync>,
+        stateful: Vec<Arc<dyn ExtensionPlanner + Send + Sync>>,
     ) -> Self {
-        Self {
-            extensions: vec![watermarks, others],
-        }
+        let mut extensions: Vec<Arc<dyn ExtensionPlanner + Send + Sync>> = vec![watermarks];
+        extensions.extend(stateful);
+        Self { extensions }
     }
 }
 

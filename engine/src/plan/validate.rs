@@ -6,6 +6,7 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
 
 use super::substitute;
+use crate::dedup::DeduplicateNode;
 use crate::watermark::WatermarkNode;
 use crate::window::SESSION_PREFIX;
 use crate::{OutputMode, Result, SourceTable, TidemillError};
@@ -114,6 +115,8 @@ struct Flow {
     streaming: bool,
     /// It is (or is above) the streaming aggregation.
     aggregated: bool,
+    /// It is (or is above) a streaming deduplication.
+    deduplicated: bool,
 }
 
 /// Validates `plan` bottom-up.
@@ -127,9 +130,11 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
         _ => inputs.iter().any(|f| f.streaming),
     };
     let aggregated = inputs.iter().any(|f| f.aggregated);
+    let deduplicated = inputs.iter().any(|f| f.deduplicated);
     let flow = Flow {
         streaming,
         aggregated,
+        deduplicated,
     };
     if !streaming {
         return Ok(flow);
@@ -143,6 +148,33 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
         | LogicalPlan::TableScan(_)
         | LogicalPlan::Repartition(_) => Ok(flow),
         LogicalPlan::Extension(_) if WatermarkNode::of(plan).is_some() => Ok(flow),
+        LogicalPlan::Extension(_) if DeduplicateNode::of(plan).is_some() => {
+            if aggregated || deduplicated {
+                return Err(unsupported(
+                    "Deduplicate",
+                    &format!(
+                        "after another stateful operator (a streaming {}): a query holds one \
+                         stateful operator for now",
+                        if aggregated {
+                            "aggregation"
+                        } else {
+                            "deduplication"
+                        }
+                    ),
+                    "Deduplicate before aggregating, in another query, or in a batch job over \
+                     the sink's committed output",
+                ));
+            }
+            Ok(Flow {
+                deduplicated: true,
+                ..flow
+            })
+        }
+        LogicalPlan::Aggregate(_) if deduplicated => Err(unsupported(
+            "Aggregate",
+            "after a streaming deduplication: a query holds one stateful operator for now",
+            "Aggregate the deduplicated stream in a second query reading the first one's sink",
+        )),
         LogicalPlan::Unnest(_) if !aggregated => Ok(flow),
         // Session windows number their sessions with window functions
         // within each micro-batch; the aggregation merges them with the
@@ -171,8 +203,8 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
                 ));
             }
             Ok(Flow {
-                streaming,
                 aggregated: true,
+                ..flow
             })
         }
         LogicalPlan::Sort(_) | LogicalPlan::Limit(_)

@@ -1,0 +1,345 @@
+//! Streaming deduplication (`drop_duplicates`), with Spark's semantics: the
+//! first row of each key is emitted once, within a batch, across batches,
+//! across partitions and across a restart; with a watermarked event time
+//! among the keys, late rows are dropped and counted and the keys the
+//! watermark has passed are evicted; nulls are one key; the same call on a
+//! batch DataFrame keeps one row per key.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::prelude::*;
+use tidemill::prelude::*;
+use tidemill::{QueryOptions, StreamingQuery, TidemillError};
+
+use crate::common::sorted_rows;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, true),
+        Field::new("seq", DataType::Int64, false),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]))
+}
+
+/// Events `(id, seq, seconds)`.
+fn events(rows: &[(Option<&str>, i64, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.0))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                rows.iter().map(|r| r.2 * 1000),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// The ids of `batches`, sorted.
+fn ids(batches: &[RecordBatch]) -> Vec<String> {
+    let mut ids: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let ids = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            (0..b.num_rows())
+                .map(|i| match ids.is_valid(i) {
+                    true => ids.value(i).to_string(),
+                    false => "NULL".to_string(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn start(
+    ctx: &SessionContext,
+    stream: &MemoryStream,
+    sink: &MemorySink,
+    checkpoint: &std::path::Path,
+    dedup: impl Fn(DataFrame) -> DataFrame,
+) -> StreamingQuery {
+    let df = dedup(ctx.read_stream(stream.clone()).await.unwrap());
+    df.write_stream()
+        .sink(sink.clone())
+        .output_mode(OutputMode::Append)
+        .checkpoint(checkpoint.to_str().unwrap())
+        .options(QueryOptions::default())
+        .start()
+        .await
+        .unwrap()
+}
+
+fn by_id(df: DataFrame) -> DataFrame {
+    df.drop_duplicates(&["id"]).unwrap()
+}
+
+/// Duplicates in one batch, spread over every partition, and in later
+/// batches: each id comes out once, whatever the partition count, in many
+/// runs (a race between partitions would let a key through twice).
+#[tokio::test]
+async fn each_key_is_emitted_once_within_and_across_batches_and_partitions() {
+    for partitions in [1, 2, 3, 8] {
+        for _run in 0..5 {
+            let ctx = SessionContext::new_with_config(
+                SessionConfig::new().with_target_partitions(partitions),
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let stream = MemoryStream::new(schema());
+            let sink = MemorySink::new();
+            let query = start(&ctx, &stream, &sink, dir.path(), by_id).await;
+            // Eight pushed batches: one micro-batch over up to eight partitions.
+            for round in 0..8 {
+                stream
+                    .push(events(&[
+                        (Some("a"), round, 1),
+                        (Some("b"), round, 2),
+                        (Some("a"), round + 100, 3),
+                    ]))
+                    .unwrap();
+            }
+            query.process_all_available().await.unwrap();
+            assert_eq!(ids(&sink.batches()), ["a", "b"], "{partitions} partitions");
+            stream
+                .push(events(&[
+                    (Some("b"), 9, 4),
+                    (Some("c"), 9, 5),
+                    (Some("c"), 10, 5),
+                ]))
+                .unwrap();
+            query.process_all_available().await.unwrap();
+            assert_eq!(
+                ids(&sink.batches()),
+                ["a", "b", "c"],
+                "{partitions} partitions"
+            );
+            let progress = query.last_progress().unwrap();
+            let state = &progress.state_operators[0];
+            assert_eq!(state.operator_name, "dedupe");
+            assert_eq!(state.num_rows_total, 3);
+            assert_eq!(state.num_rows_updated, 1);
+            query.stop().await.unwrap();
+        }
+    }
+}
+
+/// The keys seen survive a restart on the same checkpoint.
+#[tokio::test]
+async fn keys_seen_survive_a_restart() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let query = start(&ctx, &stream, &sink, dir.path(), by_id).await;
+    stream
+        .push(events(&[(Some("a"), 1, 1), (Some("b"), 2, 2)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+
+    let query = start(&ctx, &stream, &sink, dir.path(), by_id).await;
+    stream
+        .push(events(&[(Some("a"), 3, 3), (Some("c"), 4, 4)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(ids(&sink.batches()), ["a", "b", "c"]);
+    query.stop().await.unwrap();
+}
+
+/// Nulls are one key, as Spark compares them; several key columns key
+/// together.
+#[tokio::test]
+async fn nulls_are_one_key_and_keys_may_be_several_columns() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let query = start(&ctx, &stream, &sink, dir.path(), |df| {
+        df.drop_duplicates(&["id", "seq"]).unwrap()
+    })
+    .await;
+    stream
+        .push(events(&[
+            (None, 1, 1),
+            (None, 1, 2),
+            (None, 2, 3),
+            (Some("a"), 1, 4),
+            (Some("a"), 1, 5),
+        ]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(ids(&sink.batches()), ["NULL", "NULL", "a"]);
+    query.stop().await.unwrap();
+}
+
+/// With the watermarked event time among the keys: a row at or below the
+/// watermark is late (dropped, counted), and the keys the watermark has
+/// passed are evicted, so the state stays bounded.
+#[tokio::test]
+async fn with_an_event_time_key_late_rows_are_dropped_and_passed_keys_evicted() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let query = start(&ctx, &stream, &sink, dir.path(), |df| {
+        df.with_watermark("event_time", "5 seconds")
+            .unwrap()
+            .drop_duplicates(&["id", "event_time"])
+            .unwrap()
+    })
+    .await;
+    stream
+        .push(events(&[
+            (Some("a"), 1, 10),
+            (Some("a"), 2, 10),
+            (Some("b"), 3, 12),
+        ]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(ids(&sink.batches()), ["a", "b"]);
+    assert_eq!(
+        query.last_progress().unwrap().state_operators[0].num_rows_total,
+        2
+    );
+
+    // The watermark is 12 - 5 = 7 s: nothing passed yet. Then 30 moves it
+    // to 25: keys at 10 and 12 go, and a row at 12 is late.
+    stream.push(events(&[(Some("c"), 4, 30)])).unwrap();
+    query.process_all_available().await.unwrap();
+    stream
+        .push(events(&[(Some("b"), 5, 12), (Some("d"), 6, 40)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(ids(&sink.batches()), ["a", "b", "c", "d"]);
+    let progress = query.last_progress().unwrap();
+    let state = &progress.state_operators[0];
+    assert_eq!(state.num_rows_dropped_by_watermark, 1, "{state:?}");
+    assert_eq!(
+        state.num_rows_total, 2,
+        "only the keys at 30 and 40 are kept: {state:?}"
+    );
+    query.stop().await.unwrap();
+}
+
+/// The same function on a batch DataFrame keeps one row per key.
+#[tokio::test]
+async fn on_a_batch_dataframe_one_row_per_key_is_kept() {
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_batch(events(&[
+            (Some("a"), 1, 1),
+            (Some("a"), 2, 2),
+            (None, 3, 3),
+            (None, 4, 4),
+        ]))
+        .unwrap();
+    let out = by_id(df).collect().await.unwrap();
+    assert_eq!(ids(&out), ["NULL", "a"]);
+    let columns = |s: &Schema| -> Vec<(String, DataType)> {
+        s.fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect()
+    };
+    assert_eq!(
+        columns(&out[0].schema()),
+        columns(&schema()),
+        "every column, in order"
+    );
+}
+
+/// One stateful operator per query for now: a deduplication after an
+/// aggregation, or an aggregation after a deduplication, is refused at
+/// start; an unknown key column is an error naming it.
+#[tokio::test]
+async fn a_second_stateful_operator_and_an_unknown_key_are_refused() {
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(schema());
+    let df = ctx.read_stream(stream.clone()).await.unwrap();
+    let err = df
+        .clone()
+        .drop_duplicates(&["nope"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("drop_duplicates: column 'nope'"), "{err}");
+    let aggregated_then_deduplicated = df
+        .clone()
+        .aggregate(
+            vec![col("id")],
+            vec![datafusion::functions_aggregate::expr_fn::count(col("seq")).alias("n")],
+        )
+        .unwrap()
+        .drop_duplicates(&["n"])
+        .unwrap();
+    let deduplicated_then_aggregated = by_id(df)
+        .aggregate(
+            vec![col("id")],
+            vec![datafusion::functions_aggregate::expr_fn::count(col("seq")).alias("n")],
+        )
+        .unwrap();
+    for df in [aggregated_then_deduplicated, deduplicated_then_aggregated] {
+        let err = df
+            .write_stream()
+            .sink(MemorySink::new())
+            .output_mode(OutputMode::Update)
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TidemillError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("one stateful operator"), "{err}");
+    }
+}
+
+/// Rows stream through unchanged but for the dropped ones: every column,
+/// first rows in their batch.
+#[tokio::test]
+async fn kept_rows_are_whole() {
+    let ctx = SessionContext::new();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let query = start(&ctx, &stream, &sink, dir.path(), by_id).await;
+    stream
+        .push(events(&[(Some("a"), 7, 1), (Some("a"), 8, 2)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        ["| a  | 7   | 1970-01-01T00:00:01 |"]
+    );
+    query.stop().await.unwrap();
+}
+
+/// `explain` names the deduplication, its keys and its eviction rule.
+#[tokio::test]
+async fn explain_names_the_deduplication_and_its_eviction() {
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_stream(MemoryStream::new(schema()))
+        .await
+        .unwrap()
+        .with_watermark("event_time", "5 seconds")
+        .unwrap();
+    let text = by_id(df.clone()).write_stream().explain().unwrap();
+    assert!(
+        text.contains("stateful operator: Deduplicate, state keyed by [id]"),
+        "{text}"
+    );
+    assert!(text.contains("every key is kept forever"), "{text}");
+    let text = df
+        .drop_duplicates(&["id", "event_time"])
+        .unwrap()
+        .write_stream()
+        .explain()
+        .unwrap();
+    assert!(text.contains("event-time key: event_time"), "{text}");
+    assert!(text.contains("Deduplicate: keys=["), "{text}");
+}
