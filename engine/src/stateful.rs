@@ -22,6 +22,8 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 
+use tidemill_state::StateStore;
+
 use crate::Result;
 use crate::progress::StateOperatorProgress;
 
@@ -50,4 +52,71 @@ pub(crate) trait StatefulOperator: Send + Sync + Debug {
     /// Whether the watermark `watermark_ms` closes something the state
     /// holds, so a batch without new data would emit or evict it.
     async fn has_closable_state(&self, watermark_ms: Option<i64>) -> bool;
+}
+
+/// An operator's state store as the loop's steps use it: reopened at a
+/// batch's version when a failed attempt left changes behind, and
+/// committed with the batch's figures.
+#[derive(Debug)]
+pub(crate) struct OperatorStore {
+    /// The store, at the running batch's version.
+    pub store: StateStore,
+    /// Whether the store holds changes of a batch that did not commit.
+    pub dirty: bool,
+}
+
+impl OperatorStore {
+    /// `store`, as opened.
+    pub fn new(store: StateStore) -> Self {
+        Self {
+            store,
+            dirty: false,
+        }
+    }
+
+    /// Makes the store hold exactly version `version` (the batch about to
+    /// run), reopening it if a failed attempt changed it or it is at
+    /// another version. Returns whether it was reopened (an operator then
+    /// rebuilds what it derives from the entries).
+    pub async fn begin_batch(&mut self, version: u64) -> Result<bool> {
+        let reopen = self.dirty || self.store.version() != version;
+        if reopen {
+            let store = &self.store;
+            self.store = StateStore::open(
+                store.dir().clone(),
+                store.schema().clone(),
+                *store.config(),
+                version,
+            )
+            .await?;
+        }
+        self.dirty = false;
+        Ok(reopen)
+    }
+
+    /// Commits the batch's changes as the next version; the progress entry
+    /// `operator_name` with the batch's rows dropped as late and left out
+    /// for a null event time.
+    pub async fn commit(
+        &mut self,
+        operator_name: &str,
+        dropped_by_watermark: u64,
+        without_event_time: u64,
+    ) -> Result<StateOperatorProgress> {
+        let commit = self.store.commit().await?;
+        self.dirty = false;
+        // After the commit: the entries are the same, and the memory no
+        // longer counts the change records.
+        let metrics = self.store.metrics();
+        Ok(StateOperatorProgress {
+            operator_name: operator_name.into(),
+            num_rows_total: metrics.rows_total,
+            num_rows_updated: commit.rows_updated,
+            num_rows_removed: commit.rows_removed,
+            memory_used_bytes: metrics.memory_bytes,
+            commit_time_ms: commit.commit_time_ms,
+            num_rows_dropped_by_watermark: dropped_by_watermark,
+            num_rows_without_event_time: without_event_time,
+        })
+    }
 }

@@ -18,7 +18,7 @@ use super::late_rows::LateRowRule;
 use super::session::{Member, SessionIndex, Span, plan_merge, session_column, spans};
 use super::{AggregateLayout, EventTimeKind};
 use crate::progress::StateOperatorProgress;
-use crate::stateful::StatefulOperator;
+use crate::stateful::{OperatorStore, StatefulOperator};
 use crate::{OutputMode, Result, TidemillError};
 
 /// One streaming aggregation of a running query: its state store, the
@@ -39,11 +39,9 @@ pub(crate) struct AggregateOperator {
 
 #[derive(Debug)]
 struct Inner {
-    store: StateStore,
+    state: OperatorStore,
     /// The watermark of the running batch, in milliseconds.
     watermark_ms: Option<i64>,
-    /// Whether the store holds changes of a batch that did not commit.
-    dirty: bool,
     dropped_by_watermark: u64,
     /// Rows left out for a null event time (in no window).
     without_event_time: u64,
@@ -104,9 +102,8 @@ impl AggregateOperator {
             values,
             owners,
             inner: Mutex::new(Inner {
-                store,
+                state: OperatorStore::new(store),
                 watermark_ms: None,
-                dirty: false,
                 dropped_by_watermark: 0,
                 without_event_time: 0,
                 late_rows: Vec::new(),
@@ -115,7 +112,7 @@ impl AggregateOperator {
         };
         {
             let mut inner = operator.inner.lock().await;
-            inner.sessions = operator.index_sessions(&inner.store)?;
+            inner.sessions = operator.index_sessions(&inner.state.store)?;
         }
         Ok(operator)
     }
@@ -193,14 +190,19 @@ impl AggregateOperator {
         }
         let mut stored = Vec::with_capacity(absorbed.len());
         for (key, span) in absorbed {
-            let value = inner.store.get(&key).map(<[u8]>::to_vec).ok_or_else(|| {
-                DataFusionError::Internal("a session in the index is not in the state".into())
-            })?;
-            inner.store.remove(&key);
+            let value = inner
+                .state
+                .store
+                .get(&key)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| {
+                    DataFusionError::Internal("a session in the index is not in the state".into())
+                })?;
+            inner.state.store.remove(&key);
             inner.sessions.remove(&key);
             stored.push((key, value, span));
         }
-        inner.dirty = true;
+        inner.state.dirty = true;
         drop(inner);
 
         let session_type = partial.schema().field(k).data_type().clone();
@@ -285,7 +287,7 @@ impl AggregateOperator {
         // A group may have several rows: its stored state is taken once.
         let mut seen = HashSet::with_hasher(foldhash::fast::RandomState::default());
         let all: Vec<&[u8]> = (0..partial.num_rows()).map(|i| keys.get(i)).collect();
-        for (i, value) in inner.store.get_many(&all).into_iter().enumerate() {
+        for (i, value) in inner.state.store.get_many(&all).into_iter().enumerate() {
             if let Some(value) = value
                 && seen.insert(all[i])
             {
@@ -325,7 +327,7 @@ impl AggregateOperator {
     /// Stores the merged states of the batch's groups.
     pub async fn store(&self, merged: &[RecordBatch]) -> DFResult<()> {
         let mut inner = self.inner.lock().await;
-        inner.dirty = true;
+        inner.state.dirty = true;
         let num_keys = self.layout.num_keys;
         for batch in merged {
             let keys = self.encode_keys(batch)?;
@@ -368,7 +370,7 @@ impl AggregateOperator {
                     (keys.get(i), value, at)
                 })
                 .collect();
-            inner.store.put_many(&entries);
+            inner.state.store.put_many(&entries);
         }
         Ok(())
     }
@@ -383,8 +385,8 @@ impl AggregateOperator {
         else {
             return Ok(Vec::new());
         };
-        inner.dirty = true;
-        let entries = inner.store.take_expired(watermark);
+        inner.state.dirty = true;
+        let entries = inner.state.store.take_expired(watermark);
         if self.groups_by_session() {
             for (key, _) in entries.iter() {
                 inner.sessions.remove(key);
@@ -396,7 +398,7 @@ impl AggregateOperator {
     /// Every group's state, as rows of the partial schema.
     pub async fn all(&self) -> DFResult<Vec<RecordBatch>> {
         let inner = self.inner.lock().await;
-        self.decode(inner.store.iter().map(|e| (e.key, e.value)))
+        self.decode(inner.state.store.iter().map(|e| (e.key, e.value)))
     }
 
     /// The state-store keys of the groups in `batch` (a partial-schema
@@ -444,19 +446,9 @@ impl AggregateOperator {
 impl StatefulOperator for AggregateOperator {
     async fn begin_batch(&self, version: u64, watermark_ms: Option<i64>) -> Result<()> {
         let mut inner = self.inner.lock().await;
-        if inner.dirty || inner.store.version() != version {
-            let store = &inner.store;
-            let reopened = StateStore::open(
-                store.dir().clone(),
-                store.schema().clone(),
-                *store.config(),
-                version,
-            )
-            .await?;
-            inner.sessions = self.index_sessions(&reopened)?;
-            inner.store = reopened;
+        if inner.state.begin_batch(version).await? {
+            inner.sessions = self.index_sessions(&inner.state.store)?;
         }
-        inner.dirty = false;
         inner.watermark_ms = watermark_ms;
         inner.dropped_by_watermark = 0;
         inner.without_event_time = 0;
@@ -473,26 +465,13 @@ impl StatefulOperator for AggregateOperator {
 
     async fn commit(&self) -> Result<StateOperatorProgress> {
         let mut inner = self.inner.lock().await;
-        let commit = inner.store.commit().await?;
-        inner.dirty = false;
-        // After the commit: the entries are the same, and the memory no
-        // longer counts the change records.
-        let metrics = inner.store.metrics();
-        Ok(StateOperatorProgress {
-            operator_name: "aggregate".into(),
-            num_rows_total: metrics.rows_total,
-            num_rows_updated: commit.rows_updated,
-            num_rows_removed: commit.rows_removed,
-            memory_used_bytes: metrics.memory_bytes,
-            commit_time_ms: commit.commit_time_ms,
-            num_rows_dropped_by_watermark: inner.dropped_by_watermark,
-            num_rows_without_event_time: inner.without_event_time,
-        })
+        let (dropped, without_time) = (inner.dropped_by_watermark, inner.without_event_time);
+        inner.state.commit("aggregate", dropped, without_time).await
     }
 
     async fn purge(&self, keep_from_version: u64) -> Result<()> {
         let inner = self.inner.lock().await;
-        inner.store.purge(keep_from_version).await?;
+        inner.state.store.purge(keep_from_version).await?;
         Ok(())
     }
 
@@ -501,7 +480,11 @@ impl StatefulOperator for AggregateOperator {
             return false;
         };
         let inner = self.inner.lock().await;
-        inner.store.next_expiry().is_some_and(|at| at <= watermark)
+        inner
+            .state
+            .store
+            .next_expiry()
+            .is_some_and(|at| at <= watermark)
     }
 }
 

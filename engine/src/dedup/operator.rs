@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 
 use crate::aggregate::event_time::{ceil_millis, watermark_in_unit};
 use crate::progress::StateOperatorProgress;
-use crate::stateful::StatefulOperator;
+use crate::stateful::{OperatorStore, StatefulOperator};
 use crate::{Result, TidemillError};
 
 /// One deduplication of a running query.
@@ -30,9 +30,8 @@ pub(crate) struct DedupOperator {
 
 #[derive(Debug)]
 struct Inner {
-    store: StateStore,
+    state: OperatorStore,
     watermark_ms: Option<i64>,
-    dirty: bool,
     dropped_by_watermark: u64,
 }
 
@@ -94,9 +93,8 @@ impl DedupOperator {
             event_time,
             converter,
             inner: Mutex::new(Inner {
-                store,
+                state: OperatorStore::new(store),
                 watermark_ms: None,
-                dirty: false,
                 dropped_by_watermark: 0,
             }),
         })
@@ -133,7 +131,7 @@ impl DedupOperator {
             None => None,
         };
         let mut inner = self.inner.lock().await;
-        inner.dirty = true;
+        inner.state.dirty = true;
         let watermark = inner.watermark_ms;
         let mut keep = Vec::with_capacity(batch.num_rows());
         let mut seen: HashSet<&[u8]> = HashSet::new();
@@ -154,12 +152,12 @@ impl DedupOperator {
                 }
                 expires_at = Some(millis.value(i));
             }
-            let first = !seen.contains(key) && inner.store.get(key).is_none();
+            let first = !seen.contains(key) && inner.state.store.get(key).is_none();
             if first {
                 seen.insert(key);
                 match expires_at {
-                    Some(at) => inner.store.put_with_ttl(key, &[], at),
-                    None => inner.store.put(key, &[]),
+                    Some(at) => inner.state.store.put_with_ttl(key, &[], at),
+                    None => inner.state.store.put(key, &[]),
                 }
             }
             keep.push(first);
@@ -174,18 +172,7 @@ impl DedupOperator {
 impl StatefulOperator for DedupOperator {
     async fn begin_batch(&self, version: u64, watermark_ms: Option<i64>) -> Result<()> {
         let mut inner = self.inner.lock().await;
-        if inner.dirty || inner.store.version() != version {
-            let store = &inner.store;
-            let reopened = StateStore::open(
-                store.dir().clone(),
-                store.schema().clone(),
-                *store.config(),
-                version,
-            )
-            .await?;
-            inner.store = reopened;
-        }
-        inner.dirty = false;
+        inner.state.begin_batch(version).await?;
         inner.watermark_ms = watermark_ms;
         inner.dropped_by_watermark = 0;
         Ok(())
@@ -195,26 +182,15 @@ impl StatefulOperator for DedupOperator {
     async fn commit(&self) -> Result<StateOperatorProgress> {
         let mut inner = self.inner.lock().await;
         if let Some(watermark) = inner.watermark_ms {
-            inner.store.remove_expired(watermark);
+            inner.state.store.remove_expired(watermark);
         }
-        let commit = inner.store.commit().await?;
-        inner.dirty = false;
-        let metrics = inner.store.metrics();
-        Ok(StateOperatorProgress {
-            operator_name: "dedupe".into(),
-            num_rows_total: metrics.rows_total,
-            num_rows_updated: commit.rows_updated,
-            num_rows_removed: commit.rows_removed,
-            memory_used_bytes: metrics.memory_bytes,
-            commit_time_ms: commit.commit_time_ms,
-            num_rows_dropped_by_watermark: inner.dropped_by_watermark,
-            num_rows_without_event_time: 0,
-        })
+        let dropped = inner.dropped_by_watermark;
+        inner.state.commit("dedupe", dropped, 0).await
     }
 
     async fn purge(&self, keep_from_version: u64) -> Result<()> {
         let inner = self.inner.lock().await;
-        inner.store.purge(keep_from_version).await?;
+        inner.state.store.purge(keep_from_version).await?;
         Ok(())
     }
 
