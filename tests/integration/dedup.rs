@@ -82,6 +82,41 @@ fn by_id(df: DataFrame) -> DataFrame {
     df.drop_duplicates(&["id"]).unwrap()
 }
 
+/// A query running `dedup` over a fresh stream into a memory sink, with a
+/// temporary checkpoint.
+struct Running {
+    stream: MemoryStream,
+    sink: MemorySink,
+    query: StreamingQuery,
+    _checkpoint: tempfile::TempDir,
+}
+
+impl Running {
+    async fn start(ctx: &SessionContext, dedup: impl Fn(DataFrame) -> DataFrame) -> Self {
+        let checkpoint = tempfile::tempdir().unwrap();
+        let stream = MemoryStream::new(schema());
+        let sink = MemorySink::new();
+        let query = start(ctx, &stream, &sink, checkpoint.path(), dedup).await;
+        Self {
+            stream,
+            sink,
+            query,
+            _checkpoint: checkpoint,
+        }
+    }
+
+    /// Pushes `rows` as one batch and runs what they make.
+    async fn push(&self, rows: &[(Option<&str>, i64, i64)]) {
+        self.stream.push(events(rows)).unwrap();
+        self.query.process_all_available().await.unwrap();
+    }
+
+    /// The ids emitted so far, sorted.
+    fn ids(&self) -> Vec<String> {
+        ids(&self.sink.batches())
+    }
+}
+
 /// Duplicates in one batch, spread over every partition, and in later
 /// batches: each id comes out once, whatever the partition count, in many
 /// runs (a race between partitions would let a key through twice).
@@ -92,13 +127,10 @@ async fn each_key_is_emitted_once_within_and_across_batches_and_partitions() {
             let ctx = SessionContext::new_with_config(
                 SessionConfig::new().with_target_partitions(partitions),
             );
-            let dir = tempfile::tempdir().unwrap();
-            let stream = MemoryStream::new(schema());
-            let sink = MemorySink::new();
-            let query = start(&ctx, &stream, &sink, dir.path(), by_id).await;
+            let run = Running::start(&ctx, by_id).await;
             // Eight pushed batches: one micro-batch over up to eight partitions.
             for round in 0..8 {
-                stream
+                run.stream
                     .push(events(&[
                         (Some("a"), round, 1),
                         (Some("b"), round, 2),
@@ -106,27 +138,17 @@ async fn each_key_is_emitted_once_within_and_across_batches_and_partitions() {
                     ]))
                     .unwrap();
             }
-            query.process_all_available().await.unwrap();
-            assert_eq!(ids(&sink.batches()), ["a", "b"], "{partitions} partitions");
-            stream
-                .push(events(&[
-                    (Some("b"), 9, 4),
-                    (Some("c"), 9, 5),
-                    (Some("c"), 10, 5),
-                ]))
-                .unwrap();
-            query.process_all_available().await.unwrap();
-            assert_eq!(
-                ids(&sink.batches()),
-                ["a", "b", "c"],
-                "{partitions} partitions"
-            );
-            let progress = query.last_progress().unwrap();
+            run.query.process_all_available().await.unwrap();
+            assert_eq!(run.ids(), ["a", "b"], "{partitions} partitions");
+            run.push(&[(Some("b"), 9, 4), (Some("c"), 9, 5), (Some("c"), 10, 5)])
+                .await;
+            assert_eq!(run.ids(), ["a", "b", "c"], "{partitions} partitions");
+            let progress = run.query.last_progress().unwrap();
             let state = &progress.state_operators[0];
             assert_eq!(state.operator_name, "dedupe");
             assert_eq!(state.num_rows_total, 3);
             assert_eq!(state.num_rows_updated, 1);
-            query.stop().await.unwrap();
+            run.query.stop().await.unwrap();
         }
     }
 }
@@ -158,26 +180,20 @@ async fn keys_seen_survive_a_restart() {
 /// together.
 #[tokio::test]
 async fn nulls_are_one_key_and_keys_may_be_several_columns() {
-    let ctx = SessionContext::new();
-    let dir = tempfile::tempdir().unwrap();
-    let stream = MemoryStream::new(schema());
-    let sink = MemorySink::new();
-    let query = start(&ctx, &stream, &sink, dir.path(), |df| {
+    let run = Running::start(&SessionContext::new(), |df| {
         df.drop_duplicates(&["id", "seq"]).unwrap()
     })
     .await;
-    stream
-        .push(events(&[
-            (None, 1, 1),
-            (None, 1, 2),
-            (None, 2, 3),
-            (Some("a"), 1, 4),
-            (Some("a"), 1, 5),
-        ]))
-        .unwrap();
-    query.process_all_available().await.unwrap();
-    assert_eq!(ids(&sink.batches()), ["NULL", "NULL", "a"]);
-    query.stop().await.unwrap();
+    run.push(&[
+        (None, 1, 1),
+        (None, 1, 2),
+        (None, 2, 3),
+        (Some("a"), 1, 4),
+        (Some("a"), 1, 5),
+    ])
+    .await;
+    assert_eq!(run.ids(), ["NULL", "NULL", "a"]);
+    run.query.stop().await.unwrap();
 }
 
 /// With the watermarked event time among the keys: a row at or below the
@@ -185,48 +201,31 @@ async fn nulls_are_one_key_and_keys_may_be_several_columns() {
 /// passed are evicted, so the state stays bounded.
 #[tokio::test]
 async fn with_an_event_time_key_late_rows_are_dropped_and_passed_keys_evicted() {
-    let ctx = SessionContext::new();
-    let dir = tempfile::tempdir().unwrap();
-    let stream = MemoryStream::new(schema());
-    let sink = MemorySink::new();
-    let query = start(&ctx, &stream, &sink, dir.path(), |df| {
+    let run = Running::start(&SessionContext::new(), |df| {
         df.with_watermark("event_time", "5 seconds")
             .unwrap()
             .drop_duplicates(&["id", "event_time"])
             .unwrap()
     })
     .await;
-    stream
-        .push(events(&[
-            (Some("a"), 1, 10),
-            (Some("a"), 2, 10),
-            (Some("b"), 3, 12),
-        ]))
-        .unwrap();
-    query.process_all_available().await.unwrap();
-    assert_eq!(ids(&sink.batches()), ["a", "b"]);
-    assert_eq!(
-        query.last_progress().unwrap().state_operators[0].num_rows_total,
-        2
-    );
+    run.push(&[(Some("a"), 1, 10), (Some("a"), 2, 10), (Some("b"), 3, 12)])
+        .await;
+    assert_eq!(run.ids(), ["a", "b"]);
+    let state = |run: &Running| run.query.last_progress().unwrap().state_operators[0].clone();
+    assert_eq!(state(&run).num_rows_total, 2);
 
     // The watermark is 12 - 5 = 7 s: nothing passed yet. Then 30 moves it
     // to 25: keys at 10 and 12 go, and a row at 12 is late.
-    stream.push(events(&[(Some("c"), 4, 30)])).unwrap();
-    query.process_all_available().await.unwrap();
-    stream
-        .push(events(&[(Some("b"), 5, 12), (Some("d"), 6, 40)]))
-        .unwrap();
-    query.process_all_available().await.unwrap();
-    assert_eq!(ids(&sink.batches()), ["a", "b", "c", "d"]);
-    let progress = query.last_progress().unwrap();
-    let state = &progress.state_operators[0];
+    run.push(&[(Some("c"), 4, 30)]).await;
+    run.push(&[(Some("b"), 5, 12), (Some("d"), 6, 40)]).await;
+    assert_eq!(run.ids(), ["a", "b", "c", "d"]);
+    let state = state(&run);
     assert_eq!(state.num_rows_dropped_by_watermark, 1, "{state:?}");
     assert_eq!(
         state.num_rows_total, 2,
         "only the keys at 30 and 40 are kept: {state:?}"
     );
-    query.stop().await.unwrap();
+    run.query.stop().await.unwrap();
 }
 
 /// The same function on a batch DataFrame keeps one row per key.
@@ -302,20 +301,13 @@ async fn a_second_stateful_operator_and_an_unknown_key_are_refused() {
 /// first rows in their batch.
 #[tokio::test]
 async fn kept_rows_are_whole() {
-    let ctx = SessionContext::new();
-    let dir = tempfile::tempdir().unwrap();
-    let stream = MemoryStream::new(schema());
-    let sink = MemorySink::new();
-    let query = start(&ctx, &stream, &sink, dir.path(), by_id).await;
-    stream
-        .push(events(&[(Some("a"), 7, 1), (Some("a"), 8, 2)]))
-        .unwrap();
-    query.process_all_available().await.unwrap();
+    let run = Running::start(&SessionContext::new(), by_id).await;
+    run.push(&[(Some("a"), 7, 1), (Some("a"), 8, 2)]).await;
     assert_eq!(
-        sorted_rows(&sink.batches()),
+        sorted_rows(&run.sink.batches()),
         ["| a  | 7   | 1970-01-01T00:00:01 |"]
     );
-    query.stop().await.unwrap();
+    run.query.stop().await.unwrap();
 }
 
 /// `explain` names the deduplication, its keys and its eviction rule.
