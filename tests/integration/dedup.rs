@@ -335,3 +335,65 @@ async fn explain_names_the_deduplication_and_its_eviction() {
     assert!(text.contains("event-time key: event_time"), "{text}");
     assert!(text.contains("Deduplicate: keys=["), "{text}");
 }
+
+/// SQL's `DISTINCT ON (keys)` over a stream is a deduplication by the keys,
+/// then the select list; an `ORDER BY` choosing the first row, or a key
+/// that is an expression, is refused at start.
+#[tokio::test]
+async fn sql_distinct_on_a_stream_deduplicates_it() {
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(schema());
+    ctx.register_stream("events", stream.clone()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = MemorySink::new();
+    let query = ctx
+        .sql("SELECT DISTINCT ON (id) id, seq * 10 AS tens FROM events")
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .checkpoint(dir.path().to_str().unwrap())
+        .start()
+        .await
+        .unwrap();
+    stream
+        .push(events(&[
+            (Some("a"), 1, 1),
+            (Some("a"), 2, 2),
+            (Some("b"), 3, 3),
+        ]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    stream
+        .push(events(&[(Some("a"), 4, 4), (Some("c"), 5, 5)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        ["| a  | 10   |", "| b  | 30   |", "| c  | 50   |"]
+    );
+    query.stop().await.unwrap();
+
+    for (sql, says) in [
+        (
+            "SELECT DISTINCT ON (id) id, seq FROM events ORDER BY id, seq",
+            "DISTINCT ON with ORDER BY",
+        ),
+        (
+            "SELECT DISTINCT ON (upper(id)) id FROM events",
+            "keys a stream by an expression",
+        ),
+    ] {
+        let err = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .write_stream()
+            .sink(MemorySink::new())
+            .start()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TidemillError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains(says), "{err}");
+    }
+}

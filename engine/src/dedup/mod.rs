@@ -21,10 +21,14 @@ mod operator;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchemaRef};
-use datafusion::error::Result as DFResult;
-use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::{
+    Distinct, DistinctOn, Expr, Extension, LogicalPlan, Projection, UserDefinedLogicalNodeCore,
+};
+
+use crate::{Result, SourceTable, TidemillError};
 
 pub(crate) use exec::DedupExec;
 pub(crate) use operator::DedupOperator;
@@ -80,6 +84,69 @@ impl DeduplicateNode {
             .find(|k| watermarked.iter().any(|w| w.column.name == k.name))
             .map(|k| k.name.clone())
     }
+}
+
+/// SQL's `SELECT DISTINCT ON (keys) … FROM <stream>` as a deduplication
+/// of the stream by `keys` (then the select list): on a stream, the first
+/// row of each key, as `drop_duplicates`. A batch plan keeps DataFusion's
+/// own `DISTINCT ON`. Keys must be columns, and an `ORDER BY` choosing the
+/// first row is refused (a stream has no order across micro-batches).
+pub(crate) fn distinct_on_as_dedup(plan: LogicalPlan) -> Result<LogicalPlan> {
+    plan.transform_up(|node| match node {
+        LogicalPlan::Distinct(Distinct::On(on)) if SourceTable::any_in(&on.input) => {
+            let DistinctOn {
+                on_expr,
+                select_expr,
+                sort_expr,
+                input,
+                ..
+            } = on;
+            if sort_expr.is_some() {
+                return Err(refusal(
+                    "with ORDER BY",
+                    "picks the first row of each key by an order, and a stream has no order \
+                     across micro-batches",
+                    "Remove the ORDER BY: the stream keeps the first row of each key to arrive",
+                ));
+            }
+            let keys = on_expr
+                .into_iter()
+                .map(|e| match e {
+                    Expr::Column(c) => Ok(c),
+                    other => Err(refusal(
+                        &format!("({other})"),
+                        "keys a stream by an expression",
+                        "Compute the key as a column in a subquery, then DISTINCT ON that column",
+                    )),
+                })
+                .collect::<DFResult<Vec<_>>>()?;
+            let dedup = DeduplicateNode {
+                input: Arc::unwrap_or_clone(input),
+                keys,
+            };
+            let projected = Projection::try_new(select_expr, Arc::new(dedup.into_plan()))?;
+            Ok(Transformed::yes(LogicalPlan::Projection(projected)))
+        }
+        other => Ok(Transformed::no(other)),
+    })
+    .map(|t| t.data)
+    .map_err(|e| match e {
+        DataFusionError::External(inner) => match inner.downcast::<TidemillError>() {
+            Ok(ours) => *ours,
+            Err(inner) => {
+                TidemillError::datafusion("planning DISTINCT ON", DataFusionError::External(inner))
+            }
+        },
+        other => TidemillError::datafusion("planning DISTINCT ON", other),
+    })
+}
+
+fn refusal(what: &str, reason: &str, fix: &str) -> DataFusionError {
+    DataFusionError::External(Box::new(TidemillError::Unsupported {
+        operator: format!("DISTINCT ON {what}"),
+        reason: reason.into(),
+        fix: fix.into(),
+    }))
 }
 
 impl UserDefinedLogicalNodeCore for DeduplicateNode {

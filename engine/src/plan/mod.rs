@@ -64,6 +64,9 @@ pub(crate) fn prepare(
     // register_window_functions ran).
     let plan = expand_grouping_windows(plan)
         .map_err(|e| TidemillError::datafusion("planning grouping windows", e))?;
+    // SQL's DISTINCT ON over a stream deduplicates it (before the
+    // optimizer turns it into an aggregation).
+    let plan = crate::dedup::distinct_on_as_dedup(plan)?;
     let optimized = state
         .optimize(&plan)
         .map_err(|e| TidemillError::datafusion("optimizing the streaming query", e))?;
