@@ -110,7 +110,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
             DedupOperator::open(
                 dedup.input.schema().as_arrow(),
                 keys,
-                dedup.event_time_key(),
+                dedup.expiry(),
                 state_dir,
                 next_batch_id,
             )

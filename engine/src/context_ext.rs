@@ -88,6 +88,16 @@ pub trait StreamingDataFrame {
     /// DataFusion's `DISTINCT ON` over `columns`: one row per key, which one
     /// unspecified, as in Spark's batch `dropDuplicates`.
     fn drop_duplicates(self, columns: &[&str]) -> Result<DataFrame>;
+
+    /// Drops the rows whose `columns` repeat an earlier row's within the
+    /// watermark's delay, as Spark's `dropDuplicatesWithinWatermark`: a key
+    /// is kept from its first row's event time (the stream's watermarked
+    /// column) until the watermark passes that time plus the delay, so the
+    /// state stays bounded whether or not the event time is a key. Rows at
+    /// or below the watermark are dropped as late. The stream needs a
+    /// watermark (refused at start otherwise). On a batch DataFrame it is
+    /// [`StreamingDataFrame::drop_duplicates`].
+    fn drop_duplicates_within_watermark(self, columns: &[&str]) -> Result<DataFrame>;
 }
 
 impl StreamingDataFrame for DataFrame {
@@ -110,36 +120,49 @@ impl StreamingDataFrame for DataFrame {
     }
 
     fn drop_duplicates(self, columns: &[&str]) -> Result<DataFrame> {
-        let keys = if columns.is_empty() {
-            self.schema().columns()
-        } else {
-            let mut keys = Vec::with_capacity(columns.len());
-            for name in columns {
-                let column = self
-                    .schema()
-                    .qualified_field_with_unqualified_name(name)
-                    .map(Column::from)
-                    .map_err(|e| {
-                        TidemillError::datafusion(format!("drop_duplicates: column '{name}'"), e)
-                    })?;
-                keys.push(column);
-            }
-            keys
-        };
-        if !self.is_streaming() {
-            let all = self
-                .schema()
-                .columns()
-                .into_iter()
-                .map(Expr::Column)
-                .collect();
-            let on = keys.into_iter().map(Expr::Column).collect();
-            return self
-                .distinct_on(on, all, None)
-                .map_err(|e| TidemillError::datafusion("drop_duplicates", e));
-        }
-        let (state, plan) = self.into_parts();
-        let node = DeduplicateNode { input: plan, keys };
-        Ok(DataFrame::new(state, node.into_plan()))
+        deduplicate(self, columns, false)
     }
+
+    fn drop_duplicates_within_watermark(self, columns: &[&str]) -> Result<DataFrame> {
+        deduplicate(self, columns, true)
+    }
+}
+
+/// `drop_duplicates` (`within_watermark`: its within-watermark variant).
+fn deduplicate(df: DataFrame, columns: &[&str], within_watermark: bool) -> Result<DataFrame> {
+    let keys = if columns.is_empty() {
+        df.schema().columns()
+    } else {
+        let mut keys = Vec::with_capacity(columns.len());
+        for name in columns {
+            let column = df
+                .schema()
+                .qualified_field_with_unqualified_name(name)
+                .map(Column::from)
+                .map_err(|e| {
+                    TidemillError::datafusion(format!("drop_duplicates: column '{name}'"), e)
+                })?;
+            keys.push(column);
+        }
+        keys
+    };
+    if !df.is_streaming() {
+        let all = df
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
+        let on = keys.into_iter().map(Expr::Column).collect();
+        return df
+            .distinct_on(on, all, None)
+            .map_err(|e| TidemillError::datafusion("drop_duplicates", e));
+    }
+    let (state, plan) = df.into_parts();
+    let node = DeduplicateNode {
+        input: plan,
+        keys,
+        within_watermark,
+    };
+    Ok(DataFrame::new(state, node.into_plan()))
 }

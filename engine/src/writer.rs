@@ -219,10 +219,15 @@ impl DataStreamWriter {
                 "stateful operator: Deduplicate, state keyed by [{}]\n",
                 keys.join(", ")
             ));
-            match dedup.event_time_key() {
-                Some(key) => text.push_str(&format!(
-                    "  event-time key: {key}; rows at or below the watermark are dropped as \
+            match dedup.expiry() {
+                Some((column, 0)) => text.push_str(&format!(
+                    "  event-time key: {column}; rows at or below the watermark are dropped as \
                      late, keys the watermark has passed are evicted\n"
+                )),
+                Some((column, delay)) => text.push_str(&format!(
+                    "  within the watermark: a key is kept until the watermark passes its first \
+                     row's {column} + {delay} ms; rows at or below the watermark are dropped as \
+                     late\n"
                 )),
                 None => text.push_str("  no event-time key: every key is kept forever\n"),
             }

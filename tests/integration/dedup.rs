@@ -397,3 +397,49 @@ async fn sql_distinct_on_a_stream_deduplicates_it() {
         assert!(err.to_string().contains(says), "{err}");
     }
 }
+
+/// `drop_duplicates_within_watermark`: a key is kept from its first row's
+/// event time until the watermark passes that time plus the delay, with
+/// the event time not among the keys; later, the key may come out again.
+/// Without a watermark it is refused at start.
+#[tokio::test]
+async fn within_the_watermark_a_key_is_kept_for_the_delay_after_its_time() {
+    let run = Running::start(&SessionContext::new(), |df| {
+        df.with_watermark("event_time", "5 seconds")
+            .unwrap()
+            .drop_duplicates_within_watermark(&["id"])
+            .unwrap()
+    })
+    .await;
+    // The key a expires at 10 + 5 = 15 s of watermark.
+    run.push(&[(Some("a"), 1, 10), (Some("a"), 2, 11)]).await;
+    // Watermark 19 - 5 = 14: a is still kept; this row is a duplicate.
+    run.push(&[(Some("a"), 3, 19)]).await;
+    assert_eq!(run.ids(), ["a"]);
+    // Watermark 14 during this batch, then 30 - 5 = 25: a expires.
+    run.push(&[(Some("b"), 4, 30)]).await;
+    // A new a (at 28, above the watermark 25) comes out again; one at
+    // 20 is late.
+    run.push(&[(Some("a"), 5, 28), (Some("a"), 6, 20)]).await;
+    assert_eq!(run.ids(), ["a", "a", "b"]);
+    let state = run.query.last_progress().unwrap().state_operators[0].clone();
+    assert_eq!(state.num_rows_dropped_by_watermark, 1, "{state:?}");
+    run.query.stop().await.unwrap();
+
+    let ctx = SessionContext::new();
+    let err = ctx
+        .read_stream(MemoryStream::new(schema()))
+        .await
+        .unwrap()
+        .drop_duplicates_within_watermark(&["id"])
+        .unwrap()
+        .write_stream()
+        .sink(MemorySink::new())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("the input has no watermark"),
+        "{err}"
+    );
+}

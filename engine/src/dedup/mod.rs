@@ -8,7 +8,7 @@
 //! forever. When a key column is a watermarked event time, a row at or
 //! below the batch's watermark is late: it is dropped and counted, and a
 //! key is evicted once the watermark passes its event time (no later row
-//! can have it). A null event time is never late and its key is kept.
+//! can have it), when the batch with that watermark begins. A null event time is never late and its key is kept.
 //!
 //! [`DeduplicateNode`] is the logical node
 //! ([`crate::StreamingDataFrame::drop_duplicates`] adds it), planned as
@@ -41,6 +41,10 @@ pub struct DeduplicateNode {
     pub input: LogicalPlan,
     /// The key columns.
     pub keys: Vec<Column>,
+    /// Spark's `dropDuplicatesWithinWatermark`: a key is kept from its
+    /// first row's event time until the watermark passes that time plus
+    /// the watermark's delay, whether or not the event time is a key.
+    pub within_watermark: bool,
 }
 
 impl DeduplicateNode {
@@ -84,6 +88,21 @@ impl DeduplicateNode {
             .find(|k| watermarked.iter().any(|w| w.column.name == k.name))
             .map(|k| k.name.clone())
     }
+
+    /// What bounds the state: the event-time column whose rows at or
+    /// below the watermark are late, and how long after a key's event time
+    /// it expires, in milliseconds. Within the watermark, the input's
+    /// watermarked column and its delay; otherwise an event-time key, at
+    /// once. `None`: keys are kept forever.
+    pub fn expiry(&self) -> Option<(String, i64)> {
+        if self.within_watermark {
+            let watermark = crate::watermark::WatermarkNode::all_in(&self.input)
+                .into_iter()
+                .next()?;
+            return Some((watermark.column.name, watermark.delay_ms));
+        }
+        self.event_time_key().map(|key| (key, 0))
+    }
 }
 
 /// SQL's `SELECT DISTINCT ON (keys) … FROM <stream>` as a deduplication
@@ -123,6 +142,7 @@ pub(crate) fn distinct_on_as_dedup(plan: LogicalPlan) -> Result<LogicalPlan> {
             let dedup = DeduplicateNode {
                 input: Arc::unwrap_or_clone(input),
                 keys,
+                within_watermark: false,
             };
             let projected = Projection::try_new(select_expr, Arc::new(dedup.into_plan()))?;
             Ok(Transformed::yes(LogicalPlan::Projection(projected)))
@@ -168,7 +188,11 @@ impl UserDefinedLogicalNodeCore for DeduplicateNode {
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
         let keys: Vec<&str> = self.keys.iter().map(|k| k.name.as_str()).collect();
-        write!(f, "Deduplicate: keys=[{}]", keys.join(", "))
+        write!(f, "Deduplicate: keys=[{}]", keys.join(", "))?;
+        if self.within_watermark {
+            write!(f, " within watermark")?;
+        }
+        Ok(())
     }
 
     fn with_exprs_and_inputs(
@@ -186,6 +210,7 @@ impl UserDefinedLogicalNodeCore for DeduplicateNode {
         Ok(Self {
             input: inputs.swap_remove(0),
             keys,
+            within_watermark: self.within_watermark,
         })
     }
 }

@@ -22,8 +22,9 @@ use crate::{Result, TidemillError};
 pub(crate) struct DedupOperator {
     /// The key columns' names, in order.
     keys: Vec<String>,
-    /// The key column that is a watermarked event time, and its unit.
-    event_time: Option<(String, TimeUnit)>,
+    /// The event-time column whose rows at or below the watermark are
+    /// late, its unit, and how long after its time a key expires (ms).
+    event_time: Option<(String, TimeUnit, i64)>,
     converter: RowConverter,
     inner: Mutex<Inner>,
 }
@@ -37,13 +38,15 @@ struct Inner {
 
 impl DedupOperator {
     /// Opens the keys seen in `dir` as of `version`, for keys `keys` of
-    /// `input` (the deduplicated rows' schema), `event_time` one of them.
+    /// `input` (the deduplicated rows' schema); `expiry` is the event-time
+    /// column and how long after its time a key expires (see
+    /// [`super::DeduplicateNode::expiry`]).
     ///
     /// Refuses a checkpoint whose state was written for other keys.
     pub async fn open(
         input: &Schema,
         keys: Vec<String>,
-        event_time: Option<String>,
+        expiry: Option<(String, i64)>,
         dir: CheckpointDir,
         version: u64,
     ) -> Result<Self> {
@@ -54,11 +57,13 @@ impl DedupOperator {
             })?;
             fields.push(field.clone());
         }
-        let event_time = match event_time {
-            Some(name) => match input.field_with_name(&name).map(|f| f.data_type().clone()) {
-                Ok(DataType::Timestamp(unit, _)) => Some((name, unit)),
-                _ => None,
-            },
+        let event_time = match expiry {
+            Some((name, after_ms)) => {
+                match input.field_with_name(&name).map(|f| f.data_type().clone()) {
+                    Ok(DataType::Timestamp(unit, _)) => Some((name, unit, after_ms)),
+                    _ => None,
+                }
+            }
             None => None,
         };
         let key_schema: SchemaRef = Arc::new(Schema::new(fields));
@@ -120,7 +125,7 @@ impl DedupOperator {
         // watermark reaches its time), and in the column's unit (for the
         // late check).
         let times: Option<(ArrayRef, arrow::array::Int64Array)> = match &self.event_time {
-            Some((name, unit)) => {
+            Some((name, unit, _)) => {
                 let raw = cast(
                     batch.column_by_name(name).expect("a key column"),
                     &DataType::Int64,
@@ -139,7 +144,7 @@ impl DedupOperator {
         for (i, row) in rows.iter().enumerate() {
             let key = row.data();
             let mut expires_at = None;
-            if let (Some((raw, millis)), Some((_, unit))) = (&times, &self.event_time)
+            if let (Some((raw, millis)), Some((_, unit, after_ms))) = (&times, &self.event_time)
                 && raw.is_valid(i)
             {
                 let raw = raw.as_primitive::<arrow::datatypes::Int64Type>().value(i);
@@ -150,7 +155,7 @@ impl DedupOperator {
                     keep.push(false);
                     continue;
                 }
-                expires_at = Some(millis.value(i));
+                expires_at = Some(millis.value(i).saturating_add(*after_ms));
             }
             let first = !seen.contains(key) && inner.state.store.get(key).is_none();
             if first {
@@ -173,17 +178,22 @@ impl StatefulOperator for DedupOperator {
     async fn begin_batch(&self, version: u64, watermark_ms: Option<i64>) -> Result<()> {
         let mut inner = self.inner.lock().await;
         inner.state.begin_batch(version).await?;
+        // The keys the batch's watermark has passed are gone before its
+        // rows are looked up: a row after a key expired is a first row
+        // again. The removals are the batch's changes (a re-run makes them
+        // again from the same version).
+        if let Some(watermark) = watermark_ms
+            && inner.state.store.remove_expired(watermark) > 0
+        {
+            inner.state.dirty = true;
+        }
         inner.watermark_ms = watermark_ms;
         inner.dropped_by_watermark = 0;
         Ok(())
     }
 
-    /// Evicts the keys the batch's watermark has passed, then commits.
     async fn commit(&self) -> Result<StateOperatorProgress> {
         let mut inner = self.inner.lock().await;
-        if let Some(watermark) = inner.watermark_ms {
-            inner.state.store.remove_expired(watermark);
-        }
         let dropped = inner.dropped_by_watermark;
         inner.state.commit("dedupe", dropped, 0).await
     }
@@ -194,7 +204,7 @@ impl StatefulOperator for DedupOperator {
         Ok(())
     }
 
-    /// Expired keys are evicted by a batch's commit; no output waits for
+    /// Expired keys are evicted when a batch begins; no output waits for
     /// the watermark, so no batch without data is needed.
     async fn has_closable_state(&self, _watermark_ms: Option<i64>) -> bool {
         false

@@ -149,6 +149,16 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
         | LogicalPlan::Repartition(_) => Ok(flow),
         LogicalPlan::Extension(_) if WatermarkNode::of(plan).is_some() => Ok(flow),
         LogicalPlan::Extension(_) if DeduplicateNode::of(plan).is_some() => {
+            let dedup = DeduplicateNode::of(plan).expect("a deduplication");
+            if dedup.within_watermark && WatermarkNode::all_in(&dedup.input).is_empty() {
+                return Err(unsupported(
+                    "Deduplicate within watermark",
+                    "keeps each key for the watermark's delay after its event time, but the \
+                     input has no watermark",
+                    "Call with_watermark(\"<event-time column>\", \"<delay>\") on the stream \
+                     first, or use drop_duplicates",
+                ));
+            }
             if aggregated || deduplicated {
                 return Err(unsupported(
                     "Deduplicate",
