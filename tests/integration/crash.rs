@@ -251,15 +251,16 @@ async fn sigkill_at_each_step_of_a_batch_loses_and_duplicates_nothing() {
     }
 }
 
-#[tokio::test]
-async fn sigkill_at_each_step_of_a_stateful_batch_loses_and_duplicates_nothing() {
+/// Runs `pipeline` over four files, kills it at each step of its third
+/// batch (with the state of batches 0 and 1 kept and some output already
+/// emitted), adds a fifth file and restarts it: the output must be a clean
+/// run's, `expected_rows` rows.
+async fn kill_at_each_step_of_the_third_batch(pipeline: Pipeline, expected_rows: usize) {
     for point in POINTS {
-        let dirs = Dirs::with_pipeline(Pipeline::Windowed);
+        let dirs = Dirs::with_pipeline(pipeline);
         for n in 0..4 {
             write_input(&dirs.input, n);
         }
-        // Killed in batch 2, with windows of batches 0 and 1 in the state
-        // and some already emitted.
         let mut child = spawn_child(&dirs, Some(&format!("{point}@2")));
         assert_eq!(child.wait_for_event(), Event::Failpoint, "{point}");
         child.kill();
@@ -267,8 +268,7 @@ async fn sigkill_at_each_step_of_a_stateful_batch_loses_and_duplicates_nothing()
         write_input(&dirs.input, 4);
         run_to_completion(&dirs);
         let expected = batch_rows(&dirs).await;
-        // Windows [0, 10) .. [80, 90) closed, three symbols each.
-        assert_eq!(expected.len(), 27, "{expected:#?}");
+        assert_eq!(expected.len(), expected_rows, "{expected:#?}");
         assert!(partial.len() < expected.len(), "{point}: interrupted");
         assert_eq!(
             committed_rows(&dirs).await,
@@ -278,32 +278,18 @@ async fn sigkill_at_each_step_of_a_stateful_batch_loses_and_duplicates_nothing()
     }
 }
 
-/// The deduplication killed at each step of its third batch: restarted, it
-/// emits each bucket once, as a clean run does (a bucket spans two files,
-/// so one of its rows is dropped in a later batch than the first).
+#[tokio::test]
+async fn sigkill_at_each_step_of_a_stateful_batch_loses_and_duplicates_nothing() {
+    // Windows [0, 10) .. [80, 90) closed, three symbols each.
+    kill_at_each_step_of_the_third_batch(Pipeline::Windowed, 27).await;
+}
+
+/// A bucket spans two files, so one of its rows is dropped in a later
+/// batch than its first.
 #[tokio::test]
 async fn sigkill_at_each_step_of_a_deduplicating_batch_loses_and_duplicates_nothing() {
-    for point in POINTS {
-        let dirs = Dirs::with_pipeline(Pipeline::Deduplicated);
-        for n in 0..4 {
-            write_input(&dirs.input, n);
-        }
-        let mut child = spawn_child(&dirs, Some(&format!("{point}@2")));
-        assert_eq!(child.wait_for_event(), Event::Failpoint, "{point}");
-        child.kill();
-        let partial = committed_rows(&dirs).await;
-        write_input(&dirs.input, 4);
-        run_to_completion(&dirs);
-        let expected = batch_rows(&dirs).await;
-        // Ids 0..100 in buckets of three.
-        assert_eq!(expected.len(), 34, "{expected:#?}");
-        assert!(partial.len() < expected.len(), "{point}: interrupted");
-        assert_eq!(
-            committed_rows(&dirs).await,
-            expected,
-            "{point}: output differs from a clean run"
-        );
-    }
+    // Ids 0..100 in buckets of three.
+    kill_at_each_step_of_the_third_batch(Pipeline::Deduplicated, 34).await;
 }
 
 #[tokio::test]
