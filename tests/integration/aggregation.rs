@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::TimestampMillisecondArray;
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use datafusion::functions_aggregate::expr_fn::{avg, count, max, min, sum};
 use datafusion::prelude::*;
@@ -12,34 +12,7 @@ use tidemill::engine::window::tumble;
 use tidemill::prelude::*;
 use tidemill::{QueryOptions, StreamingQuery};
 
-use crate::common::sorted_rows;
-
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("symbol", DataType::Utf8, true),
-        Field::new("price", DataType::Float64, false),
-        Field::new(
-            "event_time",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-    ]))
-}
-
-/// Trades `(symbol, price, seconds since the epoch)`.
-fn trades(rows: &[(Option<&str>, f64, i64)]) -> RecordBatch {
-    RecordBatch::try_new(
-        schema(),
-        vec![
-            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.0))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
-            Arc::new(TimestampMillisecondArray::from_iter_values(
-                rows.iter().map(|r| r.2 * 1000),
-            )),
-        ],
-    )
-    .unwrap()
-}
+use crate::common::{sorted_rows, timed_rows as trades, timed_schema as schema};
 
 /// Per 10-second tumbling window and symbol: count, sum, min, max, avg of
 /// price, as `start` (seconds), `symbol`, aggregates.

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, Int64Array, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Float64Array, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use datafusion::prelude::DataFrame;
 
@@ -103,4 +103,33 @@ pub async fn run_available_now(
         .await?;
     query.await_termination().await?;
     Ok((sink, query))
+}
+
+/// The schema of timed test rows: a nullable `symbol`, a `price` and a
+/// millisecond `event_time`.
+pub fn timed_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, true),
+        Field::new("price", DataType::Float64, false),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]))
+}
+
+/// Timed rows `(symbol, price, seconds since the epoch)`.
+pub fn timed_rows(rows: &[(Option<&str>, f64, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        timed_schema(),
+        vec![
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.0))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                rows.iter().map(|r| r.2 * 1000),
+            )),
+        ],
+    )
+    .unwrap()
 }

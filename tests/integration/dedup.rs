@@ -5,44 +5,15 @@
 //! watermark has passed are evicted; nulls are one key; the same call on a
 //! batch DataFrame keeps one row per key.
 
-use std::sync::Arc;
-
-use arrow::array::{Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Schema};
 use datafusion::prelude::*;
 use tidemill::prelude::*;
 use tidemill::{QueryOptions, StreamingQuery, TidemillError};
 
-use crate::common::sorted_rows;
+use crate::common::{sorted_rows, timed_rows as events, timed_schema as schema};
 
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Utf8, true),
-        Field::new("seq", DataType::Int64, false),
-        Field::new(
-            "event_time",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-    ]))
-}
-
-/// Events `(id, seq, seconds)`.
-fn events(rows: &[(Option<&str>, i64, i64)]) -> RecordBatch {
-    RecordBatch::try_new(
-        schema(),
-        vec![
-            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.0))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-            Arc::new(TimestampMillisecondArray::from_iter_values(
-                rows.iter().map(|r| r.2 * 1000),
-            )),
-        ],
-    )
-    .unwrap()
-}
-
-/// The ids of `batches`, sorted.
+/// The symbols (the keys) of `batches`, sorted.
 fn ids(batches: &[RecordBatch]) -> Vec<String> {
     let mut ids: Vec<String> = batches
         .iter()
@@ -79,7 +50,7 @@ async fn start(
 }
 
 fn by_id(df: DataFrame) -> DataFrame {
-    df.drop_duplicates(&["id"]).unwrap()
+    df.drop_duplicates(&["symbol"]).unwrap()
 }
 
 /// A query running `dedup` over a fresh stream into a memory sink, with a
@@ -106,7 +77,7 @@ impl Running {
     }
 
     /// Pushes `rows` as one batch and runs what they make.
-    async fn push(&self, rows: &[(Option<&str>, i64, i64)]) {
+    async fn push(&self, rows: &[(Option<&str>, f64, i64)]) {
         self.stream.push(events(rows)).unwrap();
         self.query.process_all_available().await.unwrap();
     }
@@ -118,7 +89,7 @@ impl Running {
 }
 
 /// Duplicates in one batch, spread over every partition, and in later
-/// batches: each id comes out once, whatever the partition count, in many
+/// batches: each key comes out once, whatever the partition count, in many
 /// runs (a race between partitions would let a key through twice).
 #[tokio::test]
 async fn each_key_is_emitted_once_within_and_across_batches_and_partitions() {
@@ -132,16 +103,20 @@ async fn each_key_is_emitted_once_within_and_across_batches_and_partitions() {
             for round in 0..8 {
                 run.stream
                     .push(events(&[
-                        (Some("a"), round, 1),
-                        (Some("b"), round, 2),
-                        (Some("a"), round + 100, 3),
+                        (Some("a"), round as f64, 1),
+                        (Some("b"), round as f64, 2),
+                        (Some("a"), round as f64 + 100.0, 3),
                     ]))
                     .unwrap();
             }
             run.query.process_all_available().await.unwrap();
             assert_eq!(run.ids(), ["a", "b"], "{partitions} partitions");
-            run.push(&[(Some("b"), 9, 4), (Some("c"), 9, 5), (Some("c"), 10, 5)])
-                .await;
+            run.push(&[
+                (Some("b"), 9.0, 4),
+                (Some("c"), 9.0, 5),
+                (Some("c"), 10.0, 5),
+            ])
+            .await;
             assert_eq!(run.ids(), ["a", "b", "c"], "{partitions} partitions");
             let progress = run.query.last_progress().unwrap();
             let state = &progress.state_operators[0];
@@ -162,14 +137,14 @@ async fn keys_seen_survive_a_restart() {
     let sink = MemorySink::new();
     let query = start(&ctx, &stream, &sink, dir.path(), by_id).await;
     stream
-        .push(events(&[(Some("a"), 1, 1), (Some("b"), 2, 2)]))
+        .push(events(&[(Some("a"), 1.0, 1), (Some("b"), 2.0, 2)]))
         .unwrap();
     query.process_all_available().await.unwrap();
     query.stop().await.unwrap();
 
     let query = start(&ctx, &stream, &sink, dir.path(), by_id).await;
     stream
-        .push(events(&[(Some("a"), 3, 3), (Some("c"), 4, 4)]))
+        .push(events(&[(Some("a"), 3.0, 3), (Some("c"), 4.0, 4)]))
         .unwrap();
     query.process_all_available().await.unwrap();
     assert_eq!(ids(&sink.batches()), ["a", "b", "c"]);
@@ -181,15 +156,15 @@ async fn keys_seen_survive_a_restart() {
 #[tokio::test]
 async fn nulls_are_one_key_and_keys_may_be_several_columns() {
     let run = Running::start(&SessionContext::new(), |df| {
-        df.drop_duplicates(&["id", "seq"]).unwrap()
+        df.drop_duplicates(&["symbol", "price"]).unwrap()
     })
     .await;
     run.push(&[
-        (None, 1, 1),
-        (None, 1, 2),
-        (None, 2, 3),
-        (Some("a"), 1, 4),
-        (Some("a"), 1, 5),
+        (None, 1.0, 1),
+        (None, 1.0, 2),
+        (None, 2.0, 3),
+        (Some("a"), 1.0, 4),
+        (Some("a"), 1.0, 5),
     ])
     .await;
     assert_eq!(run.ids(), ["NULL", "NULL", "a"]);
@@ -204,20 +179,25 @@ async fn with_an_event_time_key_late_rows_are_dropped_and_passed_keys_evicted() 
     let run = Running::start(&SessionContext::new(), |df| {
         df.with_watermark("event_time", "5 seconds")
             .unwrap()
-            .drop_duplicates(&["id", "event_time"])
+            .drop_duplicates(&["symbol", "event_time"])
             .unwrap()
     })
     .await;
-    run.push(&[(Some("a"), 1, 10), (Some("a"), 2, 10), (Some("b"), 3, 12)])
-        .await;
+    run.push(&[
+        (Some("a"), 1.0, 10),
+        (Some("a"), 2.0, 10),
+        (Some("b"), 3.0, 12),
+    ])
+    .await;
     assert_eq!(run.ids(), ["a", "b"]);
     let state = |run: &Running| run.query.last_progress().unwrap().state_operators[0].clone();
     assert_eq!(state(&run).num_rows_total, 2);
 
     // The watermark is 12 - 5 = 7 s: nothing passed yet. Then 30 moves it
     // to 25: keys at 10 and 12 go, and a row at 12 is late.
-    run.push(&[(Some("c"), 4, 30)]).await;
-    run.push(&[(Some("b"), 5, 12), (Some("d"), 6, 40)]).await;
+    run.push(&[(Some("c"), 4.0, 30)]).await;
+    run.push(&[(Some("b"), 5.0, 12), (Some("d"), 6.0, 40)])
+        .await;
     assert_eq!(run.ids(), ["a", "b", "c", "d"]);
     let state = state(&run);
     assert_eq!(state.num_rows_dropped_by_watermark, 1, "{state:?}");
@@ -234,10 +214,10 @@ async fn on_a_batch_dataframe_one_row_per_key_is_kept() {
     let ctx = SessionContext::new();
     let df = ctx
         .read_batch(events(&[
-            (Some("a"), 1, 1),
-            (Some("a"), 2, 2),
-            (None, 3, 3),
-            (None, 4, 4),
+            (Some("a"), 1.0, 1),
+            (Some("a"), 2.0, 2),
+            (None, 3.0, 3),
+            (None, 4.0, 4),
         ]))
         .unwrap();
     let out = by_id(df).collect().await.unwrap();
@@ -272,16 +252,16 @@ async fn a_second_stateful_operator_and_an_unknown_key_are_refused() {
     let aggregated_then_deduplicated = df
         .clone()
         .aggregate(
-            vec![col("id")],
-            vec![datafusion::functions_aggregate::expr_fn::count(col("seq")).alias("n")],
+            vec![col("symbol")],
+            vec![datafusion::functions_aggregate::expr_fn::count(col("price")).alias("n")],
         )
         .unwrap()
         .drop_duplicates(&["n"])
         .unwrap();
     let deduplicated_then_aggregated = by_id(df)
         .aggregate(
-            vec![col("id")],
-            vec![datafusion::functions_aggregate::expr_fn::count(col("seq")).alias("n")],
+            vec![col("symbol")],
+            vec![datafusion::functions_aggregate::expr_fn::count(col("price")).alias("n")],
         )
         .unwrap();
     for df in [aggregated_then_deduplicated, deduplicated_then_aggregated] {
@@ -302,10 +282,10 @@ async fn a_second_stateful_operator_and_an_unknown_key_are_refused() {
 #[tokio::test]
 async fn kept_rows_are_whole() {
     let run = Running::start(&SessionContext::new(), by_id).await;
-    run.push(&[(Some("a"), 7, 1), (Some("a"), 8, 2)]).await;
+    run.push(&[(Some("a"), 7.0, 1), (Some("a"), 8.0, 2)]).await;
     assert_eq!(
         sorted_rows(&run.sink.batches()),
-        ["| a  | 7   | 1970-01-01T00:00:01 |"]
+        ["| a      | 7.0   | 1970-01-01T00:00:01 |"]
     );
     run.query.stop().await.unwrap();
 }
@@ -322,12 +302,12 @@ async fn explain_names_the_deduplication_and_its_eviction() {
         .unwrap();
     let text = by_id(df.clone()).write_stream().explain().unwrap();
     assert!(
-        text.contains("stateful operator: Deduplicate, state keyed by [id]"),
+        text.contains("stateful operator: Deduplicate, state keyed by [symbol]"),
         "{text}"
     );
     assert!(text.contains("every key is kept forever"), "{text}");
     let text = df
-        .drop_duplicates(&["id", "event_time"])
+        .drop_duplicates(&["symbol", "event_time"])
         .unwrap()
         .write_stream()
         .explain()
@@ -347,7 +327,7 @@ async fn sql_distinct_on_a_stream_deduplicates_it() {
     let dir = tempfile::tempdir().unwrap();
     let sink = MemorySink::new();
     let query = ctx
-        .sql("SELECT DISTINCT ON (id) id, seq * 10 AS tens FROM events")
+        .sql("SELECT DISTINCT ON (symbol) symbol, price * 10 AS tens FROM events")
         .await
         .unwrap()
         .write_stream()
@@ -358,29 +338,33 @@ async fn sql_distinct_on_a_stream_deduplicates_it() {
         .unwrap();
     stream
         .push(events(&[
-            (Some("a"), 1, 1),
-            (Some("a"), 2, 2),
-            (Some("b"), 3, 3),
+            (Some("a"), 1.0, 1),
+            (Some("a"), 2.0, 2),
+            (Some("b"), 3.0, 3),
         ]))
         .unwrap();
     query.process_all_available().await.unwrap();
     stream
-        .push(events(&[(Some("a"), 4, 4), (Some("c"), 5, 5)]))
+        .push(events(&[(Some("a"), 4.0, 4), (Some("c"), 5.0, 5)]))
         .unwrap();
     query.process_all_available().await.unwrap();
     assert_eq!(
         sorted_rows(&sink.batches()),
-        ["| a  | 10   |", "| b  | 30   |", "| c  | 50   |"]
+        [
+            "| a      | 10.0 |",
+            "| b      | 30.0 |",
+            "| c      | 50.0 |"
+        ]
     );
     query.stop().await.unwrap();
 
     for (sql, says) in [
         (
-            "SELECT DISTINCT ON (id) id, seq FROM events ORDER BY id, seq",
+            "SELECT DISTINCT ON (symbol) symbol, price FROM events ORDER BY symbol, price",
             "DISTINCT ON with ORDER BY",
         ),
         (
-            "SELECT DISTINCT ON (upper(id)) id FROM events",
+            "SELECT DISTINCT ON (upper(symbol)) symbol FROM events",
             "keys a stream by an expression",
         ),
     ] {
@@ -407,20 +391,22 @@ async fn within_the_watermark_a_key_is_kept_for_the_delay_after_its_time() {
     let run = Running::start(&SessionContext::new(), |df| {
         df.with_watermark("event_time", "5 seconds")
             .unwrap()
-            .drop_duplicates_within_watermark(&["id"])
+            .drop_duplicates_within_watermark(&["symbol"])
             .unwrap()
     })
     .await;
     // The key a expires at 10 + 5 = 15 s of watermark.
-    run.push(&[(Some("a"), 1, 10), (Some("a"), 2, 11)]).await;
+    run.push(&[(Some("a"), 1.0, 10), (Some("a"), 2.0, 11)])
+        .await;
     // Watermark 19 - 5 = 14: a is still kept; this row is a duplicate.
-    run.push(&[(Some("a"), 3, 19)]).await;
+    run.push(&[(Some("a"), 3.0, 19)]).await;
     assert_eq!(run.ids(), ["a"]);
     // Watermark 14 during this batch, then 30 - 5 = 25: a expires.
-    run.push(&[(Some("b"), 4, 30)]).await;
+    run.push(&[(Some("b"), 4.0, 30)]).await;
     // A new a (at 28, above the watermark 25) comes out again; one at
     // 20 is late.
-    run.push(&[(Some("a"), 5, 28), (Some("a"), 6, 20)]).await;
+    run.push(&[(Some("a"), 5.0, 28), (Some("a"), 6.0, 20)])
+        .await;
     assert_eq!(run.ids(), ["a", "a", "b"]);
     let state = run.query.last_progress().unwrap().state_operators[0].clone();
     assert_eq!(state.num_rows_dropped_by_watermark, 1, "{state:?}");
@@ -431,7 +417,7 @@ async fn within_the_watermark_a_key_is_kept_for_the_delay_after_its_time() {
         .read_stream(MemoryStream::new(schema()))
         .await
         .unwrap()
-        .drop_duplicates_within_watermark(&["id"])
+        .drop_duplicates_within_watermark(&["symbol"])
         .unwrap()
         .write_stream()
         .sink(MemorySink::new())
