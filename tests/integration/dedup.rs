@@ -429,3 +429,71 @@ async fn within_the_watermark_a_key_is_kept_for_the_delay_after_its_time() {
         "{err}"
     );
 }
+
+/// Batch equals stream: random events (twelve symbols and nulls, whole
+/// seconds over two minutes, arriving at most 30 seconds after later ones,
+/// so none is behind the watermark) split into random micro-batches over
+/// 1 or 3 partitions, deduplicated by symbol alone and by symbol and
+/// watermarked event time, emit each key of the batch job exactly once.
+#[tokio::test]
+async fn stream_emits_each_key_of_the_batch_job_once() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let symbols: Vec<Option<String>> = (0..12)
+        .map(|i| Some(format!("s{i}")))
+        .chain([None])
+        .collect();
+    for seed in 0..12_u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut arriving: Vec<(i64, (Option<&str>, f64, i64))> = (0..rng.random_range(1..200))
+            .map(|_| {
+                let symbol = symbols[rng.random_range(0..symbols.len())].as_deref();
+                let time = rng.random_range(0..120);
+                let arrival = time * 1000 + rng.random_range(0..30_000);
+                (arrival, (symbol, rng.random_range(1..100) as f64, time))
+            })
+            .collect();
+        arriving.sort_by_key(|(arrival, _)| *arrival);
+        let rows: Vec<_> = arriving.into_iter().map(|(_, row)| row).collect();
+        for (keys, watermark) in [
+            (&["symbol"][..], false),
+            (&["symbol", "event_time"][..], true),
+        ] {
+            let plan = |df: DataFrame| {
+                let df = match watermark {
+                    true => df.with_watermark("event_time", "30 seconds").unwrap(),
+                    false => df,
+                };
+                df.drop_duplicates(keys)
+                    .unwrap()
+                    .select(keys.iter().map(|k| col(*k)).collect::<Vec<_>>())
+                    .unwrap()
+            };
+            let ctx = SessionContext::new();
+            let expected = sorted_rows(
+                &plan(ctx.read_batch(events(&rows)).unwrap())
+                    .collect()
+                    .await
+                    .unwrap(),
+            );
+            let partitions = [1, 3][seed as usize % 2];
+            let ctx = SessionContext::new_with_config(
+                SessionConfig::new().with_target_partitions(partitions),
+            );
+            let run = Running::start(&ctx, plan).await;
+            let mut rest = &rows[..];
+            while !rest.is_empty() {
+                let take = rng.random_range(1..=rest.len().min(40));
+                // Several pushes per micro-batch, spread over partitions.
+                for chunk in rest[..take].chunks(7) {
+                    run.stream.push(events(chunk)).unwrap();
+                }
+                run.query.process_all_available().await.unwrap();
+                rest = &rest[take..];
+            }
+            let streamed = sorted_rows(&run.sink.batches());
+            assert_eq!(streamed, expected, "seed {seed}, keys {keys:?}");
+            run.query.stop().await.unwrap();
+        }
+    }
+}
