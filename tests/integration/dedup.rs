@@ -497,3 +497,61 @@ async fn stream_emits_each_key_of_the_batch_job_once() {
         }
     }
 }
+
+/// A long run with an advancing watermark keeps the state flat, for both
+/// ways of bounding it: an event-time key (keys live until the watermark
+/// passes their time) and within the watermark (until it passes their time
+/// plus the delay). 150 batches of 40 rows, 4 seconds of event time each,
+/// every key repeated: the state holds about the keys of the last delay.
+#[tokio::test]
+async fn state_stays_flat_as_the_watermark_advances() {
+    type Plan = fn(DataFrame) -> DataFrame;
+    let plans: [(Plan, u64); 2] = [
+        (
+            |df| {
+                df.with_watermark("event_time", "10 seconds")
+                    .unwrap()
+                    .drop_duplicates(&["symbol", "event_time"])
+                    .unwrap()
+            },
+            // Keys of the last 10 s (+ one batch): 5 symbols × 14 seconds.
+            70,
+        ),
+        (
+            |df| {
+                df.with_watermark("event_time", "10 seconds")
+                    .unwrap()
+                    .drop_duplicates_within_watermark(&["symbol", "price"])
+                    .unwrap()
+            },
+            // (symbol, price) keys first seen in the last 20 s (+ a batch).
+            5 * 24,
+        ),
+    ];
+    for (plan, bound) in plans {
+        let run = Running::start(&SessionContext::new(), plan).await;
+        for b in 0..150_i64 {
+            let rows: Vec<(Option<&str>, f64, i64)> = (0..40)
+                .map(|i| {
+                    let symbol = ["A", "B", "C", "D", "E"][(i % 5) as usize];
+                    // Each (symbol, second) twice per batch; prices are
+                    // the second, so within-watermark keys advance too.
+                    let second = b * 4 + (i / 10);
+                    (Some(symbol), second as f64, second)
+                })
+                .collect();
+            run.push(&rows).await;
+        }
+        let progress = run.query.recent_progress();
+        let late: Vec<u64> = progress[progress.len() - 50..]
+            .iter()
+            .map(|p| p.state_operators[0].num_rows_total)
+            .collect();
+        let max = *late.iter().max().unwrap();
+        assert!(max <= bound, "state rows {late:?}");
+        assert!(*late.iter().min().unwrap() >= 20, "state rows {late:?}");
+        // Every (symbol, second) once: 150 batches × 4 seconds × 5 symbols.
+        assert_eq!(run.ids().len(), 150 * 4 * 5);
+        run.query.stop().await.unwrap();
+    }
+}
