@@ -402,11 +402,12 @@ impl Pipeline {
 
     /// Runs the pipeline as one batch job over everything the streams hold
     /// now: each `INSERT INTO` writes its whole result to its sink as batch
-    /// 0 (watermarks do nothing; every window is final). A `files` stream is
-    /// [`Source::read_batch`]: for a `files` stream, the files,
-    /// columns, options and errors of the stream. A query that fails while it runs (malformed input, a
-    /// sink's failure) is [`PipelineError::Query`], worded as the stream's
-    /// failure; queries before it have written their output.
+    /// 0 (watermarks do nothing; every window is final). Each stream is
+    /// read in its batch form ([`Source::read_batch`]): for a `files`
+    /// stream, the files, columns, options and errors of the stream. A
+    /// query that fails while it runs (malformed input, a sink's failure)
+    /// is [`PipelineError::Query`], worded as the stream's failure; queries
+    /// before it have written their output.
     pub async fn run_batch(&self, ctx: &SessionContext) -> Result<Vec<BatchOutput>, PipelineError> {
         let mut outputs = Vec::new();
         for prepared in self.prepare(ctx, true).await? {
