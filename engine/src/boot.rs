@@ -15,11 +15,12 @@ use futures::FutureExt;
 
 use crate::aggregate::{AggregateLayout, AggregateOperator};
 use crate::checkpoint::{Checkpoint, Metadata};
-use crate::dedup::{DedupOperator, DeduplicateNode};
+use crate::dedup::DedupOperator;
+use crate::join::JoinOperator;
 use crate::micro_batch::{Runner, RunningSource};
 use crate::plan::{
-    AggregatePlanner, BatchPlanner, DedupPlanner, StreamingQueryPlanner, WatermarkPlanner,
-    find_aggregation, prepare,
+    AggregatePlanner, BatchPlanner, DedupPlanner, JoinPlanner, StatefulNode, StreamingQueryPlanner,
+    WatermarkPlanner, join_spec, prepare, replace_stateful, stateful_nodes,
 };
 use crate::query::QueryShared;
 use crate::stateful::StatefulOperator;
@@ -34,14 +35,11 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
     let (state, plan, optimized) = prepare(writer.df, writer.output_mode)?;
     let session = SessionContext::new_with_state(state.clone());
     let tables = SourceTable::all_in(&plan);
-    let layout = match find_aggregation(&optimized) {
-        Some(found) => Some(Arc::new(
-            AggregateLayout::plan(&found, &state)
-                .await
-                .map_err(|e| TidemillError::datafusion("planning the streaming aggregation", e))?,
-        )),
-        None => None,
-    };
+    let nodes = stateful_nodes(
+        &replace_stateful(optimized)
+            .map_err(|e| TidemillError::datafusion("planning the stateful operators", e))?,
+    );
+    let descriptions: Vec<String> = nodes.iter().map(StatefulNode::describe).collect();
 
     let location = match &writer.checkpoint {
         Some(location) => location.clone(),
@@ -59,6 +57,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
             created_at: chrono::Utc::now().to_rfc3339(),
             sources: tables.iter().map(|t| t.source().description()).collect(),
             sink: sink.description(),
+            operators: Some(descriptions.clone()),
         })
         .await?;
 
@@ -83,41 +82,84 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
     for (s, offset) in sources.iter_mut().zip(recovery.committed) {
         s.committed = offset;
     }
-    let (next_batch_id, pending, watermark) = (
+    let (next_batch_id, pending, watermark, last_watermark_ms) = (
         recovery.next_batch_id,
         recovery.pending,
         recovery.watermark_ms,
+        recovery.last_watermark_ms,
     );
 
-    // The query's stateful operator (validation allows one), its state in
-    // `state/0`.
-    let state_dir = checkpoint.dir.child("state").child("0");
+    // The query's stateful operators, operator n's state in `state/<n>`.
     let mut aggregates = Vec::new();
-    let mut stateful_planners: Vec<Arc<dyn ExtensionPlanner + Send + Sync>> = Vec::new();
+    let mut dedups = Vec::new();
+    let mut joins = Vec::new();
     let mut operators: Vec<Arc<dyn StatefulOperator>> = Vec::new();
-    if let Some(layout) = layout {
-        let operator = Arc::new(
-            AggregateOperator::open(layout, writer.output_mode, state_dir.clone(), next_batch_id)
-                .await?,
-        );
-        aggregates.push(Arc::clone(&operator));
-        operators.push(operator);
+    for node in &nodes {
+        let number = node.operator();
+        let dir = checkpoint.dir.child("state").child(&number.to_string());
+        let chained = node.chained();
+        match node {
+            StatefulNode::Aggregate(aggregate) => {
+                let error = |e| TidemillError::datafusion("planning the streaming aggregation", e);
+                // Over its real input: the event-time key is found by the
+                // watermarks below it.
+                let over_input = aggregate
+                    .aggregate_over(aggregate.input.clone())
+                    .map_err(error)?;
+                let layout = AggregateLayout::plan(&over_input, &state)
+                    .await
+                    .map_err(error)?;
+                let operator = Arc::new(
+                    AggregateOperator::open(
+                        Arc::new(layout),
+                        writer.output_mode,
+                        dir,
+                        next_batch_id,
+                        chained,
+                    )
+                    .await?,
+                );
+                aggregates.push((number, Arc::clone(&operator)));
+                operators.push(operator);
+            }
+            StatefulNode::Deduplicate(dedup) => {
+                let keys = dedup.keys.iter().map(|k| k.name.clone()).collect();
+                let operator = Arc::new(
+                    DedupOperator::open(
+                        dedup.input.schema().as_arrow(),
+                        keys,
+                        dedup.expiry(),
+                        dir,
+                        next_batch_id,
+                        chained,
+                    )
+                    .await?,
+                );
+                dedups.push((number, Arc::clone(&operator)));
+                operators.push(operator);
+            }
+            StatefulNode::Join(join) => {
+                let spec = join_spec(join, &state, chained)
+                    .map_err(|e| TidemillError::datafusion("planning the stream join", e))?;
+                let operator = Arc::new(JoinOperator::open(spec, dir, next_batch_id).await?);
+                joins.push((number, Arc::clone(&operator)));
+                operators.push(operator);
+            }
+        }
+    }
+    // Each operator's state refuses another layout, naming the fields;
+    // what the layouts do not show (a window's size, a join's type) the
+    // record of the operators does.
+    checkpoint.check_operators(&metadata, &descriptions).await?;
+    let mut stateful_planners: Vec<Arc<dyn ExtensionPlanner + Send + Sync>> = Vec::new();
+    if !aggregates.is_empty() {
         stateful_planners.push(Arc::new(AggregatePlanner::new(aggregates.clone())));
     }
-    if let Some(dedup) = DeduplicateNode::first_in(&optimized) {
-        let keys = dedup.keys.iter().map(|k| k.name.clone()).collect();
-        let operator = Arc::new(
-            DedupOperator::open(
-                dedup.input.schema().as_arrow(),
-                keys,
-                dedup.expiry(),
-                state_dir,
-                next_batch_id,
-            )
-            .await?,
-        );
-        operators.push(Arc::clone(&operator) as Arc<dyn StatefulOperator>);
-        stateful_planners.push(Arc::new(DedupPlanner::new(operator)));
+    if !dedups.is_empty() {
+        stateful_planners.push(Arc::new(DedupPlanner::new(dedups)));
+    }
+    if !joins.is_empty() {
+        stateful_planners.push(Arc::new(JoinPlanner::new(joins)));
     }
     // Batches are planned with Tidemill's streaming operators added to
     // DataFusion's planner.
@@ -141,7 +183,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
     .await?;
 
     if let Some(late) = &writer.late_rows_sink {
-        let Some(operator) = aggregates.first() else {
+        let Some((_, operator)) = aggregates.first() else {
             return Err(TidemillError::Config(
                 "late_rows_sink: the query has no streaming aggregation, so no row is ever \
                      late; remove the late-rows sink"
@@ -172,7 +214,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         writer.options.multiple_watermark_policy,
         watermark,
     );
-    let planner = BatchPlanner::new(planning_session.clone(), plan, !aggregates.is_empty());
+    let planner = BatchPlanner::new(planning_session.clone(), plan);
     let runner = Runner {
         session: planning_session,
         watermarks,
@@ -182,6 +224,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         sink,
         late_rows_sink: writer.late_rows_sink,
         operators,
+        last_watermark_ms,
         checkpoint,
         trigger: writer.trigger,
         output_mode: writer.output_mode,

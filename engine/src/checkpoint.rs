@@ -38,6 +38,11 @@ pub struct Metadata {
     pub sources: Vec<String>,
     /// The sink's description.
     pub sink: String,
+    /// Each stateful operator's description, by operator number (see
+    /// [`Checkpoint::check_operators`]); absent in checkpoints written
+    /// before it was recorded.
+    #[serde(default)]
+    pub operators: Option<Vec<String>>,
 }
 
 /// One source's range in an offset log entry.
@@ -63,6 +68,10 @@ pub struct OffsetEntry {
     pub sources: Vec<SourceRange>,
     /// The event-time watermark the batch runs with, in milliseconds, if any.
     pub watermark_ms: Option<i64>,
+    /// The previous batch's watermark: what stateful operators fed by
+    /// another one drop late rows by (see `stateful::BatchWatermarks`).
+    #[serde(default)]
+    pub previous_watermark_ms: Option<i64>,
     /// The output mode.
     pub output_mode: OutputMode,
 }
@@ -89,6 +98,9 @@ pub(crate) struct RecoveryPoint {
     pub pending: Option<OffsetEntry>,
     /// The watermark the next batch runs with.
     pub watermark_ms: Option<i64>,
+    /// The watermark the last batch ran with (the next batch's previous
+    /// watermark).
+    pub last_watermark_ms: Option<i64>,
 }
 
 /// An open checkpoint, locked for one query.
@@ -154,6 +166,42 @@ impl Checkpoint {
         Ok(existing)
     }
 
+    /// Refuses a restart whose stateful operators differ from those the
+    /// checkpoint's state was written by (`recorded`, from its metadata),
+    /// naming each difference; records them if the checkpoint predates
+    /// the record.
+    pub async fn check_operators(&self, recorded: &Metadata, operators: &[String]) -> Result<()> {
+        let Some(old) = &recorded.operators else {
+            let mut updated = recorded.clone();
+            updated.operators = Some(operators.to_vec());
+            self.dir
+                .overwrite("metadata", "metadata", FORMAT_VERSION, &updated)
+                .await?;
+            return Ok(());
+        };
+        let mut changes = Vec::new();
+        for n in 0..old.len().max(operators.len()) {
+            match (old.get(n), operators.get(n)) {
+                (Some(a), Some(b)) if a != b => {
+                    changes.push(format!("operator {n} changed from {a} to {b}"))
+                }
+                (Some(a), None) => changes.push(format!("operator {n} ({a}) was removed")),
+                (None, Some(b)) => changes.push(format!("operator {n} ({b}) was added")),
+                _ => {}
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        Err(TidemillError::CheckpointMismatch {
+            location: self.location.to_string(),
+            reason: format!(
+                "the query's stateful operators differ from those its state was written by:                  {}; restore the previous query or start this one with a new checkpoint",
+                changes.join("; ")
+            ),
+        })
+    }
+
     /// Where a query on this checkpoint resumes: after the last committed
     /// batch, or at the last planned batch if it never committed (to be
     /// re-run with exactly its recorded ranges). Refuses an offset log
@@ -165,6 +213,7 @@ impl Checkpoint {
                 committed: vec![None; num_sources],
                 pending: None,
                 watermark_ms: None,
+                last_watermark_ms: None,
             });
         };
         if entry.sources.len() != num_sources {
@@ -182,11 +231,13 @@ impl Checkpoint {
                 committed: entry.sources.iter().map(|r| r.end.clone()).collect(),
                 pending: None,
                 watermark_ms: commit.next_watermark_ms,
+                last_watermark_ms: entry.watermark_ms,
             },
             None => RecoveryPoint {
                 next_batch_id: id,
                 committed: entry.sources.iter().map(|r| r.start.clone()).collect(),
                 watermark_ms: entry.watermark_ms,
+                last_watermark_ms: entry.previous_watermark_ms,
                 pending: Some(entry),
             },
         })

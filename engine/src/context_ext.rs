@@ -163,6 +163,7 @@ fn deduplicate(df: DataFrame, columns: &[&str], within_watermark: bool) -> Resul
         input: plan,
         keys,
         within_watermark,
+        operator: 0,
     };
     Ok(DataFrame::new(state, node.into_plan()))
 }

@@ -56,6 +56,7 @@ mod dedup;
 mod error;
 #[cfg(feature = "failpoints")]
 pub mod failpoint;
+mod join;
 #[cfg(not(feature = "failpoints"))]
 mod failpoint {
     //! Without the `failpoints` feature, the crash-test hooks are empty.

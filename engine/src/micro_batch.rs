@@ -12,7 +12,7 @@ use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
 use crate::plan::{BatchPlanner, WatermarkPlanner};
 use crate::progress::{BatchFigures, PhaseDurations, SourceProgress};
 use crate::query::QueryShared;
-use crate::stateful::StatefulOperator;
+use crate::stateful::{BatchWatermarks, StatefulOperator};
 use crate::watermark::WatermarkTracker;
 use crate::{
     BatchInput, Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, RetryPolicy,
@@ -45,9 +45,10 @@ pub(crate) struct Runner {
     pub sink: Arc<dyn Sink>,
     /// Where the aggregation's late rows go, if anywhere.
     pub late_rows_sink: Option<Arc<dyn Sink>>,
-    /// The query's stateful operators, by operator number (today at most
-    /// one, a streaming aggregation).
+    /// The query's stateful operators, by operator number.
     pub operators: Vec<Arc<dyn StatefulOperator>>,
+    /// The watermark the last batch ran with.
+    pub last_watermark_ms: Option<i64>,
     pub checkpoint: Checkpoint,
     pub trigger: Trigger,
     pub output_mode: OutputMode,
@@ -259,6 +260,7 @@ impl Runner {
             timestamp_ms: timestamp.timestamp_millis(),
             sources: ranges,
             watermark_ms: self.watermarks.current(),
+            previous_watermark_ms: self.last_watermark_ms,
             output_mode: self.output_mode,
         };
         failpoint::hit("before_offset_log", entry.batch_id);
@@ -314,8 +316,12 @@ impl Runner {
 
         // Plan and execute.
         let t = Instant::now();
+        let watermarks = BatchWatermarks {
+            current: entry.watermark_ms,
+            previous: entry.previous_watermark_ms,
+        };
         for operator in &self.operators {
-            operator.begin_batch(batch_id, entry.watermark_ms).await?;
+            operator.begin_batch(batch_id, watermarks).await?;
         }
         let physical = self.planner.plan_batch(batch_id, &data).await?;
         phases.query_planning = ms(t.elapsed());
@@ -388,6 +394,7 @@ impl Runner {
         self.pending = None;
         self.pending_is_recovery = false;
         self.next_batch_id = batch_id + 1;
+        self.last_watermark_ms = entry.watermark_ms;
         for (s, range) in self.sources.iter_mut().zip(&entry.sources) {
             s.committed = range.end.clone();
         }

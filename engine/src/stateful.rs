@@ -30,10 +30,10 @@ use crate::progress::StateOperatorProgress;
 /// A stateful operator as the trigger loop sees it.
 #[async_trait]
 pub(crate) trait StatefulOperator: Send + Sync + Debug {
-    /// Gets ready to run batch `version` with the batch's watermark:
+    /// Gets ready to run batch `version` with the batch's watermarks:
     /// reloads the state of `version` if a failed attempt left changes
     /// behind, and clears the batch's figures.
-    async fn begin_batch(&self, version: u64, watermark_ms: Option<i64>) -> Result<()>;
+    async fn begin_batch(&self, version: u64, watermarks: BatchWatermarks) -> Result<()>;
 
     /// The rows the running batch left out as late (and for a null event
     /// time), with their schema, for the query's late-rows sink; `None`
@@ -52,6 +52,31 @@ pub(crate) trait StatefulOperator: Send + Sync + Debug {
     /// Whether the watermark `watermark_ms` closes something the state
     /// holds, so a batch without new data would emit or evict it.
     async fn has_closable_state(&self, watermark_ms: Option<i64>) -> bool;
+}
+
+/// The watermarks a batch's stateful operators run with.
+///
+/// Spark's rule for chained operators (3.4+): an operator evicts state and
+/// emits what the batch's watermark closes, but an operator fed by another
+/// stateful operator drops as late only rows at or below the *previous*
+/// batch's watermark. A row the first operator emits in batch N was not
+/// closed by the watermark of batch N − 1, so the next operator never
+/// drops it as late, and closes it in the same batch if batch N's
+/// watermark has passed it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BatchWatermarks {
+    /// The batch's watermark, in milliseconds.
+    pub current: Option<i64>,
+    /// The previous batch's watermark, in milliseconds.
+    pub previous: Option<i64>,
+}
+
+impl BatchWatermarks {
+    /// The watermark at or below which an operator drops rows as late:
+    /// the batch's, or the previous batch's for a `chained` operator.
+    pub fn for_late_rows(&self, chained: bool) -> Option<i64> {
+        if chained { self.previous } else { self.current }
+    }
 }
 
 /// An operator's state store as the loop's steps use it: reopened at a

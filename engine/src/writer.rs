@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use datafusion::prelude::DataFrame;
 
-use crate::plan::{find_aggregation, prepare, replace_aggregation};
+use crate::plan::{StatefulNode, prepare, replace_stateful, stateful_nodes};
 use crate::watermark::{MultipleWatermarkPolicy, WatermarkNode};
 use crate::{OutputMode, Result, Sink, StreamingQuery, TidemillError, Trigger};
 
@@ -212,57 +212,15 @@ impl DataStreamWriter {
                 w.delay_ms
             ));
         }
-        let dedup = crate::dedup::DeduplicateNode::first_in(&optimized);
-        if let Some(dedup) = &dedup {
-            let keys: Vec<&str> = dedup.keys.iter().map(|k| k.name.as_str()).collect();
-            text.push_str(&format!(
-                "stateful operator: Deduplicate, state keyed by [{}]\n",
-                keys.join(", ")
-            ));
-            match dedup.expiry() {
-                Some((column, 0)) => text.push_str(&format!(
-                    "  event-time key: {column}; rows at or below the watermark are dropped as \
-                     late, keys the watermark has passed are evicted\n"
-                )),
-                Some((column, delay)) => text.push_str(&format!(
-                    "  within the watermark: a key is kept until the watermark passes its first \
-                     row's {column} + {delay} ms; rows at or below the watermark are dropped as \
-                     late\n"
-                )),
-                None => text.push_str("  no event-time key: every key is kept forever\n"),
-            }
-        }
-        match find_aggregation(&optimized) {
-            None if dedup.is_some() => {}
-            None => {
-                text.push_str("stateful operators: none (each micro-batch runs on its own rows)\n")
-            }
-            Some(found) => {
-                let keys: Vec<String> = found.group_expr.iter().map(|e| e.to_string()).collect();
-                text.push_str(&format!(
-                    "stateful operator: StreamingAggregate, state keyed by [{}]\n",
-                    keys.join(", ")
-                ));
-                match crate::aggregate::event_time_key(&found) {
-                    Some(key) => text.push_str(&format!(
-                        "  event-time key: {} ({:?}); with a watermark, a group closes when the \
-                         watermark reaches its end: late rows are dropped, closed groups are \
-                         evicted{}\n",
-                        key.name,
-                        key.kind,
-                        if mode == OutputMode::Append {
-                            " after being emitted once"
-                        } else {
-                            ""
-                        }
-                    )),
-                    None => text
-                        .push_str("  no event-time key: state grows with the number of groups\n"),
-                }
-            }
-        }
-        let per_batch = replace_aggregation(optimized, 0)
+        let per_batch = replace_stateful(optimized)
             .map_err(|e| TidemillError::datafusion("explaining the streaming query", e))?;
+        let nodes = stateful_nodes(&per_batch);
+        if nodes.is_empty() {
+            text.push_str("stateful operators: none (each micro-batch runs on its own rows)\n");
+        }
+        for node in &nodes {
+            text.push_str(&explain_operator(node, mode));
+        }
         text.push_str("plan of each micro-batch:\n");
         text.push_str(&per_batch.display_indent().to_string());
         text.push('\n');
@@ -282,4 +240,71 @@ impl DataStreamWriter {
         })?;
         crate::boot::start(self, sink).await
     }
+}
+
+/// What `explain` says of one stateful operator: its keys, how its state
+/// is evicted and which watermark it drops late rows by.
+fn explain_operator(node: &StatefulNode, mode: OutputMode) -> String {
+    let mut text = format!(
+        "stateful operator {}: {}\n",
+        node.operator(),
+        node.describe()
+    );
+    let late = if node.chained() {
+        "fed by another stateful operator: drops rows at or below the previous micro-batch's \
+         watermark as late, evicts by the current one"
+    } else {
+        "drops rows at or below the micro-batch's watermark as late, evicts by the same"
+    };
+    match node {
+        StatefulNode::Deduplicate(dedup) => match dedup.expiry() {
+            Some((column, 0)) => text.push_str(&format!(
+                "  event-time key: {column}; keys the watermark has passed are evicted; {late}\n"
+            )),
+            Some((column, delay)) => text.push_str(&format!(
+                "  within the watermark: a key is kept until the watermark passes its first \
+                 row's {column} + {delay} ms; {late}\n"
+            )),
+            None => text.push_str("  no event-time key: every key is kept forever\n"),
+        },
+        StatefulNode::Aggregate(aggregate) => {
+            let key = aggregate
+                .aggregate_over(aggregate.input.clone())
+                .ok()
+                .and_then(|a| crate::aggregate::event_time_key(&a));
+            match key {
+                Some(key) => text.push_str(&format!(
+                    "  event-time key: {} ({:?}); with a watermark, a group closes when the \
+                     watermark reaches its end and is evicted{}; {late}\n",
+                    key.name,
+                    key.kind,
+                    if mode == OutputMode::Append {
+                        " after being emitted once"
+                    } else {
+                        ""
+                    }
+                )),
+                None => {
+                    text.push_str("  no event-time key: state grows with the number of groups\n")
+                }
+            }
+        }
+        StatefulNode::Join(join) => {
+            let bounds = join.bounds();
+            for (side, label) in [(0, "left"), (1, "right")] {
+                match &bounds.expiry[side] {
+                    Some(expiry) => text.push_str(&format!(
+                        "  {label} rows are kept until they can no longer match: evicted {}\n",
+                        expiry.describe()
+                    )),
+                    None => text.push_str(&format!(
+                        "  {label} rows are kept forever (unbounded state: no watermark on the \
+                         other side, or no time bound in the condition)\n"
+                    )),
+                }
+            }
+            text.push_str(&format!("  {late}\n"));
+        }
+    }
+    text
 }

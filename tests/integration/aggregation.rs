@@ -379,7 +379,7 @@ async fn aggregations_that_cannot_stream_are_refused_at_start() {
         (
             "SELECT n, count(*) FROM (SELECT symbol, count(*) AS n FROM trades GROUP BY symbol) GROUP BY n",
             OutputMode::Update,
-            "one streaming aggregation",
+            "append mode only",
         ),
         (
             "SELECT symbol, count(*) AS n FROM trades GROUP BY symbol ORDER BY n",
@@ -768,7 +768,7 @@ async fn explain_names_the_stateful_operator_the_watermark_and_the_mode() {
     for expected in [
         "output mode: append",
         "watermark: on event_time with delay 5000 ms",
-        "stateful operator: StreamingAggregate",
+        "stateful operator 0: StreamingAggregate",
         "event-time key: w (Window)",
         "StreamingAggregate: operator=0",
         "Watermark: event_time",

@@ -235,9 +235,10 @@ async fn on_a_batch_dataframe_one_row_per_key_is_kept() {
     );
 }
 
-/// One stateful operator per query for now: a deduplication after an
-/// aggregation, or an aggregation after a deduplication, is refused at
-/// start; an unknown key column is an error naming it.
+/// Outside append mode a query holds one stateful operator, as in Spark: a
+/// deduplication after an aggregation, or an aggregation after a
+/// deduplication, is refused at start in update mode; an unknown key
+/// column is an error naming it.
 #[tokio::test]
 async fn a_second_stateful_operator_and_an_unknown_key_are_refused() {
     let ctx = SessionContext::new();
@@ -273,7 +274,7 @@ async fn a_second_stateful_operator_and_an_unknown_key_are_refused() {
             .await
             .unwrap_err();
         assert!(matches!(err, TidemillError::Unsupported { .. }), "{err}");
-        assert!(err.to_string().contains("one stateful operator"), "{err}");
+        assert!(err.to_string().contains("append mode only"), "{err}");
     }
 }
 
@@ -302,7 +303,7 @@ async fn explain_names_the_deduplication_and_its_eviction() {
         .unwrap();
     let text = by_id(df.clone()).write_stream().explain().unwrap();
     assert!(
-        text.contains("stateful operator: Deduplicate, state keyed by [symbol]"),
+        text.contains("stateful operator 0: Deduplicate keys [symbol]"),
         "{text}"
     );
     assert!(text.contains("every key is kept forever"), "{text}");

@@ -175,8 +175,8 @@ async fn operators_that_cannot_stream_are_rejected_at_start() {
             "Window",
         ),
         (
-            "SELECT a.id FROM events a JOIN events b ON a.id = b.id",
-            "Join",
+            "SELECT a.id FROM events a FULL JOIN events b ON a.id = b.id",
+            "join of two streams",
         ),
     ];
     for (sql, operator) in cases {

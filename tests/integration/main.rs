@@ -12,6 +12,7 @@ mod connectors;
 mod crash;
 mod dedup;
 mod engine_semantics;
+mod join;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod no_panic_properties;

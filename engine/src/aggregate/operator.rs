@@ -18,7 +18,7 @@ use super::late_rows::LateRowRule;
 use super::session::{Member, SessionIndex, Span, plan_merge, session_column, spans};
 use super::{AggregateLayout, EventTimeKind};
 use crate::progress::StateOperatorProgress;
-use crate::stateful::{OperatorStore, StatefulOperator};
+use crate::stateful::{BatchWatermarks, OperatorStore, StatefulOperator};
 use crate::{OutputMode, Result, TidemillError};
 
 /// One streaming aggregation of a running query: its state store, the
@@ -34,6 +34,9 @@ pub(crate) struct AggregateOperator {
     /// For session windows: the other group keys (the session's owner),
     /// `None` if the session is the only key.
     owners: Option<RowConverter>,
+    /// Whether another stateful operator feeds this one (it then drops
+    /// late rows by the previous batch's watermark).
+    chained: bool,
     inner: Mutex<Inner>,
 }
 
@@ -42,6 +45,9 @@ struct Inner {
     state: OperatorStore,
     /// The watermark of the running batch, in milliseconds.
     watermark_ms: Option<i64>,
+    /// The watermark rows at or below which are late (see
+    /// [`BatchWatermarks::for_late_rows`]).
+    late_watermark_ms: Option<i64>,
     dropped_by_watermark: u64,
     /// Rows left out for a null event time (in no window).
     without_event_time: u64,
@@ -63,6 +69,7 @@ impl AggregateOperator {
         mode: OutputMode,
         dir: CheckpointDir,
         version: u64,
+        chained: bool,
     ) -> Result<Self> {
         let key_schema = layout.key_schema();
         let value_schema = layout.value_schema();
@@ -101,9 +108,11 @@ impl AggregateOperator {
             keys,
             values,
             owners,
+            chained,
             inner: Mutex::new(Inner {
                 state: OperatorStore::new(store),
                 watermark_ms: None,
+                late_watermark_ms: None,
                 dropped_by_watermark: 0,
                 without_event_time: 0,
                 late_rows: Vec::new(),
@@ -232,7 +241,7 @@ impl AggregateOperator {
         // watermark neither drops late rows nor evicts groups there.
         let watermark_ms = match self.mode {
             OutputMode::Complete => None,
-            OutputMode::Append | OutputMode::Update => self.inner.lock().await.watermark_ms,
+            OutputMode::Append | OutputMode::Update => self.inner.lock().await.late_watermark_ms,
         };
         Some(LateRowRule {
             expr: Arc::clone(&self.layout.group_by.expr()[key.index].0),
@@ -444,12 +453,13 @@ impl AggregateOperator {
 
 #[async_trait]
 impl StatefulOperator for AggregateOperator {
-    async fn begin_batch(&self, version: u64, watermark_ms: Option<i64>) -> Result<()> {
+    async fn begin_batch(&self, version: u64, watermarks: BatchWatermarks) -> Result<()> {
         let mut inner = self.inner.lock().await;
         if inner.state.begin_batch(version).await? {
             inner.sessions = self.index_sessions(&inner.state.store)?;
         }
-        inner.watermark_ms = watermark_ms;
+        inner.watermark_ms = watermarks.current;
+        inner.late_watermark_ms = watermarks.for_late_rows(self.chained);
         inner.dropped_by_watermark = 0;
         inner.without_event_time = 0;
         inner.late_rows.clear();

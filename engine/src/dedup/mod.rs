@@ -21,7 +21,7 @@ mod operator;
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchemaRef};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::{
@@ -45,6 +45,9 @@ pub struct DeduplicateNode {
     /// first row's event time until the watermark passes that time plus
     /// the watermark's delay, whether or not the event time is a key.
     pub within_watermark: bool,
+    /// The query's number for this stateful operator (set when the plan's
+    /// operators are numbered; 0 before).
+    pub operator: usize,
 }
 
 impl DeduplicateNode {
@@ -56,20 +59,6 @@ impl DeduplicateNode {
             }
             _ => None,
         }
-    }
-
-    /// The first deduplication in `plan`, depth first.
-    pub fn first_in(plan: &LogicalPlan) -> Option<DeduplicateNode> {
-        let mut found = None;
-        plan.apply(|node| {
-            if let Some(d) = Self::of(node) {
-                found = Some(d.clone());
-                return Ok(TreeNodeRecursion::Stop);
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })
-        .expect("visiting a plan without errors cannot fail");
-        found
     }
 
     /// Wraps the node as a logical plan.
@@ -143,6 +132,7 @@ pub(crate) fn distinct_on_as_dedup(plan: LogicalPlan) -> Result<LogicalPlan> {
                 input: Arc::unwrap_or_clone(input),
                 keys,
                 within_watermark: false,
+                operator: 0,
             };
             let projected = Projection::try_new(select_expr, Arc::new(dedup.into_plan()))?;
             Ok(Transformed::yes(LogicalPlan::Projection(projected)))
@@ -211,6 +201,7 @@ impl UserDefinedLogicalNodeCore for DeduplicateNode {
             input: inputs.swap_remove(0),
             keys,
             within_watermark: self.within_watermark,
+            operator: self.operator,
         })
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 
 use crate::aggregate::event_time::{ceil_millis, watermark_in_unit};
 use crate::progress::StateOperatorProgress;
-use crate::stateful::{OperatorStore, StatefulOperator};
+use crate::stateful::{BatchWatermarks, OperatorStore, StatefulOperator};
 use crate::{Result, TidemillError};
 
 /// One deduplication of a running query.
@@ -26,6 +26,9 @@ pub(crate) struct DedupOperator {
     /// late, its unit, and how long after its time a key expires (ms).
     event_time: Option<(String, TimeUnit, i64)>,
     converter: RowConverter,
+    /// Whether another stateful operator feeds this one (it then drops
+    /// late rows by the previous batch's watermark).
+    chained: bool,
     inner: Mutex<Inner>,
 }
 
@@ -49,6 +52,7 @@ impl DedupOperator {
         expiry: Option<(String, i64)>,
         dir: CheckpointDir,
         version: u64,
+        chained: bool,
     ) -> Result<Self> {
         let mut fields = Vec::with_capacity(keys.len());
         for key in &keys {
@@ -97,6 +101,7 @@ impl DedupOperator {
             keys,
             event_time,
             converter,
+            chained,
             inner: Mutex::new(Inner {
                 state: OperatorStore::new(store),
                 watermark_ms: None,
@@ -175,19 +180,19 @@ impl DedupOperator {
 
 #[async_trait]
 impl StatefulOperator for DedupOperator {
-    async fn begin_batch(&self, version: u64, watermark_ms: Option<i64>) -> Result<()> {
+    async fn begin_batch(&self, version: u64, watermarks: BatchWatermarks) -> Result<()> {
         let mut inner = self.inner.lock().await;
         inner.state.begin_batch(version).await?;
         // The keys the batch's watermark has passed are gone before its
         // rows are looked up: a row after a key expired is a first row
         // again. The removals are the batch's changes (a re-run makes them
         // again from the same version).
-        if let Some(watermark) = watermark_ms
+        if let Some(watermark) = watermarks.current
             && inner.state.store.remove_expired(watermark) > 0
         {
             inner.state.dirty = true;
         }
-        inner.watermark_ms = watermark_ms;
+        inner.watermark_ms = watermarks.for_late_rows(self.chained);
         inner.dropped_by_watermark = 0;
         Ok(())
     }

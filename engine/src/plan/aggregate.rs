@@ -2,6 +2,7 @@
 //! [`StreamingAggregateExec`]s of its aggregation operators, reusing the
 //! physical layout of the aggregate from one batch to the next.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
@@ -23,18 +24,19 @@ type CachedLayout = (Vec<Expr>, SchemaRef, Arc<AggregateLayout>);
 /// query's aggregation operators.
 #[derive(Debug, Default)]
 pub(crate) struct AggregatePlanner {
-    operators: Vec<Arc<AggregateOperator>>,
-    /// The last layout planned, by the expressions it was planned for:
-    /// batches after the first reuse it.
-    cache: Mutex<Option<CachedLayout>>,
+    /// The query's aggregation operators, with their operator numbers.
+    operators: Vec<(usize, Arc<AggregateOperator>)>,
+    /// Each operator's last layout planned, by the expressions it was
+    /// planned for: batches after the first reuse it.
+    cache: Mutex<HashMap<usize, CachedLayout>>,
 }
 
 impl AggregatePlanner {
     /// A planner for the query's operators, by operator number.
-    pub fn new(operators: Vec<Arc<AggregateOperator>>) -> Self {
+    pub fn new(operators: Vec<(usize, Arc<AggregateOperator>)>) -> Self {
         Self {
             operators,
-            cache: Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -45,7 +47,11 @@ impl AggregatePlanner {
         session: &dyn Session,
     ) -> DFResult<Arc<AggregateLayout>> {
         let exprs = UserDefinedLogicalNode::expressions(node);
-        if let Some((cached, schema, layout)) = &*self.cache.lock().expect("cache lock poisoned")
+        if let Some((cached, schema, layout)) = self
+            .cache
+            .lock()
+            .expect("cache lock poisoned")
+            .get(&node.operator)
             && *cached == exprs
             && *schema == input_schema
         {
@@ -57,8 +63,10 @@ impl AggregatePlanner {
         });
         let layout =
             Arc::new(AggregateLayout::plan(&node.aggregate_over(placeholder)?, session).await?);
-        *self.cache.lock().expect("cache lock poisoned") =
-            Some((exprs, input_schema, Arc::clone(&layout)));
+        self.cache
+            .lock()
+            .expect("cache lock poisoned")
+            .insert(node.operator, (exprs, input_schema, Arc::clone(&layout)));
         Ok(layout)
     }
 }
@@ -77,9 +85,14 @@ impl ExtensionPlanner for AggregatePlanner {
         let Some(node) = node.as_any().downcast_ref::<StreamingAggregateNode>() else {
             return Ok(None);
         };
-        let operator = self.operators.get(node.operator).ok_or_else(|| {
-            DataFusionError::Internal(format!("no streaming aggregation {}", node.operator))
-        })?;
+        let operator = self
+            .operators
+            .iter()
+            .find(|(n, _)| *n == node.operator)
+            .map(|(_, op)| op)
+            .ok_or_else(|| {
+                DataFusionError::Internal(format!("no streaming aggregation {}", node.operator))
+            })?;
         let input = Arc::clone(&physical_inputs[0]);
         let layout = self.layout(node, input.schema(), session).await?;
         if layout.partial_schema != operator.layout.partial_schema {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::error::Result as DFResult;
+use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
@@ -15,13 +15,14 @@ use crate::dedup::{DedupExec, DedupOperator, DeduplicateNode};
 /// Plans [`DeduplicateNode`]s as [`DedupExec`]s of the query's operator.
 #[derive(Debug)]
 pub(crate) struct DedupPlanner {
-    operator: Arc<DedupOperator>,
+    /// The query's deduplications, with their operator numbers.
+    operators: Vec<(usize, Arc<DedupOperator>)>,
 }
 
 impl DedupPlanner {
-    /// A planner for the query's deduplication.
-    pub fn new(operator: Arc<DedupOperator>) -> Self {
-        Self { operator }
+    /// A planner for the query's deduplications, by operator number.
+    pub fn new(operators: Vec<(usize, Arc<DedupOperator>)>) -> Self {
+        Self { operators }
     }
 }
 
@@ -36,12 +37,20 @@ impl ExtensionPlanner for DedupPlanner {
         _session: &dyn Session,
         _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
     ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
-        if node.as_any().downcast_ref::<DeduplicateNode>().is_none() {
+        let Some(node) = node.as_any().downcast_ref::<DeduplicateNode>() else {
             return Ok(None);
-        }
+        };
+        let operator = self
+            .operators
+            .iter()
+            .find(|(n, _)| *n == node.operator)
+            .map(|(_, op)| Arc::clone(op))
+            .ok_or_else(|| {
+                DataFusionError::Internal(format!("no deduplication {}", node.operator))
+            })?;
         Ok(Some(Arc::new(DedupExec::new(
             Arc::clone(&physical_inputs[0]),
-            Arc::clone(&self.operator),
+            operator,
         ))))
     }
 }

@@ -11,22 +11,27 @@
 //!   │  at start(): grouping windows expanded, optimized, then
 //!   ├─ validate           can it run incrementally in the output mode?  (validate.rs)
 //!   │  every batch (optimized once when every batch would plan alike):
-//!   ├─ replace_aggregation the aggregation over streaming input becomes
-//!   │                      a StreamingAggregateNode                   (substitute.rs)
+//!   ├─ replace_stateful    each stateful operator over streaming input
+//!   │                      becomes its numbered node: aggregation,
+//!   │                      deduplication, stream–stream join          (operators.rs)
 //!   ├─ substitute          the batch's rows stand in for each streaming
 //!   │                      scan                                        (substitute.rs)
 //!   └─ physical planning   DataFusion's planner, with extensions:     (physical.rs)
 //!        WatermarkNode          → WatermarkExec                        (watermark.rs)
 //!        StreamingAggregateNode → StreamingAggregateExec                (aggregate.rs)
+//!        DeduplicateNode        → DedupExec                            (dedup.rs)
+//!        StreamJoinNode         → StreamJoinExec                       (join.rs)
 //! ```
 //!
-//! A new stateful operator adds its node's replacement to `substitute.rs`,
+//! A new stateful operator adds its node's replacement to `operators.rs`,
 //! its checks to `validate.rs` and a planner file beside `aggregate.rs`;
 //! the trigger loop drives it through the `StatefulOperator` trait
 //! (`stateful.rs`), as it drives the aggregation.
 
 mod aggregate;
 mod dedup;
+mod join;
+mod operators;
 mod physical;
 mod substitute;
 mod validate;
@@ -34,10 +39,11 @@ mod watermark;
 
 pub(crate) use aggregate::AggregatePlanner;
 pub(crate) use dedup::DedupPlanner;
+pub(crate) use join::{JoinPlanner, join_spec};
+pub(crate) use operators::{StatefulNode, all_in as stateful_nodes, replace_stateful};
 pub(crate) use physical::BatchPlanner;
 pub use physical::StreamingQueryPlanner;
 pub use substitute::substitute;
-pub(crate) use substitute::{find_aggregation, replace_aggregation};
 pub use validate::validate;
 pub use watermark::WatermarkPlanner;
 

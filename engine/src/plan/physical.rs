@@ -15,7 +15,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use datafusion::prelude::SessionContext;
 
-use super::substitute::{replace_aggregation, substitute};
+use super::operators::replace_stateful;
+use super::substitute::substitute;
 use super::watermark::WatermarkPlanner;
 use crate::{Result, TidemillError};
 
@@ -60,36 +61,32 @@ impl QueryPlanner for StreamingQueryPlanner {
 }
 
 /// Plans each batch of one query: optimizes its logical plan (once, when
-/// every batch would optimize it alike), replaces its aggregation by the
-/// stateful operator's node, substitutes the batch's rows for the
+/// every batch would optimize it alike), replaces its stateful operators by
+/// their nodes, substitutes the batch's rows for the
 /// streaming scans, and plans the result physically.
 pub(crate) struct BatchPlanner {
     /// The session batches are planned in (with the streaming planner).
     session: SessionContext,
     /// The DataFrame's plan, with streaming scans to substitute per batch.
     plan: LogicalPlan,
-    /// Whether the plan holds a streaming aggregation (operator 0).
-    stateful: bool,
-    /// `plan` optimized and with its streaming aggregation replaced, kept
+    /// `plan` optimized and with its stateful operators replaced, kept
     /// from the first batch when every batch would plan it alike (see
     /// [`plans_alike_every_batch`]).
     optimized: Option<LogicalPlan>,
 }
 
 impl BatchPlanner {
-    /// A planner of `plan`'s batches in `session`; `stateful` when the plan
-    /// holds a streaming aggregation.
-    pub fn new(session: SessionContext, plan: LogicalPlan, stateful: bool) -> Self {
+    /// A planner of `plan`'s batches in `session`.
+    pub fn new(session: SessionContext, plan: LogicalPlan) -> Self {
         Self {
             session,
             plan,
-            stateful,
             optimized: None,
         }
     }
 
     /// The batch's physical plan: the query's plan optimized for this
-    /// batch, its streaming aggregation replaced by the stateful operator,
+    /// batch, its stateful operators replaced by their nodes,
     /// its streaming scans by the batch's rows.
     pub async fn plan_batch(
         &mut self,
@@ -101,10 +98,8 @@ impl BatchPlanner {
         let optimized = match &self.optimized {
             Some(plan) => plan.clone(),
             None => {
-                let mut plan = state.optimize(&self.plan).map_err(error)?;
-                if self.stateful {
-                    plan = replace_aggregation(plan, 0).map_err(error)?;
-                }
+                let plan = state.optimize(&self.plan).map_err(error)?;
+                let plan = replace_stateful(plan).map_err(error)?;
                 if plans_alike_every_batch(&self.plan) {
                     self.optimized = Some(plan.clone());
                 }

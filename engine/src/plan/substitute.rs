@@ -1,13 +1,11 @@
-//! What changes in a query's logical plan to run it incrementally: the
-//! aggregation over streaming input becomes a stateful operator's node
-//! (once, when the plan is first optimized), and each batch's rows stand in
-//! for the streaming scans.
+//! What changes in a query's logical plan for each batch: the batch's rows
+//! stand in for the streaming scans (stateful operators are replaced in
+//! `operators.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
-use datafusion::common::Result as DFResult;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::{Aggregate, LogicalPlan};
@@ -29,21 +27,6 @@ pub(crate) fn find_aggregation(plan: &LogicalPlan) -> Option<Aggregate> {
     })
     .expect("visiting a plan without errors cannot fail");
     found
-}
-
-/// Replaces the aggregation over streaming input in `plan` by a
-/// [`StreamingAggregateNode`](crate::aggregate::StreamingAggregateNode) for
-/// operator `operator`.
-pub(crate) fn replace_aggregation(plan: LogicalPlan, operator: usize) -> DFResult<LogicalPlan> {
-    plan.transform_up(|node| match node {
-        LogicalPlan::Aggregate(aggregate) if SourceTable::any_in(&aggregate.input) => {
-            Ok(Transformed::yes(
-                crate::aggregate::StreamingAggregateNode::new(aggregate, operator).into_plan(),
-            ))
-        }
-        other => Ok(Transformed::no(other)),
-    })
-    .map(|t| t.data)
 }
 
 /// Replaces every streaming scan in `plan` by a scan of that source's rows

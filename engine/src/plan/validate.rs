@@ -3,7 +3,7 @@
 
 use datafusion::common::JoinType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
+use datafusion::logical_expr::{Aggregate, Expr, Join, LogicalPlan};
 
 use super::substitute;
 use crate::dedup::DeduplicateNode;
@@ -34,9 +34,87 @@ pub fn validate(plan: &LogicalPlan, unoptimized: &LogicalPlan, mode: OutputMode)
             "needs a streaming aggregation to produce a result table, and this query has none",
             "Use append or update mode",
         )),
-        Some(aggregate) if mode == OutputMode::Append => check_append(&aggregate),
         _ => Ok(()),
     }
+}
+
+/// A second stateful operator is allowed in append mode only, as in
+/// Spark: in the other modes the first would emit rows it later revises.
+fn check_chain(operator: &str, below: &str, mode: OutputMode) -> Result<()> {
+    if mode == OutputMode::Append {
+        return Ok(());
+    }
+    Err(unsupported(
+        operator,
+        &format!(
+            "after a streaming {below}: a query with several stateful operators runs in append \
+             mode only, where each operator emits a row once, when it is final"
+        ),
+        "Use append output mode (with a watermark), or split the query in two, the second \
+         reading the first one's sink",
+    ))
+}
+
+/// A stream–stream join: a type Spark runs, in append mode, and for an
+/// outer or semi join, state bounded by watermarks and the condition.
+fn check_stream_join(join: &Join, mode: OutputMode) -> Result<()> {
+    let operator = format!("{} join of two streams", join.join_type);
+    if !crate::join::supported(join.join_type) {
+        return Err(unsupported(
+            &operator,
+            "is not supported (stream–stream joins are inner, left, right and full outer, and \
+             left semi)",
+            "Rewrite the join as one of those, e.g. an anti join as a left outer join keeping \
+             the rows whose right columns are null",
+        ));
+    }
+    if mode != OutputMode::Append {
+        return Err(unsupported(
+            &operator,
+            &format!("runs in append mode only, not {mode}: a joined row is final when emitted"),
+            "Use append output mode",
+        ));
+    }
+    let node = crate::join::StreamJoinNode {
+        join: join.clone(),
+        operator: 0,
+    };
+    let bounds = node.bounds();
+    let needs: &[(usize, &str)] = match join.join_type {
+        JoinType::Left | JoinType::LeftSemi => &[(0, "left")],
+        JoinType::Right => &[(1, "right")],
+        JoinType::Full => &[(0, "left"), (1, "right")],
+        _ => &[],
+    };
+    for &(side, label) in needs {
+        if bounds.expiry[side].is_none() {
+            let other = if side == 0 { "right" } else { "left" };
+            return Err(unsupported(
+                &operator,
+                &format!(
+                    "must know when a {label} row can no longer match, to emit it {}exactly \
+                     once, and nothing bounds that: it needs a watermark on the {other} input \
+                     and a condition bounding the {other} event time by the {label} one",
+                    if join.join_type == JoinType::LeftSemi {
+                        "or drop it "
+                    } else {
+                        "with nulls "
+                    }
+                ),
+                &format!(
+                    "Call with_watermark on both inputs and add a time bound to the condition, \
+                     e.g. l.ts BETWEEN r.ts - INTERVAL '5' MINUTE AND r.ts + INTERVAL '5' \
+                     MINUTE, or join on equal windows (l.w = r.w){}",
+                    if join.join_type == JoinType::LeftSemi {
+                        ""
+                    } else {
+                        "; or use an inner join"
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Append mode emits each group once, when it is final: the aggregation
@@ -113,10 +191,10 @@ fn unsupported(operator: &str, reason: &str, fix: &str) -> TidemillError {
 struct Flow {
     /// It reads a streaming source.
     streaming: bool,
-    /// It is (or is above) the streaming aggregation.
+    /// It is (or is above) a streaming aggregation.
     aggregated: bool,
-    /// It is (or is above) a streaming deduplication.
-    deduplicated: bool,
+    /// The stateful operator it is (or is above), if any: the last one.
+    stateful: Option<&'static str>,
 }
 
 /// Validates `plan` bottom-up.
@@ -130,11 +208,11 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
         _ => inputs.iter().any(|f| f.streaming),
     };
     let aggregated = inputs.iter().any(|f| f.aggregated);
-    let deduplicated = inputs.iter().any(|f| f.deduplicated);
+    let below = inputs.iter().find_map(|f| f.stateful);
     let flow = Flow {
         streaming,
         aggregated,
-        deduplicated,
+        stateful: below,
     };
     if !streaming {
         return Ok(flow);
@@ -159,38 +237,20 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
                      first, or use drop_duplicates",
                 ));
             }
-            if aggregated || deduplicated {
-                return Err(unsupported(
-                    "Deduplicate",
-                    &format!(
-                        "after another stateful operator (a streaming {}): a query holds one \
-                         stateful operator for now",
-                        if aggregated {
-                            "aggregation"
-                        } else {
-                            "deduplication"
-                        }
-                    ),
-                    "Deduplicate before aggregating, in another query, or in a batch job over \
-                     the sink's committed output",
-                ));
+            if let Some(below) = below {
+                check_chain("Deduplicate", below, mode)?;
             }
             Ok(Flow {
-                deduplicated: true,
+                stateful: Some("deduplication"),
                 ..flow
             })
         }
-        LogicalPlan::Aggregate(_) if deduplicated => Err(unsupported(
-            "Aggregate",
-            "after a streaming deduplication: a query holds one stateful operator for now",
-            "Aggregate the deduplicated stream in a second query reading the first one's sink",
-        )),
-        LogicalPlan::Unnest(_) if !aggregated => Ok(flow),
+        LogicalPlan::Unnest(_) if !aggregated || mode == OutputMode::Append => Ok(flow),
         // Session windows number their sessions with window functions
         // within each micro-batch; the aggregation merges them with the
         // sessions in its state.
         LogicalPlan::Window(window)
-            if !aggregated
+            if (!aggregated || mode == OutputMode::Append)
                 && window
                     .window_expr
                     .iter()
@@ -198,12 +258,6 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
         {
             Ok(flow)
         }
-        LogicalPlan::Aggregate(_) if aggregated => Err(unsupported(
-            "Aggregate",
-            &format!("{after_aggregation}: a query may hold one streaming aggregation"),
-            "Aggregate once in the stream, and aggregate its output again in a batch job over the \
-             sink's committed output",
-        )),
         LogicalPlan::Aggregate(a) => {
             if let [Expr::GroupingSet(_)] = a.group_expr.as_slice() {
                 return Err(unsupported(
@@ -212,8 +266,15 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
                     "Run one aggregation per grouping, each as its own query",
                 ));
             }
+            if let Some(below) = below {
+                check_chain("Aggregate", below, mode)?;
+            }
+            if mode == OutputMode::Append {
+                check_append(a)?;
+            }
             Ok(Flow {
                 aggregated: true,
+                stateful: Some("aggregation"),
                 ..flow
             })
         }
@@ -256,11 +317,18 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
         LogicalPlan::Join(join) => {
             let (left, right) = (inputs[0].streaming, inputs[1].streaming);
             if left && right {
-                return Err(unsupported(
-                    "Join",
-                    "of two streams needs state for both sides, which streaming does not support yet",
-                    "Join a stream with a static table instead",
-                ));
+                if aggregated {
+                    return Err(unsupported(
+                        &format!("{} join of two streams", join.join_type),
+                        &format!("{after_aggregation} is not supported"),
+                        "Join the streams first and aggregate the join's output",
+                    ));
+                }
+                check_stream_join(join, mode)?;
+                return Ok(Flow {
+                    stateful: Some("join"),
+                    ..flow
+                });
             }
             let stream_side_ok = match join.join_type {
                 JoinType::Inner => true,

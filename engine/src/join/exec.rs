@@ -1,0 +1,128 @@
+//! The physical operator of a stream–stream join.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::{FutureExt, StreamExt, TryStreamExt, stream};
+
+use super::JoinOperator;
+
+/// Reads all of the batch's rows of both inputs and hands them to the
+/// join operator (see [`JoinOperator::process`]); one output partition.
+#[derive(Debug)]
+pub(crate) struct StreamJoinExec {
+    left: Arc<dyn ExecutionPlan>,
+    right: Arc<dyn ExecutionPlan>,
+    operator: Arc<JoinOperator>,
+    properties: Arc<PlanProperties>,
+}
+
+impl StreamJoinExec {
+    /// The join `operator` of `left` and `right`.
+    pub(crate) fn new(
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
+        operator: Arc<JoinOperator>,
+    ) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(operator.output_schema()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Self {
+            left,
+            right,
+            operator,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for StreamJoinExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "StreamJoinExec")
+    }
+}
+
+impl ExecutionPlan for StreamJoinExec {
+    fn name(&self) -> &str {
+        "StreamJoinExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.left, &self.right]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let right = children.pop();
+        let left = children.pop();
+        match (left, right) {
+            (Some(left), Some(right)) => {
+                Ok(Arc::new(Self::new(left, right, Arc::clone(&self.operator))))
+            }
+            _ => Err(DataFusionError::Internal(
+                "StreamJoinExec has two children".into(),
+            )),
+        }
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "StreamJoinExec has one partition, asked for {partition}"
+            )));
+        }
+        let (left, right) = (Arc::clone(&self.left), Arc::clone(&self.right));
+        let operator = Arc::clone(&self.operator);
+        let run = async move {
+            let left = datafusion::physical_plan::collect(left, Arc::clone(&context)).await?;
+            let right = datafusion::physical_plan::collect(right, context).await?;
+            operator.process(left, right).await
+        };
+        let future = std::panic::AssertUnwindSafe(run)
+            .catch_unwind()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|panic| {
+                    Err(DataFusionError::Execution(format!(
+                        "StreamJoinExec panicked: {}",
+                        crate::error::panic_message(&*panic)
+                    )))
+                })
+            });
+        let batches = stream::once(future)
+            .map_ok(|batches| stream::iter(batches.into_iter().map(Ok)))
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            batches.boxed(),
+        )))
+    }
+}
