@@ -23,7 +23,7 @@ use crate::plan::{
     WatermarkPlanner, join_spec, prepare, replace_stateful, stateful_nodes,
 };
 use crate::query::QueryShared;
-use crate::stateful::StatefulOperator;
+use crate::stateful::{StatefulOperator, WatermarkRule};
 use crate::watermark::{WatermarkNode, WatermarkTracker};
 use crate::{
     DataStreamWriter, Location, OutputMode, Result, Sink, SinkContext, SourceContext, SourceTable,
@@ -93,11 +93,11 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
     let mut aggregates = Vec::new();
     let mut dedups = Vec::new();
     let mut joins = Vec::new();
-    let mut operators: Vec<Arc<dyn StatefulOperator>> = Vec::new();
+    let mut operators: Vec<(Arc<dyn StatefulOperator>, WatermarkRule)> = Vec::new();
     for node in &nodes {
         let number = node.operator();
         let dir = checkpoint.dir.child("state").child(&number.to_string());
-        let chained = node.chained();
+        let rule = node.watermark_rule();
         match node {
             StatefulNode::Aggregate(aggregate) => {
                 let error = |e| TidemillError::datafusion("planning the streaming aggregation", e);
@@ -115,12 +115,11 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
                         writer.output_mode,
                         dir,
                         next_batch_id,
-                        chained,
                     )
                     .await?,
                 );
                 aggregates.push((number, Arc::clone(&operator)));
-                operators.push(operator);
+                operators.push((operator, rule));
             }
             StatefulNode::Deduplicate(dedup) => {
                 let keys = dedup.keys.iter().map(|k| k.name.clone()).collect();
@@ -131,19 +130,18 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
                         dedup.expiry(),
                         dir,
                         next_batch_id,
-                        chained,
                     )
                     .await?,
                 );
                 dedups.push((number, Arc::clone(&operator)));
-                operators.push(operator);
+                operators.push((operator, rule));
             }
             StatefulNode::Join(join) => {
-                let spec = join_spec(join, &state, chained)
+                let spec = join_spec(join, &state)
                     .map_err(|e| TidemillError::datafusion("planning the stream join", e))?;
                 let operator = Arc::new(JoinOperator::open(spec, dir, next_batch_id).await?);
                 joins.push((number, Arc::clone(&operator)));
-                operators.push(operator);
+                operators.push((operator, rule));
             }
         }
     }

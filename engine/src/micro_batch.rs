@@ -12,7 +12,7 @@ use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
 use crate::plan::{BatchPlanner, WatermarkPlanner};
 use crate::progress::{BatchFigures, PhaseDurations, SourceProgress};
 use crate::query::QueryShared;
-use crate::stateful::{BatchWatermarks, StatefulOperator};
+use crate::stateful::{StatefulOperator, WatermarkRule};
 use crate::watermark::WatermarkTracker;
 use crate::{
     BatchInput, Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, RetryPolicy,
@@ -45,8 +45,9 @@ pub(crate) struct Runner {
     pub sink: Arc<dyn Sink>,
     /// Where the aggregation's late rows go, if anywhere.
     pub late_rows_sink: Option<Arc<dyn Sink>>,
-    /// The query's stateful operators, by operator number.
-    pub operators: Vec<Arc<dyn StatefulOperator>>,
+    /// The query's stateful operators, by operator number, each with the
+    /// watermarks it runs with.
+    pub operators: Vec<(Arc<dyn StatefulOperator>, WatermarkRule)>,
     /// The watermark the last batch ran with.
     pub last_watermark_ms: Option<i64>,
     pub checkpoint: Checkpoint,
@@ -316,11 +317,8 @@ impl Runner {
 
         // Plan and execute.
         let t = Instant::now();
-        let watermarks = BatchWatermarks {
-            current: entry.watermark_ms,
-            previous: entry.previous_watermark_ms,
-        };
-        for operator in &self.operators {
+        for (operator, rule) in &self.operators {
+            let watermarks = rule.for_batch(entry.watermark_ms, entry.previous_watermark_ms);
             operator.begin_batch(batch_id, watermarks).await?;
         }
         let physical = self.planner.plan_batch(batch_id, &data).await?;
@@ -361,7 +359,7 @@ impl Runner {
         failpoint::hit("before_sink", batch_id);
         let t = Instant::now();
         if let Some(late_sink) = &self.late_rows_sink {
-            for operator in &self.operators {
+            for (operator, _) in &self.operators {
                 if let Some((schema, late)) = operator.take_late_rows().await {
                     late_sink.add_batch(batch_id, schema, late).await?;
                 }
@@ -375,7 +373,7 @@ impl Runner {
         failpoint::hit("before_state_commit", batch_id);
         let t = Instant::now();
         let mut state_operators = Vec::with_capacity(self.operators.len());
-        for operator in &self.operators {
+        for (operator, _) in &self.operators {
             state_operators.push(operator.commit().await?);
         }
         phases.state_commit = ms(t.elapsed());
@@ -411,7 +409,7 @@ impl Runner {
         if batch_id.is_multiple_of(10) {
             let keep_from =
                 (batch_id + 1).saturating_sub(self.options.min_state_versions_to_retain);
-            for operator in &self.operators {
+            for (operator, _) in &self.operators {
                 operator.purge(keep_from).await?;
             }
         }
@@ -457,8 +455,11 @@ impl Runner {
         if !self.options.no_data_batches {
             return false;
         }
-        for operator in &self.operators {
-            if operator.has_closable_state(self.watermarks.current()).await {
+        for (operator, rule) in &self.operators {
+            if operator
+                .has_closable_state(rule.shift(self.watermarks.current()))
+                .await
+            {
                 return true;
             }
         }

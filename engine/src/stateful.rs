@@ -54,28 +54,49 @@ pub(crate) trait StatefulOperator: Send + Sync + Debug {
     async fn has_closable_state(&self, watermark_ms: Option<i64>) -> bool;
 }
 
-/// The watermarks a batch's stateful operators run with.
-///
-/// Spark's rule for chained operators (3.4+): an operator evicts state and
-/// emits what the batch's watermark closes, but an operator fed by another
-/// stateful operator drops as late only rows at or below the *previous*
-/// batch's watermark. A row the first operator emits in batch N was not
-/// closed by the watermark of batch N − 1, so the next operator never
-/// drops it as late, and closes it in the same batch if batch N's
-/// watermark has passed it.
+/// The watermarks one stateful operator runs a batch with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct BatchWatermarks {
-    /// The batch's watermark, in milliseconds.
-    pub current: Option<i64>,
-    /// The previous batch's watermark, in milliseconds.
-    pub previous: Option<i64>,
+    /// Evicts state and closes what it passes, in milliseconds.
+    pub evict: Option<i64>,
+    /// Rows at or below it are late, in milliseconds.
+    pub late: Option<i64>,
 }
 
-impl BatchWatermarks {
-    /// The watermark at or below which an operator drops rows as late:
-    /// the batch's, or the previous batch's for a `chained` operator.
-    pub fn for_late_rows(&self, chained: bool) -> Option<i64> {
-        if chained { self.previous } else { self.current }
+/// Which watermarks an operator runs with, as Spark (3.4+) propagates
+/// them through chained stateful operators.
+///
+/// The query's watermark (the minimum over its inputs') flows up the plan.
+/// An operator evicts state and emits what the batch's watermark closes,
+/// but an operator fed by another stateful operator (`chained`) drops as
+/// late only rows at or below the *previous* batch's watermark: a row the
+/// first operator emits in batch N was not closed by batch N − 1's
+/// watermark, so the next operator never drops it as late, and closes it
+/// in the same batch if batch N's watermark has passed it. A stream–stream
+/// join may emit rows up to its time bound older than the watermark (a
+/// stored row matching a new one), so the operators after it see the
+/// watermark `delay_ms` earlier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct WatermarkRule {
+    /// Another stateful operator feeds this one.
+    pub chained: bool,
+    /// How far behind the query's watermark this operator's input is.
+    pub delay_ms: i64,
+}
+
+impl WatermarkRule {
+    /// The operator's watermarks in a batch that runs with the query's
+    /// watermark `current` after a batch that ran with `previous`.
+    pub fn for_batch(&self, current: Option<i64>, previous: Option<i64>) -> BatchWatermarks {
+        BatchWatermarks {
+            evict: self.shift(current),
+            late: self.shift(if self.chained { previous } else { current }),
+        }
+    }
+
+    /// The query's watermark `watermark` as this operator sees it.
+    pub fn shift(&self, watermark: Option<i64>) -> Option<i64> {
+        watermark.map(|w| w.saturating_sub(self.delay_ms))
     }
 }
 

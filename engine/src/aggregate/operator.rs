@@ -34,9 +34,6 @@ pub(crate) struct AggregateOperator {
     /// For session windows: the other group keys (the session's owner),
     /// `None` if the session is the only key.
     owners: Option<RowConverter>,
-    /// Whether another stateful operator feeds this one (it then drops
-    /// late rows by the previous batch's watermark).
-    chained: bool,
     inner: Mutex<Inner>,
 }
 
@@ -46,7 +43,7 @@ struct Inner {
     /// The watermark of the running batch, in milliseconds.
     watermark_ms: Option<i64>,
     /// The watermark rows at or below which are late (see
-    /// [`BatchWatermarks::for_late_rows`]).
+    /// [`crate::stateful::WatermarkRule`]).
     late_watermark_ms: Option<i64>,
     dropped_by_watermark: u64,
     /// Rows left out for a null event time (in no window).
@@ -69,7 +66,6 @@ impl AggregateOperator {
         mode: OutputMode,
         dir: CheckpointDir,
         version: u64,
-        chained: bool,
     ) -> Result<Self> {
         let key_schema = layout.key_schema();
         let value_schema = layout.value_schema();
@@ -108,7 +104,6 @@ impl AggregateOperator {
             keys,
             values,
             owners,
-            chained,
             inner: Mutex::new(Inner {
                 state: OperatorStore::new(store),
                 watermark_ms: None,
@@ -458,8 +453,8 @@ impl StatefulOperator for AggregateOperator {
         if inner.state.begin_batch(version).await? {
             inner.sessions = self.index_sessions(&inner.state.store)?;
         }
-        inner.watermark_ms = watermarks.current;
-        inner.late_watermark_ms = watermarks.for_late_rows(self.chained);
+        inner.watermark_ms = watermarks.evict;
+        inner.late_watermark_ms = watermarks.late;
         inner.dropped_by_watermark = 0;
         inner.without_event_time = 0;
         inner.late_rows.clear();

@@ -26,9 +26,6 @@ pub(crate) struct DedupOperator {
     /// late, its unit, and how long after its time a key expires (ms).
     event_time: Option<(String, TimeUnit, i64)>,
     converter: RowConverter,
-    /// Whether another stateful operator feeds this one (it then drops
-    /// late rows by the previous batch's watermark).
-    chained: bool,
     inner: Mutex<Inner>,
 }
 
@@ -52,7 +49,6 @@ impl DedupOperator {
         expiry: Option<(String, i64)>,
         dir: CheckpointDir,
         version: u64,
-        chained: bool,
     ) -> Result<Self> {
         let mut fields = Vec::with_capacity(keys.len());
         for key in &keys {
@@ -101,7 +97,6 @@ impl DedupOperator {
             keys,
             event_time,
             converter,
-            chained,
             inner: Mutex::new(Inner {
                 state: OperatorStore::new(store),
                 watermark_ms: None,
@@ -187,12 +182,12 @@ impl StatefulOperator for DedupOperator {
         // rows are looked up: a row after a key expired is a first row
         // again. The removals are the batch's changes (a re-run makes them
         // again from the same version).
-        if let Some(watermark) = watermarks.current
+        if let Some(watermark) = watermarks.evict
             && inner.state.store.remove_expired(watermark) > 0
         {
             inner.state.dirty = true;
         }
-        inner.watermark_ms = watermarks.for_late_rows(self.chained);
+        inner.watermark_ms = watermarks.late;
         inner.dropped_by_watermark = 0;
         Ok(())
     }

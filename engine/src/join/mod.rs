@@ -73,6 +73,27 @@ impl StreamJoinNode {
         )
     }
 
+    /// How far behind the watermark the event times of the join's output
+    /// may be: a stored row matched by a new one (past the watermark) is
+    /// up to the condition's time bound older, so the operators after the
+    /// join see the watermark that much earlier (Spark's join output
+    /// watermark). Equal windows delay nothing; `None` when the condition
+    /// bounds no time, and no watermark holds for the output.
+    pub fn output_delay_ms(&self) -> Option<i64> {
+        let bounds = self.bounds();
+        match bounds.range {
+            Some((_, Some(lo), Some(hi))) => Some(0.max(-lo).max(hi)),
+            _ if bounds
+                .expiry
+                .iter()
+                .all(|e| matches!(e, Some(bounds::Expiry::WindowEnd { .. }))) =>
+            {
+                Some(0)
+            }
+            _ => None,
+        }
+    }
+
     /// Describes the join for `explain` and the checkpoint's record of
     /// the query's operators: type, keys and condition.
     pub fn describe(&self) -> String {

@@ -36,9 +36,6 @@ pub(crate) struct JoinOperator {
     /// `(lo, hi)` with `lo <= left time - right time <= hi` (ms), for
     /// index lookups, where the condition bounds the sides' times.
     range: (Option<i64>, Option<i64>),
-    /// Whether another stateful operator feeds this one (it then drops
-    /// late rows by the previous batch's watermark).
-    chained: bool,
     /// The number of left columns.
     left_width: usize,
     inner: Mutex<Inner>,
@@ -64,7 +61,6 @@ pub(crate) struct JoinSpec {
     pub pair_schema: SchemaRef,
     pub output_schema: SchemaRef,
     pub range: (Option<i64>, Option<i64>),
-    pub chained: bool,
     pub sides: [SideLayout; 2],
 }
 
@@ -111,7 +107,6 @@ impl JoinOperator {
             pair_schema: spec.pair_schema,
             output_schema: spec.output_schema,
             range: spec.range,
-            chained: spec.chained,
             left_width,
             inner: Mutex::new(Inner {
                 sides: [left, right],
@@ -148,8 +143,8 @@ impl JoinOperator {
     ) -> DFResult<Vec<RecordBatch>> {
         let mut inner = self.inner.lock().await;
         let Inner { sides, watermarks } = &mut *inner;
-        let late_ms = watermarks.for_late_rows(self.chained);
-        let evict_ms = watermarks.current;
+        let late_ms = watermarks.late;
+        let evict_ms = watermarks.evict;
         let mut new = Vec::with_capacity(2);
         for (side, batches) in sides.iter_mut().zip([left, right]) {
             let batch = concat_batches(&side.layout.schema, &batches)?;

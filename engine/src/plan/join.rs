@@ -62,13 +62,8 @@ impl ExtensionPlanner for JoinPlanner {
     }
 }
 
-/// What the join operator of `node` evaluates, planned in `state`;
-/// `chained` when another stateful operator feeds it.
-pub(crate) fn join_spec(
-    node: &StreamJoinNode,
-    state: &SessionState,
-    chained: bool,
-) -> DFResult<JoinSpec> {
+/// What the join operator of `node` evaluates, planned in `state`.
+pub(crate) fn join_spec(node: &StreamJoinNode, state: &SessionState) -> DFResult<JoinSpec> {
     let join = &node.join;
     let props = state.execution_props();
     let context = PhysicalPlanningContext::default();
@@ -118,7 +113,6 @@ pub(crate) fn join_spec(
         pair_schema: Arc::new(pair.as_arrow().clone()),
         output_schema: Arc::new(join.schema.as_arrow().clone()),
         range,
-        chained,
         sides: [
             side(0, "left", left_range, left_expiry, left_time)?,
             side(1, "right", right_range, right_expiry, right_time)?,

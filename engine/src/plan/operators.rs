@@ -14,6 +14,7 @@ use crate::SourceTable;
 use crate::aggregate::StreamingAggregateNode;
 use crate::dedup::DeduplicateNode;
 use crate::join::StreamJoinNode;
+use crate::stateful::WatermarkRule;
 
 /// Replaces, in `plan`, each aggregation over streaming input by a
 /// [`StreamingAggregateNode`], each join of two streams by a
@@ -99,6 +100,19 @@ impl StatefulNode {
             .any(|input| !all_in(input).is_empty())
     }
 
+    /// Which watermarks the operator runs with (see [`WatermarkRule`]).
+    pub fn watermark_rule(&self) -> WatermarkRule {
+        WatermarkRule {
+            chained: self.chained(),
+            delay_ms: self
+                .inputs()
+                .into_iter()
+                .map(|input| output_delay(input).unwrap_or(0))
+                .max()
+                .unwrap_or(0),
+        }
+    }
+
     /// What the operator is, for `explain` and for the checkpoint's record
     /// of the query's operators: its kind, keys and parameters. A restart
     /// whose description differs is refused.
@@ -132,6 +146,21 @@ impl StatefulNode {
             }
             Self::Join(n) => n.describe(),
         }
+    }
+}
+
+/// How far behind the query's watermark the event times of the rows out
+/// of `plan` may be: the sum of the time bounds of the stream–stream joins
+/// on the way (see [`StreamJoinNode::output_delay_ms`]); `None` past a join
+/// whose condition bounds no time.
+pub(crate) fn output_delay(plan: &LogicalPlan) -> Option<i64> {
+    let mut below = 0;
+    for input in plan.inputs() {
+        below = below.max(output_delay(input)?);
+    }
+    match StatefulNode::of(plan) {
+        Some(StatefulNode::Join(join)) => Some(below + join.output_delay_ms()?),
+        _ => Some(below),
     }
 }
 

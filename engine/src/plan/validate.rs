@@ -178,6 +178,17 @@ fn is_distinct(expr: &Expr) -> bool {
     }
 }
 
+/// Whether `plan` is a stateful operator over streaming input.
+fn is_stateful(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Aggregate(_) => true,
+        LogicalPlan::Join(join) => {
+            SourceTable::any_in(&join.left) && SourceTable::any_in(&join.right)
+        }
+        _ => DeduplicateNode::of(plan).is_some(),
+    }
+}
+
 fn unsupported(operator: &str, reason: &str, fix: &str) -> TidemillError {
     TidemillError::Unsupported {
         operator: operator.into(),
@@ -195,6 +206,9 @@ struct Flow {
     aggregated: bool,
     /// The stateful operator it is (or is above), if any: the last one.
     stateful: Option<&'static str>,
+    /// It is (or is above) a stream–stream join whose condition bounds no
+    /// time, so no watermark holds for its output.
+    unbounded_join: bool,
 }
 
 /// Validates `plan` bottom-up.
@@ -213,7 +227,18 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
         streaming,
         aggregated,
         stateful: below,
+        unbounded_join: inputs.iter().any(|f| f.unbounded_join),
     };
+    if flow.unbounded_join && is_stateful(plan) {
+        return Err(unsupported(
+            &format!("{} node", plan.display()),
+            "after a stream–stream join whose condition bounds no time: the join may emit rows \
+             of any age, so no watermark tells this operator when its input is final",
+            "Bound the join by time (l.ts BETWEEN r.ts - INTERVAL '5' MINUTE AND r.ts + \
+             INTERVAL '5' MINUTE, or equal windows), or run this operator in another query \
+             reading the join's sink",
+        ));
+    }
     if !streaming {
         return Ok(flow);
     }
@@ -325,8 +350,13 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
                     ));
                 }
                 check_stream_join(join, mode)?;
+                let node = crate::join::StreamJoinNode {
+                    join: join.clone(),
+                    operator: 0,
+                };
                 return Ok(Flow {
                     stateful: Some("join"),
+                    unbounded_join: flow.unbounded_join || node.output_delay_ms().is_none(),
                     ..flow
                 });
             }
