@@ -52,6 +52,46 @@ fn deduplicated(df: DataFrame) -> anyhow::Result<DataFrame> {
         .drop_duplicates(&["bucket"])?)
 }
 
+/// The joining pipeline under test: event time = id seconds, a 5-second
+/// watermark, the rows deduplicated by symbol and event time, then joined
+/// with themselves: each id with the next id of its symbol (ids three
+/// apart), within 3 seconds. A batch runs three stateful operators (a
+/// deduplication per side, then the join).
+fn joined(df: DataFrame) -> anyhow::Result<DataFrame> {
+    let timed = df
+        .select(vec![
+            col("id"),
+            col("symbol"),
+            cast(
+                col("id") * lit(1000),
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+            )
+            .alias("event_time"),
+        ])?
+        .with_watermark("event_time", "5 seconds")?
+        .drop_duplicates(&["symbol", "event_time"])?;
+    let three = lit(datafusion::common::ScalarValue::new_interval_mdn(
+        0,
+        0,
+        3_000_000_000,
+    ));
+    let (a, b) = (timed.clone().alias("a")?, timed.alias("b")?);
+    Ok(a.join_on(
+        b,
+        datafusion::common::JoinType::Inner,
+        [
+            col("a.symbol").eq(col("b.symbol")),
+            col("b.event_time").gt(col("a.event_time")),
+            col("b.event_time").lt_eq(col("a.event_time") + three),
+        ],
+    )?
+    .select(vec![
+        col("a.id").alias("first"),
+        col("b.id").alias("next"),
+        col("a.symbol"),
+    ])?)
+}
+
 fn schema() -> SchemaRef {
     events_schema()
 }
@@ -62,6 +102,7 @@ enum Pipeline {
     Stateless,
     Windowed,
     Deduplicated,
+    Joined,
 }
 
 impl Pipeline {
@@ -72,6 +113,7 @@ impl Pipeline {
             Pipeline::Stateless => "stateless",
             Pipeline::Windowed => "windowed",
             Pipeline::Deduplicated => "deduplicated",
+            Pipeline::Joined => "joined",
         }
     }
 }
@@ -96,6 +138,7 @@ async fn crash_child() -> anyhow::Result<()> {
     let df = match std::env::var(Pipeline::ENV).as_deref() {
         Ok("windowed") => windowed(df)?,
         Ok("deduplicated") => deduplicated(df)?,
+        Ok("joined") => joined(df)?,
         _ => pipeline(df)?,
     };
     let query = df
@@ -197,6 +240,9 @@ async fn batch_rows(dirs: &Dirs) -> Vec<String> {
         Pipeline::Deduplicated => {
             return sorted_rows(&deduplicated(df).unwrap().collect().await.unwrap());
         }
+        Pipeline::Joined => {
+            return sorted_rows(&joined(df).unwrap().collect().await.unwrap());
+        }
         Pipeline::Windowed => {}
     }
     // Append mode emits the windows the last watermark (the largest
@@ -292,6 +338,13 @@ async fn sigkill_at_each_step_of_a_deduplicating_batch_loses_and_duplicates_noth
     kill_at_each_step_of_the_third_batch(Pipeline::Deduplicated, 34).await;
 }
 
+/// A batch that deduplicates and joins: each pair of a clean run once.
+#[tokio::test]
+async fn sigkill_at_each_step_of_a_joining_batch_loses_and_duplicates_nothing() {
+    // Ids 0..100, each with the id three after it (97 pairs).
+    kill_at_each_step_of_the_third_batch(Pipeline::Joined, 97).await;
+}
+
 #[tokio::test]
 async fn randomized_kills_lose_and_duplicate_nothing() {
     let seed = std::env::var("CRASH_SEED")
@@ -305,8 +358,9 @@ async fn randomized_kills_lose_and_duplicate_nothing() {
         Pipeline::Stateless,
         Pipeline::Windowed,
         Pipeline::Deduplicated,
+        Pipeline::Joined,
     ];
-    let dirs = Dirs::with_pipeline(pipelines[(seed % 3) as usize]);
+    let dirs = Dirs::with_pipeline(pipelines[(seed % 4) as usize]);
     let mut files = 0;
     for _ in 0..10 {
         for _ in 0..rng.random_range(0..3) {
