@@ -556,3 +556,117 @@ async fn state_stays_flat_as_the_watermark_advances() {
         run.query.stop().await.unwrap();
     }
 }
+
+/// SQL's form of `drop_duplicates_within_watermark`: `DISTINCT ON
+/// (within_watermark(keys…))`. A key is kept until the watermark passes its
+/// first row's event time plus the delay, then a row with it is a first
+/// row again; the same query as a batch job keeps one row per key.
+#[tokio::test]
+async fn sql_distinct_on_within_watermark_deduplicates_within_the_watermark() {
+    let ctx = SessionContext::new();
+    tidemill::engine::window::register_window_functions(&ctx);
+    let stream = MemoryStream::new(schema());
+    let df = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .with_watermark("event_time", "5 seconds")
+        .unwrap();
+    ctx.register_table("events", df.into_view()).unwrap();
+    let sql = "SELECT DISTINCT ON (within_watermark(symbol)) symbol, price FROM events";
+    let dir = tempfile::tempdir().unwrap();
+    let sink = MemorySink::new();
+    let query = ctx
+        .sql(sql)
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .checkpoint(dir.path().to_str().unwrap())
+        .start()
+        .await
+        .unwrap();
+    for rows in [
+        &[(Some("a"), 1.0, 10), (Some("a"), 2.0, 12)][..],
+        &[(Some("b"), 3.0, 30)],
+        // The watermark is 25 s: a's key (10 s + 5 s) has expired.
+        &[(Some("a"), 4.0, 27), (Some("b"), 5.0, 31)],
+    ] {
+        stream.push(events(rows)).unwrap();
+        query.process_all_available().await.unwrap();
+    }
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        [
+            "| a      | 1.0   |",
+            "| a      | 4.0   |",
+            "| b      | 3.0   |"
+        ]
+    );
+    let text = ctx
+        .sql(sql)
+        .await
+        .unwrap()
+        .write_stream()
+        .explain()
+        .unwrap();
+    assert!(
+        text.contains("Deduplicate within watermark keys [symbol]"),
+        "{text}"
+    );
+    query.stop().await.unwrap();
+
+    // As a batch job: one row per key.
+    let batch = SessionContext::new();
+    tidemill::engine::window::register_window_functions(&batch);
+    batch
+        .register_batch(
+            "events",
+            events(&[
+                (Some("a"), 1.0, 10),
+                (Some("a"), 1.0, 12),
+                (Some("b"), 3.0, 30),
+            ]),
+        )
+        .unwrap();
+    let rows = sorted_rows(&batch.sql(sql).await.unwrap().collect().await.unwrap());
+    assert_eq!(rows, ["| a      | 1.0   |", "| b      | 3.0   |"]);
+}
+
+/// Plain `SELECT DISTINCT` keeps Spark's meaning: an aggregation without
+/// aggregate functions, which in update mode emits the distinct rows each
+/// micro-batch touched (and is refused in append mode without a
+/// watermark, see `engine_semantics.rs`).
+#[tokio::test]
+async fn plain_select_distinct_in_update_mode_emits_the_rows_each_batch_touched() {
+    let ctx = SessionContext::new();
+    let stream = MemoryStream::new(schema());
+    ctx.register_stream("events", stream.clone()).await.unwrap();
+    let sink = MemorySink::new();
+    let query = ctx
+        .sql("SELECT DISTINCT symbol FROM events")
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .output_mode(OutputMode::Update)
+        .start()
+        .await
+        .unwrap();
+    stream
+        .push(events(&[
+            (Some("a"), 1.0, 1),
+            (Some("a"), 2.0, 2),
+            (Some("b"), 3.0, 3),
+        ]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    let first = sink.batches();
+    assert_eq!(ids(&first), ["a", "b"]);
+    stream
+        .push(events(&[(Some("a"), 4.0, 4), (Some("c"), 5.0, 5)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(ids(&sink.batches()[first.len()..]), ["a", "c"]);
+    query.stop().await.unwrap();
+}

@@ -17,6 +17,7 @@
 
 mod exec;
 mod operator;
+pub(crate) mod within_watermark;
 
 use std::fmt;
 use std::sync::Arc;
@@ -117,6 +118,14 @@ pub(crate) fn distinct_on_as_dedup(plan: LogicalPlan) -> Result<LogicalPlan> {
                     "Remove the ORDER BY: the stream keeps the first row of each key to arrive",
                 ));
             }
+            // DISTINCT ON (within_watermark(keys…)): Spark's
+            // dropDuplicatesWithinWatermark.
+            let (on_expr, within_watermark) = match on_expr.as_slice() {
+                [Expr::ScalarFunction(f)] if f.name() == within_watermark::NAME => {
+                    (f.args.clone(), true)
+                }
+                _ => (on_expr, false),
+            };
             let keys = on_expr
                 .into_iter()
                 .map(|e| match e {
@@ -131,7 +140,7 @@ pub(crate) fn distinct_on_as_dedup(plan: LogicalPlan) -> Result<LogicalPlan> {
             let dedup = DeduplicateNode {
                 input: Arc::unwrap_or_clone(input),
                 keys,
-                within_watermark: false,
+                within_watermark,
                 operator: 0,
             };
             let projected = Projection::try_new(select_expr, Arc::new(dedup.into_plan()))?;

@@ -104,8 +104,9 @@ pub use session::{SESSION_COLUMN, SESSION_PREFIX};
 /// every row that many times.
 pub const MAX_WINDOWS_PER_ROW: i64 = 100_000;
 
-/// Registers `tumble`, `hop`, `window`, `session_window` and `window_time` on `ctx`, for
-/// SQL, and installs [`WindowGroupingRule`], which sliding `window(…)` and
+/// Registers `tumble`, `hop`, `window`, `session_window`, `window_time` and
+/// `within_watermark` (the `DISTINCT ON` key that asks for deduplication
+/// within the watermark) on `ctx`, for SQL, and installs [`WindowGroupingRule`], which sliding `window(…)` and
 /// `session_window` keys need in batch queries.
 ///
 /// The DataFrame helpers [`tumble`] and [`hop`] work without
@@ -134,6 +135,10 @@ pub fn register_window_functions(ctx: &SessionContext) {
     ctx.register_udf(window_udf().as_ref().clone());
     ctx.register_udf(session_window_udf().as_ref().clone());
     ctx.register_udf(window_time_udf().as_ref().clone());
+    // DISTINCT ON's marker for deduplication within the watermark.
+    ctx.register_udf(ScalarUDF::new_from_impl(
+        crate::dedup::within_watermark::WithinWatermark::new(),
+    ));
     if !ctx
         .state()
         .analyzer()
