@@ -654,3 +654,30 @@ async fn a_full_join_keeps_both_sides_columns_nullable() {
         &DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None)
     );
 }
+
+/// An inner join without watermarks or a time bound runs, as Spark's:
+/// rows match however far apart in time, and every row stays in the state.
+#[tokio::test]
+async fn an_unbounded_inner_join_matches_rows_far_apart_and_keeps_them() {
+    let join = Join {
+        bound_ms: None,
+        delay: None,
+        ..Join::new(JoinType::Inner)
+    };
+    let run = Running::start(&SessionContext::new(), join).await;
+    run.push(&[(Some("a"), 1.0, 100)], &[]).await;
+    run.push(&[], &[(Some("a"), 2.0, 100_000)]).await;
+    run.push(&[(Some("a"), 3.0, 5)], &[(Some("b"), 4.0, 7)])
+        .await;
+    assert_eq!(
+        cells(&run.output()),
+        sorted(vec![
+            row(Some(("a", 1.0, 100)), Some(("a", 2.0, 100_000))),
+            row(Some(("a", 3.0, 5)), Some(("a", 2.0, 100_000))),
+        ])
+    );
+    let state = run.state();
+    assert_eq!(state.num_rows_total, 4);
+    assert_eq!(state.num_rows_dropped_by_watermark, 0);
+    run.query.stop().await.unwrap();
+}
