@@ -60,9 +60,10 @@ pub use tidemill_connectors::{
 pub use tidemill_connectors::{KafkaSink, KafkaSource};
 pub use tidemill_engine::{
     DataStreamWriter, EventTimeProgress, MultipleWatermarkPolicy, Offset, OutputMode,
-    PhaseDurations, QueryOptions, QueryProgress, QueryStatus, ReadLimit, Result, RetryPolicy, Sink,
-    Source, SourceStream, StateOperatorProgress, StreamingContext, StreamingDataFrame,
-    StreamingQuery, TidemillError, Trigger,
+    PhaseDurations, QueryIdle, QueryListener, QueryOptions, QueryProgress, QueryStarted,
+    QueryStatus, QueryTerminated, ReadLimit, Result, RetryPolicy, Sink, Source, SourceStream,
+    StateOperatorProgress, StreamingContext, StreamingDataFrame, StreamingQuery, TidemillError,
+    Trigger,
 };
 
 /// The names most pipelines use, for `use tidemill::prelude::*`.

@@ -201,7 +201,11 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         metadata.query_id,
         writer.name,
         writer.options.progress_history,
+        state
+            .config()
+            .get_extension::<crate::listener::ListenerBus>(),
     ));
+    shared.started();
     tracing::info!(
         "starting query {} at batch {next_batch_id} with checkpoint {}",
         shared.display_name(),

@@ -8,6 +8,7 @@ use datafusion::logical_expr::Expr;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::dedup::DeduplicateNode;
+use crate::listener::{ListenerBus, QueryListener};
 use crate::watermark::WatermarkNode;
 use crate::{DataStreamWriter, Result, Source, SourceTable, TidemillError};
 
@@ -33,6 +34,26 @@ pub trait StreamingContext {
     /// Registers `source` as a streaming table `name`, for SQL:
     /// `ctx.sql("SELECT … FROM name")` then returns a streaming DataFrame.
     async fn register_stream<S: Source + 'static>(&self, name: &str, source: S) -> Result<()>;
+
+    /// Registers `listener` for the events of every streaming query of
+    /// this session started from now on (from streams read before or
+    /// after), as Spark's `spark.streams.addListener`. See
+    /// [`QueryListener`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use datafusion::prelude::SessionContext;
+    /// use tidemill_engine::{QueryListener, QueryProgress, StreamingContext};
+    ///
+    /// struct Log;
+    /// impl QueryListener for Log {
+    ///     fn on_query_progress(&self, progress: &QueryProgress) {
+    ///         println!("batch {} read {} rows", progress.batch_id, progress.num_input_rows);
+    ///     }
+    /// }
+    /// SessionContext::new().add_query_listener(Arc::new(Log));
+    /// ```
+    fn add_query_listener(&self, listener: Arc<dyn QueryListener>);
 }
 
 #[async_trait]
@@ -49,12 +70,39 @@ impl StreamingContext for SessionContext {
             .map_err(|e| TidemillError::datafusion(format!("registering stream '{name}'"), e))?;
         Ok(())
     }
+
+    fn add_query_listener(&self, listener: Arc<dyn QueryListener>) {
+        listener_bus(self).add(listener);
+    }
+}
+
+/// The session's listener bus, added to its configuration if missing.
+/// Every streaming table's session gets one, so DataFrames read before a
+/// listener is added share the bus it is added to.
+fn listener_bus(ctx: &SessionContext) -> Arc<ListenerBus> {
+    if let Some(bus) = ctx
+        .state_ref()
+        .read()
+        .config()
+        .get_extension::<ListenerBus>()
+    {
+        return bus;
+    }
+    let state = ctx.state_ref();
+    let mut state = state.write();
+    if let Some(bus) = state.config().get_extension::<ListenerBus>() {
+        return bus;
+    }
+    let bus = Arc::new(ListenerBus::default());
+    state.config_mut().set_extension(Arc::clone(&bus));
+    bus
 }
 
 async fn streaming_table<S: Source + 'static>(
     ctx: &SessionContext,
     source: S,
 ) -> Result<Arc<SourceTable>> {
+    listener_bus(ctx);
     let schema = source.schema(ctx).await?;
     Ok(Arc::new(SourceTable::new(Arc::new(source), schema)))
 }

@@ -57,6 +57,7 @@ mod error;
 #[cfg(feature = "failpoints")]
 pub mod failpoint;
 mod join;
+mod listener;
 #[cfg(not(feature = "failpoints"))]
 mod failpoint {
     //! Without the `failpoints` feature, the crash-test hooks are empty.
@@ -82,6 +83,7 @@ mod writer;
 
 pub use context_ext::{StreamingContext, StreamingDataFrame};
 pub use error::{Result, TidemillError};
+pub use listener::{QueryIdle, QueryListener, QueryStarted, QueryTerminated};
 pub use location::Location;
 pub use offset::Offset;
 pub use progress::{

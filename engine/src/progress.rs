@@ -42,8 +42,9 @@ pub struct QueryProgress {
     pub sources: Vec<SourceProgress>,
     /// The sink.
     pub sink: SinkProgress,
-    /// Per stateful operator (the streaming aggregation), its state after
-    /// the batch; empty for a stateless query.
+    /// Per stateful operator, by operator number (aggregation,
+    /// deduplication, stream–stream join), its state after the batch;
+    /// empty for a stateless query.
     #[serde(default)]
     pub state_operators: Vec<StateOperatorProgress>,
 }
@@ -88,7 +89,8 @@ pub struct EventTimeProgress {
 /// `StateOperatorProgress`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateOperatorProgress {
-    /// What the operator is, e.g. `aggregate`.
+    /// What the operator is: `aggregate`, `dedupe` or
+    /// `symmetricHashJoin` (Spark's names).
     pub operator_name: String,
     /// Groups (state rows) held after the batch.
     pub num_rows_total: u64,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::listener::{ListenerBus, QueryEvent, QueryIdle, QueryStarted, QueryTerminated};
 use crate::{QueryProgress, QueryStatus, Result, TidemillError};
 
 /// What the trigger loop has done so far, watched by the handle.
@@ -34,11 +35,22 @@ pub(crate) struct QueryShared {
     status: Mutex<QueryStatus>,
     error: Mutex<Option<Arc<TidemillError>>>,
     events: watch::Sender<LoopEvents>,
+    /// The session's query listeners.
+    listeners: Option<Arc<ListenerBus>>,
+    /// Whether the last trigger found no new data (an idle spell).
+    idle: AtomicBool,
 }
 
 impl QueryShared {
-    pub fn new(id: String, name: Option<String>, history: usize) -> Self {
+    pub fn new(
+        id: String,
+        name: Option<String>,
+        history: usize,
+        listeners: Option<Arc<ListenerBus>>,
+    ) -> Self {
         Self {
+            listeners,
+            idle: AtomicBool::new(false),
             id,
             run_id: uuid::Uuid::new_v4().to_string(),
             name,
@@ -83,9 +95,41 @@ impl QueryShared {
         seq
     }
 
-    /// Records that trigger `seq` found no new data.
+    /// Records that trigger `seq` found no new data; the first of an idle
+    /// spell is an idle event for the listeners.
     pub fn trigger_idle(&self, seq: u64) {
         self.events.send_modify(|e| e.last_idle_trigger = seq);
+        if !self.idle.swap(true, Ordering::AcqRel) {
+            self.post(|| {
+                QueryEvent::Idle(QueryIdle {
+                    id: self.id.clone(),
+                    run_id: self.run_id.clone(),
+                    name: self.name.clone(),
+                    timestamp: chrono::Utc::now().to_rfc3339(),
+                })
+            });
+        }
+    }
+
+    /// Tells the listeners the query started.
+    pub fn started(&self) {
+        self.post(|| {
+            QueryEvent::Started(QueryStarted {
+                id: self.id.clone(),
+                run_id: self.run_id.clone(),
+                name: self.name.clone(),
+                timestamp: chrono::Utc::now().to_rfc3339(),
+            })
+        });
+    }
+
+    /// Posts the event `make` builds to the listeners, if any.
+    fn post(&self, make: impl FnOnce() -> QueryEvent) {
+        if let Some(bus) = &self.listeners
+            && !bus.is_empty()
+        {
+            bus.post(make());
+        }
     }
 
     pub fn set_status(&self, update: impl FnOnce(&mut QueryStatus)) {
@@ -93,6 +137,8 @@ impl QueryShared {
     }
 
     pub fn record_progress(&self, progress: QueryProgress) {
+        self.idle.store(false, Ordering::Release);
+        self.post(|| QueryEvent::Progress(Box::new(progress.clone())));
         let mut all = self.progress.lock().expect("progress lock poisoned");
         if all.len() == self.history {
             all.pop_front();
@@ -102,6 +148,14 @@ impl QueryShared {
 
     /// Records the end of the loop, with the error that ended it, if any.
     pub fn terminate(&self, error: Option<TidemillError>) {
+        self.post(|| {
+            QueryEvent::Terminated(QueryTerminated {
+                id: self.id.clone(),
+                run_id: self.run_id.clone(),
+                name: self.name.clone(),
+                error: error.as_ref().map(ToString::to_string),
+            })
+        });
         if let Some(error) = error {
             tracing::error!(
                 "query {} terminated with error: {error}",

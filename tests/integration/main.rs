@@ -16,6 +16,7 @@ mod engine_semantics;
 mod join;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod listener;
 mod no_panic_properties;
 mod recovery;
 mod retry;
