@@ -681,3 +681,56 @@ async fn an_unbounded_inner_join_matches_rows_far_apart_and_keeps_them() {
     assert_eq!(state.num_rows_dropped_by_watermark, 0);
     run.query.stop().await.unwrap();
 }
+
+/// A condition without any equality (a time bound and an inequality only)
+/// joins every pair that passes it.
+#[tokio::test]
+async fn a_join_without_an_equality_key_pairs_what_the_condition_allows() {
+    let ctx = SessionContext::new();
+    let (left, right) = (MemoryStream::new(schema()), MemoryStream::new(schema()));
+    let watermarked = |df: DataFrame, name: &str| {
+        df.with_watermark("event_time", "10 seconds")
+            .unwrap()
+            .alias(name)
+            .unwrap()
+    };
+    let l = watermarked(ctx.read_stream(left.clone()).await.unwrap(), "l");
+    let r = watermarked(ctx.read_stream(right.clone()).await.unwrap(), "r");
+    let df = l
+        .join_on(
+            r,
+            JoinType::Inner,
+            [
+                col("l.symbol").not_eq(col("r.symbol")),
+                col("l.event_time").between(
+                    col("r.event_time") - millis(5_000),
+                    col("r.event_time") + millis(5_000),
+                ),
+            ],
+        )
+        .unwrap()
+        .select(vec![col("l.symbol"), col("r.symbol")])
+        .unwrap();
+    let sink = MemorySink::new();
+    let query = df
+        .write_stream()
+        .sink(sink.clone())
+        .output_mode(OutputMode::Append)
+        .start()
+        .await
+        .unwrap();
+    left.push(rows(&[(Some("a"), 1.0, 100), (Some("b"), 1.0, 100)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    right
+        .push(rows(&[(Some("a"), 1.0, 103), (Some("c"), 1.0, 120)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(
+        sorted_rows(&sink.batches()),
+        ["| b      | a      |"],
+        "{:?}",
+        sorted_rows(&sink.batches())
+    );
+    query.stop().await.unwrap();
+}

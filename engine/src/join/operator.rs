@@ -288,10 +288,7 @@ impl JoinOperator {
         let mut by_key: HashMap<&[u8], Vec<u32>> = HashMap::new();
         for j in 0..right.batch.num_rows() {
             if right.usable[j] {
-                by_key
-                    .entry(right.keys.row(j).data())
-                    .or_default()
-                    .push(j as u32);
+                by_key.entry(right.key(j)).or_default().push(j as u32);
             }
         }
         let (mut li, mut ri) = (Vec::new(), Vec::new());
@@ -299,7 +296,7 @@ impl JoinOperator {
             if !left.usable[i] {
                 continue;
             }
-            if let Some(js) = by_key.get(left.keys.row(i).data()) {
+            if let Some(js) = by_key.get(left.key(i)) {
                 let (from, to) = self.window(LEFT, left.times[i]);
                 for &j in js {
                     let t = right.times[j as usize];
@@ -330,10 +327,10 @@ impl JoinOperator {
             if !new.usable[i] {
                 continue;
             }
-            let key = new.keys.row(i);
+            let key = new.key(i);
             let (from, to) = self.window(side, new.times[i]);
-            for slot in stored.lookup(key.data(), from, to) {
-                let state_key = JoinSide::state_key(key.data(), slot);
+            for slot in stored.lookup(key, from, to) {
+                let state_key = JoinSide::state_key(key, slot);
                 let next = positions.len() as u32;
                 let position = *positions.entry(state_key.clone()).or_insert_with(|| {
                     state_keys.push(state_key);

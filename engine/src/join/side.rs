@@ -75,8 +75,9 @@ impl SideLayout {
 /// A batch's rows of one side, ready to probe and store.
 pub(crate) struct NewRows {
     pub batch: RecordBatch,
-    /// The encoded join keys.
-    pub keys: Rows,
+    /// The encoded join keys; `None` when the condition has no equality
+    /// (every row has the same, empty, key).
+    keys: Option<Rows>,
     /// Whether each row can ever match: no null key (unless nulls match),
     /// and a time where the condition bounds times.
     pub usable: Vec<bool>,
@@ -84,6 +85,16 @@ pub(crate) struct NewRows {
     pub times: Vec<i64>,
     /// When each row would expire (ms), where the side's rows do.
     pub expiries: Option<Int64Array>,
+}
+
+impl NewRows {
+    /// Row `i`'s encoded join key.
+    pub fn key(&self, i: usize) -> &[u8] {
+        match &self.keys {
+            Some(rows) => rows.row(i).data(),
+            None => &[],
+        }
+    }
 }
 
 /// One side's stored rows.
@@ -179,7 +190,10 @@ impl JoinSide {
             .iter()
             .map(|k| k.evaluate(&batch)?.into_array(n))
             .collect::<DFResult<Vec<ArrayRef>>>()?;
-        let keys = self.key_converter.convert_columns(&columns)?;
+        let keys = match columns.is_empty() {
+            true => None,
+            false => Some(self.key_converter.convert_columns(&columns)?),
+        };
         let mut usable: Vec<bool> = (0..n)
             .map(|i| self.layout.nulls_equal || columns.iter().all(|c| c.is_valid(i)))
             .collect();
@@ -273,18 +287,15 @@ impl JoinSide {
         let encoded = self.row_converter.convert_columns(new.batch.columns())?;
         let mut entries = Vec::with_capacity(rows.len());
         for &(i, matched) in rows {
-            let key = new.keys.row(i);
+            let key = new.key(i);
             let slot = (new.times[i], self.next_row);
             self.next_row += 1;
-            self.index
-                .entry(key.data().into())
-                .or_default()
-                .insert(slot);
+            self.index.entry(key.into()).or_default().insert(slot);
             let mut value = Vec::with_capacity(1 + encoded.row(i).data().len());
             value.push(u8::from(matched));
             value.extend_from_slice(encoded.row(i).data());
             let expires = new.expiries.as_ref().map(|e| e.value(i));
-            entries.push((Self::state_key(key.data(), slot), value, expires));
+            entries.push((Self::state_key(key, slot), value, expires));
         }
         let refs: Vec<(&[u8], &[u8], Option<i64>)> = entries
             .iter()
