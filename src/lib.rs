@@ -50,6 +50,7 @@ pub use tidemill_state as state;
 
 pub use datafusion;
 
+pub mod monitor;
 pub mod sql;
 
 pub use tidemill_connectors::{

@@ -1,0 +1,129 @@
+//! The monitor's HTTP server: `GET` only, one request per connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::{Monitor, metrics};
+
+/// The page, with its script and styles (no other file, no network).
+const PAGE: &str = include_str!("page.html");
+
+/// The longest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// A running monitor server; stops when dropped.
+#[derive(Debug)]
+pub struct MonitorServer {
+    address: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl MonitorServer {
+    pub(super) async fn bind(monitor: Arc<Monitor>, address: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(address).await?;
+        let address = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let monitor = Arc::clone(&monitor);
+                tokio::spawn(async move {
+                    // A client that stalls is dropped after a while.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &monitor))
+                        .await;
+                });
+            }
+        });
+        Ok(Self { address, task })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for MonitorServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one request and answers it.
+async fn answer(mut stream: TcpStream, monitor: &Monitor) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let mut words = head.lines().next().unwrap_or_default().split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, kind, body) = if method != "GET" && method != "HEAD" {
+        (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "read-only: GET only\n".to_string(),
+        )
+    } else {
+        route(path, monitor)
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
+         Content-Security-Policy: default-src 'self'; script-src 'unsafe-inline'; \
+         style-src 'unsafe-inline'\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        response.extend_from_slice(body.as_bytes());
+    }
+    stream.write_all(&response).await?;
+    stream.shutdown().await
+}
+
+/// The status, content type and body for `path`.
+fn route(path: &str, monitor: &Monitor) -> (&'static str, &'static str, String) {
+    const JSON: &str = "application/json";
+    match path {
+        "/" | "/index.html" => ("200 OK", "text/html; charset=utf-8", PAGE.to_string()),
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics::render(&monitor.queries()),
+        ),
+        "/api/queries" => (
+            "200 OK",
+            JSON,
+            serde_json::to_string(&monitor.queries()).unwrap_or_default(),
+        ),
+        _ => match path
+            .strip_prefix("/api/queries/")
+            .and_then(|rest| rest.strip_suffix("/progress"))
+            .and_then(|id| monitor.recent(id))
+        {
+            Some(recent) => (
+                "200 OK",
+                JSON,
+                serde_json::to_string(&recent).unwrap_or_default(),
+            ),
+            None => (
+                "404 Not Found",
+                "text/plain; charset=utf-8",
+                "not found\n".to_string(),
+            ),
+        },
+    }
+}
