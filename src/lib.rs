@@ -51,6 +51,7 @@ pub use tidemill_state as state;
 pub use datafusion;
 
 pub mod sql;
+pub mod status;
 
 pub use tidemill_connectors::{
     ConsoleSink, FileFormat, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
