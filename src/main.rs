@@ -1,4 +1,5 @@
-//! The `tidemill` command: run, batch and explain a SQL pipeline file.
+//! The `tidemill` command: run, batch and explain a SQL pipeline file;
+//! inspect a checkpoint (`status`, see `tidemill::status`).
 //!
 //! ```text
 //! tidemill run FILE [--trigger available-now|once|<interval>] [--checkpoint DIR]
@@ -10,7 +11,8 @@
 //!
 //! Exit codes: 0 on success (for `run`, also when Ctrl-C stopped it after
 //! the current batch), 1 with one message on standard error when the
-//! pipeline fails or a query is rejected, 2 for a usage mistake, 130 when
+//! pipeline fails or a query is rejected (or, for `status`, a checkpoint
+//! file is damaged), 2 for a usage mistake, 130 when
 //! a second Ctrl-C interrupts the stop. See `docs/sql.md`.
 
 use std::io::Write;
@@ -29,7 +31,7 @@ use tidemill::{QueryProgress, Trigger};
 #[command(
     name = "tidemill",
     version,
-    about = "Run a SQL pipeline (CREATE STREAM / CREATE SINK / INSERT INTO) as a stream, as a batch job, or explain it"
+    about = "Run a SQL pipeline (CREATE STREAM / CREATE SINK / INSERT INTO) as a stream, as a batch job, or explain it; inspect its checkpoint"
 )]
 struct Cli {
     #[command(subcommand)]
