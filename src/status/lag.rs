@@ -15,17 +15,42 @@ use std::time::Duration;
 use datafusion::prelude::SessionContext;
 use object_store::memory::InMemory;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use tidemill_engine::{Offset, ReadLimit, Source, SourceContext};
-use tidemill_state::CheckpointDir;
+use tidemill_engine::{Offset, ReadLimit, Source, SourceContext, TidemillError};
+use tidemill_state::{CheckpointDir, StateError};
 
-use super::{PartitionLag, QueryReport, SourceLag};
+use super::{PartitionLag, QueryReport, SourceLag, StatusError};
 
 /// How long a source may take to say what it holds (a broker that does not
 /// answer).
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a source could not say what it holds.
+enum Failure {
+    /// A file of its private checkpoint directory is damaged.
+    Damaged(StateError),
+    /// Anything else (a broker down, a directory gone): said in a note.
+    Other(String),
+}
+
+impl From<TidemillError> for Failure {
+    fn from(error: TidemillError) -> Self {
+        match error {
+            TidemillError::Checkpoint(
+                e @ (StateError::Corrupt { .. } | StateError::Incompatible { .. }),
+            ) => Failure::Damaged(e),
+            other => Failure::Other(other.to_string()),
+        }
+    }
+}
+
 /// Fills in the lag of every source of `query`, whose checkpoint is `dir`.
-pub(super) async fn measure(query: &mut QueryReport, dir: &Path, sources: &[Arc<dyn Source>]) {
+/// Fails only if a file of a source's private checkpoint directory is
+/// damaged; a source that cannot be asked otherwise gets a note.
+pub(super) async fn measure(
+    query: &mut QueryReport,
+    dir: &Path,
+    sources: &[Arc<dyn Source>],
+) -> Result<(), StatusError> {
     for report in &mut query.sources {
         let unit = unit_of(&report.description);
         let lag = match sources
@@ -58,14 +83,15 @@ pub(super) async fn measure(query: &mut QueryReport, dir: &Path, sources: &[Arc<
                 )
                 .await
                 .unwrap_or_else(|_| {
-                    Err(format!(
+                    Err(Failure::Other(format!(
                         "the source did not say what it holds within {} s",
                         TIMEOUT.as_secs()
-                    ))
+                    )))
                 });
                 match latest {
                     Ok(latest) => compare(report.committed.as_ref(), latest, unit),
-                    Err(error) => SourceLag {
+                    Err(Failure::Damaged(error)) => return Err(error.into()),
+                    Err(Failure::Other(error)) => SourceLag {
                         latest: None,
                         unit,
                         behind: None,
@@ -77,6 +103,7 @@ pub(super) async fn measure(query: &mut QueryReport, dir: &Path, sources: &[Arc<
         };
         report.lag = Some(lag);
     }
+    Ok(())
 }
 
 /// What an offset of the source described so counts.
@@ -100,32 +127,30 @@ async fn latest_offset(
     dir: &Path,
     index: usize,
     committed: Option<&Offset>,
-) -> Result<Option<Offset>, String> {
+) -> Result<Option<Offset>, Failure> {
     let session = SessionContext::new();
-    let schema = source.schema(&session).await.map_err(|e| e.to_string())?;
+    let schema = source.schema(&session).await?;
     let private = copy_to_memory(&dir.join("sources").join(index.to_string()))
         .await
-        .map_err(|e| format!("cannot copy its checkpoint directory: {e}"))?;
+        .map_err(|e| Failure::Other(format!("cannot copy its checkpoint directory: {e}")))?;
     let mut stream = source
         .open(SourceContext {
             session,
             schema,
             checkpoint: private,
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    stream
-        .latest_offset(committed, ReadLimit::All)
-        .await
-        .map_err(|e| e.to_string())
+        .await?;
+    Ok(stream.latest_offset(committed, ReadLimit::All).await?)
 }
 
-/// The files under `dir`, read into a new in-memory store, as a
-/// checkpoint directory at its root. Files of writes in progress (`#` in
-/// their name: the local store's temporary files) are left out.
+/// The files under `dir`, read into a new in-memory store at the same
+/// path (so that errors name the files as they are on disk), as a
+/// checkpoint directory. Files of writes in progress (`#` in their name:
+/// the local store's temporary files) are left out.
 async fn copy_to_memory(dir: &Path) -> std::io::Result<CheckpointDir> {
     let store = Arc::new(InMemory::new());
-    let mut pending = vec![(dir.to_path_buf(), object_store::path::Path::default())];
+    let root = object_store::path::Path::from_absolute_path(dir).map_err(std::io::Error::other)?;
+    let mut pending = vec![(dir.to_path_buf(), root.clone())];
     while let Some((local, at)) = pending.pop() {
         let entries = match std::fs::read_dir(&local) {
             Ok(entries) => entries,
@@ -152,10 +177,7 @@ async fn copy_to_memory(dir: &Path) -> std::io::Result<CheckpointDir> {
         }
     }
     let store: Arc<dyn ObjectStore> = store;
-    Ok(CheckpointDir::new(
-        store,
-        object_store::path::Path::default(),
-    ))
+    Ok(CheckpointDir::new(store, root))
 }
 
 /// The lag of `latest` behind `committed`: for numbers, their difference

@@ -37,6 +37,8 @@
 //! writing its logs; the lag is that offset less the committed one: files
 //! not yet read for a `files` stream, records per partition for `kafka`,
 //! rows for `rate`. Offsets that are not numbers are shown side by side.
+//! A source that cannot be asked (a broker down) gets a note; a damaged
+//! file of its private directory is an error, as any damaged file.
 //!
 //! The report is text ([`StatusReport`]'s `Display`) or JSON (serde).
 //!
@@ -318,7 +320,8 @@ pub struct StoreReport {
 /// one), reading only. With `sources` (the streams of the pipeline, as
 /// [`crate::sql::Pipeline::stream_sources`] makes them), also says how far
 /// behind each source is; a source whose lag cannot be measured gets a
-/// note saying why, not an error.
+/// note saying why, not an error (unless a file of its private checkpoint
+/// directory is damaged).
 ///
 /// Fails with [`StatusError::File`] naming the file if a file it needs is
 /// damaged, and [`StatusError::NotACheckpoint`] if there is no checkpoint
@@ -353,7 +356,7 @@ pub async fn inspect(
     for dir in &dirs {
         let mut query = inspect_query(dir).await?;
         if let Some(sources) = sources {
-            lag::measure(&mut query, dir, sources).await;
+            lag::measure(&mut query, dir, sources).await?;
         }
         queries.push(query);
     }

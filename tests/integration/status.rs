@@ -574,6 +574,34 @@ fn a_damaged_checkpoint_is_an_error_naming_the_file() {
         assert_eq!(listing(&copy), before, "{name}");
     }
 
+    // With the pipeline, a source's private log is read too: a damaged
+    // files-seen log is an error as well.
+    let copy = dir.path().join("seen");
+    copy_dir(&pristine, &copy);
+    let damaged = std::fs::canonicalize(&copy)
+        .unwrap()
+        .join("per_minute/sources/0/seen/0");
+    truncate(&damaged);
+    let before = listing(&copy);
+    let ok = tidemill(&["status", copy.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let out = tidemill(&[
+        "status",
+        copy.to_str().unwrap(),
+        "--pipeline",
+        file.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "corrupt checkpoint file {}: truncated",
+            damaged.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(listing(&copy), before);
+
     // Not a checkpoint at all.
     let out = tidemill(&["status", dir.path().join("trades").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
