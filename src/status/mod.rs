@@ -233,7 +233,7 @@ pub struct PlannedRange {
 pub struct SourceReport {
     /// The source's index in the query.
     pub index: usize,
-    /// Its description (as recorded for the last batch planned).
+    /// Its description, as the offset log recorded it.
     pub description: String,
     /// The end of the last committed batch's range; `None` if nothing has
     /// been committed from it.
