@@ -52,6 +52,7 @@ pub use datafusion;
 
 pub mod monitor;
 pub mod sql;
+pub mod status;
 
 pub use tidemill_connectors::{
     ConsoleSink, FileFormat, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,

@@ -1,15 +1,18 @@
-//! The `tidemill` command: run, batch and explain a SQL pipeline file.
+//! The `tidemill` command: run, batch and explain a SQL pipeline file;
+//! inspect a checkpoint (`status`, see `tidemill::status`).
 //!
 //! ```text
 //! tidemill run FILE [--trigger available-now|once|<interval>] [--checkpoint DIR]
 //!                   [--progress-json PATH]
 //! tidemill batch FILE
 //! tidemill explain FILE
+//! tidemill status CHECKPOINT [--pipeline FILE] [--json]
 //! ```
 //!
 //! Exit codes: 0 on success (for `run`, also when Ctrl-C stopped it after
 //! the current batch), 1 with one message on standard error when the
-//! pipeline fails or a query is rejected, 2 for a usage mistake, 130 when
+//! pipeline fails or a query is rejected (or, for `status`, a checkpoint
+//! file is damaged), 2 for a usage mistake, 130 when
 //! a second Ctrl-C interrupts the stop. See `docs/sql.md`.
 
 use std::io::Write;
@@ -28,7 +31,7 @@ use tidemill::{QueryProgress, Trigger};
 #[command(
     name = "tidemill",
     version,
-    about = "Run a SQL pipeline (CREATE STREAM / CREATE SINK / INSERT INTO) as a stream, as a batch job, or explain it"
+    about = "Run a SQL pipeline (CREATE STREAM / CREATE SINK / INSERT INTO) as a stream, as a batch job, or explain it; inspect its checkpoint"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -69,6 +72,21 @@ enum Command {
     Explain {
         /// The pipeline file.
         file: PathBuf,
+    },
+    /// Print what a checkpoint holds, per query: the last committed batch
+    /// and its watermark, each source's offsets, a batch in flight, the
+    /// state per stateful operator. Reads only: safe while a run holds
+    /// the checkpoint.
+    Status {
+        /// A query's checkpoint directory, or a pipeline's checkpoint root
+        /// (one directory per query).
+        checkpoint: PathBuf,
+        /// The pipeline file: also say how far behind each source is.
+        #[arg(long, value_name = "FILE")]
+        pipeline: Option<PathBuf>,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -242,6 +260,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::Status {
+            checkpoint,
+            pipeline,
+            json,
+        } => {
+            let sources = match &pipeline {
+                Some(file) => Some(
+                    read_pipeline(file)?
+                        .stream_sources(&ctx)
+                        .await
+                        .map_err(|e| in_file(file, e))?
+                        .into_iter()
+                        .map(|(_, source)| source)
+                        .collect::<Vec<_>>(),
+                ),
+                None => None,
+            };
+            let report = tidemill::status::inspect(&checkpoint, sources.as_deref()).await?;
+            if json {
+                say(&serde_json::to_string_pretty(&report)?)
+            } else {
+                write!(std::io::stdout().lock(), "{report}")
+                    .context("cannot write to standard output")
+            }
         }
     }
 }

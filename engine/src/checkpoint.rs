@@ -14,6 +14,10 @@
 //!
 //! Every file is a [`tidemill_state::envelope`]: a header naming its kind
 //! and format version, a JSON body, a CRC-32 trailer.
+//!
+//! [`read_metadata`], [`offset_log`] and [`commit_log`] read these files
+//! without the lock, for inspecting a checkpoint (`tidemill status`) while
+//! a query may be running on it; they never write.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
@@ -24,6 +28,26 @@ use tidemill_state::{CheckpointDir, NumberedLog};
 use crate::{Location, Offset, OutputMode, Result, TidemillError};
 
 const FORMAT_VERSION: u32 = 1;
+
+/// Reads the `metadata` file of the checkpoint in `dir`; `Ok(None)` if
+/// there is none. Only reads: takes no lock and writes nothing. Fails
+/// naming the file if it is truncated, altered or of another format.
+pub async fn read_metadata(dir: &CheckpointDir) -> tidemill_state::Result<Option<Metadata>> {
+    dir.read("metadata", "metadata", FORMAT_VERSION).await
+}
+
+/// The offset log (`offsets/<N>`) of the checkpoint in `dir`. Reading it
+/// ([`NumberedLog::ids`], [`NumberedLog::get`]) takes no lock and writes
+/// nothing; only a query holding the checkpoint writes it.
+pub fn offset_log(dir: &CheckpointDir) -> NumberedLog<OffsetEntry> {
+    NumberedLog::new(dir.child("offsets"), "offsets", FORMAT_VERSION)
+}
+
+/// The commit log (`commits/<N>`) of the checkpoint in `dir`, as
+/// [`offset_log`].
+pub fn commit_log(dir: &CheckpointDir) -> NumberedLog<CommitEntry> {
+    NumberedLog::new(dir.child("commits"), "commits", FORMAT_VERSION)
+}
 
 /// The `metadata` file: what the checkpoint belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,8 +144,8 @@ impl Checkpoint {
         let lock = CheckpointLock::acquire(&location)?;
         let dir = location.dir();
         Ok(Self {
-            offsets: NumberedLog::new(dir.child("offsets"), "offsets", FORMAT_VERSION),
-            commits: NumberedLog::new(dir.child("commits"), "commits", FORMAT_VERSION),
+            offsets: offset_log(&dir),
+            commits: commit_log(&dir),
             dir,
             location,
             _lock: lock,
@@ -132,10 +156,7 @@ impl Checkpoint {
     /// Refuses a checkpoint made for a query with a different number of
     /// sources (offsets are recorded by source index).
     pub async fn load_or_init_metadata(&self, fresh: Metadata) -> Result<Metadata> {
-        let existing: Option<Metadata> = self
-            .dir
-            .read("metadata", "metadata", FORMAT_VERSION)
-            .await?;
+        let existing = read_metadata(&self.dir).await?;
         let Some(existing) = existing else {
             self.dir
                 .create("metadata", "metadata", FORMAT_VERSION, &fresh)

@@ -545,24 +545,8 @@ impl Pipeline {
         batch: bool,
         at: &impl Fn(String) -> PipelineError,
     ) -> Result<(), PipelineError> {
-        let options = &def.options;
-        let names = self.connectors.stream_names();
-        let connector = connector_named(options, &names, |name| self.connectors.stream(name))?;
         let in_stream = |e: PipelineError| at(format!("stream {}: {e}", def.name));
-        let schema = if def.columns.is_empty() {
-            None
-        } else {
-            Some(
-                declared_schema(ctx, def)
-                    .await
-                    .map_err(|e| in_stream(e.into()))?,
-            )
-        };
-        let source = connector.source(&StreamDeclaration {
-            name: def.name.clone(),
-            schema,
-            options: options.clone(),
-        })?;
+        let source = self.stream_source(ctx, def, &in_stream).await?;
         // A batch job reads what the stream would, through the stream's
         // own reader: for files, the same hidden-file rule, schema, options
         // and errors for malformed input.
@@ -573,6 +557,57 @@ impl Pipeline {
         };
         let df = df.map_err(|e| in_stream(e.into()))?;
         register_view(ctx, def, df).map_err(in_stream)
+    }
+
+    /// The source its connector makes of a `CREATE STREAM`, with the
+    /// declared columns, if any.
+    async fn stream_source(
+        &self,
+        ctx: &SessionContext,
+        def: &StreamDef,
+        in_stream: &impl Fn(PipelineError) -> PipelineError,
+    ) -> Result<Arc<dyn Source>, PipelineError> {
+        let options = &def.options;
+        let names = self.connectors.stream_names();
+        let connector = connector_named(options, &names, |name| self.connectors.stream(name))?;
+        let schema = if def.columns.is_empty() {
+            None
+        } else {
+            Some(
+                declared_schema(ctx, def)
+                    .await
+                    .map_err(|e| in_stream(e.into()))?,
+            )
+        };
+        Ok(connector.source(&StreamDeclaration {
+            name: def.name.clone(),
+            schema,
+            options: options.clone(),
+        })?)
+    }
+
+    /// The source of every stream the file declares (`CREATE STREAM`), by
+    /// stream name in file order, as [`Pipeline::start`] makes them, but
+    /// without reading anything, running any other statement or starting
+    /// a query. `tidemill status` opens them to compare what a checkpoint
+    /// committed with what the sources hold now.
+    pub async fn stream_sources(
+        &self,
+        ctx: &SessionContext,
+    ) -> Result<Vec<(String, Arc<dyn Source>)>, PipelineError> {
+        let mut sources = Vec::new();
+        for statement in &self.statements {
+            if let PipelineStatement::CreateStream(def) = &statement.item {
+                let in_stream = |e: PipelineError| PipelineError::At {
+                    line: statement.line,
+                    column: statement.column,
+                    message: format!("stream {}: {e}", def.name),
+                };
+                let source = self.stream_source(ctx, def, &in_stream).await?;
+                sources.push((def.name.clone(), source));
+            }
+        }
+        Ok(sources)
     }
 
     /// A declared sink: its output mode and its connector's checked

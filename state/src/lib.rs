@@ -26,7 +26,8 @@
 //!   crash, and [`purge`](StateStore::purge) drops what old versions alone
 //!   needed. [`StateStoreConfig`] sets the partition count and snapshot
 //!   interval; [`StateMetrics`] and [`StateCommitMetrics`] report sizes and
-//!   costs.
+//!   costs; [`StateStore::inspect`] describes a committed version
+//!   ([`StateVersionInfo`]) from its files alone, writing nothing.
 //!
 //! The dependency direction is `connectors → engine → state`: nothing here
 //! knows about SQL, sources or sinks.
@@ -44,5 +45,5 @@ pub use error::{Result, StateError};
 pub use numbered_log::NumberedLog;
 pub use store::{
     StateCommitMetrics, StateEntry, StateMetrics, StatePartition, StateSchema, StateStore,
-    StateStoreConfig, TakenEntries, partition_for_key,
+    StateStoreConfig, StateVersionInfo, TakenEntries, partition_for_key,
 };

@@ -26,6 +26,7 @@ mod sql_docs;
 mod sql_kafka;
 mod sql_options;
 mod sql_semantics;
+mod status;
 mod watermark;
 #[cfg(not(feature = "kafka"))]
 mod without_kafka;

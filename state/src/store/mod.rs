@@ -6,7 +6,8 @@
 //!   the stable key-to-partition hash ([`partition_for_key`]).
 //! - [`files`]: the Arrow IPC delta and snapshot files; [`fetch`]: where
 //!   they live and reading them back checked.
-//! - [`manifest`]: the JSON `_metadata` and per-version commit files.
+//! - [`manifest`]: the JSON `_metadata` and per-version commit files;
+//!   [`inspect`]: what a committed version holds, read from them alone.
 //! - [`schema`]: the key/value layout ([`StateSchema`]) and how a change of
 //!   it is described.
 //! - [`config`], [`metrics`]: settings and reported figures.
@@ -14,6 +15,7 @@
 mod config;
 mod fetch;
 mod files;
+mod inspect;
 mod listings;
 mod maintenance;
 mod manifest;
@@ -37,6 +39,7 @@ use futures::{StreamExt, TryStreamExt, future::try_join_all, stream};
 use object_store::{PutMode, PutPayload};
 
 pub use config::StateStoreConfig;
+pub use inspect::StateVersionInfo;
 pub use metrics::{StateCommitMetrics, StateMetrics};
 pub use partition::{StateEntry, StatePartition, partition_for_key};
 pub use schema::StateSchema;
