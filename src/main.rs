@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! tidemill run FILE [--trigger available-now|once|<interval>] [--checkpoint DIR]
-//!                   [--progress-json PATH]
+//!                   [--progress-json PATH] [--ui ADDRESS]
 //! tidemill batch FILE
 //! tidemill explain FILE
 //! tidemill status CHECKPOINT [--pipeline FILE] [--json]
@@ -60,6 +60,11 @@ enum Command {
         /// line.
         #[arg(long, value_name = "PATH")]
         progress_json: Option<PathBuf>,
+        /// Serve a live page of the queries, Prometheus metrics at
+        /// `/metrics` and a JSON API at ADDRESS (e.g. `127.0.0.1:4040`),
+        /// while the run lasts. Read-only.
+        #[arg(long, value_name = "ADDRESS")]
+        ui: Option<String>,
     },
     /// Run FILE once as a batch job over everything the streams hold now
     /// (files, Kafka topics); each sink receives the whole result.
@@ -138,6 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             trigger,
             checkpoint,
             progress_json,
+            ui,
         } => {
             let trigger = parse_trigger(&trigger)?;
             let pipeline = read_pipeline(&file)?;
@@ -149,6 +155,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Listen for Ctrl-C before the queries start, so that an early
             // one also stops them cleanly.
             let mut interrupts = Interrupts::new()?;
+            // The monitor listens before the queries start, so it sees
+            // each one from its first event.
+            let _monitor = match &ui {
+                Some(address) => {
+                    let (monitor, server) = tidemill::monitor::Monitor::start(&ctx, address)
+                        .await
+                        .with_context(|| format!("cannot serve the UI at {address}"))?;
+                    eprintln!("UI at http://{}", server.local_addr());
+                    Some((monitor, server))
+                }
+                None => None,
+            };
             let queries = Arc::new(
                 pipeline
                     .start(&ctx, &options)

@@ -17,6 +17,7 @@ mod join;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod listener;
+mod monitor;
 mod no_panic_properties;
 mod recovery;
 mod retry;
