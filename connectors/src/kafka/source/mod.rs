@@ -422,6 +422,20 @@ mod tests {
         assert_eq!(Source::description(&source), source.describe());
     }
 
+    /// The description (shown in progress, logs, the monitor's page and
+    /// `tidemill status`) names servers and topics, never a client option
+    /// such as a SASL password.
+    #[test]
+    fn the_description_shows_no_client_option() {
+        let source = KafkaSource::new("h1:9092")
+            .topic("t")
+            .option("sasl.password", "hunter2-secret")
+            .option("sasl.username", "alice");
+        let text = Source::description(&source);
+        assert!(!text.contains("hunter2-secret"), "{text}");
+        assert!(!text.contains("alice"), "{text}");
+    }
+
     #[test]
     fn raw_rows_have_the_kafka_columns() {
         assert_eq!(unreachable().output_schema().unwrap(), kafka_schema());
