@@ -63,9 +63,9 @@ pub use tidemill_connectors::{KafkaSink, KafkaSource};
 pub use tidemill_engine::{
     DataStreamWriter, EventTimeProgress, MultipleWatermarkPolicy, Offset, OutputMode,
     PhaseDurations, QueryIdle, QueryListener, QueryOptions, QueryProgress, QueryStarted,
-    QueryStatus, QueryTerminated, ReadLimit, Result, RetryPolicy, Sink, Source, SourceStream,
-    StateOperatorProgress, StreamingContext, StreamingDataFrame, StreamingQuery, TidemillError,
-    Trigger,
+    QueryStatus, QueryTerminated, ReadLimit, Result, RetryPolicy, Sink, Source, SourceBacklog,
+    SourceStream, StateOperatorProgress, StreamingContext, StreamingDataFrame, StreamingQuery,
+    TidemillError, Trigger,
 };
 
 /// The names most pipelines use, for `use tidemill::prelude::*`.

@@ -15,11 +15,13 @@
 //! file is damaged), 2 for a usage mistake, 130 when
 //! a second Ctrl-C interrupts the stop. See `docs/sql.md`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+
+mod progress_bar;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -190,6 +192,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let mut printed = vec![None::<u64>; queries.len()];
+            // An available-now run on a terminal draws a progress bar per
+            // query instead of a line per batch.
+            let mut bars = (trigger == Trigger::AvailableNow && std::io::stdout().is_terminal())
+                .then(progress_bar::Bars::new);
+            let mut rows_read = vec![0_u64; queries.len()];
             let mut stopping = false;
             let mut failed = None::<usize>;
             loop {
@@ -197,7 +204,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 // progress: the pass that sees them all stopped still
                 // prints the batches they finished last.
                 let all_stopped = queries.iter().all(|q| !q.query.is_active());
-                if let Err(e) = print_progress(&queries, &mut printed, progress_file.as_mut()) {
+                let shown = print_progress(
+                    &queries,
+                    &mut printed,
+                    &mut rows_read,
+                    bars.as_mut(),
+                    progress_file.as_mut(),
+                );
+                if let Err(e) = shown {
                     request_stop(&queries);
                     for q in queries.iter() {
                         q.query.await_termination().await.ok();
@@ -310,23 +324,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Prints the progress of the batches each query finished since the last
 /// call (`printed` holds the last batch id printed per query): one line on
 /// standard output, and one JSON object in `progress_file` if given.
+/// Shows the batches committed since the last call: a line each, or, with
+/// `bars`, the queries' progress bars redrawn; appends them to the
+/// progress file. `rows_read` keeps each query's rows read so far.
 fn print_progress(
     queries: &[PipelineQuery],
     printed: &mut [Option<u64>],
+    rows_read: &mut [u64],
+    bars: Option<&mut progress_bar::Bars>,
     mut progress_file: Option<&mut std::fs::File>,
 ) -> anyhow::Result<()> {
-    for (q, last) in queries.iter().zip(printed.iter_mut()) {
+    for ((q, last), rows) in queries
+        .iter()
+        .zip(printed.iter_mut())
+        .zip(rows_read.iter_mut())
+    {
         for progress in q.query.recent_progress() {
             if last.is_some_and(|l| progress.batch_id <= l) {
                 continue;
             }
             *last = Some(progress.batch_id);
-            say(&progress_line(&q.sink, &progress))?;
+            *rows += progress.num_input_rows;
+            if bars.is_none() {
+                say(&progress_line(&q.sink, &progress))?;
+            }
             if let Some(out) = progress_file.as_mut() {
                 writeln!(out, "{}", serde_json::to_string(&progress)?)
                     .context("cannot append to the --progress-json file")?;
             }
         }
+    }
+    if let Some(bars) = bars {
+        let elapsed = bars.elapsed();
+        let lines: Vec<String> = queries
+            .iter()
+            .zip(rows_read.iter())
+            .map(|(q, rows)| {
+                let latest = q.query.last_progress();
+                match progress_bar::done_of(&q.query.backlog(), latest.as_ref()) {
+                    Some((done, total, unit)) => {
+                        progress_bar::line(&q.sink, done, total, unit, *rows, elapsed)
+                    }
+                    None => format!("{}: {rows} rows", q.sink),
+                }
+            })
+            .collect();
+        bars.draw(&lines)
+            .context("cannot write to standard output")?;
     }
     Ok(())
 }

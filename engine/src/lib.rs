@@ -90,7 +90,7 @@ pub use progress::{
     EventTimeProgress, PhaseDurations, QueryProgress, QueryStatus, SinkProgress, SourceProgress,
     StateOperatorProgress,
 };
-pub use query::StreamingQuery;
+pub use query::{SourceBacklog, StreamingQuery};
 pub use sink::{Sink, SinkContext};
 pub use source::{BatchInput, ReadLimit, Source, SourceContext, SourceStream};
 pub use source_table::SourceTable;

@@ -12,6 +12,7 @@ use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
 use crate::plan::{BatchPlanner, WatermarkPlanner};
 use crate::progress::{BatchFigures, PhaseDurations, SourceProgress};
 use crate::query::QueryShared;
+use crate::query::SourceBacklog;
 use crate::stateful::{StatefulOperator, WatermarkRule};
 use crate::watermark::WatermarkTracker;
 use crate::{
@@ -124,9 +125,16 @@ impl Runner {
     /// query, or an error does.
     pub async fn run(mut self) -> Result<()> {
         if self.trigger == Trigger::AvailableNow {
+            let mut backlog = Vec::with_capacity(self.sources.len());
             for s in &mut self.sources {
                 s.source.prepare_for_available_now().await?;
+                backlog.push(SourceBacklog {
+                    description: s.description.clone(),
+                    start: s.committed.clone(),
+                    target: s.source.available_now_target(),
+                });
             }
+            self.shared.set_backlog(backlog);
         }
         let keep_from = self
             .next_batch_id

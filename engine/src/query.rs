@@ -22,6 +22,19 @@ pub(crate) struct LoopEvents {
     pub terminated: bool,
 }
 
+/// What an [`Trigger::AvailableNow`](crate::Trigger::AvailableNow) run of
+/// one source has to read: from where the run started to the target the
+/// source pinned when it started (see [`StreamingQuery::backlog`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceBacklog {
+    /// The source's description.
+    pub description: String,
+    /// The committed offset the run started from (`None`: the beginning).
+    pub start: Option<crate::Offset>,
+    /// The offset the run ends at, if the source can say.
+    pub target: Option<crate::Offset>,
+}
+
 /// State shared between the trigger loop and the [`StreamingQuery`] handle.
 #[derive(Debug)]
 pub(crate) struct QueryShared {
@@ -37,6 +50,8 @@ pub(crate) struct QueryShared {
     events: watch::Sender<LoopEvents>,
     /// The session's query listeners.
     listeners: Option<Arc<ListenerBus>>,
+    /// An available-now run's backlog per source.
+    backlog: Mutex<Vec<SourceBacklog>>,
     /// Whether the last trigger found no new data (an idle spell).
     idle: AtomicBool,
 }
@@ -50,6 +65,7 @@ impl QueryShared {
     ) -> Self {
         Self {
             listeners,
+            backlog: Mutex::new(Vec::new()),
             idle: AtomicBool::new(false),
             id,
             run_id: uuid::Uuid::new_v4().to_string(),
@@ -109,6 +125,11 @@ impl QueryShared {
                 })
             });
         }
+    }
+
+    /// Records an available-now run's backlog.
+    pub fn set_backlog(&self, backlog: Vec<SourceBacklog>) {
+        *self.backlog.lock().expect("backlog lock poisoned") = backlog;
     }
 
     /// Tells the listeners the query started.
@@ -271,6 +292,18 @@ impl StreamingQuery {
             .expect("progress lock poisoned")
             .back()
             .cloned()
+    }
+
+    /// For a [`Trigger::AvailableNow`](crate::Trigger::AvailableNow) run,
+    /// once it has started: each source's backlog, from where the run
+    /// started to where it will end (where the source can say); empty
+    /// otherwise.
+    pub fn backlog(&self) -> Vec<SourceBacklog> {
+        self.shared
+            .backlog
+            .lock()
+            .expect("backlog lock poisoned")
+            .clone()
     }
 
     /// The progress reports of recent batches, oldest first (as many as the

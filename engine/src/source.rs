@@ -177,6 +177,14 @@ pub trait SourceStream: Send + Debug {
     async fn prepare_for_available_now(&mut self) -> Result<()> {
         Ok(())
     }
+
+    /// After [`prepare_for_available_now`](Self::prepare_for_available_now):
+    /// the offset the query will have read up to when it ends, if the
+    /// source can say, so that a run can show how much of its backlog is
+    /// done.
+    fn available_now_target(&self) -> Option<Offset> {
+        None
+    }
 }
 
 impl std::fmt::Debug for SourceContext {

@@ -885,3 +885,43 @@ fn a_null_event_time_is_left_out_of_windows_and_counted_not_an_error() {
         assert!(stdout.contains(word), "{word}: {stdout}");
     }
 }
+
+/// `run --trigger available-now` on a terminal (a pseudo-terminal made by
+/// `script`) draws a progress bar per query, files done of the backlog the
+/// source held at start, up to 100 %; with output to a pipe it prints the
+/// plain line per batch.
+#[test]
+fn available_now_on_a_terminal_shows_a_progress_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in 0..4 {
+        write_trades(dir.path(), n);
+    }
+    let file = pipeline(dir.path(), "out", "append");
+    let command = format!(
+        "{} run {} --trigger available-now",
+        env!("CARGO_BIN_EXE_tidemill"),
+        file.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .output()
+        .expect("script (util-linux) runs the command on a pseudo-terminal");
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
+    assert!(shown.contains("\x1b["), "redrawn in place: {shown:?}");
+    assert!(shown.contains("per_minute [#"), "{shown:?}");
+    assert!(shown.contains("100% 4/4 files"), "{shown:?}");
+    assert!(!shown.contains("per_minute: batch 0 |"), "{shown:?}");
+
+    let piped = tidemill(&[
+        "run",
+        file.to_str().unwrap(),
+        "--trigger",
+        "available-now",
+        "--checkpoint",
+        dir.path().join("again").to_str().unwrap(),
+    ]);
+    let lines = text(&piped.stdout);
+    assert!(lines.contains("per_minute: batch 0 |"), "{lines}");
+    assert!(!lines.contains('\x1b'), "{lines:?}");
+}

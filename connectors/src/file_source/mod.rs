@@ -800,6 +800,10 @@ impl SourceStream for FileStream {
         self.available_now_cap = Some(self.log.len());
         Ok(())
     }
+
+    fn available_now_target(&self) -> Option<Offset> {
+        self.available_now_cap.map(Offset::from_u64)
+    }
 }
 
 /// One partition of [`FileSource::read_batch`]'s scan: files read one

@@ -336,6 +336,12 @@ impl SourceStream for KafkaStream {
         self.available_now_cap = Some(cap);
         Ok(())
     }
+
+    fn available_now_target(&self) -> Option<Offset> {
+        self.available_now_cap
+            .as_ref()
+            .map(PartitionOffsets::to_offset)
+    }
 }
 
 /// The end of the next batch from `from`: for each partition of `now`
