@@ -358,6 +358,7 @@ impl Runner {
                 start_offset: range.start.clone(),
                 end_offset: range.end.clone(),
                 num_input_rows: table.rows(),
+                lag: s.source.lag(),
             });
         }
         let max_event_time = self.watermarks.end_batch(&self.watermark_planner);

@@ -123,6 +123,11 @@ pub struct SourceProgress {
     pub end_offset: Option<Offset>,
     /// Rows read.
     pub num_input_rows: u64,
+    /// How far behind its latest data each partition of the source was
+    /// after the batch (for Kafka: records, by `topic/partition`), where
+    /// the source can say.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lag: std::collections::BTreeMap<String, u64>,
 }
 
 /// The sink's part in a batch.

@@ -178,6 +178,14 @@ pub trait SourceStream: Send + Debug {
         Ok(())
     }
 
+    /// How far behind its latest data each partition is after the range
+    /// the last [`latest_offset`](Self::latest_offset) returned (records
+    /// or offsets, by partition name), for progress and monitoring;
+    /// empty where the source cannot say.
+    fn lag(&self) -> std::collections::BTreeMap<String, u64> {
+        std::collections::BTreeMap::new()
+    }
+
     /// After [`prepare_for_available_now`](Self::prepare_for_available_now):
     /// the offset the query will have read up to when it ends, if the
     /// source can say, so that a run can show how much of its backlog is

@@ -20,6 +20,7 @@
 //! | `tidemill_late_rows_dropped_total` | counter | rows dropped as late |
 //! | `tidemill_rows_without_event_time_total` | counter | rows left out for a null event time |
 //! | `tidemill_query_failures_total` | counter | runs that ended with an error |
+//! | `tidemill_source_lag_records` | gauge | per source partition (`source`, `partition`), records behind its latest data after the last batch (Kafka) |
 
 use std::fmt::Write;
 
@@ -138,6 +139,11 @@ pub fn render(queries: &[QueryView]) -> String {
             "counter",
             "Query runs that ended with an error.",
         ),
+        (
+            "tidemill_source_lag_records",
+            "gauge",
+            "Records (or offsets) each source partition was behind its latest data after the last batch.",
+        ),
     ]
     .into_iter()
     .map(|(name, kind, help)| Family {
@@ -235,6 +241,18 @@ pub fn render(queries: &[QueryView]) -> String {
                 );
             }
         }
+        for (i, source) in last.sources.iter().enumerate() {
+            for (partition, lag) in &source.lag {
+                add(
+                    "tidemill_source_lag_records",
+                    format!(
+                        "{q},source=\"{i}\",partition=\"{}\"",
+                        escape_label(partition)
+                    ),
+                    *lag as f64,
+                );
+            }
+        }
         for (n, state) in last.state_operators.iter().enumerate() {
             let labels = format!(
                 "{q},operator=\"{n}\",kind=\"{}\"",
@@ -261,4 +279,72 @@ pub fn render(queries: &[QueryView]) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use tidemill_engine::QueryProgress;
+
+    use super::*;
+    use crate::monitor::Totals;
+
+    /// A query whose last batch left a Kafka source's two partitions 24
+    /// and 8 records behind.
+    fn view(name: &str) -> QueryView {
+        let progress: QueryProgress = serde_json::from_value(serde_json::json!({
+            "id": "q1", "run_id": "r1", "name": name, "batch_id": 3,
+            "timestamp": "2024-01-01T10:00:00Z", "recovered": false,
+            "num_input_rows": 8, "num_output_rows": 8,
+            "input_rows_per_second": 80.0, "processed_rows_per_second": 800.0,
+            "duration_ms": {"latest_offset": 0.1, "wal_commit": 0.1, "get_batch": 1.0,
+                "query_planning": 1.0, "execution": 2.0, "add_batch": 1.0,
+                "state_commit": 0.0, "commit_offsets": 0.5, "trigger_execution": 5.7},
+            "event_time": {"watermark": "2024-01-01T10:00:00Z", "max": "2024-01-01T10:00:10Z"},
+            "sources": [{"description": "KafkaSource[h:9092: topics t]", "start_offset": null,
+                "end_offset": null, "num_input_rows": 8, "lag": {"t/0": 24, "t/1": 8}}],
+            "sink": {"description": "MemorySink", "num_output_rows": 8}
+        }))
+        .unwrap();
+        QueryView {
+            id: "q1".into(),
+            run_id: "r1".into(),
+            name: Some(name.into()),
+            status: Status::Active,
+            batch_id: Some(3),
+            error: None,
+            started: "2024-01-01T10:00:00Z".into(),
+            totals: Totals {
+                batches: 1,
+                duration_buckets: vec![0; DURATION_BUCKETS.len()],
+                ..Totals::default()
+            },
+            recent: VecDeque::from([progress]),
+        }
+    }
+
+    #[test]
+    fn lag_watermark_and_gap_come_from_the_last_batch() {
+        let text = render(&[view("orders")]);
+        assert!(
+            text.contains(
+                "tidemill_source_lag_records{query=\"orders\",source=\"0\",partition=\"t/0\"} 24"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("partition=\"t/1\"} 8"), "{text}");
+        assert!(
+            text.contains("tidemill_event_time_gap_seconds{query=\"orders\"} 10"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE tidemill_source_lag_records gauge"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let text = render(&[view("say \"hi\"")]);
+        assert!(text.contains("query=\"say \\\"hi\\\"\""), "{text}");
+    }
 }

@@ -244,6 +244,14 @@ async fn max_offsets_per_trigger_is_spread_in_proportion_to_lag() {
             .with(topic.as_str(), 0, 6)
             .with(topic.as_str(), 1, 2)
     );
+    // Each batch's progress says how far behind each partition was after
+    // it: 24 and 8 records after the first batch, none after the last.
+    let lag = |p: &tidemill::QueryProgress, partition: i32| {
+        p.sources[0].lag[&format!("{topic}/{partition}")]
+    };
+    assert_eq!((lag(&progress[0], 0), lag(&progress[0], 1)), (24, 8));
+    let last = progress.last().unwrap();
+    assert_eq!((lag(last, 0), lag(last, 1)), (0, 0));
 }
 
 #[tokio::test]

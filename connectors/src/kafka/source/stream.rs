@@ -44,6 +44,9 @@ pub(super) struct KafkaStream {
     dead_letter_opened: bool,
     /// The consumer committing offsets to a group, if asked for.
     committer: Option<Arc<rdkafka::consumer::BaseConsumer>>,
+    /// Records behind each partition's end after the last planned batch,
+    /// by `topic/partition`.
+    lag: std::collections::BTreeMap<String, u64>,
 }
 
 impl std::fmt::Debug for KafkaStream {
@@ -71,6 +74,7 @@ impl KafkaStream {
             dead_letters,
             dead_letter_opened: false,
             committer: None,
+            lag: std::collections::BTreeMap::new(),
         })
     }
 
@@ -262,6 +266,16 @@ impl SourceStream for KafkaStream {
             self.available_now_cap.as_ref(),
             limit,
         )?;
+        self.lag = now
+            .iter()
+            .map(|(topic, partition, _, end)| {
+                let read = next
+                    .get(topic, *partition)
+                    .or_else(|| from.get(topic, *partition))
+                    .unwrap_or(0);
+                (format!("{topic}/{partition}"), (end - read).max(0) as u64)
+            })
+            .collect();
         if next == from {
             return Ok(start.cloned());
         }
@@ -325,6 +339,10 @@ impl SourceStream for KafkaStream {
             let _ = consumer.poll(Duration::ZERO);
         })
         .await
+    }
+
+    fn lag(&self) -> std::collections::BTreeMap<String, u64> {
+        self.lag.clone()
     }
 
     async fn prepare_for_available_now(&mut self) -> Result<()> {
