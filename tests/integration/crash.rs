@@ -321,7 +321,35 @@ async fn kill_at_each_step_of_the_third_batch(pipeline: Pipeline, expected_rows:
             expected,
             "{point}: output differs from a clean run"
         );
+        // The state after the restart is a clean run's: the same rows in
+        // every operator's stores.
+        let clean = Dirs::with_pipeline(pipeline);
+        for n in 0..5 {
+            write_input(&clean.input, n);
+        }
+        run_to_completion(&clean);
+        let clean_state = state_rows(&clean.checkpoint).await;
+        assert!(
+            clean_state.iter().any(|(_, _, rows)| *rows > 0),
+            "{clean_state:?}"
+        );
+        assert_eq!(
+            state_rows(&dirs.checkpoint).await,
+            clean_state,
+            "{point}: state differs from a clean run"
+        );
     }
+}
+
+/// The rows of each stateful operator's stores (a join has two), as
+/// `tidemill status` reads them from `checkpoint`.
+async fn state_rows(checkpoint: &Path) -> Vec<(usize, Option<String>, u64)> {
+    let report = tidemill::status::inspect(checkpoint, None).await.unwrap();
+    report.queries[0]
+        .operators
+        .iter()
+        .flat_map(|o| o.stores.iter().map(|s| (o.number, s.side.clone(), s.rows)))
+        .collect()
 }
 
 #[tokio::test]
