@@ -227,6 +227,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         late_rows_sink: writer.late_rows_sink,
         operators,
         last_watermark_ms,
+        failed_attempts: 0,
         checkpoint,
         trigger: writer.trigger,
         output_mode: writer.output_mode,

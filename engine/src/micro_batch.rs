@@ -51,6 +51,8 @@ pub(crate) struct Runner {
     pub operators: Vec<(Arc<dyn StatefulOperator>, WatermarkRule)>,
     /// The watermark the last batch ran with.
     pub last_watermark_ms: Option<i64>,
+    /// Failed attempts of the running trigger so far (retried).
+    pub failed_attempts: u64,
     pub checkpoint: Checkpoint,
     pub trigger: Trigger,
     pub output_mode: OutputMode,
@@ -148,6 +150,7 @@ impl Runner {
             }
             let started = Instant::now();
             let seq = self.shared.trigger_started();
+            self.failed_attempts = u64::from(retry.failures);
             let outcome = match self.run_trigger(started).await {
                 Ok(outcome) => {
                     retry.reset();
@@ -449,6 +452,7 @@ impl Runner {
                 sources: source_progress,
                 sink_description: self.sink.description(),
                 state_operators,
+                num_retries: self.failed_attempts,
             },
         );
         tracing::info!("{}", progress.summary());

@@ -47,6 +47,10 @@ pub struct QueryProgress {
     /// empty for a stateless query.
     #[serde(default)]
     pub state_operators: Vec<StateOperatorProgress>,
+    /// Attempts of this trigger that failed with a transient error and
+    /// were retried before it committed (see `RetryPolicy`).
+    #[serde(default)]
+    pub num_retries: u64,
 }
 
 /// Milliseconds spent in each phase of a batch (fractions kept: at short
@@ -163,6 +167,8 @@ pub(crate) struct BatchFigures {
     pub sources: Vec<SourceProgress>,
     pub sink_description: String,
     pub state_operators: Vec<StateOperatorProgress>,
+    /// Failed attempts retried before the batch committed.
+    pub num_retries: u64,
 }
 
 impl QueryProgress {
@@ -206,6 +212,7 @@ impl QueryProgress {
                 num_output_rows: batch.num_output_rows,
             },
             state_operators: batch.state_operators,
+            num_retries: batch.num_retries,
         }
     }
 

@@ -20,6 +20,7 @@
 //! | `tidemill_late_rows_dropped_total` | counter | rows dropped as late |
 //! | `tidemill_rows_without_event_time_total` | counter | rows left out for a null event time |
 //! | `tidemill_query_failures_total` | counter | runs that ended with an error |
+//! | `tidemill_batch_retries_total` | counter | failed attempts retried after a transient error |
 //! | `tidemill_source_lag_records` | gauge | per source partition (`source`, `partition`), records behind its latest data after the last batch (Kafka) |
 
 use std::fmt::Write;
@@ -140,6 +141,11 @@ pub fn render(queries: &[QueryView]) -> String {
             "Query runs that ended with an error.",
         ),
         (
+            "tidemill_batch_retries_total",
+            "counter",
+            "Failed attempts of batches retried after a transient error.",
+        ),
+        (
             "tidemill_source_lag_records",
             "gauge",
             "Records (or offsets) each source partition was behind its latest data after the last batch.",
@@ -187,6 +193,7 @@ pub fn render(queries: &[QueryView]) -> String {
             q.clone(),
             t.failures as f64,
         );
+        add("tidemill_batch_retries_total", q.clone(), t.retries as f64);
         for (bucket, bound) in t.duration_buckets.iter().zip(DURATION_BUCKETS) {
             add(
                 "tidemill_batch_duration_seconds_bucket",

@@ -112,6 +112,8 @@ pub struct Totals {
     pub rows_without_event_time: u64,
     /// Runs that ended with an error.
     pub failures: u64,
+    /// Failed attempts of batches, retried.
+    pub retries: u64,
     /// Batch durations: per bucket of [`DURATION_BUCKETS`], the batches
     /// that took at most its bound (cumulative, as Prometheus counts).
     pub duration_buckets: Vec<u64>,
@@ -217,6 +219,7 @@ impl QueryListener for Monitor {
             totals.batches += 1;
             totals.input_rows += progress.num_input_rows;
             totals.output_rows += progress.num_output_rows;
+            totals.retries += progress.num_retries;
             for state in &progress.state_operators {
                 totals.late_rows += state.num_rows_dropped_by_watermark;
                 totals.rows_without_event_time += state.num_rows_without_event_time;

@@ -125,6 +125,10 @@ async fn transient_failures_are_retried_and_the_output_stays_exactly_once() {
         vec![(0, true), (1, false)],
         "batch 0 succeeded on a retry"
     );
+    // Its progress counts the three failed attempts (the monitor's
+    // tidemill_batch_retries_total sums them).
+    let retries: Vec<u64> = progress.iter().map(|p| p.num_retries).collect();
+    assert_eq!(retries, vec![3, 0]);
     // The checkpoint holds each batch once.
     assert!(dir.path().join("commits/0").exists() && dir.path().join("commits/1").exists());
 }
