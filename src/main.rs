@@ -63,8 +63,8 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         progress_json: Option<PathBuf>,
         /// Serve a live page of the queries, Prometheus metrics at
-        /// `/metrics` and a JSON API at ADDRESS (e.g. `127.0.0.1:4040`),
-        /// while the run lasts. Read-only.
+        /// `/metrics` and a JSON API at ADDRESS (e.g. `127.0.0.1:4040`; a
+        /// bare port binds to 127.0.0.1), while the run lasts. Read-only.
         #[arg(long, value_name = "ADDRESS")]
         ui: Option<String>,
     },

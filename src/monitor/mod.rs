@@ -137,7 +137,8 @@ impl Monitor {
     }
 
     /// A monitor listening to `ctx`'s queries, served at `address` (such
-    /// as `127.0.0.1:4040`; port 0 picks a free one).
+    /// as `127.0.0.1:4040`, or a bare port, which binds to 127.0.0.1; port
+    /// 0 picks a free one).
     pub async fn start(
         ctx: &SessionContext,
         address: &str,

@@ -25,7 +25,7 @@ pub struct MonitorServer {
 
 impl MonitorServer {
     pub(super) async fn bind(monitor: Arc<Monitor>, address: &str) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(address).await?;
+        let listener = TcpListener::bind(loopback_unless_told(address)).await?;
         let address = listener.local_addr()?;
         let task = tokio::spawn(async move {
             loop {
@@ -52,6 +52,15 @@ impl MonitorServer {
 impl Drop for MonitorServer {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// `address`, or for a bare port, that port on 127.0.0.1: the server is
+/// reachable from elsewhere only when an address says so.
+pub(super) fn loopback_unless_told(address: &str) -> String {
+    match address.trim().parse::<u16>() {
+        Ok(port) => format!("127.0.0.1:{port}"),
+        Err(_) => address.to_string(),
     }
 }
 
@@ -125,5 +134,16 @@ fn route(path: &str, monitor: &Monitor) -> (&'static str, &'static str, String) 
                 "not found\n".to_string(),
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_unless_told;
+
+    #[test]
+    fn a_bare_port_binds_to_the_loopback_address() {
+        assert_eq!(loopback_unless_told("4040"), "127.0.0.1:4040");
+        assert_eq!(loopback_unless_told("0.0.0.0:4040"), "0.0.0.0:4040");
     }
 }
