@@ -27,6 +27,12 @@
 //! `ParquetSink`, local checkpoint; per-row latency from "available to the
 //! source" to "committed by the sink". Target: p99 < 20 ms.
 //!
+//! **Part 4, what watching costs.** The stream of part 1 at
+//! `max_files_per_trigger` 1, without and with the monitor
+//! (`tidemill::monitor`: the page, `/metrics` and the API served, and
+//! scraped every 100 ms), alternating, median of 5 runs each. Target: less
+//! than 2 % of throughput lost.
+//!
 //! Results go to `target/bench-results/stateless.json` (see
 //! `tidemill_harness::results`). `cargo bench` passes `--bench`: that runs
 //! the full mode. Without it (as `cargo test` runs this file, `test = true`
@@ -135,7 +141,34 @@ async fn stream_job(
     max_files: u64,
     chk: &std::path::Path,
 ) -> anyhow::Result<(Vec<RecordBatch>, Vec<tidemill::QueryProgress>, Duration)> {
+    stream_job_watched(dir, max_files, chk, false).await
+}
+
+/// The stream job; `watched`: with the monitor serving the page, the
+/// metrics and the API, scraped every 100 ms as Prometheus and the page
+/// would.
+async fn stream_job_watched(
+    dir: &str,
+    max_files: u64,
+    chk: &std::path::Path,
+    watched: bool,
+) -> anyhow::Result<(Vec<RecordBatch>, Vec<tidemill::QueryProgress>, Duration)> {
     let ctx = SessionContext::new();
+    let monitor = match watched {
+        true => Some(tidemill::monitor::Monitor::start(&ctx, "127.0.0.1:0").await?),
+        false => None,
+    };
+    let scraper = monitor.as_ref().map(|(_, server)| {
+        let address = server.local_addr();
+        tokio::spawn(async move {
+            loop {
+                for path in ["/metrics", "/api/queries"] {
+                    let _ = scrape(address, path).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
     let sink = MemorySink::new();
     let t = Instant::now();
     let query = plan(
@@ -150,7 +183,81 @@ async fn stream_job(
     .await?;
     query.await_termination().await?;
     let elapsed = t.elapsed();
+    if let Some(scraper) = scraper {
+        scraper.abort();
+    }
     Ok((sink.batches(), query.recent_progress(), elapsed))
+}
+
+/// One `GET` of `path` from the monitor at `address`; the body's length.
+async fn scrape(address: std::net::SocketAddr, path: &str) -> std::io::Result<usize> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).await?;
+    Ok(body.len())
+}
+
+/// Part 4: what watching costs: the stream at `max_files_per_trigger` 1,
+/// without and with the monitor (served and scraped every 100 ms),
+/// alternating, `runs` each.
+async fn monitor_cost(
+    rows: usize,
+    runs: usize,
+    tmp: &std::path::Path,
+    result: &mut BenchResult,
+) -> anyhow::Result<()> {
+    let dir = format!("{}/", tmp.join("input").display());
+    let (mut plain, mut watched) = (Vec::new(), Vec::new());
+    for r in 0..runs {
+        for on in [false, true] {
+            let chk = tmp.join(format!("chk-monitor-{on}-{r}"));
+            let (out, _, time) = stream_job_watched(&dir, 1, &chk, on).await?;
+            anyhow::ensure!(
+                out.iter().map(RecordBatch::num_rows).sum::<usize>() > 0,
+                "the stream produced nothing"
+            );
+            let rate = rows as f64 / time.as_secs_f64();
+            if on {
+                watched.push(rate)
+            } else {
+                plain.push(rate)
+            }
+        }
+    }
+    let (plain, watched) = (median(&mut plain), median(&mut watched));
+    let cost = 1.0 - watched / plain;
+    let table = Table::new(
+        &format!(
+            "What watching costs: the stream at max_files_per_trigger=1 over {rows} rows, \
+             without and with the monitor (page, /metrics and API served, scraped every \
+             100 ms), alternating, median of {runs} runs each:"
+        ),
+        ["run", "input rows/s", "throughput lost"],
+        vec![
+            vec!["without monitor".into(), format!("{plain:.0}"), "–".into()],
+            vec![
+                "with monitor, scraped".into(),
+                format!("{watched:.0}"),
+                format!("{:.1} %", cost * 100.0),
+            ],
+        ],
+    );
+    println!("\n{}", table.to_markdown());
+    result.tables.push(table);
+    result.targets.push(Target::at_most(
+        "stateless throughput lost to the monitor",
+        cost,
+        0.02,
+        "",
+    ));
+    result.data["monitor_cost"] = serde_json::json!({
+        "plain_rows_per_s": plain, "watched_rows_per_s": watched, "cost": cost,
+    });
+    Ok(())
 }
 
 /// Part 1: the batch job and the stream at several `max_files_per_trigger`.
@@ -485,6 +592,7 @@ async fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
 
     throughput(rows, runs, tmp.path(), &mut result).await?;
+    monitor_cost(rows, if full { 5 } else { 1 }, tmp.path(), &mut result).await?;
 
     let mut phase_rows = Vec::new();
     let mut parquet_rate = 0.0;

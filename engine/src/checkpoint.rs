@@ -217,7 +217,8 @@ impl Checkpoint {
         Err(TidemillError::CheckpointMismatch {
             location: self.location.to_string(),
             reason: format!(
-                "the query's stateful operators differ from those its state was written by:                  {}; restore the previous query or start this one with a new checkpoint",
+                "the query's stateful operators differ from those its state was written by: \
+                 {}; restore the previous query or start this one with a new checkpoint",
                 changes.join("; ")
             ),
         })
