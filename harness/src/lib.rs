@@ -56,9 +56,14 @@
 //! started on 127.0.0.1 for the Kafka tests, example and benchmark,
 //! installed on first use, with helpers to create topics, produce and
 //! consume.
+//!
+//! **A headless browser** ([`browser`]): Chromium from the Debian packages,
+//! installed on first use, dumping a page's DOM after its scripts ran or
+//! taking a screenshot, for the tests of the monitor's web page.
 
 #![warn(missing_docs)]
 
+pub mod browser;
 mod histogram;
 #[cfg(feature = "kafka")]
 pub mod kafka_broker;

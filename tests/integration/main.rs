@@ -18,6 +18,7 @@ mod join;
 mod kafka;
 mod listener;
 mod monitor;
+mod monitor_page;
 mod no_panic_properties;
 mod recovery;
 mod retry;
