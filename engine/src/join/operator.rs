@@ -320,7 +320,9 @@ impl JoinOperator {
         new: &NewRows,
         side: usize,
     ) -> DFResult<((RecordBatch, Vec<bool>), Vec<Vec<u8>>, Matches)> {
-        let mut positions: HashMap<Vec<u8>, u32> = HashMap::new();
+        // Each stored row once, by its row number (unique in its side):
+        // its state key is built only when first seen.
+        let mut positions: HashMap<u64, u32> = HashMap::new();
         let mut state_keys = Vec::new();
         let (mut ni, mut si) = (Vec::new(), Vec::new());
         for i in 0..new.batch.num_rows() {
@@ -330,11 +332,9 @@ impl JoinOperator {
             let key = new.key(i);
             let (from, to) = self.window(side, new.times[i]);
             for slot in stored.lookup(key, from, to) {
-                let state_key = JoinSide::state_key(key, slot);
-                let next = positions.len() as u32;
-                let position = *positions.entry(state_key.clone()).or_insert_with(|| {
-                    state_keys.push(state_key);
-                    next
+                let position = *positions.entry(slot.1).or_insert_with(|| {
+                    state_keys.push(JoinSide::state_key(key, slot));
+                    (state_keys.len() - 1) as u32
                 });
                 ni.push(i as u32);
                 si.push(position);

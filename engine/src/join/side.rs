@@ -106,6 +106,8 @@ pub(crate) struct JoinSide {
     pub state: OperatorStore,
     /// Join key → stored rows by time.
     index: HashMap<Box<[u8]>, BTreeSet<Slot>>,
+    /// The next stored row's number: numbers are unique among the side's
+    /// stored rows, whatever their key.
     next_row: u64,
     /// Rows of the running batch dropped as late.
     pub dropped_by_watermark: u64,
