@@ -47,6 +47,11 @@
 //! rounds (the target), state memory per key and the run's peak RSS
 //! (VmHWM).
 //!
+//! **What watching costs** (end of part 1): the stream at
+//! `max_files_per_trigger` 1 without and with the monitor
+//! (`tidemill::monitor`, served and scraped every 100 ms), alternating;
+//! target: less than 2 % of throughput lost.
+//!
 //! `cargo bench` passes `--bench`: that runs the full mode. Without it (as
 //! `cargo test` runs this file, `test = true` in Cargo.toml) a short mode
 //! with tiny sizes checks the results and never asserts on time.
@@ -310,7 +315,25 @@ async fn windowed_stream_job(
     max_files: Option<u64>,
     chk: &std::path::Path,
 ) -> anyhow::Result<StreamRun> {
+    windowed_stream_job_watched(dir, max_files, chk, false).await
+}
+
+/// The stream job; `watched`: with the monitor serving the page, the
+/// metrics and the API, scraped every 100 ms.
+async fn windowed_stream_job_watched(
+    dir: &str,
+    max_files: Option<u64>,
+    chk: &std::path::Path,
+    watched: bool,
+) -> anyhow::Result<StreamRun> {
     let ctx = SessionContext::new();
+    let monitor = match watched {
+        true => Some(tidemill::monitor::Monitor::start(&ctx, "127.0.0.1:0").await?),
+        false => None,
+    };
+    let scraper = monitor.as_ref().map(|(_, server)| {
+        tidemill::monitor::scrape_every(server.local_addr(), Duration::from_millis(100))
+    });
     let sink = MemorySink::new();
     let source = match max_files {
         Some(n) => FileSource::parquet(dir).max_files_per_trigger(n),
@@ -335,6 +358,9 @@ async fn windowed_stream_job(
     .await?;
     query.await_termination().await?;
     let elapsed = t.elapsed();
+    if let Some(scraper) = scraper {
+        scraper.abort();
+    }
     Ok(StreamRun {
         batches: sink.batches(),
         progress: query.recent_progress(),
@@ -469,6 +495,59 @@ async fn windowed(
     );
     println!("\n{}", table.to_markdown());
     result.tables.push(table);
+    monitor_cost(config, &dir, rows, tmp, result).await
+}
+
+/// What watching costs: the stream at `max_files_per_trigger` 1 without
+/// and with the monitor (served, scraped every 100 ms), alternating.
+async fn monitor_cost(
+    config: &Config,
+    dir: &str,
+    rows: usize,
+    tmp: &std::path::Path,
+    result: &mut BenchResult,
+) -> anyhow::Result<()> {
+    let runs = if config.full { RUNS } else { 1 };
+    let (mut plain, mut watched) = (Vec::new(), Vec::new());
+    for r in 0..runs {
+        for on in [false, true] {
+            let chk = tmp.join(format!("chk-monitor-{on}-{r}"));
+            let run = windowed_stream_job_watched(dir, Some(1), &chk, on).await?;
+            anyhow::ensure!(!run.batches.is_empty(), "the stream emitted nothing");
+            let rate = rows as f64 / run.elapsed.as_secs_f64();
+            if on {
+                watched.push(rate)
+            } else {
+                plain.push(rate)
+            }
+        }
+    }
+    let (plain, watched) = (median(&mut plain), median(&mut watched));
+    let cost = 1.0 - watched / plain;
+    let table = Table::new(
+        &format!(
+            "What watching costs: the windowed stream at max_files_per_trigger=1 over {rows} \
+             trades, without and with the monitor (page, /metrics and API served, scraped every \
+             100 ms), alternating, median of {runs} runs each:"
+        ),
+        ["run", "input rows/s", "throughput lost"],
+        vec![
+            vec!["without monitor".into(), format!("{plain:.0}"), "–".into()],
+            vec![
+                "with monitor, scraped".into(),
+                format!("{watched:.0}"),
+                format!("{:.1} %", cost * 100.0),
+            ],
+        ],
+    );
+    println!("\n{}", table.to_markdown());
+    result.tables.push(table);
+    result.targets.push(Target::at_most(
+        "windowed throughput lost to the monitor",
+        cost,
+        0.02,
+        "",
+    ));
     Ok(())
 }
 

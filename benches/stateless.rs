@@ -159,15 +159,7 @@ async fn stream_job_watched(
         false => None,
     };
     let scraper = monitor.as_ref().map(|(_, server)| {
-        let address = server.local_addr();
-        tokio::spawn(async move {
-            loop {
-                for path in ["/metrics", "/api/queries"] {
-                    let _ = scrape(address, path).await;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
+        tidemill::monitor::scrape_every(server.local_addr(), Duration::from_millis(100))
     });
     let sink = MemorySink::new();
     let t = Instant::now();
@@ -187,18 +179,6 @@ async fn stream_job_watched(
         scraper.abort();
     }
     Ok((sink.batches(), query.recent_progress(), elapsed))
-}
-
-/// One `GET` of `path` from the monitor at `address`; the body's length.
-async fn scrape(address: std::net::SocketAddr, path: &str) -> std::io::Result<usize> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
-        .await?;
-    let mut body = Vec::new();
-    stream.read_to_end(&mut body).await?;
-    Ok(body.len())
 }
 
 /// Part 4: what watching costs: the stream at `max_files_per_trigger` 1,

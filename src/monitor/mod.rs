@@ -41,7 +41,7 @@ use tidemill_engine::{
     QueryIdle, QueryListener, QueryProgress, QueryStarted, QueryTerminated, StreamingContext,
 };
 
-pub use server::MonitorServer;
+pub use server::{MonitorServer, get, scrape_every};
 
 /// How many recent batches the page and the API keep per query.
 pub const RECENT_BATCHES: usize = 300;

@@ -55,6 +55,36 @@ impl Drop for MonitorServer {
     }
 }
 
+/// One `GET path` from the monitor server at `address`: the response's
+/// status line and body. A small client for scripts, tests and benches
+/// that scrape the server as Prometheus or the page would.
+pub async fn get(address: SocketAddr, path: &str) -> std::io::Result<(String, String)> {
+    let mut stream = TcpStream::connect(address).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, body.to_string()))
+}
+
+/// Scrapes the monitor server at `address` every `every` (`/metrics` and
+/// `/api/queries`, as Prometheus and the page would) until the returned
+/// task is aborted: the load a watched run carries, for benches.
+pub fn scrape_every(address: SocketAddr, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            for path in ["/metrics", "/api/queries"] {
+                let _ = get(address, path).await;
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
 /// `address`, or for a bare port, that port on 127.0.0.1: the server is
 /// reachable from elsewhere only when an address says so.
 pub(super) fn loopback_unless_told(address: &str) -> String {
