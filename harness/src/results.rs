@@ -222,6 +222,36 @@ impl Target {
     }
 }
 
+/// What watching a run costs, as a bench reports it: the table of input
+/// rows/s without and with the monitor (medians over `runs` alternating
+/// runs of `what`), and the target "less than 2 % of throughput lost",
+/// named `target`.
+pub fn watch_cost(
+    what: &str,
+    runs: usize,
+    plain: f64,
+    watched: f64,
+    target: &str,
+) -> (Table, Target) {
+    let cost = 1.0 - watched / plain;
+    let table = Table::new(
+        &format!(
+            "What watching costs: {what}, without and with the monitor (page, /metrics and API \
+             served, scraped every 100 ms), alternating, median of {runs} runs each:"
+        ),
+        ["run", "input rows/s", "throughput lost"],
+        vec![
+            vec!["without monitor".into(), format!("{plain:.0}"), "–".into()],
+            vec![
+                "with monitor, scraped".into(),
+                format!("{watched:.0}"),
+                format!("{:.1} %", cost * 100.0),
+            ],
+        ],
+    );
+    (table, Target::at_most(target, cost, 0.02, ""))
+}
+
 /// The median of `values` (sorted in place; NaN when empty): benches
 /// report the median of repeated runs.
 pub fn median(values: &mut [f64]) -> f64 {

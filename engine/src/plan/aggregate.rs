@@ -85,14 +85,7 @@ impl ExtensionPlanner for AggregatePlanner {
         let Some(node) = node.as_any().downcast_ref::<StreamingAggregateNode>() else {
             return Ok(None);
         };
-        let operator = self
-            .operators
-            .iter()
-            .find(|(n, _)| *n == node.operator)
-            .map(|(_, op)| op)
-            .ok_or_else(|| {
-                DataFusionError::Internal(format!("no streaming aggregation {}", node.operator))
-            })?;
+        let operator = super::numbered(&self.operators, node.operator, "streaming aggregation")?;
         let input = Arc::clone(&physical_inputs[0]);
         let layout = self.layout(node, input.schema(), session).await?;
         if layout.partial_schema != operator.layout.partial_schema {
@@ -102,9 +95,7 @@ impl ExtensionPlanner for AggregatePlanner {
             )));
         }
         Ok(Some(Arc::new(StreamingAggregateExec::new(
-            input,
-            Arc::clone(operator),
-            layout,
+            input, operator, layout,
         ))))
     }
 }

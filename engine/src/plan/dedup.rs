@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::error::Result as DFResult;
 use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
@@ -40,14 +40,7 @@ impl ExtensionPlanner for DedupPlanner {
         let Some(node) = node.as_any().downcast_ref::<DeduplicateNode>() else {
             return Ok(None);
         };
-        let operator = self
-            .operators
-            .iter()
-            .find(|(n, _)| *n == node.operator)
-            .map(|(_, op)| Arc::clone(op))
-            .ok_or_else(|| {
-                DataFusionError::Internal(format!("no deduplication {}", node.operator))
-            })?;
+        let operator = super::numbered(&self.operators, node.operator, "deduplication")?;
         Ok(Some(Arc::new(DedupExec::new(
             Arc::clone(&physical_inputs[0]),
             operator,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, NullEquality};
-use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::error::Result as DFResult;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
@@ -46,14 +46,7 @@ impl ExtensionPlanner for JoinPlanner {
         let Some(node) = node.as_any().downcast_ref::<StreamJoinNode>() else {
             return Ok(None);
         };
-        let operator = self
-            .operators
-            .iter()
-            .find(|(n, _)| *n == node.operator)
-            .map(|(_, op)| Arc::clone(op))
-            .ok_or_else(|| {
-                DataFusionError::Internal(format!("no stream join operator {}", node.operator))
-            })?;
+        let operator = super::numbered(&self.operators, node.operator, "stream join")?;
         Ok(Some(Arc::new(StreamJoinExec::new(
             Arc::clone(&physical_inputs[0]),
             Arc::clone(&physical_inputs[1]),

@@ -47,6 +47,9 @@ pub use substitute::substitute;
 pub use validate::validate;
 pub use watermark::WatermarkPlanner;
 
+use std::sync::Arc;
+
+use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::DataFrame;
 
@@ -78,4 +81,19 @@ pub(crate) fn prepare(
         .map_err(|e| TidemillError::datafusion("optimizing the streaming query", e))?;
     validate(&optimized, &plan, mode)?;
     Ok((state, plan, optimized))
+}
+
+/// Operator `number` of `operators` (a planner's operators of one kind,
+/// with their numbers); `what` names the kind in the internal error a
+/// missing one is.
+pub(crate) fn numbered<T>(
+    operators: &[(usize, Arc<T>)],
+    number: usize,
+    what: &str,
+) -> DFResult<Arc<T>> {
+    operators
+        .iter()
+        .find(|(n, _)| *n == number)
+        .map(|(_, op)| Arc::clone(op))
+        .ok_or_else(|| DataFusionError::Internal(format!("no {what} operator {number}")))
 }
