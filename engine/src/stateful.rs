@@ -100,6 +100,35 @@ impl WatermarkRule {
     }
 }
 
+/// The output stream of a stateful operator's execution node that works
+/// out all of its batch's rows at once: `work`'s batches, one by one, and
+/// a panic in it an execution error naming `operator`.
+pub(crate) fn whole_batch_stream(
+    schema: SchemaRef,
+    operator: String,
+    work: impl std::future::Future<Output = datafusion::error::Result<Vec<RecordBatch>>>
+    + Send
+    + 'static,
+) -> datafusion::execution::SendableRecordBatchStream {
+    use futures::{FutureExt, StreamExt, TryStreamExt, stream};
+    let future = std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .map(move |outcome| {
+            outcome.unwrap_or_else(|panic| {
+                Err(datafusion::error::DataFusionError::Execution(format!(
+                    "{operator} panicked: {}",
+                    crate::error::panic_message(&*panic)
+                )))
+            })
+        });
+    let batches = stream::once(future)
+        .map_ok(|batches| stream::iter(batches.into_iter().map(Ok)))
+        .try_flatten();
+    Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, batches.boxed()),
+    )
+}
+
 /// An operator's state store as the loop's steps use it: reopened at a
 /// batch's version when a failed attempt left changes behind, and
 /// committed with the batch's figures.

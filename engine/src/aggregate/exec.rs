@@ -11,11 +11,9 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::aggregates::AggregateMode;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use futures::{FutureExt, StreamExt, TryStreamExt, stream};
 
 use super::late_rows::{InputTally, LateRowsExec};
 use super::operator::Lookup;
@@ -199,28 +197,15 @@ impl ExecutionPlan for StreamingAggregateExec {
                 "StreamingAggregateExec has one partition, asked for {partition}"
             )));
         }
-        let operator = self.layout_name();
-        let future = std::panic::AssertUnwindSafe(Self::run(
-            Arc::clone(&self.input),
-            Arc::clone(&self.operator),
-            Arc::clone(&self.layout),
-            context,
-        ))
-        .catch_unwind()
-        .map(move |outcome| {
-            outcome.unwrap_or_else(|panic| {
-                Err(DataFusionError::Execution(format!(
-                    "{operator} panicked: {}",
-                    crate::error::panic_message(&*panic)
-                )))
-            })
-        });
-        let batches = stream::once(future)
-            .map_ok(|batches| stream::iter(batches.into_iter().map(Ok)))
-            .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
+        Ok(crate::stateful::whole_batch_stream(
             self.schema(),
-            batches.boxed(),
-        )))
+            self.layout_name(),
+            Self::run(
+                Arc::clone(&self.input),
+                Arc::clone(&self.operator),
+                Arc::clone(&self.layout),
+                context,
+            ),
+        ))
     }
 }

@@ -8,11 +8,9 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use futures::{FutureExt, StreamExt, TryStreamExt, stream};
 
 use super::JoinOperator;
 
@@ -107,22 +105,10 @@ impl ExecutionPlan for StreamJoinExec {
             let right = datafusion::physical_plan::collect(right, context).await?;
             operator.process(left, right).await
         };
-        let future = std::panic::AssertUnwindSafe(run)
-            .catch_unwind()
-            .map(|outcome| {
-                outcome.unwrap_or_else(|panic| {
-                    Err(DataFusionError::Execution(format!(
-                        "StreamJoinExec panicked: {}",
-                        crate::error::panic_message(&*panic)
-                    )))
-                })
-            });
-        let batches = stream::once(future)
-            .map_ok(|batches| stream::iter(batches.into_iter().map(Ok)))
-            .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
+        Ok(crate::stateful::whole_batch_stream(
             self.schema(),
-            batches.boxed(),
-        )))
+            "StreamJoinExec".to_string(),
+            run,
+        ))
     }
 }
