@@ -22,10 +22,11 @@ use tidemill_harness::StudyReport;
 use tidemill_harness::results::{BenchResult, results_dir, workspace_root};
 
 /// Sections in this order; other results follow by name.
-const ORDER: [&str; 5] = [
+const ORDER: [&str; 6] = [
     "trigger_study",
     "stateless",
     "aggregation",
+    "join",
     "kafka",
     "spark",
 ];
