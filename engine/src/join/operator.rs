@@ -263,18 +263,11 @@ impl JoinOperator {
         // never matched come out with nulls.
         if let Some(watermark) = evict_ms {
             for side in [LEFT, RIGHT] {
-                let values = sides[side].take_expired(watermark);
-                if values.is_empty() || !self.preserves(side) {
+                let values = sides[side].take_expired(watermark, self.preserves(side));
+                if values.is_empty() {
                     continue;
                 }
-                let refs: Vec<&[u8]> = values
-                    .iter()
-                    .filter(|v| v[0] == 0)
-                    .map(Vec::as_slice)
-                    .collect();
-                if refs.is_empty() {
-                    continue;
-                }
+                let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
                 let (rows, _) = sides[side].decode(&refs)?;
                 output.push(self.outer_rows(side, &rows)?);
             }

@@ -151,7 +151,7 @@ impl JoinSide {
         for entry in self.state.store.iter() {
             let (key, slot) = split_state_key(entry.key);
             self.next_row = self.next_row.max(slot.1 + 1);
-            self.index.entry(key.into()).or_default().insert(slot);
+            index_row(&mut self.index, key, slot);
         }
     }
 
@@ -292,7 +292,7 @@ impl JoinSide {
             let key = new.key(i);
             let slot = (new.times[i], self.next_row);
             self.next_row += 1;
-            self.index.entry(key.into()).or_default().insert(slot);
+            index_row(&mut self.index, key, slot);
             let mut value = Vec::with_capacity(1 + encoded.row(i).data().len());
             value.push(u8::from(matched));
             value.extend_from_slice(encoded.row(i).data());
@@ -332,9 +332,10 @@ impl JoinSide {
         self.unindex(state_key);
     }
 
-    /// Removes the rows the watermark `watermark_ms` has expired and
-    /// returns their values.
-    pub fn take_expired(&mut self, watermark_ms: i64) -> Vec<Vec<u8>> {
+    /// Removes the rows the watermark `watermark_ms` has expired and, when
+    /// `unmatched` (a side an outer join preserves), returns the values of
+    /// those that never matched; nothing is copied otherwise.
+    pub fn take_expired(&mut self, watermark_ms: i64, unmatched: bool) -> Vec<Vec<u8>> {
         if self
             .state
             .store
@@ -345,10 +346,12 @@ impl JoinSide {
         }
         self.state.dirty = true;
         let taken = self.state.store.take_expired(watermark_ms);
-        let mut values = Vec::with_capacity(taken.len());
+        let mut values = Vec::new();
         for (key, value) in taken.iter() {
             self.unindex(key);
-            values.push(value.to_vec());
+            if unmatched && value[0] == 0 {
+                values.push(value.to_vec());
+            }
         }
         values
     }
@@ -368,6 +371,19 @@ impl JoinSide {
             if slots.is_empty() {
                 self.index.remove(key);
             }
+        }
+    }
+}
+
+/// Adds a stored row to `index`; the key is copied only when it is new
+/// to the index.
+fn index_row(index: &mut HashMap<Box<[u8]>, BTreeSet<Slot>>, key: &[u8], slot: Slot) {
+    match index.get_mut(key) {
+        Some(slots) => {
+            slots.insert(slot);
+        }
+        None => {
+            index.insert(key.into(), BTreeSet::from([slot]));
         }
     }
 }
