@@ -336,12 +336,7 @@ impl JoinSide {
     /// `unmatched` (a side an outer join preserves), returns the values of
     /// those that never matched; nothing is copied otherwise.
     pub fn take_expired(&mut self, watermark_ms: i64, unmatched: bool) -> Vec<Vec<u8>> {
-        if self
-            .state
-            .store
-            .next_expiry()
-            .is_none_or(|at| at > watermark_ms)
-        {
+        if !self.has_expired(watermark_ms) {
             return Vec::new();
         }
         self.state.dirty = true;
