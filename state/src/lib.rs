@@ -45,5 +45,5 @@ pub use error::{Result, StateError};
 pub use numbered_log::NumberedLog;
 pub use store::{
     StateCommitMetrics, StateEntry, StateMetrics, StatePartition, StateSchema, StateStore,
-    StateStoreConfig, StateVersionInfo, TakenEntries, partition_for_key,
+    StateStoreConfig, StateVersionInfo, TakenEntries, map_parallel, partition_for_key,
 };

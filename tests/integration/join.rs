@@ -613,6 +613,82 @@ async fn each_join_type_gives_the_batch_jobs_rows() {
     }
 }
 
+/// Batches large enough for the join to work on its state partitions on
+/// several threads give the batch job's rows, run after run: many symbols
+/// (spread over every partition), thousands of rows per batch, each join
+/// type, one and three input partitions.
+#[tokio::test]
+async fn large_batches_joined_partition_by_partition_give_the_batch_jobs_rows() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    type Arriving<'a> = (i64, usize, (Option<&'a str>, f64, i64));
+    fn pick<'a>(part: &[Arriving<'a>], side: usize) -> Vec<(Option<&'a str>, f64, i64)> {
+        part.iter()
+            .filter(|(_, s, _)| *s == side)
+            .map(|(_, _, r)| *r)
+            .collect()
+    }
+    let symbols: Vec<String> = (0..300).map(|k| format!("s{k}")).collect();
+    for seed in 0..3_u64 {
+        let mut rng = StdRng::seed_from_u64(100 + seed);
+        // Rows arrive up to 9 s after their event time (under the 10 s
+        // watermark delay): none is late.
+        let mut arriving: Vec<Arriving> = (0..15_000)
+            .map(|n| {
+                let symbol = match rng.random_range(0..200) {
+                    0 => None,
+                    k => Some(symbols[k % symbols.len()].as_str()),
+                };
+                let time = rng.random_range(0..300);
+                let arrival = time * 1000 + rng.random_range(0..9_000);
+                (arrival, rng.random_range(0..2), (symbol, n as f64, time))
+            })
+            .collect();
+        arriving.sort_by_key(|(arrival, _, _)| *arrival);
+        for join_type in [JoinType::Inner, JoinType::Full, JoinType::LeftSemi] {
+            let join = Join::new(join_type);
+            let ctx = SessionContext::new();
+            let expected = cells(&sorted_rows(
+                &join
+                    .plan(
+                        ctx.read_batch(rows(&pick(&arriving, 0))).unwrap(),
+                        ctx.read_batch(rows(&pick(&arriving, 1))).unwrap(),
+                    )
+                    .collect()
+                    .await
+                    .unwrap(),
+            ));
+            assert!(expected.len() > 1_000, "{join_type}: {}", expected.len());
+            for partitions in [1, 3] {
+                let ctx = SessionContext::new_with_config(
+                    SessionConfig::new().with_target_partitions(partitions),
+                );
+                let run = Running::start(&ctx, join).await;
+                // Three batches of about 5 000 rows.
+                for part in arriving.chunks(5_000) {
+                    run.push(&pick(part, 0), &pick(part, 1)).await;
+                }
+                run.push(&[(Some("~"), 0.0, 100_000)], &[(Some("~"), 0.0, 100_000)])
+                    .await;
+                let got: Vec<String> = cells(&run.output())
+                    .into_iter()
+                    .filter(|l| !l.contains('~'))
+                    .collect();
+                assert_eq!(
+                    got.len(),
+                    expected.len(),
+                    "seed {seed}, {join_type}, {partitions} partitions"
+                );
+                assert!(
+                    got == expected,
+                    "seed {seed}, {join_type}, {partitions} partitions: rows differ"
+                );
+                run.query.stop().await.unwrap();
+            }
+        }
+    }
+}
+
 /// A long run with an advancing watermark keeps the join's state rows
 /// flat: rows are evicted as fast as they come.
 #[tokio::test]

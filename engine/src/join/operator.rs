@@ -11,10 +11,10 @@ use async_trait::async_trait;
 use datafusion::common::JoinType;
 use datafusion::error::Result as DFResult;
 use datafusion::physical_expr::PhysicalExpr;
-use tidemill_state::{CheckpointDir, StateError, StateStore, StateStoreConfig};
+use tidemill_state::{CheckpointDir, StateError, StateStore, StateStoreConfig, map_parallel};
 use tokio::sync::Mutex;
 
-use super::side::{JoinSide, NewRows, SideLayout};
+use super::side::{JoinSide, NewRows, SideLayout, SidePart};
 use crate::progress::StateOperatorProgress;
 use crate::stateful::{BatchWatermarks, StatefulOperator};
 use crate::{Result, TidemillError};
@@ -46,6 +46,17 @@ struct Inner {
     sides: [JoinSide; 2],
     watermarks: BatchWatermarks,
 }
+
+/// A batch's work on one state partition: the partition of each side and
+/// the batch's new rows of each side whose join keys fall in it.
+struct Part<'a> {
+    sides: [SidePart<'a>; 2],
+    new: [NewRows; 2],
+}
+
+/// The batch size (rows of both sides) from which a batch's partitions are
+/// worked on on several threads.
+const PARALLEL_ROWS: usize = 4096;
 
 /// The rows one side's new rows matched.
 #[derive(Default)]
@@ -135,7 +146,9 @@ impl JoinOperator {
 
     /// Joins the batch's new rows of both sides with each other and with
     /// the stored rows, stores what may still match, evicts what the
-    /// watermark has passed, and returns the batch's output rows.
+    /// watermark has passed, and returns the batch's output rows. Each
+    /// state partition (the rows of its join keys, on both sides) is
+    /// worked on independently, on several threads for a large batch.
     pub async fn process(
         &self,
         left: Vec<RecordBatch>,
@@ -143,14 +156,46 @@ impl JoinOperator {
     ) -> DFResult<Vec<RecordBatch>> {
         let mut inner = self.inner.lock().await;
         let Inner { sides, watermarks } = &mut *inner;
-        let late_ms = watermarks.late;
-        let evict_ms = watermarks.evict;
-        let mut new = Vec::with_capacity(2);
+        let (late_ms, evict_ms) = (watermarks.late, watermarks.evict);
+        let mut split = Vec::with_capacity(2);
+        let mut rows = 0;
         for (side, batches) in sides.iter_mut().zip([left, right]) {
             let batch = concat_batches(&side.layout.schema, &batches)?;
             let batch = side.drop_late(batch, late_ms)?;
-            new.push(side.prepare(batch)?);
+            rows += batch.num_rows();
+            split.push(side.split(side.prepare(batch)?)?);
         }
+        let new_right = split.pop().expect("two sides");
+        let new_left = split.pop().expect("two sides");
+        let [left_side, right_side] = sides;
+        let jobs: Vec<Part<'_>> = left_side
+            .parts()
+            .into_iter()
+            .zip(right_side.parts())
+            .zip(new_left.into_iter().zip(new_right))
+            .map(|((l, r), (nl, nr))| Part {
+                sides: [l, r],
+                new: [nl, nr],
+            })
+            .filter(|part| {
+                part.new.iter().any(|n| n.batch.num_rows() > 0)
+                    || evict_ms.is_some_and(|w| part.sides.iter().any(|s| s.has_expired(w)))
+            })
+            .collect();
+        let outputs = map_parallel(jobs, rows >= PARALLEL_ROWS, |part| {
+            self.process_part(part, evict_ms)
+        });
+        let mut output = Vec::new();
+        for part in outputs {
+            output.extend(part?);
+        }
+        Ok(output)
+    }
+
+    /// [`process`](Self::process) of one state partition: its new rows of
+    /// both sides and its stored ones.
+    fn process_part(&self, part: Part<'_>, evict_ms: Option<i64>) -> DFResult<Vec<RecordBatch>> {
+        let Part { mut sides, new } = part;
         let (new_left, new_right) = (&new[LEFT], &new[RIGHT]);
         let mut output = Vec::new();
 
@@ -309,7 +354,7 @@ impl JoinOperator {
     #[allow(clippy::type_complexity)]
     fn match_stored(
         &self,
-        stored: &JoinSide,
+        stored: &SidePart<'_>,
         new: &NewRows,
         side: usize,
     ) -> DFResult<((RecordBatch, Vec<bool>), Vec<Vec<u8>>, Matches)> {

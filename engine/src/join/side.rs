@@ -7,17 +7,24 @@
 //! columns in the row format. The index, rebuilt from the keys when the
 //! store is reopened, maps each join key to its rows ordered by time, so
 //! that a probe reads only the rows the time bounds allow.
+//!
+//! The store's partitions are decided by the join key alone (its
+//! [`partition_suffix`](tidemill_state::StateSchema::partition_suffix) is
+//! the time and row number), so every row of a key, on both sides, lives in
+//! the same partition number: the join works on the partitions
+//! independently ([`JoinSide::parts`], [`JoinSide::split`]), on several
+//! threads.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::physical_expr::PhysicalExpr;
-use tidemill_state::{StateSchema, StateStore};
+use tidemill_state::{StatePartition, StateSchema, StateStore, partition_for_key};
 
 use super::bounds::{Expiry, TimeColumn};
 use crate::aggregate::event_time::{ceil_millis, watermark_in_unit};
@@ -65,10 +72,10 @@ impl SideLayout {
         keys.push(Field::new("row_number", DataType::UInt64, false));
         let mut values = vec![Field::new("matched", DataType::Boolean, false)];
         values.extend(self.schema.fields().iter().map(|f| f.as_ref().clone()));
-        Ok(StateSchema::new(
-            Arc::new(Schema::new(keys)),
-            Arc::new(Schema::new(values)),
-        ))
+        Ok(
+            StateSchema::new(Arc::new(Schema::new(keys)), Arc::new(Schema::new(values)))
+                .with_partition_suffix(SUFFIX),
+        )
     }
 }
 
@@ -95,6 +102,52 @@ impl NewRows {
             None => &[],
         }
     }
+
+    /// Rows `indices`, in that order.
+    fn take(&self, indices: &[u32], key_converter: &RowConverter) -> DFResult<NewRows> {
+        let positions = UInt32Array::from(indices.to_vec());
+        let batch = arrow::compute::take_record_batch(&self.batch, &positions)?;
+        let keys = match &self.keys {
+            Some(rows) => {
+                let bytes = indices.iter().map(|&i| rows.row(i as usize).data().len());
+                let mut taken = key_converter.empty_rows(indices.len(), bytes.sum());
+                for &i in indices {
+                    taken.push(rows.row(i as usize));
+                }
+                Some(taken)
+            }
+            None => None,
+        };
+        let expiries = match &self.expiries {
+            Some(at) => Some(
+                arrow::compute::take(at, &positions, None)?
+                    .as_primitive()
+                    .clone(),
+            ),
+            None => None,
+        };
+        Ok(NewRows {
+            batch,
+            keys,
+            usable: indices.iter().map(|&i| self.usable[i as usize]).collect(),
+            times: indices.iter().map(|&i| self.times[i as usize]).collect(),
+            expiries,
+        })
+    }
+}
+
+/// A join key's stored rows, by time and row number. Rows mostly arrive
+/// in time order and leave oldest first, so inserts and removals are at
+/// the ends.
+type Slots = VecDeque<Slot>;
+
+/// One partition's index: join key → stored rows.
+#[derive(Debug, Default)]
+struct PartIndex {
+    keys: HashMap<Box<[u8]>, Slots, foldhash::fast::RandomState>,
+    /// The next stored row's number: unique among the partition's rows,
+    /// so a key, time and number never repeat.
+    next_row: u64,
 }
 
 /// One side's stored rows.
@@ -104,11 +157,8 @@ pub(crate) struct JoinSide {
     key_converter: RowConverter,
     row_converter: RowConverter,
     pub state: OperatorStore,
-    /// Join key → stored rows by time.
-    index: HashMap<Box<[u8]>, BTreeSet<Slot>>,
-    /// The next stored row's number: numbers are unique among the side's
-    /// stored rows, whatever their key.
-    next_row: u64,
+    /// Per state partition, its rows by join key and time.
+    indexes: Vec<PartIndex>,
     /// Rows of the running batch dropped as late.
     pub dropped_by_watermark: u64,
 }
@@ -136,8 +186,7 @@ impl JoinSide {
             key_converter,
             row_converter,
             state: OperatorStore::new(store),
-            index: HashMap::new(),
-            next_row: 0,
+            indexes: Vec::new(),
             dropped_by_watermark: 0,
         };
         side.rebuild_index();
@@ -146,13 +195,21 @@ impl JoinSide {
 
     /// Rebuilds the index from the store's keys.
     pub fn rebuild_index(&mut self) {
-        self.index.clear();
-        self.next_row = 0;
-        for entry in self.state.store.iter() {
-            let (key, slot) = split_state_key(entry.key);
-            self.next_row = self.next_row.max(slot.1 + 1);
-            index_row(&mut self.index, key, slot);
-        }
+        self.indexes = self
+            .state
+            .store
+            .partitions()
+            .iter()
+            .map(|part| {
+                let mut index = PartIndex::default();
+                for entry in part.iter() {
+                    let (key, slot) = split_state_key(entry.key);
+                    index.next_row = index.next_row.max(slot.1 + 1);
+                    index_row(&mut index.keys, key, slot);
+                }
+                index
+            })
+            .collect();
     }
 
     /// Gets ready for a batch at `version`; rebuilds the index if the
@@ -228,31 +285,105 @@ impl JoinSide {
         })
     }
 
-    /// The stored rows with join key `key` and a time in `from..=to`.
-    pub fn lookup(&self, key: &[u8], from: i64, to: i64) -> impl Iterator<Item = Slot> + '_ {
-        self.index
-            .get(key)
-            .into_iter()
-            .flat_map(move |slots| slots.range((from, 0)..=(to, u64::MAX)).copied())
+    /// `new`'s rows by the state partition of their join key (each part in
+    /// the rows' order), one entry per partition.
+    pub fn split(&self, new: NewRows) -> DFResult<Vec<NewRows>> {
+        let n = self.indexes.len();
+        let mut routed: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for i in 0..new.batch.num_rows() {
+            routed[partition_for_key(new.key(i), n)].push(i as u32);
+        }
+        // All rows in one partition (or none): that part is `new` itself,
+        // uncopied.
+        if let Some(whole) = routed.iter().position(|r| r.len() == new.batch.num_rows()) {
+            let mut parts = routed
+                .iter()
+                .enumerate()
+                .filter(|(p, _)| *p != whole)
+                .map(|(_, indices)| new.take(indices, &self.key_converter))
+                .collect::<DFResult<Vec<_>>>()?;
+            parts.insert(whole, new);
+            return Ok(parts);
+        }
+        routed
+            .iter()
+            .map(|indices| new.take(indices, &self.key_converter))
+            .collect()
+    }
+
+    /// Each state partition with its index, for a batch's work on them.
+    /// The store counts as changed from here until its commit.
+    pub fn parts(&mut self) -> Vec<SidePart<'_>> {
+        self.state.dirty = true;
+        let Self {
+            layout,
+            row_converter,
+            state,
+            indexes,
+            ..
+        } = self;
+        let (layout, row_converter) = (&*layout, &*row_converter);
+        state
+            .store
+            .partitions_mut()
+            .iter_mut()
+            .zip(indexes.iter_mut())
+            .map(|(store, index)| SidePart {
+                layout,
+                row_converter,
+                store,
+                index,
+            })
+            .collect()
+    }
+
+    /// Whether the watermark `watermark_ms` expires a stored row.
+    pub fn has_expired(&self, watermark_ms: i64) -> bool {
+        self.state
+            .store
+            .next_expiry()
+            .is_some_and(|at| at <= watermark_ms)
     }
 
     /// The state key of a stored row.
     pub fn state_key(key: &[u8], slot: Slot) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(key.len() + SUFFIX);
-        bytes.extend_from_slice(key);
-        bytes.extend_from_slice(&slot.0.to_be_bytes());
-        bytes.extend_from_slice(&slot.1.to_be_bytes());
+        write_state_key(&mut bytes, key, slot);
         bytes
+    }
+}
+
+/// Appends the state key of a stored row to `bytes`.
+fn write_state_key(bytes: &mut Vec<u8>, key: &[u8], slot: Slot) {
+    bytes.extend_from_slice(key);
+    bytes.extend_from_slice(&slot.0.to_be_bytes());
+    bytes.extend_from_slice(&slot.1.to_be_bytes());
+}
+
+/// One state partition of a side, with its index: the rows of the join
+/// keys that fall in it.
+pub(crate) struct SidePart<'a> {
+    pub layout: &'a SideLayout,
+    row_converter: &'a RowConverter,
+    store: &'a mut StatePartition,
+    index: &'a mut PartIndex,
+}
+
+impl SidePart<'_> {
+    /// The stored rows with join key `key` and a time in `from..=to`.
+    pub fn lookup(&self, key: &[u8], from: i64, to: i64) -> impl Iterator<Item = Slot> + '_ {
+        self.index.keys.get(key).into_iter().flat_map(move |slots| {
+            let start = slots.partition_point(|s| s.0 < from);
+            slots.range(start..).take_while(move |s| s.0 <= to).copied()
+        })
     }
 
     /// The stored rows of `state_keys` as a batch of the side's rows, with
     /// each one's matched flag.
     pub fn read(&self, state_keys: &[Vec<u8>]) -> DFResult<(RecordBatch, Vec<bool>)> {
-        let keys: Vec<&[u8]> = state_keys.iter().map(Vec::as_slice).collect();
-        let values = self.state.store.get_many(&keys);
-        let mut stored = Vec::with_capacity(values.len());
-        for (key, value) in keys.iter().zip(values) {
-            stored.push(value.ok_or_else(|| {
+        let mut stored = Vec::with_capacity(state_keys.len());
+        for key in state_keys {
+            stored.push(self.store.get(key).ok_or_else(|| {
                 DataFusionError::Internal(format!(
                     "the {} side's index lists a row its state does not hold ({} key bytes)",
                     self.layout.label,
@@ -278,38 +409,37 @@ impl JoinSide {
         Ok((batch, matched))
     }
 
-    /// Stores rows `rows` of `new` (by position), each with its matched
-    /// flag; `expires` gives each one's expiry where the side's rows
-    /// expire.
+    /// Stores rows `rows` of `new` (by position; all of this partition),
+    /// each with its matched flag and, where the side's rows expire, its
+    /// expiry.
     pub fn store(&mut self, new: &NewRows, rows: &[(usize, bool)]) -> DFResult<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        self.state.dirty = true;
         let encoded = self.row_converter.convert_columns(new.batch.columns())?;
-        let mut entries = Vec::with_capacity(rows.len());
+        let mut state_key = Vec::new();
+        let mut value = Vec::new();
         for &(i, matched) in rows {
             let key = new.key(i);
-            let slot = (new.times[i], self.next_row);
-            self.next_row += 1;
-            index_row(&mut self.index, key, slot);
-            let mut value = Vec::with_capacity(1 + encoded.row(i).data().len());
+            let slot = (new.times[i], self.index.next_row);
+            self.index.next_row += 1;
+            index_row(&mut self.index.keys, key, slot);
+            state_key.clear();
+            write_state_key(&mut state_key, key, slot);
+            value.clear();
             value.push(u8::from(matched));
             value.extend_from_slice(encoded.row(i).data());
-            let expires = new.expiries.as_ref().map(|e| e.value(i));
-            entries.push((Self::state_key(key, slot), value, expires));
+            match &new.expiries {
+                Some(at) => self.store.put_with_ttl(&state_key, &value, at.value(i)),
+                None => self.store.put(&state_key, &value),
+            }
         }
-        let refs: Vec<(&[u8], &[u8], Option<i64>)> = entries
-            .iter()
-            .map(|(k, v, e)| (k.as_slice(), v.as_slice(), *e))
-            .collect();
-        self.state.store.put_many(&refs);
         Ok(())
     }
 
     /// Marks the stored row `state_key` as matched.
     pub fn mark_matched(&mut self, state_key: &[u8]) {
-        let Some(entry) = self.state.store.get_entry(state_key) else {
+        let Some(entry) = self.store.get_entry(state_key) else {
             return;
         };
         if entry.value[0] != 0 {
@@ -317,19 +447,23 @@ impl JoinSide {
         }
         let mut value = entry.value.to_vec();
         value[0] = 1;
-        let expires = entry.expires_at_ms;
-        self.state.dirty = true;
-        match expires {
-            Some(at) => self.state.store.put_with_ttl(state_key, &value, at),
-            None => self.state.store.put(state_key, &value),
+        match entry.expires_at_ms {
+            Some(at) => self.store.put_with_ttl(state_key, &value, at),
+            None => self.store.put(state_key, &value),
         }
     }
 
     /// Removes the stored row `state_key`.
     pub fn remove(&mut self, state_key: &[u8]) {
-        self.state.dirty = true;
-        self.state.store.remove(state_key);
+        self.store.remove(state_key);
         self.unindex(state_key);
+    }
+
+    /// Whether the watermark `watermark_ms` expires a row of the partition.
+    pub fn has_expired(&self, watermark_ms: i64) -> bool {
+        self.store
+            .next_expiry()
+            .is_some_and(|at| at <= watermark_ms)
     }
 
     /// Removes the rows the watermark `watermark_ms` has expired and, when
@@ -339,8 +473,7 @@ impl JoinSide {
         if !self.has_expired(watermark_ms) {
             return Vec::new();
         }
-        self.state.dirty = true;
-        let taken = self.state.store.take_expired(watermark_ms);
+        let taken = self.store.take_expired(watermark_ms);
         let mut values = Vec::new();
         for (key, value) in taken.iter() {
             self.unindex(key);
@@ -351,34 +484,37 @@ impl JoinSide {
         values
     }
 
-    /// Whether the watermark `watermark_ms` expires a stored row.
-    pub fn has_expired(&self, watermark_ms: i64) -> bool {
-        self.state
-            .store
-            .next_expiry()
-            .is_some_and(|at| at <= watermark_ms)
-    }
-
     fn unindex(&mut self, state_key: &[u8]) {
         let (key, slot) = split_state_key(state_key);
-        if let Some(slots) = self.index.get_mut(key) {
-            slots.remove(&slot);
+        if let Some(slots) = self.index.keys.get_mut(key) {
+            let at = slots.partition_point(|s| *s < slot);
+            if slots.get(at) == Some(&slot) {
+                slots.remove(at);
+            }
             if slots.is_empty() {
-                self.index.remove(key);
+                self.index.keys.remove(key);
             }
         }
     }
 }
 
-/// Adds a stored row to `index`; the key is copied only when it is new
-/// to the index.
-fn index_row(index: &mut HashMap<Box<[u8]>, BTreeSet<Slot>>, key: &[u8], slot: Slot) {
+/// Adds a stored row to `index`, in order; the key is copied only when it
+/// is new to the index.
+fn index_row(
+    index: &mut HashMap<Box<[u8]>, Slots, foldhash::fast::RandomState>,
+    key: &[u8],
+    slot: Slot,
+) {
     match index.get_mut(key) {
-        Some(slots) => {
-            slots.insert(slot);
-        }
+        Some(slots) => match slots.back() {
+            Some(last) if *last > slot => {
+                let at = slots.partition_point(|s| *s < slot);
+                slots.insert(at, slot);
+            }
+            _ => slots.push_back(slot),
+        },
         None => {
-            index.insert(key.into(), BTreeSet::from([slot]));
+            index.insert(key.into(), VecDeque::from([slot]));
         }
     }
 }

@@ -35,6 +35,14 @@ pub(crate) struct StoreMetadata {
     pub num_partitions: usize,
     pub key_schema: Schema,
     pub value_schema: Schema,
+    /// [`StateSchema::partition_suffix`]; absent (0) in stores written
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub partition_suffix: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl StoreMetadata {
@@ -44,6 +52,7 @@ impl StoreMetadata {
             num_partitions,
             key_schema: schema.key.as_ref().clone(),
             value_schema: schema.value.as_ref().clone(),
+            partition_suffix: schema.partition_suffix,
         }
     }
 
@@ -64,6 +73,13 @@ impl StoreMetadata {
             changes.push(format!(
                 "num_partitions changed from {} to {}",
                 self.num_partitions, wanted.num_partitions
+            ));
+        }
+        if self.partition_suffix != wanted.partition_suffix {
+            changes.push(format!(
+                "the key bytes that decide a partition changed (all but the last {} instead \
+                 of the last {})",
+                wanted.partition_suffix, self.partition_suffix
             ));
         }
         changes.extend(schema_changes("key", &self.key_schema, &wanted.key_schema));

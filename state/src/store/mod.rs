@@ -41,6 +41,7 @@ use object_store::{PutMode, PutPayload};
 pub use config::StateStoreConfig;
 pub use inspect::StateVersionInfo;
 pub use metrics::{StateCommitMetrics, StateMetrics};
+pub use parallel::map_parallel;
 pub use partition::{StateEntry, StatePartition, partition_for_key};
 pub use schema::StateSchema;
 pub use taken::TakenEntries;
@@ -248,7 +249,7 @@ impl StateStore {
         } else {
             read_commit(&dir, version, num_partitions).await?
         };
-        let partitions = load_partitions(&dir, &chains, version).await?;
+        let partitions = load_partitions(&dir, &chains, version, schema.partition_suffix).await?;
         let listings = Mutex::new(Listings::new(version, &chains));
         Ok(Self {
             dir,
@@ -287,9 +288,11 @@ impl StateStore {
         &self.config
     }
 
-    /// The partition `key` belongs to (see [`partition_for_key`]).
+    /// The partition `key` belongs to: [`partition_for_key`] of the key
+    /// without the schema's
+    /// [`partition_suffix`](StateSchema::partition_suffix).
     pub fn partition_of(&self, key: &[u8]) -> usize {
-        partition_for_key(key, self.partitions.len())
+        partition_for_key(self.schema.partition_key(key), self.partitions.len())
     }
 
     /// The partitions, indexed by partition number.
@@ -1022,6 +1025,7 @@ async fn load_partitions(
     dir: &CheckpointDir,
     chains: &[PartitionChain],
     version: u64,
+    partition_suffix: usize,
 ) -> Result<Vec<StatePartition>> {
     let num_partitions = chains.len();
     let commit_name = commit_file_name(version);
@@ -1043,7 +1047,7 @@ async fn load_partitions(
     }
     let jobs: Vec<_> = per_partition.into_iter().enumerate().collect();
     parallel::map_parallel(jobs, total_bytes >= PARALLEL_LOAD_BYTES, |(p, files)| {
-        let mut part = StatePartition::new(p, num_partitions);
+        let mut part = StatePartition::new(p, num_partitions, partition_suffix);
         part.reserve(chains[p].live_rows as usize);
         for (id, file, bytes) in files {
             let rows = files::decode(&id, &bytes, |row| part.apply_loaded(row))?;

@@ -1,5 +1,5 @@
-//! Running CPU-bound work (encoding and decoding partitions' files) on
-//! several threads.
+//! Running CPU-bound work (encoding and decoding partitions' files, an
+//! operator's work on its partitions) on several threads.
 
 use std::sync::Mutex;
 use std::thread;
@@ -10,7 +10,12 @@ use std::thread;
 /// false or there is one item.
 ///
 /// A panic in `f` is propagated once every thread has finished.
-pub(crate) fn map_parallel<T: Send, R: Send>(
+///
+/// ```
+/// let doubled = tidemill_state::map_parallel(vec![1, 2, 3], true, |n: u32| n * 2);
+/// assert_eq!(doubled, [2, 4, 6]);
+/// ```
+pub fn map_parallel<T: Send, R: Send>(
     items: Vec<T>,
     parallel: bool,
     f: impl Fn(T) -> R + Sync,

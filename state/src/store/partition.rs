@@ -221,6 +221,8 @@ struct Change {
 pub struct StatePartition {
     id: usize,
     num_partitions: usize,
+    /// Bytes at the end of a key that do not decide its partition.
+    partition_suffix: usize,
     /// On huge pages when large (see [`TableAlloc`]).
     entries: HashTable<Slot, TableAlloc>,
     /// Keys changed since the last commit, with what the delta records for
@@ -251,10 +253,11 @@ impl fmt::Debug for StatePartition {
 }
 
 impl StatePartition {
-    pub(crate) fn new(id: usize, num_partitions: usize) -> Self {
+    pub(crate) fn new(id: usize, num_partitions: usize, partition_suffix: usize) -> Self {
         Self {
             id,
             num_partitions,
+            partition_suffix,
             entries: HashTable::new_in(TableAlloc::default()),
             changed: HashTable::new(),
             change_arena: Vec::new(),
@@ -449,7 +452,8 @@ impl StatePartition {
     }
 
     fn check_key(&self, key: &[u8]) {
-        let home = partition_for_key(key, self.num_partitions);
+        let prefix = &key[..key.len().saturating_sub(self.partition_suffix)];
+        let home = partition_for_key(prefix, self.num_partitions);
         assert!(
             home == self.id,
             "key belongs to state partition {home}, not {}: route keys with StateStore::partition_of",
@@ -657,7 +661,7 @@ mod tests {
 
     #[test]
     fn short_and_long_entries_round_trip_as_their_values_change_length() {
-        let mut p = StatePartition::new(0, 1);
+        let mut p = StatePartition::new(0, 1, 0);
         let long = vec![7u8; INLINE_BYTES + 1];
         p.put(b"short", b"v");
         p.put(&long, b"long key");
@@ -704,7 +708,7 @@ mod tests {
 
     #[test]
     fn records_one_change_per_key_and_skips_no_ops() {
-        let mut p = StatePartition::new(0, 1);
+        let mut p = StatePartition::new(0, 1, 0);
         p.upsert(b"old", b"1", None);
         p.clear_changes();
         assert!(!p.has_changes());
@@ -734,7 +738,7 @@ mod tests {
 
     #[test]
     fn expiry_index_follows_updates() {
-        let mut p = StatePartition::new(0, 1);
+        let mut p = StatePartition::new(0, 1, 0);
         p.put_with_ttl(b"a", b"1", 10);
         p.put_with_ttl(b"b", b"1", 20);
         p.put_with_ttl(b"c", b"1", 30);
@@ -758,7 +762,7 @@ mod tests {
 
     #[test]
     fn memory_estimate_counts_entries_and_releases_them() {
-        let mut p = StatePartition::new(0, 1);
+        let mut p = StatePartition::new(0, 1, 0);
         let tables = |p: &StatePartition| {
             p.entries.allocation_size() + p.changed.allocation_size() + p.change_arena.capacity()
         };
@@ -797,7 +801,7 @@ mod tests {
 
     #[test]
     fn a_value_changed_again_in_one_version_is_recorded_once() {
-        let mut p = StatePartition::new(0, 1);
+        let mut p = StatePartition::new(0, 1, 0);
         p.put(b"k", b"aa");
         p.put(b"k", b"bb"); // same length: in place
         p.put(b"k", b"ccc"); // longer: appended
@@ -810,7 +814,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn probes_are_prefetched_where_the_table_puts_the_keys() {
-        let mut p = StatePartition::new(0, 1);
+        let mut p = StatePartition::new(0, 1, 0);
         assert!(p.probe_ahead().is_none(), "no table yet");
         // Small tables come from the global allocator, large ones (from 2
         // MiB) from their own mapping: the layout is found for both.
@@ -847,7 +851,7 @@ mod tests {
 
     #[test]
     fn loading_records_no_changes() {
-        let mut p = StatePartition::new(0, 1);
+        let mut p = StatePartition::new(0, 1, 0);
         for (key, value) in [
             (&b"a"[..], Some(&b"1"[..])),
             (b"b", Some(b"2")),
@@ -868,6 +872,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "key belongs to state partition 4, not 0")]
     fn a_key_of_another_partition_is_refused() {
-        StatePartition::new(0, 8).put(b"AAPL", b"1");
+        StatePartition::new(0, 8, 0).put(b"AAPL", b"1");
     }
 }

@@ -29,12 +29,57 @@ pub struct StateSchema {
     pub key: SchemaRef,
     /// The columns the value bytes encode.
     pub value: SchemaRef,
+    /// How many bytes at the end of every key do not decide its partition
+    /// (0, the default: the whole key does). An operator whose keys are a
+    /// group followed by a fixed-width suffix (a time, a sequence number)
+    /// sets it to the suffix's width, so that all of a group's entries
+    /// share a partition and the operator can work on the partitions
+    /// independently. Recorded in the store's `_metadata` like the schemas.
+    pub partition_suffix: usize,
 }
 
 impl StateSchema {
-    /// A layout with the given key and value schemas.
+    /// A layout with the given key and value schemas, partitioned by the
+    /// whole key.
     pub fn new(key: SchemaRef, value: SchemaRef) -> Self {
-        Self { key, value }
+        Self {
+            key,
+            value,
+            partition_suffix: 0,
+        }
+    }
+
+    /// This layout with the last `bytes` of each key left out of its
+    /// partition (see [`partition_suffix`](Self::partition_suffix)).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use arrow::datatypes::{DataType, Field, Schema};
+    /// use tidemill_state::{StateSchema, partition_for_key};
+    ///
+    /// let key = Arc::new(Schema::new(vec![
+    ///     Field::new("symbol", DataType::Utf8, false),
+    ///     Field::new("seq", DataType::UInt64, false),
+    /// ]));
+    /// let value = Arc::new(Schema::new(vec![Field::new("price", DataType::Float64, true)]));
+    /// let schema = StateSchema::new(key, value).with_partition_suffix(8);
+    /// let mut entry = b"AAPL".to_vec();
+    /// entry.extend_from_slice(&7u64.to_be_bytes());
+    /// assert_eq!(schema.partition_key(&entry), b"AAPL");
+    /// assert_eq!(
+    ///     partition_for_key(schema.partition_key(&entry), 8),
+    ///     partition_for_key(b"AAPL", 8)
+    /// );
+    /// ```
+    pub fn with_partition_suffix(mut self, bytes: usize) -> Self {
+        self.partition_suffix = bytes;
+        self
+    }
+
+    /// The bytes of `key` that decide its partition: all but the last
+    /// [`partition_suffix`](Self::partition_suffix) (none of a shorter key).
+    pub fn partition_key<'k>(&self, key: &'k [u8]) -> &'k [u8] {
+        &key[..key.len().saturating_sub(self.partition_suffix)]
     }
 }
 

@@ -83,7 +83,8 @@ fn assert_matches(store: &StateStore, model: &Model, context: &str) {
     let n = store.partitions().len();
     for partition in store.partitions() {
         for key in partition.iter().map(|e| e.key) {
-            assert_eq!(partition_for_key(key, n), partition.id(), "{context}");
+            let home = partition_for_key(store.schema().partition_key(key), n);
+            assert_eq!(home, partition.id(), "{context}");
         }
     }
 }
@@ -759,6 +760,11 @@ async fn a_changed_state_layout_is_refused_with_what_changed() {
     assert!(msg.contains("key field 'ticker' was added"), "{msg}");
     let msg = incompatible(schema(), config(8, 10), 1).await;
     assert!(msg.contains("num_partitions changed from 4 to 8"), "{msg}");
+    let msg = incompatible(schema().with_partition_suffix(8), config(4, 10), 1).await;
+    assert!(
+        msg.contains("the key bytes that decide a partition changed (all but the last 8 instead of the last 0)"),
+        "{msg}"
+    );
 
     // The snapshot interval is not part of the layout.
     open(&dir, config(4, 3), 1).await.unwrap();
@@ -781,6 +787,46 @@ async fn a_key_always_lands_in_the_same_partition() {
         assert_eq!(reopened.partitions()[p].get(key), Some(&key[..]));
     }
     assert!(store.partitions().iter().all(|p| !p.is_empty()));
+}
+
+#[tokio::test]
+async fn a_partition_suffix_keeps_a_groups_keys_in_one_partition() {
+    let dir = memory_dir();
+    let config = config(8, 2);
+    let schema = schema().with_partition_suffix(8);
+    let mut store = StateStore::open(dir.clone(), schema.clone(), config, 0)
+        .await
+        .unwrap();
+    let key = |group: u32, seq: u64| {
+        let mut key = format!("group-{group}").into_bytes();
+        key.extend_from_slice(&seq.to_be_bytes());
+        key
+    };
+    let mut model = Model::new();
+    for version in 1..=4u64 {
+        for group in 0..50u32 {
+            for seq in 0..4 {
+                let k = key(group, version * 10 + seq);
+                // A group's keys go to its partition: put through the
+                // partition itself, which refuses a key of another one.
+                let p = partition_for_key(format!("group-{group}").as_bytes(), 8);
+                assert_eq!(store.partition_of(&k), p);
+                store.partitions_mut()[p].put_with_ttl(&k, b"v", version as i64);
+                model.insert(k, (b"v".to_vec(), Some(version as i64)));
+            }
+        }
+        // Expire the previous version's keys, partition by partition.
+        let taken = store.take_expired(version as i64 - 1);
+        model.retain(|_, (_, at)| at.unwrap() > version as i64 - 1);
+        assert_eq!(taken.len(), if version == 1 { 0 } else { 200 });
+        store.commit().await.unwrap();
+        // Snapshots and deltas load the keys back into their partitions.
+        store.finish_snapshots().await.unwrap();
+        let reopened = StateStore::open(dir.clone(), schema.clone(), config, version)
+            .await
+            .unwrap();
+        assert_matches(&reopened, &model, &format!("version {version}"));
+    }
 }
 
 #[tokio::test]
