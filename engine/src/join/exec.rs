@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -14,7 +15,7 @@ use datafusion::physical_plan::{
 
 use super::JoinOperator;
 
-/// Reads all of the batch's rows of both inputs and hands them to the
+/// Reads all of the batch's rows of both inputs (concurrently) and hands them to the
 /// join operator (see [`JoinOperator::process`]); one output partition.
 #[derive(Debug)]
 pub(crate) struct StreamJoinExec {
@@ -101,8 +102,17 @@ impl ExecutionPlan for StreamJoinExec {
         let (left, right) = (Arc::clone(&self.left), Arc::clone(&self.right));
         let operator = Arc::clone(&self.operator);
         let run = async move {
-            let left = datafusion::physical_plan::collect(left, Arc::clone(&context)).await?;
+            // Both inputs at once: the left side's scan decodes on a task
+            // of its own (aborted if this stream is dropped), so that the
+            // two sides' reads can run on two threads.
+            let left = SpawnedTask::spawn(datafusion::physical_plan::collect(
+                left,
+                Arc::clone(&context),
+            ));
             let right = datafusion::physical_plan::collect(right, context).await?;
+            let left = left.join_unwind().await.map_err(|e| {
+                DataFusionError::Internal(format!("reading the join's left input: {e}"))
+            })??;
             operator.process(left, right).await
         };
         Ok(crate::stateful::whole_batch_stream(
