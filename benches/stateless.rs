@@ -12,7 +12,8 @@
 //! filter and a projection with arithmetic, run as one DataFusion batch job
 //! and as a stream (`FileSource`, `MemorySink`, local checkpoint,
 //! `Trigger::AvailableNow`) with `max_files_per_trigger` 1, 5 and 20; the
-//! median of 3 runs each. The stream's rows must equal the batch job's.
+//! median of 9 runs each (a run lasts a fraction of a second). The
+//! stream's rows must equal the batch job's.
 //! Target: stream/batch ≥ 0.9.
 //!
 //! **Part 2, fixed per-batch overhead.** 500 batches of 5 rows each
@@ -30,8 +31,11 @@
 //! **Part 4, what watching costs.** The stream of part 1 at
 //! `max_files_per_trigger` 1, without and with the monitor
 //! (`tidemill::monitor`: the page, `/metrics` and the API served, and
-//! scraped every 100 ms), alternating, median of 5 runs each. Target: less
-//! than 2 % of throughput lost.
+//! scraped every 100 ms), in 21 pairs of runs back to back (alternating
+//! which goes first): the throughput lost and the process's CPU time
+//! added, each from the median of the pairs' ratios. Target: less than
+//! 2 % of CPU time added (see `tidemill_harness::results::watch_cost` for
+//! why CPU time rather than wall time).
 //!
 //! Results go to `target/bench-results/stateless.json` (see
 //! `tidemill_harness::results`). `cargo bench` passes `--bench`: that runs
@@ -50,12 +54,16 @@ use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
 use tidemill::prelude::*;
 use tidemill::{PhaseDurations, QueryOptions, Sink};
-use tidemill_harness::results::{BenchResult, Table, Target, median, trim};
+use tidemill_harness::results::{BenchResult, Table, Target, WatchRun, median, trim};
 use tidemill_harness::{StudyPipeline, TriggerStudy, trades};
 
 const FILES: usize = 20;
 /// Timed runs of each throughput job; the median is reported.
-const RUNS: usize = 3;
+const RUNS: usize = 9;
+/// Pairs of runs (without and with the monitor) of the watching-cost part,
+/// full mode: a run lasts a fraction of a second, so its figure is the
+/// median of many pairs.
+const WATCH_PAIRS: usize = 21;
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -182,45 +190,53 @@ async fn stream_job_watched(
 }
 
 /// Part 4: what watching costs: the stream at `max_files_per_trigger` 1,
-/// without and with the monitor (served and scraped every 100 ms),
-/// alternating, `runs` each.
+/// without and with the monitor (served and scraped every 100 ms), `pairs`
+/// pairs of runs back to back, alternating which goes first.
 async fn monitor_cost(
     rows: usize,
-    runs: usize,
+    pairs: usize,
     tmp: &std::path::Path,
     result: &mut BenchResult,
 ) -> anyhow::Result<()> {
     let dir = format!("{}/", tmp.join("input").display());
-    let (mut plain, mut watched) = (Vec::new(), Vec::new());
-    for r in 0..runs {
-        for on in [false, true] {
+    let mut rates = Vec::with_capacity(pairs);
+    for r in 0..pairs {
+        let mut run = [WatchRun {
+            rows_per_s: 0.0,
+            cpu_seconds: 0.0,
+        }; 2];
+        let order = if r % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for on in order {
             let chk = tmp.join(format!("chk-monitor-{on}-{r}"));
+            let cpu = tidemill_harness::machine::cpu_time();
             let (out, _, time) = stream_job_watched(&dir, 1, &chk, on).await?;
+            let cpu = tidemill_harness::machine::cpu_time() - cpu;
             anyhow::ensure!(
                 out.iter().map(RecordBatch::num_rows).sum::<usize>() > 0,
                 "the stream produced nothing"
             );
-            let rate = rows as f64 / time.as_secs_f64();
-            if on {
-                watched.push(rate)
-            } else {
-                plain.push(rate)
-            }
+            run[usize::from(on)] = WatchRun {
+                rows_per_s: rows as f64 / time.as_secs_f64(),
+                cpu_seconds: cpu.as_secs_f64(),
+            };
         }
+        rates.push((run[0], run[1]));
     }
-    let (plain, watched) = (median(&mut plain), median(&mut watched));
     let (table, target) = tidemill_harness::results::watch_cost(
         &format!("the stream at max_files_per_trigger=1 over {rows} rows"),
-        runs,
-        plain,
-        watched,
-        "stateless throughput lost to the monitor",
+        &rates,
+        "stateless: CPU time the monitor adds",
     );
     println!("\n{}", table.to_markdown());
     result.tables.push(table);
     result.targets.push(target);
     result.data["monitor_cost"] = serde_json::json!({
-        "plain_rows_per_s": plain, "watched_rows_per_s": watched, "cost": 1.0 - watched / plain,
+        "pairs_rows_per_s": rates.iter().map(|(p, w)| [p.rows_per_s, w.rows_per_s]).collect::<Vec<_>>(),
+        "pairs_cpu_seconds": rates.iter().map(|(p, w)| [p.cpu_seconds, w.cpu_seconds]).collect::<Vec<_>>(),
     });
     Ok(())
 }
@@ -557,7 +573,13 @@ async fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
 
     throughput(rows, runs, tmp.path(), &mut result).await?;
-    monitor_cost(rows, if full { 5 } else { 1 }, tmp.path(), &mut result).await?;
+    monitor_cost(
+        rows,
+        if full { WATCH_PAIRS } else { 1 },
+        tmp.path(),
+        &mut result,
+    )
+    .await?;
 
     let mut phase_rows = Vec::new();
     let mut parquet_rate = 0.0;
