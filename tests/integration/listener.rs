@@ -51,6 +51,22 @@ impl Recorder {
         }
         self.events()
     }
+
+    /// Waits (up to 20 s) until the listener has seen the query end.
+    async fn wait_for_end(&self) -> Vec<String> {
+        let ended = |events: &[String]| {
+            events
+                .iter()
+                .any(|e| e.starts_with("terminated") || e.starts_with("failed"))
+        };
+        for _ in 0..400 {
+            if ended(&self.events()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.events()
+    }
 }
 
 impl QueryListener for Recorder {
@@ -176,8 +192,9 @@ async fn a_slow_listener_loses_nothing() {
     }
     let batches = query.last_progress().unwrap().batch_id + 1;
     query.stop().await.unwrap();
-    // The fast listener has everything long before the slow one.
-    let fast_events = fast.wait_for(1).await;
+    // The fast listener has everything long before the slow one; both end
+    // with the query's end.
+    let fast_events = fast.wait_for_end().await;
     let progress = |events: &[String]| -> Vec<String> {
         events
             .iter()
@@ -185,12 +202,9 @@ async fn a_slow_listener_loses_nothing() {
             .cloned()
             .collect()
     };
-    let total = fast
-        .wait_for(fast_events.len().max(batches as usize + 2))
-        .await
-        .len();
-    let slow_events = slow.wait_for(total).await;
-    assert_eq!(slow_events, fast.events());
+    assert_eq!(fast_events.last().map(String::as_str), Some("terminated"));
+    let slow_events = slow.wait_for_end().await;
+    assert_eq!(slow_events, fast_events);
     let seen = progress(&slow_events);
     assert_eq!(seen.len() as u64, batches, "{slow_events:?}");
     for (i, event) in seen.iter().enumerate() {
