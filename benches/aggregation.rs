@@ -73,7 +73,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tidemill::prelude::*;
 use tidemill::{PhaseDurations, QueryOptions, QueryProgress, Sink};
-use tidemill_harness::results::{BenchResult, Table, Target, WatchRun, median};
+use tidemill_harness::results::{BenchResult, Table, Target, median};
 // The trades and the plan measured are the harness's, shared with the
 // trigger-interval study and the Spark comparison.
 use tidemill_harness::trades::{self, DISORDER_MS, EXCHANGES, FILES, SPAN_MS, SYMBOLS, per_minute};
@@ -515,30 +515,15 @@ async fn monitor_cost(
     result: &mut BenchResult,
 ) -> anyhow::Result<()> {
     let pairs = if config.full { WATCH_PAIRS } else { 1 };
-    let mut rates = Vec::with_capacity(pairs);
-    for r in 0..pairs {
-        let mut run = [WatchRun {
-            rows_per_s: 0.0,
-            cpu_seconds: 0.0,
-        }; 2];
-        let order = if r % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for on in order {
-            let chk = tmp.join(format!("chk-monitor-{on}-{r}"));
-            let cpu = tidemill_harness::machine::cpu_time();
+    let rates = tidemill_harness::results::watch_pairs(pairs, rows, |on, r| {
+        let chk = tmp.join(format!("chk-monitor-{on}-{r}"));
+        async move {
             let stream = windowed_stream_job_watched(dir, Some(1), &chk, on).await?;
-            let cpu = tidemill_harness::machine::cpu_time() - cpu;
             anyhow::ensure!(!stream.batches.is_empty(), "the stream emitted nothing");
-            run[usize::from(on)] = WatchRun {
-                rows_per_s: rows as f64 / stream.elapsed.as_secs_f64(),
-                cpu_seconds: cpu.as_secs_f64(),
-            };
+            Ok(stream.elapsed)
         }
-        rates.push((run[0], run[1]));
-    }
+    })
+    .await?;
     let (table, target) = tidemill_harness::results::watch_cost(
         &format!("the windowed stream at max_files_per_trigger=1 over {rows} trades"),
         &rates,

@@ -54,7 +54,7 @@ use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
 use tidemill::prelude::*;
 use tidemill::{PhaseDurations, QueryOptions, Sink};
-use tidemill_harness::results::{BenchResult, Table, Target, WatchRun, median, trim};
+use tidemill_harness::results::{BenchResult, Table, Target, median, trim};
 use tidemill_harness::{StudyPipeline, TriggerStudy, trades};
 
 const FILES: usize = 20;
@@ -199,33 +199,18 @@ async fn monitor_cost(
     result: &mut BenchResult,
 ) -> anyhow::Result<()> {
     let dir = format!("{}/", tmp.join("input").display());
-    let mut rates = Vec::with_capacity(pairs);
-    for r in 0..pairs {
-        let mut run = [WatchRun {
-            rows_per_s: 0.0,
-            cpu_seconds: 0.0,
-        }; 2];
-        let order = if r % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for on in order {
-            let chk = tmp.join(format!("chk-monitor-{on}-{r}"));
-            let cpu = tidemill_harness::machine::cpu_time();
+    let rates = tidemill_harness::results::watch_pairs(pairs, rows, |on, r| {
+        let (dir, chk) = (dir.clone(), tmp.join(format!("chk-monitor-{on}-{r}")));
+        async move {
             let (out, _, time) = stream_job_watched(&dir, 1, &chk, on).await?;
-            let cpu = tidemill_harness::machine::cpu_time() - cpu;
             anyhow::ensure!(
                 out.iter().map(RecordBatch::num_rows).sum::<usize>() > 0,
                 "the stream produced nothing"
             );
-            run[usize::from(on)] = WatchRun {
-                rows_per_s: rows as f64 / time.as_secs_f64(),
-                cpu_seconds: cpu.as_secs_f64(),
-            };
+            Ok(time)
         }
-        rates.push((run[0], run[1]));
-    }
+    })
+    .await?;
     let (table, target) = tidemill_harness::results::watch_cost(
         &format!("the stream at max_files_per_trigger=1 over {rows} rows"),
         &rates,

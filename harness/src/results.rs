@@ -232,6 +232,43 @@ pub struct WatchRun {
     pub cpu_seconds: f64,
 }
 
+/// Runs `pairs` pairs of a stream, without and with the monitor, back to
+/// back and alternating which goes first, for [`watch_cost`]. `run(watched,
+/// pair)` runs the stream once over `rows` input rows and returns its wall
+/// time; the process's CPU time is read around it.
+pub async fn watch_pairs<F, Fut>(
+    pairs: usize,
+    rows: usize,
+    mut run: F,
+) -> anyhow::Result<Vec<(WatchRun, WatchRun)>>
+where
+    F: FnMut(bool, usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<std::time::Duration>>,
+{
+    let mut out = Vec::with_capacity(pairs);
+    for pair in 0..pairs {
+        let mut runs = [WatchRun {
+            rows_per_s: 0.0,
+            cpu_seconds: 0.0,
+        }; 2];
+        let order = match pair % 2 {
+            0 => [false, true],
+            _ => [true, false],
+        };
+        for watched in order {
+            let cpu = crate::machine::cpu_time();
+            let elapsed = run(watched, pair).await?;
+            let cpu = crate::machine::cpu_time() - cpu;
+            runs[usize::from(watched)] = WatchRun {
+                rows_per_s: rows as f64 / elapsed.as_secs_f64(),
+                cpu_seconds: cpu.as_secs_f64(),
+            };
+        }
+        out.push((runs[0], runs[1]));
+    }
+    Ok(out)
+}
+
 /// What watching a stream costs, from `pairs` of runs of the same stream
 /// without and with the monitor, each pair run back to back (the benches
 /// alternate which goes first, so that a drift of the machine's speed
