@@ -72,8 +72,9 @@ use datafusion::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tidemill::prelude::*;
-use tidemill::{PhaseDurations, QueryOptions, QueryProgress, Sink};
-use tidemill_harness::results::{BenchResult, Table, Target, median};
+use tidemill::{QueryOptions, QueryProgress, Sink};
+use tidemill_harness::machine::{flush_file_writes, proc_status_mib};
+use tidemill_harness::results::{BenchResult, PHASES, Table, Target, median, phase_cells, total};
 // The trades and the plan measured are the harness's, shared with the
 // trigger-interval study and the Spark comparison.
 use tidemill_harness::trades::{self, DISORDER_MS, EXCHANGES, FILES, SPAN_MS, SYMBOLS, per_minute};
@@ -143,53 +144,8 @@ impl Config {
     }
 }
 
-/// A `/proc/self/status` figure in MiB (`VmHWM`: peak RSS, `VmRSS`: now).
-fn proc_status_mib(field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 fn mib(field: &str) -> String {
     proc_status_mib(field).map_or_else(|| "n/a".into(), |m| format!("{m:.0} MiB"))
-}
-
-/// The phase columns of [`phase_cells`].
-const PHASES: [&str; 9] = [
-    "offsets",
-    "wal",
-    "read",
-    "plan",
-    "execute",
-    "sink",
-    "state commit",
-    "commit",
-    "total",
-];
-
-/// Per phase ([`PHASES`]), the sum (or with `median`, the median) over
-/// `progress`, in ms.
-fn phase_cells(progress: &[QueryProgress], how: fn(&mut [f64]) -> f64) -> Vec<String> {
-    let phase = |f: fn(&PhaseDurations) -> f64| {
-        let mut v: Vec<f64> = progress.iter().map(|p| f(&p.duration_ms)).collect();
-        format!("{:.1}", how(&mut v))
-    };
-    vec![
-        phase(|d| d.latest_offset),
-        phase(|d| d.wal_commit),
-        phase(|d| d.get_batch),
-        phase(|d| d.query_planning),
-        phase(|d| d.execution),
-        phase(|d| d.add_batch),
-        phase(|d| d.state_commit),
-        phase(|d| d.commit_offsets),
-        phase(|d| d.trigger_execution),
-    ]
-}
-
-fn total(values: &mut [f64]) -> f64 {
-    values.iter().sum()
 }
 
 // ---------------------------------------------------------------------------
@@ -781,13 +737,6 @@ async fn state_run(
         },
         stop,
     })
-}
-
-/// Flushes the file system's pending writes (`sync`), so that a run's
-/// timed batches do not share the disk with the writeback of files written
-/// before them. Best effort: where `sync` is missing, nothing happens.
-fn flush_file_writes() {
-    let _ = std::process::Command::new("sync").status();
 }
 
 /// The state store's data files from version `from` on (`<dir>/<version>.delta`,

@@ -94,8 +94,9 @@ use datafusion::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tidemill::prelude::*;
-use tidemill::{PhaseDurations, QueryOptions, QueryProgress, Sink};
-use tidemill_harness::results::{BenchResult, Table, Target, median};
+use tidemill::{QueryOptions, QueryProgress, Sink};
+use tidemill_harness::machine::{flush_file_writes, proc_status_mib};
+use tidemill_harness::results::{BenchResult, PHASES, Table, Target, median, phase_cells, total};
 
 /// Timed runs of each part-1 job; the median is reported.
 const RUNS: usize = 3;
@@ -185,57 +186,6 @@ impl Config {
             state,
         }
     }
-}
-
-/// A `/proc/self/status` figure in MiB (`VmHWM`: peak RSS).
-fn proc_status_mib(field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// The phase columns of [`phase_cells`].
-const PHASES: [&str; 9] = [
-    "offsets",
-    "wal",
-    "read",
-    "plan",
-    "execute",
-    "sink",
-    "state commit",
-    "commit",
-    "total",
-];
-
-/// Per phase ([`PHASES`]), `how` (sum or median) over `progress`, in ms.
-fn phase_cells(progress: &[QueryProgress], how: fn(&mut [f64]) -> f64) -> Vec<String> {
-    let phase = |f: fn(&PhaseDurations) -> f64| {
-        let mut v: Vec<f64> = progress.iter().map(|p| f(&p.duration_ms)).collect();
-        format!("{:.1}", how(&mut v))
-    };
-    vec![
-        phase(|d| d.latest_offset),
-        phase(|d| d.wal_commit),
-        phase(|d| d.get_batch),
-        phase(|d| d.query_planning),
-        phase(|d| d.execution),
-        phase(|d| d.add_batch),
-        phase(|d| d.state_commit),
-        phase(|d| d.commit_offsets),
-        phase(|d| d.trigger_execution),
-    ]
-}
-
-fn total(values: &mut [f64]) -> f64 {
-    values.iter().sum()
-}
-
-/// Flushes the file system's pending writes (`sync`), so that a timed run
-/// does not share the disk with the writeback of files written before it.
-/// Best effort: where `sync` is missing, nothing happens.
-fn flush_file_writes() {
-    let _ = std::process::Command::new("sync").status();
 }
 
 // ---------------------------------------------------------------------------

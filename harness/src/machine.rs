@@ -102,3 +102,10 @@ pub fn proc_status_mib(field: &str) -> Option<f64> {
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
+
+/// Flushes the file system's pending writes (`sync`), so that a timed run
+/// does not share the disk with the writeback of files written before it.
+/// Best effort: where `sync` is missing, nothing happens.
+pub fn flush_file_writes() {
+    let _ = std::process::Command::new("sync").status();
+}

@@ -363,6 +363,48 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     }
 }
 
+/// The phase columns of [`phase_cells`]: a batch's phases as the progress
+/// reports them, then the whole trigger.
+pub const PHASES: [&str; 9] = [
+    "offsets",
+    "wal",
+    "read",
+    "plan",
+    "execute",
+    "sink",
+    "state commit",
+    "commit",
+    "total",
+];
+
+/// Per phase ([`PHASES`]), `how` ([`total`] or [`median`]) over the batches
+/// of `progress`, in ms with one decimal.
+pub fn phase_cells(
+    progress: &[tidemill_engine::QueryProgress],
+    how: fn(&mut [f64]) -> f64,
+) -> Vec<String> {
+    let phase = |f: fn(&tidemill_engine::PhaseDurations) -> f64| {
+        let mut v: Vec<f64> = progress.iter().map(|p| f(&p.duration_ms)).collect();
+        format!("{:.1}", how(&mut v))
+    };
+    vec![
+        phase(|d| d.latest_offset),
+        phase(|d| d.wal_commit),
+        phase(|d| d.get_batch),
+        phase(|d| d.query_planning),
+        phase(|d| d.execution),
+        phase(|d| d.add_batch),
+        phase(|d| d.state_commit),
+        phase(|d| d.commit_offsets),
+        phase(|d| d.trigger_execution),
+    ]
+}
+
+/// The total of `values` (for [`phase_cells`]).
+pub fn total(values: &mut [f64]) -> f64 {
+    values.iter().sum()
+}
+
 /// The median of `values` (sorted in place; NaN when empty): benches
 /// report the median of repeated runs.
 pub fn median(values: &mut [f64]) -> f64 {
