@@ -50,6 +50,7 @@ pub use tidemill_state as state;
 
 pub use datafusion;
 
+pub mod bench;
 pub mod monitor;
 pub mod sql;
 pub mod status;

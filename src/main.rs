@@ -7,6 +7,9 @@
 //! tidemill batch FILE
 //! tidemill explain FILE
 //! tidemill status CHECKPOINT [--pipeline FILE] [--json]
+//! tidemill bench FILE [--query NAME] [--triggers 0s,10ms,100ms,1s] [--rates 1k,10k,100k]
+//!                     [--duration 10s] [--warmup 2s] [--find-max] [--sample [STREAM=]PATH]…
+//!                     [--sink discard|real] [--max-rows-per-trigger N] [--out DIR] [--json PATH]
 //! ```
 //!
 //! Exit codes: 0 on success (for `run`, also when Ctrl-C stopped it after
@@ -79,6 +82,58 @@ enum Command {
     Explain {
         /// The pipeline file.
         file: PathBuf,
+    },
+    /// Measure the pipeline's queries at several trigger intervals and input
+    /// rates: latency (row available → batch committed), batches/s, rows/s,
+    /// CPU per million rows, time per batch phase, whether it kept up; and
+    /// recommend the shortest interval that kept up at each rate. Each
+    /// stream is replaced by a rate-controlled replay of sample rows (the
+    /// rows its source holds now, or --sample), event times moved forward
+    /// each loop. Writes study.md, study.json and study.svg into --out.
+    Bench {
+        /// The pipeline file.
+        file: PathBuf,
+        /// Only the INSERT INTO of this sink (default: every one).
+        #[arg(long, value_name = "NAME")]
+        query: Option<String>,
+        /// Trigger intervals, comma separated.
+        #[arg(long, default_value = "0s,10ms,100ms,1s")]
+        triggers: String,
+        /// Input rates in rows per second (per stream), comma separated:
+        /// 500, 10k, 2.5k, 1M.
+        #[arg(long, default_value = "1k,10k,100k")]
+        rates: String,
+        /// Measured time per point, after the warm-up.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// Time left out at the start of each point.
+        #[arg(long, default_value = "2s")]
+        warmup: String,
+        /// Also search each interval's highest sustainable rate (doubling,
+        /// then bisection).
+        #[arg(long)]
+        find_max: bool,
+        /// Rows to replay for a stream: a parquet, JSON-lines or CSV file
+        /// or directory, as STREAM=PATH (or PATH when the pipeline declares
+        /// one stream). Default: the rows the stream's source holds now.
+        #[arg(long, value_name = "[STREAM=]PATH")]
+        sample: Vec<String>,
+        /// `discard` (default: the engine's figures alone) or `real` (each
+        /// query's own sink, writing into a scratch directory removed
+        /// afterwards).
+        #[arg(long, default_value = "discard")]
+        sink: String,
+        /// At most N rows per micro-batch per stream (as a source's
+        /// read limit).
+        #[arg(long, value_name = "N")]
+        max_rows_per_trigger: Option<u64>,
+        /// Where study.md, study.json and study.svg go. Default: FILE with
+        /// `.bench` in place of its extension.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Also write the results as JSON to PATH.
+        #[arg(long, value_name = "PATH")]
+        json: Option<PathBuf>,
     },
     /// Print what a checkpoint holds, per query: the last committed batch
     /// and its watermark, each source's offsets, a batch in flight, the
@@ -293,6 +348,74 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench {
+            file,
+            query,
+            triggers,
+            rates,
+            duration,
+            warmup,
+            find_max,
+            sample,
+            sink,
+            max_rows_per_trigger,
+            out,
+            json,
+        } => {
+            let options = tidemill::bench::BenchOptions {
+                query,
+                triggers: triggers
+                    .split(',')
+                    .map(|t| parse_duration("--triggers", t))
+                    .collect::<anyhow::Result<_>>()?,
+                rates: rates
+                    .split(',')
+                    .map(tidemill::bench::parse_rate)
+                    .collect::<Result<_, _>>()?,
+                duration: parse_duration("--duration", &duration)?,
+                warmup: parse_duration("--warmup", &warmup)?,
+                find_max,
+                samples: sample
+                    .iter()
+                    .map(|s| match s.split_once('=') {
+                        Some((stream, path)) => (Some(stream.to_string()), PathBuf::from(path)),
+                        None => (None, PathBuf::from(s)),
+                    })
+                    .collect(),
+                sink: match sink.as_str() {
+                    "discard" => tidemill::bench::BenchSink::Discard,
+                    "real" => tidemill::bench::BenchSink::Real,
+                    other => bail!("invalid --sink '{other}': expected discard or real"),
+                },
+                max_rows_per_trigger,
+                log: true,
+            };
+            let pipeline = read_pipeline(&file)?;
+            let report = tidemill::bench::bench(&pipeline, &options)
+                .await
+                .map_err(|e| match e {
+                    tidemill::bench::BenchError::Pipeline(e) => in_file(&file, e),
+                    other => anyhow::Error::new(other).context(file.display().to_string()),
+                })?;
+            let out = out.unwrap_or_else(|| file.with_extension("bench"));
+            let written = report
+                .write_to(&out)
+                .with_context(|| format!("cannot write the results into {}", out.display()))?;
+            if let Some(path) = &json {
+                std::fs::write(path, report.to_json()?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            say(&report.to_markdown())?;
+            say("Shortest trigger interval that kept up:")?;
+            for r in &report.recommendations {
+                say(&format!("  {}", r.sentence()))?;
+            }
+            let mut paths: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+            if let Some(path) = &json {
+                paths.push(path.display().to_string());
+            }
+            say(&format!("written: {}", paths.join(", ")))
+        }
         Command::Status {
             checkpoint,
             pipeline,
@@ -443,6 +566,16 @@ fn parse_trigger(text: &str) -> anyhow::Result<Trigger> {
             Ok(Trigger::ProcessingTime(duration))
         }
     }
+}
+
+/// A duration option: `0`, `0s`, `250ms`, `2s`, `1.5 s`.
+fn parse_duration(option: &str, text: &str) -> anyhow::Result<Duration> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    tidemill::engine::watermark::parse_delay(text).map_err(|_| {
+        anyhow::anyhow!("invalid {option} '{text}': expected a duration such as 0s, 10ms, 2s")
+    })
 }
 
 /// One line per batch: rows in, rows/s, duration, watermark, state rows.

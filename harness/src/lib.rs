@@ -48,6 +48,11 @@
 //! `cargo run --release -p tidemill-harness --bin bench-report` renders them
 //! all into `BENCHMARKS.md`.
 //!
+//! **Your own rows** ([`SampleReplay`]): sample rows replayed in a loop
+//! with event times moved forward each loop, for
+//! [`StudyPipeline::with_streams`]; `tidemill bench` runs a SQL pipeline
+//! file's queries this way.
+//!
 //! **Workloads** ([`trades`]): the trade schema, the seeded trade files
 //! the streaming-vs-batch and Spark comparisons read, the study's trade
 //! rows, and the standard plans.
@@ -68,6 +73,7 @@ mod histogram;
 #[cfg(feature = "kafka")]
 pub mod kafka_broker;
 pub mod machine;
+mod replay;
 mod report;
 pub mod results;
 mod sink;
@@ -76,9 +82,11 @@ mod study;
 pub mod trades;
 
 pub use histogram::{LatencyHistogram, LatencySummary};
+pub use replay::SampleReplay;
 pub use sink::DiscardSink;
 pub use source::{AVAILABLE_AT, RowGenerator};
 pub use study::{
-    MaxRate, PlanFn, RateSearch, RunResult, SearchStep, SinkFactory, StudyPipeline, StudyReport,
-    StudySettings, TriggerStudy, format_interval, format_interval_ms, standard_intervals,
+    MaxRate, PlanFn, PlanFuture, RateSearch, Recommendation, RunResult, SearchStep, SinkFactory,
+    SourcesPlanFn, StudyPipeline, StudyReport, StudySettings, TriggerStudy, format_interval,
+    format_interval_ms, standard_intervals,
 };

@@ -7,10 +7,11 @@ use plotters::prelude::*;
 use crate::results::{Table, trim};
 use crate::study::{StudyReport, format_interval_ms};
 
-const PERCENTILE_COLORS: [RGBColor; 4] = [
+const RATE_COLORS: [RGBColor; 5] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
     RGBColor(90, 90, 90),
 ];
 const PIPELINE_COLORS: [RGBColor; 4] = [
@@ -31,6 +32,17 @@ fn si(v: f64) -> String {
         format!("{} k", trim(v / 1e3))
     } else {
         trim(v)
+    }
+}
+
+/// A log axis's bounds around `values` (a decade of margin), or `empty`.
+fn log_bounds(values: &[f64], empty: (f64, f64)) -> (f64, f64) {
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(0.0, f64::max);
+    if values.is_empty() {
+        empty
+    } else {
+        (lo / 2.0, hi * 2.0)
     }
 }
 
@@ -115,6 +127,24 @@ impl StudyReport {
                 })
                 .collect(),
         ));
+        if !self.recommendations.is_empty() {
+            tables.push(Table::new(
+                "Shortest trigger interval that kept up, per input rate:",
+                ["pipeline", "input rows/s", "interval", "p99 ms"],
+                self.recommendations
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.pipeline.clone(),
+                            r.input_rows_per_s.to_string(),
+                            r.interval_ms
+                                .map_or("none kept up".into(), format_interval_ms),
+                            r.p99_ms.map_or("–".into(), trim),
+                        ]
+                    })
+                    .collect(),
+            ));
+        }
         if !self.max_rates.is_empty() {
             tables.push(Table::new(
                 "Maximum sustainable input rate (highest rate whose backlog stayed bounded; \
@@ -198,9 +228,10 @@ impl StudyReport {
         Ok(vec![md, json, svg])
     }
 
-    /// Plots, per pipeline, the latency percentiles at the first input rate
-    /// against the trigger interval (log scale), and the maximum sustainable
-    /// rate of every pipeline against the interval, as an SVG file.
+    /// Plots, per pipeline, the latency (p50 thin, p99 thick) and the CPU
+    /// seconds per million rows against the trigger interval, one line per
+    /// input rate, and the maximum sustainable rate of every pipeline
+    /// against the interval (if searched), as an SVG file.
     pub fn write_svg(&self, path: &Path) -> anyhow::Result<()> {
         self.draw(path)
             .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))
@@ -222,12 +253,11 @@ impl StudyReport {
             }
             names
         };
-        let rate = self.settings.rates.first().copied();
-        let panels = pipelines.len() + usize::from(!self.max_rates.is_empty());
-        let panels = panels.max(1);
-        let root = SVGBackend::new(path, (440 * panels as u32, 400)).into_drawing_area();
+        let rates = &self.settings.rates;
+        let rows = (pipelines.len() + usize::from(!self.max_rates.is_empty())).max(1);
+        let root = SVGBackend::new(path, (900, 360 * rows as u32)).into_drawing_area();
         root.fill(&WHITE)?;
-        let areas = root.split_evenly((1, panels));
+        let areas = root.split_evenly((rows, 2));
         let x_range = -0.3f64..(intervals.len().max(1) as f64 - 0.7);
         let x_label = |x: &f64| {
             let i = x.round();
@@ -238,34 +268,26 @@ impl StudyReport {
             }
         };
         let index = |ms: f64| intervals.iter().position(|&i| i == ms).map(|i| i as f64);
+        let rate_label = |rate: u64| format!("{} rows/s", si(rate as f64));
 
         for (p, name) in pipelines.iter().enumerate() {
-            let runs: Vec<_> = self
-                .runs
+            // Per rate: (x, latency) and (x, CPU) points.
+            let runs_at = |rate: u64| {
+                self.runs
+                    .iter()
+                    .filter(move |r| &r.pipeline == name && r.input_rows_per_s == rate)
+                    .filter_map(move |r| Some((index(r.interval_ms)?, r)))
+            };
+            let latencies: Vec<f64> = rates
                 .iter()
-                .filter(|r| &r.pipeline == name && Some(r.input_rows_per_s) == rate)
-                .filter_map(|r| Some((index(r.interval_ms)?, r.latency?)))
-                .collect();
-            let values: Vec<f64> = runs
-                .iter()
-                .flat_map(|(_, l)| [l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms])
+                .flat_map(|&rate| runs_at(rate))
+                .filter_map(|(_, r)| r.latency)
+                .flat_map(|l| [l.p50_ms, l.p99_ms])
                 .filter(|v| v.is_finite() && *v > 0.0)
                 .collect();
-            let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = values.iter().copied().fold(0.0, f64::max);
-            let (lo, hi) = if values.is_empty() {
-                (0.1, 1000.0)
-            } else {
-                (lo / 2.0, hi * 2.0)
-            };
-            let mut chart = ChartBuilder::on(&areas[p])
-                .caption(
-                    format!(
-                        "{name}: latency at {} rows/s",
-                        rate.map_or("?".into(), |r| r.to_string())
-                    ),
-                    ("sans-serif", 16),
-                )
+            let (lo, hi) = log_bounds(&latencies, (0.1, 1000.0));
+            let mut chart = ChartBuilder::on(&areas[2 * p])
+                .caption(format!("{name}: latency p50 / p99"), ("sans-serif", 16))
                 .margin(12)
                 .x_label_area_size(40)
                 .y_label_area_size(60)
@@ -279,22 +301,67 @@ impl StudyReport {
                 .x_desc("trigger interval")
                 .y_desc("latency (ms)")
                 .draw()?;
-            let series: [(&str, Percentile); 4] = [
-                ("p50", |l| l.p50_ms),
-                ("p95", |l| l.p95_ms),
-                ("p99", |l| l.p99_ms),
-                ("max", |l| l.max_ms),
-            ];
-            for (k, (label, f)) in series.iter().enumerate() {
-                let color = PERCENTILE_COLORS[k];
-                let points: Vec<(f64, f64)> = runs
-                    .iter()
-                    .map(|(x, l)| (*x, f(l)))
+            for (k, &rate) in rates.iter().enumerate() {
+                let color = RATE_COLORS[k % RATE_COLORS.len()];
+                let points = |f: Percentile| -> Vec<(f64, f64)> {
+                    runs_at(rate)
+                        .filter_map(|(x, r)| Some((x, f(r.latency.as_ref()?))))
+                        .filter(|(_, y)| y.is_finite() && *y > 0.0)
+                        .collect()
+                };
+                let p99 = points(|l| l.p99_ms);
+                chart
+                    .draw_series(LineSeries::new(p99.clone(), color.stroke_width(2)))?
+                    .label(format!("p99 at {}", rate_label(rate)))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
+                chart.draw_series(p99.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled())))?;
+                chart
+                    .draw_series(LineSeries::new(points(|l| l.p50_ms), color.stroke_width(1)))?
+                    .label(format!("p50 at {}", rate_label(rate)))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(1))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
+
+            let cpu: Vec<f64> = rates
+                .iter()
+                .flat_map(|&rate| runs_at(rate))
+                .map(|(_, r)| r.cpu_s_per_million_rows)
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .collect();
+            let (lo, hi) = log_bounds(&cpu, (0.1, 100.0));
+            let mut chart = ChartBuilder::on(&areas[2 * p + 1])
+                .caption(format!("{name}: CPU per million rows"), ("sans-serif", 16))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(60)
+                .build_cartesian_2d(x_range.clone(), (lo..hi).log_scale())?;
+            chart
+                .configure_mesh()
+                .x_labels(intervals.len() + 1)
+                .x_label_formatter(&x_label)
+                .y_labels(8)
+                .y_label_formatter(&|v: &f64| trim(*v))
+                .x_desc("trigger interval")
+                .y_desc("CPU s / M rows")
+                .draw()?;
+            for (k, &rate) in rates.iter().enumerate() {
+                let color = RATE_COLORS[k % RATE_COLORS.len()];
+                let points: Vec<(f64, f64)> = runs_at(rate)
+                    .map(|(x, r)| (x, r.cpu_s_per_million_rows))
                     .filter(|(_, y)| y.is_finite() && *y > 0.0)
                     .collect();
                 chart
                     .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-                    .label(*label)
+                    .label(rate_label(rate))
                     .legend(move |(x, y)| {
                         PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                     });
@@ -306,7 +373,7 @@ impl StudyReport {
             }
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(SeriesLabelPosition::UpperRight)
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .draw()?;
@@ -321,7 +388,7 @@ impl StudyReport {
                 .collect();
             let hi = values.iter().copied().fold(0.0, f64::max);
             let hi = if hi > 0.0 { hi * 1.25 } else { 1e6 };
-            let mut chart = ChartBuilder::on(&areas[panels - 1])
+            let mut chart = ChartBuilder::on(&areas[2 * (rows - 1)])
                 .caption("maximum sustainable input rate", ("sans-serif", 16))
                 .margin(12)
                 .x_label_area_size(40)

@@ -1,7 +1,6 @@
 //! The study's sink side: a wrapper recording when each batch was committed,
 //! and a sink that discards rows.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +46,7 @@ struct Recorded {
     last_batch: Option<u64>,
     commits: Vec<CommitRecord>,
     output: Vec<(u64, Vec<RecordBatch>)>,
+    output_rows: u64,
     column_latency: LatencyHistogram,
 }
 
@@ -91,6 +91,11 @@ impl TimingSink {
     /// The input row count committed so far.
     pub(crate) fn committed_rows(&self) -> u64 {
         self.lock().commits.last().map_or(0, |c| c.end_row)
+    }
+
+    /// The output rows committed so far.
+    pub(crate) fn output_rows(&self) -> u64 {
+        self.lock().output_rows
     }
 
     /// The output kept, by batch id (with `keep_output`).
@@ -146,11 +151,12 @@ impl Sink for TimingSink {
         batches: Vec<RecordBatch>,
     ) -> Result<()> {
         let stamps = self.stamps(&batches)?;
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let kept = self.keep_output.then(|| batches.clone());
         self.inner.add_batch(batch_id, schema, batches).await?;
         let now = Instant::now();
         let wall = now_micros();
-        let end_row = self.shared.read_end.load(Ordering::Acquire);
+        let end_row = self.shared.read_end();
         let Some((t0, _)) = self.shared.clock.started() else {
             return Ok(());
         };
@@ -160,6 +166,7 @@ impl Sink for TimingSink {
             return Ok(());
         }
         recorded.last_batch = Some(batch_id);
+        recorded.output_rows += rows;
         recorded.commits.push(CommitRecord {
             batch_id,
             at: now.duration_since(t0),

@@ -2,7 +2,7 @@
 //! stamped with the instant it became available.
 
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -117,33 +117,69 @@ pub(crate) fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-/// What the source and the timing sink of one run share.
+/// One stream of a run: its rows, and how far the query has read it.
+#[derive(Debug)]
+pub(crate) struct StreamShared {
+    pub(crate) generator: Arc<dyn RowGenerator>,
+    /// The generator's columns, plus [`AVAILABLE_AT`] when `stamped`.
+    pub(crate) schema: SchemaRef,
+    stamped: bool,
+    /// The end (exclusive row number) of the latest range the query read.
+    read_end: AtomicU64,
+    /// Whether the query opened this stream (a pipeline may declare
+    /// streams a query does not read).
+    opened: AtomicBool,
+}
+
+/// What the sources and the timing sink of one run share: one clock for
+/// every stream (row `i` of each stream becomes available at the same
+/// instant).
 #[derive(Debug)]
 pub(crate) struct RunShared {
     pub(crate) clock: Clock,
-    pub(crate) generator: Arc<dyn RowGenerator>,
-    pub(crate) schema: SchemaRef,
-    /// The end (exclusive row number) of the latest range the query read.
-    pub(crate) read_end: AtomicU64,
+    pub(crate) streams: Vec<StreamShared>,
 }
 
 impl RunShared {
-    pub(crate) fn new(generator: Arc<dyn RowGenerator>, clock: Clock) -> Self {
-        let schema = with_available_at(&generator.schema());
-        Self {
-            clock,
-            generator,
-            schema,
-            read_end: AtomicU64::new(0),
-        }
+    /// A run whose streams are `generators`; `stamped` appends
+    /// [`AVAILABLE_AT`] to every stream's rows.
+    pub(crate) fn new(generators: Vec<Arc<dyn RowGenerator>>, stamped: bool, clock: Clock) -> Self {
+        let streams = generators
+            .into_iter()
+            .map(|generator| StreamShared {
+                schema: if stamped {
+                    with_available_at(&generator.schema())
+                } else {
+                    generator.schema()
+                },
+                generator,
+                stamped,
+                read_end: AtomicU64::new(0),
+                opened: AtomicBool::new(false),
+            })
+            .collect();
+        Self { clock, streams }
     }
 
-    /// Rows `from..to` as record batches of the source's schema.
+    /// The input rows every stream the query reads has read: rows before
+    /// this number are in a batch of every stream read.
+    pub(crate) fn read_end(&self) -> u64 {
+        self.streams
+            .iter()
+            .filter(|s| s.opened.load(Ordering::Acquire))
+            .map(|s| s.read_end.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Rows `from..to` of stream `stream` as record batches of its schema.
     pub(crate) fn rows(
         &self,
+        stream: usize,
         from: u64,
         to: u64,
     ) -> std::result::Result<Vec<RecordBatch>, ArrowError> {
+        let s = &self.streams[stream];
         let (_, wall) = self.clock.start();
         let mut out = Vec::new();
         let mut first = from;
@@ -152,9 +188,11 @@ impl RunShared {
             let stamps: Vec<i64> = (first..end)
                 .map(|i| self.clock.stamp_micros(wall, i))
                 .collect();
-            let mut columns = self.generator.generate(first, &stamps)?;
-            columns.push(Arc::new(TimestampMicrosecondArray::from(stamps)) as ArrayRef);
-            out.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+            let mut columns = s.generator.generate(first, &stamps)?;
+            if s.stamped {
+                columns.push(Arc::new(TimestampMicrosecondArray::from(stamps)) as ArrayRef);
+            }
+            out.push(RecordBatch::try_new(Arc::clone(&s.schema), columns)?);
             first = end;
         }
         Ok(out)
@@ -172,17 +210,23 @@ pub(crate) fn with_available_at(schema: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// The source of one study run (a rate source variant whose rows carry
+/// One stream of a study run (a rate source variant whose rows may carry
 /// their availability stamp).
 #[derive(Debug, Clone)]
 pub(crate) struct StudySource {
     pub(crate) shared: Arc<RunShared>,
+    /// Which of the run's streams.
+    pub(crate) stream: usize,
     pub(crate) max_rows_per_trigger: Option<u64>,
 }
 
 impl StudySource {
     fn describe(&self) -> String {
-        format!("StudySource[rows_per_second={}]", self.shared.clock.rate())
+        format!(
+            "StudySource[stream={}, rows_per_second={}]",
+            self.stream,
+            self.shared.clock.rate()
+        )
     }
 
     fn index(&self, offset: Option<&Offset>) -> Result<u64> {
@@ -202,10 +246,13 @@ impl Source for StudySource {
     }
 
     async fn schema(&self, _session: &SessionContext) -> Result<SchemaRef> {
-        Ok(Arc::clone(&self.shared.schema))
+        Ok(Arc::clone(&self.shared.streams[self.stream].schema))
     }
 
     async fn open(&self, _ctx: SourceContext) -> Result<Box<dyn SourceStream>> {
+        self.shared.streams[self.stream]
+            .opened
+            .store(true, Ordering::Release);
         Ok(Box::new(self.clone()))
     }
 }
@@ -239,9 +286,11 @@ impl SourceStream for StudySource {
         let (from, to) = (self.index(start)?, self.index(Some(end))?);
         let batches = self
             .shared
-            .rows(from, to)
+            .rows(self.stream, from, to)
             .map_err(|e| TidemillError::source(self.describe(), e.to_string()))?;
-        self.shared.read_end.store(to, Ordering::Release);
+        self.shared.streams[self.stream]
+            .read_end
+            .store(to, Ordering::Release);
         Ok(batches)
     }
 }

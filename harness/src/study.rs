@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::error::Error;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +17,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::{DataFrame, SessionContext};
 use serde::{Deserialize, Serialize};
 use tidemill_engine::{
-    OutputMode, PhaseDurations, QueryOptions, QueryProgress, Sink, StreamingContext,
+    OutputMode, PhaseDurations, QueryOptions, QueryProgress, Sink, Source, StreamingContext,
     StreamingDataFrame, Trigger,
 };
 
@@ -29,16 +31,37 @@ use crate::trades::TradeGenerator;
 /// DataFrame to run, as a user writes for batch and stream alike.
 pub type PlanFn = Arc<dyn Fn(DataFrame) -> anyhow::Result<DataFrame> + Send + Sync>;
 
+/// The future of a [`SourcesPlanFn`].
+pub type PlanFuture = Pin<Box<dyn Future<Output = anyhow::Result<DataFrame>> + Send>>;
+
+/// A pipeline over several streams: given a fresh session and the run's
+/// sources (one per stream, in the order of
+/// [`StudyPipeline::with_streams`]), the DataFrame to run.
+pub type SourcesPlanFn = Arc<dyn Fn(SessionContext, Vec<Arc<dyn Source>>) -> PlanFuture + Send + Sync>;
+
 /// Makes the sink of one run, given a fresh directory the run may use.
-pub type SinkFactory = Arc<dyn Fn(&Path) -> Arc<dyn Sink> + Send + Sync>;
+pub type SinkFactory = Arc<dyn Fn(&Path) -> anyhow::Result<Arc<dyn Sink>> + Send + Sync>;
+
+/// What a pipeline runs.
+#[derive(Clone)]
+enum Plan {
+    /// A DataFrame function over the study's one stream of stamped rows.
+    Frame(PlanFn),
+    /// A plan over its own streams, whose rows are not stamped.
+    Sources {
+        streams: Vec<Arc<dyn RowGenerator>>,
+        plan: SourcesPlanFn,
+    },
+}
 
 /// A named pipeline and how its output is written.
 #[derive(Clone)]
 pub struct StudyPipeline {
     name: String,
-    plan: PlanFn,
+    plan: Plan,
     output_mode: OutputMode,
     key_columns: Option<Vec<String>>,
+    sink: Option<SinkFactory>,
 }
 
 impl std::fmt::Debug for StudyPipeline {
@@ -62,12 +85,47 @@ impl StudyPipeline {
     {
         Self {
             name: name.into(),
-            plan: Arc::new(move |df| {
+            plan: Plan::Frame(Arc::new(move |df| {
                 plan(df).map_err(|e| anyhow::anyhow!("the plan failed: {}", e.into()))
-            }),
+            })),
             output_mode: OutputMode::Append,
             key_columns: None,
+            sink: None,
         }
+    }
+
+    /// A pipeline named `name` that reads its own `streams` (the study's
+    /// generator is not used): each run makes one source per stream, all
+    /// driven by the run's clock at its input rate (row `i` of every stream
+    /// becomes available at the same instant), and `plan` builds the query
+    /// from them in a fresh session. The rows are the generators' columns
+    /// only (no [`AVAILABLE_AT`](crate::AVAILABLE_AT)); a row counts as
+    /// read once every stream the query opened has read it. Such a
+    /// pipeline cannot be [verified](TriggerStudy::verify).
+    pub fn with_streams<F>(name: &str, streams: Vec<Arc<dyn RowGenerator>>, plan: F) -> Self
+    where
+        F: Fn(SessionContext, Vec<Arc<dyn Source>>) -> PlanFuture + Send + Sync + 'static,
+    {
+        Self {
+            name: name.into(),
+            plan: Plan::Sources {
+                streams,
+                plan: Arc::new(plan),
+            },
+            output_mode: OutputMode::Append,
+            key_columns: None,
+            sink: None,
+        }
+    }
+
+    /// This pipeline's sink, instead of the study's
+    /// ([`TriggerStudy::sink`]): made per run from a fresh directory.
+    pub fn sink<F>(mut self, factory: F) -> Self
+    where
+        F: Fn(&Path) -> anyhow::Result<Arc<dyn Sink>> + Send + Sync + 'static,
+    {
+        self.sink = Some(Arc::new(factory));
+        self
     }
 
     /// The output mode (default append). The study attributes every input
@@ -224,7 +282,7 @@ impl TriggerStudy {
             drain_timeout: Duration::from_secs(5),
             search: Some(RateSearch::default()),
             generator: Arc::new(TradeGenerator::default()),
-            sink: Arc::new(|_: &Path| Arc::new(DiscardSink) as Arc<dyn Sink>),
+            sink: Arc::new(|_: &Path| Ok(Arc::new(DiscardSink) as Arc<dyn Sink>)),
             options: QueryOptions::default(),
             verify: false,
             stamp_column: None,
@@ -297,7 +355,7 @@ impl TriggerStudy {
     where
         F: Fn(&Path) -> Arc<dyn Sink> + Send + Sync + 'static,
     {
-        self.sink = Arc::new(factory);
+        self.sink = Arc::new(move |dir: &Path| Ok(factory(dir)));
         self
     }
 
@@ -427,6 +485,7 @@ impl TriggerStudy {
                 search: self.search.clone(),
                 generator: format!("{:?}", self.generator).chars().take(120).collect(),
             },
+            recommendations: Recommendation::from_runs(&runs),
             runs,
             max_rates,
         })
@@ -503,24 +562,41 @@ impl TriggerStudy {
         anyhow::ensure!(rate > 0, "input rate must be at least 1 row/s");
         std::fs::create_dir_all(dir)?;
         let total = (rate as f64 * run_for.as_secs_f64()).floor() as u64;
-        let shared = Arc::new(RunShared::new(
-            Arc::clone(&self.generator),
-            Clock::new(rate as f64, total),
-        ));
-        let source = StudySource {
-            shared: Arc::clone(&shared),
-            max_rows_per_trigger: self.max_rows_per_trigger,
-        };
+        let clock = Clock::new(rate as f64, total);
+        let shared = Arc::new(match &pipeline.plan {
+            Plan::Frame(_) => RunShared::new(vec![Arc::clone(&self.generator)], true, clock),
+            Plan::Sources { streams, .. } => RunShared::new(streams.clone(), false, clock),
+        });
+        let sources: Vec<StudySource> = (0..shared.streams.len())
+            .map(|stream| StudySource {
+                shared: Arc::clone(&shared),
+                stream,
+                max_rows_per_trigger: self.max_rows_per_trigger,
+            })
+            .collect();
         let out_dir = dir.join("out");
         std::fs::create_dir_all(&out_dir)?;
+        let sink = pipeline.sink.as_ref().unwrap_or(&self.sink);
         let timing = Arc::new(TimingSink::new(
-            (self.sink)(&out_dir),
+            sink(&out_dir)?,
             Arc::clone(&shared),
             verify,
             self.stamp_column.clone(),
         ));
         let ctx = SessionContext::new();
-        let df = (pipeline.plan)(ctx.read_stream(source).await?)?;
+        let df = match &pipeline.plan {
+            Plan::Frame(plan) => {
+                let source = sources.into_iter().next().expect("one stream");
+                plan(ctx.read_stream(source).await?)?
+            }
+            Plan::Sources { plan, .. } => {
+                let sources = sources
+                    .into_iter()
+                    .map(|s| Arc::new(s) as Arc<dyn Source>)
+                    .collect();
+                plan(ctx, sources).await?
+            }
+        };
         let mut options = self.options.clone();
         // Enough history for the phases of every batch after the warm-up.
         options.progress_history = options.progress_history.max(100_000);
@@ -564,7 +640,13 @@ impl TriggerStudy {
         query.stop().await?;
 
         let commits = timing.commits();
-        let phases_ms = mean_phases(&query.recent_progress(), &commits, warmup);
+        let progress = query.recent_progress();
+        let phases_ms = mean_phases(&progress, &commits, warmup);
+        let late_rows_dropped = progress
+            .iter()
+            .flat_map(|p| &p.state_operators)
+            .map(|s| s.num_rows_dropped_by_watermark)
+            .sum();
         let stats = Stats::new(&commits, &shared.clock, warmup, run_for, interval);
         let cpu_rows = rows1.saturating_sub(rows0);
         let cpu_s = (cpu1.saturating_sub(cpu0)).as_secs_f64();
@@ -577,6 +659,8 @@ impl TriggerStudy {
             warmup_s: warmup.as_secs_f64(),
             rows_generated: total,
             rows_committed: timing.committed_rows(),
+            rows_output: timing.output_rows(),
+            late_rows_dropped,
             latency: stats.latency.summary(),
             output_latency: self
                 .stamp_column
@@ -735,10 +819,16 @@ async fn verify_output(
     total: u64,
     output: Vec<(u64, Vec<RecordBatch>)>,
 ) -> anyhow::Result<()> {
-    let input = shared.rows(0, total)?;
+    let Plan::Frame(plan) = &pipeline.plan else {
+        anyhow::bail!(
+            "{}: a pipeline over its own streams cannot be verified",
+            pipeline.name
+        );
+    };
+    let input = shared.rows(0, 0, total)?;
     let ctx = SessionContext::new();
-    let table = MemTable::try_new(Arc::clone(&shared.schema), vec![input])?;
-    let expected = (pipeline.plan)(ctx.read_table(Arc::new(table))?)?
+    let table = MemTable::try_new(Arc::clone(&shared.streams[0].schema), vec![input])?;
+    let expected = plan(ctx.read_table(Arc::new(table))?)?
         .collect()
         .await?;
     let keys = pipeline.key_columns.as_deref();
@@ -851,6 +941,13 @@ pub struct RunResult {
     pub rows_generated: u64,
     /// Rows committed when the run stopped.
     pub rows_committed: u64,
+    /// Output rows the sink committed over the whole run.
+    #[serde(default)]
+    pub rows_output: u64,
+    /// Input rows stateful operators dropped as late (behind the
+    /// watermark) over the whole run.
+    #[serde(default)]
+    pub late_rows_dropped: u64,
     /// Per input row, availability → commit by the sink (rows available
     /// after the warm-up).
     pub latency: Option<LatencySummary>,
@@ -983,4 +1080,69 @@ pub struct StudyReport {
     pub runs: Vec<RunResult>,
     /// The maximum sustainable rate per pipeline and interval.
     pub max_rates: Vec<MaxRate>,
+    /// Per pipeline and input rate, the shortest interval that kept up.
+    #[serde(default)]
+    pub recommendations: Vec<Recommendation>,
+}
+
+/// The shortest trigger interval that kept up with one input rate, and
+/// its p99 latency: the interval to pick for the lowest latency at that
+/// rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The input rate.
+    pub input_rows_per_s: u64,
+    /// The shortest interval (ms) whose run kept up; `None` when none did.
+    pub interval_ms: Option<f64>,
+    /// That run's p99 latency (ms).
+    pub p99_ms: Option<f64>,
+}
+
+impl Recommendation {
+    /// Per pipeline and rate (in the runs' order), the shortest interval
+    /// that kept up.
+    pub fn from_runs(runs: &[RunResult]) -> Vec<Recommendation> {
+        let mut out: Vec<Recommendation> = Vec::new();
+        for r in runs {
+            if out
+                .iter()
+                .any(|o| o.pipeline == r.pipeline && o.input_rows_per_s == r.input_rows_per_s)
+            {
+                continue;
+            }
+            let best = runs
+                .iter()
+                .filter(|o| {
+                    o.pipeline == r.pipeline && o.input_rows_per_s == r.input_rows_per_s && o.kept_up
+                })
+                .min_by(|a, b| a.interval_ms.total_cmp(&b.interval_ms));
+            out.push(Recommendation {
+                pipeline: r.pipeline.clone(),
+                input_rows_per_s: r.input_rows_per_s,
+                interval_ms: best.map(|b| b.interval_ms),
+                p99_ms: best.and_then(|b| b.latency.map(|l| l.p99_ms)),
+            });
+        }
+        out
+    }
+
+    /// One sentence: `at 10000 rows/s: 0 (p99 4.2 ms)`.
+    pub fn sentence(&self) -> String {
+        match self.interval_ms {
+            Some(ms) => format!(
+                "{} at {} rows/s: trigger {}{}",
+                self.pipeline,
+                self.input_rows_per_s,
+                format_interval_ms(ms),
+                self.p99_ms
+                    .map_or(String::new(), |p| format!(" (p99 {p:.1} ms)"))
+            ),
+            None => format!(
+                "{} at {} rows/s: no interval kept up",
+                self.pipeline, self.input_rows_per_s
+            ),
+        }
+    }
 }

@@ -251,6 +251,29 @@ struct SinkSpec {
     declared: Arc<dyn DeclaredSink>,
 }
 
+/// How [`Pipeline::prepare`] reads the declared streams.
+#[derive(Clone, Copy)]
+enum Reading<'a> {
+    /// As streams, from their connectors' sources.
+    Stream,
+    /// In their batch form.
+    Batch,
+    /// As streams, from these sources where a stream is named here.
+    Replaced(&'a HashMap<String, Arc<dyn Source>>),
+}
+
+/// A query of the pipeline planned over replaced sources
+/// ([`Pipeline::plan_with_sources`]).
+#[derive(Debug)]
+pub struct PlannedQuery {
+    /// The sink it writes to (also the query's name).
+    pub sink: String,
+    /// The sink's output mode.
+    pub output_mode: OutputMode,
+    /// The streaming query, not started.
+    pub df: DataFrame,
+}
+
 /// An `INSERT INTO` ready to run: its sink and its query.
 struct Prepared {
     sink: String,
@@ -356,7 +379,7 @@ impl Pipeline {
         ctx: &SessionContext,
         options: &RunOptions,
     ) -> Result<Vec<PipelineQuery>, PipelineError> {
-        let prepared = self.prepare(ctx, false).await?;
+        let prepared = self.prepare(ctx, Reading::Stream).await?;
         // Every query is checked before any starts, so that a rejected one
         // does not leave the others running or writing.
         for query in &prepared {
@@ -410,7 +433,7 @@ impl Pipeline {
     /// before it have written their output.
     pub async fn run_batch(&self, ctx: &SessionContext) -> Result<Vec<BatchOutput>, PipelineError> {
         let mut outputs = Vec::new();
-        for prepared in self.prepare(ctx, true).await? {
+        for prepared in self.prepare(ctx, Reading::Batch).await? {
             let failed = |error: TidemillError| PipelineError::Query {
                 sink: prepared.sink.clone(),
                 error,
@@ -448,7 +471,7 @@ impl Pipeline {
     /// incrementally.
     pub async fn explain(&self, ctx: &SessionContext) -> Result<Vec<Explanation>, PipelineError> {
         let mut explained = Vec::new();
-        for prepared in self.prepare(ctx, false).await? {
+        for prepared in self.prepare(ctx, Reading::Stream).await? {
             explained.push(Explanation {
                 plan: prepared.explain(),
                 sink: prepared.sink,
@@ -457,12 +480,61 @@ impl Pipeline {
         Ok(explained)
     }
 
+    /// Plans every `INSERT INTO` as [`Pipeline::start`] would, but reads
+    /// each stream named in `sources` from that source instead of its
+    /// connector's (with the stream's declared watermark), and starts
+    /// nothing: what `tidemill bench` runs over its replayed rows. Every
+    /// other statement runs in `ctx` as in a run.
+    pub async fn plan_with_sources(
+        &self,
+        ctx: &SessionContext,
+        sources: &HashMap<String, Arc<dyn Source>>,
+    ) -> Result<Vec<PlannedQuery>, PipelineError> {
+        let prepared = self.prepare(ctx, Reading::Replaced(sources)).await?;
+        Ok(prepared
+            .into_iter()
+            .map(|p| PlannedQuery {
+                sink: p.sink,
+                output_mode: p.spec.output_mode,
+                df: p.df,
+            })
+            .collect())
+    }
+
+    /// The sink `name` as its connector makes it with the options `replace`
+    /// in place of (or beside) the declared ones, e.g. another `path`:
+    /// `tidemill bench --sink real` writes to a scratch directory this way.
+    /// `checkpoint` is the query's checkpoint, as in a run.
+    pub fn sink_with_options(
+        &self,
+        name: &str,
+        replace: &[(&str, String)],
+        checkpoint: Option<&str>,
+    ) -> Result<Arc<dyn tidemill_engine::Sink>, PipelineError> {
+        let def = self
+            .sink_def(name)
+            .ok_or_else(|| PipelineError::Sql(format!("no sink {name} in the pipeline")))?;
+        let mut def = def.clone();
+        for (key, value) in replace {
+            def.options.set(key, value.clone());
+        }
+        Ok(self.declare_sink(&def)?.declared.sink(checkpoint))
+    }
+
+    /// The declaration of sink `name`, if the file declares it.
+    pub fn sink_def(&self, name: &str) -> Option<&SinkDef> {
+        self.statements.iter().find_map(|s| match &s.item {
+            PipelineStatement::CreateSink(def) if def.name == name => Some(def),
+            _ => None,
+        })
+    }
+
     /// Registers streams (as streams, or as batch tables over the same
     /// files), runs DataFusion statements, and plans every `INSERT INTO`.
     async fn prepare(
         &self,
         ctx: &SessionContext,
-        batch: bool,
+        reading: Reading<'_>,
     ) -> Result<Vec<Prepared>, PipelineError> {
         register_window_functions(ctx);
         let mut sinks: HashMap<String, SinkSpec> = HashMap::new();
@@ -476,7 +548,7 @@ impl Pipeline {
             };
             match &statement.item {
                 PipelineStatement::CreateStream(def) => {
-                    self.register_stream(ctx, def, batch, &at).await?;
+                    self.register_stream(ctx, def, reading, &at).await?;
                 }
                 PipelineStatement::CreateSink(def) => {
                     if sinks
@@ -542,18 +614,25 @@ impl Pipeline {
         &self,
         ctx: &SessionContext,
         def: &StreamDef,
-        batch: bool,
+        reading: Reading<'_>,
         at: &impl Fn(String) -> PipelineError,
     ) -> Result<(), PipelineError> {
         let in_stream = |e: PipelineError| at(format!("stream {}: {e}", def.name));
-        let source = self.stream_source(ctx, def, &in_stream).await?;
         // A batch job reads what the stream would, through the stream's
         // own reader: for files, the same hidden-file rule, schema, options
         // and errors for malformed input.
-        let df = if batch {
-            source.read_batch(ctx).await
-        } else {
-            ctx.read_stream(source).await
+        let df = match reading {
+            Reading::Replaced(sources) if sources.contains_key(&def.name) => {
+                ctx.read_stream(Arc::clone(&sources[&def.name])).await
+            }
+            Reading::Batch => {
+                let source = self.stream_source(ctx, def, &in_stream).await?;
+                source.read_batch(ctx).await
+            }
+            Reading::Stream | Reading::Replaced(_) => {
+                let source = self.stream_source(ctx, def, &in_stream).await?;
+                ctx.read_stream(source).await
+            }
         };
         let df = df.map_err(|e| in_stream(e.into()))?;
         register_view(ctx, def, df).map_err(in_stream)

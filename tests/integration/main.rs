@@ -3,6 +3,7 @@
 mod aggregation;
 mod aggregation_properties;
 mod aggregation_race;
+mod bench_cli;
 mod chain;
 mod child;
 mod cli;

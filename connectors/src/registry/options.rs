@@ -104,6 +104,23 @@ impl ConnectorOptions {
         Ok(())
     }
 
+    /// Sets `key` to `value`, replacing its value if given (its position
+    /// kept) or adding it at the declaration's position: for a caller that
+    /// redirects a declared sink or stream (`tidemill bench --sink real`
+    /// writes to a scratch `path`).
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        let key = key.to_ascii_lowercase();
+        let value = value.into();
+        match self.entries.iter_mut().find(|e| e.key == key) {
+            Some(entry) => entry.value = value,
+            None => self.entries.push(OptionEntry {
+                key,
+                value,
+                at: self.declared_at,
+            }),
+        }
+    }
+
     /// How messages name the declaration, e.g. `stream trades`.
     pub fn subject(&self) -> &str {
         &self.subject
@@ -263,6 +280,18 @@ mod tests {
                 .unwrap();
         }
         options
+    }
+
+    #[test]
+    fn set_replaces_a_value_in_place_or_adds_it_at_the_declaration() {
+        let mut o = options(&[("path", "out/a"), ("n", "1")]);
+        o.set("PATH", "/tmp/scratch");
+        o.set("extra", "x");
+        assert_eq!(o.get("path"), Some("/tmp/scratch"));
+        assert_eq!(o.position("path"), Some(Position::new(2, 3)));
+        assert_eq!(o.get("extra"), Some("x"));
+        assert_eq!(o.position("extra"), Some(Position::new(1, 1)));
+        assert_eq!(o.to_string(), "path = '/tmp/scratch', n = '1', extra = 'x'");
     }
 
     #[test]
