@@ -25,7 +25,7 @@ use std::time::Duration;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use tidemill_engine::{OutputMode, Sink, Source, SourceTable};
 use tidemill_harness::{
     RateSearch, RowGenerator, SampleReplay, StudyPipeline, StudyReport, TriggerStudy,
@@ -212,7 +212,7 @@ pub async fn bench(pipeline: &Pipeline, options: &BenchOptions) -> Result<StudyR
     }
 
     let pipeline = Arc::new(pipeline.clone());
-    let mut generators: HashMap<String, Arc<dyn RowGenerator>> = HashMap::new();
+    let mut generators: HashMap<String, Arc<SampleReplay>> = HashMap::new();
     for sink in selected {
         let (stream_names, output_mode) = read
             .get(&sink)
@@ -224,15 +224,24 @@ pub async fn bench(pipeline: &Pipeline, options: &BenchOptions) -> Result<StudyR
             )));
         }
         let mut query_generators = Vec::new();
+        // Samples are read on one partition, in the order the stream reads
+        // its rows (a multi-partition read interleaves them).
+        let sample_ctx =
+            SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         for name in &stream_names {
             if !generators.contains_key(name) {
                 let stream = streams
                     .iter()
                     .find(|s| &s.name == name)
                     .expect("streams_read names declared streams");
-                generators.insert(name.clone(), replay_of(&ctx, stream, options).await?);
+                generators.insert(name.clone(), replay_of(&sample_ctx, stream, options).await?);
             }
-            query_generators.push(Arc::clone(&generators[name]));
+            query_generators.push(Arc::clone(&generators[name]) as Arc<dyn RowGenerator>);
+        }
+        if options.log
+            && let Some(warning) = drift_warning(&sink, &stream_names, &generators)
+        {
+            eprintln!("warning: {warning}");
         }
         let plan_pipeline = Arc::clone(&pipeline);
         let plan_sink = sink.clone();
@@ -261,6 +270,38 @@ pub async fn bench(pipeline: &Pipeline, options: &BenchOptions) -> Result<StudyR
         study = study.pipeline(study_pipeline);
     }
     study.run().await.map_err(BenchError::Study)
+}
+
+/// When a query reads several streams whose samples advance event time at
+/// different speeds per row (by more than 10 %), a warning: at one row
+/// rate their event times drift apart, so matches between them (a join's
+/// time range) thin out loop after loop.
+fn drift_warning(
+    sink: &str,
+    streams: &[String],
+    replays: &HashMap<String, Arc<SampleReplay>>,
+) -> Option<String> {
+    let speeds: Vec<(&String, f64)> = streams
+        .iter()
+        .map(|s| {
+            let r = &replays[s];
+            (s, r.period().as_secs_f64() / r.rows() as f64)
+        })
+        .filter(|(_, speed)| *speed > 0.0)
+        .collect();
+    let slowest = speeds.iter().map(|(_, v)| *v).fold(f64::INFINITY, f64::min);
+    let fastest = speeds.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+    if speeds.len() < 2 || fastest <= slowest * 1.1 {
+        return None;
+    }
+    let described: Vec<String> = speeds
+        .iter()
+        .map(|(s, v)| format!("{s} {:.3} ms", v * 1e3))
+        .collect();
+    Some(format!(
+        "INSERT INTO {sink}: its streams' samples advance event time by different amounts per          row ({}); replayed at one row rate, their event times drift apart. Give samples that          span the same event time with the same number of rows",
+        described.join(", ")
+    ))
 }
 
 /// Refuses settings that cannot run.
@@ -342,7 +383,7 @@ async fn replay_of(
     ctx: &SessionContext,
     stream: &DeclaredStream,
     options: &BenchOptions,
-) -> Result<Arc<dyn RowGenerator>, BenchError> {
+) -> Result<Arc<SampleReplay>, BenchError> {
     let schema = stream
         .source
         .schema(ctx)

@@ -37,10 +37,10 @@ impl SampleFormat {
     }
 }
 
-/// The sample's format and the extension its files have: from the path's
-/// extension, or for a directory from its first (non-hidden) file's.
-fn format_of(path: &Path) -> Result<(SampleFormat, String), String> {
-    let file = if path.is_dir() {
+/// The sample's files in the order they are replayed (a directory's
+/// non-hidden files by name), with their format.
+fn files_of(path: &Path) -> Result<(Vec<PathBuf>, SampleFormat), String> {
+    let files = if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| format!("cannot list the directory: {e}"))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -53,31 +53,43 @@ fn format_of(path: &Path) -> Result<(SampleFormat, String), String> {
             })
             .collect();
         files.sort();
+        if files.is_empty() {
+            return Err("the directory holds no file".into());
+        }
         files
-            .into_iter()
-            .next()
-            .ok_or_else(|| "the directory holds no file".to_string())?
     } else if path.is_file() {
-        path.to_path_buf()
+        vec![path.to_path_buf()]
     } else {
         return Err("no such file or directory".into());
     };
-    let extension = file
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or_default()
-        .to_string();
-    let format = SampleFormat::of_extension(&extension).ok_or_else(|| {
-        format!(
-            "cannot tell the format of {}: name a .parquet, .json (JSON lines), .jsonl, \
-             .ndjson or .csv file, or a directory of them",
-            file.display()
-        )
-    })?;
-    Ok((format, extension))
+    let format_of = |file: &Path| {
+        file.extension()
+            .and_then(|e| e.to_str())
+            .and_then(SampleFormat::of_extension)
+            .ok_or_else(|| {
+                format!(
+                    "cannot tell the format of {}: name a .parquet, .json (JSON lines), .jsonl, \
+                     .ndjson or .csv file, or a directory of them",
+                    file.display()
+                )
+            })
+    };
+    let format = format_of(&files[0])?;
+    for file in &files[1..] {
+        if format_of(file)? != format {
+            return Err(format!(
+                "{} is not in the format of {}: a sample directory holds files of one format",
+                file.display(),
+                files[0].display()
+            ));
+        }
+    }
+    Ok((files, format))
 }
 
-/// Reads the sample at `path` and fits it to `schema` (see [`fit`]).
+/// Reads the sample at `path` (a file, or a directory's files by name; in
+/// their row order, with a one-partition `ctx`) and fits it to `schema`
+/// (see [`fit`]).
 pub(crate) async fn read_file(
     ctx: &SessionContext,
     stream: &str,
@@ -89,34 +101,65 @@ pub(crate) async fn read_file(
         origin: path.display().to_string(),
         message,
     };
-    let (format, extension) = format_of(path).map_err(failed)?;
-    let location = path.display().to_string();
-    let df = match format {
-        SampleFormat::Parquet => {
-            ctx.read_parquet(location, ParquetReadOptions::default().file_extension(&extension))
-                .await
+    let (files, format) = files_of(path).map_err(failed)?;
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    for file in files {
+        if rows >= MAX_SAMPLE_ROWS {
+            break;
         }
-        SampleFormat::Json => {
-            ctx.read_json(location, JsonReadOptions::default().file_extension(&extension))
-                .await
+        let extension = file
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let location = file.display().to_string();
+        let df = match format {
+            SampleFormat::Parquet => {
+                ctx.read_parquet(location, ParquetReadOptions::default().file_extension(&extension))
+                    .await
+            }
+            SampleFormat::Json => {
+                ctx.read_json(location, JsonReadOptions::default().file_extension(&extension))
+                    .await
+            }
+            SampleFormat::Csv => {
+                ctx.read_csv(location, CsvReadOptions::new().file_extension(&extension))
+                    .await
+            }
+        };
+        let read = |e: datafusion::error::DataFusionError| {
+            failed(format!("cannot read {}: {}", file.display(), e.strip_backtrace()))
+        };
+        let got = df
+            .map_err(read)?
+            .limit(0, Some(MAX_SAMPLE_ROWS - rows))
+            .map_err(read)?
+            .collect()
+            .await
+            .map_err(read)?;
+        let file_rows: usize = got.iter().map(|b| b.num_rows()).sum();
+        if file_rows == 0 {
+            continue;
         }
-        SampleFormat::Csv => {
-            ctx.read_csv(location, CsvReadOptions::new().file_extension(&extension))
-                .await
-        }
+        rows += file_rows;
+        // Files of one directory may infer different schemas (a column
+        // absent from one): each is fitted on its own, and named.
+        let fitted = fit(got, schema).map_err(|m| match path.is_dir() {
+            true => failed(format!("{}: {m}", file.display())),
+            false => failed(m),
+        })?;
+        batches.extend(fitted);
     }
-    .map_err(|e| failed(format!("cannot read it: {}", e.strip_backtrace())))?;
-    let batches = df
-        .limit(0, Some(MAX_SAMPLE_ROWS))
-        .map_err(|e| failed(e.strip_backtrace()))?
-        .collect()
-        .await
-        .map_err(|e| failed(format!("cannot read it: {}", e.strip_backtrace())))?;
-    fit(batches, schema).map_err(failed)
+    if batches.is_empty() {
+        return Err(failed("it holds no rows".into()));
+    }
+    Ok(batches)
 }
 
 /// The rows `source` holds now, read in its batch form (at most
-/// [`MAX_SAMPLE_ROWS`]).
+/// [`MAX_SAMPLE_ROWS`]), in the order a stream reads them when `ctx` has
+/// one partition.
 pub(crate) async fn read_source(
     ctx: &SessionContext,
     stream: &str,

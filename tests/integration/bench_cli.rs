@@ -245,3 +245,203 @@ fn bench_replays_a_sample_file_and_refuses_bad_settings_and_samples_clearly() {
         "the pipeline declares no stream quotes; its streams: trades",
     );
 }
+
+#[test]
+fn bench_replays_both_streams_of_a_join_and_finds_the_highest_sustainable_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    // Trades and quotes over the same 10 s of event time, 200 rows each.
+    let (trades, quotes) = (dir.path().join("trades.json"), dir.path().join("quotes.json"));
+    let rows = |f: &dyn Fn(usize) -> String| (0..200).map(f).collect::<Vec<_>>().join("\n") + "\n";
+    std::fs::write(
+        &trades,
+        rows(&|i| {
+            format!(
+                r#"{{"symbol":"S{}","price":{},"t":"2026-01-01T00:00:{:02}.{:03}"}}"#,
+                i % 4,
+                100 + i,
+                i * 50 / 1000,
+                i * 50 % 1000
+            )
+        }),
+    )
+    .unwrap();
+    std::fs::write(
+        &quotes,
+        rows(&|i| {
+            format!(
+                r#"{{"symbol":"S{}","bid":{},"t":"2026-01-01T00:00:{:02}.{:03}"}}"#,
+                i % 4,
+                99 + i,
+                i * 50 / 1000,
+                i * 50 % 1000
+            )
+        }),
+    )
+    .unwrap();
+    let file = dir.path().join("join.sql");
+    std::fs::write(
+        &file,
+        format!(
+            "CREATE STREAM trades (symbol VARCHAR, price DOUBLE, t TIMESTAMP,
+  WATERMARK FOR t AS t - INTERVAL '1' SECOND)
+WITH (connector = 'files', path = '{}', format = 'json');
+CREATE STREAM quotes (symbol VARCHAR, bid DOUBLE, t TIMESTAMP,
+  WATERMARK FOR t AS t - INTERVAL '1' SECOND)
+WITH (connector = 'files', path = '{}', format = 'json');
+CREATE SINK matched WITH (connector = 'console', output_mode = 'append');
+CREATE SINK big WITH (connector = 'console', output_mode = 'append');
+INSERT INTO matched
+SELECT tr.symbol, tr.price, q.bid FROM trades tr JOIN quotes q
+  ON tr.symbol = q.symbol AND tr.t BETWEEN q.t - INTERVAL '100' MILLISECOND AND q.t;
+INSERT INTO big SELECT symbol, price FROM trades WHERE price > 150;
+",
+            dir.path().join("nothing-here-trades").display(),
+            dir.path().join("nothing-here-quotes").display(),
+        ),
+    )
+    .unwrap();
+    let json = dir.path().join("join.json");
+    let output = tidemill(&[
+        "bench",
+        file.to_str().unwrap(),
+        "--query",
+        "matched",
+        "--sample",
+        &format!("trades={}", trades.display()),
+        "--sample",
+        &format!("quotes={}", quotes.display()),
+        "--triggers",
+        "100ms",
+        "--rates",
+        "1k",
+        "--duration",
+        "1s",
+        "--warmup",
+        "300ms",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("warning"), "aligned samples: {stderr}");
+    let report: StudyReport =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let run = run_at(&report, "matched", 100.0, 1_000);
+    assert!(run.kept_up, "{}", run.summary());
+    assert_eq!(run.rows_committed, run.rows_generated, "{}", run.summary());
+    assert_eq!(run.late_rows_dropped, 0, "{}", run.summary());
+    // Trade i matches quote i (same symbol, same time) and quote i + 1
+    // when it has the same symbol (never: symbols cycle through 4), in
+    // every loop: one output row per input row of each stream, except
+    // those still waiting for the watermark at the end.
+    assert!(
+        run.rows_output <= run.rows_generated && run.rows_output >= run.rows_generated * 8 / 10,
+        "{}: {} rows out",
+        run.summary(),
+        run.rows_output
+    );
+
+    // The highest sustainable rate at 100 ms with at most 100 rows a
+    // batch: 1 000 rows/s at most (less on a loaded machine, whose late
+    // triggers leave a backlog near that rate), and 400 rows/s (40 rows a
+    // batch) is well within it.
+    let json = dir.path().join("max.json");
+    let output = tidemill(&[
+        "bench",
+        file.to_str().unwrap(),
+        "--query",
+        "big",
+        "--sample",
+        &format!("trades={}", trades.display()),
+        "--triggers",
+        "100ms",
+        "--rates",
+        "400",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--max-rows-per-trigger",
+        "100",
+        "--find-max",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: StudyReport =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report.max_rates.len(), 1);
+    let max = &report.max_rates[0];
+    assert!((400..=1_100).contains(&max.max_rows_per_s), "{max:?}");
+    assert!(max.first_failing_rows_per_s.is_some_and(|f| f <= 2_000), "{max:?}");
+    assert!(text(&output.stdout).contains("Maximum sustainable input rate"));
+
+    // Samples of different event-time speeds draw a warning.
+    let sparse = dir.path().join("sparse.json");
+    std::fs::write(
+        &sparse,
+        rows(&|i| format!(r#"{{"symbol":"S{}","bid":1,"t":"2026-01-01T00:{:02}:00"}}"#, i % 4, i % 60)),
+    )
+    .unwrap();
+    let output = tidemill(&[
+        "bench",
+        file.to_str().unwrap(),
+        "--query",
+        "matched",
+        "--sample",
+        &format!("trades={}", trades.display()),
+        "--sample",
+        &format!("quotes={}", sparse.display()),
+        "--triggers",
+        "0s",
+        "--rates",
+        "1k",
+        "--duration",
+        "200ms",
+        "--warmup",
+        "100ms",
+        "--out",
+        dir.path().join("sparse-out").to_str().unwrap(),
+    ]);
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: INSERT INTO matched: its streams' samples advance event time"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_readme_example_pipeline_runs_under_bench() {
+    // Paths in the example are relative to the repository's root.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tidemill"))
+        .current_dir(root)
+        .args([
+            "bench",
+            "examples/bench/trades.sql",
+            "--triggers",
+            "0s",
+            "--rates",
+            "2k",
+            "--duration",
+            "500ms",
+            "--warmup",
+            "200ms",
+            "--out",
+            out.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: StudyReport =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("study.json")).unwrap())
+            .unwrap();
+    let names: Vec<&str> = report.runs.iter().map(|r| r.pipeline.as_str()).collect();
+    assert_eq!(names, ["big_trades", "per_minute"]);
+    for r in &report.runs {
+        assert!(r.kept_up, "{}", r.summary());
+        assert_eq!(r.late_rows_dropped, 0, "{}", r.summary());
+    }
+}
