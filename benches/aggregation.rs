@@ -270,6 +270,8 @@ struct StreamRun {
     batches: Vec<RecordBatch>,
     progress: Vec<QueryProgress>,
     elapsed: Duration,
+    /// The monitor's busy time (zero without it).
+    monitor_busy: Duration,
 }
 
 async fn windowed_stream_job(
@@ -323,10 +325,15 @@ async fn windowed_stream_job_watched(
     if let Some(scraper) = scraper {
         scraper.abort();
     }
+    let monitor_busy = match &monitor {
+        Some((monitor, _)) => tidemill::monitor::busy_after_stop(monitor).await,
+        None => Duration::ZERO,
+    };
     Ok(StreamRun {
         batches: sink.batches(),
         progress: query.recent_progress(),
         elapsed,
+        monitor_busy,
     })
 }
 
@@ -476,7 +483,7 @@ async fn monitor_cost(
         async move {
             let stream = windowed_stream_job_watched(dir, Some(1), &chk, on).await?;
             anyhow::ensure!(!stream.batches.is_empty(), "the stream emitted nothing");
-            Ok(stream.elapsed)
+            Ok((stream.elapsed, stream.monitor_busy))
         }
     })
     .await?;

@@ -149,18 +149,19 @@ async fn stream_job(
     max_files: u64,
     chk: &std::path::Path,
 ) -> anyhow::Result<(Vec<RecordBatch>, Vec<tidemill::QueryProgress>, Duration)> {
-    stream_job_watched(dir, max_files, chk, false).await
+    let (batches, progress, elapsed, _) = stream_job_watched(dir, max_files, chk, false).await?;
+    Ok((batches, progress, elapsed))
 }
 
 /// The stream job; `watched`: with the monitor serving the page, the
 /// metrics and the API, scraped every 100 ms as Prometheus and the page
-/// would.
+/// would. Also returns the monitor's busy time (zero without it).
 async fn stream_job_watched(
     dir: &str,
     max_files: u64,
     chk: &std::path::Path,
     watched: bool,
-) -> anyhow::Result<(Vec<RecordBatch>, Vec<tidemill::QueryProgress>, Duration)> {
+) -> anyhow::Result<(Vec<RecordBatch>, Vec<tidemill::QueryProgress>, Duration, Duration)> {
     let ctx = SessionContext::new();
     let monitor = match watched {
         true => Some(tidemill::monitor::Monitor::start(&ctx, "127.0.0.1:0").await?),
@@ -186,7 +187,11 @@ async fn stream_job_watched(
     if let Some(scraper) = scraper {
         scraper.abort();
     }
-    Ok((sink.batches(), query.recent_progress(), elapsed))
+    let busy = match &monitor {
+        Some((monitor, _)) => tidemill::monitor::busy_after_stop(monitor).await,
+        None => Duration::ZERO,
+    };
+    Ok((sink.batches(), query.recent_progress(), elapsed, busy))
 }
 
 /// Part 4: what watching costs: the stream at `max_files_per_trigger` 1,
@@ -202,12 +207,12 @@ async fn monitor_cost(
     let rates = tidemill_harness::results::watch_pairs(pairs, rows, |on, r| {
         let (dir, chk) = (dir.clone(), tmp.join(format!("chk-monitor-{on}-{r}")));
         async move {
-            let (out, _, time) = stream_job_watched(&dir, 1, &chk, on).await?;
+            let (out, _, time, busy) = stream_job_watched(&dir, 1, &chk, on).await?;
             anyhow::ensure!(
                 out.iter().map(RecordBatch::num_rows).sum::<usize>() > 0,
                 "the stream produced nothing"
             );
-            Ok(time)
+            Ok((time, busy))
         }
     })
     .await?;

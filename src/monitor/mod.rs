@@ -33,7 +33,9 @@ pub mod metrics;
 mod server;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use datafusion::prelude::SessionContext;
 use serde::Serialize;
@@ -97,6 +99,23 @@ impl QueryView {
     }
 }
 
+/// The monitor's busy time once it has taken in the end of every query it
+/// knows (its listener runs behind the queries), waiting at most 2 s: for
+/// benches that measure what watching costs.
+pub async fn busy_after_stop(monitor: &Monitor) -> Duration {
+    for _ in 0..200 {
+        let stopped = monitor
+            .queries()
+            .iter()
+            .all(|q| matches!(q.status, Status::Stopped | Status::Failed));
+        if stopped {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    monitor.busy_time()
+}
+
 /// Running totals of a query.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
@@ -127,6 +146,8 @@ pub struct Totals {
 #[derive(Debug, Default)]
 pub struct Monitor {
     queries: Mutex<BTreeMap<String, QueryView>>,
+    /// Nanoseconds spent on its own work (see [`Monitor::busy_time`]).
+    busy_nanos: AtomicU64,
 }
 
 impl Monitor {
@@ -153,6 +174,20 @@ impl Monitor {
     /// returned server is dropped.
     pub async fn serve(self: &Arc<Self>, address: &str) -> std::io::Result<MonitorServer> {
         MonitorServer::bind(Arc::clone(self), address).await
+    }
+
+    /// The time the monitor spent on its own work so far: taking in the
+    /// queries' events (on the listener thread) and answering requests
+    /// (rendering and writing the page, the metrics and the API). What
+    /// watching costs the process, measured where it is spent.
+    pub fn busy_time(&self) -> Duration {
+        Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Counts the time since `start` as the monitor's own work.
+    pub(crate) fn add_busy(&self, start: Instant) {
+        let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// The queries, by id.
@@ -188,6 +223,33 @@ impl Monitor {
 
 impl QueryListener for Monitor {
     fn on_query_started(&self, event: &QueryStarted) {
+        let start = Instant::now();
+        self.started(event);
+        self.add_busy(start);
+    }
+
+    fn on_query_progress(&self, progress: &QueryProgress) {
+        let start = Instant::now();
+        self.progressed(progress);
+        self.add_busy(start);
+    }
+
+    fn on_query_idle(&self, event: &QueryIdle) {
+        let start = Instant::now();
+        self.update(&event.id, |view| view.status = Status::Idle);
+        self.add_busy(start);
+    }
+
+    fn on_query_terminated(&self, event: &QueryTerminated) {
+        let start = Instant::now();
+        self.terminated(event);
+        self.add_busy(start);
+    }
+}
+
+/// The listener's work, timed by its [`QueryListener`] methods.
+impl Monitor {
+    fn started(&self, event: &QueryStarted) {
         let mut queries = self.queries.lock().expect("monitor lock poisoned");
         let view = queries
             .entry(event.id.clone())
@@ -212,7 +274,7 @@ impl QueryListener for Monitor {
         view.error = None;
     }
 
-    fn on_query_progress(&self, progress: &QueryProgress) {
+    fn progressed(&self, progress: &QueryProgress) {
         self.update(&progress.id, |view| {
             view.status = Status::Active;
             view.batch_id = Some(progress.batch_id);
@@ -242,11 +304,7 @@ impl QueryListener for Monitor {
         });
     }
 
-    fn on_query_idle(&self, event: &QueryIdle) {
-        self.update(&event.id, |view| view.status = Status::Idle);
-    }
-
-    fn on_query_terminated(&self, event: &QueryTerminated) {
+    fn terminated(&self, event: &QueryTerminated) {
         self.update(&event.id, |view| {
             view.status = match event.error {
                 Some(_) => Status::Failed,

@@ -105,6 +105,8 @@ async fn answer(mut stream: TcpStream, monitor: &Monitor) -> std::io::Result<()>
         }
         head.extend_from_slice(&buf[..n]);
     }
+    // The monitor's own work: from a whole request to the answer written.
+    let start = std::time::Instant::now();
     let head = String::from_utf8_lossy(&head);
     let mut words = head.lines().next().unwrap_or_default().split_whitespace();
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
@@ -129,7 +131,9 @@ async fn answer(mut stream: TcpStream, monitor: &Monitor) -> std::io::Result<()>
     if method != "HEAD" {
         response.extend_from_slice(body.as_bytes());
     }
-    stream.write_all(&response).await?;
+    let written = stream.write_all(&response).await;
+    monitor.add_busy(start);
+    written?;
     stream.shutdown().await
 }
 

@@ -108,7 +108,21 @@ async fn metrics_and_api_match_the_progress_of_the_same_batches() {
     let progress: Vec<QueryProgress> = query.recent_progress();
     seen(&monitor, query.id(), progress.len()).await;
 
+    // The monitor counts the time of its own work: taking in the events,
+    // and each request it answers.
+    let after_events = monitor.busy_time();
+    assert!(after_events > Duration::ZERO);
     let text = get(address, "/metrics").await;
+    let mut after_request = monitor.busy_time();
+    for _ in 0..100 {
+        if after_request > after_events {
+            break;
+        }
+        // The busy time is added once the answer is written.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        after_request = monitor.busy_time();
+    }
+    assert!(after_request > after_events, "a request adds to the busy time");
     let samples = parse(&text);
     let q = [("query", "bars")];
     let sum = |f: fn(&QueryProgress) -> u64| progress.iter().map(f).sum::<u64>() as f64;
