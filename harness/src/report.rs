@@ -268,7 +268,11 @@ impl StudyReport {
             }
         };
         let index = |ms: f64| intervals.iter().position(|&i| i == ms).map(|i| i as f64);
-        let rate_label = |rate: u64| format!("{} rows/s", si(rate as f64));
+        let rate_label = |rate: u64| match rate {
+            r if r >= 1_000_000 && r % 1_000_000 == 0 => format!("{} M rows/s", r / 1_000_000),
+            r if r >= 1_000 && r % 1_000 == 0 => format!("{} k rows/s", r / 1_000),
+            r => format!("{r} rows/s"),
+        };
 
         for (p, name) in pipelines.iter().enumerate() {
             // Per rate: (x, latency) and (x, CPU) points.
