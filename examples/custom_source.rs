@@ -145,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
     let options = RunOptions {
         trigger: Trigger::AvailableNow,
         checkpoint: checkpoint.path().to_str().unwrap_or_default().to_string(),
+        checkpoint_durability: Default::default(),
     };
     for query in pipeline.start(&SessionContext::new(), &options).await? {
         query.query.await_termination().await?;

@@ -4,6 +4,7 @@
 //! ```text
 //! tidemill run FILE [--trigger available-now|once|<interval>] [--checkpoint DIR]
 //!                   [--progress-json PATH] [--ui ADDRESS]
+//!                   [--checkpoint-durability process|machine]
 //! tidemill batch FILE
 //! tidemill explain FILE
 //! tidemill status CHECKPOINT [--pipeline FILE] [--json]
@@ -70,6 +71,12 @@ enum Command {
         /// bare port binds to 127.0.0.1), while the run lasts. Read-only.
         #[arg(long, value_name = "ADDRESS")]
         ui: Option<String>,
+        /// How durable each checkpoint and sink write is when it counts as
+        /// done: `process` (the default; survives a killed process) or
+        /// `machine` (also survives power loss: each file and its
+        /// directory are fsynced).
+        #[arg(long, value_name = "process|machine", default_value = "process")]
+        checkpoint_durability: String,
     },
     /// Run FILE once as a batch job over everything the streams hold now
     /// (files, Kafka topics); each sink receives the whole result.
@@ -201,13 +208,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             checkpoint,
             progress_json,
             ui,
+            checkpoint_durability,
         } => {
             let trigger = parse_trigger(&trigger)?;
+            let checkpoint_durability = checkpoint_durability
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("invalid --checkpoint-durability: {e}"))?;
             let pipeline = read_pipeline(&file)?;
             let checkpoint = checkpoint.unwrap_or_else(|| file.with_extension("checkpoint"));
             let options = RunOptions {
                 trigger,
                 checkpoint: checkpoint.display().to_string(),
+                checkpoint_durability,
             };
             // Listen for Ctrl-C before the queries start, so that an early
             // one also stops them cleanly.

@@ -347,6 +347,7 @@ pub async fn check_sink(
         query_name: Some("conformance".into()),
         schema: Arc::clone(&schema),
         output_mode: OutputMode::Append,
+        durability: Default::default(),
     })
     .await
     .unwrap_or_else(|e| panic!("{name}: open failed: {e}"));

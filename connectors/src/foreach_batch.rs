@@ -166,6 +166,7 @@ mod tests {
             query_name: None,
             schema: schema(),
             output_mode: OutputMode::Append,
+            durability: Default::default(),
         })
         .await
         .unwrap();

@@ -228,6 +228,7 @@ mod tests {
             query_name: Some("results".into()),
             schema: Arc::clone(&schema),
             output_mode: OutputMode::Append,
+            durability: Default::default(),
         };
         MemorySink::new().open(&ctx).await.unwrap();
         let second = MemorySink::new();
@@ -266,6 +267,7 @@ mod tests {
             query_name: None,
             schema: Arc::clone(&schema),
             output_mode: OutputMode::Complete,
+            durability: Default::default(),
         })
         .await
         .unwrap();

@@ -48,7 +48,8 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
             uuid::Uuid::new_v4()
         ),
     };
-    let location = Location::resolve(&location, &session.runtime_env())?;
+    let location = Location::resolve(&location, &session.runtime_env())?
+        .with_durability(writer.options.checkpoint_durability);
     let checkpoint = Checkpoint::open(location)?;
     let metadata = checkpoint
         .load_or_init_metadata(Metadata {
@@ -177,6 +178,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         query_name: writer.name.clone(),
         schema: Arc::new(df_schema.as_arrow().clone()),
         output_mode: writer.output_mode,
+        durability: writer.options.checkpoint_durability,
     })
     .await?;
 
@@ -193,6 +195,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
             query_name: writer.name.as_ref().map(|n| format!("{n}_late_rows")),
             schema: operator.input_schema(),
             output_mode: OutputMode::Append,
+            durability: writer.options.checkpoint_durability,
         })
         .await?;
     }

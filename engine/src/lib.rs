@@ -96,4 +96,5 @@ pub use source::{BatchInput, ReadLimit, Source, SourceContext, SourceStream};
 pub use source_table::SourceTable;
 pub use trigger::{OutputMode, Trigger};
 pub use watermark::MultipleWatermarkPolicy;
+pub use tidemill_state::Durability;
 pub use writer::{DataStreamWriter, QueryOptions, RetryPolicy};

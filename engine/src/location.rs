@@ -7,6 +7,8 @@ use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use object_store::{ObjectStore, memory::InMemory, path::Path};
 use tidemill_state::CheckpointDir;
+use tidemill_state::Durability;
+use tidemill_state::durable::MachineDurableFs;
 use url::Url;
 
 use crate::{Result, TidemillError};
@@ -75,6 +77,18 @@ impl Location {
         (self.url.scheme() == "file")
             .then(|| self.url.to_file_path().ok())
             .flatten()
+    }
+
+    /// The location with writes as durable as `durability` asks: for
+    /// [`Durability::Machine`] on a local disk, through
+    /// [`MachineDurableFs`] (each file `fsync`ed before it is moved into
+    /// place, and its directory after); otherwise unchanged (a cloud
+    /// object store makes every write durable on its own).
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        if durability == Durability::Machine && self.url.scheme() == "file" {
+            self.store = Arc::new(MachineDurableFs::new());
+        }
+        self
     }
 
     /// The location as a checkpoint directory.

@@ -20,6 +20,11 @@ pub struct SinkContext {
     pub schema: SchemaRef,
     /// The query's output mode.
     pub output_mode: OutputMode,
+    /// How durable the sink's commits must be when `add_batch` returns
+    /// (the query's [`QueryOptions::checkpoint_durability`](crate::QueryOptions)):
+    /// a sink writing local files resolves them with
+    /// [`Location::with_durability`](crate::Location::with_durability).
+    pub durability: tidemill_state::Durability,
 }
 
 /// Where a streaming query writes its results.
@@ -59,6 +64,7 @@ impl std::fmt::Debug for SinkContext {
             .field("query_name", &self.query_name)
             .field("schema", &self.schema)
             .field("output_mode", &self.output_mode)
+            .field("durability", &self.durability)
             .finish()
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::prelude::DataFrame;
+use tidemill_state::Durability;
 
 use crate::plan::{StatefulNode, prepare, replace_stateful, stateful_nodes};
 use crate::watermark::{MultipleWatermarkPolicy, WatermarkNode};
@@ -35,6 +36,12 @@ pub struct QueryOptions {
     /// (default 100, as `min_batches_to_retain`); older state files are
     /// deleted every 10 batches.
     pub min_state_versions_to_retain: u64,
+    /// How durable the checkpoint's writes (offset and commit logs, state
+    /// files, sources' logs) and the sink's commits are when they count as
+    /// done: [`Durability::Process`] (the default) survives a killed
+    /// process; [`Durability::Machine`] also survives power loss on a local
+    /// disk, at the cost of two `fsync`s per file written.
+    pub checkpoint_durability: Durability,
 }
 
 /// How a batch that fails with a transient error
@@ -74,6 +81,7 @@ impl Default for QueryOptions {
             retry: RetryPolicy::default(),
             no_data_batches: true,
             min_state_versions_to_retain: 100,
+            checkpoint_durability: Durability::Process,
         }
     }
 }

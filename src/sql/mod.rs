@@ -206,6 +206,9 @@ pub struct RunOptions {
     pub trigger: Trigger,
     /// The checkpoint root: each query checkpoints to `<root>/<sink name>`.
     pub checkpoint: String,
+    /// How durable the checkpoints' and sinks' writes are (see
+    /// [`QueryOptions::checkpoint_durability`](tidemill_engine::QueryOptions)).
+    pub checkpoint_durability: tidemill_engine::Durability,
 }
 
 /// A started query of a pipeline.
@@ -398,6 +401,10 @@ impl Pipeline {
                 .sink_arc(prepared.spec.declared.sink(Some(&checkpoint)))
                 .output_mode(prepared.spec.output_mode)
                 .trigger(options.trigger)
+                .options(tidemill_engine::QueryOptions {
+                    checkpoint_durability: options.checkpoint_durability,
+                    ..Default::default()
+                })
                 .checkpoint(checkpoint)
                 .query_name(prepared.sink.clone())
                 .start()
@@ -452,6 +459,7 @@ impl Pipeline {
                 query_name: Some(prepared.sink.clone()),
                 schema: Arc::clone(&schema),
                 output_mode: OutputMode::Append,
+                durability: Default::default(),
             })
             .await
             .map_err(failed)?;

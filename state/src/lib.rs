@@ -13,6 +13,9 @@
 //!   create-if-absent and overwrite, validated reads, and listing.
 //! - [`NumberedLog`]: a log of entries named by batch id (`offsets/7`,
 //!   `commits/7`), with lookup of the latest entry and retention.
+//! - [`durable`]: how durable a write is when it counts as done
+//!   ([`Durability`]: `process`, the default, or `machine`, which `fsync`s
+//!   each file and its directory on a local disk).
 //! - [`StateStore`]: the versioned key-value state of stateful operators
 //!   (aggregation, deduplication, stream-stream joins). Keys and values are
 //!   opaque bytes (arrow's row format, described by a [`StateSchema`]),
@@ -35,12 +38,14 @@
 #![warn(missing_docs)]
 
 mod checkpoint_dir;
+pub mod durable;
 pub mod envelope;
 mod error;
 mod numbered_log;
 mod store;
 
 pub use checkpoint_dir::CheckpointDir;
+pub use durable::Durability;
 pub use error::{Result, StateError};
 pub use numbered_log::NumberedLog;
 pub use store::{

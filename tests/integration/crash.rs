@@ -12,6 +12,7 @@ use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
 use tidemill::prelude::*;
+use tidemill::engine::{Durability, QueryOptions};
 
 use crate::child::{self, Child, Event};
 use crate::common::{events_schema, sorted_rows};
@@ -141,20 +142,34 @@ async fn crash_child() -> anyhow::Result<()> {
         Ok("joined") => joined(df)?,
         _ => pipeline(df)?,
     };
+    let durability = match std::env::var(DURABILITY_ENV) {
+        Ok(name) => name.parse().map_err(anyhow::Error::msg)?,
+        Err(_) => Durability::Process,
+    };
     let query = df
         .write_stream()
         .sink(ParquetSink::new(&output))
         .checkpoint(&checkpoint)
         .trigger(Trigger::AvailableNow)
+        .options(QueryOptions {
+            checkpoint_durability: durability,
+            ..QueryOptions::default()
+        })
         .start()
         .await;
     child::report(query).await
 }
 
+/// The child's checkpoint durability (`process` or `machine`; default
+/// process).
+const DURABILITY_ENV: &str = "CRASH_DURABILITY";
+
 struct Dirs {
     _tmp: tempfile::TempDir,
     /// The pipeline the child runs.
     pipeline: Pipeline,
+    /// Its checkpoint durability.
+    durability: Durability,
     input: PathBuf,
     output: PathBuf,
     checkpoint: PathBuf,
@@ -171,6 +186,7 @@ impl Dirs {
         std::fs::create_dir_all(&input).unwrap();
         Self {
             pipeline,
+            durability: Durability::Process,
             input,
             output: tmp.path().join("output"),
             checkpoint: tmp.path().join("checkpoint"),
@@ -202,6 +218,7 @@ fn child_command(dirs: &Dirs, failpoint: Option<&str>) -> Command {
         .env("CRASH_OUTPUT", &dirs.output)
         .env("CRASH_CHECKPOINT", &dirs.checkpoint);
     cmd.env(Pipeline::ENV, dirs.pipeline.name());
+    cmd.env(DURABILITY_ENV, dirs.durability.to_string());
     cmd
 }
 
@@ -270,8 +287,21 @@ const POINTS: [&str; 9] = [
 
 #[tokio::test]
 async fn sigkill_at_each_step_of_a_batch_loses_and_duplicates_nothing() {
+    sigkill_at_each_step_of_a_stateless_batch(Durability::Process).await;
+}
+
+/// With every file and directory fsynced before a write counts as done,
+/// a killed process still loses and duplicates nothing (the staging files
+/// a kill leaves behind are never read).
+#[tokio::test]
+async fn sigkill_at_each_step_with_machine_durability_loses_and_duplicates_nothing() {
+    sigkill_at_each_step_of_a_stateless_batch(Durability::Machine).await;
+}
+
+async fn sigkill_at_each_step_of_a_stateless_batch(durability: Durability) {
     for point in POINTS {
-        let dirs = Dirs::new();
+        let mut dirs = Dirs::new();
+        dirs.durability = durability;
         for n in 0..4 {
             write_input(&dirs.input, n);
         }
@@ -388,7 +418,10 @@ async fn randomized_kills_lose_and_duplicate_nothing() {
         Pipeline::Deduplicated,
         Pipeline::Joined,
     ];
-    let dirs = Dirs::with_pipeline(pipelines[(seed % 4) as usize]);
+    let mut dirs = Dirs::with_pipeline(pipelines[(seed % 4) as usize]);
+    // And the durability settings.
+    dirs.durability = [Durability::Process, Durability::Machine][(seed / 4 % 2) as usize];
+    println!("{:?}, {} durability", dirs.pipeline, dirs.durability);
     let mut files = 0;
     for _ in 0..10 {
         for _ in 0..rng.random_range(0..3) {
@@ -414,6 +447,91 @@ async fn randomized_kills_lose_and_duplicate_nothing() {
         batch_rows(&dirs).await,
         "seed {seed}: output differs from a clean run"
     );
+}
+
+/// What `machine` durability adds, observed: every offset and commit log
+/// entry, sink data file and manifest entry written is fsynced (the file,
+/// then its directory), and `process` durability fsyncs nothing. Both give
+/// the same output. (In this process; the crash tests' children run with
+/// each setting in processes of their own.)
+#[tokio::test]
+async fn machine_durability_fsyncs_each_file_written_and_process_durability_none() {
+    async fn run(durability: Durability) -> (Dirs, u64) {
+        let mut dirs = Dirs::new();
+        dirs.durability = durability;
+        for n in 0..3 {
+            write_input(&dirs.input, n);
+        }
+        let before = tidemill::state::durable::sync_calls();
+        let ctx = SessionContext::new();
+        let source = FileSource::json(dirs.input.to_str().unwrap())
+            .schema(schema())
+            .max_files_per_trigger(1);
+        let query = pipeline(ctx.read_stream(source).await.unwrap())
+            .unwrap()
+            .write_stream()
+            .sink(ParquetSink::new(dirs.output.to_str().unwrap()))
+            .checkpoint(dirs.checkpoint.to_str().unwrap())
+            .trigger(Trigger::AvailableNow)
+            .options(QueryOptions {
+                checkpoint_durability: durability,
+                ..QueryOptions::default()
+            })
+            .start()
+            .await
+            .unwrap();
+        query.await_termination().await.unwrap();
+        let syncs = tidemill::state::durable::sync_calls() - before;
+        (dirs, syncs)
+    }
+    /// Regular files under `dir`, recursively.
+    fn files(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().path())
+                    .map(|p| if p.is_dir() { files(&p) } else { 1 })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    let (process, process_syncs) = run(Durability::Process).await;
+    assert_eq!(process_syncs, 0, "process durability fsyncs nothing");
+    let (machine, machine_syncs) = run(Durability::Machine).await;
+    let written = files(&machine.checkpoint.join("offsets"))
+        + files(&machine.checkpoint.join("commits"))
+        + files(&machine.output);
+    assert!(written >= 9, "three batches: offsets, commits and sink files");
+    assert!(
+        machine_syncs >= 2 * written,
+        "{machine_syncs} fsyncs for {written} files written"
+    );
+    // No staging file is left behind, and the output is the same.
+    let staged = |dir: &Path| {
+        walk(dir)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains('#'))
+            .collect::<Vec<_>>()
+    };
+    assert!(staged(&machine.checkpoint).is_empty() && staged(&machine.output).is_empty());
+    assert_eq!(committed_rows(&machine).await, committed_rows(&process).await);
+    assert_eq!(committed_rows(&machine).await.len(), 57, "60 events less ids 0, 1, 2");
+}
+
+/// Every path under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            }
+            out.push(path);
+        }
+    }
+    out
 }
 
 #[tokio::test]

@@ -803,7 +803,8 @@ impl Sink for KafkaSink {
         let (log, last_committed) = match &self.guarantee {
             Guarantee::AtLeastOnce => (None, None),
             Guarantee::ExactlyOnce(location) => {
-                let location = Location::resolve(location, &ctx.session.runtime_env())?;
+                let location = Location::resolve(location, &ctx.session.runtime_env())?
+                    .with_durability(ctx.durability);
                 let log = SinkLog::open(location.dir(), &self.describe()).await?;
                 let last = log.last_committed().await?;
                 (Some(log), last)

@@ -457,7 +457,8 @@ impl Sink for ParquetSink {
                     .to_string(),
             });
         }
-        let location = Location::resolve(&self.location, &ctx.session.runtime_env())?;
+        let location = Location::resolve(&self.location, &ctx.session.runtime_env())?
+            .with_durability(ctx.durability);
         let mut guard = self
             .state
             .lock()
@@ -679,6 +680,7 @@ mod tests {
             query_name: None,
             schema: schema(),
             output_mode: OutputMode::Append,
+            durability: Default::default(),
         })
         .await
         .unwrap();
@@ -1064,6 +1066,7 @@ mod tests {
                 query_name: None,
                 schema: schema(),
                 output_mode: OutputMode::Complete,
+                durability: Default::default(),
             })
             .await
             .unwrap_err();

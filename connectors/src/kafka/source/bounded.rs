@@ -244,6 +244,7 @@ async fn flush_dead_letters(state: &mut BoundedState) -> Result<()> {
         query_name: None,
         schema: dead_letter_schema(),
         output_mode: OutputMode::Append,
+        durability: Default::default(),
     })
     .await?;
     let rows = std::mem::take(&mut state.dead);

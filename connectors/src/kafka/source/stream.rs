@@ -213,6 +213,7 @@ impl KafkaStream {
                 query_name: None,
                 schema: dead_letter_schema(),
                 output_mode: OutputMode::Append,
+                durability: Default::default(),
             })
             .await?;
             self.dead_letter_opened = true;
