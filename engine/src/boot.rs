@@ -240,6 +240,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         pending_is_recovery: pending.is_some(),
         pending,
         last_trigger_start: None,
+        in_flight: None,
     };
     let task_shared = Arc::clone(&shared);
     let task = tokio::spawn(async move {

@@ -1,4 +1,31 @@
 //! The trigger loop and the life of one micro-batch (DESIGN §3).
+//!
+//! **The commit log is written off the critical path** (Spark's
+//! asynchronous progress tracking, for every query): once batch N's sink
+//! and state have committed, `commits/N` and the retention deletes of old
+//! log entries are written by a background task while the next trigger
+//! asks the sources for offsets, writes `offsets/N+1`, reads, plans and
+//! executes batch N+1. The write is awaited ([`Runner::settle_commit`])
+//! before batch N+1's sink, before a trigger that found no data returns,
+//! and before the query stops, so at most one commit is in flight and an
+//! error writing it fails the next batch (a transient one is retried,
+//! inline). Only then are the sources told that batch N committed
+//! ([`SourceStream::commit`]: a source may discard what it no longer needs
+//! to replay).
+//!
+//! Recovery rules this implies, all kept by [`Checkpoint::recovery_point`]
+//! looking only at the latest offset entry:
+//! - `offsets/N+1` is written only after batch N's sink and state commits
+//!   returned, so its existence proves batch N committed, whether or not
+//!   `commits/N` was written: a restart re-runs batch N+1 (if it has no
+//!   commit) from its recorded ranges and watermark over state version
+//!   N+1, and a missing `commits/N` is never needed again.
+//! - If the latest offset entry is N and `commits/N` is missing (the
+//!   process died with the write in flight), batch N is re-run: its sink
+//!   ignores a batch id it committed and its state commit rewrites the
+//!   same version, as after a crash just before a synchronous commit log.
+//! - Sources keep everything after their last *told* commit, which is never
+//!   ahead of a durable `commits/N` or `offsets/N+1`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,6 +92,21 @@ pub(crate) struct Runner {
     /// than left by a transient failure in this run.
     pub pending_is_recovery: bool,
     pub last_trigger_start: Option<Instant>,
+    /// The commit of the last batch, written in the background (see the
+    /// module's documentation).
+    pub in_flight: Option<InFlightCommit>,
+}
+
+/// A batch's commit log entry being written in the background, and what
+/// follows once it is durable.
+pub(crate) struct InFlightCommit {
+    batch_id: u64,
+    entry: CommitEntry,
+    /// The batch's end offset per source, to tell the sources.
+    ends: Vec<Option<Offset>>,
+    /// The write (and the retention deletes after it); `None` once it
+    /// failed, to be retried inline.
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
 /// What a trigger did.
@@ -124,8 +166,51 @@ fn ms(d: Duration) -> f64 {
 
 impl Runner {
     /// Runs triggers until the trigger policy or a stop request ends the
-    /// query, or an error does.
+    /// query, or an error does; the last batch's commit is durable before
+    /// it returns.
     pub async fn run(mut self) -> Result<()> {
+        let outcome = self.run_triggers().await;
+        let settled = self.settle_commit().await;
+        outcome.and(settled)
+    }
+
+    /// Waits for the commit log entry in flight, if any, writing it again
+    /// inline if the background write failed, then tells the sources the
+    /// batch committed.
+    async fn settle_commit(&mut self) -> Result<()> {
+        let Some(in_flight) = self.in_flight.as_mut() else {
+            return Ok(());
+        };
+        let written = match in_flight.task.take() {
+            Some(task) => task.await.unwrap_or_else(|e| {
+                Err(TidemillError::Internal(format!(
+                    "writing commits/{}: {e}",
+                    in_flight.batch_id
+                )))
+            }),
+            None => match self
+                .checkpoint
+                .commits
+                .add(in_flight.batch_id, &in_flight.entry)
+                .await
+            {
+                // A failed attempt may have written it after all.
+                Err(tidemill_state::StateError::AlreadyExists { .. }) => Ok(()),
+                other => other.map_err(Into::into),
+            },
+        };
+        // Kept (without its task) so that the next call writes it again.
+        written?;
+        let in_flight = self.in_flight.take().expect("checked above");
+        for (s, end) in self.sources.iter_mut().zip(&in_flight.ends) {
+            if let Some(end) = end {
+                s.source.commit(end).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_triggers(&mut self) -> Result<()> {
         if self.trigger == Trigger::AvailableNow {
             let mut backlog = Vec::with_capacity(self.sources.len());
             for s in &mut self.sources {
@@ -265,6 +350,7 @@ impl Runner {
         }
         phases.latest_offset = ms(t.elapsed());
         if !any_new && !self.state_to_close().await {
+            self.settle_commit().await?;
             return Ok(Outcome::Idle);
         }
         let entry = OffsetEntry {
@@ -367,6 +453,10 @@ impl Runner {
         let max_event_time = self.watermarks.end_batch(&self.watermark_planner);
         let num_output_rows: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
 
+        // The previous batch's commit is durable before this batch's output
+        // is (so at most one commit is in flight).
+        self.settle_commit().await?;
+
         // Sinks: idempotent per batch id.
         failpoint::hit("before_sink", batch_id);
         let t = Instant::now();
@@ -391,16 +481,15 @@ impl Runner {
         phases.state_commit = ms(t.elapsed());
         failpoint::hit("after_state_commit", batch_id);
 
-        // Commit.
-        failpoint::hit("before_commit_log", batch_id);
+        // Commit: the log entry in the background (see the module's
+        // documentation); from here on, whatever fails never re-runs this
+        // batch in this run.
         let t = Instant::now();
         let commit = CommitEntry {
             batch_id,
             timestamp_ms: chrono::Utc::now().timestamp_millis(),
             next_watermark_ms: self.watermarks.current(),
         };
-        self.checkpoint.commits.add(batch_id, &commit).await?;
-        // Committed: whatever fails from here on never re-runs this batch.
         self.pending = None;
         self.pending_is_recovery = false;
         self.next_batch_id = batch_id + 1;
@@ -408,16 +497,28 @@ impl Runner {
         for (s, range) in self.sources.iter_mut().zip(&entry.sources) {
             s.committed = range.end.clone();
         }
-        failpoint::hit("after_commit_log", batch_id);
-        for (s, range) in self.sources.iter_mut().zip(&entry.sources) {
-            if let Some(end) = &range.end {
-                s.source.commit(end).await?;
+        let (offsets, commits) = (
+            self.checkpoint.offsets.clone(),
+            self.checkpoint.commits.clone(),
+        );
+        let retire = batch_id.checked_sub(self.options.min_batches_to_retain);
+        let written = commit.clone();
+        let task = tokio::spawn(async move {
+            failpoint::hit("before_commit_log", batch_id);
+            commits.add(batch_id, &written).await?;
+            failpoint::hit("after_commit_log", batch_id);
+            if let Some(old) = retire {
+                offsets.remove(old).await?;
+                commits.remove(old).await?;
             }
-        }
-        if let Some(old) = batch_id.checked_sub(self.options.min_batches_to_retain) {
-            self.checkpoint.offsets.remove(old).await?;
-            self.checkpoint.commits.remove(old).await?;
-        }
+            Ok(())
+        });
+        self.in_flight = Some(InFlightCommit {
+            batch_id,
+            entry: commit,
+            ends: entry.sources.iter().map(|r| r.end.clone()).collect(),
+            task: Some(task),
+        });
         if batch_id.is_multiple_of(10) {
             let keep_from =
                 (batch_id + 1).saturating_sub(self.options.min_state_versions_to_retain);

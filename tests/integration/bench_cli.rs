@@ -342,9 +342,10 @@ INSERT INTO big SELECT symbol, price FROM trades WHERE price > 150;
     );
 
     // The highest sustainable rate at 100 ms with at most 100 rows a
-    // batch: 1 000 rows/s at most (less on a loaded machine, whose late
-    // triggers leave a backlog near that rate), and 400 rows/s (40 rows a
-    // batch) is well within it.
+    // batch: 1 000 rows/s at most. No rate above that may count as kept
+    // up; below it, what keeps up depends on the machine's load (late
+    // triggers leave a backlog near the limit), so only the bound is
+    // checked.
     let json = dir.path().join("max.json");
     let output = tidemill(&[
         "bench",
@@ -372,8 +373,13 @@ INSERT INTO big SELECT symbol, price FROM trades WHERE price > 150;
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report.max_rates.len(), 1);
     let max = &report.max_rates[0];
-    assert!((400..=1_100).contains(&max.max_rows_per_s), "{max:?}");
+    assert!(max.max_rows_per_s <= 1_100, "{max:?}");
+    assert!(
+        max.steps.iter().all(|s| !s.kept_up || s.rate <= 1_100),
+        "{max:?}"
+    );
     assert!(max.first_failing_rows_per_s.is_some_and(|f| f <= 2_000), "{max:?}");
+    assert!(max.steps.len() >= 2, "{max:?}");
     assert!(text(&output.stdout).contains("Maximum sustainable input rate"));
 
     // Samples of different event-time speeds draw a warning.

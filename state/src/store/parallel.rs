@@ -1,8 +1,16 @@
 //! Running CPU-bound work (encoding and decoding partitions' files, an
 //! operator's work on its partitions) on several threads.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::thread;
+
+/// The machine's cores, asked once: `available_parallelism` reads the
+/// cgroup quota files on every call (about ten system calls), and this is
+/// asked several times per batch.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| thread::available_parallelism().map_or(1, |n| n.get()))
+}
 
 /// Applies `f` to every item, on up to as many threads as the machine has
 /// cores (the calling thread and scoped ones), and returns the results in
@@ -20,10 +28,11 @@ pub fn map_parallel<T: Send, R: Send>(
     parallel: bool,
     f: impl Fn(T) -> R + Sync,
 ) -> Vec<R> {
-    let threads = thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len());
-    if !parallel || threads <= 1 {
+    if !parallel || items.len() <= 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let threads = cores().min(items.len());
+    if threads <= 1 {
         return items.into_iter().map(f).collect();
     }
     let len = items.len();
