@@ -117,6 +117,7 @@ impl LatencyHistogram {
             p50_ms: ms(self.percentile(50.0)),
             p95_ms: ms(self.percentile(95.0)),
             p99_ms: ms(self.percentile(99.0)),
+            p999_ms: ms(self.percentile(99.9)),
             max_ms: ms(self.max()),
             mean_ms: ms(self.mean()),
         })
@@ -134,6 +135,9 @@ pub struct LatencySummary {
     pub p95_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
+    /// 99.9th percentile (0 in results written before it was measured).
+    #[serde(default)]
+    pub p999_ms: f64,
     /// Largest.
     pub max_ms: f64,
     /// Mean.

@@ -60,6 +60,7 @@ impl StudyReport {
                 "p50 ms",
                 "p95 ms",
                 "p99 ms",
+                "p99.9 ms",
                 "max ms",
                 "batches/s",
                 "rows/s committed",
@@ -79,6 +80,10 @@ impl StudyReport {
                         l(|l| l.p50_ms),
                         l(|l| l.p95_ms),
                         l(|l| l.p99_ms),
+                        match r.latency {
+                            Some(l) if l.p999_ms > 0.0 => trim(l.p999_ms),
+                            _ => "–".into(),
+                        },
                         l(|l| l.max_ms),
                         trim(r.batches_per_s),
                         trim(r.sustained_rows_per_s),

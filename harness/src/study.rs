@@ -989,8 +989,8 @@ impl RunResult {
             || "no latency".to_string(),
             |l| {
                 format!(
-                    "p50 {:.1} p95 {:.1} p99 {:.1} max {:.1} ms",
-                    l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms
+                    "p50 {:.1} p95 {:.1} p99 {:.1} p99.9 {:.1} max {:.1} ms",
+                    l.p50_ms, l.p95_ms, l.p99_ms, l.p999_ms, l.max_ms
                 )
             },
         );
