@@ -181,13 +181,25 @@ fn trades_batch(
 /// stream in append mode emits them all. Returns the paths of the trade
 /// files (without the flush file).
 pub fn write_trade_files(dir: &Path, rows: usize, flush: bool) -> anyhow::Result<Vec<String>> {
+    write_trade_files_in(dir, rows, FILES, flush)
+}
+
+/// [`write_trade_files`] with `files` files (at most 999) instead of
+/// [`FILES`].
+pub fn write_trade_files_in(
+    dir: &Path,
+    rows: usize,
+    files: usize,
+    flush: bool,
+) -> anyhow::Result<Vec<String>> {
+    anyhow::ensure!((1..=999).contains(&files), "1 to 999 files, not {files}");
     std::fs::create_dir_all(dir)?;
     let mut rng = StdRng::seed_from_u64(SEED);
     let symbols = symbols();
-    let mut paths = Vec::with_capacity(FILES);
+    let mut paths = Vec::with_capacity(files);
     let mut i = 0usize;
-    for f in 0..FILES {
-        let n = rows / FILES + usize::from(f < rows % FILES);
+    for f in 0..files {
+        let n = rows / files + usize::from(f < rows % files);
         let (mut sym, mut exch, mut price, mut qty, mut time) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
