@@ -35,6 +35,52 @@ fn si(v: f64) -> String {
     }
 }
 
+/// A chart on `area` of a log-scale `y_desc` from `lo` to `hi` against the
+/// trigger `intervals` (one tick each), its mesh drawn.
+fn interval_chart<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    intervals: &'a [f64],
+    (lo, hi): (f64, f64),
+    y_desc: &str,
+) -> Result<
+    ChartContext<
+        'a,
+        SVGBackend<'b>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::combinators::LogCoord<f64>>,
+    >,
+    Box<dyn std::error::Error>,
+> {
+    let x_range = -0.3f64..(intervals.len().max(1) as f64 - 0.7);
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x_range, (lo..hi).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_labels(intervals.len() + 1)
+        .x_label_formatter(&|x: &f64| interval_label(intervals, *x))
+        .y_labels(8)
+        .y_label_formatter(&|v: &f64| trim(*v))
+        .x_desc("trigger interval")
+        .y_desc(y_desc)
+        .draw()?;
+    Ok(chart)
+}
+
+/// The x axis's label at `x`: the interval at that index, or nothing
+/// between ticks.
+fn interval_label(intervals: &[f64], x: f64) -> String {
+    let i = x.round();
+    if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < intervals.len() {
+        format_interval_ms(intervals[i as usize])
+    } else {
+        String::new()
+    }
+}
+
 /// A log axis's bounds around `values` (a decade of margin), or `empty`.
 fn log_bounds(values: &[f64], empty: (f64, f64)) -> (f64, f64) {
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
@@ -264,14 +310,7 @@ impl StudyReport {
         root.fill(&WHITE)?;
         let areas = root.split_evenly((rows, 2));
         let x_range = -0.3f64..(intervals.len().max(1) as f64 - 0.7);
-        let x_label = |x: &f64| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < intervals.len() {
-                format_interval_ms(intervals[i as usize])
-            } else {
-                String::new()
-            }
-        };
+        let x_label = |x: &f64| interval_label(intervals, *x);
         let index = |ms: f64| intervals.iter().position(|&i| i == ms).map(|i| i as f64);
         let rate_label = |rate: u64| match rate {
             r if r >= 1_000_000 && r % 1_000_000 == 0 => format!("{} M rows/s", r / 1_000_000),
@@ -295,21 +334,13 @@ impl StudyReport {
                 .filter(|v| v.is_finite() && *v > 0.0)
                 .collect();
             let (lo, hi) = log_bounds(&latencies, (0.1, 1000.0));
-            let mut chart = ChartBuilder::on(&areas[2 * p])
-                .caption(format!("{name}: latency p50 / p99"), ("sans-serif", 16))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(60)
-                .build_cartesian_2d(x_range.clone(), (lo..hi).log_scale())?;
-            chart
-                .configure_mesh()
-                .x_labels(intervals.len() + 1)
-                .x_label_formatter(&x_label)
-                .y_labels(8)
-                .y_label_formatter(&|v: &f64| trim(*v))
-                .x_desc("trigger interval")
-                .y_desc("latency (ms)")
-                .draw()?;
+            let mut chart = interval_chart(
+                &areas[2 * p],
+                &format!("{name}: latency p50 / p99"),
+                intervals,
+                (lo, hi),
+                "latency (ms)",
+            )?;
             for (k, &rate) in rates.iter().enumerate() {
                 let color = RATE_COLORS[k % RATE_COLORS.len()];
                 let points = |f: Percentile| -> Vec<(f64, f64)> {
@@ -347,21 +378,13 @@ impl StudyReport {
                 .filter(|v| v.is_finite() && *v > 0.0)
                 .collect();
             let (lo, hi) = log_bounds(&cpu, (0.1, 100.0));
-            let mut chart = ChartBuilder::on(&areas[2 * p + 1])
-                .caption(format!("{name}: CPU per million rows"), ("sans-serif", 16))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(60)
-                .build_cartesian_2d(x_range.clone(), (lo..hi).log_scale())?;
-            chart
-                .configure_mesh()
-                .x_labels(intervals.len() + 1)
-                .x_label_formatter(&x_label)
-                .y_labels(8)
-                .y_label_formatter(&|v: &f64| trim(*v))
-                .x_desc("trigger interval")
-                .y_desc("CPU s / M rows")
-                .draw()?;
+            let mut chart = interval_chart(
+                &areas[2 * p + 1],
+                &format!("{name}: CPU per million rows"),
+                intervals,
+                (lo, hi),
+                "CPU s / M rows",
+            )?;
             for (k, &rate) in rates.iter().enumerate() {
                 let color = RATE_COLORS[k % RATE_COLORS.len()];
                 let points: Vec<(f64, f64)> = runs_at(rate)

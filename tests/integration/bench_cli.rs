@@ -300,16 +300,19 @@ INSERT INTO big SELECT symbol, price FROM trades WHERE price > 150;
         ),
     )
     .unwrap();
+    // `tidemill bench` of the join over the two samples.
+    let join_bench = |quotes: &Path, more: &[&str]| {
+        let samples = [
+            format!("trades={}", trades.display()),
+            format!("quotes={}", quotes.display()),
+        ];
+        let mut args = vec!["bench", file.to_str().unwrap(), "--query", "matched"];
+        args.extend(["--sample", &samples[0], "--sample", &samples[1]]);
+        args.extend(more);
+        tidemill(&args)
+    };
     let json = dir.path().join("join.json");
-    let output = tidemill(&[
-        "bench",
-        file.to_str().unwrap(),
-        "--query",
-        "matched",
-        "--sample",
-        &format!("trades={}", trades.display()),
-        "--sample",
-        &format!("quotes={}", quotes.display()),
+    let output = join_bench(&quotes, &[
         "--triggers",
         "100ms",
         "--rates",
@@ -389,15 +392,7 @@ INSERT INTO big SELECT symbol, price FROM trades WHERE price > 150;
         rows(&|i| format!(r#"{{"symbol":"S{}","bid":1,"t":"2026-01-01T00:{:02}:00"}}"#, i % 4, i % 60)),
     )
     .unwrap();
-    let output = tidemill(&[
-        "bench",
-        file.to_str().unwrap(),
-        "--query",
-        "matched",
-        "--sample",
-        &format!("trades={}", trades.display()),
-        "--sample",
-        &format!("quotes={}", sparse.display()),
+    let output = join_bench(&sparse, &[
         "--triggers",
         "0s",
         "--rates",
