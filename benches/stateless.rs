@@ -165,7 +165,12 @@ async fn stream_job_watched(
     max_files: u64,
     chk: &std::path::Path,
     watched: bool,
-) -> anyhow::Result<(Vec<RecordBatch>, Vec<tidemill::QueryProgress>, Duration, Duration)> {
+) -> anyhow::Result<(
+    Vec<RecordBatch>,
+    Vec<tidemill::QueryProgress>,
+    Duration,
+    Duration,
+)> {
     let ctx = SessionContext::new();
     let monitor = match watched {
         true => Some(tidemill::monitor::Monitor::start(&ctx, "127.0.0.1:0").await?),

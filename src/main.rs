@@ -403,12 +403,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 log: true,
             };
             let pipeline = read_pipeline(&file)?;
-            let report = tidemill::bench::bench(&pipeline, &options)
-                .await
-                .map_err(|e| match e {
-                    tidemill::bench::BenchError::Pipeline(e) => in_file(&file, e),
-                    other => anyhow::Error::new(other).context(file.display().to_string()),
-                })?;
+            let report =
+                tidemill::bench::bench(&pipeline, &options)
+                    .await
+                    .map_err(|e| match e {
+                        tidemill::bench::BenchError::Pipeline(e) => in_file(&file, e),
+                        other => anyhow::Error::new(other).context(file.display().to_string()),
+                    })?;
             let out = out.unwrap_or_else(|| file.with_extension("bench"));
             let written = report
                 .write_to(&out)

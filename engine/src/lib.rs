@@ -94,7 +94,7 @@ pub use query::{SourceBacklog, StreamingQuery};
 pub use sink::{Sink, SinkContext};
 pub use source::{BatchInput, ReadLimit, Source, SourceContext, SourceStream};
 pub use source_table::SourceTable;
+pub use tidemill_state::Durability;
 pub use trigger::{OutputMode, Trigger};
 pub use watermark::MultipleWatermarkPolicy;
-pub use tidemill_state::Durability;
 pub use writer::{DataStreamWriter, QueryOptions, RetryPolicy};

@@ -92,17 +92,12 @@ impl SampleReplay {
         let anchor = match event_time {
             Some(name) => {
                 let i = schema.index_of(name)?;
-                Some(
-                    *time_columns
-                        .iter()
-                        .find(|(c, _)| *c == i)
-                        .ok_or_else(|| {
-                            ArrowError::InvalidArgumentError(format!(
-                                "event-time column {name} is {}, not a timestamp",
-                                schema.field(i).data_type()
-                            ))
-                        })?,
-                )
+                Some(*time_columns.iter().find(|(c, _)| *c == i).ok_or_else(|| {
+                    ArrowError::InvalidArgumentError(format!(
+                        "event-time column {name} is {}, not a timestamp",
+                        schema.field(i).data_type()
+                    ))
+                })?)
             }
             None => time_columns.first().copied(),
         };
@@ -283,6 +278,9 @@ mod tests {
         .unwrap();
         let replay = SampleReplay::new(vec![without_time], None).unwrap();
         let columns = replay.generate(1, &[0; 3]).unwrap();
-        assert_eq!(columns[0].as_primitive::<Int64Type>().values().to_vec(), [2, 1, 2]);
+        assert_eq!(
+            columns[0].as_primitive::<Int64Type>().values().to_vec(),
+            [2, 1, 2]
+        );
     }
 }

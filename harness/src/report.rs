@@ -47,7 +47,10 @@ fn interval_chart<'a, 'b>(
     ChartContext<
         'a,
         SVGBackend<'b>,
-        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::combinators::LogCoord<f64>>,
+        Cartesian2d<
+            plotters::coord::types::RangedCoordf64,
+            plotters::coord::combinators::LogCoord<f64>,
+        >,
     >,
     Box<dyn std::error::Error>,
 > {
@@ -356,7 +359,10 @@ impl StudyReport {
                     .legend(move |(x, y)| {
                         PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                     });
-                chart.draw_series(p99.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled())))?;
+                chart.draw_series(
+                    p99.iter()
+                        .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+                )?;
                 chart
                     .draw_series(LineSeries::new(points(|l| l.p50_ms), color.stroke_width(1)))?
                     .label(format!("p50 at {}", rate_label(rate)))

@@ -247,9 +247,7 @@ pub async fn watch_pairs<F, Fut>(
 ) -> anyhow::Result<Vec<(WatchRun, WatchRun)>>
 where
     F: FnMut(bool, usize) -> Fut,
-    Fut: std::future::Future<
-            Output = anyhow::Result<(std::time::Duration, std::time::Duration)>,
-        >,
+    Fut: std::future::Future<Output = anyhow::Result<(std::time::Duration, std::time::Duration)>>,
 {
     let mut out = Vec::with_capacity(pairs);
     for pair in 0..pairs {

@@ -37,7 +37,8 @@ pub type PlanFuture = Pin<Box<dyn Future<Output = anyhow::Result<DataFrame>> + S
 /// A pipeline over several streams: given a fresh session and the run's
 /// sources (one per stream, in the order of
 /// [`StudyPipeline::with_streams`]), the DataFrame to run.
-pub type SourcesPlanFn = Arc<dyn Fn(SessionContext, Vec<Arc<dyn Source>>) -> PlanFuture + Send + Sync>;
+pub type SourcesPlanFn =
+    Arc<dyn Fn(SessionContext, Vec<Arc<dyn Source>>) -> PlanFuture + Send + Sync>;
 
 /// Makes the sink of one run, given a fresh directory the run may use.
 pub type SinkFactory = Arc<dyn Fn(&Path) -> anyhow::Result<Arc<dyn Sink>> + Send + Sync>;
@@ -828,9 +829,7 @@ async fn verify_output(
     let input = shared.rows(0, 0, total)?;
     let ctx = SessionContext::new();
     let table = MemTable::try_new(Arc::clone(&shared.streams[0].schema), vec![input])?;
-    let expected = plan(ctx.read_table(Arc::new(table))?)?
-        .collect()
-        .await?;
+    let expected = plan(ctx.read_table(Arc::new(table))?)?.collect().await?;
     let keys = pipeline.key_columns.as_deref();
     let got = result_rows(output.iter().flat_map(|(_, b)| b.iter()), keys)?;
     let want = result_rows(expected.iter(), keys)?;
@@ -1115,7 +1114,9 @@ impl Recommendation {
             let best = runs
                 .iter()
                 .filter(|o| {
-                    o.pipeline == r.pipeline && o.input_rows_per_s == r.input_rows_per_s && o.kept_up
+                    o.pipeline == r.pipeline
+                        && o.input_rows_per_s == r.input_rows_per_s
+                        && o.kept_up
                 })
                 .min_by(|a, b| a.interval_ms.total_cmp(&b.interval_ms));
             out.push(Recommendation {

@@ -133,7 +133,11 @@ pub fn parse_rate(text: &str) -> Result<u64, BenchError> {
             "invalid rate '{text}': expected rows per second such as 500, 10k, 2.5k or 1M"
         ))
     };
-    let value: f64 = number.trim().replace('_', "").parse().map_err(|_| invalid())?;
+    let value: f64 = number
+        .trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|_| invalid())?;
     if !value.is_finite() || value < 0.0 {
         return Err(invalid());
     }
@@ -410,7 +414,10 @@ async fn replay_of(
             origin,
             message: match given {
                 Some(_) => e.to_string(),
-                None => format!("{e}; give rows to replay with --sample {}=PATH", stream.name),
+                None => format!(
+                    "{e}; give rows to replay with --sample {}=PATH",
+                    stream.name
+                ),
             },
         }
     })?;
@@ -490,7 +497,10 @@ impl Source for Probe {
         probe_description(&self.stream)
     }
 
-    async fn schema(&self, _: &SessionContext) -> tidemill_engine::Result<arrow::datatypes::SchemaRef> {
+    async fn schema(
+        &self,
+        _: &SessionContext,
+    ) -> tidemill_engine::Result<arrow::datatypes::SchemaRef> {
         Ok(Arc::clone(&self.schema))
     }
 

@@ -116,12 +116,18 @@ pub(crate) async fn read_file(
         let location = file.display().to_string();
         let df = match format {
             SampleFormat::Parquet => {
-                ctx.read_parquet(location, ParquetReadOptions::default().file_extension(&extension))
-                    .await
+                ctx.read_parquet(
+                    location,
+                    ParquetReadOptions::default().file_extension(&extension),
+                )
+                .await
             }
             SampleFormat::Json => {
-                ctx.read_json(location, JsonReadOptions::default().file_extension(&extension))
-                    .await
+                ctx.read_json(
+                    location,
+                    JsonReadOptions::default().file_extension(&extension),
+                )
+                .await
             }
             SampleFormat::Csv => {
                 ctx.read_csv(location, CsvReadOptions::new().file_extension(&extension))
@@ -129,7 +135,11 @@ pub(crate) async fn read_file(
             }
         };
         let read = |e: datafusion::error::DataFusionError| {
-            failed(format!("cannot read {}: {}", file.display(), e.strip_backtrace()))
+            failed(format!(
+                "cannot read {}: {}",
+                file.display(),
+                e.strip_backtrace()
+            ))
         };
         let got = df
             .map_err(read)?
@@ -185,7 +195,10 @@ pub(crate) async fn read_source(
 /// types; extra columns are left out. A missing column, a value that does
 /// not convert, or a null in a column that may not hold one is an error
 /// naming the column.
-pub(crate) fn fit(batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>, String> {
+pub(crate) fn fit(
+    batches: Vec<RecordBatch>,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, String> {
     let Some(first) = batches.first() else {
         return Err("it holds no rows".into());
     };
@@ -263,13 +276,20 @@ mod tests {
         let fitted = fit(
             vec![sample(
                 Arc::new(Int64Array::from(vec![3, 4])),
-                Arc::new(StringArray::from(vec!["2026-01-01T00:00:00Z", "2026-01-01 00:00:01"])),
+                Arc::new(StringArray::from(vec![
+                    "2026-01-01T00:00:00Z",
+                    "2026-01-01 00:00:01",
+                ])),
             )],
             &stream_schema(),
         )
         .unwrap();
         assert_eq!(fitted[0].schema(), stream_schema());
-        let price = fitted[0].column(0).as_any().downcast_ref::<Float64Array>().unwrap();
+        let price = fitted[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
         assert_eq!(price.values().to_vec(), [3.0, 4.0]);
     }
 
@@ -281,20 +301,29 @@ mod tests {
         )])
         .unwrap();
         let e = fit(vec![no_t], &stream_schema()).unwrap_err();
-        assert!(e.starts_with("it has no column t (the stream's Timestamp"), "{e}");
+        assert!(
+            e.starts_with("it has no column t (the stream's Timestamp"),
+            "{e}"
+        );
         assert!(e.ends_with("its columns: price"), "{e}");
         let bad_time = sample(
             Arc::new(Float64Array::from(vec![1.0, 2.0])),
             Arc::new(StringArray::from(vec!["yesterday", "now"])),
         );
         let e = fit(vec![bad_time], &stream_schema()).unwrap_err();
-        assert!(e.starts_with("column t is Utf8, which does not convert"), "{e}");
+        assert!(
+            e.starts_with("column t is Utf8, which does not convert"),
+            "{e}"
+        );
         let null_time = sample(
             Arc::new(Float64Array::from(vec![1.0, 2.0])),
             Arc::new(StringArray::from(vec![Some("2026-01-01T00:00:00Z"), None])),
         );
         let e = fit(vec![null_time], &stream_schema()).unwrap_err();
         assert!(e.contains("column t has nulls"), "{e}");
-        assert_eq!(fit(Vec::new(), &stream_schema()).unwrap_err(), "it holds no rows");
+        assert_eq!(
+            fit(Vec::new(), &stream_schema()).unwrap_err(),
+            "it holds no rows"
+        );
     }
 }

@@ -154,7 +154,11 @@ fn put_durably(path: &std::path::Path, payload: PutPayload, mode: PutMode) -> st
             let mut name = path.as_os_str().to_owned();
             name.push(format!("#{n}"));
             let staging = PathBuf::from(name);
-            match OpenOptions::new().write(true).create_new(true).open(&staging) {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&staging)
+            {
                 Ok(file) => Some(Ok((file, staging))),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => None,
                 Err(e) => Some(Err(e)),
@@ -226,7 +230,11 @@ impl ObjectStore for MachineDurableFs {
         }))
     }
 
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
         self.inner.get_opts(location, options).await
     }
 
@@ -245,7 +253,12 @@ impl ObjectStore for MachineDurableFs {
         self.inner.list_with_delimiter(prefix).await
     }
 
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await?;
         self.sync_in_place(to).await
     }
@@ -301,7 +314,10 @@ mod tests {
         let store = MachineDurableFs::new();
         let at = |name: &str| Path::from_absolute_path(dir.path().join(name)).unwrap();
         let before = sync_calls();
-        store.put(&at("a/x"), PutPayload::from_static(b"one")).await.unwrap();
+        store
+            .put(&at("a/x"), PutPayload::from_static(b"one"))
+            .await
+            .unwrap();
         // The staging file and the directory.
         assert!(sync_calls() - before >= 2);
         let create = PutOptions {
@@ -312,8 +328,14 @@ mod tests {
             .put_opts(&at("a/x"), PutPayload::from_static(b"two"), create.clone())
             .await
             .unwrap_err();
-        assert!(matches!(again, object_store::Error::AlreadyExists { .. }), "{again}");
-        store.put(&at("a/x"), PutPayload::from_static(b"three")).await.unwrap();
+        assert!(
+            matches!(again, object_store::Error::AlreadyExists { .. }),
+            "{again}"
+        );
+        store
+            .put(&at("a/x"), PutPayload::from_static(b"three"))
+            .await
+            .unwrap();
         store
             .put_opts(&at("a/y"), PutPayload::from_static(b"new"), create)
             .await
@@ -333,9 +355,20 @@ mod tests {
 
     #[test]
     fn durability_reads_and_prints_its_names() {
-        assert_eq!("Machine".parse::<Durability>().unwrap(), Durability::Machine);
-        assert_eq!("process".parse::<Durability>().unwrap(), Durability::Process);
-        assert!("power".parse::<Durability>().unwrap_err().contains("process or machine"));
+        assert_eq!(
+            "Machine".parse::<Durability>().unwrap(),
+            Durability::Machine
+        );
+        assert_eq!(
+            "process".parse::<Durability>().unwrap(),
+            Durability::Process
+        );
+        assert!(
+            "power"
+                .parse::<Durability>()
+                .unwrap_err()
+                .contains("process or machine")
+        );
         assert_eq!(Durability::default().to_string(), "process");
     }
 }

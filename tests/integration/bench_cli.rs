@@ -107,7 +107,12 @@ fn bench_measures_each_query_and_writes_a_table_a_json_file_and_a_plot() {
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report.runs.len(), 8, "2 queries × 2 intervals × 2 rates");
     for r in &report.runs {
-        assert_eq!(r.rows_generated, r.input_rows_per_s * 3 / 2, "{}", r.summary());
+        assert_eq!(
+            r.rows_generated,
+            r.input_rows_per_s * 3 / 2,
+            "{}",
+            r.summary()
+        );
         // A run far behind may commit no row that arrived after its
         // warm-up: it has no latency figures.
         let Some(l) = r.latency else {
@@ -124,14 +129,27 @@ fn bench_measures_each_query_and_writes_a_table_a_json_file_and_a_plot() {
         // 2 000 rows/s at 100 ms: 200 rows a batch, under the limit.
         let kept = run_at(&report, query, 100.0, 2_000);
         assert!(kept.kept_up, "{}", kept.summary());
-        assert_eq!(kept.rows_committed, kept.rows_generated, "{}", kept.summary());
+        assert_eq!(
+            kept.rows_committed,
+            kept.rows_generated,
+            "{}",
+            kept.summary()
+        );
         let ratio = kept.sustained_rows_per_s / 2_000.0;
         assert!((0.7..=1.3).contains(&ratio), "{}", kept.summary());
         // 100 000 rows/s at 100 ms: at most 5 000 rows/s are read.
         let behind = run_at(&report, query, 100.0, 100_000);
         assert!(!behind.kept_up, "{}", behind.summary());
-        assert!(behind.sustained_rows_per_s < 10_000.0, "{}", behind.summary());
-        assert!(behind.rows_committed < behind.rows_generated, "{}", behind.summary());
+        assert!(
+            behind.sustained_rows_per_s < 10_000.0,
+            "{}",
+            behind.summary()
+        );
+        assert!(
+            behind.rows_committed < behind.rows_generated,
+            "{}",
+            behind.summary()
+        );
     }
     // The replay moves event time forward each loop of the 400-row (20 s)
     // sample: the watermark advances, windows close and are written, and
@@ -158,12 +176,24 @@ fn bench_measures_each_query_and_writes_a_table_a_json_file_and_a_plot() {
     }
 
     // The terminal table, the recommendations and the files.
-    for wanted in ["| pipeline |", "p99 ms", "kept up", "Shortest trigger interval that kept up", "per_2s at 2000 rows/s: trigger 0"] {
-        assert!(stdout.contains(wanted), "{wanted:?} missing from:\n{stdout}");
+    for wanted in [
+        "| pipeline |",
+        "p99 ms",
+        "kept up",
+        "Shortest trigger interval that kept up",
+        "per_2s at 2000 rows/s: trigger 0",
+    ] {
+        assert!(
+            stdout.contains(wanted),
+            "{wanted:?} missing from:\n{stdout}"
+        );
     }
     let svg = std::fs::read_to_string(out.join("study.svg")).unwrap();
     assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
-    assert!(svg.contains("per_2s: latency p50 / p99"), "the windowed query's panel");
+    assert!(
+        svg.contains("per_2s: latency p50 / p99"),
+        "the windowed query's panel"
+    );
     assert!(svg.contains("CPU per million rows"));
     assert!(out.join("study.md").exists() && out.join("study.json").exists());
     // `--sink real` wrote into scratch directories, not the sinks' paths.
@@ -176,7 +206,16 @@ fn bench_replays_a_sample_file_and_refuses_bad_settings_and_samples_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_pipeline(dir.path());
     let file = file.to_str().unwrap();
-    let short = ["--triggers", "0s", "--rates", "1k", "--duration", "300ms", "--warmup", "100ms"];
+    let short = [
+        "--triggers",
+        "0s",
+        "--rates",
+        "1k",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+    ];
 
     // A CSV sample in place of the stream's files.
     let csv = dir.path().join("sample.csv");
@@ -210,7 +249,10 @@ fn bench_replays_a_sample_file_and_refuses_bad_settings_and_samples_clearly() {
         let output = tidemill(&args);
         let stderr = text(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(stderr.contains(wanted), "{args:?}: {wanted:?} missing from {stderr}");
+        assert!(
+            stderr.contains(wanted),
+            "{args:?}: {wanted:?} missing from {stderr}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     };
     fails(
@@ -222,7 +264,11 @@ fn bench_replays_a_sample_file_and_refuses_bad_settings_and_samples_clearly() {
     assert!(text(&zero.stderr).contains("a rate must be at least 1 row per second"));
 
     let missing = dir.path().join("missing.json");
-    std::fs::write(&missing, "{\"symbol\":\"A\",\"quantity\":1,\"event_time\":\"2026-01-01T00:00:00\"}\n").unwrap();
+    std::fs::write(
+        &missing,
+        "{\"symbol\":\"A\",\"quantity\":1,\"event_time\":\"2026-01-01T00:00:00\"}\n",
+    )
+    .unwrap();
     let wrong_type = dir.path().join("wrong.json");
     std::fs::write(
         &wrong_type,
@@ -250,7 +296,10 @@ fn bench_replays_a_sample_file_and_refuses_bad_settings_and_samples_clearly() {
 fn bench_replays_both_streams_of_a_join_and_finds_the_highest_sustainable_rate() {
     let dir = tempfile::tempdir().unwrap();
     // Trades and quotes over the same 10 s of event time, 200 rows each.
-    let (trades, quotes) = (dir.path().join("trades.json"), dir.path().join("quotes.json"));
+    let (trades, quotes) = (
+        dir.path().join("trades.json"),
+        dir.path().join("quotes.json"),
+    );
     let rows = |f: &dyn Fn(usize) -> String| (0..200).map(f).collect::<Vec<_>>().join("\n") + "\n";
     std::fs::write(
         &trades,
@@ -312,18 +361,21 @@ INSERT INTO big SELECT symbol, price FROM trades WHERE price > 150;
         tidemill(&args)
     };
     let json = dir.path().join("join.json");
-    let output = join_bench(&quotes, &[
-        "--triggers",
-        "100ms",
-        "--rates",
-        "1k",
-        "--duration",
-        "1s",
-        "--warmup",
-        "300ms",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let output = join_bench(
+        &quotes,
+        &[
+            "--triggers",
+            "100ms",
+            "--rates",
+            "1k",
+            "--duration",
+            "1s",
+            "--warmup",
+            "300ms",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
     let stderr = text(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(!stderr.contains("warning"), "aligned samples: {stderr}");
@@ -381,7 +433,10 @@ INSERT INTO big SELECT symbol, price FROM trades WHERE price > 150;
         max.steps.iter().all(|s| !s.kept_up || s.rate <= 1_100),
         "{max:?}"
     );
-    assert!(max.first_failing_rows_per_s.is_some_and(|f| f <= 2_000), "{max:?}");
+    assert!(
+        max.first_failing_rows_per_s.is_some_and(|f| f <= 2_000),
+        "{max:?}"
+    );
     assert!(max.steps.len() >= 2, "{max:?}");
     assert!(text(&output.stdout).contains("Maximum sustainable input rate"));
 
@@ -389,21 +444,30 @@ INSERT INTO big SELECT symbol, price FROM trades WHERE price > 150;
     let sparse = dir.path().join("sparse.json");
     std::fs::write(
         &sparse,
-        rows(&|i| format!(r#"{{"symbol":"S{}","bid":1,"t":"2026-01-01T00:{:02}:00"}}"#, i % 4, i % 60)),
+        rows(&|i| {
+            format!(
+                r#"{{"symbol":"S{}","bid":1,"t":"2026-01-01T00:{:02}:00"}}"#,
+                i % 4,
+                i % 60
+            )
+        }),
     )
     .unwrap();
-    let output = join_bench(&sparse, &[
-        "--triggers",
-        "0s",
-        "--rates",
-        "1k",
-        "--duration",
-        "200ms",
-        "--warmup",
-        "100ms",
-        "--out",
-        dir.path().join("sparse-out").to_str().unwrap(),
-    ]);
+    let output = join_bench(
+        &sparse,
+        &[
+            "--triggers",
+            "0s",
+            "--rates",
+            "1k",
+            "--duration",
+            "200ms",
+            "--warmup",
+            "100ms",
+            "--out",
+            dir.path().join("sparse-out").to_str().unwrap(),
+        ],
+    );
     let stderr = text(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(

@@ -11,8 +11,8 @@ use std::time::Duration;
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
-use tidemill::prelude::*;
 use tidemill::engine::{Durability, QueryOptions};
+use tidemill::prelude::*;
 
 use crate::child::{self, Child, Event};
 use crate::common::{events_schema, sorted_rows};
@@ -502,7 +502,10 @@ async fn machine_durability_fsyncs_each_file_written_and_process_durability_none
     let written = files(&machine.checkpoint.join("offsets"))
         + files(&machine.checkpoint.join("commits"))
         + files(&machine.output);
-    assert!(written >= 9, "three batches: offsets, commits and sink files");
+    assert!(
+        written >= 9,
+        "three batches: offsets, commits and sink files"
+    );
     assert!(
         machine_syncs >= 2 * written,
         "{machine_syncs} fsyncs for {written} files written"
@@ -515,8 +518,15 @@ async fn machine_durability_fsyncs_each_file_written_and_process_durability_none
             .collect::<Vec<_>>()
     };
     assert!(staged(&machine.checkpoint).is_empty() && staged(&machine.output).is_empty());
-    assert_eq!(committed_rows(&machine).await, committed_rows(&process).await);
-    assert_eq!(committed_rows(&machine).await.len(), 57, "60 events less ids 0, 1, 2");
+    assert_eq!(
+        committed_rows(&machine).await,
+        committed_rows(&process).await
+    );
+    assert_eq!(
+        committed_rows(&machine).await.len(),
+        57,
+        "60 events less ids 0, 1, 2"
+    );
 }
 
 /// Every path under `dir`, recursively.

@@ -122,7 +122,10 @@ async fn metrics_and_api_match_the_progress_of_the_same_batches() {
         tokio::time::sleep(Duration::from_millis(5)).await;
         after_request = monitor.busy_time();
     }
-    assert!(after_request > after_events, "a request adds to the busy time");
+    assert!(
+        after_request > after_events,
+        "a request adds to the busy time"
+    );
     let samples = parse(&text);
     let q = [("query", "bars")];
     let sum = |f: fn(&QueryProgress) -> u64| progress.iter().map(f).sum::<u64>() as f64;

@@ -84,7 +84,10 @@ async fn a_missing_commit_before_the_latest_batch_is_not_rerun() {
     assert_eq!(sink.batch_ids(), vec![0, 1, 2]);
     // Every commit is written once the query has stopped.
     for n in 0..3 {
-        assert!(dir.path().join("commits").join(n.to_string()).exists(), "commits/{n}");
+        assert!(
+            dir.path().join("commits").join(n.to_string()).exists(),
+            "commits/{n}"
+        );
     }
     std::fs::remove_file(dir.path().join("commits/1")).unwrap();
     std::fs::remove_file(dir.path().join("commits/2")).unwrap();
