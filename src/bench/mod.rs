@@ -217,6 +217,10 @@ pub async fn bench(pipeline: &Pipeline, options: &BenchOptions) -> Result<StudyR
 
     let pipeline = Arc::new(pipeline.clone());
     let mut generators: HashMap<String, Arc<SampleReplay>> = HashMap::new();
+    // Samples are read on one partition, in the order the stream reads its
+    // rows (a multi-partition read interleaves them).
+    let sample_ctx =
+        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     for sink in selected {
         let (stream_names, output_mode) = read
             .get(&sink)
@@ -228,10 +232,6 @@ pub async fn bench(pipeline: &Pipeline, options: &BenchOptions) -> Result<StudyR
             )));
         }
         let mut query_generators = Vec::new();
-        // Samples are read on one partition, in the order the stream reads
-        // its rows (a multi-partition read interleaves them).
-        let sample_ctx =
-            SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         for name in &stream_names {
             if !generators.contains_key(name) {
                 let stream = streams
