@@ -11,11 +11,15 @@
 //! rate`; rows loop over the sample with event times moved forward each
 //! loop, so watermarks advance as in production. The sink is replaced by
 //! one that discards rows (`--sink discard`), or kept (`--sink real`)
-//! writing into a scratch directory removed afterwards. Latency is per
+//! writing into a scratch directory removed after each point, or for a
+//! Kafka sink into a scratch topic per point, created when the sink opens
+//! and deleted when the bench ends. Latency is per
 //! input row, from the instant it became available to the instant the
 //! sink committed the batch that read it.
 
 mod sample;
+#[cfg(feature = "kafka")]
+mod scratch_topic;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,7 +72,9 @@ pub enum BenchSink {
     #[default]
     Discard,
     /// The query's own sink, writing into a scratch directory (its `path`
-    /// option replaced) that is removed after each run.
+    /// option replaced) that is removed after each run, or for a Kafka
+    /// sink into a scratch topic per run (`<topic>.tidemill-bench.<pid>.
+    /// run-<n>`), deleted when the bench ends.
     Real,
 }
 
@@ -217,6 +223,7 @@ pub async fn bench(pipeline: &Pipeline, options: &BenchOptions) -> Result<StudyR
 
     let pipeline = Arc::new(pipeline.clone());
     let mut generators: HashMap<String, Arc<SampleReplay>> = HashMap::new();
+    let mut scratch = ScratchTopics::new();
     // Samples are read on one partition, in the order the stream reads its
     // rows (a multi-partition read interleaves them).
     let sample_ctx =
@@ -269,11 +276,14 @@ pub async fn bench(pipeline: &Pipeline, options: &BenchOptions) -> Result<StudyR
         )
         .output_mode(output_mode);
         if options.sink == BenchSink::Real {
-            study_pipeline = study_pipeline.sink(real_sink(&pipeline, &sink)?);
+            study_pipeline = study_pipeline.sink(real_sink(&pipeline, &sink, &mut scratch)?);
         }
         study = study.pipeline(study_pipeline);
     }
-    study.run().await.map_err(BenchError::Study)
+    let report = study.run().await.map_err(BenchError::Study);
+    // Removed whether the study succeeded or not.
+    delete_scratch_topics(scratch).await?;
+    report
 }
 
 /// When a query reads several streams whose samples advance event time at
@@ -515,33 +525,100 @@ impl Source for Probe {
     }
 }
 
-/// The query's own sink, writing into each run's scratch directory.
+/// Scratch topics created for `--sink real` on Kafka sinks, with the
+/// brokers to delete them from when the bench ends.
+#[cfg(feature = "kafka")]
+type ScratchTopics = Vec<(
+    scratch_topic::Brokers,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+)>;
+#[cfg(not(feature = "kafka"))]
+type ScratchTopics = Vec<()>;
+
+/// The query's own sink, writing into each run's scratch directory (its
+/// `path` replaced) or, for a Kafka sink, into a scratch topic of each run
+/// (created when the sink opens, recorded in `scratch` for deletion).
 fn real_sink(
     pipeline: &Arc<Pipeline>,
     sink: &str,
+    scratch: &mut ScratchTopics,
 ) -> Result<impl Fn(&Path) -> anyhow::Result<Arc<dyn Sink>> + Send + Sync + 'static, BenchError> {
     let def = pipeline
         .sink_def(sink)
         .ok_or_else(|| BenchError::Settings(format!("no sink {sink}")))?;
     let redirect_path = def.options.get("path").is_some();
-    if def.options.get("topic").is_some() {
-        return Err(BenchError::Settings(format!(
-            "--sink real: sink {sink} writes to a Kafka topic, which the bench cannot redirect \
-             to a scratch topic; use --sink discard"
-        )));
+    let topic = def.options.get("topic").map(str::to_string);
+    #[cfg(feature = "kafka")]
+    let topics = match &topic {
+        Some(_) => {
+            let brokers = scratch_topic::Brokers::of(&def.options).ok_or_else(|| {
+                BenchError::Settings(format!(
+                    "--sink real: Kafka sink {sink} has no bootstrap_servers"
+                ))
+            })?;
+            let created = Arc::new(std::sync::Mutex::new(Vec::new()));
+            scratch.push((brokers.clone(), Arc::clone(&created)));
+            Some((brokers, created))
+        }
+        None => None,
+    };
+    #[cfg(not(feature = "kafka"))]
+    {
+        let _ = &scratch;
+        if topic.is_some() {
+            return Err(BenchError::Settings(format!(
+                "--sink real: sink {sink} writes to Kafka, which this build leaves out (the \
+                 `kafka` feature)"
+            )));
+        }
     }
     let pipeline = Arc::clone(pipeline);
     let sink = sink.to_string();
     Ok(move |dir: &Path| {
-        let scratch = dir.join("sink");
-        let replace: Vec<(&str, String)> = if redirect_path {
-            vec![("path", scratch.display().to_string())]
-        } else {
-            Vec::new()
-        };
         let checkpoint = dir.join("sink-checkpoint").display().to_string();
-        Ok(pipeline.sink_with_options(&sink, &replace, Some(&checkpoint))?)
+        // The run's number names its scratch topic: work/run-N/out.
+        let run = dir
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut replace: Vec<(&str, String)> = Vec::new();
+        if redirect_path {
+            replace.push(("path", dir.join("sink").display().to_string()));
+        }
+        let scratch_topic = topic
+            .as_ref()
+            .map(|t| format!("{t}.tidemill-bench.{}.{run}", std::process::id()));
+        if let Some(name) = &scratch_topic {
+            replace.push(("topic", name.clone()));
+        }
+        let inner = pipeline.sink_with_options(&sink, &replace, Some(&checkpoint))?;
+        #[cfg(feature = "kafka")]
+        if let (Some((brokers, created)), Some(name)) = (&topics, scratch_topic) {
+            return Ok(Arc::new(scratch_topic::ScratchTopicSink {
+                inner,
+                brokers: brokers.clone(),
+                topic: name,
+                created: Arc::clone(created),
+            }) as Arc<dyn Sink>);
+        }
+        Ok(inner)
     })
+}
+
+/// Deletes the scratch topics `--sink real` created.
+async fn delete_scratch_topics(scratch: ScratchTopics) -> Result<(), BenchError> {
+    #[cfg(feature = "kafka")]
+    for (brokers, created) in scratch {
+        let topics = std::mem::take(&mut *created.lock().expect("scratch topics lock poisoned"));
+        brokers
+            .delete(&topics)
+            .await
+            .map_err(|e| BenchError::Settings(format!("--sink real: {e}")))?;
+    }
+    #[cfg(not(feature = "kafka"))]
+    let _ = scratch;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -242,3 +242,95 @@ fn kafka_options_are_checked_before_connecting() {
         assert!(stderr.contains(expected), "{expected}\nnot in: {stderr}");
     }
 }
+
+/// The topics the broker at `bootstrap` has.
+fn topics(bootstrap: &str) -> Vec<String> {
+    use tidemill::connectors::kafka::rdkafka::config::ClientConfig;
+    use tidemill::connectors::kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(None, std::time::Duration::from_secs(30))
+        .unwrap();
+    metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .collect()
+}
+
+/// `tidemill bench --sink real` on a Kafka sink: each point writes to a
+/// scratch topic of its own, created and deleted by the command; the
+/// sink's real topic receives nothing.
+#[tokio::test]
+async fn bench_with_a_real_kafka_sink_writes_to_scratch_topics_it_removes() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    let output = unique_topic("bench-out");
+    create_topic(&bootstrap, &output, 1, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let trades = dir.path().join("trades.json");
+    let lines: Vec<String> = (0..100)
+        .map(|i| {
+            format!(
+                r#"{{"symbol":"S{}","price":{i},"event_time":"2026-01-01T00:00:{:02}"}}"#,
+                i % 3,
+                i % 60
+            )
+        })
+        .collect();
+    std::fs::write(&trades, lines.join("\n") + "\n").unwrap();
+    let file = dir.path().join("bench.sql");
+    std::fs::write(
+        &file,
+        format!(
+            "CREATE STREAM trades (symbol VARCHAR, price DOUBLE, event_time TIMESTAMP)
+WITH (connector = 'files', path = '{}', format = 'json');
+CREATE SINK out WITH (connector = 'kafka', bootstrap_servers = '{bootstrap}',
+                      topic = '{output}', format = 'json');
+INSERT INTO out SELECT symbol, price FROM trades WHERE price >= 50;
+",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let json = dir.path().join("results.json");
+    let run = tidemill(&[
+        "bench",
+        file.to_str().unwrap(),
+        "--sample",
+        trades.to_str().unwrap(),
+        "--triggers",
+        "0s,100ms",
+        "--rates",
+        "500",
+        "--duration",
+        "500ms",
+        "--warmup",
+        "100ms",
+        "--sink",
+        "real",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let report: tidemill_harness::StudyReport =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report.runs.len(), 2);
+    for r in &report.runs {
+        assert_eq!(r.rows_committed, r.rows_generated, "{}", r.summary());
+        // Sample rows 50..100 pass the filter: half of every loop.
+        assert_eq!(r.rows_output, r.rows_generated / 2, "{}", r.summary());
+    }
+    assert!(
+        consume_all(&bootstrap, &output).is_empty(),
+        "the real topic is untouched"
+    );
+    let left: Vec<String> = topics(&bootstrap)
+        .into_iter()
+        .filter(|t| t.contains(".tidemill-bench."))
+        .collect();
+    assert!(left.is_empty(), "scratch topics left behind: {left:?}");
+}
