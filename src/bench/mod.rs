@@ -156,10 +156,12 @@ pub fn parse_rate(text: &str) -> Result<u64, BenchError> {
     Ok(rate as u64)
 }
 
-/// A stream the pipeline declares: its name, source and event-time column.
+/// A stream the pipeline declares: its name, source, schema and
+/// event-time column.
 struct DeclaredStream {
     name: String,
     source: Arc<dyn Source>,
+    schema: arrow::datatypes::SchemaRef,
     event_time: Option<String>,
 }
 
@@ -344,23 +346,26 @@ async fn declared_streams(
     pipeline: &Pipeline,
     ctx: &SessionContext,
 ) -> Result<Vec<DeclaredStream>, BenchError> {
-    let sources = pipeline.stream_sources(ctx).await?;
-    Ok(sources
-        .into_iter()
-        .map(|(name, source)| {
-            let event_time = pipeline.statements().iter().find_map(|s| match &s.item {
-                PipelineStatement::CreateStream(def) if def.name == name => {
-                    def.watermark.as_ref().map(|w| w.column.clone())
-                }
-                _ => None,
-            });
-            DeclaredStream {
-                name,
-                source,
-                event_time,
+    let mut streams = Vec::new();
+    for (name, source) in pipeline.stream_sources(ctx).await? {
+        let schema = source
+            .schema(ctx)
+            .await
+            .map_err(|e| BenchError::Settings(format!("stream {name}: {e}")))?;
+        let event_time = pipeline.statements().iter().find_map(|s| match &s.item {
+            PipelineStatement::CreateStream(def) if def.name == name => {
+                def.watermark.as_ref().map(|w| w.column.clone())
             }
-        })
-        .collect())
+            _ => None,
+        });
+        streams.push(DeclaredStream {
+            name,
+            source,
+            schema,
+            event_time,
+        });
+    }
+    Ok(streams)
 }
 
 /// Refuses a `--sample` for a stream the file does not declare, or one
@@ -398,11 +403,7 @@ async fn replay_of(
     stream: &DeclaredStream,
     options: &BenchOptions,
 ) -> Result<Arc<SampleReplay>, BenchError> {
-    let schema = stream
-        .source
-        .schema(ctx)
-        .await
-        .map_err(|e| BenchError::Settings(format!("stream {}: {e}", stream.name)))?;
+    let schema = &stream.schema;
     let given = options
         .samples
         .iter()
@@ -410,7 +411,7 @@ async fn replay_of(
         .map(|(_, path)| path.as_path());
     let (batches, origin) = match given {
         Some(path) => (
-            sample::read_file(ctx, &stream.name, path, &schema).await?,
+            sample::read_file(ctx, &stream.name, path, schema).await?,
             path.display().to_string(),
         ),
         None => (
@@ -444,16 +445,11 @@ async fn streams_read(
     let ctx = SessionContext::new();
     let mut probes: HashMap<String, Arc<dyn Source>> = HashMap::new();
     for s in streams {
-        let schema = s
-            .source
-            .schema(&ctx)
-            .await
-            .map_err(|e| BenchError::Settings(format!("stream {}: {e}", s.name)))?;
         probes.insert(
             s.name.clone(),
             Arc::new(Probe {
                 stream: s.name.clone(),
-                schema,
+                schema: Arc::clone(&s.schema),
             }),
         );
     }

@@ -112,13 +112,23 @@ impl MachineDurableFs {
 
     /// Syncs the file at `location` and its directory.
     async fn sync_in_place(&self, location: &Path) -> object_store::Result<()> {
-        let path = self.local(location)?;
-        run_blocking(move || {
-            sync(&File::open(&path)?)?;
-            sync_dir(path.parent().unwrap_or(std::path::Path::new("/")))
-        })
-        .await
+        sync_file_and_dir(self.local(location)?).await
     }
+}
+
+/// The directory holding `path`.
+fn parent_of(path: &std::path::Path) -> &std::path::Path {
+    path.parent().unwrap_or(std::path::Path::new("/"))
+}
+
+/// Syncs the file at `path`, then its directory (a file written in place
+/// by another writer: a copy, a rename, a multipart upload).
+async fn sync_file_and_dir(path: PathBuf) -> object_store::Result<()> {
+    run_blocking(move || {
+        sync(&File::open(&path)?)?;
+        sync_dir(parent_of(&path))
+    })
+    .await
 }
 
 /// Runs blocking file work on tokio's blocking pool, with I/O errors as
@@ -147,7 +157,7 @@ impl std::fmt::Display for MachineDurableFs {
 
 /// Writes `payload` to `path` durably: staging file, sync, move, sync dir.
 fn put_durably(path: &std::path::Path, payload: PutPayload, mode: PutMode) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+    let dir = parent_of(path);
     std::fs::create_dir_all(dir)?;
     let (mut staging_file, staging) = (1u64..)
         .find_map(|n| {
@@ -289,12 +299,7 @@ impl MultipartUpload for DurableUpload {
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         let result = self.inner.complete().await?;
-        let path = self.path.clone();
-        run_blocking(move || {
-            sync(&File::open(&path)?)?;
-            sync_dir(path.parent().unwrap_or(std::path::Path::new("/")))
-        })
-        .await?;
+        sync_file_and_dir(self.path.clone()).await?;
         Ok(result)
     }
 
