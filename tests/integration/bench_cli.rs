@@ -397,9 +397,12 @@ INSERT INTO big SELECT symbol, price FROM trades WHERE price > 150;
     );
 
     // The highest sustainable rate at 100 ms with at most 100 rows a
-    // batch: 1 000 rows/s at most. No rate above that may count as kept
-    // up; below it, what keeps up depends on the machine's load (late
-    // triggers leave a backlog near the limit), so only the bound is
+    // batch: 1 000 rows/s. A trial of 1.4 s judges a backlog growing by
+    // less than 50 ms of input per third of its measured time (0.4 s) as
+    // kept up, so a rate up to about 12 % above the limit can pass (one
+    // run found 1 131 kept up while 1 000 rows/s were committed); none
+    // 25 % above it may. Below the limit, what keeps up depends on the
+    // machine's load (late triggers leave a backlog), so only the bound is
     // checked.
     let json = dir.path().join("max.json");
     let output = tidemill(&[
@@ -428,9 +431,9 @@ INSERT INTO big SELECT symbol, price FROM trades WHERE price > 150;
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report.max_rates.len(), 1);
     let max = &report.max_rates[0];
-    assert!(max.max_rows_per_s <= 1_100, "{max:?}");
+    assert!(max.max_rows_per_s <= 1_250, "{max:?}");
     assert!(
-        max.steps.iter().all(|s| !s.kept_up || s.rate <= 1_100),
+        max.steps.iter().all(|s| !s.kept_up || s.rate <= 1_250),
         "{max:?}"
     );
     assert!(
