@@ -30,7 +30,9 @@
 //!   needed. [`StateStoreConfig`] sets the partition count and snapshot
 //!   interval; [`StateMetrics`] and [`StateCommitMetrics`] report sizes and
 //!   costs; [`StateStore::inspect`] describes a committed version
-//!   ([`StateVersionInfo`]) from its files alone, writing nothing.
+//!   ([`StateVersionInfo`]) from its files alone, writing nothing, and
+//!   [`StateStore::read_entries`] reads a committed version's entries
+//!   ([`StoredEntries`]) the same way.
 //!
 //! The dependency direction is `connectors → engine → state`: nothing here
 //! knows about SQL, sources or sinks.
@@ -50,5 +52,6 @@ pub use error::{Result, StateError};
 pub use numbered_log::NumberedLog;
 pub use store::{
     StateCommitMetrics, StateEntry, StateMetrics, StatePartition, StateSchema, StateStore,
-    StateStoreConfig, StateVersionInfo, TakenEntries, map_parallel, partition_for_key,
+    StateStoreConfig, StateVersionInfo, StoredEntries, TakenEntries, map_parallel,
+    partition_for_key,
 };

@@ -4,9 +4,9 @@
 
 use std::collections::HashSet;
 
+use super::StateStore;
 use super::listings::keys;
-use super::manifest::{METADATA_FILE, METADATA_KIND, StoreMetadata, read_commit};
-use super::{StateStore, files};
+use super::manifest::{METADATA_FILE, read_commit, read_metadata};
 use crate::{CheckpointDir, Result, StateError};
 
 /// What one committed version of a state store holds, as its `_metadata`
@@ -43,10 +43,7 @@ impl StateStore {
     /// the file if `_metadata` or the version's commit file is missing
     /// (never committed, or purged), truncated or altered.
     pub async fn inspect(dir: &CheckpointDir, version: u64) -> Result<StateVersionInfo> {
-        let metadata: Option<StoreMetadata> = dir
-            .read(METADATA_FILE, METADATA_KIND, files::FORMAT_VERSION)
-            .await?;
-        let Some(metadata) = metadata else {
+        let Some(metadata) = read_metadata(dir).await? else {
             if version == 0 {
                 return Ok(StateVersionInfo {
                     version,

@@ -13,6 +13,8 @@
 //! file is written last, after all data files, so it is what makes a version
 //! exist.
 
+use std::sync::Arc;
+
 use arrow_schema::Schema;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
@@ -56,18 +58,34 @@ impl StoreMetadata {
         }
     }
 
-    /// Checks that a store recorded as `self` can be opened as `wanted`;
-    /// otherwise [`StateError::Incompatible`] saying what changed.
-    pub(crate) fn check_compatible(&self, wanted: &StoreMetadata, path: &Path) -> Result<()> {
-        if self.format_version != wanted.format_version {
+    /// The layout the store was created with.
+    pub(crate) fn schema(&self) -> StateSchema {
+        StateSchema::new(
+            Arc::new(self.key_schema.clone()),
+            Arc::new(self.value_schema.clone()),
+        )
+        .with_partition_suffix(self.partition_suffix)
+    }
+
+    /// Checks that this build reads the store's format version; otherwise
+    /// [`StateError::Incompatible`] naming both.
+    pub(crate) fn check_format(&self, path: &Path) -> Result<()> {
+        if self.format_version != FORMAT_VERSION {
             return Err(StateError::Incompatible {
                 path: path.clone(),
                 reason: format!(
                     "state format version {} is not supported (this build reads version {})",
-                    self.format_version, wanted.format_version
+                    self.format_version, FORMAT_VERSION
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Checks that a store recorded as `self` can be opened as `wanted`;
+    /// otherwise [`StateError::Incompatible`] saying what changed.
+    pub(crate) fn check_compatible(&self, wanted: &StoreMetadata, path: &Path) -> Result<()> {
+        self.check_format(path)?;
         let mut changes = Vec::new();
         if self.num_partitions != wanted.num_partitions {
             changes.push(format!(
@@ -100,6 +118,12 @@ impl StoreMetadata {
             ),
         })
     }
+}
+
+/// Reads the store's `_metadata` in `dir`; `Ok(None)` if there is none.
+/// Only reads.
+pub(crate) async fn read_metadata(dir: &CheckpointDir) -> Result<Option<StoreMetadata>> {
+    dir.read(METADATA_FILE, METADATA_KIND, FORMAT_VERSION).await
 }
 
 /// A data file as recorded in a commit file.
@@ -290,7 +314,6 @@ pub(crate) async fn write_commit(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::sync::Arc;
 
     use arrow_schema::{DataType, Field};
 

@@ -7,7 +7,9 @@
 //! - [`files`]: the Arrow IPC delta and snapshot files; [`fetch`]: where
 //!   they live and reading them back checked.
 //! - [`manifest`]: the JSON `_metadata` and per-version commit files;
-//!   [`inspect`]: what a committed version holds, read from them alone.
+//!   [`inspect`]: what a committed version holds, read from them alone;
+//!   [`read`]: a committed version's entries, read without opening the
+//!   store ([`StoredEntries`]).
 //! - [`schema`]: the key/value layout ([`StateSchema`]) and how a change of
 //!   it is described.
 //! - [`config`], [`metrics`]: settings and reported figures.
@@ -23,6 +25,7 @@ mod metrics;
 mod parallel;
 mod partition;
 mod probe_ahead;
+mod read;
 mod schema;
 mod table_alloc;
 mod taken;
@@ -43,6 +46,7 @@ pub use inspect::StateVersionInfo;
 pub use metrics::{StateCommitMetrics, StateMetrics};
 pub use parallel::map_parallel;
 pub use partition::{StateEntry, StatePartition, partition_for_key};
+pub use read::StoredEntries;
 pub use schema::StateSchema;
 pub use taken::TakenEntries;
 
@@ -52,7 +56,7 @@ use files::{FileId, FileKind};
 use listings::Listings;
 use manifest::{
     FileRef, METADATA_FILE, METADATA_KIND, PartitionChain, StoreMetadata, commit_file_name,
-    parse_commit_file_name, read_commit, write_commit,
+    parse_commit_file_name, read_commit, read_metadata, write_commit,
 };
 
 /// Commit files read at once by a purge.
@@ -830,7 +834,7 @@ impl StateStore {
 /// new store (opened at version 0).
 async fn check_metadata(dir: &CheckpointDir, wanted: &StoreMetadata, version: u64) -> Result<()> {
     let path = dir.path(METADATA_FILE);
-    let read = || dir.read::<StoreMetadata>(METADATA_FILE, METADATA_KIND, files::FORMAT_VERSION);
+    let read = || read_metadata(dir);
     let found = match read().await? {
         Some(found) => found,
         None if version == 0 => {
