@@ -46,6 +46,7 @@
 
 pub use tidemill_connectors as connectors;
 pub use tidemill_engine as engine;
+pub use tidemill_engine::processor;
 pub use tidemill_state as state;
 
 pub use datafusion;

@@ -19,9 +19,10 @@ use crate::dedup::DedupOperator;
 use crate::join::JoinOperator;
 use crate::micro_batch::{Runner, RunningSource};
 use crate::plan::{
-    AggregatePlanner, BatchPlanner, DedupPlanner, JoinPlanner, StatefulNode, StreamingQueryPlanner,
-    WatermarkPlanner, join_spec, prepare, replace_stateful, stateful_nodes,
+    AggregatePlanner, BatchPlanner, DedupPlanner, JoinPlanner, ProcessorPlanner, StatefulNode,
+    StreamingQueryPlanner, WatermarkPlanner, join_spec, prepare, replace_stateful, stateful_nodes,
 };
+use crate::processor::ProcessorOperator;
 use crate::query::QueryShared;
 use crate::stateful::{StatefulOperator, WatermarkRule};
 use crate::watermark::{WatermarkNode, WatermarkTracker};
@@ -94,6 +95,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
     let mut aggregates = Vec::new();
     let mut dedups = Vec::new();
     let mut joins = Vec::new();
+    let mut processors = Vec::new();
     let mut operators: Vec<(Arc<dyn StatefulOperator>, WatermarkRule)> = Vec::new();
     for node in &nodes {
         let number = node.operator();
@@ -144,6 +146,11 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
                 joins.push((number, Arc::clone(&operator)));
                 operators.push((operator, rule));
             }
+            StatefulNode::Processor(node) => {
+                let operator = Arc::new(ProcessorOperator::open(node, dir, next_batch_id).await?);
+                processors.push((number, Arc::clone(&operator)));
+                operators.push((operator, rule));
+            }
         }
     }
     // Each operator's state refuses another layout, naming the fields;
@@ -159,6 +166,9 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
     }
     if !joins.is_empty() {
         stateful_planners.push(Arc::new(JoinPlanner::new(joins)));
+    }
+    if !processors.is_empty() {
+        stateful_planners.push(Arc::new(ProcessorPlanner::new(processors)));
     }
     // Batches are planned with Tidemill's streaming operators added to
     // DataFusion's planner.

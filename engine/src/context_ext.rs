@@ -9,8 +9,9 @@ use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::dedup::DeduplicateNode;
 use crate::listener::{ListenerBus, QueryListener};
+use crate::processor::{StatefulProcessor, TimeMode, TransformWithStateNode};
 use crate::watermark::WatermarkNode;
-use crate::{DataStreamWriter, Result, Source, SourceTable, TidemillError};
+use crate::{DataStreamWriter, OutputMode, Result, Source, SourceTable, TidemillError};
 
 /// Reading streams: an extension of DataFusion's [`SessionContext`].
 ///
@@ -146,6 +147,37 @@ pub trait StreamingDataFrame {
     /// watermark (refused at start otherwise). On a batch DataFrame it is
     /// [`StreamingDataFrame::drop_duplicates`].
     fn drop_duplicates_within_watermark(self, columns: &[&str]) -> Result<DataFrame>;
+
+    /// Groups the stream by `keys` and runs `processor` on each key's rows
+    /// with state and timers of its own, as Spark's `transformWithState`
+    /// (see [`crate::processor`]). The result has the processor's
+    /// [`output_schema`](crate::processor::StatefulProcessor::output_schema);
+    /// the query must run in `output_mode` (append or update). On a batch
+    /// DataFrame this is an error: the processor's state and timers need a
+    /// stream.
+    fn transform_with_state(
+        self,
+        keys: &[&str],
+        processor: impl StatefulProcessor,
+        time_mode: TimeMode,
+        output_mode: OutputMode,
+    ) -> Result<DataFrame>;
+
+    /// [`transform_with_state`](StreamingDataFrame::transform_with_state)
+    /// with the state seeded from `initial_state`, a batch DataFrame with
+    /// the same key columns: in the query's first batch, each key's rows of
+    /// it are given to
+    /// [`handle_initial_state`](crate::processor::StatefulProcessor::handle_initial_state)
+    /// before any input row. A restart from a checkpoint does not read it
+    /// again.
+    fn transform_with_state_and_initial_state(
+        self,
+        keys: &[&str],
+        processor: impl StatefulProcessor,
+        time_mode: TimeMode,
+        output_mode: OutputMode,
+        initial_state: DataFrame,
+    ) -> Result<DataFrame>;
 }
 
 impl StreamingDataFrame for DataFrame {
@@ -174,6 +206,92 @@ impl StreamingDataFrame for DataFrame {
     fn drop_duplicates_within_watermark(self, columns: &[&str]) -> Result<DataFrame> {
         deduplicate(self, columns, true)
     }
+
+    fn transform_with_state(
+        self,
+        keys: &[&str],
+        processor: impl StatefulProcessor,
+        time_mode: TimeMode,
+        output_mode: OutputMode,
+    ) -> Result<DataFrame> {
+        transform_with_state(
+            self,
+            keys,
+            Box::new(processor),
+            time_mode,
+            output_mode,
+            None,
+        )
+    }
+
+    fn transform_with_state_and_initial_state(
+        self,
+        keys: &[&str],
+        processor: impl StatefulProcessor,
+        time_mode: TimeMode,
+        output_mode: OutputMode,
+        initial_state: DataFrame,
+    ) -> Result<DataFrame> {
+        if initial_state.is_streaming() {
+            return Err(TidemillError::Config(
+                "transform_with_state: the initial state must be a batch DataFrame, not a stream"
+                    .into(),
+            ));
+        }
+        transform_with_state(
+            self,
+            keys,
+            Box::new(processor),
+            time_mode,
+            output_mode,
+            Some(initial_state),
+        )
+    }
+}
+
+/// `transform_with_state`, with or without an initial state.
+fn transform_with_state(
+    df: DataFrame,
+    keys: &[&str],
+    processor: Box<dyn StatefulProcessor>,
+    time_mode: TimeMode,
+    output_mode: OutputMode,
+    initial_state: Option<DataFrame>,
+) -> Result<DataFrame> {
+    if !df.is_streaming() {
+        return Err(TidemillError::Config(
+            "transform_with_state needs a streaming DataFrame (one read with read_stream): a \
+             processor's state and timers live across micro-batches"
+                .into(),
+        ));
+    }
+    if keys.is_empty() {
+        return Err(TidemillError::Config(
+            "transform_with_state: give at least one key column".into(),
+        ));
+    }
+    let mut columns = Vec::with_capacity(keys.len());
+    for name in keys {
+        let column = df
+            .schema()
+            .qualified_field_with_unqualified_name(name)
+            .map(Column::from)
+            .map_err(|e| {
+                TidemillError::datafusion(format!("transform_with_state: key column '{name}'"), e)
+            })?;
+        columns.push(column);
+    }
+    let (state, plan) = df.into_parts();
+    let node = TransformWithStateNode::try_new(
+        plan,
+        columns,
+        processor,
+        time_mode,
+        output_mode,
+        initial_state,
+    )
+    .map_err(|e| TidemillError::datafusion("transform_with_state: the output schema", e))?;
+    Ok(DataFrame::new(state, node.into_plan()))
 }
 
 /// `drop_duplicates` (`within_watermark`: its within-watermark variant).

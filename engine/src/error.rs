@@ -90,6 +90,18 @@ pub enum TidemillError {
     /// [`crate::RetryPolicy::max_elapsed`] before giving up.
     #[error("{0} (transient)")]
     Transient(Box<TidemillError>),
+    /// A stateful processor's callback failed, or returned rows that do not
+    /// fit the processor's declared output schema.
+    #[error("stateful processor: {callback}{} failed: {message}", if key.is_empty() { String::new() } else { format!(" for key ({key})") })]
+    Processor {
+        /// The callback (`handle_input_rows`, `handle_expired_timer`, …).
+        callback: String,
+        /// The grouping key it was called for (`column=value, …`; empty for
+        /// `init`).
+        key: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The query's background task ended abnormally (a panic).
     #[error("query task failed: {0}")]
     Internal(String),

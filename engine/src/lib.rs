@@ -70,6 +70,7 @@ mod location;
 mod micro_batch;
 mod offset;
 pub mod plan;
+pub mod processor;
 mod progress;
 mod query;
 mod sink;

@@ -40,7 +40,7 @@ use crate::plan::{BatchPlanner, WatermarkPlanner};
 use crate::progress::{BatchFigures, PhaseDurations, SourceProgress};
 use crate::query::QueryShared;
 use crate::query::SourceBacklog;
-use crate::stateful::{StatefulOperator, WatermarkRule};
+use crate::stateful::{BatchWatermarks, StatefulOperator, WatermarkRule};
 use crate::watermark::WatermarkTracker;
 use crate::{
     BatchInput, Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, RetryPolicy,
@@ -171,6 +171,9 @@ impl Runner {
     pub async fn run(mut self) -> Result<()> {
         let outcome = self.run_triggers().await;
         let settled = self.settle_commit().await;
+        for (operator, _) in &self.operators {
+            operator.close().await;
+        }
         outcome.and(settled)
     }
 
@@ -415,7 +418,10 @@ impl Runner {
         // Plan and execute.
         let t = Instant::now();
         for (operator, rule) in &self.operators {
-            let watermarks = rule.for_batch(entry.watermark_ms, entry.previous_watermark_ms);
+            let watermarks = BatchWatermarks {
+                processing_time_ms: entry.timestamp_ms,
+                ..rule.for_batch(entry.watermark_ms, entry.previous_watermark_ms)
+            };
             operator.begin_batch(batch_id, watermarks).await?;
         }
         let physical = self.planner.plan_batch(batch_id, &data).await?;
@@ -569,9 +575,10 @@ impl Runner {
         if !self.options.no_data_batches {
             return false;
         }
+        let now_ms = chrono::Utc::now().timestamp_millis();
         for (operator, rule) in &self.operators {
             if operator
-                .has_closable_state(rule.shift(self.watermarks.current()))
+                .has_closable_state(rule.shift(self.watermarks.current()), now_ms)
                 .await
             {
                 return true;

@@ -49,9 +49,13 @@ pub(crate) trait StatefulOperator: Send + Sync + Debug {
     /// Deletes state files no version from `keep_from_version` on needs.
     async fn purge(&self, keep_from_version: u64) -> Result<()>;
 
-    /// Whether the watermark `watermark_ms` closes something the state
-    /// holds, so a batch without new data would emit or evict it.
-    async fn has_closable_state(&self, watermark_ms: Option<i64>) -> bool;
+    /// Whether the watermark `watermark_ms` (or, for processing-time
+    /// timers, the clock `now_ms`) closes something the state holds, so a
+    /// batch without new data would emit or evict it.
+    async fn has_closable_state(&self, watermark_ms: Option<i64>, now_ms: i64) -> bool;
+
+    /// Called once when the query stops, whatever stopped it.
+    async fn close(&self) {}
 }
 
 /// The watermarks one stateful operator runs a batch with.
@@ -61,6 +65,9 @@ pub(crate) struct BatchWatermarks {
     pub evict: Option<i64>,
     /// Rows at or below it are late, in milliseconds.
     pub late: Option<i64>,
+    /// The batch's processing time (when its offsets were logged), in
+    /// milliseconds since the epoch: the same when the batch is re-run.
+    pub processing_time_ms: i64,
 }
 
 /// Which watermarks an operator runs with, as Spark (3.4+) propagates
@@ -91,6 +98,7 @@ impl WatermarkRule {
         BatchWatermarks {
             evict: self.shift(current),
             late: self.shift(if self.chained { previous } else { current }),
+            processing_time_ms: 0,
         }
     }
 

@@ -30,7 +30,7 @@ impl Default for Trigger {
 
 /// What each batch writes to the sink (see the output-mode table in the
 /// design document).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputMode {
     /// Only new rows; a row, once emitted, never changes.

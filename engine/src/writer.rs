@@ -313,6 +313,22 @@ fn explain_operator(node: &StatefulNode, mode: OutputMode) -> String {
             }
             text.push_str(&format!("  {late}\n"));
         }
+        StatefulNode::Processor(node) => {
+            text.push_str(&match node.time_mode {
+                crate::processor::TimeMode::EventTime => format!(
+                    "  state variables and timers per key, evicted by the processor (clear, TTL \
+                     in processing time); event-time timers fire as the watermark reaches them; \
+                     {late}\n"
+                ),
+                crate::processor::TimeMode::ProcessingTime => "  state variables and timers \
+                     per key, evicted by the processor (clear, TTL in processing time); \
+                     processing-time timers fire as the batch clock reaches them\n"
+                    .to_string(),
+                crate::processor::TimeMode::None => "  state variables per key, evicted by the \
+                     processor (clear, TTL in processing time); no timers\n"
+                    .to_string(),
+            });
+        }
     }
     text
 }

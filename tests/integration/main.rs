@@ -21,6 +21,7 @@ mod listener;
 mod monitor;
 mod monitor_page;
 mod no_panic_properties;
+mod processor;
 mod recovery;
 mod retry;
 mod sql_connectors;

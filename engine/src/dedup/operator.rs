@@ -206,7 +206,7 @@ impl StatefulOperator for DedupOperator {
 
     /// Expired keys are evicted when a batch begins; no output waits for
     /// the watermark, so no batch without data is needed.
-    async fn has_closable_state(&self, _watermark_ms: Option<i64>) -> bool {
+    async fn has_closable_state(&self, _watermark_ms: Option<i64>, _now_ms: i64) -> bool {
         false
     }
 }

@@ -564,7 +564,7 @@ impl StatefulOperator for JoinOperator {
         Ok(())
     }
 
-    async fn has_closable_state(&self, watermark_ms: Option<i64>) -> bool {
+    async fn has_closable_state(&self, watermark_ms: Option<i64>, _now_ms: i64) -> bool {
         let Some(watermark) = watermark_ms else {
             return false;
         };

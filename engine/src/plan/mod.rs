@@ -13,7 +13,8 @@
 //!   │  every batch (optimized once when every batch would plan alike):
 //!   ├─ replace_stateful    each stateful operator over streaming input
 //!   │                      becomes its numbered node: aggregation,
-//!   │                      deduplication, stream–stream join          (operators.rs)
+//!   │                      deduplication, stream–stream join,
+//!   │                      stateful processor                         (operators.rs)
 //!   ├─ substitute          the batch's rows stand in for each streaming
 //!   │                      scan                                        (substitute.rs)
 //!   └─ physical planning   DataFusion's planner, with extensions:     (physical.rs)
@@ -21,6 +22,7 @@
 //!        StreamingAggregateNode → StreamingAggregateExec                (aggregate.rs)
 //!        DeduplicateNode        → DedupExec                            (dedup.rs)
 //!        StreamJoinNode         → StreamJoinExec                       (join.rs)
+//!        TransformWithStateNode → TransformWithStateExec               (processor.rs)
 //! ```
 //!
 //! A new stateful operator adds its node's replacement to `operators.rs`,
@@ -33,6 +35,7 @@ mod dedup;
 mod join;
 mod operators;
 mod physical;
+mod processor;
 mod substitute;
 mod validate;
 mod watermark;
@@ -43,6 +46,7 @@ pub(crate) use join::{JoinPlanner, join_spec};
 pub(crate) use operators::{StatefulNode, all_in as stateful_nodes, replace_stateful};
 pub(crate) use physical::BatchPlanner;
 pub use physical::StreamingQueryPlanner;
+pub(crate) use processor::ProcessorPlanner;
 pub use substitute::substitute;
 pub use validate::validate;
 pub use watermark::WatermarkPlanner;

@@ -14,11 +14,13 @@ use crate::SourceTable;
 use crate::aggregate::StreamingAggregateNode;
 use crate::dedup::DeduplicateNode;
 use crate::join::StreamJoinNode;
+use crate::processor::TransformWithStateNode;
 use crate::stateful::WatermarkRule;
 
 /// Replaces, in `plan`, each aggregation over streaming input by a
 /// [`StreamingAggregateNode`], each join of two streams by a
-/// [`StreamJoinNode`], and numbers them and the deduplications.
+/// [`StreamJoinNode`], and numbers them, the deduplications and the
+/// stateful processors.
 pub(crate) fn replace_stateful(plan: LogicalPlan) -> DFResult<LogicalPlan> {
     let mut next = 0;
     plan.transform_up(|node| {
@@ -35,14 +37,23 @@ pub(crate) fn replace_stateful(plan: LogicalPlan) -> DFResult<LogicalPlan> {
                 }
                 .into_plan()
             }
-            other => match DeduplicateNode::of(&other) {
-                Some(dedup) => DeduplicateNode {
-                    operator: next,
-                    ..dedup.clone()
+            other => {
+                if let Some(dedup) = DeduplicateNode::of(&other) {
+                    DeduplicateNode {
+                        operator: next,
+                        ..dedup.clone()
+                    }
+                    .into_plan()
+                } else if let Some(processor) = TransformWithStateNode::of(&other) {
+                    TransformWithStateNode {
+                        operator: next,
+                        ..processor.clone()
+                    }
+                    .into_plan()
+                } else {
+                    return Ok(Transformed::no(other));
                 }
-                .into_plan(),
-                None => return Ok(Transformed::no(other)),
-            },
+            }
         };
         next += 1;
         Ok(Transformed::yes(replaced))
@@ -56,6 +67,7 @@ pub(crate) enum StatefulNode {
     Aggregate(StreamingAggregateNode),
     Deduplicate(DeduplicateNode),
     Join(StreamJoinNode),
+    Processor(TransformWithStateNode),
 }
 
 impl StatefulNode {
@@ -71,6 +83,9 @@ impl StatefulNode {
         if let Some(n) = node.downcast_ref::<DeduplicateNode>() {
             return Some(Self::Deduplicate(n.clone()));
         }
+        if let Some(n) = node.downcast_ref::<TransformWithStateNode>() {
+            return Some(Self::Processor(n.clone()));
+        }
         node.downcast_ref::<StreamJoinNode>()
             .map(|n| Self::Join(n.clone()))
     }
@@ -81,6 +96,7 @@ impl StatefulNode {
             Self::Aggregate(n) => n.operator,
             Self::Deduplicate(n) => n.operator,
             Self::Join(n) => n.operator,
+            Self::Processor(n) => n.operator,
         }
     }
 
@@ -90,6 +106,7 @@ impl StatefulNode {
             Self::Aggregate(n) => vec![&n.input],
             Self::Deduplicate(n) => vec![&n.input],
             Self::Join(n) => vec![&n.join.left, &n.join.right],
+            Self::Processor(n) => vec![&n.input],
         }
     }
 
@@ -145,6 +162,7 @@ impl StatefulNode {
                 )
             }
             Self::Join(n) => n.describe(),
+            Self::Processor(n) => n.describe(),
         }
     }
 }

@@ -7,6 +7,7 @@ use datafusion::logical_expr::{Aggregate, Expr, Join, LogicalPlan};
 
 use super::substitute;
 use crate::dedup::DeduplicateNode;
+use crate::processor::{TimeMode, TransformWithStateNode};
 use crate::watermark::WatermarkNode;
 use crate::window::SESSION_PREFIX;
 use crate::{OutputMode, Result, SourceTable, TidemillError};
@@ -53,6 +54,42 @@ fn check_chain(operator: &str, below: &str, mode: OutputMode) -> Result<()> {
         "Use append output mode (with a watermark), or split the query in two, the second \
          reading the first one's sink",
     ))
+}
+
+/// A stateful processor: in the output mode it was given (append or
+/// update), and in event-time mode over an input with a watermark.
+fn check_processor(node: &TransformWithStateNode, mode: OutputMode) -> Result<()> {
+    let operator = "TransformWithState";
+    if node.output_mode == OutputMode::Complete {
+        return Err(unsupported(
+            operator,
+            "in complete output mode: a processor emits rows, not a result table",
+            "Use OutputMode::Append or OutputMode::Update",
+        ));
+    }
+    if node.output_mode != mode {
+        return Err(unsupported(
+            operator,
+            &format!(
+                "was given output mode {} and the query runs in {mode}",
+                node.output_mode
+            ),
+            &format!(
+                "Start the query in {} mode, or give the processor output mode {mode}",
+                node.output_mode
+            ),
+        ));
+    }
+    if node.time_mode == TimeMode::EventTime && WatermarkNode::all_in(&node.input).is_empty() {
+        return Err(unsupported(
+            operator,
+            "in event-time mode needs a watermark on its input: event-time timers fire as the \
+             watermark passes them",
+            "Call with_watermark(\"<event-time column>\", \"<delay>\") on the stream first, \
+             or use TimeMode::ProcessingTime",
+        ));
+    }
+    Ok(())
 }
 
 /// A stream–stream join: a type Spark runs, in append mode, and for an
@@ -185,7 +222,7 @@ fn is_stateful(plan: &LogicalPlan) -> bool {
         LogicalPlan::Join(join) => {
             SourceTable::any_in(&join.left) && SourceTable::any_in(&join.right)
         }
-        _ => DeduplicateNode::of(plan).is_some(),
+        _ => DeduplicateNode::of(plan).is_some() || TransformWithStateNode::of(plan).is_some(),
     }
 }
 
@@ -209,6 +246,9 @@ struct Flow {
     /// It is (or is above) a stream–stream join whose condition bounds no
     /// time, so no watermark holds for its output.
     unbounded_join: bool,
+    /// It is (or is above) a stateful processor, whose output carries no
+    /// event time the engine knows of.
+    processed: bool,
 }
 
 /// Validates `plan` bottom-up.
@@ -228,7 +268,18 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
         aggregated,
         stateful: below,
         unbounded_join: inputs.iter().any(|f| f.unbounded_join),
+        processed: inputs.iter().any(|f| f.processed),
     };
+    if flow.processed && is_stateful(plan) {
+        return Err(unsupported(
+            &format!("{} node", plan.display()),
+            "after transform_with_state: the processor's output rows carry no event time the \
+             engine can derive a watermark from, so this operator could never tell when its \
+             input is final",
+            "Run this operator in another query reading the processor's sink, or do its work \
+             inside the processor",
+        ));
+    }
     if flow.unbounded_join && is_stateful(plan) {
         return Err(unsupported(
             &format!("{} node", plan.display()),
@@ -267,6 +318,18 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
             }
             Ok(Flow {
                 stateful: Some("deduplication"),
+                ..flow
+            })
+        }
+        LogicalPlan::Extension(_) if TransformWithStateNode::of(plan).is_some() => {
+            let node = TransformWithStateNode::of(plan).expect("a processor");
+            check_processor(node, mode)?;
+            if let Some(below) = below {
+                check_chain("TransformWithState", below, mode)?;
+            }
+            Ok(Flow {
+                stateful: Some("stateful processor"),
+                processed: true,
                 ..flow
             })
         }

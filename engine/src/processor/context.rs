@@ -1,0 +1,249 @@
+//! What a processor's callback sees: the key it is called for, the
+//! batch's clocks, its state variables and its timers.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{Field, Schema};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use serde::de::DeserializeOwned;
+use serde_arrow::utils::Item;
+
+use super::stores::{TimerStore, VariableStore};
+use super::variables::VariableKind;
+use super::{ProcessorResult, TimeMode};
+
+/// The grouping key a callback is called for: one row of the key columns.
+#[derive(Debug, Clone)]
+pub struct GroupKey {
+    row: RecordBatch,
+}
+
+impl GroupKey {
+    pub(crate) fn new(row: RecordBatch) -> Self {
+        Self { row }
+    }
+
+    /// The key as a one-row batch of the key columns.
+    pub fn batch(&self) -> &RecordBatch {
+        &self.row
+    }
+
+    /// The key column `name`, one row long.
+    pub fn column(&self, name: &str) -> Option<&ArrayRef> {
+        self.row.column_by_name(name)
+    }
+
+    /// The key as a Rust value: for one key column, its value's type (e.g.
+    /// `String`, `i64`); for several, a struct with a field per column.
+    pub fn decode<T: DeserializeOwned>(&self) -> ProcessorResult<T> {
+        if self.row.num_columns() == 1 {
+            let field = self.row.schema().field(0).clone().with_name("item");
+            let item = RecordBatch::try_new(
+                Arc::new(Schema::new(vec![field])),
+                vec![Arc::clone(self.row.column(0))],
+            )?;
+            if let Ok(mut values) = serde_arrow::from_record_batch::<Vec<Item<T>>>(&item)
+                && let Some(Item(value)) = values.pop()
+            {
+                return Ok(value);
+            }
+        }
+        let mut values: Vec<T> = serde_arrow::from_record_batch(&self.row)?;
+        values
+            .pop()
+            .ok_or_else(|| "a grouping key has one row".into())
+    }
+}
+
+impl fmt::Display for GroupKey {
+    /// `name=value` per key column, comma-separated.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options = FormatOptions::default().with_null("null");
+        let schema = self.row.schema();
+        for (i, (field, column)) in schema.fields().iter().zip(self.row.columns()).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            match ArrayFormatter::try_new(column.as_ref(), &options) {
+                Ok(formatter) => write!(f, "{}={}", field.name(), formatter.value(0))?,
+                Err(_) => write!(f, "{}=?", field.name())?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A timer that is due, given to
+/// [`StatefulProcessor::handle_expired_timer`](super::StatefulProcessor::handle_expired_timer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiredTimer {
+    /// The time the timer was registered for, in milliseconds (event time
+    /// or processing time, by the processor's [`TimeMode`]).
+    pub time_ms: i64,
+    /// The batch's watermark, in event-time mode.
+    pub watermark_ms: Option<i64>,
+    /// The batch's processing time.
+    pub processing_time_ms: i64,
+}
+
+/// A processor's variables and timers, with the running batch's clocks.
+#[derive(Debug)]
+pub(crate) struct Stores {
+    pub variables: Vec<VariableStore>,
+    pub by_name: HashMap<String, usize>,
+    pub timers: TimerStore,
+    pub time_mode: TimeMode,
+    pub processing_time_ms: i64,
+    pub watermark_ms: Option<i64>,
+}
+
+/// What a callback reads and changes: the state of the key it was called
+/// for, and that key's timers.
+pub struct ProcessorContext<'a> {
+    group: &'a [u8],
+    key: &'a GroupKey,
+    stores: &'a mut Stores,
+}
+
+impl fmt::Debug for ProcessorContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessorContext")
+            .field("key", &self.key.to_string())
+            .field("processing_time_ms", &self.stores.processing_time_ms)
+            .field("watermark_ms", &self.stores.watermark_ms)
+            .finish()
+    }
+}
+
+impl<'a> ProcessorContext<'a> {
+    pub(crate) fn new(group: &'a [u8], key: &'a GroupKey, stores: &'a mut Stores) -> Self {
+        Self { group, key, stores }
+    }
+
+    /// The key the callback was called for.
+    pub fn key(&self) -> &GroupKey {
+        self.key
+    }
+
+    /// The batch's processing time, in milliseconds since the epoch: when
+    /// the batch's offsets were logged, the same if the batch is re-run.
+    pub fn processing_time_ms(&self) -> i64 {
+        self.stores.processing_time_ms
+    }
+
+    /// The batch's event-time watermark in milliseconds, in event-time mode
+    /// once the input has one.
+    pub fn watermark_ms(&self) -> Option<i64> {
+        self.stores.watermark_ms
+    }
+
+    /// Registers a timer for the current key at `time_ms` (event time or
+    /// processing time, by the [`TimeMode`]); registering one that exists
+    /// changes nothing. It fires in the first batch whose clock is at or
+    /// past it (at the earliest the next batch).
+    pub fn register_timer(&mut self, time_ms: i64) -> ProcessorResult<()> {
+        self.timers_allowed()?;
+        self.stores.timers.register(self.group, time_ms);
+        Ok(())
+    }
+
+    /// Deletes the current key's timer at `time_ms`; returns whether there
+    /// was one. A deleted timer never fires.
+    pub fn delete_timer(&mut self, time_ms: i64) -> ProcessorResult<bool> {
+        self.timers_allowed()?;
+        Ok(self.stores.timers.delete(self.group, time_ms))
+    }
+
+    /// The current key's timers, earliest first.
+    pub fn list_timers(&self) -> ProcessorResult<Vec<i64>> {
+        self.timers_allowed()?;
+        Ok(self.stores.timers.list(self.group))
+    }
+
+    fn timers_allowed(&self) -> ProcessorResult<()> {
+        if self.stores.time_mode == TimeMode::None {
+            return Err(
+                "timers need TimeMode::ProcessingTime or TimeMode::EventTime; the \
+                        processor runs with TimeMode::None"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub(crate) fn group(&self) -> &[u8] {
+        self.group
+    }
+
+    fn index(&self, name: &str) -> ProcessorResult<usize> {
+        self.stores.by_name.get(name).copied().ok_or_else(|| {
+            format!("state variable '{name}' was not declared in init (call states.declare)").into()
+        })
+    }
+
+    pub(crate) fn variable(&self, name: &str) -> ProcessorResult<&VariableStore> {
+        let i = self.index(name)?;
+        Ok(&self.stores.variables[i])
+    }
+
+    pub(crate) fn variable_mut(&mut self, name: &str) -> ProcessorResult<&mut VariableStore> {
+        let i = self.index(name)?;
+        Ok(&mut self.stores.variables[i])
+    }
+
+    fn check(
+        var: &VariableStore,
+        kind: VariableKind,
+        types: (TypeId, Option<TypeId>),
+    ) -> ProcessorResult<()> {
+        if var.spec.kind != kind || var.spec.types != types {
+            return Err(format!(
+                "state variable '{}' was declared as {} and is used as another type or kind \
+                 ({kind})",
+                var.spec.name, var.spec.type_names
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn typed(
+        &self,
+        name: &str,
+        kind: VariableKind,
+        value: TypeId,
+        key: Option<TypeId>,
+    ) -> ProcessorResult<&VariableStore> {
+        let var = self.variable(name)?;
+        Self::check(var, kind, (value, key))?;
+        Ok(var)
+    }
+
+    pub(crate) fn typed_mut(
+        &mut self,
+        name: &str,
+        kind: VariableKind,
+        value: TypeId,
+        key: Option<TypeId>,
+    ) -> ProcessorResult<&mut VariableStore> {
+        let var = self.variable_mut(name)?;
+        Self::check(var, kind, (value, key))?;
+        Ok(var)
+    }
+}
+
+/// The key columns of `fields`, for the stores' key schemas.
+pub(crate) fn key_fields(schema: &Schema, keys: &[String]) -> Result<Vec<Field>, String> {
+    keys.iter()
+        .map(|k| {
+            schema
+                .field_with_name(k)
+                .map(|f| f.clone())
+                .map_err(|_| format!("no column '{k}' to key by"))
+        })
+        .collect()
+}

@@ -1,0 +1,453 @@
+//! One `transform_with_state` of a running query: its processor, its
+//! stores, and what it does in a batch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
+
+use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::{cast, concat_batches, filter_record_batch, take_record_batch};
+use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
+use async_trait::async_trait;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use tidemill_state::CheckpointDir;
+use tokio::sync::Mutex;
+
+use super::context::{Stores, key_fields};
+use super::node::ProcessorHandle;
+use super::stores::{TimerStore, VariableStore};
+use super::{
+    ExpiredTimer, GroupKey, ProcessorContext, StateDeclarations, TimeMode, TransformWithStateNode,
+    check_output,
+};
+use crate::aggregate::event_time::watermark_in_unit;
+use crate::progress::StateOperatorProgress;
+use crate::stateful::{BatchWatermarks, StatefulOperator};
+use crate::{Result, TidemillError};
+
+/// A processor applied to a query's stream.
+#[derive(Debug)]
+pub(crate) struct ProcessorOperator {
+    handle: ProcessorHandle,
+    keys: Vec<String>,
+    key_schema: SchemaRef,
+    group: Arc<RowConverter>,
+    time_mode: TimeMode,
+    /// The input's watermarked column and its unit, in event-time mode.
+    event_time: Option<(String, TimeUnit)>,
+    input_schema: SchemaRef,
+    /// The initial state's rows, applied in the first batch.
+    initial: Option<Vec<RecordBatch>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    stores: Stores,
+    /// Rows at or below it are late.
+    late_ms: Option<i64>,
+    dropped_by_watermark: u64,
+}
+
+/// The error of a callback, or of rows it returned.
+fn callback_error(callback: &str, key: &GroupKey, message: impl ToString) -> DataFusionError {
+    DataFusionError::External(Box::new(TidemillError::Processor {
+        callback: callback.into(),
+        key: key.to_string(),
+        message: message.to_string(),
+    }))
+}
+
+impl ProcessorOperator {
+    /// Opens `node`'s processor with its state in `dir` as of `version`:
+    /// calls its `init`, opens a store per declared variable and one for
+    /// its timers, and reads its initial state if the query has not run a
+    /// batch yet.
+    pub async fn open(
+        node: &TransformWithStateNode,
+        dir: CheckpointDir,
+        version: u64,
+    ) -> Result<Self> {
+        let input_schema: SchemaRef = Arc::new(node.input.schema().as_arrow().clone());
+        let keys = node.key_names();
+        let fields = key_fields(&input_schema, &keys)
+            .map_err(|e| TidemillError::Config(format!("transform_with_state: {e}")))?;
+        let key_schema = Arc::new(Schema::new(fields.clone()));
+        let group = Arc::new(
+            RowConverter::new(
+                fields
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )
+            .map_err(|e| TidemillError::Unsupported {
+                operator: "TransformWithState".into(),
+                reason: format!("keys by a column of a type the state store cannot encode: {e}"),
+                fix: "Key by columns of plain types (numbers, strings, timestamps)".into(),
+            })?,
+        );
+        let mut declarations = StateDeclarations::default();
+        {
+            let mut processor = node
+                .processor
+                .processor
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            processor
+                .init(&mut declarations)
+                .map_err(|e| TidemillError::Processor {
+                    callback: "init".into(),
+                    key: String::new(),
+                    message: e.to_string(),
+                })?;
+        }
+        let mut variables = Vec::with_capacity(declarations.specs.len());
+        let mut by_name = HashMap::new();
+        for spec in declarations.specs {
+            by_name.insert(spec.name.clone(), variables.len());
+            let child = dir.child(&spec.name);
+            variables.push(
+                VariableStore::open(spec, &fields, Arc::clone(&group), child, version).await?,
+            );
+        }
+        let timers = TimerStore::open(&fields, dir.child("_timers"), version).await?;
+        let event_time = match node.time_mode {
+            TimeMode::EventTime => {
+                let watermark = crate::watermark::WatermarkNode::all_in(&node.input)
+                    .into_iter()
+                    .next();
+                match watermark.and_then(|w| {
+                    input_schema
+                        .field_with_name(&w.column.name)
+                        .ok()
+                        .map(|f| (w.column.name.clone(), f.data_type().clone()))
+                }) {
+                    Some((name, DataType::Timestamp(unit, _))) => Some((name, unit)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let initial = match (&node.initial_state, version) {
+            (Some(initial), 0) => {
+                let df = initial.0.as_ref().clone();
+                let rows = df.collect().await.map_err(|e| {
+                    TidemillError::datafusion("transform_with_state: reading the initial state", e)
+                })?;
+                for batch in &rows {
+                    for key in &keys {
+                        if batch.column_by_name(key).is_none() {
+                            return Err(TidemillError::Config(format!(
+                                "transform_with_state: the initial state has no key column '{key}'"
+                            )));
+                        }
+                    }
+                }
+                Some(rows)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            handle: node.processor.clone(),
+            keys,
+            key_schema,
+            group,
+            time_mode: node.time_mode,
+            event_time,
+            input_schema,
+            initial,
+            inner: Mutex::new(Inner {
+                stores: Stores {
+                    variables,
+                    by_name,
+                    timers,
+                    time_mode: node.time_mode,
+                    processing_time_ms: 0,
+                    watermark_ms: None,
+                },
+                late_ms: None,
+                dropped_by_watermark: 0,
+            }),
+        })
+    }
+
+    /// The processor's declared output schema.
+    pub fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.handle.output_schema)
+    }
+
+    /// Runs the batch's rows through the processor, key by key (in key
+    /// order), then its timers that are due; returns the rows it emitted.
+    pub async fn process(&self, input: Vec<RecordBatch>) -> DFResult<Vec<RecordBatch>> {
+        let batch = concat_batches(&self.input_schema, &input)?;
+        let mut inner = self.inner.lock().await;
+        self.process_sync(&mut inner, batch)
+    }
+
+    fn process_sync(&self, inner: &mut Inner, batch: RecordBatch) -> DFResult<Vec<RecordBatch>> {
+        let mut processor = self
+            .handle
+            .processor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let batch = self.drop_late(inner, batch)?;
+        let mut output = Vec::new();
+        for (group, rows) in self.groups(&batch)? {
+            let key = self.key_of(&group)?;
+            let mut ctx = ProcessorContext::new(&group, &key, &mut inner.stores);
+            let emitted = processor
+                .handle_input_rows(&key, &rows, &mut ctx)
+                .map_err(|e| callback_error("handle_input_rows", &key, e))?;
+            self.collect_output("handle_input_rows", &key, emitted, &mut output)?;
+        }
+        let due_at = match self.time_mode {
+            TimeMode::None => None,
+            TimeMode::ProcessingTime => Some(inner.stores.processing_time_ms),
+            TimeMode::EventTime => inner.stores.watermark_ms,
+        };
+        if let Some(at) = due_at {
+            for (time, group) in inner.stores.timers.due(at) {
+                // A handler called before may have deleted it.
+                if !inner.stores.timers.delete(&group, time) {
+                    continue;
+                }
+                let key = self.key_of(&group)?;
+                let timer = ExpiredTimer {
+                    time_ms: time,
+                    watermark_ms: inner.stores.watermark_ms,
+                    processing_time_ms: inner.stores.processing_time_ms,
+                };
+                let mut ctx = ProcessorContext::new(&group, &key, &mut inner.stores);
+                let emitted = processor
+                    .handle_expired_timer(&key, timer, &mut ctx)
+                    .map_err(|e| callback_error("handle_expired_timer", &key, e))?;
+                self.collect_output("handle_expired_timer", &key, emitted, &mut output)?;
+            }
+        }
+        Ok(output)
+    }
+
+    /// Checks `emitted` against the declared schema and adds it to `output`.
+    fn collect_output(
+        &self,
+        callback: &str,
+        key: &GroupKey,
+        emitted: Vec<RecordBatch>,
+        output: &mut Vec<RecordBatch>,
+    ) -> DFResult<()> {
+        let schema = &self.handle.output_schema;
+        for batch in emitted {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            check_output(schema, &batch).map_err(|e| {
+                callback_error(
+                    callback,
+                    key,
+                    format!("returned rows that do not fit the declared output schema: {e}"),
+                )
+            })?;
+            output.push(RecordBatch::try_new(
+                Arc::clone(schema),
+                batch.columns().to_vec(),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// `batch` without its rows at or below the watermark (counted); rows
+    /// without an event time are kept.
+    fn drop_late(&self, inner: &mut Inner, batch: RecordBatch) -> DFResult<RecordBatch> {
+        let (Some((column, unit)), Some(watermark)) = (&self.event_time, inner.late_ms) else {
+            return Ok(batch);
+        };
+        let Some(times) = batch.column_by_name(column) else {
+            return Ok(batch);
+        };
+        let times = cast(times, &DataType::Int64)?;
+        let times = times.as_primitive::<Int64Type>();
+        let limit = watermark_in_unit(watermark, *unit);
+        let keep: BooleanArray = times
+            .iter()
+            .map(|t| Some(t.is_none_or(|t| t > limit)))
+            .collect();
+        let dropped = keep.false_count() as u64;
+        if dropped == 0 {
+            return Ok(batch);
+        }
+        inner.dropped_by_watermark += dropped;
+        Ok(filter_record_batch(&batch, &keep)?)
+    }
+
+    /// `batch`'s rows per grouping key: keys in key order, rows in input
+    /// order within one.
+    fn groups(&self, batch: &RecordBatch) -> DFResult<Vec<(Vec<u8>, RecordBatch)>> {
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let columns: Vec<ArrayRef> = self
+            .keys
+            .iter()
+            .map(|k| {
+                batch.column_by_name(k).cloned().ok_or_else(|| {
+                    DataFusionError::Internal(format!(
+                        "TransformWithState: the input has no column '{k}'"
+                    ))
+                })
+            })
+            .collect::<DFResult<_>>()?;
+        let rows = self.group.convert_columns(&columns)?;
+        let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+        order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+        let mut groups = Vec::new();
+        let mut start = 0;
+        while start < order.len() {
+            let first = rows.row(order[start] as usize);
+            let mut end = start + 1;
+            while end < order.len() && rows.row(order[end] as usize) == first {
+                end += 1;
+            }
+            let indices = UInt32Array::from(order[start..end].to_vec());
+            groups.push((first.as_ref().to_vec(), take_record_batch(batch, &indices)?));
+            start = end;
+        }
+        Ok(groups)
+    }
+
+    /// The grouping key of row bytes `group`.
+    fn key_of(&self, group: &[u8]) -> DFResult<GroupKey> {
+        let parser = self.group.parser();
+        let columns = self.group.convert_rows([parser.parse(group)])?;
+        Ok(GroupKey::new(RecordBatch::try_new(
+            Arc::clone(&self.key_schema),
+            columns,
+        )?))
+    }
+
+    /// Gives the initial state's rows to the processor, key by key.
+    fn apply_initial_state(&self, inner: &mut Inner, rows: &[RecordBatch]) -> Result<()> {
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        let batch = concat_batches(&first.schema(), rows).map_err(|e| {
+            TidemillError::Config(format!("transform_with_state: initial state: {e}"))
+        })?;
+        let mut processor = self
+            .handle
+            .processor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let groups = self
+            .groups(&batch)
+            .map_err(|e| TidemillError::datafusion("transform_with_state: initial state", e))?;
+        for (group, rows) in groups {
+            let key = self
+                .key_of(&group)
+                .map_err(|e| TidemillError::datafusion("transform_with_state: initial state", e))?;
+            let mut ctx = ProcessorContext::new(&group, &key, &mut inner.stores);
+            processor
+                .handle_initial_state(&key, &rows, &mut ctx)
+                .map_err(|e| TidemillError::Processor {
+                    callback: "handle_initial_state".into(),
+                    key: key.to_string(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StatefulOperator for ProcessorOperator {
+    async fn begin_batch(&self, version: u64, watermarks: BatchWatermarks) -> Result<()> {
+        let mut inner = self.inner.lock().await;
+        let inner = &mut *inner;
+        for variable in &mut inner.stores.variables {
+            if variable.state.begin_batch(version).await? {
+                variable.rebuild_index()?;
+            }
+        }
+        if inner.stores.timers.state.begin_batch(version).await? {
+            inner.stores.timers.rebuild_index();
+        }
+        let now = watermarks.processing_time_ms;
+        inner.stores.processing_time_ms = now;
+        inner.stores.watermark_ms = match self.time_mode {
+            TimeMode::EventTime => watermarks.evict,
+            _ => None,
+        };
+        inner.late_ms = watermarks.late;
+        inner.dropped_by_watermark = 0;
+        // Values whose time to live ended are gone before the batch reads
+        // them.
+        for variable in &mut inner.stores.variables {
+            variable.remove_expired(now)?;
+        }
+        if version == 0
+            && let Some(rows) = &self.initial
+        {
+            self.apply_initial_state(inner, rows)?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&self) -> Result<StateOperatorProgress> {
+        let mut inner = self.inner.lock().await;
+        let dropped = inner.dropped_by_watermark;
+        let stores = &mut inner.stores;
+        let mut total = stores
+            .timers
+            .state
+            .commit("transformWithState", 0, 0)
+            .await?;
+        for variable in &mut stores.variables {
+            let p = variable.state.commit("transformWithState", 0, 0).await?;
+            total.num_rows_total += p.num_rows_total;
+            total.num_rows_updated += p.num_rows_updated;
+            total.num_rows_removed += p.num_rows_removed;
+            total.memory_used_bytes += p.memory_used_bytes;
+            total.commit_time_ms += p.commit_time_ms;
+        }
+        total.num_rows_dropped_by_watermark = dropped;
+        Ok(total)
+    }
+
+    async fn purge(&self, keep_from_version: u64) -> Result<()> {
+        let inner = self.inner.lock().await;
+        for variable in &inner.stores.variables {
+            variable.state.store.purge(keep_from_version).await?;
+        }
+        inner
+            .stores
+            .timers
+            .state
+            .store
+            .purge(keep_from_version)
+            .await?;
+        Ok(())
+    }
+
+    /// A timer that is due makes a batch without data worth running.
+    async fn has_closable_state(&self, watermark_ms: Option<i64>, now_ms: i64) -> bool {
+        let inner = self.inner.lock().await;
+        let Some(next) = inner.stores.timers.next() else {
+            return false;
+        };
+        match self.time_mode {
+            TimeMode::None => false,
+            TimeMode::ProcessingTime => next <= now_ms,
+            TimeMode::EventTime => watermark_ms.is_some_and(|w| next <= w),
+        }
+    }
+
+    async fn close(&self) {
+        let mut processor = self
+            .handle
+            .processor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = processor.close() {
+            tracing::warn!("stateful processor: close failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Where a stateful processor's state variables and timers live: one state
+//! store each, under `<checkpoint>/state/<operator>/<variable>` and
+//! `…/_timers`, keyed by the grouping key's row bytes.
+//!
+//! - A value variable is one entry per grouping key.
+//! - A list variable is one entry per element, keyed by the grouping key
+//!   and the element's position (`index`, ascending in append order).
+//! - A map variable is one entry per map key, keyed by the grouping key and
+//!   the map key's columns.
+//! - A timer is one entry keyed by the grouping key and its time
+//!   (`timer_ms`), with an empty value.
+//!
+//! A key of several parts is the concatenation of each part's row bytes
+//! (arrow's row format encodes columns one after another), so the store's
+//! key schema, grouping columns then the part's, decodes it whole. Each
+//! store with elements keeps an in-memory index from grouping key to its
+//! parts (rebuilt from the entries when the store is opened), so that a
+//! key's list, map or timers are found without scanning the store.
+//! Entries of a variable with a time to live carry an expiry (processing
+//! time) and are removed when a batch with a later clock begins.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::row::{RowConverter, SortField};
+use tidemill_state::{CheckpointDir, StateError, StateSchema, StateStore, StateStoreConfig};
+
+use super::variables::{VariableKind, VariableSpec};
+use crate::stateful::OperatorStore;
+use crate::{Result, TidemillError};
+
+/// Row-encodes one column of `data_type`.
+fn single(data_type: DataType) -> RowConverter {
+    RowConverter::new(vec![SortField::new(data_type)]).expect("a primitive type has a row format")
+}
+
+/// Opens a processor's store, refusing another layout with a message that
+/// names `what`.
+async fn open_store(
+    dir: CheckpointDir,
+    schema: StateSchema,
+    version: u64,
+    what: &str,
+) -> Result<StateStore> {
+    StateStore::open(dir.clone(), schema, StateStoreConfig::default(), version)
+        .await
+        .map_err(|e| match e {
+            StateError::Incompatible { .. } => TidemillError::CheckpointMismatch {
+                location: dir.root().to_string(),
+                reason: format!(
+                    "{what} no longer matches its saved state ({e}); restore the previous \
+                     processor or start the query with a new checkpoint"
+                ),
+            },
+            other => other.into(),
+        })
+}
+
+/// The grouping key's row bytes, to each part of it a store holds
+/// (positions, map keys or times, as row bytes), in order.
+type GroupIndex = HashMap<Vec<u8>, BTreeSet<Vec<u8>>>;
+
+/// One state variable's store.
+#[derive(Debug)]
+pub(crate) struct VariableStore {
+    pub spec: VariableSpec,
+    pub state: OperatorStore,
+    /// For lists and maps.
+    index: GroupIndex,
+    /// Decodes a whole key of a map (grouping columns, then the map key's).
+    composite: Option<RowConverter>,
+    /// Encodes grouping keys (for splitting a map's keys).
+    group: Arc<RowConverter>,
+    group_columns: usize,
+    positions: RowConverter,
+}
+
+impl VariableStore {
+    /// Opens `spec`'s store in `dir` at `version`; `group` encodes the
+    /// grouping key's columns `key_fields`.
+    pub async fn open(
+        spec: VariableSpec,
+        key_fields: &[Field],
+        group: Arc<RowConverter>,
+        dir: CheckpointDir,
+        version: u64,
+    ) -> Result<Self> {
+        let mut fields = key_fields.to_vec();
+        let mut composite = None;
+        match spec.kind {
+            VariableKind::Value => {}
+            VariableKind::List => fields.push(Field::new("index", DataType::UInt64, false)),
+            VariableKind::Map => {
+                let map_key = spec.map_key.as_ref().expect("a map has a key codec");
+                for f in map_key.schema().fields() {
+                    let clash = key_fields.iter().any(|k| k.name() == f.name());
+                    let name = if clash {
+                        format!("{}#key", f.name())
+                    } else {
+                        f.name().clone()
+                    };
+                    fields.push(f.as_ref().clone().with_name(name));
+                }
+                composite = Some(
+                    RowConverter::new(
+                        fields
+                            .iter()
+                            .map(|f| SortField::new(f.data_type().clone()))
+                            .collect(),
+                    )
+                    .map_err(|e| {
+                        TidemillError::Config(format!("state variable '{}': {e}", spec.name))
+                    })?,
+                );
+            }
+        }
+        let schema = StateSchema::new(
+            Arc::new(Schema::new(fields)),
+            Arc::clone(spec.value.schema()),
+        );
+        let what = format!("state variable '{}'", spec.name);
+        let store = open_store(dir, schema, version, &what).await?;
+        let mut opened = Self {
+            spec,
+            state: OperatorStore::new(store),
+            index: GroupIndex::new(),
+            composite,
+            group,
+            group_columns: key_fields.len(),
+            positions: single(DataType::UInt64),
+        };
+        opened.rebuild_index()?;
+        Ok(opened)
+    }
+
+    /// Rebuilds the index from the entries (after opening or reopening).
+    pub fn rebuild_index(&mut self) -> Result<()> {
+        self.index.clear();
+        if self.spec.kind == VariableKind::Value {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = self.state.store.iter().map(|e| e.key.to_vec()).collect();
+        for key in keys {
+            let (group, part) = self.split(&key)?;
+            self.index.entry(group).or_default().insert(part);
+        }
+        Ok(())
+    }
+
+    /// A whole key's grouping key and part.
+    fn split(&self, key: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+        let group_len = match (&self.spec.kind, &self.composite) {
+            (VariableKind::List, _) => key.len() - POSITION_BYTES,
+            (VariableKind::Map, Some(composite)) => {
+                let parser = composite.parser();
+                let columns = composite
+                    .convert_rows([parser.parse(key)])
+                    .map_err(|e| self.corrupt(e))?;
+                let group = self
+                    .group
+                    .convert_columns(&columns[..self.group_columns])
+                    .map_err(|e| self.corrupt(e))?;
+                group.row(0).as_ref().len()
+            }
+            _ => key.len(),
+        };
+        Ok((key[..group_len].to_vec(), key[group_len..].to_vec()))
+    }
+
+    fn corrupt(&self, e: impl std::fmt::Display) -> TidemillError {
+        TidemillError::Internal(format!(
+            "state variable '{}': a stored key does not decode: {e}",
+            self.spec.name
+        ))
+    }
+
+    /// The expiry of an entry written at processing time `now_ms`.
+    fn expiry(&self, now_ms: i64) -> Option<i64> {
+        self.spec.ttl_ms.map(|ttl| now_ms.saturating_add(ttl))
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8], now_ms: i64) {
+        self.state.dirty = true;
+        match self.expiry(now_ms) {
+            Some(at) => self.state.store.put_with_ttl(key, value, at),
+            None => self.state.store.put(key, value),
+        }
+    }
+
+    /// Removes the entries whose time to live ended at `now_ms`; returns
+    /// how many.
+    pub fn remove_expired(&mut self, now_ms: i64) -> Result<usize> {
+        if self.spec.ttl_ms.is_none() {
+            return Ok(0);
+        }
+        let taken = self.state.store.take_expired(now_ms);
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        self.state.dirty = true;
+        if self.spec.kind != VariableKind::Value {
+            for (key, _) in taken.iter() {
+                let (group, part) = self.split(key)?;
+                self.unindex(&group, &part);
+            }
+        }
+        Ok(taken.len())
+    }
+
+    fn unindex(&mut self, group: &[u8], part: &[u8]) {
+        if let Some(parts) = self.index.get_mut(group) {
+            parts.remove(part);
+            if parts.is_empty() {
+                self.index.remove(group);
+            }
+        }
+    }
+
+    // Values.
+
+    pub fn value(&self, group: &[u8]) -> Option<&[u8]> {
+        self.state.store.get(group)
+    }
+
+    pub fn set_value(&mut self, group: &[u8], value: &[u8], now_ms: i64) {
+        self.put(group, value, now_ms);
+    }
+
+    // Lists and maps.
+
+    /// The parts and values of `group`'s elements, in order.
+    pub fn elements(&self, group: &[u8]) -> Vec<(&[u8], &[u8])> {
+        let Some(parts) = self.index.get(group) else {
+            return Vec::new();
+        };
+        let mut key = group.to_vec();
+        parts
+            .iter()
+            .filter_map(|part| {
+                key.truncate(group.len());
+                key.extend_from_slice(part);
+                let value = self.state.store.get(&key)?;
+                Some((part.as_slice(), value))
+            })
+            .collect()
+    }
+
+    /// Appends `values` to `group`'s list.
+    pub fn append(&mut self, group: &[u8], values: &[Vec<u8>], now_ms: i64) {
+        let next = self
+            .index
+            .get(group)
+            .and_then(|parts| parts.last())
+            .map(|last| self.position_of(last) + 1)
+            .unwrap_or(0);
+        for (i, value) in values.iter().enumerate() {
+            let part = self.position(next + i as u64);
+            let mut key = group.to_vec();
+            key.extend_from_slice(&part);
+            self.put(&key, value, now_ms);
+            self.index.entry(group.to_vec()).or_default().insert(part);
+        }
+    }
+
+    fn position(&self, position: u64) -> Vec<u8> {
+        let column: ArrayRef = Arc::new(UInt64Array::from(vec![position]));
+        let rows = self
+            .positions
+            .convert_columns(&[column])
+            .expect("a u64 column encodes");
+        rows.row(0).as_ref().to_vec()
+    }
+
+    fn position_of(&self, part: &[u8]) -> u64 {
+        let parser = self.positions.parser();
+        let columns = self
+            .positions
+            .convert_rows([parser.parse(part)])
+            .expect("a position decodes");
+        arrow::array::AsArray::as_primitive::<arrow::datatypes::UInt64Type>(&columns[0]).value(0)
+    }
+
+    /// The value of `group`'s map key `part`.
+    pub fn entry(&self, group: &[u8], part: &[u8]) -> Option<&[u8]> {
+        let mut key = group.to_vec();
+        key.extend_from_slice(part);
+        self.state.store.get(&key)
+    }
+
+    /// Sets `group`'s map key `part` to `value`.
+    pub fn set_entry(&mut self, group: &[u8], part: &[u8], value: &[u8], now_ms: i64) {
+        let mut key = group.to_vec();
+        key.extend_from_slice(part);
+        self.put(&key, value, now_ms);
+        self.index
+            .entry(group.to_vec())
+            .or_default()
+            .insert(part.to_vec());
+    }
+
+    /// Removes `group`'s map key `part`; returns whether it was there.
+    pub fn remove_entry(&mut self, group: &[u8], part: &[u8]) -> bool {
+        let mut key = group.to_vec();
+        key.extend_from_slice(part);
+        let removed = self.state.store.remove(&key);
+        if removed {
+            self.state.dirty = true;
+            self.unindex(group, part);
+        }
+        removed
+    }
+
+    /// Removes all of `group`'s state in this variable.
+    pub fn clear(&mut self, group: &[u8]) {
+        if self.spec.kind == VariableKind::Value {
+            if self.state.store.remove(group) {
+                self.state.dirty = true;
+            }
+            return;
+        }
+        let Some(parts) = self.index.remove(group) else {
+            return;
+        };
+        let mut key = group.to_vec();
+        for part in parts {
+            key.truncate(group.len());
+            key.extend_from_slice(&part);
+            self.state.store.remove(&key);
+        }
+        self.state.dirty = true;
+    }
+
+    /// Whether `group` holds anything in this variable.
+    pub fn exists(&self, group: &[u8]) -> bool {
+        match self.spec.kind {
+            VariableKind::Value => self.state.store.get(group).is_some(),
+            _ => self.index.contains_key(group),
+        }
+    }
+}
+
+/// The bytes of a row-encoded `u64` or `i64`: a validity byte and eight.
+const POSITION_BYTES: usize = 9;
+
+/// A processor's timers: per grouping key, the times at which its timer
+/// handler is called.
+#[derive(Debug)]
+pub(crate) struct TimerStore {
+    pub state: OperatorStore,
+    by_group: HashMap<Vec<u8>, BTreeSet<i64>>,
+    by_time: BTreeSet<(i64, Vec<u8>)>,
+    times: RowConverter,
+}
+
+impl TimerStore {
+    /// Opens the timers in `dir` at `version`, for grouping keys of
+    /// columns `key_fields`.
+    pub async fn open(key_fields: &[Field], dir: CheckpointDir, version: u64) -> Result<Self> {
+        let mut fields = key_fields.to_vec();
+        fields.push(Field::new("timer_ms", DataType::Int64, false));
+        let schema = StateSchema::new(
+            Arc::new(Schema::new(fields)),
+            Arc::new(Schema::new(Vec::<Field>::new())),
+        );
+        let store = open_store(dir, schema, version, "the processor's timers").await?;
+        let mut timers = Self {
+            state: OperatorStore::new(store),
+            by_group: HashMap::new(),
+            by_time: BTreeSet::new(),
+            times: single(DataType::Int64),
+        };
+        timers.rebuild_index();
+        Ok(timers)
+    }
+
+    /// Rebuilds the indexes from the entries.
+    pub fn rebuild_index(&mut self) {
+        self.by_group.clear();
+        self.by_time.clear();
+        let keys: Vec<Vec<u8>> = self.state.store.iter().map(|e| e.key.to_vec()).collect();
+        for key in keys {
+            let split = key.len() - POSITION_BYTES;
+            let time = self.time_of(&key[split..]);
+            self.index(key[..split].to_vec(), time);
+        }
+    }
+
+    fn index(&mut self, group: Vec<u8>, time: i64) {
+        self.by_group.entry(group.clone()).or_default().insert(time);
+        self.by_time.insert((time, group));
+    }
+
+    fn encode_time(&self, time: i64) -> Vec<u8> {
+        let column: ArrayRef = Arc::new(Int64Array::from(vec![time]));
+        let rows = self
+            .times
+            .convert_columns(&[column])
+            .expect("an i64 column encodes");
+        rows.row(0).as_ref().to_vec()
+    }
+
+    fn time_of(&self, part: &[u8]) -> i64 {
+        let parser = self.times.parser();
+        let columns = self
+            .times
+            .convert_rows([parser.parse(part)])
+            .expect("a time decodes");
+        arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&columns[0]).value(0)
+    }
+
+    fn key(&self, group: &[u8], time: i64) -> Vec<u8> {
+        let mut key = group.to_vec();
+        key.extend_from_slice(&self.encode_time(time));
+        key
+    }
+
+    /// Registers a timer at `time` for `group` (once: registering it again
+    /// changes nothing).
+    pub fn register(&mut self, group: &[u8], time: i64) {
+        if self.contains(group, time) {
+            return;
+        }
+        let key = self.key(group, time);
+        self.state.store.put(&key, &[]);
+        self.state.dirty = true;
+        self.index(group.to_vec(), time);
+    }
+
+    /// Deletes `group`'s timer at `time`; returns whether there was one.
+    pub fn delete(&mut self, group: &[u8], time: i64) -> bool {
+        if !self.contains(group, time) {
+            return false;
+        }
+        let key = self.key(group, time);
+        self.state.store.remove(&key);
+        self.state.dirty = true;
+        if let Some(times) = self.by_group.get_mut(group) {
+            times.remove(&time);
+            if times.is_empty() {
+                self.by_group.remove(group);
+            }
+        }
+        self.by_time.remove(&(time, group.to_vec()));
+        true
+    }
+
+    /// Whether `group` has a timer at `time`.
+    pub fn contains(&self, group: &[u8], time: i64) -> bool {
+        self.by_group
+            .get(group)
+            .is_some_and(|times| times.contains(&time))
+    }
+
+    /// `group`'s timers, earliest first.
+    pub fn list(&self, group: &[u8]) -> Vec<i64> {
+        self.by_group
+            .get(group)
+            .map(|times| times.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The timers at or before `time`, earliest first (by grouping key
+    /// within one time).
+    pub fn due(&self, time: i64) -> Vec<(i64, Vec<u8>)> {
+        self.by_time
+            .iter()
+            .take_while(|(t, _)| *t <= time)
+            .cloned()
+            .collect()
+    }
+
+    /// The earliest timer's time.
+    pub fn next(&self) -> Option<i64> {
+        self.by_time.first().map(|(t, _)| *t)
+    }
+}

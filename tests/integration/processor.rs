@@ -1,0 +1,939 @@
+//! Arbitrary stateful processing (`transform_with_state`), with Spark 4's
+//! semantics: per-key value, list and map state kept across batches and
+//! restarts, time to live in processing time, event-time and
+//! processing-time timers that fire once, in order, never after being
+//! deleted, and in a batch without data; initial state; late rows dropped
+//! and counted; the declared output schema enforced; what cannot run
+//! refused at start.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, UInt64Type};
+use datafusion::prelude::*;
+use tidemill::prelude::*;
+use tidemill::processor::{
+    ExpiredTimer, GroupKey, ListState, MapState, ProcessorContext, ProcessorResult,
+    StateDeclarations, StatefulProcessor, TimeMode, ValueState,
+};
+use tidemill::{QueryOptions, StreamingQuery, TidemillError};
+
+use crate::common::{timed_rows as events, timed_schema as schema};
+
+/// Per symbol: the row count (a value), every price (a list) and a count
+/// per whole price (a map); emits, per batch and symbol, the running
+/// figures.
+struct Tally {
+    count: ValueState<i64>,
+    prices: ListState<f64>,
+    by_price: MapState<i64, u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            count: ValueState::new("count"),
+            prices: ListState::new("prices"),
+            by_price: MapState::new("by_price"),
+        }
+    }
+}
+
+fn tally_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("count", DataType::Int64, false),
+        Field::new("sum", DataType::Float64, false),
+        Field::new("distinct_prices", DataType::UInt64, false),
+        Field::new("top_price_count", DataType::UInt64, false),
+    ]))
+}
+
+impl StatefulProcessor for Tally {
+    fn output_schema(&self) -> SchemaRef {
+        tally_schema()
+    }
+
+    fn init(&mut self, states: &mut StateDeclarations) -> ProcessorResult<()> {
+        states.declare(&self.count)?;
+        states.declare(&self.prices)?;
+        states.declare(&self.by_price)
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        key: &GroupKey,
+        rows: &RecordBatch,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        let prices = rows.column(1).as_primitive::<Float64Type>();
+        let count = self.count.get(ctx)?.unwrap_or(0) + rows.num_rows() as i64;
+        self.count.set(ctx, &count)?;
+        for price in prices.values() {
+            self.prices.append(ctx, price)?;
+            let whole = *price as i64;
+            let seen = self.by_price.get(ctx, &whole)?.unwrap_or(0);
+            self.by_price.insert(ctx, &whole, &(seen + 1))?;
+        }
+        let all = self.prices.get(ctx)?;
+        let entries = self.by_price.entries(ctx)?;
+        // Map keys come back in order: the last is the highest price.
+        let top = entries.last().map(|(_, n)| *n).unwrap_or(0);
+        let symbol: String = key.decode()?;
+        Ok(vec![RecordBatch::try_new(
+            tally_schema(),
+            vec![
+                Arc::new(StringArray::from(vec![symbol])),
+                Arc::new(Int64Array::from(vec![count])),
+                Arc::new(Float64Array::from(vec![all.iter().sum::<f64>()])),
+                Arc::new(UInt64Array::from(vec![entries.len() as u64])),
+                Arc::new(UInt64Array::from(vec![top])),
+            ],
+        )?])
+    }
+}
+
+/// `(symbol, count, sum, distinct prices, top price count)` rows, sorted.
+fn tally_rows(batches: &[RecordBatch]) -> Vec<(String, i64, f64, u64, u64)> {
+    let mut rows = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            rows.push((
+                b.column(0).as_string::<i32>().value(i).to_string(),
+                b.column(1).as_primitive::<Int64Type>().value(i),
+                b.column(2).as_primitive::<Float64Type>().value(i),
+                b.column(3).as_primitive::<UInt64Type>().value(i),
+                b.column(4).as_primitive::<UInt64Type>().value(i),
+            ));
+        }
+    }
+    rows.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    rows
+}
+
+fn ctx_with(partitions: usize) -> SessionContext {
+    SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions))
+}
+
+async fn start_with(
+    df: DataFrame,
+    sink: &MemorySink,
+    checkpoint: &std::path::Path,
+    mode: OutputMode,
+    trigger: Option<Trigger>,
+) -> tidemill::Result<StreamingQuery> {
+    let mut writer = df
+        .write_stream()
+        .sink(sink.clone())
+        .output_mode(mode)
+        .checkpoint(checkpoint.to_str().unwrap())
+        .options(QueryOptions::default());
+    if let Some(trigger) = trigger {
+        writer = writer.trigger(trigger);
+    }
+    writer.start().await
+}
+
+/// The three state types, per key, within one batch (rows of a key spread
+/// over every partition) and across batches, for 1 to 8 partitions and
+/// several runs each: the figures are the same whatever the split.
+#[tokio::test]
+async fn value_list_and_map_state_per_key_across_batches_and_partitions() {
+    for partitions in [1, 2, 3, 8] {
+        for _run in 0..3 {
+            let ctx = ctx_with(partitions);
+            let stream = MemoryStream::new(schema());
+            let sink = MemorySink::new();
+            let checkpoint = tempfile::tempdir().unwrap();
+            let df = ctx
+                .read_stream(stream.clone())
+                .await
+                .unwrap()
+                .transform_with_state(
+                    &["symbol"],
+                    Tally::new(),
+                    TimeMode::None,
+                    OutputMode::Update,
+                )
+                .unwrap();
+            let query = start_with(df, &sink, checkpoint.path(), OutputMode::Update, None)
+                .await
+                .unwrap();
+            for round in 0..4 {
+                stream
+                    .push(events(&[
+                        (Some("a"), 1.5 + round as f64, 1),
+                        (Some("b"), 2.0, 2),
+                        (Some("a"), 1.25, 3),
+                    ]))
+                    .unwrap();
+            }
+            query.process_all_available().await.unwrap();
+            // a: 1.5, 2.5, 3.5, 4.5 and 1.25 four times; b: 2.0 four times.
+            assert_eq!(
+                tally_rows(&sink.batches()),
+                [
+                    ("a".into(), 8, 12.0 + 5.0, 4, 1),
+                    ("b".into(), 4, 8.0, 1, 4)
+                ],
+                "{partitions} partitions"
+            );
+            stream.push(events(&[(Some("b"), 9.0, 4)])).unwrap();
+            query.process_all_available().await.unwrap();
+            let rows = tally_rows(&sink.batches());
+            assert_eq!(rows.len(), 3, "one row per key per batch: {rows:?}");
+            assert!(rows.contains(&("b".into(), 5, 17.0, 2, 1)), "{rows:?}");
+            query.stop().await.unwrap();
+        }
+    }
+}
+
+/// A restart from the checkpoint continues every variable where the last
+/// committed batch left it, and the state is the processor's, not the
+/// input's: keys never seen again keep theirs.
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let ctx = ctx_with(2);
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let checkpoint = tempfile::tempdir().unwrap();
+    let start = |sink: MemorySink| {
+        let (ctx, stream, path) = (ctx.clone(), stream.clone(), checkpoint.path().to_owned());
+        async move {
+            let df = ctx
+                .read_stream(stream)
+                .await
+                .unwrap()
+                .transform_with_state(
+                    &["symbol"],
+                    Tally::new(),
+                    TimeMode::None,
+                    OutputMode::Update,
+                )
+                .unwrap();
+            start_with(df, &sink, &path, OutputMode::Update, None)
+                .await
+                .unwrap()
+        }
+    };
+    let query = start(sink.clone()).await;
+    stream
+        .push(events(&[(Some("a"), 1.0, 1), (Some("b"), 2.0, 1)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+
+    let after = MemorySink::new();
+    let query = start(after.clone()).await;
+    stream.push(events(&[(Some("a"), 3.0, 2)])).unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(tally_rows(&after.batches()), [("a".into(), 2, 4.0, 2, 1)]);
+    query.stop().await.unwrap();
+}
+
+/// Event-time timers: one registered per key at its latest row + 10 s
+/// (moved on each batch: the old one deleted), and one that is deleted
+/// before it is due. Each due timer fires once, in time order across keys,
+/// in the batch whose watermark reaches it (a batch without data, if
+/// needed); a deleted timer never fires.
+struct Sessions;
+
+const SESSION_GAP_MS: i64 = 10_000;
+
+fn fired_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("fired_at", DataType::Int64, false),
+        Field::new("watermark", DataType::Int64, true),
+    ]))
+}
+
+fn fired(key: &GroupKey, timer: ExpiredTimer) -> ProcessorResult<Vec<RecordBatch>> {
+    let symbol: String = key.decode()?;
+    Ok(vec![RecordBatch::try_new(
+        fired_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![symbol])),
+            Arc::new(Int64Array::from(vec![timer.time_ms])),
+            Arc::new(Int64Array::from(vec![timer.watermark_ms])),
+        ],
+    )?])
+}
+
+impl StatefulProcessor for Sessions {
+    fn output_schema(&self) -> SchemaRef {
+        fired_schema()
+    }
+
+    fn init(&mut self, _states: &mut StateDeclarations) -> ProcessorResult<()> {
+        Ok(())
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        _key: &GroupKey,
+        rows: &RecordBatch,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        let times = rows
+            .column(2)
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        let latest = times.values().iter().copied().max().unwrap();
+        for old in ctx.list_timers()? {
+            assert!(ctx.delete_timer(old)?);
+        }
+        ctx.register_timer(latest + SESSION_GAP_MS)?;
+        // A price of -1 asks for a timer that is deleted at once.
+        let prices = rows.column(1).as_primitive::<Float64Type>();
+        if prices.values().contains(&-1.0) {
+            ctx.register_timer(latest + 1)?;
+            assert!(ctx.delete_timer(latest + 1)?);
+            assert!(!ctx.delete_timer(latest + 1)?);
+        }
+        Ok(Vec::new())
+    }
+
+    fn handle_expired_timer(
+        &mut self,
+        key: &GroupKey,
+        timer: ExpiredTimer,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        // Already deleted when its handler runs.
+        assert!(!ctx.list_timers()?.contains(&timer.time_ms));
+        fired(key, timer)
+    }
+}
+
+fn fired_rows(batches: &[RecordBatch]) -> Vec<(String, i64)> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows()).map(move |i| {
+                (
+                    b.column(0).as_string::<i32>().value(i).to_string(),
+                    b.column(1).as_primitive::<Int64Type>().value(i),
+                )
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn event_time_timers_fire_once_in_order_and_deleted_ones_never() {
+    for partitions in [1, 3] {
+        let ctx = ctx_with(partitions);
+        let stream = MemoryStream::new(schema());
+        let sink = MemorySink::new();
+        let checkpoint = tempfile::tempdir().unwrap();
+        let df = ctx
+            .read_stream(stream.clone())
+            .await
+            .unwrap()
+            .with_watermark("event_time", "0 seconds")
+            .unwrap()
+            .transform_with_state(
+                &["symbol"],
+                Sessions,
+                TimeMode::EventTime,
+                OutputMode::Append,
+            )
+            .unwrap();
+        let query = start_with(df, &sink, checkpoint.path(), OutputMode::Append, None)
+            .await
+            .unwrap();
+        // b's timer at 12 s, a's at 15 s (its first one at 11 s is moved).
+        stream
+            .push(events(&[(Some("a"), 1.0, 1), (Some("b"), -1.0, 2)]))
+            .unwrap();
+        query.process_all_available().await.unwrap();
+        stream.push(events(&[(Some("a"), 1.0, 5)])).unwrap();
+        query.process_all_available().await.unwrap();
+        assert!(fired_rows(&sink.batches()).is_empty());
+        // The watermark reaches 12 s: b fires (in the batch without data
+        // that follows), a does not; then 30 s: a fires.
+        stream.push(events(&[(Some("c"), 1.0, 12)])).unwrap();
+        query.process_all_available().await.unwrap();
+        assert_eq!(fired_rows(&sink.batches()), [("b".into(), 12_000)]);
+        stream.push(events(&[(Some("d"), 1.0, 30)])).unwrap();
+        query.process_all_available().await.unwrap();
+        assert_eq!(
+            fired_rows(&sink.batches()),
+            [
+                ("b".into(), 12_000),
+                ("a".into(), 15_000),
+                ("c".into(), 22_000)
+            ],
+            "{partitions} partitions: each once, in time order"
+        );
+        // The watermark each fired with was at or past the timer.
+        for b in sink.batches() {
+            for i in 0..b.num_rows() {
+                let at = b.column(1).as_primitive::<Int64Type>().value(i);
+                let watermark = b.column(2).as_primitive::<Int64Type>().value(i);
+                assert!(watermark >= at, "fired at {at} with watermark {watermark}");
+            }
+        }
+        query.stop().await.unwrap();
+    }
+}
+
+/// Rows at or below the watermark are dropped before the processor sees
+/// them, and counted in the operator's progress.
+#[tokio::test]
+async fn late_rows_are_dropped_and_counted() {
+    let ctx = ctx_with(2);
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let checkpoint = tempfile::tempdir().unwrap();
+    let df = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .with_watermark("event_time", "5 seconds")
+        .unwrap()
+        .transform_with_state(
+            &["symbol"],
+            Tally::new(),
+            TimeMode::EventTime,
+            OutputMode::Append,
+        )
+        .unwrap();
+    let query = start_with(df, &sink, checkpoint.path(), OutputMode::Append, None)
+        .await
+        .unwrap();
+    stream.push(events(&[(Some("a"), 1.0, 100)])).unwrap();
+    query.process_all_available().await.unwrap();
+    // Watermark 95 s: 95 and 90 are late, 96 is not.
+    stream
+        .push(events(&[
+            (Some("a"), 2.0, 95),
+            (Some("a"), 4.0, 96),
+            (Some("b"), 8.0, 90),
+        ]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    let rows = tally_rows(&sink.batches());
+    assert_eq!(
+        rows,
+        [("a".into(), 1, 1.0, 1, 1), ("a".into(), 2, 5.0, 2, 1)],
+        "b's only row was late"
+    );
+    let dropped: u64 = query
+        .recent_progress()
+        .iter()
+        .flat_map(|p| p.state_operators.iter())
+        .map(|s| s.num_rows_dropped_by_watermark)
+        .sum();
+    assert_eq!(dropped, 2);
+    query.stop().await.unwrap();
+}
+
+/// A processing-time timer fires once the batch clock passes it, in a
+/// batch without new data.
+struct Reminder;
+
+impl StatefulProcessor for Reminder {
+    fn output_schema(&self) -> SchemaRef {
+        fired_schema()
+    }
+
+    fn init(&mut self, _states: &mut StateDeclarations) -> ProcessorResult<()> {
+        Ok(())
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        _key: &GroupKey,
+        _rows: &RecordBatch,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        ctx.register_timer(ctx.processing_time_ms() + 300)?;
+        Ok(Vec::new())
+    }
+
+    fn handle_expired_timer(
+        &mut self,
+        key: &GroupKey,
+        timer: ExpiredTimer,
+        _ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        assert!(timer.processing_time_ms >= timer.time_ms);
+        fired(key, timer)
+    }
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn processing_time_timers_fire_in_a_batch_without_data() {
+    let ctx = ctx_with(2);
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let checkpoint = tempfile::tempdir().unwrap();
+    let df = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .transform_with_state(
+            &["symbol"],
+            Reminder,
+            TimeMode::ProcessingTime,
+            OutputMode::Append,
+        )
+        .unwrap();
+    let query = start_with(
+        df,
+        &sink,
+        checkpoint.path(),
+        OutputMode::Append,
+        Some(Trigger::ProcessingTime(Duration::from_millis(50))),
+    )
+    .await
+    .unwrap();
+    stream
+        .push(events(&[(Some("a"), 1.0, 1), (Some("b"), 1.0, 1)]))
+        .unwrap();
+    wait_for("the timers", || fired_rows(&sink.batches()).len() == 2).await;
+    let progress = query.recent_progress();
+    let last = progress.last().unwrap();
+    assert_eq!(
+        last.num_input_rows, 0,
+        "the timers fired in a batch without data"
+    );
+    // Once: later triggers emit nothing more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fired_rows(&sink.batches()).len(), 2);
+    query.stop().await.unwrap();
+}
+
+/// A value with a time to live is gone once that much processing time has
+/// passed since it was written; a list's elements expire one by one.
+struct Remember {
+    last: ValueState<f64>,
+    recent: ListState<f64>,
+}
+
+fn remember_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("previous", DataType::Float64, true),
+        Field::new("recent", DataType::Int64, false),
+    ]))
+}
+
+impl StatefulProcessor for Remember {
+    fn output_schema(&self) -> SchemaRef {
+        remember_schema()
+    }
+
+    fn init(&mut self, states: &mut StateDeclarations) -> ProcessorResult<()> {
+        states.declare(&self.last)?;
+        states.declare(&self.recent)
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        key: &GroupKey,
+        rows: &RecordBatch,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        let previous = self.last.get(ctx)?;
+        let price = rows.column(1).as_primitive::<Float64Type>().value(0);
+        self.last.set(ctx, &price)?;
+        self.recent.append(ctx, &price)?;
+        let recent = self.recent.get(ctx)?.len() as i64;
+        let symbol: String = key.decode()?;
+        Ok(vec![RecordBatch::try_new(
+            remember_schema(),
+            vec![
+                Arc::new(StringArray::from(vec![symbol])),
+                Arc::new(Float64Array::from(vec![previous])),
+                Arc::new(Int64Array::from(vec![recent])),
+            ],
+        )?])
+    }
+}
+
+#[tokio::test]
+async fn values_with_a_time_to_live_expire_in_processing_time() {
+    let ctx = ctx_with(2);
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let checkpoint = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_millis(1_500);
+    let processor = Remember {
+        last: ValueState::new("last").with_ttl(ttl),
+        recent: ListState::new("recent").with_ttl(ttl),
+    };
+    let df = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .transform_with_state(&["symbol"], processor, TimeMode::None, OutputMode::Update)
+        .unwrap();
+    let query = start_with(df, &sink, checkpoint.path(), OutputMode::Update, None)
+        .await
+        .unwrap();
+    let last_row = |sink: &MemorySink| {
+        let batches = sink.batches();
+        let b = batches.last().unwrap();
+        let previous = b.column(1).as_primitive::<Float64Type>();
+        (
+            previous.is_valid(0).then(|| previous.value(0)),
+            b.column(2).as_primitive::<Int64Type>().value(0),
+        )
+    };
+    let started = Instant::now();
+    stream.push(events(&[(Some("a"), 1.0, 1)])).unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(last_row(&sink), (None, 1));
+    stream.push(events(&[(Some("a"), 2.0, 2)])).unwrap();
+    query.process_all_available().await.unwrap();
+    if started.elapsed() < ttl {
+        assert_eq!(last_row(&sink), (Some(1.0), 2), "within the time to live");
+    }
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    stream.push(events(&[(Some("a"), 3.0, 3)])).unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(
+        last_row(&sink),
+        (None, 1),
+        "value and list elements expired"
+    );
+    let state = query.last_progress().unwrap().state_operators[0].clone();
+    assert_eq!(
+        state.num_rows_total, 2,
+        "the new value and element: {state:?}"
+    );
+    query.stop().await.unwrap();
+}
+
+/// The initial state seeds each key's state in the first batch, before its
+/// rows; a restart does not apply it again.
+struct Seeded(Tally);
+
+impl StatefulProcessor for Seeded {
+    fn output_schema(&self) -> SchemaRef {
+        self.0.output_schema()
+    }
+
+    fn init(&mut self, states: &mut StateDeclarations) -> ProcessorResult<()> {
+        self.0.init(states)
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        key: &GroupKey,
+        rows: &RecordBatch,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        self.0.handle_input_rows(key, rows, ctx)
+    }
+
+    fn handle_initial_state(
+        &mut self,
+        _key: &GroupKey,
+        rows: &RecordBatch,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<()> {
+        let seed = rows.column_by_name("count").unwrap();
+        let seed = seed
+            .as_primitive::<Int64Type>()
+            .values()
+            .iter()
+            .sum::<i64>();
+        self.0.count.set(ctx, &seed)
+    }
+}
+
+#[tokio::test]
+async fn initial_state_seeds_the_first_batch_only() {
+    let ctx = ctx_with(2);
+    let stream = MemoryStream::new(schema());
+    let checkpoint = tempfile::tempdir().unwrap();
+    let initial = ctx
+        .read_batch(
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new("symbol", DataType::Utf8, false),
+                    Field::new("count", DataType::Int64, false),
+                ])),
+                vec![
+                    Arc::new(StringArray::from(vec!["a", "z"])),
+                    Arc::new(Int64Array::from(vec![100, 7])),
+                ],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let start = |sink: MemorySink| {
+        let (ctx, stream, path, initial) = (
+            ctx.clone(),
+            stream.clone(),
+            checkpoint.path().to_owned(),
+            initial.clone(),
+        );
+        async move {
+            let df = ctx
+                .read_stream(stream)
+                .await
+                .unwrap()
+                .transform_with_state_and_initial_state(
+                    &["symbol"],
+                    Seeded(Tally::new()),
+                    TimeMode::None,
+                    OutputMode::Update,
+                    initial,
+                )
+                .unwrap();
+            start_with(df, &sink, &path, OutputMode::Update, None)
+                .await
+                .unwrap()
+        }
+    };
+    let sink = MemorySink::new();
+    let query = start(sink.clone()).await;
+    stream
+        .push(events(&[(Some("a"), 1.0, 1), (Some("b"), 1.0, 1)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(
+        tally_rows(&sink.batches()),
+        [("a".into(), 101, 1.0, 1, 1), ("b".into(), 1, 1.0, 1, 1)]
+    );
+    query.stop().await.unwrap();
+    let sink = MemorySink::new();
+    let query = start(sink.clone()).await;
+    stream
+        .push(events(&[(Some("a"), 1.0, 2), (Some("z"), 1.0, 2)]))
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(
+        tally_rows(&sink.batches()),
+        [("a".into(), 102, 2.0, 1, 2), ("z".into(), 8, 1.0, 1, 1)],
+        "z was seeded in the first batch; nothing was applied twice"
+    );
+    query.stop().await.unwrap();
+}
+
+/// Rows that do not fit the declared output schema stop the query with an
+/// error naming the processor's callback, the key and the column.
+struct WrongType;
+
+impl StatefulProcessor for WrongType {
+    fn output_schema(&self) -> SchemaRef {
+        fired_schema()
+    }
+
+    fn init(&mut self, _states: &mut StateDeclarations) -> ProcessorResult<()> {
+        Ok(())
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        key: &GroupKey,
+        _rows: &RecordBatch,
+        _ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        let symbol: String = key.decode()?;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("fired_at", DataType::Float64, false),
+            Field::new("watermark", DataType::Int64, true),
+        ]));
+        Ok(vec![RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![symbol])),
+                Arc::new(Float64Array::from(vec![1.0])),
+                Arc::new(Int64Array::from(vec![None])),
+            ],
+        )?])
+    }
+}
+
+#[tokio::test]
+async fn rows_of_another_schema_are_an_error_naming_the_column() {
+    let ctx = ctx_with(2);
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let checkpoint = tempfile::tempdir().unwrap();
+    let df = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .transform_with_state(&["symbol"], WrongType, TimeMode::None, OutputMode::Append)
+        .unwrap();
+    let query = start_with(df, &sink, checkpoint.path(), OutputMode::Append, None)
+        .await
+        .unwrap();
+    stream.push(events(&[(Some("a"), 1.0, 1)])).unwrap();
+    let err = query.process_all_available().await.unwrap_err().to_string();
+    for needed in [
+        "handle_input_rows",
+        "symbol=a",
+        "'fired_at'",
+        "Float64",
+        "Int64",
+    ] {
+        assert!(err.contains(needed), "{needed} missing from: {err}");
+    }
+    assert!(sink.batches().is_empty());
+}
+
+/// What cannot run is refused when the query starts, saying why and what
+/// to do.
+#[tokio::test]
+async fn refusals_at_start() {
+    let ctx = ctx_with(2);
+    let stream = MemoryStream::new(schema());
+    let checkpoint = tempfile::tempdir().unwrap();
+    let read = || async { ctx.read_stream(stream.clone()).await.unwrap() };
+    let refused = |result: tidemill::Result<StreamingQuery>| match result {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("expected a refusal"),
+    };
+    let sink = MemorySink::new();
+
+    let df = read()
+        .await
+        .transform_with_state(
+            &["symbol"],
+            Tally::new(),
+            TimeMode::None,
+            OutputMode::Update,
+        )
+        .unwrap();
+    let err = refused(start_with(df, &sink, checkpoint.path(), OutputMode::Append, None).await);
+    assert!(
+        err.contains("output mode update") && err.contains("append"),
+        "{err}"
+    );
+
+    let df = read()
+        .await
+        .transform_with_state(
+            &["symbol"],
+            Tally::new(),
+            TimeMode::None,
+            OutputMode::Complete,
+        )
+        .unwrap();
+    let err = refused(start_with(df, &sink, checkpoint.path(), OutputMode::Complete, None).await);
+    assert!(err.contains("complete"), "{err}");
+
+    let df = read()
+        .await
+        .transform_with_state(
+            &["symbol"],
+            Sessions,
+            TimeMode::EventTime,
+            OutputMode::Append,
+        )
+        .unwrap();
+    let err = refused(start_with(df, &sink, checkpoint.path(), OutputMode::Append, None).await);
+    assert!(
+        err.contains("watermark") && err.contains("with_watermark"),
+        "{err}"
+    );
+
+    let df = read()
+        .await
+        .transform_with_state(
+            &["symbol"],
+            Tally::new(),
+            TimeMode::None,
+            OutputMode::Append,
+        )
+        .unwrap()
+        .aggregate(
+            vec![col("symbol")],
+            vec![datafusion::functions_aggregate::expr_fn::count(lit(1))],
+        )
+        .unwrap();
+    let err = refused(start_with(df, &sink, checkpoint.path(), OutputMode::Append, None).await);
+    assert!(err.contains("after transform_with_state"), "{err}");
+
+    let err = read()
+        .await
+        .transform_with_state(&["nope"], Tally::new(), TimeMode::None, OutputMode::Append)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("'nope'"), "{err}");
+
+    let batch = ctx.read_batch(events(&[(Some("a"), 1.0, 1)])).unwrap();
+    let err = batch
+        .transform_with_state(
+            &["symbol"],
+            Tally::new(),
+            TimeMode::None,
+            OutputMode::Append,
+        )
+        .unwrap_err();
+    assert!(matches!(err, TidemillError::Config(_)), "{err}");
+}
+
+/// A variable used with another type than it was declared with is an
+/// error naming it, not a misread.
+struct Confused {
+    declared: ValueState<i64>,
+    used: ValueState<String>,
+}
+
+impl StatefulProcessor for Confused {
+    fn output_schema(&self) -> SchemaRef {
+        fired_schema()
+    }
+
+    fn init(&mut self, states: &mut StateDeclarations) -> ProcessorResult<()> {
+        states.declare(&self.declared)
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        _key: &GroupKey,
+        _rows: &RecordBatch,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        self.declared.set(ctx, &1)?;
+        self.used.get(ctx)?;
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn a_variable_used_with_another_type_is_an_error() {
+    let ctx = ctx_with(1);
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let checkpoint = tempfile::tempdir().unwrap();
+    let processor = Confused {
+        declared: ValueState::new("n"),
+        used: ValueState::new("n"),
+    };
+    let df = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .transform_with_state(&["symbol"], processor, TimeMode::None, OutputMode::Append)
+        .unwrap();
+    let query = start_with(df, &sink, checkpoint.path(), OutputMode::Append, None)
+        .await
+        .unwrap();
+    stream.push(events(&[(Some("a"), 1.0, 1)])).unwrap();
+    let err = query.process_all_available().await.unwrap_err().to_string();
+    assert!(
+        err.contains("'n'") && err.contains("ValueState<i64>"),
+        "{err}"
+    );
+}
