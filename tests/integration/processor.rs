@@ -937,3 +937,238 @@ async fn a_variable_used_with_another_type_is_an_error() {
         "{err}"
     );
 }
+
+/// A processor whose one value variable, `acc`, has the type `T`, optionally
+/// with a list variable and a map variable beside it: the form of the
+/// processor changes between restarts.
+struct Versioned<T> {
+    acc: ValueState<T>,
+    list: Option<ListState<i64>>,
+    map: Option<MapState<String, i64>>,
+    step: fn(Option<T>, i64) -> T,
+    show: fn(&T) -> (i64, Option<String>),
+}
+
+fn versioned_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("a", DataType::Int64, false),
+        Field::new("b", DataType::Utf8, true),
+    ]))
+}
+
+impl<T> StatefulProcessor for Versioned<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    fn output_schema(&self) -> SchemaRef {
+        versioned_schema()
+    }
+
+    fn init(&mut self, states: &mut StateDeclarations) -> ProcessorResult<()> {
+        states.declare(&self.acc)?;
+        if let Some(list) = &self.list {
+            states.declare(list)?;
+        }
+        if let Some(map) = &self.map {
+            states.declare(map)?;
+        }
+        Ok(())
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        key: &GroupKey,
+        rows: &RecordBatch,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        let acc = (self.step)(self.acc.get(ctx)?, rows.num_rows() as i64);
+        self.acc.set(ctx, &acc)?;
+        if let Some(list) = &self.list {
+            list.append(ctx, &1)?;
+        }
+        if let Some(map) = &self.map {
+            map.insert(ctx, &"seen".to_string(), &1)?;
+        }
+        let (a, b) = (self.show)(&acc);
+        let symbol: String = key.decode()?;
+        Ok(vec![RecordBatch::try_new(
+            versioned_schema(),
+            vec![
+                Arc::new(StringArray::from(vec![symbol])),
+                Arc::new(Int64Array::from(vec![a])),
+                Arc::new(StringArray::from(vec![b])),
+            ],
+        )?])
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AccV1 {
+    a: i64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AccV2 {
+    a: i64,
+    b: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AccRetyped {
+    a: f64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AccRenamed {
+    total: i64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AccRequired {
+    a: i64,
+    c: i64,
+}
+
+/// State schema evolution: a restart whose processor adds a variable,
+/// removes one, or adds a nullable field to a value type keeps the saved
+/// state (the added field reads as null); a type changed, a field renamed
+/// or a new field that is not nullable is refused at start, naming the
+/// variable and the field, and leaves the checkpoint usable by the form
+/// that wrote it.
+#[tokio::test]
+async fn state_schema_evolution_keeps_readable_state_and_refuses_the_rest() {
+    let ctx = ctx_with(2);
+    let stream = MemoryStream::new(schema());
+    let checkpoint = tempfile::tempdir().unwrap();
+    let run = |processor: Box<dyn FnOnce(DataFrame) -> tidemill::Result<DataFrame>>| {
+        let (ctx, stream, path) = (ctx.clone(), stream.clone(), checkpoint.path().to_owned());
+        async move {
+            let sink = MemorySink::new();
+            let df = processor(ctx.read_stream(stream).await.unwrap())?;
+            let query = start_with(df, &sink, &path, OutputMode::Update, None).await?;
+            query.process_all_available().await?;
+            query.stop().await?;
+            Ok::<_, TidemillError>(sink)
+        }
+    };
+    let apply = |df: DataFrame, p: Box<dyn StatefulProcessor>| {
+        struct Boxed(Box<dyn StatefulProcessor>);
+        impl StatefulProcessor for Boxed {
+            fn output_schema(&self) -> SchemaRef {
+                self.0.output_schema()
+            }
+            fn init(&mut self, s: &mut StateDeclarations) -> ProcessorResult<()> {
+                self.0.init(s)
+            }
+            fn handle_input_rows(
+                &mut self,
+                k: &GroupKey,
+                r: &RecordBatch,
+                c: &mut ProcessorContext<'_>,
+            ) -> ProcessorResult<Vec<RecordBatch>> {
+                self.0.handle_input_rows(k, r, c)
+            }
+        }
+        df.transform_with_state(&["symbol"], Boxed(p), TimeMode::None, OutputMode::Update)
+    };
+    let v1 = || -> Box<dyn StatefulProcessor> {
+        Box::new(Versioned::<AccV1> {
+            acc: ValueState::new("acc"),
+            list: Some(ListState::new("list")),
+            map: None,
+            step: |acc, n| AccV1 {
+                a: acc.map_or(0, |x| x.a) + n,
+            },
+            show: |acc| (acc.a, None),
+        })
+    };
+    let v2 = || -> Box<dyn StatefulProcessor> {
+        Box::new(Versioned::<AccV2> {
+            acc: ValueState::new("acc"),
+            list: None,
+            map: Some(MapState::new("map")),
+            step: |acc, n| match acc {
+                Some(acc) => AccV2 {
+                    a: acc.a + n,
+                    b: Some(format!("was {}", acc.b.as_deref().unwrap_or("null"))),
+                },
+                None => AccV2 { a: n, b: None },
+            },
+            show: |acc| (acc.a, acc.b.clone()),
+        })
+    };
+
+    stream
+        .push(events(&[(Some("x"), 1.0, 1), (Some("x"), 1.0, 1)]))
+        .unwrap();
+    let out = run(Box::new(move |df| apply(df, v1()))).await.unwrap();
+    assert_eq!(
+        out.batches()[0]
+            .column(1)
+            .as_primitive::<Int64Type>()
+            .value(0),
+        2
+    );
+
+    // Each refused change names the variable and the field, and changes
+    // nothing.
+    let refusals: Vec<(Box<dyn StatefulProcessor>, &str)> = vec![
+        (
+            Box::new(Versioned::<AccRetyped> {
+                acc: ValueState::new("acc"),
+                list: None,
+                map: None,
+                step: |_, n| AccRetyped { a: n as f64 },
+                show: |acc| (acc.a as i64, None),
+            }),
+            "field 'a' changed type from Int64 to Float64",
+        ),
+        (
+            Box::new(Versioned::<AccRenamed> {
+                acc: ValueState::new("acc"),
+                list: None,
+                map: None,
+                step: |_, n| AccRenamed { total: n },
+                show: |acc| (acc.total, None),
+            }),
+            "field 'a' (Int64) of the saved values is not in the new type",
+        ),
+        (
+            Box::new(Versioned::<AccRequired> {
+                acc: ValueState::new("acc"),
+                list: None,
+                map: None,
+                step: |_, n| AccRequired { a: n, c: n },
+                show: |acc| (acc.a, None),
+            }),
+            "new field 'c' (Int64) is not nullable",
+        ),
+    ];
+    stream.push(events(&[(Some("x"), 1.0, 2)])).unwrap();
+    for (processor, expected) in refusals {
+        let err = run(Box::new(move |df| apply(df, processor)))
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("state variable 'acc'") && err.contains(expected),
+            "{expected} missing from: {err}"
+        );
+    }
+
+    // The added nullable field reads as null; the removed list and the
+    // added map are no obstacle.
+    let out = run(Box::new(move |df| apply(df, v2()))).await.unwrap();
+    let batch = &out.batches()[0];
+    assert_eq!(batch.column(1).as_primitive::<Int64Type>().value(0), 3);
+    assert_eq!(batch.column(2).as_string::<i32>().value(0), "was null");
+
+    // And the new form keeps its state across its own restarts.
+    stream.push(events(&[(Some("x"), 1.0, 3)])).unwrap();
+    let out = run(Box::new(move |df| apply(df, v2()))).await.unwrap();
+    let batch = &out.batches()[0];
+    assert_eq!(batch.column(1).as_primitive::<Int64Type>().value(0), 4);
+    assert_eq!(batch.column(2).as_string::<i32>().value(0), "was was null");
+}

@@ -93,6 +93,11 @@ impl Codec {
         Ok(rows.row(0).as_ref().to_vec())
     }
 
+    /// Rows of `columns` (in the stored layout).
+    pub fn encode_columns(&self, columns: &[ArrayRef]) -> ProcessorResult<arrow::row::Rows> {
+        Ok(self.converter.convert_columns(columns)?)
+    }
+
     /// The columns of rows `rows` (each from [`encode`](Self::encode)).
     pub fn decode_columns<'a>(
         &self,

@@ -363,9 +363,7 @@ impl StatefulOperator for ProcessorOperator {
         let mut inner = self.inner.lock().await;
         let inner = &mut *inner;
         for variable in &mut inner.stores.variables {
-            if variable.state.begin_batch(version).await? {
-                variable.rebuild_index()?;
-            }
+            variable.begin_batch(version).await?;
         }
         if inner.stores.timers.state.begin_batch(version).await? {
             inner.stores.timers.rebuild_index();

@@ -58,6 +58,134 @@ async fn open_store(
         })
 }
 
+/// Opens a state variable's store at `version`: created empty there if the
+/// variable is new; if its saved values are of an earlier form of the
+/// variable's type, every value is read in that form and written again in
+/// the new one (pending, committed with the batch), when the change keeps
+/// every value readable: fields added, nullable. Any other change is
+/// refused, naming the variable and the field.
+async fn open_variable(
+    spec: &VariableSpec,
+    dir: CheckpointDir,
+    schema: StateSchema,
+    version: u64,
+) -> Result<StateStore> {
+    let what = format!("state variable '{}'", spec.name);
+    let refused = |reason: String| TidemillError::CheckpointMismatch {
+        location: dir.root().to_string(),
+        reason: format!(
+            "{what} cannot read its saved state: {reason}. Restore the previous type, give the \
+             variable a new name (its old state is then not read), or start the query with a \
+             new checkpoint"
+        ),
+    };
+    let (mut store, old) =
+        StateStore::open_evolving(dir.clone(), schema, StateStoreConfig::default(), version)
+            .await
+            .map_err(|e| match e {
+                StateError::Incompatible { .. } => TidemillError::CheckpointMismatch {
+                    location: dir.root().to_string(),
+                    reason: format!(
+                        "{what} no longer matches its saved state ({e}); restore the previous \
+                         processor or start the query with a new checkpoint"
+                    ),
+                },
+                other => other.into(),
+            })?;
+    let Some(old) = old else {
+        return Ok(store);
+    };
+    let new = Arc::clone(spec.value.schema());
+    evolution(&old, &new).map_err(refused)?;
+    let entries: Vec<(Vec<u8>, Vec<u8>, Option<i64>)> = store
+        .iter()
+        .map(|e| (e.key.to_vec(), e.value.to_vec(), e.expires_at_ms))
+        .collect();
+    if !entries.is_empty() {
+        let old_rows = RowConverter::new(
+            old.fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )
+        .map_err(|e| refused(e.to_string()))?;
+        let parser = old_rows.parser();
+        let columns = old_rows
+            .convert_rows(entries.iter().map(|(_, v, _)| parser.parse(v)))
+            .map_err(|e| refused(format!("a saved value does not decode: {e}")))?;
+        let migrated: Vec<ArrayRef> = new
+            .fields()
+            .iter()
+            .map(|f| match old.index_of(f.name()) {
+                Ok(i) => Arc::clone(&columns[i]),
+                Err(_) => arrow::array::new_null_array(f.data_type(), entries.len()),
+            })
+            .collect();
+        let rows = spec
+            .value
+            .encode_columns(&migrated)
+            .map_err(|e| refused(e.to_string()))?;
+        for (i, (key, _, expires_at)) in entries.iter().enumerate() {
+            let value = rows.row(i);
+            match expires_at {
+                Some(at) => store.put_with_ttl(key, value.as_ref(), *at),
+                None => store.put(key, value.as_ref()),
+            }
+        }
+    }
+    tracing::info!(
+        "{what}: {} saved values read in their earlier form and written in the new one",
+        entries.len()
+    );
+    store.set_value_schema(new);
+    Ok(store)
+}
+
+/// Whether values saved in `old` can be read as `new`: every saved field is
+/// still there with its type (and nullable if it was), and every new field
+/// is nullable (saved values have none). Otherwise what is wrong, naming
+/// the field.
+fn evolution(old: &Schema, new: &Schema) -> std::result::Result<(), String> {
+    for field in old.fields() {
+        match new.field_with_name(field.name()) {
+            Err(_) => {
+                return Err(format!(
+                    "field '{}' ({}) of the saved values is not in the new type (renamed or \
+                     removed)",
+                    field.name(),
+                    field.data_type()
+                ));
+            }
+            Ok(now) if now.data_type() != field.data_type() => {
+                return Err(format!(
+                    "field '{}' changed type from {} to {}",
+                    field.name(),
+                    field.data_type(),
+                    now.data_type()
+                ));
+            }
+            Ok(now) if field.is_nullable() && !now.is_nullable() => {
+                return Err(format!(
+                    "field '{}' is no longer nullable, and saved values may be null",
+                    field.name()
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    for field in new.fields() {
+        if old.field_with_name(field.name()).is_err() && !field.is_nullable() {
+            return Err(format!(
+                "new field '{}' ({}) is not nullable, and the saved values have none (make it \
+                 an Option)",
+                field.name(),
+                field.data_type()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The grouping key's row bytes, to each part of it a store holds
 /// (positions, map keys or times, as row bytes), in order.
 type GroupIndex = HashMap<Vec<u8>, BTreeSet<Vec<u8>>>;
@@ -66,6 +194,8 @@ type GroupIndex = HashMap<Vec<u8>, BTreeSet<Vec<u8>>>;
 #[derive(Debug)]
 pub(crate) struct VariableStore {
     pub spec: VariableSpec,
+    /// The store's layout.
+    layout: StateSchema,
     pub state: OperatorStore,
     /// For lists and maps.
     index: GroupIndex,
@@ -120,10 +250,10 @@ impl VariableStore {
             Arc::new(Schema::new(fields)),
             Arc::clone(spec.value.schema()),
         );
-        let what = format!("state variable '{}'", spec.name);
-        let store = open_store(dir, schema, version, &what).await?;
+        let store = open_variable(&spec, dir, schema.clone(), version).await?;
         let mut opened = Self {
             spec,
+            layout: schema,
             state: OperatorStore::new(store),
             index: GroupIndex::new(),
             composite,
@@ -133,6 +263,19 @@ impl VariableStore {
         };
         opened.rebuild_index()?;
         Ok(opened)
+    }
+
+    /// Makes the store hold exactly version `version` (the batch about to
+    /// run), reopening it if a failed attempt changed it.
+    pub async fn begin_batch(&mut self, version: u64) -> Result<()> {
+        if self.state.dirty || self.state.store.version() != version {
+            let dir = self.state.store.dir().clone();
+            let store = open_variable(&self.spec, dir, self.layout.clone(), version).await?;
+            self.state = OperatorStore::new(store);
+            self.rebuild_index()?;
+        }
+        self.state.dirty = false;
+        Ok(())
     }
 
     /// Rebuilds the index from the entries (after opening or reopening).

@@ -78,9 +78,9 @@ impl StateStore {
             data_files: 0,
             data_bytes: 0,
             key_columns: names(&metadata.key_schema),
-            value_columns: names(&metadata.value_schema),
+            value_columns: names(metadata.value_schema_at(version)),
         };
-        if version == 0 {
+        if version <= metadata.created_at_version {
             return Ok(info);
         }
         let chains = read_commit(dir, version, metadata.num_partitions).await?;

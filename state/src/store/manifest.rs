@@ -41,9 +41,33 @@ pub(crate) struct StoreMetadata {
     /// before it existed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub partition_suffix: usize,
+    /// The version the store was created at: it holds nothing at that
+    /// version or any earlier one. 0 for a store created with its query;
+    /// later for one added to a query that had run (a stateful processor's
+    /// new state variable, see [`StateStore::open_evolving`]).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub created_at_version: u64,
+    /// The value layouts that replaced `value_schema`, in version order: a
+    /// version's values are in the layout of the last change from a version
+    /// at or before it, or in `value_schema` if there is none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub value_schema_changes: Vec<ValueSchemaChange>,
+}
+
+/// A store's value layout from a version on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ValueSchemaChange {
+    /// The first version written in the layout.
+    pub from_version: u64,
+    /// The layout.
+    pub value_schema: Schema,
 }
 
 fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
@@ -55,16 +79,44 @@ impl StoreMetadata {
             key_schema: schema.key.as_ref().clone(),
             value_schema: schema.value.as_ref().clone(),
             partition_suffix: schema.partition_suffix,
+            created_at_version: 0,
+            value_schema_changes: Vec::new(),
         }
     }
 
-    /// The layout the store was created with.
-    pub(crate) fn schema(&self) -> StateSchema {
+    /// The layout of version `version`'s entries.
+    pub(crate) fn schema_at(&self, version: u64) -> StateSchema {
         StateSchema::new(
             Arc::new(self.key_schema.clone()),
-            Arc::new(self.value_schema.clone()),
+            Arc::new(self.value_schema_at(version).clone()),
         )
         .with_partition_suffix(self.partition_suffix)
+    }
+
+    /// The value layout of version `version`'s entries.
+    pub(crate) fn value_schema_at(&self, version: u64) -> &Schema {
+        self.value_schema_changes
+            .iter()
+            .rev()
+            .find(|c| c.from_version <= version)
+            .map_or(&self.value_schema, |c| &c.value_schema)
+    }
+
+    /// This record with values in `value_schema` from `version` on (any
+    /// change recorded from that version on, by a run that did not commit
+    /// it, is dropped).
+    pub(crate) fn with_value_schema_from(&self, version: u64, value_schema: &Schema) -> Self {
+        let mut updated = self.clone();
+        updated
+            .value_schema_changes
+            .retain(|c| c.from_version < version);
+        if updated.value_schema_at(version) != value_schema {
+            updated.value_schema_changes.push(ValueSchemaChange {
+                from_version: version,
+                value_schema: value_schema.clone(),
+            });
+        }
+        updated
     }
 
     /// Checks that this build reads the store's format version; otherwise
@@ -82,9 +134,14 @@ impl StoreMetadata {
         Ok(())
     }
 
-    /// Checks that a store recorded as `self` can be opened as `wanted`;
-    /// otherwise [`StateError::Incompatible`] saying what changed.
-    pub(crate) fn check_compatible(&self, wanted: &StoreMetadata, path: &Path) -> Result<()> {
+    /// Checks that a store recorded as `self` can be opened at `version` as
+    /// `wanted`; otherwise [`StateError::Incompatible`] saying what changed.
+    pub(crate) fn check_compatible(
+        &self,
+        wanted: &StoreMetadata,
+        version: u64,
+        path: &Path,
+    ) -> Result<()> {
         self.check_format(path)?;
         let mut changes = Vec::new();
         if self.num_partitions != wanted.num_partitions {
@@ -103,7 +160,7 @@ impl StoreMetadata {
         changes.extend(schema_changes("key", &self.key_schema, &wanted.key_schema));
         changes.extend(schema_changes(
             "value",
-            &self.value_schema,
+            self.value_schema_at(version),
             &wanted.value_schema,
         ));
         if changes.is_empty() {
@@ -403,9 +460,9 @@ pub(crate) mod tests {
         let back: StoreMetadata =
             serde_json::from_str(&serde_json::to_string(&old).unwrap()).unwrap();
         assert_eq!(back, old);
-        old.check_compatible(&old.clone(), &path).unwrap();
+        old.check_compatible(&old.clone(), 0, &path).unwrap();
         let err = old
-            .check_compatible(&StoreMetadata::new(&schema(DataType::Float64), 4), &path)
+            .check_compatible(&StoreMetadata::new(&schema(DataType::Float64), 4), 0, &path)
             .unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, StateError::Incompatible { .. }), "{msg}");

@@ -34,9 +34,10 @@ mod tests;
 
 use std::fmt;
 use std::hash::BuildHasher;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, future::try_join_all, stream};
 use object_store::{PutMode, PutPayload};
@@ -163,6 +164,8 @@ pub struct StateStore {
     /// The files the versions from the opened one on list, for
     /// [`purge`](StateStore::purge).
     listings: Mutex<Listings>,
+    /// The store's `_metadata` as last read or written.
+    metadata: StoreMetadata,
 }
 
 /// A snapshot of one partition written in the background.
@@ -247,8 +250,98 @@ impl StateStore {
         version: u64,
     ) -> Result<Self> {
         let num_partitions = config.num_partitions.get();
-        check_metadata(&dir, &StoreMetadata::new(&schema, num_partitions), version).await?;
-        let chains = if version == 0 {
+        let metadata =
+            check_metadata(&dir, &StoreMetadata::new(&schema, num_partitions), version).await?;
+        Self::load(dir, schema, config, version, metadata).await
+    }
+
+    /// Opens the store in `dir` at `version` as [`open`](StateStore::open)
+    /// does, for an operator whose state may have been written by an
+    /// earlier form of it:
+    ///
+    /// - a store that does not exist yet is created empty *at `version`*
+    ///   (an operator's new part, such as a stateful processor's new state
+    ///   variable), not only at version 0;
+    /// - a store whose values at `version` were written in another value
+    ///   layout than `schema.value` is opened in that layout, which is
+    ///   returned: the caller decodes every entry in it, writes it again in
+    ///   the new layout and calls
+    ///   [`set_value_schema`](StateStore::set_value_schema) before the next
+    ///   commit, which records the new layout from its version on. Versions
+    ///   before it keep reading in the old one (a restart of the earlier
+    ///   form of the operator still opens them).
+    ///
+    /// The key layout and the partitioning must match, as for `open`.
+    pub async fn open_evolving(
+        dir: CheckpointDir,
+        schema: StateSchema,
+        config: StateStoreConfig,
+        version: u64,
+    ) -> Result<(Self, Option<SchemaRef>)> {
+        let num_partitions = config.num_partitions.get();
+        let wanted = StoreMetadata::new(&schema, num_partitions);
+        let path = dir.path(METADATA_FILE);
+        let metadata = match read_metadata(&dir).await? {
+            Some(found) => found,
+            None => {
+                let created = StoreMetadata {
+                    created_at_version: version,
+                    ..wanted.clone()
+                };
+                match dir
+                    .create(
+                        METADATA_FILE,
+                        METADATA_KIND,
+                        files::FORMAT_VERSION,
+                        &created,
+                    )
+                    .await
+                {
+                    Ok(()) => created,
+                    Err(StateError::AlreadyExists { .. }) => read_metadata(&dir)
+                        .await?
+                        .ok_or_else(|| StateError::Corrupt {
+                            path: path.clone(),
+                            reason: "vanished right after being created".into(),
+                        })?,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let stored = metadata.value_schema_at(version);
+        let old = (stored != schema.value.as_ref()).then(|| Arc::new(stored.clone()));
+        let opened_as = match &old {
+            Some(old) => StateSchema {
+                value: Arc::clone(old),
+                ..schema
+            },
+            None => schema,
+        };
+        metadata.check_compatible(
+            &StoreMetadata::new(&opened_as, num_partitions),
+            version,
+            &path,
+        )?;
+        let store = Self::load(dir, opened_as, config, version, metadata).await?;
+        Ok((store, old))
+    }
+
+    /// Takes `value` as the layout of the store's values from the next
+    /// commit on (see [`open_evolving`](StateStore::open_evolving)): every
+    /// live entry must have been written again in it.
+    pub fn set_value_schema(&mut self, value: SchemaRef) {
+        self.schema.value = value;
+    }
+
+    async fn load(
+        dir: CheckpointDir,
+        schema: StateSchema,
+        config: StateStoreConfig,
+        version: u64,
+        metadata: StoreMetadata,
+    ) -> Result<Self> {
+        let num_partitions = config.num_partitions.get();
+        let chains = if version <= metadata.created_at_version {
             vec![PartitionChain::default(); num_partitions]
         } else {
             read_commit(&dir, version, num_partitions).await?
@@ -268,6 +361,7 @@ impl StateStore {
             tag: std::collections::hash_map::RandomState::new().hash_one(version),
             compactions: Vec::new(),
             listings,
+            metadata,
         })
     }
 
@@ -603,6 +697,23 @@ impl StateStore {
                 )
                 .await?;
         }
+        // A new value layout is recorded before the first version written
+        // in it (and a return to an earlier one undoes an unfinished
+        // change).
+        if self.metadata.value_schema_at(version) != self.schema.value.as_ref() {
+            let updated = self
+                .metadata
+                .with_value_schema_from(version, &self.schema.value);
+            self.dir
+                .overwrite(
+                    METADATA_FILE,
+                    METADATA_KIND,
+                    files::FORMAT_VERSION,
+                    &updated,
+                )
+                .await?;
+            self.metadata = updated;
+        }
         write_commit(&self.dir, version, &chains).await?;
         self.listings().record(version, &chains);
 
@@ -832,7 +943,11 @@ impl StateStore {
 
 /// Checks the store's `_metadata` against the one wanted, writing it for a
 /// new store (opened at version 0).
-async fn check_metadata(dir: &CheckpointDir, wanted: &StoreMetadata, version: u64) -> Result<()> {
+async fn check_metadata(
+    dir: &CheckpointDir,
+    wanted: &StoreMetadata,
+    version: u64,
+) -> Result<StoreMetadata> {
     let path = dir.path(METADATA_FILE);
     let read = || read_metadata(dir);
     let found = match read().await? {
@@ -842,7 +957,7 @@ async fn check_metadata(dir: &CheckpointDir, wanted: &StoreMetadata, version: u6
                 .create(METADATA_FILE, METADATA_KIND, files::FORMAT_VERSION, wanted)
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(wanted.clone()),
                 // Created concurrently: check what was written.
                 Err(StateError::AlreadyExists { .. }) => {
                     read().await?.ok_or_else(|| StateError::Corrupt {
@@ -862,7 +977,8 @@ async fn check_metadata(dir: &CheckpointDir, wanted: &StoreMetadata, version: u6
             });
         }
     };
-    found.check_compatible(wanted, &path)
+    found.check_compatible(wanted, version, &path)?;
+    Ok(found)
 }
 
 /// A snapshot's rows for each row its deltas must hold before the next

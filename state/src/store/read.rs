@@ -3,7 +3,8 @@
 //! query runs on it.
 
 use super::manifest::{
-    METADATA_FILE, PartitionChain, parse_commit_file_name, read_commit, read_metadata,
+    METADATA_FILE, PartitionChain, StoreMetadata, parse_commit_file_name, read_commit,
+    read_metadata,
 };
 use super::{StateEntry, StatePartition, StateSchema, StateStore, load_partitions};
 use crate::{CheckpointDir, Result, StateError};
@@ -39,8 +40,8 @@ use crate::{CheckpointDir, Result, StateError};
 pub struct StoredEntries {
     /// The version read.
     pub version: u64,
-    /// The layout the store recorded in its `_metadata`: what its key and
-    /// value bytes encode.
+    /// The layout the store's `_metadata` records for the version: what
+    /// its key and value bytes encode.
     pub schema: StateSchema,
     partitions: Vec<StatePartition>,
 }
@@ -89,20 +90,12 @@ impl StateStore {
     /// truncated or altered, and with [`StateError::Incompatible`] if the
     /// store was written in a format this build does not read.
     pub async fn read_entries(dir: &CheckpointDir, version: u64) -> Result<StoredEntries> {
-        let path = dir.path(METADATA_FILE);
-        let metadata = read_metadata(dir)
-            .await?
-            .ok_or_else(|| StateError::Corrupt {
-                path: path.clone(),
-                reason: format!(
-                    "missing: cannot read version {version} of a state store without it"
-                ),
-            })?;
-        metadata.check_format(&path)?;
-        let schema = metadata.schema();
-        let chains = match version {
-            0 => vec![PartitionChain::default(); metadata.num_partitions],
-            _ => read_commit(dir, version, metadata.num_partitions).await?,
+        let metadata = read_checked_metadata(dir, version).await?;
+        let schema = metadata.schema_at(version);
+        let chains = if version <= metadata.created_at_version {
+            vec![PartitionChain::default(); metadata.num_partitions]
+        } else {
+            read_commit(dir, version, metadata.num_partitions).await?
         };
         let partitions = load_partitions(dir, &chains, version, schema.partition_suffix).await?;
         Ok(StoredEntries {
@@ -110,6 +103,15 @@ impl StateStore {
             schema,
             partitions,
         })
+    }
+
+    /// The layout of the store in `dir`, as its `_metadata` records it:
+    /// what its key and value bytes encode (the latest layout, for a store
+    /// whose value layout changed). Reads that one file; fails as
+    /// [`read_entries`](StateStore::read_entries) does if it is missing or
+    /// damaged.
+    pub async fn read_schema(dir: &CheckpointDir) -> Result<StateSchema> {
+        Ok(read_checked_metadata(dir, 0).await?.schema_at(u64::MAX))
     }
 
     /// The versions of the store in `dir` that can be read (or opened):
@@ -126,6 +128,20 @@ impl StateStore {
         versions.sort_unstable();
         Ok(versions)
     }
+}
+
+/// The `_metadata` of the store in `dir`, in a format this build reads;
+/// missing is corrupt (for reading `version`).
+async fn read_checked_metadata(dir: &CheckpointDir, version: u64) -> Result<StoreMetadata> {
+    let path = dir.path(METADATA_FILE);
+    let metadata = read_metadata(dir)
+        .await?
+        .ok_or_else(|| StateError::Corrupt {
+            path: path.clone(),
+            reason: format!("missing: cannot read version {version} of a state store without it"),
+        })?;
+    metadata.check_format(&path)?;
+    Ok(metadata)
 }
 
 #[cfg(test)]
@@ -241,6 +257,8 @@ mod tests {
             matches!(&err, StateError::Corrupt { path, .. } if path.as_ref() == "chk/state/0/_metadata"),
             "{err}"
         );
+        let err = StateStore::read_schema(&dir).await.unwrap_err();
+        assert!(err.to_string().contains("_metadata: missing"), "{err}");
         assert!(files(&store).await.is_empty());
         assert!(
             StateStore::retained_versions(&dir)
@@ -262,6 +280,7 @@ mod tests {
         writer.commit().await.unwrap();
         let read = StateStore::read_entries(&dir, 1).await.unwrap();
         assert_eq!(read.schema, schema);
+        assert_eq!(StateStore::read_schema(&dir).await.unwrap(), schema);
         let (p, entry) = read.iter().next().unwrap();
         assert_eq!(p, partition_for_key(b"a", config.num_partitions.get()));
         assert_eq!(entry.value, b"");

@@ -1269,3 +1269,82 @@ async fn an_overdue_snapshot_does_not_wait_for_idle_time() {
         "after the held snapshot",
     );
 }
+
+/// A store that an operator adds to a query that already ran is created
+/// empty at the running version, commits on from there, and reads back at
+/// every version from its creation on; `open` still refuses a missing
+/// store at a later version.
+#[tokio::test]
+async fn a_store_created_at_a_later_version_starts_empty_there() {
+    let dir = memory_dir();
+    assert!(matches!(
+        open(&dir, config(2, 10), 5).await,
+        Err(StateError::Corrupt { .. })
+    ));
+    let (mut store, old) = StateStore::open_evolving(dir.clone(), schema(), config(2, 10), 5)
+        .await
+        .unwrap();
+    assert!(old.is_none());
+    assert!(store.is_empty());
+    store.put(b"a", b"1");
+    store.commit().await.unwrap();
+    let reopened = open(&dir, config(2, 10), 6).await.unwrap();
+    assert_eq!(reopened.get(b"a"), Some(&b"1"[..]));
+    assert!(open(&dir, config(2, 10), 5).await.unwrap().is_empty());
+    assert_eq!(StateStore::read_entries(&dir, 5).await.unwrap().len(), 0);
+    assert_eq!(StateStore::read_entries(&dir, 6).await.unwrap().len(), 1);
+}
+
+/// A new value layout: opened in the old one, rewritten, recorded from the
+/// next version on. The old versions keep their layout (the earlier form
+/// of the operator still opens them, and its commit takes the old layout
+/// back); the key layout must not change.
+#[tokio::test]
+async fn the_value_layout_changes_from_a_version_on() {
+    let dir = memory_dir();
+    let old_schema = schema();
+    let mut store = open(&dir, config(2, 10), 0).await.unwrap();
+    store.put(b"a", b"old");
+    store.commit().await.unwrap();
+
+    let new_schema = schema_with(("symbol", DataType::Utf8), ("total", DataType::Float64));
+    let (mut store, old) =
+        StateStore::open_evolving(dir.clone(), new_schema.clone(), config(2, 10), 1)
+            .await
+            .unwrap();
+    assert_eq!(old.as_deref(), Some(old_schema.value.as_ref()));
+    assert_eq!(store.schema().value, old_schema.value);
+    store.put(b"a", b"new");
+    store.set_value_schema(Arc::clone(&new_schema.value));
+    store.commit().await.unwrap();
+
+    // Version 2 is in the new layout, version 1 in the old.
+    let (store, old) = StateStore::open_evolving(dir.clone(), new_schema.clone(), config(2, 10), 2)
+        .await
+        .unwrap();
+    assert!(old.is_none());
+    assert_eq!(store.get(b"a"), Some(&b"new"[..]));
+    assert!(matches!(
+        open(&dir, config(2, 10), 2).await,
+        Err(StateError::Incompatible { .. })
+    ));
+    let entries = StateStore::read_entries(&dir, 2).await.unwrap();
+    assert_eq!(entries.schema.value, new_schema.value);
+    let entries = StateStore::read_entries(&dir, 1).await.unwrap();
+    assert_eq!(entries.schema.value, old_schema.value);
+
+    // The earlier form reopens version 1 and commits version 2 again, in
+    // its layout.
+    let mut store = open(&dir, config(2, 10), 1).await.unwrap();
+    store.put(b"a", b"again");
+    store.commit().await.unwrap();
+    let store = open(&dir, config(2, 10), 2).await.unwrap();
+    assert_eq!(store.get(b"a"), Some(&b"again"[..]));
+
+    // A changed key layout is refused as by open.
+    let other_key = schema_with(("id", DataType::Int64), ("sum", DataType::Int64));
+    assert!(matches!(
+        StateStore::open_evolving(dir.clone(), other_key, config(2, 10), 2).await,
+        Err(StateError::Incompatible { .. })
+    ));
+}
