@@ -6,13 +6,21 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::array::{AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{
+    DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
+};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
 use tidemill::engine::{Durability, QueryOptions};
 use tidemill::prelude::*;
+use tidemill::processor::{
+    ExpiredTimer, GroupKey, ListState, MapState, ProcessorContext, ProcessorResult,
+    StateDeclarations, StatefulProcessor, TimeMode, ValueState,
+};
 
 use crate::child::{self, Child, Event};
 use crate::common::{events_schema, sorted_rows};
@@ -93,6 +101,111 @@ fn joined(df: DataFrame) -> anyhow::Result<DataFrame> {
     ])?)
 }
 
+/// The stateful processor pipeline under test: the windowed pipeline's
+/// totals computed by a `transform_with_state` processor instead of an
+/// aggregation (see [`TenSecondTotals`]).
+fn processed(df: DataFrame) -> anyhow::Result<DataFrame> {
+    Ok(df
+        .select(vec![
+            col("symbol"),
+            col("price"),
+            cast(
+                col("id") * lit(1000),
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+            )
+            .alias("event_time"),
+        ])?
+        .with_watermark("event_time", "5 seconds")?
+        .transform_with_state(
+            &["symbol"],
+            TenSecondTotals::default(),
+            TimeMode::EventTime,
+            OutputMode::Append,
+        )?)
+}
+
+/// Per symbol, the open 10-second windows' row count and price sum (a map
+/// by window start), the rows ever seen (a value) and the window starts
+/// seen (a list); an event-time timer at each window's end emits its
+/// totals (as [`child::ten_second_totals`] names them) and forgets it.
+struct TenSecondTotals {
+    windows: MapState<i64, (i64, f64)>,
+    rows: ValueState<i64>,
+    starts: ListState<i64>,
+}
+
+impl Default for TenSecondTotals {
+    fn default() -> Self {
+        Self {
+            windows: MapState::new("windows"),
+            rows: ValueState::new("rows"),
+            starts: ListState::new("starts"),
+        }
+    }
+}
+
+impl StatefulProcessor for TenSecondTotals {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("start", DataType::Int64, false),
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("total", DataType::Float64, false),
+        ]))
+    }
+
+    fn init(&mut self, states: &mut StateDeclarations) -> ProcessorResult<()> {
+        states.declare(&self.windows)?;
+        states.declare(&self.rows)?;
+        states.declare(&self.starts)
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        _key: &GroupKey,
+        rows: &RecordBatch,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        let prices = rows.column(1).as_primitive::<Float64Type>();
+        let times = rows.column(2).as_primitive::<TimestampMillisecondType>();
+        for (price, time) in prices.values().iter().zip(times.values()) {
+            let start = time - time.rem_euclid(10_000);
+            let (n, total) = self.windows.get(ctx, &start)?.unwrap_or((0, 0.0));
+            if n == 0 {
+                self.starts.append(ctx, &start)?;
+                ctx.register_timer(start + 10_000)?;
+            }
+            self.windows.insert(ctx, &start, &(n + 1, total + price))?;
+        }
+        let seen = self.rows.get(ctx)?.unwrap_or(0);
+        self.rows.set(ctx, &(seen + rows.num_rows() as i64))?;
+        Ok(Vec::new())
+    }
+
+    fn handle_expired_timer(
+        &mut self,
+        key: &GroupKey,
+        timer: ExpiredTimer,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        let start = timer.time_ms - 10_000;
+        let Some((n, total)) = self.windows.get(ctx, &start)? else {
+            return Err(format!("no window at {start} for the timer at {}", timer.time_ms).into());
+        };
+        self.windows.remove(ctx, &start)?;
+        let symbol: String = key.decode()?;
+        Ok(vec![RecordBatch::try_new(
+            self.output_schema(),
+            vec![
+                Arc::new(Int64Array::from(vec![start / 1000])),
+                Arc::new(StringArray::from(vec![symbol])),
+                Arc::new(Int64Array::from(vec![n])),
+                Arc::new(Float64Array::from(vec![total])),
+            ],
+        )?])
+    }
+}
+
 fn schema() -> SchemaRef {
     events_schema()
 }
@@ -104,6 +217,7 @@ enum Pipeline {
     Windowed,
     Deduplicated,
     Joined,
+    Processed,
 }
 
 impl Pipeline {
@@ -115,6 +229,7 @@ impl Pipeline {
             Pipeline::Windowed => "windowed",
             Pipeline::Deduplicated => "deduplicated",
             Pipeline::Joined => "joined",
+            Pipeline::Processed => "processed",
         }
     }
 }
@@ -140,6 +255,7 @@ async fn crash_child() -> anyhow::Result<()> {
         Ok("windowed") => windowed(df)?,
         Ok("deduplicated") => deduplicated(df)?,
         Ok("joined") => joined(df)?,
+        Ok("processed") => processed(df)?,
         _ => pipeline(df)?,
     };
     let durability = match std::env::var(DURABILITY_ENV) {
@@ -260,12 +376,13 @@ async fn batch_rows(dirs: &Dirs) -> Vec<String> {
         Pipeline::Joined => {
             return sorted_rows(&joined(df).unwrap().collect().await.unwrap());
         }
-        Pipeline::Windowed => {}
+        Pipeline::Windowed | Pipeline::Processed => {}
     }
     // Append mode emits the windows the last watermark (the largest
     // event time less 5 s) has closed.
     let files = std::fs::read_dir(&dirs.input).unwrap().count() as i64;
     let watermark = files * 20 - 1 - 5;
+    // The processor emits the same totals as the aggregation, by timers.
     let closed = windowed(df)
         .unwrap()
         .filter((col("start") + lit(10)).lt_eq(lit(watermark)))
@@ -403,6 +520,16 @@ async fn sigkill_at_each_step_of_a_joining_batch_loses_and_duplicates_nothing() 
     kill_at_each_step_of_the_third_batch(Pipeline::Joined, 97).await;
 }
 
+/// A batch whose stateful processor updates its map, value and list
+/// variables, registers timers and fires them: each window's totals once,
+/// and after the restart every variable's and the timers' store holds a
+/// clean run's rows.
+#[tokio::test]
+async fn sigkill_at_each_step_of_a_stateful_processor_batch_loses_and_duplicates_nothing() {
+    // The windowed pipeline's 27 windows, emitted by timers.
+    kill_at_each_step_of_the_third_batch(Pipeline::Processed, 27).await;
+}
+
 #[tokio::test]
 async fn randomized_kills_lose_and_duplicate_nothing() {
     let seed = std::env::var("CRASH_SEED")
@@ -417,10 +544,11 @@ async fn randomized_kills_lose_and_duplicate_nothing() {
         Pipeline::Windowed,
         Pipeline::Deduplicated,
         Pipeline::Joined,
+        Pipeline::Processed,
     ];
-    let mut dirs = Dirs::with_pipeline(pipelines[(seed % 4) as usize]);
+    let mut dirs = Dirs::with_pipeline(pipelines[(seed % 5) as usize]);
     // And the durability settings.
-    dirs.durability = [Durability::Process, Durability::Machine][(seed / 4 % 2) as usize];
+    dirs.durability = [Durability::Process, Durability::Machine][(seed / 5 % 2) as usize];
     println!("{:?}, {} durability", dirs.pipeline, dirs.durability);
     let mut files = 0;
     for _ in 0..10 {
