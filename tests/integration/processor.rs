@@ -517,10 +517,12 @@ async fn processing_time_timers_fire_in_a_batch_without_data() {
 }
 
 /// A value with a time to live is gone once that much processing time has
-/// passed since it was written; a list's elements expire one by one.
+/// passed since it was written; a list's elements and a map's entries
+/// expire one by one.
 struct Remember {
     last: ValueState<f64>,
     recent: ListState<f64>,
+    seen: MapState<String, i64>,
 }
 
 fn remember_schema() -> SchemaRef {
@@ -528,6 +530,7 @@ fn remember_schema() -> SchemaRef {
         Field::new("symbol", DataType::Utf8, false),
         Field::new("previous", DataType::Float64, true),
         Field::new("recent", DataType::Int64, false),
+        Field::new("seen", DataType::Int64, false),
     ]))
 }
 
@@ -538,7 +541,8 @@ impl StatefulProcessor for Remember {
 
     fn init(&mut self, states: &mut StateDeclarations) -> ProcessorResult<()> {
         states.declare(&self.last)?;
-        states.declare(&self.recent)
+        states.declare(&self.recent)?;
+        states.declare(&self.seen)
     }
 
     fn handle_input_rows(
@@ -552,6 +556,8 @@ impl StatefulProcessor for Remember {
         self.last.set(ctx, &price)?;
         self.recent.append(ctx, &price)?;
         let recent = self.recent.get(ctx)?.len() as i64;
+        self.seen.insert(ctx, &price.to_string(), &1)?;
+        let seen = self.seen.keys(ctx)?.len() as i64;
         let symbol: String = key.decode()?;
         Ok(vec![RecordBatch::try_new(
             remember_schema(),
@@ -559,6 +565,7 @@ impl StatefulProcessor for Remember {
                 Arc::new(StringArray::from(vec![symbol])),
                 Arc::new(Float64Array::from(vec![previous])),
                 Arc::new(Int64Array::from(vec![recent])),
+                Arc::new(Int64Array::from(vec![seen])),
             ],
         )?])
     }
@@ -574,6 +581,7 @@ async fn values_with_a_time_to_live_expire_in_processing_time() {
     let processor = Remember {
         last: ValueState::new("last").with_ttl(ttl),
         recent: ListState::new("recent").with_ttl(ttl),
+        seen: MapState::new("seen").with_ttl(ttl),
     };
     let df = ctx
         .read_stream(stream.clone())
@@ -591,29 +599,34 @@ async fn values_with_a_time_to_live_expire_in_processing_time() {
         (
             previous.is_valid(0).then(|| previous.value(0)),
             b.column(2).as_primitive::<Int64Type>().value(0),
+            b.column(3).as_primitive::<Int64Type>().value(0),
         )
     };
     let started = Instant::now();
     stream.push(events(&[(Some("a"), 1.0, 1)])).unwrap();
     query.process_all_available().await.unwrap();
-    assert_eq!(last_row(&sink), (None, 1));
+    assert_eq!(last_row(&sink), (None, 1, 1));
     stream.push(events(&[(Some("a"), 2.0, 2)])).unwrap();
     query.process_all_available().await.unwrap();
     if started.elapsed() < ttl {
-        assert_eq!(last_row(&sink), (Some(1.0), 2), "within the time to live");
+        assert_eq!(
+            last_row(&sink),
+            (Some(1.0), 2, 2),
+            "within the time to live"
+        );
     }
     tokio::time::sleep(ttl + Duration::from_millis(300)).await;
     stream.push(events(&[(Some("a"), 3.0, 3)])).unwrap();
     query.process_all_available().await.unwrap();
     assert_eq!(
         last_row(&sink),
-        (None, 1),
-        "value and list elements expired"
+        (None, 1, 1),
+        "the value, the list's elements and the map's entries expired"
     );
     let state = query.last_progress().unwrap().state_operators[0].clone();
     assert_eq!(
-        state.num_rows_total, 2,
-        "the new value and element: {state:?}"
+        state.num_rows_total, 3,
+        "the new value, element and entry: {state:?}"
     );
     query.stop().await.unwrap();
 }
@@ -1171,4 +1184,123 @@ async fn state_schema_evolution_keeps_readable_state_and_refuses_the_rest() {
     let batch = &out.batches()[0];
     assert_eq!(batch.column(1).as_primitive::<Int64Type>().value(0), 4);
     assert_eq!(batch.column(2).as_string::<i32>().value(0), "was was null");
+}
+
+/// A running count and sum per key, as a processor: the same rows, batch
+/// by batch, as the SQL aggregation in update mode.
+struct RunningTotals {
+    totals: ValueState<(i64, f64)>,
+}
+
+fn running_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, true),
+        Field::new("n", DataType::Int64, false),
+        Field::new("total", DataType::Float64, true),
+    ]))
+}
+
+impl StatefulProcessor for RunningTotals {
+    fn output_schema(&self) -> SchemaRef {
+        running_schema()
+    }
+
+    fn init(&mut self, states: &mut StateDeclarations) -> ProcessorResult<()> {
+        states.declare(&self.totals)
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        key: &GroupKey,
+        rows: &RecordBatch,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        let prices = rows.column(1).as_primitive::<Float64Type>();
+        let (n, total) = self.totals.get(ctx)?.unwrap_or((0, 0.0));
+        let totals = (
+            n + rows.num_rows() as i64,
+            total + prices.values().iter().sum::<f64>(),
+        );
+        self.totals.set(ctx, &totals)?;
+        let symbol: Option<String> = key.decode()?;
+        Ok(vec![RecordBatch::try_new(
+            running_schema(),
+            vec![
+                Arc::new(StringArray::from(vec![symbol])),
+                Arc::new(Int64Array::from(vec![totals.0])),
+                Arc::new(Float64Array::from(vec![totals.1])),
+            ],
+        )?])
+    }
+}
+
+/// Property: over random rows (nulls among the keys) in random micro-batch
+/// splits, on 1 and 3 partitions, a processor recomputing a running
+/// aggregate per key emits exactly what the streaming aggregation emits in
+/// update mode, batch by batch, so their final state agrees too.
+#[tokio::test]
+async fn a_running_aggregate_processor_matches_the_sql_aggregation_over_random_splits() {
+    use rand::{Rng, SeedableRng};
+    for seed in 0..4u64 {
+        for partitions in [1, 3] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let symbols = ["a", "b", "c", "d", "e", "f", "g"];
+            let mut batches = Vec::new();
+            for _ in 0..rng.random_range(3..8) {
+                let rows: Vec<(Option<&str>, f64, i64)> = (0..rng.random_range(0..40))
+                    .map(|i| {
+                        let symbol = rng
+                            .random_bool(0.9)
+                            .then(|| symbols[rng.random_range(0..symbols.len())]);
+                        (symbol, rng.random_range(0..400) as f64 * 0.25, i)
+                    })
+                    .collect();
+                batches.push(rows);
+            }
+            let run = |processor: bool| {
+                let batches = batches.clone();
+                async move {
+                    let ctx = ctx_with(partitions);
+                    let stream = MemoryStream::new(schema());
+                    let sink = MemorySink::new();
+                    let checkpoint = tempfile::tempdir().unwrap();
+                    let df = ctx.read_stream(stream.clone()).await.unwrap();
+                    let df = if processor {
+                        df.transform_with_state(
+                            &["symbol"],
+                            RunningTotals {
+                                totals: ValueState::new("totals"),
+                            },
+                            TimeMode::None,
+                            OutputMode::Update,
+                        )
+                        .unwrap()
+                    } else {
+                        use datafusion::functions_aggregate::expr_fn::{count, sum};
+                        df.aggregate(
+                            vec![col("symbol")],
+                            vec![count(lit(1)).alias("n"), sum(col("price")).alias("total")],
+                        )
+                        .unwrap()
+                    };
+                    let query = start_with(df, &sink, checkpoint.path(), OutputMode::Update, None)
+                        .await
+                        .unwrap();
+                    let mut per_batch = Vec::new();
+                    for rows in &batches {
+                        stream.push(events(rows)).unwrap();
+                        query.process_all_available().await.unwrap();
+                        per_batch.push(crate::common::sorted_rows(&sink.batches()));
+                    }
+                    query.stop().await.unwrap();
+                    per_batch
+                }
+            };
+            let (by_processor, by_sql) = (run(true).await, run(false).await);
+            assert_eq!(
+                by_processor, by_sql,
+                "seed {seed}, {partitions} partitions: the processor and the aggregation differ"
+            );
+        }
+    }
 }
