@@ -66,8 +66,8 @@ pub use tidemill_engine::{
     DataStreamWriter, EventTimeProgress, MultipleWatermarkPolicy, Offset, OutputMode,
     PhaseDurations, QueryIdle, QueryListener, QueryOptions, QueryProgress, QueryStarted,
     QueryStatus, QueryTerminated, ReadLimit, Result, RetryPolicy, Sink, Source, SourceBacklog,
-    SourceStream, StateOperatorProgress, StreamingContext, StreamingDataFrame, StreamingQuery,
-    TidemillError, Trigger,
+    SourceStream, StateOperatorProgress, StateStoreInfo, StreamingContext, StreamingDataFrame,
+    StreamingQuery, TidemillError, Trigger, read_state, state_stores,
 };
 
 /// The names most pipelines use, for `use tidemill::prelude::*`.

@@ -8,6 +8,8 @@
 //! tidemill batch FILE
 //! tidemill explain FILE
 //! tidemill status CHECKPOINT [--pipeline FILE] [--json]
+//! tidemill state CHECKPOINT [--query NAME] [--operator N] [--store NAME] [--batch N]
+//!                           [--format table|json|parquet] [--out PATH]
 //! tidemill bench FILE [--query NAME] [--triggers 0s,10ms,100ms,1s] [--rates 1k,10k,100k]
 //!                     [--duration 10s] [--warmup 2s] [--find-max] [--sample [STREAM=]PATH]…
 //!                     [--sink discard|real] [--max-rows-per-trigger N] [--out DIR] [--json PATH]
@@ -15,8 +17,9 @@
 //!
 //! Exit codes: 0 on success (for `run`, also when Ctrl-C stopped it after
 //! the current batch), 1 with one message on standard error when the
-//! pipeline fails or a query is rejected (or, for `status`, a checkpoint
-//! file is damaged), 2 for a usage mistake, 130 when
+//! pipeline fails or a query is rejected (or, for `status` and `state`, a
+//! checkpoint file is damaged; for `state`, the operator, store or batch
+//! asked for is not there), 2 for a usage mistake, 130 when
 //! a second Ctrl-C interrupts the stop. See `docs/sql.md`.
 
 use std::io::{IsTerminal, Write};
@@ -26,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod progress_bar;
+mod state_cmd;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -156,6 +160,41 @@ enum Command {
         /// Print the report as one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Read the state of a query's stateful operators from its checkpoint
+    /// (Spark's state data source): without --operator, list every state
+    /// store (operator, store, rows, key and value columns, description);
+    /// with --operator, print the store's entries (partition, key, value,
+    /// expires_at), sorted by partition and key. Reads only: safe while a
+    /// run holds the checkpoint.
+    State {
+        /// A query's checkpoint directory (a path or file:// URL), or a
+        /// pipeline's checkpoint root (one directory per query; see
+        /// --query).
+        checkpoint: String,
+        /// The query to read under a pipeline's checkpoint root: its
+        /// sink's name (default: the root's only query).
+        #[arg(long, value_name = "NAME")]
+        query: Option<String>,
+        /// The stateful operator whose entries to print, by number.
+        #[arg(long, value_name = "N")]
+        operator: Option<usize>,
+        /// The operator's store (`left` or `right` for a stream–stream
+        /// join); may be left out when the operator has one.
+        #[arg(long, value_name = "NAME", requires = "operator")]
+        store: Option<String>,
+        /// The committed batch whose state to read (default: the last
+        /// committed one).
+        #[arg(long, value_name = "N")]
+        batch: Option<u64>,
+        /// How to print: a table, JSON lines, or (entries only) a parquet
+        /// file written to --out.
+        #[arg(long, value_enum, default_value = "table")]
+        format: state_cmd::Format,
+        /// Write to PATH instead of standard output (required for
+        /// parquet).
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -453,6 +492,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 write!(std::io::stdout().lock(), "{report}")
                     .context("cannot write to standard output")
             }
+        }
+        Command::State {
+            checkpoint,
+            query,
+            operator,
+            store,
+            batch,
+            format,
+            out,
+        } => {
+            let args = state_cmd::StateArgs {
+                checkpoint,
+                query,
+                operator,
+                store,
+                batch,
+                format,
+                out,
+            };
+            state_cmd::run(&ctx, args).await
         }
     }
 }

@@ -33,6 +33,9 @@
 //!   without new data runs when the watermark closes groups in the state.
 //! - [`StreamingQuery`] is the handle: stop, await, progress
 //!   ([`QueryProgress`]), status and the error that stopped the query.
+//! - [`state_reader`] reads the operators' state back from a checkpoint,
+//!   as Spark's state data source: [`state_stores`] lists the stores,
+//!   [`read_state`] reads one as a DataFrame, without writing anything.
 //!
 //! Sources and sinks implement [`SourceStream`]/[`Source`] and [`Sink`];
 //! the built-in ones live in `tidemill-connectors`.
@@ -76,6 +79,7 @@ mod query;
 mod sink;
 mod source;
 mod source_table;
+pub mod state_reader;
 mod stateful;
 mod trigger;
 pub mod watermark;
@@ -95,6 +99,7 @@ pub use query::{SourceBacklog, StreamingQuery};
 pub use sink::{Sink, SinkContext};
 pub use source::{BatchInput, ReadLimit, Source, SourceContext, SourceStream};
 pub use source_table::SourceTable;
+pub use state_reader::{StateStoreInfo, read_state, state_stores};
 pub use tidemill_state::Durability;
 pub use trigger::{OutputMode, Trigger};
 pub use watermark::MultipleWatermarkPolicy;

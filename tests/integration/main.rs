@@ -30,6 +30,7 @@ mod sql_docs;
 mod sql_kafka;
 mod sql_options;
 mod sql_semantics;
+mod state_reader;
 mod status;
 mod watermark;
 #[cfg(not(feature = "kafka"))]

@@ -105,13 +105,17 @@ impl StateStore {
         })
     }
 
-    /// The layout of the store in `dir`, as its `_metadata` records it:
-    /// what its key and value bytes encode (the latest layout, for a store
-    /// whose value layout changed). Reads that one file; fails as
+    /// The layout of version `version`'s entries in the store in `dir`,
+    /// as its `_metadata` records it: what their key and value bytes encode
+    /// (a store whose value layout changed records each layout from the
+    /// version it was first written at; `u64::MAX` gives the latest).
+    /// Reads that one file; fails as
     /// [`read_entries`](StateStore::read_entries) does if it is missing or
     /// damaged.
-    pub async fn read_schema(dir: &CheckpointDir) -> Result<StateSchema> {
-        Ok(read_checked_metadata(dir, 0).await?.schema_at(u64::MAX))
+    pub async fn read_schema(dir: &CheckpointDir, version: u64) -> Result<StateSchema> {
+        Ok(read_checked_metadata(dir, version)
+            .await?
+            .schema_at(version))
     }
 
     /// The versions of the store in `dir` that can be read (or opened):
@@ -257,8 +261,8 @@ mod tests {
             matches!(&err, StateError::Corrupt { path, .. } if path.as_ref() == "chk/state/0/_metadata"),
             "{err}"
         );
-        let err = StateStore::read_schema(&dir).await.unwrap_err();
-        assert!(err.to_string().contains("_metadata: missing"), "{err}");
+        let err = StateStore::read_schema(&dir, 0).await.unwrap_err();
+        assert!(err.to_string().contains("_metadata': missing"), "{err}");
         assert!(files(&store).await.is_empty());
         assert!(
             StateStore::retained_versions(&dir)
@@ -280,7 +284,7 @@ mod tests {
         writer.commit().await.unwrap();
         let read = StateStore::read_entries(&dir, 1).await.unwrap();
         assert_eq!(read.schema, schema);
-        assert_eq!(StateStore::read_schema(&dir).await.unwrap(), schema);
+        assert_eq!(StateStore::read_schema(&dir, 1).await.unwrap(), schema);
         let (p, entry) = read.iter().next().unwrap();
         assert_eq!(p, partition_for_key(b"a", config.num_partitions.get()));
         assert_eq!(entry.value, b"");
