@@ -1186,8 +1186,8 @@ async fn state_schema_evolution_keeps_readable_state_and_refuses_the_rest() {
     assert_eq!(batch.column(2).as_string::<i32>().value(0), "was was null");
 }
 
-/// A running count and sum per key, as a processor: the same rows, batch
-/// by batch, as the SQL aggregation in update mode.
+/// A running count and sum per key, as a processor emitting typed rows: the
+/// same rows, batch by batch, as the SQL aggregation in update mode.
 struct RunningTotals {
     totals: ValueState<(i64, f64)>,
 }
@@ -1222,15 +1222,19 @@ impl StatefulProcessor for RunningTotals {
             total + prices.values().iter().sum::<f64>(),
         );
         self.totals.set(ctx, &totals)?;
-        let symbol: Option<String> = key.decode()?;
-        Ok(vec![RecordBatch::try_new(
-            running_schema(),
-            vec![
-                Arc::new(StringArray::from(vec![symbol])),
-                Arc::new(Int64Array::from(vec![totals.0])),
-                Arc::new(Float64Array::from(vec![totals.1])),
-            ],
-        )?])
+        // Emitted as a typed row: the fields are the output columns.
+        #[derive(serde::Serialize)]
+        struct Row {
+            symbol: Option<String>,
+            n: i64,
+            total: f64,
+        }
+        ctx.emit(&Row {
+            symbol: key.decode()?,
+            n: totals.0,
+            total: totals.1,
+        })?;
+        Ok(Vec::new())
     }
 }
 

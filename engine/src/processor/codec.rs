@@ -27,6 +27,9 @@ pub(crate) struct Codec {
     /// `Item` wrapper (one column named `item`).
     wrapped: bool,
     converter: RowConverter,
+    /// Reused by [`encode`](Self::encode) (building one per value costs
+    /// more than the value).
+    builder: std::sync::Mutex<serde_arrow::ArrayBuilder>,
 }
 
 fn tracing() -> TracingOptions {
@@ -69,11 +72,14 @@ impl Codec {
                 .collect(),
         )
         .map_err(|e| format!("its Arrow form cannot be kept in state: {e}"))?;
+        let builder = serde_arrow::ArrayBuilder::from_arrow(&serde_fields)
+            .map_err(|e| format!("its Arrow form cannot be built: {e}"))?;
         Ok(Self {
             stored: Arc::new(Schema::new(stored)),
             serde_fields,
             wrapped,
             converter,
+            builder: std::sync::Mutex::new(builder),
         })
     }
 
@@ -84,12 +90,22 @@ impl Codec {
 
     /// `value` as row bytes.
     pub fn encode<T: Serialize>(&self, value: &T) -> ProcessorResult<Vec<u8>> {
-        let batch = if self.wrapped {
-            serde_arrow::to_record_batch(&self.serde_fields, &[Item(value)])?
-        } else {
-            serde_arrow::to_record_batch(&self.serde_fields, &[value])?
+        let columns = {
+            let mut builder = self
+                .builder
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let pushed = if self.wrapped {
+                builder.push(Item(value))
+            } else {
+                builder.push(value)
+            };
+            // Taken either way, so that a failed push leaves nothing behind.
+            let columns = builder.to_arrow();
+            pushed?;
+            columns?
         };
-        let rows = self.converter.convert_columns(batch.columns())?;
+        let rows = self.converter.convert_columns(&columns)?;
         Ok(rows.row(0).as_ref().to_vec())
     }
 

@@ -14,8 +14,9 @@ use datafusion::physical_plan::{
 
 use super::ProcessorOperator;
 
-/// Runs the batch's rows (every input partition's) through the query's
-/// processor (see [`ProcessorOperator::process`]), as one partition.
+/// Runs the batch's rows (every input partition's, in partition order)
+/// through the query's processor (see [`ProcessorOperator::process`]), as
+/// one partition.
 #[derive(Debug)]
 pub(crate) struct ProcessorExec {
     input: Arc<dyn ExecutionPlan>,
@@ -89,8 +90,12 @@ impl ExecutionPlan for ProcessorExec {
         let input = Arc::clone(&self.input);
         let operator = Arc::clone(&self.operator);
         let run = async move {
-            let rows = datafusion::physical_plan::collect(input, context).await?;
-            operator.process(rows).await
+            // In partition order, whichever partition finishes first: a
+            // re-run of the batch gives each key its rows in the same order.
+            let partitions = datafusion::physical_plan::collect_partitioned(input, context).await?;
+            operator
+                .process(partitions.into_iter().flatten().collect())
+                .await
         };
         Ok(crate::stateful::whole_batch_stream(
             self.schema(),

@@ -143,7 +143,11 @@ pub trait StatefulProcessor: Send + 'static {
     fn init(&mut self, states: &mut StateDeclarations) -> ProcessorResult<()>;
 
     /// Called once per batch for each key with new rows (`rows`: that key's
-    /// rows of the batch, in input order); returns output rows.
+    /// rows of the batch: those of the plan's first partition first, each
+    /// partition's in its order, so a re-run of the batch sees them in the
+    /// same order); returns output rows. Which rows a partition holds
+    /// depends on the plan below and the partition count: logic that
+    /// depends on the order of rows should sort them (by event time, say).
     fn handle_input_rows(
         &mut self,
         key: &GroupKey,

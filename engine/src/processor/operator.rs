@@ -164,6 +164,17 @@ impl ProcessorOperator {
                     time_mode: node.time_mode,
                     processing_time_ms: 0,
                     watermark_ms: None,
+                    output: serde_arrow::ArrayBuilder::from_arrow(
+                        node.processor.output_schema.fields(),
+                    )
+                    .map_err(|e| TidemillError::Unsupported {
+                        operator: "TransformWithState".into(),
+                        reason: format!(
+                            "declares an output schema whose rows cannot be emitted: {e}"
+                        ),
+                        fix: "Declare columns of plain Arrow types".into(),
+                    })?,
+                    emitted: 0,
                 },
                 late_ms: None,
                 dropped_by_watermark: 0,
@@ -191,9 +202,13 @@ impl ProcessorOperator {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let batch = self.drop_late(inner, batch)?;
+        // Rows a failed attempt emitted are not this attempt's.
+        if inner.stores.emitted > 0 {
+            inner.stores.emitted = 0;
+            let _ = inner.stores.output.to_arrow();
+        }
         let mut output = Vec::new();
-        for (group, rows) in self.groups(&batch)? {
-            let key = self.key_of(&group)?;
+        for (group, key, rows) in self.groups(&batch)? {
             let mut ctx = ProcessorContext::new(&group, &key, &mut inner.stores);
             let emitted = processor
                 .handle_input_rows(&key, &rows, &mut ctx)
@@ -223,6 +238,20 @@ impl ProcessorOperator {
                     .map_err(|e| callback_error("handle_expired_timer", &key, e))?;
                 self.collect_output("handle_expired_timer", &key, emitted, &mut output)?;
             }
+        }
+        if inner.stores.emitted > 0 {
+            inner.stores.emitted = 0;
+            let columns = inner.stores.output.to_arrow().map_err(|e| {
+                DataFusionError::External(Box::new(TidemillError::Processor {
+                    callback: "emit".into(),
+                    key: String::new(),
+                    message: e.to_string(),
+                }))
+            })?;
+            output.push(RecordBatch::try_new(
+                Arc::clone(&self.handle.output_schema),
+                columns,
+            )?);
         }
         Ok(output)
     }
@@ -279,9 +308,10 @@ impl ProcessorOperator {
         Ok(filter_record_batch(&batch, &keep)?)
     }
 
-    /// `batch`'s rows per grouping key: keys in key order, rows in input
-    /// order within one.
-    fn groups(&self, batch: &RecordBatch) -> DFResult<Vec<(Vec<u8>, RecordBatch)>> {
+    /// `batch`'s rows per grouping key, with the key: keys in key order,
+    /// rows in input order within one. The batch is sorted by key once and
+    /// each key's rows are a slice of it.
+    fn groups(&self, batch: &RecordBatch) -> DFResult<Vec<(Vec<u8>, GroupKey, RecordBatch)>> {
         if batch.num_rows() == 0 {
             return Ok(Vec::new());
         }
@@ -299,6 +329,15 @@ impl ProcessorOperator {
         let rows = self.group.convert_columns(&columns)?;
         let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
         order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+        let indices = UInt32Array::from(order.clone());
+        let sorted = take_record_batch(batch, &indices)?;
+        let keys = RecordBatch::try_new(
+            Arc::clone(&self.key_schema),
+            columns
+                .iter()
+                .map(|c| arrow::compute::take(c.as_ref(), &indices, None))
+                .collect::<std::result::Result<_, _>>()?,
+        )?;
         let mut groups = Vec::new();
         let mut start = 0;
         while start < order.len() {
@@ -307,8 +346,11 @@ impl ProcessorOperator {
             while end < order.len() && rows.row(order[end] as usize) == first {
                 end += 1;
             }
-            let indices = UInt32Array::from(order[start..end].to_vec());
-            groups.push((first.as_ref().to_vec(), take_record_batch(batch, &indices)?));
+            groups.push((
+                first.as_ref().to_vec(),
+                GroupKey::new(keys.slice(start, 1)),
+                sorted.slice(start, end - start),
+            ));
             start = end;
         }
         Ok(groups)
@@ -340,10 +382,7 @@ impl ProcessorOperator {
         let groups = self
             .groups(&batch)
             .map_err(|e| TidemillError::datafusion("transform_with_state: initial state", e))?;
-        for (group, rows) in groups {
-            let key = self
-                .key_of(&group)
-                .map_err(|e| TidemillError::datafusion("transform_with_state: initial state", e))?;
+        for (group, key, rows) in groups {
             let mut ctx = ProcessorContext::new(&group, &key, &mut inner.stores);
             processor
                 .handle_initial_state(&key, &rows, &mut ctx)
