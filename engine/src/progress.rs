@@ -114,6 +114,11 @@ pub struct StateOperatorProgress {
     /// sink too, if the query has one).
     #[serde(default)]
     pub num_rows_without_event_time: u64,
+    /// Figures of the operator's own, as Spark's `customMetrics` (a
+    /// stateful processor's timers registered, deleted and fired, values
+    /// removed by their time to live, rows per state variable).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub custom_metrics: std::collections::BTreeMap<String, u64>,
 }
 
 /// One source's part in a batch.

@@ -200,6 +200,7 @@ impl OperatorStore {
             commit_time_ms: commit.commit_time_ms,
             num_rows_dropped_by_watermark: dropped_by_watermark,
             num_rows_without_event_time: without_event_time,
+            custom_metrics: Default::default(),
         })
     }
 }

@@ -377,6 +377,21 @@ async fn event_time_timers_fire_once_in_order_and_deleted_ones_never() {
                 assert!(watermark >= at, "fired at {at} with watermark {watermark}");
             }
         }
+        // The timer figures, summed over the batches: a (1 s, then moved
+        // to 5 s), b (2 s, and one deleted at once), c, d; three fired.
+        let progress = query.recent_progress();
+        let metric = |name: &str| -> u64 {
+            progress
+                .iter()
+                .flat_map(|p| p.state_operators.iter())
+                .map(|s| s.custom_metrics.get(name).copied().unwrap_or(0))
+                .sum()
+        };
+        assert_eq!(metric("timers_registered"), 6);
+        assert_eq!(metric("timers_deleted"), 2);
+        assert_eq!(metric("timers_fired"), 3);
+        let last = &progress.last().unwrap().state_operators[0];
+        assert_eq!(last.custom_metrics["timers_total"], 1, "d's");
         query.stop().await.unwrap();
     }
 }
@@ -624,6 +639,11 @@ async fn values_with_a_time_to_live_expire_in_processing_time() {
         "the value, the list's elements and the map's entries expired"
     );
     let state = query.last_progress().unwrap().state_operators[0].clone();
+    assert_eq!(
+        state.custom_metrics["values_removed_by_ttl"], 5,
+        "a value, two elements and two entries: {state:?}"
+    );
+    assert_eq!(state.custom_metrics["rows.recent"], 1);
     assert_eq!(
         state.num_rows_total, 3,
         "the new value, element and entry: {state:?}"

@@ -102,6 +102,10 @@ pub(crate) struct Stores {
     /// Rows given to [`ProcessorContext::emit`] in the running batch.
     pub output: serde_arrow::ArrayBuilder,
     pub emitted: usize,
+    /// The running batch's timer figures.
+    pub timers_registered: u64,
+    pub timers_deleted: u64,
+    pub timers_fired: u64,
 }
 
 /// What a callback reads and changes: the state of the key it was called
@@ -161,7 +165,9 @@ impl<'a> ProcessorContext<'a> {
     /// past it (at the earliest the next batch).
     pub fn register_timer(&mut self, time_ms: i64) -> ProcessorResult<()> {
         self.timers_allowed()?;
-        self.stores.timers.register(self.group, time_ms);
+        if self.stores.timers.register(self.group, time_ms) {
+            self.stores.timers_registered += 1;
+        }
         Ok(())
     }
 
@@ -169,7 +175,9 @@ impl<'a> ProcessorContext<'a> {
     /// was one. A deleted timer never fires.
     pub fn delete_timer(&mut self, time_ms: i64) -> ProcessorResult<bool> {
         self.timers_allowed()?;
-        Ok(self.stores.timers.delete(self.group, time_ms))
+        let deleted = self.stores.timers.delete(self.group, time_ms);
+        self.stores.timers_deleted += u64::from(deleted);
+        Ok(deleted)
     }
 
     /// The current key's timers, earliest first.

@@ -36,7 +36,11 @@
 //!
 //! [`TransformWithStateNode`] is the logical node
 //! ([`crate::StreamingDataFrame::transform_with_state`] adds it), planned as
-//! a [`ProcessorExec`] of the query's [`ProcessorOperator`].
+//! a `TransformWithStateExec` of the query's processor operator, which
+//! reports Spark's figures of a processor in its progress entry's
+//! `custom_metrics`: timers registered, deleted, fired and held, values
+//! removed by their time to live, and the rows of each variable
+//! (`rows.<name>`).
 
 mod codec;
 mod context;

@@ -47,6 +47,8 @@ struct Inner {
     /// Rows at or below it are late.
     late_ms: Option<i64>,
     dropped_by_watermark: u64,
+    /// Values, elements and entries the batch removed by their time to live.
+    removed_by_ttl: u64,
 }
 
 /// The error of a callback, or of rows it returned.
@@ -175,9 +177,13 @@ impl ProcessorOperator {
                         fix: "Declare columns of plain Arrow types".into(),
                     })?,
                     emitted: 0,
+                    timers_registered: 0,
+                    timers_deleted: 0,
+                    timers_fired: 0,
                 },
                 late_ms: None,
                 dropped_by_watermark: 0,
+                removed_by_ttl: 0,
             }),
         })
     }
@@ -226,6 +232,7 @@ impl ProcessorOperator {
                 if !inner.stores.timers.delete(&group, time) {
                     continue;
                 }
+                inner.stores.timers_fired += 1;
                 let key = self.key_of(&group)?;
                 let timer = ExpiredTimer {
                     time_ms: time,
@@ -415,10 +422,14 @@ impl StatefulOperator for ProcessorOperator {
         };
         inner.late_ms = watermarks.late;
         inner.dropped_by_watermark = 0;
+        inner.stores.timers_registered = 0;
+        inner.stores.timers_deleted = 0;
+        inner.stores.timers_fired = 0;
         // Values whose time to live ended are gone before the batch reads
         // them.
+        inner.removed_by_ttl = 0;
         for variable in &mut inner.stores.variables {
-            variable.remove_expired(now)?;
+            inner.removed_by_ttl += variable.remove_expired(now)? as u64;
         }
         if version == 0
             && let Some(rows) = &self.initial
@@ -430,6 +441,7 @@ impl StatefulOperator for ProcessorOperator {
 
     async fn commit(&self) -> Result<StateOperatorProgress> {
         let mut inner = self.inner.lock().await;
+        let inner = &mut *inner;
         let dropped = inner.dropped_by_watermark;
         let stores = &mut inner.stores;
         let mut total = stores
@@ -446,6 +458,20 @@ impl StatefulOperator for ProcessorOperator {
             total.commit_time_ms += p.commit_time_ms;
         }
         total.num_rows_dropped_by_watermark = dropped;
+        // Spark's transformWithState metrics, by our names.
+        let mut metrics = std::collections::BTreeMap::new();
+        metrics.insert("timers_total".into(), stores.timers.len() as u64);
+        metrics.insert("timers_registered".into(), stores.timers_registered);
+        metrics.insert("timers_deleted".into(), stores.timers_deleted);
+        metrics.insert("timers_fired".into(), stores.timers_fired);
+        metrics.insert("values_removed_by_ttl".into(), inner.removed_by_ttl);
+        for variable in &stores.variables {
+            metrics.insert(
+                format!("rows.{}", variable.spec.name),
+                variable.len() as u64,
+            );
+        }
+        total.custom_metrics = metrics;
         Ok(total)
     }
 

@@ -332,6 +332,11 @@ impl VariableStore {
         }
     }
 
+    /// How many entries the variable holds.
+    pub fn len(&self) -> usize {
+        self.state.store.len()
+    }
+
     /// Removes the entries whose time to live ended at `now_ms`; returns
     /// how many.
     pub fn remove_expired(&mut self, now_ms: i64) -> Result<usize> {
@@ -560,15 +565,16 @@ impl TimerStore {
     }
 
     /// Registers a timer at `time` for `group` (once: registering it again
-    /// changes nothing).
-    pub fn register(&mut self, group: &[u8], time: i64) {
+    /// changes nothing); returns whether it is new.
+    pub fn register(&mut self, group: &[u8], time: i64) -> bool {
         if self.contains(group, time) {
-            return;
+            return false;
         }
         let key = self.key(group, time);
         self.state.store.put(&key, &[]);
         self.state.dirty = true;
         self.index(group.to_vec(), time);
+        true
     }
 
     /// Deletes `group`'s timer at `time`; returns whether there was one.
@@ -612,6 +618,11 @@ impl TimerStore {
             .take_while(|(t, _)| *t <= time)
             .cloned()
             .collect()
+    }
+
+    /// How many timers there are.
+    pub fn len(&self) -> usize {
+        self.by_time.len()
     }
 
     /// The earliest timer's time.
