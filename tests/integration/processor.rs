@@ -992,7 +992,7 @@ fn versioned_schema() -> SchemaRef {
 
 impl<T> StatefulProcessor for Versioned<T>
 where
-    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + 'static,
 {
     fn output_schema(&self) -> SchemaRef {
         versioned_schema()
@@ -1036,28 +1036,28 @@ where
     }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct AccV1 {
     a: i64,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct AccV2 {
     a: i64,
     b: Option<String>,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct AccRetyped {
     a: f64,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct AccRenamed {
     total: i64,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct AccRequired {
     a: i64,
     c: i64,
@@ -1327,4 +1327,108 @@ async fn a_running_aggregate_processor_matches_the_sql_aggregation_over_random_s
             );
         }
     }
+}
+
+/// Counts rows per key up to three, then clears the count: `exists`,
+/// `get`, `set` and `clear` of a value within one batch's callbacks and
+/// across batches (each key's rows of a batch in one call).
+struct CountToThree {
+    count: ValueState<i64>,
+}
+
+impl StatefulProcessor for CountToThree {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("count", DataType::Int64, true),
+        ]))
+    }
+
+    fn init(&mut self, states: &mut StateDeclarations) -> ProcessorResult<()> {
+        states.declare(&self.count)
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        key: &GroupKey,
+        rows: &RecordBatch,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        let before = if self.count.exists(ctx)? {
+            self.count.get(ctx)?.expect("it exists")
+        } else {
+            0
+        };
+        let count = before + rows.num_rows() as i64;
+        if count >= 3 {
+            self.count.clear(ctx)?;
+            assert!(!self.count.exists(ctx)?);
+        } else {
+            self.count.set(ctx, &count)?;
+            assert_eq!(self.count.get(ctx)?, Some(count));
+        }
+        #[derive(serde::Serialize)]
+        struct Row {
+            symbol: String,
+            count: Option<i64>,
+        }
+        let count = self.count.get(ctx)?;
+        ctx.emit(&Row {
+            symbol: key.decode()?,
+            count,
+        })?;
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn a_value_is_read_set_and_cleared_within_and_across_batches() {
+    let ctx = ctx_with(3);
+    let stream = MemoryStream::new(schema());
+    let sink = MemorySink::new();
+    let checkpoint = tempfile::tempdir().unwrap();
+    let df = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .transform_with_state(
+            &["symbol"],
+            CountToThree {
+                count: ValueState::new("count"),
+            },
+            TimeMode::None,
+            OutputMode::Update,
+        )
+        .unwrap();
+    let query = start_with(df, &sink, checkpoint.path(), OutputMode::Update, None)
+        .await
+        .unwrap();
+    let push = |rows: &[(Option<&str>, f64, i64)]| {
+        stream.push(events(rows)).unwrap();
+    };
+    push(&[
+        (Some("a"), 1.0, 1),
+        (Some("b"), 1.0, 1),
+        (Some("b"), 1.0, 1),
+    ]);
+    query.process_all_available().await.unwrap();
+    push(&[(Some("a"), 1.0, 2), (Some("b"), 1.0, 2)]);
+    query.process_all_available().await.unwrap();
+    push(&[(Some("a"), 1.0, 3), (Some("b"), 1.0, 3)]);
+    query.process_all_available().await.unwrap();
+    let rows = crate::common::sorted_rows(&sink.batches());
+    let expected = [
+        "| a      | 1     |",
+        "| a      | 2     |",
+        "| a      |       |",
+        "| b      | 2     |",
+        "| b      |       |",
+        "| b      | 1     |",
+    ];
+    let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(rows, expected);
+    let state = query.last_progress().unwrap().state_operators[0].clone();
+    assert_eq!(state.custom_metrics["rows.count"], 1, "b's 1; a cleared");
+    query.stop().await.unwrap();
 }

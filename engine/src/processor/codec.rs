@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::ArrayRef;
 use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use serde::Serialize;
@@ -130,14 +130,40 @@ impl Codec {
         rows: impl IntoIterator<Item = &'a [u8]>,
     ) -> ProcessorResult<Vec<T>> {
         let columns = self.decode_columns(rows)?;
-        let schema = Arc::new(Schema::new(self.serde_fields.clone()));
-        let batch = RecordBatch::try_new(schema, columns)?;
         if self.wrapped {
-            let items: Vec<Item<T>> = serde_arrow::from_record_batch(&batch)?;
+            let items: Vec<Item<T>> = serde_arrow::from_arrow(&self.serde_fields, &columns)?;
             Ok(items.into_iter().map(|Item(v)| v).collect())
         } else {
-            Ok(serde_arrow::from_record_batch(&batch)?)
+            Ok(serde_arrow::from_arrow(&self.serde_fields, &columns)?)
         }
+    }
+
+    /// `values` as rows, in one conversion.
+    pub fn encode_many<'a, T: Serialize + 'a>(
+        &self,
+        values: impl IntoIterator<Item = &'a T>,
+    ) -> ProcessorResult<arrow::row::Rows> {
+        let columns = {
+            let mut builder = self
+                .builder
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut pushed = Ok(());
+            for value in values {
+                pushed = if self.wrapped {
+                    builder.push(Item(value))
+                } else {
+                    builder.push(value)
+                };
+                if pushed.is_err() {
+                    break;
+                }
+            }
+            let columns = builder.to_arrow();
+            pushed?;
+            columns?
+        };
+        Ok(self.converter.convert_columns(&columns)?)
     }
 
     /// The value of one row.

@@ -12,6 +12,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde::de::DeserializeOwned;
 use serde_arrow::utils::Item;
 
+use super::slots::{BatchValues, ValueSlots};
 use super::stores::{TimerStore, VariableStore};
 use super::variables::VariableKind;
 use super::{ProcessorResult, TimeMode};
@@ -106,6 +107,34 @@ pub(crate) struct Stores {
     pub timers_registered: u64,
     pub timers_deleted: u64,
     pub timers_fired: u64,
+    /// The keys of the batch's input rows, in the order their callbacks run.
+    pub batch_groups: Vec<Vec<u8>>,
+    /// Per variable, its values for those keys once a callback read or
+    /// wrote one (value variables only).
+    pub slots: Vec<Option<Box<dyn BatchValues>>>,
+}
+
+impl fmt::Debug for dyn BatchValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BatchValues")
+    }
+}
+
+impl Stores {
+    /// Writes the batch's values held in slots back to their variables.
+    pub fn flush_slots(&mut self) -> ProcessorResult<()> {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(mut values) = slot.take() {
+                values.flush(
+                    &mut self.variables[i],
+                    &self.batch_groups,
+                    self.processing_time_ms,
+                )?;
+            }
+        }
+        self.batch_groups.clear();
+        Ok(())
+    }
 }
 
 /// What a callback reads and changes: the state of the key it was called
@@ -114,6 +143,9 @@ pub struct ProcessorContext<'a> {
     group: &'a [u8],
     key: &'a GroupKey,
     stores: &'a mut Stores,
+    /// The key's place among the batch's input keys (`None` in a timer's
+    /// or the initial state's callback).
+    ordinal: Option<usize>,
 }
 
 impl fmt::Debug for ProcessorContext<'_> {
@@ -128,7 +160,60 @@ impl fmt::Debug for ProcessorContext<'_> {
 
 impl<'a> ProcessorContext<'a> {
     pub(crate) fn new(group: &'a [u8], key: &'a GroupKey, stores: &'a mut Stores) -> Self {
-        Self { group, key, stores }
+        Self {
+            group,
+            key,
+            stores,
+            ordinal: None,
+        }
+    }
+
+    /// The context of the batch's `ordinal`th input key.
+    pub(crate) fn for_input(
+        group: &'a [u8],
+        key: &'a GroupKey,
+        stores: &'a mut Stores,
+        ordinal: usize,
+    ) -> Self {
+        Self {
+            group,
+            key,
+            stores,
+            ordinal: Some(ordinal),
+        }
+    }
+
+    /// The batch's values of value variable `name` (of type `T`) and the
+    /// current key's slot among them, loaded on first use; `None` outside
+    /// the batch's input callbacks.
+    pub(crate) fn value_slot<T>(
+        &mut self,
+        name: &str,
+    ) -> ProcessorResult<Option<(&mut ValueSlots<T>, usize)>>
+    where
+        T: serde::Serialize + DeserializeOwned + Send + 'static,
+    {
+        let Some(ordinal) = self.ordinal else {
+            return Ok(None);
+        };
+        let i = self.index(name)?;
+        Self::check(
+            &self.stores.variables[i],
+            VariableKind::Value,
+            (TypeId::of::<T>(), None),
+        )?;
+        let stores = &mut *self.stores;
+        if stores.slots[i].is_none() {
+            let loaded = ValueSlots::<T>::load(&stores.variables[i], &stores.batch_groups)?;
+            stores.slots[i] = Some(Box::new(loaded));
+        }
+        let slots = stores.slots[i]
+            .as_mut()
+            .expect("loaded above")
+            .as_any()
+            .downcast_mut::<ValueSlots<T>>()
+            .ok_or_else(|| format!("state variable '{name}' was read as another type"))?;
+        Ok(Some((slots, ordinal)))
     }
 
     /// The key the callback was called for.

@@ -47,6 +47,7 @@ mod context;
 mod exec;
 mod node;
 mod operator;
+mod slots;
 mod stores;
 mod variables;
 

@@ -180,6 +180,8 @@ impl ProcessorOperator {
                     timers_registered: 0,
                     timers_deleted: 0,
                     timers_fired: 0,
+                    batch_groups: Vec::new(),
+                    slots: Vec::new(),
                 },
                 late_ms: None,
                 dropped_by_watermark: 0,
@@ -214,13 +216,25 @@ impl ProcessorOperator {
             let _ = inner.stores.output.to_arrow();
         }
         let mut output = Vec::new();
-        for (group, key, rows) in self.groups(&batch)? {
-            let mut ctx = ProcessorContext::new(&group, &key, &mut inner.stores);
+        let groups = self.groups(&batch)?;
+        let stores = &mut inner.stores;
+        stores.batch_groups = groups.iter().map(|(g, _, _)| g.clone()).collect();
+        stores.slots.clear();
+        stores.slots.resize_with(stores.variables.len(), || None);
+        for (ordinal, (group, key, rows)) in groups.iter().enumerate() {
+            let mut ctx = ProcessorContext::for_input(group, key, &mut inner.stores, ordinal);
             let emitted = processor
-                .handle_input_rows(&key, &rows, &mut ctx)
-                .map_err(|e| callback_error("handle_input_rows", &key, e))?;
-            self.collect_output("handle_input_rows", &key, emitted, &mut output)?;
+                .handle_input_rows(key, rows, &mut ctx)
+                .map_err(|e| callback_error("handle_input_rows", key, e))?;
+            self.collect_output("handle_input_rows", key, emitted, &mut output)?;
         }
+        inner.stores.flush_slots().map_err(|e| {
+            DataFusionError::External(Box::new(TidemillError::Processor {
+                callback: "handle_input_rows".into(),
+                key: String::new(),
+                message: format!("writing the batch's values back: {e}"),
+            }))
+        })?;
         let due_at = match self.time_mode {
             TimeMode::None => None,
             TimeMode::ProcessingTime => Some(inner.stores.processing_time_ms),

@@ -163,7 +163,14 @@ macro_rules! descriptor_basics {
             pub fn name(&self) -> &str {
                 &self.name
             }
+        }
+    };
+}
 
+/// `clear` and `exists` of a list or map variable.
+macro_rules! clear_and_exists {
+    ($ty:ident < $($p:ident),+ >) => {
+        impl<$($p),+> $ty<$($p),+> {
             /// Removes the current key's state in this variable.
             pub fn clear(&self, ctx: &mut ProcessorContext<'_>) -> ProcessorResult<()> {
                 let group = ctx.group().to_vec();
@@ -196,9 +203,14 @@ pub struct ValueState<T> {
 
 descriptor_basics!(ValueState<T>);
 
-impl<T: Serialize + DeserializeOwned + 'static> ValueState<T> {
-    /// The current key's value, if it has one.
-    pub fn get(&self, ctx: &ProcessorContext<'_>) -> ProcessorResult<Option<T>> {
+impl<T: Serialize + DeserializeOwned + Clone + Send + 'static> ValueState<T> {
+    /// The current key's value, if it has one. In a batch's input
+    /// callbacks the values of all the batch's keys are read at once, the
+    /// first time one is asked for.
+    pub fn get(&self, ctx: &mut ProcessorContext<'_>) -> ProcessorResult<Option<T>> {
+        if let Some((slots, i)) = ctx.value_slot::<T>(&self.name)? {
+            return Ok(slots.values[i].clone());
+        }
         let var = ctx.typed(&self.name, VariableKind::Value, TypeId::of::<T>(), None)?;
         match var.value(ctx.group()) {
             Some(row) => Ok(Some(var.spec.value.decode_one(row)?)),
@@ -208,11 +220,39 @@ impl<T: Serialize + DeserializeOwned + 'static> ValueState<T> {
 
     /// Sets the current key's value.
     pub fn set(&self, ctx: &mut ProcessorContext<'_>, value: &T) -> ProcessorResult<()> {
+        if let Some((slots, i)) = ctx.value_slot::<T>(&self.name)? {
+            slots.values[i] = Some(value.clone());
+            slots.changed[i] = true;
+            return Ok(());
+        }
         let (group, now) = (ctx.group().to_vec(), ctx.processing_time_ms());
         let var = ctx.typed_mut(&self.name, VariableKind::Value, TypeId::of::<T>(), None)?;
         let row = var.spec.value.encode(value)?;
         var.set_value(&group, &row, now);
         Ok(())
+    }
+
+    /// Removes the current key's value.
+    pub fn clear(&self, ctx: &mut ProcessorContext<'_>) -> ProcessorResult<()> {
+        if let Some((slots, i)) = ctx.value_slot::<T>(&self.name)? {
+            slots.values[i] = None;
+            slots.changed[i] = true;
+            return Ok(());
+        }
+        let group = ctx.group().to_vec();
+        ctx.typed_mut(&self.name, VariableKind::Value, TypeId::of::<T>(), None)?
+            .clear(&group);
+        Ok(())
+    }
+
+    /// Whether the current key has a value.
+    pub fn exists(&self, ctx: &mut ProcessorContext<'_>) -> ProcessorResult<bool> {
+        if let Some((slots, i)) = ctx.value_slot::<T>(&self.name)? {
+            return Ok(slots.values[i].is_some());
+        }
+        Ok(ctx
+            .typed(&self.name, VariableKind::Value, TypeId::of::<T>(), None)?
+            .exists(ctx.group()))
     }
 }
 
@@ -241,6 +281,7 @@ pub struct ListState<T> {
 }
 
 descriptor_basics!(ListState<T>);
+clear_and_exists!(ListState<T>);
 
 impl<T: Serialize + DeserializeOwned + 'static> ListState<T> {
     /// The current key's elements, in append order (empty if none).
@@ -301,6 +342,7 @@ pub struct MapState<K, V> {
 }
 
 descriptor_basics!(MapState<K, V>);
+clear_and_exists!(MapState<K, V>);
 
 impl<K, V> MapState<K, V>
 where

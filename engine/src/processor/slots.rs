@@ -1,0 +1,86 @@
+//! A batch's values of a value variable, for every key of the batch at
+//! once: read in one conversion the first time a callback asks for one,
+//! written back in one conversion after the batch's input rows. A key's
+//! `get` and `set` then cost a clone, not an Arrow conversion each.
+
+use std::any::Any;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::ProcessorResult;
+use super::stores::VariableStore;
+
+/// The values of one variable for the batch's keys, of a type known to the
+/// variable's accessors only.
+pub(crate) trait BatchValues: Send {
+    fn as_any(&mut self) -> &mut dyn Any;
+
+    /// Writes the values set or cleared back to `variable`; `groups` are
+    /// the batch's keys, in the slots' order.
+    fn flush(
+        &mut self,
+        variable: &mut VariableStore,
+        groups: &[Vec<u8>],
+        now_ms: i64,
+    ) -> ProcessorResult<()>;
+}
+
+/// One slot per key of the batch.
+pub(crate) struct ValueSlots<T> {
+    pub values: Vec<Option<T>>,
+    pub changed: Vec<bool>,
+}
+
+impl<T: DeserializeOwned> ValueSlots<T> {
+    /// The values `variable` holds for `groups`.
+    pub fn load(variable: &VariableStore, groups: &[Vec<u8>]) -> ProcessorResult<Self> {
+        let rows: Vec<Option<&[u8]>> = groups.iter().map(|g| variable.value(g)).collect();
+        let present: Vec<&[u8]> = rows.iter().flatten().copied().collect();
+        let mut decoded = if present.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            variable.spec.value.decode::<T>(present)?.into_iter()
+        };
+        let values = rows
+            .iter()
+            .map(|row| row.and_then(|_| decoded.next()))
+            .collect();
+        Ok(Self {
+            values,
+            changed: vec![false; groups.len()],
+        })
+    }
+}
+
+impl<T: Serialize + Send + 'static> BatchValues for ValueSlots<T> {
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn flush(
+        &mut self,
+        variable: &mut VariableStore,
+        groups: &[Vec<u8>],
+        now_ms: i64,
+    ) -> ProcessorResult<()> {
+        let set: Vec<usize> = (0..self.values.len())
+            .filter(|&i| self.changed[i] && self.values[i].is_some())
+            .collect();
+        if !set.is_empty() {
+            let rows = variable
+                .spec
+                .value
+                .encode_many(set.iter().filter_map(|&i| self.values[i].as_ref()))?;
+            for (n, &i) in set.iter().enumerate() {
+                variable.set_value(&groups[i], rows.row(n).as_ref(), now_ms);
+            }
+        }
+        for i in 0..self.values.len() {
+            if self.changed[i] && self.values[i].is_none() {
+                variable.clear(&groups[i]);
+            }
+        }
+        Ok(())
+    }
+}
