@@ -178,6 +178,23 @@ pub trait StreamingDataFrame {
         output_mode: OutputMode,
         initial_state: DataFrame,
     ) -> Result<DataFrame>;
+
+    /// [`transform_with_state`](StreamingDataFrame::transform_with_state)
+    /// in event-time mode, whose output column `event_time_column` (a
+    /// timestamp the processor fills from its input's event times) carries
+    /// the stream's watermark on, as Spark's `transformWithState` with an
+    /// `eventTimeColumnName`: stateful operators may follow the processor
+    /// (a window aggregation over its rows, say), in append mode. A row the
+    /// processor emits with an event time at or below the previous batch's
+    /// watermark would be late for the operators after it, so it stops the
+    /// query with an error naming the key and the times.
+    fn transform_with_state_with_event_time(
+        self,
+        keys: &[&str],
+        processor: impl StatefulProcessor,
+        event_time_column: &str,
+        output_mode: OutputMode,
+    ) -> Result<DataFrame>;
 }
 
 impl StreamingDataFrame for DataFrame {
@@ -221,6 +238,44 @@ impl StreamingDataFrame for DataFrame {
             time_mode,
             output_mode,
             None,
+            None,
+        )
+    }
+
+    fn transform_with_state_with_event_time(
+        self,
+        keys: &[&str],
+        processor: impl StatefulProcessor,
+        event_time_column: &str,
+        output_mode: OutputMode,
+    ) -> Result<DataFrame> {
+        let output = processor.output_schema();
+        match output
+            .field_with_name(event_time_column)
+            .map(|f| f.data_type())
+        {
+            Ok(arrow::datatypes::DataType::Timestamp(_, _)) => {}
+            Ok(other) => {
+                return Err(TidemillError::Config(format!(
+                    "transform_with_state: the event-time column '{event_time_column}' is {other}, \
+                     not a timestamp"
+                )));
+            }
+            Err(_) => {
+                return Err(TidemillError::Config(format!(
+                    "transform_with_state: the processor's output schema has no event-time \
+                     column '{event_time_column}'"
+                )));
+            }
+        }
+        transform_with_state(
+            self,
+            keys,
+            Box::new(processor),
+            TimeMode::EventTime,
+            output_mode,
+            None,
+            Some(event_time_column.to_string()),
         )
     }
 
@@ -245,11 +300,13 @@ impl StreamingDataFrame for DataFrame {
             time_mode,
             output_mode,
             Some(initial_state),
+            None,
         )
     }
 }
 
-/// `transform_with_state`, with or without an initial state.
+/// `transform_with_state`, with or without an initial state and an
+/// event-time column.
 fn transform_with_state(
     df: DataFrame,
     keys: &[&str],
@@ -257,6 +314,7 @@ fn transform_with_state(
     time_mode: TimeMode,
     output_mode: OutputMode,
     initial_state: Option<DataFrame>,
+    event_time_column: Option<String>,
 ) -> Result<DataFrame> {
     if !df.is_streaming() {
         return Err(TidemillError::Config(
@@ -289,6 +347,7 @@ fn transform_with_state(
         time_mode,
         output_mode,
         initial_state,
+        event_time_column,
     )
     .map_err(|e| TidemillError::datafusion("transform_with_state: the output schema", e))?;
     Ok(DataFrame::new(state, node.into_plan()))

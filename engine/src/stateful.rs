@@ -65,6 +65,9 @@ pub(crate) struct BatchWatermarks {
     pub evict: Option<i64>,
     /// Rows at or below it are late, in milliseconds.
     pub late: Option<i64>,
+    /// The previous batch's watermark as this operator sees it: the
+    /// operators it feeds drop rows at or below it as late.
+    pub previous: Option<i64>,
     /// The batch's processing time (when its offsets were logged), in
     /// milliseconds since the epoch: the same when the batch is re-run.
     pub processing_time_ms: i64,
@@ -98,6 +101,7 @@ impl WatermarkRule {
         BatchWatermarks {
             evict: self.shift(current),
             late: self.shift(if self.chained { previous } else { current }),
+            previous: self.shift(previous),
             processing_time_ms: 0,
         }
     }

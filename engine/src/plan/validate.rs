@@ -273,11 +273,12 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
     if flow.processed && is_stateful(plan) {
         return Err(unsupported(
             &format!("{} node", plan.display()),
-            "after transform_with_state: the processor's output rows carry no event time the \
-             engine can derive a watermark from, so this operator could never tell when its \
-             input is final",
-            "Run this operator in another query reading the processor's sink, or do its work \
-             inside the processor",
+            "after transform_with_state without an event-time column: the processor's output \
+             rows carry no event time the watermark applies to, so this operator could never \
+             tell when its input is final",
+            "Use transform_with_state_with_event_time(keys, processor, \"<output timestamp \
+             column>\", OutputMode::Append), run this operator in another query reading the \
+             processor's sink, or do its work inside the processor",
         ));
     }
     if flow.unbounded_join && is_stateful(plan) {
@@ -329,7 +330,7 @@ fn check(plan: &LogicalPlan, mode: OutputMode) -> Result<Flow> {
             }
             Ok(Flow {
                 stateful: Some("stateful processor"),
-                processed: true,
+                processed: node.event_time_column.is_none(),
                 ..flow
             })
         }

@@ -30,6 +30,13 @@
 //!   ([`StatefulProcessor::output_schema`]); a batch of another schema is an
 //!   error naming the column. The query runs in append or update mode, the
 //!   one the operator is given.
+//! - **Chaining**: with an event-time column in its output
+//!   ([`crate::StreamingDataFrame::transform_with_state_with_event_time`],
+//!   Spark's `eventTimeColumnName`), the stream's watermark applies to the
+//!   processor's rows and stateful operators may follow it in append mode;
+//!   a row at or below the previous batch's watermark, which they would
+//!   drop as late, is an error. Without one, an operator after the
+//!   processor is refused at start.
 //! - **Initial state**: a batch DataFrame, grouped by the same key columns,
 //!   given to [`StatefulProcessor::handle_initial_state`] in the query's
 //!   first batch.

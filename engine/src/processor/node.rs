@@ -102,6 +102,10 @@ pub struct TransformWithStateNode {
     /// The output mode the processor's rows are meant for.
     pub output_mode: OutputMode,
     pub(crate) initial_state: Option<InitialState>,
+    /// The output column that carries the input's event time and its
+    /// watermark on to the operators after the processor (Spark's
+    /// `eventTimeColumnName`), if the processor declares one.
+    pub event_time_column: Option<String>,
     pub(crate) schema: DFSchemaRef,
     /// The query's number for this stateful operator (set when the plan's
     /// operators are numbered; 0 before).
@@ -117,6 +121,7 @@ impl TransformWithStateNode {
         time_mode: TimeMode,
         output_mode: OutputMode,
         initial_state: Option<DataFrame>,
+        event_time_column: Option<String>,
     ) -> DFResult<Self> {
         let output_schema = processor.output_schema();
         let schema = Arc::new(DFSchema::try_from(output_schema.as_ref().clone())?);
@@ -130,6 +135,7 @@ impl TransformWithStateNode {
             time_mode,
             output_mode,
             initial_state: initial_state.map(|df| InitialState(Arc::new(df))),
+            event_time_column,
             schema,
             operator: 0,
         })
@@ -160,12 +166,16 @@ impl TransformWithStateNode {
     /// What the operator is, for `explain` and the checkpoint's record of
     /// the query's operators (its variables are checked by their stores).
     pub fn describe(&self) -> String {
-        format!(
+        let mut text = format!(
             "TransformWithState keys [{}] time mode {} output mode {}",
             self.key_names().join(", "),
             self.time_mode,
             self.output_mode
-        )
+        );
+        if let Some(column) = &self.event_time_column {
+            text.push_str(&format!(" event time column {column}"));
+        }
+        text
     }
 }
 
@@ -179,6 +189,7 @@ impl PartialOrd for TransformWithStateNode {
             self.time_mode,
             self.output_mode,
             &self.initial_state,
+            &self.event_time_column,
             self.operator,
         )
             .partial_cmp(&(
@@ -188,6 +199,7 @@ impl PartialOrd for TransformWithStateNode {
                 other.time_mode,
                 other.output_mode,
                 &other.initial_state,
+                &other.event_time_column,
                 other.operator,
             ))
     }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 
-use arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
 use arrow::compute::{cast, concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
@@ -38,6 +38,8 @@ pub(crate) struct ProcessorOperator {
     input_schema: SchemaRef,
     /// The initial state's rows, applied in the first batch.
     initial: Option<Vec<RecordBatch>>,
+    /// The output column carrying event time on, and its unit.
+    event_time_output: Option<(String, TimeUnit)>,
     inner: Mutex<Inner>,
 }
 
@@ -46,6 +48,9 @@ struct Inner {
     stores: Stores,
     /// Rows at or below it are late.
     late_ms: Option<i64>,
+    /// The previous batch's watermark: the operators after the processor
+    /// drop rows at or below it.
+    previous_ms: Option<i64>,
     dropped_by_watermark: u64,
     /// Values, elements and entries the batch removed by their time to live.
     removed_by_ttl: u64,
@@ -149,7 +154,17 @@ impl ProcessorOperator {
             }
             _ => None,
         };
+        let event_time_output = node.event_time_column.as_ref().and_then(|name| {
+            match node.processor.output_schema.field_with_name(name) {
+                Ok(f) => match f.data_type() {
+                    DataType::Timestamp(unit, _) => Some((name.clone(), *unit)),
+                    _ => None,
+                },
+                Err(_) => None,
+            }
+        });
         Ok(Self {
+            event_time_output,
             handle: node.processor.clone(),
             keys,
             key_schema,
@@ -184,6 +199,7 @@ impl ProcessorOperator {
                     slots: Vec::new(),
                 },
                 late_ms: None,
+                previous_ms: None,
                 dropped_by_watermark: 0,
                 removed_by_ttl: 0,
             }),
@@ -274,7 +290,57 @@ impl ProcessorOperator {
                 columns,
             )?);
         }
+        self.check_event_times(inner.previous_ms, &output)?;
         Ok(output)
+    }
+
+    /// Refuses output rows whose event time the operators after the
+    /// processor would drop as late (at or below the previous batch's
+    /// watermark), as Spark refuses them.
+    fn check_event_times(&self, previous_ms: Option<i64>, output: &[RecordBatch]) -> DFResult<()> {
+        let (Some((column, unit)), Some(watermark)) = (&self.event_time_output, previous_ms) else {
+            return Ok(());
+        };
+        let limit = watermark_in_unit(watermark, *unit);
+        for batch in output {
+            let Some(times) = batch.column_by_name(column) else {
+                continue;
+            };
+            let times = cast(times, &DataType::Int64)?;
+            let times = times.as_primitive::<Int64Type>();
+            let Some(row) =
+                (0..times.len()).find(|&i| times.is_valid(i) && times.value(i) <= limit)
+            else {
+                continue;
+            };
+            let options = arrow::util::display::FormatOptions::default().with_null("null");
+            let values: Vec<String> = batch
+                .schema()
+                .fields()
+                .iter()
+                .zip(batch.columns())
+                .map(|(f, c)| {
+                    let value = arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options)
+                        .map(|fmt| fmt.value(row).to_string())
+                        .unwrap_or_else(|_| "?".into());
+                    format!("{}={value}", f.name())
+                })
+                .collect();
+            return Err(DataFusionError::External(Box::new(
+                TidemillError::Processor {
+                    callback: "an output row".into(),
+                    key: String::new(),
+                    message: format!(
+                        "the row ({}) has event time {column} at or below the previous batch's \
+                     watermark ({watermark} ms): the operators after the processor would drop \
+                     it as late. Emit rows no older than the watermark (e.g. the latest input \
+                     event time of the key, or a timer's time)",
+                        values.join(", ")
+                    ),
+                },
+            )));
+        }
+        Ok(())
     }
 
     /// Checks `emitted` against the declared schema and adds it to `output`.
@@ -435,6 +501,7 @@ impl StatefulOperator for ProcessorOperator {
             _ => None,
         };
         inner.late_ms = watermarks.late;
+        inner.previous_ms = watermarks.previous;
         inner.dropped_by_watermark = 0;
         inner.stores.timers_registered = 0;
         inner.stores.timers_deleted = 0;
