@@ -168,15 +168,11 @@ impl<'a> ProcessorContext<'a> {
         }
     }
 
-    /// The context of the batch's `ordinal`th input key.
-    pub(crate) fn for_input(
-        group: &'a [u8],
-        key: &'a GroupKey,
-        stores: &'a mut Stores,
-        ordinal: usize,
-    ) -> Self {
+    /// The context of the batch's `ordinal`th input key (its bytes are
+    /// `stores.batch_groups[ordinal]`).
+    pub(crate) fn for_input(key: &'a GroupKey, stores: &'a mut Stores, ordinal: usize) -> Self {
         Self {
-            group,
+            group: &[],
             key,
             stores,
             ordinal: Some(ordinal),
@@ -250,7 +246,12 @@ impl<'a> ProcessorContext<'a> {
     /// past it (at the earliest the next batch).
     pub fn register_timer(&mut self, time_ms: i64) -> ProcessorResult<()> {
         self.timers_allowed()?;
-        if self.stores.timers.register(self.group, time_ms) {
+        let stores = &mut *self.stores;
+        let group = match self.ordinal {
+            Some(i) => stores.batch_groups[i].as_slice(),
+            None => self.group,
+        };
+        if stores.timers.register(group, time_ms) {
             self.stores.timers_registered += 1;
         }
         Ok(())
@@ -260,7 +261,12 @@ impl<'a> ProcessorContext<'a> {
     /// was one. A deleted timer never fires.
     pub fn delete_timer(&mut self, time_ms: i64) -> ProcessorResult<bool> {
         self.timers_allowed()?;
-        let deleted = self.stores.timers.delete(self.group, time_ms);
+        let stores = &mut *self.stores;
+        let group = match self.ordinal {
+            Some(i) => stores.batch_groups[i].as_slice(),
+            None => self.group,
+        };
+        let deleted = stores.timers.delete(group, time_ms);
         self.stores.timers_deleted += u64::from(deleted);
         Ok(deleted)
     }
@@ -268,7 +274,7 @@ impl<'a> ProcessorContext<'a> {
     /// The current key's timers, earliest first.
     pub fn list_timers(&self) -> ProcessorResult<Vec<i64>> {
         self.timers_allowed()?;
-        Ok(self.stores.timers.list(self.group))
+        Ok(self.stores.timers.list(self.group()))
     }
 
     fn timers_allowed(&self) -> ProcessorResult<()> {
@@ -283,7 +289,10 @@ impl<'a> ProcessorContext<'a> {
     }
 
     pub(crate) fn group(&self) -> &[u8] {
-        self.group
+        match self.ordinal {
+            Some(i) => &self.stores.batch_groups[i],
+            None => self.group,
+        }
     }
 
     fn index(&self, name: &str) -> ProcessorResult<usize> {

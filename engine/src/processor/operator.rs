@@ -232,13 +232,17 @@ impl ProcessorOperator {
             let _ = inner.stores.output.to_arrow();
         }
         let mut output = Vec::new();
-        let groups = self.groups(&batch)?;
+        let (groups, keys_and_rows): (Vec<_>, Vec<_>) = self
+            .groups(&batch)?
+            .into_iter()
+            .map(|(group, key, rows)| (group, (key, rows)))
+            .unzip();
         let stores = &mut inner.stores;
-        stores.batch_groups = groups.iter().map(|(g, _, _)| g.clone()).collect();
+        stores.batch_groups = groups;
         stores.slots.clear();
         stores.slots.resize_with(stores.variables.len(), || None);
-        for (ordinal, (group, key, rows)) in groups.iter().enumerate() {
-            let mut ctx = ProcessorContext::for_input(group, key, &mut inner.stores, ordinal);
+        for (ordinal, (key, rows)) in keys_and_rows.iter().enumerate() {
+            let mut ctx = ProcessorContext::for_input(key, &mut inner.stores, ordinal);
             let emitted = processor
                 .handle_input_rows(key, rows, &mut ctx)
                 .map_err(|e| callback_error("handle_input_rows", key, e))?;

@@ -35,7 +35,8 @@ pub(crate) struct ValueSlots<T> {
 impl<T: DeserializeOwned> ValueSlots<T> {
     /// The values `variable` holds for `groups`.
     pub fn load(variable: &VariableStore, groups: &[Vec<u8>]) -> ProcessorResult<Self> {
-        let rows: Vec<Option<&[u8]>> = groups.iter().map(|g| variable.value(g)).collect();
+        let keys: Vec<&[u8]> = groups.iter().map(Vec::as_slice).collect();
+        let rows = variable.values(&keys);
         let present: Vec<&[u8]> = rows.iter().flatten().copied().collect();
         let mut decoded = if present.is_empty() {
             Vec::new().into_iter()
@@ -72,9 +73,12 @@ impl<T: Serialize + Send + 'static> BatchValues for ValueSlots<T> {
                 .spec
                 .value
                 .encode_many(set.iter().filter_map(|&i| self.values[i].as_ref()))?;
-            for (n, &i) in set.iter().enumerate() {
-                variable.set_value(&groups[i], rows.row(n).as_ref(), now_ms);
-            }
+            let entries: Vec<(&[u8], &[u8])> = set
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| (groups[i].as_slice(), rows.row(n).data()))
+                .collect();
+            variable.set_values(&entries, now_ms);
         }
         for i in 0..self.values.len() {
             if self.changed[i] && self.values[i].is_none() {

@@ -376,6 +376,25 @@ impl VariableStore {
         self.put(group, value, now_ms);
     }
 
+    /// The values of `groups` (`None` for a key without one), looked up
+    /// together (on several threads when there are many).
+    pub fn values(&self, groups: &[&[u8]]) -> Vec<Option<&[u8]>> {
+        self.state.store.get_many(groups)
+    }
+
+    /// Sets each `(group, value)` of `entries`, together (on several
+    /// threads when there are many).
+    pub fn set_values(&mut self, entries: &[(&[u8], &[u8])], now_ms: i64) {
+        if entries.is_empty() {
+            return;
+        }
+        self.state.dirty = true;
+        let expiry = self.expiry(now_ms);
+        let entries: Vec<(&[u8], &[u8], Option<i64>)> =
+            entries.iter().map(|(k, v)| (*k, *v, expiry)).collect();
+        self.state.store.put_many(&entries);
+    }
+
     // Lists and maps.
 
     /// The parts and values of `group`'s elements, in order.
