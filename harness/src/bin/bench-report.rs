@@ -22,11 +22,12 @@ use tidemill_harness::StudyReport;
 use tidemill_harness::results::{BenchResult, results_dir, workspace_root};
 
 /// Sections in this order; other results follow by name.
-const ORDER: [&str; 6] = [
+const ORDER: [&str; 7] = [
     "trigger_study",
     "stateless",
     "aggregation",
     "join",
+    "processor",
     "kafka",
     "spark",
 ];
