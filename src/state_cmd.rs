@@ -148,10 +148,7 @@ fn resolve(
                 }
                 let names = queries();
                 match names.is_empty() {
-                    true => bail!(
-                        "{} holds no checkpoint of a query named {name}",
-                        given
-                    ),
+                    true => bail!("{} holds no checkpoint of a query named {name}", given),
                     false => bail!(
                         "{} holds no checkpoint of a query named {name}; its queries: {}",
                         given,

@@ -118,6 +118,17 @@ fn ctx_with(partitions: usize) -> SessionContext {
     SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions))
 }
 
+/// A context on `partitions` partitions, a stream of [`schema`] rows, a
+/// memory sink and a temporary checkpoint.
+fn setup(partitions: usize) -> (SessionContext, MemoryStream, MemorySink, tempfile::TempDir) {
+    (
+        ctx_with(partitions),
+        MemoryStream::new(schema()),
+        MemorySink::new(),
+        tempfile::tempdir().unwrap(),
+    )
+}
+
 async fn start_with(
     df: DataFrame,
     sink: &MemorySink,
@@ -144,10 +155,7 @@ async fn start_with(
 async fn value_list_and_map_state_per_key_across_batches_and_partitions() {
     for partitions in [1, 2, 3, 8] {
         for _run in 0..3 {
-            let ctx = ctx_with(partitions);
-            let stream = MemoryStream::new(schema());
-            let sink = MemorySink::new();
-            let checkpoint = tempfile::tempdir().unwrap();
+            let (ctx, stream, sink, checkpoint) = setup(partitions);
             let df = ctx
                 .read_stream(stream.clone())
                 .await
@@ -196,10 +204,7 @@ async fn value_list_and_map_state_per_key_across_batches_and_partitions() {
 /// input's: keys never seen again keep theirs.
 #[tokio::test]
 async fn state_survives_a_restart() {
-    let ctx = ctx_with(2);
-    let stream = MemoryStream::new(schema());
-    let sink = MemorySink::new();
-    let checkpoint = tempfile::tempdir().unwrap();
+    let (ctx, stream, sink, checkpoint) = setup(2);
     let start = |sink: MemorySink| {
         let (ctx, stream, path) = (ctx.clone(), stream.clone(), checkpoint.path().to_owned());
         async move {
@@ -325,10 +330,7 @@ fn fired_rows(batches: &[RecordBatch]) -> Vec<(String, i64)> {
 #[tokio::test]
 async fn event_time_timers_fire_once_in_order_and_deleted_ones_never() {
     for partitions in [1, 3] {
-        let ctx = ctx_with(partitions);
-        let stream = MemoryStream::new(schema());
-        let sink = MemorySink::new();
-        let checkpoint = tempfile::tempdir().unwrap();
+        let (ctx, stream, sink, checkpoint) = setup(partitions);
         let df = ctx
             .read_stream(stream.clone())
             .await
@@ -400,10 +402,7 @@ async fn event_time_timers_fire_once_in_order_and_deleted_ones_never() {
 /// them, and counted in the operator's progress.
 #[tokio::test]
 async fn late_rows_are_dropped_and_counted() {
-    let ctx = ctx_with(2);
-    let stream = MemoryStream::new(schema());
-    let sink = MemorySink::new();
-    let checkpoint = tempfile::tempdir().unwrap();
+    let (ctx, stream, sink, checkpoint) = setup(2);
     let df = ctx
         .read_stream(stream.clone())
         .await
@@ -491,10 +490,7 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn processing_time_timers_fire_in_a_batch_without_data() {
-    let ctx = ctx_with(2);
-    let stream = MemoryStream::new(schema());
-    let sink = MemorySink::new();
-    let checkpoint = tempfile::tempdir().unwrap();
+    let (ctx, stream, sink, checkpoint) = setup(2);
     let df = ctx
         .read_stream(stream.clone())
         .await
@@ -588,10 +584,7 @@ impl StatefulProcessor for Remember {
 
 #[tokio::test]
 async fn values_with_a_time_to_live_expire_in_processing_time() {
-    let ctx = ctx_with(2);
-    let stream = MemoryStream::new(schema());
-    let sink = MemorySink::new();
-    let checkpoint = tempfile::tempdir().unwrap();
+    let (ctx, stream, sink, checkpoint) = setup(2);
     let ttl = Duration::from_millis(1_500);
     let processor = Remember {
         last: ValueState::new("last").with_ttl(ttl),
@@ -797,10 +790,7 @@ impl StatefulProcessor for WrongType {
 
 #[tokio::test]
 async fn rows_of_another_schema_are_an_error_naming_the_column() {
-    let ctx = ctx_with(2);
-    let stream = MemoryStream::new(schema());
-    let sink = MemorySink::new();
-    let checkpoint = tempfile::tempdir().unwrap();
+    let (ctx, stream, sink, checkpoint) = setup(2);
     let df = ctx
         .read_stream(stream.clone())
         .await
@@ -946,10 +936,7 @@ impl StatefulProcessor for Confused {
 
 #[tokio::test]
 async fn a_variable_used_with_another_type_is_an_error() {
-    let ctx = ctx_with(1);
-    let stream = MemoryStream::new(schema());
-    let sink = MemorySink::new();
-    let checkpoint = tempfile::tempdir().unwrap();
+    let (ctx, stream, sink, checkpoint) = setup(1);
     let processor = Confused {
         declared: ValueState::new("n"),
         used: ValueState::new("n"),
@@ -1284,10 +1271,7 @@ async fn a_running_aggregate_processor_matches_the_sql_aggregation_over_random_s
             let run = |processor: bool| {
                 let batches = batches.clone();
                 async move {
-                    let ctx = ctx_with(partitions);
-                    let stream = MemoryStream::new(schema());
-                    let sink = MemorySink::new();
-                    let checkpoint = tempfile::tempdir().unwrap();
+                    let (ctx, stream, sink, checkpoint) = setup(partitions);
                     let df = ctx.read_stream(stream.clone()).await.unwrap();
                     let df = if processor {
                         df.transform_with_state(
@@ -1383,10 +1367,7 @@ impl StatefulProcessor for CountToThree {
 
 #[tokio::test]
 async fn a_value_is_read_set_and_cleared_within_and_across_batches() {
-    let ctx = ctx_with(3);
-    let stream = MemoryStream::new(schema());
-    let sink = MemorySink::new();
-    let checkpoint = tempfile::tempdir().unwrap();
+    let (ctx, stream, sink, checkpoint) = setup(3);
     let df = ctx
         .read_stream(stream.clone())
         .await
@@ -1531,10 +1512,7 @@ async fn a_window_aggregation_after_a_processor_with_an_event_time_column() {
                     .collect();
                 batches.push(rows);
             }
-            let ctx = ctx_with(partitions);
-            let stream = MemoryStream::new(schema());
-            let sink = MemorySink::new();
-            let checkpoint = tempfile::tempdir().unwrap();
+            let (ctx, stream, sink, checkpoint) = setup(partitions);
             let numbered = ctx
                 .read_stream(stream.clone())
                 .await
@@ -1630,10 +1608,7 @@ async fn a_window_aggregation_after_a_processor_with_an_event_time_column() {
 async fn rows_older_than_the_watermark_are_refused_after_a_processor() {
     use datafusion::functions_aggregate::expr_fn::count;
     use tidemill::engine::window::tumble;
-    let ctx = ctx_with(2);
-    let stream = MemoryStream::new(schema());
-    let sink = MemorySink::new();
-    let checkpoint = tempfile::tempdir().unwrap();
+    let (ctx, stream, sink, checkpoint) = setup(2);
     let df = ctx
         .read_stream(stream.clone())
         .await
