@@ -204,9 +204,19 @@ impl StatefulOperator for DedupOperator {
         Ok(())
     }
 
-    /// Expired keys are evicted when a batch begins; no output waits for
-    /// the watermark, so no batch without data is needed.
-    async fn has_closable_state(&self, _watermark_ms: Option<i64>, _now_ms: i64) -> bool {
-        false
+    /// Expired keys are evicted when a batch begins: as Spark's
+    /// deduplication, a batch without data runs when the watermark has
+    /// passed a key's expiry, so that the state shrinks without waiting for
+    /// new rows (no output waits for it).
+    async fn has_closable_state(&self, watermark_ms: Option<i64>, _now_ms: i64) -> bool {
+        let Some(watermark) = watermark_ms else {
+            return false;
+        };
+        let inner = self.inner.lock().await;
+        inner
+            .state
+            .store
+            .next_expiry()
+            .is_some_and(|at| at <= watermark)
     }
 }
