@@ -73,10 +73,9 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRe
 use arrow::record_batch::RecordBatch;
 use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::*;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use tidemill::prelude::*;
 use tidemill::{PhaseDurations, QueryOptions, QueryProgress, Sink};
+use tidemill_harness::keyed_state::keyed_state_run;
 use tidemill_harness::machine::{flush_file_writes, proc_status_mib};
 use tidemill_harness::results::{
     BenchResult, PHASES, Table, Target, median, phase_cells, total, trim,
@@ -739,77 +738,24 @@ async fn state_run(
         .start()
         .await?;
 
-    // Build: every key 0..keys once, in batches of up to a million.
-    let t = Instant::now();
-    let mut next = 0usize;
-    while next < keys {
-        let end = (next + BUILD_CHUNK).min(keys);
-        stream.push(keyed_batch((next as i64..end as i64).collect())?)?;
-        query.process_all_available().await?;
-        next = end;
-    }
-    let build = t.elapsed();
-    // The build wrote up to gigabytes of deltas; flushed now, their
-    // writeback does not fall into the timed batches.
-    flush_file_writes();
-    let rss_built = proc_status_mib("VmRSS");
-    let built = query.last_progress().expect("built");
-    anyhow::ensure!(
-        built.state_operators[0].num_rows_total == keys as u64,
-        "state holds {} keys, expected {keys}",
-        built.state_operators[0].num_rows_total
-    );
-    let first_timed = built.batch_id + 1;
-
-    // Timed: half random existing keys, half new ones.
-    let mut rng = StdRng::seed_from_u64(7);
-    let mut new_key = keys as i64;
-    let mut expected_total = keys as u64;
-    for _ in 0..config.batches {
-        let mut batch = Vec::with_capacity(config.batch_rows);
-        for j in 0..config.batch_rows {
-            if j % 2 == 0 {
-                batch.push(rng.random_range(0..keys as i64));
-            } else {
-                batch.push(new_key);
-                new_key += 1;
-            }
-        }
-        expected_total += (config.batch_rows / 2) as u64;
-        stream.push(keyed_batch(batch)?)?;
-        query.process_all_available().await?;
-    }
-    let progress: Vec<QueryProgress> = query
-        .recent_progress()
-        .into_iter()
-        .filter(|p| p.batch_id >= first_timed && p.num_input_rows > 0)
-        .collect();
-    let t = Instant::now();
-    query.stop().await?;
-    drop(query);
-    let stop = t.elapsed();
-    anyhow::ensure!(
-        progress.len() == config.batches,
-        "expected {} timed batches, got {}",
+    let run = keyed_state_run(
+        query,
+        &stream,
+        keys,
+        BUILD_CHUNK,
         config.batches,
-        progress.len()
+        config.batch_rows,
+        keyed_batch,
+    )
+    .await?;
+    let (build, rss_built, progress, first_timed, stop) = (
+        run.build,
+        run.rss_built,
+        run.timed,
+        run.first_timed,
+        run.stop,
     );
     let last = &progress.last().expect("timed batches").state_operators[0];
-    anyhow::ensure!(
-        last.num_rows_total == expected_total,
-        "state holds {} keys, expected {expected_total}",
-        last.num_rows_total
-    );
-    for p in &progress {
-        // Update mode emits each changed key once.
-        let distinct = p.state_operators[0].num_rows_updated;
-        anyhow::ensure!(
-            p.num_output_rows == distinct,
-            "batch {}: {} rows out, {distinct} keys updated",
-            p.batch_id,
-            p.num_output_rows
-        );
-    }
     let files = state_files(&chk.join("state").join("0"), first_timed + 1);
     let mut times: Vec<f64> = progress
         .iter()

@@ -94,6 +94,7 @@ use tidemill::processor::{
     ValueState,
 };
 use tidemill::{QueryOptions, QueryProgress, Sink, StreamingQuery};
+use tidemill_harness::keyed_state::keyed_state_run;
 use tidemill_harness::machine::{flush_file_writes, proc_status_mib};
 use tidemill_harness::results::{BenchResult, PHASES, Table, Target, median, phase_cells, total};
 
@@ -902,77 +903,18 @@ async fn state_run(
     let df = Engine::Processor.plan(ctx.read_stream(stream.clone()).await?)?;
     let query = start(df, &sink, chk).await?;
 
-    // Build: every key 0..keys once, in batches of up to `build_rows`.
-    let t = Instant::now();
-    let mut next = 0usize;
-    while next < keys {
-        let end = (next + config.build_rows).min(keys);
-        stream.push(state_batch((next as i64..end as i64).collect())?)?;
-        query.process_all_available().await?;
-        next = end;
-    }
-    let build = t.elapsed();
-    // The build wrote up to gigabytes of deltas; flushed now, their
-    // writeback does not fall into the timed batches.
-    flush_file_writes();
-    let rss_built = proc_status_mib("VmRSS");
-    let built = query.last_progress().expect("built");
-    anyhow::ensure!(
-        built.state_operators[0].num_rows_total == keys as u64,
-        "state holds {} keys, expected {keys}",
-        built.state_operators[0].num_rows_total
-    );
-    let first_timed = built.batch_id + 1;
-
-    // Timed: half random existing keys, half new ones.
-    let mut rng = StdRng::seed_from_u64(7);
-    let mut new_key = keys as i64;
-    let mut expected_total = keys as u64;
-    for _ in 0..config.batches {
-        let mut batch = Vec::with_capacity(config.batch_rows);
-        for j in 0..config.batch_rows {
-            if j % 2 == 0 {
-                batch.push(rng.random_range(0..keys as i64));
-            } else {
-                batch.push(new_key);
-                new_key += 1;
-            }
-        }
-        expected_total += (config.batch_rows / 2) as u64;
-        stream.push(state_batch(batch)?)?;
-        query.process_all_available().await?;
-    }
-    let progress: Vec<QueryProgress> = query
-        .recent_progress()
-        .into_iter()
-        .filter(|p| p.batch_id >= first_timed && p.num_input_rows > 0)
-        .collect();
-    let t = Instant::now();
-    query.stop().await?;
-    drop(query);
-    let stop = t.elapsed();
-    anyhow::ensure!(
-        progress.len() == config.batches,
-        "expected {} timed batches, got {}",
+    let run = keyed_state_run(
+        query,
+        &stream,
+        keys,
+        config.build_rows,
         config.batches,
-        progress.len()
-    );
+        config.batch_rows,
+        state_batch,
+    )
+    .await?;
+    let (build, rss_built, progress, stop) = (run.build, run.rss_built, run.timed, run.stop);
     let last = &progress.last().expect("timed batches").state_operators[0];
-    anyhow::ensure!(
-        last.num_rows_total == expected_total,
-        "state holds {} keys, expected {expected_total}",
-        last.num_rows_total
-    );
-    for p in &progress {
-        // One row per key of the batch, each key's value written once.
-        let distinct = p.state_operators[0].num_rows_updated;
-        anyhow::ensure!(
-            p.num_output_rows == distinct,
-            "batch {}: {} rows out, {distinct} keys updated",
-            p.batch_id,
-            p.num_output_rows
-        );
-    }
     let mut times: Vec<f64> = progress
         .iter()
         .map(|p| p.duration_ms.trigger_execution)

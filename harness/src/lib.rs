@@ -72,6 +72,7 @@ pub mod browser;
 mod histogram;
 #[cfg(feature = "kafka")]
 pub mod kafka_broker;
+pub mod keyed_state;
 pub mod machine;
 mod replay;
 mod report;
