@@ -61,7 +61,6 @@ mod common;
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,7 +82,7 @@ use tidemill::processor::{
     StatefulProcessor, TimeMode, ValueState,
 };
 
-use common::{EXCHANGES, MINUTE_MS, START_MS, SYMBOLS, Trade, trade_schema};
+use common::{EXCHANGES, MINUTE_MS, START_MS, SYMBOLS, Trade, write_file};
 
 /// A session: five minutes of event time, aligned on the epoch (the first
 /// trade's minute, `START_MS`, is a session start).
@@ -381,34 +380,6 @@ fn generate_file(n: usize, rng: &mut impl Rng) -> Vec<Trade> {
         }
     }
     rows.into_iter().map(|(_, t)| t).collect()
-}
-
-/// Writes `rows` as the parquet file `trades-<n>.parquet`: under a dot-name
-/// first, then renamed, so the stream never sees a half-written file.
-fn write_file(dir: &Path, n: usize, rows: &[Trade]) -> anyhow::Result<()> {
-    let batch = RecordBatch::try_new(
-        trade_schema(),
-        vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|t| t.symbol))),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|t| t.exchange),
-            )),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|t| t.price))),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|t| t.quantity),
-            )),
-            Arc::new(TimestampMillisecondArray::from_iter_values(
-                rows.iter().map(|t| t.event_time_ms),
-            )),
-        ],
-    )?;
-    let tmp = dir.join(format!(".trades-{n:04}.parquet.tmp"));
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&tmp)?, trade_schema(), None)?;
-    writer.write(&batch)?;
-    writer.close()?;
-    std::fs::rename(&tmp, dir.join(format!("trades-{n:04}.parquet")))?;
-    Ok(())
 }
 
 /// Runs the streaming job once, until it has processed the files present

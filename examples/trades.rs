@@ -41,18 +41,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
-use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
 use tidemill::QueryProgress;
 use tidemill::prelude::*;
 
-use common::{Key, MINUTE_MS, START_MS, Trade, metrics_by_key, minute_metrics, trade_schema};
+use common::{Key, MINUTE_MS, START_MS, Trade, metrics_by_key, minute_metrics, write_file};
 
 /// Files in the input directory, each covering `SECONDS_PER_FILE` seconds
 /// of trading; the first `FIRST_RUN_FILES` exist when the stream first
@@ -101,34 +98,6 @@ fn generate_file(n: usize, rng: &mut impl Rng) -> (Vec<Trade>, Vec<Trade>) {
         }
     }
     (rows, late)
-}
-
-/// Writes `rows` as the parquet file `trades-<n>.parquet`: under a dot-name
-/// first, then renamed, so the stream never sees a half-written file.
-fn write_file(dir: &Path, n: usize, rows: &[Trade]) -> anyhow::Result<()> {
-    let batch = RecordBatch::try_new(
-        trade_schema(),
-        vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|t| t.symbol))),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|t| t.exchange),
-            )),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|t| t.price))),
-            Arc::new(Int64Array::from_iter_values(
-                rows.iter().map(|t| t.quantity),
-            )),
-            Arc::new(TimestampMillisecondArray::from_iter_values(
-                rows.iter().map(|t| t.event_time_ms),
-            )),
-        ],
-    )?;
-    let tmp = dir.join(format!(".trades-{n:04}.parquet.tmp"));
-    let mut writer =
-        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&tmp)?, trade_schema(), None)?;
-    writer.write(&batch)?;
-    writer.close()?;
-    std::fs::rename(&tmp, dir.join(format!("trades-{n:04}.parquet")))?;
-    Ok(())
 }
 
 /// Runs the streaming job once, until it has processed the files present

@@ -11,9 +11,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::ensure;
-use arrow::array::AsArray;
+use arrow::array::{
+    AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMillisecondType};
 use datafusion::error::Result;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
@@ -179,4 +183,32 @@ pub async fn metrics_by_key(df: DataFrame) -> anyhow::Result<BTreeMap<Key, Metri
         }
     }
     Ok(map)
+}
+
+/// Writes `rows` as the parquet file `trades-<n>.parquet`: under a dot-name
+/// first, then renamed, so the stream never sees a half-written file.
+pub fn write_file(dir: &Path, n: usize, rows: &[Trade]) -> anyhow::Result<()> {
+    let batch = RecordBatch::try_new(
+        trade_schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|t| t.symbol))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|t| t.exchange),
+            )),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|t| t.price))),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|t| t.quantity),
+            )),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                rows.iter().map(|t| t.event_time_ms),
+            )),
+        ],
+    )?;
+    let tmp = dir.join(format!(".trades-{n:04}.parquet.tmp"));
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&tmp)?, trade_schema(), None)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    std::fs::rename(&tmp, dir.join(format!("trades-{n:04}.parquet")))?;
+    Ok(())
 }
