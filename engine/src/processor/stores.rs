@@ -22,8 +22,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{ArrayRef, AsArray, PrimitiveArray};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, Field, Int64Type, Schema, UInt64Type};
 use arrow::row::{RowConverter, SortField};
 use tidemill_state::{CheckpointDir, StateError, StateSchema, StateStore, StateStoreConfig};
 
@@ -31,9 +31,40 @@ use super::variables::{VariableKind, VariableSpec};
 use crate::stateful::OperatorStore;
 use crate::{Result, TidemillError};
 
-/// Row-encodes one column of `data_type`.
-fn single(data_type: DataType) -> RowConverter {
-    RowConverter::new(vec![SortField::new(data_type)]).expect("a primitive type has a row format")
+/// The row encoding of one number (a list element's position, a timer's
+/// time), as the keys that end with it hold it.
+#[derive(Debug)]
+struct NumberRows<T> {
+    converter: RowConverter,
+    _type: std::marker::PhantomData<T>,
+}
+
+impl<T: ArrowPrimitiveType> NumberRows<T> {
+    fn new() -> Self {
+        Self {
+            converter: RowConverter::new(vec![SortField::new(T::DATA_TYPE)])
+                .expect("a primitive type has a row format"),
+            _type: std::marker::PhantomData,
+        }
+    }
+
+    fn encode(&self, value: T::Native) -> Vec<u8> {
+        let column: ArrayRef = Arc::new(PrimitiveArray::<T>::from_iter_values([value]));
+        let rows = self
+            .converter
+            .convert_columns(&[column])
+            .expect("a number encodes");
+        rows.row(0).as_ref().to_vec()
+    }
+
+    fn decode(&self, bytes: &[u8]) -> T::Native {
+        let parser = self.converter.parser();
+        let columns = self
+            .converter
+            .convert_rows([parser.parse(bytes)])
+            .expect("a number decodes");
+        columns[0].as_primitive::<T>().value(0)
+    }
 }
 
 /// Opens a processor's store, refusing another layout with a message that
@@ -204,7 +235,7 @@ pub(crate) struct VariableStore {
     /// Encodes grouping keys (for splitting a map's keys).
     group: Arc<RowConverter>,
     group_columns: usize,
-    positions: RowConverter,
+    positions: NumberRows<UInt64Type>,
 }
 
 impl VariableStore {
@@ -259,7 +290,7 @@ impl VariableStore {
             composite,
             group,
             group_columns: key_fields.len(),
-            positions: single(DataType::UInt64),
+            positions: NumberRows::new(),
         };
         opened.rebuild_index()?;
         Ok(opened)
@@ -420,33 +451,15 @@ impl VariableStore {
             .index
             .get(group)
             .and_then(|parts| parts.last())
-            .map(|last| self.position_of(last) + 1)
+            .map(|last| self.positions.decode(last) + 1)
             .unwrap_or(0);
         for (i, value) in values.iter().enumerate() {
-            let part = self.position(next + i as u64);
+            let part = self.positions.encode(next + i as u64);
             let mut key = group.to_vec();
             key.extend_from_slice(&part);
             self.put(&key, value, now_ms);
             self.index.entry(group.to_vec()).or_default().insert(part);
         }
-    }
-
-    fn position(&self, position: u64) -> Vec<u8> {
-        let column: ArrayRef = Arc::new(UInt64Array::from(vec![position]));
-        let rows = self
-            .positions
-            .convert_columns(&[column])
-            .expect("a u64 column encodes");
-        rows.row(0).as_ref().to_vec()
-    }
-
-    fn position_of(&self, part: &[u8]) -> u64 {
-        let parser = self.positions.parser();
-        let columns = self
-            .positions
-            .convert_rows([parser.parse(part)])
-            .expect("a position decodes");
-        arrow::array::AsArray::as_primitive::<arrow::datatypes::UInt64Type>(&columns[0]).value(0)
     }
 
     /// The value of `group`'s map key `part`.
@@ -518,7 +531,7 @@ pub(crate) struct TimerStore {
     pub state: OperatorStore,
     by_group: HashMap<Vec<u8>, BTreeSet<i64>>,
     by_time: BTreeSet<(i64, Vec<u8>)>,
-    times: RowConverter,
+    times: NumberRows<Int64Type>,
 }
 
 impl TimerStore {
@@ -536,7 +549,7 @@ impl TimerStore {
             state: OperatorStore::new(store),
             by_group: HashMap::new(),
             by_time: BTreeSet::new(),
-            times: single(DataType::Int64),
+            times: NumberRows::new(),
         };
         timers.rebuild_index();
         Ok(timers)
@@ -549,7 +562,7 @@ impl TimerStore {
         let keys: Vec<Vec<u8>> = self.state.store.iter().map(|e| e.key.to_vec()).collect();
         for key in keys {
             let split = key.len() - POSITION_BYTES;
-            let time = self.time_of(&key[split..]);
+            let time = self.times.decode(&key[split..]);
             self.index(key[..split].to_vec(), time);
         }
     }
@@ -559,27 +572,9 @@ impl TimerStore {
         self.by_time.insert((time, group));
     }
 
-    fn encode_time(&self, time: i64) -> Vec<u8> {
-        let column: ArrayRef = Arc::new(Int64Array::from(vec![time]));
-        let rows = self
-            .times
-            .convert_columns(&[column])
-            .expect("an i64 column encodes");
-        rows.row(0).as_ref().to_vec()
-    }
-
-    fn time_of(&self, part: &[u8]) -> i64 {
-        let parser = self.times.parser();
-        let columns = self
-            .times
-            .convert_rows([parser.parse(part)])
-            .expect("a time decodes");
-        arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(&columns[0]).value(0)
-    }
-
     fn key(&self, group: &[u8], time: i64) -> Vec<u8> {
         let mut key = group.to_vec();
-        key.extend_from_slice(&self.encode_time(time));
+        key.extend_from_slice(&self.times.encode(time));
         key
     }
 
