@@ -90,22 +90,7 @@ impl Codec {
 
     /// `value` as row bytes.
     pub fn encode<T: Serialize>(&self, value: &T) -> ProcessorResult<Vec<u8>> {
-        let columns = {
-            let mut builder = self
-                .builder
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let pushed = if self.wrapped {
-                builder.push(Item(value))
-            } else {
-                builder.push(value)
-            };
-            // Taken either way, so that a failed push leaves nothing behind.
-            let columns = builder.to_arrow();
-            pushed?;
-            columns?
-        };
-        let rows = self.converter.convert_columns(&columns)?;
+        let rows = self.encode_many(std::iter::once(value))?;
         Ok(rows.row(0).as_ref().to_vec())
     }
 

@@ -424,7 +424,8 @@ impl ProcessorOperator {
         let rows = self.group.convert_columns(&columns)?;
         let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
         order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
-        let indices = UInt32Array::from(order.clone());
+        let indices = UInt32Array::from(order);
+        let order = indices.values();
         let sorted = take_record_batch(batch, &indices)?;
         let keys = RecordBatch::try_new(
             Arc::clone(&self.key_schema),

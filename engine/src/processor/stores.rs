@@ -77,16 +77,22 @@ async fn open_store(
 ) -> Result<StateStore> {
     StateStore::open(dir.clone(), schema, StateStoreConfig::default(), version)
         .await
-        .map_err(|e| match e {
-            StateError::Incompatible { .. } => TidemillError::CheckpointMismatch {
-                location: dir.root().to_string(),
-                reason: format!(
-                    "{what} no longer matches its saved state ({e}); restore the previous \
-                     processor or start the query with a new checkpoint"
-                ),
-            },
-            other => other.into(),
-        })
+        .map_err(|e| layout_changed(&dir, what, e))
+}
+
+/// `e`, a store of the processor failing to open; a layout the store
+/// refuses is said as the query's checkpoint not matching `what`.
+fn layout_changed(dir: &CheckpointDir, what: &str, e: StateError) -> TidemillError {
+    match e {
+        StateError::Incompatible { .. } => TidemillError::CheckpointMismatch {
+            location: dir.root().to_string(),
+            reason: format!(
+                "{what} no longer matches its saved state ({e}); restore the previous \
+                 processor or start the query with a new checkpoint"
+            ),
+        },
+        other => other.into(),
+    }
 }
 
 /// Opens a state variable's store at `version`: created empty there if the
@@ -113,16 +119,7 @@ async fn open_variable(
     let (mut store, old) =
         StateStore::open_evolving(dir.clone(), schema, StateStoreConfig::default(), version)
             .await
-            .map_err(|e| match e {
-                StateError::Incompatible { .. } => TidemillError::CheckpointMismatch {
-                    location: dir.root().to_string(),
-                    reason: format!(
-                        "{what} no longer matches its saved state ({e}); restore the previous \
-                         processor or start the query with a new checkpoint"
-                    ),
-                },
-                other => other.into(),
-            })?;
+            .map_err(|e| layout_changed(&dir, &what, e))?;
     let Some(old) = old else {
         return Ok(store);
     };
