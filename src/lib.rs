@@ -57,8 +57,8 @@ pub mod sql;
 pub mod status;
 
 pub use tidemill_connectors::{
-    ConsoleSink, FileFormat, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
-    RateSource,
+    ConsoleSink, FileFormat, FileSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream,
+    ParquetSink, RateSource,
 };
 #[cfg(feature = "kafka")]
 pub use tidemill_connectors::{KafkaSink, KafkaSource};
@@ -75,7 +75,7 @@ pub mod prelude {
     #[cfg(feature = "kafka")]
     pub use tidemill_connectors::kafka::StartingOffsets;
     pub use tidemill_connectors::{
-        ConsoleSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
+        ConsoleSink, FileSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
         RateSource,
     };
     #[cfg(feature = "kafka")]

@@ -16,8 +16,9 @@
 //!   [`kafka`]; with the `kafka` feature).
 //!
 //! Sinks:
-//! - [`ParquetSink`]: parquet files with a manifest of committed batches,
-//!   exactly-once.
+//! - [`FileSink`] (also known as [`ParquetSink`]): parquet, JSON-lines or
+//!   CSV files, optionally partitioned into Hive-style `column=value/`
+//!   directories, with a manifest of committed batches, exactly-once.
 //! - [`ConsoleSink`]: pretty-printed batches on standard output.
 //! - [`MemorySink`]: results kept in memory, queryable as a table.
 //! - [`ForeachBatchSink`]: a closure called with each batch as a DataFrame.
@@ -44,24 +45,24 @@
 pub mod conformance;
 mod console_sink;
 mod failpoint;
+mod file_sink;
 mod file_source;
 mod foreach_batch;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 mod memory_sink;
 mod memory_source;
-mod parquet_sink;
 mod rate_source;
 pub mod registry;
 
 pub use console_sink::ConsoleSink;
+pub use file_sink::{CsvLayout, FileSink, ManifestEntry, ManifestFile, ParquetSink};
 pub use file_source::{FileFormat, FileSource};
 pub use foreach_batch::{ForeachBatchError, ForeachBatchSink};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaSink, KafkaSource};
 pub use memory_sink::MemorySink;
 pub use memory_source::MemoryStream;
-pub use parquet_sink::{ManifestEntry, ManifestFile, ParquetSink};
 pub use rate_source::RateSource;
 pub use registry::{
     ConnectorOptions, ConnectorRegistry, DeclaredSink, OptionError, Position, SinkConnector,

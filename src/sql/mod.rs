@@ -306,6 +306,9 @@ impl Prepared {
         self.spec
             .declared
             .check_output_mode(self.spec.output_mode)?;
+        self.spec
+            .declared
+            .check_schema(self.df.schema().as_arrow())?;
         if !self.df.is_streaming() {
             return Err(TidemillError::Unsupported {
                 operator: format!("INSERT INTO {}", self.sink),
@@ -446,6 +449,11 @@ impl Pipeline {
                 error,
             };
             let schema: SchemaRef = Arc::new(prepared.df.schema().as_arrow().clone());
+            prepared
+                .spec
+                .declared
+                .check_schema(&schema)
+                .map_err(|e| prepared.rejected(e))?;
             let batches = prepared
                 .df
                 .collect()
@@ -475,8 +483,9 @@ impl Pipeline {
     /// How each `INSERT INTO` would run as a stream: its output mode,
     /// watermarks, stateful operator and per-batch plan, or why it cannot
     /// run: its sink does not take its output mode (a `files` sink takes
-    /// `append` only), it reads no stream, or the engine cannot run it
-    /// incrementally.
+    /// `append` only) or its output (a `files` sink's partition column the
+    /// output does not have), it reads no stream, or the engine cannot run
+    /// it incrementally.
     pub async fn explain(&self, ctx: &SessionContext) -> Result<Vec<Explanation>, PipelineError> {
         let mut explained = Vec::new();
         for prepared in self.prepare(ctx, Reading::Stream).await? {

@@ -441,7 +441,7 @@ async fn a_files_sink_on_a_regular_file_fails_at_once_naming_its_path() {
     let err = result.unwrap_err().to_string();
     assert!(
         err.contains(&format!(
-            "sink ParquetSink[file://{}]: batch 0: ",
+            "sink FileSink[parquet: file://{}]: batch 0: ",
             out.display()
         )) && err.contains("Not a directory"),
         "{err}"

@@ -115,8 +115,11 @@ const INFER_MAX_RECORDS: usize = 1000;
 /// How many files of one batch are fetched concurrently.
 const READ_CONCURRENCY: usize = 4;
 
-/// The format of the files a [`FileSource`] reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The format of the files a [`FileSource`] reads or a
+/// [`FileSink`](crate::FileSink) writes. In a sink's manifest it is written
+/// as its [name](FileFormat::name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FileFormat {
     /// Apache Parquet files; the schema is taken from the file footer.
     Parquet,
@@ -128,7 +131,7 @@ pub enum FileFormat {
 
 impl FileFormat {
     /// The format's short name (`parquet`, `csv`, `json`), as used in the
-    /// source's description.
+    /// descriptions of sources and sinks and in pipeline options.
     pub fn name(self) -> &'static str {
         match self {
             FileFormat::Parquet => "parquet",

@@ -18,7 +18,7 @@ mod options;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use tidemill_engine::{OutputMode, Result, Sink, Source};
@@ -80,6 +80,15 @@ pub trait DeclaredSink: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Refuses a query whose output (of `schema`) the sink cannot write,
+    /// naming the column at fault (a `files` sink's partition column that
+    /// the output does not have, say). Checked before a query starts, in a
+    /// streaming run and a batch run alike, so such a mistake is reported
+    /// before any work is done.
+    fn check_schema(&self, _schema: &Schema) -> Result<()> {
+        Ok(())
+    }
+
     /// The sink of one query. `checkpoint` is the streaming query's
     /// checkpoint directory, where a sink may keep a log of its own (in
     /// `<checkpoint>/sink`); a batch run has none.
@@ -115,7 +124,7 @@ impl ConnectorRegistry {
         registry.register_stream("rate", Arc::new(crate::rate_source::RateConnector));
         #[cfg(feature = "kafka")]
         registry.register_stream("kafka", Arc::new(crate::kafka::KafkaConnector));
-        registry.register_sink("files", Arc::new(crate::parquet_sink::FilesSinkConnector));
+        registry.register_sink("files", Arc::new(crate::file_sink::FilesSinkConnector));
         registry.register_sink("console", Arc::new(crate::console_sink::ConsoleConnector));
         #[cfg(feature = "kafka")]
         registry.register_sink("kafka", Arc::new(crate::kafka::KafkaConnector));
