@@ -84,9 +84,10 @@ fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
 /// The local file system (as [`LocalFileSystem::new`], paths absolute)
 /// with [`Durability::Machine`] writes: every put writes a staging file
 /// (`<name>#<n>`, which listings skip, as `LocalFileSystem`'s own), syncs
-/// it, moves it into place and syncs the directory; a rename or copy syncs
-/// the target file and its directory. Reads, listings and deletes are
-/// `LocalFileSystem`'s.
+/// it, moves it into place and syncs the directory (a directory it has to
+/// create first, it creates and makes durable in its parent); a rename or
+/// copy syncs the target file and its directory. Reads, listings and
+/// deletes are `LocalFileSystem`'s.
 #[derive(Debug)]
 pub struct MachineDurableFs {
     inner: LocalFileSystem,
@@ -155,10 +156,34 @@ impl std::fmt::Display for MachineDurableFs {
     }
 }
 
-/// Writes `payload` to `path` durably: staging file, sync, move, sync dir.
+/// Creates the directory `dir` and its missing ancestors, and syncs the
+/// parent of each directory it created, so that a file written in a new
+/// directory (a sink's new partition directory, a checkpoint's first
+/// file) is not lost with its directory's name on power loss. Returns the
+/// directories it created, outermost first.
+fn create_dir_all_durably(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    if dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut missing = Vec::new();
+    let mut next = Some(dir);
+    while let Some(current) = next.filter(|d| !d.exists()) {
+        missing.push(current.to_path_buf());
+        next = current.parent();
+    }
+    missing.reverse();
+    std::fs::create_dir_all(dir)?;
+    for created in &missing {
+        sync_dir(parent_of(created))?;
+    }
+    Ok(missing)
+}
+
+/// Writes `payload` to `path` durably: staging file, sync, move, sync dir
+/// (and the parents of directories it had to create).
 fn put_durably(path: &std::path::Path, payload: PutPayload, mode: PutMode) -> std::io::Result<()> {
     let dir = parent_of(path);
-    std::fs::create_dir_all(dir)?;
+    create_dir_all_durably(dir)?;
     let (mut staging_file, staging) = (1u64..)
         .find_map(|n| {
             let mut name = path.as_os_str().to_owned();
@@ -356,6 +381,29 @@ mod tests {
         assert_eq!(names, ["x", "y"]);
         let listed = store.list_with_delimiter(Some(&at("a"))).await.unwrap();
         assert_eq!(listed.objects.len(), 2);
+    }
+
+    #[test]
+    fn new_directories_are_created_and_their_parents_synced() {
+        let root = tempfile::tempdir().unwrap();
+        let deep = root.path().join("out/day=1/sym=a%2Fb");
+        let before = sync_calls();
+        let created = create_dir_all_durably(&deep).unwrap();
+        assert_eq!(
+            created,
+            [
+                root.path().join("out"),
+                root.path().join("out/day=1"),
+                deep.clone()
+            ]
+        );
+        assert!(deep.is_dir());
+        // One sync per parent: the root, out and out/day=1.
+        assert!(sync_calls() - before >= 3);
+        // An existing directory costs nothing more.
+        assert!(create_dir_all_durably(&deep).unwrap().is_empty());
+        let sibling = root.path().join("out/day=2");
+        assert_eq!(create_dir_all_durably(&sibling).unwrap(), [sibling]);
     }
 
     #[test]
