@@ -90,8 +90,8 @@ use rand::{Rng, SeedableRng};
 use serde::de::DeserializeOwned;
 use tidemill::prelude::*;
 use tidemill::processor::{
-    GroupKey, ProcessorContext, ProcessorResult, StateDeclarations, StatefulProcessor, TimeMode,
-    ValueState,
+    GroupKey, KeyRows, ProcessorContext, ProcessorResult, StateDeclarations, StatefulProcessor,
+    TimeMode, ValueState,
 };
 use tidemill::{QueryOptions, QueryProgress, Sink, StreamingQuery};
 use tidemill_harness::keyed_state::keyed_state_run;
@@ -227,27 +227,25 @@ impl StatefulProcessor for RunningSum {
     fn handle_input_rows(
         &mut self,
         key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
-        let values = rows
-            .column_by_name("value")
-            .ok_or("no column 'value'")?
-            .as_primitive::<Int64Type>();
+        // One column of the key's rows, without building a batch of them.
+        let values = rows.primitive::<Int64Type>("value")?;
         let mut running = self.running.get(ctx)?.unwrap_or_default();
         running.sum += values.values().iter().sum::<i64>();
         running.count += rows.num_rows() as i64;
         self.running.set(ctx, &running)?;
-        // The key column as it comes (no decoding into a Rust value).
-        let key = key.column("key").ok_or("no key column 'key'")?;
         if !self.batches {
             ctx.emit(&Out {
-                key: key.as_primitive::<Int64Type>().value(0),
+                key: key.primitive::<Int64Type>("key")?.ok_or("a null key")?,
                 sum: running.sum,
                 count: running.count,
             })?;
             return Ok(Vec::new());
         }
+        // The key column as it comes (no decoding into a Rust value).
+        let key = key.column("key").ok_or("no key column 'key'")?;
         Ok(vec![RecordBatch::try_new(
             Arc::clone(&self.schema),
             vec![

@@ -78,8 +78,8 @@ use serde::{Deserialize, Serialize};
 use tidemill::QueryProgress;
 use tidemill::prelude::*;
 use tidemill::processor::{
-    ExpiredTimer, GroupKey, MapState, ProcessorContext, ProcessorResult, StateDeclarations,
-    StatefulProcessor, TimeMode, ValueState,
+    ExpiredTimer, GroupKey, KeyRows, MapState, ProcessorContext, ProcessorResult,
+    StateDeclarations, StatefulProcessor, TimeMode, ValueState,
 };
 
 use common::{EXCHANGES, MINUTE_MS, START_MS, SYMBOLS, Trade, write_file};
@@ -254,7 +254,7 @@ impl StatefulProcessor for SessionVwap {
     fn handle_input_rows(
         &mut self,
         key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         let symbol: String = key.decode()?;

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use tidemill::engine::{Durability, QueryOptions};
 use tidemill::prelude::*;
 use tidemill::processor::{
-    ExpiredTimer, GroupKey, ListState, MapState, ProcessorContext, ProcessorResult,
+    ExpiredTimer, GroupKey, KeyRows, ListState, MapState, ProcessorContext, ProcessorResult,
     StateDeclarations, StatefulProcessor, TimeMode, ValueState,
 };
 
@@ -163,7 +163,7 @@ impl StatefulProcessor for TenSecondTotals {
     fn handle_input_rows(
         &mut self,
         _key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         let prices = rows.column(1).as_primitive::<Float64Type>();

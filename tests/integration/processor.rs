@@ -16,7 +16,7 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRe
 use datafusion::prelude::*;
 use tidemill::prelude::*;
 use tidemill::processor::{
-    ExpiredTimer, GroupKey, ListState, MapState, ProcessorContext, ProcessorResult,
+    ExpiredTimer, GroupKey, KeyRows, ListState, MapState, ProcessorContext, ProcessorResult,
     StateDeclarations, StatefulProcessor, TimeMode, ValueState,
 };
 use tidemill::{QueryOptions, StreamingQuery, TidemillError};
@@ -66,7 +66,7 @@ impl StatefulProcessor for Tally {
     fn handle_input_rows(
         &mut self,
         key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         let prices = rows.column(1).as_primitive::<Float64Type>();
@@ -280,7 +280,7 @@ impl StatefulProcessor for Sessions {
     fn handle_input_rows(
         &mut self,
         _key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         let times = rows
@@ -462,7 +462,7 @@ impl StatefulProcessor for Reminder {
     fn handle_input_rows(
         &mut self,
         _key: &GroupKey,
-        _rows: &RecordBatch,
+        _rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         ctx.register_timer(ctx.processing_time_ms() + 300)?;
@@ -559,7 +559,7 @@ impl StatefulProcessor for Remember {
     fn handle_input_rows(
         &mut self,
         key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         let previous = self.last.get(ctx)?;
@@ -660,7 +660,7 @@ impl StatefulProcessor for Seeded {
     fn handle_input_rows(
         &mut self,
         key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         self.0.handle_input_rows(key, rows, ctx)
@@ -669,7 +669,7 @@ impl StatefulProcessor for Seeded {
     fn handle_initial_state(
         &mut self,
         _key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<()> {
         let seed = rows.column_by_name("count").unwrap();
@@ -768,7 +768,7 @@ impl StatefulProcessor for WrongType {
     fn handle_input_rows(
         &mut self,
         key: &GroupKey,
-        _rows: &RecordBatch,
+        _rows: &KeyRows<'_>,
         _ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         let symbol: String = key.decode()?;
@@ -925,7 +925,7 @@ impl StatefulProcessor for Confused {
     fn handle_input_rows(
         &mut self,
         _key: &GroupKey,
-        _rows: &RecordBatch,
+        _rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         self.declared.set(ctx, &1)?;
@@ -999,7 +999,7 @@ where
     fn handle_input_rows(
         &mut self,
         key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         let acc = (self.step)(self.acc.get(ctx)?, rows.num_rows() as i64);
@@ -1084,7 +1084,7 @@ async fn state_schema_evolution_keeps_readable_state_and_refuses_the_rest() {
             fn handle_input_rows(
                 &mut self,
                 k: &GroupKey,
-                r: &RecordBatch,
+                r: &KeyRows<'_>,
                 c: &mut ProcessorContext<'_>,
             ) -> ProcessorResult<Vec<RecordBatch>> {
                 self.0.handle_input_rows(k, r, c)
@@ -1219,7 +1219,7 @@ impl StatefulProcessor for RunningTotals {
     fn handle_input_rows(
         &mut self,
         key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         let prices = rows.column(1).as_primitive::<Float64Type>();
@@ -1335,7 +1335,7 @@ impl StatefulProcessor for CountToThree {
     fn handle_input_rows(
         &mut self,
         key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         let before = if self.count.exists(ctx)? {
@@ -1445,7 +1445,7 @@ impl StatefulProcessor for Numbered {
     fn handle_input_rows(
         &mut self,
         _key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         let before = self.count.get(ctx)?.unwrap_or(0);

@@ -24,7 +24,7 @@ use tidemill::engine::Location;
 use tidemill::engine::window::tumble;
 use tidemill::prelude::*;
 use tidemill::processor::{
-    GroupKey, ListState, MapState, ProcessorContext, ProcessorResult, StateDeclarations,
+    GroupKey, KeyRows, ListState, MapState, ProcessorContext, ProcessorResult, StateDeclarations,
     StatefulProcessor, TimeMode, ValueState,
 };
 use tidemill::{QueryOptions, StreamingQuery, TidemillError};
@@ -1263,7 +1263,7 @@ impl StatefulProcessor for Tally {
     fn handle_input_rows(
         &mut self,
         key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         let count = self.count.get(ctx)?.unwrap_or(0) + rows.num_rows() as i64;

@@ -4,79 +4,15 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, Schema};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde::de::DeserializeOwned;
-use serde_arrow::utils::Item;
 
+use super::input::{BatchInput, GroupKey};
 use super::slots::{BatchValues, ValueSlots};
 use super::stores::{TimerStore, VariableStore};
 use super::variables::VariableKind;
 use super::{ProcessorResult, TimeMode};
-
-/// The grouping key a callback is called for: one row of the key columns.
-#[derive(Debug, Clone)]
-pub struct GroupKey {
-    row: RecordBatch,
-}
-
-impl GroupKey {
-    pub(crate) fn new(row: RecordBatch) -> Self {
-        Self { row }
-    }
-
-    /// The key as a one-row batch of the key columns.
-    pub fn batch(&self) -> &RecordBatch {
-        &self.row
-    }
-
-    /// The key column `name`, one row long.
-    pub fn column(&self, name: &str) -> Option<&ArrayRef> {
-        self.row.column_by_name(name)
-    }
-
-    /// The key as a Rust value: for one key column, its value's type (e.g.
-    /// `String`, `i64`); for several, a struct with a field per column.
-    pub fn decode<T: DeserializeOwned>(&self) -> ProcessorResult<T> {
-        if self.row.num_columns() == 1 {
-            let field = self.row.schema().field(0).clone().with_name("item");
-            let item = RecordBatch::try_new(
-                Arc::new(Schema::new(vec![field])),
-                vec![Arc::clone(self.row.column(0))],
-            )?;
-            if let Ok(mut values) = serde_arrow::from_record_batch::<Vec<Item<T>>>(&item)
-                && let Some(Item(value)) = values.pop()
-            {
-                return Ok(value);
-            }
-        }
-        let mut values: Vec<T> = serde_arrow::from_record_batch(&self.row)?;
-        values
-            .pop()
-            .ok_or_else(|| "a grouping key has one row".into())
-    }
-}
-
-impl fmt::Display for GroupKey {
-    /// `name=value` per key column, comma-separated.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let options = FormatOptions::default().with_null("null");
-        let schema = self.row.schema();
-        for (i, (field, column)) in schema.fields().iter().zip(self.row.columns()).enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            match ArrayFormatter::try_new(column.as_ref(), &options) {
-                Ok(formatter) => write!(f, "{}={}", field.name(), formatter.value(0))?,
-                Err(_) => write!(f, "{}=?", field.name())?,
-            }
-        }
-        Ok(())
-    }
-}
 
 /// A timer that is due, given to
 /// [`StatefulProcessor::handle_expired_timer`](super::StatefulProcessor::handle_expired_timer).
@@ -95,7 +31,7 @@ pub struct ExpiredTimer {
 #[derive(Debug)]
 pub(crate) struct Stores {
     pub variables: Vec<VariableStore>,
-    pub by_name: HashMap<String, usize>,
+    pub by_name: HashMap<String, usize, foldhash::fast::RandomState>,
     pub timers: TimerStore,
     pub time_mode: TimeMode,
     pub processing_time_ms: i64,
@@ -107,10 +43,8 @@ pub(crate) struct Stores {
     pub timers_registered: u64,
     pub timers_deleted: u64,
     pub timers_fired: u64,
-    /// The keys of the batch's input rows, in the order their callbacks run.
-    pub batch_groups: Vec<Vec<u8>>,
-    /// Per variable, its values for those keys once a callback read or
-    /// wrote one (value variables only).
+    /// Per variable, its values for the batch's input keys once a
+    /// callback read or wrote one (value variables only).
     pub slots: Vec<Option<Box<dyn BatchValues>>>,
 }
 
@@ -121,18 +55,14 @@ impl fmt::Debug for dyn BatchValues {
 }
 
 impl Stores {
-    /// Writes the batch's values held in slots back to their variables.
-    pub fn flush_slots(&mut self) -> ProcessorResult<()> {
+    /// Writes the batch's values held in slots (for `input`'s keys) back
+    /// to their variables.
+    pub fn flush_slots(&mut self, input: &BatchInput) -> ProcessorResult<()> {
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if let Some(mut values) = slot.take() {
-                values.flush(
-                    &mut self.variables[i],
-                    &self.batch_groups,
-                    self.processing_time_ms,
-                )?;
+                values.flush(&mut self.variables[i], input, self.processing_time_ms)?;
             }
         }
-        self.batch_groups.clear();
         Ok(())
     }
 }
@@ -143,9 +73,9 @@ pub struct ProcessorContext<'a> {
     group: &'a [u8],
     key: &'a GroupKey,
     stores: &'a mut Stores,
-    /// The key's place among the batch's input keys (`None` in a timer's
-    /// or the initial state's callback).
-    ordinal: Option<usize>,
+    /// The batch's input and the key's place among its keys (`None` in a
+    /// timer's or the initial state's callback).
+    input: Option<(&'a BatchInput, usize)>,
 }
 
 impl fmt::Debug for ProcessorContext<'_> {
@@ -164,18 +94,22 @@ impl<'a> ProcessorContext<'a> {
             group,
             key,
             stores,
-            ordinal: None,
+            input: None,
         }
     }
 
-    /// The context of the batch's `ordinal`th input key (its bytes are
-    /// `stores.batch_groups[ordinal]`).
-    pub(crate) fn for_input(key: &'a GroupKey, stores: &'a mut Stores, ordinal: usize) -> Self {
+    /// The context of `input`'s `ordinal`th key.
+    pub(crate) fn for_input(
+        input: &'a BatchInput,
+        ordinal: usize,
+        key: &'a GroupKey,
+        stores: &'a mut Stores,
+    ) -> Self {
         Self {
-            group: &[],
+            group: input.group(ordinal),
             key,
             stores,
-            ordinal: Some(ordinal),
+            input: Some((input, ordinal)),
         }
     }
 
@@ -189,7 +123,7 @@ impl<'a> ProcessorContext<'a> {
     where
         T: serde::Serialize + DeserializeOwned + Send + 'static,
     {
-        let Some(ordinal) = self.ordinal else {
+        let Some((input, ordinal)) = self.input else {
             return Ok(None);
         };
         let i = self.index(name)?;
@@ -200,7 +134,7 @@ impl<'a> ProcessorContext<'a> {
         )?;
         let stores = &mut *self.stores;
         if stores.slots[i].is_none() {
-            let loaded = ValueSlots::<T>::load(&stores.variables[i], &stores.batch_groups)?;
+            let loaded = ValueSlots::<T>::load(&stores.variables[i], input)?;
             stores.slots[i] = Some(Box::new(loaded));
         }
         let slots = stores.slots[i]
@@ -246,12 +180,7 @@ impl<'a> ProcessorContext<'a> {
     /// past it (at the earliest the next batch).
     pub fn register_timer(&mut self, time_ms: i64) -> ProcessorResult<()> {
         self.timers_allowed()?;
-        let stores = &mut *self.stores;
-        let group = match self.ordinal {
-            Some(i) => stores.batch_groups[i].as_slice(),
-            None => self.group,
-        };
-        if stores.timers.register(group, time_ms) {
+        if self.stores.timers.register(self.group, time_ms) {
             self.stores.timers_registered += 1;
         }
         Ok(())
@@ -261,12 +190,7 @@ impl<'a> ProcessorContext<'a> {
     /// was one. A deleted timer never fires.
     pub fn delete_timer(&mut self, time_ms: i64) -> ProcessorResult<bool> {
         self.timers_allowed()?;
-        let stores = &mut *self.stores;
-        let group = match self.ordinal {
-            Some(i) => stores.batch_groups[i].as_slice(),
-            None => self.group,
-        };
-        let deleted = stores.timers.delete(group, time_ms);
+        let deleted = self.stores.timers.delete(self.group, time_ms);
         self.stores.timers_deleted += u64::from(deleted);
         Ok(deleted)
     }
@@ -289,10 +213,7 @@ impl<'a> ProcessorContext<'a> {
     }
 
     pub(crate) fn group(&self) -> &[u8] {
-        match self.ordinal {
-            Some(i) => &self.stores.batch_groups[i],
-            None => self.group,
-        }
+        self.group
     }
 
     fn index(&self, name: &str) -> ProcessorResult<usize> {

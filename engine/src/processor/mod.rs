@@ -52,6 +52,7 @@
 mod codec;
 mod context;
 mod exec;
+mod input;
 mod node;
 mod operator;
 mod slots;
@@ -61,8 +62,9 @@ mod variables;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-pub use context::{ExpiredTimer, GroupKey, ProcessorContext};
+pub use context::{ExpiredTimer, ProcessorContext};
 pub(crate) use exec::ProcessorExec;
+pub use input::{GroupKey, KeyRows};
 pub use node::TransformWithStateNode;
 pub(crate) use operator::ProcessorOperator;
 pub use variables::{
@@ -133,7 +135,7 @@ impl std::fmt::Display for TimeMode {
 ///     fn handle_input_rows(
 ///         &mut self,
 ///         key: &GroupKey,
-///         rows: &RecordBatch,
+///         rows: &KeyRows<'_>,
 ///         ctx: &mut ProcessorContext<'_>,
 ///     ) -> ProcessorResult<Vec<RecordBatch>> {
 ///         let count = self.count.get(ctx)?.unwrap_or(0) + rows.num_rows() as i64;
@@ -163,7 +165,7 @@ pub trait StatefulProcessor: Send + 'static {
     fn handle_input_rows(
         &mut self,
         key: &GroupKey,
-        rows: &RecordBatch,
+        rows: &KeyRows<'_>,
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>>;
 
@@ -183,7 +185,7 @@ pub trait StatefulProcessor: Send + 'static {
     fn handle_initial_state(
         &mut self,
         _key: &GroupKey,
-        _rows: &RecordBatch,
+        _rows: &KeyRows<'_>,
         _ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<()> {
         Err(

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
-use arrow::compute::{cast, concat_batches, filter_record_batch, take_record_batch};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::{cast, concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
@@ -14,6 +14,7 @@ use tidemill_state::CheckpointDir;
 use tokio::sync::Mutex;
 
 use super::context::{Stores, key_fields};
+use super::input::BatchInput;
 use super::node::ProcessorHandle;
 use super::stores::{TimerStore, VariableStore};
 use super::{
@@ -109,7 +110,7 @@ impl ProcessorOperator {
                 })?;
         }
         let mut variables = Vec::with_capacity(declarations.specs.len());
-        let mut by_name = HashMap::new();
+        let mut by_name = HashMap::with_hasher(foldhash::fast::RandomState::default());
         for spec in declarations.specs {
             by_name.insert(spec.name.clone(), variables.len());
             let child = dir.child(&spec.name);
@@ -195,7 +196,6 @@ impl ProcessorOperator {
                     timers_registered: 0,
                     timers_deleted: 0,
                     timers_fired: 0,
-                    batch_groups: Vec::new(),
                     slots: Vec::new(),
                 },
                 late_ms: None,
@@ -232,23 +232,20 @@ impl ProcessorOperator {
             let _ = inner.stores.output.to_arrow();
         }
         let mut output = Vec::new();
-        let (groups, keys_and_rows): (Vec<_>, Vec<_>) = self
-            .groups(&batch)?
-            .into_iter()
-            .map(|(group, key, rows)| (group, (key, rows)))
-            .unzip();
+        let input = self.group(&batch)?;
         let stores = &mut inner.stores;
-        stores.batch_groups = groups;
         stores.slots.clear();
         stores.slots.resize_with(stores.variables.len(), || None);
-        for (ordinal, (key, rows)) in keys_and_rows.iter().enumerate() {
-            let mut ctx = ProcessorContext::for_input(key, &mut inner.stores, ordinal);
+        for ordinal in 0..input.len() {
+            let key = input.key(ordinal);
+            let rows = input.rows(ordinal);
+            let mut ctx = ProcessorContext::for_input(&input, ordinal, &key, &mut inner.stores);
             let emitted = processor
-                .handle_input_rows(key, rows, &mut ctx)
-                .map_err(|e| callback_error("handle_input_rows", key, e))?;
-            self.collect_output("handle_input_rows", key, emitted, &mut output)?;
+                .handle_input_rows(&key, &rows, &mut ctx)
+                .map_err(|e| callback_error("handle_input_rows", &key, e))?;
+            self.collect_output("handle_input_rows", &key, emitted, &mut output)?;
         }
-        inner.stores.flush_slots().map_err(|e| {
+        inner.stores.flush_slots(&input).map_err(|e| {
             DataFusionError::External(Box::new(TidemillError::Processor {
                 callback: "handle_input_rows".into(),
                 key: String::new(),
@@ -403,53 +400,9 @@ impl ProcessorOperator {
         Ok(filter_record_batch(&batch, &keep)?)
     }
 
-    /// `batch`'s rows per grouping key, with the key: keys in key order,
-    /// rows in input order within one. The batch is sorted by key once and
-    /// each key's rows are a slice of it.
-    fn groups(&self, batch: &RecordBatch) -> DFResult<Vec<(Vec<u8>, GroupKey, RecordBatch)>> {
-        if batch.num_rows() == 0 {
-            return Ok(Vec::new());
-        }
-        let columns: Vec<ArrayRef> = self
-            .keys
-            .iter()
-            .map(|k| {
-                batch.column_by_name(k).cloned().ok_or_else(|| {
-                    DataFusionError::Internal(format!(
-                        "TransformWithState: the input has no column '{k}'"
-                    ))
-                })
-            })
-            .collect::<DFResult<_>>()?;
-        let rows = self.group.convert_columns(&columns)?;
-        let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-        order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
-        let indices = UInt32Array::from(order);
-        let order = indices.values();
-        let sorted = take_record_batch(batch, &indices)?;
-        let keys = RecordBatch::try_new(
-            Arc::clone(&self.key_schema),
-            columns
-                .iter()
-                .map(|c| arrow::compute::take(c.as_ref(), &indices, None))
-                .collect::<std::result::Result<_, _>>()?,
-        )?;
-        let mut groups = Vec::new();
-        let mut start = 0;
-        while start < order.len() {
-            let first = rows.row(order[start] as usize);
-            let mut end = start + 1;
-            while end < order.len() && rows.row(order[end] as usize) == first {
-                end += 1;
-            }
-            groups.push((
-                first.as_ref().to_vec(),
-                GroupKey::new(keys.slice(start, 1)),
-                sorted.slice(start, end - start),
-            ));
-            start = end;
-        }
-        Ok(groups)
+    /// `batch`'s rows grouped by key.
+    fn group(&self, batch: &RecordBatch) -> DFResult<BatchInput> {
+        BatchInput::new(batch, &self.keys, &self.key_schema, &self.group)
     }
 
     /// The grouping key of row bytes `group`.
@@ -475,11 +428,12 @@ impl ProcessorOperator {
             .processor
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let groups = self
-            .groups(&batch)
+        let input = self
+            .group(&batch)
             .map_err(|e| TidemillError::datafusion("transform_with_state: initial state", e))?;
-        for (group, key, rows) in groups {
-            let mut ctx = ProcessorContext::new(&group, &key, &mut inner.stores);
+        for i in 0..input.len() {
+            let (key, rows) = (input.key(i), input.rows(i));
+            let mut ctx = ProcessorContext::new(input.group(i), &key, &mut inner.stores);
             processor
                 .handle_initial_state(&key, &rows, &mut ctx)
                 .map_err(|e| TidemillError::Processor {

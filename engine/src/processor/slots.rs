@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::ProcessorResult;
+use super::input::BatchInput;
 use super::stores::VariableStore;
 
 /// The values of one variable for the batch's keys, of a type known to the
@@ -16,12 +17,12 @@ use super::stores::VariableStore;
 pub(crate) trait BatchValues: Send {
     fn as_any(&mut self) -> &mut dyn Any;
 
-    /// Writes the values set or cleared back to `variable`; `groups` are
-    /// the batch's keys, in the slots' order.
+    /// Writes the values set or cleared back to `variable`; `input`'s keys
+    /// are in the slots' order.
     fn flush(
         &mut self,
         variable: &mut VariableStore,
-        groups: &[Vec<u8>],
+        input: &BatchInput,
         now_ms: i64,
     ) -> ProcessorResult<()>;
 }
@@ -33,9 +34,9 @@ pub(crate) struct ValueSlots<T> {
 }
 
 impl<T: DeserializeOwned> ValueSlots<T> {
-    /// The values `variable` holds for `groups`.
-    pub fn load(variable: &VariableStore, groups: &[Vec<u8>]) -> ProcessorResult<Self> {
-        let keys: Vec<&[u8]> = groups.iter().map(Vec::as_slice).collect();
+    /// The values `variable` holds for `input`'s keys.
+    pub fn load(variable: &VariableStore, input: &BatchInput) -> ProcessorResult<Self> {
+        let keys: Vec<&[u8]> = (0..input.len()).map(|i| input.group(i)).collect();
         let rows = variable.values(&keys);
         let present: Vec<&[u8]> = rows.iter().flatten().copied().collect();
         let mut decoded = if present.is_empty() {
@@ -49,7 +50,7 @@ impl<T: DeserializeOwned> ValueSlots<T> {
             .collect();
         Ok(Self {
             values,
-            changed: vec![false; groups.len()],
+            changed: vec![false; keys.len()],
         })
     }
 }
@@ -62,7 +63,7 @@ impl<T: Serialize + Send + 'static> BatchValues for ValueSlots<T> {
     fn flush(
         &mut self,
         variable: &mut VariableStore,
-        groups: &[Vec<u8>],
+        input: &BatchInput,
         now_ms: i64,
     ) -> ProcessorResult<()> {
         let set: Vec<usize> = (0..self.values.len())
@@ -76,13 +77,13 @@ impl<T: Serialize + Send + 'static> BatchValues for ValueSlots<T> {
             let entries: Vec<(&[u8], &[u8])> = set
                 .iter()
                 .enumerate()
-                .map(|(n, &i)| (groups[i].as_slice(), rows.row(n).data()))
+                .map(|(n, &i)| (input.group(i), rows.row(n).data()))
                 .collect();
             variable.set_values(&entries, now_ms);
         }
         for i in 0..self.values.len() {
             if self.changed[i] && self.values[i].is_none() {
-                variable.clear(&groups[i]);
+                variable.clear(input.group(i));
             }
         }
         Ok(())
