@@ -14,6 +14,8 @@ mod connectors;
 mod crash;
 mod dedup;
 mod engine_semantics;
+mod file_sink;
+mod file_sink_crash;
 mod join;
 #[cfg(feature = "kafka")]
 mod kafka;
