@@ -744,7 +744,10 @@ async fn leftovers_of_a_crashed_partitioned_attempt_are_never_read_and_are_delet
         let df = FileSink::read_committed(&ctx, location).await.unwrap();
         sorted_rows(&df.collect().await.unwrap())
     };
-    assert_eq!(read(ctx.clone()).await, sorted_rows(&[first.clone()]));
+    assert_eq!(
+        read(ctx.clone()).await,
+        sorted_rows(std::slice::from_ref(&first))
+    );
     assert_eq!(all_files(&ctx, location).await.len(), 4);
 
     // The restarted query re-runs batch 1.
