@@ -195,6 +195,7 @@ struct Out {
 /// row `(key, sum, count)` per key per batch, as the aggregation in update
 /// mode. `batches`: returns the row as a one-row record batch (the
 /// callback's return value) instead of [`ProcessorContext::emit`].
+#[derive(Clone)]
 struct RunningSum {
     running: ValueState<Running>,
     schema: SchemaRef,

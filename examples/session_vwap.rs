@@ -164,6 +164,7 @@ struct LastAlert {
 
 /// The processor, per symbol: the running figures of each open session,
 /// a timer at each session's close, and the last alert.
+#[derive(Clone)]
 struct SessionVwap {
     sessions: MapState<i64, Running>,
     last_alert: ValueState<LastAlert>,

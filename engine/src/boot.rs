@@ -147,7 +147,9 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
                 operators.push((operator, rule));
             }
             StatefulNode::Processor(node) => {
-                let operator = Arc::new(ProcessorOperator::open(node, dir, next_batch_id).await?);
+                let instances = state.config().target_partitions().max(1);
+                let operator =
+                    Arc::new(ProcessorOperator::open(node, dir, next_batch_id, instances).await?);
                 processors.push((number, Arc::clone(&operator)));
                 operators.push((operator, rule));
             }

@@ -152,13 +152,15 @@ pub trait StreamingDataFrame {
     /// with state and timers of its own, as Spark's `transformWithState`
     /// (see [`crate::processor`]). The result has the processor's
     /// [`output_schema`](crate::processor::StatefulProcessor::output_schema);
-    /// the query must run in `output_mode` (append or update). On a batch
-    /// DataFrame this is an error: the processor's state and timers need a
-    /// stream.
+    /// the query must run in `output_mode` (append or update). The query
+    /// runs a clone of `processor` per partition, on several threads (see
+    /// [`StatefulProcessor`](crate::processor::StatefulProcessor)). On a
+    /// batch DataFrame this is an error: the processor's state and timers
+    /// need a stream.
     fn transform_with_state(
         self,
         keys: &[&str],
-        processor: impl StatefulProcessor,
+        processor: impl StatefulProcessor + Clone,
         time_mode: TimeMode,
         output_mode: OutputMode,
     ) -> Result<DataFrame>;
@@ -173,7 +175,7 @@ pub trait StreamingDataFrame {
     fn transform_with_state_and_initial_state(
         self,
         keys: &[&str],
-        processor: impl StatefulProcessor,
+        processor: impl StatefulProcessor + Clone,
         time_mode: TimeMode,
         output_mode: OutputMode,
         initial_state: DataFrame,
@@ -191,7 +193,7 @@ pub trait StreamingDataFrame {
     fn transform_with_state_with_event_time(
         self,
         keys: &[&str],
-        processor: impl StatefulProcessor,
+        processor: impl StatefulProcessor + Clone,
         event_time_column: &str,
         output_mode: OutputMode,
     ) -> Result<DataFrame>;
@@ -227,25 +229,17 @@ impl StreamingDataFrame for DataFrame {
     fn transform_with_state(
         self,
         keys: &[&str],
-        processor: impl StatefulProcessor,
+        processor: impl StatefulProcessor + Clone,
         time_mode: TimeMode,
         output_mode: OutputMode,
     ) -> Result<DataFrame> {
-        transform_with_state(
-            self,
-            keys,
-            Box::new(processor),
-            time_mode,
-            output_mode,
-            None,
-            None,
-        )
+        transform_with_state(self, keys, processor, time_mode, output_mode, None, None)
     }
 
     fn transform_with_state_with_event_time(
         self,
         keys: &[&str],
-        processor: impl StatefulProcessor,
+        processor: impl StatefulProcessor + Clone,
         event_time_column: &str,
         output_mode: OutputMode,
     ) -> Result<DataFrame> {
@@ -271,7 +265,7 @@ impl StreamingDataFrame for DataFrame {
         transform_with_state(
             self,
             keys,
-            Box::new(processor),
+            processor,
             TimeMode::EventTime,
             output_mode,
             None,
@@ -282,7 +276,7 @@ impl StreamingDataFrame for DataFrame {
     fn transform_with_state_and_initial_state(
         self,
         keys: &[&str],
-        processor: impl StatefulProcessor,
+        processor: impl StatefulProcessor + Clone,
         time_mode: TimeMode,
         output_mode: OutputMode,
         initial_state: DataFrame,
@@ -296,7 +290,7 @@ impl StreamingDataFrame for DataFrame {
         transform_with_state(
             self,
             keys,
-            Box::new(processor),
+            processor,
             time_mode,
             output_mode,
             Some(initial_state),
@@ -307,10 +301,10 @@ impl StreamingDataFrame for DataFrame {
 
 /// `transform_with_state`, with or without an initial state and an
 /// event-time column.
-fn transform_with_state(
+fn transform_with_state<P: StatefulProcessor + Clone>(
     df: DataFrame,
     keys: &[&str],
-    processor: Box<dyn StatefulProcessor>,
+    processor: P,
     time_mode: TimeMode,
     output_mode: OutputMode,
     initial_state: Option<DataFrame>,
@@ -340,10 +334,20 @@ fn transform_with_state(
         columns.push(column);
     }
     let (state, plan) = df.into_parts();
+    // Each instance the query runs (one per core) is a clone of the one
+    // given, as Spark's tasks each deserialize their own.
+    let original = std::sync::Mutex::new(processor.clone());
+    let fork: crate::processor::Fork = std::sync::Arc::new(move || {
+        let original = original
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Box::new(original.clone())
+    });
     let node = TransformWithStateNode::try_new(
         plan,
         columns,
-        processor,
+        Box::new(processor),
+        fork,
         time_mode,
         output_mode,
         initial_state,

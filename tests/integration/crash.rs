@@ -128,6 +128,7 @@ fn processed(df: DataFrame) -> anyhow::Result<DataFrame> {
 /// by window start), the rows ever seen (a value) and the window starts
 /// seen (a list); an event-time timer at each window's end emits its
 /// totals (as [`child::ten_second_totals`] names them) and forgets it.
+#[derive(Clone)]
 struct TenSecondTotals {
     windows: MapState<i64, (i64, f64)>,
     rows: ValueState<i64>,

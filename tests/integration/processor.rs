@@ -26,6 +26,7 @@ use crate::common::{timed_rows as events, timed_schema as schema};
 /// Per symbol: the row count (a value), every price (a list) and a count
 /// per whole price (a map); emits, per batch and symbol, the running
 /// figures.
+#[derive(Clone)]
 struct Tally {
     count: ValueState<i64>,
     prices: ListState<f64>,
@@ -244,6 +245,7 @@ async fn state_survives_a_restart() {
 /// before it is due. Each due timer fires once, in time order across keys,
 /// in the batch whose watermark reaches it (a batch without data, if
 /// needed); a deleted timer never fires.
+#[derive(Clone)]
 struct Sessions;
 
 const SESSION_GAP_MS: i64 = 10_000;
@@ -448,6 +450,7 @@ async fn late_rows_are_dropped_and_counted() {
 
 /// A processing-time timer fires once the batch clock passes it, in a
 /// batch without new data.
+#[derive(Clone)]
 struct Reminder;
 
 impl StatefulProcessor for Reminder {
@@ -530,6 +533,7 @@ async fn processing_time_timers_fire_in_a_batch_without_data() {
 /// A value with a time to live is gone once that much processing time has
 /// passed since it was written; a list's elements and a map's entries
 /// expire one by one.
+#[derive(Clone)]
 struct Remember {
     last: ValueState<f64>,
     recent: ListState<f64>,
@@ -646,6 +650,7 @@ async fn values_with_a_time_to_live_expire_in_processing_time() {
 
 /// The initial state seeds each key's state in the first batch, before its
 /// rows; a restart does not apply it again.
+#[derive(Clone)]
 struct Seeded(Tally);
 
 impl StatefulProcessor for Seeded {
@@ -754,6 +759,7 @@ async fn initial_state_seeds_the_first_batch_only() {
 
 /// Rows that do not fit the declared output schema stop the query with an
 /// error naming the processor's callback, the key and the column.
+#[derive(Clone)]
 struct WrongType;
 
 impl StatefulProcessor for WrongType {
@@ -908,6 +914,7 @@ async fn refusals_at_start() {
 
 /// A variable used with another type than it was declared with is an
 /// error naming it, not a misread.
+#[derive(Clone)]
 struct Confused {
     declared: ValueState<i64>,
     used: ValueState<String>,
@@ -967,6 +974,19 @@ struct Versioned<T> {
     map: Option<MapState<String, i64>>,
     step: fn(Option<T>, i64) -> T,
     show: fn(&T) -> (i64, Option<String>),
+}
+
+// Not derived: a derive would ask `T: Clone`, and the values need not be.
+impl<T> Clone for Versioned<T> {
+    fn clone(&self) -> Self {
+        Self {
+            acc: self.acc.clone(),
+            list: self.list.clone(),
+            map: self.map.clone(),
+            step: self.step,
+            show: self.show,
+        }
+    }
 }
 
 fn versioned_schema() -> SchemaRef {
@@ -1050,6 +1070,18 @@ struct AccRequired {
     c: i64,
 }
 
+/// A processor behind a box that can still be cloned (the engine runs a
+/// clone per core).
+trait CloneProcessor: StatefulProcessor {
+    fn clone_box(&self) -> Box<dyn CloneProcessor>;
+}
+
+impl<P: StatefulProcessor + Clone> CloneProcessor for P {
+    fn clone_box(&self) -> Box<dyn CloneProcessor> {
+        Box::new(self.clone())
+    }
+}
+
 /// State schema evolution: a restart whose processor adds a variable,
 /// removes one, or adds a nullable field to a value type keeps the saved
 /// state (the added field reads as null); a type changed, a field renamed
@@ -1072,8 +1104,13 @@ async fn state_schema_evolution_keeps_readable_state_and_refuses_the_rest() {
             Ok::<_, TidemillError>(sink)
         }
     };
-    let apply = |df: DataFrame, p: Box<dyn StatefulProcessor>| {
-        struct Boxed(Box<dyn StatefulProcessor>);
+    let apply = |df: DataFrame, p: Box<dyn CloneProcessor>| {
+        struct Boxed(Box<dyn CloneProcessor>);
+        impl Clone for Boxed {
+            fn clone(&self) -> Self {
+                Boxed(self.0.clone_box())
+            }
+        }
         impl StatefulProcessor for Boxed {
             fn output_schema(&self) -> SchemaRef {
                 self.0.output_schema()
@@ -1092,7 +1129,7 @@ async fn state_schema_evolution_keeps_readable_state_and_refuses_the_rest() {
         }
         df.transform_with_state(&["symbol"], Boxed(p), TimeMode::None, OutputMode::Update)
     };
-    let v1 = || -> Box<dyn StatefulProcessor> {
+    let v1 = || -> Box<dyn CloneProcessor> {
         Box::new(Versioned::<AccV1> {
             acc: ValueState::new("acc"),
             list: Some(ListState::new("list")),
@@ -1103,7 +1140,7 @@ async fn state_schema_evolution_keeps_readable_state_and_refuses_the_rest() {
             show: |acc| (acc.a, None),
         })
     };
-    let v2 = || -> Box<dyn StatefulProcessor> {
+    let v2 = || -> Box<dyn CloneProcessor> {
         Box::new(Versioned::<AccV2> {
             acc: ValueState::new("acc"),
             list: None,
@@ -1133,7 +1170,7 @@ async fn state_schema_evolution_keeps_readable_state_and_refuses_the_rest() {
 
     // Each refused change names the variable and the field, and changes
     // nothing.
-    let refusals: Vec<(Box<dyn StatefulProcessor>, &str)> = vec![
+    let refusals: Vec<(Box<dyn CloneProcessor>, &str)> = vec![
         (
             Box::new(Versioned::<AccRetyped> {
                 acc: ValueState::new("acc"),
@@ -1195,6 +1232,7 @@ async fn state_schema_evolution_keeps_readable_state_and_refuses_the_rest() {
 
 /// A running count and sum per key, as a processor emitting typed rows: the
 /// same rows, batch by batch, as the SQL aggregation in update mode.
+#[derive(Clone)]
 struct RunningTotals {
     totals: ValueState<(i64, f64)>,
 }
@@ -1316,6 +1354,7 @@ async fn a_running_aggregate_processor_matches_the_sql_aggregation_over_random_s
 /// Counts rows per key up to three, then clears the count: `exists`,
 /// `get`, `set` and `clear` of a value within one batch's callbacks and
 /// across batches (each key's rows of a batch in one call).
+#[derive(Clone)]
 struct CountToThree {
     count: ValueState<i64>,
 }
@@ -1416,6 +1455,7 @@ async fn a_value_is_read_set_and_cleared_within_and_across_batches() {
 
 /// Passes each row on with the running count of its key, keeping the
 /// row's event time (or, as `stale`, a fixed old one) in `event_time`.
+#[derive(Clone)]
 struct Numbered {
     count: ValueState<i64>,
     stale: bool,
@@ -1660,4 +1700,261 @@ async fn rows_older_than_the_watermark_are_refused_after_a_processor() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("'nth' is Int64, not a timestamp"), "{err}");
+}
+
+/// Every kind of state, timers, and both ways of output, for a processor
+/// whose batches have thousands of keys: those are shared among its
+/// instances (one per partition, each a clone with its own `init`), and
+/// each instance records that it ran.
+#[derive(Clone)]
+struct Spread {
+    count: ValueState<i64>,
+    seen: ListState<i64>,
+    buckets: MapState<i64, i64>,
+    /// This instance's number, given by `init`.
+    id: usize,
+    /// How many instances `init` numbered, and which handled input rows.
+    inits: Arc<std::sync::atomic::AtomicUsize>,
+    ran: Arc<std::sync::Mutex<std::collections::BTreeSet<usize>>>,
+}
+
+#[derive(serde::Serialize)]
+struct SpreadRow {
+    symbol: String,
+    kind: &'static str,
+    count: i64,
+    seen: i64,
+    buckets: i64,
+}
+
+fn spread_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("count", DataType::Int64, false),
+        Field::new("seen", DataType::Int64, false),
+        Field::new("buckets", DataType::Int64, false),
+    ]))
+}
+
+fn spread_batch(row: &SpreadRow) -> ProcessorResult<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        spread_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![row.symbol.clone()])),
+            Arc::new(StringArray::from(vec![row.kind])),
+            Arc::new(Int64Array::from(vec![row.count])),
+            Arc::new(Int64Array::from(vec![row.seen])),
+            Arc::new(Int64Array::from(vec![row.buckets])),
+        ],
+    )?)
+}
+
+impl StatefulProcessor for Spread {
+    fn output_schema(&self) -> SchemaRef {
+        spread_schema()
+    }
+
+    fn init(&mut self, states: &mut StateDeclarations) -> ProcessorResult<()> {
+        self.id = self.inits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        states.declare(&self.count)?;
+        states.declare(&self.seen)?;
+        states.declare(&self.buckets)
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        key: &GroupKey,
+        rows: &KeyRows<'_>,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        self.ran.lock().unwrap().insert(self.id);
+        let prices = rows.primitive::<Float64Type>("price")?;
+        let times = rows.primitive::<arrow::datatypes::TimestampMillisecondType>("event_time")?;
+        let count = self.count.get(ctx)?.unwrap_or(0) + rows.num_rows() as i64;
+        self.count.set(ctx, &count)?;
+        for price in prices.values() {
+            let value = *price as i64;
+            self.seen.append(ctx, &value)?;
+            let bucket = value % 3;
+            let n = self.buckets.get(ctx, &bucket)?.unwrap_or(0);
+            self.buckets.insert(ctx, &bucket, &(n + 1))?;
+        }
+        for old in ctx.list_timers()? {
+            ctx.delete_timer(old)?;
+        }
+        ctx.register_timer(times.values().iter().max().unwrap() + 10_000)?;
+        let row = SpreadRow {
+            symbol: key.string("symbol")?.unwrap_or_default().to_string(),
+            kind: "input",
+            count,
+            seen: self.seen.get(ctx)?.len() as i64,
+            buckets: self.buckets.keys(ctx)?.len() as i64,
+        };
+        // Odd counts are emitted, even ones returned.
+        if count % 2 == 1 {
+            ctx.emit(&row)?;
+            return Ok(Vec::new());
+        }
+        Ok(vec![spread_batch(&row)?])
+    }
+
+    fn handle_expired_timer(
+        &mut self,
+        key: &GroupKey,
+        _timer: ExpiredTimer,
+        ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        let count = self.count.get(ctx)?.unwrap_or(0);
+        self.count.clear(ctx)?;
+        Ok(vec![spread_batch(&SpreadRow {
+            symbol: key.string("symbol")?.unwrap_or_default().to_string(),
+            kind: "timer",
+            count,
+            seen: self.seen.get(ctx)?.len() as i64,
+            buckets: self.buckets.keys(ctx)?.len() as i64,
+        })?])
+    }
+}
+
+/// `(symbol, kind, count, seen, buckets)` rows in the order written.
+fn spread_rows(batches: &[RecordBatch]) -> Vec<(String, String, i64, i64, i64)> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows()).map(move |i| {
+                (
+                    b.column(0).as_string::<i32>().value(i).to_string(),
+                    b.column(1).as_string::<i32>().value(i).to_string(),
+                    b.column(2).as_primitive::<Int64Type>().value(i),
+                    b.column(3).as_primitive::<Int64Type>().value(i),
+                    b.column(4).as_primitive::<Int64Type>().value(i),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Batches of thousands of keys are shared among the processor's instances
+/// (one per partition) on several threads: for 1 to 4 partitions and
+/// several runs, the output is the same rows in the same order as with one
+/// instance, every instance took a share, each key's list holds every row
+/// it was given, and every key's last timer fires once.
+#[tokio::test]
+async fn a_batch_of_many_keys_is_shared_among_the_processors_instances() {
+    const SYMBOLS: u64 = 2_500;
+    const ROWS: usize = 4_000;
+    const BATCHES: i64 = 4;
+    for seed in [7_u64, 11] {
+        // The same input for every partition count.
+        let mut state = seed;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let names: Vec<String> = (0..SYMBOLS).map(|i| format!("s{i:04}")).collect();
+        let batches: Vec<Vec<(String, f64, i64)>> = (0..BATCHES)
+            .map(|b| {
+                (0..ROWS)
+                    .map(|_| {
+                        let symbol = names[(next() % SYMBOLS) as usize].clone();
+                        let price = (next() % 100) as f64;
+                        (symbol, price, b * 20 + (next() % 6) as i64)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut reference = None;
+        for partitions in [1, 2, 3, 4] {
+            for run in 0..2 {
+                let (ctx, stream, sink, checkpoint) = setup(partitions);
+                let inits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                let ran = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+                let processor = Spread {
+                    count: ValueState::new("count"),
+                    seen: ListState::new("seen"),
+                    buckets: MapState::new("buckets"),
+                    id: 0,
+                    inits: Arc::clone(&inits),
+                    ran: Arc::clone(&ran),
+                };
+                let df = ctx
+                    .read_stream(stream.clone())
+                    .await
+                    .unwrap()
+                    .with_watermark("event_time", "0 seconds")
+                    .unwrap()
+                    .transform_with_state(
+                        &["symbol"],
+                        processor,
+                        TimeMode::EventTime,
+                        OutputMode::Update,
+                    )
+                    .unwrap();
+                let query = start_with(df, &sink, checkpoint.path(), OutputMode::Update, None)
+                    .await
+                    .unwrap();
+                for batch in &batches {
+                    let rows: Vec<_> = batch
+                        .iter()
+                        .map(|(s, p, t)| (Some(s.as_str()), *p, *t))
+                        .collect();
+                    stream.push(events(&rows)).unwrap();
+                    query.process_all_available().await.unwrap();
+                }
+                // A row far ahead moves the watermark past every timer.
+                stream.push(events(&[(Some("zzz"), 1.0, 10_000)])).unwrap();
+                query.process_all_available().await.unwrap();
+                stream.push(events(&[(Some("zzz"), 1.0, 20_000)])).unwrap();
+                query.process_all_available().await.unwrap();
+                query.stop().await.unwrap();
+
+                let what = format!("seed {seed}, {partitions} partitions, run {run}");
+                assert_eq!(
+                    inits.load(std::sync::atomic::Ordering::SeqCst),
+                    partitions,
+                    "{what}: one init per instance"
+                );
+                assert_eq!(
+                    *ran.lock().unwrap(),
+                    (0..partitions).collect(),
+                    "{what}: every instance took a share of the keys"
+                );
+                let rows = spread_rows(&sink.batches());
+                // Each key's list holds all its rows; the last timer of
+                // every key fired exactly once, after its last input.
+                let mut given = std::collections::BTreeMap::new();
+                for (symbol, _, _) in batches.iter().flatten() {
+                    *given.entry(symbol.clone()).or_insert(0_i64) += 1;
+                }
+                let mut last_seen = std::collections::BTreeMap::new();
+                let mut fired = std::collections::BTreeMap::new();
+                for (symbol, kind, _, seen, _) in &rows {
+                    if symbol == "zzz" {
+                        continue;
+                    }
+                    match kind.as_str() {
+                        "input" => {
+                            last_seen.insert(symbol.clone(), *seen);
+                        }
+                        _ => *fired.entry(symbol.clone()).or_insert(0) += 1,
+                    }
+                }
+                assert_eq!(last_seen, given, "{what}");
+                assert!(
+                    fired.len() == given.len() && fired.values().all(|&n| n >= 1),
+                    "{what}: every key's last timer fired"
+                );
+                match &reference {
+                    None => reference = Some(rows),
+                    Some(expected) => assert!(
+                        &rows == expected,
+                        "{what}: not the rows, in order, of one instance"
+                    ),
+                }
+            }
+        }
+    }
 }

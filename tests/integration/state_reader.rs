@@ -1240,6 +1240,7 @@ fn the_command_reads_a_checkpoint_a_run_holds_without_changing_a_file() {
 
 /// Per symbol: the row count (a value), the prices in order (a list) and
 /// a count per whole price (a map).
+#[derive(Clone)]
 struct Tally {
     count: ValueState<i64>,
     prices: ListState<f64>,

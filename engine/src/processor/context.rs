@@ -4,6 +4,7 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use arrow::datatypes::{Field, Schema};
 use serde::de::DeserializeOwned;
@@ -27,25 +28,99 @@ pub struct ExpiredTimer {
     pub processing_time_ms: i64,
 }
 
-/// A processor's variables and timers, with the running batch's clocks.
+/// A processor's variables and timers, with the running batch's clocks:
+/// what every instance of the processor shares. Callbacks for different
+/// keys may run on several threads at once; each variable and the timers
+/// are behind a lock that one state operation holds at a time.
 #[derive(Debug)]
 pub(crate) struct Stores {
-    pub variables: Vec<VariableStore>,
+    pub variables: Vec<RwLock<VariableStore>>,
     pub by_name: HashMap<String, usize, foldhash::fast::RandomState>,
-    pub timers: TimerStore,
+    pub timers: RwLock<TimerStore>,
     pub time_mode: TimeMode,
     pub processing_time_ms: i64,
     pub watermark_ms: Option<i64>,
-    /// Rows given to [`ProcessorContext::emit`] in the running batch.
+}
+
+/// `lock`'s value (a lock poisoned by a panicking callback is still read:
+/// the panic stops the query, which restarts from the checkpoint).
+pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `lock`'s value, to change.
+pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `lock`'s value, to change, with no other user.
+pub(crate) fn owned<T>(lock: &mut RwLock<T>) -> &mut T {
+    lock.get_mut().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What one processor instance gathers in a batch while its callbacks run:
+/// the rows it emitted, its timer figures, and the values of the batch's
+/// keys it was given (`first..first + slots' length`).
+#[derive(Debug)]
+pub(crate) struct Local {
+    /// Rows given to [`ProcessorContext::emit`].
     pub output: serde_arrow::ArrayBuilder,
     pub emitted: usize,
-    /// The running batch's timer figures.
     pub timers_registered: u64,
     pub timers_deleted: u64,
-    pub timers_fired: u64,
-    /// Per variable, its values for the batch's input keys once a
-    /// callback read or wrote one (value variables only).
+    /// The first of the batch's input keys this instance is called for.
+    pub first: usize,
+    /// How many.
+    pub keys: usize,
+    /// Per variable, its values for those keys once a callback read or
+    /// wrote one (value variables only).
     pub slots: Vec<Option<Box<dyn BatchValues>>>,
+}
+
+impl Local {
+    /// An instance's share of a batch, emitting rows of `fields`.
+    pub fn new(fields: &arrow::datatypes::Fields) -> Result<Self, serde_arrow::Error> {
+        Ok(Self {
+            output: serde_arrow::ArrayBuilder::from_arrow(fields)?,
+            emitted: 0,
+            timers_registered: 0,
+            timers_deleted: 0,
+            first: 0,
+            keys: 0,
+            slots: Vec::new(),
+        })
+    }
+
+    /// Readies it for the batch's input keys `first..first + keys`, with
+    /// `variables` variables; rows a failed attempt emitted are dropped.
+    pub fn begin(&mut self, first: usize, keys: usize, variables: usize) {
+        if self.emitted > 0 {
+            self.emitted = 0;
+            let _ = self.output.to_arrow();
+        }
+        self.timers_registered = 0;
+        self.timers_deleted = 0;
+        self.first = first;
+        self.keys = keys;
+        self.slots.clear();
+        self.slots.resize_with(variables, || None);
+    }
+
+    /// Writes the values held in slots back to `stores`' variables.
+    pub fn flush_slots(&mut self, stores: &mut Stores, input: &BatchInput) -> ProcessorResult<()> {
+        let keys = self.first..self.first + self.keys;
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(mut values) = slot.take() {
+                values.flush(
+                    owned(&mut stores.variables[i]),
+                    input,
+                    keys.clone(),
+                    stores.processing_time_ms,
+                )?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for dyn BatchValues {
@@ -54,25 +129,13 @@ impl fmt::Debug for dyn BatchValues {
     }
 }
 
-impl Stores {
-    /// Writes the batch's values held in slots (for `input`'s keys) back
-    /// to their variables.
-    pub fn flush_slots(&mut self, input: &BatchInput) -> ProcessorResult<()> {
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            if let Some(mut values) = slot.take() {
-                values.flush(&mut self.variables[i], input, self.processing_time_ms)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 /// What a callback reads and changes: the state of the key it was called
 /// for, and that key's timers.
 pub struct ProcessorContext<'a> {
     group: &'a [u8],
     key: &'a GroupKey,
-    stores: &'a mut Stores,
+    stores: &'a Stores,
+    local: &'a mut Local,
     /// The batch's input and the key's place among its keys (`None` in a
     /// timer's or the initial state's callback).
     input: Option<(&'a BatchInput, usize)>,
@@ -89,11 +152,17 @@ impl fmt::Debug for ProcessorContext<'_> {
 }
 
 impl<'a> ProcessorContext<'a> {
-    pub(crate) fn new(group: &'a [u8], key: &'a GroupKey, stores: &'a mut Stores) -> Self {
+    pub(crate) fn new(
+        group: &'a [u8],
+        key: &'a GroupKey,
+        stores: &'a Stores,
+        local: &'a mut Local,
+    ) -> Self {
         Self {
             group,
             key,
             stores,
+            local,
             input: None,
         }
     }
@@ -103,12 +172,14 @@ impl<'a> ProcessorContext<'a> {
         input: &'a BatchInput,
         ordinal: usize,
         key: &'a GroupKey,
-        stores: &'a mut Stores,
+        stores: &'a Stores,
+        local: &'a mut Local,
     ) -> Self {
         Self {
             group: input.group(ordinal),
             key,
             stores,
+            local,
             input: Some((input, ordinal)),
         }
     }
@@ -127,23 +198,27 @@ impl<'a> ProcessorContext<'a> {
             return Ok(None);
         };
         let i = self.index(name)?;
-        Self::check(
-            &self.stores.variables[i],
-            VariableKind::Value,
-            (TypeId::of::<T>(), None),
-        )?;
-        let stores = &mut *self.stores;
-        if stores.slots[i].is_none() {
-            let loaded = ValueSlots::<T>::load(&stores.variables[i], input)?;
-            stores.slots[i] = Some(Box::new(loaded));
+        let local = &mut *self.local;
+        if local.slots[i].is_none() {
+            let variable = read(&self.stores.variables[i]);
+            Self::check(&variable, VariableKind::Value, (TypeId::of::<T>(), None))?;
+            let keys = local.first..local.first + local.keys;
+            let loaded = ValueSlots::<T>::load(&variable, input, keys)?;
+            local.slots[i] = Some(Box::new(loaded));
         }
-        let slots = stores.slots[i]
+        let first = local.first;
+        let Some(slots) = local.slots[i]
             .as_mut()
             .expect("loaded above")
             .as_any()
             .downcast_mut::<ValueSlots<T>>()
-            .ok_or_else(|| format!("state variable '{name}' was read as another type"))?;
-        Ok(Some((slots, ordinal)))
+        else {
+            // Loaded by a use with the declared type: say which it is.
+            let variable = read(&self.stores.variables[i]);
+            Self::check(&variable, VariableKind::Value, (TypeId::of::<T>(), None))?;
+            return Err(format!("state variable '{name}' was read as another type").into());
+        };
+        Ok(Some((slots, ordinal - first)))
     }
 
     /// The key the callback was called for.
@@ -169,8 +244,8 @@ impl<'a> ProcessorContext<'a> {
     /// cheaper for a few rows per key: the batch's emitted rows become
     /// Arrow columns at once. An error if `row` does not fit the schema.
     pub fn emit<T: serde::Serialize>(&mut self, row: &T) -> ProcessorResult<()> {
-        self.stores.output.push(row)?;
-        self.stores.emitted += 1;
+        self.local.output.push(row)?;
+        self.local.emitted += 1;
         Ok(())
     }
 
@@ -180,8 +255,8 @@ impl<'a> ProcessorContext<'a> {
     /// past it (at the earliest the next batch).
     pub fn register_timer(&mut self, time_ms: i64) -> ProcessorResult<()> {
         self.timers_allowed()?;
-        if self.stores.timers.register(self.group, time_ms) {
-            self.stores.timers_registered += 1;
+        if write(&self.stores.timers).register(self.group, time_ms) {
+            self.local.timers_registered += 1;
         }
         Ok(())
     }
@@ -190,15 +265,15 @@ impl<'a> ProcessorContext<'a> {
     /// was one. A deleted timer never fires.
     pub fn delete_timer(&mut self, time_ms: i64) -> ProcessorResult<bool> {
         self.timers_allowed()?;
-        let deleted = self.stores.timers.delete(self.group, time_ms);
-        self.stores.timers_deleted += u64::from(deleted);
+        let deleted = write(&self.stores.timers).delete(self.group, time_ms);
+        self.local.timers_deleted += u64::from(deleted);
         Ok(deleted)
     }
 
     /// The current key's timers, earliest first.
     pub fn list_timers(&self) -> ProcessorResult<Vec<i64>> {
         self.timers_allowed()?;
-        Ok(self.stores.timers.list(self.group()))
+        Ok(read(&self.stores.timers).list(self.group()))
     }
 
     fn timers_allowed(&self) -> ProcessorResult<()> {
@@ -222,16 +297,6 @@ impl<'a> ProcessorContext<'a> {
         })
     }
 
-    pub(crate) fn variable(&self, name: &str) -> ProcessorResult<&VariableStore> {
-        let i = self.index(name)?;
-        Ok(&self.stores.variables[i])
-    }
-
-    pub(crate) fn variable_mut(&mut self, name: &str) -> ProcessorResult<&mut VariableStore> {
-        let i = self.index(name)?;
-        Ok(&mut self.stores.variables[i])
-    }
-
     fn check(
         var: &VariableStore,
         kind: VariableKind,
@@ -248,28 +313,46 @@ impl<'a> ProcessorContext<'a> {
         Ok(())
     }
 
+    /// Variable `name`, checked to be a `kind` of these types, to read.
     pub(crate) fn typed(
         &self,
         name: &str,
         kind: VariableKind,
         value: TypeId,
         key: Option<TypeId>,
-    ) -> ProcessorResult<&VariableStore> {
-        let var = self.variable(name)?;
-        Self::check(var, kind, (value, key))?;
+    ) -> ProcessorResult<RwLockReadGuard<'a, VariableStore>> {
+        let var = read(&self.stores.variables[self.index(name)?]);
+        Self::check(&var, kind, (value, key))?;
         Ok(var)
     }
 
+    /// Variable `name`, checked to be a `kind` of these types, to change.
     pub(crate) fn typed_mut(
-        &mut self,
+        &self,
         name: &str,
         kind: VariableKind,
         value: TypeId,
         key: Option<TypeId>,
-    ) -> ProcessorResult<&mut VariableStore> {
-        let var = self.variable_mut(name)?;
-        Self::check(var, kind, (value, key))?;
+    ) -> ProcessorResult<RwLockWriteGuard<'a, VariableStore>> {
+        let var = write(&self.stores.variables[self.index(name)?]);
+        Self::check(&var, kind, (value, key))?;
         Ok(var)
+    }
+
+    /// Variable `name` of any type, to read.
+    pub(crate) fn variable(
+        &self,
+        name: &str,
+    ) -> ProcessorResult<RwLockReadGuard<'a, VariableStore>> {
+        Ok(read(&self.stores.variables[self.index(name)?]))
+    }
+
+    /// Variable `name` of any type, to change.
+    pub(crate) fn variable_mut(
+        &self,
+        name: &str,
+    ) -> ProcessorResult<RwLockWriteGuard<'a, VariableStore>> {
+        Ok(write(&self.stores.variables[self.index(name)?]))
     }
 }
 

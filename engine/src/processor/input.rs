@@ -193,24 +193,29 @@ impl<'a> KeyRows<'a> {
             .get_or_init(|| self.grouped.slice(self.offset, self.len))
     }
 
-    /// Column `name` of the rows, of Arrow type `T` (e.g. `Float64Type`).
-    /// An error if there is no such column or it is of another type.
+    /// Column `name` of the rows, of Arrow type `T` (e.g. `Float64Type`),
+    /// as a view of the batch (nothing copied or counted). An error if
+    /// there is no such column or it is of another type.
     pub fn primitive<T: ArrowPrimitiveType>(
         &self,
         name: &str,
-    ) -> ProcessorResult<PrimitiveArray<T>> {
+    ) -> ProcessorResult<PrimitiveRows<'a, T>> {
         let column = self.whole_column(name)?;
-        let values = column.as_primitive_opt::<T>().ok_or_else(|| {
+        let array = column.as_primitive_opt::<T>().ok_or_else(|| {
             format!(
                 "column '{name}' is {}, not {}",
                 column.data_type(),
                 T::DATA_TYPE
             )
         })?;
-        Ok(values.slice(self.offset, self.len))
+        Ok(PrimitiveRows {
+            array,
+            offset: self.offset,
+            len: self.len,
+        })
     }
 
-    fn whole_column(&self, name: &str) -> ProcessorResult<&ArrayRef> {
+    fn whole_column(&self, name: &str) -> ProcessorResult<&'a ArrayRef> {
         self.grouped
             .column_by_name(name)
             .ok_or_else(|| format!("the input has no column '{name}'").into())
@@ -222,6 +227,55 @@ impl std::ops::Deref for KeyRows<'_> {
 
     fn deref(&self) -> &RecordBatch {
         self.batch()
+    }
+}
+
+/// One primitive column of a key's rows ([`KeyRows::primitive`]): a view
+/// of the batch, read in place.
+#[derive(Debug, Clone, Copy)]
+pub struct PrimitiveRows<'a, T: ArrowPrimitiveType> {
+    array: &'a PrimitiveArray<T>,
+    offset: usize,
+    len: usize,
+}
+
+impl<'a, T: ArrowPrimitiveType> PrimitiveRows<'a, T> {
+    /// The number of rows.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The values, one per row; a null row's value is unspecified (check
+    /// [`is_null`](Self::is_null), or use [`iter`](Self::iter), if the
+    /// column may hold nulls).
+    pub fn values(&self) -> &'a [T::Native] {
+        &self.array.values()[self.offset..self.offset + self.len]
+    }
+
+    /// Row `i`'s value (unspecified if it is null).
+    pub fn value(&self, i: usize) -> T::Native {
+        self.values()[i]
+    }
+
+    /// Whether row `i` is null.
+    pub fn is_null(&self, i: usize) -> bool {
+        self.array.is_null(self.offset + i)
+    }
+
+    /// The rows' values, `None` for nulls.
+    pub fn iter(&self) -> impl Iterator<Item = Option<T::Native>> + 'a {
+        let (array, offset) = (self.array, self.offset);
+        (offset..offset + self.len).map(move |i| array.is_valid(i).then(|| array.value(i)))
+    }
+
+    /// The rows as an array of their own (a slice of the batch's).
+    pub fn to_array(&self) -> PrimitiveArray<T> {
+        self.array.slice(self.offset, self.len)
     }
 }
 
@@ -304,9 +358,11 @@ impl BatchInput {
         self.firsts.len()
     }
 
-    /// The `i`th key (in key order).
-    pub fn key(&self, i: usize) -> GroupKey {
-        GroupKey::at(Arc::clone(&self.keys), i)
+    /// The `i`th key (in key order), over `keys`: [`BatchInput::keys`]
+    /// or a copy of it (a thread that makes many keys counts references to
+    /// a copy of its own, not to the one every thread shares).
+    pub fn key(&self, keys: &Arc<RecordBatch>, i: usize) -> GroupKey {
+        GroupKey::at(Arc::clone(keys), i)
     }
 
     /// The `i`th key's rows.
@@ -395,11 +451,14 @@ mod tests {
         let groups = grouped(&input);
         let seen: Vec<(Option<String>, Vec<i64>)> = (0..groups.len())
             .map(|i| {
-                let key = groups.key(i);
+                let key = groups.key(&groups.keys, i);
                 let rows = groups.rows(i);
                 let values = rows.primitive::<Int64Type>("value").unwrap();
                 assert_eq!(rows.num_rows(), values.len());
                 assert_eq!(rows.batch().num_rows(), values.len());
+                assert_eq!(values.to_array().values(), values.values());
+                assert!(!values.is_null(0));
+                assert_eq!(values.iter().flatten().count(), values.len());
                 (
                     key.string("symbol").unwrap().map(str::to_string),
                     values.values().to_vec(),
@@ -427,7 +486,7 @@ mod tests {
     fn a_key_reads_its_columns_and_names_a_wrong_one() {
         let input = batch(&[Some("x"), Some("y")], &[1, 2]);
         let groups = grouped(&input);
-        let key = groups.key(1);
+        let key = groups.key(&groups.keys, 1);
         assert_eq!(key.string("symbol").unwrap(), Some("y"));
         assert_eq!(key.to_string(), "symbol=y");
         assert_eq!(key.batch().num_rows(), 1);

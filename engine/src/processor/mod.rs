@@ -64,7 +64,8 @@ use arrow::record_batch::RecordBatch;
 
 pub use context::{ExpiredTimer, ProcessorContext};
 pub(crate) use exec::ProcessorExec;
-pub use input::{GroupKey, KeyRows};
+pub use input::{GroupKey, KeyRows, PrimitiveRows};
+pub(crate) use node::Fork;
 pub use node::TransformWithStateNode;
 pub(crate) use operator::ProcessorOperator;
 pub use variables::{
@@ -107,8 +108,17 @@ impl std::fmt::Display for TimeMode {
 ///
 /// Apply it with
 /// [`StreamingDataFrame::transform_with_state`](crate::StreamingDataFrame::transform_with_state).
-/// The engine calls the callbacks of one query from one thread at a time.
-/// The callbacks must be deterministic given the state and the rows (a
+/// A query runs one instance of the processor per partition of its
+/// session (DataFusion's `target_partitions`, by default one per core), as
+/// Spark runs one per task: the one given and clones of it, each with its
+/// own [`init`](StatefulProcessor::init). A batch with many keys is shared
+/// among them, each instance called for a run of the keys (in key order)
+/// on a thread of its own, so the output is the same rows in the same
+/// order whatever the count; timers and the initial state go to the first
+/// instance. An instance is called from one thread at a time; what its
+/// fields hold is its own, and state shared by keys belongs in state
+/// variables, not in fields. The callbacks must be deterministic given
+/// the state and the rows (a
 /// batch re-run after a crash must emit the same rows); use
 /// [`ProcessorContext::processing_time_ms`] for the time, not the system
 /// clock.
@@ -120,6 +130,7 @@ impl std::fmt::Display for TimeMode {
 /// use tidemill_engine::processor::*;
 ///
 /// /// Counts rows per key and emits the running count.
+/// #[derive(Clone)]
 /// struct Counter { count: ValueState<i64> }
 ///
 /// impl StatefulProcessor for Counter {

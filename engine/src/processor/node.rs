@@ -13,11 +13,15 @@ use datafusion::prelude::DataFrame;
 use super::{StatefulProcessor, TimeMode};
 use crate::OutputMode;
 
-/// A processor shared by the logical plan and the running operator.
-/// Compared by identity.
+/// Makes another instance of a processor: a clone of the one given.
+pub(crate) type Fork = Arc<dyn Fn() -> Box<dyn StatefulProcessor> + Send + Sync>;
+
+/// A processor shared by the logical plan and the running operator, and
+/// how to make more instances of it. Compared by identity.
 #[derive(Clone)]
 pub(crate) struct ProcessorHandle {
     pub processor: Arc<Mutex<Box<dyn StatefulProcessor>>>,
+    pub fork: Fork,
     pub output_schema: SchemaRef,
 }
 
@@ -118,6 +122,7 @@ impl TransformWithStateNode {
         input: LogicalPlan,
         keys: Vec<Column>,
         processor: Box<dyn StatefulProcessor>,
+        fork: Fork,
         time_mode: TimeMode,
         output_mode: OutputMode,
         initial_state: Option<DataFrame>,
@@ -130,6 +135,7 @@ impl TransformWithStateNode {
             keys,
             processor: ProcessorHandle {
                 processor: Arc::new(Mutex::new(processor)),
+                fork,
                 output_schema,
             },
             time_mode,

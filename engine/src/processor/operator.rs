@@ -2,7 +2,7 @@
 //! stores, and what it does in a batch.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::{cast, concat_batches, filter_record_batch};
@@ -13,13 +13,13 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use tidemill_state::CheckpointDir;
 use tokio::sync::Mutex;
 
-use super::context::{Stores, key_fields};
+use super::context::{Local, Stores, key_fields, owned, read};
 use super::input::BatchInput;
 use super::node::ProcessorHandle;
 use super::stores::{TimerStore, VariableStore};
 use super::{
-    ExpiredTimer, GroupKey, ProcessorContext, StateDeclarations, TimeMode, TransformWithStateNode,
-    check_output,
+    ExpiredTimer, GroupKey, ProcessorContext, StateDeclarations, StatefulProcessor, TimeMode,
+    TransformWithStateNode, check_output,
 };
 use crate::aggregate::event_time::watermark_in_unit;
 use crate::progress::StateOperatorProgress;
@@ -44,9 +44,22 @@ pub(crate) struct ProcessorOperator {
     inner: Mutex<Inner>,
 }
 
-#[derive(Debug)]
+/// Batches with at least this many keys are shared among the processor's
+/// instances, one per core; smaller ones run on the first instance (a
+/// thread costs more than a few hundred keys' callbacks).
+const KEYS_PER_PARALLEL_BATCH: usize = 1024;
+
 struct Inner {
     stores: Stores,
+    /// The processor's other instances (the first is the handle's), each
+    /// `init`ed; the input keys of a large batch are shared among all.
+    forks: Vec<Box<dyn StatefulProcessor>>,
+    /// What each instance gathers in a batch (the first's also serves the
+    /// timers and the initial state).
+    locals: Vec<Local>,
+    timers_registered: u64,
+    timers_deleted: u64,
+    timers_fired: u64,
     /// Rows at or below it are late.
     late_ms: Option<i64>,
     /// The previous batch's watermark: the operators after the processor
@@ -55,6 +68,25 @@ struct Inner {
     dropped_by_watermark: u64,
     /// Values, elements and entries the batch removed by their time to live.
     removed_by_ttl: u64,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("stores", &self.stores)
+            .field("instances", &(1 + self.forks.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The names and kinds of what `declarations` declares, to compare one
+/// instance's with another's.
+fn declared(declarations: &StateDeclarations) -> Vec<String> {
+    declarations
+        .specs
+        .iter()
+        .map(|s| format!("{} {}", s.name, s.type_names))
+        .collect()
 }
 
 /// The error of a callback, or of rows it returned.
@@ -68,13 +100,16 @@ fn callback_error(callback: &str, key: &GroupKey, message: impl ToString) -> Dat
 
 impl ProcessorOperator {
     /// Opens `node`'s processor with its state in `dir` as of `version`:
-    /// calls its `init`, opens a store per declared variable and one for
-    /// its timers, and reads its initial state if the query has not run a
+    /// makes `instances` instances of it (clones of the one given; a
+    /// large batch's keys are shared among them, one thread each), calls
+    /// their `init`, opens a store per declared variable and one for its
+    /// timers, and reads its initial state if the query has not run a
     /// batch yet.
     pub async fn open(
         node: &TransformWithStateNode,
         dir: CheckpointDir,
         version: u64,
+        instances: usize,
     ) -> Result<Self> {
         let input_schema: SchemaRef = Arc::new(node.input.schema().as_arrow().clone());
         let keys = node.key_names();
@@ -109,14 +144,53 @@ impl ProcessorOperator {
                     message: e.to_string(),
                 })?;
         }
+        let instances = instances.max(1);
+        let mut forks = Vec::with_capacity(instances - 1);
+        for _ in 1..instances {
+            let mut fork = (node.processor.fork)();
+            let mut other = StateDeclarations::default();
+            fork.init(&mut other)
+                .map_err(|e| TidemillError::Processor {
+                    callback: "init".into(),
+                    key: String::new(),
+                    message: e.to_string(),
+                })?;
+            if declared(&other) != declared(&declarations) {
+                return Err(TidemillError::Processor {
+                    callback: "init".into(),
+                    key: String::new(),
+                    message: format!(
+                        "a clone of the processor declared other state variables ({}) than the \
+                         processor ({}): init must declare the same variables on every clone",
+                        declared(&other).join(", "),
+                        declared(&declarations).join(", ")
+                    ),
+                });
+            }
+            forks.push(fork);
+        }
+        let mut locals = Vec::with_capacity(instances);
+        for _ in 0..instances {
+            locals.push(
+                Local::new(node.processor.output_schema.fields()).map_err(|e| {
+                    TidemillError::Unsupported {
+                        operator: "TransformWithState".into(),
+                        reason: format!(
+                            "declares an output schema whose rows cannot be emitted: {e}"
+                        ),
+                        fix: "Declare columns of plain Arrow types".into(),
+                    }
+                })?,
+            );
+        }
         let mut variables = Vec::with_capacity(declarations.specs.len());
         let mut by_name = HashMap::with_hasher(foldhash::fast::RandomState::default());
         for spec in declarations.specs {
             by_name.insert(spec.name.clone(), variables.len());
             let child = dir.child(&spec.name);
-            variables.push(
+            variables.push(RwLock::new(
                 VariableStore::open(spec, &fields, Arc::clone(&group), child, version).await?,
-            );
+            ));
         }
         let timers = TimerStore::open(&fields, dir.child("_timers"), version).await?;
         let event_time = match node.time_mode {
@@ -178,26 +252,16 @@ impl ProcessorOperator {
                 stores: Stores {
                     variables,
                     by_name,
-                    timers,
+                    timers: RwLock::new(timers),
                     time_mode: node.time_mode,
                     processing_time_ms: 0,
                     watermark_ms: None,
-                    output: serde_arrow::ArrayBuilder::from_arrow(
-                        node.processor.output_schema.fields(),
-                    )
-                    .map_err(|e| TidemillError::Unsupported {
-                        operator: "TransformWithState".into(),
-                        reason: format!(
-                            "declares an output schema whose rows cannot be emitted: {e}"
-                        ),
-                        fix: "Declare columns of plain Arrow types".into(),
-                    })?,
-                    emitted: 0,
-                    timers_registered: 0,
-                    timers_deleted: 0,
-                    timers_fired: 0,
-                    slots: Vec::new(),
                 },
+                forks,
+                locals,
+                timers_registered: 0,
+                timers_deleted: 0,
+                timers_fired: 0,
                 late_ms: None,
                 previous_ms: None,
                 dropped_by_watermark: 0,
@@ -226,71 +290,93 @@ impl ProcessorOperator {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let batch = self.drop_late(inner, batch)?;
-        // Rows a failed attempt emitted are not this attempt's.
-        if inner.stores.emitted > 0 {
-            inner.stores.emitted = 0;
-            let _ = inner.stores.output.to_arrow();
-        }
-        let mut output = Vec::new();
         let input = self.group(&batch)?;
-        let stores = &mut inner.stores;
-        stores.slots.clear();
-        stores.slots.resize_with(stores.variables.len(), || None);
-        for ordinal in 0..input.len() {
-            let key = input.key(ordinal);
-            let rows = input.rows(ordinal);
-            let mut ctx = ProcessorContext::for_input(&input, ordinal, &key, &mut inner.stores);
-            let emitted = processor
-                .handle_input_rows(&key, &rows, &mut ctx)
-                .map_err(|e| callback_error("handle_input_rows", &key, e))?;
-            self.collect_output("handle_input_rows", &key, emitted, &mut output)?;
+        // Each instance is called for a run of the keys, in key order, so
+        // that the output comes in the same order however many there are.
+        let keys = input.len();
+        let instances = if keys >= KEYS_PER_PARALLEL_BATCH {
+            1 + inner.forks.len()
+        } else {
+            1
+        };
+        let share = keys.div_ceil(instances);
+        let variables = inner.stores.variables.len();
+        for (i, local) in inner.locals.iter_mut().enumerate() {
+            let first = (i * share).min(keys);
+            let end = if i < instances {
+                (first + share).min(keys)
+            } else {
+                first
+            };
+            local.begin(first, end - first, variables);
         }
-        inner.stores.flush_slots(&input).map_err(|e| {
-            DataFusionError::External(Box::new(TidemillError::Processor {
-                callback: "handle_input_rows".into(),
-                key: String::new(),
-                message: format!("writing the batch's values back: {e}"),
-            }))
-        })?;
+        let processors = std::iter::once(&mut **processor)
+            .chain(inner.forks.iter_mut().map(|p| &mut **p))
+            .take(instances);
+        let work: Vec<_> = processors.zip(inner.locals.iter_mut()).collect();
+        let stores = &inner.stores;
+        let shares = tidemill_state::map_parallel(work, instances > 1, |(processor, local)| {
+            let mut output = Vec::new();
+            let keys = Arc::new(input.keys.as_ref().clone());
+            for ordinal in local.first..local.first + local.keys {
+                let key = input.key(&keys, ordinal);
+                let rows = input.rows(ordinal);
+                let mut ctx = ProcessorContext::for_input(&input, ordinal, &key, stores, local);
+                let emitted = processor
+                    .handle_input_rows(&key, &rows, &mut ctx)
+                    .map_err(|e| callback_error("handle_input_rows", &key, e))?;
+                self.collect_output("handle_input_rows", &key, emitted, &mut output)?;
+            }
+            Ok::<_, DataFusionError>(output)
+        });
+        let mut output = Vec::new();
+        for share in shares {
+            output.extend(share?);
+        }
+        let mut emitted = Vec::new();
+        for local in &mut inner.locals[..instances] {
+            local.flush_slots(&mut inner.stores, &input).map_err(|e| {
+                DataFusionError::External(Box::new(TidemillError::Processor {
+                    callback: "handle_input_rows".into(),
+                    key: String::new(),
+                    message: format!("writing the batch's values back: {e}"),
+                }))
+            })?;
+            emitted.extend(self.take_emitted(local)?);
+        }
         let due_at = match self.time_mode {
             TimeMode::None => None,
             TimeMode::ProcessingTime => Some(inner.stores.processing_time_ms),
             TimeMode::EventTime => inner.stores.watermark_ms,
         };
         if let Some(at) = due_at {
-            for (time, group) in inner.stores.timers.due(at) {
+            let due = owned(&mut inner.stores.timers).due(at);
+            for (time, group) in due {
                 // A handler called before may have deleted it.
-                if !inner.stores.timers.delete(&group, time) {
+                if !owned(&mut inner.stores.timers).delete(&group, time) {
                     continue;
                 }
-                inner.stores.timers_fired += 1;
+                inner.timers_fired += 1;
                 let key = self.key_of(&group)?;
                 let timer = ExpiredTimer {
                     time_ms: time,
                     watermark_ms: inner.stores.watermark_ms,
                     processing_time_ms: inner.stores.processing_time_ms,
                 };
-                let mut ctx = ProcessorContext::new(&group, &key, &mut inner.stores);
-                let emitted = processor
+                let local = &mut inner.locals[0];
+                let mut ctx = ProcessorContext::new(&group, &key, &inner.stores, local);
+                let rows = processor
                     .handle_expired_timer(&key, timer, &mut ctx)
                     .map_err(|e| callback_error("handle_expired_timer", &key, e))?;
-                self.collect_output("handle_expired_timer", &key, emitted, &mut output)?;
+                self.collect_output("handle_expired_timer", &key, rows, &mut output)?;
             }
+            emitted.extend(self.take_emitted(&mut inner.locals[0])?);
         }
-        if inner.stores.emitted > 0 {
-            inner.stores.emitted = 0;
-            let columns = inner.stores.output.to_arrow().map_err(|e| {
-                DataFusionError::External(Box::new(TidemillError::Processor {
-                    callback: "emit".into(),
-                    key: String::new(),
-                    message: e.to_string(),
-                }))
-            })?;
-            output.push(RecordBatch::try_new(
-                Arc::clone(&self.handle.output_schema),
-                columns,
-            )?);
+        for local in &inner.locals {
+            inner.timers_registered += local.timers_registered;
+            inner.timers_deleted += local.timers_deleted;
         }
+        output.extend(emitted);
         self.check_event_times(inner.previous_ms, &output)?;
         // The callbacks' small batches as one (a sink pays per batch).
         if output.len() > 1 {
@@ -346,6 +432,25 @@ impl ProcessorOperator {
             )));
         }
         Ok(())
+    }
+
+    /// The rows `local`'s callbacks emitted since the last call, as a batch.
+    fn take_emitted(&self, local: &mut Local) -> DFResult<Option<RecordBatch>> {
+        if local.emitted == 0 {
+            return Ok(None);
+        }
+        local.emitted = 0;
+        let columns = local.output.to_arrow().map_err(|e| {
+            DataFusionError::External(Box::new(TidemillError::Processor {
+                callback: "emit".into(),
+                key: String::new(),
+                message: e.to_string(),
+            }))
+        })?;
+        Ok(Some(RecordBatch::try_new(
+            Arc::clone(&self.handle.output_schema),
+            columns,
+        )?))
     }
 
     /// Checks `emitted` against the declared schema and adds it to `output`.
@@ -431,9 +536,11 @@ impl ProcessorOperator {
         let input = self
             .group(&batch)
             .map_err(|e| TidemillError::datafusion("transform_with_state: initial state", e))?;
+        let local = &mut inner.locals[0];
+        local.begin(0, 0, inner.stores.variables.len());
         for i in 0..input.len() {
-            let (key, rows) = (input.key(i), input.rows(i));
-            let mut ctx = ProcessorContext::new(input.group(i), &key, &mut inner.stores);
+            let (key, rows) = (input.key(&input.keys, i), input.rows(i));
+            let mut ctx = ProcessorContext::new(input.group(i), &key, &inner.stores, local);
             processor
                 .handle_initial_state(&key, &rows, &mut ctx)
                 .map_err(|e| TidemillError::Processor {
@@ -442,6 +549,8 @@ impl ProcessorOperator {
                     message: e.to_string(),
                 })?;
         }
+        inner.timers_registered += local.timers_registered;
+        inner.timers_deleted += local.timers_deleted;
         Ok(())
     }
 }
@@ -452,10 +561,11 @@ impl StatefulOperator for ProcessorOperator {
         let mut inner = self.inner.lock().await;
         let inner = &mut *inner;
         for variable in &mut inner.stores.variables {
-            variable.begin_batch(version).await?;
+            owned(variable).begin_batch(version).await?;
         }
-        if inner.stores.timers.state.begin_batch(version).await? {
-            inner.stores.timers.rebuild_index();
+        let timers = owned(&mut inner.stores.timers);
+        if timers.state.begin_batch(version).await? {
+            timers.rebuild_index();
         }
         let now = watermarks.processing_time_ms;
         inner.stores.processing_time_ms = now;
@@ -466,14 +576,14 @@ impl StatefulOperator for ProcessorOperator {
         inner.late_ms = watermarks.late;
         inner.previous_ms = watermarks.previous;
         inner.dropped_by_watermark = 0;
-        inner.stores.timers_registered = 0;
-        inner.stores.timers_deleted = 0;
-        inner.stores.timers_fired = 0;
+        inner.timers_registered = 0;
+        inner.timers_deleted = 0;
+        inner.timers_fired = 0;
         // Values whose time to live ended are gone before the batch reads
         // them.
         inner.removed_by_ttl = 0;
         for variable in &mut inner.stores.variables {
-            inner.removed_by_ttl += variable.remove_expired(now)? as u64;
+            inner.removed_by_ttl += owned(variable).remove_expired(now)? as u64;
         }
         if version == 0
             && let Some(rows) = &self.initial
@@ -488,13 +598,15 @@ impl StatefulOperator for ProcessorOperator {
         let inner = &mut *inner;
         let dropped = inner.dropped_by_watermark;
         let stores = &mut inner.stores;
-        let mut total = stores
-            .timers
+        let mut total = owned(&mut stores.timers)
             .state
             .commit("transformWithState", 0, 0)
             .await?;
         for variable in &mut stores.variables {
-            let p = variable.state.commit("transformWithState", 0, 0).await?;
+            let p = owned(variable)
+                .state
+                .commit("transformWithState", 0, 0)
+                .await?;
             total.num_rows_total += p.num_rows_total;
             total.num_rows_updated += p.num_rows_updated;
             total.num_rows_removed += p.num_rows_removed;
@@ -504,12 +616,16 @@ impl StatefulOperator for ProcessorOperator {
         total.num_rows_dropped_by_watermark = dropped;
         // Spark's transformWithState metrics, by our names.
         let mut metrics = std::collections::BTreeMap::new();
-        metrics.insert("timers_total".into(), stores.timers.len() as u64);
-        metrics.insert("timers_registered".into(), stores.timers_registered);
-        metrics.insert("timers_deleted".into(), stores.timers_deleted);
-        metrics.insert("timers_fired".into(), stores.timers_fired);
+        metrics.insert(
+            "timers_total".into(),
+            owned(&mut stores.timers).len() as u64,
+        );
+        metrics.insert("timers_registered".into(), inner.timers_registered);
+        metrics.insert("timers_deleted".into(), inner.timers_deleted);
+        metrics.insert("timers_fired".into(), inner.timers_fired);
         metrics.insert("values_removed_by_ttl".into(), inner.removed_by_ttl);
-        for variable in &stores.variables {
+        for variable in &mut stores.variables {
+            let variable = owned(variable);
             metrics.insert(
                 format!("rows.{}", variable.spec.name),
                 variable.len() as u64,
@@ -520,13 +636,11 @@ impl StatefulOperator for ProcessorOperator {
     }
 
     async fn purge(&self, keep_from_version: u64) -> Result<()> {
-        let inner = self.inner.lock().await;
-        for variable in &inner.stores.variables {
-            variable.state.store.purge(keep_from_version).await?;
+        let mut inner = self.inner.lock().await;
+        for variable in &mut inner.stores.variables {
+            owned(variable).state.store.purge(keep_from_version).await?;
         }
-        inner
-            .stores
-            .timers
+        owned(&mut inner.stores.timers)
             .state
             .store
             .purge(keep_from_version)
@@ -537,7 +651,7 @@ impl StatefulOperator for ProcessorOperator {
     /// A timer that is due makes a batch without data worth running.
     async fn has_closable_state(&self, watermark_ms: Option<i64>, now_ms: i64) -> bool {
         let inner = self.inner.lock().await;
-        let Some(next) = inner.stores.timers.next() else {
+        let Some(next) = read(&inner.stores.timers).next() else {
             return false;
         };
         match self.time_mode {
@@ -548,13 +662,18 @@ impl StatefulOperator for ProcessorOperator {
     }
 
     async fn close(&self) {
+        let mut inner = self.inner.lock().await;
         let mut processor = self
             .handle
             .processor
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Err(e) = processor.close() {
-            tracing::warn!("stateful processor: close failed: {e}");
+        let instances =
+            std::iter::once(&mut **processor).chain(inner.forks.iter_mut().map(|p| &mut **p));
+        for instance in instances {
+            if let Err(e) = instance.close() {
+                tracing::warn!("stateful processor: close failed: {e}");
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `get` and `set` then cost a clone, not an Arrow conversion each.
 
 use std::any::Any;
+use std::ops::Range;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -17,26 +18,31 @@ use super::stores::VariableStore;
 pub(crate) trait BatchValues: Send {
     fn as_any(&mut self) -> &mut dyn Any;
 
-    /// Writes the values set or cleared back to `variable`; `input`'s keys
-    /// are in the slots' order.
+    /// Writes the values set or cleared back to `variable`; the slots are
+    /// `input`'s keys `keys`, in order.
     fn flush(
         &mut self,
         variable: &mut VariableStore,
         input: &BatchInput,
+        keys: Range<usize>,
         now_ms: i64,
     ) -> ProcessorResult<()>;
 }
 
-/// One slot per key of the batch.
+/// One slot per key of the batch (or of an instance's share of it).
 pub(crate) struct ValueSlots<T> {
     pub values: Vec<Option<T>>,
     pub changed: Vec<bool>,
 }
 
 impl<T: DeserializeOwned> ValueSlots<T> {
-    /// The values `variable` holds for `input`'s keys.
-    pub fn load(variable: &VariableStore, input: &BatchInput) -> ProcessorResult<Self> {
-        let keys: Vec<&[u8]> = (0..input.len()).map(|i| input.group(i)).collect();
+    /// The values `variable` holds for `input`'s keys `keys`.
+    pub fn load(
+        variable: &VariableStore,
+        input: &BatchInput,
+        keys: Range<usize>,
+    ) -> ProcessorResult<Self> {
+        let keys: Vec<&[u8]> = keys.map(|i| input.group(i)).collect();
         let rows = variable.values(&keys);
         let present: Vec<&[u8]> = rows.iter().flatten().copied().collect();
         let mut decoded = if present.is_empty() {
@@ -64,8 +70,10 @@ impl<T: Serialize + Send + 'static> BatchValues for ValueSlots<T> {
         &mut self,
         variable: &mut VariableStore,
         input: &BatchInput,
+        keys: Range<usize>,
         now_ms: i64,
     ) -> ProcessorResult<()> {
+        let group = |i: usize| input.group(keys.start + i);
         let set: Vec<usize> = (0..self.values.len())
             .filter(|&i| self.changed[i] && self.values[i].is_some())
             .collect();
@@ -77,13 +85,13 @@ impl<T: Serialize + Send + 'static> BatchValues for ValueSlots<T> {
             let entries: Vec<(&[u8], &[u8])> = set
                 .iter()
                 .enumerate()
-                .map(|(n, &i)| (input.group(i), rows.row(n).data()))
+                .map(|(n, &i)| (group(i), rows.row(n).data()))
                 .collect();
             variable.set_values(&entries, now_ms);
         }
         for i in 0..self.values.len() {
             if self.changed[i] && self.values[i].is_none() {
-                variable.clear(input.group(i));
+                variable.clear(group(i));
             }
         }
         Ok(())

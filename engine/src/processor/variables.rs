@@ -11,7 +11,7 @@
 use std::any::TypeId;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -173,8 +173,7 @@ macro_rules! clear_and_exists {
         impl<$($p),+> $ty<$($p),+> {
             /// Removes the current key's state in this variable.
             pub fn clear(&self, ctx: &mut ProcessorContext<'_>) -> ProcessorResult<()> {
-                let group = ctx.group().to_vec();
-                ctx.variable_mut(&self.name)?.clear(&group);
+                ctx.variable_mut(&self.name)?.clear(ctx.group());
                 Ok(())
             }
 
@@ -225,10 +224,10 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + 'static> ValueState<T> {
             slots.changed[i] = true;
             return Ok(());
         }
-        let (group, now) = (ctx.group().to_vec(), ctx.processing_time_ms());
-        let var = ctx.typed_mut(&self.name, VariableKind::Value, TypeId::of::<T>(), None)?;
+        let now = ctx.processing_time_ms();
+        let mut var = ctx.typed_mut(&self.name, VariableKind::Value, TypeId::of::<T>(), None)?;
         let row = var.spec.value.encode(value)?;
-        var.set_value(&group, &row, now);
+        var.set_value(ctx.group(), &row, now);
         Ok(())
     }
 
@@ -239,9 +238,8 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + 'static> ValueState<T> {
             slots.changed[i] = true;
             return Ok(());
         }
-        let group = ctx.group().to_vec();
         ctx.typed_mut(&self.name, VariableKind::Value, TypeId::of::<T>(), None)?
-            .clear(&group);
+            .clear(ctx.group());
         Ok(())
     }
 
@@ -301,13 +299,13 @@ impl<T: Serialize + DeserializeOwned + 'static> ListState<T> {
 
     /// Appends `values`, in order, to the current key's list.
     pub fn append_all(&self, ctx: &mut ProcessorContext<'_>, values: &[T]) -> ProcessorResult<()> {
-        let (group, now) = (ctx.group().to_vec(), ctx.processing_time_ms());
-        let var = ctx.typed_mut(&self.name, VariableKind::List, TypeId::of::<T>(), None)?;
+        let now = ctx.processing_time_ms();
+        let mut var = ctx.typed_mut(&self.name, VariableKind::List, TypeId::of::<T>(), None)?;
         let rows = values
             .iter()
             .map(|v| var.spec.value.encode(v))
             .collect::<ProcessorResult<Vec<_>>>()?;
-        var.append(&group, &rows, now);
+        var.append(ctx.group(), &rows, now);
         Ok(())
     }
 
@@ -355,8 +353,8 @@ where
 
     fn var<'c>(
         &self,
-        ctx: &'c ProcessorContext<'_>,
-    ) -> ProcessorResult<&'c super::stores::VariableStore> {
+        ctx: &ProcessorContext<'c>,
+    ) -> ProcessorResult<RwLockReadGuard<'c, super::stores::VariableStore>> {
         let (v, k) = Self::types();
         ctx.typed(&self.name, VariableKind::Map, v, k)
     }
@@ -372,7 +370,7 @@ where
     /// The current key's value for map key `key`.
     pub fn get(&self, ctx: &ProcessorContext<'_>, key: &K) -> ProcessorResult<Option<V>> {
         let var = self.var(ctx)?;
-        let part = Self::key_row(var, key)?;
+        let part = Self::key_row(&var, key)?;
         match var.entry(ctx.group(), &part) {
             Some(row) => Ok(Some(var.spec.value.decode_one(row)?)),
             None => Ok(None),
@@ -382,7 +380,7 @@ where
     /// Whether the current key's map has `key`.
     pub fn contains_key(&self, ctx: &ProcessorContext<'_>, key: &K) -> ProcessorResult<bool> {
         let var = self.var(ctx)?;
-        let part = Self::key_row(var, key)?;
+        let part = Self::key_row(&var, key)?;
         Ok(var.entry(ctx.group(), &part).is_some())
     }
 
@@ -393,23 +391,22 @@ where
         key: &K,
         value: &V,
     ) -> ProcessorResult<()> {
-        let (group, now) = (ctx.group().to_vec(), ctx.processing_time_ms());
+        let now = ctx.processing_time_ms();
         let (v, k) = Self::types();
-        let var = ctx.typed_mut(&self.name, VariableKind::Map, v, k)?;
-        let part = Self::key_row(var, key)?;
+        let mut var = ctx.typed_mut(&self.name, VariableKind::Map, v, k)?;
+        let part = Self::key_row(&var, key)?;
         let row = var.spec.value.encode(value)?;
-        var.set_entry(&group, &part, &row, now);
+        var.set_entry(ctx.group(), &part, &row, now);
         Ok(())
     }
 
     /// Removes map key `key` from the current key's map; returns whether it
     /// was there.
     pub fn remove(&self, ctx: &mut ProcessorContext<'_>, key: &K) -> ProcessorResult<bool> {
-        let group = ctx.group().to_vec();
         let (v, k) = Self::types();
-        let var = ctx.typed_mut(&self.name, VariableKind::Map, v, k)?;
-        let part = Self::key_row(var, key)?;
-        Ok(var.remove_entry(&group, &part))
+        let mut var = ctx.typed_mut(&self.name, VariableKind::Map, v, k)?;
+        let part = Self::key_row(&var, key)?;
+        Ok(var.remove_entry(ctx.group(), &part))
     }
 
     /// The current key's map entries, in map-key order.
