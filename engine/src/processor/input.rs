@@ -101,9 +101,7 @@ impl GroupKey {
     }
 
     fn key_column(&self, name: &str) -> ProcessorResult<&ArrayRef> {
-        self.keys
-            .column_by_name(name)
-            .ok_or_else(|| format!("no key column '{name}'").into())
+        column(&self.keys, name).ok_or_else(|| format!("no key column '{name}'").into())
     }
 
     /// The key as a Rust value: for one key column, its value's type (e.g.
@@ -216,9 +214,7 @@ impl<'a> KeyRows<'a> {
     }
 
     fn whole_column(&self, name: &str) -> ProcessorResult<&'a ArrayRef> {
-        self.grouped
-            .column_by_name(name)
-            .ok_or_else(|| format!("the input has no column '{name}'").into())
+        column(self.grouped, name).ok_or_else(|| format!("the input has no column '{name}'").into())
     }
 }
 
@@ -228,6 +224,14 @@ impl std::ops::Deref for KeyRows<'_> {
     fn deref(&self) -> &RecordBatch {
         self.batch()
     }
+}
+
+/// Column `name` of `batch`. Not `RecordBatch::column_by_name`, which
+/// clones the schema's `Arc`: threads calling it per key for one batch
+/// contend on that count.
+fn column<'b>(batch: &'b RecordBatch, name: &str) -> Option<&'b ArrayRef> {
+    let (index, _) = batch.schema_ref().column_with_name(name)?;
+    Some(batch.column(index))
 }
 
 /// One primitive column of a key's rows ([`KeyRows::primitive`]): a view
