@@ -259,13 +259,10 @@ impl StatefulProcessor for SessionVwap {
         ctx: &mut ProcessorContext<'_>,
     ) -> ProcessorResult<Vec<RecordBatch>> {
         let symbol: String = key.decode()?;
-        let column = |name: &str| {
-            rows.column_by_name(name)
-                .ok_or_else(|| format!("the input has no column '{name}'"))
-        };
-        let prices = column("price")?.as_primitive::<Float64Type>();
-        let quantities = column("quantity")?.as_primitive::<Int64Type>();
-        let times = column("event_time")?.as_primitive::<TimestampMillisecondType>();
+        // Each column read in place, without a batch of the key's rows.
+        let prices = rows.primitive::<Float64Type>("price")?;
+        let quantities = rows.primitive::<Int64Type>("quantity")?;
+        let times = rows.primitive::<TimestampMillisecondType>("event_time")?;
 
         let mut touched: BTreeMap<i64, Running> = BTreeMap::new();
         let mut last_alert = self.last_alert.get(ctx)?;
