@@ -36,6 +36,30 @@ fn memory_ctx() -> SessionContext {
     ctx
 }
 
+/// A context on memory where `sink` (at `location`) committed one batch,
+/// and then manifest entry `entry` was written as `bytes`.
+async fn one_batch_then_entry(
+    sink: FileSink,
+    location: &str,
+    entry: &str,
+    bytes: &'static [u8],
+) -> SessionContext {
+    let ctx = memory_ctx();
+    open(&ctx, &sink).await;
+    sink.add_batch(0, schema(), vec![batch(&[1])])
+        .await
+        .unwrap();
+    let loc = Location::resolve(location, &ctx.runtime_env()).unwrap();
+    loc.store()
+        .put(
+            &loc.path().clone().join(MANIFEST_DIR).join(entry),
+            PutPayload::from_static(bytes),
+        )
+        .await
+        .unwrap();
+    ctx
+}
+
 async fn open(ctx: &SessionContext, sink: &ParquetSink) {
     sink.open(&SinkContext {
         session: ctx.clone(),
@@ -387,21 +411,8 @@ async fn a_sink_path_that_is_a_regular_file_fails_at_once_naming_it() {
 
 #[tokio::test]
 async fn corrupt_manifest_names_the_file() {
-    let ctx = memory_ctx();
     let location = "memory:///corrupt";
-    let sink = ParquetSink::new(location);
-    open(&ctx, &sink).await;
-    sink.add_batch(0, schema(), vec![batch(&[1])])
-        .await
-        .unwrap();
-    let loc = Location::resolve(location, &ctx.runtime_env()).unwrap();
-    loc.store()
-        .put(
-            &loc.path().clone().join(MANIFEST_DIR).join("0"),
-            PutPayload::from_static(b"garbage\n"),
-        )
-        .await
-        .unwrap();
+    let ctx = one_batch_then_entry(ParquetSink::new(location), location, "0", b"garbage\n").await;
     let err = ParquetSink::read_committed(&ctx, location)
         .await
         .unwrap_err();
@@ -840,21 +851,9 @@ async fn open_refuses_partition_columns_and_csv_columns_it_cannot_write() {
 
 #[tokio::test]
 async fn an_entry_of_an_unknown_version_is_refused_naming_it() {
-    let ctx = memory_ctx();
     let location = "memory:///future";
-    let sink = FileSink::json(location);
-    open(&ctx, &sink).await;
-    sink.add_batch(0, schema(), vec![batch(&[1])])
-        .await
-        .unwrap();
-    let loc = Location::resolve(location, &ctx.runtime_env()).unwrap();
-    loc.store()
-        .put(
-            &loc.path().clone().join(MANIFEST_DIR).join("1"),
-            PutPayload::from_static(b"tidemill-sink-manifest v3\n{}\ncrc32 00000000\n"),
-        )
-        .await
-        .unwrap();
+    let entry = b"tidemill-sink-manifest v3\n{}\ncrc32 00000000\n";
+    let ctx = one_batch_then_entry(FileSink::json(location), location, "1", entry).await;
     let err = FileSink::read_committed(&ctx, location).await.unwrap_err();
     assert!(
         err.to_string().contains("future/_tidemill_sink/1")
