@@ -313,8 +313,9 @@ impl Dirs {
 }
 
 /// Writes input file `n` (20 events, ids 20n..20n+20) the way a careful
-/// producer does: under a dot-name, then renamed into place.
-fn write_input(dir: &Path, n: usize) {
+/// producer does: under a dot-name, then renamed into place. (The files
+/// sink's crash tests use it too.)
+pub(crate) fn write_input(dir: &Path, n: usize) {
     let mut text = String::new();
     for id in n * 20..n * 20 + 20 {
         let symbol = ["A", "B", "C"][id % 3];

@@ -8,7 +8,7 @@
 //! DataFusion's plain reading of the directory (no file of the killed
 //! attempt is left behind).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use arrow::datatypes::DataType;
@@ -18,6 +18,7 @@ use tidemill::prelude::*;
 
 use crate::child::{self, Child, Event};
 use crate::common::{df_rows, events_schema};
+use crate::crash::write_input;
 
 /// The sink's failpoints, in the order a batch passes them.
 const SINK_POINTS: [&str; 3] = ["before_sink", "during_sink", "after_sink"];
@@ -104,22 +105,6 @@ impl Dirs {
             .env("FS_CRASH_PARTITION_BY", self.partition_by.join(","));
         cmd
     }
-}
-
-/// Writes input file `n` (20 events, ids 20n..20n+20; symbols A, B, C)
-/// under a dot-name, then renamed into place.
-fn write_input(dir: &Path, n: usize) {
-    let mut text = String::new();
-    for id in n * 20..n * 20 + 20 {
-        let symbol = ["A", "B", "C"][id % 3];
-        text.push_str(&format!(
-            "{{\"id\": {id}, \"symbol\": \"{symbol}\", \"price\": {}}}\n",
-            id as f64 * 1.5
-        ));
-    }
-    let tmp = dir.join(format!(".part-{n:04}.json.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(format!("part-{n:04}.json"))).unwrap();
 }
 
 /// Every input row, read by DataFusion: the expected output.
