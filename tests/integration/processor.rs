@@ -1958,3 +1958,72 @@ async fn a_batch_of_many_keys_is_shared_among_the_processors_instances() {
         }
     }
 }
+
+/// A processor whose clones declare other variables than the first
+/// instance: the query cannot share keys among them, and says so at start.
+#[derive(Clone)]
+struct Fickle {
+    inits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StatefulProcessor for Fickle {
+    fn output_schema(&self) -> SchemaRef {
+        fired_schema()
+    }
+
+    fn init(&mut self, states: &mut StateDeclarations) -> ProcessorResult<()> {
+        let n = self.inits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        states.declare(&ValueState::<i64>::new(if n == 0 {
+            "first"
+        } else {
+            "other"
+        }))
+    }
+
+    fn handle_input_rows(
+        &mut self,
+        _key: &GroupKey,
+        _rows: &KeyRows<'_>,
+        _ctx: &mut ProcessorContext<'_>,
+    ) -> ProcessorResult<Vec<RecordBatch>> {
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn clones_declaring_other_variables_are_refused_at_start() {
+    let (ctx, stream, sink, checkpoint) = setup(2);
+    let processor = Fickle {
+        inits: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    };
+    let df = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .transform_with_state(&["symbol"], processor, TimeMode::None, OutputMode::Update)
+        .unwrap();
+    let err = start_with(df, &sink, checkpoint.path(), OutputMode::Update, None)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("init") && err.contains("first") && err.contains("other"),
+        "{err}"
+    );
+    // With one partition there is one instance, and nothing to compare.
+    let (ctx, stream, sink, checkpoint) = setup(1);
+    let processor = Fickle {
+        inits: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    };
+    let df = ctx
+        .read_stream(stream.clone())
+        .await
+        .unwrap()
+        .transform_with_state(&["symbol"], processor, TimeMode::None, OutputMode::Update)
+        .unwrap();
+    let query = start_with(df, &sink, checkpoint.path(), OutputMode::Update, None)
+        .await
+        .unwrap();
+    query.stop().await.unwrap();
+}
