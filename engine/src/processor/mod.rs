@@ -215,7 +215,7 @@ pub trait StatefulProcessor: Send + 'static {
 /// The rows of `batches` as one batch of `schema`, checked column by column
 /// against the declared output schema; the error names the column.
 pub(crate) fn check_output(schema: &SchemaRef, batch: &RecordBatch) -> Result<(), String> {
-    let got = batch.schema();
+    let got = batch.schema_ref();
     for (i, want) in schema.fields().iter().enumerate() {
         let Some(field) = got.fields().get(i) else {
             return Err(format!(

@@ -318,6 +318,7 @@ impl ProcessorOperator {
         let shares = tidemill_state::map_parallel(work, instances > 1, |(processor, local)| {
             let mut output = Vec::new();
             let keys = Arc::new(input.keys.as_ref().clone());
+            let schema = Arc::new(self.handle.output_schema.as_ref().clone());
             for ordinal in local.first..local.first + local.keys {
                 let key = input.key(&keys, ordinal);
                 let rows = input.rows(ordinal);
@@ -325,7 +326,11 @@ impl ProcessorOperator {
                 let emitted = processor
                     .handle_input_rows(&key, &rows, &mut ctx)
                     .map_err(|e| callback_error("handle_input_rows", &key, e))?;
-                self.collect_output("handle_input_rows", &key, emitted, &mut output)?;
+                Self::collect_output(&schema, "handle_input_rows", &key, emitted, &mut output)?;
+            }
+            // The share's returned batches as one, on its own thread.
+            if output.len() > 1 {
+                output = vec![concat_batches(&schema, &output)?];
             }
             Ok::<_, DataFusionError>(output)
         });
@@ -368,7 +373,13 @@ impl ProcessorOperator {
                 let rows = processor
                     .handle_expired_timer(&key, timer, &mut ctx)
                     .map_err(|e| callback_error("handle_expired_timer", &key, e))?;
-                self.collect_output("handle_expired_timer", &key, rows, &mut output)?;
+                Self::collect_output(
+                    &self.handle.output_schema,
+                    "handle_expired_timer",
+                    &key,
+                    rows,
+                    &mut output,
+                )?;
             }
             emitted.extend(self.take_emitted(&mut inner.locals[0])?);
         }
@@ -454,14 +465,15 @@ impl ProcessorOperator {
     }
 
     /// Checks `emitted` against the declared schema and adds it to `output`.
+    /// `schema` is the declared one, or a copy of it: a thread that collects
+    /// many batches counts references to a copy of its own.
     fn collect_output(
-        &self,
+        schema: &SchemaRef,
         callback: &str,
         key: &GroupKey,
         emitted: Vec<RecordBatch>,
         output: &mut Vec<RecordBatch>,
     ) -> DFResult<()> {
-        let schema = &self.handle.output_schema;
         for batch in emitted {
             if batch.num_rows() == 0 {
                 continue;
