@@ -985,23 +985,12 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(keys) = std::env::var(STATE_CHILD_ENV) {
         return state_child(&config, &keys).await;
     }
-    println!(
-        "mode: {} ({})",
-        if config.full { "full" } else { "short" },
-        if config.full {
-            "cargo bench"
-        } else {
-            "no --bench argument: tiny sizes, results checked, times not meaningful"
-        }
-    );
-    let mut result = BenchResult::new(
+    let mut result = BenchResult::start(
         "aggregation",
         "Streaming aggregation: windowed stream vs batch, state scaling",
         "cargo bench --bench aggregation",
         config.full,
     );
-    result.data = serde_json::json!({});
-    println!("machine: {}", result.machine.summary());
     let tmp = tempfile::tempdir()?;
     if config.window {
         windowed(&config, tmp.path(), &mut result).await?;
@@ -1009,13 +998,6 @@ async fn main() -> anyhow::Result<()> {
     if config.state {
         state_scaling(&config, tmp.path(), &mut result).await?;
     }
-    for t in &result.targets {
-        println!("target: {} {} — measured {}", t.name, t.target, t.measured);
-    }
-    // A run of one part only would replace the other part's figures.
-    if config.window && config.state {
-        let path = result.write()?;
-        println!("\nresults: {}", path.display());
-    }
+    result.finish(config.window && config.state)?;
     Ok(())
 }

@@ -1033,23 +1033,12 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(rows) = std::env::var(STATE_CHILD_ENV) {
         return state_child(&config, &rows).await;
     }
-    println!(
-        "mode: {} ({})",
-        if config.full { "full" } else { "short" },
-        if config.full {
-            "cargo bench"
-        } else {
-            "no --bench argument: tiny sizes, results checked, times not meaningful"
-        }
-    );
-    let mut result = BenchResult::new(
+    let mut result = BenchResult::start(
         "join",
         "Stream–stream join: stream vs batch, state scaling",
         "cargo bench --bench join",
         config.full,
     );
-    result.data = serde_json::json!({});
-    println!("machine: {}", result.machine.summary());
     let tmp = tempfile::tempdir()?;
     if config.stream {
         stream_vs_batch(&config, tmp.path(), &mut result).await?;
@@ -1057,13 +1046,6 @@ async fn main() -> anyhow::Result<()> {
     if config.state {
         state_scaling(&config, tmp.path(), &mut result).await?;
     }
-    for t in &result.targets {
-        println!("target: {} {} — measured {}", t.name, t.target, t.measured);
-    }
-    // A run of one part only would replace the other part's figures.
-    if config.stream && config.state {
-        let path = result.write()?;
-        println!("\nresults: {}", path.display());
-    }
+    result.finish(config.stream && config.state)?;
     Ok(())
 }

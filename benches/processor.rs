@@ -1088,23 +1088,12 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(what) = std::env::var(CHILD_ENV) {
         return child(&config, &what).await;
     }
-    println!(
-        "mode: {} ({})",
-        if config.full { "full" } else { "short" },
-        if config.full {
-            "cargo bench"
-        } else {
-            "no --bench argument: tiny sizes, results checked, times not meaningful"
-        }
-    );
-    let mut result = BenchResult::new(
+    let mut result = BenchResult::start(
         "processor",
         "Stateful processor: transformWithState vs the built-in aggregation, state scaling",
         "cargo bench --bench processor",
         config.full,
     );
-    result.data = serde_json::json!({});
-    println!("machine: {}", result.machine.summary());
     let tmp = tempfile::tempdir()?;
     if config.throughput {
         throughput(&config, tmp.path(), &mut result).await?;
@@ -1112,13 +1101,6 @@ async fn main() -> anyhow::Result<()> {
     if config.state {
         state_scaling(&config, tmp.path(), &mut result).await?;
     }
-    for t in &result.targets {
-        println!("target: {} {} — measured {}", t.name, t.target, t.measured);
-    }
-    // A run of one part only would replace the other part's figures.
-    if config.throughput && config.state {
-        let path = result.write()?;
-        println!("\nresults: {}", path.display());
-    }
+    result.finish(config.throughput && config.state)?;
     Ok(())
 }

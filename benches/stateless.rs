@@ -563,24 +563,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         (20_000, 1, 50)
     };
-    println!(
-        "mode: {}",
-        if full {
-            "full (cargo bench)"
-        } else {
-            "short (no --bench argument: tiny sizes, results checked, times not meaningful)"
-        }
-    );
-    // Every file holds the same number of rows.
-    let rows = rows / FILES * FILES;
-    let mut result = BenchResult::new(
+    let mut result = BenchResult::start(
         "stateless",
         "Stateless: streaming vs batch, per-batch overhead, latency floor",
         "cargo bench --bench stateless",
         full,
     );
-    result.data = serde_json::json!({});
-    println!("machine: {}", result.machine.summary());
+    // Every file holds the same number of rows.
+    let rows = rows / FILES * FILES;
     result.workload = format!(
         "Throughput: filter (quantity > 10) and projection (id, symbol, price·quantity) over \
          {rows} seeded rows (seed 42) in {FILES} parquet files, as one DataFusion batch job \

@@ -108,6 +108,40 @@ impl BenchResult {
         }
     }
 
+    /// Starts a bench run: says its mode (`full` under `cargo bench`, short
+    /// under `cargo test`) and the machine, and returns the empty result
+    /// (its `data` an empty object).
+    pub fn start(bench: &str, title: &str, command: &str, full: bool) -> Self {
+        println!(
+            "mode: {} ({})",
+            if full { "full" } else { "short" },
+            if full {
+                "cargo bench"
+            } else {
+                "no --bench argument: tiny sizes, results checked, times not meaningful"
+            }
+        );
+        let mut result = Self::new(bench, title, command, full);
+        result.data = serde_json::json!({});
+        println!("machine: {}", result.machine.summary());
+        result
+    }
+
+    /// Ends a bench run: says each target against its measure, and writes
+    /// the result if `complete` (a run of some parts only would replace the
+    /// other parts' figures); returns the path written.
+    pub fn finish(&mut self, complete: bool) -> anyhow::Result<Option<PathBuf>> {
+        for t in &self.targets {
+            println!("target: {} {} — measured {}", t.name, t.target, t.measured);
+        }
+        if !complete {
+            return Ok(None);
+        }
+        let path = self.write()?;
+        println!("\nresults: {}", path.display());
+        Ok(Some(path))
+    }
+
     /// Where [`BenchResult::write`] puts this result.
     pub fn path(&self) -> PathBuf {
         let dir = results_dir();
