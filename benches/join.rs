@@ -985,31 +985,22 @@ async fn state_scaling(
         println!("\n{}", table.to_markdown());
         result.tables.push(table);
     }
-    let mut ratios: Vec<f64> = rounds
+    // Per round: the largest state's median over the smallest's.
+    let medians: Vec<Vec<f64>> = rounds
         .iter()
-        .filter(|runs| runs.len() > 1)
-        .map(|runs| runs[runs.len() - 1].median_ms / runs[0].median_ms)
+        .map(|runs| runs.iter().map(|r| r.median_ms).collect())
         .collect();
-    if let Some(runs) = rounds.first()
-        && !ratios.is_empty()
-    {
-        let per_round = ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+    if let Some(runs) = rounds.first() {
         let (small, large) = (runs[0].rows, runs[runs.len() - 1].rows);
-        result.targets.push(Target::at_most(
-            &format!(
-                "join per-batch time, {large} / {small} rows of state ({}-trade batches), \
+        result
+            .targets
+            .extend(Target::scaling(&medians, 1.5, |rounds_counted| {
+                format!(
+                    "join per-batch time, {large} / {small} rows of state ({}-trade batches), \
                  median over {} rounds",
-                config.batch_rows,
-                ratios.len()
-            ),
-            median(&mut ratios),
-            1.5,
-            &format!("per round: {per_round}"),
-        ));
+                    config.batch_rows, rounds_counted
+                )
+            }));
     }
     result.data["state"] = serde_json::json!(
         rounds

@@ -254,6 +254,38 @@ impl Target {
             note: note.into(),
         }
     }
+
+    /// A state-scaling target: per round, the largest state's median time
+    /// per batch over the smallest's (`medians`: each round's, smallest
+    /// state first; rounds with one size are left out), their median at
+    /// most `limit`. `name` is given the number of rounds counted. `None`
+    /// when no round ran two sizes.
+    pub fn scaling(
+        medians: &[Vec<f64>],
+        limit: f64,
+        name: impl FnOnce(usize) -> String,
+    ) -> Option<Self> {
+        let mut ratios: Vec<f64> = medians
+            .iter()
+            .filter(|m| m.len() > 1)
+            .map(|m| m[m.len() - 1] / m[0])
+            .collect();
+        if ratios.is_empty() {
+            return None;
+        }
+        let per_round = ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let name = name(ratios.len());
+        Some(Self::at_most(
+            &name,
+            median(&mut ratios),
+            limit,
+            &format!("per round: {per_round}"),
+        ))
+    }
 }
 
 /// One timed run of a stream for [`watch_cost`].
@@ -491,4 +523,25 @@ pub fn trim(v: f64) -> String {
 
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scaling_target_is_the_median_of_each_rounds_largest_over_smallest() {
+        let medians = vec![
+            vec![2.0, 3.0],
+            vec![4.0],
+            vec![1.0, 9.0, 1.2],
+            vec![5.0, 6.0],
+        ];
+        let target = Target::scaling(&medians, 1.5, |n| format!("over {n} rounds")).unwrap();
+        assert_eq!(target.name, "over 3 rounds");
+        assert_eq!(target.measured, trim(1.2));
+        assert_eq!(target.met, Some(true));
+        assert_eq!(target.note, "per round: 1.50, 1.20, 1.20");
+        assert!(Target::scaling(&[vec![1.0]], 1.5, |_| String::new()).is_none());
+    }
 }
