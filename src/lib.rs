@@ -36,6 +36,10 @@
 //! DataFrame (`ctx.read_json(...)`), and as a stream when given
 //! `ctx.read_stream(...)`.
 //!
+//! Cargo feature `delta` (on by default): the Delta Lake sink
+//! ([`DeltaSink`], `connector = 'delta'` in pipeline files), on the
+//! `deltalake` crate; `--no-default-features` leaves it out.
+//!
 //! Cargo feature `failpoints` (off by default): the crash-test hooks of the
 //! engine and the sinks (see `tidemill-engine`), for a `tidemill` command
 //! that tests can stop at a named step of a batch. Tidemill's own tests
@@ -60,6 +64,8 @@ pub use tidemill_connectors::{
     ConsoleSink, FileFormat, FileSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream,
     ParquetSink, RateSource,
 };
+#[cfg(feature = "delta")]
+pub use tidemill_connectors::DeltaSink;
 #[cfg(feature = "kafka")]
 pub use tidemill_connectors::{KafkaSink, KafkaSource};
 pub use tidemill_engine::{
@@ -78,6 +84,8 @@ pub mod prelude {
         ConsoleSink, FileSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
         RateSource,
     };
+    #[cfg(feature = "delta")]
+    pub use tidemill_connectors::DeltaSink;
     #[cfg(feature = "kafka")]
     pub use tidemill_connectors::{KafkaSink, KafkaSource};
     pub use tidemill_engine::{

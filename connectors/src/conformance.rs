@@ -345,6 +345,7 @@ pub async fn check_sink(
     sink.open(&SinkContext {
         session: harness.session(),
         query_name: Some("conformance".into()),
+        query_id: uuid::Uuid::new_v4().to_string(),
         schema: Arc::clone(&schema),
         output_mode: OutputMode::Append,
         durability: Default::default(),

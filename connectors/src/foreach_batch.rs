@@ -164,6 +164,7 @@ mod tests {
         sink.open(&SinkContext {
             session: SessionContext::new(),
             query_name: None,
+            query_id: "test".into(),
             schema: schema(),
             output_mode: OutputMode::Append,
             durability: Default::default(),

@@ -24,6 +24,10 @@
 //! - [`ForeachBatchSink`]: a closure called with each batch as a DataFrame.
 //! - [`KafkaSink`]: Kafka messages, at-least-once or exactly-once (with the
 //!   `kafka` feature).
+//! - [`DeltaSink`]: a Delta Lake table, one table version per batch,
+//!   exactly-once through Delta's application transactions; append,
+//!   complete (overwrite) and update (MERGE) modes (with the `delta`
+//!   feature).
 //!
 //! # Features
 //!
@@ -32,6 +36,9 @@
 //!   sources. Without it (`default-features = false`) the crate has the
 //!   other connectors only and builds no librdkafka. The `tidemill` crate
 //!   has a `kafka` feature of its own (default) that turns this one on.
+//! - `delta` (off here; on in the `tidemill` crate's default features): the
+//!   [`DeltaSink`] and `connector = 'delta'`, on the `deltalake` crate
+//!   (with its DataFusion integration, which MERGE needs).
 //! - `conformance` (off): the module `conformance`, the checks every
 //!   source and sink passes, for testing a connector of your own the same
 //!   way. Tidemill's own tests turn it on.
@@ -44,6 +51,8 @@
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod console_sink;
+#[cfg(feature = "delta")]
+mod delta_sink;
 mod failpoint;
 mod file_sink;
 mod file_source;
@@ -56,6 +65,8 @@ mod rate_source;
 pub mod registry;
 
 pub use console_sink::ConsoleSink;
+#[cfg(feature = "delta")]
+pub use delta_sink::{CHECKPOINT_INTERVAL_PROPERTY, DeltaSink, DeltaSinkError};
 pub use file_sink::{CsvLayout, FileSink, ManifestEntry, ManifestFile, ParquetSink};
 pub use file_source::{FileFormat, FileSource};
 pub use foreach_batch::{ForeachBatchError, ForeachBatchSink};

@@ -226,6 +226,7 @@ mod tests {
         let ctx = SinkContext {
             session: session.clone(),
             query_name: Some("results".into()),
+            query_id: "test".into(),
             schema: Arc::clone(&schema),
             output_mode: OutputMode::Append,
             durability: Default::default(),
@@ -265,6 +266,7 @@ mod tests {
         sink.open(&SinkContext {
             session: session.clone(),
             query_name: None,
+            query_id: "test".into(),
             schema: Arc::clone(&schema),
             output_mode: OutputMode::Complete,
             durability: Default::default(),

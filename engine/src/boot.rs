@@ -188,6 +188,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
     sink.open(&SinkContext {
         session: session.clone(),
         query_name: writer.name.clone(),
+        query_id: metadata.query_id.clone(),
         schema: Arc::new(df_schema.as_arrow().clone()),
         output_mode: writer.output_mode,
         durability: writer.options.checkpoint_durability,
@@ -205,6 +206,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         late.open(&SinkContext {
             session: session.clone(),
             query_name: writer.name.as_ref().map(|n| format!("{n}_late_rows")),
+            query_id: format!("{}_late_rows", metadata.query_id),
             schema: operator.input_schema(),
             output_mode: OutputMode::Append,
             durability: writer.options.checkpoint_durability,

@@ -16,6 +16,12 @@ pub struct SinkContext {
     pub session: SessionContext,
     /// The query's name, if it was given one.
     pub query_name: Option<String>,
+    /// The query's id: kept in its checkpoint's metadata, so the same
+    /// across restarts on one checkpoint, and new for a new checkpoint (a
+    /// batch run has a fresh one). A sink that records which batches it
+    /// committed in its target (the Delta sink's application transaction,
+    /// as Spark's) keys them by this id and the batch id.
+    pub query_id: String,
     /// The schema of every batch the sink will receive.
     pub schema: SchemaRef,
     /// The query's output mode.
@@ -62,6 +68,7 @@ impl std::fmt::Debug for SinkContext {
         f.debug_struct("SinkContext")
             .field("session_id", &self.session.session_id())
             .field("query_name", &self.query_name)
+            .field("query_id", &self.query_id)
             .field("schema", &self.schema)
             .field("output_mode", &self.output_mode)
             .field("durability", &self.durability)

@@ -465,6 +465,9 @@ impl Pipeline {
             sink.open(&SinkContext {
                 session: ctx.clone(),
                 query_name: Some(prepared.sink.clone()),
+                // A batch run is a new query: a sink keyed by query id
+                // (Delta's application transaction) writes its batch 0.
+                query_id: uuid::Uuid::new_v4().to_string(),
                 schema: Arc::clone(&schema),
                 output_mode: OutputMode::Append,
                 durability: Default::default(),

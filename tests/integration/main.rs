@@ -13,6 +13,8 @@ mod conformance;
 mod connectors;
 mod crash;
 mod dedup;
+mod delta_sink;
+mod delta_sink_crash;
 mod engine_semantics;
 mod file_sink;
 mod file_sink_crash;

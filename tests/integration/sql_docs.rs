@@ -332,6 +332,31 @@ async fn run_examples_stream_and_batch() {
                     );
                 }
             }
+            if option(statement, "connector").as_deref() == Some("delta") {
+                // Read back by deltalake's own table provider.
+                let path = option(statement, "path").unwrap();
+                let read = |dir: &Path| {
+                    let location = dir.join(&path);
+                    async move {
+                        crate::delta_sink::query_table(&location, "SELECT * FROM t").await
+                    }
+                };
+                let stream_rows = read(streamed.path()).await;
+                let batch_rows = read(batched.path()).await;
+                assert_eq!(batch_rows.len(), rows, "{at}");
+                if option(statement, "output_mode").as_deref() == Some("update") {
+                    // The MERGEs of the stream leave the batch job's table.
+                    assert_eq!(stream_rows, batch_rows, "{at}: {sink}");
+                } else {
+                    assert!(!stream_rows.is_empty(), "{at}: {sink}");
+                    for row in &stream_rows {
+                        assert!(
+                            batch_rows.contains(row),
+                            "{at}: {row} not in {batch_rows:#?}"
+                        );
+                    }
+                }
+            }
         }
         if n == 0 {
             // The transcript under the first example.

@@ -64,6 +64,7 @@ async fn open(ctx: &SessionContext, sink: &ParquetSink) {
     sink.open(&SinkContext {
         session: ctx.clone(),
         query_name: None,
+        query_id: "test".into(),
         schema: schema(),
         output_mode: OutputMode::Append,
         durability: Default::default(),
@@ -442,6 +443,7 @@ async fn description_open_and_modes() {
         .open(&SinkContext {
             session: SessionContext::new(),
             query_name: None,
+            query_id: "test".into(),
             schema: schema(),
             output_mode: OutputMode::Complete,
             durability: Default::default(),
@@ -593,6 +595,7 @@ async fn open_with(ctx: &SessionContext, sink: &FileSink, schema: SchemaRef) -> 
     sink.open(&SinkContext {
         session: ctx.clone(),
         query_name: None,
+        query_id: "test".into(),
         schema,
         output_mode: OutputMode::Append,
         durability: Default::default(),

@@ -117,7 +117,8 @@ impl ConnectorRegistry {
     }
 
     /// The built-in connectors: `files`, `rate` and (with the `kafka`
-    /// feature) `kafka` streams; `files`, `console` and `kafka` sinks.
+    /// feature) `kafka` streams; `files`, `console`, `kafka` (with the
+    /// `kafka` feature) and `delta` (with the `delta` feature) sinks.
     pub fn builtin() -> Self {
         let mut registry = Self::empty();
         registry.register_stream("files", Arc::new(crate::file_source::FilesConnector));
@@ -128,6 +129,8 @@ impl ConnectorRegistry {
         registry.register_sink("console", Arc::new(crate::console_sink::ConsoleConnector));
         #[cfg(feature = "kafka")]
         registry.register_sink("kafka", Arc::new(crate::kafka::KafkaConnector));
+        #[cfg(feature = "delta")]
+        registry.register_sink("delta", Arc::new(crate::delta_sink::DeltaConnector));
         registry
     }
 

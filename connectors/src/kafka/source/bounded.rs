@@ -242,6 +242,8 @@ async fn flush_dead_letters(state: &mut BoundedState) -> Result<()> {
     sink.open(&SinkContext {
         session: state.session.clone(),
         query_name: None,
+        // A bounded read is a run of its own.
+        query_id: uuid::Uuid::new_v4().to_string(),
         schema: dead_letter_schema(),
         output_mode: OutputMode::Append,
         durability: Default::default(),

@@ -211,6 +211,8 @@ impl KafkaStream {
             sink.open(&SinkContext {
                 session: self.session.clone(),
                 query_name: None,
+                // Dead-letter batch ids are logged in the source's checkpoint.
+                query_id: format!("{} dead letters", self.description),
                 schema: dead_letter_schema(),
                 output_mode: OutputMode::Append,
                 durability: Default::default(),

@@ -1,0 +1,591 @@
+//! Exactly-once output to a Delta Lake table, on the `deltalake` crate
+//! (the `delta` feature).
+//!
+//! See [`DeltaSink`] for what each output mode writes and how a batch is
+//! made exactly-once. The modules: `schema` (the output's columns as Delta
+//! types, checked against an existing table), `error` ([`DeltaSinkError`]),
+//! `connector` (`connector = 'delta'` in pipelines) and, in builds with the
+//! `failpoints` feature, `failpoint_store` (a log store that stops before
+//! writing a commit, for the crash tests).
+
+mod connector;
+mod error;
+#[cfg(feature = "failpoints")]
+mod failpoint_store;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use connector::DeltaConnector;
+pub use error::DeltaSinkError;
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::common::Column;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::prelude::{Expr, SessionContext};
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::StreamExt;
+use tidemill_engine::{OutputMode, Result, Sink, SinkContext, TidemillError};
+
+/// The table property that sets how many versions apart Delta writes a
+/// checkpoint (`_delta_log/<version>.checkpoint.parquet`).
+pub const CHECKPOINT_INTERVAL_PROPERTY: &str = "delta.checkpointInterval";
+
+/// Writes each micro-batch to a [Delta Lake](https://delta.io) table as one
+/// table version, exactly once, the way Spark's Delta sink does.
+///
+/// # Output modes
+///
+/// - **Append**: the batch's rows are added to the table.
+/// - **Complete**: the batch's rows (the whole result) replace the table's
+///   rows, in the same commit (the commit removes every file and adds the
+///   new ones, so a reader sees the old table or the new, never a mix).
+/// - **Update**: a MERGE on the key columns declared with
+///   [`DeltaSink::merge_on`]: a row whose keys match a table row replaces
+///   it, other rows are inserted. Update mode without merge keys is refused
+///   when the query starts. In append mode, merge keys make each batch a
+///   MERGE too (an upsert of the appended rows; a batch run of an
+///   update-mode pipeline writes so); complete mode refuses them. The keys
+///   must identify a row within a batch
+///   (as an aggregation's group keys do) and should not be null (null keys
+///   never match, so such rows are inserted again).
+///
+/// # Exactly-once
+///
+/// Every batch commits exactly one table version, and that version carries
+/// a Delta *application transaction* (a `txn` action) whose `appId` is the
+/// query's id and whose `version` is the batch id. Before it writes a
+/// batch, the sink reads the table's latest transaction version for the
+/// query's id: if it is the batch id (or later), the batch was committed
+/// before a crash and the sink writes nothing. A batch with no rows commits
+/// a version too (holding only the transaction), so the version history has
+/// one version per batch. The query's id is kept in its checkpoint, so a
+/// restart on the same checkpoint skips what it committed; a new
+/// checkpoint is a new query and appends its batches from batch 0 again,
+/// as with Spark.
+///
+/// # The table
+///
+/// The table is created by the first batch (in the same commit), with the
+/// query's output schema (Delta types: strings for every string type,
+/// microsecond timestamps — with a time zone, Delta's `timestamp`;
+/// without, `timestamp_ntz`), partitioned by the columns of
+/// [`DeltaSink::partition_by`]. An existing table must have exactly the
+/// output's columns, of the same Delta types, and its partitioning (when
+/// `partition_by` is given); otherwise the query is refused when it starts,
+/// with an error naming the table and the column. A path that holds files
+/// but no Delta table (plain parquet files, a files sink's output) is
+/// refused too. Only the leftovers of a first batch that died before its
+/// commit (Delta data files, `_delta_log/`) are taken for an empty table.
+///
+/// Delta writes a checkpoint of the log every 100 versions (the table
+/// property `delta.checkpointInterval`, which
+/// [`DeltaSink::checkpoint_interval`] sets when the sink creates the
+/// table), so opening the table and reading its transaction stays cheap as
+/// the table grows.
+///
+/// The location is a local path or a `file://` URL. Read the table with
+/// any Delta reader: deltalake's DataFusion table provider, Spark,
+/// DuckDB, the Python `deltalake` package.
+///
+/// # Example
+///
+/// ```no_run
+/// use tidemill_connectors::DeltaSink;
+///
+/// // As a query's sink: `...write_stream().sink(trades)...`
+/// let trades = DeltaSink::new("lake/trades").partition_by(["day"]);
+/// // Update mode: a MERGE on the aggregation's group keys.
+/// let totals = DeltaSink::new("lake/totals").merge_on(["symbol"]);
+/// # let _ = (trades, totals);
+/// ```
+pub struct DeltaSink {
+    /// The location as the user gave it.
+    location: String,
+    /// The location as a URL, for descriptions.
+    display: String,
+    partition_by: Vec<String>,
+    merge_keys: Vec<String>,
+    checkpoint_interval: Option<u64>,
+    /// Set by `open`.
+    state: tokio::sync::Mutex<Option<OpenState>>,
+}
+
+/// What the sink knows once opened.
+struct OpenState {
+    /// The table, at the last version the sink read or committed.
+    table: DeltaTable,
+    /// The table's URL, for messages.
+    url: String,
+    /// The application id of the commits' transactions: the query's id.
+    app_id: String,
+    mode: OutputMode,
+    /// The batch being written, for the crash tests' failpoint inside the
+    /// commit.
+    #[cfg(feature = "failpoints")]
+    batch: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for DeltaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaSink")
+            .field("location", &self.display)
+            .field("partition_by", &self.partition_by)
+            .field("merge_keys", &self.merge_keys)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .finish()
+    }
+}
+
+impl DeltaSink {
+    /// A sink writing to the Delta table at `location` (a local path or a
+    /// `file://` URL), created by the first batch if there is none.
+    pub fn new(location: impl Into<String>) -> Self {
+        let location = location.into();
+        let display = match ListingTableUrl::parse(&location) {
+            Ok(url) => url.as_str().trim_end_matches('/').to_string(),
+            Err(_) => location.clone(),
+        };
+        Self {
+            location,
+            display,
+            partition_by: Vec::new(),
+            merge_keys: Vec::new(),
+            checkpoint_interval: None,
+            state: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Partitions a table the sink creates by the values of `columns`
+    /// (Hive-style `column=value/` directories, as Delta lays them out),
+    /// outermost first. For an existing table, the columns must be the
+    /// table's partition columns; none (the default) keeps the table's.
+    pub fn partition_by<I, S>(mut self, columns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.partition_by = columns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The key columns of update mode's MERGE: a batch's row replaces the
+    /// table's row with the same values of `columns`. Required in update
+    /// mode; in append mode they make each batch a MERGE too; refused in
+    /// complete mode.
+    pub fn merge_on<I, S>(mut self, columns: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.merge_keys = columns.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the table property `delta.checkpointInterval` of a table the
+    /// sink creates: Delta writes a checkpoint every `versions` versions
+    /// (default 100; a value of 0 is taken as 1). An existing table keeps
+    /// its own.
+    pub fn checkpoint_interval(mut self, versions: u64) -> Self {
+        self.checkpoint_interval = Some(versions.max(1));
+        self
+    }
+
+    /// Refuses options that do not fit the output mode or the output
+    /// `schema`, naming the column: update mode without merge keys, merge
+    /// keys in complete mode, a partition column or merge key that is not a
+    /// column of the output (or named twice), an output column Delta cannot
+    /// hold. Checked when the query starts, before any I/O.
+    pub fn check(&self, mode: OutputMode, schema: &Schema) -> std::result::Result<(), DeltaSinkError> {
+        check_mode(mode, &self.merge_keys)?;
+        schema::check_columns("partition", &self.partition_by, schema)?;
+        schema::check_columns("merge key", &self.merge_keys, schema)?;
+        schema::delta_types(&self.display, schema)?;
+        Ok(())
+    }
+
+    /// The table at `location` (not loaded), with the crash tests' log
+    /// store in builds with failpoints.
+    fn table(&self, url: url::Url, _state_batch: &BatchCell) -> std::result::Result<DeltaTable, DeltaSinkError> {
+        let builder = DeltaTableBuilder::from_url(url)
+            .map_err(|e| DeltaSinkError::delta(&self.display, "opening", e))?;
+        #[cfg(feature = "failpoints")]
+        {
+            let inner = builder
+                .build_storage()
+                .map_err(|e| DeltaSinkError::delta(&self.display, "opening", e))?;
+            Ok(DeltaTable::new(failpoint_store::FailpointLogStore::wrap(
+                inner,
+                Arc::clone(_state_batch),
+            )))
+        }
+        #[cfg(not(feature = "failpoints"))]
+        builder
+            .build()
+            .map_err(|e| DeltaSinkError::delta(&self.display, "opening", e))
+    }
+
+    /// Opens the table: loads it if it exists and checks that it fits the
+    /// output; otherwise checks that the location holds nothing but the
+    /// leftovers of an uncommitted first batch.
+    async fn open_table(
+        &self,
+        ctx: &SinkContext,
+        batch: &BatchCell,
+    ) -> std::result::Result<(DeltaTable, String), DeltaSinkError> {
+        let url = deltalake::ensure_table_uri(&self.location).map_err(|e| {
+            DeltaSinkError::InvalidLocation {
+                location: self.location.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let display = url.as_str().trim_end_matches('/').to_string();
+        let mut table = self.table(url, batch)?;
+        match table.load().await {
+            Ok(()) => {
+                schema::check_table(&display, &table, &ctx.schema, &self.partition_by)?;
+            }
+            Err(DeltaTableError::NotATable(_)) => {
+                check_no_foreign_files(&display, &table).await?;
+            }
+            Err(e) => return Err(DeltaSinkError::delta(&display, "opening", e)),
+        }
+        Ok((table, display))
+    }
+}
+
+/// The batch a sink is writing, shared with its log store.
+#[cfg(feature = "failpoints")]
+type BatchCell = Arc<std::sync::atomic::AtomicU64>;
+/// Nothing, without failpoints.
+#[cfg(not(feature = "failpoints"))]
+type BatchCell = ();
+
+/// Update mode needs merge keys; complete mode, which overwrites the
+/// table, takes none.
+fn check_mode(mode: OutputMode, merge_keys: &[String]) -> std::result::Result<(), DeltaSinkError> {
+    match (mode, merge_keys.is_empty()) {
+        (OutputMode::Update, true) => Err(DeltaSinkError::MergeKeysRequired),
+        (OutputMode::Complete, false) => Err(DeltaSinkError::MergeKeysWithoutUpdate {
+            mode: mode.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `name` (a path relative to the table root) is what a Delta
+/// write leaves before its commit: the log directory, or a data file
+/// (`part-<n>-<uuid>-c000[.<codec>].parquet`, in partition directories or
+/// not).
+fn is_delta_leftover(name: &str) -> bool {
+    if name.starts_with("_delta_log/") {
+        return true;
+    }
+    let file = name.rsplit('/').next().unwrap_or(name);
+    file.starts_with("part-") && file.contains("-c000") && file.ends_with(".parquet")
+}
+
+/// Refuses a location without a Delta log that holds other files than a
+/// Delta write's leftovers.
+async fn check_no_foreign_files(
+    display: &str,
+    table: &DeltaTable,
+) -> std::result::Result<(), DeltaSinkError> {
+    let store = table.log_store().object_store(None);
+    let mut listing = store.list(None);
+    while let Some(entry) = listing.next().await {
+        match entry {
+            Ok(meta) => {
+                let name = meta.location.to_string();
+                if !is_delta_leftover(&name) {
+                    return Err(DeltaSinkError::NotADeltaTable {
+                        table: display.to_string(),
+                        found: name,
+                    });
+                }
+            }
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => {
+                return Err(DeltaSinkError::delta(
+                    display,
+                    "listing",
+                    DeltaTableError::ObjectStore { source: e },
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `source.<column>` or `target.<column>`.
+fn qualified(relation: &str, column: &str) -> Expr {
+    Expr::Column(Column::new(Some(relation), column))
+}
+
+impl DeltaSink {
+    fn lock_error(&self) -> TidemillError {
+        TidemillError::sink(self.description(), "internal lock poisoned")
+    }
+
+    /// Writes `batches` with `mode` (appending, or overwriting the table),
+    /// creating the table if it does not exist; commits with `properties`.
+    async fn write(
+        &self,
+        state: &OpenState,
+        batch_id: u64,
+        save_mode: SaveMode,
+        schema: &SchemaRef,
+        batches: Vec<RecordBatch>,
+        properties: CommitProperties,
+    ) -> std::result::Result<DeltaTable, DeltaSinkError> {
+        let creating = state.table.version().is_none();
+        let input = if batches.is_empty() {
+            vec![RecordBatch::new_empty(Arc::clone(schema))]
+        } else {
+            batches
+        };
+        let mut builder = state
+            .table
+            .clone()
+            .write(input)
+            .with_save_mode(save_mode)
+            .with_commit_properties(properties);
+        if creating {
+            if !self.partition_by.is_empty() {
+                builder = builder.with_partition_columns(self.partition_by.clone());
+            }
+            if let Some(interval) = self.checkpoint_interval {
+                builder = builder.with_configuration([(
+                    CHECKPOINT_INTERVAL_PROPERTY,
+                    Some(interval.to_string()),
+                )]);
+            }
+        }
+        let doing = if creating {
+            format!("batch {batch_id}: creating")
+        } else {
+            format!("batch {batch_id}: writing to")
+        };
+        builder
+            .await
+            .map_err(|e| DeltaSinkError::delta(&state.url, doing, e))
+    }
+
+    /// MERGEs `batches` into the table on the merge keys: matching rows are
+    /// replaced, the others inserted; commits with `properties`.
+    async fn merge(
+        &self,
+        state: &OpenState,
+        batch_id: u64,
+        schema: &SchemaRef,
+        batches: Vec<RecordBatch>,
+        properties: CommitProperties,
+    ) -> std::result::Result<DeltaTable, DeltaSinkError> {
+        let failed = |e| DeltaSinkError::delta(&state.url, format!("batch {batch_id}: merging into"), e);
+        let source = SessionContext::new()
+            .read_batches(batches)
+            .map_err(|e| failed(DeltaTableError::from(e)))?;
+        let predicate = self
+            .merge_keys
+            .iter()
+            .map(|k| qualified("target", k).eq(qualified("source", k)))
+            .reduce(Expr::and)
+            .expect("update mode has merge keys (checked at open)");
+        let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let values: Vec<&String> = columns
+            .iter()
+            .filter(|c| !self.merge_keys.contains(c))
+            .collect();
+        let mut builder = state
+            .table
+            .clone()
+            .merge(source, predicate)
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .with_commit_properties(properties);
+        if !values.is_empty() {
+            builder = builder
+                .when_matched_update(|mut update| {
+                    for column in &values {
+                        update = update.update(
+                            Column::new_unqualified(column.as_str()),
+                            qualified("source", column),
+                        );
+                    }
+                    update
+                })
+                .map_err(failed)?;
+        }
+        builder = builder
+            .when_not_matched_insert(|mut insert| {
+                for column in &columns {
+                    insert = insert.set(
+                        Column::new_unqualified(column.as_str()),
+                        qualified("source", column),
+                    );
+                }
+                insert
+            })
+            .map_err(failed)?;
+        let (table, _metrics) = builder.await.map_err(failed)?;
+        Ok(table)
+    }
+
+    /// The batch's commit: what its output mode writes, as one version
+    /// carrying the transaction `properties`.
+    async fn commit(
+        &self,
+        state: &OpenState,
+        batch_id: u64,
+        schema: &SchemaRef,
+        batches: Vec<RecordBatch>,
+        properties: CommitProperties,
+    ) -> std::result::Result<DeltaTable, DeltaSinkError> {
+        match state.mode {
+            OutputMode::Append if self.merge_keys.is_empty() => {
+                self.write(state, batch_id, SaveMode::Append, schema, batches, properties)
+                    .await
+            }
+            OutputMode::Complete => {
+                self.write(state, batch_id, SaveMode::Overwrite, schema, batches, properties)
+                    .await
+            }
+            OutputMode::Update | OutputMode::Append => {
+                let before = state.table.version();
+                if before.is_none() || batches.is_empty() {
+                    // Into no table, a MERGE is an insert; with no rows,
+                    // the version holds only the transaction.
+                    return self
+                        .write(state, batch_id, SaveMode::Append, schema, batches, properties)
+                        .await;
+                }
+                let merged = self
+                    .merge(state, batch_id, schema, batches, properties.clone())
+                    .await?;
+                if merged.version() == before {
+                    // A MERGE that changes nothing commits nothing; the
+                    // batch still needs its version.
+                    let state = OpenState {
+                        table: merged,
+                        url: state.url.clone(),
+                        app_id: state.app_id.clone(),
+                        mode: state.mode,
+                        #[cfg(feature = "failpoints")]
+                        batch: Arc::clone(&state.batch),
+                    };
+                    return self
+                        .write(&state, batch_id, SaveMode::Append, schema, Vec::new(), properties)
+                        .await;
+                }
+                Ok(merged)
+            }
+        }
+    }
+
+    /// The latest batch id committed by the query `app_id`, read from the
+    /// table (after catching up with versions written since the sink last
+    /// looked); `None` if there is no table or no such transaction.
+    async fn committed_batch(
+        state: &mut OpenState,
+    ) -> std::result::Result<Option<i64>, DeltaSinkError> {
+        let refreshed = if state.table.version().is_some() {
+            state.table.update_state().await
+        } else {
+            state.table.load().await
+        };
+        match refreshed {
+            Ok(()) => {}
+            Err(DeltaTableError::NotATable(_)) => return Ok(None),
+            Err(e) => return Err(DeltaSinkError::delta(&state.url, "reading", e)),
+        }
+        let snapshot = state
+            .table
+            .snapshot()
+            .map_err(|e| DeltaSinkError::delta(&state.url, "reading", e))?;
+        snapshot
+            .transaction_version(state.table.log_store().as_ref(), &state.app_id)
+            .await
+            .map_err(|e| DeltaSinkError::delta(&state.url, "reading the transactions of", e))
+    }
+
+    /// `add_batch`, with the sink's own error type.
+    async fn add(
+        &self,
+        batch_id: u64,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> std::result::Result<(), DeltaSinkError> {
+        let mut guard = self.state.lock().await;
+        let state = guard.as_mut().ok_or(DeltaSinkError::NotOpen { batch_id })?;
+        #[cfg(feature = "failpoints")]
+        state
+            .batch
+            .store(batch_id, std::sync::atomic::Ordering::SeqCst);
+        let version = i64::try_from(batch_id).unwrap_or(i64::MAX);
+        if let Some(done) = Self::committed_batch(state).await?
+            && done >= version
+        {
+            tracing::debug!(sink = %self.description(), batch_id, committed = done, "batch already committed; skipping");
+            return Ok(());
+        }
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let properties = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&state.app_id, version));
+        let table = self
+            .commit(state, batch_id, &schema, batches, properties)
+            .await?;
+        tracing::debug!(sink = %self.description(), batch_id, version = ?table.version(), "batch committed");
+        state.table = table;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for DeltaSink {
+    /// `DeltaSink[<table URL>]`.
+    fn description(&self) -> String {
+        format!("DeltaSink[{}]", self.display)
+    }
+
+    async fn open(&self, ctx: &SinkContext) -> Result<()> {
+        let description = self.description();
+        self.check(ctx.output_mode, &ctx.schema)
+            .map_err(|e| e.into_tidemill(&description))?;
+        #[cfg(feature = "failpoints")]
+        let batch: BatchCell = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        #[cfg(not(feature = "failpoints"))]
+        let batch: BatchCell = ();
+        let (table, url) = self
+            .open_table(ctx, &batch)
+            .await
+            .map_err(|e| e.into_tidemill(&description))?;
+        let mut guard = self.state.try_lock().map_err(|_| self.lock_error())?;
+        *guard = Some(OpenState {
+            table,
+            url,
+            app_id: ctx.query_id.clone(),
+            mode: ctx.output_mode,
+            #[cfg(feature = "failpoints")]
+            batch,
+        });
+        Ok(())
+    }
+
+    async fn add_batch(
+        &self,
+        batch_id: u64,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<()> {
+        self.add(batch_id, schema, batches)
+            .await
+            .map_err(|e| e.into_tidemill(&self.description()))
+    }
+}
