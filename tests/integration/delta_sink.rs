@@ -137,7 +137,10 @@ impl Dirs {
 fn per_symbol(df: DataFrame) -> DataFrame {
     df.aggregate(
         vec![col("symbol")],
-        vec![count(lit(1)).alias("trades"), sum(col("price")).alias("total")],
+        vec![
+            count(lit(1)).alias("trades"),
+            sum(col("price")).alias("total"),
+        ],
     )
     .unwrap()
 }
@@ -301,7 +304,11 @@ async fn a_batch_rerun_after_the_sink_committed_writes_nothing() {
         one_version_per_batch(&query_id, 3)
     );
     assert_eq!(
-        query_table(&dirs.table, "SELECT count(*) AS n, count(DISTINCT id) AS d FROM t").await,
+        query_table(
+            &dirs.table,
+            "SELECT count(*) AS n, count(DISTINCT id) AS d FROM t"
+        )
+        .await,
         ["| 60 | 60 |"]
     );
 
@@ -355,7 +362,12 @@ async fn a_table_that_does_not_fit_and_a_path_without_a_table_are_refused_at_sta
     let df = dirs
         .events(&ctx)
         .await
-        .select(vec![col("id"), col("symbol"), col("price"), lit(1).alias("extra")])
+        .select(vec![
+            col("id"),
+            col("symbol"),
+            col("price"),
+            lit(1).alias("extra"),
+        ])
         .unwrap();
     let err = start(df, dirs.sink(), dirs._tmp.path().join("cp3")).await;
     assert!(
@@ -421,7 +433,11 @@ async fn a_pipeline_file_writes_a_delta_table() {
     }
     assert_eq!(
         query_table(&dirs.table, "SELECT symbol, trades FROM t").await,
-        ["| A      | 20     |", "| B      | 20     |", "| C      | 20     |"]
+        [
+            "| A      | 20     |",
+            "| B      | 20     |",
+            "| C      | 20     |"
+        ]
     );
     assert_eq!(log_versions(&dirs.table).len(), 3);
     // checkpoint_interval = 2: a checkpoint after version 1.

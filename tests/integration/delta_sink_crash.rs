@@ -147,8 +147,7 @@ async fn sigkill_around_the_delta_commit_loses_and_duplicates_nothing() {
                 for n in 0..4 {
                     write_input(&dirs.input, n);
                 }
-                let mut child =
-                    Child::spawn(&mut dirs.command(Some(&format!("{point}@{batch}"))));
+                let mut child = Child::spawn(&mut dirs.command(Some(&format!("{point}@{batch}"))));
                 assert_eq!(child.wait_for_event(), Event::Failpoint, "{at}");
                 child.kill();
                 // Batches before the killed one are committed; the killed

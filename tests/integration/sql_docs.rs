@@ -337,9 +337,7 @@ async fn run_examples_stream_and_batch() {
                 let path = option(statement, "path").unwrap();
                 let read = |dir: &Path| {
                     let location = dir.join(&path);
-                    async move {
-                        crate::delta_sink::query_table(&location, "SELECT * FROM t").await
-                    }
+                    async move { crate::delta_sink::query_table(&location, "SELECT * FROM t").await }
                 };
                 let stream_rows = read(streamed.path()).await;
                 let batch_rows = read(batched.path()).await;

@@ -96,8 +96,7 @@ impl DeclaredSink for Declared {
     /// Update mode needs `merge_keys`.
     fn check_output_mode(&self, mode: OutputMode) -> Result<()> {
         let sink = self.delta_sink();
-        super::check_mode(mode, &self.merge_keys)
-            .map_err(|e| e.into_tidemill(&sink.description()))
+        super::check_mode(mode, &self.merge_keys).map_err(|e| e.into_tidemill(&sink.description()))
     }
 
     /// The partition columns and merge keys must be columns of the output,
@@ -150,7 +149,10 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(declared.sink(None).description(), "DeltaSink[file:///tmp/t]");
+        assert_eq!(
+            declared.sink(None).description(),
+            "DeltaSink[file:///tmp/t]"
+        );
         declared.check_output_mode(OutputMode::Update).unwrap();
     }
 
@@ -194,16 +196,22 @@ mod tests {
             Field::new("id", DataType::Int64, false),
             Field::new("price", DataType::Float64, false),
         ]);
-        let declared =
-            declare(OutputMode::Update, &[("path", "/tmp/t"), ("merge_keys", "sym")]).unwrap();
+        let declared = declare(
+            OutputMode::Update,
+            &[("path", "/tmp/t"), ("merge_keys", "sym")],
+        )
+        .unwrap();
         let err = declared.check_schema(&schema).unwrap_err().to_string();
         assert_eq!(
             err,
             "sink DeltaSink[file:///tmp/t]: merge key column 'sym' is not a column of the output \
              (its columns: id, price)"
         );
-        let declared =
-            declare(OutputMode::Append, &[("path", "/tmp/t"), ("partition_by", "id")]).unwrap();
+        let declared = declare(
+            OutputMode::Append,
+            &[("path", "/tmp/t"), ("partition_by", "id")],
+        )
+        .unwrap();
         declared.check_schema(&schema).unwrap();
     }
 }

@@ -78,7 +78,9 @@ pub enum DeltaSinkError {
         output_delta_type: String,
     },
     /// An output column's type has no Delta equivalent.
-    #[error("column '{column}' of type {data_type} cannot be written to the Delta table '{table}': {reason}")]
+    #[error(
+        "column '{column}' of type {data_type} cannot be written to the Delta table '{table}': {reason}"
+    )]
     UnsupportedType {
         /// The table's URL.
         table: String,
@@ -123,9 +125,7 @@ pub enum DeltaSinkError {
         column: String,
     },
     /// Update mode needs the key columns its MERGE matches rows on.
-    #[error(
-        "the update output mode writes a MERGE on key columns, and no merge keys are declared"
-    )]
+    #[error("the update output mode writes a MERGE on key columns, and no merge keys are declared")]
     MergeKeysRequired,
     /// Merge keys were given for complete mode, which overwrites the table.
     #[error(

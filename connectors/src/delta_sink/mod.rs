@@ -203,7 +203,11 @@ impl DeltaSink {
     /// keys in complete mode, a partition column or merge key that is not a
     /// column of the output (or named twice), an output column Delta cannot
     /// hold. Checked when the query starts, before any I/O.
-    pub fn check(&self, mode: OutputMode, schema: &Schema) -> std::result::Result<(), DeltaSinkError> {
+    pub fn check(
+        &self,
+        mode: OutputMode,
+        schema: &Schema,
+    ) -> std::result::Result<(), DeltaSinkError> {
         check_mode(mode, &self.merge_keys)?;
         schema::check_columns("partition", &self.partition_by, schema)?;
         schema::check_columns("merge key", &self.merge_keys, schema)?;
@@ -213,7 +217,11 @@ impl DeltaSink {
 
     /// The table at `location` (not loaded), with the crash tests' log
     /// store in builds with failpoints.
-    fn table(&self, url: url::Url, _state_batch: &BatchCell) -> std::result::Result<DeltaTable, DeltaSinkError> {
+    fn table(
+        &self,
+        url: url::Url,
+        _state_batch: &BatchCell,
+    ) -> std::result::Result<DeltaTable, DeltaSinkError> {
         let builder = DeltaTableBuilder::from_url(url)
             .map_err(|e| DeltaSinkError::delta(&self.display, "opening", e))?;
         #[cfg(feature = "failpoints")]
@@ -388,7 +396,8 @@ impl DeltaSink {
         batches: Vec<RecordBatch>,
         properties: CommitProperties,
     ) -> std::result::Result<DeltaTable, DeltaSinkError> {
-        let failed = |e| DeltaSinkError::delta(&state.url, format!("batch {batch_id}: merging into"), e);
+        let failed =
+            |e| DeltaSinkError::delta(&state.url, format!("batch {batch_id}: merging into"), e);
         let source = SessionContext::new()
             .read_batches(batches)
             .map_err(|e| failed(DeltaTableError::from(e)))?;
@@ -450,12 +459,26 @@ impl DeltaSink {
     ) -> std::result::Result<DeltaTable, DeltaSinkError> {
         match state.mode {
             OutputMode::Append if self.merge_keys.is_empty() => {
-                self.write(state, batch_id, SaveMode::Append, schema, batches, properties)
-                    .await
+                self.write(
+                    state,
+                    batch_id,
+                    SaveMode::Append,
+                    schema,
+                    batches,
+                    properties,
+                )
+                .await
             }
             OutputMode::Complete => {
-                self.write(state, batch_id, SaveMode::Overwrite, schema, batches, properties)
-                    .await
+                self.write(
+                    state,
+                    batch_id,
+                    SaveMode::Overwrite,
+                    schema,
+                    batches,
+                    properties,
+                )
+                .await
             }
             OutputMode::Update | OutputMode::Append => {
                 let before = state.table.version();
@@ -463,7 +486,14 @@ impl DeltaSink {
                     // Into no table, a MERGE is an insert; with no rows,
                     // the version holds only the transaction.
                     return self
-                        .write(state, batch_id, SaveMode::Append, schema, batches, properties)
+                        .write(
+                            state,
+                            batch_id,
+                            SaveMode::Append,
+                            schema,
+                            batches,
+                            properties,
+                        )
                         .await;
                 }
                 let merged = self
@@ -481,7 +511,14 @@ impl DeltaSink {
                         batch: Arc::clone(&state.batch),
                     };
                     return self
-                        .write(&state, batch_id, SaveMode::Append, schema, Vec::new(), properties)
+                        .write(
+                            &state,
+                            batch_id,
+                            SaveMode::Append,
+                            schema,
+                            Vec::new(),
+                            properties,
+                        )
                         .await;
                 }
                 Ok(merged)

@@ -121,8 +121,13 @@ pub(crate) fn check_table(
             output_columns: names(schema),
         });
     }
-    let table_partitions = state.metadata().partition_columns();
-    if !partition_by.is_empty() && table_partitions.as_slice() != partition_by {
+    let table_partitions: Vec<String> = state
+        .metadata()
+        .partition_columns()
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    if !partition_by.is_empty() && table_partitions != partition_by {
         return Err(DeltaSinkError::PartitionMismatch {
             table: display.to_string(),
             table_columns: table_partitions.join(", "),

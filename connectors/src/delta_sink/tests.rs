@@ -27,7 +27,10 @@ fn schema() -> SchemaRef {
 /// Rows with ids `ids`: symbol A, B or C by id, price id × 1.5.
 fn rows(ids: impl IntoIterator<Item = i64>) -> RecordBatch {
     let ids: Vec<i64> = ids.into_iter().collect();
-    let symbols: Vec<&str> = ids.iter().map(|i| ["A", "B", "C"][(*i % 3) as usize]).collect();
+    let symbols: Vec<&str> = ids
+        .iter()
+        .map(|i| ["A", "B", "C"][(*i % 3) as usize])
+        .collect();
     let prices: Vec<f64> = ids.iter().map(|i| *i as f64 * 1.5).collect();
     RecordBatch::try_new(
         schema(),
@@ -70,12 +73,25 @@ async fn table_rows(dir: &Path) -> Vec<String> {
         .unwrap();
     let mut out = Vec::new();
     for batch in batches {
-        let ids = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         let symbols = arrow::compute::cast(batch.column(1), &DataType::Utf8).unwrap();
         let symbols = symbols.as_any().downcast_ref::<StringArray>().unwrap();
-        let prices = batch.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+        let prices = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
         for i in 0..batch.num_rows() {
-            out.push(format!("{},{},{}", ids.value(i), symbols.value(i), prices.value(i)));
+            out.push(format!(
+                "{},{},{}",
+                ids.value(i),
+                symbols.value(i),
+                prices.value(i)
+            ));
         }
     }
     out
@@ -115,7 +131,14 @@ fn expected(ids: impl IntoIterator<Item = i64>) -> Vec<String> {
     let mut ids: Vec<i64> = ids.into_iter().collect();
     ids.sort();
     ids.iter()
-        .map(|i| format!("{},{},{}", i, ["A", "B", "C"][(*i % 3) as usize], *i as f64 * 1.5))
+        .map(|i| {
+            format!(
+                "{},{},{}",
+                i,
+                ["A", "B", "C"][(*i % 3) as usize],
+                *i as f64 * 1.5
+            )
+        })
         .collect()
 }
 
@@ -208,17 +231,31 @@ async fn each_batch_is_one_version_with_the_query_transaction_and_reruns_write_n
     // A restart: a new sink on the same table and query id skips what the
     // table's transaction says is committed.
     let restarted = DeltaSink::new(path.to_str().unwrap());
-    open(&restarted, OutputMode::Append, "query-1").await.unwrap();
-    restarted.add_batch(1, schema(), vec![rows(100..110)]).await.unwrap();
-    restarted.add_batch(2, schema(), vec![rows(100..110)]).await.unwrap();
+    open(&restarted, OutputMode::Append, "query-1")
+        .await
+        .unwrap();
+    restarted
+        .add_batch(1, schema(), vec![rows(100..110)])
+        .await
+        .unwrap();
+    restarted
+        .add_batch(2, schema(), vec![rows(100..110)])
+        .await
+        .unwrap();
     assert_eq!(log_versions(&path).len(), 3);
-    restarted.add_batch(3, schema(), vec![rows(7..8)]).await.unwrap();
+    restarted
+        .add_batch(3, schema(), vec![rows(7..8)])
+        .await
+        .unwrap();
     assert_eq!(table_rows(&path).await, expected(0..8));
 
     // Another query (a new checkpoint) has its own transaction.
     let other = DeltaSink::new(path.to_str().unwrap());
     open(&other, OutputMode::Append, "query-2").await.unwrap();
-    other.add_batch(0, schema(), vec![rows(8..9)]).await.unwrap();
+    other
+        .add_batch(0, schema(), vec![rows(8..9)])
+        .await
+        .unwrap();
     let versions = log_versions(&path);
     assert_eq!(versions.last().unwrap().1, vec![("query-2".to_string(), 0)]);
     assert_eq!(table_rows(&path).await, expected(0..9));
@@ -231,7 +268,9 @@ async fn complete_mode_overwrites_the_table_in_one_commit() {
     let sink = DeltaSink::new(path.to_str().unwrap());
     open(&sink, OutputMode::Complete, "q").await.unwrap();
     sink.add_batch(0, schema(), vec![rows(0..5)]).await.unwrap();
-    sink.add_batch(1, schema(), vec![rows(10..12)]).await.unwrap();
+    sink.add_batch(1, schema(), vec![rows(10..12)])
+        .await
+        .unwrap();
     assert_eq!(table_rows(&path).await, expected(10..12));
     sink.add_batch(2, schema(), vec![]).await.unwrap();
     assert_eq!(table_rows(&path).await, Vec::<String>::new());
@@ -255,7 +294,9 @@ async fn update_mode_merges_on_the_keys() {
         ],
     )
     .unwrap();
-    sink.add_batch(1, schema(), vec![changed.clone()]).await.unwrap();
+    sink.add_batch(1, schema(), vec![changed.clone()])
+        .await
+        .unwrap();
     sink.add_batch(2, schema(), vec![]).await.unwrap();
     sink.add_batch(1, schema(), vec![changed]).await.unwrap();
     assert_eq!(
@@ -265,7 +306,10 @@ async fn update_mode_merges_on_the_keys() {
     assert_eq!(log_versions(&path).len(), 3);
 
     let no_keys = DeltaSink::new(path.to_str().unwrap());
-    let err = open(&no_keys, OutputMode::Update, "q").await.unwrap_err().to_string();
+    let err = open(&no_keys, OutputMode::Update, "q")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("without merge keys"), "{err}");
 }
 
@@ -312,10 +356,14 @@ async fn a_table_that_does_not_fit_or_a_path_that_is_no_table_is_refused() {
     let plain = dir.path().join("plain");
     std::fs::create_dir_all(&plain).unwrap();
     std::fs::write(plain.join("data.csv"), "a,b\n1,2\n").unwrap();
-    let err = open(&DeltaSink::new(plain.to_str().unwrap()), OutputMode::Append, "q")
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = open(
+        &DeltaSink::new(plain.to_str().unwrap()),
+        OutputMode::Append,
+        "q",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("is not a Delta table: it holds 'data.csv'"),
         "{err}"
@@ -336,16 +384,23 @@ async fn checkpoints_are_written_at_the_interval() {
             .count()
     };
     for id in 0..2 {
-        sink.add_batch(id, schema(), vec![rows([id as i64])]).await.unwrap();
+        sink.add_batch(id, schema(), vec![rows([id as i64])])
+            .await
+            .unwrap();
     }
     assert_eq!(checkpoints(), 0);
     for id in 2..7 {
-        sink.add_batch(id, schema(), vec![rows([id as i64])]).await.unwrap();
+        sink.add_batch(id, schema(), vec![rows([id as i64])])
+            .await
+            .unwrap();
     }
     assert_eq!(checkpoints(), 2, "checkpoints at versions 2 and 5");
     // A restart reads the transaction through the checkpoint.
     let restarted = DeltaSink::new(path.to_str().unwrap());
     open(&restarted, OutputMode::Append, "q").await.unwrap();
-    restarted.add_batch(6, schema(), vec![rows(50..60)]).await.unwrap();
+    restarted
+        .add_batch(6, schema(), vec![rows(50..60)])
+        .await
+        .unwrap();
     assert_eq!(table_rows(&path).await, expected(0..7));
 }
