@@ -2,6 +2,7 @@
 //! each side match, what is stored and evicted, and which rows come out.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array, new_null_array};
@@ -11,6 +12,8 @@ use async_trait::async_trait;
 use datafusion::common::JoinType;
 use datafusion::error::Result as DFResult;
 use datafusion::physical_expr::PhysicalExpr;
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 use tidemill_state::{CheckpointDir, StateError, StateStore, StateStoreConfig, map_parallel};
 use tokio::sync::Mutex;
 
@@ -323,10 +326,25 @@ impl JoinOperator {
 
     /// The pairs of new left and new right rows that pass the condition.
     fn match_new(&self, left: &NewRows, right: &NewRows) -> DFResult<Matches> {
-        let mut by_key: HashMap<&[u8], Vec<u32>> = HashMap::new();
-        for j in 0..right.batch.num_rows() {
-            if right.usable[j] {
-                by_key.entry(right.key(j)).or_default().push(j as u32);
+        // The right rows by join key: each key's first row in a table,
+        // and a chain from each row to the key's next one (in row order).
+        const END: u32 = u32::MAX;
+        let mut firsts: HashTable<u32> = HashTable::new();
+        let mut next = vec![END; right.batch.num_rows()];
+        for j in (0..right.batch.num_rows()).rev() {
+            if !right.usable[j] {
+                continue;
+            }
+            let (hash, key) = (right.hash(j), right.key(j));
+            let same = |&f: &u32| right.hash(f as usize) == hash && right.key(f as usize) == key;
+            match firsts.find_mut(hash, same) {
+                Some(first) => {
+                    next[j] = *first;
+                    *first = j as u32;
+                }
+                None => {
+                    firsts.insert_unique(hash, j as u32, |&f| right.hash(f as usize));
+                }
             }
         }
         let (mut li, mut ri) = (Vec::new(), Vec::new());
@@ -334,15 +352,20 @@ impl JoinOperator {
             if !left.usable[i] {
                 continue;
             }
-            if let Some(js) = by_key.get(left.key(i)) {
-                let (from, to) = self.window(LEFT, left.times[i]);
-                for &j in js {
-                    let t = right.times[j as usize];
-                    if t >= from && t <= to {
-                        li.push(i as u32);
-                        ri.push(j);
-                    }
+            let (hash, key) = (left.hash(i), left.key(i));
+            let same = |&f: &u32| right.hash(f as usize) == hash && right.key(f as usize) == key;
+            let Some(&first) = firsts.find(hash, same) else {
+                continue;
+            };
+            let (from, to) = self.window(LEFT, left.times[i]);
+            let mut j = first;
+            while j != END {
+                let t = right.times[j as usize];
+                if t >= from && t <= to {
+                    li.push(i as u32);
+                    ri.push(j);
                 }
+                j = next[j as usize];
             }
         }
         self.passing(&left.batch, li, &right.batch, ri, false)
@@ -359,9 +382,12 @@ impl JoinOperator {
         side: usize,
     ) -> DFResult<((RecordBatch, Vec<bool>), Vec<Vec<u8>>, Matches)> {
         // Each stored row once, by its row number (unique in its side):
-        // its state key is built only when first seen.
-        let mut positions: HashMap<u64, u32> = HashMap::new();
+        // its state key is built and its value read when first seen. A row
+        // the store does not hold under the new row's key is another key's
+        // of the same hash: skipped, and looked up again for its own key.
+        let mut positions: HashMap<u64, u32, FixedState> = HashMap::default();
         let mut state_keys = Vec::new();
+        let mut values = Vec::new();
         let (mut ni, mut si) = (Vec::new(), Vec::new());
         for i in 0..new.batch.num_rows() {
             if !new.usable[i] {
@@ -369,16 +395,24 @@ impl JoinOperator {
             }
             let key = new.key(i);
             let (from, to) = self.window(side, new.times[i]);
-            for slot in stored.lookup(key, from, to) {
-                let position = *positions.entry(slot.1).or_insert_with(|| {
-                    state_keys.push(JoinSide::state_key(key, slot));
-                    (state_keys.len() - 1) as u32
-                });
+            for slot in stored.lookup(new.hash(i), from, to) {
+                let position = match positions.entry(slot.1) {
+                    Entry::Occupied(seen) => *seen.get(),
+                    Entry::Vacant(first) => {
+                        let state_key = JoinSide::state_key(key, slot);
+                        let Some(value) = stored.value(&state_key) else {
+                            continue;
+                        };
+                        values.push(value);
+                        state_keys.push(state_key);
+                        *first.insert((state_keys.len() - 1) as u32)
+                    }
+                };
                 ni.push(i as u32);
                 si.push(position);
             }
         }
-        let rows = stored.read(&state_keys)?;
+        let rows = stored.decode(&values)?;
         let matches = if side == LEFT {
             self.passing(&new.batch, ni, &rows.0, si, false)?
         } else {

@@ -5,8 +5,11 @@
 //! by its time in milliseconds (8 bytes, big-endian) and a row number
 //! (8 bytes); its value is a matched flag (1 byte) followed by the row's
 //! columns in the row format. The index, rebuilt from the keys when the
-//! store is reopened, maps each join key to its rows ordered by time, so
-//! that a probe reads only the rows the time bounds allow.
+//! store is reopened, maps each join key's hash to its rows ordered by
+//! time, so that a probe reads only the rows the time bounds allow. (Two
+//! join keys of one 64-bit hash share an index entry; a probe then finds
+//! the other key's rows missing from the store under its own key, and
+//! skips them.)
 //!
 //! The store's partitions are decided by the join key alone (its
 //! [`partition_suffix`](tidemill_state::StateSchema::partition_suffix) is
@@ -15,7 +18,8 @@
 //! independently ([`JoinSide::parts`], [`JoinSide::split`]), on several
 //! threads.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
@@ -24,6 +28,8 @@ use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::physical_expr::PhysicalExpr;
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 use tidemill_state::{StatePartition, StateSchema, StateStore, partition_for_key};
 
 use super::bounds::{Expiry, TimeColumn};
@@ -85,6 +91,8 @@ pub(crate) struct NewRows {
     /// The encoded join keys; `None` when the condition has no equality
     /// (every row has the same, empty, key).
     keys: Option<Rows>,
+    /// Each row's [`key_hash`].
+    hashes: Vec<u64>,
     /// Whether each row can ever match: no null key (unless nulls match),
     /// and a time where the condition bounds times.
     pub usable: Vec<bool>,
@@ -101,6 +109,11 @@ impl NewRows {
             Some(rows) => rows.row(i).data(),
             None => &[],
         }
+    }
+
+    /// Row `i`'s [`key_hash`].
+    pub fn hash(&self, i: usize) -> u64 {
+        self.hashes[i]
     }
 
     /// Rows `indices`, in that order.
@@ -129,6 +142,7 @@ impl NewRows {
         Ok(NewRows {
             batch,
             keys,
+            hashes: indices.iter().map(|&i| self.hashes[i as usize]).collect(),
             usable: indices.iter().map(|&i| self.usable[i as usize]).collect(),
             times: indices.iter().map(|&i| self.times[i as usize]).collect(),
             expiries,
@@ -136,18 +150,117 @@ impl NewRows {
     }
 }
 
-/// A join key's stored rows, by time and row number. Rows mostly arrive
-/// in time order and leave oldest first, so inserts and removals are at
-/// the ends.
-type Slots = VecDeque<Slot>;
+/// The hash of an encoded join key in the index (fixed seed, so every
+/// thread and part agrees).
+fn key_hash(key: &[u8]) -> u64 {
+    FixedState::default().hash_one(key)
+}
 
-/// One partition's index: join key → stored rows.
+/// A join key's stored rows, by time and row number. Most keys hold one
+/// row (kept without an allocation). Rows mostly arrive in time order and
+/// leave oldest first, so inserts and removals are at the ends.
+#[derive(Debug)]
+enum Slots {
+    One(Slot),
+    Many(VecDeque<Slot>),
+}
+
+impl Slots {
+    /// Adds `slot` in order.
+    fn insert(&mut self, slot: Slot) {
+        match self {
+            Self::One(first) => {
+                let first = *first;
+                let pair = match first < slot {
+                    true => [first, slot],
+                    false => [slot, first],
+                };
+                *self = Self::Many(VecDeque::from(pair));
+            }
+            Self::Many(slots) => match slots.back() {
+                Some(last) if *last > slot => {
+                    let at = slots.partition_point(|s| *s < slot);
+                    slots.insert(at, slot);
+                }
+                _ => slots.push_back(slot),
+            },
+        }
+    }
+
+    /// Removes `slot` if present; returns whether no row is left.
+    fn remove(&mut self, slot: Slot) -> bool {
+        match self {
+            Self::One(only) => *only == slot,
+            Self::Many(slots) => {
+                let at = match slots.front() {
+                    Some(first) if *first == slot => 0,
+                    _ => slots.partition_point(|s| *s < slot),
+                };
+                if slots.get(at) == Some(&slot) {
+                    slots.remove(at);
+                }
+                slots.is_empty()
+            }
+        }
+    }
+
+    /// The rows with a time in `from..=to`.
+    fn between(&self, from: i64, to: i64) -> impl Iterator<Item = Slot> + '_ {
+        let (a, b): (&[Slot], &[Slot]) = match self {
+            Self::One(only) => (std::slice::from_ref(only), &[]),
+            Self::Many(slots) => slots.as_slices(),
+        };
+        within(a, from, to).chain(within(b, from, to))
+    }
+}
+
+/// The rows of `slots` (in time order) with a time in `from..=to`.
+fn within(slots: &[Slot], from: i64, to: i64) -> impl Iterator<Item = Slot> + '_ {
+    let start = slots.partition_point(|s| s.0 < from);
+    slots[start..].iter().take_while(move |s| s.0 <= to).copied()
+}
+
+/// The stored rows of the join keys of one hash.
+#[derive(Debug)]
+struct KeyRows {
+    hash: u64,
+    slots: Slots,
+}
+
+/// One partition's index: join key hash → stored rows.
 #[derive(Debug, Default)]
 struct PartIndex {
-    keys: HashMap<Box<[u8]>, Slots, foldhash::fast::RandomState>,
+    keys: HashTable<KeyRows>,
     /// The next stored row's number: unique among the partition's rows,
     /// so a key, time and number never repeat.
     next_row: u64,
+}
+
+impl PartIndex {
+    /// Adds a stored row of the join key whose hash is `hash`.
+    fn add(&mut self, hash: u64, slot: Slot) {
+        match self.keys.find_mut(hash, |k| k.hash == hash) {
+            Some(rows) => rows.slots.insert(slot),
+            None => {
+                let rows = KeyRows {
+                    hash,
+                    slots: Slots::One(slot),
+                };
+                self.keys.insert_unique(hash, rows, |k| k.hash);
+            }
+        }
+    }
+
+    /// Forgets the stored row of `state_key`.
+    fn forget(&mut self, state_key: &[u8]) {
+        let (key, slot) = split_state_key(state_key);
+        let hash = key_hash(key);
+        if let Ok(mut found) = self.keys.find_entry(hash, |k| k.hash == hash)
+            && found.get_mut().slots.remove(slot)
+        {
+            found.remove();
+        }
+    }
 }
 
 /// One side's stored rows.
@@ -205,7 +318,7 @@ impl JoinSide {
                 for entry in part.iter() {
                     let (key, slot) = split_state_key(entry.key);
                     index.next_row = index.next_row.max(slot.1 + 1);
-                    index_row(&mut index.keys, key, slot);
+                    index.add(key_hash(key), slot);
                 }
                 index
             })
@@ -253,6 +366,10 @@ impl JoinSide {
             true => None,
             false => Some(self.key_converter.convert_columns(&columns)?),
         };
+        let hashes = match &keys {
+            Some(rows) => rows.iter().map(|row| key_hash(row.data())).collect(),
+            None => vec![key_hash(&[]); n],
+        };
         let mut usable: Vec<bool> = (0..n)
             .map(|i| self.layout.nulls_equal || columns.iter().all(|c| c.is_valid(i)))
             .collect();
@@ -279,6 +396,7 @@ impl JoinSide {
         Ok(NewRows {
             batch,
             keys,
+            hashes,
             usable,
             times,
             expiries,
@@ -370,28 +488,21 @@ pub(crate) struct SidePart<'a> {
 }
 
 impl SidePart<'_> {
-    /// The stored rows with join key `key` and a time in `from..=to`.
-    pub fn lookup(&self, key: &[u8], from: i64, to: i64) -> impl Iterator<Item = Slot> + '_ {
-        self.index.keys.get(key).into_iter().flat_map(move |slots| {
-            let start = slots.partition_point(|s| s.0 < from);
-            slots.range(start..).take_while(move |s| s.0 <= to).copied()
-        })
+    /// The stored rows whose join key hashes to `hash` and whose time is
+    /// in `from..=to`: the rows of the key, and rarely of another key of
+    /// the same hash (which [`value`](Self::value) does not find under the
+    /// key).
+    pub fn lookup(&self, hash: u64, from: i64, to: i64) -> impl Iterator<Item = Slot> + '_ {
+        self.index
+            .keys
+            .find(hash, |k| k.hash == hash)
+            .into_iter()
+            .flat_map(move |rows| rows.slots.between(from, to))
     }
 
-    /// The stored rows of `state_keys` as a batch of the side's rows, with
-    /// each one's matched flag.
-    pub fn read(&self, state_keys: &[Vec<u8>]) -> DFResult<(RecordBatch, Vec<bool>)> {
-        let mut stored = Vec::with_capacity(state_keys.len());
-        for key in state_keys {
-            stored.push(self.store.get(key).ok_or_else(|| {
-                DataFusionError::Internal(format!(
-                    "the {} side's index lists a row its state does not hold ({} key bytes)",
-                    self.layout.label,
-                    key.len()
-                ))
-            })?);
-        }
-        self.decode(&stored)
+    /// The stored value (flag byte and row bytes) of `state_key`, if held.
+    pub fn value(&self, state_key: &[u8]) -> Option<&[u8]> {
+        self.store.get(state_key)
     }
 
     /// Rows from stored values (flag byte and row bytes).
@@ -423,7 +534,7 @@ impl SidePart<'_> {
             let key = new.key(i);
             let slot = (new.times[i], self.index.next_row);
             self.index.next_row += 1;
-            index_row(&mut self.index.keys, key, slot);
+            self.index.add(new.hash(i), slot);
             state_key.clear();
             write_state_key(&mut state_key, key, slot);
             value.clear();
@@ -456,7 +567,7 @@ impl SidePart<'_> {
     /// Removes the stored row `state_key`.
     pub fn remove(&mut self, state_key: &[u8]) {
         self.store.remove(state_key);
-        self.unindex(state_key);
+        self.index.forget(state_key);
     }
 
     /// Whether the watermark `watermark_ms` expires a row of the partition.
@@ -473,49 +584,16 @@ impl SidePart<'_> {
         if !self.has_expired(watermark_ms) {
             return Vec::new();
         }
-        let taken = self.store.take_expired(watermark_ms);
+        let index = &mut *self.index;
         let mut values = Vec::new();
-        for (key, value) in taken.iter() {
-            self.unindex(key);
-            if unmatched && value[0] == 0 {
-                values.push(value.to_vec());
-            }
-        }
+        self.store
+            .remove_expired_with(watermark_ms, |state_key, value| {
+                index.forget(state_key);
+                if unmatched && value[0] == 0 {
+                    values.push(value.to_vec());
+                }
+            });
         values
-    }
-
-    fn unindex(&mut self, state_key: &[u8]) {
-        let (key, slot) = split_state_key(state_key);
-        if let Some(slots) = self.index.keys.get_mut(key) {
-            let at = slots.partition_point(|s| *s < slot);
-            if slots.get(at) == Some(&slot) {
-                slots.remove(at);
-            }
-            if slots.is_empty() {
-                self.index.keys.remove(key);
-            }
-        }
-    }
-}
-
-/// Adds a stored row to `index`, in order; the key is copied only when it
-/// is new to the index.
-fn index_row(
-    index: &mut HashMap<Box<[u8]>, Slots, foldhash::fast::RandomState>,
-    key: &[u8],
-    slot: Slot,
-) {
-    match index.get_mut(key) {
-        Some(slots) => match slots.back() {
-            Some(last) if *last > slot => {
-                let at = slots.partition_point(|s| *s < slot);
-                slots.insert(at, slot);
-            }
-            _ => slots.push_back(slot),
-        },
-        None => {
-            index.insert(key.into(), VecDeque::from([slot]));
-        }
     }
 }
 

@@ -131,18 +131,28 @@ impl SlotBytes {
 /// An entry in the table.
 struct Slot {
     data: SlotBytes,
+    /// The key's [`hash_key`]: growing the table, finding an entry due to
+    /// expire and rejecting a probe's other keys need no hashing or key
+    /// comparison.
+    hash: u64,
     key_len: u32,
     expires_at_ms: Option<i64>,
 }
 
 impl Slot {
-    fn new(key: &[u8], value: &[u8], expires_at_ms: Option<i64>) -> Self {
+    fn new(hash: u64, key: &[u8], value: &[u8], expires_at_ms: Option<i64>) -> Self {
         let key_len = u32::try_from(key.len()).expect("a state key is shorter than 4 GiB");
         Self {
             data: SlotBytes::new(key, value),
+            hash,
             key_len,
             expires_at_ms,
         }
+    }
+
+    /// Whether this is the entry of `key`, whose hash is `hash`.
+    fn is(&self, hash: u64, key: &[u8]) -> bool {
+        self.hash == hash && self.key() == key
     }
 
     fn key(&self) -> &[u8] {
@@ -283,7 +293,8 @@ impl StatePartition {
     }
 
     fn slot(&self, key: &[u8]) -> Option<&Slot> {
-        self.entries.find(hash_key(key), |slot| slot.key() == key)
+        let hash = hash_key(key);
+        self.entries.find(hash, |slot| slot.is(hash, key))
     }
 
     /// Where the probes into the entry table start, to prefetch a batch's
@@ -299,7 +310,7 @@ impl StatePartition {
     /// [`get`](Self::get) of a key whose [`hash_key`] is `hash`.
     pub(crate) fn get_hashed(&self, hash: u64, key: &[u8]) -> Option<&[u8]> {
         self.entries
-            .find(hash, |slot| slot.key() == key)
+            .find(hash, |slot| slot.is(hash, key))
             .map(Slot::value)
     }
 
@@ -372,6 +383,22 @@ impl StatePartition {
         taken
     }
 
+    /// Removes every entry whose `expires_at_ms <= now_ms`, in the order of
+    /// [`take_expired`](Self::take_expired), showing each key and value to
+    /// `visit` as it goes instead of copying them out; returns how many.
+    ///
+    /// For an operator that needs only some of the expired entries' bytes
+    /// (e.g. a join that forgets the rows it indexed and keeps the values
+    /// of a few).
+    pub fn remove_expired_with(&mut self, now_ms: i64, mut visit: impl FnMut(&[u8], &[u8])) -> usize {
+        let mut removed = 0;
+        self.drain_expired(now_ms, |key, value| {
+            removed += 1;
+            visit(key, value);
+        });
+        removed
+    }
+
     /// The earliest expiry of any entry, if an entry has one.
     pub fn next_expiry(&self) -> Option<i64> {
         self.expiry.first_key_value().map(|((at, _), _)| *at)
@@ -392,8 +419,7 @@ impl StatePartition {
             }
             let count = record.remove();
             for _ in 0..count {
-                let due =
-                    |slot: &Slot| slot.expires_at_ms == Some(at) && hash_key(slot.key()) == hash;
+                let due = |slot: &Slot| slot.hash == hash && slot.expires_at_ms == Some(at);
                 let Ok(found) = self.entries.find_entry(hash, due) else {
                     debug_assert!(false, "an expiry record without its entry");
                     break;
@@ -474,7 +500,7 @@ impl StatePartition {
         value: &[u8],
         expires_at_ms: Option<i64>,
     ) {
-        let existed = match self.entries.find_mut(hash, |slot| slot.key() == key) {
+        let existed = match self.entries.find_mut(hash, |slot| slot.is(hash, key)) {
             Some(slot) => {
                 let before = slot.heap_bytes();
                 slot.set_value(value);
@@ -491,7 +517,7 @@ impl StatePartition {
                 true
             }
             None => {
-                self.insert_new(hash, Slot::new(key, value, expires_at_ms));
+                self.insert_new(Slot::new(hash, key, value, expires_at_ms));
                 false
             }
         };
@@ -511,7 +537,7 @@ impl StatePartition {
     /// Removes the entry of `key` (whose hash is `hash`) and its expiry
     /// record; returns whether there was one.
     fn take_slot(&mut self, hash: u64, key: &[u8]) -> bool {
-        let Ok(found) = self.entries.find_entry(hash, |slot| slot.key() == key) else {
+        let Ok(found) = self.entries.find_entry(hash, |slot| slot.is(hash, key)) else {
             return false;
         };
         let (slot, _) = found.remove();
@@ -522,13 +548,12 @@ impl StatePartition {
         true
     }
 
-    fn insert_new(&mut self, hash: u64, slot: Slot) {
+    fn insert_new(&mut self, slot: Slot) {
         self.entry_bytes += slot.heap_bytes();
         if let Some(at) = slot.expires_at_ms {
-            self.index_expiry(at, hash);
+            self.index_expiry(at, slot.hash);
         }
-        self.entries
-            .insert_unique(hash, slot, |slot| hash_key(slot.key()));
+        self.entries.insert_unique(slot.hash, slot, |slot| slot.hash);
     }
 
     /// Applies one row of a data file while loading: no change is recorded.
@@ -536,15 +561,14 @@ impl StatePartition {
         let hash = hash_key(row.key);
         self.take_slot(hash, row.key);
         if let Some(value) = row.value {
-            self.insert_new(hash, Slot::new(row.key, value, row.expires_at_ms));
+            self.insert_new(Slot::new(hash, row.key, value, row.expires_at_ms));
         }
     }
 
     /// Makes room for `additional` more entries (e.g. before loading a
     /// snapshot of known size).
     pub(crate) fn reserve(&mut self, additional: usize) {
-        self.entries
-            .reserve(additional, |slot| hash_key(slot.key()));
+        self.entries.reserve(additional, |slot| slot.hash);
     }
 
     /// The rows of the delta for the uncommitted changes, in no particular

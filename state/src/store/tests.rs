@@ -1213,6 +1213,43 @@ async fn take_expired_returns_each_due_entry_once_earliest_first_per_partition()
     }
 }
 
+#[tokio::test]
+async fn remove_expired_with_shows_what_take_expired_returns_and_commits_the_same() {
+    // Two stores given the same entries: one partition drained with
+    // `take_expired`, the other with `remove_expired_with`; both see the
+    // same entries in the same order, and commit the same delta.
+    let (dir_a, dir_b) = (memory_dir(), memory_dir());
+    let mut a = open(&dir_a, config(4, 10), 0).await.unwrap();
+    let mut b = open(&dir_b, config(4, 10), 0).await.unwrap();
+    for store in [&mut a, &mut b] {
+        for i in 0..500i64 {
+            store.put_with_ttl(&i.to_be_bytes(), &(i * 3).to_be_bytes(), (i * 7) % 60);
+        }
+        store.put(b"forever", b"kept");
+        store.commit().await.unwrap();
+        // Added after the commit and due: its removal cancels its change.
+        store.put_with_ttl(b"late", b"gone", 0);
+    }
+    for (pa, pb) in a.partitions_mut().iter_mut().zip(b.partitions_mut()) {
+        let taken = pa.take_expired(29);
+        let mut seen = Vec::new();
+        let count = pb.remove_expired_with(29, |k, v| seen.push((k.to_vec(), v.to_vec())));
+        assert_eq!(count, taken.len());
+        assert_eq!(seen, taken.to_vec());
+        assert_eq!(pa.len(), pb.len());
+        assert_eq!(pb.remove_expired_with(29, |_, _| panic!("drained twice")), 0);
+    }
+    assert_eq!(b.get(b"late"), None);
+    assert_eq!(b.get(b"forever"), Some(&b"kept"[..]));
+    let (ca, cb) = (a.commit().await.unwrap(), b.commit().await.unwrap());
+    assert_eq!(
+        (ca.rows_updated, ca.rows_removed, a.len()),
+        (cb.rows_updated, cb.rows_removed, b.len())
+    );
+    assert_eq!(cb.rows_removed, (0..500).filter(|i| (i * 7) % 60 <= 29).count() as u64);
+    assert_eq!(cb.rows_updated, 0, "the late entry's put and removal cancel out");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overdue_snapshot_does_not_wait_for_idle_time() {
     // The maintenance thread gets no time (here: it is held by a job
