@@ -404,3 +404,95 @@ async fn checkpoints_are_written_at_the_interval() {
         .unwrap();
     assert_eq!(table_rows(&path).await, expected(0..7));
 }
+
+#[tokio::test]
+async fn timestamps_and_string_views_are_written_as_delta_types() {
+    use arrow::array::{Int32Array, StringViewArray, TimestampMillisecondArray};
+    use arrow::datatypes::TimeUnit;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(
+            "minute",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("symbol", DataType::Utf8View, true),
+        Field::new("trades", DataType::Int32, false),
+    ]));
+    let batch = |minute: i64, symbol: &str, trades: i32| {
+        RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(TimestampMillisecondArray::from(vec![minute])),
+                Arc::new(StringViewArray::from(vec![Some(symbol)])),
+                Arc::new(Int32Array::from(vec![trades])),
+            ],
+        )
+        .unwrap()
+    };
+    let sink = DeltaSink::new(path.to_str().unwrap());
+    let context = SinkContext {
+        session: SessionContext::new(),
+        query_name: None,
+        query_id: "q".into(),
+        schema: Arc::clone(&schema),
+        output_mode: OutputMode::Append,
+        durability: Default::default(),
+    };
+    sink.open(&context).await.unwrap();
+    sink.add_batch(
+        0,
+        Arc::clone(&schema),
+        vec![batch(1_704_103_200_000, "AAPL", 3)],
+    )
+    .await
+    .unwrap();
+    // A restart checks the output against the table the first batch made.
+    let restarted = DeltaSink::new(path.to_str().unwrap());
+    restarted.open(&context).await.unwrap();
+    restarted
+        .add_batch(
+            1,
+            Arc::clone(&schema),
+            vec![batch(1_704_103_260_000, "MSFT", 4)],
+        )
+        .await
+        .unwrap();
+
+    let url = url::Url::from_directory_path(&path).unwrap();
+    let table = deltalake::open_table(url).await.unwrap();
+    let types: Vec<String> = table
+        .snapshot()
+        .unwrap()
+        .schema()
+        .fields()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
+    assert_eq!(
+        types,
+        ["minute: timestamp_ntz", "symbol: string", "trades: integer"]
+    );
+    let ctx = SessionContext::new();
+    table.update_datafusion_session(&ctx.state()).unwrap();
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx
+        .sql("SELECT CAST(minute AS VARCHAR) AS m, CAST(symbol AS VARCHAR) AS s, trades FROM t ORDER BY m")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("| 2024-01-01T10:00:00 | AAPL | 3      |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| 2024-01-01T10:01:00 | MSFT | 4      |"),
+        "{text}"
+    );
+}
