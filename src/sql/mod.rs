@@ -769,6 +769,10 @@ fn connector_named<'a, C: ?Sized>(
             "the kafka connector is not built in: build tidemill with the `kafka` feature (on \
              by default)"
                 .to_string()
+        } else if name.eq_ignore_ascii_case("delta") && !cfg!(feature = "delta") {
+            "the delta connector is not built in: build tidemill with the `delta` feature (on \
+             by default)"
+                .to_string()
         } else {
             format!("unknown connector '{name}' for {what}; valid connectors: {valid}")
         };
