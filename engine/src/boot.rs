@@ -100,7 +100,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
     for node in &nodes {
         let number = node.operator();
         let dir = checkpoint.dir.child("state").child(&number.to_string());
-        let rule = node.watermark_rule();
+        let rule = node.watermark_rule(&plan);
         match node {
             StatefulNode::Aggregate(aggregate) => {
                 let error = |e| TidemillError::datafusion("planning the streaming aggregation", e);

@@ -418,8 +418,15 @@ impl Runner {
         // Plan and execute.
         let t = Instant::now();
         for (operator, rule) in &self.operators {
+            let next = rule.knows_next().then(|| {
+                Arc::new(
+                    self.watermarks
+                        .next_batch(&self.watermark_planner, rule.delay_ms),
+                )
+            });
             let watermarks = BatchWatermarks {
                 processing_time_ms: entry.timestamp_ms,
+                next,
                 ..rule.for_batch(entry.watermark_ms, entry.previous_watermark_ms)
             };
             operator.begin_batch(batch_id, watermarks).await?;

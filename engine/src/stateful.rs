@@ -17,6 +17,7 @@
 //! [`has_closable_state`]: StatefulOperator::has_closable_state
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -59,7 +60,7 @@ pub(crate) trait StatefulOperator: Send + Sync + Debug {
 }
 
 /// The watermarks one stateful operator runs a batch with.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct BatchWatermarks {
     /// Evicts state and closes what it passes, in milliseconds.
     pub evict: Option<i64>,
@@ -71,6 +72,11 @@ pub(crate) struct BatchWatermarks {
     /// The batch's processing time (when its offsets were logged), in
     /// milliseconds since the epoch: the same when the batch is re-run.
     pub processing_time_ms: i64,
+    /// The watermark the next batch will evict with, known once this
+    /// batch's inputs are read: given only to an operator fed by every
+    /// watermarked input and not by another stateful operator (see
+    /// [`WatermarkRule::knows_next`]).
+    pub next: Option<Arc<crate::watermark::NextWatermark>>,
 }
 
 /// Which watermarks an operator runs with, as Spark (3.4+) propagates
@@ -92,6 +98,8 @@ pub(crate) struct WatermarkRule {
     pub chained: bool,
     /// How far behind the query's watermark this operator's input is.
     pub delay_ms: i64,
+    /// Every watermarked input of the query feeds this operator.
+    pub sees_every_watermark: bool,
 }
 
 impl WatermarkRule {
@@ -103,7 +111,17 @@ impl WatermarkRule {
             late: self.shift(if self.chained { previous } else { current }),
             previous: self.shift(previous),
             processing_time_ms: 0,
+            next: None,
         }
+    }
+
+    /// Whether the operator may know, during a batch, the watermark the
+    /// next batch evicts with ([`BatchWatermarks::next`]): every
+    /// watermarked input feeds it, so that once it has read its inputs the
+    /// watermark nodes have seen all their rows; and it is not chained, so
+    /// the next batch drops as late every row at or below that watermark.
+    pub fn knows_next(&self) -> bool {
+        self.sees_every_watermark && !self.chained
     }
 
     /// The query's watermark `watermark` as this operator sees it.

@@ -229,6 +229,11 @@ impl EventTimeStats {
     pub fn take(&self) -> Option<i64> {
         self.max_ms.lock().expect("stats lock poisoned").take()
     }
+
+    /// The batch's maximum so far, left in place.
+    pub fn peek(&self) -> Option<i64> {
+        *self.max_ms.lock().expect("stats lock poisoned")
+    }
 }
 
 /// Passes batches through and records the largest event time.
@@ -386,20 +391,87 @@ impl WatermarkTracker {
                 *seen = Some(seen.map_or(m, |s: i64| s.max(m)));
             }
         }
-        let candidates = self
-            .nodes
-            .iter()
-            .filter_map(|(_, delay, seen)| seen.map(|s| s.saturating_sub(*delay)));
-        let computed = match self.policy {
-            MultipleWatermarkPolicy::Min => candidates.min(),
-            MultipleWatermarkPolicy::Max => candidates.max(),
-        };
-        // Never backwards.
-        self.current = match (self.current, computed) {
-            (Some(c), Some(n)) => Some(c.max(n)),
-            (c, n) => c.or(n),
-        };
+        self.current = advance(
+            self.policy,
+            self.current,
+            self.nodes.iter().map(|(_, delay, seen)| (*delay, *seen)),
+        );
         batch_max
+    }
+
+    /// What the watermark after the running batch will at least be, as
+    /// an operator that runs `delay_ms` behind the query's watermark sees
+    /// it (see [`NextWatermark`]).
+    pub(crate) fn next_batch(
+        &self,
+        planner: &crate::plan::WatermarkPlanner,
+        delay_ms: i64,
+    ) -> NextWatermark {
+        NextWatermark {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(id, delay, seen)| (planner.stats(*id), *delay, *seen))
+                .collect(),
+            policy: self.policy,
+            current: self.current,
+            delay_ms,
+        }
+    }
+}
+
+/// The watermark after a batch: per node, the largest event time seen so
+/// far minus its delay; across nodes, by `policy`; never below `current`.
+fn advance(
+    policy: MultipleWatermarkPolicy,
+    current: Option<i64>,
+    nodes: impl Iterator<Item = (i64, Option<i64>)>,
+) -> Option<i64> {
+    let candidates = nodes.filter_map(|(delay, seen)| seen.map(|s| s.saturating_sub(delay)));
+    let computed = match policy {
+        MultipleWatermarkPolicy::Min => candidates.min(),
+        MultipleWatermarkPolicy::Max => candidates.max(),
+    };
+    // Never backwards.
+    match (current, computed) {
+        (Some(c), Some(n)) => Some(c.max(n)),
+        (c, n) => c.or(n),
+    }
+}
+
+/// The watermark the next batch will run with, worked out during the
+/// running batch from the event times its watermark nodes have seen.
+///
+/// Computed as [`WatermarkTracker::end_batch`] will compute it. It is that
+/// watermark once every node has seen all of the batch's rows — for an
+/// operator fed by every watermarked input of the query, once it has read
+/// its inputs — and only such an operator may use it: before that, a node
+/// yet to see rows could move the result either way. An operator then
+/// knows during batch N what batch N + 1 will evict, and may leave
+/// unstored what it would store only for that.
+#[derive(Debug)]
+pub(crate) struct NextWatermark {
+    /// Per node: its statistics, delay, and the largest event time seen
+    /// before this batch.
+    nodes: Vec<(Arc<EventTimeStats>, i64, Option<i64>)>,
+    policy: MultipleWatermarkPolicy,
+    current: Option<i64>,
+    /// How far behind the query's watermark the operator runs.
+    delay_ms: i64,
+}
+
+impl NextWatermark {
+    /// The next batch's watermark, shifted by the operator's delay;
+    /// `None` when no watermark is known yet.
+    pub fn value(&self) -> Option<i64> {
+        let nodes = self.nodes.iter().map(|(stats, delay, seen)| {
+            let seen = match (*seen, stats.peek()) {
+                (Some(s), Some(b)) => Some(s.max(b)),
+                (s, b) => s.or(b),
+            };
+            (*delay, seen)
+        });
+        advance(self.policy, self.current, nodes).map(|w| w.saturating_sub(self.delay_ms))
     }
 }
 

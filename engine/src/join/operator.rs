@@ -160,6 +160,17 @@ impl JoinOperator {
         let mut inner = self.inner.lock().await;
         let Inner { sides, watermarks } = &mut *inner;
         let (late_ms, evict_ms) = (watermarks.late, watermarks.evict);
+        // The inputs are read: the watermark nodes (all of which feed the
+        // join when `next` is given) have seen the batch's rows.
+        let next_ms = watermarks.next.as_ref().and_then(|next| next.value());
+        // A new row the next batch's eviction would remove unmatched is
+        // not stored: no later row can match it (the next batch drops
+        // rows at or below that watermark as late), and on a side whose
+        // unmatched rows come out with nulls it is kept to come out then.
+        let unneeded_ms = [LEFT, RIGHT].map(|side| match self.preserves(side) {
+            true => evict_ms,
+            false => evict_ms.max(next_ms),
+        });
         let mut split = Vec::with_capacity(2);
         let mut rows = 0;
         for (side, batches) in sides.iter_mut().zip([left, right]) {
@@ -186,7 +197,7 @@ impl JoinOperator {
             })
             .collect();
         let outputs = map_parallel(jobs, rows >= PARALLEL_ROWS, |part| {
-            self.process_part(part, evict_ms)
+            self.process_part(part, evict_ms, unneeded_ms)
         });
         let mut output = Vec::new();
         for part in outputs {
@@ -197,7 +208,14 @@ impl JoinOperator {
 
     /// [`process`](Self::process) of one state partition: its new rows of
     /// both sides and its stored ones.
-    fn process_part(&self, part: Part<'_>, evict_ms: Option<i64>) -> DFResult<Vec<RecordBatch>> {
+    /// New rows of side `s` that would expire at or below `unneeded_ms[s]`
+    /// are not stored.
+    fn process_part(
+        &self,
+        part: Part<'_>,
+        evict_ms: Option<i64>,
+        unneeded_ms: [Option<i64>; 2],
+    ) -> DFResult<Vec<RecordBatch>> {
         let Part { mut sides, new } = part;
         let (new_left, new_right) = (&new[LEFT], &new[RIGHT]);
         let mut output = Vec::new();
@@ -292,7 +310,7 @@ impl JoinOperator {
             let mut unmatched = Vec::new();
             for i in 0..rows.batch.num_rows() {
                 let matched = matched_new[side][i];
-                let expired = match (&rows.expiries, evict_ms) {
+                let expired = match (&rows.expiries, unneeded_ms[side]) {
                     (Some(at), Some(w)) => at.is_valid(i) && at.value(i) <= w,
                     _ => false,
                 };

@@ -644,3 +644,72 @@ fn expiries(batch: &RecordBatch, expiry: &Expiry) -> DFResult<Int64Array> {
     let millis = ceil_millis(&raw, expiry.column().unit);
     Ok(millis.unary(|t| t.saturating_add(offset)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(slots: &Slots, from: i64, to: i64) -> Vec<Slot> {
+        slots.between(from, to).collect()
+    }
+
+    #[test]
+    fn a_keys_rows_stay_in_time_order_whatever_order_they_come_and_go_in() {
+        let mut slots = Slots::One((50, 0));
+        assert_eq!(rows(&slots, 0, 100), [(50, 0)]);
+        assert_eq!(rows(&slots, 51, 100), []);
+        for slot in [(70, 1), (10, 2), (50, 3), (90, 4), (30, 5)] {
+            slots.insert(slot);
+        }
+        let all = [(10, 2), (30, 5), (50, 0), (50, 3), (70, 1), (90, 4)];
+        assert_eq!(rows(&slots, i64::MIN, i64::MAX), all);
+        // Bounds are inclusive at both ends.
+        assert_eq!(rows(&slots, 30, 70), all[1..5]);
+        // The oldest leave first; a ring buffer that wrapped reads in order.
+        assert!(!slots.remove((10, 2)));
+        assert!(!slots.remove((30, 5)));
+        slots.insert((95, 6));
+        slots.insert((60, 7));
+        assert_eq!(
+            rows(&slots, 0, 100),
+            [(50, 0), (50, 3), (60, 7), (70, 1), (90, 4), (95, 6)]
+        );
+        assert_eq!(rows(&slots, 55, 92), [(60, 7), (70, 1), (90, 4)]);
+        // Removing a row the key does not hold changes nothing.
+        assert!(!slots.remove((60, 99)));
+        for slot in [(70, 1), (50, 0), (95, 6), (60, 7), (50, 3)] {
+            assert!(!slots.remove(slot));
+        }
+        assert!(slots.remove((90, 4)), "the last row leaves the key empty");
+        let mut one = Slots::One((5, 1));
+        assert!(!one.remove((5, 2)));
+        assert!(one.remove((5, 1)));
+    }
+
+    #[test]
+    fn the_index_forgets_rows_by_state_key_and_drops_empty_keys() {
+        let mut index = PartIndex::default();
+        let (a, b) = (b"key a".as_slice(), b"key b".as_slice());
+        for (key, slot) in [(a, (1, 0)), (b, (2, 1)), (a, (3, 2))] {
+            index.add(key_hash(key), slot);
+        }
+        let find = |index: &PartIndex, key: &[u8]| -> Vec<Slot> {
+            let hash = key_hash(key);
+            index
+                .keys
+                .find(hash, |k| k.hash == hash)
+                .map(|rows| rows.slots.between(i64::MIN, i64::MAX).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(find(&index, a), [(1, 0), (3, 2)]);
+        index.forget(&JoinSide::state_key(a, (1, 0)));
+        assert_eq!(find(&index, a), [(3, 2)]);
+        index.forget(&JoinSide::state_key(b, (2, 1)));
+        assert_eq!(index.keys.len(), 1);
+        // Another key's state key with the same slot is not this row.
+        index.forget(&JoinSide::state_key(b, (3, 2)));
+        assert_eq!(find(&index, a), [(3, 2)]);
+        index.forget(&JoinSide::state_key(a, (3, 2)));
+        assert!(index.keys.is_empty());
+    }
+}

@@ -16,6 +16,7 @@ use crate::dedup::DeduplicateNode;
 use crate::join::StreamJoinNode;
 use crate::processor::TransformWithStateNode;
 use crate::stateful::WatermarkRule;
+use crate::watermark::WatermarkNode;
 
 /// Replaces, in `plan`, each aggregation over streaming input by a
 /// [`StreamingAggregateNode`], each join of two streams by a
@@ -117,9 +118,16 @@ impl StatefulNode {
             .any(|input| !all_in(input).is_empty())
     }
 
-    /// Which watermarks the operator runs with (see [`WatermarkRule`]).
-    pub fn watermark_rule(&self) -> WatermarkRule {
+    /// Which watermarks the operator runs with (see [`WatermarkRule`]), in
+    /// the query `plan`.
+    pub fn watermark_rule(&self, plan: &LogicalPlan) -> WatermarkRule {
+        let ids = |plan: &LogicalPlan| -> std::collections::BTreeSet<u64> {
+            WatermarkNode::all_in(plan).iter().map(|n| n.id).collect()
+        };
+        let seen: std::collections::BTreeSet<u64> =
+            self.inputs().into_iter().flat_map(ids).collect();
         WatermarkRule {
+            sees_every_watermark: seen == ids(plan),
             chained: self.chained(),
             delay_ms: self
                 .inputs()
