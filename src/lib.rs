@@ -60,12 +60,12 @@ pub mod monitor;
 pub mod sql;
 pub mod status;
 
+#[cfg(feature = "delta")]
+pub use tidemill_connectors::DeltaSink;
 pub use tidemill_connectors::{
     ConsoleSink, FileFormat, FileSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream,
     ParquetSink, RateSource,
 };
-#[cfg(feature = "delta")]
-pub use tidemill_connectors::DeltaSink;
 #[cfg(feature = "kafka")]
 pub use tidemill_connectors::{KafkaSink, KafkaSource};
 pub use tidemill_engine::{
@@ -78,14 +78,14 @@ pub use tidemill_engine::{
 
 /// The names most pipelines use, for `use tidemill::prelude::*`.
 pub mod prelude {
+    #[cfg(feature = "delta")]
+    pub use tidemill_connectors::DeltaSink;
     #[cfg(feature = "kafka")]
     pub use tidemill_connectors::kafka::StartingOffsets;
     pub use tidemill_connectors::{
         ConsoleSink, FileSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
         RateSource,
     };
-    #[cfg(feature = "delta")]
-    pub use tidemill_connectors::DeltaSink;
     #[cfg(feature = "kafka")]
     pub use tidemill_connectors::{KafkaSink, KafkaSource};
     pub use tidemill_engine::{

@@ -217,7 +217,10 @@ impl Slots {
 /// The rows of `slots` (in time order) with a time in `from..=to`.
 fn within(slots: &[Slot], from: i64, to: i64) -> impl Iterator<Item = Slot> + '_ {
     let start = slots.partition_point(|s| s.0 < from);
-    slots[start..].iter().take_while(move |s| s.0 <= to).copied()
+    slots[start..]
+        .iter()
+        .take_while(move |s| s.0 <= to)
+        .copied()
 }
 
 /// The stored rows of the join keys of one hash.

@@ -390,7 +390,11 @@ impl StatePartition {
     /// For an operator that needs only some of the expired entries' bytes
     /// (e.g. a join that forgets the rows it indexed and keeps the values
     /// of a few).
-    pub fn remove_expired_with(&mut self, now_ms: i64, mut visit: impl FnMut(&[u8], &[u8])) -> usize {
+    pub fn remove_expired_with(
+        &mut self,
+        now_ms: i64,
+        mut visit: impl FnMut(&[u8], &[u8]),
+    ) -> usize {
         let mut removed = 0;
         self.drain_expired(now_ms, |key, value| {
             removed += 1;
@@ -553,7 +557,8 @@ impl StatePartition {
         if let Some(at) = slot.expires_at_ms {
             self.index_expiry(at, slot.hash);
         }
-        self.entries.insert_unique(slot.hash, slot, |slot| slot.hash);
+        self.entries
+            .insert_unique(slot.hash, slot, |slot| slot.hash);
     }
 
     /// Applies one row of a data file while loading: no change is recorded.

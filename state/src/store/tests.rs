@@ -1237,7 +1237,10 @@ async fn remove_expired_with_shows_what_take_expired_returns_and_commits_the_sam
         assert_eq!(count, taken.len());
         assert_eq!(seen, taken.to_vec());
         assert_eq!(pa.len(), pb.len());
-        assert_eq!(pb.remove_expired_with(29, |_, _| panic!("drained twice")), 0);
+        assert_eq!(
+            pb.remove_expired_with(29, |_, _| panic!("drained twice")),
+            0
+        );
     }
     assert_eq!(b.get(b"late"), None);
     assert_eq!(b.get(b"forever"), Some(&b"kept"[..]));
@@ -1246,8 +1249,14 @@ async fn remove_expired_with_shows_what_take_expired_returns_and_commits_the_sam
         (ca.rows_updated, ca.rows_removed, a.len()),
         (cb.rows_updated, cb.rows_removed, b.len())
     );
-    assert_eq!(cb.rows_removed, (0..500).filter(|i| (i * 7) % 60 <= 29).count() as u64);
-    assert_eq!(cb.rows_updated, 0, "the late entry's put and removal cancel out");
+    assert_eq!(
+        cb.rows_removed,
+        (0..500).filter(|i| (i * 7) % 60 <= 29).count() as u64
+    );
+    assert_eq!(
+        cb.rows_updated, 0,
+        "the late entry's put and removal cancel out"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
