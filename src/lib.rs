@@ -37,8 +37,9 @@
 //! `ctx.read_stream(...)`.
 //!
 //! Cargo feature `delta` (on by default): the Delta Lake sink
-//! ([`DeltaSink`], `connector = 'delta'` in pipeline files), on the
-//! `deltalake` crate; `--no-default-features` leaves it out.
+//! ([`DeltaSink`]) and source ([`DeltaSource`]), `connector = 'delta'` in
+//! pipeline files, on the `deltalake` crate; `--no-default-features`
+//! leaves them out.
 //!
 //! Cargo feature `failpoints` (off by default): the crash-test hooks of the
 //! engine and the sinks (see `tidemill-engine`), for a `tidemill` command
@@ -60,12 +61,12 @@ pub mod monitor;
 pub mod sql;
 pub mod status;
 
-#[cfg(feature = "delta")]
-pub use tidemill_connectors::DeltaSink;
 pub use tidemill_connectors::{
     ConsoleSink, FileFormat, FileSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream,
     ParquetSink, RateSource,
 };
+#[cfg(feature = "delta")]
+pub use tidemill_connectors::{DeltaSink, DeltaSource};
 #[cfg(feature = "kafka")]
 pub use tidemill_connectors::{KafkaSink, KafkaSource};
 pub use tidemill_engine::{
@@ -78,14 +79,14 @@ pub use tidemill_engine::{
 
 /// The names most pipelines use, for `use tidemill::prelude::*`.
 pub mod prelude {
-    #[cfg(feature = "delta")]
-    pub use tidemill_connectors::DeltaSink;
     #[cfg(feature = "kafka")]
     pub use tidemill_connectors::kafka::StartingOffsets;
     pub use tidemill_connectors::{
         ConsoleSink, FileSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream, ParquetSink,
         RateSource,
     };
+    #[cfg(feature = "delta")]
+    pub use tidemill_connectors::{DeltaSink, DeltaSource};
     #[cfg(feature = "kafka")]
     pub use tidemill_connectors::{KafkaSink, KafkaSource};
     pub use tidemill_engine::{

@@ -14,6 +14,10 @@
 //! - [`MemoryStream`]: batches pushed by test code.
 //! - [`KafkaSource`]: Kafka topics, as a stream or a bounded batch (see
 //!   [`kafka`]; with the `kafka` feature).
+//! - [`DeltaSource`]: the rows each new version of a Delta Lake table
+//!   adds, from the table's current contents on, as Spark's Delta source
+//!   streams them; the table read whole as a batch (with the `delta`
+//!   feature).
 //!
 //! Sinks:
 //! - [`FileSink`] (also known as [`ParquetSink`]): parquet, JSON-lines or
@@ -37,8 +41,9 @@
 //!   other connectors only and builds no librdkafka. The `tidemill` crate
 //!   has a `kafka` feature of its own (default) that turns this one on.
 //! - `delta` (off here; on in the `tidemill` crate's default features): the
-//!   [`DeltaSink`] and `connector = 'delta'`, on the `deltalake` crate
-//!   (with its DataFusion integration, which MERGE needs).
+//!   [`DeltaSink`] and [`DeltaSource`] and `connector = 'delta'` (sinks and
+//!   streams), on the `deltalake` crate (with its DataFusion integration,
+//!   which MERGE needs).
 //! - `conformance` (off): the module `conformance`, the checks every
 //!   source and sink passes, for testing a connector of your own the same
 //!   way. Tidemill's own tests turn it on.
@@ -53,6 +58,8 @@ pub mod conformance;
 mod console_sink;
 #[cfg(feature = "delta")]
 mod delta_sink;
+#[cfg(feature = "delta")]
+mod delta_source;
 mod failpoint;
 mod file_sink;
 mod file_source;
@@ -67,6 +74,10 @@ pub mod registry;
 pub use console_sink::ConsoleSink;
 #[cfg(feature = "delta")]
 pub use delta_sink::{CHECKPOINT_INTERVAL_PROPERTY, DeltaSink, DeltaSinkError};
+#[cfg(feature = "delta")]
+pub use delta_source::{
+    DEFAULT_MAX_FILES_PER_TRIGGER, DataLossCounts, DeltaSource, DeltaSourceError, DeltaStart,
+};
 pub use file_sink::{CsvLayout, FileSink, ManifestEntry, ManifestFile, ParquetSink};
 pub use file_source::{FileFormat, FileSource};
 pub use foreach_batch::{ForeachBatchError, ForeachBatchSink};

@@ -37,12 +37,12 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 /// Why a column's values cannot be converted to the declared type.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Loss {
+pub(crate) struct Loss {
     /// The first row (of the array converted) whose value does not fit,
     /// when one does not.
-    pub(super) row: Option<usize>,
+    pub(crate) row: Option<usize>,
     /// What is wrong.
-    pub(super) detail: String,
+    pub(crate) detail: String,
 }
 
 /// Whether a column of type `actual` holds values of type `expected` in
@@ -63,7 +63,7 @@ pub(super) fn same_values(actual: &DataType, expected: &DataType) -> bool {
 
 /// Whether a column of type `actual` can be read as `expected` without
 /// losing information (see the module documentation).
-pub(super) fn readable_as(actual: &DataType, expected: &DataType) -> bool {
+pub(crate) fn readable_as(actual: &DataType, expected: &DataType) -> bool {
     use DataType::*;
     if same_values(actual, expected) {
         return true;
@@ -91,7 +91,7 @@ pub(super) fn readable_as(actual: &DataType, expected: &DataType) -> bool {
 /// `column` as type `expected`, which [`readable_as`] allows. Fails only
 /// for a timestamp that the declared unit cannot hold exactly, naming its
 /// row.
-pub(super) fn convert(column: &ArrayRef, expected: &DataType) -> Result<ArrayRef, Loss> {
+pub(crate) fn convert(column: &ArrayRef, expected: &DataType) -> Result<ArrayRef, Loss> {
     match (column.data_type(), expected) {
         (DataType::Timestamp(from, _), DataType::Timestamp(to, zone)) => {
             convert_timestamps(column, *from, *to, zone.clone())

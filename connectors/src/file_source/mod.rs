@@ -101,7 +101,8 @@ use self::seen_log::{
 
 mod bad_record;
 mod connector;
-mod convert;
+// The Delta source reads parquet columns by the same conversion rules.
+pub(crate) mod convert;
 mod reader;
 mod scan;
 mod seen_log;

@@ -116,15 +116,18 @@ impl ConnectorRegistry {
         Self::default()
     }
 
-    /// The built-in connectors: `files`, `rate` and (with the `kafka`
-    /// feature) `kafka` streams; `files`, `console`, `kafka` (with the
-    /// `kafka` feature) and `delta` (with the `delta` feature) sinks.
+    /// The built-in connectors: `files`, `rate`, (with the `kafka`
+    /// feature) `kafka` and (with the `delta` feature) `delta` streams;
+    /// `files`, `console`, `kafka` (with the `kafka` feature) and `delta`
+    /// (with the `delta` feature) sinks.
     pub fn builtin() -> Self {
         let mut registry = Self::empty();
         registry.register_stream("files", Arc::new(crate::file_source::FilesConnector));
         registry.register_stream("rate", Arc::new(crate::rate_source::RateConnector));
         #[cfg(feature = "kafka")]
         registry.register_stream("kafka", Arc::new(crate::kafka::KafkaConnector));
+        #[cfg(feature = "delta")]
+        registry.register_stream("delta", Arc::new(crate::delta_source::DeltaSourceConnector));
         registry.register_sink("files", Arc::new(crate::file_sink::FilesSinkConnector));
         registry.register_sink("console", Arc::new(crate::console_sink::ConsoleConnector));
         #[cfg(feature = "kafka")]
