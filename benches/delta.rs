@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench --bench delta            # full mode: 2 million rows, 1,000 versions
 //! TIDEMILL_BENCH_ROWS=10000000 cargo bench --bench delta
+//! TIDEMILL_BENCH_ONLY=growth cargo bench --bench delta   # or =throughput
 //! cargo test --bench delta             # short mode, a few seconds
 //! ```
 //!
@@ -24,6 +25,10 @@
 //! block of 100 versions, and the last block's median over the first's.
 //! Target: ≤ 1.5 (flat: with checkpoints, reading the table's state before
 //! a commit does not grow with its versions).
+//!
+//! `TIDEMILL_BENCH_ONLY` (`throughput` or `growth`, full mode only) runs
+//! one part; such a run writes no result file (it would replace the other
+//! part's figures).
 //!
 //! Results go to `target/bench-results/delta.json` (see
 //! `tidemill_harness::results`). Without `--bench` (as `cargo test` runs
@@ -341,9 +346,19 @@ async fn main() -> anyhow::Result<()> {
          both on local disk. Growth: {versions} batches of 10 rows through DeltaSink::add_batch \
          into a new table (checkpoint every 100 versions)."
     );
+    let only = std::env::var("TIDEMILL_BENCH_ONLY").ok();
+    let (run_throughput, run_growth) = match only.as_deref() {
+        Some("throughput") if full => (true, false),
+        Some("growth") if full => (false, true),
+        _ => (true, true),
+    };
     let tmp = tempfile::tempdir()?;
-    throughput(rows, runs, tmp.path(), &mut result).await?;
-    commit_growth(versions, tmp.path(), &mut result).await?;
-    result.finish(true)?;
+    if run_throughput {
+        throughput(rows, runs, tmp.path(), &mut result).await?;
+    }
+    if run_growth {
+        commit_growth(versions, tmp.path(), &mut result).await?;
+    }
+    result.finish(run_throughput && run_growth)?;
     Ok(())
 }

@@ -142,6 +142,21 @@ pub enum DeltaSinkError {
         /// The batch.
         batch_id: u64,
     },
+    /// Another writer committed to the table while the sink was committing
+    /// a batch, and its commit conflicts with the batch's (nothing of the
+    /// batch is committed).
+    #[error(
+        "batch {batch_id}: the commit to the Delta table '{table}' conflicts with a concurrent \
+         commit: {reason}"
+    )]
+    Conflict {
+        /// The table's URL.
+        table: String,
+        /// The batch.
+        batch_id: u64,
+        /// What the other commit did.
+        reason: String,
+    },
     /// deltalake failed while the sink was `doing` something to the table.
     #[error("{doing} the Delta table '{table}' failed: {source}")]
     Delta {

@@ -8,6 +8,7 @@
 //! `failpoints` feature, `failpoint_store` (a log store that stops before
 //! writing a commit, for the crash tests).
 
+mod append;
 mod connector;
 mod error;
 #[cfg(feature = "failpoints")]
@@ -30,6 +31,7 @@ use datafusion::prelude::{Expr, SessionContext};
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
+use deltalake::writer::RecordBatchWriter;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::StreamExt;
 use tidemill_engine::{OutputMode, Result, Sink, SinkContext, TidemillError};
@@ -70,6 +72,30 @@ pub const CHECKPOINT_INTERVAL_PROPERTY: &str = "delta.checkpointInterval";
 /// restart on the same checkpoint skips what it committed; a new
 /// checkpoint is a new query and appends its batches from batch 0 again,
 /// as with Spark.
+///
+/// Other writers may commit to the table meanwhile (Delta's optimistic
+/// concurrency): a batch's commit is written as the next version only if
+/// no other writer took it; if one did, an append is tried again at the
+/// version after (appends and removes of others do not conflict with it),
+/// but a concurrent commit of the same query's transaction (two runs of
+/// one query) or a change of the table's schema, properties or protocol
+/// fails the batch, as deltalake's conflict checker decides.
+///
+/// # Cost of a batch
+///
+/// In append mode the time of a batch's commit does not grow with the
+/// table: the sink reads the table's file list once, when it opens, and
+/// then keeps what it needs between batches (the latest version and the
+/// query's transaction in it). Before a batch it only reads the log's
+/// versions written by others since its own last commit (none, one
+/// missing file, when it is the only writer), writes the data files with
+/// their statistics and commits their `add` actions directly. Only a
+/// checkpoint (every `delta.checkpointInterval` versions) reads the file
+/// list again. Complete mode (which removes every file) and MERGE (which
+/// reads the table) work on the whole table's state with each batch, and
+/// so do appends to tables that use CHECK constraints, invariants,
+/// generated or identity columns, column mapping, row tracking or
+/// in-commit timestamps (through deltalake's write operation).
 ///
 /// # The table
 ///
@@ -120,13 +146,21 @@ pub struct DeltaSink {
 
 /// What the sink knows once opened.
 struct OpenState {
-    /// The table, at the last version the sink read or committed.
+    /// The table, at the last version the sink read or committed (in
+    /// append mode: as loaded when the sink opened or at its last
+    /// checkpoint; [`FastAppend`] knows the versions since).
     table: DeltaTable,
     /// The table's URL, for messages.
     url: String,
     /// The application id of the commits' transactions: the query's id.
     app_id: String,
     mode: OutputMode,
+    /// The query's output schema.
+    schema: SchemaRef,
+    /// Append mode's own commit path, once there is a table it can write
+    /// (see the `append` module); `None` in other modes, before the first
+    /// batch creates the table, and for tables it cannot write.
+    fast: Option<FastAppend>,
     /// The batch being written, for the crash tests' failpoint inside the
     /// commit.
     #[cfg(feature = "failpoints")]
@@ -266,6 +300,43 @@ impl DeltaSink {
             Err(e) => return Err(DeltaSinkError::delta(&display, "opening", e)),
         }
         Ok((table, display))
+    }
+}
+
+/// Append mode's state between batches: what is committed.
+struct FastAppend {
+    /// The latest version known, and the query's transaction in it.
+    tail: append::LogTail,
+    /// The table's partition columns.
+    partition_by: Vec<String>,
+}
+
+impl FastAppend {
+    /// The state of append mode's path for `table` (loaded), which it can
+    /// write ([`append::supports`]); `committed` is the query's transaction
+    /// version in the table's version if known, read from the table
+    /// otherwise.
+    async fn start(
+        url: &str,
+        table: &DeltaTable,
+        app_id: &str,
+        committed: Option<Option<i64>>,
+    ) -> std::result::Result<Self, DeltaSinkError> {
+        let tail = match committed {
+            Some(committed) => append::LogTail {
+                version: table.version().unwrap_or_default(),
+                committed,
+                table_changed: false,
+            },
+            None => append::LogTail::of(url, table, app_id).await?,
+        };
+        let partition_by = table
+            .snapshot()
+            .map_err(|e| DeltaSinkError::delta(url, "reading", e))?
+            .metadata()
+            .partition_columns()
+            .to_vec();
+        Ok(Self { tail, partition_by })
     }
 }
 
@@ -507,6 +578,8 @@ impl DeltaSink {
                         url: state.url.clone(),
                         app_id: state.app_id.clone(),
                         mode: state.mode,
+                        schema: Arc::clone(&state.schema),
+                        fast: None,
                         #[cfg(feature = "failpoints")]
                         batch: Arc::clone(&state.batch),
                     };
@@ -552,6 +625,132 @@ impl DeltaSink {
             .map_err(|e| DeltaSinkError::delta(&state.url, "reading the transactions of", e))
     }
 
+    /// Whether the sink appends plain files (append mode without merge
+    /// keys), which append mode's own path does.
+    fn appends(&self, mode: OutputMode) -> bool {
+        mode == OutputMode::Append && self.merge_keys.is_empty()
+    }
+
+    /// Starts append mode's path on the table as loaded, if the sink
+    /// appends and the path can write the table; `committed` as for
+    /// [`FastAppend::start`].
+    async fn start_fast(
+        &self,
+        state: &mut OpenState,
+        committed: Option<Option<i64>>,
+    ) -> std::result::Result<(), DeltaSinkError> {
+        state.fast = None;
+        if self.appends(state.mode)
+            && state.table.version().is_some()
+            && append::supports(&state.table)
+        {
+            state.fast =
+                Some(FastAppend::start(&state.url, &state.table, &state.app_id, committed).await?);
+        }
+        Ok(())
+    }
+
+    /// Append mode's commit of `batches` as batch `batch_id` (the `txn`
+    /// version `version`), through the `append` module's path.
+    async fn append_fast(
+        &self,
+        state: &mut OpenState,
+        batch_id: u64,
+        version: i64,
+        batches: Vec<RecordBatch>,
+    ) -> std::result::Result<(), DeltaSinkError> {
+        let url = state.url.clone();
+        let log_store = state.table.log_store();
+        let fast = state.fast.as_mut().expect("append mode's path is started");
+        fast.tail
+            .catch_up(&url, log_store.as_ref(), &state.app_id)
+            .await?;
+        if fast.tail.table_changed {
+            // Another writer changed the table's schema, properties or
+            // protocol: load the table again, and check it still fits
+            // (until it does, every batch fails here).
+            state
+                .table
+                .update_state()
+                .await
+                .map_err(|e| DeltaSinkError::delta(&url, "reading", e))?;
+            schema::check_table(&url, &state.table, &state.schema, &self.partition_by)?;
+            self.start_fast(state, None).await?;
+            if state.fast.is_none() {
+                let schema = Arc::clone(&state.schema);
+                return self
+                    .add_general(state, batch_id, version, &schema, batches)
+                    .await;
+            }
+        }
+        let fast = state.fast.as_mut().expect("append mode's path is started");
+        if let Some(done) = fast.tail.committed
+            && done >= version
+        {
+            tracing::debug!(sink = %self.description(), batch_id, committed = done, "batch already committed; skipping");
+            return Ok(());
+        }
+        // A writer per batch (it takes the schema and partitioning from the
+        // table's metadata, which the sink reloads when another writer
+        // changes them).
+        let mut writer = RecordBatchWriter::for_table(&state.table).map_err(|e| {
+            DeltaSinkError::delta(&url, format!("batch {batch_id}: writing data files of"), e)
+        })?;
+        let adds = append::write_files(&url, batch_id, &mut writer, batches).await?;
+        let txn = Transaction::new_with_last_update(
+            &state.app_id,
+            version,
+            Some(chrono::Utc::now().timestamp_millis()),
+        );
+        let bytes = append::commit_bytes(adds, &fast.partition_by, txn, fast.tail.version)
+            .map_err(|e| {
+                DeltaSinkError::delta(&url, format!("batch {batch_id}: committing to"), e.into())
+            })?;
+        let committed = fast
+            .tail
+            .commit(
+                &url,
+                log_store.as_ref(),
+                &state.app_id,
+                batch_id,
+                version,
+                bytes,
+            )
+            .await?;
+        tracing::debug!(sink = %self.description(), batch_id, version = committed, "batch committed");
+        append::checkpoint_if_due(&url, &mut state.table, committed).await;
+        Ok(())
+    }
+
+    /// The general path of a batch: read what the table's transaction
+    /// says is committed, then commit through deltalake's write, overwrite
+    /// or merge.
+    async fn add_general(
+        &self,
+        state: &mut OpenState,
+        batch_id: u64,
+        version: i64,
+        schema: &SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> std::result::Result<(), DeltaSinkError> {
+        if let Some(done) = Self::committed_batch(state).await?
+            && done >= version
+        {
+            tracing::debug!(sink = %self.description(), batch_id, committed = done, "batch already committed; skipping");
+            return Ok(());
+        }
+        let properties = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&state.app_id, version));
+        let table = self
+            .commit(state, batch_id, schema, batches, properties)
+            .await?;
+        tracing::debug!(sink = %self.description(), batch_id, version = ?table.version(), "batch committed");
+        state.table = table;
+        // The first batch created the table: later ones take append
+        // mode's path.
+        self.start_fast(state, Some(Some(version))).await
+    }
+
     /// `add_batch`, with the sink's own error type.
     async fn add(
         &self,
@@ -566,21 +765,13 @@ impl DeltaSink {
             .batch
             .store(batch_id, std::sync::atomic::Ordering::SeqCst);
         let version = i64::try_from(batch_id).unwrap_or(i64::MAX);
-        if let Some(done) = Self::committed_batch(state).await?
-            && done >= version
-        {
-            tracing::debug!(sink = %self.description(), batch_id, committed = done, "batch already committed; skipping");
-            return Ok(());
-        }
         let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
-        let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&state.app_id, version));
-        let table = self
-            .commit(state, batch_id, &schema, batches, properties)
-            .await?;
-        tracing::debug!(sink = %self.description(), batch_id, version = ?table.version(), "batch committed");
-        state.table = table;
-        Ok(())
+        if state.fast.is_some() {
+            self.append_fast(state, batch_id, version, batches).await
+        } else {
+            self.add_general(state, batch_id, version, &schema, batches)
+                .await
+        }
     }
 }
 
@@ -603,15 +794,21 @@ impl Sink for DeltaSink {
             .open_table(ctx, &batch)
             .await
             .map_err(|e| e.into_tidemill(&description))?;
-        let mut guard = self.state.try_lock().map_err(|_| self.lock_error())?;
-        *guard = Some(OpenState {
+        let mut state = OpenState {
             table,
             url,
             app_id: ctx.query_id.clone(),
             mode: ctx.output_mode,
+            schema: Arc::clone(&ctx.schema),
+            fast: None,
             #[cfg(feature = "failpoints")]
             batch,
-        });
+        };
+        self.start_fast(&mut state, None)
+            .await
+            .map_err(|e| e.into_tidemill(&description))?;
+        let mut guard = self.state.try_lock().map_err(|_| self.lock_error())?;
+        *guard = Some(state);
         Ok(())
     }
 

@@ -496,3 +496,197 @@ async fn timestamps_and_string_views_are_written_as_delta_types() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn two_queries_appending_in_turn_each_commit_their_batches_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
+    let a = DeltaSink::new(path.to_str().unwrap());
+    let b = DeltaSink::new(path.to_str().unwrap());
+    // `b` opens before the table exists; `a`'s first batch creates it.
+    open(&a, OutputMode::Append, "query-a").await.unwrap();
+    open(&b, OutputMode::Append, "query-b").await.unwrap();
+    a.add_batch(0, schema(), vec![rows(0..2)]).await.unwrap();
+    b.add_batch(0, schema(), vec![rows(100..102)])
+        .await
+        .unwrap();
+    a.add_batch(1, schema(), vec![rows(2..4)]).await.unwrap();
+    b.add_batch(1, schema(), vec![rows(102..103)])
+        .await
+        .unwrap();
+    // A re-run of a batch each committed, after the other wrote since.
+    a.add_batch(1, schema(), vec![rows(50..60)]).await.unwrap();
+    b.add_batch(0, schema(), vec![rows(50..60)]).await.unwrap();
+    a.add_batch(2, schema(), vec![]).await.unwrap();
+    b.add_batch(2, schema(), vec![rows(103..104)])
+        .await
+        .unwrap();
+    let txns: Vec<(String, i64)> = log_versions(&path)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (version, mut txns))| {
+            assert_eq!(version, i as u64);
+            assert_eq!(txns.len(), 1, "version {version}: {txns:?}");
+            txns.remove(0)
+        })
+        .collect();
+    let txn = |q: &str, v: i64| (q.to_string(), v);
+    assert_eq!(
+        txns,
+        [
+            txn("query-a", 0),
+            txn("query-b", 0),
+            txn("query-a", 1),
+            txn("query-b", 1),
+            txn("query-a", 2),
+            txn("query-b", 2),
+        ]
+    );
+    assert_eq!(table_rows(&path).await, expected((0..4).chain(100..104)));
+}
+
+/// The bytes of a commit adding no files, with the transaction
+/// `(app_id, version)`.
+fn empty_commit(app_id: &str, version: i64) -> bytes::Bytes {
+    super::append::commit_bytes(
+        Vec::new(),
+        &[],
+        deltalake::kernel::Transaction::new(app_id, version),
+        0,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_commit_that_loses_the_race_retries_after_appends_and_fails_on_a_conflict() {
+    use super::DeltaSinkError;
+    use super::append::{LogTail, write_commit};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
+    let sink = DeltaSink::new(path.to_str().unwrap());
+    open(&sink, OutputMode::Append, "q").await.unwrap();
+    sink.add_batch(0, schema(), vec![rows(0..2)]).await.unwrap();
+    let url = url::Url::from_directory_path(&path).unwrap();
+    let table = deltalake::DeltaTableBuilder::from_url(url.clone())
+        .unwrap()
+        .build()
+        .unwrap();
+    let log_store = table.log_store();
+    let url = url.as_str();
+    // Two appends of another query land after the sink last looked (at
+    // version 0): its commit is written as version 3.
+    for version in [1, 2] {
+        write_commit(log_store.as_ref(), version, empty_commit("other", 0))
+            .await
+            .unwrap();
+    }
+    let mut tail = LogTail {
+        version: 0,
+        committed: Some(0),
+        table_changed: false,
+    };
+    let committed = tail
+        .commit(url, log_store.as_ref(), "q", 1, 1, empty_commit("q", 1))
+        .await
+        .unwrap();
+    assert_eq!(committed, 3);
+    assert_eq!(
+        tail,
+        LogTail {
+            version: 3,
+            committed: Some(1),
+            table_changed: false
+        }
+    );
+    // A version holding the same query's transaction: two runs of one
+    // query. Nothing is committed.
+    write_commit(log_store.as_ref(), 4, empty_commit("q", 2))
+        .await
+        .unwrap();
+    let mut stale = tail;
+    let error = stale
+        .commit(url, log_store.as_ref(), "q", 2, 2, empty_commit("q", 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, DeltaSinkError::Conflict { batch_id: 2, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("same query"), "{error}");
+    assert_eq!(log_versions(&path).len(), 5);
+    // A change of the table's properties by another writer.
+    let loaded = deltalake::open_table(url::Url::parse(url).unwrap())
+        .await
+        .unwrap();
+    loaded
+        .set_tbl_properties()
+        .with_properties([("delta.checkpointInterval".to_string(), "50".to_string())].into())
+        .await
+        .unwrap();
+    let mut stale = LogTail {
+        version: 4,
+        committed: Some(2),
+        table_changed: false,
+    };
+    let error = stale
+        .commit(url, log_store.as_ref(), "q", 3, 3, empty_commit("q", 3))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("schema, properties or protocol"),
+        "{error}"
+    );
+    assert!(stale.table_changed);
+    assert_eq!(log_versions(&path).len(), 6);
+}
+
+#[tokio::test]
+async fn another_writers_table_change_is_read_before_the_next_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table");
+    let sink = DeltaSink::new(path.to_str().unwrap()).checkpoint_interval(100);
+    open(&sink, OutputMode::Append, "q").await.unwrap();
+    sink.add_batch(0, schema(), vec![rows(0..2)]).await.unwrap();
+    sink.add_batch(1, schema(), vec![rows(2..4)]).await.unwrap();
+    let url = url::Url::from_directory_path(&path).unwrap();
+    // A property the output still fits: the sink reloads and goes on,
+    // with the new checkpoint interval.
+    let table = deltalake::open_table(url.clone()).await.unwrap();
+    table
+        .set_tbl_properties()
+        .with_properties([("delta.checkpointInterval".to_string(), "5".to_string())].into())
+        .await
+        .unwrap();
+    sink.add_batch(2, schema(), vec![rows(4..6)]).await.unwrap();
+    sink.add_batch(3, schema(), vec![rows(6..7)]).await.unwrap();
+    assert!(
+        path.join("_delta_log/00000000000000000004.checkpoint.parquet")
+            .exists(),
+        "a checkpoint at version 4 of the new interval"
+    );
+    // A column the output does not have: refused, naming it.
+    let table = deltalake::open_table(url).await.unwrap();
+    table
+        .add_columns()
+        .with_fields([deltalake::kernel::StructField::new(
+            "venue",
+            deltalake::kernel::DataType::STRING,
+            true,
+        )])
+        .await
+        .unwrap();
+    let error = sink
+        .add_batch(4, schema(), vec![rows(7..8)])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("'venue'"), "{error}");
+    // Again on a retry: the table is read again until it fits.
+    let error = sink
+        .add_batch(4, schema(), vec![rows(7..8)])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("'venue'"), "{error}");
+    assert_eq!(table_rows(&path).await.len(), 7);
+}
