@@ -15,6 +15,7 @@ mod crash;
 mod dedup;
 mod delta_sink;
 mod delta_sink_crash;
+mod delta_source;
 mod engine_semantics;
 mod file_sink;
 mod file_sink_crash;

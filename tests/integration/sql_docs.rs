@@ -132,6 +132,92 @@ fn sample_data(dir: &Path) {
         "symbol,name,sector\nAAPL,Apple,Technology\nMSFT,Microsoft,Technology\nGOOG,Alphabet,Communication\n",
     )
     .unwrap();
+    bronze_trades(dir);
+}
+
+/// `lake/bronze_trades/`: the sample trades as a Delta table, one version
+/// per file of `data/trades/` (`event_time` as Delta's `timestamp`),
+/// written by deltalake on a runtime of its own (the tests calling
+/// `sample_data` may be on one already).
+fn bronze_trades(dir: &Path) {
+    use arrow::array::{Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("symbol", DataType::Utf8, true),
+        Field::new("exchange", DataType::Utf8, true),
+        Field::new("price", DataType::Float64, true),
+        Field::new("quantity", DataType::Float64, true),
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+    ]));
+    let batches: Vec<RecordBatch> = (0..3)
+        .map(|file| {
+            let text =
+                std::fs::read_to_string(dir.join(format!("data/trades/part-{file:03}.json")))
+                    .unwrap();
+            let trades: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let field = |name: &'static str| trades.iter().map(move |t| t[name].clone());
+            let times = field("event_time").map(|t| {
+                chrono::NaiveDateTime::parse_from_str(t.as_str().unwrap(), "%Y-%m-%dT%H:%M:%S")
+                    .unwrap()
+                    .and_utc()
+                    .timestamp_micros()
+            });
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        field("symbol").map(|v| v.as_str().unwrap().to_string()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        field("exchange").map(|v| v.as_str().unwrap().to_string()),
+                    )),
+                    Arc::new(Float64Array::from_iter_values(
+                        field("price").map(|v| v.as_f64().unwrap()),
+                    )),
+                    Arc::new(Float64Array::from_iter_values(
+                        field("quantity").map(|v| v.as_f64().unwrap()),
+                    )),
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(times).with_timezone("UTC"),
+                    ),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    let location = dir.join("lake/bronze_trades");
+    std::fs::create_dir_all(&location).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let url = url::Url::from_directory_path(&location).unwrap();
+            let mut table = deltalake::DeltaTableBuilder::from_url(url)
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in batches {
+                table = table
+                    .write(vec![batch])
+                    .with_save_mode(deltalake::protocol::SaveMode::Append)
+                    .await
+                    .unwrap();
+            }
+        })
+    })
+    .join()
+    .unwrap();
 }
 
 /// The names and options text of the statements `CREATE <kind> name …`.
@@ -232,7 +318,13 @@ fn every_example_explains_or_is_rejected_as_documented() {
         let dir = tempfile::tempdir().unwrap();
         sample_data(dir.path());
         let file = write_example(dir.path(), &example);
-        let out = tidemill(&["explain", file.to_str().unwrap()]);
+        // In the sample data's directory: a stream without declared
+        // columns (a Delta table's) is planned with the table's.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidemill"))
+            .args(["explain", file.to_str().unwrap()])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
         let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
         let at = format!("docs/sql.md:{}", example.line);
         if example.marker == "rejected" {
