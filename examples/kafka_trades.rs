@@ -1,6 +1,6 @@
 //! Per-minute trading metrics from a Kafka topic, end to end: streamed
-//! exactly once to another topic and archived to parquet, then the whole
-//! topic reprocessed from its earliest offset as a batch job.
+//! exactly once to another topic and archived to a Delta Lake table, then
+//! the whole topic reprocessed from its earliest offset as a batch job.
 //!
 //! The example starts its own Kafka-protocol broker (Tansu 0.6.0 on a free
 //! port of 127.0.0.1, in a temporary directory; installed into
@@ -18,20 +18,31 @@
 //!    symbol and exchange; the main example's, in `examples/common/mod.rs`)
 //!    is written once per minute, when complete, to
 //!    the topic `minute-bars` by the exactly-once `KafkaSink`. A second
-//!    query archives `minute-bars` to parquet. Both run with
+//!    query archives `minute-bars` to a Delta table with the exactly-once
+//!    `DeltaSink` (one table version per micro-batch). Both run with
 //!    `Trigger::AvailableNow` twice, with the second wave of trades in
-//!    between, resuming from their checkpoints.
+//!    between, resuming from their checkpoints. The example prints the
+//!    bars read back from the table by deltalake's own DataFusion table
+//!    provider.
 //! 3. **Reprocess**: `KafkaSource::read_batch` reads `trades` from the
 //!    earliest offset as a batch DataFrame and runs the same
 //!    [`minute_metrics`]: the final, complete report, late trades included.
 //!
+//! The table is `target/lake/kafka_minute_bars` in the workspace, or the
+//! path in `TIDEMILL_KAFKA_TRADES_TABLE`; each run writes it afresh (it
+//! removes the Delta table a previous run left). Any Delta reader can query
+//! it after the run (the README shows how).
+//!
 //! The example checks that every bar in `minute-bars` appears exactly once,
-//! that the parquet archive holds the same bars, and that each equals the
-//! batch report's row unless late trades fell into its minute.
+//! that the Delta table holds the same bars, each exactly once (one table
+//! version per micro-batch of the archive, as many rows as they wrote), and
+//! that each equals the batch report's row unless late trades fell into its
+//! minute.
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,7 +55,13 @@ use tidemill::connectors::kafka::{KafkaSink, KafkaSource, StartingOffsets};
 use tidemill::prelude::*;
 use tidemill_harness::kafka_broker::{self, Broker, Out, consume_all, create_topic, produce};
 
-use common::{MINUTE_MS, START_MS, Trade, metrics_by_key, minute_metrics, trade_schema};
+use common::{
+    MINUTE_MS, START_MS, Trade, check_exactly_once, clear_table, metrics_by_key, minute_metrics,
+    read_delta, table_location, trade_schema,
+};
+
+/// The environment variable naming the Delta table's path.
+const TABLE_ENV: &str = "TIDEMILL_KAFKA_TRADES_TABLE";
 
 /// Minutes of trading in each wave, and trades per second.
 const FIRST_WAVE_MINUTES: i64 = 5;
@@ -139,6 +156,10 @@ async fn main() -> anyhow::Result<()> {
     create_topic(&bootstrap, "trades", 3, &[]).await;
     create_topic(&bootstrap, "minute-bars", 2, &[]).await;
     let path = |name: &str| work.path().join(name).to_string_lossy().into_owned();
+    let table: PathBuf = table_location(TABLE_ENV, "kafka_minute_bars");
+    clear_table(&table)?;
+    let table_path = table.to_string_lossy().into_owned();
+    println!("Delta table of the bars: {table_path}");
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let first = trades(&mut rng, 0, FIRST_WAVE_MINUTES);
@@ -167,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
         let (chk, sink_log, archive, archive_chk) = (
             path("chk/bars"),
             path("chk/bars-sink"),
-            path("archive"),
+            table_path.clone(),
             path("chk/archive"),
         );
         async move {
@@ -198,7 +219,7 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             query.await_termination().await?;
             print_progress(label, &query.recent_progress());
-            // The archive: minute-bars -> parquet, exactly once.
+            // The archive: minute-bars -> the Delta table, exactly once.
             let bars = ctx
                 .read_stream(
                     KafkaSource::new(&bootstrap)
@@ -216,13 +237,13 @@ async fn main() -> anyhow::Result<()> {
                         .collect::<Vec<_>>(),
                 )?
                 .write_stream()
-                .sink(ParquetSink::new(&archive))
+                .sink(DeltaSink::new(&archive))
                 .trigger(Trigger::AvailableNow)
                 .checkpoint(&archive_chk)
                 .start()
                 .await?;
             archive_query.await_termination().await?;
-            anyhow::Ok(query.recent_progress())
+            anyhow::Ok((query.recent_progress(), archive_query.recent_progress()))
         }
     };
 
@@ -231,13 +252,13 @@ async fn main() -> anyhow::Result<()> {
         first.len()
     );
     send(&first);
-    let run1 = stream_once("run 1").await?;
+    let (run1, archive1) = stream_once("run 1").await?;
     println!(
         "\n2. Second wave: {} trades, {LATE_TRADES} of them minutes late; the stream resumes",
         second.len()
     );
     send(&second);
-    let run2 = stream_once("run 2").await?;
+    let (run2, archive2) = stream_once("run 2").await?;
     let dropped: u64 = run1
         .iter()
         .chain(&run2)
@@ -245,7 +266,8 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| s.num_rows_dropped_by_watermark)
         .sum();
 
-    // Every bar in the topic once; the archive holds the same bars.
+    // Every bar in the topic once; the Delta table holds the same bars,
+    // each once, one version per archive batch.
     let messages = consume_all(&bootstrap, "minute-bars");
     let values = arrow::array::StringArray::from(kafka_broker::values(&messages));
     let decoded = tidemill::connectors::kafka::decode_json_values(&values, &bar_schema())?;
@@ -255,11 +277,25 @@ async fn main() -> anyhow::Result<()> {
         decoded.errors
     );
     let streamed = metrics_by_key(ctx.read_batch(decoded.batch)?).await?;
-    let archived =
-        metrics_by_key(ParquetSink::read_committed(&ctx, &path("archive")).await?).await?;
+    let (archive_df, delta_table) = read_delta(&ctx, &table).await?;
+    let archive_batches = archive_df
+        .sort(vec![
+            col("window_start").sort(true, false),
+            col("symbol").sort(true, false),
+            col("exchange").sort(true, false),
+        ])?
+        .collect()
+        .await?;
+    println!(
+        "\nThe bars in the Delta table {table_path} (read back by deltalake's table provider):\n{}",
+        arrow::util::pretty::pretty_format_batches(&archive_batches)?
+    );
+    let archived = metrics_by_key(ctx.read_batches(archive_batches)?).await?;
+    let archive_progress: Vec<QueryProgress> = archive1.into_iter().chain(archive2).collect();
+    check_exactly_once(&delta_table, &archive_progress, archived.len()).await?;
     ensure!(
         streamed == archived,
-        "the parquet archive differs from the topic"
+        "the Delta table's bars differ from the topic's"
     );
 
     println!("\n3. Reprocessing the whole topic from the earliest offset as a batch job");
@@ -320,7 +356,7 @@ async fn main() -> anyhow::Result<()> {
         "the stream dropped {dropped} late trades, not {LATE_TRADES}"
     );
     println!(
-        "\n{} bars streamed to minute-bars (each exactly once) and archived to parquet; {equal} equal the batch \
+        "\n{} bars streamed to minute-bars and archived to the Delta table {table_path} (each exactly once); {equal} equal the batch \
          report, {touched_by_late} differ only by the {dropped} late trades the stream dropped; the report has {} \
          bars (the last minute is still open in the stream).",
         streamed.len(),

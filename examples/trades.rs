@@ -11,8 +11,9 @@
 //!
 //! 1. **As a stream**: a `FileSource` reads the files a few at a time, the
 //!    watermark (`event_time` minus 10 seconds) says when a minute is
-//!    complete, and each minute is written once, when complete, to the
-//!    exactly-once `ParquetSink` (append mode). The job runs with
+//!    complete, and each minute's bar is written once, when complete, to a
+//!    Delta Lake table by the exactly-once `DeltaSink` (append mode: one
+//!    table version per micro-batch). The job runs with
 //!    `Trigger::AvailableNow`, like a scheduled job: it processes the files
 //!    present and stops. It runs twice; more files arrive in between, and
 //!    the second run resumes from the checkpoint (offsets, watermark and
@@ -28,19 +29,32 @@
 //! stream drops them and counts them in its progress. The batch report,
 //! which sees every row at once, includes them.
 //!
+//! **The table.** The bars go to the Delta table at `target/lake/minute_bars`
+//! in the workspace, or at the path in `TIDEMILL_TRADES_TABLE`; each run
+//! writes it afresh (it removes the Delta table a previous run left). The
+//! example prints the bars read back from it with deltalake's own
+//! DataFusion table provider; any Delta reader can query it after the run
+//! (the README shows Python, DuckDB and `datafusion-cli`).
+//!
 //! **What the example checks** (it fails loudly if the engine regresses):
-//! every minute the stream emitted equals the batch report's row for that
-//! minute, symbol and exchange, unless late rows fell into it; every minute
-//! the stream did not emit is still open (its end is after the final
-//! watermark) or holds only late rows; and the stream dropped exactly the
-//! late rows the generator made.
+//! the table holds every bar exactly once (no minute, symbol and exchange
+//! twice; one table version per micro-batch, the last carrying the query's
+//! transaction with the last batch id; as many rows as the batches wrote);
+//! every bar equals the batch report's row for that minute, symbol and
+//! exchange, unless late rows fell into it; every minute the stream did not
+//! emit is still open (its end is after the final watermark) or holds only
+//! late rows; and the stream dropped exactly the late rows the generator
+//! made.
 //!
 //! Run it with `cargo run --example trades`
-//! (`RUST_LOG=tidemill_engine=info` also shows the engine's own log).
+//! (`RUST_LOG=tidemill_engine=info` also shows the engine's own log);
+//! `cargo test --example trades` (and `cargo test --workspace`) runs it as a
+//! test, writing its table to a temporary directory.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
@@ -49,7 +63,10 @@ use rand::{Rng, SeedableRng};
 use tidemill::QueryProgress;
 use tidemill::prelude::*;
 
-use common::{Key, MINUTE_MS, START_MS, Trade, metrics_by_key, minute_metrics, write_file};
+use common::{
+    Key, MINUTE_MS, START_MS, Trade, check_exactly_once, clear_table, metrics_by_key,
+    minute_metrics, read_delta, table_location, write_file,
+};
 
 /// Files in the input directory, each covering `SECONDS_PER_FILE` seconds
 /// of trading; the first `FIRST_RUN_FILES` exist when the stream first
@@ -100,12 +117,16 @@ fn generate_file(n: usize, rng: &mut impl Rng) -> (Vec<Trade>, Vec<Trade>) {
     (rows, late)
 }
 
+/// The environment variable naming the Delta table's path.
+const TABLE_ENV: &str = "TIDEMILL_TRADES_TABLE";
+
 /// Runs the streaming job once, until it has processed the files present
-/// (`Trigger::AvailableNow`), and returns its per-batch progress.
+/// (`Trigger::AvailableNow`), writing the bars to the Delta table at
+/// `table`, and returns its per-batch progress.
 async fn run_stream(
     ctx: &SessionContext,
     input: &str,
-    output: &str,
+    table: &str,
     checkpoint: &str,
 ) -> anyhow::Result<Vec<QueryProgress>> {
     let trades = ctx
@@ -114,7 +135,7 @@ async fn run_stream(
         .with_watermark("event_time", &format!("{WATERMARK_DELAY_SECONDS} seconds"))?;
     let query = minute_metrics(trades)?
         .write_stream()
-        .sink(ParquetSink::new(output))
+        .sink(DeltaSink::new(table))
         .output_mode(OutputMode::Append)
         .trigger(Trigger::AvailableNow)
         .checkpoint(checkpoint)
@@ -168,15 +189,8 @@ fn hh_mm(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".parse().expect("valid filter")),
-        )
-        .with_target(false)
-        .init();
+/// Runs the case study, writing the bars to the Delta table at `table`.
+async fn run(table: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
 
     let root = tempfile::Builder::new()
@@ -185,13 +199,13 @@ async fn main() -> anyhow::Result<()> {
     let input_dir = root.path().join("trades");
     std::fs::create_dir_all(&input_dir)?;
     let input = format!("{}/", input_dir.to_str().context("path")?);
-    let output = root.path().join("minute_metrics");
-    let output = output.to_str().context("path")?.to_string();
+    clear_table(table)?;
+    let output = table.to_str().context("path")?.to_string();
     let checkpoint = root.path().join("checkpoint");
     let checkpoint = checkpoint.to_str().context("path")?.to_string();
-    println!("input:      {input}");
-    println!("output:     {output}");
-    println!("checkpoint: {checkpoint}");
+    println!("input:       {input}");
+    println!("Delta table: {output}");
+    println!("checkpoint:  {checkpoint}");
 
     // Generate every file from one seed; keep the late trades to check the
     // stream's count of dropped rows and to know which minutes they touch.
@@ -231,16 +245,19 @@ async fn main() -> anyhow::Result<()> {
         ctx.read_parquet(&input, ParquetReadOptions::default())
             .await?,
     )?;
-    let stream_df = ParquetSink::read_committed(&ctx, &output).await?;
+    // The bars in the Delta table, read back by deltalake's table provider.
+    let (stream_df, delta_table) = read_delta(&ctx, table).await?;
     show_sorted(
-        "streamed minute metrics (committed output):",
+        &format!("streamed minute bars, as the Delta table {output} holds them:"),
         stream_df.clone(),
     )
     .await?;
     show_sorted("batch report over the same files:", batch_df.clone()).await?;
 
-    // Compare.
+    // Compare. Every bar once in the table (`metrics_by_key` refuses a key
+    // twice), one table version per micro-batch.
     let streamed = metrics_by_key(stream_df).await?;
+    check_exactly_once(&delta_table, &progress, streamed.len()).await?;
     let batch = metrics_by_key(batch_df).await?;
     let late_keys: BTreeMap<Key, usize> = late_trades.iter().fold(BTreeMap::new(), |mut m, t| {
         *m.entry(t.key()).or_insert(0) += 1;
@@ -350,10 +367,38 @@ async fn main() -> anyhow::Result<()> {
          {WATERMARK_DELAY_SECONDS} seconds"
     );
     println!(
-        "\n{} micro-batches over 2 runs, {rows_in} trades in, {} rows out; checks passed in {:.1} s",
+        "  Delta table: {} versions, one per micro-batch, each bar once",
+        delta_table.version().map_or(0, |v| v + 1)
+    );
+    println!(
+        "\n{} micro-batches over 2 runs, {rows_in} trades in, {} bars out to {output}; checks \
+         passed in {:.1} s",
         progress.len(),
         streamed.len(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".parse().expect("valid filter")),
+        )
+        .with_target(false)
+        .init();
+    run(&table_location(TABLE_ENV, "minute_bars")).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// `cargo test` runs the example, checks included, with its table in a
+    /// temporary directory.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn example_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        super::run(&dir.path().join("minute_bars")).await.unwrap();
+    }
 }

@@ -1,7 +1,8 @@
 //! What the two trading examples share (`trades`, the main one, and
 //! `kafka_trades`): the desk's metrics, [`minute_metrics`], the trades
-//! they are computed over, and reading the metrics back to compare a
-//! stream with a batch report.
+//! they are computed over, reading the metrics back to compare a stream
+//! with a batch report, and the Delta table both write their bars to
+//! ([`table_location`], [`read_delta`], [`check_exactly_once`]).
 //!
 //! The trades' schema is the benchmarks' (`tidemill_harness::trades`):
 //! `symbol`, `exchange`, `price`, `quantity`, `event_time`
@@ -11,18 +12,19 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use arrow::array::{
     AsArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
-use arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMillisecondType};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit, TimestampMillisecondType};
 use datafusion::error::Result;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::prelude::*;
 use rand::Rng;
+use tidemill::QueryProgress;
 use tidemill::engine::window::tumble;
 
 pub use tidemill_harness::trades::trade_schema;
@@ -142,9 +144,14 @@ impl Metrics {
 /// The metrics in `df` (the output of [`minute_metrics`]) by key; fails if
 /// a key appears twice.
 pub async fn metrics_by_key(df: DataFrame) -> anyhow::Result<BTreeMap<Key, Metrics>> {
-    // Strings may come back as Utf8View from DataFusion's parquet reader.
+    // Strings may come back as Utf8View from DataFusion's parquet reader,
+    // and times in microseconds from a Delta table.
     let df = df.select(vec![
-        col("window_start"),
+        cast(
+            col("window_start"),
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+        )
+        .alias("window_start"),
         cast(col("symbol"), DataType::Utf8).alias("symbol"),
         cast(col("exchange"), DataType::Utf8).alias("exchange"),
         col("trades"),
@@ -210,5 +217,93 @@ pub fn write_file(dir: &Path, n: usize, rows: &[Trade]) -> anyhow::Result<()> {
     writer.write(&batch)?;
     writer.close()?;
     std::fs::rename(&tmp, dir.join(format!("trades-{n:04}.parquet")))?;
+    Ok(())
+}
+
+/// Where an example writes its Delta table: the path in the environment
+/// variable `env` if it is set, otherwise `target/lake/<name>` in the
+/// workspace (beside the build, out of git's way).
+pub fn table_location(env: &str, name: &str) -> PathBuf {
+    match std::env::var_os(env) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join("lake")
+            .join(name),
+    }
+}
+
+/// Makes way for a new table at `path`: each run of an example writes its
+/// table afresh (a new checkpoint is a new query, which would append its
+/// bars a second time), so a Delta table a previous run left there is
+/// removed. Anything else at `path` is left alone and refused.
+pub fn clear_table(path: &Path) -> anyhow::Result<()> {
+    if !path.exists() || path.read_dir()?.next().is_none() {
+        return Ok(());
+    }
+    ensure!(
+        path.join("_delta_log").is_dir(),
+        "{} holds something other than a Delta table; choose another path for the example's table",
+        path.display()
+    );
+    std::fs::remove_dir_all(path)
+        .with_context(|| format!("removing the previous run's table {}", path.display()))?;
+    Ok(())
+}
+
+/// The Delta table at `path`, read by deltalake's own DataFusion table
+/// provider (an independent reader, not Tidemill's), with the table.
+pub async fn read_delta(
+    ctx: &SessionContext,
+    path: &Path,
+) -> anyhow::Result<(DataFrame, deltalake::DeltaTable)> {
+    let absolute = std::path::absolute(path)?;
+    let url = url::Url::from_directory_path(&absolute)
+        .map_err(|()| anyhow::anyhow!("{} is not a directory path", absolute.display()))?;
+    let table = deltalake::open_table(url).await?;
+    table.update_datafusion_session(&ctx.state())?;
+    let df = ctx.read_table(table.table_provider().await?)?;
+    Ok((df, table))
+}
+
+/// Checks that the Delta `table` holds every batch of the query whose
+/// progress is `progress` exactly once, as Delta's own history says: one
+/// version per batch (the first created the table), the latest carrying
+/// the query's transaction with the last batch's id, and `rows` (the rows
+/// read back) the rows the batches wrote.
+pub async fn check_exactly_once(
+    table: &deltalake::DeltaTable,
+    progress: &[QueryProgress],
+    rows: usize,
+) -> anyhow::Result<()> {
+    let last = progress.last().context("the query ran no batch")?;
+    let batches = progress.len() as u64;
+    ensure!(
+        progress
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.batch_id == i as u64 && p.id == last.id),
+        "the progress is not the batches 0..{batches} of one query"
+    );
+    ensure!(
+        table.version() == Some(batches - 1),
+        "the table has {} versions for {batches} batches",
+        table.version().map_or(0, |v| v + 1)
+    );
+    let snapshot = table.snapshot()?;
+    let committed = snapshot
+        .transaction_version(table.log_store().as_ref(), &last.id)
+        .await?;
+    ensure!(
+        committed == Some(last.batch_id as i64),
+        "the table's transaction of query {} is {committed:?}, not the last batch {}",
+        last.id,
+        last.batch_id
+    );
+    let written: u64 = progress.iter().map(|p| p.num_output_rows).sum();
+    ensure!(
+        rows as u64 == written,
+        "the table holds {rows} rows, the batches wrote {written}"
+    );
     Ok(())
 }
