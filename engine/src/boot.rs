@@ -6,6 +6,7 @@
 //! ([`crate::micro_batch::Runner`]) spawned on a tokio task that turns a
 //! panic into the query's error.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::execution::SessionStateBuilder;
@@ -14,6 +15,7 @@ use datafusion::prelude::SessionContext;
 use futures::FutureExt;
 
 use crate::aggregate::{AggregateLayout, AggregateOperator};
+use crate::batch_slot::{BatchSlot, SlotTable};
 use crate::checkpoint::{Checkpoint, Metadata};
 use crate::dedup::DedupOperator;
 use crate::join::JoinOperator;
@@ -63,7 +65,11 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         })
         .await?;
 
+    // Each source's rows reach the plan through its slot, scanned in as
+    // many partitions as the session runs.
+    let partitions = state.config().target_partitions().max(1);
     let mut sources = Vec::with_capacity(tables.len());
+    let mut slot_tables: HashMap<u64, Arc<dyn datafusion::catalog::TableProvider>> = HashMap::new();
     for (index, table) in tables.iter().enumerate() {
         let schema = datafusion::catalog::TableProvider::schema(table.as_ref());
         let ctx = SourceContext {
@@ -71,9 +77,10 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
             schema: Arc::clone(&schema),
             checkpoint: checkpoint.source_dir(index),
         };
+        let slot = BatchSlot::new(Arc::clone(&schema), partitions);
+        slot_tables.insert(table.id(), Arc::new(SlotTable::new(Arc::clone(&slot))));
         sources.push(RunningSource {
-            table_id: table.id(),
-            schema,
+            slot,
             description: table.source().description(),
             source: table.source().open(ctx).await?,
             committed: None,
@@ -233,7 +240,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         writer.options.multiple_watermark_policy,
         watermark,
     );
-    let planner = BatchPlanner::new(planning_session.clone(), plan);
+    let planner = BatchPlanner::new(planning_session.clone(), plan, slot_tables);
     let runner = Runner {
         session: planning_session,
         watermarks,
@@ -255,6 +262,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         pending,
         last_trigger_start: None,
         in_flight: None,
+        logging: None,
     };
     let task_shared = Arc::clone(&shared);
     let task = tokio::spawn(async move {

@@ -51,7 +51,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
-mod batch_table;
+mod batch_slot;
 mod boot;
 pub mod checkpoint;
 mod context_ext;

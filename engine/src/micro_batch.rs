@@ -13,6 +13,15 @@
 //! ([`SourceStream::commit`]: a source may discard what it no longer needs
 //! to replay).
 //!
+//! **The offset log entry is written while the batch runs.** `offsets/N`
+//! is written by a background task while batch N reads its sources, plans
+//! and executes (none of which leaves a trace outside the process), and is
+//! awaited before the batch's sink writes anything
+//! ([`Runner::await_offset_log`]). A batch that fails first also waits for
+//! it: once `offsets/N` is written, a retry re-runs batch N as logged; if
+//! it could not be written, the next trigger plans batch N afresh, as a
+//! restart would.
+//!
 //! Recovery rules this implies, all kept by [`Checkpoint::recovery_point`]
 //! looking only at the latest offset entry:
 //! - `offsets/N+1` is written only after batch N's sink and state commits
@@ -27,14 +36,13 @@
 //! - Sources keep everything after their last *told* commit, which is never
 //!   ahead of a durable `commits/N` or `offsets/N+1`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::prelude::SessionContext;
 use futures::FutureExt;
 
-use crate::batch_table::BatchTable;
+use crate::batch_slot::BatchSlot;
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
 use crate::plan::{BatchPlanner, WatermarkPlanner};
 use crate::progress::{BatchFigures, PhaseDurations, SourceProgress};
@@ -50,9 +58,8 @@ use crate::{
 /// A source opened for this query, with where it stands.
 #[derive(Debug)]
 pub(crate) struct RunningSource {
-    /// The [`crate::SourceTable::id`] its scans carry in the plan.
-    pub table_id: u64,
-    pub schema: arrow::datatypes::SchemaRef,
+    /// Where each batch puts the source's rows for the plan to read.
+    pub slot: Arc<BatchSlot>,
     pub description: String,
     pub source: Box<dyn SourceStream>,
     /// The end of the last committed batch.
@@ -95,6 +102,9 @@ pub(crate) struct Runner {
     /// The commit of the last batch, written in the background (see the
     /// module's documentation).
     pub in_flight: Option<InFlightCommit>,
+    /// The running batch's offset log entry, being written while the batch
+    /// reads and executes (see the module's documentation).
+    pub logging: Option<tokio::task::JoinHandle<Result<OffsetEntry>>>,
 }
 
 /// A batch's commit log entry being written in the background, and what
@@ -107,6 +117,18 @@ pub(crate) struct InFlightCommit {
     /// The write (and the retention deletes after it); `None` once it
     /// failed, to be retried inline.
     task: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+/// The sources' slots while a batch's rows are in them: emptied when the
+/// batch has run, or failed before it could.
+struct FilledSlots(Vec<Arc<BatchSlot>>);
+
+impl Drop for FilledSlots {
+    fn drop(&mut self) {
+        for slot in &self.0 {
+            slot.clear();
+        }
+    }
 }
 
 /// What a trigger did.
@@ -365,15 +387,38 @@ impl Runner {
             output_mode: self.output_mode,
         };
         failpoint::hit("before_offset_log", entry.batch_id);
+        let (offsets, logged) = (self.checkpoint.offsets.clone(), entry.clone());
+        self.logging = Some(tokio::spawn(async move {
+            offsets.add(logged.batch_id, &logged).await?;
+            failpoint::hit("after_offset_log", logged.batch_id);
+            Ok(logged)
+        }));
+        let ran = self
+            .run_batch(entry, started, timestamp, phases, false)
+            .await;
+        if ran.is_err() {
+            // Whether the batch is now logged decides what a retry runs.
+            let _ = self.await_offset_log().await;
+        }
+        ran.map(|()| Outcome::Ran)
+    }
+
+    /// Waits for the offset log entry being written (if any), after which
+    /// the batch is pending until it commits: a retry re-runs it as
+    /// logged. Returns the time waited, in ms.
+    async fn await_offset_log(&mut self) -> Result<f64> {
+        let Some(task) = self.logging.take() else {
+            return Ok(0.0);
+        };
         let t = Instant::now();
-        self.checkpoint.offsets.add(entry.batch_id, &entry).await?;
-        self.pending = Some(entry.clone());
+        let entry = task.await.unwrap_or_else(|e| {
+            Err(TidemillError::Internal(format!(
+                "writing the offset log entry: {e}"
+            )))
+        })?;
+        self.pending = Some(entry);
         self.pending_is_recovery = false;
-        phases.wal_commit = ms(t.elapsed());
-        failpoint::hit("after_offset_log", entry.batch_id);
-        self.run_batch(entry, started, timestamp, phases, false)
-            .await?;
-        Ok(Outcome::Ran)
+        Ok(ms(t.elapsed()))
     }
 
     /// Reads, executes, sinks and commits the batch recorded in `entry`.
@@ -390,28 +435,26 @@ impl Runner {
             .set_status(|s| s.message = format!("Processing batch {batch_id}"));
 
         // Each source's range: rows in memory, or partitions the plan reads
-        // while it runs.
+        // while it runs, in the source's slot until the batch has run.
         let t = Instant::now();
-        let partitions = self.session.copied_config().target_partitions().max(1);
-        let mut data = HashMap::new();
-        let mut tables = Vec::with_capacity(self.sources.len());
+        let filled = FilledSlots(self.sources.iter().map(|s| Arc::clone(&s.slot)).collect());
+        let mut input_rows = Vec::with_capacity(self.sources.len());
         for (s, range) in self.sources.iter_mut().zip(&entry.sources) {
             let input = match &range.end {
                 Some(end) if range.start.as_ref() != Some(end) => {
                     s.source
-                        .read_input(range.start.as_ref(), end, partitions)
+                        .read_input(range.start.as_ref(), end, s.slot.partitions())
                         .await?
                 }
                 _ => BatchInput::Rows(Vec::new()),
             };
-            let table = BatchTable::new(input, Arc::clone(&s.schema), partitions).map_err(|e| {
+            let rows = s.slot.fill(input).map_err(|e| {
                 TidemillError::source(
                     &s.description,
                     format!("batch {batch_id} does not match the source schema: {e}"),
                 )
             })?;
-            data.insert(s.table_id, Arc::clone(&table.table));
-            tables.push(table);
+            input_rows.push(rows);
         }
         phases.get_batch = ms(t.elapsed());
 
@@ -431,7 +474,7 @@ impl Runner {
             };
             operator.begin_batch(batch_id, watermarks).await?;
         }
-        let physical = self.planner.plan_batch(batch_id, &data).await?;
+        let physical = self.planner.plan_batch(batch_id).await?;
         phases.query_planning = ms(t.elapsed());
         let t = Instant::now();
         let schema = physical.schema();
@@ -448,26 +491,30 @@ impl Runner {
                 "an operator panicked: {}",
                 crate::error::panic_message(&*panic)
             )))
-        })
-        .map_err(|e| TidemillError::from_execution(format!("executing batch {batch_id}"), e))?;
+        });
+        drop(filled);
+        let output = output
+            .map_err(|e| TidemillError::from_execution(format!("executing batch {batch_id}"), e))?;
         phases.execution = ms(t.elapsed());
         let mut num_input_rows = 0;
         let mut source_progress = Vec::with_capacity(self.sources.len());
-        for ((s, range), table) in self.sources.iter().zip(&entry.sources).zip(&tables) {
-            num_input_rows += table.rows();
+        for ((s, range), rows) in self.sources.iter().zip(&entry.sources).zip(&input_rows) {
+            num_input_rows += rows.get();
             source_progress.push(SourceProgress {
                 description: s.description.clone(),
                 start_offset: range.start.clone(),
                 end_offset: range.end.clone(),
-                num_input_rows: table.rows(),
+                num_input_rows: rows.get(),
                 lag: s.source.lag(),
             });
         }
         let max_event_time = self.watermarks.end_batch(&self.watermark_planner);
         let num_output_rows: u64 = output.iter().map(|b| b.num_rows() as u64).sum();
 
-        // The previous batch's commit is durable before this batch's output
-        // is (so at most one commit is in flight).
+        // The batch's offset log entry is durable before its output is,
+        // and so is the previous batch's commit (so at most one commit is
+        // in flight).
+        phases.wal_commit += self.await_offset_log().await?;
         self.settle_commit().await?;
 
         // Sinks: idempotent per batch id.

@@ -223,6 +223,98 @@ async fn collecting_a_streaming_dataframe_explains_what_to_do() {
     assert!(!ctx.read_batch(events(0..1)).unwrap().is_streaming());
 }
 
+/// A batch runs the plan kept from the first batch over its own rows: a
+/// join with a static parquet table finds each batch's matches, whatever
+/// the keys of the batches before (a hash join's dynamic filter, kept from
+/// an earlier batch, would lose them), and whatever the number of record
+/// batches (so of filled partitions) a batch brings.
+#[tokio::test]
+async fn every_batch_joins_its_own_keys_with_a_static_parquet_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = SessionContext::new();
+    let ids: Vec<i64> = (0..3000).collect();
+    let labels: Vec<String> = ids.iter().map(|i| format!("label-{i}")).collect();
+    let table = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("label", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(ids)),
+            Arc::new(arrow::array::StringArray::from(labels)),
+        ],
+    )
+    .unwrap();
+    let path = dir.path().join("labels.parquet");
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        table.schema(),
+        None,
+    )
+    .unwrap();
+    writer.write(&table).unwrap();
+    writer.close().unwrap();
+    ctx.register_parquet(
+        "labels",
+        path.to_str().unwrap(),
+        ParquetReadOptions::default(),
+    )
+    .await
+    .unwrap();
+    let stream = MemoryStream::new(events_schema());
+    ctx.register_stream("events", stream.clone()).await.unwrap();
+    let sink = MemorySink::new();
+    let sql = "SELECT e.id, l.label FROM events e JOIN labels l ON e.id = l.id";
+    let query = ctx
+        .sql(sql)
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .start()
+        .await
+        .unwrap();
+    // Disjoint key ranges, one to three record batches per batch.
+    let batches: Vec<Vec<std::ops::Range<i64>>> = vec![
+        vec![0..5],
+        vec![1000..1004, 2990..3010],
+        vec![500..501, 1500..1502, 2500..2503],
+        vec![3100..3200],
+        vec![7..9],
+    ];
+    let mut expected = Vec::new();
+    for batch in &batches {
+        for range in batch {
+            stream.push(events(range.clone())).unwrap();
+            expected.extend(range.clone().filter(|i| *i < 3000));
+        }
+        query.process_all_available().await.unwrap();
+    }
+    query.stop().await.unwrap();
+    assert!(query.recent_progress().len() >= batches.len());
+    let out = sink.batches();
+    let mut got: Vec<(i64, String)> = Vec::new();
+    for b in &out {
+        let id = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        // Parquet's strings come as string views.
+        let label = arrow::compute::cast(b.column(1), &DataType::Utf8).unwrap();
+        let label = label
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            got.push((id.value(i), label.value(i).to_string()));
+        }
+    }
+    got.sort();
+    expected.sort();
+    let want: Vec<(i64, String)> = expected
+        .iter()
+        .map(|i| (*i, format!("label-{i}")))
+        .collect();
+    assert_eq!(got, want);
+}
+
 #[tokio::test]
 async fn stream_static_join_udf_and_unnest_run_per_batch() {
     let ctx = SessionContext::new();

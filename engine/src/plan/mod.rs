@@ -10,13 +10,15 @@
 //! DataFrame's logical plan
 //!   │  at start(): grouping windows expanded, optimized, then
 //!   ├─ validate           can it run incrementally in the output mode?  (validate.rs)
-//!   │  every batch (optimized once when every batch would plan alike):
+//!   │  at the first batch (every batch when a function in the plan
+//!   │  depends on when it is planned, such as now()):
 //!   ├─ replace_stateful    each stateful operator over streaming input
 //!   │                      becomes its numbered node: aggregation,
 //!   │                      deduplication, stream–stream join,
 //!   │                      stateful processor                         (operators.rs)
-//!   ├─ substitute          the batch's rows stand in for each streaming
-//!   │                      scan                                        (substitute.rs)
+//!   ├─ substitute          each streaming scan becomes a scan of its
+//!   │                      source's slot, which each batch fills with
+//!   │                      its rows                   (substitute.rs, batch_slot.rs)
 //!   └─ physical planning   DataFusion's planner, with extensions:     (physical.rs)
 //!        WatermarkNode          → WatermarkExec                        (watermark.rs)
 //!        StreamingAggregateNode → StreamingAggregateExec                (aggregate.rs)
@@ -24,6 +26,11 @@
 //!        StreamJoinNode         → StreamJoinExec                       (join.rs)
 //!        TransformWithStateNode → TransformWithStateExec               (processor.rs)
 //! ```
+//!
+//! Later batches run the physical plan kept from the first, its nodes'
+//! state reset (DataFusion's `reset_plan_states`), unless a node in it
+//! produces a dynamic filter, which a reset would leave stale: such plans
+//! are planned physically for each batch.
 //!
 //! A new stateful operator adds its node's replacement to `operators.rs`,
 //! its checks to `validate.rs` and a planner file beside `aggregate.rs`;

@@ -12,6 +12,7 @@ use datafusion::error::Result as DFResult;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use datafusion::prelude::SessionContext;
 
@@ -60,59 +61,82 @@ impl QueryPlanner for StreamingQueryPlanner {
     }
 }
 
-/// Plans each batch of one query: optimizes its logical plan (once, when
-/// every batch would optimize it alike), replaces its stateful operators by
-/// their nodes, substitutes the batch's rows for the
-/// streaming scans, and plans the result physically.
+/// Plans each batch of one query: optimizes its logical plan, replaces its
+/// stateful operators by their nodes and its streaming scans by scans of
+/// the sources' [slots](crate::batch_slot::BatchSlot), and plans the result
+/// physically. When every batch would plan alike, this happens once: later
+/// batches run the same physical plan, its state reset, over the rows the
+/// batch put in the slots.
 pub(crate) struct BatchPlanner {
     /// The session batches are planned in (with the streaming planner).
     session: SessionContext,
-    /// The DataFrame's plan, with streaming scans to substitute per batch.
+    /// The DataFrame's plan, with streaming scans.
     plan: LogicalPlan,
-    /// `plan` optimized and with its stateful operators replaced, kept
-    /// from the first batch when every batch would plan it alike (see
-    /// [`plans_alike_every_batch`]).
-    optimized: Option<LogicalPlan>,
+    /// The table standing for each streaming source, by
+    /// [`crate::SourceTable::id`].
+    slots: HashMap<u64, Arc<dyn TableProvider>>,
+    /// The physical plan every batch runs, once planned, when every batch
+    /// would plan it alike (see [`plans_alike_every_batch`] and
+    /// [`runs_again`]). Never executed itself: each batch runs a copy with
+    /// its state reset.
+    kept: Option<Arc<dyn ExecutionPlan>>,
 }
 
 impl BatchPlanner {
-    /// A planner of `plan`'s batches in `session`.
-    pub fn new(session: SessionContext, plan: LogicalPlan) -> Self {
+    /// A planner of `plan`'s batches in `session`, its streaming scans
+    /// reading `slots` (by [`crate::SourceTable::id`]).
+    pub fn new(
+        session: SessionContext,
+        plan: LogicalPlan,
+        slots: HashMap<u64, Arc<dyn TableProvider>>,
+    ) -> Self {
         Self {
             session,
             plan,
-            optimized: None,
+            slots,
+            kept: None,
         }
     }
 
-    /// The batch's physical plan: the query's plan optimized for this
-    /// batch, its stateful operators replaced by their nodes,
-    /// its streaming scans by the batch's rows.
-    pub async fn plan_batch(
-        &mut self,
-        batch_id: u64,
-        data: &HashMap<u64, Arc<dyn TableProvider>>,
-    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        let state = self.session.state();
+    /// The batch's physical plan, reading the batch's rows from the
+    /// sources' slots.
+    pub async fn plan_batch(&mut self, batch_id: u64) -> Result<Arc<dyn ExecutionPlan>> {
         let error = |e| TidemillError::datafusion(format!("planning batch {batch_id}"), e);
-        let optimized = match &self.optimized {
-            Some(plan) => plan.clone(),
-            None => {
-                let plan = state.optimize(&self.plan).map_err(error)?;
-                let plan = replace_stateful(plan).map_err(error)?;
-                if plans_alike_every_batch(&self.plan) {
-                    self.optimized = Some(plan.clone());
-                }
-                plan
-            }
-        };
-        let plan = substitute(&optimized, data)?;
-        state
+        if let Some(kept) = &self.kept {
+            return reset_plan_states(Arc::clone(kept)).map_err(error);
+        }
+        let state = self.session.state();
+        let plan = state.optimize(&self.plan).map_err(error)?;
+        let plan = replace_stateful(plan).map_err(error)?;
+        let plan = substitute(&plan, &self.slots)?;
+        let physical = state
             .query_planner()
             .create_physical_plan(&plan, &state)
             .await
-            .map_err(error)
+            .map_err(error)?;
+        if plans_alike_every_batch(&self.plan) && runs_again(&physical) {
+            self.kept = Some(Arc::clone(&physical));
+            return reset_plan_states(physical).map_err(error);
+        }
+        Ok(physical)
     }
+}
+
+/// Whether `plan` can run again once its nodes' state is reset
+/// ([`reset_plan_states`]). Not when a node produces a dynamic filter (a
+/// hash join's or a top-k sort's): the filter it pushed into another node
+/// would keep the values of the batch before. Nor a recursive query.
+fn runs_again(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut again = true;
+    plan.apply(|node| {
+        if !node.dynamic_expressions_produced().is_empty() || node.name() == "RecursiveQueryExec" {
+            again = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .expect("visiting a plan without errors cannot fail");
+    again
 }
 
 /// Whether optimizing `plan` gives the same plan in every batch: no

@@ -1,6 +1,6 @@
-//! What changes in a query's logical plan for each batch: the batch's rows
-//! stand in for the streaming scans (stateful operators are replaced in
-//! `operators.rs`).
+//! Where the batches' rows enter a query's logical plan: each streaming
+//! scan becomes a scan of the table its source's rows are put in (stateful
+//! operators are replaced in `operators.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,9 +29,9 @@ pub(crate) fn find_aggregation(plan: &LogicalPlan) -> Option<Aggregate> {
     found
 }
 
-/// Replaces every streaming scan in `plan` by a scan of that source's rows
-/// for this batch (`data`, keyed by [`SourceTable::id`]), keeping the
-/// scan's projection and filters.
+/// Replaces every streaming scan in `plan` by a scan of that source's
+/// table in `data` (keyed by [`SourceTable::id`]), keeping the scan's
+/// projection and filters.
 pub fn substitute(
     plan: &LogicalPlan,
     data: &HashMap<u64, Arc<dyn TableProvider>>,
