@@ -1,22 +1,31 @@
-//! Kafka → parse → windowed aggregation → Kafka throughput, against a
-//! plain rdkafka consume of the same topic (the ratio is the figure that
-//! travels between machines and brokers).
+//! Kafka pipelines against Tansu brokers: **part 1**, throughput of
+//! Kafka → parse → windowed aggregation → Kafka against a plain rdkafka
+//! consume of the same topic (the ratio is the figure that travels between
+//! machines and brokers); **part 2**, latency of a stateless Kafka → Kafka
+//! query from a row available in its input topic to the row in a
+//! consumer's hands on the output topic (issue 23).
 //!
 //! ```sh
-//! cargo bench --bench kafka                          # full mode: 50 000 trades
+//! cargo bench --bench kafka                          # full mode: both parts
 //! TIDEMILL_BENCH_ROWS=200000 cargo bench --bench kafka
-//! cargo test --bench kafka                           # short mode, 2 000 trades
+//! TIDEMILL_BENCH_ONLY=latency cargo bench --bench kafka   # or =throughput
+//! cargo test --bench kafka                           # short mode
 //! ```
 //!
-//! The benchmark starts two brokers (Tansu 0.6.0 with SQLite storage, on
-//! 127.0.0.1; see `tidemill_harness::kafka_broker`): one holds the
-//! input topic, the other the pipeline's output. Tansu keeps every topic's
+//! The benchmark starts Tansu brokers (0.6.0 with SQLite storage, on
+//! 127.0.0.1; see `tidemill_harness::kafka_broker`), always one for a
+//! pipeline's input and another for its output. Tansu keeps every topic's
 //! record headers in one unindexed table and scans it for each record it
 //! fetches, so the sink's output (which carries headers) on the input's
 //! broker would slow every later fetch of the input, a cost a Kafka broker
-//! does not have. The trades are produced as JSON values to a 2-partition
-//! topic, then three runs are timed, each from nothing to every record in
-//! hand:
+//! does not have. Tansu also holds every fetch for the consumer's whole
+//! `fetch.wait.max.ms`, even when it has records to return (a Kafka broker
+//! answers as soon as it has `fetch.min.bytes`): on this broker, a
+//! consumer's fetch wait is part of every record's latency.
+//!
+//! **Part 1, throughput.** The trades are produced as JSON values to a
+//! 2-partition topic, then three runs are timed, each from nothing to
+//! every record in hand:
 //!
 //! - **plain consume**, before and after the pipeline (the faster run
 //!   counts): one rdkafka `BaseConsumer` with the source's client settings
@@ -44,15 +53,50 @@
 //! cost per micro-batch, mostly the sink's produce round trip to the
 //! broker; the phases of both are printed.
 //!
+//! **Part 2, latency.** Per trigger interval (0 and 10 ms), on a fresh pair
+//! of brokers: a producer thread produces 10 000 rows/s (a chunk every
+//! millisecond, round robin over 2 partitions) for 11 s; each value is
+//! JSON with the row's id and `sent_us`, the clock (µs since the epoch)
+//! just before the record is handed to the producer (librdkafka's
+//! defaults: `linger.ms` 5, `acks` all). The query: `KafkaSource` (JSON
+//! values, the source's default client settings) → a filter every row
+//! passes and a projection keeping the id and `sent_us` → exactly-once
+//! `KafkaSink` (JSON values, key `symbol`, configured as in part 1),
+//! `Trigger::ProcessingTime(interval)`. A consumer assigned the output
+//! topic's partitions (default isolation level: the sink's exactly-once
+//! mode uses no broker transactions; `fetch.wait.max.ms` 1) stamps each
+//! row when it is in hand. **Row available** is the instant the input's
+//! broker acknowledged the row (the producer's delivery report, served by
+//! rdkafka's `ThreadedProducer` polling thread): before it, no consumer
+//! can read the row. The latency of a row is received − acknowledged;
+//! rows sent in the first second (warm-up) are left out. Also reported:
+//! received − sent (adds the producer's linger and produce round trip),
+//! and sink committed − acknowledged (when the sink's `add_batch`
+//! returned: every output message acknowledged by the output's broker and
+//! the sink's log committed; the output fetch is not in it), with rows/s
+//! and batches/s of the batches committed after the warm-up and the mean
+//! of each phase of those batches. Target (issue 23): p99 received −
+//! acknowledged ≤ 20 ms at interval 0.
+//!
+//! `TIDEMILL_BENCH_ONLY` (full mode only): `throughput` or `latency` (or
+//! both, comma-separated) to run one part; a run of one part writes its
+//! result to `target/bench-results/partial/kafka.json`, not over the
+//! complete result.
+//!
 //! `cargo bench` passes `--bench`: that runs the full mode
 //! (`TIDEMILL_BENCH_ROWS`, default 50 000 trades). Without it (as
 //! `cargo test` runs this file) a short mode runs 2 000 trades, checks the
 //! pipeline's output against the same aggregation run as a batch job over
-//! the topic, and never asserts on time.
+//! the topic, runs the latency part for 1.5 s at 500 rows/s, and never
+//! asserts on time. Both modes check that every row of the latency part
+//! reached the output's consumer exactly once.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::DataType;
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::functions_aggregate::expr_fn::{count, sum};
 use datafusion::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -63,8 +107,9 @@ use tidemill::prelude::*;
 use tidemill_harness::kafka_broker::{
     self, Broker, KAFKA_TIMEOUT, Out, create_topic, end_offsets, produce,
 };
-use tidemill_harness::results::{BenchResult, Table, Target};
+use tidemill_harness::results::{BenchResult, PHASES, Table, Target, phase_cells, trim};
 use tidemill_harness::trades::{EXCHANGES, trade_schema};
+use tidemill_harness::{LatencyHistogram, LatencySummary, format_interval_ms};
 
 const INPUT: &str = "bench-trades";
 /// The output topics' prefix: one topic per run of the pipeline.
@@ -380,10 +425,9 @@ async fn timed_plain_consume(brokers: &Brokers) -> anyhow::Result<(PlainConsume,
     Ok((run, cpu.since(brokers)))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; `cargo test` does not.
-    let full = std::env::args().any(|a| a == "--bench");
+/// Part 1: the throughput of the windowed aggregation against a plain
+/// consume.
+async fn throughput(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
     let rows: usize = if full {
         std::env::var("TIDEMILL_BENCH_ROWS")
             .ok()
@@ -405,21 +449,7 @@ async fn main() -> anyhow::Result<()> {
     let bytes = produce_trades(&input, INPUT, rows);
     let produce_time = t.elapsed();
 
-    println!(
-        "Kafka benchmark ({})",
-        if full {
-            "full"
-        } else {
-            "short (no --bench argument: tiny sizes, results checked, times not meaningful)"
-        }
-    );
-    let mut result = BenchResult::new(
-        "kafka",
-        "Kafka: parse, windowed aggregation and produce vs a plain consume",
-        "cargo bench --bench kafka",
-        full,
-    );
-    println!("machine:  {}", result.machine.summary());
+    println!("\n## Part 1: throughput\n");
     result.workload = format!(
         "Brokers: Tansu {} (SQLite storage) on 127.0.0.1, one for the input topic, one for the \
          output; {PARTITIONS} partitions each. Input: {rows} trades as JSON ({:.0} bytes each); \
@@ -542,9 +572,13 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("\n{}", table.to_markdown());
     result.tables.push(table);
-    result.data = serde_json::json!({
-        "rows": rows, "plain_seconds": plain.as_secs_f64(), "pipelines": data,
-    });
+    for (key, value) in [
+        ("rows", serde_json::json!(rows)),
+        ("plain_seconds", serde_json::json!(plain.as_secs_f64())),
+        ("pipelines", serde_json::json!(data)),
+    ] {
+        result.data[key] = value;
+    }
 
     // The output equals the same aggregation as a batch job over the
     // topic, less the windows the final watermark has not closed.
@@ -576,7 +610,798 @@ async fn main() -> anyhow::Result<()> {
         "Checked: each run wrote {closed} windows to its output topic, once each, as many as \
          the same aggregation run as a batch job over the topic has closed windows."
     ));
-    let path = result.write()?;
-    println!("\nresults: {}", path.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Part 2: latency
+// ---------------------------------------------------------------------------
+
+/// The latency part's input and output topics (each on its own broker).
+const LATENCY_INPUT: &str = "latency-in";
+const LATENCY_OUTPUT: &str = "latency-out";
+/// How long the producer sleeps between chunks of rows.
+const PRODUCE_TICK: Duration = Duration::from_millis(1);
+/// `fetch.wait.max.ms` of the consumer reading the output (default). Tansu
+/// holds every fetch for this long, with or without records (see the
+/// module docs), so it is part of every latency the consumer measures; a
+/// lower value makes the broker spin on empty fetches.
+const OUTPUT_FETCH_WAIT_MS: u64 = 1;
+/// How long the run may take to drain once the producer has stopped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The latency part's settings.
+struct LatencyConfig {
+    rate: u64,
+    /// How long the producer produces, warm-up included.
+    run_for: Duration,
+    warmup: Duration,
+    intervals: Vec<Duration>,
+    /// librdkafka settings given to the source and the sink on top of the
+    /// pipeline's own (`TIDEMILL_BENCH_SOURCE_OPTIONS`,
+    /// `TIDEMILL_BENCH_SINK_OPTIONS`: `key=value,...`; full mode only).
+    source_options: Vec<(String, String)>,
+    sink_options: Vec<(String, String)>,
+    /// `fetch.wait.max.ms` of the output's consumer.
+    output_fetch_wait_ms: u64,
+}
+
+/// A number from the environment variable `name`, or `default`.
+fn number_from_env<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}: {v:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// `key=value,...` from the environment variable `name`.
+fn options_from_env(name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let Ok(text) = std::env::var(name) else {
+        return Ok(Vec::new());
+    };
+    text.split(',')
+        .filter(|kv| !kv.trim().is_empty())
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("{name}: {kv:?} is not key=value"))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+impl LatencyConfig {
+    fn new(full: bool) -> anyhow::Result<Self> {
+        Ok(if full {
+            Self {
+                rate: number_from_env("TIDEMILL_BENCH_LATENCY_RATE", 10_000)?,
+                run_for: Duration::from_secs(11),
+                warmup: Duration::from_secs(1),
+                intervals: match std::env::var("TIDEMILL_BENCH_INTERVALS_MS") {
+                    Ok(list) => {
+                        list.split(',')
+                            .map(|ms| {
+                                ms.trim().parse().map(Duration::from_millis).map_err(|_| {
+                                    anyhow::anyhow!("TIDEMILL_BENCH_INTERVALS_MS: {ms:?}")
+                                })
+                            })
+                            .collect::<anyhow::Result<_>>()?
+                    }
+                    Err(_) => vec![Duration::ZERO, Duration::from_millis(10)],
+                },
+                source_options: options_from_env("TIDEMILL_BENCH_SOURCE_OPTIONS")?,
+                sink_options: options_from_env("TIDEMILL_BENCH_SINK_OPTIONS")?,
+                output_fetch_wait_ms: number_from_env(
+                    "TIDEMILL_BENCH_OUTPUT_FETCH_WAIT_MS",
+                    OUTPUT_FETCH_WAIT_MS,
+                )?,
+            }
+        } else {
+            Self {
+                rate: 500,
+                run_for: Duration::from_millis(1500),
+                warmup: Duration::from_millis(500),
+                intervals: vec![Duration::ZERO, Duration::from_millis(10)],
+                source_options: Vec::new(),
+                sink_options: Vec::new(),
+                output_fetch_wait_ms: OUTPUT_FETCH_WAIT_MS,
+            }
+        })
+    }
+}
+
+/// The input rows' schema: an id, the producer's clock when the row was
+/// handed to it, and a trade.
+fn latency_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("sent_us", DataType::Int64, false),
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("price", DataType::Float64, false),
+    ]))
+}
+
+/// The stateless plan measured: a filter every row passes (prices are
+/// positive) and a projection that keeps the id and `sent_us`.
+fn stateless(df: DataFrame) -> datafusion::error::Result<DataFrame> {
+    df.filter(col("price").gt(lit(0.0)))?.select(vec![
+        col("id"),
+        col("sent_us"),
+        col("symbol"),
+        (col("price") * lit(100.0)).alias("price_cents"),
+    ])
+}
+
+/// Microseconds since the Unix epoch.
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Per row id, a time in µs since the epoch (0: not yet).
+type Stamps = Arc<Vec<AtomicI64>>;
+
+fn stamps(n: usize) -> Stamps {
+    Arc::new((0..n).map(|_| AtomicI64::new(0)).collect())
+}
+
+/// The input producer's delivery reports: when the broker acknowledged
+/// each row.
+struct Acks {
+    at: Stamps,
+    failed: AtomicU64,
+}
+
+impl rdkafka::ClientContext for Acks {}
+
+impl rdkafka::producer::ProducerContext for Acks {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, id: usize) {
+        match result {
+            Ok(_) => self.at[id].store(now_us(), Ordering::Relaxed),
+            Err(_) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// What the producer did.
+struct Produced {
+    rows: usize,
+    /// When it started, µs since the epoch.
+    started_us: i64,
+    /// When each row was handed to the producer, by id.
+    sent_us: Vec<i64>,
+}
+
+/// Produces `rate` rows per second for `run_for` into `topic`, spread over
+/// its partitions round robin, a chunk every [`PRODUCE_TICK`]; each value
+/// carries its id and `sent_us`, the clock just before the record is
+/// handed to the producer. Acknowledgements land in `acked`. Blocking.
+fn produce_at_rate(
+    bootstrap: &str,
+    topic: &str,
+    rate: u64,
+    run_for: Duration,
+    acked: Stamps,
+) -> anyhow::Result<Produced> {
+    use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+    let capacity = acked.len();
+    let acks = Acks {
+        at: acked,
+        failed: AtomicU64::new(0),
+    };
+    // librdkafka's defaults (linger.ms 5), acknowledged by the leader.
+    let producer: ThreadedProducer<Acks> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("message.timeout.ms", KAFKA_TIMEOUT.as_millis().to_string())
+        .create_with_context(acks)?;
+    // Connect and learn the topic before the clock starts.
+    producer
+        .client()
+        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut sent_us = Vec::with_capacity(capacity);
+    let started = Instant::now();
+    let started_us = now_us();
+    let mut tick = 0u32;
+    loop {
+        let elapsed = started.elapsed();
+        if elapsed >= run_for {
+            break;
+        }
+        let due = ((elapsed.as_secs_f64() * rate as f64) as usize).min(capacity);
+        while sent_us.len() < due {
+            let id = sent_us.len();
+            let symbol = SYMBOLS[rng.random_range(0..SYMBOLS.len())];
+            let price = rng.random_range(10.0..500.0);
+            let sent = now_us();
+            let value =
+                format!(r#"{{"id":{id},"sent_us":{sent},"symbol":"{symbol}","price":{price:.2}}}"#);
+            let mut record: BaseRecord<'_, [u8], [u8], usize> =
+                BaseRecord::with_opaque_to(topic, id)
+                    .partition((id % PARTITIONS as usize) as i32)
+                    .payload(value.as_bytes());
+            let deadline = Instant::now() + KAFKA_TIMEOUT;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, back)) => {
+                        anyhow::ensure!(Instant::now() < deadline, "producing to {topic}: {e}");
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            sent_us.push(sent);
+        }
+        tick += 1;
+        let next = started + PRODUCE_TICK * tick;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    producer
+        .flush(KAFKA_TIMEOUT)
+        .map_err(|e| anyhow::anyhow!("flushing the producer: {e}"))?;
+    let failed = producer.context().failed.load(Ordering::Relaxed);
+    anyhow::ensure!(failed == 0, "{failed} rows were not delivered to {topic}");
+    Ok(Produced {
+        rows: sent_us.len(),
+        started_us,
+        sent_us,
+    })
+}
+
+/// What the output's consumer received.
+struct Received {
+    /// When each row id arrived, µs since the epoch (0: never).
+    at_us: Vec<i64>,
+    /// Rows that arrived more than once.
+    duplicates: u64,
+    /// Records whose value was not an output row of this run.
+    foreign: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct OutputRow {
+    id: usize,
+}
+
+/// Reads the output topic from its beginning as a downstream consumer
+/// would (assigned partitions, default isolation: the sink writes no
+/// transactions), stamping each row when it is in hand, until every row
+/// the producer sent (`produced`, known once it has stopped) has arrived
+/// or `stop` is set. Blocking.
+fn consume_output(
+    bootstrap: &str,
+    topic: &str,
+    capacity: usize,
+    fetch_wait_ms: u64,
+    produced: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Received> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "tidemill-latency-bench")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut received = Received {
+        at_us: vec![0; capacity],
+        duplicates: 0,
+        foreign: 0,
+    };
+    let mut seen = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let total = produced.load(Ordering::Acquire);
+        if total != u64::MAX && seen >= total {
+            break;
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(50)) else {
+            continue;
+        };
+        let at = now_us();
+        // Errors are connection trouble librdkafka retries by itself.
+        let Ok(message) = message else { continue };
+        match message
+            .payload()
+            .and_then(|v| serde_json::from_slice::<OutputRow>(v).ok())
+        {
+            Some(OutputRow { id }) if id < capacity => {
+                if received.at_us[id] == 0 {
+                    received.at_us[id] = at;
+                    seen += 1;
+                } else {
+                    received.duplicates += 1;
+                }
+            }
+            _ => received.foreign += 1,
+        }
+    }
+    Ok(received)
+}
+
+/// Wraps the pipeline's sink: when the wrapped sink's `add_batch` returns
+/// (every message acknowledged by the broker, the sink's log committed),
+/// notes the time against the batch and each of its rows' ids.
+#[derive(Debug)]
+struct CommitClock {
+    inner: Arc<dyn tidemill::Sink>,
+    /// (batch id, rows, µs since the epoch), per batch.
+    batches: Mutex<Vec<(u64, u64, i64)>>,
+    /// (row id, µs since the epoch), per row.
+    rows: Mutex<Vec<(usize, i64)>>,
+}
+
+#[async_trait::async_trait]
+impl tidemill::Sink for CommitClock {
+    fn description(&self) -> String {
+        format!("CommitClock[{}]", self.inner.description())
+    }
+
+    async fn open(&self, ctx: &tidemill::engine::SinkContext) -> tidemill::Result<()> {
+        self.inner.open(ctx).await
+    }
+
+    async fn add_batch(
+        &self,
+        batch_id: u64,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> tidemill::Result<()> {
+        let mut ids = Vec::new();
+        for b in &batches {
+            if let Some(id) = b.column_by_name("id") {
+                ids.extend(
+                    id.as_primitive::<Int64Type>()
+                        .values()
+                        .iter()
+                        .map(|&v| v as usize),
+                );
+            }
+        }
+        self.inner.add_batch(batch_id, schema, batches).await?;
+        let at = now_us();
+        self.batches
+            .lock()
+            .expect("lock")
+            .push((batch_id, ids.len() as u64, at));
+        self.rows
+            .lock()
+            .expect("lock")
+            .extend(ids.into_iter().map(|id| (id, at)));
+        Ok(())
+    }
+}
+
+/// One latency run's figures.
+struct LatencyRun {
+    interval: Duration,
+    rows: usize,
+    /// Received by the output's consumer − acknowledged to the producer.
+    received: LatencySummary,
+    /// Received by the output's consumer − handed to the producer.
+    received_from_send: LatencySummary,
+    /// The sink's `add_batch` returned − acknowledged to the producer.
+    committed: LatencySummary,
+    rows_per_s: f64,
+    batches_per_s: f64,
+    phases: Vec<String>,
+    cpu: Cpu,
+}
+
+/// One run of the latency part at trigger `interval`, on a fresh pair of
+/// brokers.
+async fn latency_run(
+    config: &LatencyConfig,
+    interval: Duration,
+    dir: &std::path::Path,
+) -> anyhow::Result<LatencyRun> {
+    // The output's consumer fetches records with headers (the sink's):
+    // without the index, each costs a scan of every header stored.
+    let brokers = Brokers {
+        input: Broker::start(),
+        output: Broker::start_with_header_index(),
+    };
+    let input = brokers.input.bootstrap();
+    let output = brokers.output.bootstrap();
+    create_topic(&input, LATENCY_INPUT, PARTITIONS, &[]).await;
+    create_topic(&output, LATENCY_OUTPUT, PARTITIONS, &[]).await;
+    let capacity = (config.rate as f64 * config.run_for.as_secs_f64() * 1.1) as usize + 1_000;
+
+    let ctx = SessionContext::new();
+    let source = KafkaSource::new(&input)
+        .topic(LATENCY_INPUT)
+        .starting_offsets(StartingOffsets::Earliest)
+        .json_values(latency_schema())
+        .metadata_columns(false);
+    let source = config
+        .source_options
+        .iter()
+        .fold(source, |source, (k, v)| source.option(k, v));
+    let sink = KafkaSink::new(&output)
+        .topic(LATENCY_OUTPUT)
+        .option("linger.ms", "5")
+        .json_values()
+        .key_column("symbol")
+        .exactly_once(dir.join("sink-log").to_str().expect("UTF-8 path"));
+    let sink = config
+        .sink_options
+        .iter()
+        .fold(sink, |sink, (k, v)| sink.option(k, v));
+    let clock = Arc::new(CommitClock {
+        inner: Arc::new(sink),
+        batches: Mutex::default(),
+        rows: Mutex::default(),
+    });
+    let options = tidemill::QueryOptions {
+        // Every batch's progress, for the phases.
+        progress_history: 1_000_000,
+        ..Default::default()
+    };
+    let query = stateless(ctx.read_stream(source).await?)?
+        .write_stream()
+        .sink_arc(Arc::clone(&clock) as Arc<dyn tidemill::Sink>)
+        .trigger(Trigger::ProcessingTime(interval))
+        .checkpoint(dir.join("checkpoint").to_str().expect("UTF-8 path"))
+        .options(options)
+        .start()
+        .await?;
+
+    let produced = Arc::new(AtomicU64::new(u64::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumer = {
+        let (output, produced, stop) = (output.clone(), Arc::clone(&produced), Arc::clone(&stop));
+        let fetch_wait = config.output_fetch_wait_ms;
+        std::thread::spawn(move || {
+            consume_output(
+                &output,
+                LATENCY_OUTPUT,
+                capacity,
+                fetch_wait,
+                produced,
+                stop,
+            )
+        })
+    };
+    let acked = stamps(capacity);
+    let cpu = Cpu::now(&brokers);
+    let producer = {
+        let (input, acked) = (input.clone(), Arc::clone(&acked));
+        let (rate, run_for) = (config.rate, config.run_for);
+        tokio::task::spawn_blocking(move || {
+            produce_at_rate(&input, LATENCY_INPUT, rate, run_for, acked)
+        })
+    };
+    let sent = match producer.await? {
+        Ok(sent) => sent,
+        Err(e) => {
+            stop.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+    };
+    let produced_at_end = now_us();
+    produced.store(sent.rows as u64, Ordering::Release);
+    // Wait for the consumer to see every row (or the drain timeout).
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while !consumer.is_finished() && Instant::now() < deadline && query.is_active() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let received = consumer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the output's consumer panicked"))??;
+    let cpu = cpu.since(&brokers);
+    let active = query.is_active();
+    query.stop().await?;
+    anyhow::ensure!(active, "the query stopped before the end of the run");
+
+    // Every row exactly once, in the sink's record and in the topic.
+    let missing = received.at_us[..sent.rows]
+        .iter()
+        .filter(|&&at| at == 0)
+        .count();
+    let written: i64 = end_offsets(&output, LATENCY_OUTPUT).iter().sum();
+    let committed_rows = clock.rows.lock().expect("lock").len();
+    anyhow::ensure!(
+        missing == 0
+            && received.duplicates == 0
+            && received.foreign == 0
+            && written as usize == sent.rows
+            && committed_rows == sent.rows,
+        "interval {interval:?}: produced {} rows; the output's consumer missed {missing}, saw {} \
+         twice and {} unknown; the topic holds {written}; the sink committed {committed_rows}",
+        sent.rows,
+        received.duplicates,
+        received.foreign,
+    );
+
+    // Latencies of the rows sent after the warm-up.
+    let measured_from = sent.started_us + config.warmup.as_micros() as i64;
+    let mut received_hist = LatencyHistogram::default();
+    let mut from_send = LatencyHistogram::default();
+    let mut committed_hist = LatencyHistogram::default();
+    let micros = |later: i64, earlier: i64| (later - earlier).max(0) as u64;
+    for id in 0..sent.rows {
+        let sent_at = sent.sent_us[id];
+        if sent_at < measured_from {
+            continue;
+        }
+        let acked_at = acked[id].load(Ordering::Relaxed);
+        anyhow::ensure!(acked_at > 0, "row {id} was not acknowledged");
+        received_hist.record_micros(micros(received.at_us[id], acked_at));
+        from_send.record_micros(micros(received.at_us[id], sent_at));
+    }
+    for &(id, at) in clock.rows.lock().expect("lock").iter() {
+        if sent.sent_us[id] >= measured_from {
+            committed_hist.record_micros(micros(at, acked[id].load(Ordering::Relaxed)));
+        }
+    }
+    // Batches committed between the end of the warm-up and the end of the
+    // producer's run.
+    let window_s = (produced_at_end - measured_from) as f64 / 1e6;
+    let batches = clock.batches.lock().expect("lock").clone();
+    let in_window: Vec<&(u64, u64, i64)> = batches
+        .iter()
+        .filter(|(_, _, at)| (measured_from..=produced_at_end).contains(at))
+        .collect();
+    let window_rows: u64 = in_window.iter().map(|(_, rows, _)| rows).sum();
+    let first_batch = in_window.first().map_or(u64::MAX, |(id, _, _)| *id);
+    let last_batch = in_window.last().map_or(0, |(id, _, _)| *id);
+    let progress: Vec<tidemill::QueryProgress> = query
+        .recent_progress()
+        .into_iter()
+        .filter(|p| (first_batch..=last_batch).contains(&p.batch_id))
+        .collect();
+    let summary = |h: &LatencyHistogram| h.summary().expect("rows after the warm-up");
+    Ok(LatencyRun {
+        interval,
+        rows: sent.rows,
+        received: summary(&received_hist),
+        received_from_send: summary(&from_send),
+        committed: summary(&committed_hist),
+        rows_per_s: window_rows as f64 / window_s,
+        batches_per_s: in_window.len() as f64 / window_s,
+        phases: phase_cells(&progress, mean),
+        cpu,
+    })
+}
+
+/// The mean of `values` (for [`phase_cells`]; NaN when empty).
+fn mean(values: &mut [f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
+/// Part 2: latency from a row available in the input topic to the same
+/// row in a consumer's hands on the output topic.
+async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
+    let config = LatencyConfig::new(full)?;
+    println!("\n## Part 2: latency\n");
+    let workload = format!(
+        "Latency: a producer thread produces {} rows/s (a chunk every {} ms, round robin over \
+         {PARTITIONS} partitions) for {} s into a topic on a fresh Tansu broker, each value \
+         JSON with an id and `sent_us`; KafkaSource (JSON values) → filter + projection keeping \
+         the id and `sent_us` → exactly-once KafkaSink (JSON, key symbol, linger.ms 5) to a topic \
+         on a second fresh broker, Trigger::ProcessingTime 0 and 10 ms; a consumer on the \
+         output (fetch.wait.max.ms {}) stamps each row when in hand. \
+         Latency = received − acknowledged by the input's broker (the producer's delivery \
+         report); rows sent in the first {} s are left out.",
+        config.rate,
+        PRODUCE_TICK.as_millis(),
+        config.run_for.as_secs_f64(),
+        config.output_fetch_wait_ms,
+        config.warmup.as_secs_f64(),
+    );
+    let mut workload = workload;
+    for (whose, options) in [
+        ("source", &config.source_options),
+        ("sink", &config.sink_options),
+    ] {
+        if !options.is_empty() {
+            let list: Vec<String> = options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            workload.push_str(&format!(" The {whose} also set: {}.", list.join(", ")));
+        }
+    }
+    println!("workload: {workload}");
+    if result.workload.is_empty() {
+        result.workload = workload;
+    } else {
+        result.workload = format!("{}\n\n{workload}", result.workload);
+    }
+    let dir = tempfile::tempdir()?;
+    let mut runs = Vec::new();
+    for (i, &interval) in config.intervals.iter().enumerate() {
+        let run = latency_run(&config, interval, &dir.path().join(i.to_string())).await?;
+        println!(
+            "interval {}: {} rows; received − acknowledged p50 {:.1} p99 {:.1} max {:.1} ms; \
+             sink committed − acknowledged p50 {:.1} p99 {:.1} ms; {:.0} batches/s; {}",
+            format_interval_ms(ms(interval)),
+            run.rows,
+            run.received.p50_ms,
+            run.received.p99_ms,
+            run.received.max_ms,
+            run.committed.p50_ms,
+            run.committed.p99_ms,
+            run.batches_per_s,
+            run.cpu,
+        );
+        runs.push(run);
+    }
+    let mut rows = Vec::new();
+    let mut phase_rows = Vec::new();
+    for run in &runs {
+        let interval = format_interval_ms(ms(run.interval));
+        for (what, l) in [
+            ("received − acknowledged", &run.received),
+            ("received − sent", &run.received_from_send),
+            ("sink committed − acknowledged", &run.committed),
+        ] {
+            rows.push(vec![
+                interval.clone(),
+                what.to_string(),
+                trim(l.p50_ms),
+                trim(l.p95_ms),
+                trim(l.p99_ms),
+                trim(l.p999_ms),
+                trim(l.max_ms),
+                trim(run.rows_per_s),
+                trim(run.batches_per_s),
+            ]);
+        }
+        let mut row = vec![format!("interval {interval}, {} rows/s", config.rate)];
+        row.extend(run.phases.iter().cloned());
+        phase_rows.push(row);
+    }
+    let table = Table::new(
+        &format!(
+            "Kafka → Kafka latency at trigger intervals 0 and 10 ms, {} rows/s for {} s after {} \
+             s of warm-up; stateless filter + projection, exactly-once `KafkaSink` (received: \
+             by a consumer of the output topic; acknowledged: the input's broker acknowledged \
+             the row to its producer; sent: handed to the producer; sink committed: the sink's \
+             `add_batch` returned):",
+            config.rate,
+            (config.run_for - config.warmup).as_secs_f64(),
+            config.warmup.as_secs_f64()
+        ),
+        [
+            "interval",
+            "latency",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "rows/s",
+            "batches/s",
+        ],
+        rows,
+    );
+    println!("\n{}", table.to_markdown());
+    result.tables.push(table);
+    let mut columns = vec!["run"];
+    columns.extend(PHASES);
+    let table = Table::new(
+        "Mean ms per phase of the batches of those runs committed after the warm-up:",
+        columns,
+        phase_rows,
+    );
+    println!("\n{}", table.to_markdown());
+    result.tables.push(table);
+    let at_zero = &runs[0];
+    result.targets.push(Target::at_most(
+        &format!(
+            "Kafka → Kafka p99 latency (ms), interval 0, {} rows/s",
+            config.rate
+        ),
+        at_zero.received.p99_ms,
+        20.0,
+        "",
+    ));
+    result.notes.push(format!(
+        "Latency part checked: in each run, every produced row reached the output's consumer \
+         exactly once, the output topic holds as many records, and the sink committed each row \
+         once ({} and {} rows).",
+        runs[0].rows,
+        runs.last().map_or(0, |r| r.rows)
+    ));
+    result.data["latency"] = serde_json::json!(
+        runs.iter()
+            .map(|r| serde_json::json!({
+                "interval_ms": ms(r.interval),
+                "rows": r.rows,
+                "received": r.received,
+                "received_from_send": r.received_from_send,
+                "sink_committed": r.committed,
+                "rows_per_s": r.rows_per_s,
+                "batches_per_s": r.batches_per_s,
+            }))
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The parts `TIDEMILL_BENCH_ONLY` names (full mode only; default both).
+fn parts(full: bool) -> anyhow::Result<(bool, bool)> {
+    let only = std::env::var("TIDEMILL_BENCH_ONLY").ok().filter(|_| full);
+    let Some(only) = only else {
+        return Ok((true, true));
+    };
+    let (mut throughput, mut latency) = (false, false);
+    for part in only.split(',').map(str::trim) {
+        match part {
+            "throughput" => throughput = true,
+            "latency" => latency = true,
+            other => {
+                anyhow::bail!("TIDEMILL_BENCH_ONLY: unknown part {other:?} (throughput, latency)")
+            }
+        }
+    }
+    Ok((throughput, latency))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; `cargo test` does not.
+    let full = std::env::args().any(|a| a == "--bench");
+    let (run_throughput, run_latency) = parts(full)?;
+    println!(
+        "Kafka benchmark ({})",
+        if full {
+            "full"
+        } else {
+            "short (no --bench argument: tiny sizes, results checked, times not meaningful)"
+        }
+    );
+    let mut result = BenchResult::new(
+        "kafka",
+        "Kafka: parse, windowed aggregation and produce vs a plain consume; Kafka → Kafka latency",
+        "cargo bench --bench kafka",
+        full,
+    );
+    println!("machine:  {}", result.machine.summary());
+    if run_throughput {
+        throughput(full, &mut result).await?;
+    }
+    if run_latency {
+        latency(full, &mut result).await?;
+    }
+    for t in &result.targets {
+        println!("target: {} {} — measured {}", t.name, t.target, t.measured);
+    }
+    if run_throughput && run_latency {
+        let path = result.write()?;
+        println!("\nresults: {}", path.display());
+    } else {
+        // A run of one part would replace the other's figures: written
+        // apart, to be merged by hand.
+        let path = tidemill_harness::results::results_dir()
+            .join("partial")
+            .join("kafka.json");
+        std::fs::create_dir_all(path.parent().expect("a parent"))?;
+        result.generated_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        result.machine = tidemill_harness::machine::Machine::current();
+        std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
+        println!("\nresults of this part only: {}", path.display());
+    }
     Ok(())
 }
