@@ -53,15 +53,20 @@
 //! cost per micro-batch, mostly the sink's produce round trip to the
 //! broker; the phases of both are printed.
 //!
-//! **Part 2, latency.** Per trigger interval (0 and 10 ms), on a fresh pair
-//! of brokers: a producer thread produces 10 000 rows/s (a chunk every
-//! millisecond, round robin over 2 partitions) for 11 s; each value is
-//! JSON with the row's id and `sent_us`, the clock (µs since the epoch)
-//! just before the record is handed to the producer (librdkafka's
-//! defaults: `linger.ms` 5, `acks` all). The query: `KafkaSource` (JSON
-//! values, the source's default client settings) → a filter every row
-//! passes and a projection keeping the id and `sent_us` → exactly-once
-//! `KafkaSink` (JSON values, key `symbol`, configured as in part 1),
+//! **Part 2, latency.** Four runs, each on a fresh pair of brokers (the
+//! output's with its header table indexed, see
+//! `Broker::start_with_header_index`: the output's consumer fetches
+//! records with headers): 10 000 rows/s at trigger interval 0 with the
+//! source's default settings; the same with the source's
+//! `fetch.wait.max.ms` 2; 10 000 rows/s at 10 ms, and 1 000 rows/s at 0,
+//! with `fetch.wait.max.ms` 2. In each, a producer thread produces the
+//! rate (a chunk every millisecond, round robin over 2 partitions) for
+//! 11 s; each value is JSON with the row's id and `sent_us`, the clock
+//! (µs since the epoch) just before the record is handed to the producer
+//! (librdkafka's defaults: `linger.ms` 5; `acks` all). The query:
+//! `KafkaSource` (JSON values) → a filter every row passes and a
+//! projection keeping the id and `sent_us` → exactly-once `KafkaSink`
+//! (JSON values, key `symbol`, configured as in part 1),
 //! `Trigger::ProcessingTime(interval)`. A consumer assigned the output
 //! topic's partitions (default isolation level: the sink's exactly-once
 //! mode uses no broker transactions; `fetch.wait.max.ms` 1) stamps each
@@ -76,7 +81,13 @@
 //! the sink's log committed; the output fetch is not in it), with rows/s
 //! and batches/s of the batches committed after the warm-up and the mean
 //! of each phase of those batches. Target (issue 23): p99 received −
-//! acknowledged ≤ 20 ms at interval 0.
+//! acknowledged ≤ 20 ms at interval 0 and 10 000 rows/s.
+//!
+//! Knobs for exploring (full mode only): `TIDEMILL_BENCH_LATENCY_RATE`
+//! (the 10 000), `TIDEMILL_BENCH_SOURCE_OPTIONS` and
+//! `TIDEMILL_BENCH_SINK_OPTIONS` (librdkafka settings for every run,
+//! `key=value,...`), `TIDEMILL_BENCH_OUTPUT_FETCH_WAIT_MS` (the output
+//! consumer's wait).
 //!
 //! `TIDEMILL_BENCH_ONLY` (full mode only): `throughput` or `latency` (or
 //! both, comma-separated) to run one part; a run of one part writes its
@@ -87,9 +98,9 @@
 //! (`TIDEMILL_BENCH_ROWS`, default 50 000 trades). Without it (as
 //! `cargo test` runs this file) a short mode runs 2 000 trades, checks the
 //! pipeline's output against the same aggregation run as a batch job over
-//! the topic, runs the latency part for 1.5 s at 500 rows/s, and never
-//! asserts on time. Both modes check that every row of the latency part
-//! reached the output's consumer exactly once.
+//! the topic, runs the latency part's four runs for 1.5 s each at 500 and
+//! 200 rows/s, and never asserts on time. Both modes check that every row
+//! of the latency part reached the output's consumer exactly once.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -630,15 +641,37 @@ const OUTPUT_FETCH_WAIT_MS: u64 = 1;
 /// How long the run may take to drain once the producer has stopped.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The `fetch.wait.max.ms` the source is given in the tuned runs: Tansu
+/// holds every fetch that long (see the module docs), so the source's
+/// default (100 ms) is added to every batch's read.
+const TUNED_SOURCE_FETCH_WAIT_MS: &str = "2";
+
+/// One run of the latency part.
+struct LatencyCase {
+    /// Rows per second produced.
+    rate: u64,
+    interval: Duration,
+    /// The source's `fetch.wait.max.ms`, if not its default.
+    source_fetch_wait_ms: Option<&'static str>,
+}
+
+impl LatencyCase {
+    fn source(&self) -> String {
+        match self.source_fetch_wait_ms {
+            Some(ms) => format!("fetch.wait.max.ms {ms}"),
+            None => "defaults".into(),
+        }
+    }
+}
+
 /// The latency part's settings.
 struct LatencyConfig {
-    rate: u64,
+    cases: Vec<LatencyCase>,
     /// How long the producer produces, warm-up included.
     run_for: Duration,
     warmup: Duration,
-    intervals: Vec<Duration>,
     /// librdkafka settings given to the source and the sink on top of the
-    /// pipeline's own (`TIDEMILL_BENCH_SOURCE_OPTIONS`,
+    /// pipeline's own in every run (`TIDEMILL_BENCH_SOURCE_OPTIONS`,
     /// `TIDEMILL_BENCH_SINK_OPTIONS`: `key=value,...`; full mode only).
     source_options: Vec<(String, String)>,
     sink_options: Vec<(String, String)>,
@@ -675,23 +708,31 @@ fn options_from_env(name: &str) -> anyhow::Result<Vec<(String, String)>> {
 
 impl LatencyConfig {
     fn new(full: bool) -> anyhow::Result<Self> {
+        let (rate, low_rate) = if full {
+            (
+                number_from_env("TIDEMILL_BENCH_LATENCY_RATE", 10_000)?,
+                1_000,
+            )
+        } else {
+            (500, 200)
+        };
+        let tuned = Some(TUNED_SOURCE_FETCH_WAIT_MS);
+        let case = |rate, interval_ms, source_fetch_wait_ms| LatencyCase {
+            rate,
+            interval: Duration::from_millis(interval_ms),
+            source_fetch_wait_ms,
+        };
+        let cases = vec![
+            case(rate, 0, None),
+            case(rate, 0, tuned),
+            case(rate, 10, tuned),
+            case(low_rate, 0, tuned),
+        ];
         Ok(if full {
             Self {
-                rate: number_from_env("TIDEMILL_BENCH_LATENCY_RATE", 10_000)?,
+                cases,
                 run_for: Duration::from_secs(11),
                 warmup: Duration::from_secs(1),
-                intervals: match std::env::var("TIDEMILL_BENCH_INTERVALS_MS") {
-                    Ok(list) => {
-                        list.split(',')
-                            .map(|ms| {
-                                ms.trim().parse().map(Duration::from_millis).map_err(|_| {
-                                    anyhow::anyhow!("TIDEMILL_BENCH_INTERVALS_MS: {ms:?}")
-                                })
-                            })
-                            .collect::<anyhow::Result<_>>()?
-                    }
-                    Err(_) => vec![Duration::ZERO, Duration::from_millis(10)],
-                },
                 source_options: options_from_env("TIDEMILL_BENCH_SOURCE_OPTIONS")?,
                 sink_options: options_from_env("TIDEMILL_BENCH_SINK_OPTIONS")?,
                 output_fetch_wait_ms: number_from_env(
@@ -701,10 +742,9 @@ impl LatencyConfig {
             }
         } else {
             Self {
-                rate: 500,
+                cases,
                 run_for: Duration::from_millis(1500),
                 warmup: Duration::from_millis(500),
-                intervals: vec![Duration::ZERO, Duration::from_millis(10)],
                 source_options: Vec::new(),
                 sink_options: Vec::new(),
                 output_fetch_wait_ms: OUTPUT_FETCH_WAIT_MS,
@@ -992,7 +1032,6 @@ impl tidemill::Sink for CommitClock {
 
 /// One latency run's figures.
 struct LatencyRun {
-    interval: Duration,
     rows: usize,
     /// Received by the output's consumer − acknowledged to the producer.
     received: LatencySummary,
@@ -1010,9 +1049,10 @@ struct LatencyRun {
 /// brokers.
 async fn latency_run(
     config: &LatencyConfig,
-    interval: Duration,
+    case: &LatencyCase,
     dir: &std::path::Path,
 ) -> anyhow::Result<LatencyRun> {
+    let interval = case.interval;
     // The output's consumer fetches records with headers (the sink's):
     // without the index, each costs a scan of every header stored.
     let brokers = Brokers {
@@ -1023,7 +1063,7 @@ async fn latency_run(
     let output = brokers.output.bootstrap();
     create_topic(&input, LATENCY_INPUT, PARTITIONS, &[]).await;
     create_topic(&output, LATENCY_OUTPUT, PARTITIONS, &[]).await;
-    let capacity = (config.rate as f64 * config.run_for.as_secs_f64() * 1.1) as usize + 1_000;
+    let capacity = (case.rate as f64 * config.run_for.as_secs_f64() * 1.1) as usize + 1_000;
 
     let ctx = SessionContext::new();
     let source = KafkaSource::new(&input)
@@ -1031,6 +1071,10 @@ async fn latency_run(
         .starting_offsets(StartingOffsets::Earliest)
         .json_values(latency_schema())
         .metadata_columns(false);
+    let source = match case.source_fetch_wait_ms {
+        Some(ms) => source.option("fetch.wait.max.ms", ms),
+        None => source,
+    };
     let source = config
         .source_options
         .iter()
@@ -1084,7 +1128,7 @@ async fn latency_run(
     let cpu = Cpu::now(&brokers);
     let producer = {
         let (input, acked) = (input.clone(), Arc::clone(&acked));
-        let (rate, run_for) = (config.rate, config.run_for);
+        let (rate, run_for) = (case.rate, config.run_for);
         tokio::task::spawn_blocking(move || {
             produce_at_rate(&input, LATENCY_INPUT, rate, run_for, acked)
         })
@@ -1171,7 +1215,6 @@ async fn latency_run(
         .collect();
     let summary = |h: &LatencyHistogram| h.summary().expect("rows after the warm-up");
     Ok(LatencyRun {
-        interval,
         rows: sent.rows,
         received: summary(&received_hist),
         received_from_send: summary(&from_send),
@@ -1193,22 +1236,23 @@ fn mean(values: &mut [f64]) -> f64 {
 async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
     let config = LatencyConfig::new(full)?;
     println!("\n## Part 2: latency\n");
-    let workload = format!(
-        "Latency: a producer thread produces {} rows/s (a chunk every {} ms, round robin over \
-         {PARTITIONS} partitions) for {} s into a topic on a fresh Tansu broker, each value \
-         JSON with an id and `sent_us`; KafkaSource (JSON values) → filter + projection keeping \
-         the id and `sent_us` → exactly-once KafkaSink (JSON, key symbol, linger.ms 5) to a topic \
-         on a second fresh broker, Trigger::ProcessingTime 0 and 10 ms; a consumer on the \
-         output (fetch.wait.max.ms {}) stamps each row when in hand. \
-         Latency = received − acknowledged by the input's broker (the producer's delivery \
-         report); rows sent in the first {} s are left out.",
-        config.rate,
+    let rates: Vec<String> = config.cases.iter().map(|c| c.rate.to_string()).collect();
+    let mut workload = format!(
+        "Latency: per run, on a fresh pair of Tansu brokers (the output's with its headers \
+         indexed), a producer thread produces a fixed rate of rows ({} rows/s; a chunk every \
+         {} ms, round robin over {PARTITIONS} partitions, librdkafka's defaults) for {} s, each \
+         value JSON with an id and `sent_us`; KafkaSource (JSON values; its default settings, \
+         or fetch.wait.max.ms {TUNED_SOURCE_FETCH_WAIT_MS}) → filter + projection keeping the \
+         id and `sent_us` → exactly-once KafkaSink (JSON, key symbol, linger.ms 5), \
+         Trigger::ProcessingTime 0 or 10 ms; a consumer of the output topic (fetch.wait.max.ms \
+         {}) stamps each row when in hand. Latency = received − acknowledged by the input's \
+         broker (the producer's delivery report); rows sent in the first {} s are left out.",
+        rates.join(" or "),
         PRODUCE_TICK.as_millis(),
         config.run_for.as_secs_f64(),
         config.output_fetch_wait_ms,
         config.warmup.as_secs_f64(),
     );
-    let mut workload = workload;
     for (whose, options) in [
         ("source", &config.source_options),
         ("sink", &config.sink_options),
@@ -1226,12 +1270,16 @@ async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let mut runs = Vec::new();
-    for (i, &interval) in config.intervals.iter().enumerate() {
-        let run = latency_run(&config, interval, &dir.path().join(i.to_string())).await?;
+    for (i, case) in config.cases.iter().enumerate() {
+        println!("load before the run: {}", load_average());
+        let run = latency_run(&config, case, &dir.path().join(i.to_string())).await?;
         println!(
-            "interval {}: {} rows; received − acknowledged p50 {:.1} p99 {:.1} max {:.1} ms; \
-             sink committed − acknowledged p50 {:.1} p99 {:.1} ms; {:.0} batches/s; {}",
-            format_interval_ms(ms(interval)),
+            "{} rows/s, interval {}, source {}: {} rows; received − acknowledged p50 {:.1} p99 \
+             {:.1} max {:.1} ms; sink committed − acknowledged p50 {:.1} p99 {:.1} ms; {:.0} \
+             batches/s; {}",
+            case.rate,
+            format_interval_ms(ms(case.interval)),
+            case.source(),
             run.rows,
             run.received.p50_ms,
             run.received.p99_ms,
@@ -1245,15 +1293,17 @@ async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
     }
     let mut rows = Vec::new();
     let mut phase_rows = Vec::new();
-    for run in &runs {
-        let interval = format_interval_ms(ms(run.interval));
+    for (case, run) in config.cases.iter().zip(&runs) {
+        let interval = format_interval_ms(ms(case.interval));
         for (what, l) in [
             ("received − acknowledged", &run.received),
             ("received − sent", &run.received_from_send),
             ("sink committed − acknowledged", &run.committed),
         ] {
             rows.push(vec![
+                case.rate.to_string(),
                 interval.clone(),
+                case.source(),
                 what.to_string(),
                 trim(l.p50_ms),
                 trim(l.p95_ms),
@@ -1264,23 +1314,29 @@ async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
                 trim(run.batches_per_s),
             ]);
         }
-        let mut row = vec![format!("interval {interval}, {} rows/s", config.rate)];
+        let mut row = vec![format!(
+            "{} rows/s, interval {interval}, source {}",
+            case.rate,
+            case.source()
+        )];
         row.extend(run.phases.iter().cloned());
         phase_rows.push(row);
     }
     let table = Table::new(
         &format!(
-            "Kafka → Kafka latency at trigger intervals 0 and 10 ms, {} rows/s for {} s after {} \
-             s of warm-up; stateless filter + projection, exactly-once `KafkaSink` (received: \
-             by a consumer of the output topic; acknowledged: the input's broker acknowledged \
-             the row to its producer; sent: handed to the producer; sink committed: the sink's \
-             `add_batch` returned):",
-            config.rate,
+            "Kafka → Kafka latency, {} s after {} s of warm-up per run; stateless filter + \
+             projection, exactly-once `KafkaSink`; received: by a consumer of the output topic; \
+             acknowledged: the input's broker acknowledged the row to its producer; sent: \
+             handed to the producer; sink committed: the sink's `add_batch` returned (output \
+             acknowledged, sink log committed); rows/s and batches/s: of the batches committed \
+             after the warm-up:",
             (config.run_for - config.warmup).as_secs_f64(),
             config.warmup.as_secs_f64()
         ),
         [
+            "rows/s in",
             "interval",
+            "source",
             "latency",
             "p50 ms",
             "p95 ms",
@@ -1303,37 +1359,56 @@ async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
     );
     println!("\n{}", table.to_markdown());
     result.tables.push(table);
-    let at_zero = &runs[0];
-    result.targets.push(Target::at_most(
-        &format!(
-            "Kafka → Kafka p99 latency (ms), interval 0, {} rows/s",
-            config.rate
-        ),
-        at_zero.received.p99_ms,
-        20.0,
-        "",
-    ));
+    // The target: the first rate at interval 0, default source settings
+    // and tuned.
+    for (case, run) in config.cases.iter().zip(&runs).take(2) {
+        let tuned = match case.source_fetch_wait_ms {
+            Some(ms) => format!(", source fetch.wait.max.ms {ms}"),
+            None => String::new(),
+        };
+        result.targets.push(Target::at_most(
+            &format!(
+                "Kafka → Kafka p99 latency (ms), interval 0, {} rows/s{tuned}",
+                case.rate
+            ),
+            run.received.p99_ms,
+            20.0,
+            "",
+        ));
+    }
     result.notes.push(format!(
         "Latency part checked: in each run, every produced row reached the output's consumer \
          exactly once, the output topic holds as many records, and the sink committed each row \
-         once ({} and {} rows).",
-        runs[0].rows,
-        runs.last().map_or(0, |r| r.rows)
+         once ({} rows in all).",
+        runs.iter().map(|r| r.rows).sum::<usize>()
     ));
     result.data["latency"] = serde_json::json!(
-        runs.iter()
-            .map(|r| serde_json::json!({
-                "interval_ms": ms(r.interval),
+        config
+            .cases
+            .iter()
+            .zip(&runs)
+            .map(|(c, r)| serde_json::json!({
+                "rate": c.rate,
+                "interval_ms": ms(c.interval),
+                "source_fetch_wait_ms": c.source_fetch_wait_ms,
                 "rows": r.rows,
                 "received": r.received,
                 "received_from_send": r.received_from_send,
                 "sink_committed": r.committed,
                 "rows_per_s": r.rows_per_s,
                 "batches_per_s": r.batches_per_s,
+                "phases_ms": r.phases,
             }))
             .collect::<Vec<_>>()
     );
     Ok(())
+}
+
+/// The machine's load average, as `/proc/loadavg` gives it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn ms(d: Duration) -> f64 {

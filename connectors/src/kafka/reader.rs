@@ -183,6 +183,39 @@ impl Reader {
             .fetch_watermarks(topic, partition, self.timeout)
     }
 
+    /// The end offset of each of `partitions` (in their order), in one
+    /// offsets request per leader, where [`Reader::watermarks`] takes two
+    /// per partition.
+    pub(crate) fn end_offsets(&self, partitions: &[(String, i32)]) -> Result<Vec<i64>, KafkaError> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            // "Latest" is the timestamp -1 of an offsets request.
+            tpl.add_partition_offset(topic, *partition, KafkaOffset::End)?;
+        }
+        let found = self.queries.offsets_for_times(tpl, self.timeout)?;
+        partitions
+            .iter()
+            .map(|(topic, partition)| {
+                let elem =
+                    found
+                        .find_partition(topic, *partition)
+                        .ok_or(KafkaError::OffsetFetch(
+                            RDKafkaErrorCode::UnknownTopicOrPartition,
+                        ))?;
+                elem.error()?;
+                match elem.offset() {
+                    KafkaOffset::Offset(o) if o >= 0 => Ok(o),
+                    _ => Err(KafkaError::OffsetFetch(
+                        RDKafkaErrorCode::OffsetNotAvailable,
+                    )),
+                }
+            })
+            .collect()
+    }
+
     /// The first offset at or after `timestamp_ms` in each partition of
     /// `partitions`, `None` where there is none.
     pub(crate) fn offsets_for_times(

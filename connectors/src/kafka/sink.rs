@@ -580,10 +580,19 @@ fn murmur2(data: &[u8]) -> i32 {
 }
 
 /// Waits until every message sent is acknowledged (or failed), serving
-/// the delivery reports as they come and sleeping 1 ms between looks.
+/// the delivery reports as they come and looking every millisecond.
 /// rdkafka's own `flush` waits in polls of 100 ms that do not return early
 /// (`BaseProducer::poll` runs to its deadline), and shorter polls spin on
 /// the clock once a report has been served.
+///
+/// Between looks it waits in librdkafka's `rd_kafka_flush` (1 ms), not in
+/// a sleep: while that call runs, the producer sends what it holds at once
+/// instead of lingering (`linger.ms`, 5 by default) for more messages. The
+/// batch has no more to come, so lingering would only delay its
+/// acknowledgement, and so the commit of every micro-batch. A zero
+/// timeout would not do: the flag that overrides `linger.ms` is only set
+/// for the duration of the call, and the producer's broker threads,
+/// woken by it, would most often look after it returned.
 fn flush(
     producer: &BaseProducer<Delivery>,
     timeout: Duration,
@@ -599,7 +608,15 @@ fn flush(
         if Instant::now() >= deadline {
             return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
         }
-        std::thread::sleep(Duration::from_millis(1));
+        // SAFETY: the pointer is the producer's own handle, valid while
+        // `producer` is borrowed; librdkafka allows `rd_kafka_flush` from
+        // any thread, alongside polls from others. rdkafka's producer
+        // takes delivery reports as events, so the call only waits (up to
+        // 1 ms) and serves nothing: its result is not needed, the reports
+        // are served by the poll above.
+        unsafe {
+            rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 1);
+        }
     }
 }
 

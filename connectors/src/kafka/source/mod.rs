@@ -192,6 +192,13 @@ impl KafkaSource {
     /// Sets a librdkafka configuration property (security, SASL, TLS,
     /// tuning), overriding the source's own settings. Security protocols
     /// need rdkafka built with its `ssl` or `sasl` feature.
+    ///
+    /// The source's consumer waits up to `fetch.wait.max.ms` (100 by
+    /// default) for records: a Kafka broker answers a fetch as soon as it
+    /// has records, but a broker that holds every fetch for the whole wait
+    /// (Tansu 0.6) adds it to every batch's read. On such a broker, a query
+    /// at trigger 0 wanting low latency sets a few milliseconds (at the
+    /// cost of that many more fetch requests when idle).
     pub fn option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.client.options.insert(key.into(), value.into());
         self

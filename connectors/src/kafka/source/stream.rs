@@ -173,18 +173,22 @@ impl KafkaStream {
         }
     }
 
-    /// The ends now: every partition's end offset, with its earliest.
-    async fn ends_now(&mut self) -> Result<Vec<(String, i32, i64, i64)>> {
+    /// The ends now: every partition's end offset. Two round trips to the
+    /// brokers whatever the number of partitions: the metadata, then one
+    /// offsets request per leader for all partitions at once (the
+    /// earliest offsets are not needed: a partition whose records were
+    /// deleted shows when it is read).
+    async fn ends_now(&mut self) -> Result<Vec<(String, i32, i64)>> {
         self.with_reader(|spec, reader| {
             let partitions = spec.discover(reader)?;
-            let mut out = Vec::with_capacity(partitions.len());
-            for (topic, partition) in partitions {
-                let (low, high) = reader
-                    .watermarks(&topic, partition)
-                    .map_err(|e| spec.kafka_err(&e, format!("offsets of {topic}/{partition}")))?;
-                out.push((topic, partition, low, high));
-            }
-            Ok(out)
+            let ends = reader
+                .end_offsets(&partitions)
+                .map_err(|e| spec.kafka_err(&e, "end offsets of the partitions"))?;
+            Ok(partitions
+                .into_iter()
+                .zip(ends)
+                .map(|((topic, partition), end)| (topic, partition, end))
+                .collect())
         })
         .await
     }
@@ -255,10 +259,10 @@ impl SourceStream for KafkaStream {
         let now = match &self.available_now_cap {
             // The ends were taken when the AvailableNow query started and
             // bound every batch: as Spark, the source does not ask the
-            // broker again (the earliest offsets are not used here).
+            // broker again.
             Some(cap) => cap
                 .iter()
-                .map(|(topic, partition, end)| (topic.to_string(), partition, 0, end))
+                .map(|(topic, partition, end)| (topic.to_string(), partition, end))
                 .collect(),
             None => self.ends_now().await?,
         };
@@ -271,7 +275,7 @@ impl SourceStream for KafkaStream {
         )?;
         self.lag = now
             .iter()
-            .map(|(topic, partition, _, end)| {
+            .map(|(topic, partition, end)| {
                 let read = next
                     .get(topic, *partition)
                     .or_else(|| from.get(topic, *partition))
@@ -351,7 +355,7 @@ impl SourceStream for KafkaStream {
     async fn prepare_for_available_now(&mut self) -> Result<()> {
         let now = self.ends_now().await?;
         let mut cap = PartitionOffsets::new();
-        for (topic, partition, _, high) in now {
+        for (topic, partition, high) in now {
             cap.insert(topic, partition, high);
         }
         self.available_now_cap = Some(cap);
@@ -374,7 +378,7 @@ impl SourceStream for KafkaStream {
 fn batch_end(
     spec: &KafkaSource,
     from: &PartitionOffsets,
-    now: &[(String, i32, i64, i64)],
+    now: &[(String, i32, i64)],
     cap: Option<&PartitionOffsets>,
     limit: ReadLimit,
 ) -> Result<PartitionOffsets> {
@@ -384,7 +388,7 @@ fn batch_end(
     };
     let mut keys = Vec::new();
     let mut spans = Vec::new();
-    for (topic, partition, _low, high) in now {
+    for (topic, partition, high) in now {
         let begin = from.get(topic, *partition);
         let s = begin.unwrap_or(0);
         let mut available = *high;
@@ -469,10 +473,10 @@ mod tests {
         out
     }
 
-    /// Partition ends now: (topic, partition, earliest, end).
-    fn now(ends: &[(&str, i32, i64)]) -> Vec<(String, i32, i64, i64)> {
+    /// Partition ends now: (topic, partition, end).
+    fn now(ends: &[(&str, i32, i64)]) -> Vec<(String, i32, i64)> {
         ends.iter()
-            .map(|(t, p, end)| (t.to_string(), *p, 0, *end))
+            .map(|(t, p, end)| (t.to_string(), *p, *end))
             .collect()
     }
 
