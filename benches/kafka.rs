@@ -1236,7 +1236,8 @@ fn mean(values: &mut [f64]) -> f64 {
 async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
     let config = LatencyConfig::new(full)?;
     println!("\n## Part 2: latency\n");
-    let rates: Vec<String> = config.cases.iter().map(|c| c.rate.to_string()).collect();
+    let mut rates: Vec<String> = config.cases.iter().map(|c| c.rate.to_string()).collect();
+    rates.dedup();
     let mut workload = format!(
         "Latency: per run, on a fresh pair of Tansu brokers (the output's with its headers \
          indexed), a producer thread produces a fixed rate of rows ({} rows/s; a chunk every \
