@@ -199,7 +199,8 @@ impl Broker {
     /// Uses the `sqlite3` command-line shell (Debian's `sqlite3` package),
     /// run once on the broker's database while it runs (SQLite's locking
     /// makes that safe; Tansu prepares its statements afresh for each
-    /// query). Panics if the shell is missing or the index cannot be made.
+    /// query). Without the shell it warns and leaves the table as it is;
+    /// panics if the index cannot be made.
     pub fn start_with_header_index() -> Self {
         let broker = Self::start();
         broker.index_headers();
@@ -212,17 +213,25 @@ impl Broker {
         loop {
             // Tansu creates its tables as it starts: until they exist the
             // statement fails ("no such table").
-            let output = Command::new("sqlite3")
+            let output = match Command::new("sqlite3")
                 .args(["-cmd", ".timeout 10000"])
                 .arg(&db)
                 .arg("create index if not exists header_by_record on header (topition, offset_id)")
                 .stdin(Stdio::null())
                 .output()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "running sqlite3 (Debian's sqlite3 package) to index Tansu's headers: {e}"
-                    )
-                });
+            {
+                Ok(output) => output,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Correct without the index, only slower past a few
+                    // thousand headers.
+                    eprintln!(
+                        "warning: no sqlite3 shell (Debian's sqlite3 package): Tansu's headers \
+                         are not indexed, fetching records with headers gets slower as they grow"
+                    );
+                    return;
+                }
+                Err(e) => panic!("running sqlite3 to index Tansu's headers: {e}"),
+            };
             if output.status.success() {
                 return;
             }
