@@ -7,34 +7,27 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
 use arrow::datatypes::{DataType, SchemaRef};
-use bytes::Bytes;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::scalar::ScalarValue;
-use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt, TryStreamExt};
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
-use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
-use parquet::errors::ParquetError;
-use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 
 use super::DeltaSourceError;
 use super::log::DataFile;
 use super::schema::partition_value;
+use crate::file_source::StoreParquetReader;
 use crate::file_source::convert::{convert, readable_as};
 
 /// Rows per record batch read from a file.
 const BATCH_SIZE: usize = 8192;
 /// Files read at once by [`FileReader::read_all`].
 const READ_CONCURRENCY: usize = 4;
-/// Bytes read from a parquet file's end at first: enough for most footers.
-const FOOTER_PREFETCH: usize = 64 * 1024;
 
 type Result<T, E = DeltaSourceError> = std::result::Result<T, E>;
 
@@ -146,11 +139,7 @@ impl FileReader {
                 constants.push(None);
             }
         }
-        let reader = StoreReader {
-            store: Arc::clone(&self.store),
-            path: file.path.clone(),
-            size: file.size,
-        };
+        let reader = StoreParquetReader::new(Arc::clone(&self.store), file.path.clone(), file.size);
         let builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
             .map_err(|e| self.file_error(&file, format!("cannot read the parquet file: {e}")))?;
@@ -301,63 +290,6 @@ impl FileReader {
     /// The engine's form of an error of this reader.
     fn to_datafusion(&self, error: DeltaSourceError) -> DataFusionError {
         DataFusionError::from(error.into_tidemill(&self.description))
-    }
-}
-
-/// A data file on the object store as the parquet reader reads it: ranged
-/// gets of a file whose size the log gives.
-#[derive(Debug, Clone)]
-struct StoreReader {
-    store: Arc<dyn ObjectStore>,
-    path: Path,
-    size: u64,
-}
-
-fn store_error(e: object_store::Error) -> ParquetError {
-    ParquetError::External(Box::new(e))
-}
-
-impl AsyncFileReader for StoreReader {
-    fn get_bytes(
-        &mut self,
-        range: std::ops::Range<u64>,
-    ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        async move {
-            self.store
-                .get_range(&self.path, range)
-                .await
-                .map_err(store_error)
-        }
-        .boxed()
-    }
-
-    fn get_byte_ranges(
-        &mut self,
-        ranges: Vec<std::ops::Range<u64>>,
-    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
-        async move {
-            self.store
-                .get_ranges(&self.path, &ranges)
-                .await
-                .map_err(store_error)
-        }
-        .boxed()
-    }
-
-    fn get_metadata<'a>(
-        &'a mut self,
-        options: Option<&'a ArrowReaderOptions>,
-    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
-        async move {
-            let size = self.size;
-            let metadata = ParquetMetaDataReader::new()
-                .with_arrow_reader_options(options)
-                .with_prefetch_hint(Some(FOOTER_PREFETCH))
-                .load_and_finish(self, size)
-                .await?;
-            Ok(Arc::new(metadata))
-        }
-        .boxed()
     }
 }
 

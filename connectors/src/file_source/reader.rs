@@ -37,10 +37,17 @@ const FOOTER_PREFETCH: usize = 64 * 1024;
 /// Reads a parquet file on an object store: the parquet crate's
 /// [`AsyncFileReader`] over ranged gets of a file whose size is known.
 #[derive(Debug, Clone)]
-pub(super) struct StoreParquetReader {
+pub(crate) struct StoreParquetReader {
     store: Arc<dyn ObjectStore>,
     path: Path,
     size: u64,
+}
+
+impl StoreParquetReader {
+    /// A reader of the `size` bytes at `path` on `store`.
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, path: Path, size: u64) -> Self {
+        Self { store, path, size }
+    }
 }
 
 fn parquet_io_error(e: object_store::Error) -> ParquetError {
