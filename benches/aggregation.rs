@@ -5,7 +5,7 @@
 //! cargo bench --bench aggregation                  # full mode (below)
 //! TIDEMILL_BENCH_ROWS=1000000 cargo bench --bench aggregation
 //! TIDEMILL_BENCH_STATE_KEYS=10000,1000000 cargo bench --bench aggregation
-//! TIDEMILL_BENCH_ONLY=window cargo bench --bench aggregation   # or =state
+//! TIDEMILL_BENCH_ONLY=window cargo bench --bench aggregation   # or =state, =small
 //! cargo test --bench aggregation                   # short mode, a few seconds
 //! ```
 //!
@@ -18,7 +18,8 @@
 //! - `TIDEMILL_BENCH_BATCH_ROWS`: rows per timed batch (default 10 000).
 //! - `TIDEMILL_BENCH_BATCHES`: timed batches per state size (default 30).
 //! - `TIDEMILL_BENCH_STATE_ROUNDS`: rounds of the state part (default 5).
-//! - `TIDEMILL_BENCH_ONLY`: `window` or `state` to run one part.
+//! - `TIDEMILL_BENCH_ONLY`: `window` (with the small-files case), `state`,
+//!   or `small` (only the small-files case) to run one part.
 //!
 //! **Part 1, windowed aggregation.** Seeded trades (100 symbols × 5
 //! exchanges, one hour of event time, each row up to 5 s out of order) as
@@ -102,15 +103,18 @@ struct Config {
     state_rounds: usize,
     window: bool,
     state: bool,
+    /// The small-files case (one 100 000-row file per trigger).
+    small: bool,
 }
 
 impl Config {
     fn from_env(full: bool) -> Self {
         let only = std::env::var("TIDEMILL_BENCH_ONLY").ok();
-        let (window, state) = match only.as_deref() {
-            Some("window") if full => (true, false),
-            Some("state") if full => (false, true),
-            _ => (true, true),
+        let (window, state, small) = match only.as_deref() {
+            Some("window") if full => (true, false, true),
+            Some("state") if full => (false, true, false),
+            Some("small") if full => (false, false, true),
+            _ => (true, true, true),
         };
         if !full {
             return Self {
@@ -122,6 +126,7 @@ impl Config {
                 state_rounds: 1,
                 window,
                 state,
+                small,
             };
         }
         let env = |name: &str| std::env::var(name).ok();
@@ -145,6 +150,7 @@ impl Config {
             state_rounds: num("TIDEMILL_BENCH_STATE_ROUNDS", 5).max(1),
             window,
             state,
+            small,
         }
     }
 }
@@ -469,7 +475,6 @@ async fn windowed(
     );
     println!("\n{}", table.to_markdown());
     result.tables.push(table);
-    small_files(config, tmp, result).await?;
     monitor_cost(config, &dir, rows, tmp, result).await
 }
 
@@ -984,6 +989,9 @@ async fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     if config.window {
         windowed(&config, tmp.path(), &mut result).await?;
+    }
+    if config.small {
+        small_files(&config, tmp.path(), &mut result).await?;
     }
     if config.state {
         state_scaling(&config, tmp.path(), &mut result).await?;
