@@ -61,6 +61,8 @@ pub mod monitor;
 pub mod sql;
 pub mod status;
 
+#[cfg(feature = "iceberg")]
+pub use tidemill_connectors::IcebergSink;
 pub use tidemill_connectors::{
     ConsoleSink, FileFormat, FileSink, FileSource, ForeachBatchSink, MemorySink, MemoryStream,
     ParquetSink, RateSource,
@@ -79,6 +81,8 @@ pub use tidemill_engine::{
 
 /// The names most pipelines use, for `use tidemill::prelude::*`.
 pub mod prelude {
+    #[cfg(feature = "iceberg")]
+    pub use tidemill_connectors::IcebergSink;
     #[cfg(feature = "kafka")]
     pub use tidemill_connectors::kafka::StartingOffsets;
     pub use tidemill_connectors::{

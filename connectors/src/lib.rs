@@ -32,6 +32,9 @@
 //!   exactly-once through Delta's application transactions; append,
 //!   complete (overwrite) and update (MERGE) modes (with the `delta`
 //!   feature).
+//! - [`IcebergSink`]: an Apache Iceberg table, one fast-append snapshot per
+//!   batch recording the query's id and batch id, exactly-once; append mode
+//!   (with the `iceberg` feature).
 //!
 //! # Features
 //!
@@ -44,6 +47,10 @@
 //!   [`DeltaSink`] and [`DeltaSource`] and `connector = 'delta'` (sinks and
 //!   streams), on the `deltalake` crate (with its DataFusion integration,
 //!   which MERGE needs).
+//! - `iceberg` (off here; on in the `tidemill` crate's default features):
+//!   the [`IcebergSink`] and `connector = 'iceberg'` (sinks), on the
+//!   `iceberg` crate (table metadata, manifests and its REST catalog
+//!   client; the data files are written with this workspace's parquet).
 //! - `conformance` (off): the module `conformance`, the checks every
 //!   source and sink passes, for testing a connector of your own the same
 //!   way. Tidemill's own tests turn it on.
@@ -64,6 +71,8 @@ mod failpoint;
 mod file_sink;
 mod file_source;
 mod foreach_batch;
+#[cfg(feature = "iceberg")]
+mod iceberg_sink;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 mod memory_sink;
@@ -81,6 +90,8 @@ pub use delta_source::{
 pub use file_sink::{CsvLayout, FileSink, ManifestEntry, ManifestFile, ParquetSink};
 pub use file_source::{FileFormat, FileSource};
 pub use foreach_batch::{ForeachBatchError, ForeachBatchSink};
+#[cfg(feature = "iceberg")]
+pub use iceberg_sink::{BATCH_ID_PROPERTY, IcebergSink, IcebergSinkError, QUERY_ID_PROPERTY};
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaSink, KafkaSource};
 pub use memory_sink::MemorySink;

@@ -773,6 +773,10 @@ fn connector_named<'a, C: ?Sized>(
             "the delta connector is not built in: build tidemill with the `delta` feature (on \
              by default)"
                 .to_string()
+        } else if name.eq_ignore_ascii_case("iceberg") && !cfg!(feature = "iceberg") {
+            "the iceberg connector is not built in: build tidemill with the `iceberg` feature \
+             (on by default)"
+                .to_string()
         } else {
             format!("unknown connector '{name}' for {what}; valid connectors: {valid}")
         };

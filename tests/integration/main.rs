@@ -19,6 +19,8 @@ mod delta_source;
 mod engine_semantics;
 mod file_sink;
 mod file_sink_crash;
+mod iceberg_sink;
+mod iceberg_sink_crash;
 mod join;
 #[cfg(feature = "kafka")]
 mod kafka;
@@ -27,6 +29,7 @@ mod monitor;
 mod monitor_page;
 mod no_panic_properties;
 mod processor;
+mod pyiceberg;
 mod recovery;
 mod retry;
 mod sql_connectors;

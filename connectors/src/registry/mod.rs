@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
 use tidemill_engine::{OutputMode, Result, Sink, Source};
 
-pub use options::{ConnectorOptions, OptionError, Position};
+pub use options::{ConnectorOptions, OptionError, Position, STORAGE_PREFIX};
 
 /// A `CREATE STREAM` as its connector sees it.
 #[derive(Debug, Clone)]
@@ -118,8 +118,9 @@ impl ConnectorRegistry {
 
     /// The built-in connectors: `files`, `rate`, (with the `kafka`
     /// feature) `kafka` and (with the `delta` feature) `delta` streams;
-    /// `files`, `console`, `kafka` (with the `kafka` feature) and `delta`
-    /// (with the `delta` feature) sinks.
+    /// `files`, `console`, `kafka` (with the `kafka` feature), `delta`
+    /// (with the `delta` feature) and `iceberg` (with the `iceberg`
+    /// feature) sinks.
     pub fn builtin() -> Self {
         let mut registry = Self::empty();
         registry.register_stream("files", Arc::new(crate::file_source::FilesConnector));
@@ -134,6 +135,8 @@ impl ConnectorRegistry {
         registry.register_sink("kafka", Arc::new(crate::kafka::KafkaConnector));
         #[cfg(feature = "delta")]
         registry.register_sink("delta", Arc::new(crate::delta_sink::DeltaConnector));
+        #[cfg(feature = "iceberg")]
+        registry.register_sink("iceberg", Arc::new(crate::iceberg_sink::IcebergConnector));
         registry
     }
 
