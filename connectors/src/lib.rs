@@ -63,6 +63,8 @@
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod console_sink;
+#[cfg(all(feature = "delta", feature = "s3"))]
+mod delta_s3;
 #[cfg(feature = "delta")]
 mod delta_sink;
 #[cfg(feature = "delta")]
@@ -81,6 +83,8 @@ mod rate_source;
 pub mod registry;
 
 pub use console_sink::ConsoleSink;
+#[cfg(all(feature = "delta", feature = "s3"))]
+pub use delta_s3::register_s3 as register_delta_s3;
 #[cfg(feature = "delta")]
 pub use delta_sink::{CHECKPOINT_INTERVAL_PROPERTY, DeltaSink, DeltaSinkError};
 #[cfg(feature = "delta")]

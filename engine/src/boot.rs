@@ -53,7 +53,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
     };
     let location = Location::resolve(&location, &session.runtime_env())?
         .with_durability(writer.options.checkpoint_durability);
-    let checkpoint = Checkpoint::open(location)?;
+    let checkpoint = Checkpoint::open(location, writer.options.checkpoint_lease).await?;
     let metadata = checkpoint
         .load_or_init_metadata(Metadata {
             query_id: uuid::Uuid::new_v4().to_string(),

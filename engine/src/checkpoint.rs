@@ -9,11 +9,20 @@
 //!                              (version N+1 = state after batch N; see
 //!                              tidemill_state::StateStore for its files)
 //! <checkpoint>/sources/<i>/…   source-private logs
-//! <checkpoint>/lock            held (flock) while a query runs, local disk only
+//! <checkpoint>/lock            held while a query runs: an OS lock (flock) on
+//!                              local disk, a lease on object storage
 //! ```
 //!
 //! Every file is a [`tidemill_state::envelope`]: a header naming its kind
 //! and format version, a JSON body, a CRC-32 trailer.
+//!
+//! **One writer.** On local disk the OS file lock keeps a second query
+//! out and is released by the OS when its holder dies. On object storage
+//! (`s3://…`) the lock is a lease written with conditional puts and renewed
+//! by a heartbeat; the query checks it before each batch's sink commit and
+//! fails if it was lost (see `lease` for the protocol and the rule). Within
+//! one process a registry of open checkpoints refuses a second query at
+//! once, on any store (`memory://` has nothing else).
 //!
 //! [`read_metadata`], [`offset_log`] and [`commit_log`] read these files
 //! without the lock, for inspecting a checkpoint (`tidemill status`) while
@@ -25,6 +34,7 @@ use std::sync::{Mutex, OnceLock};
 use serde::{Deserialize, Serialize};
 use tidemill_state::{CheckpointDir, NumberedLog};
 
+use crate::lease::{Lease, LeaseOptions};
 use crate::{Location, Offset, OutputMode, Result, TidemillError};
 
 const FORMAT_VERSION: u32 = 1;
@@ -138,10 +148,11 @@ pub(crate) struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Locks the checkpoint at `location`; fails with
+    /// Locks the checkpoint at `location` (a checkpoint on object storage
+    /// with a lease of `lease`); fails with
     /// [`TidemillError::CheckpointInUse`] if a running query holds it.
-    pub fn open(location: Location) -> Result<Self> {
-        let lock = CheckpointLock::acquire(&location)?;
+    pub async fn open(location: Location, lease: LeaseOptions) -> Result<Self> {
+        let lock = CheckpointLock::acquire(&location, lease).await?;
         let dir = location.dir();
         Ok(Self {
             offsets: offset_log(&dir),
@@ -150,6 +161,17 @@ impl Checkpoint {
             location,
             _lock: lock,
         })
+    }
+
+    /// Whether this query may still commit a batch: on object storage,
+    /// whether it still holds the checkpoint's lease (see `lease`: lost
+    /// for good, or not renewed for half its length, a transient error);
+    /// always on local disk and in memory.
+    pub fn check_lock(&self) -> Result<()> {
+        match &self._lock.lease {
+            Some(lease) => lease.check(),
+            None => Ok(()),
+        }
     }
 
     /// Reads the metadata, or writes `fresh` if this is a new checkpoint.
@@ -276,11 +298,14 @@ impl Checkpoint {
 /// Within a process, a registry of open checkpoint URLs; across processes,
 /// for local directories, an OS file lock (`flock`) on `<checkpoint>/lock`,
 /// which the OS releases when the holder dies, so a crashed query never
-/// blocks its own restart.
+/// blocks its own restart; for object stores other than `memory://`, a
+/// lease on `<checkpoint>/lock` ([`Lease`]), which a crashed query's
+/// restart takes over once it expires.
 #[derive(Debug)]
 struct CheckpointLock {
     key: String,
     file: Option<std::fs::File>,
+    lease: Option<Lease>,
 }
 
 fn open_checkpoints() -> &'static Mutex<HashSet<String>> {
@@ -289,7 +314,7 @@ fn open_checkpoints() -> &'static Mutex<HashSet<String>> {
 }
 
 impl CheckpointLock {
-    fn acquire(location: &Location) -> Result<Self> {
+    async fn acquire(location: &Location, lease: LeaseOptions) -> Result<Self> {
         let key = location.url().as_str().trim_end_matches('/').to_string();
         let in_use = || TidemillError::CheckpointInUse {
             location: location.to_string(),
@@ -342,7 +367,27 @@ impl CheckpointLock {
                 Some(file)
             }
         };
-        Ok(Self { key, file })
+        let lease = match location.url().scheme() {
+            "file" | "memory" => None,
+            _ => {
+                let path = location.path().clone().join("lock");
+                match Lease::acquire(
+                    std::sync::Arc::clone(location.store()),
+                    path,
+                    &location.to_string(),
+                    lease,
+                )
+                .await
+                {
+                    Ok(lease) => Some(lease),
+                    Err(e) => {
+                        release(&key);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        Ok(Self { key, file, lease })
     }
 }
 

@@ -47,6 +47,9 @@
 //!   a batch (`TIDEMILL_FAILPOINT=<point>@<batch id>`) to kill it there.
 //!   Tidemill's own test build turns it on; without it the hooks compile to
 //!   nothing and the module does not exist.
+//! - `s3` (off by default here; on in the `tidemill` crate's default
+//!   build): `s3://bucket/path` locations on S3-compatible storage, through
+//!   object_store's `aws` client (see [`storage`]).
 
 #![warn(missing_docs)]
 
@@ -60,6 +63,7 @@ mod error;
 #[cfg(feature = "failpoints")]
 pub mod failpoint;
 mod join;
+mod lease;
 mod listener;
 #[cfg(not(feature = "failpoints"))]
 mod failpoint {
@@ -81,6 +85,7 @@ mod source;
 mod source_table;
 pub mod state_reader;
 mod stateful;
+pub mod storage;
 mod trigger;
 pub mod watermark;
 pub mod window;
@@ -88,6 +93,7 @@ mod writer;
 
 pub use context_ext::{StreamingContext, StreamingDataFrame};
 pub use error::{Result, TidemillError};
+pub use lease::{LeaseOptions, LeaseRecord};
 pub use listener::{QueryIdle, QueryListener, QueryStarted, QueryTerminated};
 pub use location::Location;
 pub use offset::Offset;
@@ -100,6 +106,7 @@ pub use sink::{Sink, SinkContext};
 pub use source::{BatchInput, ReadLimit, Source, SourceContext, SourceStream};
 pub use source_table::SourceTable;
 pub use state_reader::{StateStoreInfo, read_state, state_stores};
+pub use storage::StorageOptions;
 pub use tidemill_state::Durability;
 pub use trigger::{OutputMode, Trigger};
 pub use watermark::MultipleWatermarkPolicy;

@@ -517,8 +517,10 @@ impl Runner {
         phases.wal_commit += self.await_offset_log().await?;
         self.settle_commit().await?;
 
-        // Sinks: idempotent per batch id.
+        // Sinks: idempotent per batch id; written only while this query
+        // holds the checkpoint (its lease, on object storage).
         failpoint::hit("before_sink", batch_id);
+        self.checkpoint.check_lock()?;
         let t = Instant::now();
         if let Some(late_sink) = &self.late_rows_sink {
             for (operator, _) in &self.operators {

@@ -8,7 +8,7 @@ use tidemill_state::Durability;
 
 use crate::plan::{StatefulNode, prepare, replace_stateful, stateful_nodes};
 use crate::watermark::{MultipleWatermarkPolicy, WatermarkNode};
-use crate::{OutputMode, Result, Sink, StreamingQuery, TidemillError, Trigger};
+use crate::{LeaseOptions, OutputMode, Result, Sink, StreamingQuery, TidemillError, Trigger};
 
 /// Tuning knobs of a streaming query, with Spark's defaults.
 #[derive(Debug, Clone)]
@@ -42,6 +42,12 @@ pub struct QueryOptions {
     /// process; [`Durability::Machine`] also survives power loss on a local
     /// disk, at the cost of two `fsync`s per file written.
     pub checkpoint_durability: Durability,
+    /// The lease that keeps a second query off a checkpoint on object
+    /// storage (`s3://…`): how long it lasts and how often it is renewed
+    /// (default 30 s and 10 s; see [`LeaseOptions`]). A query killed
+    /// without letting its lease go blocks its checkpoint until the lease
+    /// expires. Local and `memory://` checkpoints are locked otherwise.
+    pub checkpoint_lease: LeaseOptions,
 }
 
 /// How a batch that fails with a transient error
@@ -82,6 +88,7 @@ impl Default for QueryOptions {
             no_data_batches: true,
             min_state_versions_to_retain: 100,
             checkpoint_durability: Durability::Process,
+            checkpoint_lease: LeaseOptions::default(),
         }
     }
 }

@@ -62,6 +62,10 @@
 //! installed on first use, with helpers to create topics, produce and
 //! consume.
 //!
+//! **An S3-compatible server** ([`s3_server`]): moto's S3 server, from
+//! PyPI, installed on first use into `target/tools` and started on
+//! 127.0.0.1 for the object storage tests.
+//!
 //! **A headless browser** ([`browser`]): Chromium from the Debian packages,
 //! installed on first use, dumping a page's DOM after its scripts ran or
 //! taking a screenshot, for the tests of the monitor's web page.
@@ -77,6 +81,7 @@ pub mod machine;
 mod replay;
 mod report;
 pub mod results;
+pub mod s3_server;
 mod sink;
 mod source;
 mod study;

@@ -32,6 +32,8 @@ mod processor;
 mod pyiceberg;
 mod recovery;
 mod retry;
+#[cfg(all(feature = "s3", feature = "delta"))]
+mod s3;
 mod sql_connectors;
 mod sql_docs;
 #[cfg(feature = "kafka")]

@@ -5,16 +5,17 @@ use std::sync::Arc;
 
 use arrow::datatypes::Schema;
 use async_trait::async_trait;
-use tidemill_engine::{OutputMode, Result, Sink};
+use tidemill_engine::{OutputMode, Result, Sink, StorageOptions};
 
 use super::DeltaSink;
 use crate::registry::{
-    ConnectorOptions, DeclaredSink, OptionError, SinkConnector, SinkDeclaration,
+    ConnectorOptions, DeclaredSink, OptionError, STORAGE_PREFIX, SinkConnector, SinkDeclaration,
 };
 
 /// Makes a [`DeltaSink`] from `path` (required), `partition_by` and
 /// `merge_keys` (comma-separated column names) and `checkpoint_interval`
-/// (versions between Delta checkpoints of a table the sink creates).
+/// (versions between Delta checkpoints of a table the sink creates), and
+/// the S3 settings `aws_*` of an `s3://` path.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DeltaConnector;
 
@@ -25,6 +26,7 @@ struct Declared {
     partition_by: Vec<String>,
     merge_keys: Vec<String>,
     checkpoint_interval: Option<u64>,
+    storage: StorageOptions,
 }
 
 impl SinkConnector for DeltaConnector {
@@ -36,7 +38,7 @@ impl SinkConnector for DeltaConnector {
         options.check_known(
             "a delta sink",
             &["path", "partition_by", "merge_keys", "checkpoint_interval"],
-            None,
+            Some(STORAGE_PREFIX),
         )?;
         let merge_keys = columns(options, "merge_keys")?;
         if !merge_keys.is_empty() && sink.output_mode == OutputMode::Complete {
@@ -52,6 +54,7 @@ impl SinkConnector for DeltaConnector {
             partition_by: columns(options, "partition_by")?,
             merge_keys,
             checkpoint_interval: options.number("checkpoint_interval")?,
+            storage: options.storage_options()?,
         }))
     }
 }
@@ -82,6 +85,7 @@ fn columns(options: &ConnectorOptions, key: &str) -> std::result::Result<Vec<Str
 impl Declared {
     fn delta_sink(&self) -> DeltaSink {
         let mut sink = DeltaSink::new(self.path.clone())
+            .storage_options(self.storage.clone())
             .partition_by(self.partition_by.clone())
             .merge_on(self.merge_keys.clone());
         if let Some(n) = self.checkpoint_interval {

@@ -34,7 +34,9 @@ use deltalake::protocol::SaveMode;
 use deltalake::writer::RecordBatchWriter;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::StreamExt;
-use tidemill_engine::{OutputMode, Result, Sink, SinkContext, TidemillError};
+use tidemill_engine::{
+    Location, OutputMode, Result, Sink, SinkContext, StorageOptions, TidemillError,
+};
 
 /// The table property that sets how many versions apart Delta writes a
 /// checkpoint (`_delta_log/<version>.checkpoint.parquet`).
@@ -140,6 +142,8 @@ pub struct DeltaSink {
     partition_by: Vec<String>,
     merge_keys: Vec<String>,
     checkpoint_interval: Option<u64>,
+    /// Settings of an `s3://` location's store.
+    storage: StorageOptions,
     /// Set by `open`.
     state: tokio::sync::Mutex<Option<OpenState>>,
 }
@@ -179,8 +183,9 @@ impl std::fmt::Debug for DeltaSink {
 }
 
 impl DeltaSink {
-    /// A sink writing to the Delta table at `location` (a local path or a
-    /// `file://` URL), created by the first batch if there is none.
+    /// A sink writing to the Delta table at `location` (a local path, a
+    /// `file://` URL, or with the `s3` feature an `s3://bucket/path` URL),
+    /// created by the first batch if there is none.
     pub fn new(location: impl Into<String>) -> Self {
         let location = location.into();
         let display = match ListingTableUrl::parse(&location) {
@@ -193,8 +198,17 @@ impl DeltaSink {
             partition_by: Vec::new(),
             merge_keys: Vec::new(),
             checkpoint_interval: None,
+            storage: StorageOptions::default(),
             state: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Settings of the S3 store an `s3://bucket/path` table is written
+    /// to, over the environment's `AWS_*` variables (see
+    /// [`tidemill_engine::storage`]); none by default.
+    pub fn storage_options(mut self, options: StorageOptions) -> Self {
+        self.storage = options;
+        self
     }
 
     /// Partitions a table the sink creates by the values of `columns`
@@ -251,13 +265,19 @@ impl DeltaSink {
 
     /// The table at `location` (not loaded), with the crash tests' log
     /// store in builds with failpoints.
+    /// `store`, if given, is the bucket's store the table is on (deltalake
+    /// otherwise finds one by the URL's scheme).
     fn table(
         &self,
         url: url::Url,
+        store: Option<Arc<dyn object_store::ObjectStore>>,
         _state_batch: &BatchCell,
     ) -> std::result::Result<DeltaTable, DeltaSinkError> {
-        let builder = DeltaTableBuilder::from_url(url)
+        let mut builder = DeltaTableBuilder::from_url(url.clone())
             .map_err(|e| DeltaSinkError::delta(&self.display, "opening", e))?;
+        if let Some(store) = store {
+            builder = builder.with_storage_backend(store, url);
+        }
         #[cfg(feature = "failpoints")]
         {
             let inner = builder
@@ -282,6 +302,9 @@ impl DeltaSink {
         ctx: &SinkContext,
         batch: &BatchCell,
     ) -> std::result::Result<(DeltaTable, String), DeltaSinkError> {
+        // deltalake knows `s3://` URLs once registered (see `delta_s3`).
+        #[cfg(feature = "s3")]
+        crate::delta_s3::register_s3();
         let url = deltalake::ensure_table_uri(&self.location).map_err(|e| {
             DeltaSinkError::InvalidLocation {
                 location: self.location.clone(),
@@ -289,7 +312,26 @@ impl DeltaSink {
             }
         })?;
         let display = url.as_str().trim_end_matches('/').to_string();
-        let mut table = self.table(url, batch)?;
+        // On object storage other than memory://, deltalake is given the
+        // session's store for the location (registered with the sink's
+        // options), and commits through its default log store's
+        // conditional put (see `delta_s3`).
+        let store = match url.scheme() {
+            "file" | "memory" => None,
+            _ => {
+                let location = Location::resolve_with(
+                    &self.location,
+                    &self.storage,
+                    &ctx.session.runtime_env(),
+                )
+                .map_err(|e| DeltaSinkError::InvalidLocation {
+                    location: self.location.clone(),
+                    reason: e.to_string(),
+                })?;
+                Some(Arc::clone(location.store()))
+            }
+        };
+        let mut table = self.table(url, store, batch)?;
         match table.load().await {
             Ok(()) => {
                 schema::check_table(&display, &table, &ctx.schema, &self.partition_by)?;

@@ -7,13 +7,16 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use tidemill_engine::Source;
 
 use super::{DeltaSource, DeltaStart};
-use crate::registry::{ConnectorOptions, OptionError, StreamConnector, StreamDeclaration};
+use crate::registry::{
+    ConnectorOptions, OptionError, STORAGE_PREFIX, StreamConnector, StreamDeclaration,
+};
 
 /// Makes a [`DeltaSource`] from `path` (required), `starting_version` (a
 /// version or `'latest'`) or `starting_timestamp`, `max_files_per_trigger`,
 /// `max_bytes_per_trigger` (bytes, or with a unit: `'64m'`),
 /// `fail_on_data_loss`, `skip_change_commits`, `ignore_changes` and
-/// `ignore_deletes`; the declared columns, if any, are the columns read.
+/// `ignore_deletes`, and the S3 settings `aws_*` of an `s3://` path; the
+/// declared columns, if any, are the columns read.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DeltaSourceConnector;
 
@@ -33,9 +36,10 @@ impl StreamConnector for DeltaSourceConnector {
                 "ignore_changes",
                 "ignore_deletes",
             ],
-            None,
+            Some(STORAGE_PREFIX),
         )?;
-        let mut source = DeltaSource::new(options.require("path")?);
+        let mut source =
+            DeltaSource::new(options.require("path")?).storage_options(options.storage_options()?);
         if let Some(schema) = &stream.schema {
             source = source.schema(Arc::clone(schema));
         }

@@ -37,7 +37,9 @@ use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{DataFrame, SessionContext};
-use tidemill_engine::{Location, Result, Source, SourceContext, SourceStream, TidemillError};
+use tidemill_engine::{
+    Location, Result, Source, SourceContext, SourceStream, StorageOptions, TidemillError,
+};
 
 use self::data_loss::DataLoss;
 use self::log::{Snapshot, TableLog, TableMeta};
@@ -181,6 +183,7 @@ pub struct DeltaSource {
     fail_on_data_loss: bool,
     changes: ChangeCommits,
     data_loss: Arc<DataLoss>,
+    storage: StorageOptions,
 }
 
 impl DeltaSource {
@@ -203,7 +206,16 @@ impl DeltaSource {
             fail_on_data_loss: true,
             changes: ChangeCommits::default(),
             data_loss: Arc::default(),
+            storage: StorageOptions::default(),
         }
+    }
+
+    /// Settings of the S3 store an `s3://bucket/path` table is read from,
+    /// over the environment's `AWS_*` variables (see
+    /// [`tidemill_engine::storage`]); none by default.
+    pub fn storage_options(mut self, options: StorageOptions) -> Self {
+        self.storage = options;
+        self
     }
 
     /// Reads these columns instead of all the table's: each must be a
@@ -285,7 +297,10 @@ impl DeltaSource {
 
     /// The table's log, through the session's object store.
     fn table_log(&self, session: &SessionContext) -> Result<TableLog> {
-        let location = Location::resolve(&self.location, &session.runtime_env())?;
+        let location =
+            Location::resolve_with(&self.location, &self.storage, &session.runtime_env())?;
+        #[cfg(feature = "s3")]
+        crate::delta_s3::register_s3();
         Ok(TableLog::new(
             Arc::clone(location.store()),
             location.path().clone(),

@@ -6,18 +6,18 @@ use std::sync::Arc;
 use arrow::datatypes::Schema;
 use async_trait::async_trait;
 use datafusion::prelude::SessionContext;
-use tidemill_engine::{OutputMode, Result, Sink, TidemillError};
+use tidemill_engine::{Location, OutputMode, Result, Sink, StorageOptions, TidemillError};
 
 use super::FileSink;
 use crate::FileFormat;
 use crate::registry::{
-    ConnectorOptions, DeclaredSink, OptionError, SinkConnector, SinkDeclaration,
+    ConnectorOptions, DeclaredSink, OptionError, STORAGE_PREFIX, SinkConnector, SinkDeclaration,
 };
 
 /// Makes a [`FileSink`] from `path` (required), `format` (`parquet`,
 /// `json` or `csv`; default `parquet`), `header` (CSV only; default
-/// `true`), `partition_by` (comma-separated column names) and
-/// `max_rows_per_file`.
+/// `true`), `partition_by` (comma-separated column names),
+/// `max_rows_per_file` and the S3 settings `aws_*`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FilesSinkConnector;
 
@@ -30,6 +30,7 @@ struct Declared {
     header: Option<bool>,
     partition_by: Vec<String>,
     max_rows_per_file: Option<usize>,
+    storage: StorageOptions,
 }
 
 impl SinkConnector for FilesSinkConnector {
@@ -47,7 +48,7 @@ impl SinkConnector for FilesSinkConnector {
                 "partition_by",
                 "max_rows_per_file",
             ],
-            None,
+            Some(STORAGE_PREFIX),
         )?;
         let format = match options.get("format") {
             None | Some("parquet") => FileFormat::Parquet,
@@ -77,6 +78,7 @@ impl SinkConnector for FilesSinkConnector {
             header,
             partition_by: partition_by(options)?,
             max_rows_per_file: options.number("max_rows_per_file")?,
+            storage: options.storage_options()?,
         }))
     }
 }
@@ -107,6 +109,7 @@ fn partition_by(options: &ConnectorOptions) -> std::result::Result<Vec<String>, 
 impl Declared {
     fn file_sink(&self) -> FileSink {
         let mut sink = FileSink::new(self.path.clone())
+            .storage_options(self.storage.clone())
             .with_format(self.format)
             .partition_by(self.partition_by.clone());
         if let Some(header) = self.header {
@@ -154,6 +157,8 @@ impl DeclaredSink for Declared {
     /// A batch run writes a fresh result: committed output at the path
     /// would make its batch 0 look written already.
     async fn check_batch_run(&self, session: &SessionContext) -> Result<()> {
+        // Registers the store of an `s3://` path with the sink's options.
+        Location::resolve_with(&self.path, &self.storage, &session.runtime_env())?;
         if FileSink::committed_batches(session, &self.path)
             .await?
             .is_empty()

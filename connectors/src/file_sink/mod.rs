@@ -33,7 +33,9 @@ use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use object_store::path::{Path, PathPart};
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use tidemill_engine::{Location, OutputMode, Result, Sink, SinkContext, TidemillError};
+use tidemill_engine::{
+    Location, OutputMode, Result, Sink, SinkContext, StorageOptions, TidemillError,
+};
 use tidemill_state::StateError;
 
 use crate::FileFormat;
@@ -185,6 +187,8 @@ pub struct FileSink {
     partition_by: Vec<String>,
     /// The most rows a data file holds, if limited.
     max_rows_per_file: Option<usize>,
+    /// Settings of an `s3://` location's store.
+    storage: StorageOptions,
     /// Set by `open`.
     state: Mutex<Option<OpenState>>,
 }
@@ -239,8 +243,17 @@ impl FileSink {
             },
             partition_by: Vec::new(),
             max_rows_per_file: None,
+            storage: StorageOptions::default(),
             state: Mutex::new(None),
         }
+    }
+
+    /// Settings of the S3 store an `s3://bucket/path` location is written
+    /// to, over the environment's `AWS_*` variables (see
+    /// [`tidemill_engine::storage`]); none by default.
+    pub fn storage_options(mut self, options: StorageOptions) -> Self {
+        self.storage = options;
+        self
     }
 
     /// A sink writing parquet files to `location` (the same as
@@ -665,8 +678,9 @@ impl Sink for FileSink {
             });
         }
         self.check_schema(&ctx.schema)?;
-        let location = Location::resolve(&self.location, &ctx.session.runtime_env())?
-            .with_durability(ctx.durability);
+        let location =
+            Location::resolve_with(&self.location, &self.storage, &ctx.session.runtime_env())?
+                .with_durability(ctx.durability);
         let mut guard = self
             .state
             .lock()

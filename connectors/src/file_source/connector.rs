@@ -6,11 +6,11 @@ use std::sync::Arc;
 use tidemill_engine::Source;
 
 use super::{FileFormat, FileSource};
-use crate::registry::{OptionError, StreamConnector, StreamDeclaration};
+use crate::registry::{OptionError, STORAGE_PREFIX, StreamConnector, StreamDeclaration};
 
 /// Makes a [`FileSource`] from `path`, `format` (`json`, `csv`,
-/// `parquet`), `max_files_per_trigger`, `header`, `delimiter` and
-/// `listing_margin`; the declared columns, if any, are the schema.
+/// `parquet`), `max_files_per_trigger`, `header`, `delimiter`,
+/// `listing_margin` and the S3 settings `aws_*`; the declared columns, if any, are the schema.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FilesConnector;
 
@@ -27,7 +27,7 @@ impl StreamConnector for FilesConnector {
                 "delimiter",
                 "listing_margin",
             ],
-            None,
+            Some(STORAGE_PREFIX),
         )?;
         let path = options.require("path")?;
         let format = match options.require("format")? {
@@ -44,7 +44,7 @@ impl StreamConnector for FilesConnector {
                 ));
             }
         };
-        let mut source = FileSource::new(path, format);
+        let mut source = FileSource::new(path, format).storage_options(options.storage_options()?);
         if let Some(schema) = &stream.schema {
             source = source.schema(Arc::clone(schema));
         }

@@ -88,7 +88,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 use tidemill_engine::{
     BatchInput, Location, Offset, ReadLimit, Result, Source, SourceContext, SourceStream,
-    TidemillError,
+    StorageOptions, TidemillError,
 };
 use tidemill_state::StateError;
 
@@ -194,6 +194,7 @@ pub struct FileSource {
     has_header: bool,
     delimiter: u8,
     listing_margin: Duration,
+    storage: StorageOptions,
 }
 
 impl FileSource {
@@ -213,7 +214,16 @@ impl FileSource {
             has_header: true,
             delimiter: b',',
             listing_margin: Self::DEFAULT_LISTING_MARGIN,
+            storage: StorageOptions::default(),
         }
+    }
+
+    /// Settings of the S3 store an `s3://bucket/path` location is read
+    /// from, over the environment's `AWS_*` variables (see
+    /// [`tidemill_engine::storage`]); none by default.
+    pub fn storage_options(mut self, options: StorageOptions) -> Self {
+        self.storage = options;
+        self
     }
 
     /// A source of parquet files in `location`.
@@ -391,7 +401,7 @@ impl FileSource {
     }
 
     fn resolve(&self, session: &SessionContext) -> Result<Location> {
-        Location::resolve(&self.location, &session.runtime_env())
+        Location::resolve_with(&self.location, &self.storage, &session.runtime_env())
     }
 
     fn err(&self, message: impl Into<String>) -> TidemillError {

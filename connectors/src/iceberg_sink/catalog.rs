@@ -250,6 +250,55 @@ impl DirectoryCatalog {
     }
 }
 
+/// The table property that has a commit delete the metadata files that
+/// drop out of the metadata log (which keeps
+/// `write.metadata.previous-versions-max`, default 100), as Iceberg's own
+/// catalogs do. The sink sets it on the tables it creates.
+pub(super) const DELETE_AFTER_COMMIT: &str = "write.metadata.delete-after-commit.enabled";
+
+impl DirectoryCatalog {
+    /// With [`DELETE_AFTER_COMMIT`], deletes the metadata files of
+    /// `previous`' log that `next`'s log no longer names (best effort: a
+    /// file left behind is only clutter).
+    async fn delete_dropped_metadata(&self, previous: &TableMetadata, next: &TableMetadata) {
+        if next
+            .properties()
+            .get(DELETE_AFTER_COMMIT)
+            .map(String::as_str)
+            != Some("true")
+        {
+            return;
+        }
+        let kept: std::collections::HashSet<&str> = next
+            .metadata_log()
+            .iter()
+            .map(|entry| entry.metadata_file.as_str())
+            .collect();
+        for entry in previous.metadata_log() {
+            let file = entry.metadata_file.as_str();
+            if kept.contains(file) {
+                continue;
+            }
+            // Only this table's own `metadata/v<N>.metadata.json` files.
+            let Some(name) = file
+                .strip_prefix(self.location.as_str())
+                .and_then(|rest| rest.strip_prefix("/metadata/"))
+                .filter(|name| {
+                    !name.contains('/') && name.starts_with('v') && name.ends_with(".metadata.json")
+                })
+            else {
+                continue;
+            };
+            let path = self.root.clone().join("metadata").join(name);
+            if let Err(e) = self.store.delete(&path).await
+                && !matches!(e, object_store::Error::NotFound { .. })
+            {
+                tracing::warn!(table = %self.location, file, error = %e, "could not delete an old metadata file");
+            }
+        }
+    }
+}
+
 fn unsupported(what: &str) -> Error {
     Error::new(
         ErrorKind::FeatureUnsupported,
@@ -406,6 +455,7 @@ impl Catalog for DirectoryCatalog {
         // manifest list are written, the metadata naming them is not.
         crate::failpoint::hit("during_sink", self.batch.load(Ordering::SeqCst));
         self.put(version + 1, &metadata).await?;
+        self.delete_dropped_metadata(&current, &metadata).await;
         self.table(version + 1, metadata)
     }
 }

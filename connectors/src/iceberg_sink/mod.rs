@@ -504,6 +504,10 @@ impl IcebergSink {
             ("write.format.default", "parquet"),
             ("write.parquet.compression-codec", "snappy"),
             ("created-by", "tidemill"),
+            // One metadata file per batch: keep the last 100, as Iceberg's
+            // catalogs do with this property.
+            (catalog::DELETE_AFTER_COMMIT, "true"),
+            ("write.metadata.previous-versions-max", "100"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
         let table = match &state.directory {

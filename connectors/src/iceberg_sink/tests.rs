@@ -420,3 +420,38 @@ async fn partitioned_tables_write_a_file_per_value_with_its_partition() {
     .to_string();
     assert!(err.contains("partitioned by [symbol]"), "{err}");
 }
+
+#[tokio::test]
+async fn old_metadata_files_are_deleted_past_the_tables_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let sink = IcebergSink::new(path);
+    open(&sink, OutputMode::Append, "q").await.unwrap();
+    sink.add_batch(0, schema(), vec![rows(0..1)]).await.unwrap();
+    // Lower the limit on the table: the next commits keep 2 old versions.
+    let (version, mut metadata) = latest_metadata(dir.path()).unwrap();
+    metadata["properties"]["write.metadata.previous-versions-max"] = "2".into();
+    std::fs::write(
+        dir.path()
+            .join(format!("metadata/v{version}.metadata.json")),
+        serde_json::to_vec(&metadata).unwrap(),
+    )
+    .unwrap();
+    for batch in 1..6 {
+        sink.add_batch(batch, schema(), vec![rows(batch as i64..batch as i64 + 1)])
+            .await
+            .unwrap();
+    }
+    let mut left: Vec<String> = std::fs::read_dir(dir.path().join("metadata"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".metadata.json"))
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["v6.metadata.json", "v7.metadata.json", "v8.metadata.json"]
+    );
+    assert_eq!(count(&read_table(dir.path()).await), 6);
+    assert_eq!(snapshots(dir.path()).len(), 6);
+}

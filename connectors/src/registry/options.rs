@@ -5,7 +5,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use tidemill_engine::StorageOptions;
 use tidemill_engine::watermark::parse_delay;
+
+/// The prefix of the options [`ConnectorOptions::storage_options`] reads.
+pub const STORAGE_PREFIX: &str = "aws_";
 
 /// Where something is written in a pipeline file: a 1-based line and
 /// column.
@@ -197,6 +201,26 @@ impl ConnectorOptions {
         })
     }
 
+    /// The S3 settings among the options: every `aws_<setting>` key
+    /// (`aws_endpoint`, `aws_region`, `aws_access_key_id`,
+    /// `aws_secret_access_key`, `aws_allow_http`, …; see
+    /// [`tidemill_engine::storage`]), for the store of an `s3://` path.
+    /// Refuses a setting object_store does not know, at the option.
+    pub fn storage_options(&self) -> Result<StorageOptions, OptionError> {
+        let mut storage = StorageOptions::new();
+        for entry in &self.entries {
+            if entry.key.starts_with(STORAGE_PREFIX) {
+                storage
+                    .insert(&entry.key, entry.value.clone())
+                    .map_err(|message| OptionError {
+                        position: entry.at,
+                        message,
+                    })?;
+            }
+        }
+        Ok(storage)
+    }
+
     /// Refuses any option that is not reserved, not in `valid` and (when
     /// `pass_through` is given) does not start with that prefix, naming
     /// the valid ones. `kind` names the connector's side, e.g.
@@ -356,5 +380,31 @@ mod tests {
         let err = o.insert("PATH", "b", Position::new(3, 5)).unwrap_err();
         assert_eq!(err.to_string(), "3:5: option 'path' is given twice");
         assert_eq!(o.get("path"), Some("a"));
+    }
+
+    #[test]
+    fn storage_options_are_the_aws_keys() {
+        let o = options(&[("path", "s3://b/x"), ("n", "1")]);
+        assert!(o.storage_options().unwrap().is_empty());
+        let o = options(&[
+            ("path", "s3://b/x"),
+            ("AWS_ENDPOINT", "http://127.0.0.1:9000"),
+            ("aws_allow_http", "true"),
+        ]);
+        o.check_known("a files stream", &["path"], Some(STORAGE_PREFIX))
+            .unwrap();
+        let result = o.storage_options();
+        #[cfg(feature = "s3")]
+        {
+            let storage = result.unwrap();
+            let keys: Vec<&str> = storage.iter().map(|(k, _)| k).collect();
+            assert_eq!(keys, ["aws_allow_http", "aws_endpoint"]);
+            let o = options(&[("path", "s3://b/x"), ("aws_endpiont", "x")]);
+            let err = o.storage_options().unwrap_err();
+            assert_eq!(err.position, Position::new(2, 13));
+            assert!(err.message.contains("aws_endpiont"), "{}", err.message);
+        }
+        #[cfg(not(feature = "s3"))]
+        assert!(result.unwrap_err().message.contains("`s3`"));
     }
 }
