@@ -688,15 +688,6 @@ impl StateStore {
             }
         }
 
-        if !parts.is_empty() {
-            self.dir
-                .put_bytes(
-                    &delta_path,
-                    PutPayload::from_iter(parts),
-                    PutMode::Overwrite,
-                )
-                .await?;
-        }
         // A new value layout is recorded before the first version written
         // in it (and a return to an earlier one undoes an unfinished
         // change).
@@ -714,7 +705,24 @@ impl StateStore {
                 .await?;
             self.metadata = updated;
         }
-        write_commit(&self.dir, version, &chains).await?;
+        // The delta file and the commit file listing it are written at
+        // once: nothing reads the new version before both writes returned.
+        // The engine opens a version only once the batch after it is
+        // logged (written after this commit returns), and a batch that
+        // dies before then is run again over the version before, whose
+        // files are untouched; its commit rewrites both files. So a crash
+        // that leaves this commit file without its delta file, or the
+        // delta without the commit, leaves nothing anyone opens.
+        let write_delta = async {
+            if parts.is_empty() {
+                return Ok(());
+            }
+            let payload = PutPayload::from_iter(parts);
+            (self.dir)
+                .put_bytes(&delta_path, payload, PutMode::Overwrite)
+                .await
+        };
+        futures::try_join!(write_delta, write_commit(&self.dir, version, &chains))?;
         self.listings().record(version, &chains);
 
         self.version = version;

@@ -291,6 +291,42 @@ async fn a_crash_before_the_commit_file_leaves_the_version_unopenable_until_reru
     assert_eq!(store.len(), 2);
 }
 
+/// The delta file and the commit file are written at once, so a crash may
+/// leave the commit file without the delta it lists: the version fails to
+/// open, naming the missing file, and the batch's re-run (from the version
+/// before, untouched) rewrites both.
+#[tokio::test]
+async fn a_crash_before_the_delta_file_leaves_the_version_unopenable_until_rerun() {
+    for local in [false, true] {
+        let (_tmp, dir) = match local {
+            true => {
+                let (tmp, dir) = local_dir();
+                (Some(tmp), dir)
+            }
+            false => (None, memory_dir()),
+        };
+        let config = config(4, 10);
+        let mut store = open(&dir, config, 0).await.unwrap();
+        store.put(b"a", b"1");
+        store.commit().await.unwrap();
+        store.put(b"b", b"crashed");
+        store.commit().await.unwrap();
+        // Simulate a crash after the commit file but before the delta.
+        dir.delete("2.delta").await.unwrap();
+        let err = open(&dir, config, 2).await.unwrap_err();
+        assert!(err.to_string().contains("2.delta"), "{err}");
+
+        let mut store = open(&dir, config, 1).await.unwrap();
+        assert_eq!(store.get(b"a"), Some(&b"1"[..]));
+        store.put(b"c", b"2");
+        store.commit().await.unwrap();
+        let store = open(&dir, config, 2).await.unwrap();
+        assert_eq!(store.get(b"b"), None);
+        assert_eq!(store.get(b"c"), Some(&b"2"[..]));
+        assert_eq!(store.len(), 2);
+    }
+}
+
 #[tokio::test]
 async fn entries_expire_only_when_evicted_and_keep_their_ttl_across_versions() {
     let dir = memory_dir();
