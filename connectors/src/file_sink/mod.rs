@@ -700,10 +700,17 @@ impl Sink for FileSink {
     ) -> Result<()> {
         let (location, may_have_leftovers) = self.begin(batch_id)?;
         let manifest = Manifest::new(&location);
-        let committed = manifest
-            .contains(batch_id)
-            .await
-            .map_err(|e| self.manifest_error(batch_id, "reading", e))?;
+        // A batch id above every one this sink was given since it opened
+        // was never attempted, by this run or an earlier one (a run only
+        // starts a batch after the one before it committed, and its first
+        // batch is always checked): no manifest read for it. Should it be
+        // committed after all, the manifest's create-if-absent below still
+        // keeps the first attempt's files.
+        let committed = may_have_leftovers
+            && manifest
+                .contains(batch_id)
+                .await
+                .map_err(|e| self.manifest_error(batch_id, "reading", e))?;
         if committed {
             tracing::debug!(sink = %self.description(), batch_id, "batch already committed; skipping");
             return Ok(());
