@@ -83,7 +83,11 @@ pub const BATCH_ID_PROPERTY: &str = "tidemill.batch-id";
 /// for each commit and `metadata/version-hint.text` naming the latest; a
 /// commit writes the next metadata file only if no other writer did
 /// (a conditional put), so concurrent writers cannot lose each other's
-/// snapshots. Read it with pyiceberg
+/// snapshots. Tables the sink creates have the property
+/// `write.metadata.delete-after-commit.enabled`, so a commit deletes the
+/// metadata files beyond the last `write.metadata.previous-versions-max`
+/// (100); old snapshots and their manifests stay until the table's
+/// maintenance expires them. Read it with pyiceberg
 /// (`StaticTable.from_metadata("<table directory>")`), Spark or Trino's
 /// Hadoop catalog, DuckDB's `iceberg_scan('<table>/metadata/v<N>.metadata.json')`,
 /// or the `iceberg` crate's `StaticTable`.

@@ -450,7 +450,7 @@ async fn old_metadata_files_are_deleted_past_the_tables_limit() {
     left.sort();
     assert_eq!(
         left,
-        ["v6.metadata.json", "v7.metadata.json", "v8.metadata.json"]
+        ["v5.metadata.json", "v6.metadata.json", "v7.metadata.json"]
     );
     assert_eq!(count(&read_table(dir.path()).await), 6);
     assert_eq!(snapshots(dir.path()).len(), 6);
