@@ -211,6 +211,7 @@ impl DirectoryCatalog {
         {
             Ok(_) => {}
             Err(object_store::Error::AlreadyExists { .. }) => {
+                tracing::debug!(table = %self.location, version, "lost a commit race; the transaction retries");
                 return Err(Error::new(
                     ErrorKind::CatalogCommitConflicts,
                     format!(

@@ -455,3 +455,44 @@ async fn old_metadata_files_are_deleted_past_the_tables_limit() {
     assert_eq!(count(&read_table(dir.path()).await), 6);
     assert_eq!(snapshots(dir.path()).len(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_queries_appending_at_once_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    // The table exists first, so both race only on their commits.
+    let first = IcebergSink::new(path);
+    open(&first, OutputMode::Append, "q0").await.unwrap();
+    first
+        .add_batch(0, schema(), vec![rows(0..1)])
+        .await
+        .unwrap();
+    let run = |query: &'static str, offset: i64| {
+        let path = path.to_string();
+        tokio::spawn(async move {
+            let sink = IcebergSink::new(path);
+            open(&sink, OutputMode::Append, query).await.unwrap();
+            for batch in 0..8u64 {
+                let id = offset + batch as i64 * 2;
+                sink.add_batch(batch, schema(), vec![rows(id..id + 2)])
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let (a, b) = tokio::join!(run("q1", 100), run("q2", 200));
+    a.unwrap();
+    b.unwrap();
+    let batches = read_table(dir.path()).await;
+    assert_eq!(count(&batches), 1 + 2 * 16);
+    let history = snapshots(dir.path());
+    assert_eq!(history.len(), 17);
+    for query in ["q1", "q2"] {
+        let of: Vec<u64> = history
+            .iter()
+            .filter(|s| s.0 == query)
+            .map(|s| s.1)
+            .collect();
+        assert_eq!(of, (0..8).collect::<Vec<_>>(), "{query}: {history:?}");
+    }
+}
