@@ -34,7 +34,10 @@
 //!   the same batch.
 //! - **Letting it go.** Dropping the [`Lease`] stops the heartbeat and, if
 //!   a tokio runtime is still running, rewrites the lease as already
-//!   expired (conditional on its e-tag), so the next run takes over at once.
+//!   expired (conditional on its e-tag), so the next run takes over at once
+//!   (on a multi-threaded runtime the drop waits for that write, up to 5 s;
+//!   on a current-thread runtime it is a task, which a runtime shutting down
+//!   may never run).
 //!   A killed process lets it go by expiry: a new run waits out the rest of
 //!   [`LeaseOptions::duration`] (refused until then).
 //!
@@ -54,6 +57,8 @@ use crate::{Result, TidemillError};
 const FORMAT_VERSION: u32 = 1;
 /// How many times taking the lease starts over after losing a race.
 const ATTEMPTS: usize = 5;
+/// The longest a dropped lease waits for its release to be written.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a checkpoint's lease on object storage lasts and how often its
 /// holder renews it (see the module docs of `lease`); for the checkpoint
@@ -350,10 +355,7 @@ impl Drop for Lease {
             }
             state.version.clone()
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
+        let release = async move {
             let record = LeaseRecord {
                 format: FORMAT_VERSION,
                 owner: shared.owner.clone(),
@@ -366,18 +368,32 @@ impl Drop for Lease {
                 mode: PutMode::Update(version),
                 ..Default::default()
             };
-            if let Err(e) = shared
-                .store
-                .put_opts(&shared.path, PutPayload::from(body), put)
-                .await
-            {
+            let written = tokio::time::timeout(
+                RELEASE_TIMEOUT,
+                shared
+                    .store
+                    .put_opts(&shared.path, PutPayload::from(body), put),
+            )
+            .await;
+            if !matches!(written, Ok(Ok(_))) {
                 tracing::warn!(
                     checkpoint = %shared.location,
-                    error = %e,
                     "releasing the checkpoint's lease failed; it expires by itself"
                 );
             }
-        });
+        };
+        // On a multi-threaded runtime the release is waited for (a process
+        // that ends right after its query would otherwise drop it
+        // unsent); elsewhere it runs as a task.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| handle.block_on(release));
+            }
+            Ok(handle) => {
+                handle.spawn(release);
+            }
+            Err(_) => {}
+        }
     }
 }
 

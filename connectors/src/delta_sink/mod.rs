@@ -328,6 +328,16 @@ impl DeltaSink {
                     location: self.location.clone(),
                     reason: e.to_string(),
                 })?;
+                // A listing fails where the bucket is missing or refused
+                // (an empty prefix of a bucket lists as empty), before any
+                // batch is logged; deltalake would take a missing bucket
+                // for a missing table.
+                object_store::ObjectStore::list_with_delimiter(
+                    location.store().as_ref(),
+                    Some(location.path()),
+                )
+                .await
+                .map_err(|e| DeltaSinkError::delta(&display, "opening", e.into()))?;
                 Some(Arc::clone(location.store()))
             }
         };
