@@ -6,7 +6,8 @@
 //! history); two runs on one `s3://` checkpoint: the second is refused while
 //! the first's lease is renewed, and a run after the first was killed takes
 //! over once the lease expires; a SQL pipeline through the `tidemill`
-//! command with the `aws_*` connector options; missing credentials and a
+//! command with the `aws_*` connector options, its table streamed back by
+//! the Delta source from S3; missing credentials and a
 //! bucket that does not exist refused naming the location, with nothing
 //! committed.
 //!
@@ -388,6 +389,26 @@ INSERT INTO copied SELECT id, symbol, price FROM events;
     );
     assert_eq!(lake.delta_counts("sql/table").await, (60, 60));
     assert_eq!(lake.list("sql/checkpoint/copied/commits").await.len(), 3);
+
+    // The table streamed back by the Delta source from S3 (with the
+    // options), checkpointed on the server too.
+    let sink = MemorySink::new();
+    let source = DeltaSource::new(url("sql/table")).storage_options(options(&lake.server));
+    let query = lake
+        .ctx
+        .read_stream(source)
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .trigger(Trigger::AvailableNow)
+        .checkpoint(url("sql/silver-checkpoint"))
+        .start()
+        .await
+        .unwrap();
+    query.await_termination().await.unwrap();
+    assert_eq!(sink.num_rows(), 60);
+    assert!(!lake.list("sql/silver-checkpoint/commits").await.is_empty());
 }
 
 /// Removes every `AWS_*` variable the test process has from `cmd`'s
