@@ -22,7 +22,7 @@ use std::time::Duration;
 use datafusion::prelude::*;
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use tidemill::QueryOptions;
 use tidemill::engine::{LeaseOptions, Location, StorageOptions};
 use tidemill::prelude::*;
@@ -340,6 +340,82 @@ async fn a_second_run_on_an_s3_checkpoint_is_refused_until_the_lease_expires() {
         .unwrap(),
     );
     assert!(rows.iter().any(|r| r.contains("| 60 | 60 |")), "{rows:?}");
+}
+
+/// A run whose lease another run took over commits no further batch: the
+/// check before each sink commit refuses, naming the checkpoint, and the
+/// query stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_lost_its_lease_commits_no_more_batches() {
+    let lake = Lake::start();
+    lake.write_input("lost/input", 0).await;
+    let sink = MemorySink::new();
+    let source = FileSource::json(url("lost/input")).schema(events_schema());
+    let query = lake
+        .ctx
+        .read_stream(source)
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .trigger(Trigger::ProcessingTime(Duration::from_millis(50)))
+        .checkpoint(url("lost/checkpoint"))
+        .options(QueryOptions {
+            checkpoint_lease: LEASE,
+            ..Default::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    assert_eq!(sink.num_rows(), 20);
+
+    // Another run writes the lease (as one that found it expired would),
+    // conditional on the e-tag it read, retried if a renewal came between.
+    let lock = Path::from("lost/checkpoint/lock");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let intruder = format!(
+        r#"{{"format":1,"owner":"intruder","host":"elsewhere","pid":1,"expires_at_ms":{}}}"#,
+        now_ms + 60_000
+    );
+    let mut taken = false;
+    for _ in 0..10 {
+        let meta = lake.store.head(&lock).await.unwrap();
+        let put = PutOptions {
+            mode: PutMode::Update(UpdateVersion {
+                e_tag: meta.e_tag,
+                version: meta.version,
+            }),
+            ..Default::default()
+        };
+        if lake
+            .store
+            .put_opts(&lock, PutPayload::from(intruder.clone()), put)
+            .await
+            .is_ok()
+        {
+            taken = true;
+            break;
+        }
+    }
+    assert!(taken);
+    // The next heartbeat finds the lease taken; the next batch refuses.
+    tokio::time::sleep(LEASE.heartbeat * 3).await;
+    lake.write_input("lost/input", 1).await;
+    let err = tokio::time::timeout(Duration::from_secs(60), query.await_termination())
+        .await
+        .expect("the query stops")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lost its lease"), "{err}");
+    assert!(err.contains(&url("lost/checkpoint")), "{err}");
+    assert_eq!(sink.num_rows(), 20);
+    assert_eq!(lake.list("lost/checkpoint/commits").await.len(), 1);
+    // The lease is the other run's still.
+    assert!(lake.text("lost/checkpoint/lock").await.contains("intruder"));
 }
 
 /// A SQL pipeline, all on S3, through the `tidemill` command: the source
