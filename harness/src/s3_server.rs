@@ -65,18 +65,33 @@ impl MotoPython {
         cmd
     }
 
+    /// Whether this Python runs moto 5.2.1 with its server's
+    /// dependencies, from the install directory when it has one (not a
+    /// moto the system's Python happens to have).
     fn is_wanted(&self) -> bool {
-        self.command()
+        let Ok(output) = self
+            .command()
             .args([
                 "-c",
-                "import moto, flask, flask_cors; print(moto.__version__)",
+                "import moto, flask, flask_cors; print(moto.__version__); print(moto.__file__)",
             ])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()
-            .is_ok_and(|o| {
-                o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == MOTO_VERSION
-            })
+        else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut lines = text.lines();
+        let (Some(version), Some(file)) = (lines.next(), lines.next()) else {
+            return false;
+        };
+        output.status.success()
+            && version.trim() == MOTO_VERSION
+            && self
+                .python_path
+                .as_ref()
+                .is_none_or(|dir| Path::new(file.trim()).starts_with(dir))
     }
 }
 
