@@ -33,11 +33,13 @@ use crate::common::{events_schema, sorted_rows};
 
 const BUCKET: &str = "tidemill-lake";
 
-/// The lease of the children's checkpoints: short, so a killed run's
-/// checkpoint is free again in seconds.
+/// The lease of the tests' checkpoints: short, so a killed run's
+/// checkpoint is free again in seconds, and long enough that a heartbeat
+/// delayed by a loaded machine (the whole suite on 2 cores) still renews it
+/// in time.
 const LEASE: LeaseOptions = LeaseOptions {
-    duration: Duration::from_millis(3000),
-    heartbeat: Duration::from_millis(500),
+    duration: Duration::from_secs(6),
+    heartbeat: Duration::from_secs(1),
 };
 
 /// The child process: copies the JSON events under `S3_INPUT` (one file per
