@@ -11,12 +11,6 @@
 //! machine and target directory), holding a file lock so that parallel
 //! tests and processes wait for one install instead of racing.
 //!
-//! **Storage.** SQLite (`tansu.db` in the broker's directory) unless
-//! `TIDEMILL_TANSU_STORAGE=memory` asks for Tansu's in-memory engine
-//! (`memory://tansu/`): nothing survives a restart then, so it is for
-//! benchmarks, which start their brokers afresh, not for the tests that
-//! restart one.
-//!
 //! Besides the standard library it uses only `tempfile`, tokio and the
 //! rdkafka the connectors re-export. `<workspace>` is the directory of
 //! Tidemill's workspace (the parent of this crate's), whatever the current
@@ -165,12 +159,6 @@ fn free_port() -> u16 {
         .expect("a free port on 127.0.0.1")
 }
 
-/// Whether `TIDEMILL_TANSU_STORAGE=memory` asks for Tansu's in-memory
-/// storage engine (see the module's documentation).
-fn in_memory() -> bool {
-    std::env::var("TIDEMILL_TANSU_STORAGE").is_ok_and(|v| v == "memory")
-}
-
 /// A running Tansu broker on 127.0.0.1, stopped on drop.
 pub struct Broker {
     port: u16,
@@ -215,9 +203,7 @@ impl Broker {
     /// panics if the index cannot be made.
     pub fn start_with_header_index() -> Self {
         let broker = Self::start();
-        if !in_memory() {
-            broker.index_headers();
-        }
+        broker.index_headers();
         broker
     }
 
@@ -310,13 +296,7 @@ impl Broker {
                     "--advertised-listener-url",
                     &url,
                 ])
-                .args([
-                    "--storage-engine",
-                    match in_memory() {
-                        true => "memory://tansu/",
-                        false => "sqlite://tansu.db",
-                    },
-                ])
+                .args(["--storage-engine", "sqlite://tansu.db"])
                 .current_dir(self.dir.path())
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
