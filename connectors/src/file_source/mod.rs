@@ -606,6 +606,7 @@ impl Source for FileSource {
             max_files_per_trigger: self.max_files_per_trigger,
             listing_margin: self.listing_margin,
             available_now_cap: None,
+            footers_ahead: None,
         }))
     }
 }
@@ -622,6 +623,38 @@ struct FileStream {
     listing_margin: Duration,
     /// After `prepare_for_available_now`: the log length not to go past.
     available_now_cap: Option<u64>,
+    /// The next batch's parquet footers, being read while a batch runs.
+    footers_ahead: Option<FootersAhead>,
+}
+
+/// The footers of the parquet files at log positions `(from, to]`, being
+/// read in the background: the next batch's, read while the batch before
+/// it runs, so that the batch starts without waiting for them. Only a
+/// guess at the next range (the engine asks for what its offset log says):
+/// a read of any other range, or a failed read ahead, reads the footers
+/// as usual (and reports their errors as usual). Files are immutable once
+/// logged, so a footer read early is the footer a later read would find.
+#[derive(Debug)]
+struct FootersAhead {
+    range: (u64, u64),
+    task: tokio::task::JoinHandle<Option<Vec<Arc<reader::ParquetFooter>>>>,
+}
+
+impl FootersAhead {
+    /// The footers, if they are those of the files in `range` and were
+    /// read.
+    async fn take(mut self, range: (u64, u64)) -> Option<Vec<Arc<reader::ParquetFooter>>> {
+        if self.range != range {
+            return None;
+        }
+        (&mut self.task).await.ok().flatten()
+    }
+}
+
+impl Drop for FootersAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// What one listing of the directory found that the log does not hold.
@@ -653,6 +686,37 @@ impl FileStream {
             )));
         }
         Ok(n)
+    }
+
+    /// Starts reading the footers of the parquet files the batch after one
+    /// ending at log position `end` will read, when that is known: the
+    /// source reads a fixed number of files per trigger and they are
+    /// logged already.
+    fn read_footers_ahead(&self, end: u64) -> Option<FootersAhead> {
+        let per_trigger = self.max_files_per_trigger?;
+        if self.reader.format() != FileFormat::Parquet {
+            return None;
+        }
+        let available = self
+            .log
+            .len()
+            .min(self.available_now_cap.unwrap_or(u64::MAX));
+        let next = end.saturating_add(per_trigger).min(available);
+        if next <= end {
+            return None;
+        }
+        let files = self.log.files[end as usize..next as usize].to_vec();
+        let (reader, schema) = (self.reader.clone(), Arc::clone(&self.schema));
+        let task = tokio::spawn(async move {
+            scan::footers(&reader, &schema, &files)
+                .await
+                .inspect_err(|e| tracing::debug!(error = %e, "footers read ahead dropped"))
+                .ok()
+        });
+        Some(FootersAhead {
+            range: (end, next),
+            task,
+        })
     }
 
     /// The logged files in `(start, end]`.
@@ -806,7 +870,13 @@ impl SourceStream for FileStream {
         partitions: usize,
     ) -> Result<BatchInput> {
         let files = self.range(start, end)?;
-        let parts = scan::partitions(&self.reader, &self.schema, files, partitions).await?;
+        let range = (self.parse_offset(start)?, self.parse_offset(Some(end))?);
+        let footers = match self.footers_ahead.take() {
+            Some(ahead) => ahead.take(range).await,
+            None => None,
+        };
+        let parts = scan::partitions(&self.reader, &self.schema, files, footers, partitions).await?;
+        self.footers_ahead = self.read_footers_ahead(range.1);
         Ok(BatchInput::Partitions(parts))
     }
 

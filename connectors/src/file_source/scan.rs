@@ -62,30 +62,45 @@ struct Slice {
     rows: Range<u64>,
 }
 
+/// The footers of the parquet files `files`, in order, each checked
+/// against `schema`.
+pub(super) async fn footers(
+    reader: &FileReader,
+    schema: &SchemaRef,
+    files: &[SeenFile],
+) -> Result<Vec<Arc<ParquetFooter>>> {
+    futures::stream::iter(files.to_vec())
+        .map(|file| {
+            let (reader, schema) = (reader.clone(), Arc::clone(schema));
+            async move {
+                let path = reader.logged_path(&file)?;
+                let footer = reader
+                    .parquet_footer(&path, Some(file.seq), &schema)
+                    .await?;
+                Ok::<_, tidemill_engine::TidemillError>(Arc::new(footer))
+            }
+        })
+        .buffered(FOOTER_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
 /// The partitions reading `files` (in log order) as up to `partitions`
-/// streams of rows of `schema`.
+/// streams of rows of `schema`; for parquet files, with their `footers`
+/// if already read (by [`footers`], over the same files).
 pub(super) async fn partitions(
     reader: &FileReader,
     schema: &SchemaRef,
     files: Vec<SeenFile>,
+    footers_read: Option<Vec<Arc<ParquetFooter>>>,
     partitions: usize,
 ) -> Result<Vec<Arc<dyn PartitionStream>>> {
     let partitions = partitions.max(1);
     let runs: Vec<Vec<Piece>> = if reader.format() == FileFormat::Parquet {
-        let footers: Vec<Arc<ParquetFooter>> = futures::stream::iter(files.clone())
-            .map(|file| {
-                let (reader, schema) = (reader.clone(), Arc::clone(schema));
-                async move {
-                    let path = reader.logged_path(&file)?;
-                    let footer = reader
-                        .parquet_footer(&path, Some(file.seq), &schema)
-                        .await?;
-                    Ok::<_, tidemill_engine::TidemillError>(Arc::new(footer))
-                }
-            })
-            .buffered(FOOTER_CONCURRENCY)
-            .try_collect()
-            .await?;
+        let footers = match footers_read {
+            Some(footers) if footers.len() == files.len() => footers,
+            _ => footers(reader, schema, &files).await?,
+        };
         let rows: Vec<Vec<u64>> = footers.iter().map(|f| f.row_group_rows()).collect();
         parquet_runs(&rows, partitions)
             .iter()

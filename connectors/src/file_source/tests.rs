@@ -1426,3 +1426,117 @@ async fn files_renamed_into_place_while_listing_are_admitted_in_the_order_writte
     );
     assert_eq!(admitted, (0..FILES as i64).collect::<Vec<_>>());
 }
+
+/// The ids of the rows of a batch read as partitions, partition after
+/// partition.
+async fn batch_ids(session: &SessionContext, input: Result<BatchInput>) -> Result<Vec<i64>> {
+    let BatchInput::Partitions(parts) = input? else {
+        panic!("a file batch is read as partitions");
+    };
+    let mut all = Vec::new();
+    for part in &parts {
+        let batches: Vec<RecordBatch> = part
+            .execute(session.task_ctx())
+            .try_collect()
+            .await
+            .map_err(TidemillError::from)?;
+        all.extend(ids(&batches));
+    }
+    Ok(all)
+}
+
+#[tokio::test]
+async fn footers_read_ahead_serve_only_their_own_batch() {
+    let data = tempfile::tempdir().unwrap();
+    let rows = |ids: std::ops::Range<i64>| {
+        let names: StringArray = ids.clone().map(|i| Some(format!("n{i}"))).collect();
+        RecordBatch::try_new(
+            id_name_schema(),
+            vec![Arc::new(Int64Array::from_iter_values(ids)), Arc::new(names)],
+        )
+        .unwrap()
+    };
+    // Files of different sizes, one big enough to be cut inside its row
+    // group.
+    let sizes = [10, 150_000, 3, 70_000, 1, 20_000, 5];
+    let mut first = 0;
+    for (i, n) in sizes.iter().enumerate() {
+        write_parquet(data.path(), &format!("f{i}.parquet"), &rows(first..first + n));
+        first += n;
+    }
+    let session = SessionContext::new();
+    let source = FileSource::parquet(data.path().to_str().unwrap()).max_files_per_trigger(2);
+    for partitions in [1, 2, 3] {
+        let chk = tempfile::tempdir().unwrap();
+        let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+        let (mut start, mut seen) = (None::<Offset>, Vec::new());
+        loop {
+            let limit = s.default_read_limit();
+            let end = s.latest_offset(start.as_ref(), limit).await.unwrap();
+            let Some(end) = end.filter(|e| Some(e) != start.as_ref()) else {
+                break;
+            };
+            let input = s.read_input(start.as_ref(), &end, partitions).await;
+            seen.extend(batch_ids(&session, input).await.unwrap());
+            start = Some(end);
+        }
+        assert_eq!(seen, (0..first).collect::<Vec<_>>(), "{partitions} partitions");
+    }
+
+    // A range other than the one read ahead (here: fewer files, then
+    // more) is read with its own footers.
+    let chk = tempfile::tempdir().unwrap();
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let two = s
+        .latest_offset(None, ReadLimit::MaxFiles(2))
+        .await
+        .unwrap()
+        .unwrap();
+    batch_ids(&session, s.read_input(None, &two, 2).await)
+        .await
+        .unwrap();
+    let got = batch_ids(&session, s.read_input(Some(&two), &off(3), 2).await)
+        .await
+        .unwrap();
+    assert_eq!(got, (150_010..150_013).collect::<Vec<_>>());
+    let got = batch_ids(&session, s.read_input(Some(&off(3)), &off(7), 2).await)
+        .await
+        .unwrap();
+    assert_eq!(got, (150_013..first).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_bad_footer_read_ahead_is_reported_by_its_batch() {
+    let data = tempfile::tempdir().unwrap();
+    let batch = RecordBatch::try_new(
+        id_name_schema(),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec!["a", "b"])),
+        ],
+    )
+    .unwrap();
+    write_parquet(data.path(), "a.parquet", &batch);
+    write(data.path(), "b.parquet", b"not a parquet file at all");
+    let session = SessionContext::new();
+    let source = FileSource::parquet(data.path().to_str().unwrap())
+        .schema(id_name_schema())
+        .max_files_per_trigger(1);
+    let chk = tempfile::tempdir().unwrap();
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let limit = s.default_read_limit();
+    let first = s.latest_offset(None, limit).await.unwrap().unwrap();
+    let got = batch_ids(&session, s.read_input(None, &first, 2).await)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![1, 2]);
+    // b.parquet's footer was read ahead and failed: the batch reads it
+    // itself and fails up front, naming the file, as without read ahead.
+    let second = s.latest_offset(Some(&first), limit).await.unwrap().unwrap();
+    let err = s
+        .read_input(Some(&first), &second, 2)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("b.parquet"), "{err}");
+}
