@@ -875,7 +875,8 @@ impl SourceStream for FileStream {
             Some(ahead) => ahead.take(range).await,
             None => None,
         };
-        let parts = scan::partitions(&self.reader, &self.schema, files, footers, partitions).await?;
+        let parts =
+            scan::partitions(&self.reader, &self.schema, files, footers, partitions).await?;
         self.footers_ahead = self.read_footers_ahead(range.1);
         Ok(BatchInput::Partitions(parts))
     }

@@ -1461,7 +1461,11 @@ async fn footers_read_ahead_serve_only_their_own_batch() {
     let sizes = [10, 150_000, 3, 70_000, 1, 20_000, 5];
     let mut first = 0;
     for (i, n) in sizes.iter().enumerate() {
-        write_parquet(data.path(), &format!("f{i}.parquet"), &rows(first..first + n));
+        write_parquet(
+            data.path(),
+            &format!("f{i}.parquet"),
+            &rows(first..first + n),
+        );
         first += n;
     }
     let session = SessionContext::new();
@@ -1480,7 +1484,11 @@ async fn footers_read_ahead_serve_only_their_own_batch() {
             seen.extend(batch_ids(&session, input).await.unwrap());
             start = Some(end);
         }
-        assert_eq!(seen, (0..first).collect::<Vec<_>>(), "{partitions} partitions");
+        assert_eq!(
+            seen,
+            (0..first).collect::<Vec<_>>(),
+            "{partitions} partitions"
+        );
     }
 
     // A range other than the one read ahead (here: fewer files, then
