@@ -688,6 +688,14 @@ impl FileStream {
         Ok(n)
     }
 
+    /// How many logged files batches may read: all of them, or under
+    /// `Trigger::AvailableNow` those logged when it was prepared.
+    fn available(&self) -> u64 {
+        self.log
+            .len()
+            .min(self.available_now_cap.unwrap_or(u64::MAX))
+    }
+
     /// Starts reading the footers of the parquet files the batch after one
     /// ending at log position `end` will read, when that is known: the
     /// source reads a fixed number of files per trigger and they are
@@ -697,10 +705,7 @@ impl FileStream {
         if self.reader.format() != FileFormat::Parquet {
             return None;
         }
-        let available = self
-            .log
-            .len()
-            .min(self.available_now_cap.unwrap_or(u64::MAX));
+        let available = self.available();
         let next = end.saturating_add(per_trigger).min(available);
         if next <= end {
             return None;
@@ -830,10 +835,7 @@ impl SourceStream for FileStream {
         if self.available_now_cap.is_none() && !backlog_suffices {
             self.discover().await?;
         }
-        let available = self
-            .log
-            .len()
-            .min(self.available_now_cap.unwrap_or(u64::MAX));
+        let available = self.available();
         let end = wanted.map_or(available, |w| w.min(available)).max(from);
         if end == from {
             return Ok(start.cloned());
