@@ -8,9 +8,7 @@ use async_trait::async_trait;
 use tidemill_engine::{OutputMode, Result, Sink, StorageOptions};
 
 use super::DeltaSink;
-use crate::registry::{
-    ConnectorOptions, DeclaredSink, OptionError, STORAGE_PREFIX, SinkConnector, SinkDeclaration,
-};
+use crate::registry::{DeclaredSink, OptionError, STORAGE_PREFIX, SinkConnector, SinkDeclaration};
 
 /// Makes a [`DeltaSink`] from `path` (required), `partition_by` and
 /// `merge_keys` (comma-separated column names) and `checkpoint_interval`
@@ -40,7 +38,7 @@ impl SinkConnector for DeltaConnector {
             &["path", "partition_by", "merge_keys", "checkpoint_interval"],
             Some(STORAGE_PREFIX),
         )?;
-        let merge_keys = columns(options, "merge_keys")?;
+        let merge_keys = options.column_list("merge_keys")?;
         if !merge_keys.is_empty() && sink.output_mode == OutputMode::Complete {
             return Err(options.error(
                 "merge_keys",
@@ -51,35 +49,12 @@ impl SinkConnector for DeltaConnector {
         }
         Ok(Box::new(Declared {
             path: options.require("path")?.to_string(),
-            partition_by: columns(options, "partition_by")?,
+            partition_by: options.column_list("partition_by")?,
             merge_keys,
             checkpoint_interval: options.number("checkpoint_interval")?,
             storage: options.storage_options()?,
         }))
     }
-}
-
-/// The columns of `key = 'a, b'`, in order; none if not given.
-fn columns(options: &ConnectorOptions, key: &str) -> std::result::Result<Vec<String>, OptionError> {
-    let Some(text) = options.get(key) else {
-        return Ok(Vec::new());
-    };
-    let columns: Vec<String> = text.split(',').map(|c| c.trim().to_string()).collect();
-    if columns.iter().any(String::is_empty) {
-        return Err(options.error(
-            key,
-            format!("option '{key}' must be column names separated by commas, got '{text}'"),
-        ));
-    }
-    for (i, column) in columns.iter().enumerate() {
-        if columns[..i].contains(column) {
-            return Err(options.error(
-                key,
-                format!("option '{key}' names the column '{column}' twice, in '{text}'"),
-            ));
-        }
-    }
-    Ok(columns)
 }
 
 impl Declared {
@@ -121,7 +96,7 @@ impl DeclaredSink for Declared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Position;
+    use crate::registry::{ConnectorOptions, Position};
 
     fn declare(
         mode: OutputMode,

@@ -10,9 +10,7 @@ use tidemill_engine::{Location, OutputMode, Result, Sink, StorageOptions, Tidemi
 
 use super::FileSink;
 use crate::FileFormat;
-use crate::registry::{
-    ConnectorOptions, DeclaredSink, OptionError, STORAGE_PREFIX, SinkConnector, SinkDeclaration,
-};
+use crate::registry::{DeclaredSink, OptionError, STORAGE_PREFIX, SinkConnector, SinkDeclaration};
 
 /// Makes a [`FileSink`] from `path` (required), `format` (`parquet`,
 /// `json` or `csv`; default `parquet`), `header` (CSV only; default
@@ -76,34 +74,11 @@ impl SinkConnector for FilesSinkConnector {
             path: options.require("path")?.to_string(),
             format,
             header,
-            partition_by: partition_by(options)?,
+            partition_by: options.column_list("partition_by")?,
             max_rows_per_file: options.number("max_rows_per_file")?,
             storage: options.storage_options()?,
         }))
     }
-}
-
-/// The columns of `partition_by = 'a, b'`, in order; none if not given.
-fn partition_by(options: &ConnectorOptions) -> std::result::Result<Vec<String>, OptionError> {
-    let Some(text) = options.get("partition_by") else {
-        return Ok(Vec::new());
-    };
-    let columns: Vec<String> = text.split(',').map(|c| c.trim().to_string()).collect();
-    if columns.iter().any(String::is_empty) {
-        return Err(options.error(
-            "partition_by",
-            format!("option 'partition_by' must be column names separated by commas, got '{text}'"),
-        ));
-    }
-    for (i, column) in columns.iter().enumerate() {
-        if columns[..i].contains(column) {
-            return Err(options.error(
-                "partition_by",
-                format!("option 'partition_by' names the column '{column}' twice, in '{text}'"),
-            ));
-        }
-    }
-    Ok(columns)
 }
 
 impl Declared {
@@ -179,7 +154,7 @@ impl DeclaredSink for Declared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Position;
+    use crate::registry::{ConnectorOptions, Position};
 
     fn declare(pairs: &[(&str, &str)]) -> std::result::Result<Box<dyn DeclaredSink>, OptionError> {
         let mut options = ConnectorOptions::new("sink out", Position::new(1, 1))

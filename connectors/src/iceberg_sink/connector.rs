@@ -8,9 +8,7 @@ use async_trait::async_trait;
 use tidemill_engine::{OutputMode, Result, Sink};
 
 use super::IcebergSink;
-use crate::registry::{
-    ConnectorOptions, DeclaredSink, OptionError, SinkConnector, SinkDeclaration,
-};
+use crate::registry::{DeclaredSink, OptionError, SinkConnector, SinkDeclaration};
 
 /// Makes an [`IcebergSink`] from `path` (the table's directory, with the
 /// embedded catalog) or `catalog_uri` and `table` (a REST catalog's table,
@@ -79,7 +77,7 @@ impl SinkConnector for IcebergConnector {
             catalog_uri,
             table,
             warehouse: options.get("warehouse").map(str::to_string),
-            partition_by: columns(options, "partition_by")?,
+            partition_by: options.column_list("partition_by")?,
         }))
     }
 }
@@ -90,29 +88,6 @@ fn mode_name(mode: OutputMode) -> &'static str {
         OutputMode::Complete => "complete",
         OutputMode::Update => "update",
     }
-}
-
-/// The columns of `key = 'a, b'`, in order; none if not given.
-fn columns(options: &ConnectorOptions, key: &str) -> std::result::Result<Vec<String>, OptionError> {
-    let Some(text) = options.get(key) else {
-        return Ok(Vec::new());
-    };
-    let columns: Vec<String> = text.split(',').map(|c| c.trim().to_string()).collect();
-    if columns.iter().any(String::is_empty) {
-        return Err(options.error(
-            key,
-            format!("option '{key}' must be column names separated by commas, got '{text}'"),
-        ));
-    }
-    for (i, column) in columns.iter().enumerate() {
-        if columns[..i].contains(column) {
-            return Err(options.error(
-                key,
-                format!("option '{key}' names the column '{column}' twice, in '{text}'"),
-            ));
-        }
-    }
-    Ok(columns)
 }
 
 impl Declared {
@@ -160,7 +135,7 @@ impl DeclaredSink for Declared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Position;
+    use crate::registry::{ConnectorOptions, Position};
 
     fn declare(
         mode: OutputMode,

@@ -140,6 +140,31 @@ impl ConnectorOptions {
         self.entry(key).map(|e| e.value.as_str())
     }
 
+    /// The columns of `key = 'a, b'`, in order (names trimmed); none if
+    /// the option is not given. An empty name, or one named twice, is an
+    /// error at the option.
+    pub fn column_list(&self, key: &str) -> Result<Vec<String>, OptionError> {
+        let Some(text) = self.get(key) else {
+            return Ok(Vec::new());
+        };
+        let columns: Vec<String> = text.split(',').map(|c| c.trim().to_string()).collect();
+        if columns.iter().any(String::is_empty) {
+            return Err(self.error(
+                key,
+                format!("option '{key}' must be column names separated by commas, got '{text}'"),
+            ));
+        }
+        for (i, column) in columns.iter().enumerate() {
+            if columns[..i].contains(column) {
+                return Err(self.error(
+                    key,
+                    format!("option '{key}' names the column '{column}' twice, in '{text}'"),
+                ));
+            }
+        }
+        Ok(columns)
+    }
+
     /// Where `key` was written, if it was.
     pub fn position(&self, key: &str) -> Option<Position> {
         self.entry(key).map(|e| e.at)
