@@ -5,7 +5,8 @@
 //! (N = 1, 2, …), and `<table>/metadata/version-hint.text` holds the
 //! latest N. A commit writes `v<N+1>.metadata.json` with a conditional put
 //! that fails if the file exists (`PutMode::Create`: on local disk a
-//! no-replace link), so of two writers racing from version N only one
+//! no-replace link, on S3 a put with `If-None-Match: *`), so of two
+//! writers racing from version N only one
 //! commits; the other gets a retryable conflict and the `iceberg` crate's
 //! transaction tries again from the new metadata. The hint is written
 //! after the commit and only ever read as a starting point: readers go on
@@ -38,8 +39,8 @@ const VERSION_HINT: &str = "version-hint.text";
 
 /// A catalog of the one table at `location`, on `store`.
 pub(super) struct DirectoryCatalog {
-    /// The table's location as a URL (`file:///…`), as written in its
-    /// metadata.
+    /// The table's location as a URL (`file:///…`, `s3://bucket/…`), as
+    /// written in its metadata.
     location: String,
     /// The table's directory in `store`.
     root: Path,
@@ -63,12 +64,14 @@ fn store_error(doing: &str, e: object_store::Error) -> Error {
 }
 
 impl DirectoryCatalog {
-    /// The catalog of the table at `location` (a `file://` URL without a
-    /// trailing slash), whose directory is `root` in `store`.
+    /// The catalog of the table at `location` (a URL without a trailing
+    /// slash), whose directory is `root` in `store`; its tables read and
+    /// write manifests through `file_io` (on the same store).
     pub(super) fn new(
         location: String,
         root: Path,
         store: Arc<dyn ObjectStore>,
+        file_io: FileIO,
         batch: Arc<AtomicU64>,
     ) -> Self {
         let name = location
@@ -80,7 +83,7 @@ impl DirectoryCatalog {
             location,
             root,
             store,
-            file_io: FileIO::new_with_fs(),
+            file_io,
             ident: TableIdent::new(NamespaceIdent::new("tidemill".into()), name),
             batch,
         }

@@ -5,16 +5,17 @@ use std::sync::Arc;
 
 use arrow::datatypes::Schema;
 use async_trait::async_trait;
-use tidemill_engine::{OutputMode, Result, Sink};
+use tidemill_engine::{OutputMode, Result, Sink, StorageOptions};
 
 use super::IcebergSink;
-use crate::registry::{DeclaredSink, OptionError, SinkConnector, SinkDeclaration};
+use crate::registry::{DeclaredSink, OptionError, STORAGE_PREFIX, SinkConnector, SinkDeclaration};
 
 /// Makes an [`IcebergSink`] from `path` (the table's directory, with the
 /// embedded catalog) or `catalog_uri` and `table` (a REST catalog's table,
 /// `namespace.name`; `path` then optionally sets the location of a table
-/// the sink creates, and `warehouse` the catalog's warehouse), and
-/// `partition_by` (comma-separated column names).
+/// the sink creates, and `warehouse` the catalog's warehouse),
+/// `partition_by` (comma-separated column names), and the S3 settings
+/// `aws_*` of an `s3://` path (embedded catalog only).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IcebergConnector;
 
@@ -26,6 +27,7 @@ struct Declared {
     table: Option<String>,
     warehouse: Option<String>,
     partition_by: Vec<String>,
+    storage: StorageOptions,
 }
 
 impl SinkConnector for IcebergConnector {
@@ -37,8 +39,9 @@ impl SinkConnector for IcebergConnector {
         options.check_known(
             "an iceberg sink",
             &["path", "partition_by", "catalog_uri", "table", "warehouse"],
-            None,
+            Some(STORAGE_PREFIX),
         )?;
+        let storage = options.storage_options()?;
         if sink.output_mode != OutputMode::Append {
             return Err(options.error_at_declaration(format!(
                 "an iceberg sink writes the append output mode only (the iceberg crate has no \
@@ -65,6 +68,17 @@ impl SinkConnector for IcebergConnector {
                 Some(options.require("path")?.to_string())
             }
             Some(_) => {
+                if let Some((key, _)) = options.prefixed(STORAGE_PREFIX).next() {
+                    let key = format!("{STORAGE_PREFIX}{key}");
+                    return Err(options.error(
+                        &key,
+                        format!(
+                            "option '{key}' configures the store of an s3:// path of the \
+                             embedded catalog; a REST catalog's tables are on local disk in \
+                             this build"
+                        ),
+                    ));
+                }
                 let table = options.require("table")?;
                 if let Err(e) = IcebergSink::rest("http://unused", table) {
                     return Err(options.error("table", e.to_string()));
@@ -78,6 +92,7 @@ impl SinkConnector for IcebergConnector {
             table,
             warehouse: options.get("warehouse").map(str::to_string),
             partition_by: options.column_list("partition_by")?,
+            storage,
         }))
     }
 }
@@ -104,7 +119,8 @@ impl Declared {
                 }
                 sink
             }
-            _ => IcebergSink::new(self.path.clone().unwrap_or_default()),
+            _ => IcebergSink::new(self.path.clone().unwrap_or_default())
+                .storage_options(self.storage.clone()),
         };
         sink.partition_by(self.partition_by.clone())
     }
@@ -179,6 +195,40 @@ mod tests {
         assert_eq!(
             rest.sink(None).description(),
             "IcebergSink[lake.trades in http://127.0.0.1:8181]"
+        );
+    }
+
+    #[test]
+    fn s3_options_go_to_an_s3_table_of_the_embedded_catalog() {
+        let declared = declare(
+            OutputMode::Append,
+            &[("path", "s3://lake/t/"), ("aws_region", "us-east-1")],
+        )
+        .unwrap();
+        assert_eq!(
+            declared.sink(None).description(),
+            "IcebergSink[s3://lake/t]"
+        );
+        let err = declare(
+            OutputMode::Append,
+            &[("path", "s3://lake/t"), ("aws_regoin", "us-east-1")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown S3 option 'aws_regoin'"), "{err}");
+        let err = declare(
+            OutputMode::Append,
+            &[
+                ("catalog_uri", "http://127.0.0.1:8181"),
+                ("table", "lake.t"),
+                ("aws_region", "us-east-1"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("2:21: option 'aws_region' configures the store of an s3:// path"),
+            "{err}"
         );
     }
 

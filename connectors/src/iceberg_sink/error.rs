@@ -237,16 +237,18 @@ impl IcebergSinkError {
 
     /// Whether the failure may pass by itself (storage I/O, a lost commit
     /// race), so that trying the batch again makes sense.
+    /// An `iceberg` error counts as transient when it is retryable, a lost
+    /// commit race, or caused by a transient object store failure (the
+    /// sink's file I/O and catalog keep the store's error as the source).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Store { source, .. } => !matches!(
-                source,
-                object_store::Error::NotSupported { .. }
-                    | object_store::Error::NotImplemented { .. }
-                    | object_store::Error::InvalidPath { .. }
-            ),
+            Self::Store { source, .. } => store_error_is_transient(source),
             Self::Iceberg { source, .. } => {
-                source.retryable() || source.kind() == iceberg::ErrorKind::CatalogCommitConflicts
+                source.retryable()
+                    || source.kind() == iceberg::ErrorKind::CatalogCommitConflicts
+                    || std::iter::successors(std::error::Error::source(source), |e| e.source())
+                        .filter_map(|e| e.downcast_ref::<object_store::Error>())
+                        .any(store_error_is_transient)
             }
             _ => false,
         }
@@ -274,6 +276,20 @@ impl IcebergSinkError {
             }
         }
     }
+}
+
+/// Whether an object store failure may pass by itself: any but a request
+/// the store cannot serve, a bad path, or a missing object or bucket.
+fn store_error_is_transient(error: &object_store::Error) -> bool {
+    !matches!(
+        error,
+        object_store::Error::NotSupported { .. }
+            | object_store::Error::NotImplemented { .. }
+            | object_store::Error::InvalidPath { .. }
+            | object_store::Error::NotFound { .. }
+            | object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+    )
 }
 
 impl From<IcebergSinkError> for DataFusionError {

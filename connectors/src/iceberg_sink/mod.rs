@@ -6,13 +6,15 @@
 //! types, checked against an existing table), `write` (a batch's parquet
 //! data files, written with the workspace's parquet writer, and their
 //! descriptions for the manifest), `catalog` (the embedded directory
-//! catalog), `error` ([`IcebergSinkError`]) and `connector`
+//! catalog), `storage` (iceberg's file I/O on the table's object store,
+//! local or S3), `error` ([`IcebergSinkError`]) and `connector`
 //! (`connector = 'iceberg'` in pipelines).
 
 mod catalog;
 mod connector;
 mod error;
 mod schema;
+mod storage;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -33,12 +35,14 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use tidemill_engine::{OutputMode, Result, Sink, SinkContext, TidemillError};
+use tidemill_engine::{
+    Location, OutputMode, Result, Sink, SinkContext, StorageOptions, TidemillError,
+};
 
 use catalog::DirectoryCatalog;
 use schema::Layout;
+use storage::ObjectStoreStorage;
 
 /// The snapshot summary property holding the id of the query that
 /// committed the snapshot.
@@ -76,6 +80,18 @@ pub const BATCH_ID_PROPERTY: &str = "tidemill.batch-id";
 /// delete commit, so complete and update modes are refused when the query
 /// starts (the Delta sink writes both).
 ///
+/// # Where the table lives
+///
+/// A local path, a `file://` URL, or `s3://bucket/path` on S3 or an
+/// S3-compatible server (with the `s3` feature): the bucket's client is
+/// configured as every Tidemill location on S3 is, by the `AWS_*`
+/// variables or [`IcebergSink::storage_options`] (see
+/// [`tidemill_engine::storage`]). Data files, manifests, manifest lists
+/// and metadata all go through that one object store client (the
+/// `iceberg` crate's own storage backends are not built; its file I/O is
+/// given the sink's store). A bucket that does not exist, or a location
+/// without credentials, fails the query when it starts, naming the table.
+///
 /// # The catalog
 ///
 /// By default ([`IcebergSink::new`]) the table lives in a directory with
@@ -83,12 +99,14 @@ pub const BATCH_ID_PROPERTY: &str = "tidemill.batch-id";
 /// for each commit and `metadata/version-hint.text` naming the latest; a
 /// commit writes the next metadata file only if no other writer did
 /// (a conditional put), so concurrent writers cannot lose each other's
-/// snapshots. Tables the sink creates have the property
+/// snapshots (on S3 the put carries `If-None-Match: *`, which S3 and most
+/// S3-compatible servers honour). Tables the sink creates have the property
 /// `write.metadata.delete-after-commit.enabled`, so a commit deletes the
 /// metadata files beyond the last `write.metadata.previous-versions-max`
 /// (100); old snapshots and their manifests stay until the table's
 /// maintenance expires them. Read it with pyiceberg
-/// (`StaticTable.from_metadata("<table directory>")`), Spark or Trino's
+/// (`StaticTable.from_metadata("<table directory>")`, with `s3.endpoint`
+/// and the keys as properties for a table on S3), Spark or Trino's
 /// Hadoop catalog, DuckDB's `iceberg_scan('<table>/metadata/v<N>.metadata.json')`,
 /// or the `iceberg` crate's `StaticTable`.
 ///
@@ -96,7 +114,8 @@ pub const BATCH_ID_PROPERTY: &str = "tidemill.batch-id";
 /// (the `iceberg-catalog-rest` crate): the table is named
 /// `namespace.table`, created in the catalog by the first batch, and its
 /// data files are written under the location the catalog gives it, which
-/// must be on local disk (the sink's file I/O is local only).
+/// must be on local disk (with a REST catalog the sink's file I/O is the
+/// local file system only).
 ///
 /// # The table
 ///
@@ -135,6 +154,8 @@ pub struct IcebergSink {
     /// A REST catalog's URL, the table's identifier in it, and the
     /// warehouse to ask for.
     rest: Option<RestTarget>,
+    /// The settings of an `s3://` location's store.
+    storage: StorageOptions,
     /// Set by `open`.
     state: tokio::sync::Mutex<Option<OpenState>>,
 }
@@ -174,7 +195,11 @@ struct OpenState {
     query_id: String,
     /// The query's output schema.
     output: SchemaRef,
-    store: Arc<dyn ObjectStore>,
+    /// The object store the table's files are on.
+    store: ObjectStoreStorage,
+    /// The embedded catalog's table: its URL and its directory in the
+    /// store (`None` with a REST catalog).
+    home: Option<(String, Path)>,
     /// The batch being written, for the crash tests' failpoint inside the
     /// commit.
     batch: Arc<AtomicU64>,
@@ -226,7 +251,8 @@ fn local_location(location: &str) -> std::result::Result<(String, Path), Iceberg
             .ok_or_else(|| invalid("not a file URL".to_string()))?
     } else if location.contains("://") {
         return Err(invalid(
-            "the Iceberg sink writes tables on local disk only (a path or a file:// URL)"
+            "not a local path or file:// URL, and the table's files are on the local file \
+             system"
                 .to_string(),
         ));
     } else {
@@ -241,27 +267,51 @@ fn local_location(location: &str) -> std::result::Result<(String, Path), Iceberg
 /// Whether `name` (relative to the table's directory) is what the sink
 /// leaves in a table directory before its first commit: its data files or
 /// metadata files.
+fn is_local(location: &str) -> bool {
+    !location.contains("://") || location.starts_with("file://")
+}
+
+/// The table as named in messages: a local location as its `file://` URL,
+/// another as given (without a trailing slash).
+fn display_location(location: &str) -> String {
+    if is_local(location) {
+        local_location(location)
+            .map(|(url, _)| url)
+            .unwrap_or_else(|_| location.to_string())
+    } else {
+        location.trim_end_matches('/').to_string()
+    }
+}
+
 fn is_iceberg_leftover(name: &str) -> bool {
     (name.starts_with("data/") && name.ends_with(".parquet")) || name.starts_with("metadata/")
 }
 
 impl IcebergSink {
     /// A sink writing to the Iceberg table in the directory `location` (a
-    /// local path or a `file://` URL), created by the first batch if there
-    /// is none; the table's metadata is kept in the directory (see
-    /// "The catalog" above).
+    /// local path, a `file://` URL or `s3://bucket/path`), created by the
+    /// first batch if there is none; the table's metadata is kept in the
+    /// directory (see "The catalog" above).
     pub fn new(location: impl Into<String>) -> Self {
         let location = location.into();
-        let display = local_location(&location)
-            .map(|(url, _)| url)
-            .unwrap_or_else(|_| location.clone());
         Self {
+            display: display_location(&location),
             location: Some(location),
-            display,
             partition_by: Vec::new(),
             rest: None,
+            storage: StorageOptions::default(),
             state: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Settings of the object store of an `s3://` location (`aws_endpoint`,
+    /// `aws_region`, `aws_access_key_id`, …, overriding the environment's
+    /// `AWS_*` variables; see [`tidemill_engine::storage`]); none by
+    /// default. A local location with options is refused when the query
+    /// starts.
+    pub fn storage_options(mut self, options: StorageOptions) -> Self {
+        self.storage = options;
+        self
     }
 
     /// A sink writing to the table `table` (`namespace.name`; nested
@@ -298,6 +348,7 @@ impl IcebergSink {
                 ident,
                 warehouse: None,
             }),
+            storage: StorageOptions::default(),
             state: tokio::sync::Mutex::new(None),
         })
     }
@@ -357,17 +408,21 @@ impl IcebergSink {
         ctx: &SinkContext,
     ) -> std::result::Result<OpenState, IcebergSinkError> {
         let batch = Arc::new(AtomicU64::new(0));
-        let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new());
+        let mut store = ObjectStoreStorage::local();
+        let mut home = None;
         let (catalog, directory, ident): (Arc<dyn Catalog>, _, _) = match &self.rest {
             None => {
                 let location = self.location.as_deref().unwrap_or_default();
-                let (url, root) = local_location(location)?;
+                let (url, root, table_store) = self.resolve(location, ctx).await?;
+                store = table_store;
                 let directory = Arc::new(DirectoryCatalog::new(
-                    url,
-                    root,
-                    Arc::clone(&store),
+                    url.clone(),
+                    root.clone(),
+                    self.object_store(&store)?,
+                    store.file_io(),
                     Arc::clone(&batch),
                 ));
+                home = Some((url, root));
                 let ident = directory.ident().clone();
                 (directory.clone(), Some(directory), ident)
             }
@@ -402,6 +457,7 @@ impl IcebergSink {
             query_id: ctx.query_id.clone(),
             output: Arc::clone(&ctx.schema),
             store,
+            home,
             batch,
         };
         match self.load(&state).await? {
@@ -416,6 +472,58 @@ impl IcebergSink {
             }
         }
         Ok(state)
+    }
+
+    /// The embedded catalog's table at `location`: its URL (no trailing
+    /// slash), its directory in its store, and the store. A local location
+    /// is on the local file system; another is resolved as every Tidemill
+    /// location is (an `s3://` one with the sink's options, see
+    /// [`IcebergSink::storage_options`]) and listed once, so that a
+    /// missing bucket or refused credentials fail here, naming the table.
+    async fn resolve(
+        &self,
+        location: &str,
+        ctx: &SinkContext,
+    ) -> std::result::Result<(String, Path, ObjectStoreStorage), IcebergSinkError> {
+        if is_local(location) {
+            if !self.storage.is_empty() {
+                return Err(IcebergSinkError::InvalidLocation {
+                    location: location.to_string(),
+                    reason: format!(
+                        "S3 options ({:?}) given for a table that is not on S3",
+                        self.storage
+                    ),
+                });
+            }
+            let (url, root) = local_location(location)?;
+            return Ok((url, root, ObjectStoreStorage::local()));
+        }
+        let resolved = Location::resolve_with(location, &self.storage, &ctx.session.runtime_env())
+            .map_err(|e| IcebergSinkError::InvalidLocation {
+                location: location.to_string(),
+                reason: e.to_string(),
+            })?;
+        let url = resolved.url().as_str().trim_end_matches('/').to_string();
+        let root = resolved.path().clone();
+        // An empty prefix of a bucket lists as empty; a missing bucket or
+        // a refused request fails.
+        resolved
+            .store()
+            .list_with_delimiter(Some(&root))
+            .await
+            .map_err(|e| IcebergSinkError::store(&self.display, "opening", e))?;
+        let store = ObjectStoreStorage::new(resolved.url(), Arc::clone(resolved.store()));
+        Ok((url, root, store))
+    }
+
+    /// The object store of `storage`.
+    fn object_store(
+        &self,
+        storage: &ObjectStoreStorage,
+    ) -> std::result::Result<Arc<dyn ObjectStore>, IcebergSinkError> {
+        storage
+            .store()
+            .map_err(|e| IcebergSinkError::iceberg(&self.display, "opening", e))
     }
 
     /// The table as the catalog has it now, checked against the output;
@@ -455,7 +563,19 @@ impl IcebergSink {
             metadata.default_partition_spec(),
             &self.partition_by,
         )?;
-        let (url, root) = local_location(metadata.location())?;
+        let location = metadata.location();
+        let (url, root) =
+            if state.store.is_local() {
+                local_location(location)?
+            } else {
+                let root = state.store.path(location).map_err(|reason| {
+                    IcebergSinkError::InvalidLocation {
+                        location: location.to_string(),
+                        reason,
+                    }
+                })?;
+                (location.trim_end_matches('/').to_string(), root)
+            };
         Ok(Loaded {
             table,
             layout,
@@ -470,8 +590,12 @@ impl IcebergSink {
         &self,
         state: &OpenState,
     ) -> std::result::Result<(), IcebergSinkError> {
-        let (_, root) = local_location(self.location.as_deref().unwrap_or_default())?;
-        let mut listing = state.store.list(Some(&root));
+        let Some((_, root)) = &state.home else {
+            return Ok(());
+        };
+        let root = root.clone();
+        let store = self.object_store(&state.store)?;
+        let mut listing = store.list(Some(&root));
         while let Some(entry) = listing.next().await {
             match entry {
                 Ok(meta) => {
@@ -516,7 +640,7 @@ impl IcebergSink {
         .map(|(k, v)| (k.to_string(), v.to_string()));
         let table = match &state.directory {
             Some(directory) => {
-                let (url, _) = local_location(self.location.as_deref().unwrap_or_default())?;
+                let (url, _) = state.home.clone().expect("the embedded catalog's table");
                 let creation = TableCreation::builder()
                     .name(state.ident.name().to_string())
                     .location(url)
@@ -589,10 +713,11 @@ impl IcebergSink {
             state.table = Some(self.create(state).await?);
         }
         let loaded = state.table.as_ref().expect("created above");
+        let store = self.object_store(&state.store)?;
         let target = write::Target {
             table: &loaded.url,
             root: &loaded.root,
-            store: state.store.as_ref(),
+            store: store.as_ref(),
         };
         let files = write::write_data_files(&target, &loaded.layout, batch_id, batches).await?;
         let properties = HashMap::from([

@@ -496,3 +496,123 @@ async fn two_queries_appending_at_once_lose_nothing() {
         assert_eq!(of, (0..8).collect::<Vec<_>>(), "{query}: {history:?}");
     }
 }
+
+/// A table on an object store other than the local disk (`memory://`,
+/// resolved as an `s3://` bucket is): its metadata, manifests, manifest
+/// lists and data files all go through the store, a restart's re-run batch
+/// writes nothing, and the `iceberg` crate plans a scan of it through the
+/// same store.
+#[tokio::test]
+async fn a_table_on_an_object_store_goes_through_the_store() {
+    use object_store::ObjectStoreExt;
+    use tidemill_engine::Location;
+
+    let session = SessionContext::new();
+    let ctx = SinkContext {
+        session: session.clone(),
+        ..context(OutputMode::Append, "q", schema())
+    };
+    let location = "memory:///lake/t";
+    let sink = IcebergSink::new(location).partition_by(["symbol"]);
+    sink.open(&ctx).await.unwrap();
+    sink.add_batch(0, schema(), vec![rows(0..10)])
+        .await
+        .unwrap();
+    sink.add_batch(1, schema(), vec![rows(10..25)])
+        .await
+        .unwrap();
+    // A restart: batch 1 again writes nothing; batch 2 appends.
+    let again = IcebergSink::new(location);
+    again.open(&ctx).await.unwrap();
+    again
+        .add_batch(1, schema(), vec![rows(10..25)])
+        .await
+        .unwrap();
+    again
+        .add_batch(2, schema(), vec![rows(25..30)])
+        .await
+        .unwrap();
+
+    let resolved = Location::resolve(location, &session.runtime_env()).unwrap();
+    let store = Arc::clone(resolved.store());
+    let hint = store
+        .get(&object_store::path::Path::from(
+            "lake/t/metadata/version-hint.text",
+        ))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&hint[..], b"4", "created, then one version per batch");
+    let storage = super::storage::ObjectStoreStorage::new(resolved.url(), Arc::clone(&store));
+    let table = StaticTable::from_metadata_file(
+        "memory:///lake/t/metadata/v4.metadata.json",
+        TableIdent::from_strs(["t", "t"]).unwrap(),
+        storage.file_io(),
+    )
+    .await
+    .unwrap();
+    let metadata = table.metadata();
+    assert_eq!(metadata.location(), location);
+    let batches: Vec<String> = metadata
+        .snapshots()
+        .map(|s| s.summary().additional_properties[super::BATCH_ID_PROPERTY].clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(batches, ["0", "1", "2"]);
+    let tasks: Vec<_> = table
+        .scan()
+        .build()
+        .unwrap()
+        .plan_files()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(tasks.len(), 9, "three batches, three symbols each");
+    let mut ids = Vec::new();
+    for task in tasks {
+        assert!(
+            task.data_file_path
+                .starts_with("memory:///lake/t/data/symbol="),
+            "{}",
+            task.data_file_path
+        );
+        let path = storage.path(&task.data_file_path).unwrap();
+        let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes, 1024).unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            ids.extend(column.values().iter().copied());
+        }
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (0..30).collect::<Vec<i64>>());
+}
+
+/// S3 options for a table on local disk are refused when the query
+/// starts, naming the table.
+#[tokio::test]
+async fn s3_options_for_a_local_table_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = tidemill_engine::StorageOptions::new()
+        .with("aws_region", "us-east-1")
+        .unwrap();
+    let err = IcebergSink::new(dir.path().to_str().unwrap())
+        .storage_options(options)
+        .open(&context(OutputMode::Append, "q", schema()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("given for a table that is not on S3"), "{err}");
+    assert!(err.contains(dir.path().to_str().unwrap()), "{err}");
+}
