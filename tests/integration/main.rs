@@ -19,6 +19,8 @@ mod delta_source;
 mod engine_semantics;
 mod file_sink;
 mod file_sink_crash;
+#[cfg(all(feature = "s3", feature = "iceberg"))]
+mod iceberg_s3;
 mod iceberg_sink;
 mod iceberg_sink_crash;
 mod join;

@@ -129,7 +129,7 @@ fn find_or_install() -> Result<PathBuf, String> {
 
 /// The Python of the virtual environment with pyiceberg, installed first
 /// if there is none (see the module docs).
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PYTHON
         .get_or_init(find_or_install)
