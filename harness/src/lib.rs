@@ -66,6 +66,11 @@
 //! PyPI, installed on first use into `target/tools` and started on
 //! 127.0.0.1 for the object storage tests.
 //!
+//! **An Iceberg REST catalog** ([`rest_catalog`]): Rustberg, a real
+//! Iceberg REST catalog server from crates.io, installed on first use into
+//! `target/tools` and started on 127.0.0.1 for the Iceberg sink's REST
+//! catalog tests.
+//!
 //! **A headless browser** ([`browser`]): Chromium from the Debian packages,
 //! installed on first use, dumping a page's DOM after its scripts ran or
 //! taking a screenshot, for the tests of the monitor's web page.
@@ -80,6 +85,7 @@ pub mod keyed_state;
 pub mod machine;
 mod replay;
 mod report;
+pub mod rest_catalog;
 pub mod results;
 pub mod s3_server;
 mod sink;

@@ -21,6 +21,8 @@ mod file_sink;
 mod file_sink_crash;
 #[cfg(all(feature = "s3", feature = "iceberg"))]
 mod iceberg_s3;
+#[cfg(feature = "iceberg")]
+mod iceberg_rest;
 mod iceberg_sink;
 mod iceberg_sink_crash;
 mod join;
