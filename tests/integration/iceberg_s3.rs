@@ -359,6 +359,82 @@ async fn an_iceberg_table_on_s3_killed_twice_holds_every_batch_once() {
     assert_eq!(lease["expires_at_ms"], 0, "{lease}");
 }
 
+/// Two queries writing one table on S3 at once: the second's creation of
+/// the table loses the conditional put of `v1.metadata.json` (moto answers
+/// `If-None-Match: *` on an existing key with 412) and appends to the
+/// first's table instead of replacing it; their racing commits of the next
+/// versions lose no snapshot. Both sinks reach the server by their
+/// options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_writers_of_one_s3_table_lose_nothing() {
+    use tidemill::engine::{OutputMode, Sink, SinkContext};
+
+    let bucket = Bucket::start();
+    let mut options = StorageOptions::new();
+    for (key, value) in bucket.server.options() {
+        options.insert(key, value).unwrap();
+    }
+    let context = |query: &str| SinkContext {
+        session: SessionContext::new(),
+        query_name: None,
+        query_id: query.to_string(),
+        schema: events_schema(),
+        output_mode: OutputMode::Append,
+        durability: Default::default(),
+    };
+    let sink = || Arc::new(IcebergSink::new(url("two/table")).storage_options(options.clone()));
+    let (a, b) = (sink(), sink());
+    // Both open before the table exists; both create it.
+    a.open(&context("qa")).await.unwrap();
+    b.open(&context("qb")).await.unwrap();
+    a.add_batch(0, events_schema(), vec![crate::common::events(0..2)])
+        .await
+        .unwrap();
+    b.add_batch(0, events_schema(), vec![crate::common::events(100..102)])
+        .await
+        .unwrap();
+    let run = |sink: Arc<IcebergSink>, offset: i64| {
+        tokio::spawn(async move {
+            for batch in 1..6u64 {
+                let id = offset + batch as i64 * 2;
+                sink.add_batch(
+                    batch,
+                    events_schema(),
+                    vec![crate::common::events(id..id + 2)],
+                )
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let (ra, rb) = tokio::join!(run(a, 0), run(b, 100));
+    ra.unwrap();
+    rb.unwrap();
+
+    let history = bucket.snapshot_batches("two/table").await;
+    for query in ["qa", "qb"] {
+        let of: Vec<u64> = history
+            .iter()
+            .filter(|s| s.0 == query)
+            .map(|s| s.1)
+            .collect();
+        assert_eq!(of, (0..6).collect::<Vec<_>>(), "{query}: {history:?}");
+    }
+    assert_eq!(history.len(), 12, "{history:?}");
+    assert_eq!(bucket.counts("two/table").await, (24, 24));
+    // The first version is still the first writer's table: the second's
+    // creation did not replace it.
+    let first: serde_json::Value = serde_json::from_str(
+        &bucket
+            .text("two/table/metadata/v1.metadata.json")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let latest = bucket.latest_metadata("two/table").await.unwrap();
+    assert_eq!(first["table-uuid"], latest["table-uuid"]);
+}
+
 /// Removes every `AWS_*` variable the test process has from `cmd`'s
 /// environment.
 fn clear_aws_env(cmd: &mut Command) {
