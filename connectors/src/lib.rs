@@ -54,8 +54,10 @@
 //! - `s3` (off here; on in the `tidemill` crate's default features):
 //!   `s3://bucket/path` locations for the files stream and sink and, with
 //!   `delta`, Delta tables (`register_delta_s3` teaches deltalake the
-//!   scheme, committing by conditional put); `aws_*` options configure the
-//!   client (see `tidemill_engine::storage`).
+//!   scheme, committing by conditional put), and with `iceberg`, Iceberg
+//!   tables (the `iceberg` crate's file I/O goes through the same
+//!   object_store client); `aws_*` options configure the client (see
+//!   `tidemill_engine::storage`).
 //! - `conformance` (off): the module `conformance`, the checks every
 //!   source and sink passes, for testing a connector of your own the same
 //!   way. Tidemill's own tests turn it on.
