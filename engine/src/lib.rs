@@ -54,6 +54,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+mod background;
 mod batch_slot;
 mod boot;
 pub mod checkpoint;

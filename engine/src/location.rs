@@ -8,7 +8,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use object_store::{ObjectStore, memory::InMemory, path::Path};
 use tidemill_state::CheckpointDir;
 use tidemill_state::Durability;
-use tidemill_state::durable::MachineDurableFs;
+use tidemill_state::durable::LocalFs;
 use url::Url;
 
 use crate::storage::StorageOptions;
@@ -121,14 +121,15 @@ impl Location {
             .flatten()
     }
 
-    /// The location with writes as durable as `durability` asks: for
-    /// [`Durability::Machine`] on a local disk, through
-    /// [`MachineDurableFs`] (each file `fsync`ed before it is moved into
-    /// place, and its directory after); otherwise unchanged (a cloud
-    /// object store makes every write durable on its own).
+    /// The location with writes as durable as `durability` asks. On a
+    /// local disk, through [`LocalFs`]: with [`Durability::Machine`] each
+    /// file is `fsync`ed before it is moved into place, and its directory
+    /// after; with [`Durability::Process`] nothing is synced and small
+    /// writes are made on the calling thread. Other stores are unchanged
+    /// (a cloud object store makes every write durable on its own).
     pub fn with_durability(mut self, durability: Durability) -> Self {
-        if durability == Durability::Machine && self.url.scheme() == "file" {
-            self.store = Arc::new(MachineDurableFs::new());
+        if self.url.scheme() == "file" {
+            self.store = Arc::new(LocalFs::new(durability));
         }
         self
     }

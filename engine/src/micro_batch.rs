@@ -3,24 +3,25 @@
 //! **The commit log is written off the critical path** (Spark's
 //! asynchronous progress tracking, for every query): once batch N's sink
 //! and state have committed, `commits/N` and the retention deletes of old
-//! log entries are written by a background task while the next trigger
-//! asks the sources for offsets, writes `offsets/N+1`, reads, plans and
-//! executes batch N+1. The write is awaited ([`Runner::settle_commit`])
-//! before batch N+1's sink, before a trigger that found no data returns,
-//! and before the query stops, so at most one commit is in flight and an
-//! error writing it fails the next batch (a transient one is retried,
-//! inline). Only then are the sources told that batch N committed
-//! ([`SourceStream::commit`]: a source may discard what it no longer needs
-//! to replay).
+//! log entries are written in the background while the next trigger asks
+//! the sources for offsets, writes `offsets/N+1`, reads, plans and executes
+//! batch N+1 (a write that completes on its first poll, as a local disk's
+//! do, is simply done on the spot: see [`Background`]). The write is
+//! awaited ([`Runner::settle_commit`]) before batch N+1's sink, before a
+//! trigger that found no data returns, and before the query stops, so at
+//! most one commit is in flight and an error writing it fails the next
+//! batch (a transient one is retried, inline). Only then are the sources
+//! told that batch N committed ([`SourceStream::commit`]: a source may
+//! discard what it no longer needs to replay).
 //!
-//! **The offset log entry is written while the batch runs.** `offsets/N`
-//! is written by a background task while batch N reads its sources, plans
-//! and executes (none of which leaves a trace outside the process), and is
-//! awaited before the batch's sink writes anything
-//! ([`Runner::await_offset_log`]). A batch that fails first also waits for
-//! it: once `offsets/N` is written, a retry re-runs batch N as logged; if
-//! it could not be written, the next trigger plans batch N afresh, as a
-//! restart would.
+//! **The offset log entry is written while the batch runs.** `offsets/N` is
+//! written in the background (or on the spot, see [`Background`]) while
+//! batch N reads its sources, plans and executes (none of which leaves a
+//! trace outside the process), and is awaited before the batch's sink
+//! writes anything ([`Runner::await_offset_log`]). A batch that fails first
+//! also waits for it: once `offsets/N` is written, a retry re-runs batch N
+//! as logged; if it could not be written, the next trigger plans batch N
+//! afresh, as a restart would.
 //!
 //! Recovery rules this implies, all kept by [`Checkpoint::recovery_point`]
 //! looking only at the latest offset entry:
@@ -42,6 +43,7 @@ use std::time::{Duration, Instant};
 use datafusion::prelude::SessionContext;
 use futures::FutureExt;
 
+use crate::background::Background;
 use crate::batch_slot::BatchSlot;
 use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, SourceRange};
 use crate::plan::{BatchPlanner, WatermarkPlanner};
@@ -104,7 +106,7 @@ pub(crate) struct Runner {
     pub in_flight: Option<InFlightCommit>,
     /// The running batch's offset log entry, being written while the batch
     /// reads and executes (see the module's documentation).
-    pub logging: Option<tokio::task::JoinHandle<Result<OffsetEntry>>>,
+    pub logging: Option<Background<Result<OffsetEntry>>>,
 }
 
 /// A batch's commit log entry being written in the background, and what
@@ -116,7 +118,7 @@ pub(crate) struct InFlightCommit {
     ends: Vec<Option<Offset>>,
     /// The write (and the retention deletes after it); `None` once it
     /// failed, to be retried inline.
-    task: Option<tokio::task::JoinHandle<Result<()>>>,
+    task: Option<Background<Result<()>>>,
 }
 
 /// The sources' slots while a batch's rows are in them: emptied when the
@@ -207,7 +209,7 @@ impl Runner {
             return Ok(());
         };
         let written = match in_flight.task.take() {
-            Some(task) => task.await.unwrap_or_else(|e| {
+            Some(task) => task.finish().await.unwrap_or_else(|e| {
                 Err(TidemillError::Internal(format!(
                     "writing commits/{}: {e}",
                     in_flight.batch_id
@@ -388,11 +390,14 @@ impl Runner {
         };
         failpoint::hit("before_offset_log", entry.batch_id);
         let (offsets, logged) = (self.checkpoint.offsets.clone(), entry.clone());
-        self.logging = Some(tokio::spawn(async move {
-            offsets.add(logged.batch_id, &logged).await?;
-            failpoint::hit("after_offset_log", logged.batch_id);
-            Ok(logged)
-        }));
+        self.logging = Some(
+            Background::start(async move {
+                offsets.add(logged.batch_id, &logged).await?;
+                failpoint::hit("after_offset_log", logged.batch_id);
+                Ok(logged)
+            })
+            .await,
+        );
         let ran = self
             .run_batch(entry, started, timestamp, phases, false)
             .await;
@@ -411,7 +416,7 @@ impl Runner {
             return Ok(0.0);
         };
         let t = Instant::now();
-        let entry = task.await.unwrap_or_else(|e| {
+        let entry = task.finish().await.unwrap_or_else(|e| {
             Err(TidemillError::Internal(format!(
                 "writing the offset log entry: {e}"
             )))
@@ -565,7 +570,7 @@ impl Runner {
         );
         let retire = batch_id.checked_sub(self.options.min_batches_to_retain);
         let written = commit.clone();
-        let task = tokio::spawn(async move {
+        let task = Background::start(async move {
             failpoint::hit("before_commit_log", batch_id);
             commits.add(batch_id, &written).await?;
             failpoint::hit("after_commit_log", batch_id);
@@ -574,7 +579,8 @@ impl Runner {
                 commits.remove(old).await?;
             }
             Ok(())
-        });
+        })
+        .await;
         self.in_flight = Some(InFlightCommit {
             batch_id,
             entry: commit,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -63,7 +64,7 @@ impl std::fmt::Display for Durability {
 
 static SYNC_CALLS: AtomicU64 = AtomicU64::new(0);
 
-/// How many `fsync`s [`MachineDurableFs`] has made in this process (files
+/// How many `fsync`s [`LocalFs`] has made (with [`Durability::Machine`]) in this process (files
 /// and directories): what `machine` durability adds, for tests and
 /// benchmarks.
 pub fn sync_calls() -> u64 {
@@ -81,29 +82,41 @@ fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     sync(&File::open(dir)?)
 }
 
-/// The local file system (as [`LocalFileSystem::new`], paths absolute)
-/// with [`Durability::Machine`] writes: every put writes a staging file
-/// (`<name>#<n>`, which listings skip, as `LocalFileSystem`'s own), syncs
-/// it, moves it into place and syncs the directory (a directory it has to
-/// create first, it creates and makes durable in its parent); a rename or
-/// copy syncs the target file and its directory. Reads, listings and
-/// deletes are `LocalFileSystem`'s.
+/// Puts of at most this many bytes with [`Durability::Process`] are
+/// written on the calling thread: a checkpoint log entry, a sink's
+/// manifest entry, a small data file. Writing a few kilobytes into the
+/// page cache takes microseconds, less than handing the work to tokio's
+/// blocking pool and waking the caller when it is done (on an idle
+/// machine each such hand-off wakes a parked thread: about a tenth to a
+/// quarter of a millisecond on a virtual machine, several per batch).
+/// Larger puts, and every put with [`Durability::Machine`] (whose `fsync`s
+/// may take milliseconds), run on the blocking pool.
+pub const INLINE_PUT_BYTES: usize = 256 * 1024;
+
+/// The local file system (as [`LocalFileSystem::new`], paths absolute),
+/// writing as durably as its [`Durability`] asks. Every put writes a
+/// staging file (`<name>#<n>`, which listings skip, as `LocalFileSystem`'s
+/// own) and moves it into place: renamed, or hard-linked for
+/// create-if-absent. With [`Durability::Machine`] it syncs the staging
+/// file before the move and the directory after (a directory it has to
+/// create first, it creates and makes durable in its parent), and a rename
+/// or copy syncs the target file and its directory. With
+/// [`Durability::Process`] nothing is synced, and small puts and deletes
+/// run on the calling thread (see [`INLINE_PUT_BYTES`]). Reads and
+/// listings are `LocalFileSystem`'s.
 #[derive(Debug)]
-pub struct MachineDurableFs {
+pub struct LocalFs {
     inner: LocalFileSystem,
+    durability: Durability,
 }
 
-impl Default for MachineDurableFs {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl MachineDurableFs {
-    /// The whole local file system.
-    pub fn new() -> Self {
+impl LocalFs {
+    /// The whole local file system, with writes as durable as
+    /// `durability` asks.
+    pub fn new(durability: Durability) -> Self {
         Self {
             inner: LocalFileSystem::new(),
+            durability,
         }
     }
 
@@ -111,12 +124,15 @@ impl MachineDurableFs {
         self.inner.path_to_filesystem(location)
     }
 
+    fn machine(&self) -> bool {
+        self.durability == Durability::Machine
+    }
+
     /// Syncs the file at `location` and its directory.
     async fn sync_in_place(&self, location: &Path) -> object_store::Result<()> {
         sync_file_and_dir(self.local(location)?).await
     }
 }
-
 /// The directory holding `path`.
 fn parent_of(path: &std::path::Path) -> &std::path::Path {
     path.parent().unwrap_or(std::path::Path::new("/"))
@@ -145,14 +161,14 @@ async fn run_blocking<T: Send + 'static>(
 
 fn generic(source: std::io::Error) -> object_store::Error {
     object_store::Error::Generic {
-        store: "MachineDurableFs",
+        store: "LocalFs",
         source: Box::new(source),
     }
 }
 
-impl std::fmt::Display for MachineDurableFs {
+impl std::fmt::Display for LocalFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MachineDurableFs({})", self.inner)
+        write!(f, "LocalFs({}, {})", self.inner, self.durability)
     }
 }
 
@@ -179,12 +195,10 @@ fn create_dir_all_durably(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>
     Ok(missing)
 }
 
-/// Writes `payload` to `path` durably: staging file, sync, move, sync dir
-/// (and the parents of directories it had to create).
-fn put_durably(path: &std::path::Path, payload: PutPayload, mode: PutMode) -> std::io::Result<()> {
-    let dir = parent_of(path);
-    create_dir_all_durably(dir)?;
-    let (mut staging_file, staging) = (1u64..)
+/// Opens a new staging file for `path`: `<path>#<n>` for the first free
+/// `n`.
+fn open_staging(path: &std::path::Path) -> std::io::Result<(File, PathBuf)> {
+    (1u64..)
         .find_map(|n| {
             let mut name = path.as_os_str().to_owned();
             name.push(format!("#{n}"));
@@ -199,12 +213,40 @@ fn put_durably(path: &std::path::Path, payload: PutPayload, mode: PutMode) -> st
                 Err(e) => Some(Err(e)),
             }
         })
-        .expect("an unused staging name")?;
+        .expect("an unused staging name")
+}
+
+/// Writes `payload` to `path`: staging file, moved into place (hard-linked
+/// for [`PutMode::Create`], so an existing file fails the put with
+/// `AlreadyExists`; renamed otherwise). With `machine` durability, also
+/// syncs the staging file before the move and the directory after (and the
+/// parents of directories it had to create); otherwise creates missing
+/// directories only when the staging file cannot be opened for want of
+/// them.
+fn put_file(
+    path: &std::path::Path,
+    payload: PutPayload,
+    mode: PutMode,
+    machine: bool,
+) -> std::io::Result<()> {
+    let dir = parent_of(path);
+    if machine {
+        create_dir_all_durably(dir)?;
+    }
+    let (mut staging_file, staging) = match open_staging(path) {
+        Err(e) if e.kind() == ErrorKind::NotFound && !machine => {
+            std::fs::create_dir_all(dir)?;
+            open_staging(path)?
+        }
+        opened => opened?,
+    };
     let written = (|| {
         for chunk in payload.iter() {
             staging_file.write_all(chunk)?;
         }
-        sync(&staging_file)?;
+        if machine {
+            sync(&staging_file)?;
+        }
         drop(staging_file);
         match mode {
             PutMode::Create => {
@@ -218,11 +260,14 @@ fn put_durably(path: &std::path::Path, payload: PutPayload, mode: PutMode) -> st
         let _ = std::fs::remove_file(&staging);
     }
     written?;
-    sync_dir(dir)
+    if machine {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
-impl ObjectStore for MachineDurableFs {
+impl ObjectStore for LocalFs {
     async fn put_opts(
         &self,
         location: &Path,
@@ -236,9 +281,14 @@ impl ObjectStore for MachineDurableFs {
         }
         let path = self.local(location)?;
         let at = location.clone();
-        let outcome = tokio::task::spawn_blocking(move || put_durably(&path, payload, mode))
-            .await
-            .map_err(|e| generic(std::io::Error::other(e)))?;
+        let machine = self.machine();
+        let outcome = if !machine && payload.content_length() <= INLINE_PUT_BYTES {
+            put_file(&path, payload, mode, false)
+        } else {
+            tokio::task::spawn_blocking(move || put_file(&path, payload, mode, machine))
+                .await
+                .map_err(|e| generic(std::io::Error::other(e)))?
+        };
         match outcome {
             Ok(()) => Ok(PutResult {
                 e_tag: None,
@@ -259,8 +309,12 @@ impl ObjectStore for MachineDurableFs {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        if !self.machine() {
+            return Ok(inner);
+        }
         Ok(Box::new(DurableUpload {
-            inner: self.inner.put_multipart_opts(location, opts).await?,
+            inner,
             path: self.local(location)?,
         }))
     }
@@ -277,7 +331,28 @@ impl ObjectStore for MachineDurableFs {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
+        if self.machine() {
+            return self.inner.delete_stream(locations);
+        }
+        // Unlinking a file is one system call: done on the calling thread
+        // (the retention deletes of old log entries, one batch's leftovers).
+        let inner = self.inner.clone();
+        locations
+            .map(move |location| {
+                let location = location?;
+                let path = inner.path_to_filesystem(&location)?;
+                match std::fs::remove_file(&path) {
+                    Ok(()) => Ok(location),
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        Err(object_store::Error::NotFound {
+                            path: path.display().to_string(),
+                            source: Box::new(e),
+                        })
+                    }
+                    Err(e) => Err(generic(e)),
+                }
+            })
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
@@ -295,7 +370,10 @@ impl ObjectStore for MachineDurableFs {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await?;
-        self.sync_in_place(to).await
+        if self.machine() {
+            self.sync_in_place(to).await?;
+        }
+        Ok(())
     }
 
     async fn rename_opts(
@@ -305,7 +383,10 @@ impl ObjectStore for MachineDurableFs {
         options: RenameOptions,
     ) -> object_store::Result<()> {
         self.inner.rename_opts(from, to, options).await?;
-        self.sync_in_place(to).await
+        if self.machine() {
+            self.sync_in_place(to).await?;
+        }
+        Ok(())
     }
 }
 
@@ -341,7 +422,7 @@ mod tests {
     #[tokio::test]
     async fn machine_writes_sync_each_file_and_directory_and_stay_atomic() {
         let dir = tempfile::tempdir().unwrap();
-        let store = MachineDurableFs::new();
+        let store = LocalFs::new(Durability::Machine);
         let at = |name: &str| Path::from_absolute_path(dir.path().join(name)).unwrap();
         let before = sync_calls();
         store
