@@ -191,13 +191,18 @@ impl RestCatalogServer {
     }
 
     /// Starts the server process (again, after [`RestCatalogServer::stop`]:
-    /// the catalog it kept in its directory is still there) on a free
+    /// the catalog it kept in its directory is still there, and so is its
+    /// URL: it listens on the port it had, which must be free) on a free
     /// port.
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "the server runs already");
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let port = free_port();
+            let port = if self.port == 0 {
+                free_port()
+            } else {
+                self.port
+            };
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

@@ -9,8 +9,11 @@
 //!   its first batch and appends one snapshot per batch; a pipeline file's
 //!   `connector = 'iceberg'` sink with `catalog_uri` and `table` does too;
 //! - killed (SIGKILL, in a child process) before and after the sink's
-//!   commit of a batch and restarted, the query leaves every row once and
+//!   commit of a batch (also inside it: the batch's files written, the
+//!   commit not sent) and restarted, the query leaves every row once and
 //!   each batch id once in the snapshot summaries;
+//! - the catalog down for a while between two batches: the batch fails as
+//!   a transient error and is tried again until the catalog is back;
 //! - another writer committing between the sink's load of the table and
 //!   its commit (through a proxy in front of the catalog that lets the
 //!   other writer in just before forwarding the sink's commit) makes the
@@ -18,9 +21,10 @@
 //!   snapshot and keeps the other writer's rows; a conflict on every
 //!   attempt fails the batch, naming the table and the catalog, and a
 //!   restart then commits it once;
-//! - an unreachable catalog, a table whose schema does not fit and a
-//!   location the catalog refuses are refused when the query starts,
-//!   naming the table and the catalog.
+//! - an unreachable catalog and a table whose schema does not fit are
+//!   refused when the query starts, and a location the catalog refuses by
+//!   the first batch, naming the table and the catalog, with nothing
+//!   committed.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -375,7 +379,7 @@ async fn rest_crash_child() -> anyhow::Result<()> {
 async fn sigkill_around_a_rest_catalog_commit_loses_and_duplicates_nothing() {
     let server = RestCatalogServer::start();
     let uri = server.uri();
-    for point in ["before_sink", "after_sink"] {
+    for point in ["before_sink", "during_sink", "after_sink"] {
         for batch in [0, 1] {
             let at = format!("killed at {point}@{batch}");
             let dirs = Dirs::new(4);
@@ -398,7 +402,12 @@ async fn sigkill_around_a_rest_catalog_commit_loses_and_duplicates_nothing() {
             let query_id = query_id(&checkpoint);
             let read_back = read(&uri, &table);
             if committed == 0 {
-                assert_eq!(read_back["exists"], false, "{at}: {read_back}");
+                // Batch 0 creates the table before its commit.
+                let created = point == "during_sink";
+                assert_eq!(read_back["exists"], created, "{at}: {read_back}");
+                if created {
+                    assert_eq!(read_back["snapshots"], json!([]), "{at}: {read_back}");
+                }
             } else {
                 assert_eq!(read_back["rows"], committed * 20, "{at}: {read_back}");
                 assert_eq!(
@@ -738,4 +747,64 @@ async fn an_unreachable_catalog_and_a_table_that_does_not_fit_are_refused_at_sta
         "{err}"
     );
     assert_eq!(read(&uri, "lake.placed")["exists"], false);
+}
+
+#[tokio::test]
+async fn a_catalog_down_between_batches_is_waited_for() {
+    let mut server = RestCatalogServer::start();
+    let uri = server.uri();
+    let dirs = Dirs::new(1);
+    let ctx = SessionContext::new();
+    let query = dirs
+        .events(&ctx)
+        .await
+        .write_stream()
+        .sink(IcebergSink::rest(&uri, "lake.flaky").unwrap())
+        .checkpoint(dirs.checkpoint("cp").to_str().unwrap())
+        .trigger(Trigger::ProcessingTime(Duration::from_millis(100)))
+        .start()
+        .await
+        .unwrap();
+    query.process_all_available().await.unwrap();
+    server.stop();
+    write_input(&dirs.input, 1);
+    // The batch fails (connection refused) and is retried.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !query
+        .status()
+        .message
+        .starts_with("Retrying after a transient error")
+    {
+        assert!(
+            query.is_active(),
+            "the query failed: {:?}",
+            query.error().map(|e| e.to_string())
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no retry: {:?}",
+            query.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let message = query.status().message;
+    assert!(
+        message.contains(&format!("the Iceberg table 'lake.flaky in {uri}'")),
+        "{message}"
+    );
+    server.launch();
+    assert_eq!(server.uri(), uri);
+    tokio::time::timeout(Duration::from_secs(60), query.process_all_available())
+        .await
+        .expect("batch 1 committed once the catalog is back")
+        .unwrap();
+    query.stop().await.unwrap();
+    let query_id = query.id().to_string();
+    let table = read(&uri, "lake.flaky");
+    assert_eq!(
+        (table["rows"].clone(), table["distinct_ids"].clone()),
+        (40.into(), 40.into()),
+        "{table}"
+    );
+    assert_eq!(snapshot_batches(&table), batches(&query_id, 2));
 }

@@ -19,10 +19,10 @@ mod delta_source;
 mod engine_semantics;
 mod file_sink;
 mod file_sink_crash;
-#[cfg(all(feature = "s3", feature = "iceberg"))]
-mod iceberg_s3;
 #[cfg(feature = "iceberg")]
 mod iceberg_rest;
+#[cfg(all(feature = "s3", feature = "iceberg"))]
+mod iceberg_s3;
 mod iceberg_sink;
 mod iceberg_sink_crash;
 mod join;

@@ -463,3 +463,115 @@ impl Catalog for DirectoryCatalog {
         self.table(version + 1, metadata)
     }
 }
+
+/// A REST catalog (`catalog_uri`) as the sink uses it: every call goes to
+/// the `iceberg-catalog-rest` client, and a commit stops first at the
+/// crash tests' `during_sink` failpoint, as the directory catalog's does
+/// (the batch's data files, manifest and manifest list written, the commit
+/// not sent).
+pub(super) struct RestCatalog {
+    inner: iceberg_catalog_rest::RestCatalog,
+    /// The batch being committed, for the crash tests' `during_sink`.
+    batch: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for RestCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestCatalog").finish_non_exhaustive()
+    }
+}
+
+impl RestCatalog {
+    /// The sink's view of `inner`.
+    pub(super) fn new(inner: iceberg_catalog_rest::RestCatalog, batch: Arc<AtomicU64>) -> Self {
+        Self { inner, batch }
+    }
+}
+
+#[async_trait]
+impl Catalog for RestCatalog {
+    async fn list_namespaces(
+        &self,
+        parent: Option<&NamespaceIdent>,
+    ) -> Result<Vec<NamespaceIdent>, Error> {
+        self.inner.list_namespaces(parent).await
+    }
+
+    async fn create_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> Result<Namespace, Error> {
+        self.inner.create_namespace(namespace, properties).await
+    }
+
+    async fn get_namespace(&self, namespace: &NamespaceIdent) -> Result<Namespace, Error> {
+        self.inner.get_namespace(namespace).await
+    }
+
+    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> Result<bool, Error> {
+        self.inner.namespace_exists(namespace).await
+    }
+
+    async fn update_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> Result<(), Error> {
+        self.inner.update_namespace(namespace, properties).await
+    }
+
+    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> Result<(), Error> {
+        self.inner.drop_namespace(namespace).await
+    }
+
+    async fn list_tables(&self, namespace: &NamespaceIdent) -> Result<Vec<TableIdent>, Error> {
+        self.inner.list_tables(namespace).await
+    }
+
+    async fn create_table(
+        &self,
+        namespace: &NamespaceIdent,
+        creation: TableCreation,
+    ) -> Result<Table, Error> {
+        self.inner.create_table(namespace, creation).await
+    }
+
+    async fn load_table(&self, table: &TableIdent) -> Result<Table, Error> {
+        self.inner.load_table(table).await
+    }
+
+    async fn drop_table(&self, table: &TableIdent) -> Result<(), Error> {
+        self.inner.drop_table(table).await
+    }
+
+    async fn purge_table(&self, table: &TableIdent) -> Result<(), Error> {
+        self.inner.purge_table(table).await
+    }
+
+    async fn table_exists(&self, table: &TableIdent) -> Result<bool, Error> {
+        self.inner.table_exists(table).await
+    }
+
+    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> Result<(), Error> {
+        self.inner.rename_table(src, dest).await
+    }
+
+    async fn register_table(
+        &self,
+        table: &TableIdent,
+        metadata_location: String,
+    ) -> Result<Table, Error> {
+        self.inner.register_table(table, metadata_location).await
+    }
+
+    /// Sends the commit (the catalog checks its requirements: a conflict
+    /// is a retryable error, and the transaction tries again from the
+    /// table's new metadata).
+    async fn update_table(&self, commit: TableCommit) -> Result<Table, Error> {
+        // The crash tests stop here: the batch's data files, manifest and
+        // manifest list are written, the commit is not sent.
+        crate::failpoint::hit("during_sink", self.batch.load(Ordering::SeqCst));
+        self.inner.update_table(commit).await
+    }
+}

@@ -239,7 +239,8 @@ impl IcebergSinkError {
     /// race), so that trying the batch again makes sense.
     /// An `iceberg` error counts as transient when it is retryable, a lost
     /// commit race, or caused by a transient object store failure (the
-    /// sink's file I/O and catalog keep the store's error as the source).
+    /// sink's file I/O and catalog keep the store's error as the source) or
+    /// a connection to a REST catalog that failed.
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Store { source, .. } => store_error_is_transient(source),
@@ -247,8 +248,7 @@ impl IcebergSinkError {
                 source.retryable()
                     || source.kind() == iceberg::ErrorKind::CatalogCommitConflicts
                     || std::iter::successors(std::error::Error::source(source), |e| e.source())
-                        .filter_map(|e| e.downcast_ref::<object_store::Error>())
-                        .any(store_error_is_transient)
+                        .any(cause_is_transient)
             }
             _ => false,
         }
@@ -276,6 +276,35 @@ impl IcebergSinkError {
             }
         }
     }
+}
+
+/// Whether a cause of an `iceberg` error is a transient object store or
+/// connection failure.
+fn cause_is_transient(cause: &(dyn std::error::Error + 'static)) -> bool {
+    cause
+        .downcast_ref::<object_store::Error>()
+        .is_some_and(store_error_is_transient)
+        || cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(io_error_is_transient)
+}
+
+/// Whether an I/O failure under an `iceberg` error (a REST catalog's HTTP
+/// client reaching the catalog) may pass by itself: a connection refused,
+/// reset, aborted or timed out.
+fn io_error_is_transient(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::NotConnected
+            | ErrorKind::BrokenPipe
+            | ErrorKind::TimedOut
+            | ErrorKind::UnexpectedEof
+            | ErrorKind::Interrupted
+    )
 }
 
 /// Whether an object store failure may pass by itself: any but a request
