@@ -570,3 +570,43 @@ INSERT INTO copied SELECT id, symbol, price FROM events;
         "no batch logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_sink_in_a_missing_bucket_is_refused_at_start_naming_it() {
+    let lake = Lake::start();
+    lake.write_input("files-bad/input", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.sql");
+    std::fs::write(
+        &file,
+        format!(
+            "CREATE STREAM events (id BIGINT, symbol VARCHAR, price DOUBLE)
+  WITH (connector = 'files', path = '{input}', format = 'json');
+CREATE SINK copied WITH (connector = 'files', path = 's3://no-such-bucket/out', format = 'parquet');
+INSERT INTO copied SELECT id, symbol, price FROM events;
+",
+            input = url("files-bad/input"),
+        ),
+    )
+    .unwrap();
+    let checkpoint = dir.path().join("chk");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
+    cmd.args(["run", file.to_str().unwrap(), "--trigger", "available-now"])
+        .args(["--checkpoint", checkpoint.to_str().unwrap()]);
+    clear_aws_env(&mut cmd);
+    cmd.envs(lake.server.env());
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot list its location s3://no-such-bucket/out (does the bucket exist?)"),
+        "{err}"
+    );
+    assert!(err.contains("NoSuchBucket"), "{err}");
+    // Refused before any batch was planned.
+    let offsets = checkpoint.join("copied/offsets");
+    assert!(
+        !offsets.exists() || std::fs::read_dir(&offsets).unwrap().next().is_none(),
+        "no batch logged"
+    );
+}

@@ -681,6 +681,28 @@ impl Sink for FileSink {
         let location =
             Location::resolve_with(&self.location, &self.storage, &ctx.session.runtime_env())?
                 .with_durability(ctx.durability);
+        if !matches!(location.url().scheme(), "file" | "memory") {
+            // A listing fails where the bucket is missing or refused (an
+            // empty prefix of a bucket lists as empty): the query fails to
+            // start, instead of at its first batch.
+            if let Err(e) = location
+                .store()
+                .list_with_delimiter(Some(location.path()))
+                .await
+            {
+                let missing = matches!(e, object_store::Error::NotFound { .. })
+                    || e.to_string().contains("NoSuchBucket");
+                let hint = if missing {
+                    " (does the bucket exist?)"
+                } else {
+                    ""
+                };
+                return Err(TidemillError::sink(
+                    self.description(),
+                    format!("cannot list its location {}{hint}: {e}", self.location),
+                ));
+            }
+        }
         let mut guard = self
             .state
             .lock()
