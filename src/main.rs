@@ -152,7 +152,8 @@ enum Command {
     /// the checkpoint.
     Status {
         /// A query's checkpoint directory, or a pipeline's checkpoint root
-        /// (one directory per query).
+        /// (one directory per query); local, or an `s3://bucket/path` URL
+        /// (credentials from the AWS_* variables).
         checkpoint: PathBuf,
         /// The pipeline file: also say how far behind each source is.
         #[arg(long, value_name = "FILE")]

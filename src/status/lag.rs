@@ -18,6 +18,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tidemill_engine::{Offset, ReadLimit, Source, SourceContext, TidemillError};
 use tidemill_state::{CheckpointDir, StateError};
 
+use super::files::Files;
 use super::{PartitionLag, QueryReport, SourceLag, StatusError};
 
 /// How long a source may take to say what it holds (a broker that does not
@@ -48,6 +49,7 @@ impl From<TidemillError> for Failure {
 /// damaged; a source that cannot be asked otherwise gets a note.
 pub(super) async fn measure(
     query: &mut QueryReport,
+    files: &Files,
     dir: &Path,
     sources: &[Arc<dyn Source>],
 ) -> Result<(), StatusError> {
@@ -76,6 +78,7 @@ pub(super) async fn measure(
                     TIMEOUT,
                     latest_offset(
                         source.as_ref(),
+                        files,
                         dir,
                         report.index,
                         report.committed.as_ref(),
@@ -124,15 +127,19 @@ fn unit_of(description: &str) -> String {
 /// now after `committed`, asked as a run asks it, with no read limit.
 async fn latest_offset(
     source: &dyn Source,
+    files: &Files,
     dir: &Path,
     index: usize,
     committed: Option<&Offset>,
 ) -> Result<Option<Offset>, Failure> {
     let session = SessionContext::new();
     let schema = source.schema(&session).await?;
-    let private = copy_to_memory(&dir.join("sources").join(index.to_string()))
-        .await
-        .map_err(|e| Failure::Other(format!("cannot copy its checkpoint directory: {e}")))?;
+    let private_dir = dir.join("sources").join(index.to_string());
+    let private = match files.copy_to_memory(&private_dir).await {
+        Some(copied) => copied,
+        None => copy_to_memory(&private_dir).await,
+    }
+    .map_err(|e| Failure::Other(format!("cannot copy its checkpoint directory: {e}")))?;
     let mut stream = source
         .open(SourceContext {
             session,

@@ -21,6 +21,12 @@
 //!   version the last committed batch wrote, and the files and bytes on
 //!   disk ([`StoreReport`]).
 //!
+//! **On object storage.** A checkpoint named by a URL (`s3://bucket/chk`,
+//! its client from the `AWS_*` variables as the engine makes it) is read
+//! the same way through its object store; whether a run holds it is read
+//! from its lease (`lock`, held until it expires), and the sizes are the
+//! objects' under each store's prefix.
+//!
 //! **Read-only.** Nothing is locked, created or rewritten: the files are
 //! read with the checkpoint's own decoders, each validated by its
 //! checksum — the metadata, every entry of the offset and commit logs, and
@@ -53,6 +59,7 @@
 //! # Ok(()) }
 //! ```
 
+mod files;
 mod lag;
 mod lock;
 mod render;
@@ -61,7 +68,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use object_store::local::LocalFileSystem;
 use serde::{Deserialize, Serialize};
 use tidemill_engine::checkpoint::{
     CommitEntry, OffsetEntry, commit_log, offset_log, read_metadata,
@@ -69,6 +75,8 @@ use tidemill_engine::checkpoint::{
 use tidemill_engine::watermark::format_millis;
 use tidemill_engine::{Offset, OutputMode, Source};
 use tidemill_state::{CheckpointDir, NumberedLog, StateError, StateStore};
+
+use files::Files;
 
 pub use lock::LockState;
 
@@ -334,14 +342,44 @@ pub async fn inspect(
         path: checkpoint.to_path_buf(),
         error,
     };
-    let root = std::fs::canonicalize(checkpoint).map_err(io)?;
+    let text = checkpoint.to_string_lossy();
+    let (files, root) = match text.split_once("://") {
+        Some((scheme, _)) if scheme != "file" => {
+            // A checkpoint on an object store, named by its URL (the
+            // client of an `s3://` one from the `AWS_*` variables).
+            let url = text.trim_end_matches('/').to_string();
+            let location = tidemill_engine::Location::resolve(
+                &url,
+                &datafusion::execution::runtime_env::RuntimeEnv::default(),
+            )
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+            let prefix = location.path().to_string();
+            let base = url
+                .strip_suffix(prefix.as_str())
+                .unwrap_or(&url)
+                .trim_end_matches('/')
+                .to_string();
+            let files = Files::Store {
+                store: Arc::clone(location.store()),
+                base,
+            };
+            (files, PathBuf::from(url))
+        }
+        _ => {
+            let local = match text.strip_prefix("file://") {
+                Some(path) => PathBuf::from(path),
+                None => checkpoint.to_path_buf(),
+            };
+            (Files::Local, std::fs::canonicalize(local).map_err(io)?)
+        }
+    };
     let mut dirs = Vec::new();
-    if root.join("metadata").is_file() {
+    if files.is_file(&root.join("metadata")).await {
         dirs.push(root.clone());
     } else {
-        for entry in std::fs::read_dir(&root).map_err(io)? {
-            let path = entry.map_err(io)?.path();
-            if path.join("metadata").is_file() {
+        for name in files.subdirectories(&root).await? {
+            let path = root.join(name);
+            if files.is_file(&path.join("metadata")).await {
                 dirs.push(path);
             }
         }
@@ -354,9 +392,9 @@ pub async fn inspect(
     }
     let mut queries = Vec::with_capacity(dirs.len());
     for dir in &dirs {
-        let mut query = inspect_query(dir).await?;
+        let mut query = inspect_query(&files, dir).await?;
         if let Some(sources) = sources {
-            lag::measure(&mut query, dir, sources).await?;
+            lag::measure(&mut query, &files, dir, sources).await?;
         }
         queries.push(query);
     }
@@ -366,22 +404,13 @@ pub async fn inspect(
     })
 }
 
-/// The checkpoint directory `dir` on the local file system.
-fn checkpoint_dir(dir: &Path) -> Result<CheckpointDir, StatusError> {
-    let path = object_store::path::Path::from_absolute_path(dir).map_err(|e| StatusError::Io {
-        path: dir.to_path_buf(),
-        error: std::io::Error::other(e),
-    })?;
-    Ok(CheckpointDir::new(Arc::new(LocalFileSystem::new()), path))
-}
-
 /// One query's checkpoint, read again if a batch commits meanwhile.
-async fn inspect_query(dir: &Path) -> Result<QueryReport, StatusError> {
-    let chk = checkpoint_dir(dir)?;
+async fn inspect_query(files: &Files, dir: &Path) -> Result<QueryReport, StatusError> {
+    let chk = files.checkpoint_dir(dir)?;
     let mut attempt = 0;
     loop {
         let before = newest_ids(&chk).await;
-        match read_query(dir, &chk).await {
+        match read_query(files, dir, &chk).await {
             Ok(report) => return Ok(report),
             Err(e) => {
                 attempt += 1;
@@ -405,7 +434,11 @@ async fn newest_ids(chk: &CheckpointDir) -> Option<(Option<u64>, Option<u64>)> {
 }
 
 /// Reads one query's checkpoint once.
-async fn read_query(dir: &Path, chk: &CheckpointDir) -> Result<QueryReport, StatusError> {
+async fn read_query(
+    files: &Files,
+    dir: &Path,
+    chk: &CheckpointDir,
+) -> Result<QueryReport, StatusError> {
     let missing = |name: &str, reason: String| StatusError::File {
         file: dir.join(name),
         problem: "corrupt",
@@ -469,7 +502,14 @@ async fn read_query(dir: &Path, chk: &CheckpointDir) -> Result<QueryReport, Stat
     };
 
     let state_version = last_id.map_or(0, |id| id + 1);
-    let operators = read_operators(dir, chk, metadata.operators.as_deref(), state_version).await?;
+    let operators = read_operators(
+        files,
+        dir,
+        chk,
+        metadata.operators.as_deref(),
+        state_version,
+    )
+    .await?;
 
     let output_mode = in_flight
         .as_ref()
@@ -486,7 +526,7 @@ async fn read_query(dir: &Path, chk: &CheckpointDir) -> Result<QueryReport, Stat
         created_at: metadata.created_at,
         sink: metadata.sink,
         output_mode,
-        lock: lock::state(dir),
+        lock: files.lock_state(dir).await,
         last_committed: committed.map(|(commit, _)| CommittedBatch {
             batch_id: commit.batch_id,
             committed_at_ms: commit.timestamp_ms,
@@ -535,6 +575,7 @@ async fn read_log<T: serde::Serialize + serde::de::DeserializeOwned>(
 /// Every stateful operator: those the metadata records and those with a
 /// directory under `state/`, each store described at `version`.
 async fn read_operators(
+    files: &Files,
     dir: &Path,
     chk: &CheckpointDir,
     described: Option<&[String]>,
@@ -542,7 +583,7 @@ async fn read_operators(
 ) -> Result<Vec<OperatorReport>, StatusError> {
     let state = dir.join("state");
     let mut numbers: Vec<usize> = (0..described.map_or(0, <[String]>::len)).collect();
-    for name in subdirectories(&state)? {
+    for name in files.subdirectories(&state).await? {
         if let Ok(n) = name.parse::<usize>()
             && !numbers.contains(&n)
         {
@@ -557,10 +598,12 @@ async fn read_operators(
         // A join keeps a store per side in `left/` and `right/`; any other
         // operator one store in its directory (whose own subdirectories
         // are numbered partitions).
-        let sides: Vec<String> = if op_dir.join("_metadata").is_file() {
+        let sides: Vec<String> = if files.is_file(&op_dir.join("_metadata")).await {
             Vec::new()
         } else {
-            let mut sides: Vec<String> = subdirectories(&op_dir)?
+            let mut sides: Vec<String> = files
+                .subdirectories(&op_dir)
+                .await?
                 .into_iter()
                 .filter(|name| name.parse::<usize>().is_err())
                 .collect();
@@ -568,14 +611,15 @@ async fn read_operators(
             sides
         };
         let mut stores = Vec::new();
-        if !op_dir.exists() {
+        if !files.exists(&op_dir).await {
             // Recorded, but never opened.
         } else if sides.is_empty() {
-            stores.push(read_store(None, &op_dir, &op_chk, version).await?);
+            stores.push(read_store(files, None, &op_dir, &op_chk, version).await?);
         } else {
             for side in sides {
                 stores.push(
                     read_store(
+                        files,
                         Some(side.clone()),
                         &op_dir.join(&side),
                         &op_chk.child(&side),
@@ -596,13 +640,14 @@ async fn read_operators(
 
 /// One state store at `version`, and its files on disk.
 async fn read_store(
+    files: &Files,
     side: Option<String>,
     dir: &Path,
     chk: &CheckpointDir,
     version: u64,
 ) -> Result<StoreReport, StatusError> {
     let info = StateStore::inspect(chk, version).await?;
-    let (files, bytes) = disk_usage(dir)?;
+    let (file_count, bytes) = files.disk_usage(dir).await?;
     Ok(StoreReport {
         side,
         path: dir.display().to_string(),
@@ -613,53 +658,7 @@ async fn read_store(
         key_columns: info.key_columns,
         value_columns: info.value_columns,
         version_bytes: info.data_bytes,
-        files,
+        files: file_count,
         bytes,
     })
-}
-
-/// The names of the directories in `dir` (none if it does not exist).
-fn subdirectories(dir: &Path) -> Result<Vec<String>, StatusError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => {
-            return Err(StatusError::Io {
-                path: dir.to_path_buf(),
-                error,
-            });
-        }
-    };
-    let mut names = Vec::new();
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            names.push(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
-/// The files under `dir`, recursively, and their bytes. A file removed
-/// while being counted (a running query purging) is left out.
-fn disk_usage(dir: &Path) -> Result<(u64, u64), StatusError> {
-    let mut total = (0, 0);
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(StatusError::Io { path: dir, error }),
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                pending.push(entry.path());
-            } else {
-                total.0 += 1;
-                total.1 += meta.len();
-            }
-        }
-    }
-    Ok(total)
 }

@@ -610,3 +610,110 @@ INSERT INTO copied SELECT id, symbol, price FROM events;
         "no batch logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tidemill_status_reads_a_checkpoint_on_s3() {
+    let lake = Lake::start();
+    for n in 0..3 {
+        lake.write_input("status/input", n).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let aws: String = lake
+        .server
+        .options()
+        .iter()
+        .map(|(k, v)| format!(", {k} = '{v}'"))
+        .collect();
+    let file = dir.path().join("status.sql");
+    std::fs::write(
+        &file,
+        format!(
+            "CREATE STREAM events (id BIGINT, symbol VARCHAR, price DOUBLE)
+  WITH (connector = 'files', path = '{input}', format = 'json',
+        max_files_per_trigger = 1{aws});
+CREATE SINK copied WITH (connector = 'files', path = '{copied}', format = 'parquet'{aws});
+CREATE SINK counts WITH (connector = 'delta', path = '{counts}', output_mode = 'complete'{aws});
+INSERT INTO copied SELECT id, symbol, price FROM events;
+INSERT INTO counts SELECT symbol, count(*) AS n FROM events GROUP BY symbol;
+",
+            input = url("status/input"),
+            copied = url("status/copied"),
+            counts = url("status/counts"),
+        ),
+    )
+    .unwrap();
+    let checkpoint = url("status/checkpoint");
+    let tidemill = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
+        cmd.args(args);
+        clear_aws_env(&mut cmd);
+        cmd.envs(lake.server.env());
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "tidemill {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let file = file.to_str().unwrap();
+    tidemill(&[
+        "run",
+        file,
+        "--trigger",
+        "available-now",
+        "--checkpoint",
+        &checkpoint,
+    ]);
+    // One more file the queries have not read.
+    lake.write_input("status/input", 3).await;
+
+    let json = tidemill(&["status", &checkpoint, "--pipeline", file, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["checkpoint"], checkpoint.as_str());
+    let queries = report["queries"].as_array().unwrap();
+    let names: Vec<&str> = queries
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["copied", "counts"]);
+    for query in queries {
+        assert_eq!(query["last_committed"]["batch_id"], 2, "{query}");
+        assert_eq!(query["in_flight"], serde_json::Value::Null, "{query}");
+        // The run ended: its lease was given back.
+        assert_eq!(query["lock"]["state"], "free", "{query}");
+        let source = &query["sources"][0];
+        assert_eq!(source["lag"]["unit"], "files", "{query}");
+        assert_eq!(source["lag"]["behind"], 1, "{query}");
+    }
+    let copied = &queries[0];
+    assert_eq!(
+        copied["path"],
+        format!("{checkpoint}/copied").as_str(),
+        "{copied}"
+    );
+    assert!(copied["sink"].as_str().unwrap().contains("status/copied"));
+    let store = &queries[1]["operators"][0]["stores"][0];
+    assert_eq!(store["rows"], 3, "{store}");
+    assert!(store["files"].as_u64().unwrap() > 0, "{store}");
+    assert!(store["bytes"].as_u64().unwrap() > 0, "{store}");
+    assert_eq!(
+        store["path"],
+        format!("{checkpoint}/counts/state/0").as_str()
+    );
+
+    // One query's checkpoint, as text.
+    let text = tidemill(&["status", &format!("{checkpoint}/copied")]);
+    assert!(text.contains("copied"), "{text}");
+    assert!(text.contains("batch 2"), "{text}");
+
+    // A prefix that holds no checkpoint.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemill"));
+    cmd.args(["status", &url("status/input")]);
+    clear_aws_env(&mut cmd);
+    cmd.envs(lake.server.env());
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a Tidemill checkpoint"), "{err}");
+}
