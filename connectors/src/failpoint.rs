@@ -2,8 +2,10 @@
 //! `failpoints` feature they are the engine's (`tidemill_engine::failpoint`);
 //! without it they are empty inline functions that compile to nothing.
 
+#[cfg(all(feature = "failpoints", feature = "kafka"))]
+pub(crate) use tidemill_engine::failpoint::armed;
 #[cfg(feature = "failpoints")]
-pub(crate) use tidemill_engine::failpoint::{armed, hit};
+pub(crate) use tidemill_engine::failpoint::hit;
 
 /// Does nothing (see the `failpoints` feature).
 #[cfg(not(feature = "failpoints"))]
@@ -11,7 +13,7 @@ pub(crate) use tidemill_engine::failpoint::{armed, hit};
 pub(crate) fn hit(_point: &str, _batch_id: u64) {}
 
 /// Never armed (see the `failpoints` feature).
-#[cfg(not(feature = "failpoints"))]
+#[cfg(all(not(feature = "failpoints"), feature = "kafka"))]
 #[inline(always)]
 pub(crate) fn armed(_point: &str, _batch_id: u64) -> bool {
     false

@@ -104,6 +104,7 @@ mod connector;
 // The Delta source reads parquet columns by the same conversion rules.
 pub(crate) mod convert;
 mod reader;
+#[cfg(feature = "delta")]
 pub(crate) use reader::StoreParquetReader;
 mod scan;
 mod seen_log;

@@ -44,7 +44,9 @@ pub(crate) struct StoreParquetReader {
 }
 
 impl StoreParquetReader {
-    /// A reader of the `size` bytes at `path` on `store`.
+    /// A reader of the `size` bytes at `path` on `store` (the Delta
+    /// source's; the file source builds its readers itself).
+    #[cfg(feature = "delta")]
     pub(crate) fn new(store: Arc<dyn ObjectStore>, path: Path, size: u64) -> Self {
         Self { store, path, size }
     }
