@@ -1,7 +1,29 @@
 //! A real Kafka-protocol broker for Tidemill's Kafka tests, the
 //! `kafka_trades` example and the `kafka` benchmark: [Tansu](https://github.com/tansu-io/tansu)
-//! 0.6.0 with its SQLite storage engine, started on a free port of
-//! 127.0.0.1 in a temporary directory, stopped when dropped.
+//! 0.6.0, started on a free port of 127.0.0.1 in a temporary directory,
+//! stopped when dropped.
+//!
+//! **Storage engines.** [`Broker::start`] runs Tansu on its SQLite engine
+//! (`--storage-engine sqlite://tansu.db` in the broker's directory): what
+//! every test uses, because the data outlives the process (tests kill and
+//! restart the broker and expect their topics back). SQLite costs the
+//! broker about 80 µs of CPU per record it stores (one SQL row per record
+//! and per header). [`Broker::start_in_memory`] runs Tansu's object-store
+//! engine ("dynostore") on an in-memory store (`memory://tansu/`): each
+//! record batch is kept as the producer sent it, so producing costs a few
+//! map updates per batch, not per record. But everything is lost when the
+//! process stops; a fetch lists every batch of the partition; a fetch
+//! from an offset inside a stored batch skips the rest of that batch; and
+//! ListOffsets (latest) answers the base offset + 1 of the batch stored
+//! last, not the partition's end, so a reader that asks for end offsets
+//! (`KafkaSource`, the exactly-once `KafkaSink`'s re-run scan,
+//! [`end_offsets`], [`consume_all`]) stops short of the last batch's other
+//! records. Fetch responses carry the right high watermark. It is for
+//! benchmarks that write to it and consume it (the `kafka` bench's
+//! latency part writes its output there), not for tests. On both
+//! engines Tansu holds every fetch for the consumer's whole
+//! `fetch.wait.max.ms` (its fetch loop, shared by the engines, sleeps out
+//! the rest of the wait after every pass, records or not).
 //!
 //! **Installing Tansu.** The first use in a process finds `tansu` 0.6.0:
 //! `$TANSU_BIN` if set, else `tansu` on the `PATH`, else
@@ -9,7 +31,14 @@
 //! `cargo install tansu@0.6.0 --locked --features libsql --root
 //! <workspace>/target/tools` (about 12 minutes on 2 cores, once per
 //! machine and target directory), holding a file lock so that parallel
-//! tests and processes wait for one install instead of racing.
+//! tests and processes wait for one install instead of racing. The
+//! in-memory broker needs a second build, with the `dynostore` feature:
+//! `$TANSU_DYNOSTORE_BIN` if set, else
+//! `<workspace>/target/tools/tansu-dynostore/bin/tansu`, else `cargo
+//! install tansu@0.6.0 --locked --features libsql,dynostore --root
+//! <workspace>/target/tools/tansu-dynostore` the same way (its own lock and
+//! log in that directory; only the first [`Broker::start_in_memory`] of a
+//! target directory pays for it, so `cargo test` never builds it).
 //!
 //! Besides the standard library it uses only `tempfile`, tokio and the
 //! rdkafka the connectors re-export. `<workspace>` is the directory of
@@ -56,32 +85,60 @@ fn is_wanted(binary: &Path) -> bool {
     version_of(binary).is_some_and(|v| v.split_whitespace().any(|w| w == TANSU_VERSION))
 }
 
-/// The `tansu` 0.6.0 binary, installed into `<workspace>/target/tools`
-/// first if there is none (see the module docs).
+/// The `tansu` 0.6.0 binary (SQLite engine), installed into
+/// `<workspace>/target/tools` first if there is none (see the module docs).
 pub fn tansu_binary() -> PathBuf {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BINARY
-        .get_or_init(find_or_install)
+        .get_or_init(|| find_or_install(Storage::Sqlite))
         .clone()
         .unwrap_or_else(|e| panic!("cannot provide the Tansu broker: {e}"))
 }
 
-fn find_or_install() -> Result<PathBuf, String> {
-    if let Ok(bin) = std::env::var("TANSU_BIN") {
+/// The `tansu` 0.6.0 binary built with the `dynostore` feature (for
+/// [`Broker::start_in_memory`]), installed into
+/// `<workspace>/target/tools/tansu-dynostore` first if there is none (see
+/// the module docs).
+pub fn tansu_dynostore_binary() -> PathBuf {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BINARY
+        .get_or_init(|| find_or_install(Storage::Memory))
+        .clone()
+        .unwrap_or_else(|e| panic!("cannot provide the in-memory Tansu broker: {e}"))
+}
+
+fn find_or_install(storage: Storage) -> Result<PathBuf, String> {
+    let (env, features, root) = match storage {
+        Storage::Sqlite => (
+            "TANSU_BIN",
+            "libsql",
+            workspace_root().join("target").join("tools"),
+        ),
+        Storage::Memory => (
+            "TANSU_DYNOSTORE_BIN",
+            "libsql,dynostore",
+            workspace_root()
+                .join("target")
+                .join("tools")
+                .join("tansu-dynostore"),
+        ),
+    };
+    if let Ok(bin) = std::env::var(env) {
         let bin = PathBuf::from(bin);
         return if is_wanted(&bin) {
             Ok(bin)
         } else {
             Err(format!(
-                "TANSU_BIN={} is not tansu {TANSU_VERSION}",
+                "{env}={} is not tansu {TANSU_VERSION}",
                 bin.display()
             ))
         };
     }
-    if is_wanted(Path::new("tansu")) {
+    // A `tansu` on the PATH may lack the dynostore feature: only the
+    // SQLite broker takes it.
+    if storage == Storage::Sqlite && is_wanted(Path::new("tansu")) {
         return Ok(PathBuf::from("tansu"));
     }
-    let root = workspace_root().join("target").join("tools");
     let bin = root.join("bin").join("tansu");
     if is_wanted(&bin) {
         return Ok(bin);
@@ -102,7 +159,8 @@ fn find_or_install() -> Result<PathBuf, String> {
     }
     let log_path = root.join("tansu-install.log");
     eprintln!(
-        "installing tansu {TANSU_VERSION} into {} for the Kafka tests (about 12 minutes on 2 cores, once); log: {}",
+        "installing tansu {TANSU_VERSION} (features {features}) into {} for the Kafka tests and \
+         benches (about 12 minutes on 2 cores, once); log: {}",
         root.display(),
         log_path.display()
     );
@@ -115,7 +173,7 @@ fn find_or_install() -> Result<PathBuf, String> {
             &format!("tansu@{TANSU_VERSION}"),
             "--locked",
             "--features",
-            "libsql",
+            features,
             "--root",
         ])
         .arg(&root)
@@ -136,7 +194,8 @@ fn find_or_install() -> Result<PathBuf, String> {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!(
-                "cargo install tansu@{TANSU_VERSION} did not finish in {INSTALL_TIMEOUT:?}; see {}",
+                "cargo install tansu@{TANSU_VERSION} --features {features} did not finish in \
+                 {INSTALL_TIMEOUT:?}; see {}",
                 log_path.display()
             ));
         }
@@ -144,11 +203,14 @@ fn find_or_install() -> Result<PathBuf, String> {
     };
     if !status.success() || !is_wanted(&bin) {
         return Err(format!(
-            "cargo install tansu@{TANSU_VERSION} failed ({status}); see {}",
+            "cargo install tansu@{TANSU_VERSION} --features {features} failed ({status}); see {}",
             log_path.display()
         ));
     }
-    eprintln!("installed tansu {TANSU_VERSION} in {:?}", started.elapsed());
+    eprintln!(
+        "installed tansu {TANSU_VERSION} (features {features}) in {:?}",
+        started.elapsed()
+    );
     Ok(bin)
 }
 
@@ -159,19 +221,51 @@ fn free_port() -> u16 {
         .expect("a free port on 127.0.0.1")
 }
 
+/// Where a [`Broker`] keeps its topics (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// Tansu's SQLite engine, in the broker's directory: durable across
+    /// restarts. [`Broker::start`].
+    Sqlite,
+    /// Tansu's object-store engine on an in-memory store: lost when the
+    /// broker stops. [`Broker::start_in_memory`].
+    Memory,
+}
+
 /// A running Tansu broker on 127.0.0.1, stopped on drop.
 pub struct Broker {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
     binary: PathBuf,
+    storage: Storage,
 }
 
 impl Broker {
-    /// Starts a broker on a free port in a new temporary directory and
-    /// waits until it accepts connections.
+    /// Starts a broker on Tansu's SQLite engine on a free port in a new
+    /// temporary directory and waits until it accepts connections.
     pub fn start() -> Self {
-        let binary = tansu_binary();
+        Self::start_on(Storage::Sqlite)
+    }
+
+    /// Starts a broker on Tansu's object-store engine with an in-memory
+    /// store (`--storage-engine memory://tansu/`), from the `dynostore`
+    /// build of Tansu (installed first if there is none, see the module
+    /// docs). Its topics are lost when it stops, so it cannot be
+    /// [`restart`](Broker::restart)ed, and its end offsets from
+    /// ListOffsets are wrong (see the module docs): for a benchmark's
+    /// output, not for tests.
+    pub fn start_in_memory() -> Self {
+        Self::start_on(Storage::Memory)
+    }
+
+    /// Starts a broker on `storage`: [`Broker::start`] or
+    /// [`Broker::start_in_memory`].
+    pub fn start_on(storage: Storage) -> Self {
+        let binary = match storage {
+            Storage::Sqlite => tansu_binary(),
+            Storage::Memory => tansu_dynostore_binary(),
+        };
         let dir = tempfile::Builder::new()
             .prefix("tansu-")
             .tempdir()
@@ -181,9 +275,15 @@ impl Broker {
             dir,
             child: None,
             binary,
+            storage,
         };
         broker.launch();
         broker
+    }
+
+    /// Where the broker keeps its topics.
+    pub fn storage(&self) -> Storage {
+        self.storage
     }
 
     /// Starts a broker as [`Broker::start`], then indexes its table of
@@ -250,7 +350,8 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// The broker's working directory (its SQLite database and log).
+    /// The broker's working directory (its log, and its SQLite database
+    /// on [`Storage::Sqlite`]).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -274,7 +375,12 @@ impl Broker {
     }
 
     /// Starts the broker again on the same port with the same data.
+    /// Panics on an in-memory broker, whose data died with it.
     pub fn restart(&mut self) {
+        assert!(
+            self.storage == Storage::Sqlite,
+            "an in-memory Tansu broker loses its topics when it stops: it cannot be restarted"
+        );
         self.stop();
         self.launch();
     }
@@ -296,7 +402,13 @@ impl Broker {
                     "--advertised-listener-url",
                     &url,
                 ])
-                .args(["--storage-engine", "sqlite://tansu.db"])
+                .args([
+                    "--storage-engine",
+                    match self.storage {
+                        Storage::Sqlite => "sqlite://tansu.db",
+                        Storage::Memory => "memory://tansu/",
+                    },
+                ])
                 .current_dir(self.dir.path())
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
