@@ -6,8 +6,8 @@ use std::task::Poll;
 
 use tokio::task::{JoinError, JoinHandle};
 
-/// A write started by [`Background::start`]: done at once, or running as a
-/// tokio task.
+/// A write started by [`Background::start`] (done at once, or running as a
+/// tokio task) or by [`Background::spawn`] (a task).
 ///
 /// On a local disk a checkpoint log entry is written on the calling thread
 /// (see `tidemill_state::durable::LocalFs`), so its future completes on its
@@ -32,6 +32,12 @@ impl<T: Send + 'static> Background<T> {
             Poll::Ready(out) => Self::Done(out),
             Poll::Pending => Self::Running(tokio::spawn(work)),
         }
+    }
+
+    /// Runs `work` as a task from the start: for work that nothing waits
+    /// for soon, which another worker thread can do meanwhile.
+    pub(crate) fn spawn(work: impl Future<Output = T> + Send + 'static) -> Self {
+        Self::Running(tokio::spawn(work))
     }
 
     /// Waits for the write's outcome; an error if its task panicked or was

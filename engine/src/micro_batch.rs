@@ -3,25 +3,25 @@
 //! **The commit log is written off the critical path** (Spark's
 //! asynchronous progress tracking, for every query): once batch N's sink
 //! and state have committed, `commits/N` and the retention deletes of old
-//! log entries are written in the background while the next trigger asks
-//! the sources for offsets, writes `offsets/N+1`, reads, plans and executes
-//! batch N+1 (a write that completes on its first poll, as a local disk's
-//! do, is simply done on the spot: see [`Background`]). The write is
-//! awaited ([`Runner::settle_commit`]) before batch N+1's sink, before a
-//! trigger that found no data returns, and before the query stops, so at
-//! most one commit is in flight and an error writing it fails the next
-//! batch (a transient one is retried, inline). Only then are the sources
-//! told that batch N committed ([`SourceStream::commit`]: a source may
-//! discard what it no longer needs to replay).
+//! log entries are written by a task of their own while the next trigger
+//! asks the sources for offsets, writes `offsets/N+1`, reads, plans and
+//! executes batch N+1. The write is awaited ([`Runner::settle_commit`])
+//! before batch N+1's sink, before a trigger that found no data returns,
+//! and before the query stops, so at most one commit is in flight and an
+//! error writing it fails the next batch (a transient one is retried,
+//! inline). Only then are the sources told that batch N committed
+//! ([`SourceStream::commit`]: a source may discard what it no longer needs
+//! to replay).
 //!
 //! **The offset log entry is written while the batch runs.** `offsets/N` is
-//! written in the background (or on the spot, see [`Background`]) while
-//! batch N reads its sources, plans and executes (none of which leaves a
-//! trace outside the process), and is awaited before the batch's sink
-//! writes anything ([`Runner::await_offset_log`]). A batch that fails first
-//! also waits for it: once `offsets/N` is written, a retry re-runs batch N
-//! as logged; if it could not be written, the next trigger plans batch N
-//! afresh, as a restart would.
+//! written in the background while batch N reads its sources, plans and
+//! executes (none of which leaves a trace outside the process), or on the
+//! spot where that is quicker (a local disk: see [`Background`]), and is
+//! awaited before the batch's sink writes anything
+//! ([`Runner::await_offset_log`]). A batch that fails first also waits for
+//! it: once `offsets/N` is written, a retry re-runs batch N as logged; if
+//! it could not be written, the next trigger plans batch N afresh, as a
+//! restart would.
 //!
 //! Recovery rules this implies, all kept by [`Checkpoint::recovery_point`]
 //! looking only at the latest offset entry:
@@ -390,6 +390,7 @@ impl Runner {
         };
         failpoint::hit("before_offset_log", entry.batch_id);
         let (offsets, logged) = (self.checkpoint.offsets.clone(), entry.clone());
+        let t = Instant::now();
         self.logging = Some(
             Background::start(async move {
                 offsets.add(logged.batch_id, &logged).await?;
@@ -398,6 +399,9 @@ impl Runner {
             })
             .await,
         );
+        // A write done on the spot counts in the offset log's phase, as
+        // the wait for one left running does (see `run_batch`).
+        phases.wal_commit = ms(t.elapsed());
         let ran = self
             .run_batch(entry, started, timestamp, phases, false)
             .await;
@@ -570,7 +574,10 @@ impl Runner {
         );
         let retire = batch_id.checked_sub(self.options.min_batches_to_retain);
         let written = commit.clone();
-        let task = Background::start(async move {
+        // Spawned rather than started on the spot: nothing waits for it
+        // until the next batch's sink, so another worker can write it
+        // while the next batch runs.
+        let task = Background::spawn(async move {
             failpoint::hit("before_commit_log", batch_id);
             commits.add(batch_id, &written).await?;
             failpoint::hit("after_commit_log", batch_id);
@@ -579,8 +586,7 @@ impl Runner {
                 commits.remove(old).await?;
             }
             Ok(())
-        })
-        .await;
+        });
         self.in_flight = Some(InFlightCommit {
             batch_id,
             entry: commit,
