@@ -1,7 +1,7 @@
 //! The Kafka sink: at-least-once with an idempotent producer, or
 //! exactly-once without broker transactions.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Int32Type, Schema, SchemaRef};
 use async_trait::async_trait;
 use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use tidemill_engine::{Location, Result, Sink, SinkContext, TidemillError};
 
@@ -60,9 +60,14 @@ enum Guarantee {
 ///
 /// **Exactly-once** ([`KafkaSink::exactly_once`]), without broker
 /// transactions: before producing batch `N`, the sink writes the batch's
-/// messages (topic, partition, key, value, headers, in order) and the
-/// current end offset of every partition they go to into its log, a
-/// directory the query owns. Every message carries the headers
+/// messages (topic, partition, key, value, headers, in order) and, for
+/// every partition they go to, an offset at or below the partition's
+/// current end into its log, a directory the query owns. That offset is
+/// the end the broker reported when the sink first wrote to the partition
+/// (one round trip per partition, once per query run), then the offset
+/// after the last of the sink's messages the broker acknowledged there
+/// (from the delivery reports): a partition only grows, so no message of
+/// batch `N` can be below it. Every message carries the headers
 /// `tidemill.sink` (the log's id), `tidemill.batch` (`N`) and
 /// `tidemill.seq` (its number in the batch). The producer does not retry
 /// by itself; when the batch is run again (after a crash, a transient
@@ -70,7 +75,9 @@ enum Guarantee {
 /// the partitions from the logged offsets to their end to find which
 /// sequence numbers of batch `N` are already there, and produces only the
 /// others. When all are acknowledged it records the batch as committed;
-/// a committed batch id is never written again. Consumers therefore see
+/// a committed batch id is never written again. (If a partition is found
+/// shorter than its logged offset, it was truncated or recreated: the
+/// re-run reads it from its beginning.) Consumers therefore see
 /// every message exactly once, in at most a few places out of order
 /// after a retry (downstream consumers should not rely on the order of one
 /// batch's messages across a failure). The remaining gap: a produce
@@ -124,6 +131,10 @@ struct Opened {
     last_committed: Option<u64>,
     /// Partition counts of the topics written to.
     partitions: BTreeMap<String, i32>,
+    /// Per topic and partition written to, an offset at or below its end:
+    /// the end the broker reported, then the offset after the last
+    /// message the broker acknowledged (see [`KafkaSink`]).
+    known_ends: BTreeMap<(String, i32), i64>,
 }
 
 /// Counts deliveries of the batch being produced.
@@ -132,6 +143,9 @@ struct Delivery {
     delivered: AtomicU64,
     failed: AtomicU64,
     first_error: Mutex<Option<KafkaError>>,
+    /// Per topic and partition, the offset after the last message
+    /// acknowledged there (by any batch of this producer).
+    ends: Mutex<HashMap<String, HashMap<i32, i64>>>,
 }
 
 impl ClientContext for Delivery {}
@@ -141,8 +155,20 @@ impl ProducerContext for Delivery {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(_) => {
+            Ok(message) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                // Negative without acknowledgements from the broker
+                // (`acks=0`): no bound learnt.
+                let next = message.offset() + 1;
+                if next > 0 {
+                    let mut ends = self.ends.lock().expect("lock");
+                    let partitions = match ends.get_mut(message.topic()) {
+                        Some(partitions) => partitions,
+                        None => ends.entry(message.topic().to_string()).or_default(),
+                    };
+                    let end = partitions.entry(message.partition()).or_insert(next);
+                    *end = (*end).max(next);
+                }
             }
             Err((error, _)) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
@@ -754,7 +780,13 @@ fn already_written(
         let (low, high) = reader
             .watermarks(topic, *partition)
             .map_err(|e| format!("offsets of {topic}/{partition}: {e}"))?;
-        let from = (*start).max(low);
+        // A partition shorter than the logged offset was truncated or
+        // recreated since: what the attempt wrote is anywhere in it.
+        let from = if high < *start {
+            low
+        } else {
+            (*start).max(low)
+        };
         if high > from {
             ranges.push(PartitionRange {
                 topic: topic.clone(),
@@ -834,6 +866,7 @@ impl Sink for KafkaSink {
             log,
             last_committed,
             partitions: BTreeMap::new(),
+            known_ends: BTreeMap::new(),
         });
         Ok(())
     }
@@ -851,6 +884,7 @@ impl Sink for KafkaSink {
             log,
             last_committed,
             partitions,
+            known_ends,
         }) = guard.as_mut()
         else {
             return Err(self.err(format!("add_batch({batch_id}) called before open()")));
@@ -910,36 +944,60 @@ impl Sink for KafkaSink {
                                 )
                             })
                             .collect();
+                        // Known bounds first; the broker only for the
+                        // partitions not written to yet in this run.
+                        let mut starts = Vec::with_capacity(targets.len());
+                        let mut unknown = BTreeSet::new();
+                        for target in targets {
+                            match known_ends.get(&target) {
+                                Some(&end) => starts.push((target.0, target.1, end)),
+                                None => {
+                                    unknown.insert(target);
+                                }
+                            }
+                        }
+                        let targets = unknown;
                         let producer = Arc::clone(producer);
                         // One query per partition, all at once: each is a
                         // round trip to the broker.
-                        let starts = blocking(move || {
-                            std::thread::scope(|scope| {
-                                let queries: Vec<_> = targets
-                                    .into_iter()
-                                    .map(|(topic, partition)| {
-                                        let producer = &producer;
-                                        scope.spawn(move || {
-                                            let (_, high) = producer
-                                                .client()
-                                                .fetch_watermarks(&topic, partition, timeout)?;
-                                            Ok::<_, KafkaError>((topic, partition, high))
+                        let asked = if targets.is_empty() {
+                            Vec::new()
+                        } else {
+                            blocking(move || {
+                                std::thread::scope(|scope| {
+                                    let queries: Vec<_> = targets
+                                        .into_iter()
+                                        .map(|(topic, partition)| {
+                                            let producer = &producer;
+                                            scope.spawn(move || {
+                                                let (_, high) = producer
+                                                    .client()
+                                                    .fetch_watermarks(&topic, partition, timeout)?;
+                                                Ok::<_, KafkaError>((topic, partition, high))
+                                            })
                                         })
-                                    })
-                                    .collect();
-                                queries
-                                    .into_iter()
-                                    .map(|q| q.join().expect("end-offset query panicked"))
-                                    .collect::<std::result::Result<Vec<_>, KafkaError>>()
+                                        .collect();
+                                    queries
+                                        .into_iter()
+                                        .map(|q| q.join().expect("end-offset query panicked"))
+                                        .collect::<std::result::Result<Vec<_>, KafkaError>>()
+                                })
                             })
-                        })
-                        .await?
-                        .map_err(|e| {
-                            self.kafka_err(
-                                &e,
-                                format!("batch {batch_id}: end offsets of the output partitions"),
-                            )
-                        })?;
+                            .await?
+                            .map_err(|e| {
+                                self.kafka_err(
+                                    &e,
+                                    format!(
+                                        "batch {batch_id}: end offsets of the output partitions"
+                                    ),
+                                )
+                            })?
+                        };
+                        for (topic, partition, end) in asked {
+                            known_ends.insert((topic.clone(), partition), end);
+                            starts.push((topic, partition, end));
+                        }
+                        starts.sort();
                         let pending = PendingBatch {
                             batch_id,
                             starts,
@@ -966,6 +1024,14 @@ impl Sink for KafkaSink {
                 )
             })
             .await?;
+            // Whatever the broker acknowledged, even in a failed attempt,
+            // is in the partitions for good: their ends are at least past it.
+            for (topic, ends) in producer.context().ends.lock().expect("lock").iter() {
+                for (&partition, &end) in ends {
+                    let known = known_ends.entry((topic.clone(), partition)).or_insert(end);
+                    *known = (*known).max(end);
+                }
+            }
             if let Err((e, context)) = result {
                 // Whatever the attempt left in the producer must not reach
                 // the broker after the re-run has looked: start afresh.
