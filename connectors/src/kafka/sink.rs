@@ -127,8 +127,11 @@ struct Layout {
 struct Opened {
     producer: Arc<BaseProducer<Delivery>>,
     layout: Layout,
-    log: Option<SinkLog>,
+    log: Option<Arc<SinkLog>>,
     last_committed: Option<u64>,
+    /// The clean-up of the sink log after the last committed batch,
+    /// running in the background; awaited before the next batch.
+    clean_up: Option<tokio::task::JoinHandle<Result<()>>>,
     /// Partition counts of the topics written to.
     partitions: BTreeMap<String, i32>,
     /// Per topic and partition written to, an offset at or below its end:
@@ -856,7 +859,10 @@ impl Sink for KafkaSink {
                     .with_durability(ctx.durability);
                 let log = SinkLog::open(location.dir(), &self.describe()).await?;
                 let last = log.last_committed().await?;
-                (Some(log), last)
+                if let Some(last) = last {
+                    log.clean_up_committed(last).await?;
+                }
+                (Some(Arc::new(log)), last)
             }
         };
         let mut state = self.state.lock().await;
@@ -865,6 +871,7 @@ impl Sink for KafkaSink {
             layout,
             log,
             last_committed,
+            clean_up: None,
             partitions: BTreeMap::new(),
             known_ends: BTreeMap::new(),
         });
@@ -883,12 +890,26 @@ impl Sink for KafkaSink {
             layout,
             log,
             last_committed,
+            clean_up,
             partitions,
             known_ends,
         }) = guard.as_mut()
         else {
             return Err(self.err(format!("add_batch({batch_id}) called before open()")));
         };
+        if let Some(previous) = clean_up.take() {
+            // A failed clean-up leaves files behind, nothing wrong: the
+            // next open of the log retries it.
+            match previous.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(sink = %self.describe(), error = %e, "cleaning up the sink log")
+                }
+                Err(e) => {
+                    tracing::warn!(sink = %self.describe(), error = %e, "cleaning up the sink log")
+                }
+            }
+        }
         if last_committed.is_some_and(|last| batch_id <= last) {
             tracing::debug!(sink = %self.describe(), batch_id, "batch already committed; skipped");
             return Ok(());
@@ -1044,6 +1065,9 @@ impl Sink for KafkaSink {
         }
         if let Some(log) = log {
             log.commit(batch_id, rows).await?;
+            // Off the batch's path: the next batch waits for it first.
+            let log = Arc::clone(log);
+            *clean_up = Some(tokio::spawn(async move { log.clean_up(batch_id).await }));
         }
         *last_committed = Some(batch_id);
         Ok(())

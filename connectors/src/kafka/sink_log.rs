@@ -14,7 +14,10 @@
 //!
 //! `pending/<N>` is created (put-if-absent) after its data file, so a
 //! pending entry always has its messages. A committed batch's pending
-//! entry and data are deleted; commits older than 100 batches are purged.
+//! entry and data are deleted, and commits older than 100 batches purged,
+//! after the commit and off the batch's path ([`SinkLog::clean_up`], run
+//! by the sink in the background); what a crash leaves of that is cleaned
+//! up when the log is next opened ([`SinkLog::clean_up_committed`]).
 
 use std::io::Cursor;
 
@@ -185,22 +188,48 @@ impl SinkLog {
         Ok(())
     }
 
-    /// Records `batch_id` as completely written and cleans up after it.
+    /// Records `batch_id` as completely written. What it leaves behind is
+    /// for [`SinkLog::clean_up`].
     pub(crate) async fn commit(&self, batch_id: u64, messages: u64) -> Result<()> {
         match self
             .commits
             .add(batch_id, &CommitEntry { batch_id, messages })
             .await
         {
-            Ok(()) | Err(StateError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e.into()),
+            Ok(()) | Err(StateError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Deletes the pending entry and data of every committed batch up to
+    /// `last_committed` still there (a crash between a commit and its
+    /// clean-up leaves them).
+    pub(crate) async fn clean_up_committed(&self, last_committed: u64) -> Result<()> {
+        for batch_id in self.pending.ids().await? {
+            if batch_id <= last_committed {
+                self.delete_pending(batch_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes committed batch `batch_id`'s pending entry and data, and the
+    /// commit entry 100 batches before it. Only after
+    /// [`SinkLog::commit`]`(batch_id)`: a committed batch is never planned
+    /// or re-run again, so nothing reads what this deletes.
+    pub(crate) async fn clean_up(&self, batch_id: u64) -> Result<()> {
+        self.delete_pending(batch_id).await?;
+        if let Some(old) = batch_id.checked_sub(COMMITS_TO_RETAIN) {
+            self.commits.remove(old).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes pending batch `batch_id`'s data, then its entry.
+    async fn delete_pending(&self, batch_id: u64) -> Result<()> {
         if let Some(entry) = self.pending.get(batch_id).await? {
             self.dir.child("data").delete(&entry.data).await?;
             self.pending.remove(batch_id).await?;
-        }
-        if let Some(old) = batch_id.checked_sub(COMMITS_TO_RETAIN) {
-            self.commits.remove(old).await?;
         }
         Ok(())
     }
