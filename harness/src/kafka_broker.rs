@@ -60,6 +60,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tidemill_connectors::kafka::rdkafka;
 
+use crate::cargo_install::CargoTool;
 use crate::results::workspace_root;
 
 /// The Tansu version the fixture runs.
@@ -139,79 +140,21 @@ fn find_or_install(storage: Storage) -> Result<PathBuf, String> {
     if storage == Storage::Sqlite && is_wanted(Path::new("tansu")) {
         return Ok(PathBuf::from("tansu"));
     }
-    let bin = root.join("bin").join("tansu");
-    if is_wanted(&bin) {
-        return Ok(bin);
+    CargoTool {
+        spec: &format!("tansu@{TANSU_VERSION}"),
+        args: &["--locked", "--features", features],
+        root: root.clone(),
+        binary: "tansu",
+        state_dir: root,
+        stem: "tansu",
+        purpose: &format!(
+            "(features {features}) for the Kafka tests and benches (about 12 minutes on 2 \
+             cores, once)"
+        ),
+        timeout: INSTALL_TIMEOUT,
+        cargo: CargoTool::default_cargo(),
     }
-    std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
-    // One install at a time, across test threads and processes.
-    let lock_path = root.join(".tansu-install.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
-    if is_wanted(&bin) {
-        return Ok(bin);
-    }
-    let log_path = root.join("tansu-install.log");
-    eprintln!(
-        "installing tansu {TANSU_VERSION} (features {features}) into {} for the Kafka tests and \
-         benches (about 12 minutes on 2 cores, once); log: {}",
-        root.display(),
-        log_path.display()
-    );
-    let log =
-        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut child = Command::new(cargo)
-        .args([
-            "install",
-            &format!("tansu@{TANSU_VERSION}"),
-            "--locked",
-            "--features",
-            features,
-            "--root",
-        ])
-        .arg(&root)
-        // Build in cargo's own temporary directory, not a shared target
-        // directory a running `cargo test` may hold.
-        .env_remove("CARGO_TARGET_DIR")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("running cargo install: {e}"))?;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break status;
-        }
-        if started.elapsed() > INSTALL_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "cargo install tansu@{TANSU_VERSION} --features {features} did not finish in \
-                 {INSTALL_TIMEOUT:?}; see {}",
-                log_path.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    if !status.success() || !is_wanted(&bin) {
-        return Err(format!(
-            "cargo install tansu@{TANSU_VERSION} --features {features} failed ({status}); see {}",
-            log_path.display()
-        ));
-    }
-    eprintln!(
-        "installed tansu {TANSU_VERSION} (features {features}) in {:?}",
-        started.elapsed()
-    );
-    Ok(bin)
+    .find_or_install(is_wanted)
 }
 
 fn free_port() -> u16 {

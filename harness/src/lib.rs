@@ -78,6 +78,7 @@
 #![warn(missing_docs)]
 
 pub mod browser;
+mod cargo_install;
 mod histogram;
 #[cfg(feature = "kafka")]
 pub mod kafka_broker;

@@ -31,6 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::cargo_install::CargoTool;
 use crate::results::workspace_root;
 
 /// The Rustberg version the fixture runs.
@@ -76,80 +77,18 @@ fn find_or_install() -> Result<PathBuf, String> {
     }
     let root = workspace_root().join("target").join("tools");
     let install_root = root.join(format!("rustberg-{RUSTBERG_VERSION}"));
-    let bin = install_root.join("bin").join("rustberg");
-    if is_wanted(&bin) {
-        return Ok(bin);
+    CargoTool {
+        spec: &format!("rustberg@{RUSTBERG_VERSION}"),
+        args: &["--locked", "--no-default-features", "--features", "cli"],
+        root: install_root,
+        binary: "rustberg",
+        state_dir: root,
+        stem: "rustberg",
+        purpose: "for the Iceberg REST catalog tests (about 15 minutes on 2 cores, once)",
+        timeout: INSTALL_TIMEOUT,
+        cargo: CargoTool::default_cargo(),
     }
-    std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
-    // One install at a time, across test threads and processes.
-    let lock_path = root.join(".rustberg-install.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
-    if is_wanted(&bin) {
-        return Ok(bin);
-    }
-    let log_path = root.join("rustberg-install.log");
-    eprintln!(
-        "installing rustberg {RUSTBERG_VERSION} into {} for the Iceberg REST catalog tests \
-         (about 15 minutes on 2 cores, once); log: {}",
-        install_root.display(),
-        log_path.display()
-    );
-    let log =
-        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut child = Command::new(cargo)
-        .args([
-            "install",
-            &format!("rustberg@{RUSTBERG_VERSION}"),
-            "--locked",
-            "--no-default-features",
-            "--features",
-            "cli",
-            "--root",
-        ])
-        .arg(&install_root)
-        // Build in cargo's own temporary directory, not a shared target
-        // directory a running `cargo test` may hold.
-        .env_remove("CARGO_TARGET_DIR")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("running cargo install: {e}"))?;
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break status;
-        }
-        if started.elapsed() > INSTALL_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "cargo install rustberg@{RUSTBERG_VERSION} did not finish in {INSTALL_TIMEOUT:?}; \
-                 see {}",
-                log_path.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    if !status.success() || !is_wanted(&bin) {
-        return Err(format!(
-            "cargo install rustberg@{RUSTBERG_VERSION} failed ({status}); see {}",
-            log_path.display()
-        ));
-    }
-    eprintln!(
-        "installed rustberg {RUSTBERG_VERSION} in {:?}",
-        started.elapsed()
-    );
-    Ok(bin)
+    .find_or_install(is_wanted)
 }
 
 fn free_port() -> u16 {
