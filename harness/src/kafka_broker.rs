@@ -46,7 +46,7 @@
 //! directory of the process using it.
 
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -61,6 +61,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tidemill_connectors::kafka::rdkafka;
 
 use crate::cargo_install::CargoTool;
+use crate::free_port;
 use crate::results::workspace_root;
 
 /// The Tansu version the fixture runs.
@@ -155,13 +156,6 @@ fn find_or_install(storage: Storage) -> Result<PathBuf, String> {
         cargo: CargoTool::default_cargo(),
     }
     .find_or_install(is_wanted)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
 }
 
 /// Where a [`Broker`] keeps its topics (see the module docs).

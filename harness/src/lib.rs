@@ -103,3 +103,12 @@ pub use study::{
     SourcesPlanFn, StudyPipeline, StudyReport, StudySettings, TriggerStudy, format_interval,
     format_interval_ms, standard_intervals,
 };
+
+/// A port on 127.0.0.1 that was free a moment ago, for a test server to
+/// listen on.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}

@@ -25,13 +25,14 @@
 //! Besides the standard library it uses only `tempfile`.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::cargo_install::CargoTool;
+use crate::free_port;
 use crate::results::workspace_root;
 
 /// The Rustberg version the fixture runs.
@@ -89,13 +90,6 @@ fn find_or_install() -> Result<PathBuf, String> {
         cargo: CargoTool::default_cargo(),
     }
     .find_or_install(is_wanted)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
 }
 
 /// A running Iceberg REST catalog (Rustberg) on 127.0.0.1, stopped on

@@ -27,12 +27,13 @@
 //! Besides the standard library it uses only `tempfile`.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::free_port;
 use crate::results::workspace_root;
 
 /// The moto version the fixture runs.
@@ -234,13 +235,6 @@ fn run_logged(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
 }
 
 /// A running moto S3 server on 127.0.0.1, stopped on drop.
