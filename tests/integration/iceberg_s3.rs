@@ -19,17 +19,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::prelude::*;
-use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use tidemill::QueryOptions;
-use tidemill::engine::{LeaseOptions, Location, StorageOptions};
+use tidemill::engine::LeaseOptions;
 use tidemill::prelude::*;
 use tidemill_harness::s3_server::{ACCESS_KEY_ID, REGION, S3Server, SECRET_ACCESS_KEY};
 
 use crate::child::{self, Child, Event};
 use crate::common::events_schema;
 use crate::iceberg_sink::one_snapshot_per_batch;
+use crate::s3;
 
 const BUCKET: &str = "tidemill-iceberg";
 
@@ -92,37 +92,15 @@ impl Bucket {
     fn start() -> Self {
         let server = S3Server::start();
         server.create_bucket(BUCKET);
-        let mut options = StorageOptions::new();
-        for (key, value) in server.options() {
-            options.insert(key, value).unwrap();
-        }
-        let ctx = SessionContext::new();
-        let location = Location::resolve_with(&url(""), &options, &ctx.runtime_env()).unwrap();
         Self {
-            store: Arc::clone(location.store()),
+            store: s3::bucket_store(&server, BUCKET, &SessionContext::new().runtime_env()),
             server,
         }
     }
 
-    /// Writes input file `n` under `dir`: events 20n..20n+20, symbol A, B
-    /// or C by id, price id × 1.5.
+    /// Writes input file `n` under `dir` (see [`s3::write_input`]).
     async fn write_input(&self, dir: &str, n: usize) {
-        let text: String = (n * 20..n * 20 + 20)
-            .map(|id| {
-                format!(
-                    "{{\"id\": {id}, \"symbol\": \"{}\", \"price\": {}}}\n",
-                    ["A", "B", "C"][id % 3],
-                    id as f64 * 1.5
-                )
-            })
-            .collect();
-        self.store
-            .put(
-                &Path::from(format!("{dir}/part-{n:04}.json")),
-                PutPayload::from(text),
-            )
-            .await
-            .unwrap();
+        s3::write_input(&self.store, dir, n).await
     }
 
     /// The child's command for the pipeline `name` (its input, table and
@@ -140,15 +118,7 @@ impl Bucket {
 
     /// The objects under `prefix`, by path.
     async fn list(&self, prefix: &str) -> Vec<String> {
-        let mut paths: Vec<String> = self
-            .store
-            .list(Some(&Path::from(prefix)))
-            .map_ok(|meta| meta.location.to_string())
-            .try_collect()
-            .await
-            .unwrap();
-        paths.sort();
-        paths
+        s3::list(&self.store, prefix).await
     }
 
     /// The object at `path` as text; `None` if there is none.
@@ -370,10 +340,7 @@ async fn two_writers_of_one_s3_table_lose_nothing() {
     use tidemill::engine::{OutputMode, Sink, SinkContext};
 
     let bucket = Bucket::start();
-    let mut options = StorageOptions::new();
-    for (key, value) in bucket.server.options() {
-        options.insert(key, value).unwrap();
-    }
+    let options = s3::options(&bucket.server);
     let context = |query: &str| SinkContext {
         session: SessionContext::new(),
         query_name: None,

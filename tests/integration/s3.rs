@@ -92,10 +92,8 @@ impl Lake {
         let server = S3Server::start();
         server.create_bucket(BUCKET);
         let ctx = SessionContext::new();
-        let location =
-            Location::resolve_with(&url(""), &options(&server), &ctx.runtime_env()).unwrap();
         Self {
-            store: Arc::clone(location.store()),
+            store: bucket_store(&server, BUCKET, &ctx.runtime_env()),
             server,
             ctx,
         }
@@ -103,21 +101,7 @@ impl Lake {
 
     /// Writes input file `n` (events 20n..20n+20) under `dir`.
     async fn write_input(&self, dir: &str, n: usize) {
-        let mut text = String::new();
-        for id in n * 20..n * 20 + 20 {
-            let symbol = ["A", "B", "C"][id % 3];
-            text.push_str(&format!(
-                "{{\"id\": {id}, \"symbol\": \"{symbol}\", \"price\": {}}}\n",
-                id as f64 * 1.5
-            ));
-        }
-        self.store
-            .put(
-                &Path::from(format!("{dir}/part-{n:04}.json")),
-                PutPayload::from(text),
-            )
-            .await
-            .unwrap();
+        write_input(&self.store, dir, n).await
     }
 
     /// The child's command, with the server's `AWS_*` variables.
@@ -135,15 +119,7 @@ impl Lake {
 
     /// The objects under `prefix`, by path.
     async fn list(&self, prefix: &str) -> Vec<String> {
-        let mut paths: Vec<String> = self
-            .store
-            .list(Some(&Path::from(prefix)))
-            .map_ok(|meta| meta.location.to_string())
-            .try_collect()
-            .await
-            .unwrap();
-        paths.sort();
-        paths
+        list(&self.store, prefix).await
     }
 
     async fn text(&self, path: &str) -> String {
@@ -244,12 +220,56 @@ fn url(path: &str) -> String {
 }
 
 /// The server's settings as connector options.
-fn options(server: &S3Server) -> StorageOptions {
+pub(crate) fn options(server: &S3Server) -> StorageOptions {
     let mut options = StorageOptions::new();
     for (key, value) in server.options() {
         options.insert(key, value).unwrap();
     }
     options
+}
+
+/// The store of bucket `bucket` on `server`, registered in `runtime`.
+pub(crate) fn bucket_store(
+    server: &S3Server,
+    bucket: &str,
+    runtime: &datafusion::execution::runtime_env::RuntimeEnv,
+) -> Arc<dyn ObjectStore> {
+    let location =
+        Location::resolve_with(&format!("s3://{bucket}/"), &options(server), runtime).unwrap();
+    Arc::clone(location.store())
+}
+
+/// Writes input file `n` under `dir` in `store`: JSON lines of events
+/// 20n..20n+20, symbol A, B or C by id, price id × 1.5.
+pub(crate) async fn write_input(store: &Arc<dyn ObjectStore>, dir: &str, n: usize) {
+    let text: String = (n * 20..n * 20 + 20)
+        .map(|id| {
+            format!(
+                "{{\"id\": {id}, \"symbol\": \"{}\", \"price\": {}}}\n",
+                ["A", "B", "C"][id % 3],
+                id as f64 * 1.5
+            )
+        })
+        .collect();
+    store
+        .put(
+            &Path::from(format!("{dir}/part-{n:04}.json")),
+            PutPayload::from(text),
+        )
+        .await
+        .unwrap();
+}
+
+/// The objects under `prefix` in `store`, by path, sorted.
+pub(crate) async fn list(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {
+    let mut paths: Vec<String> = store
+        .list(Some(&Path::from(prefix)))
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    paths.sort();
+    paths
 }
 
 /// Waits out a killed run's lease.
