@@ -112,3 +112,39 @@ pub(crate) fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port on 127.0.0.1")
 }
+
+/// One plain HTTP/1.1 request (no signature, no TLS) to the test server on
+/// 127.0.0.1:`port`, reading its answer for at most `read_timeout`; the
+/// status (0 if the answer has none) and body.
+pub(crate) fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    read_timeout: std::time::Duration,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(read_timeout))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(body)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}

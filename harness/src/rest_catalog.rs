@@ -24,16 +24,14 @@
 //!
 //! Besides the standard library it uses only `tempfile`.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::cargo_install::CargoTool;
-use crate::free_port;
 use crate::results::workspace_root;
+use crate::{free_port, http_request};
 
 /// The Rustberg version the fixture runs.
 pub const RUSTBERG_VERSION: &str = "0.3.0";
@@ -176,7 +174,9 @@ impl RestCatalogServer {
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // exited: the port may have been taken meanwhile
                 }
-                if get(port, "/v1/config").is_ok_and(|(status, _)| status == 200) {
+                if http_request(port, "GET", "/v1/config", &[], Duration::from_secs(10))
+                    .is_ok_and(|(status, _)| status == 200)
+                {
                     up = true;
                     break;
                 }
@@ -231,29 +231,4 @@ impl Drop for RestCatalogServer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// One plain HTTP/1.1 GET of `path` from the server on 127.0.0.1:`port`;
-/// the status and body.
-fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }

@@ -26,15 +26,13 @@
 //!
 //! Besides the standard library it uses only `tempfile`.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::free_port;
 use crate::results::workspace_root;
+use crate::{free_port, http_request};
 
 /// The moto version the fixture runs.
 pub const MOTO_VERSION: &str = "5.2.1";
@@ -282,7 +280,9 @@ impl S3Server {
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // exited: the port may have been taken meanwhile
                 }
-                if request(port, "GET", "/", &[]).is_ok_and(|(status, _)| status > 0) {
+                if http_request(port, "GET", "/", &[], Duration::from_secs(30))
+                    .is_ok_and(|(status, _)| status > 0)
+                {
                     up = true;
                     break;
                 }
@@ -317,8 +317,14 @@ impl S3Server {
     /// Creates the bucket `name` (3 to 63 lower-case letters, digits,
     /// dots and hyphens).
     pub fn create_bucket(&self, name: &str) {
-        let (status, body) = request(self.port, "PUT", &format!("/{name}"), &[])
-            .unwrap_or_else(|e| panic!("creating bucket {name}: {e}"));
+        let (status, body) = http_request(
+            self.port,
+            "PUT",
+            &format!("/{name}"),
+            &[],
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("creating bucket {name}: {e}"));
         assert!(
             status == 200,
             "creating bucket {name}: HTTP {status}: {body}"
@@ -370,31 +376,4 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// One plain HTTP/1.1 request to the server on 127.0.0.1:`port` (no
-/// signature: moto takes bucket creation unsigned); the status and body.
-fn request(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(body)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
