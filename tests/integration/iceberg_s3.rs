@@ -461,12 +461,7 @@ async fn a_sql_pipeline_writes_an_iceberg_table_on_s3_that_pyiceberg_reads() {
     for n in 0..3 {
         crate::crash::write_input(&input, n);
     }
-    let aws: String = bucket
-        .server
-        .options()
-        .iter()
-        .map(|(k, v)| format!(", {k} = '{v}'"))
-        .collect();
+    let aws = s3::sql_options(&bucket.server);
     let checkpoint = dir.path().join("checkpoint");
     let (ok, stderr) = run_cli(
         dir.path(),

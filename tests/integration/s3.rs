@@ -228,6 +228,16 @@ pub(crate) fn options(server: &S3Server) -> StorageOptions {
     options
 }
 
+/// The server's settings as SQL connector options, each after a comma:
+/// `, aws_endpoint = '…', …`.
+pub(crate) fn sql_options(server: &S3Server) -> String {
+    server
+        .options()
+        .iter()
+        .map(|(k, v)| format!(", {k} = '{v}'"))
+        .collect()
+}
+
 /// The store of bucket `bucket` on `server`, registered in `runtime`.
 pub(crate) fn bucket_store(
     server: &S3Server,
@@ -450,12 +460,7 @@ async fn a_sql_pipeline_on_s3_runs_through_the_cli_with_connector_options() {
         lake.write_input("sql/input", n).await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let aws: String = lake
-        .server
-        .options()
-        .iter()
-        .map(|(k, v)| format!(", {k} = '{v}'"))
-        .collect();
+    let aws = sql_options(&lake.server);
     let file = dir.path().join("copy.sql");
     std::fs::write(
         &file,
@@ -638,12 +643,7 @@ async fn tidemill_status_reads_a_checkpoint_on_s3() {
         lake.write_input("status/input", n).await;
     }
     let dir = tempfile::tempdir().unwrap();
-    let aws: String = lake
-        .server
-        .options()
-        .iter()
-        .map(|(k, v)| format!(", {k} = '{v}'"))
-        .collect();
+    let aws = sql_options(&lake.server);
     let file = dir.path().join("status.sql");
     std::fs::write(
         &file,
