@@ -107,6 +107,12 @@ pub(super) struct ParquetFooter {
 }
 
 impl ParquetFooter {
+    /// Whether the file has an offset index (where each page starts), so a
+    /// range of a row group's rows can be read without the whole group.
+    pub(super) fn has_offset_index(&self) -> bool {
+        self.metadata.metadata().offset_index().is_some()
+    }
+
     /// Rows per row group.
     pub(super) fn row_group_rows(&self) -> Vec<u64> {
         self.metadata

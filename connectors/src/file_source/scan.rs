@@ -30,8 +30,12 @@ use super::seen_log::SeenFile;
 const FOOTER_CONCURRENCY: usize = 8;
 
 /// The fewest rows a row group is cut into when one is too big for one
-/// partition: a cut costs each column one page decoded on both sides.
-const MIN_RANGE_ROWS: u64 = 65_536;
+/// partition: a cut costs each column at most one page decoded on both
+/// sides, and parquet writers (parquet-rs, parquet-mr) cap a page at
+/// 20 000 rows, so a piece of this many rows wastes at most about one
+/// page's decoding per column. A 100 000-row file (one small file per
+/// trigger) is still cut in two.
+const MIN_RANGE_ROWS: u64 = 16_384;
 
 /// Part of a batch: a whole file, or rows of a parquet file.
 #[derive(Debug, Clone)]
@@ -102,7 +106,8 @@ pub(super) async fn partitions(
             _ => footers(reader, schema, &files).await?,
         };
         let rows: Vec<Vec<u64>> = footers.iter().map(|f| f.row_group_rows()).collect();
-        parquet_runs(&rows, partitions)
+        let cuttable: Vec<bool> = footers.iter().map(|f| f.has_offset_index()).collect();
+        parquet_runs(&rows, &cuttable, partitions)
             .iter()
             .map(|run| parquet_pieces(run, &rows, &footers))
             .collect()
@@ -140,9 +145,11 @@ pub(super) async fn partitions(
 /// Cuts the rows of parquet files (`rows[file][row group]`: rows per row
 /// group, files in order) into up to `n` contiguous runs of about equal
 /// rows. Run `k` ends near row `k/n` of the total: inside a row group when
-/// both sides keep at least [`MIN_RANGE_ROWS`] rows, else at the nearer
-/// edge of the group's rest. Empty row groups are dropped.
-fn parquet_runs(rows: &[Vec<u64>], n: usize) -> Vec<Vec<Slice>> {
+/// its file is `cuttable` (it has an offset index, so each side fetches
+/// and decodes only its own pages) and both sides keep at least
+/// [`MIN_RANGE_ROWS`] rows, else at the nearer edge of the group's rest.
+/// Empty row groups are dropped.
+fn parquet_runs(rows: &[Vec<u64>], cuttable: &[bool], n: usize) -> Vec<Vec<Slice>> {
     let total: u64 = rows.iter().flatten().sum();
     let n = n.max(1);
     let mut runs: Vec<Vec<Slice>> = vec![Vec::new()];
@@ -160,7 +167,10 @@ fn parquet_runs(rows: &[Vec<u64>], n: usize) -> Vec<Vec<Slice>> {
                 let left = len - start;
                 let take = if left <= room {
                     left
-                } else if room >= MIN_RANGE_ROWS && left - room >= MIN_RANGE_ROWS {
+                } else if cuttable.get(file).copied().unwrap_or(false)
+                    && room >= MIN_RANGE_ROWS
+                    && left - room >= MIN_RANGE_ROWS
+                {
                     // The boundary falls inside the group: cut it there.
                     room
                 } else if 2 * room >= left {
@@ -330,11 +340,32 @@ mod tests {
             .collect()
     }
 
+    /// The runs of files that all have an offset index.
+    fn runs_of(rows: &[Vec<u64>], n: usize) -> Vec<Vec<Slice>> {
+        parquet_runs(rows, &vec![true; rows.len()], n)
+    }
+
+    #[test]
+    fn a_small_file_is_cut_in_two_only_with_an_offset_index() {
+        // One 100 000-row row group (one small file per trigger) on two
+        // partitions: two halves, when the pages can be found.
+        let runs = parquet_runs(&[vec![100_000]], &[true], 2);
+        assert_eq!(run_rows(&runs), [50_000, 50_000]);
+        // Without an offset index both sides would decode the whole
+        // column chunks: the group stays whole.
+        let runs = parquet_runs(&[vec![100_000]], &[false], 2);
+        assert_eq!(run_rows(&runs), [100_000]);
+        // Two files, only the second with an index: the boundary falls in
+        // the first, which is not cut, so it moves to the file's end.
+        let runs = parquet_runs(&[vec![100_000], vec![20_000]], &[false, true], 2);
+        assert_eq!(run_rows(&runs), [100_000, 20_000]);
+    }
+
     #[test]
     fn parquet_rows_are_cut_into_even_runs_inside_row_groups() {
         const M: u64 = MIN_RANGE_ROWS;
         // One big group on two partitions: its two halves.
-        let runs = parquet_runs(&[vec![8 * M]], 2);
+        let runs = runs_of(&[vec![8 * M]], 2);
         assert_eq!(
             runs,
             [
@@ -352,27 +383,27 @@ mod tests {
         );
         // Five one-group files on two partitions: the third is shared.
         let five = vec![vec![8 * M]; 5];
-        let runs = parquet_runs(&five, 2);
+        let runs = runs_of(&five, 2);
         assert_eq!(run_rows(&runs), [20 * M, 20 * M]);
         assert_eq!(runs[0][2].rows, 0..4 * M);
         assert_eq!(runs[1][0].rows, 4 * M..8 * M);
         // Many files fall on run boundaries: none is cut.
-        let runs = parquet_runs(&vec![vec![M]; 20], 2);
+        let runs = runs_of(&vec![vec![M]; 20], 2);
         assert!(runs.iter().flatten().all(|s| s.rows == (0..M)));
         assert_eq!(run_rows(&runs), [10 * M, 10 * M]);
         // A cut never leaves fewer than MIN_RANGE_ROWS on a side: the
         // boundary moves to the nearer edge.
-        let runs = parquet_runs(&[vec![M / 2], vec![M]], 2);
+        let runs = runs_of(&[vec![M / 2], vec![M]], 2);
         assert_eq!(run_rows(&runs), [M / 2, M]);
-        let runs = parquet_runs(&[vec![M], vec![M / 2]], 2);
+        let runs = runs_of(&[vec![M], vec![M / 2]], 2);
         assert_eq!(run_rows(&runs), [M, M / 2]);
-        let runs = parquet_runs(&[vec![10, 20, 30]], 8);
+        let runs = runs_of(&[vec![10, 20, 30]], 8);
         assert!(runs.iter().flatten().all(|s| s.rows.start == 0));
         // Every row lands in exactly one run, in order; empty groups are
         // dropped; never more runs than partitions.
         let rows = vec![vec![3 * M, 0, 5 * M + 7], vec![0], vec![M + 1, 9 * M]];
         for n in 1..=6 {
-            let runs = parquet_runs(&rows, n);
+            let runs = runs_of(&rows, n);
             assert!(runs.len() <= n && runs.iter().all(|r| !r.is_empty()));
             let slices: Vec<Slice> = runs.concat();
             let mut expected = (0, 0, 0);

@@ -980,6 +980,59 @@ async fn a_row_group_too_big_for_one_partition_is_read_as_row_ranges() {
     assert_eq!(all, (0..301_000).collect::<Vec<_>>());
 }
 
+#[tokio::test]
+async fn a_small_file_is_read_on_two_partitions_only_with_an_offset_index() {
+    use parquet::file::properties::{EnabledStatistics, WriterProperties};
+    // One 100 000-row row group (one small file per trigger), written with
+    // and without an offset index.
+    for (indexed, partitions) in [(true, 2), (false, 1)] {
+        let data = tempfile::tempdir().unwrap();
+        let column = Int64Array::from_iter_values(0..100_000);
+        let batch = RecordBatch::try_from_iter([("id", Arc::new(column) as ArrayRef)]).unwrap();
+        let mut props = WriterProperties::builder();
+        if !indexed {
+            props = props
+                .set_statistics_enabled(EnabledStatistics::Chunk)
+                .set_offset_index_disabled(true);
+        }
+        let file = std::fs::File::create(data.path().join("_a.parquet")).unwrap();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props.build()))
+                .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        std::fs::rename(
+            data.path().join("_a.parquet"),
+            data.path().join("a.parquet"),
+        )
+        .unwrap();
+        let session = SessionContext::new();
+        let source = FileSource::parquet(data.path().to_str().unwrap());
+        let chk = tempfile::tempdir().unwrap();
+        let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+        let end = end_of_all(&mut s).await;
+        let BatchInput::Partitions(parts) = s.read_input(None, &end, 2).await.unwrap() else {
+            panic!("a parquet batch is read as partitions");
+        };
+        // With the index, each half of the group on a partition of its own;
+        // without, the group whole on one (both sides would decode it all).
+        assert_eq!(parts.len(), partitions, "offset index: {indexed}");
+        let mut all = Vec::new();
+        for part in &parts {
+            let batches: Vec<RecordBatch> = part
+                .execute(session.task_ctx())
+                .try_collect()
+                .await
+                .unwrap();
+            let read = ids(&batches);
+            assert_eq!(read.len(), 100_000 / partitions, "offset index: {indexed}");
+            all.extend(read);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..100_000).collect::<Vec<_>>());
+    }
+}
+
 /// A parquet file `name` in `dir` holding `columns` (one row group per
 /// `rows_per_group` rows).
 fn write_parquet_columns(
