@@ -925,6 +925,29 @@ async fn read_batch_reads_what_the_stream_reads_and_fails_as_it_does() {
     assert!(err.contains("cannot infer the schema"), "{err}");
 }
 
+/// The rows of the parquet files in `dir`, read as the first batch of a
+/// new query on up to `partitions` partitions: each partition's batches.
+async fn read_partitions(dir: &FsPath, partitions: usize) -> Vec<Vec<RecordBatch>> {
+    let session = SessionContext::new();
+    let source = FileSource::parquet(dir.to_str().unwrap());
+    let chk = tempfile::tempdir().unwrap();
+    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
+    let end = end_of_all(&mut s).await;
+    let BatchInput::Partitions(parts) = s.read_input(None, &end, partitions).await.unwrap() else {
+        panic!("a parquet batch is read as partitions");
+    };
+    let mut read = Vec::new();
+    for part in &parts {
+        read.push(
+            part.execute(session.task_ctx())
+                .try_collect()
+                .await
+                .unwrap(),
+        );
+    }
+    read
+}
+
 #[tokio::test]
 async fn a_row_group_too_big_for_one_partition_is_read_as_row_ranges() {
     let data = tempfile::tempdir().unwrap();
@@ -943,29 +966,17 @@ async fn a_row_group_too_big_for_one_partition_is_read_as_row_ranges() {
     };
     write_parquet(data.path(), "a-big.parquet", &rows(0..300_000));
     write_parquet(data.path(), "b-small.parquet", &rows(300_000..301_000));
-    let session = SessionContext::new();
-    let source = FileSource::parquet(data.path().to_str().unwrap());
-    let chk = tempfile::tempdir().unwrap();
-    let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
-    let end = end_of_all(&mut s).await;
-    let BatchInput::Partitions(parts) = s.read_input(None, &end, 4).await.unwrap() else {
-        panic!("a parquet batch is read as partitions");
-    };
+    let parts = read_partitions(data.path(), 4).await;
     // 301 000 rows over four partitions: the big group is cut in four.
     assert_eq!(parts.len(), 4);
     let mut all = Vec::new();
-    for part in &parts {
-        let batches: Vec<RecordBatch> = part
-            .execute(session.task_ctx())
-            .try_collect()
-            .await
-            .unwrap();
-        let ids = ids(&batches);
+    for batches in &parts {
+        let ids = ids(batches);
         // Each partition reads a run of rows, in order, of about a quarter.
         assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{:?}", &ids[..3]);
         assert!((70_000..=80_000).contains(&ids.len()), "{}", ids.len());
         // Each row's columns belong together, across page boundaries.
-        for batch in &batches {
+        for batch in batches {
             let id = batch.column(0).as_primitive::<Int64Type>();
             let name = batch.column(1).as_string_view();
             for i in 0..batch.num_rows() {
@@ -1006,25 +1017,13 @@ async fn a_small_file_is_read_on_two_partitions_only_with_an_offset_index() {
             data.path().join("a.parquet"),
         )
         .unwrap();
-        let session = SessionContext::new();
-        let source = FileSource::parquet(data.path().to_str().unwrap());
-        let chk = tempfile::tempdir().unwrap();
-        let mut s = open(&source, &session, checkpoint(&session, chk.path())).await;
-        let end = end_of_all(&mut s).await;
-        let BatchInput::Partitions(parts) = s.read_input(None, &end, 2).await.unwrap() else {
-            panic!("a parquet batch is read as partitions");
-        };
+        let parts = read_partitions(data.path(), 2).await;
         // With the index, each half of the group on a partition of its own;
         // without, the group whole on one (both sides would decode it all).
         assert_eq!(parts.len(), partitions, "offset index: {indexed}");
         let mut all = Vec::new();
-        for part in &parts {
-            let batches: Vec<RecordBatch> = part
-                .execute(session.task_ctx())
-                .try_collect()
-                .await
-                .unwrap();
-            let read = ids(&batches);
+        for batches in &parts {
+            let read = ids(batches);
             assert_eq!(read.len(), 100_000 / partitions, "offset index: {indexed}");
             all.extend(read);
         }
