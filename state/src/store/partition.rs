@@ -137,8 +137,8 @@ struct Slot {
     hash: u64,
     key_len: u32,
     /// When the entry expires, or [`NEVER`] (an `Option<i64>` would take
-    /// 8 bytes more: 64-byte slots instead of 56, and every bucket of a
-    /// large table one more cache miss's worth of memory).
+    /// 8 bytes more: 64-byte slots instead of 56, and a state of 10 M keys
+    /// 13 % more memory).
     expires_at: i64,
 }
 
