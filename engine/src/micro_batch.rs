@@ -51,6 +51,7 @@ use crate::progress::{BatchFigures, PhaseDurations, SourceProgress};
 use crate::query::QueryShared;
 use crate::query::SourceBacklog;
 use crate::stateful::{BatchWatermarks, StatefulOperator, WatermarkRule};
+use crate::trigger::IdleWait;
 use crate::watermark::WatermarkTracker;
 use crate::{
     BatchInput, Offset, OutputMode, QueryOptions, QueryProgress, ReadLimit, Result, RetryPolicy,
@@ -256,6 +257,7 @@ impl Runner {
         self.checkpoint.offsets.purge_before(keep_from).await?;
         self.checkpoint.commits.purge_before(keep_from).await?;
         let mut retry = Backoff::new(self.options.retry.clone());
+        let mut idle_wait = IdleWait::new(self.options.no_data_polling_delay);
         loop {
             if self.shared.stop_requested() {
                 return Ok(());
@@ -319,8 +321,10 @@ impl Runner {
                 Trigger::AvailableNow => {}
                 Trigger::ProcessingTime(interval) => {
                     let mut wait = interval.saturating_sub(started.elapsed());
-                    if !ran {
-                        wait = wait.max(self.options.no_data_polling_delay);
+                    if ran {
+                        idle_wait.reset();
+                    } else {
+                        wait = wait.max(idle_wait.next_wait());
                     }
                     self.shared.sleep(wait).await;
                 }

@@ -19,8 +19,12 @@ pub struct QueryOptions {
     pub min_batches_to_retain: u64,
     /// How many progress reports [`StreamingQuery::recent_progress`] keeps.
     pub progress_history: usize,
-    /// How long a processing-time trigger waits after finding no new data
-    /// before asking the sources again (Spark's polling delay, 10 ms).
+    /// How long a processing-time trigger waits at most after finding no
+    /// new data before asking the sources again (Spark's polling delay,
+    /// 10 ms). The first trigger of an idle spell waits 1 ms (or this, if
+    /// shorter), and each further one twice as long as the one before, up
+    /// to this: a row arriving just after a back-to-back batch does not
+    /// wait a whole polling delay.
     pub no_data_polling_delay: Duration,
     /// How the watermarks of several watermarked inputs combine.
     pub multiple_watermark_policy: MultipleWatermarkPolicy,
