@@ -247,14 +247,7 @@ fn find_or_install() -> Result<PathBuf, String> {
     // One install at a time on the machine, across test threads,
     // processes and checkouts.
     let lock_path = std::env::temp_dir().join("tidemill-chromium-install.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    let _lock = crate::install_lock(&lock_path)?;
     if version_of(&bin).is_some() {
         return Ok(bin);
     }

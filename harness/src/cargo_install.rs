@@ -54,14 +54,7 @@ impl CargoTool<'_> {
         let dir = &self.state_dir;
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let lock_path = dir.join(format!(".{}-install.lock", self.stem));
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
-        lock.lock()
-            .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+        let _lock = crate::install_lock(&lock_path)?;
         if wanted(&bin) {
             return Ok(bin);
         }

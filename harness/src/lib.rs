@@ -104,6 +104,22 @@ pub use study::{
     format_interval_ms, standard_intervals,
 };
 
+/// Opens (creating it if need be) the lock file `path` and takes an
+/// exclusive lock on it, held until the returned file is dropped: one
+/// install of a test tool at a time, across test threads, processes and
+/// checkouts.
+pub fn install_lock(path: &std::path::Path) -> Result<std::fs::File, String> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("locking {}: {e}", path.display()))?;
+    Ok(lock)
+}
+
 /// A port on 127.0.0.1 that was free a moment ago, for a test server to
 /// listen on.
 pub(crate) fn free_port() -> u16 {

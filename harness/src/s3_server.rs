@@ -125,14 +125,7 @@ fn find_or_install() -> Result<MotoPython, String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     // One install at a time, across test threads and processes.
     let lock_path = root.join(".moto-install.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    let _lock = crate::install_lock(&lock_path)?;
     if venv.is_wanted() {
         return Ok(venv);
     }

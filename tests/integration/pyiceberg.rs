@@ -76,14 +76,7 @@ fn find_or_install() -> Result<PathBuf, String> {
     std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     // One install at a time, across test threads and processes.
     let lock_path = root.join(".pyiceberg-install.lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    let _lock = tidemill_harness::install_lock(&lock_path)?;
     if let Some(python) = installed_python(&venv) {
         return Ok(python);
     }
