@@ -59,7 +59,7 @@ impl IdleWait {
 
     /// A batch ran: the next idle spell starts with a short wait again.
     pub(crate) fn reset(&mut self) {
-        self.next = FIRST_IDLE_WAIT.min(self.max);
+        *self = Self::new(self.max);
     }
 
     /// The wait after a trigger that found no new data.
