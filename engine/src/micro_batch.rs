@@ -519,6 +519,7 @@ impl Runner {
                 end_offset: range.end.clone(),
                 num_input_rows: rows.get(),
                 lag: s.source.lag(),
+                metrics: s.source.metrics(),
             });
         }
         let max_event_time = self.watermarks.end_batch(&self.watermark_planner);

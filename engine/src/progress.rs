@@ -137,6 +137,12 @@ pub struct SourceProgress {
     /// the source can say.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub lag: std::collections::BTreeMap<String, u64>,
+    /// Source-specific figures of the batch, by name (Spark's
+    /// `SourceProgress.metrics`), where the source has any: the Kafka
+    /// source says whether the batch's ends came from the brokers or from
+    /// records already fetched (`ends_from`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metrics: std::collections::BTreeMap<String, String>,
 }
 
 /// The sink's part in a batch.

@@ -186,6 +186,13 @@ pub trait SourceStream: Send + Debug {
         std::collections::BTreeMap::new()
     }
 
+    /// Source-specific figures about the range the last
+    /// [`latest_offset`](Self::latest_offset) returned, by name, for
+    /// progress (Spark's `SourceProgress.metrics`); empty by default.
+    fn metrics(&self) -> std::collections::BTreeMap<String, String> {
+        std::collections::BTreeMap::new()
+    }
+
     /// After [`prepare_for_available_now`](Self::prepare_for_available_now):
     /// the offset the query will have read up to when it ends, if the
     /// source can say, so that a run can show how much of its backlog is

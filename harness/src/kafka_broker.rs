@@ -474,6 +474,13 @@ impl Out {
 
 /// Produces `messages` to `topic` and waits until all are acknowledged.
 pub fn produce(bootstrap: &str, topic: &str, messages: &[Out]) {
+    produce_paced(bootstrap, topic, messages, Duration::ZERO);
+}
+
+/// Produces `messages` to `topic` with one producer, `pace` apart (a
+/// steady stream rather than bursts), and waits until all are
+/// acknowledged.
+pub fn produce_paced(bootstrap: &str, topic: &str, messages: &[Out], pace: Duration) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
@@ -511,6 +518,10 @@ pub fn produce(bootstrap: &str, topic: &str, messages: &[Out]) {
                     producer.poll(Duration::from_millis(20));
                 }
             }
+        }
+        if !pace.is_zero() {
+            // Serves delivery reports while it waits.
+            producer.poll(pace);
         }
     }
     producer

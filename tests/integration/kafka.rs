@@ -37,8 +37,8 @@ use crate::child::{self, Child, Event};
 use crate::common::{events, events_schema, run_available_now, sorted_rows};
 
 use tidemill_harness::kafka_broker::{
-    Broker, Out, consume_all, create_topic, earliest_offsets, end_offsets, produce, unique_topic,
-    values,
+    Broker, Out, consume_all, create_topic, earliest_offsets, end_offsets, produce, produce_paced,
+    unique_topic, values,
 };
 
 /// A Kafka timeout short enough for tests that expect failures.
@@ -54,16 +54,19 @@ fn event_json(id: i64) -> String {
 
 /// Events `ids` as JSON values, event `i` to partition `i % partitions`.
 fn produce_events(bootstrap: &str, topic: &str, partitions: i32, ids: std::ops::Range<i64>) {
-    let messages: Vec<Out> = ids
-        .map(|i| Out {
-            partition: Some((i % partitions as i64) as i32),
-            key: Some(format!("k{i}").into_bytes()),
-            value: Some(event_json(i).into_bytes()),
-            headers: vec![("id".into(), i.to_string().into_bytes())],
-            timestamp: None,
-        })
-        .collect();
-    produce(bootstrap, topic, &messages);
+    produce(bootstrap, topic, &event_messages(partitions, ids));
+}
+
+/// The messages of events `ids`, event `i` to partition `i % partitions`.
+fn event_messages(partitions: i32, ids: std::ops::Range<i64>) -> Vec<Out> {
+    ids.map(|i| Out {
+        partition: Some((i % partitions as i64) as i32),
+        key: Some(format!("k{i}").into_bytes()),
+        value: Some(event_json(i).into_bytes()),
+        headers: vec![("id".into(), i.to_string().into_bytes())],
+        timestamp: None,
+    })
+    .collect()
 }
 
 fn events_source(bootstrap: &str, topic: &str) -> KafkaSource {
@@ -318,6 +321,81 @@ async fn new_topics_and_their_partitions_are_picked_up() {
         })
         .collect();
     assert_eq!(partitions.len(), 4, "{partitions:?}");
+}
+
+/// At trigger 0 while records keep arriving, a batch can end after the
+/// records the consumer already fetched, without asking the broker
+/// (progress metric `ends_from` = `fetched`). Across partition counts and
+/// repeated runs, every record is read exactly once and each batch starts
+/// where the previous one ended. A trigger that finds nothing new asks the
+/// broker, so `process_all_available` after the last produce sees every
+/// record. With a discovery interval of zero, every batch asks the broker.
+#[tokio::test]
+async fn batches_ended_by_fetched_records_read_every_record_once() {
+    let broker = Broker::start();
+    let b = broker.bootstrap();
+    let second = Duration::from_secs(1);
+    let rounds = [
+        (1, second),
+        (2, second),
+        (4, second),
+        (2, second),
+        (3, Duration::ZERO),
+    ];
+    for (round, (partitions, interval)) in rounds.into_iter().enumerate() {
+        let topic = unique_topic("tail");
+        create_topic(&b, &topic, partitions, &[]).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let ctx = SessionContext::new();
+        let sink = MemorySink::new();
+        let source = events_source(&b, &topic).partition_discovery_interval(interval);
+        let query = ctx
+            .read_stream(source)
+            .await
+            .unwrap()
+            .write_stream()
+            .sink(sink.clone())
+            .trigger(Trigger::ProcessingTime(Duration::ZERO))
+            .checkpoint(tmp.path().join("chk").to_str().unwrap())
+            .start()
+            .await
+            .unwrap();
+        // 2 000 records, one every millisecond or so.
+        let (bootstrap, target) = (b.clone(), topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let messages = event_messages(partitions, 0..2000);
+            produce_paced(&bootstrap, &target, &messages, Duration::from_millis(1));
+        })
+        .await
+        .unwrap();
+        query.process_all_available().await.unwrap();
+        query.stop().await.unwrap();
+        let what = format!("round {round}: {partitions} partitions, interval {interval:?}");
+        assert_eq!(
+            event_rows(&sink.batches()),
+            expected_events(0..2000),
+            "{what}"
+        );
+        let progress = query.recent_progress();
+        for pair in progress.windows(2) {
+            assert_eq!(
+                pair[1].sources[0].start_offset, pair[0].sources[0].end_offset,
+                "{what}: batch {} does not start where batch {} ended",
+                pair[1].batch_id, pair[0].batch_id
+            );
+        }
+        let fetched = progress
+            .iter()
+            .filter(|p| {
+                p.sources[0].metrics.get("ends_from").map(String::as_str) == Some("fetched")
+            })
+            .count();
+        if interval.is_zero() {
+            assert_eq!(fetched, 0, "{what}: {progress:#?}");
+        } else {
+            assert!(fetched > 0, "{what}: no batch ended by fetched records");
+        }
+    }
 }
 
 #[tokio::test]

@@ -40,6 +40,7 @@ impl StreamConnector for KafkaConnector {
                 "dead_letter_path",
                 "commit_offsets_to_group",
                 "timeout",
+                "partition_discovery_interval",
             ],
             Some(CLIENT_PREFIX),
         )?;
@@ -152,6 +153,9 @@ impl StreamConnector for KafkaConnector {
         }
         if let Some(timeout) = options.duration("timeout")? {
             source = source.timeout(timeout);
+        }
+        if let Some(interval) = options.duration("partition_discovery_interval")? {
+            source = source.partition_discovery_interval(interval);
         }
         for (key, value) in options.prefixed(CLIENT_PREFIX) {
             source = source.option(key, value);

@@ -273,16 +273,8 @@ impl Reader {
             }
         }
         if self.needs_assign {
-            let mut tpl = TopicPartitionList::new();
-            for ((topic, partition), cursor) in &mut self.cursors {
-                cursor.clear();
-                tpl.add_partition_offset(topic, *partition, KafkaOffset::Offset(cursor.read_upto))
-                    .map_err(|e| ReadError::Kafka(e, "assigning partitions".into()))?;
-            }
-            self.consumer
-                .assign(&tpl)
+            self.assign()
                 .map_err(|e| ReadError::Kafka(e, "assigning partitions".into()))?;
-            self.needs_assign = false;
         }
 
         let mut builders: Vec<RecordsBuilder> =
@@ -429,6 +421,121 @@ impl Reader {
             batches,
             first_offsets: first,
         })
+    }
+
+    /// Assigns the consumer every partition it has a cursor for, at the
+    /// cursor's position, forgetting what was kept ahead.
+    fn assign(&mut self) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), cursor) in &mut self.cursors {
+            cursor.clear();
+            tpl.add_partition_offset(topic, *partition, KafkaOffset::Offset(cursor.read_upto))?;
+        }
+        self.consumer.assign(&tpl)?;
+        self.needs_assign = false;
+        Ok(())
+    }
+
+    /// Keeps the consumer assigned to each of `partitions` (topic,
+    /// partition, next offset the query reads there), so that librdkafka
+    /// fetches them between reads and [`Reader::caught_up_ends`] can tell
+    /// where they end. A partition already followed from that offset keeps
+    /// what was fetched ahead; one at another offset starts afresh there.
+    pub(crate) fn follow(&mut self, partitions: &[(String, i32, i64)]) -> Result<(), KafkaError> {
+        for (topic, partition, offset) in partitions {
+            let key = (topic.clone(), *partition);
+            match self.cursors.get(&key) {
+                Some(cursor) if cursor.read_upto == *offset => {}
+                _ => {
+                    self.cursors.insert(key, Cursor::at(*offset));
+                    self.needs_assign = true;
+                }
+            }
+        }
+        if self.needs_assign {
+            self.assign()?;
+        }
+        Ok(())
+    }
+
+    /// Where a batch from `partitions` (topic, partition, start) can end
+    /// without asking the broker: the offset after the last record the
+    /// consumer already holds of each. Such ends are offsets of records in
+    /// hand, so never past a partition's true end.
+    ///
+    /// `None` — ask the broker — unless the consumer follows every
+    /// partition from its start, holds at least one new record, and is
+    /// close to the ends the broker reported with its latest fetch
+    /// responses (the high watermarks librdkafka keeps): in all, it lacks
+    /// no more records of them than it holds. A consumer further behind is
+    /// catching up, and a batch to the broker's ends is bigger; an end
+    /// below the records held means the partition was truncated or
+    /// recreated, which the broker's answer shows.
+    pub(crate) fn caught_up_ends(&mut self, partitions: &[(String, i32, i64)]) -> Option<Vec<i64>> {
+        if self.needs_assign {
+            return None;
+        }
+        for (topic, partition, start) in partitions {
+            match self.cursors.get(&(topic.clone(), *partition)) {
+                Some(cursor) if cursor.read_upto == *start => {}
+                _ => return None,
+            }
+        }
+        // Take what librdkafka has queued, without waiting.
+        loop {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => {
+                    let key = (message.topic().to_string(), message.partition());
+                    let detached = message.detach();
+                    self.keep(&key, detached);
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                // Errors surface in the read that follows a broker query.
+                Some(Err(_)) => return None,
+            }
+        }
+        if self.needs_assign {
+            // Kept too much ahead and forgot it.
+            return None;
+        }
+        let mut ends = Vec::with_capacity(partitions.len());
+        let (mut held, mut lacking) = (0_i64, 0_i64);
+        for (topic, partition, start) in partitions {
+            let cursor = self.cursors.get(&(topic.clone(), *partition))?;
+            let end = cursor.buffer.back().map_or(*start, |m| m.offset() + 1);
+            let high = self.cached_high_watermark(topic, *partition)?;
+            if high < end {
+                return None;
+            }
+            held += end - start;
+            lacking += high - end;
+            ends.push(end);
+        }
+        (held > 0 && lacking <= held).then_some(ends)
+    }
+
+    /// The end offset of a partition as the broker reported it with its
+    /// latest fetch response, without a request (`None` before the first
+    /// response).
+    fn cached_high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let topic = std::ffi::CString::new(topic).ok()?;
+        let (mut low, mut high) = (-1_i64, -1_i64);
+        // SAFETY: the client handle lives as long as `self.consumer`, which
+        // is borrowed for the call; `topic` is a NUL-terminated string that
+        // outlives it; `low` and `high` are valid for writes. librdkafka
+        // only reads its cache under its own lock.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some(high)
     }
 
     /// Keeps a record that arrived ahead of being asked for.

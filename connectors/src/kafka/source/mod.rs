@@ -70,8 +70,11 @@ enum Subscription {
 /// - [`KafkaSource::max_offsets_per_trigger`] (`maxOffsetsPerTrigger`):
 ///   a cap on records per micro-batch, spread across partitions in
 ///   proportion to their lag;
-/// - new partitions and new topics matching the pattern are discovered at
-///   every trigger and read from their beginning;
+/// - new partitions and new topics matching the pattern are discovered
+///   and read from their beginning: at every trigger that finds no new
+///   records, and at least every
+///   [`KafkaSource::partition_discovery_interval`] (1 s) while records
+///   keep arriving;
 /// - [`KafkaSource::fail_on_data_loss`] (`failOnDataLoss`, default true):
 ///   records the query still needed that are gone (deleted by retention,
 ///   a topic deleted and recreated) fail the query with an error naming the
@@ -111,7 +114,12 @@ pub struct KafkaSource {
     metadata_columns: bool,
     bad_records: BadRecordPolicy,
     commit_group: Option<String>,
+    partition_discovery_interval: Duration,
 }
+
+/// How long a stream may plan batches from what its consumer has fetched
+/// before it asks the brokers again ([`KafkaSource::partition_discovery_interval`]).
+const DEFAULT_PARTITION_DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 impl KafkaSource {
     /// A source reading from the brokers `bootstrap_servers`
@@ -130,6 +138,7 @@ impl KafkaSource {
             metadata_columns: true,
             bad_records: BadRecordPolicy::Fail,
             commit_group: None,
+            partition_discovery_interval: DEFAULT_PARTITION_DISCOVERY_INTERVAL,
         }
     }
 
@@ -243,6 +252,33 @@ impl KafkaSource {
     /// a failing commit only logs a warning.
     pub fn commit_offsets_to_group(mut self, group: impl Into<String>) -> Self {
         self.commit_group = Some(group.into());
+        self
+    }
+
+    /// How a stream finds where its next batch ends while records keep
+    /// arriving (default 1 s).
+    ///
+    /// A trigger asks the brokers for the partitions of its topics and
+    /// their end offsets: two round trips. Between reads, the source's
+    /// consumer keeps fetching the partitions it reads, and each fetch
+    /// response carries the partition's end. When the consumer has
+    /// already fetched every record up to the ends the brokers last
+    /// reported, and some of them are new, the batch ends after them
+    /// without a round trip: it reads exactly the records in hand, as a
+    /// re-run of it will. This is what takes the round trips off a batch
+    /// at trigger 0.
+    ///
+    /// The brokers are still asked at every trigger that finds nothing
+    /// new (so [`process_all_available`] means what the brokers hold), while
+    /// the consumer is behind (catching up reads to the true ends, in
+    /// batches as big as Spark's), and at least once per `interval`,
+    /// which bounds how long a new partition or topic goes unseen while
+    /// records keep arriving elsewhere. `Duration::ZERO` asks at every
+    /// trigger, as Spark does.
+    ///
+    /// [`process_all_available`]: tidemill_engine::StreamingQuery::process_all_available
+    pub fn partition_discovery_interval(mut self, interval: Duration) -> Self {
+        self.partition_discovery_interval = interval;
         self
     }
 

@@ -3,9 +3,22 @@
 //! starting offsets resolved once and kept in the checkpoint, bad records
 //! to the dead-letter sink under ids from the [`DeadLetterLog`], and
 //! optional commits of the offsets to a consumer group.
+//!
+//! **Where a batch ends.** A trigger normally asks the brokers for the
+//! partitions and their end offsets (two round trips). After that the
+//! consumer follows every partition from the next batch's start, so
+//! librdkafka fetches them between reads. While records keep arriving and
+//! the consumer holds every record up to the ends the brokers reported
+//! with their latest fetch responses, the next batch ends after the
+//! records in hand instead ([`Reader::caught_up_ends`]): no round trip, and
+//! the read finds its records already fetched. The offset log records
+//! those ends as it records any other, so recovery and re-runs do not
+//! depend on where they came from. The brokers are asked again when
+//! nothing new is in hand, when the consumer is behind, and at least
+//! every [`KafkaSource::partition_discovery_interval`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use async_trait::async_trait;
@@ -47,6 +60,12 @@ pub(super) struct KafkaStream {
     /// Records behind each partition's end after the last planned batch,
     /// by `topic/partition`.
     lag: std::collections::BTreeMap<String, u64>,
+    /// When the partitions were last discovered and their ends asked of
+    /// the broker, and the partitions found then.
+    discovered: Option<(Instant, Vec<(String, i32)>)>,
+    /// Where the last planned batch's ends came from: `"brokers"` or
+    /// `"fetched"` (records the consumer already held).
+    ends_from: &'static str,
 }
 
 impl std::fmt::Debug for KafkaStream {
@@ -75,6 +94,8 @@ impl KafkaStream {
             dead_letter_opened: false,
             committer: None,
             lag: std::collections::BTreeMap::new(),
+            discovered: None,
+            ends_from: "brokers",
         })
     }
 
@@ -178,17 +199,71 @@ impl KafkaStream {
     /// offsets request per leader for all partitions at once (the
     /// earliest offsets are not needed: a partition whose records were
     /// deleted shows when it is read).
-    async fn ends_now(&mut self) -> Result<Vec<(String, i32, i64)>> {
-        self.with_reader(|spec, reader| {
-            let partitions = spec.discover(reader)?;
-            let ends = reader
-                .end_offsets(&partitions)
-                .map_err(|e| spec.kafka_err(&e, "end offsets of the partitions"))?;
-            Ok(partitions
-                .into_iter()
-                .zip(ends)
-                .map(|((topic, partition), end)| (topic, partition, end))
-                .collect())
+    ///
+    /// With `from`, the consumer then follows every partition found from
+    /// there (from offset 0 where `from` does not know it), for
+    /// [`KafkaStream::caught_up_ends`].
+    async fn ends_now(
+        &mut self,
+        from: Option<&PartitionOffsets>,
+    ) -> Result<Vec<(String, i32, i64)>> {
+        let follow_from = from.cloned();
+        let ends = self
+            .with_reader(move |spec, reader| {
+                let partitions = spec.discover(reader)?;
+                let ends = reader
+                    .end_offsets(&partitions)
+                    .map_err(|e| spec.kafka_err(&e, "end offsets of the partitions"))?;
+                if let Some(from) = follow_from {
+                    let starts = following(&from, &partitions);
+                    if let Err(e) = reader.follow(&starts) {
+                        // Only the shortcut is lost: the next batch asks
+                        // the broker again, and its read assigns afresh.
+                        tracing::debug!(source = %spec.describe(), error = %e, "cannot follow the partitions");
+                    }
+                }
+                Ok(partitions
+                    .into_iter()
+                    .zip(ends)
+                    .map(|((topic, partition), end)| (topic, partition, end))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        self.discovered = Some((
+            Instant::now(),
+            ends.iter().map(|(t, p, _)| (t.clone(), *p)).collect(),
+        ));
+        Ok(ends)
+    }
+
+    /// The ends of a batch from `from` that the consumer can give without
+    /// a round trip to the broker ([`Reader::caught_up_ends`]): while
+    /// records keep coming, each partition ends after the last record
+    /// already fetched. `None` when the broker must be asked: the
+    /// shortcut is off, the partitions were discovered longer than the
+    /// discovery interval ago, the consumer is behind or holds nothing
+    /// new. So a trigger that finds no new data always has the broker's
+    /// word for it.
+    async fn caught_up_ends(
+        &mut self,
+        from: &PartitionOffsets,
+    ) -> Result<Option<Vec<(String, i32, i64)>>> {
+        let interval = self.spec.partition_discovery_interval;
+        let Some((at, partitions)) = &self.discovered else {
+            return Ok(None);
+        };
+        if interval.is_zero() || at.elapsed() >= interval || self.reader.is_none() {
+            return Ok(None);
+        }
+        let starts = following(from, partitions);
+        self.with_reader(move |_, reader| {
+            Ok(reader.caught_up_ends(&starts).map(|ends| {
+                starts
+                    .into_iter()
+                    .zip(ends)
+                    .map(|((topic, partition, _), end)| (topic, partition, end))
+                    .collect()
+            }))
         })
         .await
     }
@@ -264,7 +339,16 @@ impl SourceStream for KafkaStream {
                 .iter()
                 .map(|(topic, partition, end)| (topic.to_string(), partition, end))
                 .collect(),
-            None => self.ends_now().await?,
+            None => match self.caught_up_ends(&from).await? {
+                Some(ends) => {
+                    self.ends_from = "fetched";
+                    ends
+                }
+                None => {
+                    self.ends_from = "brokers";
+                    self.ends_now(Some(&from)).await?
+                }
+            },
         };
         let next = batch_end(
             &self.spec,
@@ -352,8 +436,12 @@ impl SourceStream for KafkaStream {
         self.lag.clone()
     }
 
+    fn metrics(&self) -> std::collections::BTreeMap<String, String> {
+        [("ends_from".to_string(), self.ends_from.to_string())].into()
+    }
+
     async fn prepare_for_available_now(&mut self) -> Result<()> {
-        let now = self.ends_now().await?;
+        let now = self.ends_now(None).await?;
         let mut cap = PartitionOffsets::new();
         for (topic, partition, high) in now {
             cap.insert(topic, partition, high);
@@ -367,6 +455,21 @@ impl SourceStream for KafkaStream {
             .as_ref()
             .map(PartitionOffsets::to_offset)
     }
+}
+
+/// Each of `partitions` with the offset a batch from `from` starts at
+/// there (0 for a partition `from` does not know yet).
+fn following(from: &PartitionOffsets, partitions: &[(String, i32)]) -> Vec<(String, i32, i64)> {
+    partitions
+        .iter()
+        .map(|(topic, partition)| {
+            (
+                topic.clone(),
+                *partition,
+                from.get(topic, *partition).unwrap_or(0),
+            )
+        })
+        .collect()
 }
 
 /// The end of the next batch from `from`: for each partition of `now`
