@@ -1133,6 +1133,10 @@ struct LatencyRun {
     committed: LatencySummary,
     rows_per_s: f64,
     batches_per_s: f64,
+    /// The share of those batches whose ends came from records the
+    /// source's consumer had already fetched (progress metric
+    /// `ends_from`), not from asking the broker.
+    ended_by_fetched: f64,
     phases: Vec<String>,
     cpu: Cpu,
 }
@@ -1326,6 +1330,13 @@ async fn latency_run(
         committed: summary(&committed_hist),
         rows_per_s: window_rows as f64 / window_s,
         batches_per_s: in_window.len() as f64 / window_s,
+        ended_by_fetched: progress
+            .iter()
+            .filter(|p| {
+                p.sources[0].metrics.get("ends_from").map(String::as_str) == Some("fetched")
+            })
+            .count() as f64
+            / progress.len().max(1) as f64,
         phases: phase_cells(&progress, mean),
         cpu,
     })
@@ -1387,7 +1398,7 @@ async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
         println!(
             "{} rows/s, interval {}, source {}: {} rows; received − acknowledged p50 {:.1} p99 \
              {:.1} max {:.1} ms; sink committed − acknowledged p50 {:.1} p99 {:.1} ms; {:.0} \
-             batches/s; {}",
+             batches/s, {:.0} % ended by fetched records; {}",
             case.rate,
             format_interval_ms(ms(case.interval)),
             case.source(),
@@ -1398,6 +1409,7 @@ async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
             run.committed.p50_ms,
             run.committed.p99_ms,
             run.batches_per_s,
+            run.ended_by_fetched * 100.0,
             run.cpu,
         );
         runs.push(run);
@@ -1510,6 +1522,7 @@ async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
                 "sink_committed": r.committed,
                 "rows_per_s": r.rows_per_s,
                 "batches_per_s": r.batches_per_s,
+                "batches_ended_by_fetched": r.ended_by_fetched,
                 "broker_storage": storage_name(config.storage),
                 "phases_ms": r.phases,
             }))
