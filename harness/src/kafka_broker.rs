@@ -430,6 +430,21 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, configs
     }
 }
 
+/// Deletes `topic` and its records.
+pub async fn delete_topic(bootstrap: &str, topic: &str) {
+    let admin = admin(bootstrap);
+    let results = tokio::time::timeout(
+        KAFKA_TIMEOUT,
+        admin.delete_topics(&[topic], &admin_options()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("deleting topic {topic} timed out"))
+    .unwrap_or_else(|e| panic!("deleting topic {topic}: {e}"));
+    for result in results {
+        result.unwrap_or_else(|(t, e)| panic!("deleting topic {t}: {e}"));
+    }
+}
+
 /// Grows `topic` to `total` partitions.
 pub async fn add_partitions(bootstrap: &str, topic: &str, total: usize) {
     let admin = admin(bootstrap);

@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use tidemill::connectors::conformance::{
     Observed, SinkHarness, SourceHarness, check_sink, check_source,
 };
-use tidemill::connectors::kafka::rdkafka::message::{Headers, Message};
+use tidemill::connectors::kafka::rdkafka::message::{Headers, Message, OwnedMessage};
 use tidemill::connectors::kafka::{
     BadRecordPolicy, EndingOffsets, KafkaSink, KafkaSource, PartitionOffsets, StartingOffsets,
     decode_json_values, kafka_schema,
@@ -37,8 +37,8 @@ use crate::child::{self, Child, Event};
 use crate::common::{events, events_schema, run_available_now, sorted_rows};
 
 use tidemill_harness::kafka_broker::{
-    Broker, Out, consume_all, create_topic, earliest_offsets, end_offsets, produce, produce_paced,
-    unique_topic, values,
+    Broker, Out, consume_all, create_topic, delete_topic, earliest_offsets, end_offsets, produce,
+    produce_paced, unique_topic, values,
 };
 
 /// A Kafka timeout short enough for tests that expect failures.
@@ -879,8 +879,9 @@ fn windowed_with_delay(df: DataFrame, delay_s: i64) -> anyhow::Result<DataFrame>
 #[tokio::test]
 #[ignore = "entry point of the Kafka exactly-once tests' child process, not a test by itself"]
 async fn kafka_child() -> anyhow::Result<()> {
-    let (Ok(bootstrap), Ok(input), Ok(output), Ok(dir)) = (
+    let (Ok(bootstrap), Ok(output_bootstrap), Ok(input), Ok(output), Ok(dir)) = (
         std::env::var("KAFKA_CHILD_BOOTSTRAP"),
+        std::env::var("KAFKA_CHILD_OUT_BOOTSTRAP"),
         std::env::var("KAFKA_CHILD_IN"),
         std::env::var("KAFKA_CHILD_OUT"),
         std::env::var("KAFKA_CHILD_DIR"),
@@ -896,7 +897,7 @@ async fn kafka_child() -> anyhow::Result<()> {
         .json_values(trade_schema())
         .metadata_columns(false)
         .timeout(SHORT);
-    let sink = KafkaSink::new(&bootstrap)
+    let sink = KafkaSink::new(&output_bootstrap)
         .topic(&output)
         .json_values()
         .key_column("symbol")
@@ -914,6 +915,8 @@ async fn kafka_child() -> anyhow::Result<()> {
 
 struct Pipeline {
     bootstrap: String,
+    /// The output topic's broker: the input's, or one of its own.
+    output_bootstrap: String,
     input: String,
     output: String,
     dir: tempfile::TempDir,
@@ -921,13 +924,20 @@ struct Pipeline {
 
 impl Pipeline {
     async fn new(broker: &Broker) -> Self {
+        Self::with_output_on(broker, broker).await
+    }
+
+    /// The input topic on `broker`, the output topic on `output_broker`.
+    async fn with_output_on(broker: &Broker, output_broker: &Broker) -> Self {
         let bootstrap = broker.bootstrap();
+        let output_bootstrap = output_broker.bootstrap();
         let input = unique_topic("eo-in");
         let output = unique_topic("eo-out");
         create_topic(&bootstrap, &input, 3, &[]).await;
-        create_topic(&bootstrap, &output, 2, &[]).await;
+        create_topic(&output_bootstrap, &output, 2, &[]).await;
         Self {
             bootstrap,
+            output_bootstrap,
             input,
             output,
             dir: tempfile::tempdir().unwrap(),
@@ -938,6 +948,7 @@ impl Pipeline {
     fn command(&self, failpoint: Option<&str>) -> Command {
         let mut cmd = child::command("kafka::kafka_child", failpoint);
         cmd.env("KAFKA_CHILD_BOOTSTRAP", &self.bootstrap)
+            .env("KAFKA_CHILD_OUT_BOOTSTRAP", &self.output_bootstrap)
             .env("KAFKA_CHILD_IN", &self.input)
             .env("KAFKA_CHILD_OUT", &self.output)
             .env("KAFKA_CHILD_DIR", self.dir.path());
@@ -954,7 +965,7 @@ impl Pipeline {
 
     /// How many messages in the output topic batch `batch_id` wrote.
     fn messages_of_batch(&self, batch_id: u64) -> usize {
-        consume_all(&self.bootstrap, &self.output)
+        consume_all(&self.output_bootstrap, &self.output)
             .iter()
             .filter(|m| {
                 m.headers().is_some_and(|h| {
@@ -971,7 +982,7 @@ impl Pipeline {
     /// entry per message.
     fn results(&self) -> BTreeMap<(i64, String), Vec<(i64, f64)>> {
         let mut out: BTreeMap<(i64, String), Vec<(i64, f64)>> = BTreeMap::new();
-        for message in consume_all(&self.bootstrap, &self.output) {
+        for message in consume_all(&self.output_bootstrap, &self.output) {
             let value: serde_json::Value =
                 serde_json::from_slice(message.payload().unwrap()).unwrap();
             let key = (
@@ -988,6 +999,15 @@ impl Pipeline {
         }
         out
     }
+}
+
+/// The `tidemill.batch` header of an output message.
+fn batch_of(message: &OwnedMessage) -> Option<u64> {
+    message.headers()?.iter().find_map(|h| {
+        (h.key == "tidemill.batch")
+            .then(|| std::str::from_utf8(h.value?).ok()?.parse().ok())
+            .flatten()
+    })
 }
 
 /// What the closed windows of trades `0..n` are (see `produce_trades`):
@@ -1014,6 +1034,90 @@ fn expected_results_with_delay(n: i64, delay_s: i64) -> BTreeMap<(i64, String), 
         .filter(|((start, _), _)| start + 10 <= watermark)
         .map(|(k, v)| (k, vec![v]))
         .collect()
+}
+
+/// A re-run batch whose output partitions are now shorter than the
+/// offsets it logged (the topic was deleted and created again) reads them
+/// from their beginning: what the killed attempt wrote and is still there
+/// is found below the logged offsets and not written again.
+///
+/// The output topic has a broker of its own: after a DeleteTopics, Tansu
+/// 0.6 (SQLite) returned no records of the other topics on the same
+/// broker.
+#[tokio::test]
+async fn a_re_run_reads_a_recreated_output_partition_from_its_beginning() {
+    let (broker, output_broker) = (Broker::start(), Broker::start());
+    let pipeline = Pipeline::with_output_on(&broker, &output_broker).await;
+    produce_trades(&pipeline.bootstrap, &pipeline.input, 3, 0..200);
+    let b = &pipeline.output_bootstrap;
+    // Batches 0 and 1 written; killed halfway through batch 2's results.
+    let mut child = pipeline.spawn(Some("during_sink@2"));
+    assert_eq!(child.wait_for_event(), Event::Failpoint);
+    child.kill();
+    let before = consume_all(b, &pipeline.output);
+    let (earlier, partial): (Vec<&OwnedMessage>, Vec<&OwnedMessage>) = before
+        .iter()
+        .filter(|m| batch_of(m).is_some_and(|id| id <= 2))
+        .partition(|m| batch_of(m) != Some(2));
+    assert!(!partial.is_empty(), "batch 2 wrote nothing before the kill");
+
+    // The topic is deleted and created again, holding only batch 2's half
+    // (as if the attempt had written it after the recreation).
+    delete_topic(b, &pipeline.output).await;
+    create_topic(b, &pipeline.output, 2, &[]).await;
+    let copies: Vec<Out> = partial
+        .iter()
+        .map(|m| Out {
+            partition: Some(m.partition()),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            timestamp: None,
+        })
+        .collect();
+    produce(b, &pipeline.output, &copies);
+    // Every partition batch 2 wrote to is now shorter than where batch 2
+    // logged it would start (after batches 0 and 1's messages there).
+    for partition in partial.iter().map(|m| m.partition()) {
+        let logged_start = earlier
+            .iter()
+            .filter(|m| m.partition() == partition)
+            .count();
+        let now = partial
+            .iter()
+            .filter(|m| m.partition() == partition)
+            .count();
+        assert!(
+            now < logged_start,
+            "partition {partition}: {now} messages now, batch 2 logged {logged_start}"
+        );
+    }
+
+    pipeline.run_to_completion();
+    // Batch 2's half was found, the other half written, every later batch
+    // once; batches 0 and 1's results went with the old topic.
+    let gone: std::collections::BTreeSet<(i64, String)> = earlier
+        .iter()
+        .map(|m| {
+            let value: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            (
+                value["start"].as_i64().unwrap(),
+                value["symbol"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut expected = expected_results(200);
+    expected.retain(|key, _| !gone.contains(key));
+    assert!(expected.len() > 20);
+    assert_eq!(pipeline.results(), expected);
+    assert!(pipeline.messages_of_batch(2) > partial.len());
 }
 
 #[tokio::test]
