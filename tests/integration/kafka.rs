@@ -838,25 +838,28 @@ async fn the_kafka_sink_conforms_in_both_modes() {
 /// Trades `i` in 0..n ([`trade_schema`]): symbol A/B/C, price i, quantity
 /// 1, event time i seconds (a few out of order), in `partitions` partitions.
 fn produce_trades(bootstrap: &str, topic: &str, partitions: i32, ids: std::ops::Range<i64>) {
-    let messages: Vec<Out> = ids
-        .map(|i| {
-            // Every 7th trade arrives 3 seconds late.
-            let ts = if i % 7 == 0 && i >= 3 { i - 3 } else { i };
-            Out {
-                partition: Some((i % partitions as i64) as i32),
-                value: Some(
-                    format!(
-                        r#"{{"symbol":"{}","exchange":"X","price":{i},"quantity":1,"event_time":{}}}"#,
-                        ["A", "B", "C"][(i % 3) as usize],
-                        ts * 1000
-                    )
-                    .into_bytes(),
-                ),
-                ..Default::default()
-            }
-        })
-        .collect();
-    produce(bootstrap, topic, &messages);
+    produce(bootstrap, topic, &trade_messages(partitions, ids));
+}
+
+/// The messages of [`produce_trades`].
+fn trade_messages(partitions: i32, ids: std::ops::Range<i64>) -> Vec<Out> {
+    ids.map(|i| {
+        // Every 7th trade arrives 3 seconds late.
+        let ts = if i % 7 == 0 && i >= 3 { i - 3 } else { i };
+        Out {
+            partition: Some((i % partitions as i64) as i32),
+            value: Some(
+                format!(
+                    r#"{{"symbol":"{}","exchange":"X","price":{i},"quantity":1,"event_time":{}}}"#,
+                    ["A", "B", "C"][(i % 3) as usize],
+                    ts * 1000
+                )
+                .into_bytes(),
+            ),
+            ..Default::default()
+        }
+    })
+    .collect()
 }
 
 /// Per 10-second window and symbol: trade count and price sum, with a
@@ -875,7 +878,9 @@ fn windowed_with_delay(df: DataFrame, delay_s: i64) -> anyhow::Result<DataFrame>
 }
 
 /// The child process of the exactly-once tests: Kafka → windowed
-/// aggregation → Kafka (exactly-once), `AvailableNow`, small batches.
+/// aggregation → Kafka (exactly-once), small batches; `AvailableNow`, or
+/// trigger 0 (running until killed) with `KAFKA_CHILD_TRIGGER=0`; the
+/// watermark delay of [`windowed`] or `KAFKA_CHILD_DELAY_S`.
 #[tokio::test]
 #[ignore = "entry point of the Kafka exactly-once tests' child process, not a test by itself"]
 async fn kafka_child() -> anyhow::Result<()> {
@@ -903,11 +908,19 @@ async fn kafka_child() -> anyhow::Result<()> {
         .key_column("symbol")
         .exactly_once(dir.join("sink-log").to_str().unwrap())
         .timeout(SHORT);
-    let query = windowed(ctx.read_stream(source).await?)?
+    let trigger = match std::env::var("KAFKA_CHILD_TRIGGER").as_deref() {
+        Ok("0") => Trigger::ProcessingTime(Duration::ZERO),
+        _ => Trigger::AvailableNow,
+    };
+    let delay_s = match std::env::var("KAFKA_CHILD_DELAY_S") {
+        Ok(text) => text.parse()?,
+        Err(_) => WATERMARK_DELAY_S,
+    };
+    let query = windowed_with_delay(ctx.read_stream(source).await?, delay_s)?
         .write_stream()
         .sink(sink)
         .checkpoint(dir.join("checkpoint").to_str().unwrap())
-        .trigger(Trigger::AvailableNow)
+        .trigger(trigger)
         .start()
         .await;
     child::report(query).await
@@ -1034,6 +1047,60 @@ fn expected_results_with_delay(n: i64, delay_s: i64) -> BTreeMap<(i64, String), 
         .filter(|((start, _), _)| start + 10 <= watermark)
         .map(|(k, v)| (k, vec![v]))
         .collect()
+}
+
+/// SIGKILLs of a query at trigger 0 while records keep arriving, where
+/// batches end after the records the source's consumer already fetched
+/// (not after the ends the broker reports): every result once, through
+/// the restarts and a final `AvailableNow` run. The watermark trails by
+/// 60 s, so a partition read a little behind the others loses nothing.
+#[tokio::test]
+async fn sigkills_at_trigger_0_while_records_flow_give_every_result_once() {
+    const DELAY_S: &str = "60";
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("CRASH_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let broker = Broker::start();
+    let pipeline = Pipeline::new(&broker).await;
+    const N: i64 = 800;
+    let producer = {
+        let (b, topic) = (pipeline.bootstrap.clone(), pipeline.input.clone());
+        std::thread::spawn(move || {
+            produce_paced(
+                &b,
+                &topic,
+                &trade_messages(3, 0..N),
+                Duration::from_millis(5),
+            );
+        })
+    };
+    let mut kills = 0;
+    while !producer.is_finished() || kills < 3 {
+        let mut command = pipeline.command(None);
+        command
+            .env("KAFKA_CHILD_TRIGGER", "0")
+            .env("KAFKA_CHILD_DELAY_S", DELAY_S);
+        let mut child = Child::spawn(&mut command);
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..1200)));
+        child.kill();
+        kills += 1;
+    }
+    producer.join().unwrap();
+    // The killed runs did part of the work.
+    let before = pipeline.results().len();
+    assert!(
+        before > 0,
+        "no run at trigger 0 wrote anything before it was killed"
+    );
+    let mut last = pipeline.command(None);
+    last.env("KAFKA_CHILD_DELAY_S", DELAY_S);
+    Child::run_to_completion(&mut last);
+    let expected = expected_results_with_delay(N, DELAY_S.parse().unwrap());
+    assert!(expected.len() > 100);
+    assert_eq!(pipeline.results(), expected, "seed {seed}, {kills} kills");
 }
 
 /// A re-run batch whose output partitions are now shorter than the
