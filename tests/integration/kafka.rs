@@ -862,16 +862,11 @@ fn trade_messages(partitions: i32, ids: std::ops::Range<i64>) -> Vec<Out> {
     .collect()
 }
 
-/// Per 10-second window and symbol: trade count and price sum, with a
-/// 5-second watermark; `start` in seconds.
-fn windowed(df: DataFrame) -> anyhow::Result<DataFrame> {
-    windowed_with_delay(df, WATERMARK_DELAY_S)
-}
-
-/// The watermark delay of [`windowed`], in seconds.
+/// The exactly-once tests' watermark delay, in seconds.
 const WATERMARK_DELAY_S: i64 = 5;
 
-/// [`windowed`] with a watermark `delay_s` seconds behind.
+/// Per 10-second window and symbol: trade count and price sum, with a
+/// watermark `delay_s` seconds behind; `start` in seconds.
 fn windowed_with_delay(df: DataFrame, delay_s: i64) -> anyhow::Result<DataFrame> {
     let df = df.with_watermark("event_time", &format!("{delay_s} seconds"))?;
     Ok(child::ten_second_totals(df)?)
@@ -880,7 +875,7 @@ fn windowed_with_delay(df: DataFrame, delay_s: i64) -> anyhow::Result<DataFrame>
 /// The child process of the exactly-once tests: Kafka → windowed
 /// aggregation → Kafka (exactly-once), small batches; `AvailableNow`, or
 /// trigger 0 (running until killed) with `KAFKA_CHILD_TRIGGER=0`; the
-/// watermark delay of [`windowed`] or `KAFKA_CHILD_DELAY_S`.
+/// watermark delay [`WATERMARK_DELAY_S`] or `KAFKA_CHILD_DELAY_S`.
 #[tokio::test]
 #[ignore = "entry point of the Kafka exactly-once tests' child process, not a test by itself"]
 async fn kafka_child() -> anyhow::Result<()> {
