@@ -202,7 +202,7 @@ impl StudyReport {
         if !self.max_rates.is_empty() {
             tables.push(Table::new(
                 "Maximum sustainable input rate (highest rate whose backlog stayed bounded; \
-                 doubling, then bisection):",
+                 doubling, then bisection; a rate fails when two trials at it fail):",
                 [
                     "pipeline",
                     "interval",
