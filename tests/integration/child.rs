@@ -99,6 +99,19 @@ pub fn ten_second_totals(df: DataFrame) -> datafusion::error::Result<DataFrame> 
     ])
 }
 
+/// The random generator of a randomized crash test and its seed: from
+/// `CRASH_SEED` when set (to replay a failure), else at random. The seed is
+/// printed; put it in the failure message too.
+pub fn seeded_rng() -> (u64, rand::rngs::StdRng) {
+    use rand::SeedableRng;
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("CRASH_SEED={seed}");
+    (seed, rand::rngs::StdRng::seed_from_u64(seed))
+}
+
 /// A running child process, killed (SIGKILL) when dropped, so that a
 /// failing test leaves none behind.
 pub struct Child(std::process::Child);

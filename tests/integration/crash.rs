@@ -14,7 +14,7 @@ use arrow::datatypes::{
     DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit, TimestampMillisecondType,
 };
 use datafusion::prelude::*;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use tidemill::engine::{Durability, QueryOptions};
 use tidemill::prelude::*;
 use tidemill::processor::{
@@ -566,12 +566,7 @@ async fn sigkill_at_each_step_of_a_stateful_processor_batch_loses_and_duplicates
 
 #[tokio::test]
 async fn randomized_kills_lose_and_duplicate_nothing() {
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("CRASH_SEED={seed}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = child::seeded_rng();
     // The pipelines take turns between runs.
     let pipelines = [
         Pipeline::Stateless,

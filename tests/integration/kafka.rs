@@ -20,7 +20,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, Int64Type};
 use async_trait::async_trait;
 use datafusion::prelude::*;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use tidemill::connectors::conformance::{
     Observed, SinkHarness, SourceHarness, check_sink, check_source,
 };
@@ -1052,12 +1052,7 @@ fn expected_results_with_delay(n: i64, delay_s: i64) -> BTreeMap<(i64, String), 
 #[tokio::test]
 async fn sigkills_at_trigger_0_while_records_flow_give_every_result_once() {
     const DELAY_S: &str = "60";
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("CRASH_SEED={seed}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = child::seeded_rng();
     let broker = Broker::start();
     let pipeline = Pipeline::new(&broker).await;
     const N: i64 = 800;
@@ -1209,12 +1204,7 @@ async fn sigkill_inside_the_kafka_sink_duplicates_nothing() {
 
 #[tokio::test]
 async fn randomized_sigkills_give_every_result_exactly_once() {
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("CRASH_SEED={seed}");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = child::seeded_rng();
     let broker = Broker::start();
     let pipeline = Pipeline::new(&broker).await;
     let points = [
