@@ -77,6 +77,28 @@ fn events_source(bootstrap: &str, topic: &str) -> KafkaSource {
         .timeout(SHORT)
 }
 
+/// Starts a query of `source` into a new memory sink at `trigger`, its
+/// checkpoint in `dir`.
+async fn start_into_memory(
+    source: KafkaSource,
+    trigger: Trigger,
+    dir: &std::path::Path,
+) -> (MemorySink, StreamingQuery) {
+    let sink = MemorySink::new();
+    let query = SessionContext::new()
+        .read_stream(source)
+        .await
+        .unwrap()
+        .write_stream()
+        .sink(sink.clone())
+        .trigger(trigger)
+        .checkpoint(dir.join("chk").to_str().unwrap())
+        .start()
+        .await
+        .unwrap();
+    (sink, query)
+}
+
 /// The `id`, `symbol`, `price` rows of `batches`, sorted, as text.
 fn event_rows(batches: &[RecordBatch]) -> Vec<String> {
     let projected: Vec<RecordBatch> = batches
@@ -266,24 +288,17 @@ async fn new_topics_and_their_partitions_are_picked_up() {
     create_topic(&b, &first, 1, &[]).await;
     produce_events(&b, &first, 1, 0..5);
     let tmp = tempfile::tempdir().unwrap();
-    let ctx = SessionContext::new();
     let source = KafkaSource::new(&b)
         .topic_pattern(format!("{prefix}-.*"))
         .starting_offsets(StartingOffsets::Earliest)
         .json_values(events_schema())
         .timeout(SHORT);
-    let sink = MemorySink::new();
-    let query = ctx
-        .read_stream(source)
-        .await
-        .unwrap()
-        .write_stream()
-        .sink(sink.clone())
-        .trigger(Trigger::ProcessingTime(Duration::from_millis(100)))
-        .checkpoint(tmp.path().join("chk").to_str().unwrap())
-        .start()
-        .await
-        .unwrap();
+    let (sink, query) = start_into_memory(
+        source,
+        Trigger::ProcessingTime(Duration::from_millis(100)),
+        tmp.path(),
+    )
+    .await;
     query.process_all_available().await.unwrap();
     assert_eq!(event_rows(&sink.batches()), expected_events(0..5));
 
@@ -346,20 +361,9 @@ async fn batches_ended_by_fetched_records_read_every_record_once() {
         let topic = unique_topic("tail");
         create_topic(&b, &topic, partitions, &[]).await;
         let tmp = tempfile::tempdir().unwrap();
-        let ctx = SessionContext::new();
-        let sink = MemorySink::new();
         let source = events_source(&b, &topic).partition_discovery_interval(interval);
-        let query = ctx
-            .read_stream(source)
-            .await
-            .unwrap()
-            .write_stream()
-            .sink(sink.clone())
-            .trigger(Trigger::ProcessingTime(Duration::ZERO))
-            .checkpoint(tmp.path().join("chk").to_str().unwrap())
-            .start()
-            .await
-            .unwrap();
+        let (sink, query) =
+            start_into_memory(source, Trigger::ProcessingTime(Duration::ZERO), tmp.path()).await;
         // 2 000 records, one every millisecond or so.
         let (bootstrap, target) = (b.clone(), topic.clone());
         tokio::task::spawn_blocking(move || {
