@@ -460,8 +460,9 @@ impl Reader {
 
     /// Where a batch from `partitions` (topic, partition, start) can end
     /// without asking the broker: the offset after the last record the
-    /// consumer already holds of each. Such ends are offsets of records in
-    /// hand, so never past a partition's true end.
+    /// consumer already holds of each, with the partition's end as the
+    /// broker last reported it. Such ends are offsets of records in hand,
+    /// so never past a partition's true end.
     ///
     /// `None` — ask the broker — unless the consumer follows every
     /// partition from its start, holds at least one new record, and is
@@ -471,7 +472,10 @@ impl Reader {
     /// catching up, and a batch to the broker's ends is bigger; an end
     /// below the records held means the partition was truncated or
     /// recreated, which the broker's answer shows.
-    pub(crate) fn caught_up_ends(&mut self, partitions: &[(String, i32, i64)]) -> Option<Vec<i64>> {
+    pub(crate) fn caught_up_ends(
+        &mut self,
+        partitions: &[(String, i32, i64)],
+    ) -> Option<Vec<(i64, i64)>> {
         if self.needs_assign {
             return None;
         }
@@ -510,7 +514,7 @@ impl Reader {
             }
             held += end - start;
             lacking += high - end;
-            ends.push(end);
+            ends.push((end, high));
         }
         (held > 0 && lacking <= held).then_some(ends)
     }

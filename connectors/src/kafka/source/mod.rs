@@ -261,12 +261,11 @@ impl KafkaSource {
     /// A trigger asks the brokers for the partitions of its topics and
     /// their end offsets: two round trips. Between reads, the source's
     /// consumer keeps fetching the partitions it reads, and each fetch
-    /// response carries the partition's end. When the consumer has
-    /// already fetched every record up to the ends the brokers last
-    /// reported, and some of them are new, the batch ends after them
-    /// without a round trip: it reads exactly the records in hand, as a
-    /// re-run of it will. This is what takes the round trips off a batch
-    /// at trigger 0.
+    /// response carries the partition's end. When the consumer holds new
+    /// records and lacks no more records of the ends the brokers last
+    /// reported than it holds, the batch ends after the records in hand without a round
+    /// trip: it reads exactly those records, as a re-run of it will. This
+    /// is what takes the round trips off a batch at trigger 0.
     ///
     /// The brokers are still asked at every trigger that finds nothing
     /// new (so [`process_all_available`] means what the brokers hold), while

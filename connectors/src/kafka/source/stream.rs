@@ -8,9 +8,9 @@
 //! partitions and their end offsets (two round trips). After that the
 //! consumer follows every partition from the next batch's start, so
 //! librdkafka fetches them between reads. While records keep arriving and
-//! the consumer holds every record up to the ends the brokers reported
-//! with their latest fetch responses, the next batch ends after the
-//! records in hand instead ([`Reader::caught_up_ends`]): no round trip, and
+//! the consumer holds most of what the brokers reported with their latest
+//! fetch responses, the next batch ends after the records in hand instead
+//! ([`Reader::caught_up_ends`]): no round trip, and
 //! the read finds its records already fetched. The offset log records
 //! those ends as it records any other, so recovery and re-runs do not
 //! depend on where they came from. The brokers are asked again when
@@ -239,7 +239,8 @@ impl KafkaStream {
     /// The ends of a batch from `from` that the consumer can give without
     /// a round trip to the broker ([`Reader::caught_up_ends`]): while
     /// records keep coming, each partition ends after the last record
-    /// already fetched. `None` when the broker must be asked: the
+    /// already fetched. Returned with the partitions' ends as the broker
+    /// last reported them, for the lag. `None` when the broker must be asked: the
     /// shortcut is off, the partitions were discovered longer than the
     /// discovery interval ago, the consumer is behind or holds nothing
     /// new. So a trigger that finds no new data always has the broker's
@@ -247,7 +248,7 @@ impl KafkaStream {
     async fn caught_up_ends(
         &mut self,
         from: &PartitionOffsets,
-    ) -> Result<Option<Vec<(String, i32, i64)>>> {
+    ) -> Result<Option<(Vec<(String, i32, i64)>, Vec<(String, i32, i64)>)>> {
         let interval = self.spec.partition_discovery_interval;
         let Some((at, partitions)) = &self.discovered else {
             return Ok(None);
@@ -261,8 +262,10 @@ impl KafkaStream {
                 starts
                     .into_iter()
                     .zip(ends)
-                    .map(|((topic, partition, _), end)| (topic, partition, end))
-                    .collect()
+                    .map(|((topic, partition, _), (end, high))| {
+                        ((topic.clone(), partition, end), (topic, partition, high))
+                    })
+                    .unzip()
             }))
         })
         .await
@@ -331,22 +334,26 @@ impl SourceStream for KafkaStream {
         limit: ReadLimit,
     ) -> Result<Option<Offset>> {
         let from = self.start_offsets(start).await?;
-        let now = match &self.available_now_cap {
+        // The ends the batch may go to, and, where they are the records
+        // in hand, the partitions' ends for the lag.
+        let (now, reported) = match &self.available_now_cap {
             // The ends were taken when the AvailableNow query started and
             // bound every batch: as Spark, the source does not ask the
             // broker again.
-            Some(cap) => cap
-                .iter()
-                .map(|(topic, partition, end)| (topic.to_string(), partition, end))
-                .collect(),
+            Some(cap) => (
+                cap.iter()
+                    .map(|(topic, partition, end)| (topic.to_string(), partition, end))
+                    .collect(),
+                None,
+            ),
             None => match self.caught_up_ends(&from).await? {
-                Some(ends) => {
+                Some((ends, reported)) => {
                     self.ends_from = "fetched";
-                    ends
+                    (ends, Some(reported))
                 }
                 None => {
                     self.ends_from = "brokers";
-                    self.ends_now(Some(&from)).await?
+                    (self.ends_now(Some(&from)).await?, None)
                 }
             },
         };
@@ -357,7 +364,9 @@ impl SourceStream for KafkaStream {
             self.available_now_cap.as_ref(),
             limit,
         )?;
-        self.lag = now
+        self.lag = reported
+            .as_ref()
+            .unwrap_or(&now)
             .iter()
             .map(|(topic, partition, end)| {
                 let read = next
