@@ -26,8 +26,8 @@ use tidemill::connectors::conformance::{
 };
 use tidemill::connectors::kafka::rdkafka::message::{Headers, Message, OwnedMessage};
 use tidemill::connectors::kafka::{
-    BadRecordPolicy, EndingOffsets, KafkaSink, KafkaSource, PartitionOffsets, StartingOffsets,
-    decode_json_values, kafka_schema,
+    BadRecordPolicy, EndingOffsets, HEADER_BATCH, KafkaSink, KafkaSource, PartitionOffsets,
+    StartingOffsets, decode_json_values, kafka_schema,
 };
 use tidemill::prelude::*;
 use tidemill::{QueryOptions, RetryPolicy, Sink, Source};
@@ -979,14 +979,7 @@ impl Pipeline {
     fn messages_of_batch(&self, batch_id: u64) -> usize {
         consume_all(&self.output_bootstrap, &self.output)
             .iter()
-            .filter(|m| {
-                m.headers().is_some_and(|h| {
-                    h.iter().any(|h| {
-                        h.key == "tidemill.batch"
-                            && h.value == Some(batch_id.to_string().as_bytes())
-                    })
-                })
-            })
+            .filter(|m| batch_of(m) == Some(batch_id))
             .count()
     }
 
@@ -1016,7 +1009,7 @@ impl Pipeline {
 /// The `tidemill.batch` header of an output message.
 fn batch_of(message: &OwnedMessage) -> Option<u64> {
     message.headers()?.iter().find_map(|h| {
-        (h.key == "tidemill.batch")
+        (h.key == HEADER_BATCH)
             .then(|| std::str::from_utf8(h.value?).ok()?.parse().ok())
             .flatten()
     })
