@@ -493,15 +493,16 @@ impl Reader {
                     let key = (message.topic().to_string(), message.partition());
                     let detached = message.detach();
                     self.keep(&key, detached);
+                    if self.needs_assign {
+                        // Kept too much ahead and forgot it: far behind,
+                        // and no reason to drain a fast stream further.
+                        return None;
+                    }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 // Errors surface in the read that follows a broker query.
                 Some(Err(_)) => return None,
             }
-        }
-        if self.needs_assign {
-            // Kept too much ahead and forgot it.
-            return None;
         }
         let mut ends = Vec::with_capacity(partitions.len());
         let (mut held, mut lacking) = (0_i64, 0_i64);
