@@ -215,7 +215,7 @@ impl KafkaStream {
                     .end_offsets(&partitions)
                     .map_err(|e| spec.kafka_err(&e, "end offsets of the partitions"))?;
                 if let Some(from) = follow_from {
-                    let starts = following(&from, &partitions);
+                    let starts = following(spec, &from, &partitions);
                     if let Err(e) = reader.follow(&starts) {
                         // Only the shortcut is lost: the next batch asks
                         // the broker again, and its read assigns afresh.
@@ -256,7 +256,7 @@ impl KafkaStream {
         if interval.is_zero() || at.elapsed() >= interval || self.reader.is_none() {
             return Ok(None);
         }
-        let starts = following(from, partitions);
+        let starts = following(&self.spec, from, partitions);
         self.with_reader(move |_, reader| {
             Ok(reader.caught_up_ends(&starts).map(|ends| {
                 starts
@@ -466,17 +466,27 @@ impl SourceStream for KafkaStream {
     }
 }
 
-/// Each of `partitions` with the offset a batch from `from` starts at
-/// there (0 for a partition `from` does not know yet).
-fn following(from: &PartitionOffsets, partitions: &[(String, i32)]) -> Vec<(String, i32, i64)> {
+/// Each of `partitions` the stream still reads, with the offset a batch
+/// from `from` starts at there (0 for a partition `from` does not know
+/// yet). A partition that has reached its explicit ending offset is left
+/// out: following it would only fetch records no batch reads.
+fn following(
+    spec: &KafkaSource,
+    from: &PartitionOffsets,
+    partitions: &[(String, i32)],
+) -> Vec<(String, i32, i64)> {
+    let ends = match &spec.ending_offsets {
+        Some(EndingOffsets::Offsets(ends)) => Some(ends),
+        _ => None,
+    };
     partitions
         .iter()
-        .map(|(topic, partition)| {
-            (
-                topic.clone(),
-                *partition,
-                from.get(topic, *partition).unwrap_or(0),
-            )
+        .filter_map(|(topic, partition)| {
+            let start = from.get(topic, *partition).unwrap_or(0);
+            let ended = ends
+                .and_then(|ends| ends.get(topic, *partition))
+                .is_some_and(|end| end != LATEST && start >= end);
+            (!ended).then(|| (topic.clone(), *partition, start))
         })
         .collect()
 }
@@ -603,6 +613,29 @@ mod tests {
         // Nothing new: the same offsets.
         let again = batch_end(&unreachable(), &next, &ends, None, ReadLimit::All).unwrap();
         assert_eq!(again, next);
+    }
+
+    /// The consumer follows every partition from where the next batch
+    /// starts (a new one from 0), except those at their explicit ending
+    /// offset.
+    #[test]
+    fn the_consumer_follows_the_partitions_still_read() {
+        let from = offsets(&[("t", 0, 5), ("t", 1, 7)]);
+        let partitions = vec![
+            ("t".to_string(), 0),
+            ("t".to_string(), 1),
+            ("t".to_string(), 2),
+        ];
+        assert_eq!(
+            following(&unreachable(), &from, &partitions),
+            now(&[("t", 0, 5), ("t", 1, 7), ("t", 2, 0)])
+        );
+        let ends = offsets(&[("t", 0, 5), ("t", 1, LATEST), ("t", 2, 3)]);
+        let source = unreachable().ending_offsets(EndingOffsets::Offsets(ends));
+        assert_eq!(
+            following(&source, &from, &partitions),
+            now(&[("t", 1, 7), ("t", 2, 0)])
+        );
     }
 
     /// A row limit is spread in proportion to the partitions' lag.
