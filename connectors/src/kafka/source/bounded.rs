@@ -17,7 +17,7 @@ use tidemill_engine::{OutputMode, Result, Sink, SinkContext, TidemillError};
 
 use super::super::client::blocking;
 use super::super::json::{BadRecordPolicy, dead_letter_schema};
-use super::super::offsets::{EndingOffsets, LATEST, StartingOffsets};
+use super::super::offsets::StartingOffsets;
 use super::super::reader::{PartitionRange, Reader};
 use super::KafkaSource;
 
@@ -91,13 +91,7 @@ impl KafkaSource {
         from: i64,
         high: i64,
     ) -> Result<PartitionRange> {
-        let until = match &self.ending_offsets {
-            Some(EndingOffsets::Offsets(ends)) => match ends.get(topic, partition) {
-                Some(LATEST) | None => high,
-                Some(end) => end,
-            },
-            _ => high,
-        };
+        let until = self.explicit_end(topic, partition).unwrap_or(high);
         if until < from {
             return Err(self.err(format!(
                 "topic {topic} partition {partition}: the ending offset {until} is before the starting offset {from}"
@@ -258,7 +252,7 @@ async fn flush_dead_letters(state: &mut BoundedState) -> Result<()> {
 mod tests {
     use futures::TryStreamExt;
 
-    use super::super::super::offsets::PartitionOffsets;
+    use super::super::super::offsets::{EndingOffsets, LATEST, PartitionOffsets};
     use super::super::testing::{config_error, records, trade_schema, unreachable};
     use super::*;
     use crate::MemorySink;

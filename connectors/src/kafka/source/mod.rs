@@ -25,7 +25,7 @@ use tidemill_engine::{Result, Source, SourceContext, SourceStream, TidemillError
 
 use super::client::{ClientOptions, is_transient};
 use super::json::BadRecordPolicy;
-use super::offsets::{EndingOffsets, StartingOffsets};
+use super::offsets::{EndingOffsets, LATEST, StartingOffsets};
 use super::schema::{kafka_fields, kafka_schema};
 
 mod bounded;
@@ -305,6 +305,17 @@ impl KafkaSource {
             }
         }
         Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// The explicit ending offset given for a partition, if any (not for
+    /// latest or none given).
+    fn explicit_end(&self, topic: &str, partition: i32) -> Option<i64> {
+        match &self.ending_offsets {
+            Some(EndingOffsets::Offsets(ends)) => {
+                ends.get(topic, partition).filter(|end| *end != LATEST)
+            }
+            _ => None,
+        }
     }
 
     fn describe(&self) -> String {

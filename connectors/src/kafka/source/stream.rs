@@ -30,9 +30,7 @@ use tidemill_state::{CheckpointDir, StateError};
 
 use super::super::client::blocking;
 use super::super::json::{BadRecordPolicy, dead_letter_schema};
-use super::super::offsets::{
-    EndingOffsets, LATEST, PartitionOffsets, StartingOffsets, spread_limit,
-};
+use super::super::offsets::{PartitionOffsets, StartingOffsets, spread_limit};
 use super::super::reader::{PartitionRange, Reader};
 use super::KafkaSource;
 use super::dead_letter::DeadLetterLog;
@@ -475,17 +473,13 @@ fn following(
     from: &PartitionOffsets,
     partitions: &[(String, i32)],
 ) -> Vec<(String, i32, i64)> {
-    let ends = match &spec.ending_offsets {
-        Some(EndingOffsets::Offsets(ends)) => Some(ends),
-        _ => None,
-    };
     partitions
         .iter()
         .filter_map(|(topic, partition)| {
             let start = from.get(topic, *partition).unwrap_or(0);
-            let ended = ends
-                .and_then(|ends| ends.get(topic, *partition))
-                .is_some_and(|end| end != LATEST && start >= end);
+            let ended = spec
+                .explicit_end(topic, *partition)
+                .is_some_and(|end| start >= end);
             (!ended).then(|| (topic.clone(), *partition, start))
         })
         .collect()
@@ -504,10 +498,6 @@ fn batch_end(
     cap: Option<&PartitionOffsets>,
     limit: ReadLimit,
 ) -> Result<PartitionOffsets> {
-    let explicit_ends = match &spec.ending_offsets {
-        Some(EndingOffsets::Offsets(ends)) => Some(ends.clone()),
-        _ => None,
-    };
     let mut keys = Vec::new();
     let mut spans = Vec::new();
     for (topic, partition, high) in now {
@@ -517,10 +507,7 @@ fn batch_end(
         if let Some(cap) = cap {
             available = available.min(cap.get(topic, *partition).unwrap_or(0));
         }
-        if let Some(ends) = &explicit_ends
-            && let Some(end) = ends.get(topic, *partition)
-            && end != LATEST
-        {
+        if let Some(end) = spec.explicit_end(topic, *partition) {
             available = available.min(end);
         }
         if *high < s {
@@ -583,6 +570,7 @@ fn ranges_to_read(
 mod tests {
     use serde_json::json;
 
+    use super::super::super::offsets::{EndingOffsets, LATEST};
     use super::super::testing::{checkpoint, records, trade_schema, unreachable};
     use super::*;
     use crate::MemorySink;
