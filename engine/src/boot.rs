@@ -263,6 +263,7 @@ pub(crate) async fn start(writer: DataStreamWriter, sink: Arc<dyn Sink>) -> Resu
         last_trigger_start: None,
         in_flight: None,
         logging: None,
+        ahead: None,
     };
     let task_shared = Arc::clone(&shared);
     let task = tokio::spawn(async move {

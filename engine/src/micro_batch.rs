@@ -23,6 +23,22 @@
 //! it could not be written, the next trigger plans batch N afresh, as a
 //! restart would.
 //!
+//! **The next trigger begins while a batch commits** (pipelining). When
+//! the next trigger is due as soon as batch N ends (a zero interval, an
+//! interval batch N already outlasted, or available-now), it begins once
+//! batch N has executed: a task asks the sources for the next offsets
+//! from batch N's ends, reads batch N+1's input and copies the kept
+//! physical plan, while batch N's sink writes and its state commits on
+//! the query's own task. Nothing of it leaves a trace outside the process:
+//! `offsets/N+1` is written only once batch N's sink and state have
+//! committed, as in a trigger that began afterwards, and batch N+1's
+//! stateful operators begin it only then. If batch N fails, what was read
+//! ahead is dropped and batch N is retried as logged; if reading ahead
+//! fails, batch N still commits and the next trigger fails with that
+//! error. The trigger counts from the moment it began (the sources were
+//! asked), so [`crate::StreamingQuery::process_all_available`] is never
+//! answered by offsets asked before data it waits for.
+//!
 //! Recovery rules this implies, all kept by [`Checkpoint::recovery_point`]
 //! looking only at the latest offset entry:
 //! - `offsets/N+1` is written only after batch N's sink and state commits
@@ -40,6 +56,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use futures::FutureExt;
 
@@ -108,6 +125,44 @@ pub(crate) struct Runner {
     /// The running batch's offset log entry, being written while the batch
     /// reads and executes (see the module's documentation).
     pub logging: Option<Background<Result<OffsetEntry>>>,
+    /// The next trigger, begun while the last batch committed (see the
+    /// module's documentation).
+    pub ahead: Option<Ahead>,
+}
+
+/// The next trigger, begun while the batch before it wrote its output and
+/// committed its state.
+pub(crate) struct Ahead {
+    /// When it began: when the sources were asked.
+    started: Instant,
+    /// Its sequence number ([`QueryShared::trigger_started`]).
+    seq: u64,
+    /// What it read, or why it failed.
+    read: Result<ReadAhead>,
+}
+
+/// What a batch's trigger prepared before the batch began: its input and
+/// physical plan, each read or planned by the batch itself where missing.
+#[derive(Default)]
+struct Prepared {
+    input: Option<Vec<BatchInput>>,
+    physical: Option<Arc<dyn ExecutionPlan>>,
+}
+
+/// What a trigger begun ahead read: the sources' next offsets and, when
+/// there is new data, the batch's input and its physical plan.
+pub(crate) struct ReadAhead {
+    /// The batch's processing time.
+    timestamp: chrono::DateTime<chrono::Utc>,
+    ranges: Vec<SourceRange>,
+    /// Whether any source has new data.
+    any_new: bool,
+    /// Each source's input, read when there is new data.
+    input: Option<Vec<BatchInput>>,
+    /// A copy of the kept physical plan, when there is one and new data.
+    physical: Option<Arc<dyn ExecutionPlan>>,
+    /// The time it took to ask, read and plan.
+    phases: PhaseDurations,
 }
 
 /// A batch's commit log entry being written in the background, and what
@@ -262,10 +317,15 @@ impl Runner {
             if self.shared.stop_requested() {
                 return Ok(());
             }
-            let started = Instant::now();
-            let seq = self.shared.trigger_started();
+            let (started, seq, ahead) = match self.ahead.take() {
+                Some(ahead) => {
+                    self.shared.set_status(|s| s.is_trigger_active = true);
+                    (ahead.started, ahead.seq, Some(ahead.read))
+                }
+                None => (Instant::now(), self.shared.trigger_started(), None),
+            };
             self.failed_attempts = u64::from(retry.failures);
-            let outcome = match self.run_trigger(started).await {
+            let outcome = match self.run_trigger(started, ahead).await {
                 Ok(outcome) => {
                     retry.reset();
                     outcome
@@ -333,12 +393,18 @@ impl Runner {
     }
 
     /// One trigger: plan and run a batch if there is new data (or a batch
-    /// to recover).
-    async fn run_trigger(&mut self, started: Instant) -> Result<Outcome> {
-        let timestamp = chrono::Utc::now();
+    /// to recover). `ahead` is what the trigger read while the batch
+    /// before it committed, if it began then.
+    async fn run_trigger(
+        &mut self,
+        started: Instant,
+        ahead: Option<Result<ReadAhead>>,
+    ) -> Result<Outcome> {
         // A batch whose offsets are logged but which has not committed: left
-        // by a crashed run, or by a transient failure in this one.
+        // by a crashed run, or by a transient failure in this one. (Never
+        // with a trigger begun ahead: that begins only once a batch ran.)
         if let Some(entry) = self.pending.clone() {
+            let timestamp = chrono::Utc::now();
             let recovery = self.pending_is_recovery;
             tracing::info!(
                 "query {}: re-running batch {} ({})",
@@ -350,7 +416,8 @@ impl Runner {
                     "after a transient failure"
                 }
             );
-            self.run_batch(entry, started, timestamp, PhaseDurations::default(), true)
+            let phases = PhaseDurations::default();
+            self.run_batch(entry, started, timestamp, phases, true, Prepared::default())
                 .await?;
             return Ok(if recovery {
                 Outcome::Recovered
@@ -358,28 +425,37 @@ impl Runner {
                 Outcome::Ran
             });
         }
-        self.shared
-            .set_status(|s| s.message = "Getting offsets from sources".into());
-        let mut phases = PhaseDurations::default();
-        let t = Instant::now();
-        let mut ranges = Vec::with_capacity(self.sources.len());
-        let mut any_new = false;
-        for s in &mut self.sources {
-            let limit = match self.trigger {
-                Trigger::Once => ReadLimit::All,
-                _ => s.source.default_read_limit(),
-            };
-            let end = s.source.latest_offset(s.committed.as_ref(), limit).await?;
-            if end.is_some() && end != s.committed {
-                any_new = true;
+        let read = match ahead {
+            Some(read) => read?,
+            None => {
+                self.shared
+                    .set_status(|s| s.message = "Getting offsets from sources".into());
+                let starts = self.sources.iter().map(|s| s.committed.clone()).collect();
+                let timestamp = chrono::Utc::now();
+                let t = Instant::now();
+                let (ranges, any_new) =
+                    latest_ranges(&mut self.sources, starts, self.trigger).await?;
+                ReadAhead {
+                    timestamp,
+                    ranges,
+                    any_new,
+                    input: None,
+                    physical: None,
+                    phases: PhaseDurations {
+                        latest_offset: ms(t.elapsed()),
+                        ..Default::default()
+                    },
+                }
             }
-            ranges.push(SourceRange {
-                description: s.description.clone(),
-                start: s.committed.clone(),
-                end: end.or_else(|| s.committed.clone()),
-            });
-        }
-        phases.latest_offset = ms(t.elapsed());
+        };
+        let ReadAhead {
+            timestamp,
+            ranges,
+            any_new,
+            input,
+            physical,
+            mut phases,
+        } = read;
         if !any_new && !self.state_to_close().await {
             self.settle_commit().await?;
             return Ok(Outcome::Idle);
@@ -407,7 +483,14 @@ impl Runner {
         // the wait for one left running does (see `run_batch`).
         phases.wal_commit = ms(t.elapsed());
         let ran = self
-            .run_batch(entry, started, timestamp, phases, false)
+            .run_batch(
+                entry,
+                started,
+                timestamp,
+                phases,
+                false,
+                Prepared { input, physical },
+            )
             .await;
         if ran.is_err() {
             // Whether the batch is now logged decides what a retry runs.
@@ -442,6 +525,7 @@ impl Runner {
         timestamp: chrono::DateTime<chrono::Utc>,
         mut phases: PhaseDurations,
         recovered: bool,
+        prepared: Prepared,
     ) -> Result<()> {
         let batch_id = entry.batch_id;
         self.shared
@@ -451,16 +535,12 @@ impl Runner {
         // while it runs, in the source's slot until the batch has run.
         let t = Instant::now();
         let filled = FilledSlots(self.sources.iter().map(|s| Arc::clone(&s.slot)).collect());
+        let inputs = match prepared.input {
+            Some(inputs) => inputs,
+            None => read_inputs(&mut self.sources, &entry.sources).await?,
+        };
         let mut input_rows = Vec::with_capacity(self.sources.len());
-        for (s, range) in self.sources.iter_mut().zip(&entry.sources) {
-            let input = match &range.end {
-                Some(end) if range.start.as_ref() != Some(end) => {
-                    s.source
-                        .read_input(range.start.as_ref(), end, s.slot.partitions())
-                        .await?
-                }
-                _ => BatchInput::Rows(Vec::new()),
-            };
+        for (s, input) in self.sources.iter().zip(inputs) {
             let rows = s.slot.fill(input).map_err(|e| {
                 TidemillError::source(
                     &s.description,
@@ -469,7 +549,7 @@ impl Runner {
             })?;
             input_rows.push(rows);
         }
-        phases.get_batch = ms(t.elapsed());
+        phases.get_batch += ms(t.elapsed());
 
         // Plan and execute.
         let t = Instant::now();
@@ -487,8 +567,11 @@ impl Runner {
             };
             operator.begin_batch(batch_id, watermarks).await?;
         }
-        let physical = self.planner.plan_batch(batch_id).await?;
-        phases.query_planning = ms(t.elapsed());
+        let physical = match prepared.physical {
+            Some(physical) => physical,
+            None => self.planner.plan_batch(batch_id).await?,
+        };
+        phases.query_planning += ms(t.elapsed());
         let t = Instant::now();
         let schema = physical.schema();
         // A panic inside an operator is a bug, but it fails the batch with
@@ -531,31 +614,19 @@ impl Runner {
         phases.wal_commit += self.await_offset_log().await?;
         self.settle_commit().await?;
 
-        // Sinks: idempotent per batch id; written only while this query
-        // holds the checkpoint (its lease, on object storage).
-        failpoint::hit("before_sink", batch_id);
-        self.checkpoint.check_lock()?;
-        let t = Instant::now();
-        if let Some(late_sink) = &self.late_rows_sink {
-            for (operator, _) in &self.operators {
-                if let Some((schema, late)) = operator.take_late_rows().await {
-                    late_sink.add_batch(batch_id, schema, late).await?;
-                }
+        // The next trigger begins, if it is due, while the output and the
+        // state commit (see the module's documentation).
+        let begun = self.begin_next_trigger(started, &entry);
+        let committed = self
+            .commit_output_and_state(batch_id, schema, output, &mut phases)
+            .await;
+        if let Some(begun) = begun {
+            let ahead = self.join_next_trigger(begun).await?;
+            if committed.is_ok() {
+                self.ahead = Some(ahead);
             }
         }
-        self.sink.add_batch(batch_id, schema, output).await?;
-        phases.add_batch = ms(t.elapsed());
-        failpoint::hit("after_sink", batch_id);
-
-        // State: version batch_id + 1.
-        failpoint::hit("before_state_commit", batch_id);
-        let t = Instant::now();
-        let mut state_operators = Vec::with_capacity(self.operators.len());
-        for (operator, _) in &self.operators {
-            state_operators.push(operator.commit().await?);
-        }
-        phases.state_commit = ms(t.elapsed());
-        failpoint::hit("after_state_commit", batch_id);
+        let state_operators = committed?;
 
         // Commit: the log entry in the background (see the module's
         // documentation); from here on, whatever fails never re-runs this
@@ -642,6 +713,93 @@ impl Runner {
 }
 
 impl Runner {
+    /// Writes the batch's output to the sinks, then commits its state as
+    /// version `batch_id + 1`; returns the stateful operators' figures.
+    async fn commit_output_and_state(
+        // `&mut`: a shared `Runner` is not `Send` (its sources are not `Sync`).
+        &mut self,
+        batch_id: u64,
+        schema: arrow::datatypes::SchemaRef,
+        output: Vec<arrow::record_batch::RecordBatch>,
+        phases: &mut PhaseDurations,
+    ) -> Result<Vec<crate::progress::StateOperatorProgress>> {
+        // Sinks: idempotent per batch id; written only while this query
+        // holds the checkpoint (its lease, on object storage).
+        failpoint::hit("before_sink", batch_id);
+        self.checkpoint.check_lock()?;
+        let t = Instant::now();
+        if let Some(late_sink) = &self.late_rows_sink {
+            for (operator, _) in &self.operators {
+                if let Some((schema, late)) = operator.take_late_rows().await {
+                    late_sink.add_batch(batch_id, schema, late).await?;
+                }
+            }
+        }
+        self.sink.add_batch(batch_id, schema, output).await?;
+        phases.add_batch = ms(t.elapsed());
+        failpoint::hit("after_sink", batch_id);
+
+        // State: version batch_id + 1.
+        failpoint::hit("before_state_commit", batch_id);
+        let t = Instant::now();
+        let mut state_operators = Vec::with_capacity(self.operators.len());
+        for (operator, _) in &self.operators {
+            state_operators.push(operator.commit().await?);
+        }
+        phases.state_commit = ms(t.elapsed());
+        failpoint::hit("after_state_commit", batch_id);
+        Ok(state_operators)
+    }
+
+    /// Begins the next trigger on a task of its own if it is due as soon
+    /// as the batch `entry` (begun at `started`) ends: the task asks the
+    /// sources for offsets from the batch's ends and reads what is new.
+    /// The sources go with the task until [`Self::join_next_trigger`].
+    fn begin_next_trigger(
+        &mut self,
+        started: Instant,
+        entry: &OffsetEntry,
+    ) -> Option<BegunTrigger> {
+        let due = match self.trigger {
+            Trigger::ProcessingTime(interval) => started.elapsed() >= interval,
+            Trigger::AvailableNow => true,
+            Trigger::Once => false,
+        };
+        if !due || self.shared.stop_requested() {
+            return None;
+        }
+        let seq = self.shared.trigger_started();
+        let starts = entry.sources.iter().map(|r| r.end.clone()).collect();
+        let task = Background::spawn(read_ahead(
+            std::mem::take(&mut self.sources),
+            starts,
+            self.trigger,
+            self.planner.kept(),
+            entry.batch_id + 1,
+        ));
+        Some(BegunTrigger {
+            started: Instant::now(),
+            seq,
+            task,
+        })
+    }
+
+    /// Waits for the trigger [`Self::begin_next_trigger`] began, and takes
+    /// the sources back.
+    async fn join_next_trigger(&mut self, begun: BegunTrigger) -> Result<Ahead> {
+        let (sources, read) = begun.task.finish().await.map_err(|e| {
+            TidemillError::Internal(format!(
+                "the next trigger's read stopped ({e}); the query cannot go on without its sources"
+            ))
+        })?;
+        self.sources = sources;
+        Ok(Ahead {
+            started: begun.started,
+            seq: begun.seq,
+            read,
+        })
+    }
+
     /// Whether a batch without new data should run because the watermark
     /// has closed groups the state holds.
     async fn state_to_close(&mut self) -> bool {
@@ -659,4 +817,99 @@ impl Runner {
         }
         false
     }
+}
+
+/// The next trigger, running on a task of its own while the batch before
+/// it commits.
+struct BegunTrigger {
+    started: Instant,
+    seq: u64,
+    task: Background<(Vec<RunningSource>, Result<ReadAhead>)>,
+}
+
+/// Asks `sources` for their latest offsets from `starts` and, when there
+/// is new data, reads batch `batch_id`'s input and copies `kept` for it;
+/// gives the sources back with what it read.
+async fn read_ahead(
+    mut sources: Vec<RunningSource>,
+    starts: Vec<Option<Offset>>,
+    trigger: Trigger,
+    kept: Option<Arc<dyn ExecutionPlan>>,
+    batch_id: u64,
+) -> (Vec<RunningSource>, Result<ReadAhead>) {
+    let read = async {
+        let timestamp = chrono::Utc::now();
+        let mut phases = PhaseDurations::default();
+        let t = Instant::now();
+        let (ranges, any_new) = latest_ranges(&mut sources, starts, trigger).await?;
+        phases.latest_offset = ms(t.elapsed());
+        let (mut input, mut physical) = (None, None);
+        if any_new {
+            let t = Instant::now();
+            input = Some(read_inputs(&mut sources, &ranges).await?);
+            phases.get_batch = ms(t.elapsed());
+            let t = Instant::now();
+            physical = kept
+                .map(|kept| crate::plan::copy_of_kept(kept, batch_id))
+                .transpose()?;
+            phases.query_planning = ms(t.elapsed());
+        }
+        Ok(ReadAhead {
+            timestamp,
+            ranges,
+            any_new,
+            input,
+            physical,
+            phases,
+        })
+    }
+    .await;
+    (sources, read)
+}
+
+/// Each source's range from its start in `starts` to its latest offset
+/// under the trigger's read limit, and whether any source has new data.
+async fn latest_ranges(
+    sources: &mut [RunningSource],
+    starts: Vec<Option<Offset>>,
+    trigger: Trigger,
+) -> Result<(Vec<SourceRange>, bool)> {
+    let mut ranges = Vec::with_capacity(sources.len());
+    let mut any_new = false;
+    for (s, start) in sources.iter_mut().zip(starts) {
+        let limit = match trigger {
+            Trigger::Once => ReadLimit::All,
+            _ => s.source.default_read_limit(),
+        };
+        let end = s.source.latest_offset(start.as_ref(), limit).await?;
+        if end.is_some() && end != start {
+            any_new = true;
+        }
+        ranges.push(SourceRange {
+            description: s.description.clone(),
+            end: end.or_else(|| start.clone()),
+            start,
+        });
+    }
+    Ok((ranges, any_new))
+}
+
+/// Each source's input for its range in `ranges`: rows in memory, or
+/// partitions the plan reads while it runs.
+async fn read_inputs(
+    sources: &mut [RunningSource],
+    ranges: &[SourceRange],
+) -> Result<Vec<BatchInput>> {
+    let mut inputs = Vec::with_capacity(sources.len());
+    for (s, range) in sources.iter_mut().zip(ranges) {
+        inputs.push(match &range.end {
+            Some(end) if range.start.as_ref() != Some(end) => {
+                s.source
+                    .read_input(range.start.as_ref(), end, s.slot.partitions())
+                    .await?
+            }
+            _ => BatchInput::Rows(Vec::new()),
+        });
+    }
+    Ok(inputs)
 }

@@ -34,6 +34,7 @@ mod monitor_page;
 mod no_panic_properties;
 mod processor;
 mod pyiceberg;
+mod read_ahead;
 mod recovery;
 mod retry;
 #[cfg(all(feature = "s3", feature = "delta"))]

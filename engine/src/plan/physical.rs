@@ -103,7 +103,7 @@ impl BatchPlanner {
     pub async fn plan_batch(&mut self, batch_id: u64) -> Result<Arc<dyn ExecutionPlan>> {
         let error = |e| TidemillError::datafusion(format!("planning batch {batch_id}"), e);
         if let Some(kept) = &self.kept {
-            return reset_plan_states(Arc::clone(kept)).map_err(error);
+            return copy_of_kept(Arc::clone(kept), batch_id);
         }
         let state = self.session.state();
         let plan = state.optimize(&self.plan).map_err(error)?;
@@ -116,10 +116,26 @@ impl BatchPlanner {
             .map_err(error)?;
         if plans_alike_every_batch(&self.plan) && runs_again(&physical) {
             self.kept = Some(Arc::clone(&physical));
-            return reset_plan_states(physical).map_err(error);
+            return copy_of_kept(physical, batch_id);
         }
         Ok(physical)
     }
+
+    /// The physical plan every batch runs, once planned, if it is kept
+    /// (see [`Self::plan_batch`]): [`copy_of_kept`] makes a batch's copy.
+    pub fn kept(&self) -> Option<Arc<dyn ExecutionPlan>> {
+        self.kept.clone()
+    }
+}
+
+/// Batch `batch_id`'s copy of the kept physical plan `kept`: the same plan
+/// with its nodes' state reset.
+pub(crate) fn copy_of_kept(
+    kept: Arc<dyn ExecutionPlan>,
+    batch_id: u64,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    reset_plan_states(kept)
+        .map_err(|e| TidemillError::datafusion(format!("planning batch {batch_id}"), e))
 }
 
 /// Whether `plan` can run again once its nodes' state is reset
