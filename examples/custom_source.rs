@@ -146,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         trigger: Trigger::AvailableNow,
         checkpoint: checkpoint.path().to_str().unwrap_or_default().to_string(),
         checkpoint_durability: Default::default(),
+        read_ahead: false,
     };
     for query in pipeline.start(&SessionContext::new(), &options).await? {
         query.query.await_termination().await?;

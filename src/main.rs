@@ -81,6 +81,11 @@ enum Command {
         /// directory are fsynced).
         #[arg(long, value_name = "process|machine", default_value = "process")]
         checkpoint_durability: String,
+        /// Begin each query's next trigger while a batch's sink writes and
+        /// its state commits (asking the sources and reading ahead): pays
+        /// where sources and sinks wait on I/O, such as object storage.
+        #[arg(long)]
+        read_ahead: bool,
     },
     /// Run FILE once as a batch job over everything the streams hold now
     /// (files, Kafka topics); each sink receives the whole result.
@@ -249,6 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             progress_json,
             ui,
             checkpoint_durability,
+            read_ahead,
         } => {
             let trigger = parse_trigger(&trigger)?;
             let checkpoint_durability = checkpoint_durability
@@ -260,6 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 trigger,
                 checkpoint: checkpoint.display().to_string(),
                 checkpoint_durability,
+                read_ahead,
             };
             // Listen for Ctrl-C before the queries start, so that an early
             // one also stops them cleanly.

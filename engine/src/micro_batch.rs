@@ -23,9 +23,10 @@
 //! it could not be written, the next trigger plans batch N afresh, as a
 //! restart would.
 //!
-//! **The next trigger begins while a batch commits** (pipelining). When
-//! the next trigger is due as soon as batch N ends (a zero interval, an
-//! interval batch N already outlasted, or available-now), it begins once
+//! **The next trigger may begin while a batch commits** (pipelining,
+//! [`QueryOptions::read_ahead`]). When the next trigger is due as soon as
+//! batch N ends (a zero interval, an interval batch N already outlasted,
+//! or available-now), it begins once
 //! batch N has executed: a task asks the sources for the next offsets
 //! from batch N's ends, reads batch N+1's input and copies the kept
 //! physical plan, while batch N's sink writes and its state commits on
@@ -751,8 +752,9 @@ impl Runner {
         Ok(state_operators)
     }
 
-    /// Begins the next trigger on a task of its own if it is due as soon
-    /// as the batch `entry` (begun at `started`) ends: the task asks the
+    /// Begins the next trigger on a task of its own if the query reads
+    /// ahead and the trigger is due as soon as the batch `entry` (begun at
+    /// `started`) ends: the task asks the
     /// sources for offsets from the batch's ends and reads what is new.
     /// The sources go with the task until [`Self::join_next_trigger`].
     fn begin_next_trigger(
@@ -765,7 +767,7 @@ impl Runner {
             Trigger::AvailableNow => true,
             Trigger::Once => false,
         };
-        if !due || self.shared.stop_requested() {
+        if !self.options.read_ahead || !due || self.shared.stop_requested() {
             return None;
         }
         let seq = self.shared.trigger_started();

@@ -52,6 +52,18 @@ pub struct QueryOptions {
     /// without letting its lease go blocks its checkpoint until the lease
     /// expires. Local and `memory://` checkpoints are locked otherwise.
     pub checkpoint_lease: LeaseOptions,
+    /// Whether the next trigger begins while a batch's sink writes and its
+    /// state commits, when that trigger is due as soon as the batch ends
+    /// (interval 0, an interval the batch outlasted, or available-now): it
+    /// asks the sources for offsets, reads the next batch's input and
+    /// copies the physical plan meanwhile, on a task of its own (default
+    /// false). It pays where asking and reading wait on I/O about as long
+    /// as the sink's commit (object storage, remote brokers); with
+    /// sources and sinks on a local disk or in memory it costs a hand-off
+    /// between threads per batch (see `BENCHMARKS.md`). Exactly-once is
+    /// the same either way: the next batch's offsets are logged only once
+    /// this batch committed.
+    pub read_ahead: bool,
 }
 
 /// How a batch that fails with a transient error
@@ -93,6 +105,7 @@ impl Default for QueryOptions {
             min_state_versions_to_retain: 100,
             checkpoint_durability: Durability::Process,
             checkpoint_lease: LeaseOptions::default(),
+            read_ahead: false,
         }
     }
 }

@@ -209,6 +209,9 @@ pub struct RunOptions {
     /// How durable the checkpoints' and sinks' writes are (see
     /// [`QueryOptions::checkpoint_durability`](tidemill_engine::QueryOptions)).
     pub checkpoint_durability: tidemill_engine::Durability,
+    /// Whether each query begins its next trigger while a batch commits
+    /// (see [`QueryOptions::read_ahead`](tidemill_engine::QueryOptions)).
+    pub read_ahead: bool,
 }
 
 /// A started query of a pipeline.
@@ -406,6 +409,7 @@ impl Pipeline {
                 .trigger(options.trigger)
                 .options(tidemill_engine::QueryOptions {
                     checkpoint_durability: options.checkpoint_durability,
+                    read_ahead: options.read_ahead,
                     ..Default::default()
                 })
                 .checkpoint(checkpoint)

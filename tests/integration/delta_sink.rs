@@ -422,6 +422,7 @@ async fn a_pipeline_file_writes_a_delta_table() {
         trigger: Trigger::AvailableNow,
         checkpoint: dirs.checkpoint.to_str().unwrap().to_string(),
         checkpoint_durability: Default::default(),
+        read_ahead: false,
     };
     let queries = Pipeline::parse(&text)
         .unwrap()

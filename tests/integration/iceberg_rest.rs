@@ -318,6 +318,7 @@ async fn a_query_creates_and_appends_to_a_rest_catalog_table_read_back_by_pyiceb
         trigger: Trigger::AvailableNow,
         checkpoint: dirs.checkpoint("pipeline").to_str().unwrap().to_string(),
         checkpoint_durability: Default::default(),
+        read_ahead: false,
     };
     let queries = Pipeline::parse(&text)
         .unwrap()

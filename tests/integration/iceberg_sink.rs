@@ -431,6 +431,7 @@ async fn a_pipeline_file_writes_an_iceberg_table() {
         trigger: Trigger::AvailableNow,
         checkpoint: dirs.checkpoint.to_str().unwrap().to_string(),
         checkpoint_durability: Default::default(),
+        read_ahead: false,
     };
     let queries = Pipeline::parse(&text)
         .unwrap()

@@ -216,8 +216,10 @@ fn no_hook() -> Hook {
     Box::new(|_, _| Box::pin(async { Ok(()) }))
 }
 
+/// Reading ahead, with quick retries.
 fn fast_retries() -> QueryOptions {
     QueryOptions {
+        read_ahead: true,
         retry: RetryPolicy {
             initial_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(20),
@@ -237,6 +239,20 @@ async fn start(
     trigger: Trigger,
     dir: &std::path::Path,
 ) -> StreamingQuery {
+    let options = fast_retries();
+    start_with(partitions, source, sink, counted, trigger, dir, options).await
+}
+
+/// [`start`] with `options`.
+async fn start_with(
+    partitions: usize,
+    source: &WatchedSource,
+    sink: &Arc<GatedSink>,
+    counted: bool,
+    trigger: Trigger,
+    dir: &std::path::Path,
+    options: QueryOptions,
+) -> StreamingQuery {
     let ctx =
         SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
     let mut df = ctx.read_stream(source.clone()).await.unwrap();
@@ -252,7 +268,7 @@ async fn start(
         .output_mode(mode)
         .trigger(trigger)
         .checkpoint(dir.to_str().unwrap())
-        .options(fast_retries())
+        .options(options)
         .start()
         .await
         .unwrap()
@@ -363,43 +379,55 @@ async fn the_next_trigger_reads_while_a_batch_writes_its_output() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trigger_not_yet_due_does_not_begin_while_a_batch_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (source, watch) = watched();
-    let notes = Arc::clone(&watch);
-    // Batch 0's write takes 100 ms; the next trigger is due 2 s after
-    // batch 0 began, so nothing asks the source meanwhile.
-    let hook: Hook = Box::new(move |batch, _| {
-        let notes = Arc::clone(&notes);
-        Box::pin(async move {
-            if batch == 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                notes.note("sink 0 waited".into());
+async fn no_trigger_begins_while_a_batch_writes_unless_reading_ahead_and_due() {
+    let cases = [
+        // Reading ahead, but the next trigger is due 2 s after batch 0
+        // began.
+        (Trigger::ProcessingTime(Duration::from_secs(2)), true),
+        // Due at once, but the query does not read ahead (the default).
+        (Trigger::default(), false),
+    ];
+    for (trigger, read_ahead) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, watch) = watched();
+        let (stream, notes) = (source.inner.clone(), Arc::clone(&watch));
+        // Batch 0's write adds rows and takes 100 ms.
+        let hook: Hook = Box::new(move |batch, _| {
+            let (stream, notes) = (stream.clone(), Arc::clone(&notes));
+            Box::pin(async move {
+                if batch == 0 {
+                    stream.push(events(4..8)).unwrap();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    notes.note("sink 0 waited".into());
+                }
+                Ok(())
+            })
+        });
+        let sink = GatedSink::new(&watch, hook);
+        source.inner.push(events(0..4)).unwrap();
+        let options = QueryOptions {
+            read_ahead,
+            ..fast_retries()
+        };
+        let query = start_with(1, &source, &sink, false, trigger, dir.path(), options).await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while sink.batch_ids().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Ok(())
         })
-    });
-    let sink = GatedSink::new(&watch, hook);
-    source.inner.push(events(0..4)).unwrap();
-    let trigger = Trigger::ProcessingTime(Duration::from_secs(2));
-    let query = start(1, &source, &sink, false, trigger, dir.path()).await;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while sink.batch_ids().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
-    query.stop().await.unwrap();
-    let log = watch.log();
-    let (begins, ends) = (
-        position(&log, "sink 0 begins"),
-        position(&log, "sink 0 ends"),
-    );
-    assert!(
-        log[begins..ends].iter().all(|l| !l.starts_with("ask")),
-        "{log:?}"
-    );
+        .await
+        .unwrap();
+        query.stop().await.unwrap();
+        let log = watch.log();
+        let (begins, ends) = (
+            position(&log, "sink 0 begins"),
+            position(&log, "sink 0 ends"),
+        );
+        assert!(
+            log[begins..ends].iter().all(|l| !l.starts_with("ask")),
+            "{trigger:?}, read ahead {read_ahead}: {log:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

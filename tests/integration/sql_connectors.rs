@@ -67,6 +67,7 @@ async fn a_registered_sink_connector_runs_as_a_stream_and_as_a_batch() {
         trigger: Trigger::AvailableNow,
         checkpoint: dir.path().join("cp").to_str().unwrap().to_string(),
         checkpoint_durability: Default::default(),
+        read_ahead: false,
     };
     let queries = pipeline(input, ", label = 'x'", &streamed)
         .start(&SessionContext::new(), &options)
