@@ -40,9 +40,22 @@
 //! `tidemill_harness::results::watch_cost` for why it is measured where
 //! it is spent rather than as a difference of two runs).
 //!
+//! **Part 5, reading ahead on object storage.** The plan of part 1 over
+//! 20 parquet files of 5 000 rows in a bucket, one file per trigger
+//! (`AvailableNow`), into the `ParquetSink` in the same bucket, local
+//! checkpoint; the bucket on an S3-compatible server on 127.0.0.1 (moto,
+//! as the S3 tests use, which answers at its own CPU-bound pace), then in
+//! an in-memory store that answers each request after an S3-like wait (10 ms a
+//! GET, 20 ms a PUT or LIST: object_store's `ThrottledStore`); without and with
+//! `QueryOptions::read_ahead`, in pairs of runs alternating which goes
+//! first (3 pairs; 1 in short mode): seconds, batches/s and mean phases,
+//! and the time without over the time with (the median of the pairs'
+//! ratios). No target: it shows where reading ahead pays, as parts 2 and 3
+//! (which run without it) show where it would not.
+//!
 //! `TIDEMILL_BENCH_ONLY` (full mode only): a comma-separated list of the
-//! parts to run, `throughput`, `watch`, `overhead`, `latency` (default:
-//! all).
+//! parts to run, `throughput`, `watch`, `overhead`, `latency`, `s3`
+//! (default: all).
 //!
 //! Results go to `target/bench-results/stateless.json` (see
 //! `tidemill_harness::results`). `cargo bench` passes `--bench`: that runs
@@ -610,6 +623,203 @@ async fn overhead_part(
     Ok(())
 }
 
+/// Part 5: the stream over parquet files on object storage, into the
+/// parquet sink there, without and with reading ahead: on moto, and in an
+/// in-memory store that answers each request after an S3-like wait.
+async fn read_ahead_part(
+    pairs: usize,
+    tmp: &std::path::Path,
+    result: &mut BenchResult,
+) -> anyhow::Result<()> {
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+    use tidemill::engine::StorageOptions;
+
+    let local = tmp.join("s3-input");
+    std::fs::create_dir_all(&local)?;
+    generate(&local, READ_AHEAD_ROWS)?;
+
+    let server = tidemill_harness::s3_server::S3Server::start();
+    server.create_bucket("bench");
+    let mut options = StorageOptions::new();
+    for (key, value) in server.options() {
+        options.insert(key, value).map_err(anyhow::Error::msg)?;
+    }
+    let moto = StoreUnderTest::Moto(options);
+    moto.upload(&local).await?;
+    read_ahead_runs(&moto, pairs, tmp, result).await?;
+    drop(server);
+
+    let wait = |ms| Duration::from_millis(ms);
+    let throttled = StoreUnderTest::Throttled(Arc::new(ThrottledStore::new(
+        object_store::memory::InMemory::new(),
+        ThrottleConfig {
+            wait_get_per_call: wait(S3_WAIT_MS.0),
+            wait_put_per_call: wait(S3_WAIT_MS.1),
+            wait_list_per_call: wait(S3_WAIT_MS.2),
+            wait_list_with_delimiter_per_call: wait(S3_WAIT_MS.2),
+            wait_delete_per_call: wait(S3_WAIT_MS.1),
+            ..Default::default()
+        },
+    )));
+    throttled.upload(&local).await?;
+    read_ahead_runs(&throttled, pairs, tmp, result).await
+}
+
+/// Part 5's input: rows in [`FILES`] files.
+const READ_AHEAD_ROWS: usize = FILES * 5_000;
+
+/// Part 5's S3-like waits, ms: per GET, per PUT (and DELETE), per LIST.
+const S3_WAIT_MS: (u64, u64, u64) = (10, 20, 20);
+
+/// Where part 5's bucket `s3://bench` is.
+enum StoreUnderTest {
+    /// On moto, reached with these options.
+    Moto(tidemill::engine::StorageOptions),
+    /// This store, registered for the bucket in each run's session.
+    Throttled(Arc<dyn object_store::ObjectStore>),
+}
+
+impl StoreUnderTest {
+    fn name(&self) -> String {
+        match self {
+            Self::Moto(_) => "moto (127.0.0.1)".into(),
+            Self::Throttled(_) => format!(
+                "an in-memory store that waits {} ms per GET, {} ms per PUT and DELETE, {} ms per \
+                 LIST (object_store's ThrottledStore)",
+                S3_WAIT_MS.0, S3_WAIT_MS.1, S3_WAIT_MS.2
+            ),
+        }
+    }
+
+    /// A session that reaches the bucket.
+    fn session(&self) -> anyhow::Result<SessionContext> {
+        let ctx = SessionContext::new();
+        if let Self::Throttled(store) = self {
+            let url = datafusion::execution::object_store::ObjectStoreUrl::parse("s3://bench")?;
+            ctx.runtime_env()
+                .register_object_store(url.as_ref(), Arc::clone(store));
+        }
+        Ok(ctx)
+    }
+
+    fn options(&self) -> tidemill::engine::StorageOptions {
+        match self {
+            Self::Moto(options) => options.clone(),
+            Self::Throttled(_) => Default::default(),
+        }
+    }
+
+    /// Puts the files of `local` under `s3://bench/input/`.
+    async fn upload(&self, local: &std::path::Path) -> anyhow::Result<()> {
+        use object_store::ObjectStoreExt;
+        let ctx = self.session()?;
+        let bucket = tidemill::engine::Location::resolve_with(
+            "s3://bench/",
+            &self.options(),
+            &ctx.runtime_env(),
+        )?;
+        for f in 0..FILES {
+            let name = format!("part-{f:03}.parquet");
+            let bytes = std::fs::read(local.join(&name))?;
+            bucket
+                .store()
+                .put(&format!("input/{name}").into(), bytes.into())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Part 5 on one store: `pairs` pairs of runs without and with reading
+/// ahead, alternating which goes first.
+async fn read_ahead_runs(
+    store: &StoreUnderTest,
+    pairs: usize,
+    tmp: &std::path::Path,
+    result: &mut BenchResult,
+) -> anyhow::Result<()> {
+    static RUNS_SO_FAR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    // Per mode (without, with): seconds and the progress of each run.
+    let mut seconds: [Vec<f64>; 2] = Default::default();
+    let mut progress: [Vec<tidemill::QueryProgress>; 2] = Default::default();
+    let mut ratios = Vec::new();
+    for pair in 0..pairs {
+        let mut times = [0.0; 2];
+        let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+        for mode in order {
+            let run = RUNS_SO_FAR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let ctx = store.session()?;
+            let source = FileSource::parquet("s3://bench/input")
+                .storage_options(store.options())
+                .max_files_per_trigger(1);
+            let sink =
+                ParquetSink::new(format!("s3://bench/out-{run}")).storage_options(store.options());
+            let t = Instant::now();
+            let query = plan(ctx.read_stream(source).await?)?
+                .write_stream()
+                .sink(sink)
+                .trigger(Trigger::AvailableNow)
+                .checkpoint(tmp.join(format!("chk-s3-{run}")).to_str().unwrap())
+                .options(QueryOptions {
+                    read_ahead: mode == 1,
+                    ..Default::default()
+                })
+                .start()
+                .await?;
+            query.await_termination().await?;
+            times[mode] = t.elapsed().as_secs_f64();
+            let runs = query.recent_progress();
+            anyhow::ensure!(
+                runs.len() == FILES,
+                "{} batches for {FILES} files",
+                runs.len()
+            );
+            seconds[mode].push(times[mode]);
+            progress[mode].extend(runs);
+        }
+        ratios.push(times[0] / times[1]);
+    }
+    let mut rows = Vec::new();
+    for (mode, label) in ["without read-ahead", "with read-ahead"].iter().enumerate() {
+        let secs = median(&mut seconds[mode].clone());
+        let mut row = vec![
+            label.to_string(),
+            format!("{secs:.3}"),
+            format!("{:.1}", FILES as f64 / secs),
+        ];
+        row.extend(phase_cells(&mean_phases(&progress[mode])));
+        rows.push(row);
+    }
+    let speedup = median(&mut ratios);
+    let table = Table::new(
+        &format!(
+            "Reading ahead on object storage, {}: {READ_AHEAD_ROWS} rows in {FILES} parquet \
+             files, one file per trigger, into the parquet sink on the same store, local \
+             checkpoint; median of {pairs} runs each; mean ms per phase (a batch begun ahead \
+             counts its offsets, read and, without state, execution in the batch before's \
+             time). Time without ÷ time with read-ahead: {speedup:.2} (median of the pairs):",
+            store.name()
+        ),
+        [
+            "run",
+            "seconds",
+            "batches/s",
+            "offsets",
+            "wal",
+            "read",
+            "plan",
+            "execute",
+            "sink",
+            "commit",
+            "total",
+        ],
+        rows,
+    );
+    println!("\n{}", table.to_markdown());
+    result.tables.push(table);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; `cargo test` does not.
@@ -662,6 +872,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs_part("latency") {
         latency(full, &mut result).await?;
+    }
+    if runs_part("s3") {
+        read_ahead_part(if full { 3 } else { 1 }, tmp.path(), &mut result).await?;
     }
 
     println!("\n| target | goal | measured | met |\n|---|---|---|---|");

@@ -26,19 +26,22 @@
 //! **The next trigger may begin while a batch commits** (pipelining,
 //! [`QueryOptions::read_ahead`]). When the next trigger is due as soon as
 //! batch N ends (a zero interval, an interval batch N already outlasted,
-//! or available-now), it begins once
-//! batch N has executed: a task asks the sources for the next offsets
-//! from batch N's ends, reads batch N+1's input and copies the kept
-//! physical plan, while batch N's sink writes and its state commits on
-//! the query's own task. Nothing of it leaves a trace outside the process:
-//! `offsets/N+1` is written only once batch N's sink and state have
-//! committed, as in a trigger that began afterwards, and batch N+1's
-//! stateful operators begin it only then. If batch N fails, what was read
-//! ahead is dropped and batch N is retried as logged; if reading ahead
-//! fails, batch N still commits and the next trigger fails with that
-//! error. The trigger counts from the moment it began (the sources were
-//! asked), so [`crate::StreamingQuery::process_all_available`] is never
-//! answered by offsets asked before data it waits for.
+//! or available-now), it begins once batch N has executed: a task asks
+//! the sources for the next offsets from batch N's ends, reads batch
+//! N+1's input and copies the kept physical plan and, in a query without
+//! stateful operators (where batch N+1 does not depend on batch N's
+//! commit), executes it, while batch N's sink writes and its state
+//! commits on the query's own task. Nothing of it leaves a trace outside
+//! the process: `offsets/N+1` is written only once batch N's sink and
+//! state have committed, as in a trigger that began afterwards; batch
+//! N+1's stateful operators begin it only then, and its sink writes only
+//! then. If batch N fails, what was read (or executed) ahead is dropped,
+//! with the event times it reported, and batch N is retried as logged; if
+//! the trigger begun ahead fails, batch N still commits and the next
+//! trigger fails with that error. The trigger counts from the moment it
+//! began (the sources were asked), so
+//! [`crate::StreamingQuery::process_all_available`] is never answered by
+//! offsets asked before data it waits for.
 //!
 //! Recovery rules this implies, all kept by [`Checkpoint::recovery_point`]
 //! looking only at the latest offset entry:
@@ -143,11 +146,14 @@ pub(crate) struct Ahead {
 }
 
 /// What a batch's trigger prepared before the batch began: its input and
-/// physical plan, each read or planned by the batch itself where missing.
+/// physical plan, each read or planned by the batch itself where missing,
+/// or its output.
 #[derive(Default)]
 struct Prepared {
     input: Option<Vec<BatchInput>>,
     physical: Option<Arc<dyn ExecutionPlan>>,
+    /// The batch's output, when it was executed ahead.
+    executed: Option<Executed>,
 }
 
 /// What a trigger begun ahead read: the sources' next offsets and, when
@@ -162,7 +168,10 @@ pub(crate) struct ReadAhead {
     input: Option<Vec<BatchInput>>,
     /// A copy of the kept physical plan, when there is one and new data.
     physical: Option<Arc<dyn ExecutionPlan>>,
-    /// The time it took to ask, read and plan.
+    /// The batch's output, when a query without stateful operators
+    /// executed it ahead (`input` and `physical` then went into it).
+    executed: Option<Executed>,
+    /// The time it took to ask, read, plan and execute.
     phases: PhaseDurations,
 }
 
@@ -442,6 +451,7 @@ impl Runner {
                     any_new,
                     input: None,
                     physical: None,
+                    executed: None,
                     phases: PhaseDurations {
                         latest_offset: ms(t.elapsed()),
                         ..Default::default()
@@ -455,6 +465,7 @@ impl Runner {
             any_new,
             input,
             physical,
+            executed,
             mut phases,
         } = read;
         if !any_new && !self.state_to_close().await {
@@ -490,7 +501,11 @@ impl Runner {
                 timestamp,
                 phases,
                 false,
-                Prepared { input, physical },
+                Prepared {
+                    input,
+                    physical,
+                    executed,
+                },
             )
             .await;
         if ran.is_err() {
@@ -532,67 +547,17 @@ impl Runner {
         self.shared
             .set_status(|s| s.message = format!("Processing batch {batch_id}"));
 
-        // Each source's range: rows in memory, or partitions the plan reads
-        // while it runs, in the source's slot until the batch has run.
-        let t = Instant::now();
-        let filled = FilledSlots(self.sources.iter().map(|s| Arc::clone(&s.slot)).collect());
-        let inputs = match prepared.input {
-            Some(inputs) => inputs,
-            None => read_inputs(&mut self.sources, &entry.sources).await?,
+        let Executed {
+            schema,
+            output,
+            rows: input_rows,
+        } = match prepared.executed {
+            Some(executed) => executed,
+            None => {
+                self.read_and_execute(&entry, prepared.input, prepared.physical, &mut phases)
+                    .await?
+            }
         };
-        let mut input_rows = Vec::with_capacity(self.sources.len());
-        for (s, input) in self.sources.iter().zip(inputs) {
-            let rows = s.slot.fill(input).map_err(|e| {
-                TidemillError::source(
-                    &s.description,
-                    format!("batch {batch_id} does not match the source schema: {e}"),
-                )
-            })?;
-            input_rows.push(rows);
-        }
-        phases.get_batch += ms(t.elapsed());
-
-        // Plan and execute.
-        let t = Instant::now();
-        for (operator, rule) in &self.operators {
-            let next = rule.knows_next().then(|| {
-                Arc::new(
-                    self.watermarks
-                        .next_batch(&self.watermark_planner, rule.delay_ms),
-                )
-            });
-            let watermarks = BatchWatermarks {
-                processing_time_ms: entry.timestamp_ms,
-                next,
-                ..rule.for_batch(entry.watermark_ms, entry.previous_watermark_ms)
-            };
-            operator.begin_batch(batch_id, watermarks).await?;
-        }
-        let physical = match prepared.physical {
-            Some(physical) => physical,
-            None => self.planner.plan_batch(batch_id).await?,
-        };
-        phases.query_planning += ms(t.elapsed());
-        let t = Instant::now();
-        let schema = physical.schema();
-        // A panic inside an operator is a bug, but it fails the batch with
-        // an error naming it, not the process.
-        let output = std::panic::AssertUnwindSafe(datafusion::physical_plan::collect(
-            physical,
-            self.session.task_ctx(),
-        ))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            Err(datafusion::error::DataFusionError::Execution(format!(
-                "an operator panicked: {}",
-                crate::error::panic_message(&*panic)
-            )))
-        });
-        drop(filled);
-        let output = output
-            .map_err(|e| TidemillError::from_execution(format!("executing batch {batch_id}"), e))?;
-        phases.execution = ms(t.elapsed());
         let mut num_input_rows = 0;
         let mut source_progress = Vec::with_capacity(self.sources.len());
         for ((s, range), rows) in self.sources.iter().zip(&entry.sources).zip(&input_rows) {
@@ -625,6 +590,10 @@ impl Runner {
             let ahead = self.join_next_trigger(begun).await?;
             if committed.is_ok() {
                 self.ahead = Some(ahead);
+            } else {
+                // What it read will be read again after this batch's retry:
+                // the event times it reported are not this batch's.
+                self.watermarks.forget_batch(&self.watermark_planner);
             }
         }
         let state_operators = committed?;
@@ -714,6 +683,62 @@ impl Runner {
 }
 
 impl Runner {
+    /// Reads the batch `entry`'s input into the sources' slots (unless
+    /// `input` was read ahead), begins the batch in the stateful
+    /// operators, plans it (unless `physical` is a copy made ahead) and
+    /// executes it.
+    async fn read_and_execute(
+        &mut self,
+        entry: &OffsetEntry,
+        input: Option<Vec<BatchInput>>,
+        physical: Option<Arc<dyn ExecutionPlan>>,
+        phases: &mut PhaseDurations,
+    ) -> Result<Executed> {
+        let batch_id = entry.batch_id;
+        // Each source's range: rows in memory, or partitions the plan reads
+        // while it runs, in the source's slot until the batch has run.
+        let t = Instant::now();
+        let filled = FilledSlots(self.sources.iter().map(|s| Arc::clone(&s.slot)).collect());
+        let inputs = match input {
+            Some(inputs) => inputs,
+            None => read_inputs(&mut self.sources, &entry.sources).await?,
+        };
+        let rows = fill_slots(&self.sources, inputs, batch_id)?;
+        phases.get_batch += ms(t.elapsed());
+
+        // Plan and execute.
+        let t = Instant::now();
+        for (operator, rule) in &self.operators {
+            let next = rule.knows_next().then(|| {
+                Arc::new(
+                    self.watermarks
+                        .next_batch(&self.watermark_planner, rule.delay_ms),
+                )
+            });
+            let watermarks = BatchWatermarks {
+                processing_time_ms: entry.timestamp_ms,
+                next,
+                ..rule.for_batch(entry.watermark_ms, entry.previous_watermark_ms)
+            };
+            operator.begin_batch(batch_id, watermarks).await?;
+        }
+        let physical = match physical {
+            Some(physical) => physical,
+            None => self.planner.plan_batch(batch_id).await?,
+        };
+        phases.query_planning += ms(t.elapsed());
+        let t = Instant::now();
+        let schema = physical.schema();
+        let output = execute_plan(physical, &self.session, batch_id).await;
+        drop(filled);
+        phases.execution = ms(t.elapsed());
+        Ok(Executed {
+            schema,
+            output: output?,
+            rows,
+        })
+    }
+
     /// Writes the batch's output to the sinks, then commits its state as
     /// version `batch_id + 1`; returns the stateful operators' figures.
     async fn commit_output_and_state(
@@ -772,11 +797,15 @@ impl Runner {
         }
         let seq = self.shared.trigger_started();
         let starts = entry.sources.iter().map(|r| r.end.clone()).collect();
+        // Without stateful operators, the next batch does not depend on
+        // this one's commit: it may execute too (only its sink waits).
+        let executes_in = self.operators.is_empty().then(|| self.session.clone());
         let task = Background::spawn(read_ahead(
             std::mem::take(&mut self.sources),
             starts,
             self.trigger,
             self.planner.kept(),
+            executes_in,
             entry.batch_id + 1,
         ));
         Some(BegunTrigger {
@@ -830,13 +859,15 @@ struct BegunTrigger {
 }
 
 /// Asks `sources` for their latest offsets from `starts` and, when there
-/// is new data, reads batch `batch_id`'s input and copies `kept` for it;
-/// gives the sources back with what it read.
+/// is new data, reads batch `batch_id`'s input and copies `kept` for it,
+/// and executes that copy in `executes_in` if given; gives the sources
+/// back with what it read.
 async fn read_ahead(
     mut sources: Vec<RunningSource>,
     starts: Vec<Option<Offset>>,
     trigger: Trigger,
     kept: Option<Arc<dyn ExecutionPlan>>,
+    executes_in: Option<SessionContext>,
     batch_id: u64,
 ) -> (Vec<RunningSource>, Result<ReadAhead>) {
     let read = async {
@@ -856,12 +887,29 @@ async fn read_ahead(
                 .transpose()?;
             phases.query_planning = ms(t.elapsed());
         }
+        let mut executed = None;
+        if let (Some(session), Some(inputs), Some(plan)) = (executes_in, &mut input, &physical) {
+            let t = Instant::now();
+            let filled = FilledSlots(sources.iter().map(|s| Arc::clone(&s.slot)).collect());
+            let rows = fill_slots(&sources, std::mem::take(inputs), batch_id)?;
+            let schema = plan.schema();
+            let output = execute_plan(Arc::clone(plan), &session, batch_id).await;
+            drop(filled);
+            phases.execution = ms(t.elapsed());
+            (input, physical) = (None, None);
+            executed = Some(Executed {
+                schema,
+                output: output?,
+                rows,
+            });
+        }
         Ok(ReadAhead {
             timestamp,
             ranges,
             any_new,
             input,
             physical,
+            executed,
             phases,
         })
     }
@@ -914,4 +962,54 @@ async fn read_inputs(
         });
     }
     Ok(inputs)
+}
+
+/// A batch's output, with its input rows per source (counted while the
+/// plan read them).
+pub(crate) struct Executed {
+    schema: arrow::datatypes::SchemaRef,
+    output: Vec<arrow::record_batch::RecordBatch>,
+    rows: Vec<crate::batch_slot::BatchRows>,
+}
+
+/// Puts each source's input for batch `batch_id` into its slot; the
+/// slots' row counts.
+fn fill_slots(
+    sources: &[RunningSource],
+    inputs: Vec<BatchInput>,
+    batch_id: u64,
+) -> Result<Vec<crate::batch_slot::BatchRows>> {
+    let mut rows = Vec::with_capacity(sources.len());
+    for (s, input) in sources.iter().zip(inputs) {
+        rows.push(s.slot.fill(input).map_err(|e| {
+            TidemillError::source(
+                &s.description,
+                format!("batch {batch_id} does not match the source schema: {e}"),
+            )
+        })?);
+    }
+    Ok(rows)
+}
+
+/// Runs batch `batch_id`'s physical plan in `session` to its output. A
+/// panic inside an operator is a bug, but it fails the batch with an
+/// error naming it, not the process.
+async fn execute_plan(
+    physical: Arc<dyn ExecutionPlan>,
+    session: &SessionContext,
+    batch_id: u64,
+) -> Result<Vec<arrow::record_batch::RecordBatch>> {
+    std::panic::AssertUnwindSafe(datafusion::physical_plan::collect(
+        physical,
+        session.task_ctx(),
+    ))
+    .catch_unwind()
+    .await
+    .unwrap_or_else(|panic| {
+        Err(datafusion::error::DataFusionError::Execution(format!(
+            "an operator panicked: {}",
+            crate::error::panic_message(&*panic)
+        )))
+    })
+    .map_err(|e| TidemillError::from_execution(format!("executing batch {batch_id}"), e))
 }

@@ -399,6 +399,14 @@ impl WatermarkTracker {
         batch_max
     }
 
+    /// Forgets the event times the watermark nodes reported since the
+    /// last [`Self::end_batch`] (of a batch that will not commit).
+    pub fn forget_batch(&mut self, planner: &crate::plan::WatermarkPlanner) {
+        for (id, _, _) in &self.nodes {
+            planner.stats(*id).take();
+        }
+    }
+
     /// What the watermark after the running batch will at least be, as
     /// an operator that runs `delay_ms` behind the query's watermark sees
     /// it (see [`NextWatermark`]).

@@ -55,9 +55,9 @@ pub struct QueryOptions {
     /// Whether the next trigger begins while a batch's sink writes and its
     /// state commits, when that trigger is due as soon as the batch ends
     /// (interval 0, an interval the batch outlasted, or available-now): it
-    /// asks the sources for offsets, reads the next batch's input and
-    /// copies the physical plan meanwhile, on a task of its own (default
-    /// false). It pays where asking and reading wait on I/O about as long
+    /// asks the sources for offsets, reads the next batch's input, copies
+    /// the physical plan and, in a query without stateful operators,
+    /// executes it meanwhile, on a task of its own (default false). It pays where asking and reading wait on I/O about as long
     /// as the sink's commit (object storage, remote brokers); with
     /// sources and sinks on a local disk or in memory it costs a hand-off
     /// between threads per batch (see `BENCHMARKS.md`). Exactly-once is

@@ -12,10 +12,12 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::datatypes::SchemaRef;
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility, create_udf};
 use datafusion::prelude::*;
 use futures::future::BoxFuture;
 use tidemill::engine::{BatchInput, SourceContext};
@@ -45,6 +47,17 @@ impl Watch {
 
     fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until `what` is in the log; false after 10 s.
+    async fn noted(&self, what: &str) -> bool {
+        for _ in 0..2000 {
+            if self.log().iter().any(|l| l == what) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
     }
 
     /// Waits until the query has read `n` ranges; false after 10 s.
@@ -229,8 +242,30 @@ fn fast_retries() -> QueryOptions {
     }
 }
 
+/// A function of `id` that returns it and notes `execute <id>` in
+/// `watch`: when the plan reads each row.
+fn watched_ids(watch: &Arc<Watch>) -> ScalarUDF {
+    let watch = Arc::clone(watch);
+    create_udf(
+        "watched_ids",
+        vec![DataType::Int64],
+        DataType::Int64,
+        Volatility::Immutable,
+        Arc::new(move |args: &[ColumnarValue]| {
+            let ColumnarValue::Array(ids) = &args[0] else {
+                unreachable!("a column")
+            };
+            for id in ids.as_primitive::<Int64Type>().iter().flatten() {
+                watch.note(format!("execute {id}"));
+            }
+            Ok(ColumnarValue::Array(Arc::clone(ids)))
+        }),
+    )
+}
+
 /// The query over `source` into `sink`: the events as they are, or their
-/// count per symbol (complete mode) when `counted`.
+/// count per symbol (complete mode) when `counted`; either way through a
+/// filter that notes each row it reads ([`watched_ids`]).
 async fn start(
     partitions: usize,
     source: &WatchedSource,
@@ -256,6 +291,10 @@ async fn start_with(
     let ctx =
         SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
     let mut df = ctx.read_stream(source.clone()).await.unwrap();
+    let watched = watched_ids(&source.watch);
+    df = df
+        .filter(watched.call(vec![col("id")]).gt_eq(lit(0)))
+        .unwrap();
     let mut mode = OutputMode::Append;
     if counted {
         df = df
@@ -314,8 +353,8 @@ async fn the_next_trigger_reads_while_a_batch_writes_its_output() {
             let stream = source.inner.clone();
             let reads = Arc::clone(&watch);
             // Batch 0's write adds rows, then waits for the next trigger
-            // to read them: it never would if that trigger began only
-            // after the write.
+            // to read them (and, without state, to execute them): it never
+            // would if that trigger began only after the write.
             let hook: Hook = Box::new(move |batch, _| {
                 let (stream, reads) = (stream.clone(), Arc::clone(&reads));
                 Box::pin(async move {
@@ -325,6 +364,12 @@ async fn the_next_trigger_reads_while_a_batch_writes_its_output() {
                             return Err(TidemillError::sink(
                                 "GatedSink",
                                 "the next trigger did not read while batch 0 wrote",
+                            ));
+                        }
+                        if !counted && !reads.noted("execute 7").await {
+                            return Err(TidemillError::sink(
+                                "GatedSink",
+                                "the next batch did not execute while batch 0 wrote",
                             ));
                         }
                     }
@@ -351,6 +396,10 @@ async fn the_next_trigger_reads_while_a_batch_writes_its_output() {
                 position(&log, "read 1..2") < position(&log, "sink 0 ends"),
                 "{case}"
             );
+            // Without state, batch 1 also executes while batch 0 writes;
+            // with it, only once batch 0's state has committed.
+            let executed_ahead = position(&log, "execute 7") < position(&log, "sink 0 ends");
+            assert_eq!(executed_ahead, !counted, "{case}");
             assert_eq!(sink.batch_ids(), vec![0, 1], "{case}");
             if counted {
                 assert_eq!(sorted_rows(&sink.batch(0)), counts_of(4), "{case}");
