@@ -20,7 +20,9 @@
 //! (`MemoryStream`, back to back), with a local checkpoint, once into a
 //! `MemorySink` and once into the exactly-once `ParquetSink` on local disk:
 //! batches/s and mean time per phase. Target: ≥ 2 000 batches/s with the
-//! parquet sink (issue 23; it was 200).
+//! parquet sink (issue 23; it was 200). Then the parquet sink once more
+//! with `QueryOptions::read_ahead`: what beginning each trigger on a task
+//! of its own costs batches this small (no target).
 //!
 //! **Part 3, latency floor.** The trigger-interval harness
 //! (`tidemill_harness::TriggerStudy`) at intervals 0 and 10 ms with 10 000
@@ -425,6 +427,7 @@ async fn overhead(
     batches: usize,
     chk: &std::path::Path,
     sink: Arc<dyn Sink>,
+    read_ahead: bool,
 ) -> anyhow::Result<(f64, PhaseDurations)> {
     let ctx = SessionContext::new();
     let stream = MemoryStream::new(schema()).max_rows_per_trigger(5);
@@ -447,6 +450,7 @@ async fn overhead(
         .checkpoint(chk.to_str().unwrap())
         .options(QueryOptions {
             progress_history: batches,
+            read_ahead,
             ..Default::default()
         })
         .start()
@@ -576,16 +580,21 @@ async fn overhead_part(
 ) -> anyhow::Result<()> {
     let mut phase_rows = Vec::new();
     let mut parquet_rate = 0.0;
-    for (label, parquet) in [("MemorySink", false), ("ParquetSink, local disk", true)] {
-        let out = tmp.join(format!("overhead-out-{parquet}"));
+    let runs = [
+        ("MemorySink", false, false),
+        ("ParquetSink, local disk", true, false),
+        ("ParquetSink, local disk, read-ahead", true, true),
+    ];
+    for (label, parquet, read_ahead) in runs {
+        let out = tmp.join(format!("overhead-out-{parquet}-{read_ahead}"));
         let sink: Arc<dyn Sink> = if parquet {
             Arc::new(ParquetSink::new(out.display().to_string()))
         } else {
             Arc::new(MemorySink::new())
         };
-        let chk = tmp.join(format!("chk-overhead-{parquet}"));
-        let (rate, phases) = overhead(overhead_batches, &chk, sink).await?;
-        if parquet {
+        let chk = tmp.join(format!("chk-overhead-{parquet}-{read_ahead}"));
+        let (rate, phases) = overhead(overhead_batches, &chk, sink, read_ahead).await?;
+        if parquet && !read_ahead {
             parquet_rate = rate;
         }
         let mut row = vec![label.to_string(), format!("{rate:.0}")];

@@ -57,12 +57,14 @@ pub struct QueryOptions {
     /// (interval 0, an interval the batch outlasted, or available-now): it
     /// asks the sources for offsets, reads the next batch's input, copies
     /// the physical plan and, in a query without stateful operators,
-    /// executes it meanwhile, on a task of its own (default false). It pays where asking and reading wait on I/O about as long
-    /// as the sink's commit (object storage, remote brokers); with
-    /// sources and sinks on a local disk or in memory it costs a hand-off
-    /// between threads per batch (see `BENCHMARKS.md`). Exactly-once is
-    /// the same either way: the next batch's offsets are logged only once
-    /// this batch committed.
+    /// executes it meanwhile, on a task of its own (default false, as
+    /// Spark asks the sources only once a batch has committed). It pays
+    /// where reading and executing wait on storage about as long as the
+    /// sink's commit does (object storage, remote brokers); with sources
+    /// and sinks on a local disk or a local broker it gains nothing
+    /// measurable (see `BENCHMARKS.md`). Exactly-once is the same either
+    /// way: the next batch's offsets are logged only once this batch
+    /// committed.
     pub read_ahead: bool,
 }
 
