@@ -270,6 +270,7 @@ async fn crash_child() -> anyhow::Result<()> {
         .trigger(Trigger::AvailableNow)
         .options(QueryOptions {
             checkpoint_durability: durability,
+            read_ahead: std::env::var(READ_AHEAD_ENV).is_ok_and(|v| v == "1"),
             ..QueryOptions::default()
         })
         .start()
@@ -281,12 +282,17 @@ async fn crash_child() -> anyhow::Result<()> {
 /// process).
 const DURABILITY_ENV: &str = "CRASH_DURABILITY";
 
+/// Whether the child reads ahead (`1`; default not).
+const READ_AHEAD_ENV: &str = "CRASH_READ_AHEAD";
+
 struct Dirs {
     _tmp: tempfile::TempDir,
     /// The pipeline the child runs.
     pipeline: Pipeline,
     /// Its checkpoint durability.
     durability: Durability,
+    /// Whether it begins each trigger while the batch before commits.
+    read_ahead: bool,
     input: PathBuf,
     output: PathBuf,
     checkpoint: PathBuf,
@@ -304,6 +310,7 @@ impl Dirs {
         Self {
             pipeline,
             durability: Durability::Process,
+            read_ahead: false,
             input,
             output: tmp.path().join("output"),
             checkpoint: tmp.path().join("checkpoint"),
@@ -337,6 +344,7 @@ fn child_command(dirs: &Dirs, failpoint: Option<&str>) -> Command {
         .env("CRASH_CHECKPOINT", &dirs.checkpoint);
     cmd.env(Pipeline::ENV, dirs.pipeline.name());
     cmd.env(DURABILITY_ENV, dirs.durability.to_string());
+    cmd.env(READ_AHEAD_ENV, if dirs.read_ahead { "1" } else { "0" });
     cmd
 }
 
@@ -406,7 +414,14 @@ const POINTS: [&str; 9] = [
 
 #[tokio::test]
 async fn sigkill_at_each_step_of_a_batch_loses_and_duplicates_nothing() {
-    sigkill_at_each_step_of_a_stateless_batch(Durability::Process).await;
+    sigkill_at_each_step_of_a_stateless_batch(Durability::Process, false).await;
+}
+
+/// Killed while the next batch is read and executed ahead (a stateless
+/// query executes it before the batch's sink is done).
+#[tokio::test]
+async fn sigkill_at_each_step_while_reading_ahead_loses_and_duplicates_nothing() {
+    sigkill_at_each_step_of_a_stateless_batch(Durability::Process, true).await;
 }
 
 /// With every file and directory fsynced before a write counts as done,
@@ -414,13 +429,14 @@ async fn sigkill_at_each_step_of_a_batch_loses_and_duplicates_nothing() {
 /// a kill leaves behind are never read).
 #[tokio::test]
 async fn sigkill_at_each_step_with_machine_durability_loses_and_duplicates_nothing() {
-    sigkill_at_each_step_of_a_stateless_batch(Durability::Machine).await;
+    sigkill_at_each_step_of_a_stateless_batch(Durability::Machine, false).await;
 }
 
-async fn sigkill_at_each_step_of_a_stateless_batch(durability: Durability) {
+async fn sigkill_at_each_step_of_a_stateless_batch(durability: Durability, read_ahead: bool) {
     for point in POINTS {
         let mut dirs = Dirs::new();
         dirs.durability = durability;
+        dirs.read_ahead = read_ahead;
         for n in 0..4 {
             write_input(&dirs.input, n);
         }
@@ -451,8 +467,19 @@ async fn sigkill_at_each_step_of_a_stateless_batch(durability: Durability) {
 /// emitted), adds a fifth file and restarts it: the output must be a clean
 /// run's, `expected_rows` rows.
 async fn kill_at_each_step_of_the_third_batch(pipeline: Pipeline, expected_rows: usize) {
+    kill_at_each_step_of_the_third_batch_reading_ahead(pipeline, expected_rows, false).await;
+}
+
+/// [`kill_at_each_step_of_the_third_batch`], the child reading ahead or
+/// not.
+async fn kill_at_each_step_of_the_third_batch_reading_ahead(
+    pipeline: Pipeline,
+    expected_rows: usize,
+    read_ahead: bool,
+) {
     for point in POINTS {
-        let dirs = Dirs::with_pipeline(pipeline);
+        let mut dirs = Dirs::with_pipeline(pipeline);
+        dirs.read_ahead = read_ahead;
         for n in 0..4 {
             write_input(&dirs.input, n);
         }
@@ -539,6 +566,13 @@ async fn sigkill_at_each_step_of_a_stateful_batch_loses_and_duplicates_nothing()
     kill_at_each_step_of_the_third_batch(Pipeline::Windowed, 27).await;
 }
 
+/// The same, the child reading ahead: the next batch is asked for and
+/// read while the state commits (it executes only after).
+#[tokio::test]
+async fn sigkill_at_each_step_of_a_stateful_batch_reading_ahead_loses_and_duplicates_nothing() {
+    kill_at_each_step_of_the_third_batch_reading_ahead(Pipeline::Windowed, 27, true).await;
+}
+
 /// A bucket spans two files, so one of its rows is dropped in a later
 /// batch than its first.
 #[tokio::test]
@@ -576,9 +610,13 @@ async fn randomized_kills_lose_and_duplicate_nothing() {
         Pipeline::Processed,
     ];
     let mut dirs = Dirs::with_pipeline(pipelines[(seed % 5) as usize]);
-    // And the durability settings.
+    // And the durability settings, and reading ahead or not.
     dirs.durability = [Durability::Process, Durability::Machine][(seed / 5 % 2) as usize];
-    println!("{:?}, {} durability", dirs.pipeline, dirs.durability);
+    dirs.read_ahead = seed / 10 % 2 == 1;
+    println!(
+        "{:?}, {} durability, read ahead {}",
+        dirs.pipeline, dirs.durability, dirs.read_ahead
+    );
     let mut files = 0;
     for _ in 0..10 {
         for _ in 0..rng.random_range(0..3) {
