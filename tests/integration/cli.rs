@@ -157,6 +157,25 @@ async fn the_same_pipeline_streamed_and_batched_gives_the_same_rows() {
     assert!(text(&again.stderr).contains("already holds committed output"));
 }
 
+/// `--read-ahead` gives the rows of a run without it.
+#[tokio::test]
+async fn a_run_reading_ahead_gives_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    for n in 0..4 {
+        write_trades(dir.path(), n);
+    }
+    for (out, extra) in [("plain", None), ("ahead", Some("--read-ahead"))] {
+        let file = pipeline(dir.path(), out, "append");
+        let mut args = vec!["run", file.to_str().unwrap(), "--trigger", "available-now"];
+        args.extend(extra);
+        let run = tidemill(&args);
+        assert!(run.status.success(), "{}", text(&run.stderr));
+    }
+    let ahead = committed(dir.path(), "ahead").await;
+    assert_eq!(ahead.len(), 6);
+    assert_eq!(ahead, committed(dir.path(), "plain").await);
+}
+
 #[tokio::test]
 async fn a_killed_run_resumes_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
