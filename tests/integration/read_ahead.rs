@@ -51,8 +51,14 @@ impl Watch {
 
     /// Waits until `what` is in the log; false after 10 s.
     async fn noted(&self, what: &str) -> bool {
+        self.until(|watch| watch.log().iter().any(|l| l == what))
+            .await
+    }
+
+    /// Waits until `done` holds; false after 10 s.
+    async fn until(&self, done: impl Fn(&Self) -> bool) -> bool {
         for _ in 0..2000 {
-            if self.log().iter().any(|l| l == what) {
+            if done(self) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -225,6 +231,19 @@ impl Sink for GatedSink {
     }
 }
 
+/// A hook running `f` with the source's stream and watch, the batch id
+/// and the attempt.
+fn hook<Fut>(
+    source: &WatchedSource,
+    f: impl Fn(MemoryStream, Arc<Watch>, u64, usize) -> Fut + Send + Sync + 'static,
+) -> Hook
+where
+    Fut: std::future::Future<Output = tidemill::Result<()>> + Send + 'static,
+{
+    let (stream, watch) = (source.inner.clone(), Arc::clone(&source.watch));
+    Box::new(move |batch, attempt| Box::pin(f(stream.clone(), Arc::clone(&watch), batch, attempt)))
+}
+
 fn no_hook() -> Hook {
     Box::new(|_, _| Box::pin(async { Ok(()) }))
 }
@@ -344,37 +363,49 @@ fn counts_of(n: i64) -> Vec<String> {
     rows
 }
 
+/// Checks `sink`'s output of events `0..n` pushed as `0..4`, `4..8`, …:
+/// batch 1 is exactly the second push (or, `counted`, the counts of
+/// `0..8`), and every event is written once (or the last batch holds the
+/// counts of `0..n`).
+fn assert_once(sink: &GatedSink, counted: bool, n: i64, case: &str) {
+    if counted {
+        let last = *sink.batch_ids().last().unwrap();
+        assert_eq!(sorted_rows(&sink.batch(1)), counts_of(8), "{case}");
+        assert_eq!(sorted_rows(&sink.batch(last)), counts_of(n), "{case}");
+    } else {
+        let second = sorted_rows(&[events(4..8)]);
+        assert_eq!(sorted_rows(&sink.batch(1)), second, "{case}");
+        let all = sorted_rows(&[events(0..n)]);
+        assert_eq!(sorted_rows(&sink.all_rows()), all, "{case}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_trigger_reads_while_a_batch_writes_its_output() {
     for partitions in 1..=4 {
         for counted in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let (source, watch) = watched();
-            let stream = source.inner.clone();
-            let reads = Arc::clone(&watch);
             // Batch 0's write adds rows, then waits for the next trigger
             // to read them (and, without state, to execute them): it never
             // would if that trigger began only after the write.
-            let hook: Hook = Box::new(move |batch, _| {
-                let (stream, reads) = (stream.clone(), Arc::clone(&reads));
-                Box::pin(async move {
-                    if batch == 0 {
-                        stream.push(events(4..8)).unwrap();
-                        if !reads.reads_reach(2).await {
-                            return Err(TidemillError::sink(
-                                "GatedSink",
-                                "the next trigger did not read while batch 0 wrote",
-                            ));
-                        }
-                        if !counted && !reads.noted("execute 7").await {
-                            return Err(TidemillError::sink(
-                                "GatedSink",
-                                "the next batch did not execute while batch 0 wrote",
-                            ));
-                        }
+            let hook = hook(&source, move |stream, watch, batch, _| async move {
+                if batch == 0 {
+                    stream.push(events(4..8)).unwrap();
+                    if !watch.reads_reach(2).await {
+                        return Err(TidemillError::sink(
+                            "GatedSink",
+                            "the next trigger did not read while batch 0 wrote",
+                        ));
                     }
-                    Ok(())
-                })
+                    if !counted && !watch.noted("execute 7").await {
+                        return Err(TidemillError::sink(
+                            "GatedSink",
+                            "the next batch did not execute while batch 0 wrote",
+                        ));
+                    }
+                }
+                Ok(())
             });
             let sink = GatedSink::new(&watch, hook);
             source.inner.push(events(0..4)).unwrap();
@@ -403,19 +434,8 @@ async fn the_next_trigger_reads_while_a_batch_writes_its_output() {
             assert_eq!(sink.batch_ids(), vec![0, 1], "{case}");
             if counted {
                 assert_eq!(sorted_rows(&sink.batch(0)), counts_of(4), "{case}");
-                assert_eq!(sorted_rows(&sink.batch(1)), counts_of(8), "{case}");
-            } else {
-                assert_eq!(
-                    sorted_rows(&sink.batch(1)),
-                    sorted_rows(&[events(4..8)]),
-                    "{case}"
-                );
-                assert_eq!(
-                    sorted_rows(&sink.all_rows()),
-                    sorted_rows(&[events(0..8)]),
-                    "{case}"
-                );
             }
+            assert_once(&sink, counted, 8, &case);
             // Every batch's offsets were logged once, in order.
             let progress = query.recent_progress();
             assert_eq!(progress.len(), 2, "{case}");
@@ -439,18 +459,14 @@ async fn no_trigger_begins_while_a_batch_writes_unless_reading_ahead_and_due() {
     for (trigger, read_ahead) in cases {
         let dir = tempfile::tempdir().unwrap();
         let (source, watch) = watched();
-        let (stream, notes) = (source.inner.clone(), Arc::clone(&watch));
         // Batch 0's write adds rows and takes 100 ms.
-        let hook: Hook = Box::new(move |batch, _| {
-            let (stream, notes) = (stream.clone(), Arc::clone(&notes));
-            Box::pin(async move {
-                if batch == 0 {
-                    stream.push(events(4..8)).unwrap();
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    notes.note("sink 0 waited".into());
-                }
-                Ok(())
-            })
+        let hook = hook(&source, |stream, watch, batch, _| async move {
+            if batch == 0 {
+                stream.push(events(4..8)).unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                watch.note("sink 0 waited".into());
+            }
+            Ok(())
         });
         let sink = GatedSink::new(&watch, hook);
         source.inner.push(events(0..4)).unwrap();
@@ -486,23 +502,18 @@ async fn a_failed_write_drops_what_the_next_trigger_read_and_retries_its_batch()
             for counted in [false, true] {
                 let dir = tempfile::tempdir().unwrap();
                 let (source, watch) = watched();
-                let stream = source.inner.clone();
-                let reads = Arc::clone(&watch);
                 // Batch 1's first write adds rows, waits until the next
                 // trigger has read them, then fails (transient).
-                let hook: Hook = Box::new(move |batch, attempt| {
-                    let (stream, reads) = (stream.clone(), Arc::clone(&reads));
-                    Box::pin(async move {
-                        if batch == 1 && attempt == 1 {
-                            stream.push(events(8..12)).unwrap();
-                            assert!(reads.reads_reach(3).await, "the next trigger read");
-                            return Err(TidemillError::transient(TidemillError::sink(
-                                "GatedSink",
-                                "connection reset",
-                            )));
-                        }
-                        Ok(())
-                    })
+                let hook = hook(&source, |stream, watch, batch, attempt| async move {
+                    if batch == 1 && attempt == 1 {
+                        stream.push(events(8..12)).unwrap();
+                        assert!(watch.reads_reach(3).await, "the next trigger read");
+                        return Err(TidemillError::transient(TidemillError::sink(
+                            "GatedSink",
+                            "connection reset",
+                        )));
+                    }
+                    Ok(())
                 });
                 let sink = GatedSink::new(&watch, hook);
                 let query = start(
@@ -538,21 +549,7 @@ async fn a_failed_write_drops_what_the_next_trigger_read_and_retries_its_batch()
                     ],
                     "{case}"
                 );
-                if counted {
-                    assert_eq!(sorted_rows(&sink.batch(1)), counts_of(8), "{case}");
-                    assert_eq!(sorted_rows(&sink.batch(2)), counts_of(12), "{case}");
-                } else {
-                    assert_eq!(
-                        sorted_rows(&sink.batch(1)),
-                        sorted_rows(&[events(4..8)]),
-                        "{case}"
-                    );
-                    assert_eq!(
-                        sorted_rows(&sink.all_rows()),
-                        sorted_rows(&[events(0..12)]),
-                        "{case}"
-                    );
-                }
+                assert_once(&sink, counted, 12, &case);
                 let retries: Vec<(u64, u64)> = query
                     .recent_progress()
                     .iter()
@@ -573,21 +570,12 @@ async fn a_failed_read_ahead_fails_the_next_trigger_after_the_batch_commits() {
             // The first ask is batch 0's; the second, made while batch 0
             // writes, fails.
             *watch.failing_asks.lock().unwrap() = vec![(2, transient)];
-            let reads = Arc::clone(&watch);
-            let hook: Hook = Box::new(move |batch, _| {
-                let reads = Arc::clone(&reads);
-                Box::pin(async move {
-                    if batch == 0 {
-                        // Until the failing ask has happened.
-                        for _ in 0..1000 {
-                            if *reads.asks.lock().unwrap() >= 2 {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                    }
-                    Ok(())
-                })
+            let hook = hook(&source, |_, watch, batch, _| async move {
+                if batch == 0 {
+                    // Until the failing ask has happened.
+                    watch.until(|w| *w.asks.lock().unwrap() >= 2).await;
+                }
+                Ok(())
             });
             let sink = GatedSink::new(&watch, hook);
             source.inner.push(events(0..4)).unwrap();
@@ -640,26 +628,22 @@ async fn process_all_available_waits_for_rows_added_after_the_next_trigger_asked
         let (asked_tx, asked_rx) = tokio::sync::oneshot::channel::<()>();
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
         let gate = Arc::new(Mutex::new(Some((asked_tx, go_rx))));
-        let reads = Arc::clone(&watch);
         // Batch 0's write waits until the next trigger has asked the
         // source (finding nothing new), tells the test, and waits for it.
-        let hook: Hook = Box::new(move |batch, _| {
-            let (gate, reads) = (Arc::clone(&gate), Arc::clone(&reads));
-            Box::pin(async move {
+        let hook = hook(&source, move |_, watch, batch, _| {
+            let gate = Arc::clone(&gate);
+            async move {
                 if batch != 0 {
                     return Ok(());
                 }
                 let (asked, go) = gate.lock().unwrap().take().unwrap();
-                for _ in 0..1000 {
-                    if reads.log().iter().any(|l| l.starts_with("ask 2")) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                watch
+                    .until(|w| w.log().iter().any(|l| l.starts_with("ask 2")))
+                    .await;
                 asked.send(()).unwrap();
                 go.await.unwrap();
                 Ok(())
-            })
+            }
         });
         let sink = GatedSink::new(&watch, hook);
         source.inner.push(events(0..4)).unwrap();
@@ -700,17 +684,12 @@ async fn process_all_available_waits_for_rows_added_after_the_next_trigger_asked
 async fn a_stop_leaves_no_trace_of_what_was_read_ahead() {
     let dir = tempfile::tempdir().unwrap();
     let (source, watch) = watched();
-    let stream = source.inner.clone();
-    let reads = Arc::clone(&watch);
-    let hook: Hook = Box::new(move |batch, _| {
-        let (stream, reads) = (stream.clone(), Arc::clone(&reads));
-        Box::pin(async move {
-            if batch == 0 {
-                stream.push(events(4..8)).unwrap();
-                assert!(reads.reads_reach(2).await);
-            }
-            Ok(())
-        })
+    let hook = hook(&source, |stream, watch, batch, _| async move {
+        if batch == 0 {
+            stream.push(events(4..8)).unwrap();
+            assert!(watch.reads_reach(2).await);
+        }
+        Ok(())
     });
     let sink = GatedSink::new(&watch, hook);
     source.inner.push(events(0..4)).unwrap();
