@@ -142,36 +142,32 @@ pub(crate) struct Ahead {
     /// Its sequence number ([`QueryShared::trigger_started`]).
     seq: u64,
     /// What it read, or why it failed.
-    read: Result<ReadAhead>,
+    read: Result<TriggerRead>,
 }
 
-/// What a batch's trigger prepared before the batch began: its input and
-/// physical plan, each read or planned by the batch itself where missing,
-/// or its output.
+/// What a batch's trigger prepared before the batch began (when it began
+/// ahead): each missing piece the batch reads, plans or executes itself.
 #[derive(Default)]
 struct Prepared {
+    /// Each source's input.
     input: Option<Vec<BatchInput>>,
+    /// A copy of the kept physical plan.
     physical: Option<Arc<dyn ExecutionPlan>>,
-    /// The batch's output, when it was executed ahead.
+    /// The batch's output, when a query without stateful operators
+    /// executed it ahead (`input` and `physical` then went into it).
     executed: Option<Executed>,
 }
 
-/// What a trigger begun ahead read: the sources' next offsets and, when
-/// there is new data, the batch's input and its physical plan.
-pub(crate) struct ReadAhead {
+/// What a trigger found: the sources' next offsets and, when it began
+/// ahead and there is new data, what it prepared of the batch.
+pub(crate) struct TriggerRead {
     /// The batch's processing time.
     timestamp: chrono::DateTime<chrono::Utc>,
     ranges: Vec<SourceRange>,
     /// Whether any source has new data.
     any_new: bool,
-    /// Each source's input, read when there is new data.
-    input: Option<Vec<BatchInput>>,
-    /// A copy of the kept physical plan, when there is one and new data.
-    physical: Option<Arc<dyn ExecutionPlan>>,
-    /// The batch's output, when a query without stateful operators
-    /// executed it ahead (`input` and `physical` then went into it).
-    executed: Option<Executed>,
-    /// The time it took to ask, read, plan and execute.
+    prepared: Prepared,
+    /// The time it took to ask (and read, plan and execute ahead).
     phases: PhaseDurations,
 }
 
@@ -408,7 +404,7 @@ impl Runner {
     async fn run_trigger(
         &mut self,
         started: Instant,
-        ahead: Option<Result<ReadAhead>>,
+        ahead: Option<Result<TriggerRead>>,
     ) -> Result<Outcome> {
         // A batch whose offsets are logged but which has not committed: left
         // by a crashed run, or by a transient failure in this one. (Never
@@ -445,13 +441,11 @@ impl Runner {
                 let t = Instant::now();
                 let (ranges, any_new) =
                     latest_ranges(&mut self.sources, starts, self.trigger).await?;
-                ReadAhead {
+                TriggerRead {
                     timestamp,
                     ranges,
                     any_new,
-                    input: None,
-                    physical: None,
-                    executed: None,
+                    prepared: Prepared::default(),
                     phases: PhaseDurations {
                         latest_offset: ms(t.elapsed()),
                         ..Default::default()
@@ -459,13 +453,11 @@ impl Runner {
                 }
             }
         };
-        let ReadAhead {
+        let TriggerRead {
             timestamp,
             ranges,
             any_new,
-            input,
-            physical,
-            executed,
+            prepared,
             mut phases,
         } = read;
         if !any_new && !self.state_to_close().await {
@@ -495,18 +487,7 @@ impl Runner {
         // the wait for one left running does (see `run_batch`).
         phases.wal_commit = ms(t.elapsed());
         let ran = self
-            .run_batch(
-                entry,
-                started,
-                timestamp,
-                phases,
-                false,
-                Prepared {
-                    input,
-                    physical,
-                    executed,
-                },
-            )
+            .run_batch(entry, started, timestamp, phases, false, prepared)
             .await;
         if ran.is_err() {
             // Whether the batch is now logged decides what a retry runs.
@@ -855,7 +836,7 @@ impl Runner {
 struct BegunTrigger {
     started: Instant,
     seq: u64,
-    task: Background<(Vec<RunningSource>, Result<ReadAhead>)>,
+    task: Background<(Vec<RunningSource>, Result<TriggerRead>)>,
 }
 
 /// Asks `sources` for their latest offsets from `starts` and, when there
@@ -869,47 +850,53 @@ async fn read_ahead(
     kept: Option<Arc<dyn ExecutionPlan>>,
     executes_in: Option<SessionContext>,
     batch_id: u64,
-) -> (Vec<RunningSource>, Result<ReadAhead>) {
+) -> (Vec<RunningSource>, Result<TriggerRead>) {
     let read = async {
         let timestamp = chrono::Utc::now();
         let mut phases = PhaseDurations::default();
         let t = Instant::now();
         let (ranges, any_new) = latest_ranges(&mut sources, starts, trigger).await?;
         phases.latest_offset = ms(t.elapsed());
-        let (mut input, mut physical) = (None, None);
+        let mut prepared = Prepared::default();
         if any_new {
             let t = Instant::now();
-            input = Some(read_inputs(&mut sources, &ranges).await?);
+            let input = read_inputs(&mut sources, &ranges).await?;
             phases.get_batch = ms(t.elapsed());
             let t = Instant::now();
-            physical = kept
+            let physical = kept
                 .map(|kept| crate::plan::copy_of_kept(kept, batch_id))
                 .transpose()?;
             phases.query_planning = ms(t.elapsed());
+            prepared = match (executes_in, physical) {
+                (Some(session), Some(plan)) => {
+                    let t = Instant::now();
+                    let filled = FilledSlots(sources.iter().map(|s| Arc::clone(&s.slot)).collect());
+                    let rows = fill_slots(&sources, input, batch_id)?;
+                    let schema = plan.schema();
+                    let output = execute_plan(plan, &session, batch_id).await;
+                    drop(filled);
+                    phases.execution = ms(t.elapsed());
+                    Prepared {
+                        executed: Some(Executed {
+                            schema,
+                            output: output?,
+                            rows,
+                        }),
+                        ..Prepared::default()
+                    }
+                }
+                (_, physical) => Prepared {
+                    input: Some(input),
+                    physical,
+                    executed: None,
+                },
+            };
         }
-        let mut executed = None;
-        if let (Some(session), Some(inputs), Some(plan)) = (executes_in, &mut input, &physical) {
-            let t = Instant::now();
-            let filled = FilledSlots(sources.iter().map(|s| Arc::clone(&s.slot)).collect());
-            let rows = fill_slots(&sources, std::mem::take(inputs), batch_id)?;
-            let schema = plan.schema();
-            let output = execute_plan(Arc::clone(plan), &session, batch_id).await;
-            drop(filled);
-            phases.execution = ms(t.elapsed());
-            (input, physical) = (None, None);
-            executed = Some(Executed {
-                schema,
-                output: output?,
-                rows,
-            });
-        }
-        Ok(ReadAhead {
+        Ok(TriggerRead {
             timestamp,
             ranges,
             any_new,
-            input,
-            physical,
-            executed,
+            prepared,
             phases,
         })
     }
