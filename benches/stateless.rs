@@ -388,6 +388,12 @@ async fn throughput(
     Ok(())
 }
 
+/// The columns of [`phase_cells`].
+const PHASE_COLUMNS: [&str; 8] = [
+    "offsets", "wal", "read", "plan", "execute", "sink", "commit", "total",
+];
+
+/// A batch's mean phases, in ms, as the cells of [`PHASE_COLUMNS`].
 fn phase_cells(d: &PhaseDurations) -> Vec<String> {
     [
         d.latest_offset,
@@ -550,9 +556,7 @@ async fn latency(full: bool, result: &mut BenchResult) -> anyhow::Result<()> {
         let table = Table::new(
             "Mean ms per phase of the batches of those runs (commit: the part of the commit \
              on the batch's path; the commit log entry is written while the next batch runs):",
-            [
-                "run", "offsets", "wal", "read", "plan", "execute", "sink", "commit", "total",
-            ],
+            ["run"].into_iter().chain(PHASE_COLUMNS),
             phase_rows,
         );
         println!("\n{}", table.to_markdown());
@@ -606,18 +610,7 @@ async fn overhead_part(
             "Fixed per-batch overhead: {overhead_batches} batches of 5 rows back to back, local \
              checkpoint; mean ms per phase:"
         ),
-        [
-            "sink",
-            "batches/s",
-            "offsets",
-            "wal",
-            "read",
-            "plan",
-            "execute",
-            "sink",
-            "commit",
-            "total",
-        ],
+        ["sink", "batches/s"].into_iter().chain(PHASE_COLUMNS),
         phase_rows,
     );
     println!("\n{}", table.to_markdown());
@@ -809,19 +802,9 @@ async fn read_ahead_runs(
              time). Time without ÷ time with read-ahead: {speedup:.2} (median of the pairs):",
             store.name()
         ),
-        [
-            "run",
-            "seconds",
-            "batches/s",
-            "offsets",
-            "wal",
-            "read",
-            "plan",
-            "execute",
-            "sink",
-            "commit",
-            "total",
-        ],
+        ["run", "seconds", "batches/s"]
+            .into_iter()
+            .chain(PHASE_COLUMNS),
         rows,
     );
     println!("\n{}", table.to_markdown());
